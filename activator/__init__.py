@@ -1,0 +1,1 @@
+"""Ember activator: the scale-to-zero front door (speaks to replicas over HTTP only)."""

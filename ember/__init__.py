@@ -1,0 +1,1 @@
+"""The ``ember`` command: one entry point, subcommands imported only when used."""

@@ -1,0 +1,1 @@
+"""Ember on Knative: rendering and applying Knative/Kubernetes objects."""

@@ -1,0 +1,62 @@
+"""The runtime's application factory: the lifespan owns the repository and its loading task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from runtime import __version__
+from runtime.config import ModelConfig, ServerSettings
+from runtime.dataplane import DataPlane
+from runtime.metrics import RuntimeMetrics
+from runtime.repository import ModelRepository
+from runtime.rest import (
+    V2Endpoints,
+    register_error_handlers,
+    register_metrics_endpoint,
+    register_v2_endpoints,
+)
+
+log = logging.getLogger("ember.runtime")
+
+
+def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
+    """Build the v2 app for these models. Nothing loads until the app's lifespan starts."""
+    metrics = RuntimeMetrics()
+    repository = ModelRepository(configs, metrics)
+    dataplane = DataPlane(repository, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Loading runs beside the server: /v2/health/live answers from the first moment.
+        loading = asyncio.create_task(repository.load_all()) if settings.load_on_start else None
+        try:
+            yield
+        finally:
+            dataplane.draining = True
+            if loading is not None:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            await repository.drain(settings.grace_period_s)
+            await repository.close()
+
+    app = FastAPI(
+        title="Ember runtime",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.dataplane = dataplane
+    register_error_handlers(app)
+    register_v2_endpoints(
+        app, V2Endpoints(dataplane, max_request_bytes=settings.max_request_bytes)
+    )
+    register_metrics_endpoint(app, dataplane)
+    return app

@@ -1,0 +1,247 @@
+"""Scheduling requests onto a model: dynamic batching with Triton's knobs, or one by one.
+
+``max_batch_size`` caps the items in a batch; ``preferred_batch_size`` lists sizes worth sending
+at once; ``max_queue_delay_ms`` is how long the first request of a batch may wait for company;
+``max_queue_size`` bounds the waiting requests (past it: 503 with ``Retry-After``). Handlers run in
+a thread pool of ``instance_count`` workers, so the event loop never blocks on a forward pass, and
+a batch forms while the previous one computes.
+
+A batch that fails with the caller's mistake (400) is re-run request by request, so one bad request
+does not fail the others that happened to share its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.config import ModelConfig
+from runtime.errors import InferenceFailed, InvalidInput, RuntimeServerError, ServerOverloaded
+from runtime.handlers.base import ModelHandler
+from runtime.metrics import RuntimeMetrics
+from runtime.stats import ModelStats
+from runtime.tensors import Tensor
+
+Predict = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: dict[str, Tensor]
+    items: int
+    future: asyncio.Future[dict[str, Tensor]]
+    enqueued_ns: int
+    key: tuple[Any, ...] = field(default=())
+    started_ns: int = 0
+
+
+def _batch_key(inputs: dict[str, Tensor]) -> tuple[Any, ...]:
+    """Requests can share a batch when their tensors agree on everything but the batch size."""
+    return tuple((t.name, t.datatype, t.array.shape[1:]) for t in inputs.values())
+
+
+class Scheduler:
+    """Queues requests for one model and runs them, batched when the model allows it."""
+
+    def __init__(
+        self,
+        *,
+        config: ModelConfig,
+        handler: ModelHandler,
+        stats: ModelStats,
+        metrics: RuntimeMetrics,
+    ) -> None:
+        self._config = config
+        self._predict: Predict = handler.predict
+        self._stats = stats
+        self._batch_metric = metrics.batch_size.labels(config.name)
+        self._depth_metric = metrics.queue_depth.labels(config.name)
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.instance_count, thread_name_prefix=f"ember-{config.name}"
+        )
+        self._slots = asyncio.Semaphore(config.instance_count)
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batching = config.max_batch_size > 0
+        self._preferred = frozenset(config.preferred_batch_size)
+        self._delay_ns = int(config.max_queue_delay_ms * 1_000_000)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name=f"scheduler-{self._config.name}")
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run one request; returns its outputs, sliced out of the batch it ran in."""
+        if self._loop_task is None or self._loop_task.done():
+            raise ServerOverloaded(f"model '{self._config.name}' is not accepting requests")
+        cap = self._config.max_queue_size
+        if cap and len(self._queue) >= cap:
+            raise ServerOverloaded(
+                f"model '{self._config.name}' queue is full ({cap} requests waiting)"
+            )
+        items = 1
+        if self._batching:
+            first = next(iter(inputs.values()))
+            items = first.array.shape[0]
+        pending = _Pending(
+            inputs=inputs,
+            items=items,
+            future=asyncio.get_running_loop().create_future(),
+            enqueued_ns=time.perf_counter_ns(),
+            key=_batch_key(inputs) if self._batching else (),
+        )
+        self._queue.append(pending)
+        self._depth_metric.set(len(self._queue))
+        self._wakeup.set()
+        return await pending.future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            batch = await self._collect() if self._batching else [self._queue.popleft()]
+            self._depth_metric.set(len(self._queue))
+            batch = [p for p in batch if not p.future.done()]  # callers that gave up
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _collect(self) -> list[_Pending]:
+        first = self._queue.popleft()
+        batch, items = [first], first.items
+        limit = self._config.max_batch_size
+        deadline = first.enqueued_ns + self._delay_ns
+        while items < limit:
+            while self._queue:
+                head = self._queue[0]
+                if head.key != first.key or items + head.items > limit:
+                    return batch  # the head starts the next batch
+                batch.append(self._queue.popleft())
+                items += head.items
+            if items >= limit or items in self._preferred:
+                break
+            remaining = deadline - time.perf_counter_ns()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining / 1e9)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        try:
+            await self._run_batch(batch)
+        except RuntimeServerError as exc:
+            if isinstance(exc, InvalidInput) and len(batch) > 1:
+                for pending in batch:  # find the culprit; the others still get answers
+                    try:
+                        await self._run_batch([pending])
+                    except RuntimeServerError as single:
+                        _fail(pending, single)
+            else:
+                for pending in batch:
+                    _fail(pending, exc)
+        except Exception as exc:
+            error = InferenceFailed(f"model '{self._config.name}' failed: {type(exc).__name__}: {exc}")
+            for pending in batch:
+                _fail(pending, error)
+        finally:
+            self._slots.release()
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter_ns()
+        for pending in batch:
+            if not pending.started_ns:
+                pending.started_ns = started
+                self._stats.queue.add(started - pending.enqueued_ns)
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: Tensor(name, t.datatype, np.concatenate([p.inputs[name].array for p in batch]))
+                for name, t in batch[0].inputs.items()
+            }
+        t_input = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
+        t_infer = time.perf_counter_ns()
+        items = sum(p.items for p in batch)
+        if len(batch) == 1:
+            _resolve(batch[0], outputs)
+        else:
+            offset = 0
+            for name, out in outputs.items():
+                if out.array.ndim == 0 or out.array.shape[0] != items:
+                    raise InferenceFailed(
+                        f"model '{self._config.name}' returned output '{name}' with shape "
+                        f"{list(out.array.shape)} for a batch of {items}"
+                    )
+            for pending in batch:
+                end = offset + pending.items
+                _resolve(
+                    pending,
+                    {n: Tensor(n, o.datatype, o.array[offset:end]) for n, o in outputs.items()},
+                )
+                offset = end
+        done = time.perf_counter_ns()
+        self._stats.record_batch(
+            size=items,
+            requests=len(batch),
+            input_ns=t_input - started,
+            infer_ns=t_infer - t_input,
+            output_ns=done - t_infer,
+        )
+        self._batch_metric.observe(items)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until the queue is empty and no batch is running (or the timeout passes)."""
+        deadline = time.monotonic() + timeout_s
+        while (self._queue or self._running) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        while self._queue:
+            _fail(self._queue.popleft(), ServerOverloaded(f"model '{self._config.name}' unloaded"))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=False)
+
+    async def run_now(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run outside the queue (warm-up), still off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._predict, inputs)
+
+
+def _resolve(pending: _Pending, outputs: dict[str, Tensor]) -> None:
+    if not pending.future.done():
+        pending.future.set_result(outputs)
+
+
+def _fail(pending: _Pending, exc: BaseException) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(exc)

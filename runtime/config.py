@@ -1,0 +1,207 @@
+"""Model configuration files and the server's settings, validated with clear errors.
+
+A config file (YAML or JSON) holds one model, a list of models, or ``{"models": [...]}``. Unknown
+keys are rejected: a mistyped ``max_batch_szie`` must fail loudly, not be dropped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runtime.errors import ConfigError
+from runtime.protocol import validation_message
+from runtime.tensors import DATATYPES
+
+MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+HANDLERS = ("torch-module", "hf-encoder", "kserve")
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(BaseModel):
+    """A model input or output. With batching, ``shape`` excludes the batch dimension (as Triton)."""
+
+    model_config = _FROZEN
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value.upper() not in DATATYPES:
+            raise ValueError(f"unknown datatype {value!r}; expected one of {sorted(DATATYPES)}")
+        return value.upper()
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < -1 for d in value):
+            raise ValueError("dimensions are >= 0, or -1 for a variable size")
+        return value
+
+
+class PrewarmWindow(BaseModel):
+    """Keep replicas warm from a cron-scheduled start for a duration."""
+
+    model_config = _FROZEN
+
+    cron: str
+    timezone: str = "UTC"
+    duration_s: float = Field(gt=0)
+    replicas: int = Field(default=1, ge=1)
+
+
+class ModelConfig(BaseModel):
+    """One model: where its weights are, how it is run, batched, kept alive and priced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    name: str
+    version: str = "1"
+    source: str | None = None
+    handler: Literal["torch-module", "hf-encoder", "kserve"]
+    device: str = "auto"
+    options: dict[str, Any] = Field(default_factory=dict)
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    max_batch_size: int = Field(default=0, ge=0)
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
+    max_queue_size: int = Field(default=1024, ge=0)
+    instance_count: int = Field(default=1, ge=1, le=64)
+    warmup: bool = True
+    container_concurrency: int = Field(default=0, ge=0)
+    keep_alive_s: float = Field(default=300.0, ge=0)
+    prewarm: tuple[PrewarmWindow, ...] = ()
+    gpu_type: str | None = None
+    price_per_hour: float | None = Field(default=None, ge=0)
+    # Directory of the config file, for relative sources; set by the loader, not by users.
+    base_dir: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MODEL_NAME.match(value):
+            raise ValueError(
+                "must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a "
+                "letter or digit"
+            )
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not MODEL_NAME.match(value):
+            raise ValueError("must be letters, digits, '-', '_' or '.'")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICE.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _batching(self) -> ModelConfig:
+        for size in self.preferred_batch_size:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_size {size} must be between 1 and max_batch_size "
+                    f"({self.max_batch_size})"
+                )
+        names = [t.name for t in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("input names must be unique")
+        return self
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+    def local_source(self) -> Path:
+        """The model's directory on this machine, for sources that are local."""
+        if self.source is None:
+            raise ConfigError(f"model '{self.name}': 'source' is required by the {self.handler} handler")
+        return resolve_local_source(self.source, self.base_dir)
+
+
+def resolve_local_source(source: str, base_dir: Path | None) -> Path:
+    """``file:///abs``, a plain path (relative to the config file) or ``pkg://package/sub/dir``."""
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.netloc + parsed.path))
+    if parsed.scheme == "pkg":
+        spec = importlib.util.find_spec(parsed.netloc)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"source {source!r}: Python package '{parsed.netloc}' is not installed"
+            )
+        root = Path(next(iter(spec.submodule_search_locations)))
+        return root / parsed.path.lstrip("/")
+    if parsed.scheme in ("s3", "hf", "gs", "http", "https"):
+        raise ConfigError(
+            f"source {source!r}: {parsed.scheme}:// sources are not served directly yet; "
+            "point 'source' at a local directory (file:///..., a path, or pkg://...)"
+        )
+    if parsed.scheme:
+        raise ConfigError(f"source {source!r}: unknown scheme '{parsed.scheme}://'")
+    path = Path(source)
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+class ServerSettings(BaseModel):
+    """Settings of one ``ember serve`` process; built once in the CLI and passed down."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    grace_period_s: float = Field(default=30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    load_on_start: bool = True
+
+
+def load_model_configs(path: str | Path) -> list[ModelConfig]:
+    """Read and validate a model config file; raise :class:`ConfigError` naming the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc.strerror}") from None
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+    if isinstance(doc, dict) and set(doc) == {"models"}:
+        doc = doc["models"]
+    entries = doc if isinstance(doc, list) else [doc]
+    if not entries:
+        raise ConfigError(f"{path} lists no models")
+    configs: list[ModelConfig] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: model #{i} must be a mapping, got {type(entry).__name__}")
+        label = entry.get("name", f"#{i}")
+        try:
+            configs.append(ModelConfig.model_validate({**entry, "base_dir": path.parent.resolve()}))
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: model {label}: {validation_message(exc)}") from None
+    names = [c.name for c in configs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: model names must be unique, repeated: {duplicates}")
+    return configs

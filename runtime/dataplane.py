@@ -1,0 +1,313 @@
+"""The protocol-agnostic data plane: models and tensors in, tensors out; no HTTP in here.
+
+It checks a request against the model's declared tensors (names, datatypes, shapes, batch size)
+before anything is queued, so the caller's mistakes are 400s and never reach the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import __version__
+from runtime.config import TensorSpec
+from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
+from runtime.metrics import RuntimeMetrics
+from runtime.protocol import InferenceRequest, RequestInput
+from runtime.repository import ModelEntry, ModelRepository, ModelState
+from runtime.tensors import Tensor, check_datatype, check_shape, from_binary, from_json
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(slots=True)
+class InferResult:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: list[tuple[Tensor, bool]]  # (tensor, send as binary)
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, metrics: RuntimeMetrics) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.draining = False
+
+    # ----------------------------------------------------------------------------- metadata
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "ember", "version": __version__, "extensions": EXTENSIONS}
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.draining and self.repository.all_ready()
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        return self.repository.entry(name, version).state is ModelState.READY
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        entry = self.repository.ready_entry(name, version)
+        assert entry.handler is not None
+        batching = entry.config.batching
+        return {
+            "name": name,
+            "versions": [entry.config.version],
+            "platform": entry.handler.platform,
+            "inputs": [_tensor_metadata(s, batching) for s in entry.handler.inputs],
+            "outputs": [_tensor_metadata(s, batching) for s in entry.handler.outputs],
+        }
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """A Triton-style model configuration (what ``tritonclient.get_model_config`` reads)."""
+        entry = self.repository.ready_entry(name, version)
+        assert entry.handler is not None
+        c = entry.config
+        config: dict[str, Any] = {
+            "name": name,
+            "platform": entry.handler.platform,
+            "backend": c.handler,
+            "max_batch_size": c.max_batch_size,
+            "input": [_tensor_config(s) for s in entry.handler.inputs],
+            "output": [_tensor_config(s) for s in entry.handler.outputs],
+            "instance_group": [{"count": c.instance_count, "kind": "KIND_AUTO"}],
+        }
+        if c.batching:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": list(c.preferred_batch_size),
+                "max_queue_delay_microseconds": int(c.max_queue_delay_ms * 1000),
+                "default_queue_policy": {"max_queue_size": c.max_queue_size},
+            }
+        return config
+
+    def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        entries = [self.repository.entry(name, version)] if name else self.repository.entries()
+        return {"model_stats": [e.stats.as_dict() for e in entries]}
+
+    def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": e.config.name,
+                "version": e.config.version,
+                "state": e.state.value,
+                "reason": e.reason,
+            }
+            for e in self.repository.entries()
+            if not ready_only or e.state is ModelState.READY
+        ]
+
+    # ----------------------------------------------------------------------------- inference
+    def decode_inputs(
+        self,
+        entry: ModelEntry,
+        request: InferenceRequest,
+        binary: memoryview | None,
+    ) -> dict[str, Tensor]:
+        specs = {s.name: s for s in entry.handler.inputs} if entry.handler else {}
+        batching = entry.config.batching
+        tensors: dict[str, Tensor] = {}
+        offset = 0
+        for item in request.inputs:
+            name = item.name
+            if name in tensors:
+                raise InvalidInput(f"input '{name}' is given more than once")
+            spec = specs.get(name)
+            if specs and spec is None:
+                raise InvalidInput(
+                    f"model '{entry.config.name}' has no input '{name}'; "
+                    f"expected {sorted(specs)}"
+                )
+            datatype = check_datatype(name, item.datatype)
+            shape = check_shape(name, item.shape)
+            if spec is not None:
+                _check_against_spec(spec, datatype, shape, batching, entry.config.max_batch_size)
+            array, offset = _decode_one(item, datatype, shape, binary, offset)
+            tensors[name] = Tensor(name, datatype, array)
+        if binary is not None and offset != len(binary):
+            raise InvalidInput(
+                f"request carries {len(binary) - offset} bytes of binary data that no input claims"
+            )
+        missing = [n for n in specs if n not in tensors]
+        if missing:
+            raise InvalidInput(f"model '{entry.config.name}' needs input(s) {missing}")
+        if batching and len(tensors) > 1:
+            sizes = {t.array.shape[0] if t.array.ndim else None for t in tensors.values()}
+            if len(sizes) > 1:
+                raise InvalidInput(f"inputs disagree on the batch size: {sorted(map(str, sizes))}")
+        # the model's declared order, which positional handlers rely on
+        return {n: tensors[n] for n in specs} if specs else tensors
+
+    def requested_outputs(
+        self, entry: ModelEntry, request: InferenceRequest
+    ) -> list[RequestedOutput] | None:
+        default_binary = bool((request.parameters or {}).get("binary_data_output", False))
+        if request.outputs is None:
+            return None if not default_binary else []
+        known = {s.name for s in entry.handler.outputs} if entry.handler else set()
+        requested: list[RequestedOutput] = []
+        for out in request.outputs:
+            if known and out.name not in known:
+                raise InvalidInput(
+                    f"model '{entry.config.name}' has no output '{out.name}'; "
+                    f"expected {sorted(known)}"
+                )
+            params = out.parameters or {}
+            requested.append(RequestedOutput(out.name, bool(params.get("binary_data", default_binary))))
+        return requested
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: InferenceRequest,
+        binary: memoryview | None = None,
+    ) -> InferResult:
+        if self.draining:
+            raise ShuttingDown()
+        started = time.perf_counter_ns()
+        entry = self.repository.ready_entry(name, version)
+        labels = self.metrics.requests
+        try:
+            inputs = self.decode_inputs(entry, request, binary)
+            wanted = self.requested_outputs(entry, request)
+            assert entry.scheduler is not None
+            outputs = await entry.scheduler.submit(inputs)
+            result = _select_outputs(name, outputs, wanted, request)
+        except RuntimeServerError as exc:
+            elapsed = time.perf_counter_ns() - started
+            entry.stats.record_request(ok=False, items=0, total_ns=elapsed)
+            labels.labels(name, str(exc.status_code)).inc()
+            raise
+        elapsed = time.perf_counter_ns() - started
+        items = next(iter(inputs.values())).array.shape[0] if entry.config.batching else 1
+        entry.stats.record_request(ok=True, items=items, total_ns=elapsed)
+        labels.labels(name, "200").inc()
+        self.metrics.latency.labels(name).observe(elapsed / 1e9)
+        return InferResult(name, entry.config.version, request.id, result)
+
+    def raw_request(self, name: str, version: str | None, body: bytes) -> InferenceRequest:
+        """A binary request with no JSON header: the whole body is the model's only input."""
+        entry = self.repository.ready_entry(name, version)
+        specs = entry.handler.inputs if entry.handler else ()
+        if len(specs) != 1:
+            raise InvalidInput(
+                "a request with Inference-Header-Content-Length 0 is only accepted by a model "
+                f"with exactly one input; '{name}' has {len(specs)}"
+            )
+        spec = specs[0]
+        shape = _raw_shape(spec, entry.config.batching, len(body))
+        return InferenceRequest(
+            inputs=[
+                RequestInput(
+                    name=spec.name,
+                    shape=list(shape),
+                    datatype=spec.datatype,
+                    parameters={"binary_data_size": len(body)},
+                )
+            ]
+        )
+
+
+def _tensor_metadata(spec: TensorSpec, batching: bool) -> dict[str, Any]:
+    shape = [-1, *spec.shape] if batching else list(spec.shape)
+    return {"name": spec.name, "datatype": spec.datatype, "shape": shape}
+
+
+def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "data_type": f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}", "dims": list(spec.shape)}
+
+
+def _check_against_spec(
+    spec: TensorSpec, datatype: str, shape: tuple[int, ...], batching: bool, max_batch: int
+) -> None:
+    if datatype != spec.datatype:
+        raise InvalidInput(f"input '{spec.name}': datatype {datatype}, model expects {spec.datatype}")
+    dims = shape
+    if batching:
+        if not shape:
+            raise InvalidInput(f"input '{spec.name}': shape needs a batch dimension first")
+        if not 1 <= shape[0] <= max_batch:
+            raise InvalidInput(
+                f"input '{spec.name}': batch size {shape[0]} is outside 1..{max_batch}"
+            )
+        dims = shape[1:]
+    expected = list(spec.shape)
+    if len(dims) != len(expected) or any(e not in (-1, d) for e, d in zip(expected, dims, strict=False)):
+        want = ([-1] if batching else []) + expected
+        raise InvalidInput(f"input '{spec.name}': shape {list(shape)}, model expects {want}")
+
+
+def _decode_one(
+    item: RequestInput,
+    datatype: str,
+    shape: tuple[int, ...],
+    binary: memoryview | None,
+    offset: int,
+) -> tuple[Any, int]:
+    size = (item.parameters or {}).get("binary_data_size")
+    if size is None:
+        if item.data is None:
+            raise InvalidInput(f"input '{item.name}' has neither data nor binary_data_size")
+        return from_json(item.name, datatype, shape, item.data), offset
+    if item.data is not None:
+        raise InvalidInput(f"input '{item.name}' has both data and binary_data_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"input '{item.name}': binary_data_size must be a non-negative integer")
+    if binary is None or offset + size > len(binary):
+        raise InvalidInput(
+            f"input '{item.name}': binary_data_size {size} runs past the end of the request body"
+        )
+    return from_binary(item.name, datatype, shape, binary[offset : offset + size]), offset + size
+
+
+def _raw_shape(spec: TensorSpec, batching: bool, nbytes: int) -> tuple[int, ...]:
+    from runtime.tensors import NUMPY_DTYPES
+
+    if spec.datatype == "BYTES":
+        raise InvalidInput("a raw binary request cannot carry a BYTES input; send a JSON header")
+    dims = list(spec.shape)
+    if batching:  # the batch size is the unknown, unless the item shape has one already
+        dims.insert(0, 1 if -1 in dims else -1)
+    itemsize = NUMPY_DTYPES[spec.datatype].itemsize
+    unknown = [i for i, d in enumerate(dims) if d == -1]
+    known = itemsize
+    for d in dims:
+        known *= d if d != -1 else 1
+    if len(unknown) > 1:
+        raise InvalidInput(
+            f"input '{spec.name}' has shape {dims} with several variable dimensions; a raw binary "
+            "request cannot say which, send a JSON header"
+        )
+    if unknown:
+        if known == 0 or nbytes % known:
+            raise InvalidInput(f"raw body of {nbytes} bytes does not fit shape {dims}")
+        dims[unknown[0]] = nbytes // known
+    elif nbytes != known:
+        raise InvalidInput(f"raw body of {nbytes} bytes, input '{spec.name}' needs {known}")
+    return tuple(dims)
+
+
+def _select_outputs(
+    model: str,
+    outputs: dict[str, Tensor],
+    wanted: list[RequestedOutput] | None,
+    request: InferenceRequest,
+) -> list[tuple[Tensor, bool]]:
+    if wanted is None:
+        return [(t, False) for t in outputs.values()]
+    if not wanted:  # binary_data_output with no explicit list: every output, binary
+        return [(t, True) for t in outputs.values()]
+    selected = []
+    for out in wanted:
+        if out.name not in outputs:
+            raise InvalidInput(f"model '{model}' produced no output '{out.name}'")
+        selected.append((outputs[out.name], out.binary))
+    return selected

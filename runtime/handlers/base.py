@@ -1,0 +1,119 @@
+"""The ``ModelHandler`` seam and the lazy registry of handlers.
+
+A handler's ``load`` and ``predict`` are blocking: the data plane always calls them from worker
+threads, never on the event loop. Handler modules are imported only when a model uses them, so a
+server that serves no torch model never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from runtime.config import ModelConfig, TensorSpec
+from runtime.errors import ConfigError
+from runtime.protocol import validation_message
+from runtime.tensors import Tensor
+
+_Options = TypeVar("_Options", bound=BaseModel)
+
+_REGISTRY = {
+    "torch-module": "runtime.handlers.torch_module:TorchModuleHandler",
+    "hf-encoder": "runtime.handlers.hf_encoder:HFEncoderHandler",
+    "kserve": "runtime.handlers.kserve_model:KServeModelHandler",
+}
+
+
+class HandlerLoadError(Exception):
+    """A model could not be loaded: missing or corrupt weights, a bad class path, ..."""
+
+
+class ModelHandler(Protocol):
+    """What the data plane needs from a model.
+
+    ``inputs``/``outputs`` describe one item: with batching on, the data plane adds the batch
+    dimension in front. ``predict`` receives a whole batch and returns every output it has.
+    """
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def load(self) -> None: ...
+
+    def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]: ...
+
+    def warmup_inputs(self) -> dict[str, Tensor] | None: ...
+
+    def unload(self) -> None: ...
+
+
+def create_handler(config: ModelConfig) -> ModelHandler:
+    module_name, _, class_name = _REGISTRY[config.handler].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = {"hf-encoder": "hf", "kserve": "kserve"}.get(config.handler, "")
+        hint = f" (install ember[{extra}])" if extra else ""
+        raise ConfigError(f"handler '{config.handler}' is unavailable: {exc}{hint}") from None
+    handler: ModelHandler = getattr(module, class_name)(config)
+    return handler
+
+
+def parse_options(model: type[_Options], config: ModelConfig) -> _Options:
+    """Validate a handler's ``options`` block against its own schema (unknown keys rejected)."""
+    try:
+        return model.model_validate(config.options)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"model '{config.name}': options for the {config.handler} handler: "
+            f"{validation_message(exc)}"
+        ) from None
+
+
+def import_object(path: str, *, base_dir: Path | None) -> Any:
+    """Import ``package.module:Name`` or ``relative/file.py:Name`` (relative to the config file)."""
+    target, sep, attr = path.partition(":")
+    if not sep or not attr:
+        raise HandlerLoadError(f"class path {path!r} must look like 'module:Class' or 'file.py:Class'")
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_absolute() and base_dir is not None:
+                file = base_dir / file
+            spec = importlib.util.spec_from_file_location(f"ember_user_{file.stem}", file)
+            if spec is None or spec.loader is None or not file.is_file():
+                raise HandlerLoadError(f"cannot import {file}: no such file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except HandlerLoadError:
+        raise
+    except Exception as exc:
+        raise HandlerLoadError(f"cannot import {target}: {type(exc).__name__}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise HandlerLoadError(f"{target} has no attribute {attr!r}") from None
+    if not inspect.isclass(obj) and not callable(obj):
+        raise HandlerLoadError(f"{path} is not a class or callable")
+    return obj
+
+
+def pick_device(requested: str) -> str:
+    """Resolve ``auto`` to ``cuda`` when a GPU is usable, else ``cpu``; check explicit requests."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise HandlerLoadError(f"device {requested!r} requested but no CUDA device is available")
+    return requested

@@ -1,0 +1,104 @@
+"""``torch-module``: a user's ``nn.Module`` class, its constructor config and safetensors weights.
+
+Options::
+
+    module: mlp.py:MLP          # or package.module:Class; a file path is relative to the config
+    kwargs: {in_features: 784}  # passed to the constructor
+    weights: model.safetensors  # inside the model's source directory (default: model.safetensors)
+    strict: true                # every parameter must be in the file, and nothing else
+
+Inputs are passed to ``forward`` positionally in the order the config lists them; a returned tensor,
+tuple or dict is matched to the configured outputs by position (or by name, for a dict).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from runtime.config import ModelConfig, TensorSpec
+from runtime.errors import ConfigError
+from runtime.handlers.base import HandlerLoadError, import_object, parse_options, pick_device
+from runtime.handlers.torch_util import from_torch, load_safetensors, to_torch
+from runtime.tensors import NUMPY_DTYPES, Tensor
+
+
+class TorchModuleOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    module: str
+    kwargs: dict[str, Any] = {}
+    weights: str = "model.safetensors"
+    strict: bool = True
+
+
+class TorchModuleHandler:
+    platform = "pytorch"
+
+    def __init__(self, config: ModelConfig) -> None:
+        if not config.inputs or not config.outputs:
+            raise ConfigError(
+                f"model '{config.name}': the torch-module handler needs 'inputs' and 'outputs'"
+            )
+        self.config = config
+        self.options = parse_options(TorchModuleOptions, config)
+        self.inputs: tuple[TensorSpec, ...] = config.inputs
+        self.outputs: tuple[TensorSpec, ...] = config.outputs
+        self.device = "cpu"
+        self.module: torch.nn.Module | None = None
+
+    def load(self) -> None:
+        self.device = pick_device(self.config.device)
+        cls = import_object(self.options.module, base_dir=self.config.base_dir)
+        try:
+            module = cls(**self.options.kwargs)
+        except Exception as exc:
+            raise HandlerLoadError(f"{self.options.module}(**kwargs) failed: {exc}") from exc
+        if not isinstance(module, torch.nn.Module):
+            raise HandlerLoadError(f"{self.options.module} did not build a torch.nn.Module")
+        state = load_safetensors(self.config.local_source() / self.options.weights, "cpu")
+        try:
+            result = module.load_state_dict(state, strict=self.options.strict)
+        except RuntimeError as exc:
+            raise HandlerLoadError(f"weights do not fit {self.options.module}: {exc}") from exc
+        if result.missing_keys:
+            raise HandlerLoadError(f"weights lack parameters: {result.missing_keys}")
+        self.module = module.to(self.device).eval()
+
+    def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        assert self.module is not None, "predict before load"
+        args = [to_torch(inputs[spec.name], self.device) for spec in self.inputs]
+        with torch.inference_mode():
+            result = self.module(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        outputs: dict[str, Tensor] = {}
+        for i, spec in enumerate(self.outputs):
+            value = result[spec.name] if isinstance(result, dict) else result[i]
+            outputs[spec.name] = from_torch(spec.name, value, spec.datatype)
+        return outputs
+
+    def warmup_inputs(self) -> dict[str, Tensor] | None:
+        warm: dict[str, Tensor] = {}
+        lead = (1,) if self.config.batching else ()
+        for spec in self.inputs:
+            if spec.datatype in ("BYTES", "BF16"):
+                return None
+            shape = lead + tuple(1 if d < 0 else d for d in spec.shape)
+            warm[spec.name] = Tensor(
+                spec.name, spec.datatype, _zeros(shape, spec.datatype)
+            )
+        return warm
+
+    def unload(self) -> None:
+        self.module = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _zeros(shape: tuple[int, ...], datatype: str) -> Any:
+    import numpy as np
+
+    return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])

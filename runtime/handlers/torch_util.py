@@ -1,0 +1,70 @@
+"""numpy <-> torch conversions that know about BF16 and read-only request buffers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.errors import InvalidInput
+from runtime.handlers.base import HandlerLoadError
+from runtime.tensors import NUMPY_DTYPES, Tensor
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "FP16": torch.float16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+    "BF16": torch.bfloat16,
+}
+_DATATYPE_OF = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+def to_torch(tensor: Tensor, device: str) -> torch.Tensor:
+    array = tensor.array
+    if tensor.datatype == "BYTES":
+        raise InvalidInput(f"input '{tensor.name}' is BYTES, which a torch module cannot take")
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, order="C")  # torch refuses to alias read-only request buffers
+    if tensor.datatype == "BF16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(device)
+    if tensor.datatype in ("UINT16", "UINT32", "UINT64"):
+        # torch has no arithmetic on these: widen to the next signed type that holds every value
+        array = array.astype(np.int64 if tensor.datatype != "UINT16" else np.int32)
+    return torch.from_numpy(array).to(device)
+
+
+def from_torch(name: str, value: torch.Tensor, datatype: str | None = None) -> Tensor:
+    value = value.detach()
+    if value.device.type != "cpu":
+        value = value.cpu()
+    if value.dtype == torch.bfloat16:
+        bits = value.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return Tensor(name, "BF16", bits)
+    if value.dtype not in _DATATYPE_OF:
+        raise HandlerLoadError(f"output '{name}' has dtype {value.dtype} with no protocol datatype")
+    array: np.ndarray[Any, Any] = value.numpy()
+    if datatype is not None and datatype not in ("BF16", "BYTES") and datatype != _DATATYPE_OF[value.dtype]:
+        array = array.astype(NUMPY_DTYPES[datatype])
+        return Tensor(name, datatype, array)
+    return Tensor(name, _DATATYPE_OF[value.dtype], array)
+
+
+def load_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning a missing, truncated or corrupt file into a clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise HandlerLoadError(f"weights file {path} does not exist")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise HandlerLoadError(f"cannot read weights {path}: {exc}") from exc

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one runtime process, on a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class RuntimeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ember_inference_requests",
+            "Inference requests answered, by model and HTTP status code",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ember_inference_request_duration_seconds",
+            "Time from receiving an inference request to answering it",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "ember_batch_size",
+            "Items per executed batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "ember_queue_depth",
+            "Requests waiting for a batch slot",
+            ["model"],
+            registry=self.registry,
+        )
+        self.load_duration = Gauge(
+            "ember_model_load_duration_seconds",
+            "Duration of the model's last load, warm-up included",
+            ["model"],
+            registry=self.registry,
+        )
+        self.model_ready = Gauge(
+            "ember_model_ready",
+            "1 when the model can answer",
+            ["model"],
+            registry=self.registry,
+        )

@@ -1,0 +1,153 @@
+"""The model repository: each configured model's lifecycle (load, warm up, serve, unload).
+
+Loading runs in worker threads, so ``/v2/health/live`` answers while weights are read. A model is
+READY only after its warm-up inference succeeded; a failed load leaves the model UNAVAILABLE with
+the reason, and the server keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+from runtime.batching import Scheduler
+from runtime.config import ModelConfig
+from runtime.errors import ConfigError, ModelNotFound, ModelNotReady, RuntimeServerError
+from runtime.handlers.base import HandlerLoadError, ModelHandler, create_handler
+from runtime.metrics import RuntimeMetrics
+from runtime.stats import ModelStats
+
+log = logging.getLogger("ember.runtime")
+
+
+class ModelState(enum.StrEnum):
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    stats: ModelStats
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = "not loaded"
+    handler: ModelHandler | None = None
+    scheduler: Scheduler | None = None
+    load_seconds: float | None = None
+    wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelRepository:
+    def __init__(self, configs: list[ModelConfig], metrics: RuntimeMetrics) -> None:
+        self._metrics = metrics
+        self._entries = {
+            c.name: ModelEntry(config=c, stats=ModelStats(c.name, c.version)) for c in configs
+        }
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def entry(self, name: str, version: str | None = None) -> ModelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(name)
+        if version is not None and version != entry.config.version:
+            raise ModelNotFound(name, version)
+        return entry
+
+    def ready_entry(self, name: str, version: str | None = None) -> ModelEntry:
+        entry = self.entry(name, version)
+        if entry.state is not ModelState.READY:
+            raise ModelNotReady(f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})")
+        return entry
+
+    def all_ready(self) -> bool:
+        return all(e.state is ModelState.READY for e in self._entries.values() if e.wanted)
+
+    async def load(self, name: str) -> ModelEntry:
+        """Load (or reload) a model; concurrent calls for one model share a single load."""
+        entry = self.entry(name)
+        entry.wanted = True
+        async with entry.lock:
+            if entry.state is ModelState.READY:
+                return entry
+            entry.state, entry.reason = ModelState.LOADING, "loading"
+            started = time.perf_counter()
+            handler: ModelHandler | None = None
+            scheduler: Scheduler | None = None
+            try:
+                handler = await asyncio.to_thread(create_handler, entry.config)
+                await asyncio.to_thread(handler.load)
+                scheduler = Scheduler(
+                    config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics
+                )
+                warm = handler.warmup_inputs() if entry.config.warmup else None
+                if warm is not None:
+                    await scheduler.run_now(warm)
+                scheduler.start()
+            except BaseException as exc:
+                await self._discard(handler, scheduler)
+                expected = isinstance(exc, HandlerLoadError | ConfigError | RuntimeServerError)
+                reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+                entry.state, entry.reason = ModelState.UNAVAILABLE, f"load failed: {reason}"
+                if not isinstance(exc, Exception):
+                    raise  # cancellation, interpreter exit
+                log.error("model %s failed to load: %s", name, reason, exc_info=not expected)
+                raise ModelNotReady(f"model '{name}' failed to load: {reason}") from exc
+            entry.handler, entry.scheduler = handler, scheduler
+            entry.load_seconds = time.perf_counter() - started
+            entry.state, entry.reason = ModelState.READY, ""
+            self._metrics.load_duration.labels(name).set(entry.load_seconds)
+            self._metrics.model_ready.labels(name).set(1)
+            log.info("model %s ready in %.2fs", name, entry.load_seconds)
+            return entry
+
+    async def unload(self, name: str, *, drain_timeout_s: float = 30.0) -> None:
+        """Stop admitting requests, let the queued ones finish, then release the model."""
+        entry = self.entry(name)
+        entry.wanted = False
+        async with entry.lock:
+            if entry.state is not ModelState.READY:
+                return
+            entry.state, entry.reason = ModelState.UNLOADING, "unloading"
+            self._metrics.model_ready.labels(name).set(0)
+            if entry.scheduler is not None:
+                await entry.scheduler.drain(drain_timeout_s)
+            await self._discard(entry.handler, entry.scheduler)
+            entry.handler = entry.scheduler = None
+            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+
+    async def _discard(self, handler: ModelHandler | None, scheduler: Scheduler | None) -> None:
+        if scheduler is not None:
+            await scheduler.close()
+        if handler is not None:
+            try:
+                await asyncio.to_thread(handler.unload)
+            except Exception:
+                log.exception("unloading a handler failed")
+
+    async def load_all(self) -> None:
+        results = await asyncio.gather(
+            *(self.load(n) for n, e in self._entries.items() if e.wanted), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+
+    async def drain(self, timeout_s: float) -> None:
+        await asyncio.gather(
+            *(e.scheduler.drain(timeout_s) for e in self._entries.values() if e.scheduler)
+        )
+
+    async def close(self) -> None:
+        for name in list(self._entries):
+            await self.unload(name, drain_timeout_s=0)

@@ -1,0 +1,285 @@
+"""The v2 REST surface: one route table over the data plane, and the error handlers.
+
+Request bodies are read as bytes and parsed with orjson whatever the Content-Type (tritonclient
+sends none), with the binary tensor data extension's ``Inference-Header-Content-Length`` honoured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runtime.dataplane import DataPlane, InferResult
+from runtime.errors import InvalidInput, PayloadTooLarge, RuntimeServerError
+from runtime.protocol import (
+    RepositoryIndexRequest,
+    parse_inference_request,
+    parse_json_object,
+    validation_message,
+)
+from runtime.tensors import to_binary, to_json_data
+
+HEADER_LENGTH = "inference-header-content-length"
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_JSON = "application/json"
+
+
+def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload, option=_NUMPY), status_code, headers, _JSON)
+
+
+def error_response(message: str, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status_code, headers)
+
+
+class V2Endpoints:
+    """Handlers of the Open Inference Protocol routes, bound to one data plane."""
+
+    def __init__(self, dataplane: DataPlane, *, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.max_request_bytes = max_request_bytes
+
+    # -------------------------------------------------------------------------- health, metadata
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dataplane.server_metadata())
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        if self.dataplane.ready():
+            return json_response({"ready": True})
+        reason = "draining" if self.dataplane.draining else "models are not ready"
+        return error_response(f"server is not ready: {reason}", 503, {"Retry-After": "1"})
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model(request)
+        if self.dataplane.model_ready(name, version):
+            return json_response({"name": name, "ready": True})
+        entry = self.dataplane.repository.entry(name, version)
+        return error_response(
+            f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})",
+            503,
+            {"Retry-After": "1"},
+        )
+
+    async def model_metadata(self, request: Request) -> Response:
+        return json_response(self.dataplane.model_metadata(*_model(request)))
+
+    async def model_config(self, request: Request) -> Response:
+        return json_response(self.dataplane.model_config(*_model(request)))
+
+    async def statistics(self, request: Request) -> Response:
+        name = request.path_params.get("model_name")
+        return json_response(
+            self.dataplane.statistics(name, request.path_params.get("model_version"))
+        )
+
+    # -------------------------------------------------------------------------- repository
+    async def repository_index(self, request: Request) -> Response:
+        body = await self._body(request)
+        ready = False
+        if body.strip():
+            payload = parse_json_object(body, "repository index request")
+            try:
+                ready = RepositoryIndexRequest.model_validate(payload).ready
+            except ValidationError as exc:
+                raise InvalidInput(
+                    f"invalid repository index request: {validation_message(exc)}"
+                ) from None
+        return json_response(self.dataplane.repository_index(ready))
+
+    async def repository_load(self, request: Request) -> Response:
+        name = request.path_params["model_name"]
+        await self.dataplane.repository.load(name)
+        return json_response({"name": name, "loaded": True})
+
+    async def repository_unload(self, request: Request) -> Response:
+        name = request.path_params["model_name"]
+        await self.dataplane.repository.unload(name)
+        return json_response({"name": name, "unloaded": True})
+
+    # -------------------------------------------------------------------------- inference
+    async def infer(self, request: Request) -> Response:
+        name, version = _model(request)
+        body = await self._body(request)
+        header_length = request.headers.get(HEADER_LENGTH)
+        binary: memoryview | None = None
+        if header_length is None:
+            infer_request = parse_inference_request(parse_json_object(body, "request body"))
+        else:
+            length = _header_length(header_length, len(body))
+            if length == 0:
+                infer_request = self.dataplane.raw_request(name, version, body)
+                binary = memoryview(body)
+            else:
+                view = memoryview(body)
+                infer_request = parse_inference_request(
+                    parse_json_object(view[:length], "inference header")
+                )
+                binary = view[length:]
+        result = await self.dataplane.infer(name, version, infer_request, binary)
+        return encode_result(result)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidInput(f"Content-Length {declared!r} is not a number")
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+            body = await request.body()
+        else:
+            parts, total = [], 0
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                parts.append(chunk)
+            body = b"".join(parts)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            body = _decompress(body, encoding, limit)
+        return body
+
+
+def _model(request: Request) -> tuple[str, str | None]:
+    return request.path_params["model_name"], request.path_params.get("model_version")
+
+
+def _header_length(value: str, body_length: int) -> int:
+    if not value.isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not a non-negative integer")
+    length = int(value)
+    if length > body_length:
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {length} is larger than the body ({body_length} bytes)"
+        )
+    return length
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise InvalidInput(f"request body is not valid {encoding}: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return out
+
+
+def encode_result(result: InferResult) -> Response:
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor, binary in result.outputs:
+        out: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.array.shape),
+        }
+        if binary:
+            raw = to_binary(tensor.datatype, tensor.array)
+            out["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            out["data"] = to_json_data(tensor.name, tensor.datatype, tensor.array)
+        outputs.append(out)
+    payload: dict[str, Any] = {
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "outputs": outputs,
+    }
+    if result.id is not None:
+        payload["id"] = result.id
+    header = orjson.dumps(payload, option=_NUMPY)
+    if not blobs:
+        return Response(header, 200, media_type=_JSON)
+    return Response(
+        b"".join([header, *blobs]),
+        200,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        media_type="application/octet-stream",
+    )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def register_v2_endpoints(app: FastAPI, endpoints: V2Endpoints) -> None:
+    """The route table. Order matters: ``/v2/models/stats`` before ``/v2/models/{model_name}``."""
+    e = endpoints
+    model = "/v2/models/{model_name}"
+    version = "/v2/models/{model_name}/versions/{model_version}"
+    routes: list[tuple[str, Endpoint, str]] = [
+        ("/v2", e.server_metadata, "GET"),
+        ("/v2/", e.server_metadata, "GET"),
+        ("/v2/health/live", e.live, "GET"),
+        ("/v2/health/ready", e.ready, "GET"),
+        ("/v2/models/stats", e.statistics, "GET"),
+        ("/v2/repository/index", e.repository_index, "POST"),
+        ("/v2/repository/models/{model_name}/load", e.repository_load, "POST"),
+        ("/v2/repository/models/{model_name}/unload", e.repository_unload, "POST"),
+    ]
+    for prefix in (model, version):
+        routes += [
+            (prefix, e.model_metadata, "GET"),
+            (prefix + "/ready", e.model_ready, "GET"),
+            (prefix + "/config", e.model_config, "GET"),
+            (prefix + "/stats", e.statistics, "GET"),
+            (prefix + "/infer", e.infer, "POST"),
+        ]
+    for path, endpoint, method in routes:
+        app.add_route(path, endpoint, methods=[method], include_in_schema=False)
+
+
+def register_metrics_endpoint(app: FastAPI, dataplane: DataPlane) -> None:
+    async def metrics(request: Request) -> Response:
+        for entry in dataplane.repository.entries():
+            depth = entry.scheduler.depth if entry.scheduler else 0
+            dataplane.metrics.queue_depth.labels(entry.config.name).set(depth)
+        return Response(generate_latest(dataplane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as ``{"error": ...}``: no FastAPI 422s, no HTML 500s."""
+
+    async def ours(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RuntimeServerError)
+        return error_response(exc.message, exc.status_code, exc.headers)
+
+    async def http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        message = str(exc.detail) if exc.status_code != 404 else f"no route for {request.url.path}"
+        return error_response(message, exc.status_code, headers)
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(f"invalid request: {exc.errors()}", 400)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+    app.add_exception_handler(RuntimeServerError, ours)
+    app.add_exception_handler(StarletteHTTPException, http)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(Exception, unexpected)
+

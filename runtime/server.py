@@ -1,0 +1,52 @@
+"""Run the runtime under uvicorn: bind (port 0 picks one and prints it), serve, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from runtime.app import create_app
+from runtime.config import ModelConfig, ServerSettings
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_period_s`` to finish. Exit 0."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    sock = bind(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    app = create_app(settings, configs)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.grace_period_s) or None,
+        server_header=False,
+        date_header=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once it has shut down; a handler of ours turns that
+    # re-raise into a no-op, so a graceful stop exits 0 instead of dying of SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    print(f"ember serve: listening on http://{settings.host}:{port}", flush=True)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1

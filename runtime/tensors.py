@@ -1,0 +1,252 @@
+"""Tensor codecs of the Open Inference Protocol: JSON data and the binary tensor data extension.
+
+A decoded tensor is a numpy array. BYTES tensors are object arrays of ``bytes``; BF16 tensors, which
+numpy has no type for, are ``uint16`` arrays holding the raw bfloat16 bits (``Tensor.datatype`` says
+which). Every malformed input raises :class:`~runtime.errors.InvalidInput` with a message naming the
+tensor, never a bare numpy error.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InvalidInput
+
+# datatype -> numpy dtype (little endian, as the binary extension sends them)
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BF16": np.dtype("<u2"),
+    "BYTES": np.dtype(object),
+}
+DATATYPES = frozenset(NUMPY_DTYPES)
+
+# numpy dtype kinds a JSON list may hold for each family of datatypes
+_JSON_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}
+
+_LEN = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor with its protocol datatype. ``array.shape`` is the tensor's shape."""
+
+    name: str
+    datatype: str
+    array: np.ndarray[Any, Any]
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.array.shape)
+
+
+def datatype_of(array: np.ndarray[Any, Any]) -> str:
+    """The protocol datatype for a numpy array (BF16 arrays must be labelled by the caller)."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return "BYTES"
+    for name, dtype in NUMPY_DTYPES.items():
+        if name not in ("BYTES", "BF16") and array.dtype == dtype:
+            return name
+    if array.dtype.kind in "iufb" and array.dtype.byteorder == ">":
+        return datatype_of(array.astype(array.dtype.newbyteorder("<")))
+    raise InvalidInput(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """Validate a request's shape: a list of non-negative integers."""
+    if not isinstance(shape, list | tuple):
+        raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}")
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}")
+        if dim < 0:
+            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    return tuple(shape)
+
+
+def check_datatype(name: str, datatype: Any) -> str:
+    if not isinstance(datatype, str) or datatype.upper() not in DATATYPES:
+        raise InvalidInput(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DATATYPES)}"
+        )
+    return datatype.upper()
+
+
+def _element_count(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+# --------------------------------------------------------------------------------------------- JSON
+
+
+def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray[Any, Any]:
+    """Decode the ``data`` of a JSON input (nested or flat, row-major) into an array of ``shape``."""
+    if not isinstance(data, list):
+        data = [data]
+    count = _element_count(shape)
+    if datatype == "BYTES":
+        return _bytes_from_json(name, shape, data, count)
+    if datatype == "BF16":
+        raise InvalidInput(
+            f"input '{name}': BF16 has no JSON form; send it with the binary tensor data extension"
+        )
+    dtype = NUMPY_DTYPES[datatype]
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input '{name}': data is ragged or not numeric: {exc}") from None
+    if raw.size != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data has {raw.size}"
+        )
+    if raw.size and raw.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        raise InvalidInput(
+            f"input '{name}': data of kind '{_kind_name(raw)}' does not fit datatype {datatype}"
+        )
+    try:
+        array = raw.astype(dtype, copy=False)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': data does not fit {datatype}: {exc}") from None
+    if dtype.kind in "iu" and raw.dtype != dtype and raw.size and not np.array_equal(array, raw):
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+    return array.reshape(shape)
+
+
+def _kind_name(raw: np.ndarray[Any, Any]) -> str:
+    return {"b": "boolean", "i": "integer", "u": "integer", "f": "float"}.get(
+        raw.dtype.kind, "string"
+    )
+
+
+def _bytes_from_json(
+    name: str, shape: tuple[int, ...], data: list[Any], count: int
+) -> np.ndarray[Any, Any]:
+    flat: list[bytes] = []
+
+    def walk(items: list[Any]) -> None:
+        for item in items:
+            if isinstance(item, list):
+                walk(item)
+            elif isinstance(item, str):
+                flat.append(item.encode("utf-8"))
+            elif isinstance(item, bytes):
+                flat.append(item)
+            else:
+                raise InvalidInput(
+                    f"input '{name}': BYTES data must be strings, got {type(item).__name__}"
+                )
+
+    walk(data)
+    if len(flat) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data has {len(flat)}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = flat
+    return array.reshape(shape)
+
+
+def to_json_data(name: str, datatype: str, array: np.ndarray[Any, Any]) -> Any:
+    """Flat, row-major JSON data for an output. Numeric arrays go to orjson as they are."""
+    if datatype == "BYTES":
+        out: list[str] = []
+        for item in array.reshape(-1):
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInput(
+                    f"output '{name}' holds bytes that are not UTF-8; request it with "
+                    '"binary_data": true'
+                ) from None
+        return out
+    if datatype == "BF16":
+        raise InvalidInput(
+            f"output '{name}' is BF16, which has no JSON form; request it with "
+            '"binary_data": true'
+        )
+    return np.ascontiguousarray(array.reshape(-1))
+
+
+# ------------------------------------------------------------------------------------------- binary
+
+
+def from_binary(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
+) -> np.ndarray[Any, Any]:
+    """Decode one tensor of the binary tensor data extension (row-major, little endian)."""
+    count = _element_count(shape)
+    if datatype == "BYTES":
+        return _bytes_from_binary(name, shape, raw, count)
+    dtype = NUMPY_DTYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes, "
+            f"got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+
+def _bytes_from_binary(
+    name: str, shape: tuple[int, ...], raw: bytes | memoryview, count: int
+) -> np.ndarray[Any, Any]:
+    view = memoryview(raw)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"input '{name}': BYTES element length prefix is truncated")
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(f"input '{name}': BYTES element runs past the end of its data")
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data has {len(items)}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def to_binary(datatype: str, array: np.ndarray[Any, Any]) -> bytes:
+    """Serialise an output for the binary tensor data extension."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for item in array.reshape(-1):
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(_LEN.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    dtype = NUMPY_DTYPES[datatype]
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def bf16_from_float32(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Round float32 values to bfloat16 bits (round to nearest even), as ``uint16``."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def bf16_to_float32(bits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Widen bfloat16 bits (``uint16``) to float32 exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

@@ -1,0 +1,1 @@
+"""Ember weight cache: object stores, safetensors planning and streaming, the local NVMe tier."""
