@@ -55,8 +55,6 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     )
     app.state.dataplane = dataplane
     register_error_handlers(app)
-    register_v2_endpoints(
-        app, V2Endpoints(dataplane, max_request_bytes=settings.max_request_bytes)
-    )
+    register_v2_endpoints(app, V2Endpoints(dataplane, max_request_bytes=settings.max_request_bytes))
     register_metrics_endpoint(app, dataplane)
     return app

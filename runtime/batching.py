@@ -70,6 +70,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(config.instance_count)
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
+        self._progress = asyncio.Event()  # set whenever a batch finishes
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._batching = config.max_batch_size > 0
@@ -121,9 +122,7 @@ class Scheduler:
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.create_task(self._execute(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running.add(asyncio.create_task(self._execute(batch)))
 
     async def _collect(self) -> list[_Pending]:
         first = self._queue.popleft()
@@ -163,11 +162,17 @@ class Scheduler:
                 for pending in batch:
                     _fail(pending, exc)
         except Exception as exc:
-            error = InferenceFailed(f"model '{self._config.name}' failed: {type(exc).__name__}: {exc}")
+            error = InferenceFailed(
+                f"model '{self._config.name}' failed: {type(exc).__name__}: {exc}"
+            )
             for pending in batch:
                 _fail(pending, error)
         finally:
             self._slots.release()
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
+            self._progress.set()
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
@@ -179,7 +184,9 @@ class Scheduler:
             inputs = batch[0].inputs
         else:
             inputs = {
-                name: Tensor(name, t.datatype, np.concatenate([p.inputs[name].array for p in batch]))
+                name: Tensor(
+                    name, t.datatype, np.concatenate([p.inputs[name].array for p in batch])
+                )
                 for name, t in batch[0].inputs.items()
             }
         t_input = time.perf_counter_ns()
@@ -217,8 +224,13 @@ class Scheduler:
     async def drain(self, timeout_s: float) -> None:
         """Wait until the queue is empty and no batch is running (or the timeout passes)."""
         deadline = time.monotonic() + timeout_s
-        while (self._queue or self._running) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        while self._queue or self._running:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
 
     async def close(self) -> None:
         if self._loop_task is not None:

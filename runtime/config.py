@@ -28,7 +28,7 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
 class TensorSpec(BaseModel):
-    """A model input or output. With batching, ``shape`` excludes the batch dimension (as Triton)."""
+    """A model input or output. With batching, ``shape`` excludes the batch dimension."""
 
     model_config = _FROZEN
 
@@ -133,7 +133,9 @@ class ModelConfig(BaseModel):
     def local_source(self) -> Path:
         """The model's directory on this machine, for sources that are local."""
         if self.source is None:
-            raise ConfigError(f"model '{self.name}': 'source' is required by the {self.handler} handler")
+            raise ConfigError(
+                f"model '{self.name}': 'source' is required by the {self.handler} handler"
+            )
         return resolve_local_source(self.source, self.base_dir)
 
 
@@ -185,7 +187,9 @@ def load_model_configs(path: str | Path) -> list[ModelConfig]:
     try:
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+        raise ConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
     if isinstance(doc, dict) and set(doc) == {"models"}:
         doc = doc["models"]
     entries = doc if isinstance(doc, list) else [doc]

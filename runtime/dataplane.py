@@ -122,8 +122,7 @@ class DataPlane:
             spec = specs.get(name)
             if specs and spec is None:
                 raise InvalidInput(
-                    f"model '{entry.config.name}' has no input '{name}'; "
-                    f"expected {sorted(specs)}"
+                    f"model '{entry.config.name}' has no input '{name}'; expected {sorted(specs)}"
                 )
             datatype = check_datatype(name, item.datatype)
             shape = check_shape(name, item.shape)
@@ -160,7 +159,9 @@ class DataPlane:
                     f"expected {sorted(known)}"
                 )
             params = out.parameters or {}
-            requested.append(RequestedOutput(out.name, bool(params.get("binary_data", default_binary))))
+            requested.append(
+                RequestedOutput(out.name, bool(params.get("binary_data", default_binary)))
+            )
         return requested
 
     async def infer(
@@ -222,14 +223,20 @@ def _tensor_metadata(spec: TensorSpec, batching: bool) -> dict[str, Any]:
 
 
 def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "data_type": f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}", "dims": list(spec.shape)}
+    return {
+        "name": spec.name,
+        "data_type": f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}",
+        "dims": list(spec.shape),
+    }
 
 
 def _check_against_spec(
     spec: TensorSpec, datatype: str, shape: tuple[int, ...], batching: bool, max_batch: int
 ) -> None:
     if datatype != spec.datatype:
-        raise InvalidInput(f"input '{spec.name}': datatype {datatype}, model expects {spec.datatype}")
+        raise InvalidInput(
+            f"input '{spec.name}': datatype {datatype}, model expects {spec.datatype}"
+        )
     dims = shape
     if batching:
         if not shape:
@@ -240,7 +247,9 @@ def _check_against_spec(
             )
         dims = shape[1:]
     expected = list(spec.shape)
-    if len(dims) != len(expected) or any(e not in (-1, d) for e, d in zip(expected, dims, strict=False)):
+    if len(dims) != len(expected) or any(
+        e not in (-1, d) for e, d in zip(expected, dims, strict=False)
+    ):
         want = ([-1] if batching else []) + expected
         raise InvalidInput(f"input '{spec.name}': shape {list(shape)}, model expects {want}")
 

@@ -62,7 +62,9 @@ class ShuttingDown(RuntimeServerError):
     status_code = 503
 
     def __init__(self) -> None:
-        super().__init__("server is shutting down", headers={"Retry-After": "1", "Connection": "close"})
+        super().__init__(
+            "server is shutting down", headers={"Retry-After": "1", "Connection": "close"}
+        )
 
 
 class InferenceFailed(RuntimeServerError):

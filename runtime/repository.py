@@ -67,7 +67,9 @@ class ModelRepository:
     def ready_entry(self, name: str, version: str | None = None) -> ModelEntry:
         entry = self.entry(name, version)
         if entry.state is not ModelState.READY:
-            raise ModelNotReady(f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})")
+            raise ModelNotReady(
+                f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})"
+            )
         return entry
 
     def all_ready(self) -> bool:

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,11 +35,15 @@ _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _JSON = "application/json"
 
 
-def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(orjson.dumps(payload, option=_NUMPY), status_code, headers, _JSON)
 
 
-def error_response(message: str, status_code: int, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    message: str, status_code: int, headers: dict[str, str] | None = None
+) -> Response:
     return json_response({"error": message}, status_code, headers)
 
 
@@ -139,7 +143,9 @@ class V2Endpoints:
             if not declared.isdigit():
                 raise InvalidInput(f"Content-Length {declared!r} is not a number")
             if int(declared) > limit:
-                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+                raise PayloadTooLarge(
+                    f"request body of {declared} bytes exceeds the limit of {limit}"
+                )
             body = await request.body()
         else:
             parts, total = [], 0
@@ -161,11 +167,13 @@ def _model(request: Request) -> tuple[str, str | None]:
 
 def _header_length(value: str, body_length: int) -> int:
     if not value.isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length {value!r} is not a non-negative integer")
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {value!r} is not a non-negative integer"
+        )
     length = int(value)
     if length > body_length:
         raise InvalidInput(
-            f"Inference-Header-Content-Length {length} is larger than the body ({body_length} bytes)"
+            f"Inference-Header-Content-Length {length} exceeds the body ({body_length} bytes)"
         )
     return length
 
@@ -282,4 +290,3 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(Exception, unexpected)
-

@@ -95,7 +95,7 @@ def _element_count(shape: tuple[int, ...]) -> int:
 
 
 def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray[Any, Any]:
-    """Decode the ``data`` of a JSON input (nested or flat, row-major) into an array of ``shape``."""
+    """Decode a JSON input's ``data`` (nested or flat, row-major) into an array of ``shape``."""
     if not isinstance(data, list):
         data = [data]
     count = _element_count(shape)
@@ -114,6 +114,9 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np
         raise InvalidInput(
             f"input '{name}': shape {list(shape)} needs {count} elements, data has {raw.size}"
         )
+    if dtype.kind in "iu" and raw.dtype.kind in "fO":
+        # numpy widens integers past int64 (UINT64's top half) to float or object: decode exactly
+        raw = _wide_integers(name, datatype, data, raw)
     if raw.size and raw.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise InvalidInput(
             f"input '{name}': data of kind '{_kind_name(raw)}' does not fit datatype {datatype}"
@@ -125,6 +128,18 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np
     if dtype.kind in "iu" and raw.dtype != dtype and raw.size and not np.array_equal(array, raw):
         raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
     return array.reshape(shape)
+
+
+def _wide_integers(
+    name: str, datatype: str, data: list[Any], raw: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    values = np.array(data, dtype=object).reshape(-1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.tolist()):
+        return raw  # really floats: the kind check below reports it
+    info = np.iinfo(NUMPY_DTYPES[datatype])
+    if any(v < info.min or v > info.max for v in values.tolist()):
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
+    return np.array(values.tolist(), dtype=NUMPY_DTYPES[datatype]).reshape(raw.shape)
 
 
 def _kind_name(raw: np.ndarray[Any, Any]) -> str:

@@ -81,7 +81,9 @@ def import_object(path: str, *, base_dir: Path | None) -> Any:
     """Import ``package.module:Name`` or ``relative/file.py:Name`` (relative to the config file)."""
     target, sep, attr = path.partition(":")
     if not sep or not attr:
-        raise HandlerLoadError(f"class path {path!r} must look like 'module:Class' or 'file.py:Class'")
+        raise HandlerLoadError(
+            f"class path {path!r} must look like 'module:Class' or 'file.py:Class'"
+        )
     try:
         if target.endswith(".py"):
             file = Path(target)

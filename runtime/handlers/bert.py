@@ -146,10 +146,9 @@ class BertEncoder(nn.Module):
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer in self.encoder.layer:
             x = layer(x, mask)
-        return x
+        return x  # type: ignore[no-any-return]
 
 
 def mean_pool(tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     weights = attention_mask[..., None].to(tokens.dtype)
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-

@@ -5,7 +5,7 @@ the sentence-transformers settings when present (``sentence_bert_config.json`` f
 length, ``1_Pooling/config.json`` for mean pooling, ``modules.json`` for normalisation).
 Input ``text`` (BYTES, one string per item), output ``embedding`` (FP32, one vector per item).
 
-Options: ``max_length`` (tokens, overrides the model's), ``normalize`` (bool, overrides modules.json).
+Options: ``max_length`` (tokens, overrides the model's), ``normalize`` (overrides modules.json).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.config import ModelConfig, TensorSpec
+from runtime.errors import InvalidInput
 from runtime.handlers.base import HandlerLoadError, parse_options, pick_device
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
 from runtime.handlers.torch_util import load_safetensors
-from runtime.errors import InvalidInput
 from runtime.tensors import Tensor
 
 

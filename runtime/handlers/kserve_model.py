@@ -113,5 +113,8 @@ class KServeModelHandler:
 
 def _data(tensor: Tensor) -> Any:
     if tensor.datatype == "BYTES":
-        return [b.decode("utf-8", "replace") if isinstance(b, bytes) else b for b in tensor.array.reshape(-1)]
+        return [
+            b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+            for b in tensor.array.reshape(-1)
+        ]
     return np.ascontiguousarray(tensor.array)

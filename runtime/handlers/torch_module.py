@@ -87,9 +87,7 @@ class TorchModuleHandler:
             if spec.datatype in ("BYTES", "BF16"):
                 return None
             shape = lead + tuple(1 if d < 0 else d for d in spec.shape)
-            warm[spec.name] = Tensor(
-                spec.name, spec.datatype, _zeros(shape, spec.datatype)
-            )
+            warm[spec.name] = Tensor(spec.name, spec.datatype, _zeros(shape, spec.datatype))
         return warm
 
     def unload(self) -> None:

@@ -51,7 +51,11 @@ def from_torch(name: str, value: torch.Tensor, datatype: str | None = None) -> T
     if value.dtype not in _DATATYPE_OF:
         raise HandlerLoadError(f"output '{name}' has dtype {value.dtype} with no protocol datatype")
     array: np.ndarray[Any, Any] = value.numpy()
-    if datatype is not None and datatype not in ("BF16", "BYTES") and datatype != _DATATYPE_OF[value.dtype]:
+    if (
+        datatype is not None
+        and datatype not in ("BF16", "BYTES")
+        and datatype != _DATATYPE_OF[value.dtype]
+    ):
         array = array.astype(NUMPY_DTYPES[datatype])
         return Tensor(name, datatype, array)
     return Tensor(name, _DATATYPE_OF[value.dtype], array)

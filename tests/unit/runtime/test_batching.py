@@ -1,0 +1,169 @@
+"""The scheduler with a recording handler, on a real event loop (no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from runtime.batching import Scheduler
+from runtime.config import ModelConfig, TensorSpec
+from runtime.errors import InferenceFailed, InvalidInput, ServerOverloaded
+from runtime.metrics import RuntimeMetrics
+from runtime.stats import ModelStats
+from runtime.tensors import Tensor
+
+
+class Doubler:
+    """Doubles its input; records batch sizes; can be told to block or to reject a value."""
+
+    platform = "test"
+    inputs = (TensorSpec(name="x", datatype="FP32", shape=(2,)),)
+    outputs = (TensorSpec(name="y", datatype="FP32", shape=(2,)),)
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        self.gate.wait(10)
+        x = inputs["x"].array
+        if (x < 0).any():
+            raise InvalidInput("negative values are not allowed")
+        if (x > 1e6).any():
+            raise RuntimeError("model exploded")
+        self.batches.append(x.shape[0])
+        return {"y": Tensor("y", "FP32", x * 2)}
+
+    def warmup_inputs(self) -> dict[str, Tensor] | None:
+        return None
+
+    def unload(self) -> None:
+        pass
+
+
+def config(**kw: Any) -> ModelConfig:
+    return ModelConfig(name="m", handler="torch-module", **kw)
+
+
+def request(value: float, items: int = 1) -> dict[str, Tensor]:
+    return {"x": Tensor("x", "FP32", np.full((items, 2), value, dtype=np.float32))}
+
+
+async def started(cfg: ModelConfig, handler: Doubler) -> Scheduler:
+    scheduler = Scheduler(
+        config=cfg, handler=handler, stats=ModelStats("m", "1"), metrics=RuntimeMetrics()
+    )
+    scheduler.start()
+    return scheduler
+
+
+async def test_requests_arriving_together_share_a_batch_and_get_their_own_rows() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=16, max_queue_delay_ms=50), handler)
+    results = await asyncio.gather(*(scheduler.submit(request(i, items=2)) for i in range(5)))
+    for i, out in enumerate(results):
+        assert out["y"].array.tolist() == [[2.0 * i] * 2] * 2
+    assert handler.batches == [10]
+    await scheduler.close()
+
+
+async def test_batches_never_exceed_max_batch_size() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=4, max_queue_delay_ms=20), handler)
+    await asyncio.gather(*(scheduler.submit(request(1, items=3)) for _ in range(4)))
+    assert max(handler.batches) <= 4 and sum(handler.batches) == 12
+    await scheduler.close()
+
+
+async def test_preferred_size_is_sent_without_waiting_out_the_delay() -> None:
+    handler = Doubler()
+    scheduler = await started(
+        config(max_batch_size=8, preferred_batch_size=(2,), max_queue_delay_ms=5000), handler
+    )
+    begin = time.monotonic()
+    await asyncio.gather(scheduler.submit(request(1)), scheduler.submit(request(2)))
+    assert time.monotonic() - begin < 2.0
+    assert handler.batches == [2]
+    await scheduler.close()
+
+
+async def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=30), handler)
+    begin = time.monotonic()
+    await scheduler.submit(request(1))
+    assert 0.025 <= time.monotonic() - begin < 2.0
+    await scheduler.close()
+
+
+async def test_full_queue_answers_overloaded_and_loses_nothing_else() -> None:
+    handler = Doubler()
+    handler.gate.clear()  # the model is busy: requests pile up
+    scheduler = await started(config(max_batch_size=1, max_queue_size=2), handler)
+    first = asyncio.create_task(scheduler.submit(request(1)))
+    await asyncio.sleep(0.05)  # first is running; the queue is empty again
+    queued = [asyncio.create_task(scheduler.submit(request(i))) for i in (2, 3)]
+    await asyncio.sleep(0)
+    with pytest.raises(ServerOverloaded, match="queue is full"):
+        await scheduler.submit(request(4))
+    handler.gate.set()
+    outs = await asyncio.gather(first, *queued)
+    assert [o["y"].array[0, 0] for o in outs] == [2.0, 4.0, 6.0]
+    await scheduler.close()
+
+
+async def test_one_bad_request_does_not_fail_its_batch_mates() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=50), handler)
+    results = await asyncio.gather(
+        scheduler.submit(request(1)),
+        scheduler.submit(request(-1)),
+        scheduler.submit(request(3)),
+        return_exceptions=True,
+    )
+    assert results[0]["y"].array[0, 0] == 2.0  # type: ignore[index]
+    assert isinstance(results[1], InvalidInput)
+    assert results[2]["y"].array[0, 0] == 6.0  # type: ignore[index]
+    await scheduler.close()
+
+
+async def test_model_crash_is_a_500_for_that_batch_only() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=0), handler)
+    with pytest.raises(InferenceFailed, match="model exploded"):
+        await scheduler.submit(request(1e7))
+    assert (await scheduler.submit(request(1)))["y"].array[0, 0] == 2.0
+    await scheduler.close()
+
+
+async def test_shapes_that_differ_go_to_different_batches() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=30), handler)
+    odd = {"x": Tensor("x", "FP32", np.ones((1, 3), dtype=np.float32))}
+    a, b = await asyncio.gather(scheduler.submit(request(1)), scheduler.submit(odd))
+    assert a["y"].array.shape == (1, 2) and b["y"].array.shape == (1, 3)
+    assert sorted(handler.batches) == [1, 1]
+    await scheduler.close()
+
+
+async def test_drain_waits_for_running_work_and_close_fails_the_rest() -> None:
+    handler = Doubler()
+    handler.gate.clear()
+    scheduler = await started(config(max_batch_size=1), handler)
+    running = asyncio.create_task(scheduler.submit(request(1)))
+    await asyncio.sleep(0.05)
+    threading.Timer(0.1, handler.gate.set).start()
+    await scheduler.drain(5)
+    assert running.done() and (await running)["y"].array[0, 0] == 2.0
+    await scheduler.close()
+    with pytest.raises(ServerOverloaded):
+        await scheduler.submit(request(1))
