@@ -101,8 +101,8 @@ class ModelRepository:
                 expected = isinstance(exc, HandlerLoadError | ConfigError | RuntimeServerError)
                 reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
                 entry.state, entry.reason = ModelState.UNAVAILABLE, f"load failed: {reason}"
-                if not isinstance(exc, Exception):
-                    raise  # cancellation, interpreter exit
+                if not isinstance(exc, Exception | SystemExit):
+                    raise  # cancellation, Ctrl-C: not the model's fault
                 log.error("model %s failed to load: %s", name, reason, exc_info=not expected)
                 raise ModelNotReady(f"model '{name}' failed to load: {reason}") from exc
             entry.handler, entry.scheduler = handler, scheduler

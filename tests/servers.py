@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -95,3 +96,17 @@ def running_server(config: Path, *args: str, ready: bool = True) -> Iterator[Ser
         yield server
     finally:
         server.terminate()
+
+
+def wait_for_state(server: ServerProcess, state: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Poll the repository index until a model has tried to load and reached ``state``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            for entry in httpx.post(server.url + "/v2/repository/index").json():
+                if entry["state"] == state and entry["reason"] != "not loaded":
+                    return dict(entry)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"model never reached {state}:\n{server.output}")

@@ -13,6 +13,7 @@ models both work. Give ``inputs``/``outputs`` in the config for metadata and val
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from typing import Any
 
@@ -46,7 +47,7 @@ class KServeModelHandler:
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        import kserve
+        kserve = _import_kserve()
 
         cls = import_object(self.options.model_class, base_dir=self.config.base_dir)
         if not (isinstance(cls, type) and issubclass(cls, kserve.Model)):
@@ -109,6 +110,24 @@ class KServeModelHandler:
             loops, self._all_loops = self._all_loops, []
         for loop in loops:
             loop.close()
+
+
+def _import_kserve() -> Any:
+    """Import kserve, which parses ``sys.argv`` at import time and exits on flags it dislikes.
+
+    Ember's own command line is none of its business, so it sees an empty one.
+    """
+    if "kserve" in sys.modules:
+        return sys.modules["kserve"]
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        import kserve
+    except SystemExit as exc:
+        raise HandlerLoadError(f"importing kserve failed (exit {exc.code})") from None
+    finally:
+        sys.argv = saved
+    return kserve
 
 
 def _data(tensor: Tensor) -> Any:

@@ -15,6 +15,9 @@ from runtime.tensors import NUMPY_DTYPES, Tensor
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
     "UINT8": torch.uint8,
+    "UINT16": torch.uint16,
+    "UINT32": torch.uint32,
+    "UINT64": torch.uint64,
     "INT8": torch.int8,
     "INT16": torch.int16,
     "INT32": torch.int32,
@@ -35,9 +38,6 @@ def to_torch(tensor: Tensor, device: str) -> torch.Tensor:
         array = np.array(array, order="C")  # torch refuses to alias read-only request buffers
     if tensor.datatype == "BF16":
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).to(device)
-    if tensor.datatype in ("UINT16", "UINT32", "UINT64"):
-        # torch has no arithmetic on these: widen to the next signed type that holds every value
-        array = array.astype(np.int64 if tensor.datatype != "UINT16" else np.int32)
     return torch.from_numpy(array).to(device)
 
 
