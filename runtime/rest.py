@@ -117,6 +117,7 @@ class V2Endpoints:
     # -------------------------------------------------------------------------- inference
     async def infer(self, request: Request) -> Response:
         name, version = _model(request)
+        self.dataplane.repository.ready_entry(name, version)  # 404 / 503 before parsing anything
         body = await self._body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         binary: memoryview | None = None
