@@ -104,10 +104,22 @@ class Scheduler:
             enqueued_ns=time.perf_counter_ns(),
             key=_batch_key(inputs) if self._batching else (),
         )
+        if self._can_run_at_once():
+            # Nothing waits and nothing would be waited for: run in the caller's task, sparing
+            # the hand-off to the scheduler's task. Same result the batcher would produce.
+            await self._slots.acquire()
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.add(task)
+            await self._execute([pending])
+            return pending.future.result()
         self._queue.append(pending)
         self._depth_metric.set(len(self._queue))
         self._wakeup.set()
         return await pending.future
+
+    def _can_run_at_once(self) -> bool:
+        return not self._queue and not self._slots.locked() and self._delay_ns == 0
 
     async def _run(self) -> None:
         while True:

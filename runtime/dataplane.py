@@ -40,6 +40,9 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics
         self.draining = False
+        # prometheus children looked up once, not on every request
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- metadata
     def server_metadata(self) -> dict[str, Any]:
@@ -175,7 +178,6 @@ class DataPlane:
             raise ShuttingDown()
         started = time.perf_counter_ns()
         entry = self.repository.ready_entry(name, version)
-        labels = self.metrics.requests
         try:
             inputs = self.decode_inputs(entry, request, binary)
             wanted = self.requested_outputs(entry, request)
@@ -185,14 +187,27 @@ class DataPlane:
         except RuntimeServerError as exc:
             elapsed = time.perf_counter_ns() - started
             entry.stats.record_request(ok=False, items=0, total_ns=elapsed)
-            labels.labels(name, str(exc.status_code)).inc()
+            self._counter(name, exc.status_code).inc()
             raise
         elapsed = time.perf_counter_ns() - started
         items = next(iter(inputs.values())).array.shape[0] if entry.config.batching else 1
         entry.stats.record_request(ok=True, items=items, total_ns=elapsed)
-        labels.labels(name, "200").inc()
-        self.metrics.latency.labels(name).observe(elapsed / 1e9)
+        self._counter(name, 200).inc()
+        self._latency(name).observe(elapsed / 1e9)
         return InferResult(name, entry.config.version, request.id, result)
+
+    def _counter(self, name: str, code: int) -> Any:
+        key = (name, code)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.requests.labels(name, str(code))
+        return child
+
+    def _latency(self, name: str) -> Any:
+        child = self._latencies.get(name)
+        if child is None:
+            child = self._latencies[name] = self.metrics.latency.labels(name)
+        return child
 
     def raw_request(self, name: str, version: str | None, body: bytes) -> InferenceRequest:
         """A binary request with no JSON header: the whole body is the model's only input."""
