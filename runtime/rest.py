@@ -235,7 +235,10 @@ def register_v2_endpoints(app: FastAPI, endpoints: V2Endpoints) -> None:
     e = endpoints
     model = "/v2/models/{model_name}"
     version = "/v2/models/{model_name}/versions/{model_version}"
+    # the hot path first: the router tries routes in order
     routes: list[tuple[str, Endpoint, str]] = [
+        (model + "/infer", e.infer, "POST"),
+        (version + "/infer", e.infer, "POST"),
         ("/v2", e.server_metadata, "GET"),
         ("/v2/", e.server_metadata, "GET"),
         ("/v2/health/live", e.live, "GET"),
@@ -251,7 +254,6 @@ def register_v2_endpoints(app: FastAPI, endpoints: V2Endpoints) -> None:
             (prefix + "/ready", e.model_ready, "GET"),
             (prefix + "/config", e.model_config, "GET"),
             (prefix + "/stats", e.statistics, "GET"),
-            (prefix + "/infer", e.infer, "POST"),
         ]
     for path, endpoint, method in routes:
         app.add_route(path, endpoint, methods=[method], include_in_schema=False)

@@ -43,6 +43,7 @@ def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours turns that
     # re-raise into a no-op, so a graceful stop exits 0 instead of dying of SIGTERM.
     for sig in (signal.SIGTERM, signal.SIGINT):
