@@ -130,6 +130,7 @@ class ModelRepository:
                 await entry.scheduler.drain(drain_timeout_s)
             await self._discard(entry.handler, entry.scheduler)
             entry.handler = entry.scheduler = None
+            gc.unfreeze()  # let the collector reclaim the model's cycles; the next load refreezes
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 
     async def _discard(self, handler: ModelHandler | None, scheduler: Scheduler | None) -> None:
