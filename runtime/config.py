@@ -22,7 +22,6 @@ from runtime.tensors import DATATYPES
 
 MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-HANDLERS = ("torch-module", "hf-encoder", "kserve")
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 

@@ -151,9 +151,13 @@ class DataPlane:
         self, entry: ModelEntry, request: InferenceRequest
     ) -> list[RequestedOutput] | None:
         default_binary = bool((request.parameters or {}).get("binary_data_output", False))
+        specs = {s.name: s for s in entry.handler.outputs} if entry.handler else {}
         if request.outputs is None:
+            if not default_binary:
+                for spec in specs.values():
+                    _check_json_output(spec)
             return None if not default_binary else []
-        known = {s.name for s in entry.handler.outputs} if entry.handler else set()
+        known = set(specs)
         requested: list[RequestedOutput] = []
         for out in request.outputs:
             if known and out.name not in known:
@@ -162,9 +166,10 @@ class DataPlane:
                     f"expected {sorted(known)}"
                 )
             params = out.parameters or {}
-            requested.append(
-                RequestedOutput(out.name, bool(params.get("binary_data", default_binary)))
-            )
+            binary = bool(params.get("binary_data", default_binary))
+            if not binary and out.name in specs:
+                _check_json_output(specs[out.name])
+            requested.append(RequestedOutput(out.name, binary))
         return requested
 
     async def infer(
@@ -183,7 +188,7 @@ class DataPlane:
             wanted = self.requested_outputs(entry, request)
             assert entry.scheduler is not None
             outputs = await entry.scheduler.submit(inputs)
-            result = _select_outputs(name, outputs, wanted, request)
+            result = _select_outputs(name, outputs, wanted)
         except RuntimeServerError as exc:
             elapsed = time.perf_counter_ns() - started
             entry.stats.record_request(ok=False, items=0, total_ns=elapsed)
@@ -243,6 +248,15 @@ def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
         "data_type": f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}",
         "dims": list(spec.shape),
     }
+
+
+def _check_json_output(spec: TensorSpec) -> None:
+    """Refuse before computing what could not be sent: BF16 has no JSON form."""
+    if spec.datatype == "BF16":
+        raise InvalidInput(
+            f"output '{spec.name}' is BF16, which has no JSON form; request it with "
+            '"binary_data": true'
+        )
 
 
 def _check_against_spec(
@@ -320,10 +334,7 @@ def _raw_shape(spec: TensorSpec, batching: bool, nbytes: int) -> tuple[int, ...]
 
 
 def _select_outputs(
-    model: str,
-    outputs: dict[str, Tensor],
-    wanted: list[RequestedOutput] | None,
-    request: InferenceRequest,
+    model: str, outputs: dict[str, Tensor], wanted: list[RequestedOutput] | None
 ) -> list[tuple[Tensor, bool]]:
     if wanted is None:
         return [(t, False) for t in outputs.values()]

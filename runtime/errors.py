@@ -28,14 +28,6 @@ class ModelNotFound(RuntimeServerError):
         super().__init__(f"model {where} is not in the repository")
 
 
-class NotFound(RuntimeServerError):
-    status_code = 404
-
-
-class MethodNotAllowed(RuntimeServerError):
-    status_code = 405
-
-
 class PayloadTooLarge(RuntimeServerError):
     status_code = 413
 

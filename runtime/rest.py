@@ -6,7 +6,6 @@ sends none), with the binary tensor data extension's ``Inference-Header-Content-
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -186,7 +185,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(body, limit + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
+    except zlib.error as exc:
         raise InvalidInput(f"request body is not valid {encoding}: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")

@@ -54,7 +54,7 @@ class HFEncoderHandler:
         self.model: BertEncoder | None = None
         self.tokenizer: Any = None
         self.normalize = True
-        # Default tensors; the hidden size is filled in from config.json on load.
+        # Default tensors; the embedding size is filled in from config.json by load().
         item_text: tuple[int, ...] = () if config.batching else (-1,)
         self.inputs: tuple[TensorSpec, ...] = config.inputs or (
             TensorSpec(name="text", datatype="BYTES", shape=item_text),
@@ -62,20 +62,6 @@ class HFEncoderHandler:
         self.outputs: tuple[TensorSpec, ...] = config.outputs or (
             TensorSpec(name="embedding", datatype="FP32", shape=(*item_text, -1)),
         )
-        self._describe_from_config()
-
-    def _describe_from_config(self) -> None:
-        """Fill the embedding size into the metadata when config.json is readable already."""
-        if self.config.outputs or self.config.source is None:
-            return
-        try:
-            hidden = json.loads((self.config.local_source() / "config.json").read_text())[
-                "hidden_size"
-            ]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        spec = self.outputs[0]
-        self.outputs = (spec.model_copy(update={"shape": (*spec.shape[:-1], int(hidden))}),)
 
     def load(self) -> None:
         from tokenizers import Tokenizer

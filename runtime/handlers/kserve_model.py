@@ -132,8 +132,15 @@ def _import_kserve() -> Any:
 
 def _data(tensor: Tensor) -> Any:
     if tensor.datatype == "BYTES":
-        return [
-            b.decode("utf-8", "replace") if isinstance(b, bytes) else b
-            for b in tensor.array.reshape(-1)
-        ]
+        # as kserve itself decodes them: text as str, anything that is not UTF-8 as bytes
+        return [_text_or_bytes(b) for b in tensor.array.reshape(-1)]
     return np.ascontiguousarray(tensor.array)
+
+
+def _text_or_bytes(item: Any) -> Any:
+    if not isinstance(item, bytes):
+        return item
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        return item

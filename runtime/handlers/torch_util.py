@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.errors import InvalidInput
+from runtime.errors import InferenceFailed, InvalidInput
 from runtime.handlers.base import HandlerLoadError
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
@@ -42,14 +42,17 @@ def to_torch(tensor: Tensor, device: str) -> torch.Tensor:
 
 
 def from_torch(name: str, value: torch.Tensor, datatype: str | None = None) -> Tensor:
+    """A protocol tensor from a model's output, cast to the declared ``datatype`` if given."""
     value = value.detach()
     if value.device.type != "cpu":
         value = value.cpu()
+    if datatype == "BF16" and value.dtype != torch.bfloat16:
+        value = value.to(torch.bfloat16)
     if value.dtype == torch.bfloat16:
         bits = value.contiguous().view(torch.int16).numpy().view(np.uint16)
         return Tensor(name, "BF16", bits)
     if value.dtype not in _DATATYPE_OF:
-        raise HandlerLoadError(f"output '{name}' has dtype {value.dtype} with no protocol datatype")
+        raise InferenceFailed(f"output '{name}' has dtype {value.dtype} with no protocol datatype")
     array: np.ndarray[Any, Any] = value.numpy()
     if (
         datatype is not None

@@ -125,3 +125,31 @@ def test_identity_weights_file_is_needed(tmp_path: Path) -> None:
     with running_server(path, ready=False) as server:
         index = wait_for_state(server, "UNAVAILABLE")
         assert "does not exist" in index["reason"]
+
+
+def test_bf16_output_in_json_is_refused_before_computing(identity_server: ServerProcess) -> None:
+    url = identity_server.url + "/v2/models/identity/infer"
+    inputs = []
+    for dt in [*NUMERIC, "BF16"]:
+        raw = np.zeros((1, 3), dtype=NUMERIC.get(dt, np.uint16)).tobytes()
+        inputs.append((dt, raw))
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": f"t_{dt.lower()}",
+                    "shape": [1, 3],
+                    "datatype": dt,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                for dt, raw in inputs
+            ],
+            "outputs": [{"name": "t_bf16"}],
+        }
+    ).encode()
+    r = httpx.post(
+        url,
+        content=header + b"".join(raw for _, raw in inputs),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 400 and "BF16, which has no JSON form" in r.json()["error"]
