@@ -4,8 +4,10 @@ commands that need no model (the activator, deploy, reports) never import torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,6 +27,9 @@ def _serve(args: argparse.Namespace) -> int:
             grace_period_s=args.grace_period,
             log_level=args.log_level,
             access_log=args.access_log,
+            cache_dir=Path(args.cache_dir or os.environ.get("EMBER_CACHE_DIR") or "~/.cache/ember"),
+            cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
+            fetch_concurrency=args.fetch_concurrency,
         )
     except ConfigError as exc:
         print(f"ember serve: {exc}", file=sys.stderr)
@@ -79,7 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--cache-dir",
+        help="local tier for s3:// sources (default $EMBER_CACHE_DIR or ~/.cache/ember)",
+    )
+    serve.add_argument(
+        "--cache-budget-gb",
+        type=float,
+        help="size budget of the local tier; least recently used models are evicted past it",
+    )
+    serve.add_argument(
+        "--fetch-concurrency",
+        type=int,
+        default=8,
+        help="ranged reads in flight when streaming an s3:// source (default 8)",
+    )
     serve.set_defaults(func=_serve)
+
+    from ember import cache_cli  # imports nothing heavy; the commands import lazily
+
+    cache_cli.add_parser(sub)
     return parser
 
 

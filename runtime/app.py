@@ -20,6 +20,7 @@ from runtime.rest import (
     register_metrics_endpoint,
     register_v2_endpoints,
 )
+from runtime.sources import WeightSources
 
 log = logging.getLogger("ember.runtime")
 
@@ -27,7 +28,13 @@ log = logging.getLogger("ember.runtime")
 def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
     """Build the v2 app for these models. Nothing loads until the app's lifespan starts."""
     metrics = RuntimeMetrics()
-    repository = ModelRepository(configs, metrics)
+    sources = WeightSources(
+        cache_dir=settings.cache_dir.expanduser(),
+        budget_bytes=settings.cache_budget_bytes,
+        concurrency=settings.fetch_concurrency,
+        chunk_bytes=settings.fetch_chunk_bytes,
+    )
+    repository = ModelRepository(configs, metrics, sources)
     dataplane = DataPlane(repository, metrics)
 
     @contextlib.asynccontextmanager

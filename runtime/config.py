@@ -151,10 +151,12 @@ def resolve_local_source(source: str, base_dir: Path | None) -> Path:
             )
         root = Path(next(iter(spec.submodule_search_locations)))
         return root / parsed.path.lstrip("/")
-    if parsed.scheme in ("s3", "hf", "gs", "http", "https"):
+    if parsed.scheme == "s3":
+        raise ConfigError(f"source {source!r} must be fetched into the local tier first")
+    if parsed.scheme in ("hf", "gs", "http", "https"):
         raise ConfigError(
-            f"source {source!r}: {parsed.scheme}:// sources are not served directly yet; "
-            "point 'source' at a local directory (file:///..., a path, or pkg://...)"
+            f"source {source!r}: {parsed.scheme}:// is not served directly; push it to the "
+            "regional cache (`ember cache push`) and use its s3:// URI, or a local directory"
         )
     if parsed.scheme:
         raise ConfigError(f"source {source!r}: unknown scheme '{parsed.scheme}://'")
@@ -174,6 +176,10 @@ class ServerSettings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
     load_on_start: bool = True
+    cache_dir: Path = Path("~/.cache/ember")
+    cache_budget_bytes: int | None = Field(default=None, gt=0)
+    fetch_concurrency: int = Field(default=8, ge=1, le=256)
+    fetch_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
 
 
 def load_model_configs(path: str | Path) -> list[ModelConfig]:

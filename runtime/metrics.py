@@ -45,6 +45,12 @@ class RuntimeMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.load_phase = Gauge(
+            "ember_model_load_phase_seconds",
+            "Seconds of the model's last load spent per phase (plan, fetch, tier, load, warmup)",
+            ["model", "phase"],
+            registry=self.registry,
+        )
         self.model_ready = Gauge(
             "ember_model_ready",
             "1 when the model can answer",

@@ -19,7 +19,9 @@ from runtime.config import ModelConfig
 from runtime.errors import ConfigError, ModelNotFound, ModelNotReady, RuntimeServerError
 from runtime.handlers.base import HandlerLoadError, ModelHandler, create_handler
 from runtime.metrics import RuntimeMetrics
+from runtime.sources import WeightSources
 from runtime.stats import ModelStats
+from weight_cache.errors import WeightCacheError
 
 log = logging.getLogger("ember.runtime")
 
@@ -40,13 +42,17 @@ class ModelEntry:
     handler: ModelHandler | None = None
     scheduler: Scheduler | None = None
     load_seconds: float | None = None
+    load_phases: dict[str, float] = field(default_factory=dict)
     wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ModelRepository:
-    def __init__(self, configs: list[ModelConfig], metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self, configs: list[ModelConfig], metrics: RuntimeMetrics, sources: WeightSources
+    ) -> None:
         self._metrics = metrics
+        self._sources = sources
         self._entries = {
             c.name: ModelEntry(config=c, stats=ModelStats(c.name, c.version)) for c in configs
         }
@@ -88,18 +94,25 @@ class ModelRepository:
             handler: ModelHandler | None = None
             scheduler: Scheduler | None = None
             try:
-                handler = await asyncio.to_thread(create_handler, entry.config)
+                config, phases = await self._sources.localize(entry.config)
+                mark = time.perf_counter()
+                handler = await asyncio.to_thread(create_handler, config)
                 await asyncio.to_thread(handler.load)
+                phases["load"] = time.perf_counter() - mark
                 scheduler = Scheduler(
                     config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics
                 )
+                mark = time.perf_counter()
                 warm = handler.warmup_inputs() if entry.config.warmup else None
                 if warm is not None:
                     await scheduler.run_now(warm)
+                phases["warmup"] = time.perf_counter() - mark
                 scheduler.start()
             except BaseException as exc:
                 await self._discard(handler, scheduler)
-                expected = isinstance(exc, HandlerLoadError | ConfigError | RuntimeServerError)
+                expected = isinstance(
+                    exc, HandlerLoadError | ConfigError | RuntimeServerError | WeightCacheError
+                )
                 reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
                 entry.state, entry.reason = ModelState.UNAVAILABLE, f"load failed: {reason}"
                 if not isinstance(exc, Exception | SystemExit):
@@ -113,8 +126,12 @@ class ModelRepository:
             entry.load_seconds = time.perf_counter() - started
             entry.state, entry.reason = ModelState.READY, ""
             self._metrics.load_duration.labels(name).set(entry.load_seconds)
+            for phase, seconds in phases.items():
+                self._metrics.load_phase.labels(name, phase).set(seconds)
+            entry.load_phases = phases
             self._metrics.model_ready.labels(name).set(1)
-            log.info("model %s ready in %.2fs", name, entry.load_seconds)
+            detail = ", ".join(f"{k} {v:.2f}s" for k, v in phases.items())
+            log.info("model %s ready in %.2fs (%s)", name, entry.load_seconds, detail)
             return entry
 
     async def unload(self, name: str, *, drain_timeout_s: float = 30.0) -> None:

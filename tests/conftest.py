@@ -47,3 +47,68 @@ def mlp_server(mlp_weights: None) -> Iterator[ServerProcess]:
 def minilm_server() -> Iterator[ServerProcess]:
     with running_server(MINILM_CONFIG) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible server (moto) on 127.0.0.1, port 0, with the AWS variables set for
+    this process and the servers it starts. Yields the endpoint URL."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_VARS}
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+_AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture
+def bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket for one test."""
+    import re
+
+    import boto3
+
+    name = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+def make_model_dir(root: Path, *, mb: float = 2.0, seed: int = 0) -> Path:
+    """A small model folder: a safetensors file of about ``mb`` MB plus config files."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    n = int(mb * 1024 * 1024 / 4 / 2)
+    save_file(
+        {"a": torch.randn(n), "b": torch.randn(n // 2, 2), "c": torch.arange(7)},
+        str(root / "model.safetensors"),
+    )
+    (root / "config.json").write_text(json.dumps({"seed": seed}))
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "sub" / "vocab.txt").write_text("hello\nworld\n")
+    return root

@@ -72,8 +72,10 @@ def test_sources(tmp_path: Path) -> None:
     assert (pkg / "base.py").is_file()
     with pytest.raises(ConfigError, match="'no_such_pkg' is not installed"):
         resolve_local_source("pkg://no_such_pkg/x", None)
-    with pytest.raises(ConfigError, match="s3:// sources are not served directly yet"):
+    with pytest.raises(ConfigError, match="must be fetched into the local tier first"):
         resolve_local_source("s3://bucket/prefix", None)
+    with pytest.raises(ConfigError, match="push it to the regional cache"):
+        resolve_local_source("hf://org/repo", None)
     with pytest.raises(ConfigError, match="unknown scheme"):
         resolve_local_source("ftp://x/y", None)
     config = ModelConfig(name="m", handler="hf-encoder")

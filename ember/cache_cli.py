@@ -1,0 +1,262 @@
+"""``ember cache push|pull|ls|verify|evict``: the regional cache (S3) and the node's local tier.
+
+S3 access uses the standard AWS variables and files (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, profiles, instance roles). Every failure exits
+non-zero with one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from weight_cache.errors import WeightCacheError
+
+DEFAULT_CACHE_DIR = "~/.cache/ember"
+
+
+class Progress:
+    """Bytes done of a total, on stderr: a live line on a terminal, a line every 10% otherwise."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.started = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self._next_pct = 10
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        pct = min(100, self.done * 100 // self.total)
+        if self.tty:
+            print(f"\r{self.label}: {pct:3d}% {self._rate()}", end="", file=sys.stderr, flush=True)
+        elif pct >= self._next_pct:
+            print(f"{self.label}: {pct}% {self._rate()}", file=sys.stderr, flush=True)
+            self._next_pct = pct // 10 * 10 + 10
+
+    def _rate(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        done, total, rate = self.done / 1e6, self.total / 1e6, self.done / elapsed / 1e6
+        return f"({done:.1f} of {total:.1f} MB, {rate:.0f} MB/s)"
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def cache_dir(args: argparse.Namespace) -> Path:
+    raw = args.cache_dir or os.environ.get("EMBER_CACHE_DIR") or DEFAULT_CACHE_DIR
+    return Path(raw).expanduser()
+
+
+async def _push(args: argparse.Namespace) -> int:
+    from weight_cache.push import push_source, total_bytes
+    from weight_cache.stores import open_store
+
+    source = args.source
+    progress = None
+    if not source.startswith("hf://"):
+        if not await asyncio.to_thread(Path(source).is_dir):
+            raise WeightCacheError(f"{source} is not a directory (or hf://org/repo[@revision])")
+        size = await asyncio.to_thread(total_bytes, Path(source))
+        progress = Progress(f"push {args.dest}", size)
+    store = await open_store(args.dest)
+    try:
+        manifest = await push_source(store, source, concurrency=args.concurrency, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        await store.aclose()
+    print(f"pushed {len(manifest.files)} files, {manifest.total_bytes} bytes, to {args.dest}")
+    return 0
+
+
+async def _pull(args: argparse.Namespace) -> int:
+    from weight_cache.fetch import fetch_to_tier, read_manifest
+    from weight_cache.stores import open_store
+    from weight_cache.tier import LocalTier
+
+    store = await open_store(args.source, concurrency=args.concurrency)
+    try:
+        manifest = await read_manifest(store)
+        tier = LocalTier(cache_dir(args))
+        progress = Progress(f"pull {args.source}", manifest.total_bytes)
+        try:
+            report = await fetch_to_tier(
+                store,
+                tier,
+                manifest=manifest,
+                concurrency=args.concurrency,
+                chunk_bytes=args.chunk_mb * 1024 * 1024,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+    finally:
+        await store.aclose()
+    state = "already in the local tier" if report.hit else f"fetched in {report.fetch_s:.2f}s"
+    print(f"{report.path} ({state})")
+    return 0
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    from weight_cache.fetch import read_manifest
+    from weight_cache.manifest import MANIFEST_NAME
+    from weight_cache.stores import open_store, parse_uri
+
+    if args.local:
+        from weight_cache.tier import LocalTier
+
+        for e in LocalTier(cache_dir(args)).entries():
+            used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
+            print(f"{e.key}  {e.size:>14}  {used}  {e.source}")
+        return 0
+    if not args.uri:
+        raise WeightCacheError("give an s3://bucket/[prefix] to list, or --local")
+    uri = parse_uri(args.uri)
+    store = await open_store(args.uri)
+    try:
+        for obj in await store.list():
+            if obj.key != MANIFEST_NAME and not obj.key.endswith("/" + MANIFEST_NAME):
+                continue
+            prefix = obj.key.removesuffix(MANIFEST_NAME).rstrip("/")
+            base = str(uri).rstrip("/")
+            model_uri = f"{base}/{prefix}" if prefix else base
+            sub = await open_store(model_uri)
+            try:
+                manifest = await read_manifest(sub)
+            finally:
+                await sub.aclose()
+            files, size = len(manifest.files), manifest.total_bytes
+            print(f"{model_uri}  {files} files  {size} bytes  from {manifest.source}")
+    finally:
+        await store.aclose()
+    return 0
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    from weight_cache.fetch import read_manifest
+    from weight_cache.stores import open_store
+
+    store = await open_store(args.uri)
+    problems: list[str] = []
+    try:
+        manifest = await read_manifest(store)
+        for f in manifest.files:
+            info = await store.head(f.path)
+            if info.size != f.size or info.etag != f.etag:
+                problems.append(
+                    f"{f.path}: size/ETag {info.size}/{info.etag}, manifest {f.size}/{f.etag}"
+                )
+                continue
+            digest = hashlib.sha256()
+            step = 8 * 1024 * 1024
+            for offset in range(0, f.size, step):
+                digest.update(
+                    await store.read_range(
+                        f.path, start=offset, length=min(step, f.size - offset), etag=f.etag
+                    )
+                )
+            if digest.hexdigest() != f.sha256:
+                problems.append(f"{f.path}: sha256 {digest.hexdigest()}, manifest {f.sha256}")
+    finally:
+        await store.aclose()
+    if problems:
+        raise WeightCacheError(f"{args.uri} fails verification: " + "; ".join(problems))
+    files, size = len(manifest.files), manifest.total_bytes
+    print(f"{args.uri}: {files} files, {size} bytes, all match the manifest")
+    return 0
+
+
+async def _evict(args: argparse.Namespace) -> int:
+    from weight_cache.tier import LocalTier
+
+    tier = LocalTier(cache_dir(args))
+    keys = [e.key for e in tier.entries()] if args.all else args.keys
+    if not keys:
+        raise WeightCacheError("name entries to evict (see `ember cache ls --local`) or pass --all")
+    busy = [k for k in keys if not tier.evict(k)]
+    stale = tier.clean_stale()
+    print(
+        f"evicted {len(keys) - len(busy)} entries"
+        + (f", removed {stale} stale partial fills" if stale else "")
+    )
+    if busy:
+        raise WeightCacheError(f"in use by another process, not evicted: {', '.join(busy)}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.cache_func
+    try:
+        return asyncio.run(command(args))
+    except WeightCacheError as exc:
+        print(f"ember cache {args.cache_command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cache = sub.add_parser(
+        "cache",
+        help="push models to the regional cache (S3) and manage the local tier",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmds = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+
+    def local_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cache-dir",
+            help=f"the local tier's directory (default $EMBER_CACHE_DIR or {DEFAULT_CACHE_DIR})",
+        )
+
+    push = cmds.add_parser(
+        "push", help="upload a model folder (or hf://org/repo[@rev]) with its manifest"
+    )
+    push.add_argument("source", help="a local folder, or hf://org/repo[@revision]")
+    push.add_argument("dest", help="s3://bucket/prefix (or file:///dir)")
+    push.add_argument(
+        "--concurrency", type=int, default=4, help="files uploaded at once (default 4)"
+    )
+    push.set_defaults(cache_func=_push)
+
+    pull = cmds.add_parser("pull", help="stream a pushed model into the local tier")
+    pull.add_argument("source", help="s3://bucket/prefix (or file:///dir) holding a manifest")
+    pull.add_argument(
+        "--concurrency", type=int, default=8, help="ranged reads in flight (default 8)"
+    )
+    pull.add_argument(
+        "--chunk-mb", type=int, default=8, help="bytes per ranged read, in MiB (default 8)"
+    )
+    local_dir(pull)
+    pull.set_defaults(cache_func=_pull)
+
+    ls = cmds.add_parser(
+        "ls", help="list pushed models under a prefix, or the local tier's entries"
+    )
+    ls.add_argument("uri", nargs="?", help="s3://bucket/[prefix]")
+    ls.add_argument("--local", action="store_true", help="list the local tier instead")
+    local_dir(ls)
+    ls.set_defaults(cache_func=_ls)
+
+    verify = cmds.add_parser(
+        "verify", help="re-read a pushed model and check it against its manifest"
+    )
+    verify.add_argument("uri", help="s3://bucket/prefix")
+    verify.set_defaults(cache_func=_verify)
+
+    evict = cmds.add_parser("evict", help="remove entries from the local tier")
+    evict.add_argument("keys", nargs="*", help="entry keys (from `ember cache ls --local`)")
+    evict.add_argument("--all", action="store_true", help="every entry not in use")
+    local_dir(evict)
+    evict.set_defaults(cache_func=_evict)
+
+    cache.set_defaults(func=run)

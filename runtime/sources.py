@@ -1,0 +1,55 @@
+"""Where a model's files come from: local directories as they are, ``s3://`` through the local tier.
+
+An ``s3://bucket/prefix`` source (pushed with ``ember cache push``) is streamed into the node's
+local tier once; every later start, in any process on the node, loads from the tier without
+touching S3. The handler then sees a local directory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from runtime.config import ModelConfig
+
+
+class WeightSources:
+    def __init__(
+        self,
+        *,
+        cache_dir: Path,
+        budget_bytes: int | None = None,
+        concurrency: int = 8,
+        chunk_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.budget_bytes = budget_bytes
+        self.concurrency = concurrency
+        self.chunk_bytes = chunk_bytes
+
+    @staticmethod
+    def is_remote(config: ModelConfig) -> bool:
+        return bool(config.source and config.source.startswith("s3://"))
+
+    async def localize(self, config: ModelConfig) -> tuple[ModelConfig, dict[str, float]]:
+        """The config with a local ``source``, and the seconds each phase took."""
+        if not self.is_remote(config):
+            return config, {}
+        from weight_cache.fetch import fetch_to_tier
+        from weight_cache.stores import open_store
+        from weight_cache.tier import LocalTier
+
+        assert config.source is not None
+        started = time.perf_counter()
+        tier = LocalTier(self.cache_dir, budget_bytes=self.budget_bytes)
+        store = await open_store(config.source, concurrency=self.concurrency)
+        try:
+            report = await fetch_to_tier(
+                store, tier, concurrency=self.concurrency, chunk_bytes=self.chunk_bytes
+            )
+        finally:
+            await store.aclose()
+        phases = {"plan": report.plan_s, "fetch": report.fetch_s}
+        phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
+        local = config.model_copy(update={"source": str(report.path), "base_dir": None})
+        return local, phases

@@ -1,0 +1,171 @@
+"""Push, the local tier and the streaming fetch, against a directory store (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import filecmp
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_model_dir
+from weight_cache.errors import CorruptCheckpoint, DiskFull, ObjectChanged, ObjectMissing
+from weight_cache.fetch import fetch_to_tier, read_manifest
+from weight_cache.manifest import MANIFEST_NAME, Manifest
+from weight_cache.push import push_directory
+from weight_cache.stores import LocalStore
+from weight_cache.tier import COMPLETE, LocalTier, entry_key
+
+
+async def pushed(tmp_path: Path, name: str = "m", **kw: float) -> tuple[LocalStore, Path, Manifest]:
+    src = make_model_dir(tmp_path / f"src-{name}", **kw)  # type: ignore[arg-type]
+    store = LocalStore(tmp_path / "bucket" / name)
+    manifest = await push_directory(store, src)
+    return store, src, manifest
+
+
+def no_partials(root: Path) -> bool:
+    return not [p for p in root.rglob("*") if p.name.endswith(".partial")]
+
+
+async def test_push_writes_files_and_a_manifest_last(tmp_path: Path) -> None:
+    store, _src, manifest = await pushed(tmp_path)
+    assert sorted(f.path for f in manifest.files) == [
+        "config.json",
+        "model.safetensors",
+        "sub/vocab.txt",
+    ]
+    st = manifest.file("model.safetensors").safetensors
+    assert st is not None and set(st.tensors) == {"a", "b", "c"}
+    assert (await read_manifest(store)).identity() == manifest.identity()
+
+
+async def test_fetch_streams_verifies_and_then_hits(tmp_path: Path) -> None:
+    store, src, manifest = await pushed(tmp_path, mb=3)
+    tier = LocalTier(tmp_path / "tier")
+    seen: list[int] = []
+    report = await fetch_to_tier(
+        store, tier, concurrency=3, chunk_bytes=256 * 1024, progress=seen.append
+    )
+    assert not report.hit and report.bytes_fetched == manifest.total_bytes == sum(seen)
+    for f in manifest.files:
+        assert filecmp.cmp(src / f.path, report.path / f.path, shallow=False)
+    assert (report.path / COMPLETE).is_file() and no_partials(tier.root)
+    again = await fetch_to_tier(store, tier)
+    assert again.hit and again.path == report.path
+
+
+async def test_a_replaced_object_fails_cleanly(tmp_path: Path) -> None:
+    store, _src, manifest = await pushed(tmp_path)
+    target = tmp_path / "bucket" / "m" / "model.safetensors"
+    target.write_bytes(target.read_bytes()[::-1])  # replaced after the manifest was written
+    tier = LocalTier(tmp_path / "tier")
+    with pytest.raises(ObjectChanged):
+        await fetch_to_tier(store, tier, chunk_bytes=128 * 1024)
+    assert tier.entries() == [] and no_partials(tier.root)
+    assert tier.lookup(entry_key(manifest)) is None
+
+
+async def test_bytes_that_do_not_match_the_manifest_are_refused(tmp_path: Path) -> None:
+    store, _src, _manifest = await pushed(tmp_path)
+    raw = json.loads((tmp_path / "bucket" / "m" / MANIFEST_NAME).read_bytes())
+    raw["files"][0]["sha256"] = "0" * 64
+    (tmp_path / "bucket" / "m" / MANIFEST_NAME).write_text(json.dumps(raw))
+    tier = LocalTier(tmp_path / "tier")
+    with pytest.raises(CorruptCheckpoint, match="does not match the manifest"):
+        await fetch_to_tier(store, tier)
+    assert tier.entries() == [] and no_partials(tier.root)
+
+
+async def test_missing_manifest_and_missing_object(tmp_path: Path) -> None:
+    tier = LocalTier(tmp_path / "tier")
+    with pytest.raises(ObjectMissing, match="ember cache push"):
+        await fetch_to_tier(LocalStore(tmp_path / "nothing"), tier)
+    store, _, _ = await pushed(tmp_path)
+    (tmp_path / "bucket" / "m" / "config.json").unlink()
+    with pytest.raises(ObjectMissing):
+        await fetch_to_tier(store, tier)
+    assert tier.entries() == []
+
+
+async def test_a_corrupt_checkpoint_is_never_pushed(tmp_path: Path) -> None:
+    src = make_model_dir(tmp_path / "src")
+    blob = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(blob[:-10])
+    store = LocalStore(tmp_path / "bucket" / "m")
+    with pytest.raises(CorruptCheckpoint):
+        await push_directory(store, src)
+    assert not (tmp_path / "bucket" / "m").exists()
+
+
+async def test_shard_index_must_match_its_shards(tmp_path: Path) -> None:
+    src = make_model_dir(tmp_path / "src")
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors", "zzz": "model.safetensors"}})
+    )
+    with pytest.raises(CorruptCheckpoint, match="has no tensor 'zzz'"):
+        await push_directory(LocalStore(tmp_path / "b"), src)
+
+
+async def test_disk_full_fails_before_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, _ = await pushed(tmp_path)
+    tier = LocalTier(tmp_path / "tier")
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(DiskFull, match="no space left"):
+        await fetch_to_tier(store, tier)
+    assert tier.entries() == [] and no_partials(tier.root)
+
+
+async def test_budget_evicts_least_recently_used(tmp_path: Path) -> None:
+    stores = [await pushed(tmp_path, name, mb=1, seed=i) for i, name in enumerate("abc")]
+    size = stores[0][2].total_bytes
+    tier = LocalTier(tmp_path / "tier", budget_bytes=int(size * 2.5))
+    first = await fetch_to_tier(stores[0][0], tier)
+    await fetch_to_tier(stores[1][0], tier)
+    os.utime(first.path / COMPLETE, (1, 1))  # a long time ago
+    await fetch_to_tier(stores[2][0], tier)
+    keys = {e.key for e in tier.entries()}
+    assert entry_key(stores[0][2]) not in keys and len(keys) == 2
+    with pytest.raises(DiskFull, match="budget"):
+        await fetch_to_tier(stores[0][0], LocalTier(tmp_path / "tier2", budget_bytes=size // 2))
+
+
+async def test_an_entry_in_use_is_not_evicted_and_stale_fills_are_cleaned(tmp_path: Path) -> None:
+    store, _, manifest = await pushed(tmp_path)
+    tier = LocalTier(tmp_path / "tier")
+    report = await fetch_to_tier(store, tier)
+    key = entry_key(manifest)
+    async with tier.locked(key):
+        assert not tier.evict(key)
+    assert tier.evict(key) and tier.entries() == []
+    crashed = tier.entry_path("deadbeef")
+    crashed.mkdir()
+    (crashed / "model.safetensors.partial").write_bytes(b"half")
+    assert tier.clean_stale() == 1 and not crashed.exists()
+    assert not report.path.exists()
+
+
+async def test_concurrent_fills_of_one_model_fetch_once(tmp_path: Path) -> None:
+    store, _, manifest = await pushed(tmp_path, mb=2)
+    reads = 0
+    original = store.read_range
+
+    async def counting(key: str, *, start: int, length: int, etag: str | None) -> bytes:
+        nonlocal reads
+        reads += length
+        return await original(key, start=start, length=length, etag=etag)
+
+    store.read_range = counting  # type: ignore[method-assign]
+    tiers = [LocalTier(tmp_path / "tier") for _ in range(3)]  # as three processes would
+    reports = await asyncio.gather(*(fetch_to_tier(store, t, manifest=manifest) for t in tiers))
+    assert sum(not r.hit for r in reports) == 1
+    assert reads == manifest.total_bytes

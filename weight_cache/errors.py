@@ -1,0 +1,45 @@
+"""The weight cache's errors: one base with an HTTP status; third-party errors are translated."""
+
+from __future__ import annotations
+
+
+class WeightCacheError(Exception):
+    """Base of every weight cache failure; ``status_code`` is what a server would answer."""
+
+    status_code = 500
+
+
+class BadSource(WeightCacheError):
+    """A source URI that cannot name a model (wrong scheme, empty bucket, ...)."""
+
+    status_code = 400
+
+
+class ObjectMissing(WeightCacheError):
+    status_code = 404
+
+
+class AccessDenied(WeightCacheError):
+    status_code = 403
+
+
+class ObjectChanged(WeightCacheError):
+    """The object was replaced after the load was planned (its ETag no longer matches)."""
+
+    status_code = 409
+
+
+class CorruptCheckpoint(WeightCacheError):
+    """Bytes that are not what the manifest or the safetensors format says they are."""
+
+    status_code = 422
+
+
+class StoreUnavailable(WeightCacheError):
+    """The store kept failing (5xx, throttling, timeouts, resets) after the retries ran out."""
+
+    status_code = 503
+
+
+class DiskFull(WeightCacheError):
+    status_code = 507

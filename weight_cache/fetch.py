@@ -1,0 +1,226 @@
+"""Streaming a model from its store into the local tier: concurrent ranged reads, bounded memory.
+
+Each file is cut into ``chunk_bytes`` ranges read ``concurrency`` at a time with the ETag from the
+manifest. A finished chunk is written at its offset into the ``.partial`` file and hashed in order
+by one sink thread per file; a chunk's buffer is released only once it is written and hashed, so
+at most ``concurrency`` chunks are ever held, whatever the model's size. Space is reserved with
+``posix_fallocate`` first, so a full disk fails before any download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weight_cache.errors import CorruptCheckpoint, ObjectMissing
+from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
+from weight_cache.safetensors_format import parse_header
+from weight_cache.stores import ObjectStore
+from weight_cache.tier import LocalTier, disk_error, entry_key
+
+log = logging.getLogger("ember.weight_cache")
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+MANIFEST_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass
+class FetchReport:
+    """What one fetch did; the runtime turns it into load-phase metrics."""
+
+    path: Path
+    hit: bool
+    bytes_fetched: int = 0
+    plan_s: float = 0.0
+    fetch_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+async def read_manifest(store: ObjectStore) -> Manifest:
+    where = f"{store.uri}/{MANIFEST_NAME}"
+    try:
+        info = await store.head(MANIFEST_NAME)
+    except ObjectMissing:
+        raise ObjectMissing(
+            f"{where} not found: push the model with `ember cache push DIR {store.uri}`"
+        ) from None
+    if info.size > MANIFEST_LIMIT:
+        raise CorruptCheckpoint(f"{where}: {info.size} bytes is too large for a manifest")
+    raw = await store.read_range(MANIFEST_NAME, start=0, length=info.size, etag=info.etag)
+    return Manifest.loads(raw, where=where)
+
+
+async def fetch_to_tier(
+    store: ObjectStore,
+    tier: LocalTier,
+    *,
+    manifest: Manifest | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Callable[[int], None] | None = None,
+) -> FetchReport:
+    """The model's directory in the tier, streamed from ``store`` unless a copy is there."""
+    started = time.perf_counter()
+    manifest = manifest or await read_manifest(store)
+    key = entry_key(manifest)
+    plan_s = time.perf_counter() - started
+    hit = tier.lookup(key)
+    if hit is not None:
+        return FetchReport(hit, True, plan_s=plan_s)
+    async with tier.locked(key):
+        hit = tier.lookup(key)  # another process may have filled it while we waited
+        if hit is not None:
+            return FetchReport(hit, True, plan_s=time.perf_counter() - started)
+        path = await asyncio.to_thread(tier.prepare, key, manifest)
+        fetch_started = time.perf_counter()
+        try:
+            # small files (configs, tokenizers) first: they are needed first
+            for entry in sorted(manifest.files, key=lambda f: f.size):
+                await fetch_file(
+                    store,
+                    entry,
+                    path / entry.path,
+                    concurrency=concurrency,
+                    chunk_bytes=chunk_bytes,
+                    progress=progress,
+                )
+            await asyncio.to_thread(tier.commit, key, manifest, source=store.uri)
+        except BaseException:
+            await asyncio.to_thread(tier.discard, key)
+            raise
+        fetch_s = time.perf_counter() - fetch_started
+    log.info(
+        "fetched %s (%d bytes) in %.2fs: %.2f GB/s",
+        store.uri,
+        manifest.total_bytes,
+        fetch_s,
+        manifest.total_bytes / max(fetch_s, 1e-9) / 1e9,
+    )
+    return FetchReport(path, False, manifest.total_bytes, plan_s, fetch_s)
+
+
+async def fetch_file(
+    store: ObjectStore,
+    entry: FileEntry,
+    target: Path,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Stream one file to ``target`` (via ``target.partial``), verified against the manifest."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    where = f"{store.uri}/{entry.path}"
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise disk_error(exc, str(partial)) from exc
+    sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-sink")
+    try:
+        if entry.size:
+            try:
+                await asyncio.to_thread(os.posix_fallocate, fd, 0, entry.size)
+            except OSError as exc:
+                raise disk_error(exc, str(partial)) from exc
+        digest = await _stream(store, entry, fd, sink, concurrency, chunk_bytes, progress)
+        if digest != entry.sha256:
+            raise CorruptCheckpoint(
+                f"{where}: sha256 {digest} does not match the manifest's {entry.sha256}"
+            )
+        if entry.safetensors is not None:
+            await asyncio.to_thread(_check_header, partial, entry, where)
+        await asyncio.to_thread(os.fsync, fd)
+    except BaseException:
+        os.close(fd)
+        sink.shutdown(wait=True)
+        partial.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    sink.shutdown(wait=True)
+    partial.replace(target)
+
+
+async def _stream(
+    store: ObjectStore,
+    entry: FileEntry,
+    fd: int,
+    sink: ThreadPoolExecutor,
+    concurrency: int,
+    chunk_bytes: int,
+    progress: Callable[[int], None] | None,
+) -> str:
+    loop = asyncio.get_running_loop()
+    digest = hashlib.sha256()
+    permits = asyncio.Semaphore(concurrency)
+    ready: dict[int, bytes] = {}  # fetched, waiting for the chunks before it
+    next_offset = 0
+    sinks: list[asyncio.Future[None]] = []
+
+    def write_and_hash(offset: int, data: bytes) -> None:
+        try:
+            os.pwrite(fd, data, offset)
+        except OSError as exc:
+            raise disk_error(exc, f"writing {entry.path}") from exc
+        digest.update(data)
+
+    def drain_in_order() -> None:
+        nonlocal next_offset
+        while next_offset in ready:
+            data = ready.pop(next_offset)
+            offset, next_offset = next_offset, next_offset + len(data)
+            done = loop.run_in_executor(sink, write_and_hash, offset, data)
+            sinks.append(done)
+            done.add_done_callback(lambda _: permits.release())
+
+    async def fetch(offset: int, length: int) -> None:
+        try:
+            data = await store.read_range(entry.path, start=offset, length=length, etag=entry.etag)
+        except BaseException:
+            permits.release()  # so the scheduling loop wakes up and sees the failure
+            raise
+        ready[offset] = data
+        if progress is not None:
+            progress(length)
+        drain_in_order()
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for offset in range(0, entry.size, chunk_bytes):
+            await permits.acquire()
+            failed = next((t for t in tasks if t.done() and t.exception()), None)
+            if failed is not None:
+                await failed  # raises its error; the handler below cancels the rest
+            length = min(chunk_bytes, entry.size - offset)
+            tasks.append(asyncio.create_task(fetch(offset, length)))
+        await asyncio.gather(*tasks)
+        await asyncio.gather(*sinks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, *sinks, return_exceptions=True)
+        raise
+    if next_offset != entry.size:
+        raise CorruptCheckpoint(
+            f"{store.uri}/{entry.path}: got {next_offset} of {entry.size} bytes"
+        )
+    return digest.hexdigest()
+
+
+def _check_header(path: Path, entry: FileEntry, where: str) -> None:
+    assert entry.safetensors is not None
+    with path.open("rb") as f:
+        head = f.read(entry.safetensors.header_bytes)
+    index = parse_header(head, entry.size, what=where)
+    if {t.name: (t.start, t.end) for t in index.tensors} != {
+        n: tuple(t.offsets) for n, t in entry.safetensors.tensors.items()
+    }:
+        raise CorruptCheckpoint(f"{where}: tensor index differs from the manifest's")

@@ -1,0 +1,152 @@
+"""``ember cache push``: put a model folder (or a Hugging Face repo) into the regional cache.
+
+Every file is checked before anything is uploaded (safetensors headers parsed and bounded, a
+sharded ``model.safetensors.index.json`` checked against its shards), so a corrupt checkpoint
+uploads nothing. Files go up concurrently (multipart when large); the manifest goes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from weight_cache.errors import BadSource, CorruptCheckpoint, StoreUnavailable
+from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest, SafetensorsEntry
+from weight_cache.safetensors_format import SafetensorsIndex, read_index
+from weight_cache.stores import ObjectStore
+
+SHARD_INDEX = "model.safetensors.index.json"
+_SKIP_DIRS = {".git", ".cache", "__pycache__"}
+HASH_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: Path
+    rel: str
+    size: int
+    sha256: str
+    index: SafetensorsIndex | None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_directory(directory: Path) -> list[LocalFile]:
+    """Every file to push, hashed and checked. Blocking: call it from a thread."""
+    if not directory.is_dir():
+        raise BadSource(f"{directory} is not a directory")
+    files: list[LocalFile] = []
+    for path in sorted(directory.rglob("*")):
+        rel_parts = path.relative_to(directory).parts
+        if not path.is_file() or _SKIP_DIRS.intersection(rel_parts) or path.name == MANIFEST_NAME:
+            continue
+        if path.name.endswith(".partial"):
+            continue
+        rel = "/".join(rel_parts)
+        index = read_index(str(path)) if path.suffix == ".safetensors" else None
+        files.append(LocalFile(path, rel, path.stat().st_size, sha256_file(path), index))
+    if not files:
+        raise BadSource(f"{directory} holds no files to push")
+    _check_shard_index(directory, files)
+    return files
+
+
+def _check_shard_index(directory: Path, files: list[LocalFile]) -> None:
+    by_rel = {f.rel: f for f in files}
+    if SHARD_INDEX not in by_rel:
+        return
+    where = str(directory / SHARD_INDEX)
+    try:
+        weight_map = json.loads((directory / SHARD_INDEX).read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpoint(f"{where}: not a valid shard index ({exc})") from None
+    if not isinstance(weight_map, dict):
+        raise CorruptCheckpoint(f"{where}: weight_map is not an object")
+    for tensor, shard in weight_map.items():
+        shard_file = by_rel.get(str(shard))
+        if shard_file is None or shard_file.index is None:
+            raise CorruptCheckpoint(f"{where}: tensor {tensor!r} points at missing shard {shard!r}")
+        if tensor not in {t.name for t in shard_file.index.tensors}:
+            raise CorruptCheckpoint(f"{where}: shard {shard!r} has no tensor {tensor!r}")
+
+
+async def push_directory(
+    store: ObjectStore,
+    directory: Path,
+    *,
+    source_label: str = "",
+    concurrency: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    files = await asyncio.to_thread(scan_directory, directory)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def upload(f: LocalFile) -> FileEntry:
+        async with limit:
+            info = await store.put_file(f.rel, f.path, progress=progress)
+        return FileEntry(
+            path=f.rel,
+            size=f.size,
+            etag=info.etag,
+            sha256=f.sha256,
+            safetensors=SafetensorsEntry.from_index(f.index) if f.index else None,
+        )
+
+    entries = await asyncio.gather(*(upload(f) for f in files))
+    label = source_label or str(await asyncio.to_thread(directory.resolve))
+    manifest = Manifest(source=label, files=list(entries))
+    await store.put_bytes(MANIFEST_NAME, manifest.dumps())
+    return manifest
+
+
+def total_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+async def push_source(
+    store: ObjectStore,
+    source: str,
+    *,
+    concurrency: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Push a local folder, or ``hf://org/repo[@revision]`` downloaded with huggingface_hub."""
+    if not source.startswith("hf://"):
+        return await push_directory(store, Path(source), concurrency=concurrency, progress=progress)
+    repo, _, revision = source.removeprefix("hf://").partition("@")
+    if repo.count("/") != 1:
+        raise BadSource(f"{source!r}: expected hf://org/repo[@revision]")
+    with tempfile.TemporaryDirectory(prefix="ember-hf-") as tmp:
+        await asyncio.to_thread(_download_hf, repo, revision or None, Path(tmp))
+        return await push_directory(
+            store, Path(tmp), source_label=source, concurrency=concurrency, progress=progress
+        )
+
+
+def _download_hf(repo: str, revision: str | None, target: Path) -> None:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise BadSource(f"huggingface_hub is not installed: {exc}") from None
+    try:
+        snapshot_download(
+            repo_id=repo,
+            revision=revision,
+            local_dir=target,
+            allow_patterns=["*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*"],
+        )
+    except Exception as exc:  # its errors span requests, OS and its own types
+        raise StoreUnavailable(
+            f"cannot download hf://{repo} from the Hugging Face Hub: {exc}"
+        ) from exc
