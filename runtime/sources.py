@@ -51,5 +51,5 @@ class WeightSources:
             await store.aclose()
         phases = {"plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
-        local = config.model_copy(update={"source": str(report.path), "base_dir": None})
+        local = config.model_copy(update={"source": str(report.path)})
         return local, phases

@@ -93,6 +93,7 @@ class FaultProxy:
 
         self._loop.call_soon_threadsafe(cancel)
         self._thread.join(10)
+        self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -1,7 +1,8 @@
 """S3 through aiobotocore: the standard credentials and ``AWS_ENDPOINT_URL``, retries, ETag pins.
 
-botocore's own retries (standard mode) cover 5xx, throttling/SlowDown and failed connections;
-a body that breaks off mid-read (reset, read timeout) is retried here. Errors leave this module as
+botocore's own retries (standard mode) cover 5xx, throttling/SlowDown, timeouts before the
+headers and failed connections; a body that breaks off mid-read (reset, read timeout) is retried
+here, since botocore has already handed the response over by then. Errors leave this module as
 :mod:`weight_cache.errors` types, translated by type at this boundary.
 """
 
@@ -44,6 +45,7 @@ class S3Store:
         prefix: str,
         *,
         concurrency: int = 16,
+        endpoint_url: str | None = None,
         connect_timeout_s: float = 10,
         read_timeout_s: float = 30,
         max_attempts: int = 5,
@@ -60,7 +62,7 @@ class S3Store:
         stack = contextlib.AsyncExitStack()
         try:
             client = await stack.enter_async_context(
-                get_session().create_client("s3", config=config)
+                get_session().create_client("s3", config=config, endpoint_url=endpoint_url)
             )
         except Exception as exc:
             await stack.aclose()
@@ -94,9 +96,12 @@ class S3Store:
         for attempt in range(BODY_ATTEMPTS):
             try:
                 response = await self._client.get_object(**kwargs)
+            except Exception as exc:
+                raise _translate(exc, where) from exc  # botocore has retried what it should
+            try:
                 async with response["Body"] as body:
                     data: bytes = await body.read()
-            except Exception as exc:
+            except Exception as exc:  # the body broke off: reset, read timeout, short payload
                 error = _translate(exc, where)
                 if isinstance(error, StoreUnavailable) and attempt + 1 < BODY_ATTEMPTS:
                     await asyncio.sleep(_backoff(attempt))
