@@ -111,9 +111,7 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"input '{name}': data is ragged or not numeric: {exc}") from None
     if raw.size != count:
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {count} elements, data has {raw.size}"
-        )
+        raise _count_mismatch(name, shape, count, raw.size)
     if dtype.kind in "iu" and raw.dtype.kind in "fO":
         # numpy widens integers past int64 (UINT64's top half) to float or object: decode exactly
         raw = _wide_integers(name, datatype, data, raw)
@@ -167,13 +165,27 @@ def _bytes_from_json(
                 )
 
     walk(data)
-    if len(flat) != count:
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {count} elements, data has {len(flat)}"
-        )
+    return _object_array(name, shape, flat, count)
+
+
+def _object_array(
+    name: str, shape: tuple[int, ...], items: list[bytes], count: int
+) -> np.ndarray[Any, Any]:
+    if len(items) != count:
+        raise _count_mismatch(name, shape, count, len(items))
     array = np.empty(count, dtype=object)
-    array[:] = flat
+    array[:] = items
     return array.reshape(shape)
+
+
+def _count_mismatch(name: str, shape: tuple[int, ...], count: int, got: int) -> InvalidInput:
+    return InvalidInput(
+        f"input '{name}': shape {list(shape)} needs {count} elements, data has {got}"
+    )
+
+
+def _as_bytes(item: Any) -> bytes:
+    return item if isinstance(item, bytes) else str(item).encode("utf-8")
 
 
 def to_json_data(name: str, datatype: str, array: np.ndarray[Any, Any]) -> Any:
@@ -181,9 +193,8 @@ def to_json_data(name: str, datatype: str, array: np.ndarray[Any, Any]) -> Any:
     if datatype == "BYTES":
         out: list[str] = []
         for item in array.reshape(-1):
-            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
             try:
-                out.append(raw.decode("utf-8"))
+                out.append(_as_bytes(item).decode("utf-8"))
             except UnicodeDecodeError:
                 raise InvalidInput(
                     f"output '{name}' holds bytes that are not UTF-8; request it with "
@@ -233,13 +244,7 @@ def _bytes_from_binary(
             raise InvalidInput(f"input '{name}': BYTES element runs past the end of its data")
         items.append(bytes(view[offset : offset + length]))
         offset += length
-    if len(items) != count:
-        raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {count} elements, data has {len(items)}"
-        )
-    array = np.empty(count, dtype=object)
-    array[:] = items
-    return array.reshape(shape)
+    return _object_array(name, shape, items, count)
 
 
 def to_binary(datatype: str, array: np.ndarray[Any, Any]) -> bytes:
@@ -247,7 +252,7 @@ def to_binary(datatype: str, array: np.ndarray[Any, Any]) -> bytes:
     if datatype == "BYTES":
         parts: list[bytes] = []
         for item in array.reshape(-1):
-            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            raw = _as_bytes(item)
             parts.append(_LEN.pack(len(raw)))
             parts.append(raw)
         return b"".join(parts)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import boto3
@@ -131,17 +133,21 @@ def proxy(s3_server: str) -> FaultProxy:
     p.stop()
 
 
-async def _setup(
+@contextlib.asynccontextmanager
+async def proxied(
     bucket: str, tmp_path: Path, proxy: FaultProxy, **kw: float
-) -> tuple[S3Store, LocalTier]:
-    """Push straight to the server, then return a store that reads through the proxy."""
+) -> AsyncIterator[tuple[S3Store, LocalTier]]:
+    """Push straight to the server, then read through the proxy into a fresh tier."""
     direct = await S3Store.open(bucket, "m")
     try:
         await push_directory(direct, make_model_dir(tmp_path / "src", mb=2))
     finally:
         await direct.aclose()
     store = await S3Store.open(bucket, "m", endpoint_url=proxy.url, **kw)  # type: ignore[arg-type]
-    return store, LocalTier(tmp_path / "tier")
+    try:
+        yield store, LocalTier(tmp_path / "tier")
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.parametrize(
@@ -152,59 +158,46 @@ async def _setup(
 async def test_transient_faults_are_retried(
     bucket: str, tmp_path: Path, proxy: FaultProxy, fault: tuple
 ) -> None:
-    store, tier = await _setup(bucket, tmp_path, proxy)
-    try:
+    async with proxied(bucket, tmp_path, proxy) as (store, tier):
         proxy.add(*fault, method="GET", path="model.safetensors", times=2)
         report = await fetch_to_tier(store, tier, chunk_bytes=512 * 1024)
         assert not report.hit
         assert (report.path / "model.safetensors").stat().st_size > 2_000_000
         assert all(r.times == 0 for r in proxy.rules)  # the faults really happened
-    finally:
-        await store.aclose()
 
 
 async def test_a_stalled_read_times_out_and_is_retried(
     bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
-    store, tier = await _setup(bucket, tmp_path, proxy, read_timeout_s=1)
-    try:
+    async with proxied(bucket, tmp_path, proxy, read_timeout_s=1) as (store, tier):
         proxy.add("stall", 3, method="GET", path="model.safetensors", times=1)
         report = await fetch_to_tier(store, tier, chunk_bytes=1024 * 1024)
-        assert not report.hit
-    finally:
-        await store.aclose()
+        assert not report.hit and proxy.rules[0].times == 0
 
 
 async def test_a_store_that_keeps_failing_gives_up_cleanly(
     bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
-    store, tier = await _setup(bucket, tmp_path, proxy, max_attempts=2)
-    try:
+    async with proxied(bucket, tmp_path, proxy, max_attempts=2) as (store, tier):
         proxy.add("status", 503, "SlowDown", method="GET", path="model.safetensors", times=1000)
         with pytest.raises(StoreUnavailable, match="SlowDown"):
             await fetch_to_tier(store, tier, chunk_bytes=512 * 1024)
         assert tier.entries() == []
         assert not [p for p in tier.root.rglob("*.partial")]
-    finally:
-        await store.aclose()
 
 
 async def test_access_denied_is_not_retried(bucket: str, tmp_path: Path, proxy: FaultProxy) -> None:
-    store, tier = await _setup(bucket, tmp_path, proxy)
-    try:
+    async with proxied(bucket, tmp_path, proxy) as (store, tier):
         proxy.add("status", 403, "AccessDenied", method="GET", times=1000)
         with pytest.raises(AccessDenied):
             await fetch_to_tier(store, tier)
         assert sum(1 for m, _ in proxy.requests if m == "GET") == 1
-    finally:
-        await store.aclose()
 
 
 async def test_an_object_replaced_mid_load_fails_cleanly(
     bucket: str, tmp_path: Path, s3_server: str, proxy: FaultProxy
 ) -> None:
-    store, tier = await _setup(bucket, tmp_path, proxy)
-    try:
+    async with proxied(bucket, tmp_path, proxy) as (store, tier):
         manifest = await read_manifest(store)  # the plan pins each file's ETag
         boto3.client("s3", endpoint_url=s3_server).put_object(
             Bucket=bucket, Key="m/model.safetensors", Body=b"\0" * 64
@@ -212,8 +205,6 @@ async def test_an_object_replaced_mid_load_fails_cleanly(
         with pytest.raises(ObjectChanged, match="replaced"):
             await fetch_to_tier(store, tier, manifest=manifest)
         assert tier.entries() == []
-    finally:
-        await store.aclose()
 
 
 def test_embeddings_unchanged_through_s3(bucket: str, tmp_path: Path) -> None:
