@@ -10,6 +10,7 @@ at most ``concurrency`` chunks are ever held, whatever the model's size. Space i
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -127,10 +128,7 @@ async def fetch_file(
     sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-sink")
     try:
         if entry.size:
-            try:
-                await asyncio.to_thread(os.posix_fallocate, fd, 0, entry.size)
-            except OSError as exc:
-                raise disk_error(exc, str(partial)) from exc
+            await asyncio.to_thread(_reserve, fd, entry.size, partial)
         digest = await _stream(store, entry, fd, sink, concurrency, chunk_bytes, progress)
         if digest != entry.sha256:
             raise CorruptCheckpoint(
@@ -213,6 +211,16 @@ async def _stream(
             f"{store.uri}/{entry.path}: got {next_offset} of {entry.size} bytes"
         )
     return digest.hexdigest()
+
+
+def _reserve(fd: int, size: int, path: Path) -> None:
+    """Claim the file's blocks up front, so a full disk fails before the download starts."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise disk_error(exc, str(path)) from exc
+        os.ftruncate(fd, size)  # a filesystem without fallocate: size it, blocks come later
 
 
 def _check_header(path: Path, entry: FileEntry, where: str) -> None:
