@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Loading a model from an S3-compatible endpoint: Ember vs boto3 (vs run:ai where installed).
+
+One run: a synthetic safetensors checkpoint (``--size-gb``, default 1) is pushed to an ``s3rver``
+on loopback (npm's s3rver serves ranged GETs efficiently; moto re-reads the whole object for each
+range and is useless for speed). Each loader then runs ``--repeats`` times, every time in a fresh
+process with a fresh destination, and reports GB/s and client CPU-seconds per GB (user + system
+of that process, all its threads). Medians go to ``--out``. Loaders:
+
+    ember          ember's fetch into a fresh local tier (ranged GETs, verified, ready to serve)
+    boto3          boto3 download_file (its own threaded multipart download) + safetensors load
+    boto3-stream   one streamed GET to a file + safetensors load
+    runai          run:ai model streamer reading s3:// into tensors (skipped if not installed)
+
+    scripts/bench_load.py --out bench-results/load.json [--size-gb 1] [--repeats 3]
+
+Not yet here (see the README): the local-tier rows against safetensors/fastsafetensors/tensorizer
+and cat, and a bandwidth-shaped endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / ".bench-tools"
+BUCKET = "bench"
+LOADERS = ("ember", "boto3", "boto3-stream", "runai")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def s3rver_bin() -> Path:
+    binary = TOOLS / "node_modules" / ".bin" / "s3rver"
+    if not binary.exists():
+        TOOLS.mkdir(exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--silent", "--prefix", str(TOOLS), "s3rver@3"], check=True
+        )
+    return binary
+
+
+def make_checkpoint(directory: Path, size_gb: float) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = 64 * 1024 * 1024  # bytes per tensor
+    count = max(1, int(size_gb * 1024**3 // per))
+    tensors = {
+        f"layer.{i}.weight": rng.integers(0, 2**16, per // 2, dtype=np.uint16).view(np.float16)
+        for i in range(count)
+    }
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({"tensors": count}))
+    return directory
+
+
+# ------------------------------------------------------------------------------------ workers
+def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -> dict[str, Any]:
+    """One load in this (fresh) process; returns seconds, bytes and this process's CPU seconds."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    # imports first: the clock and the CPU count only the load itself
+    if loader == "ember":
+        import asyncio
+
+        from weight_cache.fetch import fetch_to_tier
+        from weight_cache.stores import open_store
+        from weight_cache.tier import LocalTier
+    elif loader in ("boto3", "boto3-stream"):
+        import boto3
+        from safetensors.torch import load_file
+    elif loader == "runai":
+        from runai_model_streamer import SafetensorsStreamer
+    else:
+        raise SystemExit(f"unknown loader {loader}")
+    start_cpu = _cpu()
+    start = time.perf_counter()
+    if loader == "ember":
+
+        async def run() -> int:
+            store = await open_store(uri, concurrency=concurrency)
+            try:
+                report = await fetch_to_tier(
+                    store, LocalTier(dest), concurrency=concurrency, chunk_bytes=chunk_mb << 20
+                )
+            finally:
+                await store.aclose()
+            return report.bytes_fetched
+
+        nbytes = asyncio.run(run())
+    elif loader in ("boto3", "boto3-stream"):
+        client = boto3.client("s3")
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / "model.safetensors"
+        key = f"{prefix}/model.safetensors"
+        if loader == "boto3":
+            client.download_file(bucket, key, str(target))
+        else:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            with target.open("wb") as out:
+                for chunk in body.iter_chunks(chunk_mb << 20):
+                    out.write(chunk)
+        tensors = load_file(str(target))
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    else:
+        nbytes = 0
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_file(f"{uri}/model.safetensors")
+            for _, tensor in streamer.get_tensors():
+                nbytes += tensor.clone().numel() * tensor.element_size()  # it reuses buffers
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "bytes": nbytes, "cpu_s": _cpu() - start_cpu}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def available(loader: str) -> bool:
+    if loader != "runai":
+        return True
+    try:
+        import runai_model_streamer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ driver
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="where to write the JSON results")
+    parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--chunk-mb", type=int, default=8)
+    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    parser.add_argument("--dest", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker, args.uri, Path(args.dest), args.concurrency, args.chunk_mb)
+        print(json.dumps(result))
+        return 0
+    if not args.out:
+        parser.error("--out is required")
+
+    notes: list[str] = []
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="ember-bench-load-") as tmp:
+        work = Path(tmp)
+        port = free_port()
+        data = work / "s3rver"
+        data.mkdir()
+        cmd = [str(s3rver_bin()), "-d", str(data), "-a", "127.0.0.1", "-p", str(port)]
+        server = subprocess.Popen(
+            [*cmd, "--silent", "--configure-bucket", BUCKET],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "S3RVER",
+            "AWS_SECRET_ACCESS_KEY": "S3RVER",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        try:
+            _wait_port(port)
+            model = make_checkpoint(work / "model", args.size_gb)
+            uri = f"s3://{BUCKET}/model"
+            push = subprocess.run(
+                [sys.executable, "-m", "ember", "cache", "push", str(model), uri],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if push.returncode != 0:
+                raise SystemExit(f"push failed: {push.stderr}")
+            size = (model / "model.safetensors").stat().st_size
+            print(f"pushed {size / 1e9:.2f} GB to s3rver at {endpoint}", flush=True)
+            for loader in args.loaders.split(","):
+                if not available(loader):
+                    notes.append(f"{loader}: not installed here, skipped")
+                    continue
+                runs = []
+                for i in range(args.repeats):
+                    dest = work / f"dest-{loader}-{i}"
+                    cmd = [sys.executable, __file__, "--worker", loader, "--uri", uri]
+                    cmd += ["--dest", str(dest), "--concurrency", str(args.concurrency)]
+                    cmd += ["--chunk-mb", str(args.chunk_mb)]
+                    done = subprocess.run(
+                        cmd, env=env, capture_output=True, text=True, timeout=1800
+                    )
+                    shutil.rmtree(dest, ignore_errors=True)
+                    if done.returncode != 0:
+                        notes.append(f"{loader}: run {i} failed: {done.stderr.strip()[-300:]}")
+                        break
+                    run = json.loads(done.stdout.strip().splitlines()[-1])
+                    gb = run["bytes"] / 1e9
+                    runs.append({"gbps": gb / run["seconds"], "cpu_s_per_gb": run["cpu_s"] / gb})
+                    print(
+                        f"{loader:13} run {i}: {runs[-1]['gbps']:.2f} GB/s, "
+                        f"{runs[-1]['cpu_s_per_gb']:.2f} CPU-s/GB",
+                        flush=True,
+                    )
+                if runs:
+                    results.append(
+                        {
+                            "loader": loader,
+                            "source": "s3",
+                            "endpoint": "s3rver",
+                            "cache": "cold",
+                            "gbps_median": statistics.median(r["gbps"] for r in runs),
+                            "cpu_s_per_gb": statistics.median(r["cpu_s_per_gb"] for r in runs),
+                            "runs": len(runs),
+                        }
+                    )
+        finally:
+            server.terminate()
+            server.wait(10)
+    notes.append(
+        "s3rver reads from the page cache of this machine: these figures are the client's cost, "
+        "not a network's; no bandwidth shaper was used"
+    )
+    report = {
+        "results": results,
+        "notes": notes,
+        "settings": vars(args) | {"worker": None},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for r in results:
+        print(f"| {r['loader']} | {r['gbps_median']:.2f} GB/s | {r['cpu_s_per_gb']:.2f} CPU-s/GB |")
+    for n in notes:
+        print(f"note: {n}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _wait_port(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"s3rver did not listen on port {port}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
