@@ -95,3 +95,26 @@ def test_text_must_be_bytes(minilm_server: ServerProcess) -> None:
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     r = httpx.post(minilm_server.url + "/v2/models/minilm/infer", content=json.dumps(body))
     assert r.status_code == 400 and "model expects BYTES" in r.json()["error"]
+
+
+def test_handler_without_batching_and_with_options(reference: np.ndarray) -> None:
+    """No batch dimension: a [n] text tensor gives [n, 384]; options override the model's files."""
+    from runtime.config import load_model_configs
+    from runtime.handlers import create_handler
+    from runtime.tensors import Tensor
+    from tests.conftest import MINILM_CONFIG
+
+    (config,) = load_model_configs(MINILM_CONFIG)
+    plain = create_handler(config.model_copy(update={"max_batch_size": 0}))
+    plain.load()
+    assert plain.inputs[0].shape == (-1,) and plain.outputs[0].shape == (-1, 384)
+    text = Tensor("text", "BYTES", np.array([t.encode() for t in TEXTS], dtype=object))
+    out = plain.predict({"text": text})["embedding"].array
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+
+    raw = create_handler(
+        config.model_copy(update={"options": {"normalize": False, "max_length": 4}})
+    )
+    raw.load()
+    unnormalised = raw.predict({"text": text})["embedding"].array
+    assert not np.allclose(np.linalg.norm(unnormalised, axis=1), 1.0, atol=1e-3)
