@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Loading a model from an S3-compatible endpoint: Ember vs boto3 (vs run:ai where installed).
+"""Loading a model: from the local tier (cold and warm page cache) and from an S3 endpoint.
 
-One run: a synthetic safetensors checkpoint (``--size-gb``, default 1) is pushed to an ``s3rver``
+Local rows: the same generated checkpoint read by Ember's tier loader (what ``ember serve`` uses:
+safetensors' memory map), ``safetensors.torch.load_file``, ``safe_open`` tensor by tensor, and
+``cat`` to /dev/null, with the page cache dropped first (``/proc/sys/vm/drop_caches``, checked with
+``fincore``) or warmed. Every loader's tensors are touched once per 4 KiB page, so a lazy memory
+map counts the reads it defers.
+
+S3 rows: a synthetic safetensors checkpoint (``--size-gb``, default 1) is pushed to an ``s3rver``
 on loopback (npm's s3rver serves ranged GETs efficiently; moto re-reads the whole object for each
 range and is useless for speed). Each loader then runs ``--repeats`` times, every time in a fresh
 process with a fresh destination, and reports GB/s and client CPU-seconds per GB (user + system
@@ -14,8 +20,7 @@ of that process, all its threads). Medians go to ``--out``. Loaders:
 
     scripts/bench_load.py --out bench-results/load.json [--size-gb 1] [--repeats 3]
 
-Not yet here (see the README): the local-tier rows against safetensors/fastsafetensors/tensorizer
-and cat, and a bandwidth-shaped endpoint.
+Not yet here (see the README): fastsafetensors and tensorizer, and a bandwidth-shaped endpoint.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".bench-tools"
 BUCKET = "bench"
 LOADERS = ("ember", "boto3", "boto3-stream", "runai")
+LOCAL_LOADERS = ("ember", "safetensors", "safe_open", "cat")
 
 
 def free_port() -> int:
@@ -131,6 +137,95 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
     return {"seconds": seconds, "bytes": nbytes, "cpu_s": _cpu() - start_cpu}
 
 
+def local_worker(loader: str, path: Path) -> dict[str, Any]:
+    """One load of a local file into CPU tensors, in this fresh process."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from runtime.handlers.torch_util import load_safetensors
+
+    start_cpu = _cpu()
+    start = time.perf_counter()
+    if loader == "cat":
+        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+        tensors: dict[str, torch.Tensor] = {}
+    elif loader == "ember":
+        tensors = load_safetensors(path, "cpu")
+    elif loader == "safetensors":
+        tensors = load_file(str(path))
+    else:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    for t in tensors.values():  # one touch per 4 KiB page: a lazy map must read it now
+        flat = t.view(-1).view(torch.uint8)
+        flat[::4096].sum()
+    return {
+        "seconds": time.perf_counter() - start,
+        "bytes": path.stat().st_size,
+        "cpu_s": _cpu() - start_cpu,
+    }
+
+
+def drop_page_cache(path: Path) -> str | None:
+    """Drop the page cache and check the file left it; None if that worked, else why not."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        return f"cannot drop the page cache ({exc.strerror}); cold rows are not cold"
+    if shutil.which("fincore"):
+        out = subprocess.run(
+            ["fincore", "-nb", "-o", "RES", str(path)], capture_output=True, text=True
+        )
+        resident = int((out.stdout.split() or ["0"])[0])
+        if resident > path.stat().st_size // 100:
+            return f"{resident} bytes of the file stayed in the page cache after the drop"
+    return None
+
+
+def local_rows(model: Path, args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
+    path = model / "model.safetensors"
+    rows = []
+    for cache in ("cold", "warm"):
+        for loader in LOCAL_LOADERS:
+            runs = []
+            for i in range(args.repeats):
+                if cache == "cold":
+                    problem = drop_page_cache(path)
+                    if problem and problem not in notes:
+                        notes.append(problem)
+                else:
+                    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+                cmd = [sys.executable, __file__, "--worker", f"local:{loader}", "--dest", str(path)]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                if done.returncode != 0:
+                    notes.append(f"local {loader}: run {i} failed: {done.stderr.strip()[-300:]}")
+                    break
+                run = json.loads(done.stdout.strip().splitlines()[-1])
+                gb = run["bytes"] / 1e9
+                runs.append({"gbps": gb / run["seconds"], "cpu_s_per_gb": run["cpu_s"] / gb})
+                print(
+                    f"local {cache:4} {loader:11} run {i}: {runs[-1]['gbps']:6.2f} GB/s, "
+                    f"{runs[-1]['cpu_s_per_gb']:.2f} CPU-s/GB",
+                    flush=True,
+                )
+            if runs:
+                rows.append(_row(loader, "local", cache, runs))
+    return rows
+
+
+def _row(loader: str, source: str, cache: str, runs: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "loader": loader,
+        "source": source,
+        "cache": cache,
+        "gbps_median": statistics.median(r["gbps"] for r in runs),
+        "cpu_s_per_gb": statistics.median(r["cpu_s_per_gb"] for r in runs),
+        "runs": len(runs),
+    }
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -154,11 +249,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--chunk-mb", type=int, default=8)
-    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--loaders", default=",".join(LOADERS), help="S3 loaders to run")
+    parser.add_argument("--skip-local", action="store_true", help="only the S3 rows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker and args.worker.startswith("local:"):
+        print(json.dumps(local_worker(args.worker.removeprefix("local:"), Path(args.dest))))
+        return 0
     if args.worker:
         result = worker(args.worker, args.uri, Path(args.dest), args.concurrency, args.chunk_mb)
         print(json.dumps(result))
@@ -192,6 +291,8 @@ def main() -> int:
         try:
             _wait_port(port)
             model = make_checkpoint(work / "model", args.size_gb)
+            if not args.skip_local:
+                results += local_rows(model, args, notes)
             uri = f"s3://{BUCKET}/model"
             push = subprocess.run(
                 [sys.executable, "-m", "ember", "cache", "push", str(model), uri],
@@ -229,17 +330,7 @@ def main() -> int:
                         flush=True,
                     )
                 if runs:
-                    results.append(
-                        {
-                            "loader": loader,
-                            "source": "s3",
-                            "endpoint": "s3rver",
-                            "cache": "cold",
-                            "gbps_median": statistics.median(r["gbps"] for r in runs),
-                            "cpu_s_per_gb": statistics.median(r["cpu_s_per_gb"] for r in runs),
-                            "runs": len(runs),
-                        }
-                    )
+                    results.append({**_row(loader, "s3", "cold", runs), "endpoint": "s3rver"})
         finally:
             server.terminate()
             server.wait(10)
@@ -257,7 +348,10 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for r in results:
-        print(f"| {r['loader']} | {r['gbps_median']:.2f} GB/s | {r['cpu_s_per_gb']:.2f} CPU-s/GB |")
+        print(
+            f"| {r['source']} | {r['cache']} | {r['loader']} | {r['gbps_median']:.2f} | "
+            f"{r['cpu_s_per_gb']:.2f} |"
+        )
     for n in notes:
         print(f"note: {n}")
     print(f"wrote {out}")
