@@ -169,3 +169,40 @@ async def test_concurrent_fills_of_one_model_fetch_once(tmp_path: Path) -> None:
     reports = await asyncio.gather(*(fetch_to_tier(store, t, manifest=manifest) for t in tiers))
     assert sum(not r.hit for r in reports) == 1
     assert reads == manifest.total_bytes
+
+
+async def test_push_from_the_hugging_face_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hf://org/repo@rev goes through huggingface_hub.snapshot_download (faked: no network here)."""
+    import huggingface_hub
+
+    from weight_cache.errors import StoreUnavailable
+    from weight_cache.push import push_source
+
+    src = make_model_dir(tmp_path / "hub-copy")
+    calls: list[tuple[str, str | None]] = []
+
+    def fake_download(repo_id: str, revision: str | None, local_dir: Path, **_: object) -> str:
+        import shutil
+
+        calls.append((repo_id, revision))
+        shutil.copytree(src, local_dir, dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    store = LocalStore(tmp_path / "bucket" / "hub")
+    manifest = await push_source(store, "hf://org/tiny@v1")
+    assert calls == [("org/tiny", "v1")]
+    assert manifest.source == "hf://org/tiny@v1" and len(manifest.files) == 3
+
+    def offline(**_: object) -> str:
+        raise OSError("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(StoreUnavailable, match="cannot download hf://org/tiny"):
+        await push_source(store, "hf://org/tiny")
+    from weight_cache.errors import BadSource
+
+    with pytest.raises(BadSource, match="expected hf://org/repo"):
+        await push_source(store, "hf://just-a-name")
