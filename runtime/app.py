@@ -51,6 +51,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
                     await loading
             await repository.drain(settings.grace_period_s)
             await repository.close()
+            await sources.aclose()
 
     app = FastAPI(
         title="Ember runtime",

@@ -7,10 +7,14 @@ touching S3. The handler then sees a local directory.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from pathlib import Path
 
 from runtime.config import ModelConfig
+
+log = logging.getLogger("ember.runtime")
 
 
 class WeightSources:
@@ -26,6 +30,21 @@ class WeightSources:
         self.budget_bytes = budget_bytes
         self.concurrency = concurrency
         self.chunk_bytes = chunk_bytes
+        self._commits: set[asyncio.Task[None]] = set()
+
+    def _committed(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("the local tier could not keep a fetched model: %s", task.exception())
+
+    async def aclose(self) -> None:
+        """Let background commits finish, so the next start finds the model in the tier.
+
+        They are bounded by the disk (an fsync of what was just written), so they are awaited,
+        not cancelled.
+        """
+        if self._commits:
+            await asyncio.gather(*self._commits, return_exceptions=True)
 
     @staticmethod
     def is_remote(config: ModelConfig) -> bool:
@@ -45,10 +64,17 @@ class WeightSources:
         store = await open_store(config.source, concurrency=self.concurrency)
         try:
             report = await fetch_to_tier(
-                store, tier, concurrency=self.concurrency, chunk_bytes=self.chunk_bytes
+                store,
+                tier,
+                concurrency=self.concurrency,
+                chunk_bytes=self.chunk_bytes,
+                commit_in_background=True,  # load from the page cache while the disk catches up
             )
         finally:
             await store.aclose()
+        if report.committed is not None:
+            self._commits.add(report.committed)
+            report.committed.add_done_callback(self._committed)
         phases = {"plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
         local = config.model_copy(update={"source": str(report.path)})

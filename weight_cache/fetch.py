@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from weight_cache.errors import CorruptCheckpoint, ObjectMissing
@@ -42,7 +42,8 @@ class FetchReport:
     bytes_fetched: int = 0
     plan_s: float = 0.0
     fetch_s: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
+    # With ``commit_in_background``: the task making the entry durable and marking it complete.
+    committed: asyncio.Task[None] | None = None
 
 
 async def read_manifest(store: ObjectStore) -> Manifest:
@@ -67,8 +68,15 @@ async def fetch_to_tier(
     concurrency: int = DEFAULT_CONCURRENCY,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    commit_in_background: bool = False,
 ) -> FetchReport:
-    """The model's directory in the tier, streamed from ``store`` unless a copy is there."""
+    """The model's directory in the tier, streamed from ``store`` unless a copy is there.
+
+    The files are verified and in place when this returns. Making them durable (fsync) and
+    marking the entry complete waits for the disk; with ``commit_in_background`` that runs in
+    ``report.committed`` (holding the entry's lock, so other processes wait for it rather than
+    fetch again) while the caller already loads the files from the page cache.
+    """
     started = time.perf_counter()
     manifest = manifest or await read_manifest(store)
     key = entry_key(manifest)
@@ -76,28 +84,33 @@ async def fetch_to_tier(
     hit = tier.lookup(key)
     if hit is not None:
         return FetchReport(hit, True, plan_s=plan_s)
-    async with tier.locked(key):
+    lock = await tier.lock(key)
+    try:
         hit = tier.lookup(key)  # another process may have filled it while we waited
         if hit is not None:
+            lock.release()
             return FetchReport(hit, True, plan_s=time.perf_counter() - started)
         path = await asyncio.to_thread(tier.prepare, key, manifest)
-        fetch_started = time.perf_counter()
-        try:
-            # small files (configs, tokenizers) first: they are needed first
-            for entry in sorted(manifest.files, key=lambda f: f.size):
-                await fetch_file(
-                    store,
-                    entry,
-                    path / entry.path,
-                    concurrency=concurrency,
-                    chunk_bytes=chunk_bytes,
-                    progress=progress,
-                )
-            await asyncio.to_thread(tier.commit, key, manifest, source=store.uri)
-        except BaseException:
-            await asyncio.to_thread(tier.discard, key)
-            raise
-        fetch_s = time.perf_counter() - fetch_started
+    except BaseException:
+        lock.release()
+        raise
+    fetch_started = time.perf_counter()
+    try:
+        # small files (configs, tokenizers) first: they are needed first
+        for entry in sorted(manifest.files, key=lambda f: f.size):
+            await fetch_file(
+                store,
+                entry,
+                path / entry.path,
+                concurrency=concurrency,
+                chunk_bytes=chunk_bytes,
+                progress=progress,
+            )
+    except BaseException:
+        await asyncio.to_thread(tier.discard, key)
+        lock.release()
+        raise
+    fetch_s = time.perf_counter() - fetch_started
     log.info(
         "fetched %s (%d bytes) in %.2fs: %.2f GB/s",
         store.uri,
@@ -105,7 +118,28 @@ async def fetch_to_tier(
         fetch_s,
         manifest.total_bytes / max(fetch_s, 1e-9) / 1e9,
     )
-    return FetchReport(path, False, manifest.total_bytes, plan_s, fetch_s)
+
+    async def commit() -> None:
+        work = asyncio.ensure_future(
+            asyncio.to_thread(tier.commit, key, manifest, source=store.uri)
+        )
+        try:
+            # shielded: a cancelled caller must not race the thread that writes the marker
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait([work])  # the disk finishes; the entry ends complete or discarded
+            raise
+        finally:
+            if work.cancelled() or work.exception() is not None:
+                await asyncio.to_thread(tier.discard, key)
+            lock.release()
+
+    report = FetchReport(path, False, manifest.total_bytes, plan_s, fetch_s)
+    if commit_in_background:
+        report.committed = asyncio.create_task(commit(), name=f"tier-commit-{key}")
+    else:
+        await commit()
+    return report
 
 
 async def fetch_file(
@@ -136,7 +170,6 @@ async def fetch_file(
             )
         if entry.safetensors is not None:
             await asyncio.to_thread(_check_header, partial, entry, where)
-        await asyncio.to_thread(os.fsync, fd)
     except BaseException:
         os.close(fd)
         sink.shutdown(wait=True)

@@ -37,6 +37,18 @@ def entry_key(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.identity().encode()).hexdigest()[:32]
 
 
+class EntryLock:
+    """An entry's flock, held until ``release()`` (or the process ends)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+
 @dataclass(frozen=True)
 class TierEntry:
     key: str
@@ -67,20 +79,27 @@ class LocalTier:
         return path
 
     # ------------------------------------------------------------------------------- locking
-    @contextlib.asynccontextmanager
-    async def locked(self, key: str, *, poll_s: float = 0.05) -> AsyncIterator[None]:
-        """Hold the entry's exclusive lock; waiting stays cancellable (no blocked thread)."""
+    async def lock(self, key: str, *, poll_s: float = 0.05) -> EntryLock:
+        """Take the entry's exclusive lock; waiting stays cancellable (no blocked thread)."""
         fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    return EntryLock(fd)
                 except BlockingIOError:
                     await asyncio.sleep(poll_s)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def locked(self, key: str) -> AsyncIterator[None]:
+        held = await self.lock(key)
+        try:
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            held.release()
 
     @contextlib.contextmanager
     def _try_lock(self, key: str) -> Iterator[bool]:
@@ -111,12 +130,18 @@ class LocalTier:
         return path
 
     def commit(self, key: str, manifest: Manifest, *, source: str) -> Path:
-        """With the lock held and every file renamed into place: write the marker. Blocking."""
+        """With the lock held and every file renamed into place: make the files durable, then
+        write the marker. Blocking (it waits for the disk)."""
         path = self.entry_path(key)
         for f in manifest.files:
             target = path / f.path
             if not target.is_file() or target.stat().st_size != f.size:
                 raise CorruptCheckpoint(f"{target}: missing or of the wrong size before commit")
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the data reaches the disk before the marker says it is there
+            finally:
+                os.close(fd)
         (path / MANIFEST_NAME).write_bytes(manifest.dumps())
         marker = {"source": source, "size": manifest.total_bytes, "created": time.time()}
         partial = path / (COMPLETE + ".partial")

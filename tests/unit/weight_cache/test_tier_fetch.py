@@ -206,3 +206,30 @@ async def test_push_from_the_hugging_face_hub(
 
     with pytest.raises(BadSource, match="expected hf://org/repo"):
         await push_source(store, "hf://just-a-name")
+
+
+async def test_commit_in_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files are usable at once; durability and the marker follow, holding the lock."""
+    store, src, manifest = await pushed(tmp_path)
+    tier = LocalTier(tmp_path / "tier")
+    report = await fetch_to_tier(store, tier, commit_in_background=True)
+    assert report.committed is not None
+    assert filecmp.cmp(src / "config.json", report.path / "config.json", shallow=False)
+    waiting = asyncio.create_task(fetch_to_tier(store, LocalTier(tier.root), manifest=manifest))
+    await report.committed
+    assert (report.path / COMPLETE).is_file()
+    assert (await waiting).hit  # it waited for the commit instead of fetching again
+
+    # a commit that fails leaves no entry and releases the lock
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise OSError(errno.EIO, "I/O error")
+
+    other = LocalTier(tmp_path / "tier2")
+    monkeypatch.setattr(other, "commit", broken)
+    failed = await fetch_to_tier(store, other, commit_in_background=True)
+    assert failed.committed is not None
+    with pytest.raises(OSError, match="I/O error"):
+        await failed.committed
+    assert other.entries() == [] and not failed.path.exists()
+    monkeypatch.undo()
+    assert not (await fetch_to_tier(store, LocalTier(other.root))).hit
