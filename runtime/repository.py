@@ -12,6 +12,7 @@ import enum
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runtime.batching import Scheduler
@@ -43,6 +44,7 @@ class ModelEntry:
     scheduler: Scheduler | None = None
     load_seconds: float | None = None
     load_phases: dict[str, float] = field(default_factory=dict)
+    release_source: Callable[[], None] | None = None
     wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -93,10 +95,13 @@ class ModelRepository:
             started = time.perf_counter()
             handler: ModelHandler | None = None
             scheduler: Scheduler | None = None
+            release_source: Callable[[], None] | None = None
             try:
-                config, phases = await self._sources.localize(entry.config)
+                local = await self._sources.localize(entry.config)
+                release_source = local.release
+                phases = dict(local.phases)
                 mark = time.perf_counter()
-                handler = await asyncio.to_thread(create_handler, config)
+                handler = await asyncio.to_thread(create_handler, local.config)
                 await asyncio.to_thread(handler.load)
                 phases["load"] = time.perf_counter() - mark
                 scheduler = Scheduler(
@@ -110,6 +115,8 @@ class ModelRepository:
                 scheduler.start()
             except BaseException as exc:
                 await self._discard(handler, scheduler)
+                if release_source is not None:
+                    release_source()
                 expected = isinstance(
                     exc, HandlerLoadError | ConfigError | RuntimeServerError | WeightCacheError
                 )
@@ -120,6 +127,7 @@ class ModelRepository:
                 log.error("model %s failed to load: %s", name, reason, exc_info=not expected)
                 raise ModelNotReady(f"model '{name}' failed to load: {reason}") from exc
             entry.handler, entry.scheduler = handler, scheduler
+            entry.release_source = release_source
             # The imports and the model are long-lived: keep the collector from re-walking them
             # on every full collection, which otherwise shows up as tail latency under load.
             gc.freeze()
@@ -147,6 +155,9 @@ class ModelRepository:
                 await entry.scheduler.drain(drain_timeout_s)
             await self._discard(entry.handler, entry.scheduler)
             entry.handler = entry.scheduler = None
+            if entry.release_source is not None:
+                entry.release_source()  # the tier may evict the files now
+                entry.release_source = None
             gc.unfreeze()  # let the collector reclaim the model's cycles; the next load refreezes
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 

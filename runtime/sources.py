@@ -10,11 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.config import ModelConfig
 
 log = logging.getLogger("ember.runtime")
+
+
+@dataclass(frozen=True)
+class Localized:
+    config: ModelConfig
+    phases: dict[str, float]
+    release: Callable[[], None]
+
+
+def _nothing() -> None:
+    return None
 
 
 class WeightSources:
@@ -50,10 +63,11 @@ class WeightSources:
     def is_remote(config: ModelConfig) -> bool:
         return bool(config.source and config.source.startswith("s3://"))
 
-    async def localize(self, config: ModelConfig) -> tuple[ModelConfig, dict[str, float]]:
-        """The config with a local ``source``, and the seconds each phase took."""
+    async def localize(self, config: ModelConfig) -> Localized:
+        """The config with a local ``source``, the seconds each phase took, and a release hook
+        to call once the model no longer uses its files (until then the tier keeps them)."""
         if not self.is_remote(config):
-            return config, {}
+            return Localized(config, {}, _nothing)
         from weight_cache.fetch import fetch_to_tier
         from weight_cache.stores import open_store
         from weight_cache.tier import LocalTier
@@ -69,6 +83,7 @@ class WeightSources:
                 concurrency=self.concurrency,
                 chunk_bytes=self.chunk_bytes,
                 commit_in_background=True,  # load from the page cache while the disk catches up
+                hold=True,  # no process evicts the files while this one serves from them
             )
         finally:
             await store.aclose()
@@ -78,4 +93,4 @@ class WeightSources:
         phases = {"plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
         local = config.model_copy(update={"source": str(report.path)})
-        return local, phases
+        return Localized(local, phases, report.release)

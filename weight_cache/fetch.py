@@ -24,7 +24,7 @@ from weight_cache.errors import CorruptCheckpoint, ObjectMissing
 from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
 from weight_cache.safetensors_format import parse_header
 from weight_cache.stores import ObjectStore
-from weight_cache.tier import LocalTier, disk_error, entry_key
+from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
 
 log = logging.getLogger("ember.weight_cache")
 
@@ -44,6 +44,13 @@ class FetchReport:
     fetch_s: float = 0.0
     # With ``commit_in_background``: the task making the entry durable and marking it complete.
     committed: asyncio.Task[None] | None = None
+    # With ``hold``: a shared lock that keeps the entry from eviction until ``release()``.
+    hold: EntryLock | None = None
+
+    def release(self) -> None:
+        if self.hold is not None:
+            self.hold.release()
+            self.hold = None
 
 
 async def read_manifest(store: ObjectStore) -> Manifest:
@@ -69,27 +76,37 @@ async def fetch_to_tier(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
     commit_in_background: bool = False,
+    hold: bool = False,
 ) -> FetchReport:
     """The model's directory in the tier, streamed from ``store`` unless a copy is there.
 
     The files are verified and in place when this returns. Making them durable (fsync) and
     marking the entry complete waits for the disk; with ``commit_in_background`` that runs in
     ``report.committed`` (holding the entry's lock, so other processes wait for it rather than
-    fetch again) while the caller already loads the files from the page cache.
+    fetch again) while the caller already loads the files from the page cache. With ``hold``
+    the report keeps a shared lock on the entry, so no process evicts it while it is in use.
     """
     started = time.perf_counter()
     manifest = manifest or await read_manifest(store)
     key = entry_key(manifest)
     plan_s = time.perf_counter() - started
-    hit = tier.lookup(key)
-    if hit is not None:
-        return FetchReport(hit, True, plan_s=plan_s)
+    if tier.lookup(key) is not None:
+        held = await tier.lock(key, shared=True) if hold else None
+        hit = tier.lookup(key)  # still there once we hold it?
+        if hit is not None:
+            return FetchReport(hit, True, plan_s=plan_s, hold=held)
+        if held is not None:
+            held.release()
     lock = await tier.lock(key)
     try:
         hit = tier.lookup(key)  # another process may have filled it while we waited
         if hit is not None:
-            lock.release()
-            return FetchReport(hit, True, plan_s=time.perf_counter() - started)
+            if hold:
+                lock.share()
+            else:
+                lock.release()
+            elapsed = time.perf_counter() - started
+            return FetchReport(hit, True, plan_s=elapsed, hold=lock if hold else None)
         path = await asyncio.to_thread(tier.prepare, key, manifest)
     except BaseException:
         lock.release()
@@ -132,9 +149,15 @@ async def fetch_to_tier(
         finally:
             if work.cancelled() or work.exception() is not None:
                 await asyncio.to_thread(tier.discard, key)
-            lock.release()
+                lock.release()
+            elif hold:
+                lock.share()  # filled; from now on only in use
+            else:
+                lock.release()
 
     report = FetchReport(path, False, manifest.total_bytes, plan_s, fetch_s)
+    if hold:
+        report.hold = lock
     if commit_in_background:
         report.committed = asyncio.create_task(commit(), name=f"tier-commit-{key}")
     else:

@@ -43,6 +43,11 @@ class EntryLock:
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
+    def share(self) -> None:
+        """Turn an exclusive lock into a shared one: filled, now only in use."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock
@@ -79,13 +84,15 @@ class LocalTier:
         return path
 
     # ------------------------------------------------------------------------------- locking
-    async def lock(self, key: str, *, poll_s: float = 0.05) -> EntryLock:
-        """Take the entry's exclusive lock; waiting stays cancellable (no blocked thread)."""
+    async def lock(self, key: str, *, shared: bool = False, poll_s: float = 0.05) -> EntryLock:
+        """Take the entry's lock: exclusive to fill or evict it, shared to keep it while in use.
+        Waiting stays cancellable (no blocked thread)."""
         fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                     return EntryLock(fd)
                 except BlockingIOError:
                     await asyncio.sleep(poll_s)
@@ -203,7 +210,7 @@ class LocalTier:
         return evicted
 
     def evict(self, key: str) -> bool:
-        """Remove an entry unless another process holds it; True if removed."""
+        """Remove an entry unless someone fills or uses it (holds its lock); True if removed."""
         with self._try_lock(key) as mine:
             if not mine:
                 return False

@@ -233,3 +233,20 @@ async def test_commit_in_background(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert other.entries() == [] and not failed.path.exists()
     monkeypatch.undo()
     assert not (await fetch_to_tier(store, LocalTier(other.root))).hit
+
+
+async def test_held_entries_are_not_evicted(tmp_path: Path) -> None:
+    """A process serving from an entry holds it shared: eviction and budgets pass it by."""
+    store, _, manifest = await pushed(tmp_path)
+    key = entry_key(manifest)
+    tier = LocalTier(tmp_path / "tier")
+    filled = await fetch_to_tier(store, tier, hold=True, commit_in_background=True)
+    assert filled.committed is not None
+    await filled.committed
+    hit = await fetch_to_tier(store, LocalTier(tier.root), hold=True)  # a second user
+    assert hit.hit and hit.hold is not None
+    assert not tier.evict(key)
+    filled.release()
+    assert not tier.evict(key)  # the second user still holds it
+    hit.release()
+    assert tier.evict(key) and tier.entries() == []
