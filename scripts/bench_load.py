@@ -209,21 +209,30 @@ def local_rows(model: Path, args: argparse.Namespace, notes: list[str]) -> list[
                 else:
                     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
                 cmd = [sys.executable, __file__, "--worker", f"local:{loader}", "--dest", str(path)]
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-                if done.returncode != 0:
-                    notes.append(f"local {loader}: run {i} failed: {done.stderr.strip()[-300:]}")
-                    break
-                run = json.loads(done.stdout.strip().splitlines()[-1])
-                gb = run["bytes"] / 1e9
-                runs.append({"gbps": gb / run["seconds"], "cpu_s_per_gb": run["cpu_s"] / gb})
-                print(
-                    f"local {cache:4} {loader:11} run {i}: {runs[-1]['gbps']:6.2f} GB/s, "
-                    f"{runs[-1]['cpu_s_per_gb']:.2f} CPU-s/GB",
-                    flush=True,
+                run = run_worker(
+                    cmd, dict(os.environ), f"local {cache:4} {loader:11} run {i}", notes
                 )
+                if run is None:
+                    break
+                runs.append(run)
             if runs:
                 rows.append(_row(loader, "local", cache, runs))
     return rows
+
+
+def run_worker(
+    cmd: list[str], env: dict[str, str], label: str, notes: list[str]
+) -> dict[str, float] | None:
+    """Run one measured load in a fresh process; its GB/s and CPU-s/GB, or None (noted)."""
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        notes.append(f"{label} failed: {done.stderr.strip()[-300:]}")
+        return None
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    gb = run["bytes"] / 1e9
+    result = {"gbps": gb / run["seconds"], "cpu_s_per_gb": run["cpu_s"] / gb}
+    print(f"{label}: {result['gbps']:6.2f} GB/s, {result['cpu_s_per_gb']:.2f} CPU-s/GB", flush=True)
+    return result
 
 
 def _row(loader: str, source: str, cache: str, runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -325,21 +334,11 @@ def main() -> int:
                     cmd = [sys.executable, __file__, "--worker", loader, "--uri", uri]
                     cmd += ["--dest", str(dest), "--concurrency", str(args.concurrency)]
                     cmd += ["--chunk-mb", str(args.chunk_mb)]
-                    done = subprocess.run(
-                        cmd, env=env, capture_output=True, text=True, timeout=1800
-                    )
+                    run = run_worker(cmd, env, f"s3 {loader:13} run {i}", notes)
                     shutil.rmtree(dest, ignore_errors=True)
-                    if done.returncode != 0:
-                        notes.append(f"{loader}: run {i} failed: {done.stderr.strip()[-300:]}")
+                    if run is None:
                         break
-                    run = json.loads(done.stdout.strip().splitlines()[-1])
-                    gb = run["bytes"] / 1e9
-                    runs.append({"gbps": gb / run["seconds"], "cpu_s_per_gb": run["cpu_s"] / gb})
-                    print(
-                        f"{loader:13} run {i}: {runs[-1]['gbps']:.2f} GB/s, "
-                        f"{runs[-1]['cpu_s_per_gb']:.2f} CPU-s/GB",
-                        flush=True,
-                    )
+                    runs.append(run)
                 if runs:
                     results.append({**_row(loader, "s3", "cold", runs), "endpoint": "s3rver"})
         finally:
