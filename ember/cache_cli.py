@@ -108,7 +108,7 @@ async def _pull(args: argparse.Namespace) -> int:
 async def _ls(args: argparse.Namespace) -> int:
     from weight_cache.fetch import read_manifest
     from weight_cache.manifest import MANIFEST_NAME
-    from weight_cache.stores import open_store, parse_uri
+    from weight_cache.stores import open_store
 
     if args.local:
         from weight_cache.tier import LocalTier
@@ -119,20 +119,14 @@ async def _ls(args: argparse.Namespace) -> int:
         return 0
     if not args.uri:
         raise WeightCacheError("give an s3://bucket/[prefix] to list, or --local")
-    uri = parse_uri(args.uri)
     store = await open_store(args.uri)
     try:
         for obj in await store.list():
             if obj.key != MANIFEST_NAME and not obj.key.endswith("/" + MANIFEST_NAME):
                 continue
             prefix = obj.key.removesuffix(MANIFEST_NAME).rstrip("/")
-            base = str(uri).rstrip("/")
-            model_uri = f"{base}/{prefix}" if prefix else base
-            sub = await open_store(model_uri)
-            try:
-                manifest = await read_manifest(sub)
-            finally:
-                await sub.aclose()
+            manifest = await read_manifest(store, prefix)
+            model_uri = f"{store.uri}/{prefix}" if prefix else store.uri
             files, size = len(manifest.files), manifest.total_bytes
             print(f"{model_uri}  {files} files  {size} bytes  from {manifest.source}")
     finally:

@@ -4,15 +4,14 @@ commands that need no model (the activator, deploy, reports) never import torch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from ember.cache_cli import cache_dir
     from runtime.config import ServerSettings, load_model_configs
     from runtime.errors import ConfigError
     from runtime.protocol import validation_message
@@ -27,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
             grace_period_s=args.grace_period,
             log_level=args.log_level,
             access_log=args.access_log,
-            cache_dir=Path(args.cache_dir or os.environ.get("EMBER_CACHE_DIR") or "~/.cache/ember"),
+            cache_dir=cache_dir(args),
             cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
             fetch_concurrency=args.fetch_concurrency,
         )

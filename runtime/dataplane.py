@@ -16,7 +16,14 @@ from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import InferenceRequest, RequestInput
 from runtime.repository import ModelEntry, ModelRepository, ModelState
-from runtime.tensors import Tensor, check_datatype, check_shape, from_binary, from_json
+from runtime.tensors import (
+    NUMPY_DTYPES,
+    Tensor,
+    check_datatype,
+    check_shape,
+    from_binary,
+    from_json,
+)
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
@@ -307,8 +314,6 @@ def _decode_one(
 
 
 def _raw_shape(spec: TensorSpec, batching: bool, nbytes: int) -> tuple[int, ...]:
-    from runtime.tensors import NUMPY_DTYPES
-
     if spec.datatype == "BYTES":
         raise InvalidInput("a raw binary request cannot carry a BYTES input; send a JSON header")
     dims = list(spec.shape)

@@ -23,7 +23,7 @@ from pathlib import Path
 from weight_cache.errors import CorruptCheckpoint, ObjectMissing
 from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
 from weight_cache.safetensors_format import parse_header
-from weight_cache.stores import ObjectStore
+from weight_cache.stores import ObjectStore, join_key
 from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
 
 log = logging.getLogger("ember.weight_cache")
@@ -53,17 +53,20 @@ class FetchReport:
             self.hold = None
 
 
-async def read_manifest(store: ObjectStore) -> Manifest:
-    where = f"{store.uri}/{MANIFEST_NAME}"
+async def read_manifest(store: ObjectStore, prefix: str = "") -> Manifest:
+    """The manifest of the model at ``prefix`` (relative to the store's own prefix)."""
+    key = join_key(prefix, MANIFEST_NAME)
+    model_uri = join_key(store.uri, prefix) if prefix else store.uri
+    where = f"{model_uri}/{MANIFEST_NAME}"
     try:
-        info = await store.head(MANIFEST_NAME)
+        info = await store.head(key)
     except ObjectMissing:
         raise ObjectMissing(
-            f"{where} not found: push the model with `ember cache push DIR {store.uri}`"
+            f"{where} not found: push the model with `ember cache push DIR {model_uri}`"
         ) from None
     if info.size > MANIFEST_LIMIT:
         raise CorruptCheckpoint(f"{where}: {info.size} bytes is too large for a manifest")
-    raw = await store.read_range(MANIFEST_NAME, start=0, length=info.size, etag=info.etag)
+    raw = await store.read_range(key, start=0, length=info.size, etag=info.etag)
     return Manifest.loads(raw, where=where)
 
 

@@ -84,10 +84,13 @@ class LocalTier:
         return path
 
     # ------------------------------------------------------------------------------- locking
+    def _lock_fd(self, key: str) -> int:
+        return os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
     async def lock(self, key: str, *, shared: bool = False, poll_s: float = 0.05) -> EntryLock:
         """Take the entry's lock: exclusive to fill or evict it, shared to keep it while in use.
         Waiting stays cancellable (no blocked thread)."""
-        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._lock_fd(key)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             while True:
@@ -110,7 +113,7 @@ class LocalTier:
 
     @contextlib.contextmanager
     def _try_lock(self, key: str) -> Iterator[bool]:
-        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._lock_fd(key)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
