@@ -1,29 +1,37 @@
 """Streaming a model from its store into the local tier: concurrent ranged reads, bounded memory.
 
-Each file is cut into ``chunk_bytes`` ranges read ``concurrency`` at a time with the ETag from the
-manifest. A finished chunk is written at its offset into the ``.partial`` file and hashed in order
-by one sink thread per file; a chunk's buffer is released only once it is written and hashed, so
-at most ``concurrency`` chunks are ever held, whatever the model's size. Space is reserved with
-``posix_fallocate`` first, so a full disk fails before any download.
+Each file is cut into ``chunk_bytes`` ranges read ``concurrency`` at a time by a pool of threads,
+each range pinned to the ETag from the manifest and read from the socket straight into its place
+in the ``.partial`` file (a shared mapping of it; the page cache is the only buffer, and the
+kernel writes it back and reclaims it as it would any file's). The coordinating thread takes the
+ranges in order as they land: it hashes them and tells a :class:`FetchSink`, which makes tensors
+from them while later ranges are still in flight. Space is reserved with ``posix_fallocate``
+first, so a full disk fails before any download. The file is renamed into place only once its
+size, sha256 and safetensors header match the manifest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
+import mmap
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from weight_cache.errors import CorruptCheckpoint, ObjectMissing
 from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
 from weight_cache.safetensors_format import parse_header
-from weight_cache.stores import ObjectStore, join_key
+from weight_cache.stores import ObjectStore, RangeReader, join_key
 from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
 
 log = logging.getLogger("ember.weight_cache")
@@ -80,6 +88,7 @@ async def fetch_to_tier(
     progress: Callable[[int], None] | None = None,
     commit_in_background: bool = False,
     hold: bool = False,
+    sink: FetchSink | None = None,
 ) -> FetchReport:
     """The model's directory in the tier, streamed from ``store`` unless a copy is there.
 
@@ -88,6 +97,7 @@ async def fetch_to_tier(
     ``report.committed`` (holding the entry's lock, so other processes wait for it rather than
     fetch again) while the caller already loads the files from the page cache. With ``hold``
     the report keeps a shared lock on the entry, so no process evicts it while it is in use.
+    A ``sink`` sees each file's bytes as they arrive (not on a hit: the files are there).
     """
     started = time.perf_counter()
     manifest = manifest or await read_manifest(store)
@@ -125,6 +135,7 @@ async def fetch_to_tier(
                 concurrency=concurrency,
                 chunk_bytes=chunk_bytes,
                 progress=progress,
+                sink=sink,
             )
     except BaseException:
         await asyncio.to_thread(tier.discard, key)
@@ -168,6 +179,21 @@ async def fetch_to_tier(
     return report
 
 
+class FetchSink(Protocol):
+    """Told about a file's bytes as they arrive, so tensors can be made before the download ends.
+
+    Called from the fetch's coordinating thread: ``opened`` before the first byte, ``arrived``
+    each time the contiguous prefix ``[0, upto)`` grows, ``finished`` once the file is verified
+    and renamed to ``final``.
+    """
+
+    def opened(self, entry: FileEntry, partial: Path) -> None: ...
+
+    def arrived(self, entry: FileEntry, upto: int) -> None: ...
+
+    def finished(self, entry: FileEntry, final: Path) -> None: ...
+
+
 async def fetch_file(
     store: ObjectStore,
     entry: FileEntry,
@@ -176,110 +202,195 @@ async def fetch_file(
     concurrency: int = DEFAULT_CONCURRENCY,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    sink: FetchSink | None = None,
 ) -> None:
     """Stream one file to ``target`` (via ``target.partial``), verified against the manifest."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
     where = f"{store.uri}/{entry.path}"
+    reader = await store.range_reader(entry.path, etag=entry.etag)
+    cancel = threading.Event()
+    work = asyncio.ensure_future(
+        asyncio.to_thread(
+            _download,
+            reader,
+            entry,
+            target,
+            where,
+            concurrency=max(1, concurrency),
+            chunk_bytes=max(1, chunk_bytes),
+            progress=progress,
+            sink=sink,
+            cancel=cancel,
+        )
+    )
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as exc:
-        raise disk_error(exc, str(partial)) from exc
-    sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-sink")
-    try:
-        if entry.size:
-            await asyncio.to_thread(_reserve, fd, entry.size, partial)
-        digest = await _stream(store, entry, fd, sink, concurrency, chunk_bytes, progress)
-        if digest != entry.sha256:
-            raise CorruptCheckpoint(
-                f"{where}: sha256 {digest} does not match the manifest's {entry.sha256}"
-            )
-        if entry.safetensors is not None:
-            await asyncio.to_thread(_check_header, partial, entry, where)
-    except BaseException:
-        os.close(fd)
-        sink.shutdown(wait=True)
-        partial.unlink(missing_ok=True)
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        cancel.set()  # the threads stop after their current range; the partial file goes
+        await asyncio.wait([work])
         raise
-    os.close(fd)
-    sink.shutdown(wait=True)
-    partial.replace(target)
 
 
-async def _stream(
-    store: ObjectStore,
+def _download(
+    reader: RangeReader,
     entry: FileEntry,
-    fd: int,
-    sink: ThreadPoolExecutor,
+    target: Path,
+    where: str,
+    *,
     concurrency: int,
     chunk_bytes: int,
     progress: Callable[[int], None] | None,
-) -> str:
-    loop = asyncio.get_running_loop()
-    digest = hashlib.sha256()
-    permits = asyncio.Semaphore(concurrency)
-    ready: dict[int, bytes] = {}  # fetched, waiting for the chunks before it
-    next_offset = 0
-    sinks: list[asyncio.Future[None]] = []
-
-    def write_and_hash(offset: int, data: bytes) -> None:
+    sink: FetchSink | None,
+    cancel: threading.Event,
+) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        reader.close()
+        raise disk_error(exc, str(partial)) from exc
+    try:
         try:
-            os.pwrite(fd, data, offset)
+            digest = hashlib.sha256()
+            if entry.size:
+                mapped = _reserve(fd, entry.size, partial)
+                if sink is not None:
+                    sink.opened(entry, partial)
+                _pull(
+                    reader,
+                    entry,
+                    fd,
+                    mapped,
+                    digest,
+                    concurrency,
+                    chunk_bytes,
+                    progress,
+                    sink,
+                    cancel,
+                )
+            elif sink is not None:
+                sink.opened(entry, partial)
+        finally:
+            reader.close()  # a local file checks here that it was not replaced while read
+        if digest.hexdigest() != entry.sha256:
+            raise CorruptCheckpoint(
+                f"{where}: sha256 {digest.hexdigest()} does not match the manifest's {entry.sha256}"
+            )
+        if entry.safetensors is not None:
+            _check_header(partial, entry, where)
+        os.close(fd)
+        fd = -1
+        partial.replace(target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        partial.unlink(missing_ok=True)
+        raise
+    if sink is not None:
+        sink.finished(entry, target)
+
+
+def _pull(
+    reader: RangeReader,
+    entry: FileEntry,
+    fd: int,
+    mapped: bool,
+    digest: hashlib._Hash,
+    concurrency: int,
+    chunk_bytes: int,
+    progress: Callable[[int], None] | None,
+    sink: FetchSink | None,
+    cancel: threading.Event,
+) -> None:
+    """Ranges read ``concurrency`` at a time into the file; hashed and announced in order.
+
+    With its blocks reserved the file is written through a shared mapping, so a body goes from
+    the socket into the page cache with one copy. Without (a filesystem that cannot reserve) a
+    write could hit a full disk as SIGBUS there, so each range goes through a per-thread buffer
+    and ``pwrite``, which fails with ENOSPC instead.
+    """
+    size = entry.size
+    mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    view = memoryview(mm)
+    buffers = threading.local()
+
+    def land(offset: int, length: int) -> None:
+        if cancel.is_set():
+            raise asyncio.CancelledError
+        if mapped:
+            reader.read_into(offset, view[offset : offset + length])
+            return
+        buf = getattr(buffers, "buf", None)
+        if buf is None or len(buf) < length:
+            buf = buffers.buf = bytearray(length)
+        staging = memoryview(buf)[:length]
+        reader.read_into(offset, staging)
+        try:
+            os.pwrite(fd, staging, offset)
         except OSError as exc:
             raise disk_error(exc, f"writing {entry.path}") from exc
-        digest.update(data)
 
-    def drain_in_order() -> None:
-        nonlocal next_offset
-        while next_offset in ready:
-            data = ready.pop(next_offset)
-            offset, next_offset = next_offset, next_offset + len(data)
-            done = loop.run_in_executor(sink, write_and_hash, offset, data)
-            sinks.append(done)
-            done.add_done_callback(lambda _: permits.release())
-
-    async def fetch(offset: int, length: int) -> None:
-        try:
-            data = await store.read_range(entry.path, start=offset, length=length, etag=entry.etag)
-        except BaseException:
-            permits.release()  # so the scheduling loop wakes up and sees the failure
-            raise
-        ready[offset] = data
-        if progress is not None:
-            progress(length)
-        drain_in_order()
-
-    tasks: list[asyncio.Task[None]] = []
+    ranges = iter(range(0, size, chunk_bytes))
+    pending: deque[tuple[int, int, Future[None]]] = deque()
     try:
-        for offset in range(0, entry.size, chunk_bytes):
-            await permits.acquire()
-            failed = next((t for t in tasks if t.done() and t.exception()), None)
-            if failed is not None:
-                await failed  # raises its error; the handler below cancels the rest
-            length = min(chunk_bytes, entry.size - offset)
-            tasks.append(asyncio.create_task(fetch(offset, length)))
-        await asyncio.gather(*tasks)
-        await asyncio.gather(*sinks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, *sinks, return_exceptions=True)
-        raise
-    if next_offset != entry.size:
-        raise CorruptCheckpoint(
-            f"{store.uri}/{entry.path}: got {next_offset} of {entry.size} bytes"
-        )
-    return digest.hexdigest()
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="ember-fetch") as pool:
+
+            def submit() -> None:
+                offset = next(ranges, None)
+                if offset is not None:
+                    length = min(chunk_bytes, size - offset)
+                    pending.append((offset, length, pool.submit(land, offset, length)))
+
+            for _ in range(2 * concurrency):  # a second round queued keeps every thread busy
+                submit()
+            try:
+                while pending:
+                    offset, length, future = pending[0]
+                    _wait(future, cancel)
+                    pending.popleft()
+                    digest.update(view[offset : offset + length])
+                    if progress is not None:
+                        progress(length)
+                    if sink is not None:
+                        sink.arrived(entry, offset + length)
+                    submit()
+            except BaseException:
+                cancel.set()
+                for _, _, future in pending:
+                    future.cancel()
+                raise
+    finally:
+        with contextlib.suppress(BufferError):  # a traceback may still hold a slice
+            view.release()
+            mm.close()
 
 
-def _reserve(fd: int, size: int, path: Path) -> None:
-    """Claim the file's blocks up front, so a full disk fails before the download starts."""
+def _wait(future: Future[None], cancel: threading.Event) -> None:
+    while True:
+        try:
+            future.result(timeout=0.25)
+            return
+        except TimeoutError:
+            if cancel.is_set():
+                raise asyncio.CancelledError from None
+
+
+def _reserve(fd: int, size: int, path: Path) -> bool:
+    """Claim the file's blocks up front, so a full disk fails before the download starts.
+
+    False when the filesystem cannot reserve: the file is only sized, its blocks come later.
+    """
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise disk_error(exc, str(path)) from exc
-        os.ftruncate(fd, size)  # a filesystem without fallocate: size it, blocks come later
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc2:
+            raise disk_error(exc2, str(path)) from exc2
+        return False
+    return True
 
 
 def _check_header(path: Path, entry: FileEntry, where: str) -> None:

@@ -16,7 +16,7 @@ from weight_cache.errors import CorruptCheckpoint, DiskFull, ObjectChanged, Obje
 from weight_cache.fetch import fetch_to_tier, read_manifest
 from weight_cache.manifest import MANIFEST_NAME, Manifest
 from weight_cache.push import push_directory
-from weight_cache.stores import LocalStore
+from weight_cache.stores import FileRangeReader, LocalStore
 from weight_cache.tier import COMPLETE, LocalTier, entry_key
 
 
@@ -157,14 +157,21 @@ async def test_an_entry_in_use_is_not_evicted_and_stale_fills_are_cleaned(tmp_pa
 async def test_concurrent_fills_of_one_model_fetch_once(tmp_path: Path) -> None:
     store, _, manifest = await pushed(tmp_path, mb=2)
     reads = 0
-    original = store.read_range
+    original = store.range_reader
 
-    async def counting(key: str, *, start: int, length: int, etag: str | None) -> bytes:
-        nonlocal reads
-        reads += length
-        return await original(key, start=start, length=length, etag=etag)
+    async def counting(key: str, *, etag: str | None) -> FileRangeReader:
+        reader = await original(key, etag=etag)
+        read_into = reader.read_into
 
-    store.read_range = counting  # type: ignore[method-assign]
+        def count(start: int, buffer: memoryview) -> None:
+            nonlocal reads
+            reads += len(buffer)
+            read_into(start, buffer)
+
+        reader.read_into = count  # type: ignore[method-assign]
+        return reader
+
+    store.range_reader = counting  # type: ignore[method-assign]
     tiers = [LocalTier(tmp_path / "tier") for _ in range(3)]  # as three processes would
     reports = await asyncio.gather(*(fetch_to_tier(store, t, manifest=manifest) for t in tiers))
     assert sum(not r.hit for r in reports) == 1
