@@ -2,7 +2,10 @@
 
 An ``s3://bucket/prefix`` source (pushed with ``ember cache push``) is streamed into the node's
 local tier once; every later start, in any process on the node, loads from the tier without
-touching S3. The handler then sees a local directory.
+touching S3. The handler then sees a local directory. For the torch handlers the stream also
+makes the tensors as their bytes arrive (views of the tier file on the CPU, copies through pinned
+staging on a GPU) and hands them to the handler's ``load_safetensors``, so the weights are in
+place when the download ends.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.config import ModelConfig
+
+if TYPE_CHECKING:
+    from weight_cache.materialize import TensorSink
 
 log = logging.getLogger("ember.runtime")
 
@@ -75,6 +82,7 @@ class WeightSources:
         assert config.source is not None
         started = time.perf_counter()
         tier = LocalTier(self.cache_dir, budget_bytes=self.budget_bytes)
+        sink = _tensor_sink(config)
         store = await open_store(config.source, concurrency=self.concurrency)
         try:
             report = await fetch_to_tier(
@@ -84,13 +92,45 @@ class WeightSources:
                 chunk_bytes=self.chunk_bytes,
                 commit_in_background=True,  # load from the page cache while the disk catches up
                 hold=True,  # no process evicts the files while this one serves from them
+                sink=sink,
             )
         finally:
             await store.aclose()
+            if sink is not None:
+                await asyncio.to_thread(sink.close)  # the last device copies complete
         if report.committed is not None:
             self._commits.add(report.committed)
             report.committed.add_done_callback(self._committed)
         phases = {"plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
+        offered: list[Path] = []
+        if sink is not None and sink.tensors:
+            from runtime.handlers.torch_util import offer_streamed
+
+            # both overlap the fetch: the time spent making tensors, and waiting for the device
+            phases["materialise"] = sink.materialise_s
+            phases["device"] = sink.device_wait_s
+            for name, tensors in sink.tensors.items():
+                offered.append(report.path / name)
+                offer_streamed(report.path / name, tensors)
+
+        def release() -> None:
+            if offered:
+                from runtime.handlers.torch_util import withdraw_streamed
+
+                for path in offered:  # tensors no handler took are dropped with the model
+                    withdraw_streamed(path)
+            report.release()
+
         local = config.model_copy(update={"source": str(report.path)})
-        return Localized(local, phases, report.release)
+        return Localized(local, phases, release)
+
+
+def _tensor_sink(config: ModelConfig) -> TensorSink | None:
+    """For the handlers that load safetensors with torch: tensors made during the download."""
+    if config.handler not in ("torch-module", "hf-encoder"):
+        return None
+    from runtime.handlers.base import pick_device
+    from weight_cache.materialize import TensorSink
+
+    return TensorSink(pick_device(config.device))

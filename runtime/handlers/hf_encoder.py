@@ -22,7 +22,7 @@ from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
 from runtime.handlers.base import HandlerLoadError, parse_options, pick_device
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
-from runtime.handlers.torch_util import load_safetensors
+from runtime.handlers.torch_util import load_safetensors, load_state
 from runtime.tensors import Tensor
 
 
@@ -93,9 +93,9 @@ class HFEncoderHandler:
         tokenizer.enable_truncation(max_length=max_length)
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         model = BertEncoder(bert_config)
-        state = load_safetensors(root / "model.safetensors", "cpu")
+        state = load_safetensors(root / "model.safetensors", self.device)
         state = {k.removeprefix("bert."): v for k, v in state.items()}
-        result = model.load_state_dict(state, strict=False)
+        result = load_state(model, state, strict=False)
         if result.missing_keys:
             raise HandlerLoadError(f"model.safetensors lacks {result.missing_keys[:5]}")
         self.model = model.to(self.device).eval()

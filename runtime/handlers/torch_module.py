@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
 from runtime.handlers.base import HandlerLoadError, import_object, parse_options, pick_device
-from runtime.handlers.torch_util import from_torch, load_safetensors, to_torch
+from runtime.handlers.torch_util import from_torch, load_safetensors, load_state, to_torch
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 
@@ -58,9 +58,9 @@ class TorchModuleHandler:
             raise HandlerLoadError(f"{self.options.module}(**kwargs) failed: {exc}") from exc
         if not isinstance(module, torch.nn.Module):
             raise HandlerLoadError(f"{self.options.module} did not build a torch.nn.Module")
-        state = load_safetensors(self.config.local_source() / self.options.weights, "cpu")
+        state = load_safetensors(self.config.local_source() / self.options.weights, self.device)
         try:
-            result = module.load_state_dict(state, strict=self.options.strict)
+            result = load_state(module, state, strict=self.options.strict)
         except RuntimeError as exc:
             raise HandlerLoadError(f"weights do not fit {self.options.module}: {exc}") from exc
         if result.missing_keys:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +66,59 @@ def from_torch(name: str, value: torch.Tensor, datatype: str | None = None) -> T
     return Tensor(name, _DATATYPE_OF[value.dtype], array)
 
 
+# Tensors the weight cache made while it streamed a file, waiting for the handler that loads it.
+_streamed: dict[Path, dict[str, torch.Tensor]] = {}
+_streamed_lock = threading.Lock()
+
+
+def offer_streamed(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Make ``tensors`` what :func:`load_safetensors` returns for ``path``, once."""
+    with _streamed_lock:
+        _streamed[path.resolve()] = tensors
+
+
+def withdraw_streamed(path: Path) -> None:
+    with _streamed_lock:
+        _streamed.pop(path.resolve(), None)
+
+
 def load_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning a missing, truncated or corrupt file into a clear error."""
+    """Load a safetensors file, turning a missing, truncated or corrupt file into a clear error.
+
+    A file the weight cache has just streamed comes as the tensors it already made (CPU views of
+    the file, or device copies made during the download); otherwise safetensors reads it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    with _streamed_lock:
+        streamed = _streamed.pop(path.resolve(), None)
+    if streamed is not None:
+        return {
+            k: v if v.device == torch.device(device) else v.to(device) for k, v in streamed.items()
+        }
     if not path.is_file():
         raise HandlerLoadError(f"weights file {path} does not exist")
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise HandlerLoadError(f"cannot read weights {path}: {exc}") from exc
+
+
+def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool) -> Any:
+    """``module.load_state_dict``, taking the tensors as they are when they fit exactly.
+
+    When every tensor has its parameter's dtype and shape the module adopts them (``assign``):
+    no copy, so weights that are views of the tier file or already on the device stay so. Any
+    mismatch (a cast, a reshape) takes the copying path, which also makes torch's own errors,
+    and so does a module with tied parameters (adopting would untie them).
+    """
+    own = module.state_dict(keep_vars=True)
+    storages = {t.untyped_storage().data_ptr() for t in own.values() if t.numel()}
+    tied = len(storages) < sum(1 for t in own.values() if t.numel())
+    fits = not tied and all(
+        own[name].dtype == t.dtype and own[name].shape == t.shape
+        for name, t in state.items()
+        if name in own
+    )
+    return module.load_state_dict(state, strict=strict, assign=fits)

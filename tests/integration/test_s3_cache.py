@@ -98,6 +98,7 @@ def test_serve_a_model_from_s3_then_from_the_tier(bucket: str, tmp_path: Path) -
         "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]
     }
     answers = []
+    phases: list[set[str]] = []
     fetch_phase = []
     for _ in range(2):
         with running_server(path, "--cache-dir", str(tmp_path / "tier")) as server:
@@ -105,10 +106,15 @@ def test_serve_a_model_from_s3_then_from_the_tier(bucket: str, tmp_path: Path) -
             assert r.status_code == 200, r.text
             answers.append(r.json()["outputs"][0]["data"])
             metrics = httpx.get(server.url + "/metrics").text
-            line = next(m for m in metrics.splitlines() if 'phase="fetch"' in m)
+            lines = [m for m in metrics.splitlines() if m.startswith("ember_model_load_phase")]
+            phases.append({m.split('phase="')[1].split('"')[0] for m in lines})
+            line = next(m for m in lines if 'phase="fetch"' in m)
             fetch_phase.append(float(line.split()[-1]))
     assert answers[0] == answers[1]
     assert fetch_phase[0] > 0 and fetch_phase[1] == 0  # the second start never touched S3
+    # the first start made the tensors while they streamed; the second read the tier's file
+    assert {"plan", "fetch", "materialise", "device", "load"} <= phases[0]
+    assert "materialise" not in phases[1]
 
 
 def test_serve_reports_a_missing_s3_model(bucket: str, tmp_path: Path) -> None:

@@ -1,0 +1,57 @@
+"""Weights handed from the stream to a handler, and adopted without a copy when they fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from runtime.handlers.base import HandlerLoadError
+from runtime.handlers.torch_util import (
+    load_safetensors,
+    load_state,
+    offer_streamed,
+    withdraw_streamed,
+)
+
+
+def test_streamed_tensors_are_taken_once_then_the_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    streamed = {"w": torch.ones(3)}
+    offer_streamed(path, streamed)
+    assert load_safetensors(path, "cpu")["w"] is streamed["w"]
+    assert torch.equal(load_safetensors(path, "cpu")["w"], torch.zeros(3))  # from the file now
+    offer_streamed(path, streamed)
+    withdraw_streamed(path)
+    assert torch.equal(load_safetensors(path, "cpu")["w"], torch.zeros(3))
+
+
+def test_a_corrupt_file_is_a_load_error(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"\x10\0\0\0\0\0\0\0{not json}")
+    with pytest.raises(HandlerLoadError, match="cannot read weights"):
+        load_safetensors(path, "cpu")
+
+
+def test_fitting_weights_are_adopted_not_copied() -> None:
+    module = torch.nn.Linear(4, 2)
+    state = {"weight": torch.randn(2, 4), "bias": torch.randn(2)}
+    load_state(module, state, strict=True)
+    assert module.weight.data_ptr() == state["weight"].data_ptr()
+
+
+def test_a_cast_or_tied_weights_take_the_copying_path() -> None:
+    module = torch.nn.Linear(4, 2)
+    half = {"weight": torch.randn(2, 4, dtype=torch.float16), "bias": torch.randn(2)}
+    load_state(module, half, strict=True)
+    assert module.weight.dtype == torch.float32  # cast into the module's own parameter
+    assert torch.equal(module.weight, half["weight"].float())
+
+    tied = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    tied[1].weight = tied[0].weight
+    new = torch.randn(5, 3)
+    load_state(tied, {"0.weight": new}, strict=False)
+    assert tied[1].weight is tied[0].weight and torch.equal(tied[1].weight, new)  # still tied
