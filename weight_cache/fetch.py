@@ -316,7 +316,7 @@ def _pull(
 
     def land(offset: int, length: int) -> None:
         if cancel.is_set():
-            raise asyncio.CancelledError
+            raise _Stopped
         if mapped:
             reader.read_into(offset, view[offset : offset + length])
             return
@@ -372,7 +372,11 @@ def _wait(future: Future[None], cancel: threading.Event) -> None:
             return
         except TimeoutError:
             if cancel.is_set():
-                raise asyncio.CancelledError from None
+                raise _Stopped from None
+
+
+class _Stopped(Exception):
+    """The fetch was cancelled (or another range failed): stop before the next range."""
 
 
 def _reserve(fd: int, size: int, path: Path) -> bool:

@@ -370,8 +370,8 @@ class S3RangeReader:
             self._drop()
             if not got:
                 raise _Retry("the body broke off before any bytes")
-        elif response.will_close:
-            self._drop()
+        elif response.will_close or not response.isclosed():
+            self._drop()  # closing, or more body than asked for: not reusable
         return got
 
     def _status_error(self, status: int, body: bytes, start: int) -> Exception:

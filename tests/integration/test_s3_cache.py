@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ROOT, make_model_dir
 from tests.faultproxy import FaultProxy
 from tests.servers import running_server, wait_for_state
-from weight_cache.errors import AccessDenied, ObjectChanged, StoreUnavailable
+from weight_cache.errors import AccessDenied, ObjectChanged, ObjectMissing, StoreUnavailable
 from weight_cache.fetch import fetch_to_tier, read_manifest
 from weight_cache.push import push_directory
 from weight_cache.s3 import S3Store
@@ -211,6 +211,20 @@ async def test_an_object_replaced_mid_load_fails_cleanly(
         with pytest.raises(ObjectChanged, match="replaced"):
             await fetch_to_tier(store, tier, manifest=manifest)
         assert tier.entries() == []
+
+
+async def test_an_object_gone_after_the_plan_is_missing_not_retried(
+    bucket: str, tmp_path: Path, s3_server: str, proxy: FaultProxy
+) -> None:
+    async with proxied(bucket, tmp_path, proxy) as (store, tier):
+        manifest = await read_manifest(store)
+        boto3.client("s3", endpoint_url=s3_server).delete_object(
+            Bucket=bucket, Key="m/model.safetensors"
+        )
+        with pytest.raises(ObjectMissing, match=r"model\.safetensors: not found"):
+            await fetch_to_tier(store, tier, manifest=manifest)
+        assert tier.entries() == [] and not [p for p in tier.root.rglob("*.partial")]
+        assert sum(1 for _, path in proxy.requests if "model.safetensors" in path) == 1
 
 
 def test_embeddings_unchanged_through_s3(bucket: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import errno
 import filecmp
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,42 @@ async def test_held_entries_are_not_evicted(tmp_path: Path) -> None:
     assert not tier.evict(key)  # the second user still holds it
     hit.release()
     assert tier.evict(key) and tier.entries() == []
+
+
+async def test_a_cancelled_fetch_stops_its_threads_and_leaves_nothing(tmp_path: Path) -> None:
+    store, _, manifest = await pushed(tmp_path, mb=4)
+    original = store.range_reader
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reads_after_cancel = 0
+    cancelled = False
+
+    async def slow(key: str, *, etag: str | None) -> FileRangeReader:
+        reader = await original(key, etag=etag)
+        read_into = reader.read_into
+
+        def crawl(start: int, buffer: memoryview) -> None:
+            nonlocal reads_after_cancel
+            if cancelled:
+                reads_after_cancel += 1
+            loop.call_soon_threadsafe(started.set)
+            time.sleep(0.05)
+            read_into(start, buffer)
+
+        reader.read_into = crawl  # type: ignore[method-assign]
+        return reader
+
+    store.range_reader = slow  # type: ignore[method-assign]
+    tier = LocalTier(tmp_path / "tier")
+    task = asyncio.create_task(
+        fetch_to_tier(store, tier, manifest=manifest, chunk_bytes=64 * 1024, concurrency=2)
+    )
+    await started.wait()
+    await asyncio.sleep(0.1)
+    cancelled = True
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reads_after_cancel <= 2  # at most the ranges already in the threads' hands
+    assert tier.entries() == [] and no_partials(tier.root)
+    assert not any(p.is_file() for p in tier.root.rglob("*.safetensors"))
