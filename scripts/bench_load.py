@@ -1,27 +1,34 @@
 #!/usr/bin/env python3
 """Loading a model: from the local tier (cold and warm page cache) and from an S3 endpoint.
 
-Local rows: the same generated checkpoint read by Ember's tier loader (what ``ember serve`` uses:
-safetensors' memory map), ``safetensors.torch.load_file``, ``safe_open`` tensor by tensor, and
-``cat`` to /dev/null, with the page cache dropped first (``/proc/sys/vm/drop_caches``, checked with
-``fincore``) or warmed. Every loader's tensors are touched once per 4 KiB page, so a lazy memory
-map counts the reads it defers.
+Local rows: the same generated checkpoint, as one file and as four shards, read by Ember's tier
+loader (what ``ember serve`` uses: the whole file asked for with ``POSIX_FADV_WILLNEED``, then
+safetensors' memory map), ``safetensors.torch.load_file``, ``safe_open`` tensor by tensor,
+run:ai's model streamer, fastsafetensors, tensorizer (its own format, serialised from the same
+tensors) and ``cat`` to /dev/null, with the page cache dropped
+first (``/proc/sys/vm/drop_caches``, checked with ``fincore``) or warmed. Every loader's tensors
+are touched once per 4 KiB page, so a lazy memory map counts the reads it defers. Loaders that
+hand out tensors aliasing their own reused buffers (run:ai, fastsafetensors) are charged a clone,
+as a caller that keeps the tensors must do. A peer that is not installed is skipped with a note
+(``pip install -e .[bench]`` brings them).
 
 S3 rows: a synthetic safetensors checkpoint (``--size-gb``, default 1) is pushed to an ``s3rver``
 on loopback (npm's s3rver serves ranged GETs efficiently; moto re-reads the whole object for each
 range and is useless for speed). Each loader then runs ``--repeats`` times, every time in a fresh
 process with a fresh destination, and reports GB/s and client CPU-seconds per GB (user + system
-of that process, all its threads). Medians go to ``--out``. Loaders:
+of that process, all its threads). The same loaders then read through ``scripts/shaper.py``, a
+loopback proxy that makes the endpoint behave like a far one (``--conn-mbps`` per connection,
+``--total-mbps`` in all, ``--latency-ms`` to each first byte): rows with ``"endpoint":
+"shaped"``, where concurrency matters. Medians go to ``--out``. Loaders:
 
-    ember          ember's fetch into a fresh local tier (ranged GETs, verified), timed until the
-                   files can be loaded; the fsync and the tier's marker follow in the background
+    ember          ember's fetch into a fresh local tier (ranged GETs, verified) with tensors
+                   made as the bytes arrive, timed until the tensors are there; the fsync and
+                   the tier's marker follow in the background (their CPU still counts)
     boto3          boto3 download_file (its own threaded multipart download) + safetensors load
     boto3-stream   one streamed GET to a file + safetensors load
-    runai          run:ai model streamer reading s3:// into tensors (skipped if not installed)
+    runai          run:ai model streamer reading s3:// into tensors, cloned (it reuses buffers)
 
     scripts/bench_load.py --out bench-results/load.json [--size-gb 1] [--repeats 3]
-
-Not yet here (see the README): fastsafetensors and tensorizer, and a bandwidth-shaped endpoint.
 """
 
 from __future__ import annotations
@@ -45,7 +52,20 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".bench-tools"
 BUCKET = "bench"
 LOADERS = ("ember", "boto3", "boto3-stream", "runai")
-LOCAL_LOADERS = ("ember", "safetensors", "safe_open", "cat")
+LOCAL_LOADERS = (
+    "ember",
+    "safetensors",
+    "safe_open",
+    "runai",
+    "fastsafetensors",
+    "tensorizer",
+    "cat",
+)
+PEER_MODULES = {
+    "runai": "runai_model_streamer",
+    "fastsafetensors": "fastsafetensors",
+    "tensorizer": "tensorizer",
+}
 
 
 def free_port() -> int:
@@ -81,6 +101,42 @@ def make_checkpoint(directory: Path, size_gb: float) -> Path:
     return directory
 
 
+def make_shards(directory: Path, single: Path, shards: int = 4) -> Path:
+    """The tensors of ``single`` in ``shards`` files, with a ``model.safetensors.index.json``."""
+    from safetensors.numpy import load_file, save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(str(single))
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(shards):
+        part = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        chunk = {n: tensors[n] for n in names[i::shards]}
+        if chunk:
+            save_file(chunk, str(directory / part))
+            weight_map.update(dict.fromkeys(chunk, part))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    return directory
+
+
+def make_tensorizer(single: Path, target: Path) -> Path | None:
+    """The same tensors in tensorizer's format, or None if tensorizer is not installed."""
+    try:
+        from safetensors.torch import load_file
+        from tensorizer import TensorSerializer
+    except ImportError:
+        return None
+    serializer = TensorSerializer(str(target))
+    serializer.write_state_dict(load_file(str(single)))
+    serializer.close()
+    return target
+
+
+def weight_files(model: Path) -> list[Path]:
+    return sorted(model.glob("*.safetensors"))
+
+
 # ------------------------------------------------------------------------------------ workers
 def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -> dict[str, Any]:
     """One load in this (fresh) process; returns seconds, bytes and this process's CPU seconds."""
@@ -89,7 +145,10 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
     if loader == "ember":
         import asyncio
 
+        import aiobotocore.session  # noqa: F401 - imported before the clock, as boto3 is
+
         from weight_cache.fetch import fetch_to_tier
+        from weight_cache.materialize import TensorSink
         from weight_cache.stores import open_store
         from weight_cache.tier import LocalTier
     elif loader in ("boto3", "boto3-stream"):
@@ -104,9 +163,11 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
     if loader == "ember":
 
         async def run() -> tuple[int, float]:
-            # as `ember serve` does: the clock stops when the files are ready to load; the
-            # fsync and the tier's marker finish behind it (their CPU still counts)
+            # as `ember serve` does: the clock stops when the tensors are there (made while
+            # the bytes arrived); the fsync and the tier's marker finish behind it (their CPU
+            # still counts)
             store = await open_store(uri, concurrency=concurrency)
+            sink = TensorSink("cpu")
             try:
                 report = await fetch_to_tier(
                     store,
@@ -114,8 +175,10 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
                     concurrency=concurrency,
                     chunk_bytes=chunk_mb << 20,
                     commit_in_background=True,
+                    sink=sink,
                 )
                 ready = time.perf_counter()
+                assert sink.tensors, "no tensors were made"
                 if report.committed is not None:
                     await report.committed
             finally:
@@ -148,76 +211,124 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
     return {"seconds": seconds, "bytes": nbytes, "cpu_s": _cpu() - start_cpu}
 
 
-def local_worker(loader: str, path: Path) -> dict[str, Any]:
-    """One load of a local file into CPU tensors, in this fresh process."""
+def local_worker(loader: str, model: Path) -> dict[str, Any]:
+    """One load of a local model's weights into CPU tensors, in this fresh process."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from runtime.handlers.torch_util import load_safetensors
+    from runtime.handlers.torch_util import load_safetensors, readahead
 
+    files = weight_files(model)
+    if loader == "runai":
+        from runai_model_streamer import SafetensorsStreamer
+    elif loader == "fastsafetensors":
+        from fastsafetensors import fastsafe_open
+    elif loader == "tensorizer":
+        from tensorizer import TensorDeserializer
+
+        files = [model / "model.tensors"]
     start_cpu = _cpu()
     start = time.perf_counter()
+    tensors: dict[str, torch.Tensor] = {}
     if loader == "cat":
-        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-        tensors: dict[str, torch.Tensor] = {}
+        subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)
     elif loader == "ember":
-        tensors = load_safetensors(path, "cpu")
+        for f in files:  # every shard's reads queued up front
+            readahead(f)
+        for f in files:
+            tensors.update(load_safetensors(f, "cpu"))
     elif loader == "safetensors":
-        tensors = load_file(str(path))
+        for f in files:
+            tensors.update(load_file(str(f)))
+    elif loader == "safe_open":
+        for f in files:
+            with safe_open(str(f), framework="pt") as opened:
+                tensors.update({k: opened.get_tensor(k) for k in opened.keys()})  # noqa: SIM118
+    elif loader == "runai":
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_files([str(f) for f in files])
+            for name, tensor in streamer.get_tensors():
+                tensors[name] = tensor.clone()  # it reuses its buffers
+    elif loader == "fastsafetensors":
+        with fastsafe_open([str(f) for f in files], nogds=True, device="cpu") as opened:
+            for name in opened.keys():  # noqa: SIM118 - not a dict
+                tensors[name] = opened.get_tensor(name).clone()  # freed when it closes
+    elif loader == "tensorizer":
+        with TensorDeserializer(str(files[0]), device="cpu") as deserialized:
+            tensors = dict(deserialized.items())
     else:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+        raise SystemExit(f"unknown loader {loader}")
     for t in tensors.values():  # one touch per 4 KiB page: a lazy map must read it now
-        flat = t.view(-1).view(torch.uint8)
+        flat = t.reshape(-1).view(torch.uint8)
         flat[::4096].sum()
     return {
         "seconds": time.perf_counter() - start,
-        "bytes": path.stat().st_size,
+        "bytes": sum(f.stat().st_size for f in files),
         "cpu_s": _cpu() - start_cpu,
     }
 
 
-def drop_page_cache(path: Path) -> str | None:
-    """Drop the page cache and check the file left it; None if that worked, else why not."""
+def drop_page_cache(paths: list[Path]) -> str | None:
+    """Drop the page cache and check the files left it; None if that worked, else why not."""
     try:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError as exc:
         return f"cannot drop the page cache ({exc.strerror}); cold rows are not cold"
     if shutil.which("fincore"):
-        out = subprocess.run(
-            ["fincore", "-nb", "-o", "RES", str(path)], capture_output=True, text=True
-        )
-        resident = int((out.stdout.split() or ["0"])[0])
-        if resident > path.stat().st_size // 100:
-            return f"{resident} bytes of the file stayed in the page cache after the drop"
+        for path in paths:
+            out = subprocess.run(
+                ["fincore", "-nb", "-o", "RES", str(path)], capture_output=True, text=True
+            )
+            resident = int((out.stdout.split() or ["0"])[0])
+            if resident > path.stat().st_size // 100:
+                return f"{resident} bytes of {path.name} stayed in the page cache after the drop"
     return None
 
 
-def local_rows(model: Path, args: argparse.Namespace, notes: list[str]) -> list[dict[str, Any]]:
-    path = model / "model.safetensors"
+def local_rows(
+    layouts: dict[str, Path],
+    tensorizer_dir: Path | None,
+    args: argparse.Namespace,
+    notes: list[str],
+) -> list[dict[str, Any]]:
     rows = []
-    for cache in ("cold", "warm"):
-        for loader in LOCAL_LOADERS:
-            runs = []
-            for i in range(args.repeats):
-                if cache == "cold":
-                    problem = drop_page_cache(path)
-                    if problem and problem not in notes:
-                        notes.append(problem)
-                else:
-                    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-                cmd = [sys.executable, __file__, "--worker", f"local:{loader}", "--dest", str(path)]
-                run = run_worker(
-                    cmd, dict(os.environ), f"local {cache:4} {loader:11} run {i}", notes
-                )
-                if run is None:
-                    break
-                runs.append(run)
-            if runs:
-                rows.append(_row(loader, "local", cache, runs))
+    for layout, model in layouts.items():
+        for cache in ("cold", "warm") if layout == "single" else ("cold",):
+            for loader in LOCAL_LOADERS:
+                if not available(loader):
+                    _note(notes, f"{loader}: not installed here, skipped (pip install -e .[bench])")
+                    continue
+                where = model
+                if loader == "tensorizer":
+                    if layout != "single" or tensorizer_dir is None:
+                        continue  # its own one-file format
+                    where = tensorizer_dir
+                files = [where / "model.tensors"] if loader == "tensorizer" else weight_files(where)
+                runs = []
+                for i in range(args.repeats):
+                    if cache == "cold":
+                        problem = drop_page_cache(files)
+                        if problem:
+                            _note(notes, problem)
+                    else:
+                        subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL)
+                    cmd = [sys.executable, __file__, "--worker", f"local:{loader}"]
+                    cmd += ["--dest", str(where)]
+                    label = f"local {layout:7} {cache:4} {loader:15} run {i}"
+                    run = run_worker(cmd, dict(os.environ), label, notes)
+                    if run is None:
+                        break
+                    runs.append(run)
+                if runs:
+                    rows.append({**_row(loader, "local", cache, runs), "layout": layout})
     return rows
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:
+        notes.append(note)
 
 
 def run_worker(
@@ -252,13 +363,11 @@ def _cpu() -> float:
 
 
 def available(loader: str) -> bool:
-    if loader != "runai":
+    if loader not in PEER_MODULES:
         return True
-    try:
-        import runai_model_streamer  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec(PEER_MODULES[loader]) is not None
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -271,6 +380,10 @@ def main() -> int:
     parser.add_argument("--chunk-mb", type=int, default=8)
     parser.add_argument("--loaders", default=",".join(LOADERS), help="S3 loaders to run")
     parser.add_argument("--skip-local", action="store_true", help="only the S3 rows")
+    parser.add_argument("--skip-shaped", action="store_true", help="no shaped endpoint rows")
+    parser.add_argument("--conn-mbps", type=float, default=100.0, help="shaper: per connection")
+    parser.add_argument("--total-mbps", type=float, default=200.0, help="shaper: in all")
+    parser.add_argument("--latency-ms", type=float, default=30.0, help="shaper: to first byte")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
@@ -298,10 +411,9 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        endpoint = f"http://127.0.0.1:{port}"
+        shaper: subprocess.Popen[str] | None = None
         env = {
             **os.environ,
-            "AWS_ENDPOINT_URL": endpoint,
             "AWS_ACCESS_KEY_ID": "S3RVER",
             "AWS_SECRET_ACCESS_KEY": "S3RVER",
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -312,11 +424,19 @@ def main() -> int:
             _wait_port(port)
             model = make_checkpoint(work / "model", args.size_gb)
             if not args.skip_local:
-                results += local_rows(model, args, notes)
+                layouts = {
+                    "single": model,
+                    "sharded": make_shards(work / "sharded", model / "model.safetensors"),
+                }
+                tdir = work / "tensorizer"
+                tdir.mkdir()
+                made = make_tensorizer(model / "model.safetensors", tdir / "model.tensors")
+                results += local_rows(layouts, tdir if made else None, args, notes)
             uri = f"s3://{BUCKET}/model"
+            endpoint = f"http://127.0.0.1:{port}"
             push = subprocess.run(
                 [sys.executable, "-m", "ember", "cache", "push", str(model), uri],
-                env=env,
+                env={**env, "AWS_ENDPOINT_URL": endpoint},
                 capture_output=True,
                 text=True,
             )
@@ -324,29 +444,38 @@ def main() -> int:
                 raise SystemExit(f"push failed: {push.stderr}")
             size = (model / "model.safetensors").stat().st_size
             print(f"pushed {size / 1e9:.2f} GB to s3rver at {endpoint}", flush=True)
-            for loader in args.loaders.split(","):
-                if not available(loader):
-                    notes.append(f"{loader}: not installed here, skipped")
-                    continue
-                runs = []
-                for i in range(args.repeats):
-                    dest = work / f"dest-{loader}-{i}"
-                    cmd = [sys.executable, __file__, "--worker", loader, "--uri", uri]
-                    cmd += ["--dest", str(dest), "--concurrency", str(args.concurrency)]
-                    cmd += ["--chunk-mb", str(args.chunk_mb)]
-                    run = run_worker(cmd, env, f"s3 {loader:13} run {i}", notes)
-                    shutil.rmtree(dest, ignore_errors=True)
-                    if run is None:
-                        break
-                    runs.append(run)
-                if runs:
-                    results.append({**_row(loader, "s3", "cold", runs), "endpoint": "s3rver"})
+            endpoints = {"s3rver": endpoint}
+            if not args.skip_shaped:
+                shaper = subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "scripts" / "shaper.py"),
+                        "--upstream",
+                        f"127.0.0.1:{port}",
+                        "--conn-mbps",
+                        str(args.conn_mbps),
+                        "--total-mbps",
+                        str(args.total_mbps),
+                        "--latency-ms",
+                        str(args.latency_ms),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert shaper.stdout is not None
+                endpoints["shaped"] = "http://" + shaper.stdout.readline().split()[-1]
+            for name, url in endpoints.items():
+                results += s3_rows(name, {**env, "AWS_ENDPOINT_URL": url}, uri, work, args, notes)
         finally:
-            server.terminate()
-            server.wait(10)
+            for proc in (shaper, server):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
     notes.append(
-        "s3rver reads from the page cache of this machine: these figures are the client's cost, "
-        "not a network's; no bandwidth shaper was used"
+        "s3rver reads from the page cache of this machine: the s3rver rows are the client's "
+        "cost, not a network's; the shaped rows go through scripts/shaper.py at "
+        f"{args.conn_mbps:g} MB/s per connection, {args.total_mbps:g} MB/s in all, "
+        f"{args.latency_ms:g} ms to each first byte"
     )
     report = {
         "results": results,
@@ -358,14 +487,44 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for r in results:
+        where = r.get("endpoint") or r.get("layout")
         print(
-            f"| {r['source']} | {r['cache']} | {r['loader']} | {r['gbps_median']:.2f} | "
-            f"{r['cpu_s_per_gb']:.2f} |"
+            f"| {r['source']} | {where} | {r['cache']} | {r['loader']} | "
+            f"{r['gbps_median']:.2f} | {r['cpu_s_per_gb']:.2f} |"
         )
     for n in notes:
         print(f"note: {n}")
     print(f"wrote {out}")
     return 0
+
+
+def s3_rows(
+    endpoint: str,
+    env: dict[str, str],
+    uri: str,
+    work: Path,
+    args: argparse.Namespace,
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    rows = []
+    for loader in args.loaders.split(","):
+        if not available(loader):
+            _note(notes, f"{loader}: not installed here, skipped (pip install -e .[bench])")
+            continue
+        runs = []
+        for i in range(args.repeats):
+            dest = work / f"dest-{loader}-{i}"
+            cmd = [sys.executable, __file__, "--worker", loader, "--uri", uri]
+            cmd += ["--dest", str(dest), "--concurrency", str(args.concurrency)]
+            cmd += ["--chunk-mb", str(args.chunk_mb)]
+            run = run_worker(cmd, env, f"{endpoint:6} {loader:13} run {i}", notes)
+            shutil.rmtree(dest, ignore_errors=True)
+            if run is None:
+                break
+            runs.append(run)
+        if runs:
+            rows.append({**_row(loader, "s3", "cold", runs), "endpoint": endpoint})
+    return rows
 
 
 def _wait_port(port: int, timeout_s: float = 30) -> None:

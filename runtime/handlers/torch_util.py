@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,10 +100,31 @@ def load_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
         }
     if not path.is_file():
         raise HandlerLoadError(f"weights file {path} does not exist")
+    readahead(path)
     try:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise HandlerLoadError(f"cannot read weights {path}: {exc}") from exc
+
+
+def readahead(path: Path) -> None:
+    """Ask the kernel to read the whole file now (``POSIX_FADV_WILLNEED``), asynchronously.
+
+    safetensors maps the file and the tensors fault it in page by page, which the kernel's
+    sequential readahead serves one window at a time; told up front, it keeps the disk's queue
+    full instead. Measured here on a cold page cache: 1.3-1.9 GB/s against 0.4-1.2 GB/s without
+    (``scripts/bench_load.py``). Nearly free when the file is already cached.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # the load that follows says what is wrong with the file
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass  # a filesystem that takes no advice loads as before
+    finally:
+        os.close(fd)
 
 
 def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool) -> Any:
