@@ -326,7 +326,9 @@ def _pull(
         staging = memoryview(buf)[:length]
         reader.read_into(offset, staging)
         try:
-            os.pwrite(fd, staging, offset)
+            done = 0
+            while done < length:  # a regular file may take fewer bytes than offered
+                done += os.pwrite(fd, staging[done:], offset + done)
         except OSError as exc:
             raise disk_error(exc, f"writing {entry.path}") from exc
 

@@ -126,6 +126,41 @@ async def test_disk_full_fails_before_downloading(
     assert tier.entries() == [] and no_partials(tier.root)
 
 
+def no_fallocate(fd: int, offset: int, length: int) -> None:
+    raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+
+async def test_a_filesystem_without_fallocate_is_written_with_pwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, src, _ = await pushed(tmp_path, mb=3)
+    monkeypatch.setattr(os, "posix_fallocate", no_fallocate)
+    report = await fetch_to_tier(store, LocalTier(tmp_path / "tier"), chunk_bytes=256 * 1024)
+    assert filecmp.cmp(src / "model.safetensors", report.path / "model.safetensors", shallow=False)
+
+
+async def test_disk_full_mid_write_without_fallocate_is_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, _ = await pushed(tmp_path, mb=3)
+    tier = LocalTier(tmp_path / "tier")
+    monkeypatch.setattr(os, "posix_fallocate", no_fallocate)
+    real_pwrite = os.pwrite
+    written = 0
+
+    def filling(fd: int, data: memoryview, offset: int) -> int:
+        nonlocal written
+        if written > 1_000_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written += len(data)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", filling)
+    with pytest.raises(DiskFull, match="no space left"):
+        await fetch_to_tier(store, tier, chunk_bytes=256 * 1024)
+    assert tier.entries() == [] and no_partials(tier.root)
+
+
 async def test_budget_evicts_least_recently_used(tmp_path: Path) -> None:
     stores = [await pushed(tmp_path, name, mb=1, seed=i) for i, name in enumerate("abc")]
     size = stores[0][2].total_bytes
