@@ -46,6 +46,52 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _up(args: argparse.Namespace) -> int:
+    from activator.config import load_stack
+    from activator.errors import ConfigError
+    from activator.server import up
+
+    try:
+        stack = load_stack(args.config)
+    except ConfigError as exc:
+        print(f"ember up: {exc}", file=sys.stderr)
+        return 2
+    if args.log_level:
+        stack = stack.model_copy(
+            update={"settings": stack.settings.model_copy(update={"log_level": args.log_level})}
+        )
+    try:
+        return up(stack, args.host, args.port, access_log=args.access_log)
+    except OSError as exc:
+        print(
+            f"ember up: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+
+
+UP_EPILOG = """\
+ember.yaml:
+  activator:                 (all optional)
+    events: events.jsonl     the event log, one JSON line per transition and request
+    keep_alive_s: 60         idle seconds before a model's replicas drain and stop
+    queue_size: 1000         per model; past it requests get 503 + Retry-After
+    deadline_s: 120          how long a request may wait for a replica, then 504
+                             (per request: header Ember-Deadline-Ms)
+    startup_timeout_s: 300   a replica not ready by then is stopped; its waiters get 504
+    grace_period_s: 30       drain time for stopping replicas and for SIGTERM
+    admin_token_env: EMBER_ADMIN_TOKEN   bearer token for /admin (without one, /admin is
+                             open only when bound to loopback)
+    cache_dir: DIR           the replicas' local weight tier
+  models:
+    - config: mlp/model.yaml a runtime model config (relative to ember.yaml)
+      min_replicas: 0
+      max_replicas: 1
+      container_concurrency: 8   requests one replica takes at once
+      target: 8              in-flight requests per replica before another starts
+      keep_alive_s / queue_size / deadline_s / startup_timeout_s: per-model overrides
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ember",
@@ -99,6 +145,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="ranged reads in flight when streaming an s3:// source (default 8)",
     )
     serve.set_defaults(func=_serve)
+
+    up = sub.add_parser(
+        "up",
+        help="run the one-machine stack: the activator, scaling local replicas from zero",
+        description=(
+            "Run the activator for the models of ember.yaml. It speaks the same v2 REST paths "
+            "as `ember serve`; a request for a model with no replica waits in the model's queue "
+            "while one starts (`ember serve` on a loopback port), replicas are added under load "
+            "and drained and stopped after the keep-alive. SIGTERM lets held requests finish, "
+            "stops every replica and exits 0."
+        ),
+        epilog=UP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.add_argument("--config", required=True, help="the stack's ember.yaml")
+    up.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    up.add_argument(
+        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
+    )
+    up.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="overrides activator.log_level",
+    )
+    up.add_argument("--access-log", action="store_true", help="log every request")
+    up.set_defaults(func=_up)
 
     from ember import cache_cli  # imports nothing heavy; the commands import lazily
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,34 @@ def make_model_dir(root: Path, *, mb: float = 2.0, seed: int = 0) -> Path:
     (root / "sub").mkdir(exist_ok=True)
     (root / "sub" / "vocab.txt").write_text("hello\nworld\n")
     return root
+
+
+def slow_model(
+    tmp_path: Path, *, load_delay_s: float = 0.0, delay_s: float = 0.0, **extra: Any
+) -> Path:
+    """A torch-module model that sleeps in its constructor and its forward pass."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights"
+    weights.mkdir(exist_ok=True)
+    save_file({"scale": torch.full((1,), 2.0)}, str(weights / "model.safetensors"))
+    config = {
+        "name": "slow",
+        "handler": "torch-module",
+        "source": str(weights),
+        "options": {
+            "module": f"{FIXTURES / 'models.py'}:Slow",
+            "kwargs": {"load_delay_s": load_delay_s, "delay_s": delay_s},
+        },
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+        "max_batch_size": 0,
+        **extra,
+    }
+    config["inputs"][0]["shape"] = config["outputs"][0]["shape"] = [1, 1]
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(config))
+    return path

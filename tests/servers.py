@@ -21,10 +21,14 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 class ServerProcess:
-    def __init__(self, config: Path, *args: str) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    """``ember serve`` (or, with ``command="up"``, the activator) on port 0."""
+
+    def __init__(
+        self, config: Path, *args: str, command: str = "serve", env: dict[str, str] | None = None
+    ) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ember", "serve", "--config", str(config), "--port", "0", *args],
+            [sys.executable, "-m", "ember", command, "--config", str(config), "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -13,34 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import FIXTURES
+from tests.conftest import slow_model
 from tests.servers import ServerProcess, running_server, wait_for_state
-
-
-def slow_model(
-    tmp_path: Path, *, load_delay_s: float = 0.0, delay_s: float = 0.0, **extra: Any
-) -> Path:
-    weights = tmp_path / "weights"
-    weights.mkdir(exist_ok=True)
-    save_file({"scale": torch.full((1,), 2.0)}, str(weights / "model.safetensors"))
-    config = {
-        "name": "slow",
-        "handler": "torch-module",
-        "source": str(weights),
-        "options": {
-            "module": f"{FIXTURES / 'models.py'}:Slow",
-            "kwargs": {"load_delay_s": load_delay_s, "delay_s": delay_s},
-        },
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
-        "max_batch_size": 0,
-        **extra,
-    }
-    config["inputs"][0]["shape"] = config["outputs"][0]["shape"] = [1, 1]
-    path = tmp_path / "slow.json"
-    path.write_text(json.dumps(config))
-    return path
-
 
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]})
 

@@ -1,0 +1,76 @@
+"""The admin API: list models, warm one for a while, put one to sleep.
+
+    GET  /admin/models                      every model: state, replicas, queue, warm window
+    POST /admin/models/{m}/warm {"seconds": 600}   hold at least one replica that long
+    POST /admin/models/{m}/sleep            end its warm window, drain its idle replicas now
+
+It needs ``Authorization: Bearer <token>`` when a token is set (the environment variable named by
+``activator.admin_token_env``, default ``EMBER_ADMIN_TOKEN``). Without a token it is open only on
+an activator bound to loopback (a one-machine stack, where only local users reach it) and off
+everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from activator.errors import BadRequest, MethodNotAllowed, NotFound
+
+if TYPE_CHECKING:
+    from activator.app import Activator, Send
+
+MAX_WARM_S = 7 * 24 * 3600
+
+
+async def handle_admin(
+    activator: Activator, parts: list[str], method: str, body: bytes, send: Send
+) -> None:
+    from activator.app import _json
+
+    if parts == ["models"]:
+        _method(method, "GET")
+        await _json(send, 200, [p.describe() for p in activator.pools.values()])
+        return
+    if len(parts) == 3 and parts[0] == "models":
+        pool = activator.pool(parts[1])
+        _method(method, "POST")
+        if parts[2] == "warm":
+            seconds = _seconds(_payload(body))
+            pool.warm(seconds, source="admin")
+            await _json(send, 200, pool.describe())
+            return
+        if parts[2] == "sleep":
+            pool.sleep()
+            await _json(send, 200, pool.describe())
+            return
+    raise NotFound(f"no admin route /admin/{'/'.join(parts)}")
+
+
+def _method(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here (use {allowed})")
+
+
+def _payload(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise BadRequest('the body must be JSON, e.g. {"seconds": 600}') from None
+    if not isinstance(payload, dict):
+        raise BadRequest('the body must be a JSON object, e.g. {"seconds": 600}')
+    return payload
+
+
+def _seconds(payload: dict[str, Any]) -> float:
+    unknown = set(payload) - {"seconds"}
+    if unknown:
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}: only 'seconds'")
+    seconds = payload.get("seconds", 600)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise BadRequest("'seconds' must be a number")
+    if not 0 < seconds <= MAX_WARM_S:
+        raise BadRequest(f"'seconds' must be above 0 and at most {MAX_WARM_S}")
+    return float(seconds)

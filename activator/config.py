@@ -1,0 +1,186 @@
+"""``ember.yaml``: the one-machine stack (and the activator's settings on Knative).
+
+::
+
+    activator:                     # all optional
+      events: events.jsonl         # the event log (relative to this file)
+      keep_alive_s: 60             # idle time before a model's replicas drain and stop
+      queue_size: 1000             # per model; past it: 503 + Retry-After
+      deadline_s: 120              # how long a request may wait for a replica; then 504
+      startup_timeout_s: 300       # a replica not ready by then is stopped, its waiters 504
+      grace_period_s: 30           # drain time for a stopping replica (then SIGKILL)
+      admin_token_env: EMBER_ADMIN_TOKEN   # where the admin API's bearer token comes from
+      max_request_bytes: 67108864
+      cache_dir: /var/cache/ember  # the replicas' local weight tier
+    models:
+      - config: mlp/model.yaml     # a runtime model config (one model), relative to this file
+        min_replicas: 0
+        max_replicas: 2
+        container_concurrency: 16  # requests one replica takes at once (default: the model
+                                   # config's, else 8)
+        target: 8                  # in-flight requests per replica before another starts
+        keep_alive_s: 30           # overrides the activator's (and the model config's)
+        queue_size: 100
+        deadline_s: 60
+
+The activator reads only what it needs from each model config (its name, and its
+``container_concurrency`` and ``keep_alive_s`` defaults) with a YAML parser; the replicas it
+starts run ``ember serve --config`` on the file itself. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from activator.errors import ConfigError
+
+
+class ActivatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: Path | None = None
+    keep_alive_s: float = Field(default=60.0, ge=0)
+    queue_size: int = Field(default=1000, ge=0)
+    deadline_s: float = Field(default=120.0, gt=0)
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+    grace_period_s: float = Field(default=30.0, ge=0)
+    admin_token_env: str = "EMBER_ADMIN_TOKEN"
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    cache_dir: Path | None = None
+    log_level: str = "info"
+
+    def admin_token(self) -> str | None:
+        return os.environ.get(self.admin_token_env) or None
+
+
+class ModelEntry(BaseModel):
+    """One model of the stack: where its runtime config is, and how to scale it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    container_concurrency: int | None = Field(default=None, ge=1)
+    target: float | None = Field(default=None, gt=0)
+    keep_alive_s: float | None = Field(default=None, ge=0)
+    queue_size: int | None = Field(default=None, ge=0)
+    deadline_s: float | None = Field(default=None, gt=0)
+    startup_timeout_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ModelEntry:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class StackFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    activator: ActivatorSettings = ActivatorSettings()
+    models: list[ModelEntry] = Field(min_length=1)
+
+
+class ModelSpec(BaseModel):
+    """Everything the activator knows about one model, resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    config_path: Path
+    min_replicas: int
+    max_replicas: int
+    container_concurrency: int
+    target: float
+    keep_alive_s: float
+    queue_size: int
+    deadline_s: float
+    startup_timeout_s: float
+    # from the model config, for the cost report and Knative: gpu_type, price_per_hour, ...
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class StackConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    settings: ActivatorSettings
+    models: dict[str, ModelSpec]
+
+
+def load_stack(path: str | Path) -> StackConfig:
+    """Read and check ``ember.yaml`` and the model configs it names."""
+    path = Path(path)
+    raw = _read_yaml(path, "config")
+    try:
+        stack = StackFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_message(exc)}") from None
+    base = path.resolve().parent
+    settings = stack.activator
+    if settings.events is not None and not settings.events.is_absolute():
+        settings = settings.model_copy(update={"events": (base / settings.events).resolve()})
+    if settings.cache_dir is not None and not settings.cache_dir.is_absolute():
+        settings = settings.model_copy(update={"cache_dir": (base / settings.cache_dir).resolve()})
+    models: dict[str, ModelSpec] = {}
+    for i, entry in enumerate(stack.models):
+        config_path = entry.config if entry.config.is_absolute() else base / entry.config
+        model = _read_yaml(config_path, f"models[{i}].config")
+        if isinstance(model, list):
+            if len(model) != 1:
+                raise ConfigError(
+                    f"{config_path}: holds {len(model)} models; the stack takes one per file"
+                )
+            model = model[0]
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            raise ConfigError(f"{config_path}: not a model config (no 'name')")
+        name = model["name"]
+        if name in models:
+            raise ConfigError(f"{path}: model '{name}' is listed twice")
+        concurrency = entry.container_concurrency or int(model.get("container_concurrency") or 8)
+        keep_alive = entry.keep_alive_s
+        if keep_alive is None:
+            keep_alive = settings.keep_alive_s
+        models[name] = ModelSpec(
+            name=name,
+            config_path=config_path.resolve(),
+            min_replicas=entry.min_replicas,
+            max_replicas=entry.max_replicas,
+            container_concurrency=concurrency,
+            target=entry.target or float(concurrency),
+            keep_alive_s=keep_alive,
+            queue_size=settings.queue_size if entry.queue_size is None else entry.queue_size,
+            deadline_s=entry.deadline_s or settings.deadline_s,
+            startup_timeout_s=entry.startup_timeout_s or settings.startup_timeout_s,
+            extra={k: model[k] for k in ("gpu_type", "price_per_hour", "prewarm") if k in model},
+        )
+    return StackConfig(path=path.resolve(), settings=settings, models=models)
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "config"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

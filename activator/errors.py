@@ -1,0 +1,71 @@
+"""The activator's errors: one base with the HTTP status a caller gets, in the OIP error shape."""
+
+from __future__ import annotations
+
+
+class ActivatorError(Exception):
+    """Base of every activator failure; ``status_code`` is what the caller gets."""
+
+    status_code = 500
+    retry_after_s: float | None = None
+
+
+class ConfigError(ActivatorError):
+    """ember.yaml (or a model config it names) is missing, unreadable or invalid."""
+
+    status_code = 400
+
+
+class BadRequest(ActivatorError):
+    status_code = 400
+
+
+class UnknownModel(ActivatorError):
+    status_code = 404
+
+
+class NotFound(ActivatorError):
+    status_code = 404
+
+
+class MethodNotAllowed(ActivatorError):
+    status_code = 405
+
+
+class Unauthorized(ActivatorError):
+    status_code = 401
+
+
+class PayloadTooLarge(ActivatorError):
+    status_code = 413
+
+
+class QueueFull(ActivatorError):
+    """The model's queue is at its bound: come back later."""
+
+    status_code = 503
+    retry_after_s = 1.0
+
+
+class ModelUnavailable(ActivatorError):
+    """The model could not be started (its replica failed); the reason says why."""
+
+    status_code = 503
+    retry_after_s = 5.0
+
+
+class ShuttingDown(ActivatorError):
+    status_code = 503
+    retry_after_s = 1.0
+
+
+class DeadlineExceeded(ActivatorError):
+    """The request's deadline passed while it waited for a replica."""
+
+    status_code = 504
+
+
+class ReplicaFailed(ActivatorError):
+    """The replica serving the request went away (crashed, killed) before it answered."""
+
+    status_code = 502

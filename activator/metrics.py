@@ -1,0 +1,84 @@
+"""The activator's Prometheus metrics: the event log's live mirror.
+
+Counters and histograms are updated as things happen; the gauges (queue depth, in flight,
+replicas by state, model state) are read from the pools when Prometheus scrapes, so a request
+pays for none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+REPLICA_STATES = ("starting", "ready", "checking", "draining")
+MODEL_STATES = ("zero", "starting", "ready", "draining")
+
+
+class ActivatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.cold_starts = Counter(
+            "ember_activator_cold_starts",
+            "Replicas started for the model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cold_start_seconds = Histogram(
+            "ember_activator_cold_start_seconds",
+            "From starting a replica to its /v2/health/ready",
+            ["model"],
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 90, 150, 300),
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "ember_activator_requests",
+            "Requests by model and HTTP status",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "ember_activator_queue_seconds",
+            "Time a request waited for a replica",
+            ["model"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+
+    def watch(self, pools: Callable[[], Mapping[str, Any]]) -> None:
+        """Read the gauges from ``pools()`` (name -> ModelPool) at every scrape."""
+        self.registry.register(_PoolCollector(pools))
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pools: Callable[[], Mapping[str, Any]]) -> None:
+        self.pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "ember_activator_queue_depth", "Requests waiting for a replica", labels=["model"]
+        )
+        flight = GaugeMetricFamily(
+            "ember_activator_in_flight",
+            "Requests handed to the model's replicas and not yet answered",
+            labels=["model"],
+        )
+        replicas = GaugeMetricFamily(
+            "ember_activator_replicas", "Replicas by state", labels=["model", "state"]
+        )
+        state = GaugeMetricFamily(
+            "ember_activator_model_state",
+            "1 for the model's current state (zero, starting, ready, draining)",
+            labels=["model", "state"],
+        )
+        for name, pool in self.pools().items():
+            queue.add_metric([name], pool.queued)
+            flight.add_metric([name], pool.in_flight)
+            for s in REPLICA_STATES:
+                replicas.add_metric([name, s], sum(1 for r in pool.replicas if r.state == s))
+            for s in MODEL_STATES:
+                state.add_metric([name, s], 1 if pool.state == s else 0)
+        yield from (queue, flight, replicas, state)

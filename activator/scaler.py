@@ -1,0 +1,268 @@
+"""The ``Scaler`` seam: how the activator gets and gives back replicas of a model.
+
+A scaler starts a replica (returning as soon as it has an address), says when it is ready,
+stops it, and reports when it exits on its own. :class:`LocalScaler` (the embedded default) runs
+``ember serve`` processes on loopback ports; the Knative scaler drives a ksvc's min-scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+from activator.config import ModelSpec
+from activator.errors import ModelUnavailable
+
+log = logging.getLogger("ember.activator")
+
+_LISTENING = re.compile(r"ember serve: listening on (http://\S+)")
+
+
+@dataclass
+class ReplicaHandle:
+    """A started replica: where it answers, and what its start cost (seconds, by phase)."""
+
+    model: str
+    url: str
+    timings: dict[str, float] = field(default_factory=dict)
+    pid: int | None = None  # a local process's; None for replicas elsewhere
+
+
+class Scaler(Protocol):
+    async def start(self, spec: ModelSpec) -> ReplicaHandle:
+        """Start a replica; return once it has an address (it may still be loading)."""
+        ...
+
+    async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+        """Return when the replica answers ``/v2/health/ready``; raise if it dies or times out."""
+        ...
+
+    async def wait_exit(self, handle: ReplicaHandle) -> str:
+        """Return (with a reason) when the replica goes away without being asked to."""
+        ...
+
+    async def healthy(self, handle: ReplicaHandle) -> bool:
+        """Whether the replica answers ``/v2/health/ready`` now."""
+        ...
+
+    async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
+        """Stop the replica: let in-flight work finish within ``grace_s``, then force it."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop everything this scaler started."""
+        ...
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL the replica when the activator dies, so none is ever orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class _Process:
+    proc: asyncio.subprocess.Process
+    tail: collections.deque[str]
+    readers: list[asyncio.Task[None]]
+    stopping: bool = False
+
+
+class LocalScaler:
+    """Replicas as local ``ember serve`` processes on 127.0.0.1, port 0."""
+
+    def __init__(
+        self,
+        *,
+        cache_dir: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        listen_timeout_s: float = 60.0,
+        poll_s: float = 0.02,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.extra_args = extra_args
+        self.env = env
+        self.listen_timeout_s = listen_timeout_s
+        self.poll_s = poll_s
+        self._procs: dict[int, _Process] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        return self._session
+
+    async def start(self, spec: ModelSpec) -> ReplicaHandle:
+        cmd = [sys.executable, "-m", "ember", "serve", "--config", str(spec.config_path)]
+        cmd += ["--host", "127.0.0.1", "--port", "0"]
+        if self.cache_dir is not None:
+            cmd += ["--cache-dir", str(self.cache_dir)]
+        cmd += list(self.extra_args)
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
+            preexec_fn=_die_with_parent,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        tail: collections.deque[str] = collections.deque(maxlen=30)
+        state = _Process(proc, tail, [])
+        self._procs[proc.pid] = state
+        state.readers.append(asyncio.create_task(self._pump(proc.stderr, tail, spec.name)))
+        try:
+            url = await asyncio.wait_for(
+                self._listening(proc.stdout, tail, spec.name), self.listen_timeout_s
+            )
+        except BaseException as exc:
+            await self._kill(proc.pid)
+            if isinstance(exc, TimeoutError):
+                raise ModelUnavailable(
+                    f"model '{spec.name}': its replica did not listen within "
+                    f"{self.listen_timeout_s:g}s{_last(tail)}"
+                ) from None
+            raise
+        state.readers.append(asyncio.create_task(self._pump(proc.stdout, tail, spec.name)))
+        timings = {"process_start": time.perf_counter() - started}
+        return ReplicaHandle(spec.name, url, timings, pid=proc.pid)
+
+    async def _listening(
+        self, stream: asyncio.StreamReader, tail: collections.deque[str], model: str
+    ) -> str:
+        while True:
+            line = await stream.readline()
+            if not line:
+                await asyncio.sleep(0.05)  # let the stderr pump catch the reason
+                raise ModelUnavailable(
+                    f"model '{model}': its replica exited before listening{_last(tail)}"
+                )
+            text = line.decode(errors="replace").rstrip()
+            match = _LISTENING.search(text)
+            if match:
+                return match.group(1)
+            tail.append(text)
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader, tail: collections.deque[str], model: str) -> None:
+        """Keep the pipe drained; the last lines explain a failure."""
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            tail.append(text)
+            log.debug("[%s] %s", model, text)
+
+    async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+        state = self._state(handle)
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        url = handle.url + "/v2/health/ready"
+        while True:
+            if state.proc.returncode is not None:
+                await asyncio.sleep(0.05)
+                raise ModelUnavailable(
+                    f"model '{handle.model}': its replica exited with {state.proc.returncode} "
+                    f"while loading{_last(state.tail)}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._http().get(url) as r:
+                    if r.status == 200:
+                        handle.timings["load"] = time.perf_counter() - started
+                        return
+            if time.monotonic() > deadline:
+                raise ModelUnavailable(
+                    f"model '{handle.model}': its replica was not ready within {timeout_s:g}s"
+                    f"{_last(state.tail)}"
+                )
+            await asyncio.sleep(self.poll_s)
+
+    async def healthy(self, handle: ReplicaHandle) -> bool:
+        state = self._procs.get(handle.pid or 0)
+        if state is None or state.proc.returncode is not None:
+            return False
+        try:
+            async with self._http().get(handle.url + "/v2/health/ready") as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def wait_exit(self, handle: ReplicaHandle) -> str:
+        state = self._state(handle)
+        code = await state.proc.wait()
+        await asyncio.gather(*state.readers, return_exceptions=True)
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        return f"replica pid {state.proc.pid} {how}{_last(state.tail)}"
+
+    async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
+        pid = handle.pid or 0
+        state = self._procs.get(pid)
+        if state is None or state.proc.returncode is not None:
+            self._procs.pop(pid, None)
+            return
+        state.stopping = True
+        with contextlib.suppress(ProcessLookupError):
+            state.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(state.proc.wait(), grace_s + 5)
+        except TimeoutError:
+            log.warning("replica pid %d ignored SIGTERM for %.0fs: killing it", pid, grace_s + 5)
+            await self._kill(pid)
+        await asyncio.gather(*state.readers, return_exceptions=True)
+        self._procs.pop(pid, None)
+
+    def _state(self, handle: ReplicaHandle) -> _Process:
+        state = self._procs.get(handle.pid or 0)
+        if state is None:
+            raise ModelUnavailable(f"model '{handle.model}': its replica is gone")
+        return state
+
+    async def _kill(self, pid: int) -> None:
+        state = self._procs.pop(pid, None)
+        if state is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            state.proc.kill()
+        await state.proc.wait()
+        for task in state.readers:
+            task.cancel()
+        await asyncio.gather(*state.readers, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        for state in list(self._procs.values()):
+            if state.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    state.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for pid, state in list(self._procs.items()):
+            try:
+                await asyncio.wait_for(state.proc.wait(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                await self._kill(pid)
+        for state in self._procs.values():
+            await asyncio.gather(*state.readers, return_exceptions=True)
+        self._procs.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _last(tail: collections.deque[str]) -> str:
+    lines = [t for t in tail if t.strip()]
+    return f": {lines[-1][-300:]}" if lines else ""

@@ -1,0 +1,330 @@
+"""``ember up``: the activator with real replicas (``ember serve`` processes) on loopback.
+
+Each test writes an ember.yaml, starts the activator on port 0 and talks to it over HTTP; the
+replicas it starts are real processes, found through /proc as its children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import MLP_CONFIG, slow_model
+from tests.servers import ROOT, ServerProcess
+
+BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]})
+MLP_BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]}
+)
+
+
+def stack(tmp_path: Path, models: list[dict[str, Any]], **activator: Any) -> Path:
+    settings = {"events": str(tmp_path / "events.jsonl"), "grace_period_s": 5, **activator}
+    path = tmp_path / "ember.yaml"
+    path.write_text(yaml.safe_dump({"activator": settings, "models": models}))
+    return path
+
+
+@contextmanager
+def activator(config: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, command="up", env=env)
+    try:
+        server.wait_ready(timeout_s=30)
+        yield server
+    finally:
+        server.terminate()
+        assert not replicas(server), "a replica outlived the activator"
+
+
+def replicas(server: ServerProcess) -> list[int]:
+    """PIDs of the activator's child processes (its replicas)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == server.proc.pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def events(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def state(server: ServerProcess, model: str) -> str:
+    index = httpx.post(server.url + "/v2/repository/index").json()
+    return str(next(m["activator_state"] for m in index if m["name"] == model))
+
+
+def slow(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    return {"config": str(slow_model(tmp_path, **kw))}
+
+
+def post(
+    server: ServerProcess, model: str = "slow", timeout: float = 60, **kw: Any
+) -> httpx.Response:
+    body = MLP_BODY if model == "mlp" else BODY
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, timeout=timeout, **kw)
+
+
+# ----------------------------------------------------------------------------- the story
+def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path: Path) -> None:
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG), "keep_alive_s": 1}])
+    with activator(config) as server:
+        index = httpx.post(server.url + "/v2/repository/index").json()
+        assert index == [
+            {
+                "name": "mlp",
+                "state": "UNAVAILABLE",
+                "reason": "scaled to zero: a request wakes it",
+                "activator_state": "zero",
+            }
+        ]
+        assert replicas(server) == []
+        cold = post(server, "mlp")
+        assert cold.status_code == 200, cold.text
+        assert cold.json()["outputs"][0]["shape"] == [1, 10]
+        assert state(server, "mlp") == "ready" and len(replicas(server)) == 1
+        warm = post(server, "mlp")
+        assert warm.json()["outputs"] == cold.json()["outputs"]
+        wait_until(lambda: state(server, "mlp") == "zero", 30, "scale to zero")
+        wait_until(lambda: not replicas(server), 10, "the replica to exit")
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'ember_activator_cold_starts_total{model="mlp"} 1.0' in metrics
+        assert 'ember_activator_model_state{model="mlp",state="zero"} 1.0' in metrics
+    log = events(tmp_path)
+    requests = [e for e in log if e["event"] == "request"]
+    assert [r["cold"] for r in requests] == [True, False]
+    assert all(r["status"] == 200 and r["arrival"] <= r["start"] <= r["end"] for r in requests)
+    kinds = [e["event"] for e in log if e["event"] != "request"]
+    assert kinds[:3] == ["replica_starting", "state", "replica_ready"]
+    assert "replica_stopped" in kinds
+    transitions = [(e["from"], e["to"]) for e in log if e["event"] == "state"]
+    assert transitions == [
+        ("zero", "starting"),
+        ("starting", "ready"),
+        ("ready", "draining"),
+        ("draining", "zero"),
+    ]
+
+
+def test_errors_unknown_models_and_runtime_errors_intact(tmp_path: Path) -> None:
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG)}])
+    with activator(config) as server:
+        r = httpx.post(server.url + "/v2/models/nope/infer", content=MLP_BODY)
+        assert r.status_code == 404 and "not configured" in r.json()["error"]
+        r = httpx.get(server.url + "/v2/models/mlp/infer")
+        assert r.status_code == 405 or r.status_code == 400  # the runtime's own answer
+        bad = httpx.post(server.url + "/v2/models/mlp/infer", content=b"{not json")
+        assert bad.status_code == 400 and "error" in bad.json()
+        wrong = httpx.post(
+            server.url + "/v2/models/mlp/infer",
+            content=json.dumps(
+                {
+                    "inputs": [
+                        {"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}
+                    ]
+                }
+            ),
+        )
+        assert wrong.status_code == 400 and "784" in wrong.json()["error"]
+        meta = httpx.get(server.url + "/v2/models/mlp")
+        assert meta.status_code == 200 and meta.json()["name"] == "mlp"
+        r = httpx.post(
+            server.url + "/v2/models/mlp/infer",
+            content=MLP_BODY,
+            headers={"Ember-Deadline-Ms": "soon"},
+        )
+        assert r.status_code == 400 and "Ember-Deadline-Ms" in r.json()["error"]
+        assert httpx.get(server.url + "/v2/nothing").status_code == 404
+
+
+# ----------------------------------------------------------------------------- queues
+def test_a_flood_past_the_queue_bound_gets_503s_and_every_accepted_request_an_answer(
+    tmp_path: Path,
+) -> None:
+    model = {**slow(tmp_path, delay_s=0.1), "container_concurrency": 1, "queue_size": 4}
+    with activator(stack(tmp_path, [model])) as server, ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: post(server), range(12)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(200) >= 4 and set(codes) <= {200, 503}, codes
+    full = [r for r in answers if r.status_code == 503]
+    assert full and all("queue full" in r.json()["error"] for r in full)
+    assert all(r.headers["Retry-After"] == "1" for r in full)
+    assert all(r.json()["outputs"][0]["data"] == [6.0] for r in answers if r.status_code == 200)
+
+
+def test_a_deadline_while_cold_is_a_504(tmp_path: Path) -> None:
+    with activator(stack(tmp_path, [slow(tmp_path, load_delay_s=2)])) as server:
+        r = post(server, headers={"Ember-Deadline-Ms": "300"})
+        assert r.status_code == 504 and "deadline" in r.json()["error"]
+        assert post(server).status_code == 200  # the start went on
+
+
+def test_a_replica_that_never_gets_ready_fails_its_waiters_and_goes_back_to_zero(
+    tmp_path: Path,
+) -> None:
+    model = {**slow(tmp_path, load_delay_s=60), "startup_timeout_s": 3}
+    with activator(stack(tmp_path, [model])) as server:
+        r = post(server)
+        assert r.status_code == 504 and "not ready within 3s" in r.json()["error"]
+        assert state(server, "slow") == "zero"
+        index = httpx.post(server.url + "/v2/repository/index").json()
+        assert "not ready within 3s" in index[0]["reason"]
+        wait_until(lambda: not replicas(server), 10, "the stuck replica to be stopped")
+    assert any(e["event"] == "replica_failed" for e in events(tmp_path))
+
+
+def test_a_replica_killed_mid_request_gives_502_and_the_queue_a_new_replica(
+    tmp_path: Path,
+) -> None:
+    model = {**slow(tmp_path, delay_s=3), "container_concurrency": 1}
+    with activator(stack(tmp_path, [model])) as server, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, server)
+        wait_until(lambda: state(server, "slow") == "ready", 60, "the replica")
+        time.sleep(0.3)  # the first request is in the replica's forward pass
+        second = pool.submit(post, server)  # queued behind it (concurrency 1)
+        time.sleep(0.3)
+        (pid,) = replicas(server)
+        os.kill(pid, signal.SIGKILL)
+        r1, r2 = first.result(60), second.result(60)
+        assert r1.status_code == 502 and "went away" in r1.json()["error"]
+        assert r2.status_code == 200, r2.text
+        assert pid not in replicas(server)
+    stopped = [e for e in events(tmp_path) if e["event"] == "replica_stopped"]
+    assert "crashed" in stopped[0]["reason"] and "SIGKILL" in stopped[0]["reason"]
+
+
+def test_a_client_that_leaves_the_queue_frees_its_place(tmp_path: Path) -> None:
+    model = {**slow(tmp_path, load_delay_s=2), "queue_size": 1}
+    with activator(stack(tmp_path, [model])) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            post(server, timeout=0.5)  # queued while the model starts, then gone
+        time.sleep(0.2)
+        r = post(server)  # the one place is free again
+        assert r.status_code == 200, r.text
+    statuses = [e["status"] for e in events(tmp_path) if e["event"] == "request"]
+    assert statuses == [499, 200]
+
+
+def test_sigterm_with_requests_queued_answers_them_and_exits_0(tmp_path: Path) -> None:
+    server = ServerProcess(stack(tmp_path, [slow(tmp_path, load_delay_s=2)]), command="up")
+    try:
+        server.wait_ready(timeout_s=30)
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(post, server) for _ in range(3)]
+            time.sleep(0.7)  # all three wait in the queue for the replica
+            server.proc.send_signal(signal.SIGTERM)
+            answers = [f.result(60) for f in futures]
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        assert server.proc.wait(60) == 0
+        assert not replicas(server)
+    finally:
+        server.terminate()
+
+
+# ----------------------------------------------------------------------------- admin
+def test_admin_api_needs_its_token_then_warms_and_sleeps(tmp_path: Path) -> None:
+    config = stack(tmp_path, [slow(tmp_path)], keep_alive_s=0.5)
+    with activator(config, env={"EMBER_ADMIN_TOKEN": "s3cret"}) as server:
+        assert httpx.get(server.url + "/admin/models").status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.get(server.url + "/admin/models", headers=wrong).status_code == 401
+        listed = httpx.get(server.url + "/admin/models", headers=auth).json()
+        assert listed[0]["name"] == "slow" and listed[0]["state"] == "zero"
+        bad = httpx.post(server.url + "/admin/models/slow/warm", json={"seconds": -1}, headers=auth)
+        assert bad.status_code == 400 and "seconds" in bad.json()["error"]
+        r = httpx.post(server.url + "/admin/models/slow/warm", json={"seconds": 30}, headers=auth)
+        assert r.status_code == 200
+        wait_until(lambda: state(server, "slow") == "ready", 60, "the warm replica")
+        time.sleep(1.0)
+        assert state(server, "slow") == "ready"  # held past keep-alive by the warm window
+        r = httpx.post(server.url + "/admin/models/slow/sleep", headers=auth)
+        assert r.status_code == 200
+        wait_until(lambda: state(server, "slow") == "zero", 30, "sleep")
+    assert any(e["event"] == "prewarm" for e in events(tmp_path))
+
+
+def test_repository_load_and_unload_map_to_wake_and_sleep(tmp_path: Path) -> None:
+    with activator(stack(tmp_path, [slow(tmp_path)])) as server:
+        r = httpx.post(server.url + "/v2/repository/models/slow/load", timeout=60)
+        assert r.status_code == 200 and state(server, "slow") == "ready"
+        assert httpx.post(server.url + "/v2/repository/models/slow/unload").status_code == 200
+        wait_until(lambda: state(server, "slow") == "zero", 30, "unload")
+
+
+# ----------------------------------------------------------------------------- processes
+def test_a_killed_activator_leaves_no_replica_behind(tmp_path: Path) -> None:
+    server = ServerProcess(stack(tmp_path, [slow(tmp_path)]), command="up")
+    try:
+        server.wait_ready(timeout_s=30)
+        assert post(server).status_code == 200
+        (pid,) = replicas(server)
+        server.proc.kill()
+        server.proc.wait(10)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "the orphan")
+    finally:
+        server.terminate()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("models: []", "models"),
+        ("models:\n  - config: nowhere.yaml", "does not exist"),
+        ("activator: {keep_alive: 3}\nmodels:\n  - config: x.yaml", "keep_alive"),
+        ("models:\n  - {config: m.yaml, min_replicas: 3, max_replicas: 1}", "above max_replicas"),
+    ],
+)
+def test_a_bad_ember_yaml_is_one_line_and_exit_2(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    (tmp_path / "m.yaml").write_text("name: m\nhandler: torch-module\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", "up", "--config", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
