@@ -28,6 +28,7 @@ from activator.errors import ModelUnavailable
 log = logging.getLogger("ember.activator")
 
 _LISTENING = re.compile(r"ember serve: listening on (http://\S+)")
+_PHASE = re.compile(r'^ember_model_load_phase_seconds\{[^}]*phase="(\w+)"[^}]*\} (\S+)$', re.M)
 
 
 @dataclass
@@ -184,7 +185,8 @@ class LocalScaler:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with self._http().get(url) as r:
                     if r.status == 200:
-                        handle.timings["load"] = time.perf_counter() - started
+                        handle.timings["until_ready"] = time.perf_counter() - started
+                        handle.timings.update(await self._load_phases(handle))
                         return
             if time.monotonic() > deadline:
                 raise ModelUnavailable(
@@ -202,6 +204,18 @@ class LocalScaler:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def _load_phases(self, handle: ReplicaHandle) -> dict[str, float]:
+        """The replica's own account of its load (plan, fetch, imports, load, warmup, ...)."""
+        try:
+            async with self._http().get(handle.url + "/metrics") as r:
+                text = await r.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return {}
+        phases: dict[str, float] = {}
+        for match in _PHASE.finditer(text):
+            phases[match.group(1)] = phases.get(match.group(1), 0.0) + float(match.group(2))
+        return phases
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:
         state = self._state(handle)

@@ -47,7 +47,7 @@ class RuntimeMetrics:
         )
         self.load_phase = Gauge(
             "ember_model_load_phase_seconds",
-            "Seconds of the model's last load per phase: plan, fetch, tier, load, warmup;"
+            "Seconds of the model's last load per phase: plan, fetch, tier, imports, load, warmup;"
             " materialise and device overlap fetch (tensors made while the bytes arrive)",
             ["model", "phase"],
             registry=self.registry,

@@ -101,7 +101,9 @@ class ModelRepository:
                 release_source = local.release
                 phases = dict(local.phases)
                 mark = time.perf_counter()
-                handler = await asyncio.to_thread(create_handler, local.config)
+                handler = await asyncio.to_thread(create_handler, local.config)  # its imports
+                phases["imports"] = phases.get("imports", 0.0) + time.perf_counter() - mark
+                mark = time.perf_counter()
                 await asyncio.to_thread(handler.load)
                 phases["load"] = time.perf_counter() - mark
                 scheduler = Scheduler(

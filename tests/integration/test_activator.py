@@ -126,6 +126,9 @@ def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path:
     assert all(r["status"] == 200 and r["arrival"] <= r["start"] <= r["end"] for r in requests)
     kinds = [e["event"] for e in log if e["event"] != "request"]
     assert kinds[:3] == ["replica_starting", "state", "replica_ready"]
+    ready = next(e for e in log if e["event"] == "replica_ready")
+    assert {"process_start", "until_ready", "imports", "load", "warmup"} <= set(ready["phases"])
+    assert 0 < ready["phases"]["process_start"] < ready["cold_start_s"]
     assert "replica_stopped" in kinds
     transitions = [(e["from"], e["to"]) for e in log if e["event"] == "state"]
     assert transitions == [
