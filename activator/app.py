@@ -67,7 +67,7 @@ _HOP = {
 }
 _REPLICA_STATE = {"zero": "UNAVAILABLE", "starting": "LOADING", "ready": "READY"}
 UNREACHABLE_RETRIES = 2  # a request that never reached a replica goes to another one
-_MODEL_ACTIONS = {"", "infer", "ready", "config", "stats"}
+MODEL_ACTIONS = {"", "infer", "ready", "config", "stats"}
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -81,6 +81,7 @@ class Activator:
         *,
         host: str = "127.0.0.1",
         request_timeout_s: float = 300.0,
+        access_log: bool = False,
     ) -> None:
         self.stack = stack
         self.settings = stack.settings
@@ -101,6 +102,7 @@ class Activator:
         self.admin_token = self.settings.admin_token()
         self.loopback = _is_loopback(host)
         self.request_timeout_s = request_timeout_s
+        self.access_log = access_log
         self.session: aiohttp.ClientSession | None = None
         self.closing = False
 
@@ -258,7 +260,7 @@ class Activator:
         if len(rest) >= 2 and rest[0] == "versions":
             rest = rest[2:]
         action = rest[0] if rest else ""
-        if len(rest) > 1 or action not in _MODEL_ACTIONS:
+        if len(rest) > 1 or action not in MODEL_ACTIONS:
             raise NotFound(f"no route for {scope['method']} {scope['path']}")
         pool = self.pool(name)
         if action == "ready" and pool.state != "ready":
@@ -274,7 +276,7 @@ class Activator:
         await self._proxy(pool, scope, receive, send)
 
     async def _proxy(self, pool: ModelPool, scope: Scope, receive: Receive, send: Send) -> None:
-        arrival = time.time()
+        arrival = scope.get("arrival") or time.time()
         deadline_s = _deadline(scope)
         body = await _body(receive, self.settings.max_request_bytes)
         status = 500
@@ -309,23 +311,47 @@ class Activator:
             status = exc.status_code
             raise
         finally:
-            replica = ticket.replica.id if ticket else None
             if ticket is not None:
                 pool.release(ticket)
-            self.metrics.queue_seconds.labels(pool.name).observe(queued_s)
-            self.metrics.requests.labels(pool.name, str(status)).inc()
-            self.events.emit(
-                "request",
-                pool.name,
-                path=scope["path"],
-                arrival=arrival,
-                start=started,
-                end=time.time(),
-                status=status,
-                cold=cold,
-                queue_s=queued_s,
-                replica=replica,
-            )
+                ticket.cold, ticket.queued_s = cold, queued_s
+            self.record(pool, scope["path"], arrival, started, status, ticket, queued_s)
+
+    def record(
+        self,
+        pool: ModelPool,
+        path: str | bytes,
+        arrival: float,
+        started: float | None,
+        status: int,
+        ticket: Ticket | None,
+        queued_s: float | None = None,
+    ) -> None:
+        """One request's event line and metrics."""
+        queued = queued_s if queued_s is not None else (ticket.queued_s if ticket else 0.0)
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
+        if self.access_log:
+            log.info("%s %s %d (queued %.3fs)", pool.name, path, status, queued)
+        counters = pool.counters
+        counter = counters.get(status)
+        if counter is None:
+            counter = counters[status] = self.metrics.requests.labels(pool.name, str(status))
+        counter.inc()
+        hist = pool.queue_hist
+        if hist is None:
+            hist = pool.queue_hist = self.metrics.queue_seconds.labels(pool.name)
+        hist.observe(queued)
+        self.events.request(
+            pool.name,
+            path,
+            arrival,
+            started,
+            time.time(),
+            status,
+            bool(ticket and ticket.cold),
+            queued,
+            ticket.replica.id if ticket else None,
+        )
 
     async def _forward(
         self, pool: ModelPool, ticket: Ticket, scope: Scope, body: bytes, send: Send

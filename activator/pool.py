@@ -108,6 +108,8 @@ class ModelPool:
         self.last_request = time.monotonic()
         self.closing = False
         self._wake = asyncio.Event()
+        self.counters: dict[int, Any] = {}  # the requests counter's children, by status
+        self.queue_hist: Any = None
         self._controller: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle

@@ -1,4 +1,4 @@
-"""``ember up``: the activator and its local replicas, under uvicorn, until SIGTERM/SIGINT.
+"""``ember up``: the activator and its local replicas, until SIGTERM/SIGINT.
 
 On SIGTERM the activator stops accepting connections, lets the requests it holds (queued ones
 included) finish within the grace period, drains and stops every replica, and exits 0.
@@ -6,15 +6,15 @@ included) finish within the grace period, drains and stops every replica, and ex
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
 import sys
 
-import uvicorn
-
 from activator.app import Activator
 from activator.config import StackConfig
+from activator.frontdoor import run
 from activator.scaler import LocalScaler
 
 
@@ -24,7 +24,6 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -38,20 +37,17 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     scaler = LocalScaler(cache_dir=settings.cache_dir)
-    activator = Activator(stack, scaler, host=host)
-    config = uvicorn.Config(
-        activator,
-        log_level=settings.log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=int(settings.grace_period_s) or None,
-        server_header=False,
-        date_header=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    # uvicorn re-raises the signal it caught once it has shut down; this turns that into a no-op
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+    activator = Activator(stack, scaler, host=host, access_log=access_log)
+
+    def signals(stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
     print(f"ember up: listening on http://{host}:{bound}", flush=True)
-    server.run(sockets=[sock])
-    return 0 if server.started else 1
+    logging.getLogger("ember.activator").info(
+        "serving %d model(s): %s", len(stack.models), ", ".join(stack.models)
+    )
+    run(activator, sock, signals)
+    logging.getLogger("ember.activator").info("stopped")
+    return 0

@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.gpu)
             if not has_gpu:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
-        if "integration" in parts:
+        if "integration" in parts or "e2e" in parts:
             item.add_marker(pytest.mark.slow)
 
 

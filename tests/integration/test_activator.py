@@ -170,6 +170,71 @@ def test_errors_unknown_models_and_runtime_errors_intact(tmp_path: Path) -> None
         assert httpx.get(server.url + "/v2/nothing").status_code == 404
 
 
+def test_one_keep_alive_connection_mixes_relayed_and_answered_requests(tmp_path: Path) -> None:
+    import socket
+
+    import numpy as np
+    import tritonclient.http as triton
+
+    with activator(stack(tmp_path, [{"config": str(MLP_CONFIG)}])) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            answers = [
+                client.post("/v2/models/mlp/infer", content=MLP_BODY),  # cold: queued
+                client.post("/v2/models/mlp/infer", content=MLP_BODY),  # warm: relayed
+                client.get("/metrics"),
+                client.get("/v2/models/mlp"),  # relayed: the runtime's metadata
+                client.post("/v2/models/nope/infer", content=MLP_BODY),
+                client.post("/v2/models/mlp/versions/1/infer", content=MLP_BODY),
+                client.post("/v2/models/mlp/infer", content=b"{broken"),
+            ]
+        codes = [r.status_code for r in answers]
+        assert codes == [200, 200, 200, 200, 404, 200, 400], codes
+        assert answers[1].json()["outputs"] == answers[0].json()["outputs"]
+        assert "ember_activator_requests_total" in answers[2].text
+        assert answers[3].json()["inputs"][0]["name"] == "input"
+
+        # two requests in one write (pipelined) come back in order
+        host, port = server.url.removeprefix("http://").split(":")
+        one = (
+            f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(MLP_BODY)}"
+            f"\r\n\r\n{MLP_BODY}"
+        ).encode()
+        meta = b"GET /v2/models/mlp HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(one + meta + one)
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 3:
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+        first, second, third = received.split(b"HTTP/1.1 200")[1:]
+        assert b'"logits"' in first and b'"platform"' in second and b'"logits"' in third
+
+        # tritonclient: keep-alive, binary tensors, through the relay
+        triton_client = triton.InferenceServerClient(f"{host}:{port}")
+        x = triton.InferInput("input", [2, 784], "FP32")
+        x.set_data_from_numpy(np.full((2, 784), 0.5, dtype=np.float32), binary_data=True)
+        result = triton_client.infer("mlp", [x]).as_numpy("logits")
+        triton_client.close()
+        assert result is not None and result.shape == (2, 10)
+        assert np.allclose(result[0], answers[0].json()["outputs"][0]["data"], atol=1e-5)
+
+
+def test_malformed_http_and_oversized_bodies_are_refused(tmp_path: Path) -> None:
+    import socket
+
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG)}], max_request_bytes=1000)
+    with activator(config) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 400") and b"malformed" in answer
+        r = httpx.post(server.url + "/v2/models/mlp/infer", content=MLP_BODY)
+        assert r.status_code == 413 and "1000 bytes" in r.json()["error"]
+        assert state(server, "mlp") == "zero"  # nothing woke the model
+
+
 # ----------------------------------------------------------------------------- queues
 def test_a_flood_past_the_queue_bound_gets_503s_and_every_accepted_request_an_answer(
     tmp_path: Path,
@@ -209,10 +274,10 @@ def test_a_replica_that_never_gets_ready_fails_its_waiters_and_goes_back_to_zero
 def test_a_replica_killed_mid_request_gives_502_and_the_queue_a_new_replica(
     tmp_path: Path,
 ) -> None:
-    model = {**slow(tmp_path, delay_s=3), "container_concurrency": 1}
+    model = {**slow(tmp_path, delay_s=1.5), "container_concurrency": 1}
     with activator(stack(tmp_path, [model])) as server, ThreadPoolExecutor(2) as pool:
+        assert post(server).status_code == 200  # warm: the next one takes the relay's path
         first = pool.submit(post, server)
-        wait_until(lambda: state(server, "slow") == "ready", 60, "the replica")
         time.sleep(0.3)  # the first request is in the replica's forward pass
         second = pool.submit(post, server)  # queued behind it (concurrency 1)
         time.sleep(0.3)

@@ -194,6 +194,7 @@ async def test_keep_alive_scales_to_zero_and_a_request_wakes_it(
     pool.release(await pool.acquire())
     assert scaler.started == 2
     await pool.aclose()
+    events.flush()
     kinds = [e["event"] for e in read_events(tmp_path / "events.jsonl")]
     assert kinds.count("replica_ready") == 2 and "replica_stopped" in kinds
 
@@ -241,6 +242,7 @@ async def test_warm_and_sleep(tmp_path: Path, events: EventLog) -> None:
     await until(lambda: pool.state == "zero")
     assert pool.state == "zero"
     await pool.aclose()
+    events.flush()
     assert any(e["event"] == "prewarm" for e in read_events(tmp_path / "events.jsonl"))
 
 

@@ -1,0 +1,26 @@
+"""The README's first command: the demo scales MiniLM from zero and back and exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.servers import ROOT
+
+
+def test_the_demo_tells_its_story_and_exits_0() -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/demo.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "minilm is zero (UNAVAILABLE)" in out  # before the first request
+    assert "cold-start breakdown" in out and "weight fetch from S3" in out
+    assert "minilm is ready (READY)" in out
+    assert "same embedding as the JSON answer: True" in out
+    assert "replica stopped: keep-alive expired" in out
+    assert "exited with code 0" in out
