@@ -42,6 +42,9 @@ _DROP = {
     b"proxy-connection",
 }
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
+# A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
+# and fail a request that never reached it, so older ones are dropped instead.
+UPSTREAM_IDLE_S = 4.0
 _REASONS = {
     200: b"OK",
     204: b"No Content",
@@ -79,6 +82,7 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.status = 0
         self.reusable = True
+        self.idle_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -132,16 +136,22 @@ class UpstreamPool:
 
     def take(self, key: str) -> Upstream | None:
         conns = self.idle.get(key)
+        now = time.monotonic()
         while conns:
             conn = conns.pop()
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if now - conn.idle_since > UPSTREAM_IDLE_S:
+                conn.close()  # the replica may be closing it right now: never race that
+                continue
+            return conn
         return None
 
     def give(self, conn: Upstream) -> None:
         if conn.closed or not conn.reusable:
             conn.close()
             return
+        conn.idle_since = time.monotonic()
         self.idle.setdefault(conn.key, []).append(conn)
 
     def forget(self, conn: Upstream) -> None:

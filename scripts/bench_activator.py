@@ -45,6 +45,7 @@ SCRIPTS = ROOT / "scripts"
 MLP_BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]}
 )
+JSON = {"Content-Type": "application/json"}  # kserve takes a body without it for binary
 MINILM_BODY = json.dumps(
     {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["scale to zero"]}]}
 )
@@ -220,7 +221,9 @@ def cold_ember(work: Path, env: dict[str, str], i: int) -> dict[str, Any]:
     proc, url = start_up(run / "ember.yaml", env)
     try:
         started = time.perf_counter()
-        r = httpx.post(url + "/v2/models/minilm/infer", content=MINILM_BODY, timeout=300)
+        r = httpx.post(
+            url + "/v2/models/minilm/infer", content=MINILM_BODY, headers=JSON, timeout=300
+        )
         total = time.perf_counter() - started
         r.raise_for_status()
     finally:
@@ -291,7 +294,9 @@ def cold_kserve(work: Path, env: dict[str, str], i: int) -> dict[str, Any]:
 
         wait_for(ready, 300, "kserve's ModelServer")
         up = time.perf_counter()
-        r = httpx.post(url + "/v2/models/minilm/infer", content=MINILM_BODY, timeout=60)
+        r = httpx.post(
+            url + "/v2/models/minilm/infer", content=MINILM_BODY, headers=JSON, timeout=60
+        )
         r.raise_for_status()
         total = time.perf_counter() - started
     finally:

@@ -126,8 +126,33 @@ async def fetch_to_tier(
         raise
     fetch_started = time.perf_counter()
     try:
-        # small files (configs, tokenizers) first: they are needed first
-        for entry in sorted(manifest.files, key=lambda f: f.size):
+        # small files (configs, tokenizers) first, all at once: each is one ranged read, and
+        # their round trips overlap; then the big ones, each with every connection
+        small = [f for f in manifest.files if f.size <= chunk_bytes]
+        big = sorted((f for f in manifest.files if f.size > chunk_bytes), key=lambda f: f.size)
+        permits = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(entry: FileEntry, threads: int) -> None:
+            async with permits:
+                await fetch_file(
+                    store,
+                    entry,
+                    path / entry.path,
+                    concurrency=threads,
+                    chunk_bytes=chunk_bytes,
+                    progress=progress,
+                    sink=sink,
+                )
+
+        smalls = [asyncio.ensure_future(one(entry, 1)) for entry in small]
+        try:
+            await asyncio.gather(*smalls)
+        except BaseException:
+            for task in smalls:
+                task.cancel()
+            await asyncio.gather(*smalls, return_exceptions=True)
+            raise
+        for entry in big:
             await fetch_file(
                 store,
                 entry,

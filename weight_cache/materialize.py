@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class TensorSink:
         self.device_wait_s = 0.0  # time spent waiting for the device's copies to complete
         self.staged_bytes = 0
         self._files: dict[str, _File] = {}
+        self._lock = threading.Lock()
         self._staging_bytes = max(4096, staging_bytes)
         self._ring_size = max(1, ring)
         self._ring: list[torch.Tensor] = []
@@ -102,6 +104,11 @@ class TensorSink:
     def opened(self, entry: FileEntry, partial: Path) -> None:
         if entry.safetensors is None:
             return
+        with self._lock:  # files may be fetched side by side; the ring is shared
+            self._opened(entry, partial)
+
+    def _opened(self, entry: FileEntry, partial: Path) -> None:
+        assert entry.safetensors is not None
         infos = sorted(entry.safetensors.tensor_infos(), key=lambda t: t.start)
         for info in infos:
             if info.dtype not in TORCH_DTYPES:
@@ -131,6 +138,10 @@ class TensorSink:
         state = self._files.get(entry.path)
         if state is None:
             return
+        with self._lock:
+            self._arrived(state, upto)
+
+    def _arrived(self, state: _File, upto: int) -> None:
         started = time.perf_counter()
         if self.stage:
             self._copy(state, upto)
@@ -140,6 +151,10 @@ class TensorSink:
         self.materialise_s += time.perf_counter() - started
 
     def finished(self, entry: FileEntry, final: Path) -> None:
+        with self._lock:
+            self._finished(entry)
+
+    def _finished(self, entry: FileEntry) -> None:
         state = self._files.pop(entry.path, None)
         if state is None:
             return

@@ -220,6 +220,19 @@ def test_one_keep_alive_connection_mixes_relayed_and_answered_requests(tmp_path:
         assert np.allclose(result[0], answers[0].json()["outputs"][0]["data"], atol=1e-5)
 
 
+def test_requests_after_the_replicas_keep_alive_closed_its_connections(tmp_path: Path) -> None:
+    """uvicorn closes connections idle for 5 s; the relay and the ASGI path must not race it."""
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG)}])
+    with activator(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.post("/v2/models/mlp/infer", content=MLP_BODY).status_code == 200
+        assert client.post("/v2/models/mlp/infer", content=MLP_BODY).status_code == 200
+        time.sleep(5.5)
+        for _ in range(3):
+            r = client.post("/v2/models/mlp/infer", content=MLP_BODY)
+            assert r.status_code == 200, r.text
+            assert client.get("/v2/models/mlp/config").status_code == 200
+
+
 def test_malformed_http_and_oversized_bodies_are_refused(tmp_path: Path) -> None:
     import socket
 
