@@ -165,7 +165,7 @@ def talk(client: httpx.Client, url: str, work: Path) -> int:
             break
         time.sleep(0.2)
     print(f"   {state(client)}")
-    events = read(work / "events.jsonl")
+    events = read_until(work / "events.jsonl", "replica_stopped")
     stopped = [e for e in events if e["event"] == "replica_stopped"]
     if model_state(client) != "zero" or not stopped:
         print("   the model did not go back to zero", file=sys.stderr)
@@ -177,7 +177,7 @@ def talk(client: httpx.Client, url: str, work: Path) -> int:
 
 
 def breakdown(path: Path) -> None:
-    events = read(path)
+    events = read_until(path, "request")
     ready = next(e for e in events if e["event"] == "replica_ready")
     request = next(e for e in events if e["event"] == "request")
     p = ready["phases"]
@@ -208,7 +208,19 @@ def model_state(client: httpx.Client) -> str:
     return str(entry["activator_state"])
 
 
+def read_until(path: Path, kind: str, timeout_s: float = 5) -> list[dict[str, Any]]:
+    """The event log once it holds a ``kind`` event (the activator writes every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    events = read(path)
+    while not any(e["event"] == kind for e in events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        events = read(path)
+    return events
+
+
 def read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
