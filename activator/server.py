@@ -9,22 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import sys
 
 from activator.app import Activator
 from activator.config import StackConfig
 from activator.frontdoor import run
 from activator.scaler import LocalScaler
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
+from ember.sockets import bind
 
 
 def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) -> int:

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import sys
 
 import uvicorn
 
+from ember.sockets import bind
 from runtime.app import create_app
 from runtime.config import ModelConfig, ServerSettings
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:

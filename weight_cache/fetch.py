@@ -133,18 +133,21 @@ async def fetch_to_tier(
         permits = asyncio.Semaphore(max(1, concurrency))
 
         async def one(entry: FileEntry, threads: int) -> None:
-            async with permits:
-                await fetch_file(
-                    store,
-                    entry,
-                    path / entry.path,
-                    concurrency=threads,
-                    chunk_bytes=chunk_bytes,
-                    progress=progress,
-                    sink=sink,
-                )
+            await fetch_file(
+                store,
+                entry,
+                path / entry.path,
+                concurrency=threads,
+                chunk_bytes=chunk_bytes,
+                progress=progress,
+                sink=sink,
+            )
 
-        smalls = [asyncio.ensure_future(one(entry, 1)) for entry in small]
+        async def small_one(entry: FileEntry) -> None:
+            async with permits:
+                await one(entry, 1)
+
+        smalls = [asyncio.ensure_future(small_one(entry)) for entry in small]
         try:
             await asyncio.gather(*smalls)
         except BaseException:
@@ -153,15 +156,7 @@ async def fetch_to_tier(
             await asyncio.gather(*smalls, return_exceptions=True)
             raise
         for entry in big:
-            await fetch_file(
-                store,
-                entry,
-                path / entry.path,
-                concurrency=concurrency,
-                chunk_bytes=chunk_bytes,
-                progress=progress,
-                sink=sink,
-            )
+            await one(entry, concurrency)
     except BaseException:
         await asyncio.to_thread(tier.discard, key)
         lock.release()
