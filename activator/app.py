@@ -54,7 +54,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_HOP = {
+# hop-by-hop headers, and ours: never passed between client and replica
+HOP_HEADERS = {
     b"connection",
     b"keep-alive",
     b"transfer-encoding",
@@ -362,7 +363,9 @@ class Activator:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in _HOP
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k not in HOP_HEADERS
         ]
         try:
             async with self.session.request(
@@ -373,7 +376,7 @@ class Activator:
                 out = [
                     (k, v)
                     for k, v in response.raw_headers
-                    if k.lower() not in _HOP and k.lower() not in (b"date", b"server")
+                    if k.lower() not in HOP_HEADERS and k.lower() not in (b"date", b"server")
                 ]
         except aiohttp.ClientConnectorError as exc:
             raise _Unreachable(f"{type(exc).__name__}: {exc}") from None

@@ -25,22 +25,12 @@ from urllib.parse import unquote
 
 import httptools
 
-from activator.app import MODEL_ACTIONS, Activator
+from activator.app import HOP_HEADERS, MODEL_ACTIONS, Activator
 from activator.errors import PayloadTooLarge, ReplicaFailed
 from activator.pool import ModelPool, Ticket
 
 log = logging.getLogger("ember.activator")
 
-_DROP = {
-    b"connection",
-    b"keep-alive",
-    b"transfer-encoding",
-    b"content-length",
-    b"host",
-    b"te",
-    b"upgrade",
-    b"proxy-connection",
-}
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 # A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
 # and fail a request that never reached it, so older ones are dropped instead.
@@ -293,7 +283,7 @@ class FrontConnection(asyncio.Protocol):
         self._relayed = False
         head = [request.method, b" ", request.url, b" HTTP/1.1\r\nhost: replica\r\n"]
         for name, value in request.headers:
-            if name not in _DROP:
+            if name not in HOP_HEADERS:
                 head += [name, b": ", value, b"\r\n"]
         head += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
         data = b"".join(head) + request.body
