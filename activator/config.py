@@ -58,6 +58,27 @@ class ActivatorSettings(BaseModel):
         return os.environ.get(self.admin_token_env) or None
 
 
+class KnativeSettings(BaseModel):
+    """How ``ember deploy`` renders the stack for Knative (ignored by ``ember up``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image: str | None = None  # the slim CPU runtime image
+    gpu_image: str | None = None  # the CUDA runtime image, for models that want a GPU
+    activator_image: str | None = None
+    s3_secret: str | None = None  # a Secret with AWS_* keys, given to replicas as env
+    # where models with local weights are served from in the cluster: URI/NAME (ember cache push)
+    models_uri: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")
+    cache_size_gi: float = Field(default=20, gt=0)  # the local tier's emptyDir
+    timeout_s: int = Field(default=300, ge=1)  # the revision's request timeout
+    progress_deadline_s: int = Field(
+        default=600, ge=1
+    )  # raised from Knative's 600 s for big models
+    cpu: str = "1"
+    memory: str = "2Gi"
+
+
 class ModelEntry(BaseModel):
     """One model of the stack: where its runtime config is, and how to scale it."""
 
@@ -86,6 +107,7 @@ class StackFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     activator: ActivatorSettings = ActivatorSettings()
+    knative: KnativeSettings = KnativeSettings()
     models: list[ModelEntry] = Field(min_length=1)
 
 
@@ -114,6 +136,7 @@ class StackConfig(BaseModel):
     path: Path
     settings: ActivatorSettings
     models: dict[str, ModelSpec]
+    knative: KnativeSettings = KnativeSettings()
 
 
 def load_stack(path: str | Path) -> StackConfig:
@@ -160,9 +183,13 @@ def load_stack(path: str | Path) -> StackConfig:
             queue_size=settings.queue_size if entry.queue_size is None else entry.queue_size,
             deadline_s=entry.deadline_s or settings.deadline_s,
             startup_timeout_s=entry.startup_timeout_s or settings.startup_timeout_s,
-            extra={k: model[k] for k in ("gpu_type", "price_per_hour", "prewarm") if k in model},
+            extra={
+                k: model[k]
+                for k in ("gpu_type", "price_per_hour", "prewarm", "device", "source")
+                if k in model
+            },
         )
-    return StackConfig(path=path.resolve(), settings=settings, models=models)
+    return StackConfig(path=path.resolve(), settings=settings, models=models, knative=stack.knative)
 
 
 def _read_yaml(path: Path, what: str) -> Any:

@@ -69,6 +69,27 @@ def _up(args: argparse.Namespace) -> int:
         return 1
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from activator.config import load_stack
+    from activator.errors import ConfigError
+    from knative.errors import DeployError
+    from knative.render import kn_commands, render, to_yaml
+
+    try:
+        stack = load_stack(args.config)
+        if args.namespace:
+            knative = stack.knative.model_copy(update={"namespace": args.namespace})
+            stack = stack.model_copy(update={"knative": knative})
+        if args.kn:
+            print("\n".join(kn_commands(stack)))
+        else:
+            print(to_yaml(render(stack)), end="")
+    except (ConfigError, DeployError) as exc:
+        print(f"ember deploy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 UP_EPILOG = """\
 ember.yaml:
   activator:                 (all optional)
@@ -171,6 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--access-log", action="store_true", help="log every request")
     up.set_defaults(func=_up)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="render the stack for Knative: YAML for kubectl/kn, or kn command lines",
+        description=(
+            "Render every object of ember.yaml's stack for Knative (per model: a ConfigMap with "
+            "its config and a serving.knative.dev/v1 Service running the slim runtime image), "
+            "checked against the rules Knative's admission webhook applies. --dry-run prints "
+            "multi-document YAML for `kubectl apply -f -` or `kn service apply -f`; --kn prints "
+            "the equivalent kubectl/kn command lines. Settings: the `knative:` section of "
+            "ember.yaml (namespace, image, gpu_image, s3_secret, models_uri, cache_size_gi, "
+            "timeout_s, progress_deadline_s, cpu, memory)."
+        ),
+    )
+    deploy.add_argument("--config", required=True, help="the stack's ember.yaml")
+    how = deploy.add_mutually_exclusive_group(required=True)
+    how.add_argument("--dry-run", action="store_true", help="print the objects as YAML")
+    how.add_argument("--kn", action="store_true", help="print kn/kubectl command lines")
+    deploy.add_argument("--namespace", help="overrides knative.namespace")
+    deploy.set_defaults(func=_deploy)
 
     from ember import cache_cli  # imports nothing heavy; the commands import lazily
 

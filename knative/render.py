@@ -1,0 +1,197 @@
+"""Render the stack of ``ember.yaml`` as Kubernetes/Knative objects, or as ``kn`` command lines.
+
+Per model: a ConfigMap holding the model's config (and, for a ``torch-module`` model, the Python
+file its class comes from) and a Knative Service running ``ember serve`` on it with the slim
+runtime image (the CUDA one when the model wants a GPU). A model whose weights are local (a
+directory, ``pkg://``) is served in the cluster from ``knative.models_uri``/NAME, where
+``ember cache push`` puts it. Everything is checked (:mod:`knative.rules`) before it is printed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from activator.config import ModelSpec, StackConfig
+from knative.errors import DeployError
+from knative.rules import check_objects
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+CONFIGMAP_LIMIT = 900 * 1024  # Kubernetes refuses ConfigMaps over 1 MiB; leave room
+RUNTIME_PORT = 8080
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def render(stack: StackConfig) -> list[dict[str, Any]]:
+    """Every object of the stack, checked; raises :class:`DeployError` naming what is wrong."""
+    objects: list[dict[str, Any]] = []
+    for spec in stack.models.values():
+        objects += _model_objects(stack, spec)
+    check_objects(objects)
+    return objects
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (a model's config, its module) as literal blocks, readable in a diff."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value and value.strip(" \n") != "" else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def kn_commands(stack: StackConfig) -> list[str]:
+    """``kn service create`` lines equivalent to the rendered Services (ConfigMaps by kubectl)."""
+    lines = []
+    for obj in render(stack):
+        if obj["kind"] == "ConfigMap":
+            cmd = ["kubectl", "create", "configmap", obj["metadata"]["name"]]
+            cmd += ["--namespace", obj["metadata"]["namespace"]]
+            for key in obj["data"]:
+                cmd.append(f"--from-file={key}=<{key}>")
+            lines.append(shlex.join(cmd))
+            continue
+        meta, template = obj["metadata"], obj["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        cmd = ["kn", "service", "create", meta["name"], "--namespace", meta["namespace"]]
+        cmd += ["--image", container["image"], "--port", f"http1:{RUNTIME_PORT}"]
+        cmd += ["--cmd", "ember"]
+        for arg in container["args"]:
+            cmd += ["--arg", arg]
+        for key, value in template["metadata"]["annotations"].items():
+            cmd += ["--annotation-revision", f"{key}={value}"]
+        cmd += ["--concurrency-limit", str(template["spec"]["containerConcurrency"])]
+        cmd += ["--request", _pairs(container["resources"]["requests"])]
+        cmd += ["--limit", _pairs(container["resources"]["limits"])]
+        for env in container["env"]:
+            cmd += ["--env", f"{env['name']}={env['value']}"]
+        for source in container.get("envFrom", []):
+            cmd += ["--env-from", f"secret:{source['secretRef']['name']}"]
+        cmd += ["--mount", f"/etc/ember=cm:{template['spec']['volumes'][0]['configMap']['name']}"]
+        cmd += ["--probe-readiness", "http::8080:/v2/health/ready"]
+        cmd += ["--probe-liveness", "http::8080:/v2/health/live"]
+        lines.append(shlex.join(cmd))
+    return lines
+
+
+def _pairs(values: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    k = stack.knative
+    if not _NAME.match(spec.name):
+        raise DeployError(
+            f"model '{spec.name}': a Knative Service name must be a DNS label (lower case "
+            "letters, digits and '-', starting with a letter, at most 63 characters)"
+        )
+    model = _model_config(spec)
+    wants_gpu = str(model.get("device", "auto")).startswith("cuda") or bool(model.get("gpu_type"))
+    image = k.gpu_image if wants_gpu else k.image
+    if not image:
+        which = "knative.gpu_image" if wants_gpu else "knative.image"
+        why = " (it wants a GPU)" if wants_gpu else ""
+        raise DeployError(f"model '{spec.name}'{why}: set {which} in {stack.path.name}")
+    files = {"model.yaml": ""}
+    source = str(model.get("source") or "")
+    if not source.startswith("s3://"):
+        if not k.models_uri:
+            raise DeployError(
+                f"model '{spec.name}': its weights are local ({source or 'no source'}); push "
+                f"them with `ember cache push DIR s3://BUCKET/PREFIX/{spec.name}` and set "
+                "knative.models_uri to s3://BUCKET/PREFIX"
+            )
+        model["source"] = f"{k.models_uri.rstrip('/')}/{spec.name}"
+    options = dict(model.get("options") or {})
+    module = str(options.get("module", ""))
+    if model.get("handler") == "torch-module" and ".py:" in module:
+        path_part, _, attr = module.partition(":")
+        module_file = Path(path_part)
+        if not module_file.is_absolute():
+            module_file = spec.config_path.parent / module_file
+        try:
+            files[module_file.name] = module_file.read_text()
+        except OSError as exc:
+            raise DeployError(f"model '{spec.name}': cannot read {module_file}: {exc}") from None
+        options["module"] = f"{module_file.name}:{attr}"
+        model["options"] = options
+    model.setdefault("device", "cuda" if wants_gpu else "cpu")
+    files["model.yaml"] = yaml.safe_dump(model, sort_keys=False)
+    if sum(len(v.encode()) for v in files.values()) > CONFIGMAP_LIMIT:
+        raise DeployError(f"model '{spec.name}': its config and module are over 900 KiB")
+
+    env = [{"name": "EMBER_CACHE_DIR", "value": "/var/cache/ember"}]
+    limits: dict[str, str] = {"memory": k.memory}
+    if wants_gpu:
+        limits["nvidia.com/gpu"] = "1"
+    labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "ember"}
+    values = {
+        "service": spec.name,
+        "config_map": f"{spec.name}-model",
+        "namespace": k.namespace,
+        "labels": labels,
+        "model_yaml": files["model.yaml"],
+        "min_scale": spec.min_replicas,
+        "max_scale": spec.max_replicas,
+        "target": _number(spec.target),
+        "retention": f"{int(spec.keep_alive_s)}s",
+        "progress_deadline": f"{k.progress_deadline_s}s",
+        "container_concurrency": spec.container_concurrency,
+        "timeout_s": k.timeout_s,
+        "image": image,
+        "args": [
+            "serve",
+            "--config",
+            "/etc/ember/model.yaml",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(RUNTIME_PORT),
+            "--cache-dir",
+            "/var/cache/ember",
+        ],
+        "env": env,
+        "env_from": [{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],
+        "requests": {"cpu": k.cpu, "memory": k.memory},
+        "limits": limits,
+        "cache_size": f"{_number(k.cache_size_gi)}Gi",
+    }
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # YAML, not HTML: values are quoted with tojson
+    )
+    text = environment.get_template("ksvc.yaml.j2").render(**values)
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    config_map = objects[0]
+    config_map["data"].update({name: body for name, body in files.items() if name != "model.yaml"})
+    return objects
+
+
+def _model_config(spec: ModelSpec) -> dict[str, Any]:
+    raw = yaml.safe_load(spec.config_path.read_text())
+    if isinstance(raw, list):
+        raw = raw[0]
+    if isinstance(raw, dict) and "models" in raw:
+        raw = raw["models"][0]
+    if not isinstance(raw, dict):
+        raise DeployError(f"{spec.config_path}: not a model config")
+    return dict(raw)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,207 @@
+"""``ember deploy``: rendered objects valid for Knative's CRD schema, its webhook and Kubernetes.
+
+A cluster cannot run here: the Services are validated against the CRD's openAPIV3Schema in
+``../shared/specs/knative`` and the webhook's rules (knative/rules.py), the ConfigMaps against
+Kubernetes' own schema (kubernetes-validate), and two stacks are compared with golden YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from activator.config import load_stack
+from knative.errors import DeployError
+from knative.render import kn_commands, render, to_yaml
+from knative.rules import ksvc_errors
+from tests.servers import ROOT
+from tests.spec import shared_dir
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+K8S_VERSION = "1.33"
+
+
+def crd_schema() -> dict[str, Any]:
+    path = shared_dir() / "specs" / "knative" / "service.yaml"
+    if not path.exists():
+        pytest.skip(f"Knative CRDs not found under {shared_dir()} (set EMBER_SHARED)")
+    crd = yaml.safe_load(path.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def validate_all(objects: list[dict[str, Any]]) -> None:
+    schema = crd_schema()
+    for obj in objects:
+        if obj["kind"] == "Service":
+            jsonschema.validate(obj, schema)
+            assert ksvc_errors(obj) == []
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def write_stack(tmp_path: Path, model: str, knative: str, entry: str = "") -> Path:
+    (tmp_path / "m.yaml").write_text(model)
+    path = tmp_path / "ember.yaml"
+    path.write_text(f"knative:\n{knative}\nmodels:\n  - config: m.yaml\n{entry}")
+    return path
+
+
+CPU_MODEL = "name: encoder\nhandler: hf-encoder\nsource: s3://models/encoder\nmax_batch_size: 8\n"
+GPU_MODEL = (
+    "name: llm\nhandler: torch-module\nsource: s3://models/llm\ndevice: cuda\ngpu_type: L4\n"
+    "options: {module: 'mypkg.models:LLM'}\n"
+)
+KNATIVE = (
+    "  namespace: serving\n  image: registry.example.com/ember/runtime-cpu:1\n"
+    "  gpu_image: registry.example.com/ember/runtime-cuda:1\n  s3_secret: s3-creds\n"
+)
+
+
+def test_the_example_stack_renders_valid_objects() -> None:
+    objects = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("ConfigMap", "mlp-model"),
+        ("Service", "mlp"),
+        ("ConfigMap", "minilm-model"),
+        ("Service", "minilm"),
+    ]
+    validate_all(objects)
+    assert list(yaml.safe_load_all(to_yaml(objects))) == objects
+    mlp_config = yaml.safe_load(objects[0]["data"]["model.yaml"])
+    assert mlp_config["source"] == "s3://models/ember/mlp"  # local weights: served from models_uri
+    assert mlp_config["options"]["module"] == "mlp.py:MLP"
+    assert "class MLP" in objects[0]["data"]["mlp.py"]  # the module travels with the config
+    ksvc = objects[1]["spec"]["template"]
+    annotations = ksvc["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+    assert annotations["autoscaling.knative.dev/max-scale"] == "2"
+    assert annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] == "60s"
+    container = ksvc["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert ksvc["spec"]["containerConcurrency"] == 64
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "entry"),
+    [
+        ("cpu", CPU_MODEL, "    max_replicas: 3\n    keep_alive_s: 90\n"),
+        ("gpu", GPU_MODEL, "    container_concurrency: 4\n    target: 2.5\n"),
+    ],
+)
+def test_golden_yaml(tmp_path: Path, name: str, model: str, entry: str) -> None:
+    stack = load_stack(write_stack(tmp_path, model, KNATIVE, entry))
+    objects = render(stack)
+    validate_all(objects)
+    text = to_yaml(objects)
+    golden = GOLDEN / f"{name}.yaml"
+    assert text == golden.read_text(), f"rendering changed; compare with {golden}"
+
+
+def test_a_gpu_model_asks_for_a_gpu_and_the_cuda_image(tmp_path: Path) -> None:
+    (cm, ksvc) = render(load_stack(write_stack(tmp_path, GPU_MODEL, KNATIVE)))
+    container = ksvc["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"].endswith("runtime-cuda:1")
+    assert yaml.safe_load(cm["data"]["model.yaml"])["device"] == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("model", "knative", "message"),
+    [
+        (GPU_MODEL, "  image: cpu:1", "set knative.gpu_image"),
+        (CPU_MODEL, "  gpu_image: gpu:1", "set knative.image"),
+        ("name: m\nhandler: hf-encoder\nsource: ./weights\n", "  image: cpu:1", "models_uri"),
+        ("name: Big_Model\nhandler: hf-encoder\nsource: s3://b/m\n", "  image: cpu:1", "DNS label"),
+        (
+            "name: m\nhandler: torch-module\nsource: s3://b/m\noptions: {module: 'gone.py:X'}\n",
+            "  image: cpu:1",
+            "cannot read",
+        ),
+    ],
+)
+def test_configs_knative_cannot_take_are_refused(
+    tmp_path: Path, model: str, knative: str, message: str
+) -> None:
+    with pytest.raises(DeployError, match=message):
+        render(load_stack(write_stack(tmp_path, model, knative)))
+
+
+def test_the_webhook_rules() -> None:
+    (_, ksvc, *_) = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    assert ksvc_errors(ksvc) == []
+    bad = copy.deepcopy(ksvc)
+    template = bad["spec"]["template"]
+    template["spec"]["nodeSelector"] = {"gpu": "yes"}
+    template["spec"]["initContainers"] = []
+    template["spec"]["containerConcurrency"] = 2000
+    template["spec"]["timeoutSeconds"] = 900
+    template["spec"]["containers"][0]["ports"] = [
+        {"containerPort": 8080, "name": "grpc"},
+        {"containerPort": 9090},
+    ]
+    annotations = template["metadata"]["annotations"]
+    annotations["autoscaling.knative.dev/min-scale"] = "3"
+    annotations["autoscaling.knative.dev/max-scale"] = "2"
+    annotations["autoscaling.knative.dev/target"] = "0.001"
+    annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] = "forever"
+    errors = " | ".join(ksvc_errors(bad))
+    for expected in (
+        "nodeSelector",
+        "initContainers",
+        "containerConcurrency 2000",
+        "timeoutSeconds 900",
+        "more than one port",
+        "'grpc'",
+        "min-scale 3 is above max-scale 2",
+        "target 0.001",
+        "'forever' is not a duration",
+    ):
+        assert expected in errors
+    jsonschema.validate(bad, crd_schema())  # the schema alone takes all of it
+
+
+def test_kn_command_lines(tmp_path: Path) -> None:
+    lines = kn_commands(load_stack(write_stack(tmp_path, CPU_MODEL, KNATIVE)))
+    assert lines[0].startswith("kubectl create configmap encoder-model --namespace serving")
+    kn = shlex.split(lines[1])
+    assert kn[:4] == ["kn", "service", "create", "encoder"]
+    assert kn[kn.index("--image") + 1] == "registry.example.com/ember/runtime-cpu:1"
+    assert "autoscaling.knative.dev/min-scale=0" in kn
+    assert kn[kn.index("--port") + 1] == "http1:8080"
+    assert kn[kn.index("--env-from") + 1] == "secret:s3-creds"
+
+
+def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:
+    def ember(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ember", "deploy", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    out = ember("--config", "examples/ember.yaml", "--dry-run", "--namespace", "prod")
+    assert out.returncode == 0, out.stderr
+    docs = list(yaml.safe_load_all(out.stdout))
+    assert len(docs) == 4 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
+    kn = ember("--config", "examples/ember.yaml", "--kn")
+    assert kn.returncode == 0 and kn.stdout.count("kn service create") == 2
+    bad = ember("--config", str(write_stack(tmp_path, GPU_MODEL, "  image: cpu:1")), "--dry-run")
+    assert bad.returncode == 2 and "gpu_image" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""
+    both = ember("--config", "examples/ember.yaml")
+    assert both.returncode == 2 and "--dry-run" in both.stderr
