@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -53,6 +53,9 @@ class ActivatorSettings(BaseModel):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     cache_dir: Path | None = None
     log_level: str = "info"
+    # local: replicas are `ember serve` processes here; knative: each model's Knative Service,
+    # woken through min-scale (ember deploy renders them) in knative.namespace
+    scaler: Literal["local", "knative"] = "local"
 
     def admin_token(self) -> str | None:
         return os.environ.get(self.admin_token_env) or None

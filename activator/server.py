@@ -14,7 +14,7 @@ import sys
 from activator.app import Activator
 from activator.config import StackConfig
 from activator.frontdoor import run
-from activator.scaler import LocalScaler
+from activator.scaler import LocalScaler, Scaler
 from ember.sockets import bind
 
 
@@ -27,7 +27,25 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
     )
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    scaler = LocalScaler(cache_dir=settings.cache_dir)
+    scaler: Scaler
+    if settings.scaler == "knative":
+        from knative.scaler import KnativeScaler
+
+        scaler = KnativeScaler.from_environment(stack.knative.namespace)
+        # Knative scales pods behind one URL: one "replica" per model, with all their slots
+        models = {
+            name: spec.model_copy(
+                update={
+                    "max_replicas": 1,
+                    "container_concurrency": spec.container_concurrency * spec.max_replicas,
+                    "target": float(spec.container_concurrency * spec.max_replicas),
+                }
+            )
+            for name, spec in stack.models.items()
+        }
+        stack = stack.model_copy(update={"models": models})
+    else:
+        scaler = LocalScaler(cache_dir=settings.cache_dir)
     activator = Activator(stack, scaler, host=host, access_log=access_log)
 
     def signals(stop: asyncio.Event) -> None:

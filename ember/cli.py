@@ -103,6 +103,8 @@ ember.yaml:
     admin_token_env: EMBER_ADMIN_TOKEN   bearer token for /admin (without one, /admin is
                              open only when bound to loopback)
     cache_dir: DIR           the replicas' local weight tier
+    scaler: local            local: `ember serve` processes here; knative: each model's ksvc,
+                             woken through min-scale (see `ember deploy --help`)
   models:
     - config: mlp/model.yaml a runtime model config (relative to ember.yaml)
       min_replicas: 0
