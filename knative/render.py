@@ -2,8 +2,10 @@
 
 Per model: a ConfigMap holding the model's config (and, for a ``torch-module`` model, the Python
 file its class comes from) and a Knative Service running ``ember serve`` on it with the slim
-runtime image (the CUDA one when the model wants a GPU). A model whose weights are local (a
-directory, ``pkg://``) is served in the cluster from ``knative.models_uri``/NAME, where
+runtime image (the CUDA one when the model wants a GPU). For the cluster: the activator's
+ConfigMap (its ember.yaml, with the Knative scaler), ServiceAccount, Role (GET and PATCH on
+exactly these Knative Services), RoleBinding, Deployment and Service. A model whose weights are
+local (a directory, ``pkg://``) is served in the cluster from ``knative.models_uri``/NAME, where
 ``ember cache push`` puts it. Everything is checked (:mod:`knative.rules`) before it is printed.
 """
 
@@ -29,10 +31,77 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 def render(stack: StackConfig) -> list[dict[str, Any]]:
     """Every object of the stack, checked; raises :class:`DeployError` naming what is wrong."""
     objects: list[dict[str, Any]] = []
+    model_files: dict[str, str] = {}
     for spec in stack.models.values():
-        objects += _model_objects(stack, spec)
+        rendered = _model_objects(stack, spec)
+        model_files[spec.name] = rendered[0]["data"]["model.yaml"]
+        objects += rendered
+    objects += _activator_objects(stack, model_files)
     check_objects(objects)
     return objects
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # YAML, not HTML: values are quoted with tojson
+    )
+
+
+def _activator_objects(stack: StackConfig, model_files: dict[str, str]) -> list[dict[str, Any]]:
+    """The activator's config, RBAC, Deployment and Service, with the Knative scaler."""
+    k = stack.knative
+    if not k.activator_image:
+        raise DeployError(f"set knative.activator_image in {stack.path.name}")
+    s = stack.settings
+    config = {
+        "activator": {
+            "events": "/var/lib/ember/events.jsonl",
+            "scaler": "knative",
+            "keep_alive_s": s.keep_alive_s,
+            "queue_size": s.queue_size,
+            "deadline_s": s.deadline_s,
+            "startup_timeout_s": s.startup_timeout_s,
+            "grace_period_s": s.grace_period_s,
+            "admin_token_env": s.admin_token_env,
+            "max_request_bytes": s.max_request_bytes,
+        },
+        "knative": {"namespace": k.namespace},
+        "models": [
+            {
+                "config": f"{spec.name}.yaml",
+                "min_replicas": spec.min_replicas,
+                "max_replicas": spec.max_replicas,
+                "container_concurrency": spec.container_concurrency,
+                "target": spec.target,
+                "keep_alive_s": spec.keep_alive_s,
+                "queue_size": spec.queue_size,
+                "deadline_s": spec.deadline_s,
+                "startup_timeout_s": spec.startup_timeout_s,
+            }
+            for spec in stack.models.values()
+        ],
+    }
+    files = {"ember.yaml": yaml.safe_dump(config, sort_keys=False)}
+    files.update({f"{name}.yaml": text for name, text in model_files.items()})
+    selector = {"app.kubernetes.io/name": "ember-activator"}
+    text = (
+        _environment()
+        .get_template("activator.yaml.j2")
+        .render(
+            namespace=k.namespace,
+            labels={**selector, "app.kubernetes.io/part-of": "ember"},
+            selector=selector,
+            services=sorted(stack.models),
+            files=files,
+            image=k.activator_image,
+        )
+    )
+    return [o for o in yaml.safe_load_all(text) if o]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -55,6 +124,8 @@ def kn_commands(stack: StackConfig) -> list[str]:
     """``kn service create`` lines equivalent to the rendered Services (ConfigMaps by kubectl)."""
     lines = []
     for obj in render(stack):
+        if obj["metadata"]["name"] == "ember-activator":
+            continue  # kn has no verbs for these: kubectl apply them (--dry-run)
         if obj["kind"] == "ConfigMap":
             cmd = ["kubectl", "create", "configmap", obj["metadata"]["name"]]
             cmd += ["--namespace", obj["metadata"]["namespace"]]
@@ -90,8 +161,6 @@ def _pairs(values: dict[str, str]) -> str:
 
 
 def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     k = stack.knative
     if not _NAME.match(spec.name):
         raise DeployError(
@@ -169,13 +238,7 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
         "limits": limits,
         "cache_size": f"{_number(k.cache_size_gi)}Gi",
     }
-    environment = Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # YAML, not HTML: values are quoted with tojson
-    )
-    text = environment.get_template("ksvc.yaml.j2").render(**values)
+    text = _environment().get_template("ksvc.yaml.j2").render(**values)
     objects = [o for o in yaml.safe_load_all(text) if o]
     config_map = objects[0]
     config_map["data"].update({name: body for name, body in files.items() if name != "model.yaml"})

@@ -43,7 +43,7 @@ def crd_schema() -> dict[str, Any]:
 def validate_all(objects: list[dict[str, Any]]) -> None:
     schema = crd_schema()
     for obj in objects:
-        if obj["kind"] == "Service":
+        if obj["apiVersion"] == "serving.knative.dev/v1":
             jsonschema.validate(obj, schema)
             assert ksvc_errors(obj) == []
         else:
@@ -65,6 +65,7 @@ GPU_MODEL = (
 KNATIVE = (
     "  namespace: serving\n  image: registry.example.com/ember/runtime-cpu:1\n"
     "  gpu_image: registry.example.com/ember/runtime-cuda:1\n  s3_secret: s3-creds\n"
+    "  activator_image: registry.example.com/ember/activator:1\n"
 )
 
 
@@ -75,6 +76,12 @@ def test_the_example_stack_renders_valid_objects() -> None:
         ("Service", "mlp"),
         ("ConfigMap", "minilm-model"),
         ("Service", "minilm"),
+        ("ServiceAccount", "ember-activator"),
+        ("Role", "ember-activator"),
+        ("RoleBinding", "ember-activator"),
+        ("ConfigMap", "ember-activator"),
+        ("Deployment", "ember-activator"),
+        ("Service", "ember-activator"),
     ]
     validate_all(objects)
     assert list(yaml.safe_load_all(to_yaml(objects))) == objects
@@ -111,7 +118,7 @@ def test_golden_yaml(tmp_path: Path, name: str, model: str, entry: str) -> None:
 
 
 def test_a_gpu_model_asks_for_a_gpu_and_the_cuda_image(tmp_path: Path) -> None:
-    (cm, ksvc) = render(load_stack(write_stack(tmp_path, GPU_MODEL, KNATIVE)))
+    (cm, ksvc, *_) = render(load_stack(write_stack(tmp_path, GPU_MODEL, KNATIVE)))
     container = ksvc["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["image"].endswith("runtime-cuda:1")
@@ -123,6 +130,7 @@ def test_a_gpu_model_asks_for_a_gpu_and_the_cuda_image(tmp_path: Path) -> None:
     [
         (GPU_MODEL, "  image: cpu:1", "set knative.gpu_image"),
         (CPU_MODEL, "  gpu_image: gpu:1", "set knative.image"),
+        (CPU_MODEL, "  image: cpu:1", "set knative.activator_image"),
         ("name: m\nhandler: hf-encoder\nsource: ./weights\n", "  image: cpu:1", "models_uri"),
         ("name: Big_Model\nhandler: hf-encoder\nsource: s3://b/m\n", "  image: cpu:1", "DNS label"),
         (
@@ -173,6 +181,46 @@ def test_the_webhook_rules() -> None:
     jsonschema.validate(bad, crd_schema())  # the schema alone takes all of it
 
 
+def test_the_activator_may_only_get_and_patch_its_own_services() -> None:
+    objects = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "resources": ["services"],
+            "resourceNames": ["minilm", "mlp"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ember-activator"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ember-activator"
+    ]
+    stack = yaml.safe_load(config_map["data"]["ember.yaml"])
+    assert stack["activator"]["scaler"] == "knative"
+    assert [m["config"] for m in stack["models"]] == ["mlp.yaml", "minilm.yaml"]
+
+
+def test_the_activators_own_config_loads(tmp_path: Path) -> None:
+    """What the activator's pod mounts at /etc/ember is a stack it can start from."""
+    objects = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ember-activator"
+    ]
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+    stack = load_stack(tmp_path / "ember.yaml")
+    assert stack.settings.scaler == "knative" and set(stack.models) == {"mlp", "minilm"}
+    assert stack.models["mlp"].container_concurrency == 64
+
+
 def test_kn_command_lines(tmp_path: Path) -> None:
     lines = kn_commands(load_stack(write_stack(tmp_path, CPU_MODEL, KNATIVE)))
     assert lines[0].startswith("kubectl create configmap encoder-model --namespace serving")
@@ -197,7 +245,7 @@ def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:
     out = ember("--config", "examples/ember.yaml", "--dry-run", "--namespace", "prod")
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
-    assert len(docs) == 4 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
+    assert len(docs) == 10 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
     kn = ember("--config", "examples/ember.yaml", "--kn")
     assert kn.returncode == 0 and kn.stdout.count("kn service create") == 2
     bad = ember("--config", str(write_stack(tmp_path, GPU_MODEL, "  image: cpu:1")), "--dry-run")
