@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from activator.config import StackConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,18 +80,65 @@ def _deploy(args: argparse.Namespace) -> int:
     from knative.render import kn_commands, render, to_yaml
 
     try:
-        stack = load_stack(args.config)
-        if args.namespace:
-            knative = stack.knative.model_copy(update={"namespace": args.namespace})
-            stack = stack.model_copy(update={"knative": knative})
+        stack = _with_namespace(load_stack(args.config), args.namespace)
         if args.kn:
             print("\n".join(kn_commands(stack)))
+            return 0
+        objects = render(stack)
+        if args.dry_run:
+            print(to_yaml(objects), end="")
+            return 0
+        from knative.apply import Cluster, apply_all, delete_all
+
+        cluster = Cluster.from_environment(args.kubeconfig)
+        if args.delete:
+            delete_all(cluster, objects)
         else:
-            print(to_yaml(render(stack)), end="")
+            apply_all(cluster, objects, timeout_s=args.timeout)
     except (ConfigError, DeployError) as exc:
         print(f"ember deploy: {exc}", file=sys.stderr)
-        return 2
+        return 2 if args.dry_run or args.kn or isinstance(exc, ConfigError) else 1
     return 0
+
+
+def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
+    """The stack with ``--namespace`` in place of knative.namespace, checked like the file's."""
+    from pydantic import ValidationError
+
+    from activator.config import KnativeSettings
+    from activator.errors import ConfigError
+
+    if not namespace:
+        return stack
+    try:
+        knative = KnativeSettings.model_validate(
+            {**stack.knative.model_dump(), "namespace": namespace}
+        )
+    except ValidationError:
+        raise ConfigError(f"--namespace {namespace!r} is not a Kubernetes namespace name") from None
+    return stack.model_copy(update={"knative": knative})
+
+
+def _status(args: argparse.Namespace) -> int:
+    from activator.config import load_stack
+    from activator.errors import ConfigError
+    from knative.apply import Cluster, status_lines
+    from knative.errors import DeployError
+
+    try:
+        stack = _with_namespace(load_stack(args.config), args.namespace)
+        namespace = stack.knative.namespace
+        lines = status_lines(
+            Cluster.from_environment(args.kubeconfig), namespace, list(stack.models)
+        )
+    except ConfigError as exc:
+        print(f"ember status: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
+        print(f"ember status: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0 if all(": ready," in line for line in lines) else 3
 
 
 UP_EPILOG = """\
@@ -197,23 +248,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = sub.add_parser(
         "deploy",
-        help="render the stack for Knative: YAML for kubectl/kn, or kn command lines",
+        help="deploy the stack to Knative (or print it: --dry-run, --kn)",
         description=(
             "Render every object of ember.yaml's stack for Knative (per model: a ConfigMap with "
-            "its config and a serving.knative.dev/v1 Service running the slim runtime image), "
-            "checked against the rules Knative's admission webhook applies. --dry-run prints "
-            "multi-document YAML for `kubectl apply -f -` or `kn service apply -f`; --kn prints "
-            "the equivalent kubectl/kn command lines. Settings: the `knative:` section of "
-            "ember.yaml (namespace, image, gpu_image, s3_secret, models_uri, cache_size_gi, "
-            "timeout_s, progress_deadline_s, cpu, memory)."
+            "its config and a serving.knative.dev/v1 Service running the slim runtime image; for "
+            "the cluster: the activator's ConfigMap, ServiceAccount, Role, RoleBinding, "
+            "Deployment and Service), checked against the rules Knative's admission webhook "
+            "applies, then apply them with server-side apply and wait until every Knative "
+            "Service is Ready (--timeout), saying which condition failed and why. --dry-run "
+            "prints multi-document YAML for `kubectl apply -f -` or `kn service apply -f`; --kn "
+            "prints kubectl/kn command lines; --delete removes the objects. The cluster comes "
+            "from the pod's service account, --kubeconfig or $KUBECONFIG. Settings: the "
+            "`knative:` section of ember.yaml (namespace, image, gpu_image, activator_image, "
+            "s3_secret, models_uri, cache_size_gi, timeout_s, progress_deadline_s, cpu, memory). "
+            "Exit 2: a config that cannot be deployed; 1: the cluster refused or timed out."
         ),
     )
     deploy.add_argument("--config", required=True, help="the stack's ember.yaml")
-    how = deploy.add_mutually_exclusive_group(required=True)
+    how = deploy.add_mutually_exclusive_group()
     how.add_argument("--dry-run", action="store_true", help="print the objects as YAML")
     how.add_argument("--kn", action="store_true", help="print kn/kubectl command lines")
+    how.add_argument("--delete", action="store_true", help="delete the stack's objects")
     deploy.add_argument("--namespace", help="overrides knative.namespace")
+    deploy.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    deploy.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for Ready (default 600)"
+    )
     deploy.set_defaults(func=_deploy)
+
+    status = sub.add_parser(
+        "status",
+        help="the stack's Knative Services: ready or not (and why), min-scale, revision, URL",
+        description="Report each model's Knative Service. Exit 0 when all are ready, 3 if not.",
+    )
+    status.add_argument("--config", required=True, help="the stack's ember.yaml")
+    status.add_argument("--namespace", help="overrides knative.namespace")
+    status.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    status.set_defaults(func=_status)
 
     from ember import cache_cli  # imports nothing heavy; the commands import lazily
 

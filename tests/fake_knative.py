@@ -1,9 +1,13 @@
-"""A loopback fake of exactly the Kubernetes API calls the Knative scaler makes.
+"""A loopback fake of exactly the Kubernetes API calls Ember makes.
 
-GET and PATCH (JSON merge patch) of ``serving.knative.dev/v1`` services in namespaces, with a
-small "controller": when a service's min-scale annotation goes to 1 or more it starts a backend
-(the test's real ``ember serve`` process), then reports the service Ready with that backend's URL
-as ``status.address.url``; when min-scale goes back to 0 it stops the backend. Every request is
+Namespaced objects by path (``/api/v1/namespaces/NS/PLURAL/NAME`` and
+``/apis/GROUP/VERSION/namespaces/NS/PLURAL/NAME``): GET, DELETE, and PATCH as server-side apply
+(``application/apply-patch+yaml``: create or update, ``metadata.generation`` counted) or JSON
+merge patch (``application/merge-patch+json``, on an existing object). A small "controller"
+plays Knative for ``serving.knative.dev/v1`` services: an applied service becomes Ready for its
+generation (or fails, when told to); when a service's min-scale goes to 1 or more it starts a
+backend (the test's real ``ember serve`` process) and reports its URL as
+``status.address.url``; when min-scale goes back to 0 it stops the backend. Every request is
 recorded. It binds 127.0.0.1 port 0 and stops with the test.
 """
 
@@ -19,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
+KSVC_API = "serving.knative.dev/v1"
 Backend = Callable[[str], tuple[str, Callable[[], None]]]  # name -> (url, stop)
 
 
@@ -35,9 +40,11 @@ def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeKnative:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend | None = None) -> None:
         self.backend = backend
-        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.apply_failures: dict[str, tuple[str, str]] = {}
+        self.settle_s = 0.2  # how long "Knative" takes to report an applied service
         self.requests: list[tuple[str, str, Any]] = []
         self.running: dict[str, Callable[[], None]] = {}
         self.failures: dict[str, tuple[str, str]] = {}
@@ -51,8 +58,11 @@ class FakeKnative:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def ksvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((KSVC_API, "services", namespace, name))
+
     def add_service(self, namespace: str, name: str) -> None:
-        self.services[(namespace, name)] = {
+        self.objects[(KSVC_API, "services", namespace, name)] = {
             "apiVersion": "serving.knative.dev/v1",
             "kind": "Service",
             "metadata": {"name": name, "namespace": namespace},
@@ -62,6 +72,9 @@ class FakeKnative:
 
     def fail_on_wake(self, name: str, reason: str, message: str) -> None:
         self.failures[name] = (reason, message)
+
+    def fail_on_apply(self, name: str, reason: str, message: str) -> None:
+        self.apply_failures[name] = (reason, message)
 
     def min_scales(self, name: str) -> list[str]:
         return [
@@ -79,6 +92,10 @@ class FakeKnative:
         async def shutdown() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -91,9 +108,13 @@ class FakeKnative:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
-        path = "/apis/serving.knative.dev/v1/namespaces/{ns}/services/{name}"
-        app.router.add_get(path, self._get)
-        app.router.add_patch(path, self._patch)
+        for path in (
+            "/api/{version}/namespaces/{ns}/{plural}/{name}",
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+        ):
+            app.router.add_get(path, self._get)
+            app.router.add_patch(path, self._patch)
+            app.router.add_delete(path, self._delete)
 
         async def serve() -> None:
             self._runner = web.AppRunner(app, access_log=None)
@@ -106,29 +127,80 @@ class FakeKnative:
         self._loop.run_until_complete(serve())
         self._loop.run_forever()
 
-    def _find(self, request: web.Request) -> dict[str, Any] | None:
-        return self.services.get((request.match_info["ns"], request.match_info["name"]))
+    @staticmethod
+    def _key(request: web.Request) -> tuple[str, str, str, str]:
+        info = request.match_info
+        api = f"{info['group']}/{info['version']}" if "group" in info else info["version"]
+        return api, info["plural"], info["ns"], info["name"]
 
     async def _get(self, request: web.Request) -> web.Response:
         self.requests.append(("GET", request.path, None))
-        obj = self._find(request)
+        obj = self.objects.get(self._key(request))
         if obj is None:
             return _not_found(request)
         return web.json_response(obj)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        self.requests.append(("DELETE", request.path, None))
+        key = self._key(request)
+        obj = self.objects.pop(key, None)
+        if obj is None:
+            return _not_found(request)
+        if key[:2] == ("v1", "services"):  # the API answers a core Service's delete with it
+            return web.json_response({**obj, "status": {}})
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
     async def _patch(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(("PATCH", request.path, body))
+        key = self._key(request)
+        obj = self.objects.get(key)
+        if request.content_type == "application/apply-patch+yaml":
+            if request.query.get("fieldManager") != "ember":
+                return web.json_response({"kind": "Status", "code": 422}, status=422)
+            generation = (obj or {}).get("metadata", {}).get("generation", 0)
+            changed = obj is None or obj.get("spec") != body.get("spec")
+            status = (obj or {}).get("status", {})
+            obj = merge(copy.deepcopy(obj or {}), body)
+            obj["metadata"]["generation"] = generation + 1 if changed else generation
+            obj["status"] = status
+            self.objects[key] = obj
+            if key[0] == KSVC_API:
+                asyncio.get_running_loop().create_task(self._settle(obj, key[3]))
+            return web.json_response(obj)
         if request.content_type != "application/merge-patch+json":
             return web.json_response({"kind": "Status", "code": 415}, status=415)
-        obj = self._find(request)
         if obj is None:
             return _not_found(request)
         merge(obj, body)
-        scale = int(obj["spec"]["template"]["metadata"]["annotations"].get(MIN_SCALE, "0"))
-        name = request.match_info["name"]
-        asyncio.get_running_loop().create_task(self._reconcile(obj, name, scale))
+        if key[0] == KSVC_API:
+            scale = int(obj["spec"]["template"]["metadata"]["annotations"].get(MIN_SCALE, "0"))
+            asyncio.get_running_loop().create_task(self._reconcile(obj, key[3], scale))
         return web.json_response(obj)
+
+    async def _settle(self, obj: dict[str, Any], name: str) -> None:
+        """What Knative's controllers do after an apply: Ready (or not) for the generation."""
+        await asyncio.sleep(self.settle_s)
+        status = obj["status"]
+        status["observedGeneration"] = obj["metadata"]["generation"]
+        if name in self.apply_failures:
+            reason, message = self.apply_failures[name]
+            status["conditions"] = [
+                {
+                    "type": "ConfigurationsReady",
+                    "status": "False",
+                    "reason": reason,
+                    "message": message,
+                },
+                {"type": "Ready", "status": "False", "reason": reason, "message": message},
+                {"type": "RoutesReady", "status": "True"},
+            ]
+            return
+        status["conditions"] = [
+            {"type": t, "status": "True"} for t in ("ConfigurationsReady", "Ready", "RoutesReady")
+        ]
+        status["url"] = f"http://{name}.{obj['metadata']['namespace']}.example.com"
+        status["latestReadyRevisionName"] = f"{name}-{obj['metadata']['generation']:05d}"
 
     async def _reconcile(self, obj: dict[str, Any], name: str, scale: int) -> None:
         status = obj["status"]

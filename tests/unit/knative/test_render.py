@@ -251,5 +251,5 @@ def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:
     bad = ember("--config", str(write_stack(tmp_path, GPU_MODEL, "  image: cpu:1")), "--dry-run")
     assert bad.returncode == 2 and "gpu_image" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""
-    both = ember("--config", "examples/ember.yaml")
-    assert both.returncode == 2 and "--dry-run" in both.stderr
+    both = ember("--config", "examples/ember.yaml", "--dry-run", "--kn")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

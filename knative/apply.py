@@ -1,0 +1,209 @@
+"""Apply, delete and report the stack's objects through the kubernetes client.
+
+Applying is server-side apply (``PATCH`` with ``application/apply-patch+yaml``, field manager
+``ember``, forced): one call creates or updates each object. Then every model's Knative Service
+is watched until Knative reports it ``Ready`` for the generation just applied; a ``False``
+condition or the timeout ends the wait with the condition, its reason and its message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from knative.errors import DeployError
+
+FIELD_MANAGER = "ember"
+APPLY = "application/apply-patch+yaml"
+KSVC = ("serving.knative.dev", "v1", "services")
+
+
+class Cluster:
+    """The few typed calls ``ember deploy`` makes, by kind."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Cluster:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            try:
+                config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            except (config.ConfigException, OSError) as exc:
+                raise DeployError(f"no Kubernetes cluster configured: {exc}") from None
+        return cls(client.ApiClient())
+
+    def _calls(self, obj: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """(apply, delete) for the object's kind."""
+        kind, version = obj["kind"], obj["apiVersion"]
+        if version == "serving.knative.dev/v1" and kind == "Service":
+
+            def apply_ksvc(name: str, ns: str, body: Any, **kw: Any) -> Any:
+                return self.custom.patch_namespaced_custom_object(
+                    *KSVC[:2], ns, KSVC[2], name, body, **kw
+                )
+
+            def delete_ksvc(name: str, ns: str) -> Any:
+                return self.custom.delete_namespaced_custom_object(*KSVC[:2], ns, KSVC[2], name)
+
+            return apply_ksvc, delete_ksvc
+        table = {
+            ("v1", "ConfigMap"): (self.core, "config_map"),
+            ("v1", "Service"): (self.core, "service"),
+            ("v1", "ServiceAccount"): (self.core, "service_account"),
+            ("apps/v1", "Deployment"): (self.apps, "deployment"),
+            ("rbac.authorization.k8s.io/v1", "Role"): (self.rbac, "role"),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding"): (self.rbac, "role_binding"),
+        }
+        if (version, kind) not in table:
+            raise DeployError(f"cannot apply {version} {kind}")
+        api, noun = table[(version, kind)]
+        return getattr(api, f"patch_namespaced_{noun}"), getattr(api, f"delete_namespaced_{noun}")
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        apply, _ = self._calls(obj)
+        meta = obj["metadata"]
+        _call(
+            f"apply {obj['kind']} {meta['namespace']}/{meta['name']}",
+            apply,
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+    def delete(self, obj: dict[str, Any]) -> bool:
+        """Delete the object; False if it was not there."""
+        from kubernetes.client.exceptions import ApiException
+
+        _, delete = self._calls(obj)
+        meta = obj["metadata"]
+        try:
+            delete(meta["name"], meta["namespace"])
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise DeployError(
+                f"delete {obj['kind']} {meta['namespace']}/{meta['name']}: "
+                f"{exc.status} {exc.reason}"
+            ) from None
+        return True
+
+    def ksvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj = self.custom.get_namespaced_custom_object(*KSVC[:2], namespace, KSVC[2], name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise DeployError(f"get Knative service {namespace}/{name}: {exc.status}") from None
+        return obj if isinstance(obj, dict) else None
+
+
+def _call(what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return fn(*args, **kw)
+    except ApiException as exc:
+        detail = exc.body if isinstance(exc.body, str) and len(exc.body) < 500 else exc.reason
+        raise DeployError(f"{what}: {exc.status} {detail}") from None
+    except OSError as exc:  # urllib3 wraps connection failures in OSError subclasses
+        raise DeployError(f"{what}: cannot reach the cluster: {exc}") from None
+
+
+def apply_all(
+    cluster: Cluster,
+    objects: list[dict[str, Any]],
+    *,
+    timeout_s: float = 300.0,
+    poll_s: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> None:
+    for obj in objects:
+        cluster.apply(obj)
+        log(f"applied {obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}")
+    for obj in objects:
+        if obj["apiVersion"] == "serving.knative.dev/v1":
+            wait_ready(
+                cluster, obj["metadata"]["namespace"], obj["metadata"]["name"], timeout_s, poll_s
+            )
+            log(f"ready: Knative service {obj['metadata']['namespace']}/{obj['metadata']['name']}")
+
+
+def wait_ready(
+    cluster: Cluster, namespace: str, name: str, timeout_s: float, poll_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    where = f"Knative service {namespace}/{name}"
+    conditions: list[dict[str, Any]] = []
+    while True:
+        ksvc = cluster.ksvc(namespace, name)
+        if ksvc is None:
+            raise DeployError(f"{where} vanished after it was applied")
+        status = ksvc.get("status") or {}
+        conditions = status.get("conditions") or []
+        current = status.get("observedGeneration") == ksvc.get("metadata", {}).get("generation")
+        ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+        if current and ready and ready.get("status") == "True":
+            return
+        if current and ready and ready.get("status") == "False":
+            raise DeployError(f"{where} is not ready: {_describe(conditions)}")
+        if time.monotonic() > deadline:
+            pending = _describe(conditions) or "no conditions reported yet"
+            raise DeployError(f"{where} not ready within {timeout_s:g}s: {pending}")
+        time.sleep(poll_s)
+
+
+def _describe(conditions: list[dict[str, Any]]) -> str:
+    """The conditions that are not True: type, reason and message."""
+    out = []
+    for c in conditions:
+        if c.get("status") != "True":
+            text = f"{c.get('type')}={c.get('status')}"
+            if c.get("reason"):
+                text += f" ({c['reason']}"
+                text += f": {c['message']})" if c.get("message") else ")"
+            out.append(text)
+    return "; ".join(out)
+
+
+def delete_all(
+    cluster: Cluster, objects: list[dict[str, Any]], log: Callable[[str], None] = print
+) -> None:
+    for obj in reversed(objects):
+        gone = cluster.delete(obj)
+        what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        log(f"deleted {what}" if gone else f"not there: {what}")
+
+
+def status_lines(cluster: Cluster, namespace: str, names: list[str]) -> list[str]:
+    lines = []
+    for name in names:
+        ksvc = cluster.ksvc(namespace, name)
+        if ksvc is None:
+            lines.append(f"{name}: not deployed")
+            continue
+        status = ksvc.get("status") or {}
+        conditions = status.get("conditions") or []
+        ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+        annotations = ksvc["spec"]["template"].get("metadata", {}).get("annotations", {})
+        scale = annotations.get("autoscaling.knative.dev/min-scale", "0")
+        url = (status.get("address") or {}).get("url") or status.get("url") or "-"
+        state = "ready" if ready.get("status") == "True" else f"not ready ({_describe(conditions)})"
+        revision = status.get("latestReadyRevisionName", "-")
+        lines.append(f"{name}: {state}, min-scale {scale}, revision {revision}, {url}")
+    return lines

@@ -1,0 +1,123 @@
+"""``ember deploy`` (apply, wait, delete) and ``ember status`` against a loopback fake API.
+
+The fake (tests/fake_knative.py) implements the calls made (server-side apply, GET, DELETE) and
+plays Knative's controllers for the services. No real cluster is involved (none can run here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fake_knative import KSVC_API, FakeKnative
+from tests.servers import ROOT
+
+EXAMPLE = str(ROOT / "examples" / "ember.yaml")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKnative]:
+    knative = FakeKnative().start()
+    yield knative
+    knative.stop()
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, fake: FakeKnative) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                "users": [{"name": "fake", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
+
+
+def ember(*args: str, kubeconfig: Path | str = "/nonexistent") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ember", *args, "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_apply_waits_for_ready_and_is_idempotent(fake: FakeKnative, kubeconfig: Path) -> None:
+    done = ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig)
+    assert done.returncode == 0, done.stderr
+    assert "ready: Knative service ember/mlp" in done.stdout
+    assert "ready: Knative service ember/minilm" in done.stdout
+    kinds = sorted((key[0], key[1]) for key in fake.objects)
+    assert kinds == sorted(
+        [
+            ("v1", "configmaps"),
+            ("v1", "configmaps"),
+            ("v1", "configmaps"),
+            (KSVC_API, "services"),
+            (KSVC_API, "services"),
+            ("v1", "serviceaccounts"),
+            ("rbac.authorization.k8s.io/v1", "roles"),
+            ("rbac.authorization.k8s.io/v1", "rolebindings"),
+            ("apps/v1", "deployments"),
+            ("v1", "services"),
+        ]
+    )
+    mlp = fake.ksvc("ember", "mlp")
+    assert mlp is not None and mlp["metadata"]["generation"] == 1
+    again = ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig)
+    assert again.returncode == 0, again.stderr
+    assert fake.ksvc("ember", "mlp")["metadata"]["generation"] == 1  # type: ignore[index]
+    status = ember("status", "--config", EXAMPLE, kubeconfig=kubeconfig)
+    assert status.returncode == 0, status.stderr
+    assert "mlp: ready, min-scale 0, revision mlp-00001" in status.stdout
+
+
+def test_a_failing_revision_names_its_condition(fake: FakeKnative, kubeconfig: Path) -> None:
+    fake.fail_on_apply("minilm", "RevisionFailed", 'Unable to fetch image "registry.example.com"')
+    done = ember("deploy", "--config", EXAMPLE, "--timeout", "30", kubeconfig=kubeconfig)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "Knative service ember/minilm is not ready" in line
+    assert "ConfigurationsReady=False (RevisionFailed: Unable to fetch image" in line
+    status = ember("status", "--config", EXAMPLE, kubeconfig=kubeconfig)
+    assert (
+        status.returncode == 3 and "minilm: not ready (ConfigurationsReady=False" in status.stdout
+    )
+
+
+def test_a_timeout_says_what_is_still_pending(fake: FakeKnative, kubeconfig: Path) -> None:
+    fake.settle_s = 30
+    done = ember("deploy", "--config", EXAMPLE, "--timeout", "0.01", kubeconfig=kubeconfig)
+    assert done.returncode == 1 and "not ready within 0.01s" in done.stderr
+
+
+def test_delete_removes_everything_once(fake: FakeKnative, kubeconfig: Path) -> None:
+    assert ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig).returncode == 0
+    gone = ember("deploy", "--config", EXAMPLE, "--delete", kubeconfig=kubeconfig)
+    assert gone.returncode == 0 and fake.objects == {}
+    assert gone.stdout.count("deleted ") == 10
+    again = ember("deploy", "--config", EXAMPLE, "--delete", kubeconfig=kubeconfig)
+    assert again.returncode == 0 and again.stdout.count("not there: ") == 10
+    status = ember("status", "--config", EXAMPLE, kubeconfig=kubeconfig)
+    assert status.returncode == 3 and "mlp: not deployed" in status.stdout
+
+
+def test_no_cluster_is_a_clear_error() -> None:
+    done = ember("deploy", "--config", EXAMPLE)
+    assert done.returncode == 1 and "no Kubernetes cluster configured" in done.stderr
+    bad = ember("deploy", "--config", EXAMPLE, "--namespace", "Not_A_Name")
+    assert bad.returncode == 2 and "namespace" in bad.stderr
