@@ -1,7 +1,7 @@
 """The admin API: list models, warm one for a while, put one to sleep.
 
     GET  /admin/models                      every model: state, replicas, queue, warm window
-    POST /admin/models/{m}/warm {"seconds": 600}   hold at least one replica that long
+    POST /admin/models/{m}/warm {"seconds": 600, "replicas": 1}   hold replicas that long
     POST /admin/models/{m}/sleep            end its warm window, drain its idle replicas now
 
 It needs ``Authorization: Bearer <token>`` when a token is set (the environment variable named by
@@ -36,8 +36,11 @@ async def handle_admin(
         pool = activator.pool(parts[1])
         _method(method, "POST")
         if parts[2] == "warm":
-            seconds = _seconds(_payload(body))
-            pool.warm(seconds, source="admin")
+            payload = _payload(body)
+            seconds, replicas = _seconds(payload), _replicas(payload)
+            if not isinstance(payload.get("source", ""), str):
+                raise BadRequest("'source' must be a string")
+            pool.warm(seconds, source=str(payload.get("source") or "admin"), replicas=replicas)
             await _json(send, 200, pool.describe())
             return
         if parts[2] == "sleep":
@@ -65,12 +68,19 @@ def _payload(body: bytes) -> dict[str, Any]:
 
 
 def _seconds(payload: dict[str, Any]) -> float:
-    unknown = set(payload) - {"seconds"}
+    unknown = set(payload) - {"seconds", "replicas", "source"}
     if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}: only 'seconds'")
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}: 'seconds', 'replicas', 'source'")
     seconds = payload.get("seconds", 600)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise BadRequest("'seconds' must be a number")
     if not 0 < seconds <= MAX_WARM_S:
         raise BadRequest(f"'seconds' must be above 0 and at most {MAX_WARM_S}")
     return float(seconds)
+
+
+def _replicas(payload: dict[str, Any]) -> int:
+    replicas = payload.get("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 1000:
+        raise BadRequest("'replicas' must be a whole number from 1 to 1000")
+    return replicas

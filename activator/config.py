@@ -70,6 +70,7 @@ class KnativeSettings(BaseModel):
     image: str | None = None  # the slim CPU runtime image
     gpu_image: str | None = None  # the CUDA runtime image, for models that want a GPU
     activator_image: str | None = None
+    admin_secret: str | None = None  # a Secret whose key "token" is the admin API's bearer token
     s3_secret: str | None = None  # a Secret with AWS_* keys, given to replicas as env
     # where models with local weights are served from in the cluster: URI/NAME (ember cache push)
     models_uri: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")

@@ -104,7 +104,8 @@ class ModelPool:
         self.waiters: deque[Waiter] = deque()
         self.state = "zero"
         self.reason = "scaled to zero: a request wakes it"
-        self.warm_until = 0.0  # monotonic; a warm window holds at least one replica
+        self.warm_until = 0.0  # monotonic; a warm window holds warm_replicas until then
+        self.warm_replicas = 0
         self.last_request = time.monotonic()
         self.closing = False
         self._wake = asyncio.Event()
@@ -230,7 +231,7 @@ class ModelPool:
         want = math.ceil(demand / self.spec.target) if demand else 0
         floor = self.spec.min_replicas
         if self.warm_until > time.monotonic():
-            floor = max(floor, 1)
+            floor = max(floor, min(self.warm_replicas, self.spec.max_replicas))
         return max(floor, min(self.spec.max_replicas, want))
 
     def _scale(self) -> None:
@@ -398,14 +399,21 @@ class ModelPool:
             self._scale()
 
     # ------------------------------------------------------------------ admin
-    def warm(self, seconds: float, source: str) -> None:
+    def warm(self, seconds: float, source: str, replicas: int = 1) -> None:
+        """Hold ``replicas`` replicas (at most ``max_replicas``) for ``seconds``."""
+        if self.warm_until <= time.monotonic():
+            self.warm_replicas = 0
         self.warm_until = max(self.warm_until, time.monotonic() + seconds)
-        self.events.emit("prewarm", self.name, until=time.time() + seconds, source=source)
+        self.warm_replicas = max(self.warm_replicas, replicas)
+        self.events.emit(
+            "prewarm", self.name, until=time.time() + seconds, replicas=replicas, source=source
+        )
         self._scale()
 
     def sleep(self) -> None:
         """End any warm window and drain the idle replicas now (busy ones finish first)."""
         self.warm_until = 0.0
+        self.warm_replicas = 0
         self.events.emit("sleep", self.name)
         for replica in [r for r in self.replicas if r.state in ("ready", "starting")]:
             if replica.state == "starting" or not self.waiters:

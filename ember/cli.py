@@ -101,6 +101,40 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prewarm(args: argparse.Namespace) -> int:
+    """Ask a running activator to hold a model warm (what a pre-warm CronJob runs)."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    url = f"{args.activator.rstrip('/')}/admin/models/{args.model}/warm"
+    body = {"seconds": args.seconds, "replicas": args.replicas, "source": "prewarm"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    token = os.environ.get(args.token_env)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            state = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        print(f"ember prewarm: {exc.code}: {reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"ember prewarm: cannot reach {args.activator}: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.model}: warm for {args.seconds:g}s with {args.replicas} replica(s) "
+        f"(now {state.get('state')})"
+    )
+    return 0
+
+
 def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
     """The stack with ``--namespace`` in place of knative.namespace, checked like the file's."""
     from pydantic import ValidationError
@@ -275,6 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds to wait for Ready (default 600)"
     )
     deploy.set_defaults(func=_deploy)
+
+    prewarm = sub.add_parser(
+        "prewarm",
+        help="hold a model warm on a running activator for a while (pre-warm CronJobs run this)",
+        description=(
+            "POST /admin/models/MODEL/warm on the activator: it starts replicas now and keeps "
+            "them, whatever the keep-alive, for --seconds. The bearer token comes from the "
+            "environment variable named by --token-env."
+        ),
+    )
+    prewarm.add_argument("--activator", required=True, help="the activator's URL")
+    prewarm.add_argument("--model", required=True)
+    prewarm.add_argument("--seconds", type=float, required=True, help="how long to hold it")
+    prewarm.add_argument("--replicas", type=int, default=1, help="how many (default 1)")
+    prewarm.add_argument(
+        "--token-env", default="EMBER_ADMIN_TOKEN", help="variable holding the admin token"
+    )
+    prewarm.add_argument("--timeout", type=float, default=30.0, help="seconds for the call")
+    prewarm.set_defaults(func=_prewarm)
 
     status = sub.add_parser(
         "status",

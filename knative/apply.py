@@ -28,6 +28,7 @@ class Cluster:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
     @classmethod
@@ -64,6 +65,7 @@ class Cluster:
             ("apps/v1", "Deployment"): (self.apps, "deployment"),
             ("rbac.authorization.k8s.io/v1", "Role"): (self.rbac, "role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"): (self.rbac, "role_binding"),
+            ("batch/v1", "CronJob"): (self.batch, "cron_job"),
         }
         if (version, kind) not in table:
             raise DeployError(f"cannot apply {version} {kind}")

@@ -4,9 +4,10 @@ Per model: a ConfigMap holding the model's config (and, for a ``torch-module`` m
 file its class comes from) and a Knative Service running ``ember serve`` on it with the slim
 runtime image (the CUDA one when the model wants a GPU). For the cluster: the activator's
 ConfigMap (its ember.yaml, with the Knative scaler), ServiceAccount, Role (GET and PATCH on
-exactly these Knative Services), RoleBinding, Deployment and Service. A model whose weights are
-local (a directory, ``pkg://``) is served in the cluster from ``knative.models_uri``/NAME, where
-``ember cache push`` puts it. Everything is checked (:mod:`knative.rules`) before it is printed.
+exactly these Knative Services), RoleBinding, Deployment and Service, and one CronJob per
+pre-warm window. A model whose weights are local (a directory, ``pkg://``) is served in the
+cluster from ``knative.models_uri``/NAME, where ``ember cache push`` puts it. Everything is
+checked (:mod:`knative.rules`) before it is printed.
 """
 
 from __future__ import annotations
@@ -99,9 +100,50 @@ def _activator_objects(stack: StackConfig, model_files: dict[str, str]) -> list[
             services=sorted(stack.models),
             files=files,
             image=k.activator_image,
+            admin_secret=k.admin_secret,
         )
     )
-    return [o for o in yaml.safe_load_all(text) if o]
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    return objects + _prewarm_objects(stack)
+
+
+def _prewarm_objects(stack: StackConfig) -> list[dict[str, Any]]:
+    """A CronJob per pre-warm window: ``ember prewarm`` against the activator at its start."""
+    k = stack.knative
+    out: list[dict[str, Any]] = []
+    for spec in stack.models.values():
+        windows = spec.extra.get("prewarm") or []
+        if windows and not k.admin_secret:
+            raise DeployError(
+                f"model '{spec.name}' has pre-warm windows: set knative.admin_secret (a Secret "
+                "whose key 'token' the activator's admin API and its CronJobs share)"
+            )
+        for i, window in enumerate(windows):
+            name = f"{spec.name}-prewarm-{i}"
+            if len(name) > 52:
+                raise DeployError(f"CronJob name {name!r} is over 52 characters: shorten the model")
+            duration = float(window.get("duration_s", 0))
+            if duration <= 0:
+                raise DeployError(f"model '{spec.name}': prewarm[{i}] needs duration_s > 0")
+            args = ["prewarm", "--activator", f"http://ember-activator.{k.namespace}.svc"]
+            args += ["--model", spec.name, "--seconds", _number(duration)]
+            args += ["--replicas", str(int(window.get("replicas", 1)))]
+            text = (
+                _environment()
+                .get_template("prewarm-cronjob.yaml.j2")
+                .render(
+                    name=name,
+                    namespace=k.namespace,
+                    labels={"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "ember"},
+                    schedule=str(window["cron"]),
+                    time_zone=str(window.get("timezone", "UTC")),
+                    image=k.activator_image,
+                    args=args,
+                    admin_secret=k.admin_secret,
+                )
+            )
+            out += [o for o in yaml.safe_load_all(text) if o]
+    return out
 
 
 class _Dumper(yaml.SafeDumper):
@@ -124,7 +166,7 @@ def kn_commands(stack: StackConfig) -> list[str]:
     """``kn service create`` lines equivalent to the rendered Services (ConfigMaps by kubectl)."""
     lines = []
     for obj in render(stack):
-        if obj["metadata"]["name"] == "ember-activator":
+        if obj["metadata"]["name"] == "ember-activator" or obj["kind"] == "CronJob":
             continue  # kn has no verbs for these: kubectl apply them (--dry-run)
         if obj["kind"] == "ConfigMap":
             cmd = ["kubectl", "create", "configmap", obj["metadata"]["name"]]

@@ -355,6 +355,28 @@ def test_admin_api_needs_its_token_then_warms_and_sleeps(tmp_path: Path) -> None
     assert any(e["event"] == "prewarm" for e in events(tmp_path))
 
 
+def test_ember_prewarm_asks_the_activator_with_its_token(tmp_path: Path) -> None:
+    config = stack(tmp_path, [slow(tmp_path)], keep_alive_s=0.5)
+    with activator(config, env={"EMBER_ADMIN_TOKEN": "s3cret"}) as server:
+
+        def prewarm(token: str) -> subprocess.CompletedProcess[str]:
+            cmd = [sys.executable, "-m", "ember", "prewarm", "--activator", server.url]
+            cmd += ["--model", "slow", "--seconds", "30"]
+            env = {**os.environ, "EMBER_ADMIN_TOKEN": token}
+            return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+        denied = prewarm("wrong")
+        assert denied.returncode == 1 and "401" in denied.stderr
+        done = prewarm("s3cret")
+        assert done.returncode == 0, done.stderr
+        assert "slow: warm for 30s with 1 replica(s)" in done.stdout
+        wait_until(lambda: state(server, "slow") == "ready", 60, "the pre-warmed replica")
+        time.sleep(1.0)
+        assert state(server, "slow") == "ready"  # held past its 0.5 s keep-alive
+    prewarms = [e for e in events(tmp_path) if e["event"] == "prewarm"]
+    assert prewarms and prewarms[0]["source"] == "prewarm"
+
+
 def test_repository_load_and_unload_map_to_wake_and_sleep(tmp_path: Path) -> None:
     with activator(stack(tmp_path, [slow(tmp_path)])) as server:
         r = httpx.post(server.url + "/v2/repository/models/slow/load", timeout=60)

@@ -221,6 +221,31 @@ def test_the_activators_own_config_loads(tmp_path: Path) -> None:
     assert stack.models["mlp"].container_concurrency == 64
 
 
+def test_prewarm_windows_become_cronjobs(tmp_path: Path) -> None:
+    model = CPU_MODEL + (
+        "prewarm:\n"
+        "  - {cron: '0 8 * * 1-5', timezone: Europe/Paris, duration_s: 3600, replicas: 2}\n"
+    )
+    with pytest.raises(DeployError, match="admin_secret"):
+        render(load_stack(write_stack(tmp_path, model, KNATIVE)))
+    objects = render(load_stack(write_stack(tmp_path, model, KNATIVE + "  admin_secret: adm\n")))
+    validate_all(objects)
+    (cron,) = [o for o in objects if o["kind"] == "CronJob"]
+    assert cron["metadata"]["name"] == "encoder-prewarm-0"
+    assert cron["spec"]["schedule"] == "0 8 * * 1-5"
+    assert cron["spec"]["timeZone"] == "Europe/Paris"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:3] == ["prewarm", "--activator", "http://ember-activator.serving.svc"]
+    assert args[args.index("--seconds") + 1] == "3600" and args[args.index("--replicas") + 1] == "2"
+    token = container["env"][0]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "adm", "key": "token"}
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "adm", "key": "token"}
+
+
 def test_kn_command_lines(tmp_path: Path) -> None:
     lines = kn_commands(load_stack(write_stack(tmp_path, CPU_MODEL, KNATIVE)))
     assert lines[0].startswith("kubectl create configmap encoder-model --namespace serving")
