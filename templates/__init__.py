@@ -1,0 +1,1 @@
+"""The Jinja2 templates ``ember deploy`` renders and the images' Dockerfiles (data, no code)."""
