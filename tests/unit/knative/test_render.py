@@ -149,7 +149,7 @@ def test_configs_knative_cannot_take_are_refused(
 
 def test_a_config_knative_would_refuse_is_stopped_before_it_is_sent(tmp_path: Path) -> None:
     path = write_stack(tmp_path, CPU_MODEL, KNATIVE, "    container_concurrency: 2000\n")
-    with pytest.raises(DeployError, match="containerConcurrency 2000 is outside 0..1000"):
+    with pytest.raises(DeployError, match=r"containerConcurrency 2000 is outside 0\.\.1000"):
         render(load_stack(path))
     path = write_stack(tmp_path, CPU_MODEL, KNATIVE + "  timeout_s: 900\n")
     with pytest.raises(DeployError, match="timeoutSeconds 900"):
