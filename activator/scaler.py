@@ -174,7 +174,6 @@ class LocalScaler:
         state = self._state(handle)
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
-        url = handle.url + "/v2/health/ready"
         while True:
             if state.proc.returncode is not None:
                 await asyncio.sleep(0.05)
@@ -182,12 +181,10 @@ class LocalScaler:
                     f"model '{handle.model}': its replica exited with {state.proc.returncode} "
                     f"while loading{_last(state.tail)}"
                 )
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self._http().get(url) as r:
-                    if r.status == 200:
-                        handle.timings["until_ready"] = time.perf_counter() - started
-                        handle.timings.update(await self._load_phases(handle))
-                        return
+            if await self.healthy(handle):
+                handle.timings["until_ready"] = time.perf_counter() - started
+                handle.timings.update(await self._load_phases(handle))
+                return
             if time.monotonic() > deadline:
                 raise ModelUnavailable(
                     f"model '{handle.model}': its replica was not ready within {timeout_s:g}s"

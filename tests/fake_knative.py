@@ -18,6 +18,7 @@ import copy
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -224,3 +225,22 @@ def _not_found(request: web.Request) -> web.Response:
     body = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
     body["message"] = f'services.serving.knative.dev "{name}" not found'
     return web.Response(status=404, text=json.dumps(body), content_type="application/json")
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig whose current context is ``server`` with a bearer token."""
+    import yaml
+
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "fake", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.fake_knative import KSVC_API, FakeKnative
+from tests.fake_knative import KSVC_API, FakeKnative, write_kubeconfig
 from tests.servers import ROOT
 
 EXAMPLE = str(ROOT / "examples" / "ember.yaml")
@@ -29,20 +28,7 @@ def fake() -> Iterator[FakeKnative]:
 
 @pytest.fixture
 def kubeconfig(tmp_path: Path, fake: FakeKnative) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-                "users": [{"name": "fake", "user": {"token": "t"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
+    return write_kubeconfig(tmp_path / "kubeconfig", fake.url)
 
 
 def ember(*args: str, kubeconfig: Path | str = "/nonexistent") -> subprocess.CompletedProcess[str]:

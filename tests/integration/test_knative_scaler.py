@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import slow_model
-from tests.fake_knative import FakeKnative
+from tests.fake_knative import FakeKnative, write_kubeconfig
 from tests.integration.test_activator import BODY, events, state, wait_until
 from tests.servers import ServerProcess
 
@@ -37,19 +37,7 @@ def fake(tmp_path: Path) -> Iterator[FakeKnative]:
 
 
 def knative_stack(tmp_path: Path, fake: FakeKnative) -> tuple[Path, dict[str, str]]:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-                "users": [{"name": "fake", "user": {"token": "t"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                "current-context": "fake",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", fake.url)
     stack = {
         "activator": {
             "events": str(tmp_path / "events.jsonl"),
