@@ -243,7 +243,13 @@ class ModelPool:
             replica = Replica(next(_ids))
             self.replicas.append(replica)
             self.metrics.cold_starts.labels(self.name).inc()
-            self.events.emit("replica_starting", self.name, replica=replica.id)
+            self.events.emit(
+                "replica_starting",
+                self.name,
+                replica=replica.id,
+                gpu_type=self.spec.extra.get("gpu_type"),
+                price_per_hour=self.spec.extra.get("price_per_hour"),
+            )
             replica.task = asyncio.create_task(
                 self._run_replica(replica), name=f"replica-{self.name}-{replica.id}"
             )

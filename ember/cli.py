@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -132,6 +133,44 @@ def _prewarm(args: argparse.Namespace) -> int:
         f"{args.model}: warm for {args.seconds:g}s with {args.replicas} replica(s) "
         f"(now {state.get('state')})"
     )
+    return 0
+
+
+def _cost_report(args: argparse.Namespace) -> int:
+    import json
+
+    from activator.cost import read_log, report, to_html, to_markdown
+    from activator.errors import ConfigError
+
+    try:
+        prices = {}
+        for item in args.price:
+            gpu, sep, value = item.partition("=")
+            try:
+                if not (gpu and sep):
+                    raise ValueError(item)
+                prices[gpu] = float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"--price {item!r}: expected GPU=USD_PER_HOUR, e.g. L4=0.71"
+                ) from None
+        events, skipped = read_log(Path(args.events))
+        result = report(
+            events,
+            prices=prices,
+            granularity_s=args.granularity_s,
+            minimum_s=args.minimum_s,
+            skipped=skipped,
+        )
+    except ConfigError as exc:
+        print(f"ember cost-report: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    elif args.format == "html":
+        print(to_html(result), end="")
+    else:
+        print(to_markdown(result), end="")
     return 0
 
 
@@ -328,6 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prewarm.add_argument("--timeout", type=float, default=30.0, help="seconds for the call")
     prewarm.set_defaults(func=_prewarm)
+
+    cost = sub.add_parser(
+        "cost-report",
+        help="what scale to zero cost and saved, from the activator's event log",
+        description=(
+            "Per model and in total: requests, cold starts and the latency they added (p50/p99), "
+            "GPU-seconds busy / warm-idle / loading / pre-warmed-but-unused, cost, cost per "
+            "1,000 requests, what one always-on replica would have cost and the saving. Prices: "
+            "the model's price_per_hour, else its gpu_type in the default table (H100 6.88, "
+            "A100-80GB 3.43, L4 0.71, T4 0.53 USD/h on demand), overridable with --price."
+        ),
+    )
+    cost.add_argument("--events", required=True, help="the events file `ember up` writes")
+    cost.add_argument(
+        "--price", action="append", default=[], metavar="GPU=USD", help="per GPU-hour; repeatable"
+    )
+    cost.add_argument("--format", choices=["md", "html", "json"], default="md")
+    cost.add_argument(
+        "--granularity-s", type=float, default=1.0, help="billing step per replica (default 1 s)"
+    )
+    cost.add_argument(
+        "--minimum-s", type=float, default=60.0, help="billed at least this per replica (60 s)"
+    )
+    cost.set_defaults(func=_cost_report)
 
     status = sub.add_parser(
         "status",

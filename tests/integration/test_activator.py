@@ -130,6 +130,17 @@ def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path:
     assert {"process_start", "until_ready", "imports", "load", "warmup"} <= set(ready["phases"])
     assert 0 < ready["phases"]["process_start"] < ready["cold_start_s"]
     assert "replica_stopped" in kinds
+    report = [sys.executable, "-m", "ember", "cost-report", "--events"]
+    cost = subprocess.run(
+        [*report, str(tmp_path / "events.jsonl"), "--format", "json", "--price", "L4=0.71"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cost.returncode == 0, cost.stderr
+    (mlp,) = json.loads(cost.stdout)["models"]
+    assert (mlp["requests"], mlp["cold_starts"], mlp["replica_starts"]) == (2, 1, 1)
+    assert mlp["gpu_seconds"]["loading"] > 0 and mlp["gpu_seconds"]["busy"] > 0
     transitions = [(e["from"], e["to"]) for e in log if e["event"] == "state"]
     assert transitions == [
         ("zero", "starting"),

@@ -1,0 +1,113 @@
+"""``ember cost-report`` against hand-computed event logs, to the cent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from activator.cost import read_log, report, to_html, to_markdown
+from activator.errors import ConfigError
+from tests.servers import ROOT
+
+
+def ev(kind: str, ts: float, **fields: Any) -> dict[str, Any]:
+    return {"event": kind, "model": "m", "ts": ts, "mono": ts, **fields}
+
+
+LOG = [
+    ev("replica_starting", 0, replica=1, gpu_type="L4", price_per_hour=None),
+    ev("replica_ready", 10, replica=1),
+    ev("request", 11, arrival=0, start=10, end=11, status=200, cold=True, queue_s=10, replica=1),
+    ev("request", 22, arrival=20, start=20, end=22, status=200, cold=False, queue_s=0, replica=1),
+    ev("replica_stopped", 70, replica=1, reason="keep-alive expired"),
+    ev("prewarm", 100, until=1000, source="admin"),
+    ev("replica_starting", 100, replica=2, gpu_type="L4"),
+    ev("replica_ready", 105, replica=2),
+    ev("replica_stopped", 400, replica=2, reason="put to sleep"),
+    ev("state", 3600, **{"from": "zero", "to": "zero"}),
+]
+
+
+def test_figures_match_the_hand_computation() -> None:
+    r = report(LOG)
+    (m,) = r["models"]
+    g = m["gpu_seconds"]
+    # replica 1: loads 0-10, up 10-70, serves [10,11] and [20,22]: 3 s busy, 57 idle, billed 70 s
+    # replica 2: a warm window started it, it served nothing: 295 s pre-warmed-unused, billed 300
+    assert (g["loading"], g["busy"], g["warm_idle"], g["prewarmed_unused"]) == (15, 3, 57, 295)
+    assert g["billed"] == 370
+    assert m["price_per_hour"] == 0.71
+    assert round(m["cost_usd"], 2) == 0.07  # 370 s x 0.71 / 3600 = 0.07297
+    assert m["cost_usd"] == pytest.approx(370 * 0.71 / 3600, abs=1e-6)
+    assert round(m["always_on_cost_usd"], 2) == 0.71  # one replica for the 3600 s span
+    assert round(m["saving_usd"], 2) == 0.64
+    assert m["requests"] == 2 and m["cold_starts"] == 1 and m["cold_start_rate"] == 0.5
+    assert m["cold_added_latency_p50_s"] == 10 and m["cold_added_latency_p99_s"] == 10
+    assert m["cost_per_1000_requests_usd"] == pytest.approx(370 * 0.71 / 3600 / 2 * 1000, abs=1e-6)
+    assert r["total"]["cost_usd"] == m["cost_usd"] and r["notes"] == []
+
+
+def test_billing_minimum_granularity_and_price_override() -> None:
+    r = report(LOG, prices={"L4": 1.0}, granularity_s=60, minimum_s=120)
+    # 70 s -> 120 s (the minimum); 300 s -> 300 s (already whole minutes)
+    assert r["models"][0]["gpu_seconds"]["billed"] == 420
+    assert r["models"][0]["cost_usd"] == pytest.approx(420 / 3600, abs=1e-6)
+
+
+def test_an_unpriced_model_is_costed_at_zero_and_said() -> None:
+    log = [{**e, "gpu_type": None} if e["event"] == "replica_starting" else e for e in LOG]
+    r = report(log)
+    assert r["models"][0]["cost_usd"] == 0
+    assert "no GPU price for m" in r["notes"][0]
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ConfigError, match="non-negative"):
+        report(LOG, prices={"L4": -1})
+    with pytest.raises(ConfigError, match="granularity"):
+        report(LOG, granularity_s=0)
+
+
+def test_a_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in LOG) + '{"event": "requ')
+    events, skipped = read_log(path)
+    assert len(events) == len(LOG) and skipped == 1
+    r = report(events, skipped=skipped)
+    assert "1 unreadable line" in r["notes"][0]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("not json\n")
+    with pytest.raises(ConfigError, match="no Ember events"):
+        read_log(empty)
+
+
+def test_markdown_and_html_carry_the_figures() -> None:
+    r = report(LOG)
+    md = to_markdown(r)
+    assert "| m | L4 | 2 | 1 (50.0%) | 10.00 / 10.00 s | 3 / 57 / 15 / 295 |" in md
+    page = to_html(r)
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 3
+    assert "$0.0730" in page
+
+
+def test_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in LOG))
+
+    def cost(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "ember", "cost-report", "--events", str(path), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    out = cost("--format", "json", "--price", "L4=0.71")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["total"]["requests"] == 2
+    assert cost("--format", "md").stdout.startswith("# Ember cost report")
+    bad = cost("--price", "L4")
+    assert bad.returncode == 2 and "GPU=USD_PER_HOUR" in bad.stderr
+    negative = cost("--price", "L4=-3")
+    assert negative.returncode == 2 and "non-negative" in negative.stderr
