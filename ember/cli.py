@@ -174,6 +174,27 @@ def _cost_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from activator.errors import ConfigError
+    from activator.policy import parse_policy
+    from activator.simulate import load_trace, simulate, to_json, to_markdown
+
+    try:
+        result = simulate(
+            load_trace(Path(args.trace)),
+            parse_policy(args.policy),
+            cold_start_s=args.cold_start,
+            price_per_hour=args.price,
+        )
+    except ConfigError as exc:
+        print(f"ember simulate: {exc}", file=sys.stderr)
+        return 2
+    print(to_json(result) if args.format == "json" else to_markdown(result), end="")
+    if args.format == "json":
+        print()
+    return 0
+
+
 def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
     """The stack with ``--namespace`` in place of knative.namespace, checked like the file's."""
     from pydantic import ValidationError
@@ -391,6 +412,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--minimum-s", type=float, default=60.0, help="billed at least this per replica (60 s)"
     )
     cost.set_defaults(func=_cost_report)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="replay a trace through a keep-alive/pre-warm policy (no models run)",
+        description=(
+            "Replay an Azure Functions 2019 trace (a directory of *_inv.csv) or an Ember event "
+            "log through a policy and report cold starts (count, rate, the 75th-percentile "
+            "model's rate), warm-idle GPU-seconds, loading seconds, added latency and cost, per "
+            "model and in total. Policies: fixed:DURATION (fixed:10m, fixed:90s), knative (60 s "
+            "stable window + 30 s grace), hybrid (idle-time histogram, Shahrad et al. ATC'20, "
+            "with Ember's guards), hybrid-paper (the paper's rule alone)."
+        ),
+    )
+    sim.add_argument("--trace", required=True, help="a *_inv.csv directory or an events file")
+    sim.add_argument("--policy", required=True, help="fixed:10m | knative | hybrid | ...")
+    sim.add_argument(
+        "--cold-start", type=float, default=2.0, help="seconds a load takes (default 2)"
+    )
+    sim.add_argument("--price", type=float, default=0.71, help="USD per GPU-hour (default L4)")
+    sim.add_argument("--format", choices=["json", "md"], default="md")
+    sim.set_defaults(func=_simulate)
 
     status = sub.add_parser(
         "status",
