@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from activator.errors import ConfigError
+from activator.schedule import parse_window
 
 
 class ActivatorSettings(BaseModel):
@@ -172,6 +173,8 @@ def load_stack(path: str | Path) -> StackConfig:
         name = model["name"]
         if name in models:
             raise ConfigError(f"{path}: model '{name}' is listed twice")
+        for w, window in enumerate(model.get("prewarm") or []):
+            parse_window(window, f"{config_path}: prewarm[{w}]")  # raises on a bad window
         concurrency = entry.container_concurrency or int(model.get("container_concurrency") or 8)
         keep_alive = entry.keep_alive_s
         if keep_alive is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import logging
 import math
@@ -40,6 +41,7 @@ from activator.errors import (
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.scaler import ReplicaHandle, Scaler
+from activator.schedule import parse_window
 
 log = logging.getLogger("ember.activator")
 _ids = itertools.count(1)
@@ -110,12 +112,20 @@ class ModelPool:
         self.closing = False
         self._wake = asyncio.Event()
         self.counters: dict[int, Any] = {}  # the requests counter's children, by status
+        self.windows = [
+            parse_window(w, f"model '{spec.name}': prewarm[{i}]")
+            for i, w in enumerate(spec.extra.get("prewarm") or [])
+        ]
+        self._applied: set[tuple[int, dt.datetime]] = set()
+        self._scheduler: asyncio.Task[None] | None = None
         self.queue_hist: Any = None
         self._controller: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._controller = asyncio.create_task(self._control(), name=f"pool-{self.name}")
+        if self.windows:
+            self._scheduler = asyncio.create_task(self._schedule(), name=f"prewarm-{self.name}")
 
     async def aclose(self) -> None:
         """Stop taking requests, fail the queued ones, drain and stop every replica."""
@@ -124,10 +134,11 @@ class ModelPool:
             if not w.future.done():
                 w.future.set_exception(ShuttingDown("the activator is shutting down"))
         self.waiters.clear()
-        if self._controller is not None:
-            self._controller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._controller
+        for task in (self._controller, self._scheduler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for replica in list(self.replicas):
             self._begin_drain(replica, "activator shutting down")
         drains = [r.drain_task for r in list(self.replicas) if r.drain_task is not None]
@@ -403,6 +414,29 @@ class ModelPool:
         else:
             self._begin_drain(replica, "unhealthy after a dropped request")
             self._scale()
+
+    # ------------------------------------------------------------------ schedules
+    def apply_schedule(self, now: dt.datetime) -> float:
+        """Warm the model for any window open at ``now``; seconds until the next one starts."""
+        soonest = 3600.0
+        for i, window in enumerate(self.windows):
+            end = window.active_until(now)
+            if end is not None:
+                start = end - dt.timedelta(seconds=window.duration_s)
+                if (i, start) not in self._applied:
+                    self._applied.add((i, start))
+                    self.warm(
+                        (end - now).total_seconds(), source="schedule", replicas=window.replicas
+                    )
+            upcoming = (window.next_start(now) - now).total_seconds()
+            soonest = min(soonest, upcoming)
+        return soonest
+
+    async def _schedule(self) -> None:
+        while True:
+            wait = self.apply_schedule(dt.datetime.now(dt.UTC))
+            # wake at the next start, and at least every minute (clock changes, suspends)
+            await asyncio.sleep(min(60.0, max(0.05, wait + 0.01)))
 
     # ------------------------------------------------------------------ admin
     def warm(self, seconds: float, source: str, replicas: int = 1) -> None:
