@@ -115,8 +115,27 @@ class Activator:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
+        self._learn_from_log()
         for pool in self.pools.values():
             pool.start()
+
+    def _learn_from_log(self) -> None:
+        """Seed each model's keep-alive policy with the arrivals the event log remembers."""
+        path = self.settings.events
+        if path is None or not path.exists() or path.stat().st_size == 0:
+            return
+        from activator.events import read_events
+
+        arrivals: dict[str, list[float]] = {}
+        for event in read_events(path):
+            if event.get("event") == "request" and event.get("model") in self.pools:
+                arrivals.setdefault(event["model"], []).append(
+                    float(event.get("arrival") or event["ts"])
+                )
+        for name, times in arrivals.items():
+            self.pools[name].learn(times)
+        if arrivals:
+            log.info("policies learned from %s: %s", path, {k: len(v) for k, v in arrivals.items()})
 
     async def shutdown(self) -> None:
         self.closing = True

@@ -50,6 +50,7 @@ class ActivatorSettings(BaseModel):
     deadline_s: float = Field(default=120.0, gt=0)
     startup_timeout_s: float = Field(default=300.0, gt=0)
     grace_period_s: float = Field(default=30.0, ge=0)
+    policy: str = "fixed"  # the keep-alive/pre-warm policy of models that name none
     admin_token_env: str = "EMBER_ADMIN_TOKEN"
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     cache_dir: Path | None = None
@@ -95,6 +96,7 @@ class ModelEntry(BaseModel):
     container_concurrency: int | None = Field(default=None, ge=1)
     target: float | None = Field(default=None, gt=0)
     keep_alive_s: float | None = Field(default=None, ge=0)
+    policy: str | None = None  # fixed (keep_alive_s) | fixed:DURATION | knative | hybrid
     queue_size: int | None = Field(default=None, ge=0)
     deadline_s: float | None = Field(default=None, gt=0)
     startup_timeout_s: float | None = Field(default=None, gt=0)
@@ -131,6 +133,7 @@ class ModelSpec(BaseModel):
     queue_size: int
     deadline_s: float
     startup_timeout_s: float
+    policy: str = "fixed"  # "fixed" keeps keep_alive_s; see activator/policy.py for the others
     # from the model config, for the cost report and Knative: gpu_type, price_per_hour, ...
     extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -179,8 +182,14 @@ def load_stack(path: str | Path) -> StackConfig:
         keep_alive = entry.keep_alive_s
         if keep_alive is None:
             keep_alive = settings.keep_alive_s
+        policy = entry.policy or settings.policy
+        if policy != "fixed":
+            from activator.policy import parse_policy
+
+            parse_policy(policy)  # raises ConfigError naming the choices
         models[name] = ModelSpec(
             name=name,
+            policy=policy,
             config_path=config_path.resolve(),
             min_replicas=entry.min_replicas,
             max_replicas=entry.max_replicas,

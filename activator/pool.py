@@ -40,6 +40,7 @@ from activator.errors import (
 )
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
+from activator.policy import Decision, Fixed, History, Policy, parse_policy
 from activator.scaler import ReplicaHandle, Scaler
 from activator.schedule import parse_window
 
@@ -117,6 +118,14 @@ class ModelPool:
             for i, w in enumerate(spec.extra.get("prewarm") or [])
         ]
         self._applied: set[tuple[int, dt.datetime]] = set()
+        self.policy: Policy = (
+            Fixed(spec.keep_alive_s) if spec.policy == "fixed" else parse_policy(spec.policy)
+        )
+        self.history = History()  # arrival times (wall clock), bursts coalesced to 1 s
+        self.keep_alive_s = spec.keep_alive_s
+        self._decided_at = -1  # len(history.idle_times) when the policy last decided
+        self._last_decision: Decision | None = None
+        self._prewarm_timer: asyncio.TimerHandle | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self.queue_hist: Any = None
         self._controller: asyncio.Task[None] | None = None
@@ -134,6 +143,8 @@ class ModelPool:
             if not w.future.done():
                 w.future.set_exception(ShuttingDown("the activator is shutting down"))
         self.waiters.clear()
+        if self._prewarm_timer is not None:
+            self._prewarm_timer.cancel()
         for task in (self._controller, self._scheduler):
             if task is not None:
                 task.cancel()
@@ -158,6 +169,9 @@ class ModelPool:
         if self.closing:
             raise ShuttingDown("the activator is shutting down")
         self.last_request = time.monotonic()
+        arrival = time.time()
+        if self.history.last is None or arrival - self.history.last >= 1.0:
+            self.history.observe(arrival)
         if self.waiters:
             return None
         replica = self._free_replica()
@@ -378,10 +392,47 @@ class ModelPool:
                 continue
             # the longest idle replica goes first, once idle past keep-alive
             idle = sorted((r for r in ready if r.in_flight == 0), key=lambda r: r.idle_since)
+            keep_alive = self._decide()
             for replica in idle[:surplus]:
                 quiet = now - max(replica.idle_since, self.last_request)
-                if quiet >= self.spec.keep_alive_s:
+                if quiet >= keep_alive:
                     self._begin_drain(replica, "keep-alive expired")
+
+    def _decide(self) -> float:
+        """The policy's keep-alive for this idle period (and its pre-warm, scheduled)."""
+        if len(self.history.idle_times) == self._decided_at or self.history.last is None:
+            return self.keep_alive_s
+        self._decided_at = len(self.history.idle_times)
+        decision = self.policy.decide(self.history)
+        if self._prewarm_timer is not None:
+            self._prewarm_timer.cancel()
+            self._prewarm_timer = None
+        if decision.prewarm_s > 0:
+            # unload now; load again just before the next call is expected
+            self.keep_alive_s = 0.0
+            delay = max(0.0, self.history.last + decision.prewarm_s - time.time())
+            self._prewarm_timer = asyncio.get_running_loop().call_later(
+                delay, self.warm, decision.keep_alive_s, "policy"
+            )
+        else:
+            self.keep_alive_s = decision.keep_alive_s
+        if decision != self._last_decision:
+            self._last_decision = decision
+            self.events.emit(
+                "policy",
+                self.name,
+                policy=self.policy.name,
+                prewarm_s=decision.prewarm_s,
+                keep_alive_s=decision.keep_alive_s,
+                why=decision.why,
+            )
+        return self.keep_alive_s
+
+    def learn(self, arrivals: list[float]) -> None:
+        """Seed the policy's history with past arrival times (wall clock), e.g. an event log."""
+        for t in sorted(arrivals):
+            if self.history.last is None or t - self.history.last >= 1.0:
+                self.history.observe(t)
 
     def _expire_waiters(self) -> None:
         """Deadlines are enforced by each waiter's own timer; this drops the leftovers."""
@@ -489,5 +540,6 @@ class ModelPool:
             "warm_for_s": max(0.0, self.warm_until - time.monotonic()),
             "min_replicas": self.spec.min_replicas,
             "max_replicas": self.spec.max_replicas,
-            "keep_alive_s": self.spec.keep_alive_s,
+            "keep_alive_s": self.keep_alive_s,
+            "policy": self.policy.name,
         }

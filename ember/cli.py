@@ -250,13 +250,16 @@ ember.yaml:
     cache_dir: DIR           the replicas' local weight tier
     scaler: local            local: `ember serve` processes here; knative: each model's ksvc,
                              woken through min-scale (see `ember deploy --help`)
+    policy: fixed            keep-alive/pre-warm policy: fixed (keep_alive_s), fixed:10m,
+                             knative, hybrid (see `ember simulate --help`)
   models:
     - config: mlp/model.yaml a runtime model config (relative to ember.yaml)
       min_replicas: 0
       max_replicas: 1
       container_concurrency: 8   requests one replica takes at once
       target: 8              in-flight requests per replica before another starts
-      keep_alive_s / queue_size / deadline_s / startup_timeout_s: per-model overrides
+      keep_alive_s / policy / queue_size / deadline_s / startup_timeout_s: per-model overrides
+  (pre-warm windows live in each model config: prewarm: [{cron, timezone, duration_s, replicas}])
 """
 
 

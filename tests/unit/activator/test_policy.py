@@ -156,3 +156,41 @@ def test_simulate_cli_and_event_logs(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "unknown policy" in bad.stderr
+
+
+async def test_the_activator_runs_a_learned_policy_and_logs_its_decisions(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from activator.events import EventLog, read_events
+    from tests.unit.activator.test_pool import FakeScaler, pool_for
+
+    events = EventLog(tmp_path / "events.jsonl")
+    scaler = FakeScaler()
+    pool = pool_for(scaler, events, policy="hybrid", keep_alive_s=600)
+    now = time.time()
+    pool.learn([now - 1800 * k for k in range(12, 0, -1)])  # called every 30 min, from the log
+    pool.release(await pool.acquire())  # this half-hour's call
+    deadline = time.monotonic() + 3
+    while pool.state != "zero" and time.monotonic() < deadline:  # noqa: ASYNC110 - a test's poll
+        await asyncio.sleep(0.02)
+    # the pattern says: unload now, load again before the next call (about 30 min from now)
+    assert pool.state == "zero" and pool.keep_alive_s == 0
+    timer = pool._prewarm_timer
+    assert timer is not None
+    wait = timer.when() - asyncio.get_running_loop().time()
+    assert 1500 < wait < 1800
+    await pool.aclose()
+    events.close()
+    (decision,) = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "policy"]
+    assert decision["policy"] == "hybrid" and decision["prewarm_s"] > 0
+    assert "histogram" in decision["why"]
+
+
+def test_an_unknown_policy_in_ember_yaml_is_refused(tmp_path: Path) -> None:
+    from activator.config import load_stack
+
+    (tmp_path / "m.yaml").write_text("name: m\n")
+    (tmp_path / "ember.yaml").write_text("models:\n  - {config: m.yaml, policy: lru}\n")
+    with pytest.raises(ConfigError, match="unknown policy 'lru'"):
+        load_stack(tmp_path / "ember.yaml")
