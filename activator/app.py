@@ -243,9 +243,7 @@ class Activator:
             pool.warm(pool.spec.keep_alive_s, source="repository-load")
             deadline = time.monotonic() + pool.spec.startup_timeout_s
             while pool.state != "ready":
-                if time.monotonic() > deadline or (
-                    pool.state == "zero" and pool.reason.startswith("the last start failed")
-                ):
+                if time.monotonic() > deadline or (pool.state == "zero" and pool.start_failed):
                     raise DeadlineExceeded(f"model '{name}' did not load: {pool.reason}")
                 await asyncio.sleep(0.02)
             await _send(send, 200, b"", [])
@@ -276,17 +274,14 @@ class Activator:
     async def _model_route(
         self, parts: list[str], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        name = parts[2]
-        rest = parts[3:]
-        if len(rest) >= 2 and rest[0] == "versions":
-            rest = rest[2:]
-        action = rest[0] if rest else ""
-        if len(rest) > 1 or action not in MODEL_ACTIONS:
+        route = model_route(parts)
+        if route is None:
             raise NotFound(f"no route for {scope['method']} {scope['path']}")
+        name, action = route
         pool = self.pool(name)
         if action == "ready" and pool.state != "ready":
             # at zero the model takes requests (they wake it): ready, unless it cannot start
-            failed = pool.reason.startswith("the last start failed")
+            failed = pool.start_failed
             await _json(
                 send,
                 503 if failed else 200,
@@ -416,6 +411,19 @@ class Activator:
 
 class _Unreachable(Exception):
     """The connection to the replica failed before the request was sent."""
+
+
+def model_route(parts: list[str]) -> tuple[str, str] | None:
+    """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, ACTION), else None."""
+    if len(parts) < 3 or parts[0] != "v2" or parts[1] != "models":
+        return None
+    rest = parts[3:]
+    if len(rest) >= 2 and rest[0] == "versions":
+        rest = rest[2:]
+    action = rest[0] if rest else ""
+    if len(rest) > 1 or action not in MODEL_ACTIONS:
+        return None
+    return parts[2], action
 
 
 async def _acquire(pool: ModelPool, deadline_s: float | None, receive: Receive) -> Ticket | None:

@@ -15,7 +15,6 @@ time is rounded up to ``granularity_s`` with a ``minimum_s`` floor, as clouds bi
 from __future__ import annotations
 
 import html
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from activator.errors import ConfigError
+from activator.events import parse_events
 
 # On-demand USD per GPU-hour (typical public cloud list prices, late 2025); override with --price.
 PRICES = {"H100": 6.88, "A100-80GB": 3.43, "A100": 3.43, "L4": 0.71, "T4": 0.53}
@@ -53,23 +53,11 @@ class _Model:
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The events, and how many unreadable lines (a torn last line after a crash) were skipped."""
-    events, skipped = [], 0
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the event log {path}: {exc.strerror}") from None
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            skipped += 1
-            continue
-        if isinstance(event, dict) and "event" in event and "model" in event and "ts" in event:
-            events.append(event)
-        else:
-            skipped += 1
+    events, skipped = parse_events(text.splitlines())
     if not events:
         raise ConfigError(f"{path} holds no Ember events")
     return events, skipped

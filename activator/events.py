@@ -23,6 +23,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterable
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import IO, Any
@@ -106,11 +107,23 @@ class EventLog:
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """The events in a log, skipping a torn last line."""
-    out = []
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+        return parse_events(f)[0]
+
+
+def parse_events(lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
+    """The events among ``lines``, and how many lines were not events (a torn last line)."""
+    events, skipped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            skipped += 1
+            continue
+        if isinstance(event, dict) and "event" in event and "model" in event and "ts" in event:
+            events.append(event)
+        else:
+            skipped += 1
+    return events, skipped

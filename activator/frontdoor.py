@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from activator.app import HOP_HEADERS, MODEL_ACTIONS, Activator
+from activator.app import HOP_HEADERS, Activator, model_route
 from activator.errors import PayloadTooLarge, ReplicaFailed
 from activator.pool import ModelPool, Ticket
 
@@ -453,18 +453,11 @@ class FrontDoor:
 
     def route(self, raw_url: bytes) -> ModelPool | None:
         """The pool a URL's request may be relayed to, or None (the ASGI app answers it)."""
-        url = httptools.parse_url(raw_url)
-        parts = url.path.split(b"/")  # b"", b"v2", b"models", name, ...
-        if len(parts) < 4 or parts[1] != b"v2" or parts[2] != b"models":
+        path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
+        route = model_route(path.strip("/").split("/"))  # as the ASGI app parses it
+        if route is None or route[1] == "ready":  # ready: answered by the activator itself
             return None
-        rest = parts[4:]
-        if len(rest) >= 2 and rest[0] == b"versions":
-            rest = rest[2:]
-        if len(rest) > 1 or (rest and rest[0].decode("latin-1") not in MODEL_ACTIONS):
-            return None
-        if rest and rest[0] == b"ready":
-            return None  # answered by the activator itself
-        return self.activator.pools.get(unquote(parts[3].decode("latin-1")))
+        return self.activator.pools.get(route[0])
 
     async def serve(self, sock: Any, stop: asyncio.Event) -> None:
         await self.activator.startup()

@@ -107,6 +107,7 @@ class ModelPool:
         self.waiters: deque[Waiter] = deque()
         self.state = "zero"
         self.reason = "scaled to zero: a request wakes it"
+        self.start_failed = False  # the last start failed (reason says why); cleared when ready
         self.warm_until = 0.0  # monotonic; a warm window holds warm_replicas until then
         self.warm_replicas = 0
         self.last_request = time.monotonic()
@@ -306,6 +307,7 @@ class ModelPool:
         )
         log.info("model %s: replica %d ready in %.2fs", self.name, replica.id, cold_start_s)
         self.reason = ""
+        self.start_failed = False
         self._update_state()
         self._dispatch()
         reason = await self.scaler.wait_exit(replica.handle)
@@ -328,6 +330,7 @@ class ModelPool:
         if replica in self.replicas:
             self.replicas.remove(replica)
         self.reason = f"the last start failed: {reason}"
+        self.start_failed = True
         if not any(r.state in ("starting", "ready") for r in self.replicas):
             error: ActivatorError = (
                 DeadlineExceeded(f"model '{self.name}': {reason}")
@@ -524,7 +527,7 @@ class ModelPool:
         if new != self.state:
             old, self.state = self.state, new
             self.events.emit("state", self.name, **{"from": old, "to": new})
-            if new == "zero" and not self.reason.startswith("the last start failed"):
+            if new == "zero" and not self.start_failed:
                 self.reason = "scaled to zero: a request wakes it"
 
     def describe(self) -> dict[str, Any]:

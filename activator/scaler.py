@@ -67,6 +67,15 @@ class Scaler(Protocol):
         ...
 
 
+async def probe_ready(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether ``url`` answers ``/v2/health/ready`` with 200 now."""
+    try:
+        async with session.get(url + "/v2/health/ready") as r:
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGKILL the replica when the activator dies, so none is ever orphaned."""
     try:
@@ -196,11 +205,7 @@ class LocalScaler:
         state = self._procs.get(handle.pid or 0)
         if state is None or state.proc.returncode is not None:
             return False
-        try:
-            async with self._http().get(handle.url + "/v2/health/ready") as r:
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        return await probe_ready(self._http(), handle.url)
 
     async def _load_phases(self, handle: ReplicaHandle) -> dict[str, float]:
         """The replica's own account of its load (plan, fetch, imports, load, warmup, ...)."""

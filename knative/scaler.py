@@ -25,7 +25,7 @@ import aiohttp
 
 from activator.config import ModelSpec
 from activator.errors import ModelUnavailable
-from activator.scaler import ReplicaHandle
+from activator.scaler import ReplicaHandle, probe_ready
 
 log = logging.getLogger("ember.activator")
 
@@ -127,13 +127,7 @@ class KnativeScaler:
             await asyncio.sleep(self.poll_s)
 
     async def healthy(self, handle: ReplicaHandle) -> bool:
-        if not handle.url:
-            return False
-        try:
-            async with self._http().get(handle.url + "/v2/health/ready") as r:
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        return bool(handle.url) and await probe_ready(self._http(), handle.url)
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:
         """Return when the service is gone or Knative reports it failed."""
