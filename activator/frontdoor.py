@@ -32,6 +32,10 @@ from activator.pool import ModelPool, Ticket
 log = logging.getLogger("ember.activator")
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
+# On SIGTERM: how long the loop keeps taking connections the kernel has already completed, and
+# how long a connection accepted before the shutdown has to deliver its first request.
+ACCEPT_SETTLE_S = 0.05
+FIRST_REQUEST_S = 1.0
 # A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
 # and fail a request that never reached it, so older ones are dropped instead.
 UPSTREAM_IDLE_S = 4.0
@@ -167,6 +171,8 @@ class FrontConnection(asyncio.Protocol):
         self.pending: deque[Request] = deque()
         self.busy = False
         self.closing = False
+        self.requests = 0  # requests parsed so far
+        self.in_message = False  # a request's bytes have begun to arrive
         self.gone = asyncio.get_running_loop().create_future()
         # the request being parsed
         self._url = b""
@@ -201,6 +207,7 @@ class FrontConnection(asyncio.Protocol):
             self._fail(400, f'{{"error": {message}}}'.encode())
 
     def on_message_begin(self) -> None:
+        self.in_message = True
         self._url = b""
         self._headers = []
         self._body = []
@@ -221,6 +228,8 @@ class FrontConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
+        self.requests += 1
         request = Request(
             self.parser.get_method(),
             self._url,
@@ -255,6 +264,16 @@ class FrontConnection(asyncio.Protocol):
             task.add_done_callback(self.server.tasks.discard)
             return
         self.busy = False
+        if self.server.draining and self.requests:  # its last answer said "connection: close"
+            self._close()
+
+    def held(self, now: float, fresh_until: float) -> bool:
+        """Whether draining must wait for this connection: a request in hand or arriving."""
+        if self.closing:
+            return False
+        if self.busy or self.pending or self.in_message:
+            return True
+        return self.requests == 0 and now < fresh_until  # accepted; its first request is on its way
 
     def _try_fast(self, request: Request) -> bool:
         """Relay a warm model request straight to a free replica slot, if there is one."""
@@ -469,12 +488,21 @@ class FrontDoor:
             await self.drain(self.activator.settings.grace_period_s)
 
     async def drain(self, grace_s: float) -> None:
-        """Stop accepting; answer what is held (queued requests included); then stop all."""
+        """Stop accepting; answer what is held (queued requests included); then stop all.
+
+        A connection the loop has accepted but whose first request has not fully arrived yet is
+        held too (for up to FIRST_REQUEST_S): its client sent the request before it could know
+        of the shutdown, and closing it would lose that request unanswered.
+        """
         self.draining = True
+        await asyncio.sleep(ACCEPT_SETTLE_S)  # take the connections and bytes already here
         if self.server is not None:
             self.server.close()
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(c.busy for c in self.connections):  # noqa: ASYNC110
+        start = time.monotonic()
+        deadline, fresh_until = start + grace_s, start + min(grace_s, FIRST_REQUEST_S)
+        while (now := time.monotonic()) < deadline:
+            if not any(c.held(now, fresh_until) for c in list(self.connections)):
+                break
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if not conn.busy:

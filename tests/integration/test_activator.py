@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,14 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str =
 def state(server: ServerProcess, model: str) -> str:
     index = httpx.post(server.url + "/v2/repository/index").json()
     return str(next(m["activator_state"] for m in index if m["name"] == model))
+
+
+def queued(server: ServerProcess, model: str) -> float:
+    """The activator's queue depth for a model, from its /metrics."""
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(f'ember_activator_queue_depth{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def slow(tmp_path: Path, **kw: Any) -> dict[str, Any]:
@@ -333,12 +342,43 @@ def test_sigterm_with_requests_queued_answers_them_and_exits_0(tmp_path: Path) -
         server.wait_ready(timeout_s=30)
         with ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(post, server) for _ in range(3)]
-            time.sleep(0.7)  # all three wait in the queue for the replica
+            wait_until(lambda: queued(server, "slow") == 3, 30, "three queued requests")
             server.proc.send_signal(signal.SIGTERM)
             answers = [f.result(60) for f in futures]
         assert [r.status_code for r in answers] == [200, 200, 200]
         assert server.proc.wait(60) == 0
         assert not replicas(server)
+    finally:
+        server.terminate()
+
+
+def test_sigterm_answers_a_request_already_on_its_way(tmp_path: Path) -> None:
+    """A connection accepted before SIGTERM whose request lands just after it is answered; one
+    that never sends anything is closed after a short grace and does not hold the shutdown."""
+    server = ServerProcess(stack(tmp_path, [slow(tmp_path)]), command="up")
+    try:
+        server.wait_ready(timeout_s=30)
+        assert post(server).status_code == 200  # warm
+        host, port = server.url.removeprefix("http://").split(":")
+        late = socket.create_connection((host, int(port)), timeout=30)
+        silent = socket.create_connection((host, int(port)), timeout=30)
+        with late, silent:
+            time.sleep(0.3)  # the activator has accepted both; the request is still "in flight"
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            head = (
+                "POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(BODY)}\r\n\r\n"
+            )
+            late.sendall(head.encode() + BODY.encode())
+            answer = b""
+            while chunk := late.recv(65536):  # the activator closes it after this answer
+                answer += chunk
+            status_line, _, rest = answer.partition(b"\r\n")
+            assert status_line == b"HTTP/1.1 200 OK", answer[:300]
+            assert b"connection: close" in rest.lower()
+            assert silent.recv(1) == b""  # closed without an answer: it asked nothing
+        assert server.proc.wait(30) == 0
     finally:
         server.terminate()
 
