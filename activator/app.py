@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -54,8 +53,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# hop-by-hop headers, and ours: never passed between client and replica
+# hop-by-hop headers, ours, and credentials (the activator's tokens end here): never passed
+# between client and replica
 HOP_HEADERS = {
+    b"authorization",
+    b"proxy-authorization",
     b"connection",
     b"keep-alive",
     b"transfer-encoding",
@@ -100,7 +102,15 @@ class Activator:
             for name, spec in stack.models.items()
         }
         self.metrics.watch(lambda: self.pools)
-        self.admin_token = self.settings.admin_token()
+        self.admin_tokens = self.settings.admin_tokens()
+        self.api_tokens = self.settings.api_tokens()
+        if self.api_tokens is None and not _is_loopback(host):
+            log.warning(
+                "the data plane is open to anyone who reaches %s: set %s (or api_token_file) "
+                "to require a bearer token",
+                host,
+                self.settings.api_token_env,
+            )
         self.loopback = _is_loopback(host)
         self.request_timeout_s = request_timeout_s
         self.access_log = access_log
@@ -179,6 +189,12 @@ class Activator:
         path: str = scope["path"]
         method: str = scope["method"]
         parts = path.strip("/").split("/")
+        if (
+            parts[:2] != ["v2", "health"]
+            and parts[0] != "admin"
+            and not self.authorized(scope["headers"])
+        ):
+            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
         if parts[0] == "v2":
             if len(parts) >= 3 and parts[1] == "models":
                 await self._model_route(parts, scope, receive, send)
@@ -254,21 +270,19 @@ class Activator:
             raise NotFound(f"no repository action '{action}' (load or unload)")
 
     def _authorize(self, scope: Scope) -> None:
-        if self.admin_token is None:
+        if self.admin_tokens is None:
             if self.loopback:
                 return  # a one-machine stack bound to loopback: only local users reach it
             raise NotFound(
                 "the admin API is off: set a token in the environment variable "
-                f"{self.settings.admin_token_env} to turn it on"
+                f"{self.settings.admin_token_env} (or admin_token_file) to turn it on"
             )
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and hmac.compare_digest(
-                    token.strip(), self.admin_token
-                ):
-                    return
-        raise Unauthorized("the admin API needs 'Authorization: Bearer <token>'")
+        if not self.admin_tokens.allows_headers(scope["headers"]):
+            raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a data-plane request may pass (always, when no API token is set)."""
+        return self.api_tokens is None or self.api_tokens.allows_headers(headers)
 
     # ------------------------------------------------------------------ the data path
     async def _model_route(
@@ -500,7 +514,7 @@ async def _json(
 
 
 async def _error(send: Send, exc: ActivatorError) -> None:
-    headers = []
+    headers = list(exc.headers)
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     with contextlib.suppress(Exception):  # the response may have started; nothing more to say

@@ -10,6 +10,10 @@
       startup_timeout_s: 300       # a replica not ready by then is stopped, its waiters 504
       grace_period_s: 30           # drain time for a stopping replica (then SIGKILL)
       admin_token_env: EMBER_ADMIN_TOKEN   # where the admin API's bearer token comes from
+      admin_token_file: null       # or a file of tokens, one per line (rotation: list both)
+      api_token_env: EMBER_API_TOKEN       # bearer token(s) for /v2 and /metrics; unset: open
+      api_token_file: null
+      max_header_bytes: 65536      # request line + headers; past it: 431
       max_request_bytes: 67108864
       cache_dir: /var/cache/ember  # the replicas' local weight tier
     models:
@@ -30,15 +34,16 @@ starts run ``ember serve --config`` on the file itself. Unknown keys are errors.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from activator.auth import Tokens
 from activator.errors import ConfigError
 from activator.schedule import parse_window
+from ember.names import valid_model_name
 
 
 class ActivatorSettings(BaseModel):
@@ -52,6 +57,10 @@ class ActivatorSettings(BaseModel):
     grace_period_s: float = Field(default=30.0, ge=0)
     policy: str = "fixed"  # the keep-alive/pre-warm policy of models that name none
     admin_token_env: str = "EMBER_ADMIN_TOKEN"
+    admin_token_file: Path | None = None
+    api_token_env: str = "EMBER_API_TOKEN"
+    api_token_file: Path | None = None
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     cache_dir: Path | None = None
     log_level: str = "info"
@@ -59,8 +68,11 @@ class ActivatorSettings(BaseModel):
     # woken through min-scale (ember deploy renders them) in knative.namespace
     scaler: Literal["local", "knative"] = "local"
 
-    def admin_token(self) -> str | None:
-        return os.environ.get(self.admin_token_env) or None
+    def admin_tokens(self) -> Tokens | None:
+        return Tokens.load(self.admin_token_env, self.admin_token_file, "admin")
+
+    def api_tokens(self) -> Tokens | None:
+        return Tokens.load(self.api_token_env, self.api_token_file, "API")
 
 
 class KnativeSettings(BaseModel):
@@ -73,6 +85,7 @@ class KnativeSettings(BaseModel):
     gpu_image: str | None = None  # the CUDA runtime image, for models that want a GPU
     activator_image: str | None = None
     admin_secret: str | None = None  # a Secret whose key "token" is the admin API's bearer token
+    api_secret: str | None = None  # a Secret whose key "token" is the data plane's bearer token
     s3_secret: str | None = None  # a Secret with AWS_* keys, given to replicas as env
     # where models with local weights are served from in the cluster: URI/NAME (ember cache push)
     models_uri: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")
@@ -159,8 +172,10 @@ def load_stack(path: str | Path) -> StackConfig:
     settings = stack.activator
     if settings.events is not None and not settings.events.is_absolute():
         settings = settings.model_copy(update={"events": (base / settings.events).resolve()})
-    if settings.cache_dir is not None and not settings.cache_dir.is_absolute():
-        settings = settings.model_copy(update={"cache_dir": (base / settings.cache_dir).resolve()})
+    for key in ("cache_dir", "admin_token_file", "api_token_file"):
+        value = getattr(settings, key)
+        if value is not None and not value.is_absolute():
+            settings = settings.model_copy(update={key: (base / value).resolve()})
     models: dict[str, ModelSpec] = {}
     for i, entry in enumerate(stack.models):
         config_path = entry.config if entry.config.is_absolute() else base / entry.config
@@ -174,6 +189,11 @@ def load_stack(path: str | Path) -> StackConfig:
         if not isinstance(model, dict) or not isinstance(model.get("name"), str):
             raise ConfigError(f"{config_path}: not a model config (no 'name')")
         name = model["name"]
+        if not valid_model_name(name):
+            raise ConfigError(
+                f"{config_path}: model name {name!r} must be 1-63 letters, digits, '_', '.' or "
+                "'-', starting and ending with a letter or digit"
+            )
         if name in models:
             raise ConfigError(f"{path}: model '{name}' is listed twice")
         for w, window in enumerate(model.get("prewarm") or []):

@@ -8,6 +8,7 @@ class ActivatorError(Exception):
 
     status_code = 500
     retry_after_s: float | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class ConfigError(ActivatorError):
@@ -34,10 +35,15 @@ class MethodNotAllowed(ActivatorError):
 
 class Unauthorized(ActivatorError):
     status_code = 401
+    headers = ((b"www-authenticate", b'Bearer realm="ember"'),)
 
 
 class PayloadTooLarge(ActivatorError):
     status_code = 413
+
+
+class HeadersTooLarge(ActivatorError):
+    status_code = 431
 
 
 class QueueFull(ActivatorError):

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import httptools
 
 from activator.app import HOP_HEADERS, Activator, model_route
-from activator.errors import PayloadTooLarge, ReplicaFailed
+from activator.errors import HeadersTooLarge, PayloadTooLarge, ReplicaFailed
 from activator.pool import ModelPool, Ticket
 
 log = logging.getLogger("ember.activator")
@@ -35,6 +35,7 @@ RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 # On SIGTERM: how long the loop keeps taking connections the kernel has already completed, and
 # how long a connection accepted before the shutdown has to deliver its first request.
 ACCEPT_SETTLE_S = 0.05
+MAX_HEADERS = 256  # header fields per request; past it: 431
 FIRST_REQUEST_S = 1.0
 # A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
 # and fail a request that never reached it, so older ones are dropped instead.
@@ -47,6 +48,11 @@ _REASONS = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Content",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    499: b"Client Closed Request",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -179,6 +185,7 @@ class FrontConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0
         # the request being relayed on the fast path
         self._ticket: Ticket | None = None
         self._pool: ModelPool | None = None
@@ -200,8 +207,8 @@ class FrontConnection(asyncio.Protocol):
             self._fail(400, b'{"error": "protocol upgrades are not supported"}')
         except httptools.HttpParserError as exc:
             cause = exc.__context__ or exc.__cause__
-            if isinstance(cause, PayloadTooLarge):  # raised in on_body, wrapped by the parser
-                self._fail(413, f'{{"error": {_json_str(str(cause))}}}'.encode())
+            if isinstance(cause, (PayloadTooLarge, HeadersTooLarge)):  # wrapped by the parser
+                self._fail(cause.status_code, f'{{"error": {_json_str(str(cause))}}}'.encode())
                 return
             message = _json_str(f"malformed HTTP request: {exc}")
             self._fail(400, f'{{"error": {message}}}'.encode())
@@ -212,12 +219,25 @@ class FrontConnection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._size = 0
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > self.activator.settings.max_header_bytes:
+            raise HeadersTooLarge(
+                f"request line and headers over {self.activator.settings.max_header_bytes} bytes"
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.activator.settings.max_header_bytes:
+            raise HeadersTooLarge(
+                f"request line and headers over {self.activator.settings.max_header_bytes} bytes"
+            )
+        if len(self._headers) > MAX_HEADERS:
+            raise HeadersTooLarge(f"more than {MAX_HEADERS} header fields")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -291,6 +311,8 @@ class FrontConnection(asyncio.Protocol):
         for name, _ in request.headers:
             if name in (b"ember-deadline-ms", b"expect"):
                 return False
+        if not self.activator.authorized(request.headers):
+            return False  # the ASGI app answers 401
         try:
             ticket = pool.try_acquire()
         except Exception:

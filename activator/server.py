@@ -9,22 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 from activator.app import Activator
 from activator.config import StackConfig
 from activator.frontdoor import run
 from activator.scaler import LocalScaler, Scaler
+from ember.logs import configure as configure_logging
 from ember.sockets import bind
 
 
 def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) -> int:
     settings = stack.settings
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     scaler: Scaler

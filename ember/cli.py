@@ -58,6 +58,8 @@ def _up(args: argparse.Namespace) -> int:
 
     try:
         stack = load_stack(args.config)
+        stack.settings.admin_tokens()  # a bad token stops the stack here, not at its first use
+        stack.settings.api_tokens()
     except ConfigError as exc:
         print(f"ember up: {exc}", file=sys.stderr)
         return 2
@@ -247,6 +249,11 @@ ember.yaml:
     grace_period_s: 30       drain time for stopping replicas and for SIGTERM
     admin_token_env: EMBER_ADMIN_TOKEN   bearer token for /admin (without one, /admin is
                              open only when bound to loopback)
+    admin_token_file: FILE   admin tokens, one per line (list two to rotate)
+    api_token_env: EMBER_API_TOKEN       bearer token for /v2 (but /v2/health) and /metrics;
+                             unset: open (a warning at start when not bound to loopback)
+    api_token_file: FILE     API tokens, one per line
+    max_header_bytes: 65536  request line + headers; past it 431
     cache_dir: DIR           the replicas' local weight tier
     scaler: local            local: `ember serve` processes here; knative: each model's ksvc,
                              woken through min-scale (see `ember deploy --help`)

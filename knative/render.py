@@ -101,6 +101,7 @@ def _activator_objects(stack: StackConfig, model_files: dict[str, str]) -> list[
             files=files,
             image=k.activator_image,
             admin_secret=k.admin_secret,
+            api_secret=k.api_secret,
         )
     )
     objects = [o for o in yaml.safe_load_all(text) if o]
@@ -254,6 +255,8 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
         "config_map": f"{spec.name}-model",
         "namespace": k.namespace,
         "labels": labels,
+        # reachable only inside the cluster: clients come in through the activator (its tokens)
+        "service_labels": {**labels, "networking.knative.dev/visibility": "cluster-local"},
         "model_yaml": files["model.yaml"],
         "min_scale": spec.min_replicas,
         "max_scale": spec.max_replicas,

@@ -3,7 +3,9 @@
 The CRDs' OpenAPI schema is necessary but not sufficient: the webhook also rejects, unless turned
 on in ``config-features``, ``nodeSelector``, ``tolerations``, ``affinity``, ``runtimeClassName``
 and ``initContainers``; container ports named anything but empty, ``h2c`` or ``http1``; more than
-one port; and autoscaling annotations out of range. Defaults are Knative's own
+one port; container ``securityContext`` fields other than the ones it allows (no ``privileged``,
+no ``procMount``...) and added capabilities other than ``NET_BIND_SERVICE``; and autoscaling
+annotations out of range. Defaults are Knative's own
 (``config-defaults``: ``container-concurrency-max-limit`` 1000, ``max-revision-timeout-seconds``
 600; ``config-autoscaler``).
 """
@@ -17,6 +19,15 @@ from knative.errors import DeployError
 
 FEATURE_GATED = ("nodeSelector", "tolerations", "affinity", "runtimeClassName", "initContainers")
 PORT_NAMES = ("", "h2c", "http1")
+SECURITY_CONTEXT_FIELDS = {
+    "allowPrivilegeEscalation",
+    "capabilities",
+    "readOnlyRootFilesystem",
+    "runAsGroup",
+    "runAsNonRoot",
+    "runAsUser",
+    "seccompProfile",
+}
 MAX_CONTAINER_CONCURRENCY = 1000
 MAX_TIMEOUT_S = 600
 _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
@@ -50,6 +61,14 @@ def ksvc_errors(ksvc: dict[str, Any]) -> list[str]:
         for port in ports:
             if port.get("name", "") not in PORT_NAMES:
                 errors.append(f"port name {port.get('name')!r} is not one of '', h2c, http1")
+        context = container.get("securityContext", {})
+        for key in sorted(set(context) - SECURITY_CONTEXT_FIELDS):
+            errors.append(f"securityContext.{key} is not allowed in a Knative container")
+        for cap in context.get("capabilities", {}).get("add", []):
+            if cap != "NET_BIND_SERVICE":
+                errors.append(
+                    f"securityContext.capabilities.add {cap!r} needs a config-features flag"
+                )
     cc = spec.get("containerConcurrency", 0)
     if not 0 <= cc <= MAX_CONTAINER_CONCURRENCY:
         errors.append(f"containerConcurrency {cc} is outside 0..{MAX_CONTAINER_CONCURRENCY}")

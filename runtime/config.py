@@ -16,11 +16,11 @@ from urllib.parse import unquote, urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ember.names import MODEL_NAME
 from runtime.errors import ConfigError
 from runtime.protocol import validation_message
 from runtime.tensors import DATATYPES
 
-MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$", re.IGNORECASE)
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 
 import uvicorn
 
+from ember.logs import configure as configure_logging
 from ember.sockets import bind
 from runtime.app import create_app
 from runtime.config import ModelConfig, ServerSettings
@@ -15,17 +14,14 @@ from runtime.config import ModelConfig, ServerSettings
 
 def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_period_s`` to finish. Exit 0."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     app = create_app(settings, configs)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through ours (and its redacting filter)
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.grace_period_s) or None,
         server_header=False,

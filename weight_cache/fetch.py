@@ -130,6 +130,16 @@ async def fetch_to_tier(
         # their round trips overlap; then the big ones, each with every connection
         small = [f for f in manifest.files if f.size <= chunk_bytes]
         big = sorted((f for f in manifest.files if f.size > chunk_bytes), key=lambda f: f.size)
+        log.debug(
+            "fetching %s into %s: %d small file(s) at once, then %d big one(s) in %d-byte "
+            "ranges on %d connections",
+            store.uri,
+            path,
+            len(small),
+            len(big),
+            chunk_bytes,
+            concurrency,
+        )
         permits = asyncio.Semaphore(max(1, concurrency))
 
         async def one(entry: FileEntry, threads: int) -> None:

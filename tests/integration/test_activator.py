@@ -26,6 +26,8 @@ import yaml
 from tests.conftest import MLP_CONFIG, slow_model
 from tests.servers import ROOT, ServerProcess
 
+ADMIN_TOKEN = "admin-token-0123456789"
+API_TOKEN = "api-token-0123456789abcdef"
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]})
 MLP_BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]}
@@ -383,12 +385,71 @@ def test_sigterm_answers_a_request_already_on_its_way(tmp_path: Path) -> None:
         server.terminate()
 
 
+# ----------------------------------------------------------------------------- security
+def test_api_tokens_guard_the_data_plane_on_both_paths_but_not_health(tmp_path: Path) -> None:
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text(f"# rotation: old and new\n{API_TOKEN}\nnew-token-abcdefghijklmnop\n")
+    config = stack(tmp_path, [slow(tmp_path)], api_token_file=str(tokens))
+    with activator(config, env={"EMBER_ADMIN_TOKEN": ADMIN_TOKEN}) as server:
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 200  # probes: open
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"X": "y"}):
+            r = post(server, headers=headers)
+            assert r.status_code == 401 and "Bearer" in r.json()["error"], r.text
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(server.url + "/metrics").status_code == 401
+        assert httpx.get(server.url + "/v2/models/slow").status_code == 401
+        # cold (answered by the ASGI app), then warm (relayed on the fast path): both pass
+        for token in (API_TOKEN, "new-token-abcdefghijklmnop", API_TOKEN):
+            r = post(server, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+        r = post(server, headers={"Authorization": "Bearer wrong-token-0123456789"})
+        assert r.status_code == 401  # warm now: the fast path checks too
+        # the API token does not open the admin API, nor the admin token the data plane
+        api = {"Authorization": f"Bearer {API_TOKEN}"}
+        assert httpx.get(server.url + "/admin/models", headers=api).status_code == 401
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert post(server, headers=admin).status_code == 401
+        assert httpx.get(server.url + "/metrics", headers=api).status_code == 200
+    requests = [e for e in events(tmp_path) if e["event"] == "request"]
+    assert [e["status"] for e in requests] == [200, 200, 200]  # refused ones never reach a pool
+
+
+def test_a_short_token_or_an_empty_token_file_stops_the_stack_at_start(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    for extra, env, message in (
+        ({}, {"EMBER_API_TOKEN": "sh0rtT0k"}, "at least 16 characters"),
+        ({"api_token_file": str(empty)}, {}, "no token in it"),
+        ({"admin_token_file": str(tmp_path / "missing")}, {}, "admin token file"),
+    ):
+        config = stack(tmp_path, [slow(tmp_path)], **extra)
+        out = subprocess.run(
+            [sys.executable, "-m", "ember", "up", "--config", str(config), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+        assert "sh0rtT0k" not in out.stderr  # a token is never printed, not even a bad one
+
+
+def test_oversized_headers_get_431_and_the_activator_keeps_serving(tmp_path: Path) -> None:
+    with activator(stack(tmp_path, [slow(tmp_path)])) as server:
+        r = post(server, headers={"X-Big": "a" * 70_000})
+        assert r.status_code == 431 and "headers over 65536" in r.json()["error"]
+        many = {f"X-{i}": "1" for i in range(300)}
+        r = post(server, headers=many)
+        assert r.status_code == 431 and "header fields" in r.json()["error"]
+        assert post(server).status_code == 200
+
+
 # ----------------------------------------------------------------------------- admin
 def test_admin_api_needs_its_token_then_warms_and_sleeps(tmp_path: Path) -> None:
     config = stack(tmp_path, [slow(tmp_path)], keep_alive_s=0.5)
-    with activator(config, env={"EMBER_ADMIN_TOKEN": "s3cret"}) as server:
+    with activator(config, env={"EMBER_ADMIN_TOKEN": ADMIN_TOKEN}) as server:
         assert httpx.get(server.url + "/admin/models").status_code == 401
-        auth = {"Authorization": "Bearer s3cret"}
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         wrong = {"Authorization": "Bearer nope"}
         assert httpx.get(server.url + "/admin/models", headers=wrong).status_code == 401
         listed = httpx.get(server.url + "/admin/models", headers=auth).json()
@@ -408,7 +469,7 @@ def test_admin_api_needs_its_token_then_warms_and_sleeps(tmp_path: Path) -> None
 
 def test_ember_prewarm_asks_the_activator_with_its_token(tmp_path: Path) -> None:
     config = stack(tmp_path, [slow(tmp_path)], keep_alive_s=0.5)
-    with activator(config, env={"EMBER_ADMIN_TOKEN": "s3cret"}) as server:
+    with activator(config, env={"EMBER_ADMIN_TOKEN": ADMIN_TOKEN}) as server:
 
         def prewarm(token: str) -> subprocess.CompletedProcess[str]:
             cmd = [sys.executable, "-m", "ember", "prewarm", "--activator", server.url]
@@ -418,7 +479,7 @@ def test_ember_prewarm_asks_the_activator_with_its_token(tmp_path: Path) -> None
 
         denied = prewarm("wrong")
         assert denied.returncode == 1 and "401" in denied.stderr
-        done = prewarm("s3cret")
+        done = prewarm(ADMIN_TOKEN)
         assert done.returncode == 0, done.stderr
         assert "slow: warm for 30s with 1 replica(s)" in done.stdout
         wait_until(lambda: state(server, "slow") == "ready", 60, "the pre-warmed replica")

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, make_model_dir
 from tests.faultproxy import FaultProxy
-from tests.servers import running_server, wait_for_state
+from tests.servers import ServerProcess, running_server, wait_for_state
 from weight_cache.errors import AccessDenied, ObjectChanged, ObjectMissing, StoreUnavailable
 from weight_cache.fetch import fetch_to_tier, read_manifest
 from weight_cache.push import push_directory
@@ -126,6 +126,37 @@ def test_serve_reports_a_missing_s3_model(bucket: str, tmp_path: Path) -> None:
         assert "ember cache push" in entry["reason"]
         r = httpx.post(server.url + "/v2/models/ghost/infer", content=b"{}")
         assert r.status_code == 503 and "not found" in r.json()["error"]
+
+
+def test_debug_logs_carry_no_credential(bucket: str, tmp_path: Path) -> None:
+    """At --log-level debug a load from S3 (and a failed one) logs no key, token or signature."""
+    uri = f"s3://{bucket}/mlp-debug"
+    assert ember("cache", "push", str(ROOT / "examples/mlp/weights"), uri).returncode == 0
+    secrets = {"AWS_SECRET_ACCESS_KEY": "Zq8vK2mXsecretKEY", "AWS_SESSION_TOKEN": "SessTok0123XYZ"}
+    outputs = []
+    for name, source in (("mlp", uri), ("ghost", f"s3://{bucket}/ghost")):
+        config = {
+            "name": name,
+            "handler": "torch-module",
+            "source": source,
+            "options": {"module": str(ROOT / "examples/mlp/mlp.py") + ":MLP"},
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [784]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [10]}],
+        }
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(config))
+        server = ServerProcess(
+            path, "--cache-dir", str(tmp_path / "tier"), "--log-level", "debug", env=secrets
+        )
+        try:
+            wait_for_state(server, "READY" if name == "mlp" else "UNAVAILABLE")
+        finally:
+            server.terminate()
+        outputs.append(server.output)
+    text = "".join(outputs)
+    assert " DEBUG " in text and "ghost" in text  # debug was on, and the failure was logged
+    for secret in (*secrets.values(), "X-Amz-Signature=", "Signature=0", "Credential=testing"):
+        assert secret not in text, secret
 
 
 # ----------------------------------------------------------------------------------- faults

@@ -40,6 +40,12 @@ def test_model_config_defaults_and_overrides(tmp_path: Path) -> None:
         ("handler: x\n", "no 'name'"),
         ("- {name: a}\n- {name: b}\n", "holds 2 models"),
         ("name: [unclosed\n", "not valid YAML"),
+        ("name: ../etc\n", "model name '../etc' must be"),
+        ("name: a/b\n", "must be 1-63"),
+        ("name: 'x; rm -rf /'\n", "must be 1-63"),
+        ("name: '-x'\n", "must be 1-63"),
+        (f"name: {'a' * 64}\n", "must be 1-63"),
+        ("name: 'm\\n'\n", "must be 1-63"),
     ],
 )
 def test_bad_model_configs_are_named(tmp_path: Path, model: str, message: str) -> None:

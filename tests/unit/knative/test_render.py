@@ -156,6 +156,39 @@ def test_a_config_knative_would_refuse_is_stopped_before_it_is_sent(tmp_path: Pa
         render(load_stack(path))
 
 
+def test_every_container_runs_non_root_on_a_read_only_root_with_a_writable_tmp() -> None:
+    objects = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    pods = []
+    for obj in objects:
+        spec = obj.get("spec", {})
+        if obj["kind"] == "CronJob":
+            pods.append(spec["jobTemplate"]["spec"]["template"]["spec"])
+        elif obj["kind"] in ("Deployment", "Service") and "template" in spec:
+            pods.append(spec["template"]["spec"])
+    assert len(pods) >= 3  # the activator, the models' services, the pre-warm jobs
+    for pod in pods:
+        for container in pod["containers"]:
+            context = {**pod.get("securityContext", {}), **container["securityContext"]}
+            assert context["runAsNonRoot"] is True and context["runAsUser"] == 10001
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            if container["name"] != "prewarm":  # it writes nothing
+                assert "emptyDir" in volumes[mounts["/tmp"]]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    env = {
+        e["name"]: e["valueFrom"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["EMBER_API_TOKEN"]["secretKeyRef"] == {"name": "ember-api", "key": "token"}
+    assert env["EMBER_ADMIN_TOKEN"]["secretKeyRef"] == {"name": "ember-admin", "key": "token"}
+    for ksvc in (o for o in objects if o["apiVersion"] == "serving.knative.dev/v1"):
+        # only the activator (and its tokens) faces clients
+        assert ksvc["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+
+
 def test_the_webhook_rules() -> None:
     (_, ksvc, *_) = render(load_stack(ROOT / "examples" / "ember.yaml"))
     assert ksvc_errors(ksvc) == []
@@ -174,6 +207,9 @@ def test_the_webhook_rules() -> None:
     annotations["autoscaling.knative.dev/max-scale"] = "2"
     annotations["autoscaling.knative.dev/target"] = "0.001"
     annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] = "forever"
+    context = template["spec"]["containers"][0]["securityContext"]
+    context["privileged"] = True
+    context["capabilities"]["add"] = ["SYS_ADMIN"]
     errors = " | ".join(ksvc_errors(bad))
     for expected in (
         "nodeSelector",
@@ -185,6 +221,8 @@ def test_the_webhook_rules() -> None:
         "min-scale 3 is above max-scale 2",
         "target 0.001",
         "'forever' is not a duration",
+        "securityContext.privileged is not allowed",
+        "capabilities.add 'SYS_ADMIN'",
     ):
         assert expected in errors
     jsonschema.validate(bad, crd_schema())  # the schema alone takes all of it

@@ -36,6 +36,32 @@ def test_a_corrupt_file_is_a_load_error(tmp_path: Path) -> None:
         load_safetensors(path, "cpu")
 
 
+class _Exploit:
+    """Unpickling this would create a marker file: proof that a pickle was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "model.pt"])
+def test_a_pickle_is_refused_and_never_unpickled(tmp_path: Path, name: str) -> None:
+    """Weights are data: only safetensors is read, whatever the file is called."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / name
+    torch.save({"w": torch.zeros(3), "x": _Exploit(marker)}, str(path))  # a zip of pickles
+    with pytest.raises(HandlerLoadError, match="cannot read weights"):
+        load_safetensors(path, "cpu")
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Exploit(marker)))  # a bare pickle
+    with pytest.raises(HandlerLoadError, match="cannot read weights"):
+        load_safetensors(path, "cpu")
+    assert not marker.exists()
+
+
 def test_fitting_weights_are_adopted_not_copied() -> None:
     module = torch.nn.Linear(4, 2)
     state = {"weight": torch.randn(2, 4), "bias": torch.randn(2)}

@@ -1,0 +1,17 @@
+"""The one rule for model names, checked wherever a name arrives (model configs, ember.yaml).
+
+A name becomes a URL path segment (``/v2/models/NAME``), a directory in the weight tier, a label
+in metrics and, lower-cased, a Kubernetes object name (which ``ember deploy`` checks further
+against DNS-1035). So: 1-63 characters, letters, digits, ``_``, ``.`` and ``-``, starting and
+ending with a letter or digit; no ``/``, no ``..`` segment, nothing a shell or YAML would read.
+"""
+
+from __future__ import annotations
+
+import re
+
+MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+
+
+def valid_model_name(name: object) -> bool:
+    return isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None
