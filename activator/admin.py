@@ -60,7 +60,7 @@ def _payload(body: bytes) -> dict[str, Any]:
         return {}
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the parser
         raise BadRequest('the body must be JSON, e.g. {"seconds": 600}') from None
     if not isinstance(payload, dict):
         raise BadRequest('the body must be a JSON object, e.g. {"seconds": 600}')

@@ -120,7 +120,10 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np
             f"input '{name}': data of kind '{_kind_name(raw)}' does not fit datatype {datatype}"
         )
     try:
-        array = raw.astype(dtype, copy=False)
+        with np.errstate(over="raise", invalid="raise"):  # 1e300 as FP16: refuse, not inf
+            array = raw.astype(dtype, copy=False)
+    except FloatingPointError:
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"input '{name}': data does not fit {datatype}: {exc}") from None
     if dtype.kind in "iu" and raw.dtype != dtype and raw.size and not np.array_equal(array, raw):

@@ -96,7 +96,11 @@ def parse_header(header: bytes, file_size: int, *, what: str = "file") -> Safete
         raise CorruptCheckpoint(f"{what}: {file_size} bytes cannot hold its {n}-byte header")
     try:
         raw = json.loads(header[8:data_start])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:  # hostile nesting: [[[[...
+        raise CorruptCheckpoint(
+            f"{what}: header nests too deep to be a safetensors header"
+        ) from None
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer past Python's digit limit
         raise CorruptCheckpoint(f"{what}: header is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise CorruptCheckpoint(f"{what}: header is not a JSON object")

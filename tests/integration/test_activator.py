@@ -456,6 +456,9 @@ def test_admin_api_needs_its_token_then_warms_and_sleeps(tmp_path: Path) -> None
         assert listed[0]["name"] == "slow" and listed[0]["state"] == "zero"
         bad = httpx.post(server.url + "/admin/models/slow/warm", json={"seconds": -1}, headers=auth)
         assert bad.status_code == 400 and "seconds" in bad.json()["error"]
+        deep = b"[" * 200_000 + b"]" * 200_000  # a finding of the fuzzers: once a 500
+        bad = httpx.post(server.url + "/admin/models/slow/warm", content=deep, headers=auth)
+        assert bad.status_code == 400 and "JSON" in bad.json()["error"]
         r = httpx.post(server.url + "/admin/models/slow/warm", json={"seconds": 30}, headers=auth)
         assert r.status_code == 200
         wait_until(lambda: state(server, "slow") == "ready", 60, "the warm replica")
