@@ -22,6 +22,7 @@ from runtime.config import ModelConfig
 
 if TYPE_CHECKING:
     from weight_cache.materialize import TensorSink
+    from weight_cache.tier import LocalTier
 
 log = logging.getLogger("ember.runtime")
 
@@ -51,6 +52,7 @@ class WeightSources:
         self.concurrency = concurrency
         self.chunk_bytes = chunk_bytes
         self._commits: set[asyncio.Task[None]] = set()
+        self._swept = False
 
     def _committed(self, task: asyncio.Task[None]) -> None:
         self._commits.discard(task)
@@ -103,6 +105,13 @@ class WeightSources:
         if report.committed is not None:
             self._commits.add(report.committed)
             report.committed.add_done_callback(self._committed)
+        if not self._swept:
+            # once per process, off the cold start's path: the half-filled entries a killed
+            # replica left behind (entries being filled hold their lock and are skipped)
+            self._swept = True
+            sweep = asyncio.ensure_future(asyncio.to_thread(_sweep, tier))
+            self._commits.add(sweep)
+            sweep.add_done_callback(self._committed)
         phases = {"imports": imports_s, "plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
         offered: list[Path] = []
@@ -136,3 +145,13 @@ def _tensor_sink(config: ModelConfig) -> TensorSink | None:
     from weight_cache.materialize import TensorSink
 
     return TensorSink(pick_device(config.device))
+
+
+def _sweep(tier: LocalTier) -> None:
+    removed = tier.clean_stale()
+    if removed:
+        log.info(
+            "removed %d half-filled tier entr%s left by a stopped process",
+            removed,
+            "y" if removed == 1 else "ies",
+        )

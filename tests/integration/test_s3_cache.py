@@ -100,6 +100,9 @@ def test_serve_a_model_from_s3_then_from_the_tier(bucket: str, tmp_path: Path) -
     answers = []
     phases: list[set[str]] = []
     fetch_phase = []
+    stale = tmp_path / "tier" / "entries" / "0123abcd"  # a killed replica's half-filled entry
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors.partial").write_bytes(b"\0" * 1024)
     for _ in range(2):
         with running_server(path, "--cache-dir", str(tmp_path / "tier")) as server:
             r = httpx.post(server.url + "/v2/models/mlp/infer", content=json.dumps(body))
@@ -111,6 +114,7 @@ def test_serve_a_model_from_s3_then_from_the_tier(bucket: str, tmp_path: Path) -
             line = next(m for m in lines if 'phase="fetch"' in m)
             fetch_phase.append(float(line.split()[-1]))
     assert answers[0] == answers[1]
+    assert not stale.exists()  # swept by the first start
     assert fetch_phase[0] > 0 and fetch_phase[1] == 0  # the second start never touched S3
     # the first start made the tensors while they streamed; the second read the tier's file
     assert {"plan", "fetch", "materialise", "device", "load"} <= phases[0]
