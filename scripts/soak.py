@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""A bounded chaos soak of the one-machine stack: nothing lost, nothing hung, nothing leaked.
+
+Starts, all on loopback: an S3-compatible server (moto) behind a fault-injecting proxy, and
+``ember up`` with three models: ``mlp-s3`` (weights streamed from S3 through the proxy, short
+keep-alive, so it goes to zero and back), ``slow`` (a tiny queue and one request per replica, so
+the load runs well past its bound) and ``mlp`` (local weights). Then, for ``--minutes``:
+
+* ``--concurrency`` client threads send inference requests (each with a deadline) as fast as
+  they are answered, spread over the three models;
+* a chaos thread, every 1-3 s: SIGKILLs a replica; or injects S3 faults (503 SlowDown, 500, a
+  body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and evicts its tier entry,
+  so its next request streams the weights from S3 through those faults; or puts a model to
+  sleep, or warms one (admin API);
+* a monitor samples the activator's and the replicas' memory.
+
+Then it stops the load, SIGTERMs the activator and checks:
+
+* every request got exactly one answer: a 200 with the right outputs, or a documented 502, 503
+  or 504 with the OIP error body (anything else, or no answer at all, is **lost**); the event log
+  holds one line per request;
+* none waited past its deadline plus a margin (**hung**);
+* no replica outlived the activator (**leaked_processes**); no half-written file is left in the
+  tier once its own start-up sweep has run (**leaked_files**); every entry the tier calls
+  complete matches its manifest's sizes and sha256 (**bad_cache_entries**);
+* the activator's memory stayed under ``--rss-limit-mb`` (its Deployment's limit).
+
+It prints a table, writes ``--out`` (JSON), and exits 1 if lost, hung or any leak is not 0 (or
+the memory bound was passed). Usage: ``scripts/soak --minutes 5 --out soak.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.faultproxy import FaultProxy  # noqa: E402  (the harness's loopback fault proxy)
+
+DOCUMENTED = {200, 502, 503, 504}
+DEADLINE_MS = 10_000
+HUNG_MARGIN_S = 20.0  # past its deadline by this much, a request is hung
+MLP_BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]}
+).encode()
+SLOW_BODY = json.dumps(
+    {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}
+).encode()
+MODELS = {"slow": 0.5, "mlp": 0.3, "mlp-s3": 0.2}  # share of the requests
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.answered: Counter[int] = Counter()
+        self.lost = 0
+        self.hung = 0
+        self.wrong = 0
+        self.samples: list[str] = []
+        self.latency: dict[int, list[float]] = {}
+        self.by_model: dict[str, Counter[int]] = {m: Counter() for m in MODELS}
+
+    def bad(self, kind: str, detail: str) -> None:
+        with self.lock:
+            setattr(self, kind, getattr(self, kind) + 1)
+            if len(self.samples) < 20:
+                self.samples.append(f"{kind}: {detail}")
+
+
+def client(url: str, tally: Tally, stop: threading.Event, rng: random.Random, cap: int) -> None:
+    names, weights = list(MODELS), list(MODELS.values())
+    timeout = DEADLINE_MS / 1000 + HUNG_MARGIN_S
+    with httpx.Client(base_url=url, timeout=timeout) as http:
+        while not stop.is_set():
+            with tally.lock:
+                if tally.sent >= cap:
+                    return
+                tally.sent += 1
+            model = rng.choices(names, weights)[0]
+            body = SLOW_BODY if model == "slow" else MLP_BODY
+            started = time.monotonic()
+            try:
+                r = http.post(
+                    f"/v2/models/{model}/infer",
+                    content=body,
+                    headers={
+                        "content-type": "application/json",
+                        "ember-deadline-ms": str(DEADLINE_MS),
+                    },
+                )
+            except httpx.TimeoutException as exc:
+                tally.bad("hung", f"{model}: no answer in {timeout:.0f}s ({type(exc).__name__})")
+                continue
+            except httpx.HTTPError as exc:
+                tally.bad("lost", f"{model}: {type(exc).__name__}: {exc}")
+                continue
+            elapsed = time.monotonic() - started
+            with tally.lock:
+                tally.answered[r.status_code] += 1
+                tally.by_model[model][r.status_code] += 1
+                tally.latency.setdefault(r.status_code, []).append(elapsed)
+            check_answer(model, r, tally)
+
+
+def check_answer(model: str, r: httpx.Response, tally: Tally) -> None:
+    where = f"{model}: {r.status_code} {r.text[:160]!r}"
+    if r.status_code not in DOCUMENTED:
+        tally.bad("lost", f"undocumented status: {where}")
+        return
+    try:
+        body = r.json()
+    except ValueError:
+        tally.bad("lost", f"not JSON: {where}")
+        return
+    if r.status_code != 200:
+        if not (isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]):
+            tally.bad("lost", f"not an OIP error body: {where}")
+        return
+    outputs = body.get("outputs") or [{}]
+    want = [1, 1] if model == "slow" else [1, 10]
+    if outputs[0].get("shape") != want or body.get("model_name") != model:
+        tally.bad("wrong", f"unexpected outputs: {where}")
+
+
+# ----------------------------------------------------------------------------------------- chaos
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rfind(")") + 2] != "Z"
+
+
+class Chaos:
+    def __init__(self, url: str, activator_pid: int, proxy: FaultProxy, tier: Path, seed: int):
+        self.url = url
+        self.pid = activator_pid
+        self.proxy = proxy
+        self.tier = tier
+        self.rng = random.Random(seed)
+        self.done: Counter[str] = Counter()
+        self.seen_replicas: set[int] = set()
+        self.max_rss = 0.0
+        self.max_replica_rss = 0.0
+        self.rss_trace: list[float] = []
+
+    def run(self, stop: threading.Event) -> None:
+        actions = [
+            self.kill_replica,
+            self.kill_replica,
+            self.s3_cold_start,
+            self.s3_cold_start,
+            self.sleep_model,
+            self.warm_model,
+        ]
+        next_at = time.monotonic() + 2.0
+        while not stop.wait(0.25):
+            self.sample()
+            if time.monotonic() >= next_at:
+                action = self.rng.choice(actions)
+                with contextlib.suppress(httpx.HTTPError, OSError):
+                    if action():
+                        self.done[action.__name__] += 1
+                next_at = time.monotonic() + self.rng.uniform(1.0, 3.0)
+
+    def sample(self) -> None:
+        rss = rss_mb(self.pid)
+        self.max_rss = max(self.max_rss, rss)
+        self.rss_trace.append(rss)
+        for child in children(self.pid):
+            self.seen_replicas.add(child)
+            self.max_replica_rss = max(self.max_replica_rss, rss_mb(child))
+
+    def kill_replica(self) -> bool:
+        replicas = children(self.pid)
+        if not replicas:
+            return False
+        os.kill(self.rng.choice(replicas), signal.SIGKILL)
+        return True
+
+    def s3_cold_start(self) -> bool:
+        """Faults on S3, then mlp-s3 to zero and its tier entry evicted: its next request
+        streams the weights from S3 again, through the faults."""
+        fault = self.rng.choice(
+            [
+                ("status", 503, "SlowDown"),
+                ("status", 500, "InternalError"),
+                ("reset",),
+                ("stall", 2.0),
+            ]
+        )
+        self.proxy.add(*fault, times=self.rng.randint(1, 3))
+        httpx.post(f"{self.url}/admin/models/mlp-s3/sleep", timeout=10)
+        from weight_cache.tier import LocalTier
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # its replica drains, then lets go of the entry
+            tier = LocalTier(self.tier)
+            if any([tier.evict(e.key) for e in tier.entries()]):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def sleep_model(self) -> bool:
+        model = self.rng.choice(list(MODELS))
+        return httpx.post(f"{self.url}/admin/models/{model}/sleep", timeout=10).status_code == 200
+
+    def warm_model(self) -> bool:
+        model = self.rng.choice(list(MODELS))
+        r = httpx.post(f"{self.url}/admin/models/{model}/warm", json={"seconds": 3}, timeout=10)
+        return r.status_code == 200
+
+
+# ----------------------------------------------------------------------------------------- checks
+def bad_cache_entries(tier_root: Path) -> list[str]:
+    from weight_cache.manifest import MANIFEST_NAME, Manifest
+    from weight_cache.tier import LocalTier
+
+    bad = []
+    for entry in LocalTier(tier_root).entries():
+        try:
+            manifest = Manifest.loads(
+                (entry.path / MANIFEST_NAME).read_bytes(), where=str(entry.path)
+            )
+        except Exception as exc:
+            bad.append(f"{entry.key}: {exc}")
+            continue
+        for f in manifest.files:
+            path = entry.path / f.path
+            digest = hashlib.sha256()
+            try:
+                with path.open("rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        digest.update(chunk)
+                size = path.stat().st_size
+            except OSError as exc:
+                bad.append(f"{entry.key}/{f.path}: {exc}")
+                continue
+            if size != f.size or digest.hexdigest() != f.sha256:
+                bad.append(f"{entry.key}/{f.path}: size or sha256 differs from the manifest")
+    return bad
+
+
+def leftover_files(tier_root: Path) -> tuple[int, list[str]]:
+    """(entries the start-up sweep removed, files still left that belong to no complete entry)."""
+    from weight_cache.tier import COMPLETE, LocalTier
+
+    tier = LocalTier(tier_root)
+    swept = tier.clean_stale()  # what the next replica's start does
+    left = []
+    for path in (tier_root / "entries").iterdir():
+        if not (path / COMPLETE).exists():
+            left.append(str(path))
+        left += [str(p) for p in path.rglob("*.partial")]
+    return swept, left
+
+
+# ----------------------------------------------------------------------------------------- the run
+def write_stack(tmp: Path) -> Path:
+    from tests.conftest import slow_model
+
+    mlp = ROOT / "examples" / "mlp"
+    s3_model = {
+        "name": "mlp-s3",
+        "handler": "torch-module",
+        "source": "s3://soak/mlp",
+        "options": {"module": str(mlp / "mlp.py") + ":MLP"},
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [784]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [10]}],
+        "max_batch_size": 8,
+    }
+    (tmp / "mlp-s3.json").write_text(json.dumps(s3_model))
+    slow = slow_model(tmp, load_delay_s=0.3, delay_s=0.02)
+    stack = {
+        "activator": {
+            "events": str(tmp / "events.jsonl"),
+            "keep_alive_s": 3,
+            "deadline_s": DEADLINE_MS / 1000,
+            "startup_timeout_s": 60,
+            "grace_period_s": 15,
+            "cache_dir": str(tmp / "tier"),
+        },
+        "models": [
+            {"config": str(tmp / "mlp-s3.json"), "max_replicas": 1, "container_concurrency": 8},
+            {"config": str(slow), "max_replicas": 2, "container_concurrency": 1, "queue_size": 4},
+            {"config": str(mlp / "model.yaml"), "max_replicas": 2, "keep_alive_s": 30},
+        ],
+    }
+    path = tmp / "ember.yaml"
+    path.write_text(json.dumps(stack))
+    return path
+
+
+def start_activator(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ember", "up", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            # keep draining its output so it never blocks on a full pipe
+            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+            return proc, match.group(1)
+    raise RuntimeError("ember up did not start:\n" + "".join(lines))
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
+
+
+def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    proxy = FaultProxy(host, int(port)).start()
+    base_env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "soak",
+        "AWS_SECRET_ACCESS_KEY": "soak",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}", **_creds()).create_bucket(
+            Bucket="soak"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ember",
+                "cache",
+                "push",
+                str(ROOT / "examples/mlp/weights"),
+                "s3://soak/mlp",
+            ],
+            check=True,
+            env={**base_env, "AWS_ENDPOINT_URL": f"http://{host}:{port}"},
+            capture_output=True,
+        )
+        config = write_stack(tmp)
+        proc, url = start_activator(config, {**base_env, "AWS_ENDPOINT_URL": proxy.url})
+        tally = Tally()
+        chaos = Chaos(url, proc.pid, proxy, tmp / "tier", args.seed)
+        stop = threading.Event()
+        threads = [
+            threading.Thread(
+                target=client,
+                args=(url, tally, stop, random.Random(args.seed + i), args.max_requests),
+            )
+            for i in range(args.concurrency)
+        ]
+        chaos_thread = threading.Thread(target=chaos.run, args=(stop,))
+        started = time.monotonic()
+        for t in [*threads, chaos_thread]:
+            t.start()
+        try:
+            stop.wait(args.minutes * 60)
+        finally:
+            stop.set()
+            for t in [*threads, chaos_thread]:
+                t.join()
+        load_s = time.monotonic() - started
+        s3_requests = len(proxy.requests)
+        proxy.clear()
+        rss_end = rss_mb(proc.pid)
+        chaos.sample()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            exit_code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            exit_code = proc.wait()
+        time.sleep(0.5)  # let the kernel reap what the activator stopped
+        leaked = sorted(pid for pid in chaos.seen_replicas if alive(pid))
+        for pid in leaked:  # never leave them behind, even when reporting them
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        swept, left = leftover_files(tmp / "tier")
+        bad = bad_cache_entries(tmp / "tier")
+        events = [
+            json.loads(line)
+            for line in (tmp / "events.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        logged = Counter(e["status"] for e in events if e.get("event") == "request")
+        answered = sum(tally.answered.values())
+        half = len(chaos.rss_trace) // 2
+        return {
+            "sent": tally.sent,
+            "answered": {str(k): v for k, v in sorted(tally.answered.items())},
+            "lost": tally.lost,
+            "hung": tally.hung,
+            "wrong_outputs": tally.wrong,
+            "leaked_processes": len(leaked),
+            "leaked_files": len(left),
+            "bad_cache_entries": len(bad),
+            "max_rss_mb": round(chaos.max_rss, 1),
+            "rss_limit_mb": args.rss_limit_mb,
+            "rss_first_half_max_mb": round(max(chaos.rss_trace[:half] or [0]), 1),
+            "rss_second_half_max_mb": round(max(chaos.rss_trace[half:] or [0]), 1),
+            "rss_end_mb": round(rss_end, 1),
+            "replica_max_rss_mb": round(chaos.max_replica_rss, 1),
+            "event_log_requests": sum(logged.values()),
+            "event_log_matches_answers": dict(logged) == dict(tally.answered)
+            and answered == sum(logged.values()),
+            "chaos": dict(chaos.done),
+            "replicas_started": len(chaos.seen_replicas),
+            "s3_requests_through_proxy": s3_requests,
+            "answered_by_model": {
+                m: {str(k): v for k, v in sorted(c.items())} for m, c in tally.by_model.items()
+            },
+            "stale_entries_swept": swept,
+            "activator_exit_code": exit_code,
+            "load_s": round(load_s, 1),
+            "concurrency": args.concurrency,
+            "latency_p50_s": {
+                str(k): round(sorted(v)[len(v) // 2], 4) for k, v in sorted(tally.latency.items())
+            },
+            "latency_max_s": {str(k): round(max(v), 3) for k, v in sorted(tally.latency.items())},
+            "samples": tally.samples + [f"leaked process {p}" for p in leaked] + left[:5] + bad[:5],
+        }
+    finally:
+        proxy.stop()
+        s3.stop()
+
+
+def _creds() -> dict[str, str]:
+    return {
+        "aws_access_key_id": "soak",
+        "aws_secret_access_key": "soak",
+        "region_name": "us-east-1",
+    }
+
+
+def failed(result: dict[str, Any]) -> list[str]:
+    reasons = [
+        key
+        for key in (
+            "lost",
+            "hung",
+            "wrong_outputs",
+            "leaked_processes",
+            "leaked_files",
+            "bad_cache_entries",
+        )
+        if result[key]
+    ]
+    if result["max_rss_mb"] > result["rss_limit_mb"]:
+        reasons.append("max_rss_mb")
+    if not result["event_log_matches_answers"]:
+        reasons.append("event_log_matches_answers")
+    if result["activator_exit_code"] != 0:
+        reasons.append("activator_exit_code")
+    return reasons
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        ("requests sent", result["sent"]),
+        *[(f"answered {k}", v) for k, v in result["answered"].items()],
+        ("lost (no answer, or not a documented one)", result["lost"]),
+        ("hung (past deadline + margin)", result["hung"]),
+        ("wrong outputs", result["wrong_outputs"]),
+        ("leaked processes", result["leaked_processes"]),
+        ("leaked files", result["leaked_files"]),
+        ("bad cache entries", result["bad_cache_entries"]),
+        ("activator max RSS (MB)", f"{result['max_rss_mb']} (limit {result['rss_limit_mb']})"),
+        ("event log = answers", result["event_log_matches_answers"]),
+        ("replicas started", result["replicas_started"]),
+        ("chaos", ", ".join(f"{k} {v}" for k, v in sorted(result["chaos"].items()))),
+        ("S3 requests (through the fault proxy)", result["s3_requests_through_proxy"]),
+        ("load duration (s), clients", f"{result['load_s']}, {result['concurrency']}"),
+    ]
+    width = max(len(str(k)) for k, _ in rows)
+    lines = [f"| {'check':<{width}} | value |", f"|{'-' * (width + 2)}|---|"]
+    lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/soak",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Loopback only; bounded in time (--minutes) and count (--max-requests).",
+    )
+    parser.add_argument("--minutes", type=float, default=5.0, help="how long the load runs")
+    parser.add_argument("--out", type=Path, help="write the result here (JSON)")
+    parser.add_argument("--concurrency", type=int, default=24, help="client threads (default 24)")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many")
+    parser.add_argument("--rss-limit-mb", type=float, default=512.0, help="the activator's bound")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    if not 0 < args.minutes <= 240:
+        parser.error("--minutes must be in (0, 240]")
+    with tempfile.TemporaryDirectory(prefix="ember-soak-") as tmp:
+        result = soak(args, Path(tmp))
+    print(table(result))
+    reasons = failed(result)
+    for sample in result["samples"]:
+        print("  " + sample)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if reasons:
+        print(f"soak: FAILED: {', '.join(reasons)}", file=sys.stderr)
+        return 1
+    print("soak: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The short soak in CI: the whole stack under load and chaos for ~25 s (scripts/soak.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.servers import ROOT
+
+KEYS = {
+    "sent": int,
+    "answered": dict,
+    "lost": int,
+    "hung": int,
+    "leaked_processes": int,
+    "leaked_files": int,
+    "bad_cache_entries": int,
+    "max_rss_mb": float,
+}
+
+
+def soak_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("soak", ROOT / "scripts" / "soak.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_a_short_soak_loses_nothing_hangs_nothing_leaks_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "scripts/soak.py",
+            "--minutes",
+            "0.4",
+            "--concurrency",
+            "12",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key, kind in KEYS.items():
+        assert isinstance(result[key], kind), key
+    assert result["lost"] == result["hung"] == 0
+    assert result["leaked_processes"] == result["leaked_files"] == result["bad_cache_entries"] == 0
+    assert result["sent"] == sum(result["answered"].values()) > 100
+    assert set(result["answered"]) <= {"200", "502", "503", "504"}
+    assert result["event_log_matches_answers"]
+    assert result["chaos"].get("kill_replica", 0) >= 1  # the chaos happened
+    assert result["replicas_started"] >= 3 and result["s3_requests_through_proxy"] >= 2
+    assert "| requests sent" in run.stdout and "soak: ok" in run.stdout
+
+
+def test_any_loss_hang_or_leak_fails_the_soak() -> None:
+    soak = soak_module()
+    good = {
+        "lost": 0,
+        "hung": 0,
+        "wrong_outputs": 0,
+        "leaked_processes": 0,
+        "leaked_files": 0,
+        "bad_cache_entries": 0,
+        "max_rss_mb": 50.0,
+        "rss_limit_mb": 512.0,
+        "event_log_matches_answers": True,
+        "activator_exit_code": 0,
+    }
+    assert soak.failed(good) == []
+    for key, bad in [
+        ("lost", 1),
+        ("hung", 2),
+        ("leaked_processes", 1),
+        ("leaked_files", 3),
+        ("bad_cache_entries", 1),
+        ("max_rss_mb", 600.0),
+        ("activator_exit_code", -15),
+    ]:
+        assert soak.failed({**good, key: bad}) == [key]
+
+
+def test_bad_arguments_are_refused() -> None:
+    run = subprocess.run(
+        [sys.executable, "scripts/soak.py", "--minutes", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "--minutes" in run.stderr
