@@ -147,6 +147,12 @@ class Activator:
         if arrivals:
             log.info("policies learned from %s: %s", path, {k: len(v) for k, v in arrivals.items()})
 
+    def refuse_waiters(self) -> None:
+        """Take no more requests; answer the queued ones 503 (the grace period is over)."""
+        self.closing = True
+        for pool in self.pools.values():
+            pool.refuse_waiters()
+
     async def shutdown(self) -> None:
         self.closing = True
         await asyncio.gather(*(p.aclose() for p in self.pools.values()), return_exceptions=True)

@@ -37,6 +37,7 @@ RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 ACCEPT_SETTLE_S = 0.05
 MAX_HEADERS = 256  # header fields per request; past it: 431
 FIRST_REQUEST_S = 1.0
+ANSWER_AFTER_GRACE_S = 2.0  # for the answers to queued requests refused when the grace ends
 # A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
 # and fail a request that never reached it, so older ones are dropped instead.
 UPSTREAM_IDLE_S = 4.0
@@ -525,6 +526,12 @@ class FrontDoor:
         while (now := time.monotonic()) < deadline:
             if not any(c.held(now, fresh_until) for c in list(self.connections)):
                 break
+            await asyncio.sleep(0.02)
+        # the grace period is over: what still waits for a replica is answered 503 (in the OIP
+        # shape) rather than dropped; what a replica is already working on gets a moment more
+        self.activator.refuse_waiters()
+        answered_by = time.monotonic() + ANSWER_AFTER_GRACE_S
+        while time.monotonic() < answered_by and any(c.busy for c in list(self.connections)):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if not conn.busy:

@@ -139,11 +139,7 @@ class ModelPool:
 
     async def aclose(self) -> None:
         """Stop taking requests, fail the queued ones, drain and stop every replica."""
-        self.closing = True
-        for w in list(self.waiters):
-            if not w.future.done():
-                w.future.set_exception(ShuttingDown("the activator is shutting down"))
-        self.waiters.clear()
+        self.refuse_waiters()
         if self._prewarm_timer is not None:
             self._prewarm_timer.cancel()
         for task in (self._controller, self._scheduler):
@@ -155,6 +151,14 @@ class ModelPool:
             self._begin_drain(replica, "activator shutting down")
         drains = [r.drain_task for r in list(self.replicas) if r.drain_task is not None]
         await asyncio.gather(*drains, return_exceptions=True)
+
+    def refuse_waiters(self) -> None:
+        """Stop taking requests; the queued ones get 503 (ShuttingDown) now."""
+        self.closing = True
+        for w in list(self.waiters):
+            if not w.future.done():
+                w.future.set_exception(ShuttingDown("the activator is shutting down"))
+        self.waiters.clear()
 
     @property
     def queued(self) -> int:

@@ -339,7 +339,8 @@ def test_a_client_that_leaves_the_queue_frees_its_place(tmp_path: Path) -> None:
 
 
 def test_sigterm_with_requests_queued_answers_them_and_exits_0(tmp_path: Path) -> None:
-    server = ServerProcess(stack(tmp_path, [slow(tmp_path, load_delay_s=2)]), command="up")
+    config = stack(tmp_path, [slow(tmp_path, load_delay_s=2)], grace_period_s=60)
+    server = ServerProcess(config, command="up")
     try:
         server.wait_ready(timeout_s=30)
         with ThreadPoolExecutor(3) as pool:
@@ -349,6 +350,26 @@ def test_sigterm_with_requests_queued_answers_them_and_exits_0(tmp_path: Path) -
             answers = [f.result(60) for f in futures]
         assert [r.status_code for r in answers] == [200, 200, 200]
         assert server.proc.wait(60) == 0
+        assert not replicas(server)
+    finally:
+        server.terminate()
+
+
+def test_queued_requests_still_waiting_when_the_grace_ends_get_503_not_silence(
+    tmp_path: Path,
+) -> None:
+    config = stack(tmp_path, [slow(tmp_path, load_delay_s=30)], grace_period_s=1)
+    server = ServerProcess(config, command="up")
+    try:
+        server.wait_ready(timeout_s=30)
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(post, server) for _ in range(2)]
+            wait_until(lambda: queued(server, "slow") == 2, 30, "two queued requests")
+            server.proc.send_signal(signal.SIGTERM)
+            answers = [f.result(30) for f in futures]
+        assert [r.status_code for r in answers] == [503, 503]
+        assert all("shutting down" in r.json()["error"] for r in answers)
+        assert server.proc.wait(30) == 0
         assert not replicas(server)
     finally:
         server.terminate()
