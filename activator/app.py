@@ -128,6 +128,10 @@ class Activator:
         self._learn_from_log()
         for pool in self.pools.values():
             pool.start()
+        fill = getattr(self.scaler, "fill_pool", None)
+        if fill is not None:  # the local scaler's warm pool
+            self.metrics.watch_warm_pool(self.scaler.pool_status)  # type: ignore[attr-defined]
+            fill()
 
     def _learn_from_log(self) -> None:
         """Seed each model's keep-alive policy with the arrivals the event log remembers."""

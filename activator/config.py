@@ -16,6 +16,7 @@
       max_header_bytes: 65536      # request line + headers; past it: 431
       max_request_bytes: 67108864
       cache_dir: /var/cache/ember  # the replicas' local weight tier
+      warm_pool: 0                 # standby interpreters for faster local starts (0: none)
     models:
       - config: mlp/model.yaml     # a runtime model config (one model), relative to this file
         min_replicas: 0
@@ -63,6 +64,9 @@ class ActivatorSettings(BaseModel):
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     cache_dir: Path | None = None
+    # local scaler: `ember serve --standby` processes kept ready (imports done, no model), so a
+    # start skips Python's and torch's start-up; each costs memory only. 0 disables the pool.
+    warm_pool: int = Field(default=0, ge=0, le=16)
     log_level: str = "info"
     # local: replicas are `ember serve` processes here; knative: each model's Knative Service,
     # woken through min-scale (ember deploy renders them) in knative.namespace

@@ -52,6 +52,28 @@ class ActivatorMetrics:
         """Read the gauges from ``pools()`` (name -> ModelPool) at every scrape."""
         self.registry.register(_PoolCollector(pools))
 
+    def watch_warm_pool(self, status: Callable[[], tuple[int, int]]) -> None:
+        """Read the local scaler's warm pool (processes ready, their RSS) at every scrape."""
+        self.registry.register(_WarmPoolCollector(status))
+
+
+class _WarmPoolCollector(Collector):
+    def __init__(self, status: Callable[[], tuple[int, int]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        ready, rss = self.status()
+        yield GaugeMetricFamily(
+            "ember_activator_warm_pool_ready",
+            "Standby interpreters ready to become a replica",
+            value=ready,
+        )
+        yield GaugeMetricFamily(
+            "ember_activator_warm_pool_rss_bytes",
+            "Resident memory of the standby interpreters",
+            value=rss,
+        )
+
 
 class _PoolCollector(Collector):
     def __init__(self, pools: Callable[[], Mapping[str, Any]]) -> None:

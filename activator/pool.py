@@ -308,6 +308,7 @@ class ModelPool:
             url=replica.url,
             cold_start_s=cold_start_s,
             phases=phases,
+            warm_pool=replica.handle.warm,
         )
         log.info("model %s: replica %d ready in %.2fs", self.name, replica.id, cold_start_s)
         self.reason = ""

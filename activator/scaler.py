@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import json
 import logging
 import re
 import signal
@@ -28,6 +29,7 @@ from activator.errors import ModelUnavailable
 log = logging.getLogger("ember.activator")
 
 _LISTENING = re.compile(r"ember serve: listening on (http://\S+)")
+_STANDBY = re.compile(r"ember serve: standby (\{.*\})")
 _PHASE = re.compile(r'^ember_model_load_phase_seconds\{[^}]*phase="(\w+)"[^}]*\} (\S+)$', re.M)
 
 
@@ -39,6 +41,7 @@ class ReplicaHandle:
     url: str
     timings: dict[str, float] = field(default_factory=dict)
     pid: int | None = None  # a local process's; None for replicas elsewhere
+    warm: bool = False  # started from the local scaler's warm pool
 
 
 class Scaler(Protocol):
@@ -91,10 +94,18 @@ class _Process:
     tail: collections.deque[str]
     readers: list[asyncio.Task[None]]
     stopping: bool = False
+    report: dict[str, float] = field(default_factory=dict)  # a standby's preload report
 
 
 class LocalScaler:
-    """Replicas as local ``ember serve`` processes on 127.0.0.1, port 0."""
+    """Replicas as local ``ember serve`` processes on 127.0.0.1, port 0.
+
+    With ``warm_pool`` > 0 it keeps that many ``ember serve --standby`` processes ready: their
+    imports done, no model, no threads, no CUDA context (each is its own exec-ed process, never a
+    fork). A start hands one of them its arguments instead of starting Python from nothing, and a
+    replacement is started once that replica is ready (not while it loads: they would share the
+    CPU). They cost memory only; :meth:`pool_status` says how much.
+    """
 
     def __init__(
         self,
@@ -104,30 +115,38 @@ class LocalScaler:
         env: dict[str, str] | None = None,
         listen_timeout_s: float = 60.0,
         poll_s: float = 0.02,
+        warm_pool: int = 0,
     ) -> None:
         self.cache_dir = cache_dir
         self.extra_args = extra_args
         self.env = env
         self.listen_timeout_s = listen_timeout_s
         self.poll_s = poll_s
+        self.warm_pool = warm_pool
         self._procs: dict[int, _Process] = {}
+        self._standby: collections.deque[_Process] = collections.deque()
+        self._filling: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._session: aiohttp.ClientSession | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-        return self._session
+    # ------------------------------------------------------------------ the warm pool
+    def fill_pool(self) -> None:
+        """Start standby processes until the pool holds ``warm_pool`` (in the background)."""
+        if self._closed:
+            return
+        while len(self._standby) + len(self._filling) < self.warm_pool:
+            task = asyncio.create_task(self._spawn_standby())
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
 
-    async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        cmd = [sys.executable, "-m", "ember", "serve", "--config", str(spec.config_path)]
-        cmd += ["--host", "127.0.0.1", "--port", "0"]
-        if self.cache_dir is not None:
-            cmd += ["--cache-dir", str(self.cache_dir)]
-        cmd += list(self.extra_args)
-        started = time.perf_counter()
+    async def _spawn(self, args: list[str], *, standby: bool, label: str) -> _Process:
         proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "ember",
+            "serve",
+            *args,
+            stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
@@ -137,8 +156,81 @@ class LocalScaler:
         assert proc.stdout is not None and proc.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=30)
         state = _Process(proc, tail, [])
+        state.readers.append(asyncio.create_task(self._pump(proc.stderr, tail, label)))
+        return state
+
+    async def _spawn_standby(self) -> None:
+        state = await self._spawn(["--standby"], standby=True, label="standby")
+        assert state.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(state.proc.stdout.readline(), self.listen_timeout_s)
+            match = _STANDBY.search(line.decode(errors="replace"))
+            if match is None:
+                raise RuntimeError(f"no standby line{_last(state.tail)}")
+            state.report = json.loads(match.group(1))
+        except (Exception, asyncio.CancelledError) as exc:
+            await self._reap(state)
+            if not isinstance(exc, asyncio.CancelledError):
+                log.warning("a warm-pool process failed to start: %s", exc)
+                return
+            raise
+        if self._closed:
+            await self._reap(state)
+            return
+        log.info(
+            "warm pool: process %d ready (preload %.2fs, %.0f MB)",
+            state.proc.pid,
+            state.report.get("preload_s", 0.0),
+            _rss_bytes(state.proc.pid) / 1e6,
+        )
+        self._standby.append(state)
+
+    def _take_standby(self) -> _Process | None:
+        while self._standby:
+            state = self._standby.popleft()
+            if state.proc.returncode is None:
+                return state
+            for task in state.readers:
+                task.cancel()
+        return None
+
+    def pool_status(self) -> tuple[int, int]:
+        """(standby processes ready now, their resident memory in bytes)."""
+        ready = [s for s in self._standby if s.proc.returncode is None]
+        return len(ready), sum(_rss_bytes(s.proc.pid) for s in ready)
+
+    async def _reap(self, state: _Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            state.proc.kill()
+        await state.proc.wait()
+        for task in state.readers:
+            task.cancel()
+        await asyncio.gather(*state.readers, return_exceptions=True)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        return self._session
+
+    async def start(self, spec: ModelSpec) -> ReplicaHandle:
+        args = ["--config", str(spec.config_path), "--host", "127.0.0.1", "--port", "0"]
+        if self.cache_dir is not None:
+            args += ["--cache-dir", str(self.cache_dir)]
+        args += list(self.extra_args)
+        started = time.perf_counter()
+        state = self._take_standby()
+        warm = state is not None
+        if state is not None:
+            assert state.proc.stdin is not None
+            state.proc.stdin.write((json.dumps(args) + "\n").encode())
+            with contextlib.suppress(ConnectionError):
+                await state.proc.stdin.drain()
+            state.proc.stdin.close()
+        else:
+            state = await self._spawn(args, standby=False, label=spec.name)
+        proc, tail = state.proc, state.tail
+        assert proc.stdout is not None
         self._procs[proc.pid] = state
-        state.readers.append(asyncio.create_task(self._pump(proc.stderr, tail, spec.name)))
         try:
             url = await asyncio.wait_for(
                 self._listening(proc.stdout, tail, spec.name), self.listen_timeout_s
@@ -153,7 +245,7 @@ class LocalScaler:
             raise
         state.readers.append(asyncio.create_task(self._pump(proc.stdout, tail, spec.name)))
         timings = {"process_start": time.perf_counter() - started}
-        return ReplicaHandle(spec.name, url, timings, pid=proc.pid)
+        return ReplicaHandle(spec.name, url, timings, pid=proc.pid, warm=warm)
 
     async def _listening(
         self, stream: asyncio.StreamReader, tail: collections.deque[str], model: str
@@ -180,6 +272,12 @@ class LocalScaler:
             log.debug("[%s] %s", model, text)
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+        try:
+            await self._wait_ready(handle, timeout_s)
+        finally:
+            self.fill_pool()  # now that the start has the CPU to itself no more
+
+    async def _wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         state = self._state(handle)
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
@@ -261,6 +359,12 @@ class LocalScaler:
         await asyncio.gather(*state.readers, return_exceptions=True)
 
     async def aclose(self) -> None:
+        self._closed = True
+        for task in list(self._filling):
+            task.cancel()
+        await asyncio.gather(*self._filling, return_exceptions=True)
+        while self._standby:
+            await self._reap(self._standby.popleft())
         for state in list(self._procs.values()):
             if state.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -282,3 +386,14 @@ class LocalScaler:
 def _last(tail: collections.deque[str]) -> str:
     lines = [t for t in tail if t.strip()]
     return f": {lines[-1][-300:]}" if lines else ""
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -41,7 +41,7 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
         }
         stack = stack.model_copy(update={"models": models})
     else:
-        scaler = LocalScaler(cache_dir=settings.cache_dir)
+        scaler = LocalScaler(cache_dir=settings.cache_dir, warm_pool=settings.warm_pool)
     activator = Activator(stack, scaler, host=host, access_log=access_log)
 
     def signals(stop: asyncio.Event) -> None:

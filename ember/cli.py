@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
+        from runtime.standby import wait_for_assignment
+
+        argv = wait_for_assignment()
+        if argv is None:
+            return 0
+        args = build_parser().parse_args(["serve", *argv])
+        if args.standby:
+            print(
+                "ember serve: a standby replica's arguments cannot ask for --standby",
+                file=sys.stderr,
+            )
+            return 2
+    if args.config is None:
+        print("ember serve: --config is required", file=sys.stderr)
+        return 2
     from pydantic import ValidationError
 
     from ember.cache_cli import cache_dir
@@ -287,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
             "connections, lets in-flight requests finish within --grace-period, and exits 0."
         ),
     )
-    serve.add_argument("--config", required=True, help="model config file (YAML or JSON)")
+    serve.add_argument("--config", help="model config file (YAML or JSON); required")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
@@ -321,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="ranged reads in flight when streaming an s3:// source (default 8)",
+    )
+    serve.add_argument(
+        "--standby",
+        action="store_true",
+        help="(used by the activator's warm pool) do the imports, print 'ember serve: standby', "
+        "then read one JSON list of these arguments from stdin and serve as told",
     )
     serve.set_defaults(func=_serve)
 

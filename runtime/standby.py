@@ -1,0 +1,74 @@
+"""``ember serve --standby``: a warm interpreter for the activator's pool.
+
+The activator's local scaler keeps a few of these ready (``activator.warm_pool``). Each has done,
+before any model is asked of it, what every replica's start repeats: the imports (torch, the
+server, the handlers, the S3 client) and the S3 client's first construction. Then it prints
+``ember serve: standby ...`` and waits on stdin for one line, a JSON list of ``ember serve``
+arguments; with it, it becomes that replica (what follows is exactly ``ember serve ARGS``). An
+empty stdin (the pool letting it go) ends it with status 0.
+
+Safe by construction: it is its own ``exec``-ed process, never a ``fork`` of one that has threads
+or a CUDA context. It still checks, and says in its standby line, that the preloading left one
+thread and no CUDA context, so the replica it becomes starts from the same state as a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import threading
+import time
+from typing import IO, Any
+
+# what a replica's start imports, heaviest first; a missing optional one is skipped
+PRELOAD = (
+    "torch",
+    "safetensors.torch",
+    "tokenizers",
+    "runtime.server",
+    "runtime.app",
+    "runtime.handlers.torch_module",
+    "runtime.handlers.hf_encoder",
+    "runtime.handlers.bert",
+    "runtime.sources",
+    "weight_cache.fetch",
+    "weight_cache.materialize",
+    "weight_cache.s3",
+)
+
+
+def preload() -> dict[str, Any]:
+    """Import what a start needs and build the S3 client once; report what it cost and left."""
+    started = time.perf_counter()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    imports_s = time.perf_counter() - started
+    from weight_cache.s3 import warm_session
+
+    asyncio.run(warm_session())
+    torch = sys.modules.get("torch")
+    cuda = bool(torch is not None and torch.cuda.is_initialized())
+    return {
+        "preload_s": round(time.perf_counter() - started, 3),
+        "imports_s": round(imports_s, 3),
+        "threads": threading.active_count(),
+        "cuda_initialized": cuda,
+    }
+
+
+def wait_for_assignment(stdin: IO[str] | None = None) -> list[str] | None:
+    """Preload, say so, then read the replica's arguments (None: released before use)."""
+    report = preload()
+    print(f"ember serve: standby {json.dumps(report)}", flush=True)
+    line = (stdin or sys.stdin).readline()
+    if not line.strip():
+        return None
+    argv = json.loads(line)
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError("a standby replica takes one JSON list of `ember serve` arguments")
+    return argv
