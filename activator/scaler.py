@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import json
 import logging
 import re
@@ -25,10 +24,12 @@ import aiohttp
 
 from activator.config import ModelSpec
 from activator.errors import ModelUnavailable
+from ember.proc import die_with_parent
 
 log = logging.getLogger("ember.activator")
 
 _LISTENING = re.compile(r"ember serve: listening on (http://\S+)")
+REFILL_DELAY_S = 2.0
 _STANDBY = re.compile(r"ember serve: standby (\{.*\})")
 _PHASE = re.compile(r'^ember_model_load_phase_seconds\{[^}]*phase="(\w+)"[^}]*\} (\S+)$', re.M)
 
@@ -77,15 +78,6 @@ async def probe_ready(session: aiohttp.ClientSession, url: str) -> bool:
             return r.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL the replica when the activator dies, so none is ever orphaned."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -151,7 +143,7 @@ class LocalScaler:
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         assert proc.stdout is not None and proc.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=30)
@@ -184,6 +176,20 @@ class LocalScaler:
             _rss_bytes(state.proc.pid) / 1e6,
         )
         self._standby.append(state)
+        state.readers.append(asyncio.create_task(self._watch_standby(state)))
+
+    async def _watch_standby(self, state: _Process) -> None:
+        """A standby that dies while waiting (killed, out of memory) is replaced."""
+        await state.proc.wait()
+        if state in self._standby:
+            self._standby.remove(state)
+            log.warning(
+                "warm pool: process %d exited with %s while waiting%s",
+                state.proc.pid,
+                state.proc.returncode,
+                _last(state.tail),
+            )
+            self.fill_pool()
 
     def _take_standby(self) -> _Process | None:
         while self._standby:
@@ -275,7 +281,9 @@ class LocalScaler:
         try:
             await self._wait_ready(handle, timeout_s)
         finally:
-            self.fill_pool()  # now that the start has the CPU to itself no more
+            # refill once the new replica has answered its first requests: a standby's imports
+            # take a core for a second or two, which that first answer should not share
+            asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.fill_pool)
 
     async def _wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         state = self._state(handle)

@@ -17,7 +17,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
         from runtime.standby import wait_for_assignment
 
-        argv = wait_for_assignment()
+        try:
+            argv = wait_for_assignment()
+        except ValueError as exc:
+            print(f"ember serve: {exc}", file=sys.stderr)
+            return 2
         if argv is None:
             return 0
         args = build_parser().parse_args(["serve", *argv])
@@ -36,7 +40,6 @@ def _serve(args: argparse.Namespace) -> int:
     from runtime.config import ServerSettings, load_model_configs
     from runtime.errors import ConfigError
     from runtime.protocol import validation_message
-    from runtime.server import serve
 
     try:
         configs = load_model_configs(args.config)
@@ -57,6 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"ember serve: {validation_message(exc)}", file=sys.stderr)
         return 2
+    from runtime.server import serve
+
     try:
         return serve(settings, configs)
     except OSError as exc:

@@ -68,7 +68,10 @@ def wait_for_assignment(stdin: IO[str] | None = None) -> list[str] | None:
     line = (stdin or sys.stdin).readline()
     if not line.strip():
         return None
-    argv = json.loads(line)
+    try:
+        argv = json.loads(line)
+    except ValueError:
+        argv = None
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise ValueError("a standby replica takes one JSON list of `ember serve` arguments")
     return argv

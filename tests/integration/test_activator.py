@@ -406,6 +406,93 @@ def test_sigterm_answers_a_request_already_on_its_way(tmp_path: Path) -> None:
         server.terminate()
 
 
+# ----------------------------------------------------------------------------- warm pool
+def metric(server: ServerProcess, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_the_warm_pool_starts_a_replica_without_a_new_interpreter(tmp_path: Path) -> None:
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG), "keep_alive_s": 1}], warm_pool=1)
+    with activator(config) as server:
+        pool_ready = lambda: metric(server, "ember_activator_warm_pool_ready") == 1  # noqa: E731
+        wait_until(pool_ready, 60, "the pool")
+        assert metric(server, "ember_activator_warm_pool_rss_bytes") > 50e6  # torch is in it
+        (standby,) = replicas(server)
+        r = post(server, "mlp")
+        assert r.status_code == 200, r.text
+        wait_until(lambda: any(e["event"] == "replica_ready" for e in events(tmp_path)), 5)
+        ready = [e for e in events(tmp_path) if e["event"] == "replica_ready"]
+        assert ready[0]["warm_pool"] is True
+        assert metric(server, "ember_activator_warm_pool_ready") == 0  # it was taken
+        assert replicas(server) == [standby]  # it became the replica: the same process
+        # once that start is done the pool refills; the replica goes back to zero as usual
+        wait_until(pool_ready, 60, "the refill")
+        wait_until(lambda: standby not in replicas(server), 30, "keep-alive to stop it")
+        # a standby that dies while waiting is replaced, and a start never waits for one
+        (second,) = replicas(server)
+        os.kill(second, signal.SIGKILL)
+        assert post(server, "mlp").status_code == 200
+        wait_until(lambda: pool_ready() and second not in replicas(server), 60, "a replacement")
+
+
+def test_a_standby_process_has_one_thread_and_no_cuda_context_then_serves(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "ember", "serve", "--standby"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line.startswith("ember serve: standby "), line
+        report = json.loads(line.split("standby ", 1)[1])
+        assert report["threads"] == 1 and report["cuda_initialized"] is False
+        assert "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()  # imports done
+        proc.stdin.write(json.dumps(["--config", str(MLP_CONFIG), "--port", "0"]) + "\n")
+        proc.stdin.close()
+        url = proc.stdout.readline().split("listening on ")[1].strip()
+        try:
+            wait_until(lambda: _ready(url), 60, "the standby turned replica")
+            r = httpx.post(url + "/v2/models/mlp/infer", content=MLP_BODY)
+            assert r.status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v2/health/ready").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("stdin", "code", "message"),
+    [
+        ("", 0, ""),
+        ("not json\n", 2, "one JSON list"),
+        ('["--standby"]\n', 2, "cannot ask for --standby"),
+    ],
+)
+def test_a_standby_released_or_given_bad_arguments(stdin: str, code: int, message: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ember", "serve", "--standby"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == code, out.stderr[-2000:]
+    assert message in out.stderr
+
+
 # ----------------------------------------------------------------------------- security
 def test_api_tokens_guard_the_data_plane_on_both_paths_but_not_health(tmp_path: Path) -> None:
     tokens = tmp_path / "api-tokens"
