@@ -276,6 +276,8 @@ ember.yaml:
     api_token_file: FILE     API tokens, one per line
     max_header_bytes: 65536  request line + headers; past it 431
     cache_dir: DIR           the replicas' local weight tier
+    warm_pool: 0             standby `ember serve` interpreters (imports done, no model) that a
+                             start takes instead of a new process; ~300 MB each; 0: none
     scaler: local            local: `ember serve` processes here; knative: each model's ksvc,
                              woken through min-scale (see `ember deploy --help`)
     policy: fixed            keep-alive/pre-warm policy: fixed (keep_alive_s), fixed:10m,

@@ -241,12 +241,16 @@ def cold_ember(work: Path, env: dict[str, str], i: int, pool: bool = False) -> d
     request = next(e for e in log if e["event"] == "request")
     p = ready["phases"]
     phases = {
+        "queue_wait": request["start"] - request["arrival"],
         "process_start": p.get("process_start", 0.0),
         "imports": p.get("imports", 0.0),
         "weight_fetch": sum(p.get(k, 0.0) for k in ("plan", "fetch", "tier")),
+        "weight_plan": p.get("plan", 0.0),
+        "fetch": p.get("fetch", 0.0),
+        "materialise_overlapped": p.get("materialise", 0.0),  # during the fetch, not after
+        "device_copy_overlapped": p.get("device", 0.0),
         "load": p.get("load", 0.0),
         "warmup": p.get("warmup", 0.0),
-        "queue_wait": request["start"] - request["arrival"],
         "first_answer": request["end"] - request["start"],
     }
     shutil.rmtree(run, ignore_errors=True)
