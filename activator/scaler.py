@@ -232,7 +232,10 @@ class LocalScaler:
             with contextlib.suppress(ConnectionError):
                 await state.proc.stdin.drain()
             state.proc.stdin.close()
-        else:
+            if state.proc.returncode is not None:  # it died just now: start from nothing
+                await self._reap(state)
+                state, warm = None, False
+        if state is None:
             state = await self._spawn(args, standby=False, label=spec.name)
         proc, tail = state.proc, state.tail
         assert proc.stdout is not None

@@ -3,9 +3,10 @@
 
 1. starts a local S3-compatible endpoint (moto's server on 127.0.0.1, port 0) and pushes the
    bundled all-MiniLM-L6-v2 into it with ``ember cache push``;
-2. runs ``ember up`` (the activator) with that model at zero replicas;
-3. sends a request at zero: it waits in the queue while a replica starts, streams the weights
-   from S3 into the local tier and loads them; prints the cold-start breakdown;
+2. runs ``ember up`` (the activator) with that model at zero replicas and one standby
+   interpreter in its warm pool (Python, torch and the server imported; no model);
+3. sends a request at zero: it waits in the queue while the standby becomes a replica, streams
+   the weights from S3 into the local tier and loads them; prints the cold-start breakdown;
 4. sends warm requests (curl-style JSON and tritonclient's binary tensors) and prints latency;
 5. waits for the keep-alive to expire and shows the model back at zero, its replica gone;
 6. stops the activator with SIGTERM (exit 0).
@@ -83,7 +84,8 @@ def story(work: Path, env: dict[str, str], model_dir: Path) -> int:
     stack = work / "ember.yaml"
     stack.write_text(
         f"activator:\n  events: events.jsonl\n  keep_alive_s: {KEEP_ALIVE_S}\n"
-        f"  cache_dir: tier\nmodels:\n  - config: minilm.yaml\n    container_concurrency: 32\n"
+        f"  cache_dir: tier\n  warm_pool: 1\n"
+        f"models:\n  - config: minilm.yaml\n    container_concurrency: 32\n"
     )
     print(f"\n2. $ ember up --config ember.yaml --port 0   (keep_alive_s: {KEEP_ALIVE_S})")
     proc = subprocess.Popen(
@@ -115,6 +117,15 @@ def story(work: Path, env: dict[str, str], model_dir: Path) -> int:
 
 def talk(client: httpx.Client, url: str, work: Path) -> int:
     print(f"   {state(client)}")
+    # warm_pool: 1 keeps one standby interpreter (Python, torch and the server imported, no model)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pool = metrics(client, "ember_activator_warm_pool")
+        if pool.get("ember_activator_warm_pool_ready") == 1:
+            rss = pool.get("ember_activator_warm_pool_rss_bytes", 0) / 1e6
+            print(f"   warm pool: 1 standby interpreter ready ({rss:.0f} MB, no model loaded)")
+            break
+        time.sleep(0.2)
     body = {
         "inputs": [
             {"name": "text", "shape": [len(SENTENCES)], "datatype": "BYTES", "data": SENTENCES}
@@ -176,6 +187,15 @@ def talk(client: httpx.Client, url: str, work: Path) -> int:
     return 0
 
 
+def metrics(client: httpx.Client, prefix: str) -> dict[str, float]:
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            name, _, value = line.partition(" ")
+            out[name] = float(value)
+    return out
+
+
 def breakdown(path: Path) -> None:
     events = read_until(path, "request")
     ready = next(e for e in events if e["event"] == "replica_ready")
@@ -193,7 +213,8 @@ def breakdown(path: Path) -> None:
         ("  warmup", p.get("warmup", 0.0)),
         ("first answer (replica's compute + proxy)", request["end"] - request["start"]),
     ]
-    print("   cold-start breakdown:")
+    source = "a standby from the warm pool" if ready.get("warm_pool") else "a new process"
+    print(f"   cold-start breakdown (the replica was {source}):")
     for name, seconds in rows:
         print(f"     {name:45} {seconds:6.2f}s")
 

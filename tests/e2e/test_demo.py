@@ -19,7 +19,9 @@ def test_the_demo_tells_its_story_and_exits_0() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "minilm is zero (UNAVAILABLE)" in out  # before the first request
-    assert "cold-start breakdown" in out and "weight fetch from S3" in out
+    assert "warm pool: 1 standby interpreter ready" in out
+    assert "cold-start breakdown (the replica was a standby from the warm pool)" in out
+    assert "weight fetch from S3" in out
     assert "minilm is ready (READY)" in out
     assert "same embedding as the JSON answer: True" in out
     assert "replica stopped: keep-alive expired" in out
