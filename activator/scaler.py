@@ -360,14 +360,8 @@ class LocalScaler:
 
     async def _kill(self, pid: int) -> None:
         state = self._procs.pop(pid, None)
-        if state is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            state.proc.kill()
-        await state.proc.wait()
-        for task in state.readers:
-            task.cancel()
-        await asyncio.gather(*state.readers, return_exceptions=True)
+        if state is not None:
+            await self._reap(state)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.faultproxy import FaultProxy  # noqa: E402  (the harness's loopback fault proxy)
+from tests.servers import children_of as children  # noqa: E402
 
 DOCUMENTED = {200, 502, 503, 504}
 DEADLINE_MS = 10_000
@@ -143,21 +144,6 @@ def check_answer(model: str, r: httpx.Response, tally: Tally) -> None:
 
 
 # ----------------------------------------------------------------------------------------- chaos
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
 def rss_mb(pid: int) -> float:
     try:
         text = Path(f"/proc/{pid}/status").read_text()

@@ -114,3 +114,19 @@ def wait_for_state(server: ServerProcess, state: str, timeout_s: float = 60) -> 
             pass
         time.sleep(0.05)
     raise TimeoutError(f"model never reached {state}:\n{server.output}")
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs of a process's live (not zombie) children, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import MLP_CONFIG, slow_model
-from tests.servers import ROOT, ServerProcess
+from tests.servers import ROOT, ServerProcess, children_of
 
 ADMIN_TOKEN = "admin-token-0123456789"
 API_TOKEN = "api-token-0123456789abcdef"
@@ -53,19 +53,8 @@ def activator(config: Path, env: dict[str, str] | None = None) -> Iterator[Serve
 
 
 def replicas(server: ServerProcess) -> list[int]:
-    """PIDs of the activator's child processes (its replicas)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[1]) == server.proc.pid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
+    """PIDs of the activator's child processes (its replicas, and standbys)."""
+    return children_of(server.proc.pid)
 
 
 def events(tmp_path: Path) -> list[dict[str, Any]]:
