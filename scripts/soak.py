@@ -6,8 +6,9 @@ Starts, all on loopback: an S3-compatible server (moto) behind a fault-injecting
 keep-alive, so it goes to zero and back), ``slow`` (a tiny queue and one request per replica, so
 the load runs well past its bound) and ``mlp`` (local weights). Then, for ``--minutes``:
 
-* ``--concurrency`` client threads send inference requests (each with a deadline) as fast as
-  they are answered, spread over the three models;
+* ``--concurrency`` client threads send inference requests (each with a 10 s deadline, half of
+  them in an ``Ember-Deadline-Ms`` header, which keeps them off the warm relay) as fast as they
+  are answered, spread over the three models;
 * a chaos thread, every 1-3 s: SIGKILLs a replica; or injects S3 faults (503 SlowDown, 500, a
   body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and evicts its tier entry,
   so its next request streams the weights from S3 through those faults; or puts a model to
@@ -99,16 +100,14 @@ def client(url: str, tally: Tally, stop: threading.Event, rng: random.Random, ca
                 tally.sent += 1
             model = rng.choices(names, weights)[0]
             body = SLOW_BODY if model == "slow" else MLP_BODY
+            headers = {"content-type": "application/json"}
+            if rng.random() < 0.5:
+                # the same deadline as the stack's deadline_s, said per request; such requests
+                # take the ASGI path, the others the relay when a replica slot is free
+                headers["ember-deadline-ms"] = str(DEADLINE_MS)
             started = time.monotonic()
             try:
-                r = http.post(
-                    f"/v2/models/{model}/infer",
-                    content=body,
-                    headers={
-                        "content-type": "application/json",
-                        "ember-deadline-ms": str(DEADLINE_MS),
-                    },
-                )
+                r = http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
             except httpx.TimeoutException as exc:
                 tally.bad("hung", f"{model}: no answer in {timeout:.0f}s ({type(exc).__name__})")
                 continue
