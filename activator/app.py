@@ -104,14 +104,14 @@ class Activator:
         self.metrics.watch(lambda: self.pools)
         self.admin_tokens = self.settings.admin_tokens()
         self.api_tokens = self.settings.api_tokens()
-        if self.api_tokens is None and not _is_loopback(host):
+        self.loopback = _is_loopback(host)
+        if self.api_tokens is None and not self.loopback:
             log.warning(
                 "the data plane is open to anyone who reaches %s: set %s (or api_token_file) "
                 "to require a bearer token",
                 host,
                 self.settings.api_token_env,
             )
-        self.loopback = _is_loopback(host)
         self.request_timeout_s = request_timeout_s
         self.access_log = access_log
         self.session: aiohttp.ClientSession | None = None

@@ -222,21 +222,19 @@ class FrontConnection(asyncio.Protocol):
         self._size = 0
         self._head_size = 0
 
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        limit = self.activator.settings.max_header_bytes
+        if self._head_size > limit:
+            raise HeadersTooLarge(f"request line and headers over {limit} bytes")
+
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._head_size += len(url)
-        if self._head_size > self.activator.settings.max_header_bytes:
-            raise HeadersTooLarge(
-                f"request line and headers over {self.activator.settings.max_header_bytes} bytes"
-            )
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.activator.settings.max_header_bytes:
-            raise HeadersTooLarge(
-                f"request line and headers over {self.activator.settings.max_header_bytes} bytes"
-            )
+        self._count_head(len(name) + len(value) + 4)
         if len(self._headers) > MAX_HEADERS:
             raise HeadersTooLarge(f"more than {MAX_HEADERS} header fields")
 

@@ -24,7 +24,7 @@ import aiohttp
 
 from activator.config import ModelSpec
 from activator.errors import ModelUnavailable
-from ember.proc import die_with_parent
+from ember.proc import die_with_parent, rss_bytes
 
 log = logging.getLogger("ember.activator")
 
@@ -173,7 +173,7 @@ class LocalScaler:
             "warm pool: process %d ready (preload %.2fs, %.0f MB)",
             state.proc.pid,
             state.report.get("preload_s", 0.0),
-            _rss_bytes(state.proc.pid) / 1e6,
+            rss_bytes(state.proc.pid) / 1e6,
         )
         self._standby.append(state)
         state.readers.append(asyncio.create_task(self._watch_standby(state)))
@@ -203,7 +203,7 @@ class LocalScaler:
     def pool_status(self) -> tuple[int, int]:
         """(standby processes ready now, their resident memory in bytes)."""
         ready = [s for s in self._standby if s.proc.returncode is None]
-        return len(ready), sum(_rss_bytes(s.proc.pid) for s in ready)
+        return len(ready), sum(rss_bytes(s.proc.pid) for s in ready)
 
     async def _reap(self, state: _Process) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -391,14 +391,3 @@ class LocalScaler:
 def _last(tail: collections.deque[str]) -> str:
     lines = [t for t in tail if t.strip()]
     return f": {lines[-1][-300:]}" if lines else ""
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

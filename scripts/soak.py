@@ -55,6 +55,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ember.proc import rss_bytes  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402  (the harness's loopback fault proxy)
 from tests.servers import children_of as children  # noqa: E402
 
@@ -144,12 +145,7 @@ def check_answer(model: str, r: httpx.Response, tally: Tally) -> None:
 
 # ----------------------------------------------------------------------------------------- chaos
 def rss_mb(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) / 1024 if match else 0.0
+    return rss_bytes(pid) / (1024 * 1024)
 
 
 def alive(pid: int) -> bool:

@@ -76,12 +76,16 @@ def state(server: ServerProcess, model: str) -> str:
     return str(next(m["activator_state"] for m in index if m["name"] == model))
 
 
+def metric(server: ServerProcess, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def queued(server: ServerProcess, model: str) -> float:
     """The activator's queue depth for a model, from its /metrics."""
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(f'ember_activator_queue_depth{{model="{model}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return metric(server, f'ember_activator_queue_depth{{model="{model}"}}')
 
 
 def slow(tmp_path: Path, **kw: Any) -> dict[str, Any]:
@@ -396,13 +400,6 @@ def test_sigterm_answers_a_request_already_on_its_way(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- warm pool
-def metric(server: ServerProcess, name: str) -> float:
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def test_the_warm_pool_starts_a_replica_without_a_new_interpreter(tmp_path: Path) -> None:
     config = stack(tmp_path, [{"config": str(MLP_CONFIG), "keep_alive_s": 1}], warm_pool=1)
     with activator(config) as server:
