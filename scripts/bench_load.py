@@ -9,8 +9,8 @@ tensors) and ``cat`` to /dev/null, with the page cache dropped
 first (``/proc/sys/vm/drop_caches``, checked with ``fincore``) or warmed. Every loader's tensors
 are touched once per 4 KiB page, so a lazy memory map counts the reads it defers. Loaders that
 hand out tensors aliasing their own reused buffers (run:ai, fastsafetensors) are charged a clone,
-as a caller that keeps the tensors must do. A peer that is not installed is skipped with a note
-(``pip install -e .[bench]`` brings them).
+as a caller that keeps the tensors must do. The script sets up ``.venv`` with the peers itself
+(``scripts/setup --bench``) and exits non-zero, naming it, if a peer it runs cannot be had.
 
 S3 rows: a synthetic safetensors checkpoint (``--size-gb``, default 1) is pushed to an ``s3rver``
 on loopback (npm's s3rver serves ranged GETs efficiently; moto re-reads the whole object for each
@@ -62,6 +62,8 @@ LOCAL_LOADERS = (
     "cat",
 )
 PEER_MODULES = {
+    "boto3": "boto3",
+    "boto3-stream": "boto3",
     "runai": "runai_model_streamer",
     "fastsafetensors": "fastsafetensors",
     "tensorizer": "tensorizer",
@@ -297,9 +299,6 @@ def local_rows(
     for layout, model in layouts.items():
         for cache in ("cold", "warm") if layout == "single" else ("cold",):
             for loader in LOCAL_LOADERS:
-                if not available(loader):
-                    _note(notes, f"{loader}: not installed here, skipped (pip install -e .[bench])")
-                    continue
                 where = model
                 if loader == "tensorizer":
                     if layout != "single" or tensorizer_dir is None:
@@ -362,14 +361,6 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def available(loader: str) -> bool:
-    if loader not in PEER_MODULES:
-        return True
-    import importlib.util
-
-    return importlib.util.find_spec(PEER_MODULES[loader]) is not None
-
-
 # ------------------------------------------------------------------------------------ driver
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -388,6 +379,12 @@ def main() -> int:
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.worker:
+        import benchenv
+
+        benchenv.ensure()
+        wanted = set(args.loaders.split(",")) | (set() if args.skip_local else set(LOCAL_LOADERS))
+        benchenv.require({n: m for n, m in PEER_MODULES.items() if n in wanted})
     if args.worker and args.worker.startswith("local:"):
         print(json.dumps(local_worker(args.worker.removeprefix("local:"), Path(args.dest))))
         return 0
@@ -508,9 +505,6 @@ def s3_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for loader in args.loaders.split(","):
-        if not available(loader):
-            _note(notes, f"{loader}: not installed here, skipped (pip install -e .[bench])")
-            continue
         runs = []
         for i in range(args.repeats):
             dest = work / f"dest-{loader}-{i}"

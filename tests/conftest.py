@@ -8,11 +8,17 @@ from typing import Any
 
 import pytest
 
+from tests import skipgate
 from tests.servers import ROOT, ServerProcess, running_server
+from tests.skipgate import GPU_SKIP
 
 MLP_CONFIG = ROOT / "examples" / "mlp" / "model.yaml"
 MINILM_CONFIG = ROOT / "examples" / "minilm" / "model.yaml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    skipgate.install(config)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "gpu" in parts:
             item.add_marker(pytest.mark.gpu)
             if not has_gpu:
-                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+                item.add_marker(pytest.mark.skip(reason=GPU_SKIP))
         if "integration" in parts or "e2e" in parts:
             item.add_marker(pytest.mark.slow)
 

@@ -1,12 +1,12 @@
 """Fuzz the protocol surface from the upstream OIP REST spec (schemathesis), on a real runtime
 (``ember serve``) and a real activator (``ember up``) over loopback.
 
-Every operation of ``../shared/specs/oip/open_inference_rest.yaml`` (and its unversioned twin,
-which the protocol also defines) gets requests that fit the spec and requests that break it. The
-model name is either the served model's or anything at all. Whatever comes in: no 5xx, every
-error body is OIP-shaped (``{"error": "..."}``), every answer is JSON, and the server keeps
-answering. The budget is bounded: ``EMBER_FUZZ_EXAMPLES`` examples per operation and mode (25 by
-default; derandomised, so CI runs the same cases each time).
+Every operation of the vendored ``tests/data/specs/oip/open_inference_rest.yaml`` (and its
+unversioned twin, which the protocol also defines) gets requests that fit the spec and requests
+that break it. The model name is either the served model's or anything at all. Whatever comes
+in: no 5xx, every error body is OIP-shaped (``{"error": "..."}``), every answer is JSON, and the
+server keeps answering. The budget is bounded: ``EMBER_FUZZ_EXAMPLES`` examples per operation
+and mode (25 by default; derandomised, so CI runs the same cases each time).
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import yaml
 
 from tests.conftest import MLP_CONFIG
 from tests.servers import ServerProcess
-from tests.spec import shared_dir
-
-schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
+from tests.spec import OIP_SPEC, data_path
 
 EXAMPLES = int(os.environ.get("EMBER_FUZZ_EXAMPLES", "25"))
-SPEC = shared_dir() / "specs" / "oip" / "open_inference_rest.yaml"
 MODEL = "mlp"
 
 
@@ -38,9 +36,8 @@ def oip_schema(served: bool = False) -> Any:
     """The spec as schemathesis takes it: ``${NAME}`` path templates as ``{NAME}``, the
     unversioned routes added, and, when ``served``, the model name and version pinned to the
     served model's (so the bodies reach the decoder instead of a 404)."""
-    if not SPEC.is_file():
-        pytest.skip(f"OIP spec not found under {shared_dir()} (set EMBER_SHARED)")
-    raw = json.loads(json.dumps(yaml.safe_load(SPEC.read_text())).replace("${", "{"))
+    spec = yaml.safe_load(data_path(OIP_SPEC).read_text())
+    raw = json.loads(json.dumps(spec).replace("${", "{"))
     paths = raw["paths"]
     for path in list(paths):
         if "/versions/{MODEL_VERSION}" in path:

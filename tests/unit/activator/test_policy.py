@@ -13,7 +13,7 @@ from activator.errors import ConfigError
 from activator.policy import Fixed, History, Hybrid, parse_policy
 from activator.simulate import Trace, load_trace, simulate, simulate_one
 from tests.servers import ROOT
-from tests.spec import shared_dir
+from tests.spec import TRACE_SAMPLE, data_path
 
 DAY = 24 * 3600
 
@@ -88,10 +88,7 @@ def test_wrong_columns_and_missing_traces(tmp_path: Path) -> None:
 
 
 def test_the_sample_and_the_target() -> None:
-    sample = shared_dir() / "traces" / "azure2019_sample100"
-    if not sample.exists():
-        pytest.skip(f"trace sample not found under {shared_dir()}")
-    traces = load_trace(sample)
+    traces = load_trace(data_path(TRACE_SAMPLE))
     assert len(traces) == 100
     fixed = simulate(traces, parse_policy("fixed:10m"))["total"]
     hybrid = simulate(traces, parse_policy("hybrid"))["total"]

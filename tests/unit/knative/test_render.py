@@ -1,8 +1,8 @@
 """``ember deploy``: rendered objects valid for Knative's CRD schema, its webhook and Kubernetes.
 
-A cluster cannot run here: the Services are validated against the CRD's openAPIV3Schema in
-``../shared/specs/knative`` and the webhook's rules (knative/rules.py), the ConfigMaps against
-Kubernetes' own schema (kubernetes-validate), and two stacks are compared with golden YAML.
+A cluster cannot run here: the Services are validated against the CRD's openAPIV3Schema in the
+vendored ``tests/data/specs/knative`` and the webhook's rules (knative/rules.py), the ConfigMaps
+against Kubernetes' own schema (kubernetes-validate), and two stacks are compared with golden YAML.
 """
 
 from __future__ import annotations
@@ -24,17 +24,14 @@ from knative.errors import DeployError
 from knative.render import kn_commands, render, to_yaml
 from knative.rules import ksvc_errors
 from tests.servers import ROOT
-from tests.spec import shared_dir
+from tests.spec import KNATIVE_SERVICE_CRD, data_path
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 K8S_VERSION = "1.33"
 
 
 def crd_schema() -> dict[str, Any]:
-    path = shared_dir() / "specs" / "knative" / "service.yaml"
-    if not path.exists():
-        pytest.skip(f"Knative CRDs not found under {shared_dir()} (set EMBER_SHARED)")
-    crd = yaml.safe_load(path.read_text())
+    crd = yaml.safe_load(data_path(KNATIVE_SERVICE_CRD).read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
     return schema
