@@ -68,7 +68,13 @@ async def _push(args: argparse.Namespace) -> int:
         progress = Progress(f"push {args.dest}", size)
     store = await open_store(args.dest)
     try:
-        manifest = await push_source(store, source, concurrency=args.concurrency, progress=progress)
+        manifest = await push_source(
+            store,
+            source,
+            concurrency=args.concurrency,
+            progress=progress,
+            chunk_bytes=args.chunk_mb << 20,
+        )
     finally:
         if progress is not None:
             progress.close()
@@ -136,6 +142,7 @@ async def _ls(args: argparse.Namespace) -> int:
 
 async def _verify(args: argparse.Namespace) -> int:
     from weight_cache.fetch import read_manifest
+    from weight_cache.manifest import chunk_digest
     from weight_cache.stores import open_store
 
     store = await open_store(args.uri)
@@ -150,13 +157,14 @@ async def _verify(args: argparse.Namespace) -> int:
                 )
                 continue
             digest = hashlib.sha256()
-            step = 8 * 1024 * 1024
+            step = f.chunks.size if f.chunks is not None else 8 * 1024 * 1024
             for offset in range(0, f.size, step):
-                digest.update(
-                    await store.read_range(
-                        f.path, start=offset, length=min(step, f.size - offset), etag=f.etag
-                    )
+                data = await store.read_range(
+                    f.path, start=offset, length=min(step, f.size - offset), etag=f.etag
                 )
+                digest.update(data)
+                if f.chunks is not None and chunk_digest(data) != f.chunks.digest(offset):
+                    problems.append(f"{f.path}: chunk {offset // step} differs from its digest")
             if digest.hexdigest() != f.sha256:
                 problems.append(f"{f.path}: sha256 {digest.hexdigest()}, manifest {f.sha256}")
     finally:
@@ -197,6 +205,16 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cache = sub.add_parser(
         "cache",
@@ -220,6 +238,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     push.add_argument(
         "--concurrency", type=int, default=4, help="files uploaded at once (default 4)"
     )
+    push.add_argument(
+        "--chunk-mb",
+        type=positive_int,
+        default=8,
+        help="the manifest's chunk size, in MiB: each chunk gets a BLAKE3 digest, and a pull "
+        "reads and verifies the file a chunk at a time (default 8)",
+    )
     push.set_defaults(cache_func=_push)
 
     pull = cmds.add_parser("pull", help="stream a pushed model into the local tier")
@@ -228,7 +253,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--concurrency", type=int, default=8, help="ranged reads in flight (default 8)"
     )
     pull.add_argument(
-        "--chunk-mb", type=int, default=8, help="bytes per ranged read, in MiB (default 8)"
+        "--chunk-mb",
+        type=positive_int,
+        default=8,
+        help="bytes per ranged read, in MiB, for a manifest without chunk digests (a newer "
+        "one is read a chunk at a time) (default 8)",
     )
     local_dir(pull)
     pull.set_defaults(cache_func=_pull)

@@ -43,3 +43,9 @@ class StoreUnavailable(WeightCacheError):
 
 class DiskFull(WeightCacheError):
     status_code = 507
+
+
+class DeviceMemoryFull(WeightCacheError):
+    """The device ran out of memory while the weights were placed on it."""
+
+    status_code = 507

@@ -1,13 +1,15 @@
 """Streaming a model from its store into the local tier: concurrent ranged reads, bounded memory.
 
-Each file is cut into ``chunk_bytes`` ranges read ``concurrency`` at a time by a pool of threads,
-each range pinned to the ETag from the manifest and read from the socket straight into its place
-in the ``.partial`` file (a shared mapping of it; the page cache is the only buffer, and the
-kernel writes it back and reclaims it as it would any file's). The coordinating thread takes the
-ranges in order as they land: it hashes them and tells a :class:`FetchSink`, which makes tensors
-from them while later ranges are still in flight. Space is reserved with ``posix_fallocate``
-first, so a full disk fails before any download. The file is renamed into place only once its
-size, sha256 and safetensors header match the manifest.
+Each file is cut into ranges (its manifest's chunks, or ``chunk_bytes`` for a manifest without a
+chunk table) read ``concurrency`` at a time by a pool of threads, each range pinned to the ETag
+from the manifest. The thread that read a chunk checks it against its digest, so verification
+scales with the readers. A range lands straight in its place in the ``.partial`` file (a shared
+mapping of it: the page cache is the only buffer), or, for a sink bound for a GPU, in a slot of
+the sink's ring of pinned buffers, from which both the tier write and the device copy go. The
+coordinating thread takes the ranges in order as they land and tells a :class:`FetchSink`, which
+makes tensors from them while later ranges are still in flight; the whole-file sha256 is computed
+beside it and checked before the tier entry commits. Space is reserved with ``posix_fallocate``
+first, so a full disk fails before any download.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import logging
 import mmap
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from weight_cache.errors import CorruptCheckpoint, ObjectMissing
-from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
+from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest, chunk_digest
 from weight_cache.safetensors_format import parse_header
 from weight_cache.stores import ObjectStore, RangeReader, join_key
 from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
@@ -125,6 +128,8 @@ async def fetch_to_tier(
         lock.release()
         raise
     fetch_started = time.perf_counter()
+    # whole-file sha256s computed beside the chunk-verified downloads: checked before the commit
+    digests: list[tuple[FileEntry, Future[str]]] = []
     try:
         # small files (configs, tokenizers) first, all at once: each is one ranged read, and
         # their round trips overlap; then the big ones, each with every connection
@@ -143,7 +148,7 @@ async def fetch_to_tier(
         permits = asyncio.Semaphore(max(1, concurrency))
 
         async def one(entry: FileEntry, threads: int) -> None:
-            await fetch_file(
+            digest = await fetch_file(
                 store,
                 entry,
                 path / entry.path,
@@ -152,6 +157,8 @@ async def fetch_to_tier(
                 progress=progress,
                 sink=sink,
             )
+            if digest is not None:
+                digests.append((entry, digest))
 
         async def small_one(entry: FileEntry) -> None:
             async with permits:
@@ -180,10 +187,13 @@ async def fetch_to_tier(
         manifest.total_bytes / max(fetch_s, 1e-9) / 1e9,
     )
 
+    def verify_and_commit() -> None:
+        for entry, digest in digests:
+            check_digest(entry, digest, f"{store.uri}/{entry.path}")
+        tier.commit(key, manifest, source=store.uri)
+
     async def commit() -> None:
-        work = asyncio.ensure_future(
-            asyncio.to_thread(tier.commit, key, manifest, source=store.uri)
-        )
+        work = asyncio.ensure_future(asyncio.to_thread(verify_and_commit))
         try:
             # shielded: a cancelled caller must not race the thread that writes the marker
             await asyncio.shield(work)
@@ -209,13 +219,36 @@ async def fetch_to_tier(
     return report
 
 
+class Staging(Protocol):
+    """A bounded ring of (pinned) host buffers that ranges land in, for a sink bound for a device.
+
+    With one, a range is read from the store into a slot, verified there, written to the tier
+    file from there and copied to the device from there: one pass, nothing read back through a
+    mapping. ``take`` blocks until a slot is free (its last copy out has completed); ``landed``
+    starts the copy out of a filled slot and gives the slot back; ``give_back`` returns an
+    unused one.
+    """
+
+    def reserve(self, slots: int, length: int) -> None: ...
+
+    def take(self, length: int) -> tuple[int, memoryview]: ...
+
+    def landed(self, entry: FileEntry, offset: int, slot: int, length: int) -> None: ...
+
+    def give_back(self, slot: int) -> None: ...
+
+
 class FetchSink(Protocol):
     """Told about a file's bytes as they arrive, so tensors can be made before the download ends.
 
     Called from the fetch's coordinating thread: ``opened`` before the first byte, ``arrived``
-    each time the contiguous prefix ``[0, upto)`` grows, ``finished`` once the file is verified
-    and renamed to ``final``.
+    each time the contiguous, verified prefix ``[0, upto)`` grows, ``finished`` once the file is
+    checked and renamed to ``final``. ``staging`` is None for a sink that reads the tier file
+    itself (CPU views of it).
     """
+
+    @property
+    def staging(self) -> Staging | None: ...
 
     def opened(self, entry: FileEntry, partial: Path) -> None: ...
 
@@ -233,8 +266,14 @@ async def fetch_file(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
     sink: FetchSink | None = None,
-) -> None:
-    """Stream one file to ``target`` (via ``target.partial``), verified against the manifest."""
+) -> Future[str] | None:
+    """Stream one file to ``target`` (via ``target.partial``), verified against the manifest.
+
+    With a chunk table every chunk is verified as it lands and the whole-file sha256 is computed
+    beside the download: the returned future gives it, and the caller checks it before the tier
+    entry commits. Without one (a format 1 manifest) the whole-file digest is checked here and
+    None is returned.
+    """
     where = f"{store.uri}/{entry.path}"
     reader = await store.range_reader(entry.path, etag=entry.etag)
     cancel = threading.Event()
@@ -253,11 +292,20 @@ async def fetch_file(
         )
     )
     try:
-        await asyncio.shield(work)
+        return await asyncio.shield(work)
     except asyncio.CancelledError:
         cancel.set()  # the threads stop after their current range; the partial file goes
         await asyncio.wait([work])
         raise
+
+
+def check_digest(entry: FileEntry, digest: Future[str], where: str) -> None:
+    """Wait for a whole-file sha256 computed beside the download and compare it. Blocking."""
+    got = digest.result()
+    if got != entry.sha256:
+        raise CorruptCheckpoint(
+            f"{where}: sha256 {got} does not match the manifest's {entry.sha256}"
+        )
 
 
 def _download(
@@ -271,7 +319,7 @@ def _download(
     progress: Callable[[int], None] | None,
     sink: FetchSink | None,
     cancel: threading.Event,
-) -> None:
+) -> Future[str] | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
@@ -279,32 +327,32 @@ def _download(
     except OSError as exc:
         reader.close()
         raise disk_error(exc, str(partial)) from exc
+    whole: _WholeFileHash | None = None
     try:
         try:
-            digest = hashlib.sha256()
-            if entry.size:
-                mapped = _reserve(fd, entry.size, partial)
-                if sink is not None:
-                    sink.opened(entry, partial)
-                _pull(
-                    reader,
-                    entry,
-                    fd,
-                    mapped,
-                    digest,
-                    concurrency,
-                    chunk_bytes,
-                    progress,
-                    sink,
-                    cancel,
-                )
-            elif sink is not None:
+            mapped = _reserve(fd, entry.size, partial) if entry.size else False
+            if entry.chunks is not None and entry.size:
+                whole = _WholeFileHash(fd, entry.size, cancel)
+            if sink is not None:
                 sink.opened(entry, partial)
+            digest = stream_ranges(
+                reader,
+                entry,
+                where,
+                fd=fd,
+                mapped=mapped,
+                concurrency=concurrency,
+                range_bytes=entry.chunks.size if entry.chunks is not None else chunk_bytes,
+                progress=progress,
+                sink=sink,
+                whole=whole,
+                cancel=cancel,
+            )
         finally:
             reader.close()  # a local file checks here that it was not replaced while read
-        if digest.hexdigest() != entry.sha256:
+        if digest is not None and digest != entry.sha256:
             raise CorruptCheckpoint(
-                f"{where}: sha256 {digest.hexdigest()} does not match the manifest's {entry.sha256}"
+                f"{where}: sha256 {digest} does not match the manifest's {entry.sha256}"
             )
         if entry.safetensors is not None:
             _check_header(partial, entry, where)
@@ -312,57 +360,94 @@ def _download(
         fd = -1
         partial.replace(target)
     except BaseException:
+        if whole is not None:
+            whole.abort()
         if fd >= 0:
             os.close(fd)
         partial.unlink(missing_ok=True)
         raise
     if sink is not None:
         sink.finished(entry, target)
+    if whole is not None:
+        return whole.finish()
+    if entry.chunks is not None:  # an empty file: nothing to hash beside it
+        done: Future[str] = Future()
+        done.set_result(hashlib.sha256().hexdigest())
+        return done
+    return None
 
 
-def _pull(
+def stream_ranges(
     reader: RangeReader,
     entry: FileEntry,
-    fd: int,
-    mapped: bool,
-    digest: hashlib._Hash,
+    where: str,
+    *,
+    fd: int | None,
+    mapped: bool = False,
     concurrency: int,
-    chunk_bytes: int,
-    progress: Callable[[int], None] | None,
-    sink: FetchSink | None,
+    range_bytes: int,
+    progress: Callable[[int], None] | None = None,
+    sink: FetchSink | None = None,
+    whole: _WholeFileHash | None = None,
     cancel: threading.Event,
-) -> None:
-    """Ranges read ``concurrency`` at a time into the file; hashed and announced in order.
+) -> str | None:
+    """Ranges read ``concurrency`` at a time, verified, landed, and announced in order.
 
-    With its blocks reserved the file is written through a shared mapping, so a body goes from
-    the socket into the page cache with one copy. Without (a filesystem that cannot reserve) a
-    write could hit a full disk as SIGBUS there, so each range goes through a per-thread buffer
-    and ``pwrite``, which fails with ENOSPC instead.
+    Where a range lands: with the sink's staging ring, in a slot, written to the tier file
+    (``fd``; None writes nothing, for a load from a local file) and copied to the device from
+    there. Otherwise into the tier file: with its blocks reserved (``mapped``) straight through
+    a shared mapping, so a body goes from the socket into the page cache with one copy; without
+    (a filesystem that cannot reserve) a write could hit a full disk as SIGBUS there, so each
+    range goes through a per-thread buffer and ``pwrite``, which fails with ENOSPC instead.
+
+    A range with a chunk digest is verified by the thread that read it (and read once more
+    before it is refused); the whole-file sha256 is then ``whole``'s job, beside the download.
+    Without chunk digests the coordinating thread hashes the ranges in order and returns the
+    whole-file digest.
     """
     size = entry.size
-    mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    view = memoryview(mm)
+    staging = sink.staging if sink is not None else None
+    if fd is None and staging is None:
+        raise ValueError("streaming without a tier file needs a sink with a staging ring")
+    if staging is not None:
+        staging.reserve(concurrency + 2, min(range_bytes, max(size, 1)))
+    # without chunk digests, a fetch hashes in order here; a local load (no tier file) does not
+    in_order = hashlib.sha256() if entry.chunks is None and fd is not None else None
+    if not size:
+        return in_order.hexdigest() if in_order is not None else None
+    mm = None
+    view = None
+    if fd is not None:
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        view = memoryview(mm)
     buffers = threading.local()
 
     def land(offset: int, length: int) -> None:
         if cancel.is_set():
             raise _Stopped
-        if mapped:
-            reader.read_into(offset, view[offset : offset + length])
+        if staging is not None:
+            slot, buf = staging.take(length)
+            try:
+                _read_verified(reader, entry, offset, buf, where)
+                if fd is not None:
+                    _pwrite(fd, buf, offset, entry)
+                staging.landed(entry, offset, slot, length)
+            except BaseException:
+                staging.give_back(slot)
+                raise
             return
-        buf = getattr(buffers, "buf", None)
-        if buf is None or len(buf) < length:
-            buf = buffers.buf = bytearray(length)
-        staging = memoryview(buf)[:length]
-        reader.read_into(offset, staging)
-        try:
-            done = 0
-            while done < length:  # a regular file may take fewer bytes than offered
-                done += os.pwrite(fd, staging[done:], offset + done)
-        except OSError as exc:
-            raise disk_error(exc, f"writing {entry.path}") from exc
+        assert view is not None and fd is not None
+        if mapped:
+            _read_verified(reader, entry, offset, view[offset : offset + length], where)
+            return
+        scratch_buf: bytearray | None = getattr(buffers, "buf", None)
+        if scratch_buf is None or len(scratch_buf) < length:
+            scratch_buf = buffers.buf = bytearray(length)
+        scratch = memoryview(scratch_buf)[:length]
+        _read_verified(reader, entry, offset, scratch, where)
+        _pwrite(fd, scratch, offset, entry)
 
-    ranges = iter(range(0, size, chunk_bytes))
+    ranges = iter(range(0, size, range_bytes))
     pending: deque[tuple[int, int, Future[None]]] = deque()
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="ember-fetch") as pool:
@@ -370,7 +455,7 @@ def _pull(
             def submit() -> None:
                 offset = next(ranges, None)
                 if offset is not None:
-                    length = min(chunk_bytes, size - offset)
+                    length = min(range_bytes, size - offset)
                     pending.append((offset, length, pool.submit(land, offset, length)))
 
             for _ in range(2 * concurrency):  # a second round queued keeps every thread busy
@@ -380,7 +465,10 @@ def _pull(
                     offset, length, future = pending[0]
                     _wait(future, cancel)
                     pending.popleft()
-                    digest.update(view[offset : offset + length])
+                    if in_order is not None and view is not None:
+                        in_order.update(view[offset : offset + length])
+                    elif whole is not None:
+                        whole.feed(offset, length)
                     if progress is not None:
                         progress(length)
                     if sink is not None:
@@ -392,9 +480,86 @@ def _pull(
                     future.cancel()
                 raise
     finally:
-        with contextlib.suppress(BufferError):  # a traceback may still hold a slice
+        if view is not None and mm is not None:
+            with contextlib.suppress(BufferError):  # a traceback may still hold a slice
+                view.release()
+                mm.close()
+    return in_order.hexdigest() if in_order is not None else None
+
+
+def _read_verified(
+    reader: RangeReader, entry: FileEntry, offset: int, buffer: memoryview, where: str
+) -> None:
+    """Read one range; with a chunk table, check it, and read it once more before refusing it."""
+    reader.read_into(offset, buffer)
+    if entry.chunks is None:
+        return
+    want = entry.chunks.digest(offset)
+    if chunk_digest(buffer) == want:
+        return
+    index = offset // entry.chunks.size
+    log.warning("%s: chunk %d failed its digest; reading it again", where, index)
+    reader.read_into(offset, buffer)
+    if chunk_digest(buffer) != want:
+        raise CorruptCheckpoint(
+            f"{where}: chunk {index} (bytes {offset}-{offset + len(buffer)}) does not match "
+            "its digest in the manifest, read twice"
+        )
+
+
+def _pwrite(fd: int, data: memoryview, offset: int, entry: FileEntry) -> None:
+    try:
+        done = 0
+        while done < len(data):  # a regular file may take fewer bytes than offered
+            done += os.pwrite(fd, data[done:], offset + done)
+    except OSError as exc:
+        raise disk_error(exc, f"writing {entry.path}") from exc
+
+
+class _WholeFileHash:
+    """A file's sha256 in a thread of its own, fed its verified ranges in order.
+
+    Every chunk was already checked against its own digest by the thread that read it, so the
+    tensors need not wait for this; the tier entry does (see :func:`check_digest`). It reads the
+    file back through its own read-only mapping, from the page cache the ranges just filled.
+    """
+
+    def __init__(self, fd: int, size: int, cancel: threading.Event) -> None:
+        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._cancel = cancel
+        self._result: Future[str] = Future()
+        self._thread = threading.Thread(target=self._run, name="ember-sha256", daemon=True)
+        self._thread.start()
+
+    def feed(self, offset: int, length: int) -> None:
+        self._queue.put((offset, length))
+
+    def finish(self) -> Future[str]:
+        self._queue.put(None)
+        return self._result
+
+    def abort(self) -> None:
+        self._cancel.set()
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        digest = hashlib.sha256()
+        view = memoryview(self._mm)
+        try:
+            while (item := self._queue.get()) is not None:
+                if self._cancel.is_set():
+                    raise _Stopped
+                offset, length = item
+                digest.update(view[offset : offset + length])
+            if self._cancel.is_set():
+                raise _Stopped
+            self._result.set_result(digest.hexdigest())
+        except BaseException as exc:
+            self._result.set_exception(exc)
+        finally:
             view.release()
-            mm.close()
+            self._mm.close()
 
 
 def _wait(future: Future[None], cancel: threading.Event) -> None:

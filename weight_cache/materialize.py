@@ -1,24 +1,28 @@
 """Tensors while the file still downloads: a :class:`~weight_cache.fetch.FetchSink` for torch.
 
-The fetch announces each file's contiguous prefix as it grows; every tensor whose bytes all lie in
-it is made right then, in file order:
+The fetch announces each file's contiguous, verified prefix as it grows; every tensor whose bytes
+all lie in it is made right then, in file order:
 
 * **on the CPU** a tensor is a view of the tier file itself (a private, copy-on-write mapping of
   it): no copy, and nothing that is ever reused, since the file is only renamed into place;
-* **on a GPU** the bytes go through a ring of pinned staging buffers and non-blocking copies on a
-  side stream into one device buffer per file, so the host-to-device copies overlap the download;
-  a staging buffer is refilled only after the copy out of it has completed (its CUDA event), so
-  no tensor aliases a reused buffer. The tensors are views of that device buffer.
+* **staged** (on a GPU) the sink lends the fetch a bounded ring of pinned host buffers
+  (:class:`~weight_cache.fetch.Staging`): each range is read from the store into a slot,
+  written to the tier file from it and copied from it, asynchronously on a side stream, into one
+  device buffer per file: one pass, nothing read back through a mapping. A slot is handed out
+  again only once the copy out of it has completed (a blocking CUDA event: the waiting thread
+  sleeps rather than spins). The tensors are views of the device buffer.
 
-``stage=True`` runs the staged path on the CPU too (plain buffers, synchronous copies), which is
-how the tests check it on a machine with no GPU. torch is imported here only, so the CLI's
-push and pull never load it.
+``stage=True`` runs the staged path on the CPU too (pageable buffers, plain ``memcpy`` into a
+host buffer, no torch intra-op threads), which is how machines with no GPU test it and measure
+its CPU cost. Pinned memory that cannot be had falls back to pageable buffers, logged. torch is
+imported here only, so the CLI's push and pull never load it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import mmap
+import queue
 import threading
 import time
 from collections import deque
@@ -26,11 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from weight_cache.errors import CorruptCheckpoint
+from weight_cache.errors import CorruptCheckpoint, DeviceMemoryFull
 from weight_cache.manifest import FileEntry
 from weight_cache.safetensors_format import TensorInfo
+
+log = logging.getLogger("ember.weight_cache")
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -60,8 +67,7 @@ class _File:
     data_start: int
     mapping: mmap.mmap | None = None  # CPU: the partial file, privately mapped
     device_buffer: torch.Tensor | None = None  # staged: the file's data section
-    copied: int = 0  # staged: file offset up to which bytes went to the device buffer
-    source: Any = None  # staged: the partial file, read through a shared mapping
+    host_view: np.ndarray[Any, Any] | None = None  # staged on the CPU: the same, as numpy
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -73,38 +79,115 @@ class TensorSink:
         device: str = "cpu",
         *,
         stage: bool | None = None,
+        pin: bool | None = None,
         staging_bytes: int = DEFAULT_STAGING_BYTES,
         ring: int = DEFAULT_RING,
     ) -> None:
         self.device = torch.device(device)
         self.stage = self.device.type != "cpu" if stage is None else stage
+        self.pin = self.device.type == "cuda" if pin is None else pin
         self.tensors: dict[str, dict[str, torch.Tensor]] = {}
-        self.materialise_s = 0.0  # time spent making tensors and staging copies (in the fetch)
+        self.materialise_s = 0.0  # time spent making tensors (in the fetch's coordinating thread)
         self.device_wait_s = 0.0  # time spent waiting for the device's copies to complete
         self.staged_bytes = 0
         self._files: dict[str, _File] = {}
         self._lock = threading.Lock()
         self._staging_bytes = max(4096, staging_bytes)
-        self._ring_size = max(1, ring)
-        self._ring: list[torch.Tensor] = []
-        self._events: list[Any] = []  # per ring slot: the CUDA event of the copy out of it
-        self._next = 0
+        self._ring: list[torch.Tensor] = []  # the slots' buffers
+        self._views: list[memoryview] = []
+        self._events: list[Any] = []  # per slot: the CUDA event of the copy out of it, or None
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stream: Any = None
         if self.stage:
-            cuda = self.device.type == "cuda"
-            if cuda:
+            if self.device.type == "cuda":
                 self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
-            self._ring = [
-                torch.empty(self._staging_bytes, dtype=torch.uint8, pin_memory=cuda)
-                for _ in range(self._ring_size)
-            ]
-            self._events = [None] * self._ring_size
+            self.reserve(max(1, ring), self._staging_bytes)
+
+    @property
+    def staging(self) -> TensorSink | None:
+        return self if self.stage else None
+
+    # ---------------------------------------------------------------------- Staging
+    def reserve(self, slots: int, length: int) -> None:
+        """At least ``slots`` slots of at least ``length`` bytes. Called before the reads start."""
+        with self._lock:
+            for slot in range(len(self._ring)):
+                if self._ring[slot].numel() < length:
+                    self._sync_slot(slot)
+                    self._set_slot(slot, self._buffer(length))
+            while len(self._ring) < slots:
+                self._ring.append(torch.empty(0, dtype=torch.uint8))
+                self._views.append(memoryview(b""))
+                self._events.append(None)
+                self._set_slot(len(self._ring) - 1, self._buffer(max(length, 1)))
+                self._free.put(len(self._ring) - 1)
+
+    def take(self, length: int) -> tuple[int, memoryview]:
+        slot = self._free.get()
+        self._sync_slot(slot)  # the copy out of it has completed (a blocking wait, no spin)
+        return slot, self._views[slot][:length]
+
+    def give_back(self, slot: int) -> None:
+        self._free.put(slot)
+
+    def landed(self, entry: FileEntry, offset: int, slot: int, length: int) -> None:
+        """Copy the data-section part of a filled slot to the file's device buffer."""
+        state = self._files.get(entry.path)
+        if state is None or state.device_buffer is None:
+            self._free.put(slot)
+            return
+        first = max(offset, state.data_start)  # a chunk may begin in the header
+        count = offset + length - first
+        if count <= 0:
+            self._free.put(slot)
+            return
+        source = self._ring[slot][first - offset : first - offset + count]
+        at = first - state.data_start
+        if self._stream is not None:
+            with torch.cuda.stream(self._stream):
+                state.device_buffer[at : at + count].copy_(source, non_blocking=True)
+                event = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+                event.record(self._stream)
+            self._events[slot] = event
+        else:
+            assert state.host_view is not None  # numpy's copy: one memcpy, the GIL released
+            state.host_view[at : at + count] = source.numpy()
+        with self._lock:
+            self.staged_bytes += count
+        self._free.put(slot)
+
+    def _buffer(self, length: int) -> torch.Tensor:
+        if self.pin:
+            try:
+                return self._pinned(length)
+            except RuntimeError as exc:
+                log.warning(
+                    "pinned host memory unavailable (%s): staging through pageable buffers", exc
+                )
+                self.pin = False
+        return torch.empty(length, dtype=torch.uint8)
+
+    def _pinned(self, length: int) -> torch.Tensor:
+        return torch.empty(length, dtype=torch.uint8, pin_memory=True)
+
+    def _set_slot(self, slot: int, buffer: torch.Tensor) -> None:
+        self._ring[slot] = buffer
+        self._views[slot] = memoryview(buffer.numpy()).cast("B")  # type: ignore[arg-type]
+        self._events[slot] = None
+
+    def _sync_slot(self, slot: int) -> None:
+        event = self._events[slot]
+        if event is not None:
+            started = time.perf_counter()
+            event.synchronize()
+            self._events[slot] = None
+            self.device_wait_s += time.perf_counter() - started
 
     # ---------------------------------------------------------------------- FetchSink
     def opened(self, entry: FileEntry, partial: Path) -> None:
         if entry.safetensors is None:
             return
-        with self._lock:  # files may be fetched side by side; the ring is shared
+        with self._lock:  # files may be fetched side by side
             self._opened(entry, partial)
 
     def _opened(self, entry: FileEntry, partial: Path) -> None:
@@ -114,58 +197,57 @@ class TensorSink:
             if info.dtype not in TORCH_DTYPES:
                 raise CorruptCheckpoint(f"{entry.path}: {info.name} has dtype {info.dtype}")
         state = _File(entry, deque(infos), entry.safetensors.header_bytes)
-        if entry.size:
+        if entry.size and self.stage:
+            state.device_buffer = self._device_buffer(entry, entry.size - state.data_start)
+            if state.device_buffer.device.type == "cpu":
+                state.host_view = state.device_buffer.numpy()
+            elif self._stream is not None:  # the allocation is ordered before the copies
+                self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        elif entry.size:
             with partial.open("rb") as f:
                 # private and writable: torch wants a writable buffer; nothing writes to it
-                mapping = mmap.mmap(
+                state.mapping = mmap.mmap(
                     f.fileno(),
                     entry.size,
                     flags=mmap.MAP_PRIVATE,
                     prot=mmap.PROT_READ | mmap.PROT_WRITE,
                 )
-            if self.stage:
-                state.source = mapping
-                state.device_buffer = torch.empty(
-                    entry.size - state.data_start, dtype=torch.uint8, device=self.device
-                )
-                if self._stream is not None:  # the allocation is ordered before the copies
-                    self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            else:
-                state.mapping = mapping
         self._files[entry.path] = state
+
+    def _allocate(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def _device_buffer(self, entry: FileEntry, nbytes: int) -> torch.Tensor:
+        try:
+            return self._allocate(nbytes)
+        except torch.OutOfMemoryError as exc:
+            raise DeviceMemoryFull(
+                f"{self.device} has no room for {entry.path} ({nbytes} bytes of tensors): {exc}"
+            ) from None
 
     def arrived(self, entry: FileEntry, upto: int) -> None:
         state = self._files.get(entry.path)
         if state is None:
             return
-        with self._lock:
-            self._arrived(state, upto)
-
-    def _arrived(self, state: _File, upto: int) -> None:
         started = time.perf_counter()
-        if self.stage:
-            self._copy(state, upto)
-        while state.pending and state.pending[0].end <= upto:
-            info = state.pending.popleft()
-            state.tensors[info.name] = self._tensor(state, info)
+        with self._lock:
+            while state.pending and state.pending[0].end <= upto:
+                info = state.pending.popleft()
+                state.tensors[info.name] = self._tensor(state, info)
         self.materialise_s += time.perf_counter() - started
 
     def finished(self, entry: FileEntry, final: Path) -> None:
         with self._lock:
-            self._finished(entry)
-
-    def _finished(self, entry: FileEntry) -> None:
-        state = self._files.pop(entry.path, None)
+            state = self._files.pop(entry.path, None)
         if state is None:
             return
         if state.pending:
             raise CorruptCheckpoint(f"{entry.path}: {state.pending[0].name} never arrived")
-        if state.source is not None:
-            self._sync()  # the copies out of the file's mapping are done before it goes
-            _close(state.source)
+        if state.device_buffer is not None:
+            self._sync()  # the copies into the file's buffer are done before its tensors are used
         self.tensors[entry.path] = state.tensors
 
-    # ------------------------------------------------------------------- the two paths
+    # ------------------------------------------------------------------- the tensors
     def _tensor(self, state: _File, info: TensorInfo) -> torch.Tensor:
         dtype = TORCH_DTYPES[info.dtype]
         if info.nbytes == 0:
@@ -180,35 +262,6 @@ class TensorSink:
             raw = raw.clone()  # an unaligned tensor (old writers): its own, aligned storage
         return raw.view(dtype).view(info.shape)
 
-    def _copy(self, state: _File, upto: int) -> None:
-        """Bytes ``[copied, upto)`` of the data section to the device, a staging slot at a time."""
-        assert state.device_buffer is not None
-        start = max(state.copied, state.data_start)
-        while start < upto:
-            length = min(self._staging_bytes, upto - start)
-            slot = self._next
-            self._next = (self._next + 1) % self._ring_size
-            if self._events[slot] is not None:
-                self._events[slot].synchronize()  # the copy out of this slot has finished
-            staging = self._ring[slot][:length]
-            staging.copy_(
-                torch.frombuffer(state.source, dtype=torch.uint8, count=length, offset=start)
-            )
-            target = state.device_buffer[
-                start - state.data_start : start - state.data_start + length
-            ]
-            if self._stream is not None:
-                with torch.cuda.stream(self._stream):
-                    target.copy_(staging, non_blocking=True)
-                    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                    event.record(self._stream)
-                self._events[slot] = event
-            else:
-                target.copy_(staging)
-            self.staged_bytes += length
-            start += length
-        state.copied = max(state.copied, upto)
-
     def _sync(self) -> None:
         if self._stream is not None:
             started = time.perf_counter()
@@ -218,14 +271,8 @@ class TensorSink:
     def close(self) -> None:
         """Wait for the copies in flight and let go of the staging buffers (tensors stay)."""
         self._sync()
-        for state in self._files.values():
-            if state.source is not None:
-                _close(state.source)
         self._files.clear()
         self._ring.clear()
+        self._views.clear()
         self._events.clear()
-
-
-def _close(mapping: mmap.mmap) -> None:
-    with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
-        mapping.close()
+        self._free = queue.SimpleQueue()

@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weight_cache.errors import BadSource, CorruptCheckpoint, StoreUnavailable
-from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest, SafetensorsEntry
+from weight_cache.manifest import (
+    DEFAULT_CHUNK_BYTES,
+    MANIFEST_NAME,
+    ChunkTable,
+    FileEntry,
+    Manifest,
+    SafetensorsEntry,
+    chunk_digest,
+)
 from weight_cache.safetensors_format import SafetensorsIndex, read_index
 from weight_cache.stores import ObjectStore
 
 SHARD_INDEX = "model.safetensors.index.json"
 _SKIP_DIRS = {".git", ".cache", "__pycache__"}
-HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,18 +38,22 @@ class LocalFile:
     rel: str
     size: int
     sha256: str
+    chunks: ChunkTable
     index: SafetensorsIndex | None
 
 
-def sha256_file(path: Path) -> str:
+def hash_file(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[str, ChunkTable]:
+    """The file's sha256 and its chunk table, in one read."""
     digest = hashlib.sha256()
+    chunks = []
     with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
+        while chunk := f.read(chunk_bytes):
             digest.update(chunk)
-    return digest.hexdigest()
+            chunks.append(chunk_digest(chunk))
+    return digest.hexdigest(), ChunkTable(size=chunk_bytes, digests=chunks)
 
 
-def scan_directory(directory: Path) -> list[LocalFile]:
+def scan_directory(directory: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[LocalFile]:
     """Every file to push, hashed and checked. Blocking: call it from a thread."""
     if not directory.is_dir():
         raise BadSource(f"{directory} is not a directory")
@@ -55,7 +66,8 @@ def scan_directory(directory: Path) -> list[LocalFile]:
             continue
         rel = "/".join(rel_parts)
         index = read_index(str(path)) if path.suffix == ".safetensors" else None
-        files.append(LocalFile(path, rel, path.stat().st_size, sha256_file(path), index))
+        sha256, chunks = hash_file(path, chunk_bytes)
+        files.append(LocalFile(path, rel, path.stat().st_size, sha256, chunks, index))
     if not files:
         raise BadSource(f"{directory} holds no files to push")
     _check_shard_index(directory, files)
@@ -88,8 +100,10 @@ async def push_directory(
     source_label: str = "",
     concurrency: int = 4,
     progress: Callable[[int], None] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Manifest:
-    files = await asyncio.to_thread(scan_directory, directory)
+    """Upload the folder's files, then the manifest (chunk tables of ``chunk_bytes`` chunks)."""
+    files = await asyncio.to_thread(scan_directory, directory, chunk_bytes)
     limit = asyncio.Semaphore(concurrency)
 
     async def upload(f: LocalFile) -> FileEntry:
@@ -100,6 +114,7 @@ async def push_directory(
             size=f.size,
             etag=info.etag,
             sha256=f.sha256,
+            chunks=f.chunks,
             safetensors=SafetensorsEntry.from_index(f.index) if f.index else None,
         )
 
@@ -120,17 +135,29 @@ async def push_source(
     *,
     concurrency: int = 4,
     progress: Callable[[int], None] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Manifest:
     """Push a local folder, or ``hf://org/repo[@revision]`` downloaded with huggingface_hub."""
     if not source.startswith("hf://"):
-        return await push_directory(store, Path(source), concurrency=concurrency, progress=progress)
+        return await push_directory(
+            store,
+            Path(source),
+            concurrency=concurrency,
+            progress=progress,
+            chunk_bytes=chunk_bytes,
+        )
     repo, _, revision = source.removeprefix("hf://").partition("@")
     if repo.count("/") != 1:
         raise BadSource(f"{source!r}: expected hf://org/repo[@revision]")
     with tempfile.TemporaryDirectory(prefix="ember-hf-") as tmp:
         await asyncio.to_thread(_download_hf, repo, revision or None, Path(tmp))
         return await push_directory(
-            store, Path(tmp), source_label=source, concurrency=concurrency, progress=progress
+            store,
+            Path(tmp),
+            source_label=source,
+            concurrency=concurrency,
+            progress=progress,
+            chunk_bytes=chunk_bytes,
         )
 
 

@@ -55,12 +55,10 @@ class Recording(TensorSink):
 async def test_tensors_are_made_while_the_file_arrives(tmp_path: Path, stage: bool) -> None:
     expected = mixed_checkpoint(tmp_path / "src")
     store = LocalStore(tmp_path / "bucket")
-    await push_directory(store, tmp_path / "src")
-    # a two-slot ring of 4 KiB buffers reused ~300 times: any tensor aliasing one would be wrong
+    await push_directory(store, tmp_path / "src", chunk_bytes=4096)
+    # a five-slot ring of 4 KiB buffers reused ~300 times: any tensor aliasing one would be wrong
     sink = Recording("cpu", stage=stage, staging_bytes=4096, ring=2)
-    report = await fetch_to_tier(
-        store, LocalTier(tmp_path / "tier"), chunk_bytes=64 * 1024, concurrency=3, sink=sink
-    )
+    report = await fetch_to_tier(store, LocalTier(tmp_path / "tier"), concurrency=3, sink=sink)
     sink.close()
     got = sink.tensors["model.safetensors"]
     assert set(got) == set(expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import filecmp
+import itertools
 import json
 import os
 import time
@@ -21,10 +22,13 @@ from weight_cache.stores import FileRangeReader, LocalStore
 from weight_cache.tier import COMPLETE, LocalTier, entry_key
 
 
-async def pushed(tmp_path: Path, name: str = "m", **kw: float) -> tuple[LocalStore, Path, Manifest]:
+async def pushed(
+    tmp_path: Path, name: str = "m", *, chunk_bytes: int = 64 * 1024, **kw: float
+) -> tuple[LocalStore, Path, Manifest]:
+    """A pushed model whose chunk table (and so whose fetch) cuts it into many ranges."""
     src = make_model_dir(tmp_path / f"src-{name}", **kw)  # type: ignore[arg-type]
     store = LocalStore(tmp_path / "bucket" / name)
-    manifest = await push_directory(store, src)
+    manifest = await push_directory(store, src, chunk_bytes=chunk_bytes)
     return store, src, manifest
 
 
@@ -298,7 +302,8 @@ async def test_held_entries_are_not_evicted(tmp_path: Path) -> None:
 async def test_a_cancelled_fetch_stops_its_threads_and_leaves_nothing(tmp_path: Path) -> None:
     store, _, manifest = await pushed(tmp_path, mb=4)
     original = store.range_reader
-    started = asyncio.Event()
+    reads = itertools.count(1)
+    underway = asyncio.Event()  # both threads have had ranges, and some have landed
     loop = asyncio.get_running_loop()
     reads_after_cancel = 0
     cancelled = False
@@ -311,8 +316,9 @@ async def test_a_cancelled_fetch_stops_its_threads_and_leaves_nothing(tmp_path: 
             nonlocal reads_after_cancel
             if cancelled:
                 reads_after_cancel += 1
-            loop.call_soon_threadsafe(started.set)
-            time.sleep(0.05)
+            if next(reads) >= 4:
+                loop.call_soon_threadsafe(underway.set)
+            time.sleep(0.05)  # a slow store: the fetch is still going when it is cancelled
             read_into(start, buffer)
 
         reader.read_into = crawl  # type: ignore[method-assign]
@@ -323,8 +329,7 @@ async def test_a_cancelled_fetch_stops_its_threads_and_leaves_nothing(tmp_path: 
     task = asyncio.create_task(
         fetch_to_tier(store, tier, manifest=manifest, chunk_bytes=64 * 1024, concurrency=2)
     )
-    await started.wait()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(underway.wait(), 30)
     cancelled = True
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
