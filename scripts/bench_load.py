@@ -21,12 +21,21 @@ loopback proxy that makes the endpoint behave like a far one (``--conn-mbps`` pe
 ``--total-mbps`` in all, ``--latency-ms`` to each first byte): rows with ``"endpoint":
 "shaped"``, where concurrency matters. Medians go to ``--out``. Loaders:
 
-    ember          ember's fetch into a fresh local tier (ranged GETs, verified) with tensors
-                   made as the bytes arrive, timed until the tensors are there; the fsync and
-                   the tier's marker follow in the background (their CPU still counts)
+    ember          ember's fetch into a fresh local tier (ranged GETs, each chunk verified) with
+                   tensors made as the bytes arrive, timed until the tensors are there; the
+                   fsync, the whole-file sha256 and the tier's marker follow in the background
+                   (their CPU still counts). ``ember@staged-cpu`` runs the GPU's one-pass
+                   staging pipeline on the CPU; ``ember@cuda`` (with a GPU) the real one
+    store-to-tier  the same fetch with no tensors: the tier file only
     boto3          boto3 download_file (its own threaded multipart download) + safetensors load
     boto3-stream   one streamed GET to a file + safetensors load
     runai          run:ai model streamer reading s3:// into tensors, cloned (it reuses buffers)
+
+Directory rows (``"source": "dir"``): the model pushed to a ``file://`` store, read cold by
+``cat``, ``store-to-tier``, ``ember`` and ``ember@staged-cpu``. With a CUDA device, ``@cuda``
+rows join: the warm tier onto the GPU (Ember's parallel pinned reads, safetensors, fastsafetensors,
+run:ai) and the streams from the directory store and S3. Every row says where its tensors went
+(``device``: cpu, cuda or staged-cpu).
 
     scripts/bench_load.py --out bench-results/load.json [--size-gb 1] [--repeats 3]
 """
@@ -51,7 +60,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".bench-tools"
 BUCKET = "bench"
-LOADERS = ("ember", "boto3", "boto3-stream", "runai")
+# "loader@device": device is where the tensors end up (cpu, cuda, or staged-cpu: the GPU's
+# one-pass staging pipeline run on the CPU, to measure its CPU cost where there is no GPU)
+LOADERS = ("ember", "ember@staged-cpu", "store-to-tier", "boto3", "boto3-stream", "runai")
+DIR_LOADERS = ("cat", "store-to-tier", "ember", "ember@staged-cpu")
+CUDA_LOCAL_LOADERS = ("ember", "safetensors", "fastsafetensors", "runai")
+CUDA_STREAM_LOADERS = ("ember@cuda", "runai@cuda")
 LOCAL_LOADERS = (
     "ember",
     "safetensors",
@@ -140,11 +154,21 @@ def weight_files(model: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ workers
-def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -> dict[str, Any]:
+def split(spec: str) -> tuple[str, str]:
+    loader, _, device = spec.partition("@")
+    return loader, device or "cpu"
+
+
+def worker(spec: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -> dict[str, Any]:
     """One load in this (fresh) process; returns seconds, bytes and this process's CPU seconds."""
+    loader, device = split(spec)
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     # imports first: the clock and the CPU count only the load itself
-    if loader == "ember":
+    if device == "cuda":
+        import torch
+
+        torch.cuda.init()  # the context is made before the clock starts
+    if loader in ("ember", "store-to-tier"):
         import asyncio
 
         import aiobotocore.session  # noqa: F401 - imported before the clock, as boto3 is
@@ -162,14 +186,17 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
         raise SystemExit(f"unknown loader {loader}")
     start_cpu = _cpu()
     start = time.perf_counter()
-    if loader == "ember":
+    if loader in ("ember", "store-to-tier"):
 
         async def run() -> tuple[int, float]:
             # as `ember serve` does: the clock stops when the tensors are there (made while
             # the bytes arrived); the fsync and the tier's marker finish behind it (their CPU
-            # still counts)
+            # still counts). store-to-tier makes no tensors: the tier file only.
             store = await open_store(uri, concurrency=concurrency)
-            sink = TensorSink("cpu")
+            sink = None
+            if loader == "ember":
+                staged = device == "staged-cpu"
+                sink = TensorSink("cpu" if staged else device, stage=staged or None)
             try:
                 report = await fetch_to_tier(
                     store,
@@ -180,11 +207,13 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
                     sink=sink,
                 )
                 ready = time.perf_counter()
-                assert sink.tensors, "no tensors were made"
+                assert sink is None or sink.tensors, "no tensors were made"
                 if report.committed is not None:
                     await report.committed
             finally:
                 await store.aclose()
+                if sink is not None:
+                    sink.close()
             return report.bytes_fetched, ready
 
         nbytes, ready_at = asyncio.run(run())
@@ -208,19 +237,26 @@ def worker(loader: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -
         with SafetensorsStreamer() as streamer:
             streamer.stream_file(f"{uri}/model.safetensors")
             for _, tensor in streamer.get_tensors():
-                nbytes += tensor.clone().numel() * tensor.element_size()  # it reuses buffers
+                # it reuses its buffers: a copy (to the device, or a clone) is what a caller keeps
+                kept = tensor.to(device) if device != "cpu" else tensor.clone()
+                nbytes += kept.numel() * kept.element_size()
+        if device == "cuda":
+            torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "bytes": nbytes, "cpu_s": _cpu() - start_cpu}
 
 
-def local_worker(loader: str, model: Path) -> dict[str, Any]:
-    """One load of a local model's weights into CPU tensors, in this fresh process."""
+def local_worker(spec: str, model: Path) -> dict[str, Any]:
+    """One load of a local model's weights onto a device, in this fresh process."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     from runtime.handlers.torch_util import load_safetensors, readahead
 
+    loader, device = split(spec)
+    if device == "cuda":
+        torch.cuda.init()  # the context is made before the clock starts
     files = weight_files(model)
     if loader == "runai":
         from runai_model_streamer import SafetensorsStreamer
@@ -239,10 +275,10 @@ def local_worker(loader: str, model: Path) -> dict[str, Any]:
         for f in files:  # every shard's reads queued up front
             readahead(f)
         for f in files:
-            tensors.update(load_safetensors(f, "cpu"))
+            tensors.update(load_safetensors(f, device))
     elif loader == "safetensors":
         for f in files:
-            tensors.update(load_file(str(f)))
+            tensors.update(load_file(str(f), device=device))
     elif loader == "safe_open":
         for f in files:
             with safe_open(str(f), framework="pt") as opened:
@@ -251,9 +287,11 @@ def local_worker(loader: str, model: Path) -> dict[str, Any]:
         with SafetensorsStreamer() as streamer:
             streamer.stream_files([str(f) for f in files])
             for name, tensor in streamer.get_tensors():
-                tensors[name] = tensor.clone()  # it reuses its buffers
+                # it reuses its buffers: a copy (to the device, or a clone) is what a caller keeps
+                tensors[name] = tensor.to(device) if device != "cpu" else tensor.clone()
     elif loader == "fastsafetensors":
-        with fastsafe_open([str(f) for f in files], nogds=True, device="cpu") as opened:
+        target = "cuda:0" if device == "cuda" else "cpu"
+        with fastsafe_open([str(f) for f in files], nogds=True, device=target) as opened:
             for name in opened.keys():  # noqa: SIM118 - not a dict
                 tensors[name] = opened.get_tensor(name).clone()  # freed when it closes
     elif loader == "tensorizer":
@@ -264,6 +302,8 @@ def local_worker(loader: str, model: Path) -> dict[str, Any]:
     for t in tensors.values():  # one touch per 4 KiB page: a lazy map must read it now
         flat = t.reshape(-1).view(torch.uint8)
         flat[::4096].sum()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return {
         "seconds": time.perf_counter() - start,
         "bytes": sum(f.stat().st_size for f in files),
@@ -296,9 +336,12 @@ def local_rows(
     notes: list[str],
 ) -> list[dict[str, Any]]:
     rows = []
+    specs = list(LOCAL_LOADERS)
+    if cuda_available():
+        specs += [f"{loader}@cuda" for loader in CUDA_LOCAL_LOADERS]
     for layout, model in layouts.items():
         for cache in ("cold", "warm") if layout == "single" else ("cold",):
-            for loader in LOCAL_LOADERS:
+            for loader in specs:
                 where = model
                 if loader == "tensorizer":
                     if layout != "single" or tensorizer_dir is None:
@@ -345,9 +388,49 @@ def run_worker(
     return result
 
 
-def _row(loader: str, source: str, cache: str, runs: list[dict[str, float]]) -> dict[str, Any]:
+def dir_rows(
+    store: Path, work: Path, args: argparse.Namespace, notes: list[str]
+) -> list[dict[str, Any]]:
+    """From a directory store (the model pushed to ``file://``) into a fresh tier, page cache
+    dropped before each run, next to ``cat`` of the same file: what the streaming pipeline
+    costs when the source is as fast as a local disk."""
+    rows = []
+    specs = list(DIR_LOADERS) + (list(CUDA_STREAM_LOADERS[:1]) if cuda_available() else [])
+    files = weight_files(store)
+    for spec in specs:
+        runs = []
+        for i in range(args.repeats):
+            problem = drop_page_cache(files)
+            if problem:
+                _note(notes, problem)
+            dest = work / f"dir-dest-{i}"
+            if spec == "cat":
+                cmd = [sys.executable, __file__, "--worker", "local:cat", "--dest", str(store)]
+            else:
+                cmd = [sys.executable, __file__, "--worker", spec, "--uri", f"file://{store}"]
+                cmd += ["--dest", str(dest), "--concurrency", str(args.concurrency)]
+                cmd += ["--chunk-mb", str(args.chunk_mb)]
+            run = run_worker(cmd, dict(os.environ), f"dir    {spec:18} run {i}", notes)
+            shutil.rmtree(dest, ignore_errors=True)
+            if run is None:
+                break
+            runs.append(run)
+        if runs:
+            rows.append(_row(spec, "dir", "cold", runs))
+    return rows
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _row(spec: str, source: str, cache: str, runs: list[dict[str, float]]) -> dict[str, Any]:
+    loader, device = split(spec)
     return {
         "loader": loader,
+        "device": device,
         "source": source,
         "cache": cache,
         "gbps_median": statistics.median(r["gbps"] for r in runs),
@@ -383,7 +466,8 @@ def main() -> int:
         import benchenv
 
         benchenv.ensure()
-        wanted = set(args.loaders.split(",")) | (set() if args.skip_local else set(LOCAL_LOADERS))
+        wanted = {split(spec)[0] for spec in args.loaders.split(",")}
+        wanted |= set() if args.skip_local else set(LOCAL_LOADERS)
         benchenv.require({n: m for n, m in PEER_MODULES.items() if n in wanted})
     if args.worker and args.worker.startswith("local:"):
         print(json.dumps(local_worker(args.worker.removeprefix("local:"), Path(args.dest))))
@@ -429,6 +513,15 @@ def main() -> int:
                 tdir.mkdir()
                 made = make_tensorizer(model / "model.safetensors", tdir / "model.tensors")
                 results += local_rows(layouts, tdir if made else None, args, notes)
+                store = work / "store"
+                push_dir = subprocess.run(
+                    [sys.executable, "-m", "ember", "cache", "push", str(model), f"file://{store}"],
+                    capture_output=True,
+                    text=True,
+                )
+                if push_dir.returncode != 0:
+                    raise SystemExit(f"push to a directory store failed: {push_dir.stderr}")
+                results += dir_rows(store, work, args, notes)
             uri = f"s3://{BUCKET}/model"
             endpoint = f"http://127.0.0.1:{port}"
             push = subprocess.run(
@@ -486,7 +579,7 @@ def main() -> int:
     for r in results:
         where = r.get("endpoint") or r.get("layout")
         print(
-            f"| {r['source']} | {where} | {r['cache']} | {r['loader']} | "
+            f"| {r['source']} | {where or '-'} | {r['cache']} | {r['loader']} | {r['device']} | "
             f"{r['gbps_median']:.2f} | {r['cpu_s_per_gb']:.2f} |"
         )
     for n in notes:
@@ -504,7 +597,8 @@ def s3_rows(
     notes: list[str],
 ) -> list[dict[str, Any]]:
     rows = []
-    for loader in args.loaders.split(","):
+    specs = args.loaders.split(",") + (list(CUDA_STREAM_LOADERS) if cuda_available() else [])
+    for loader in specs:
         runs = []
         for i in range(args.repeats):
             dest = work / f"dest-{loader}-{i}"
