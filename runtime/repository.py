@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from runtime.batching import Scheduler
 from runtime.config import ModelConfig
@@ -104,7 +105,8 @@ class ModelRepository:
                 handler = await asyncio.to_thread(create_handler, local.config)  # its imports
                 phases["imports"] = phases.get("imports", 0.0) + time.perf_counter() - mark
                 mark = time.perf_counter()
-                await asyncio.to_thread(handler.load)
+                # the handler becomes the only holder of the streamed tensors
+                await asyncio.to_thread(partial(handler.load, tensors=local.take_tensors()))
                 phases["load"] = time.perf_counter() - mark
                 scheduler = Scheduler(
                     config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics

@@ -4,8 +4,8 @@ An ``s3://bucket/prefix`` source (pushed with ``ember cache push``) is streamed 
 local tier once; every later start, in any process on the node, loads from the tier without
 touching S3. The handler then sees a local directory. For the torch handlers the stream also
 makes the tensors as their bytes arrive (views of the tier file on the CPU, copies through pinned
-staging on a GPU) and hands them to the handler's ``load_safetensors``, so the weights are in
-place when the download ends.
+staging on a GPU); :class:`Localized` carries them to the handler's ``load(tensors=...)``, so the
+weights are in place when the download ends.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.config import ModelConfig
+from runtime.handlers.base import StreamedTensors
 
 if TYPE_CHECKING:
     from weight_cache.materialize import TensorSink
@@ -27,11 +28,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.runtime")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Localized:
     config: ModelConfig
     phases: dict[str, float]
     release: Callable[[], None]
+    tensors: StreamedTensors | None = None  # made during the download, for the handler's load
+
+    def take_tensors(self) -> StreamedTensors | None:
+        """The streamed tensors, once: the caller becomes their only holder, so they live only
+        as long as the handler that adopts them (or until its load fails)."""
+        tensors, self.tensors = self.tensors, None
+        return tensors
 
 
 def _nothing() -> None:
@@ -114,27 +122,14 @@ class WeightSources:
             sweep.add_done_callback(self._committed)
         phases = {"imports": imports_s, "plan": report.plan_s, "fetch": report.fetch_s}
         phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
-        offered: list[Path] = []
+        tensors: StreamedTensors | None = None
         if sink is not None and sink.tensors:
-            from runtime.handlers.torch_util import offer_streamed
-
             # both overlap the fetch: the time spent making tensors, and waiting for the device
             phases["materialise"] = sink.materialise_s
             phases["device"] = sink.device_wait_s
-            for name, tensors in sink.tensors.items():
-                offered.append(report.path / name)
-                offer_streamed(report.path / name, tensors)
-
-        def release() -> None:
-            if offered:
-                from runtime.handlers.torch_util import withdraw_streamed
-
-                for path in offered:  # tensors no handler took are dropped with the model
-                    withdraw_streamed(path)
-            report.release()
-
+            tensors = sink.tensors
         local = config.model_copy(update={"source": str(report.path)})
-        return Localized(local, phases, release)
+        return Localized(local, phases, report.release, tensors)
 
 
 def _tensor_sink(config: ModelConfig) -> TensorSink | None:

@@ -2,7 +2,8 @@
 
 A handler's ``load`` and ``predict`` are blocking: the data plane always calls them from worker
 threads, never on the event loop. Handler modules are imported only when a model uses them, so a
-server that serves no torch model never imports torch.
+server that serves no torch model never imports torch (this module names torch's types for the
+type checker only).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,6 +22,13 @@ from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
 from runtime.protocol import validation_message
 from runtime.tensors import Tensor
+
+if TYPE_CHECKING:
+    import torch
+
+StreamedTensors: TypeAlias = "Mapping[str, Mapping[str, torch.Tensor]]"
+"""Tensors made while a model's files streamed in: ``{file path in the model's directory:
+{tensor name: tensor}}``, e.g. ``{"model.safetensors": {"fc1.weight": ...}}``."""
 
 _Options = TypeVar("_Options", bound=BaseModel)
 
@@ -39,13 +48,17 @@ class ModelHandler(Protocol):
 
     ``inputs``/``outputs`` describe one item: with batching on, the data plane adds the batch
     dimension in front. ``predict`` receives a whole batch and returns every output it has.
+
+    ``load`` may be given the tensors the weight cache already made while it streamed the model's
+    files (see :data:`StreamedTensors`); a handler uses them instead of reading those files, or
+    ignores them. The caller keeps no reference once ``load`` returns.
     """
 
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    def load(self) -> None: ...
+    def load(self, *, tensors: StreamedTensors | None = None) -> None: ...
 
     def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]: ...
 

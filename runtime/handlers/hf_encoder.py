@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
-from runtime.handlers.base import HandlerLoadError, parse_options, pick_device
+from runtime.handlers.base import HandlerLoadError, StreamedTensors, parse_options, pick_device
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
-from runtime.handlers.torch_util import load_safetensors, load_state
+from runtime.handlers.meta_build import load_module
+from runtime.handlers.torch_util import load_safetensors, streamed_file
 from runtime.tensors import Tensor
 
 
@@ -63,7 +64,7 @@ class HFEncoderHandler:
             TensorSpec(name="embedding", datatype="FP32", shape=(*item_text, -1)),
         )
 
-    def load(self) -> None:
+    def load(self, *, tensors: StreamedTensors | None = None) -> None:
         from tokenizers import Tokenizer
 
         root = self.config.local_source()
@@ -92,13 +93,19 @@ class HFEncoderHandler:
             raise HandlerLoadError(f"cannot read {root / 'tokenizer.json'}: {exc}") from exc
         tokenizer.enable_truncation(max_length=max_length)
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        model = BertEncoder(bert_config)
-        state = load_safetensors(root / "model.safetensors", self.device)
+        streamed = streamed_file(tensors, "model.safetensors")
+        state = load_safetensors(root / "model.safetensors", self.device, streamed=streamed)
         state = {k.removeprefix("bert."): v for k, v in state.items()}
-        result = load_state(model, state, strict=False)
-        if result.missing_keys:
-            raise HandlerLoadError(f"model.safetensors lacks {result.missing_keys[:5]}")
-        self.model = model.to(self.device).eval()
+        model = load_module(
+            lambda: BertEncoder(bert_config),
+            state,
+            device=self.device,
+            strict=False,  # a checkpoint's pooler and position ids are not needed
+            init_missing=False,
+            what="BertEncoder",
+        )
+        assert isinstance(model, BertEncoder)
+        self.model = model
         self.tokenizer = tokenizer
         spec = self.outputs[0]
         if not self.config.outputs:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InferenceFailed
-from runtime.handlers.base import HandlerLoadError, import_object, parse_options
+from runtime.handlers.base import HandlerLoadError, StreamedTensors, import_object, parse_options
 from runtime.tensors import Tensor, datatype_of
 
 
@@ -46,7 +46,8 @@ class KServeModelHandler:
         self._all_loops: list[asyncio.AbstractEventLoop] = []
         self._lock = threading.Lock()
 
-    def load(self) -> None:
+    def load(self, *, tensors: StreamedTensors | None = None) -> None:
+        del tensors  # a kserve.Model reads its own files
         kserve = _import_kserve()
 
         cls = import_object(self.options.model_class, base_dir=self.config.base_dir)

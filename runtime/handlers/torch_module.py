@@ -5,7 +5,12 @@ Options::
     module: mlp.py:MLP          # or package.module:Class; a file path is relative to the config
     kwargs: {in_features: 784}  # passed to the constructor
     weights: model.safetensors  # inside the model's source directory (default: model.safetensors)
-    strict: true                # every parameter must be in the file, and nothing else
+    strict: true                # every parameter must be in the file, and nothing else; with
+                                # false, the file's extra tensors are ignored and parameters it
+                                # lacks get the module's own initialisation
+
+The module is built without initialising its parameters and adopts the file's tensors (see
+``meta_build``); a constructor that needs real values is built as before.
 
 Inputs are passed to ``forward`` positionally in the order the config lists them; a returned tensor,
 tuple or dict is matched to the configured outputs by position (or by name, for a dict).
@@ -20,8 +25,9 @@ from pydantic import BaseModel, ConfigDict
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
-from runtime.handlers.base import HandlerLoadError, import_object, parse_options, pick_device
-from runtime.handlers.torch_util import from_torch, load_safetensors, load_state, to_torch
+from runtime.handlers.base import StreamedTensors, import_object, parse_options, pick_device
+from runtime.handlers.meta_build import load_module
+from runtime.handlers.torch_util import from_torch, load_safetensors, streamed_file, to_torch
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 
@@ -49,23 +55,22 @@ class TorchModuleHandler:
         self.device = "cpu"
         self.module: torch.nn.Module | None = None
 
-    def load(self) -> None:
+    def load(self, *, tensors: StreamedTensors | None = None) -> None:
         self.device = pick_device(self.config.device)
         cls = import_object(self.options.module, base_dir=self.config.base_dir)
-        try:
-            module = cls(**self.options.kwargs)
-        except Exception as exc:
-            raise HandlerLoadError(f"{self.options.module}(**kwargs) failed: {exc}") from exc
-        if not isinstance(module, torch.nn.Module):
-            raise HandlerLoadError(f"{self.options.module} did not build a torch.nn.Module")
-        state = load_safetensors(self.config.local_source() / self.options.weights, self.device)
-        try:
-            result = load_state(module, state, strict=self.options.strict)
-        except RuntimeError as exc:
-            raise HandlerLoadError(f"weights do not fit {self.options.module}: {exc}") from exc
-        if result.missing_keys:
-            raise HandlerLoadError(f"weights lack parameters: {result.missing_keys}")
-        self.module = module.to(self.device).eval()
+        state = load_safetensors(
+            self.config.local_source() / self.options.weights,
+            self.device,
+            streamed=streamed_file(tensors, self.options.weights),
+        )
+        self.module = load_module(
+            lambda: cls(**self.options.kwargs),
+            state,
+            device=self.device,
+            strict=self.options.strict,
+            init_missing=not self.options.strict,
+            what=self.options.module,
+        )
 
     def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         assert self.module is not None, "predict before load"

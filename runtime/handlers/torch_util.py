@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import threading
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from runtime.errors import InferenceFailed, InvalidInput
-from runtime.handlers.base import HandlerLoadError
+from runtime.handlers.base import HandlerLoadError, StreamedTensors
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -67,43 +67,45 @@ def from_torch(name: str, value: torch.Tensor, datatype: str | None = None) -> T
     return Tensor(name, _DATATYPE_OF[value.dtype], array)
 
 
-# Tensors the weight cache made while it streamed a file, waiting for the handler that loads it.
-_streamed: dict[Path, dict[str, torch.Tensor]] = {}
-_streamed_lock = threading.Lock()
+def streamed_file(
+    tensors: StreamedTensors | None, relative: str
+) -> Mapping[str, torch.Tensor] | None:
+    """The tensors streamed for the file at ``relative`` inside the model's directory, if any."""
+    if not tensors:
+        return None
+    return tensors.get(posixpath.normpath(relative))
 
 
-def offer_streamed(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Make ``tensors`` what :func:`load_safetensors` returns for ``path``, once."""
-    with _streamed_lock:
-        _streamed[path.resolve()] = tensors
-
-
-def withdraw_streamed(path: Path) -> None:
-    with _streamed_lock:
-        _streamed.pop(path.resolve(), None)
-
-
-def load_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+def load_safetensors(
+    path: Path, device: str, *, streamed: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning a missing, truncated or corrupt file into a clear error.
 
-    A file the weight cache has just streamed comes as the tensors it already made (CPU views of
-    the file, or device copies made during the download); otherwise safetensors reads it.
+    ``streamed`` is what the weight cache made of the file while it downloaded it (CPU views of
+    the file, or device copies made during the download): taken instead of reading the file.
+    On the CPU the tensors are views of a memory map of the file (no copy); on a GPU the file is
+    read by parallel threads into pinned buffers and copied asynchronously into one device
+    buffer (:func:`weight_cache.device_load.load_to_device`), rather than tensor by tensor from
+    pageable memory.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    with _streamed_lock:
-        streamed = _streamed.pop(path.resolve(), None)
+    from weight_cache.device_load import load_to_device
+    from weight_cache.errors import WeightCacheError
+
     if streamed is not None:
         return {
             k: v if v.device == torch.device(device) else v.to(device) for k, v in streamed.items()
         }
     if not path.is_file():
         raise HandlerLoadError(f"weights file {path} does not exist")
-    readahead(path)
     try:
+        if torch.device(device).type != "cpu":
+            return load_to_device(path, device)
+        readahead(path)
         return load_file(str(path), device=device)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+    except (SafetensorError, OSError, RuntimeError, ValueError, WeightCacheError) as exc:
         raise HandlerLoadError(f"cannot read weights {path}: {exc}") from exc
 
 
@@ -127,20 +129,35 @@ def readahead(path: Path) -> None:
         os.close(fd)
 
 
-def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool) -> Any:
-    """``module.load_state_dict``, taking the tensors as they are when they fit exactly.
+def adopts(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether :func:`load_state` will take ``state``'s tensors as they are (no copy).
 
-    When every tensor has its parameter's dtype and shape the module adopts them (``assign``):
-    no copy, so weights that are views of the tier file or already on the device stay so. Any
-    mismatch (a cast, a reshape) takes the copying path, which also makes torch's own errors,
-    and so does a module with tied parameters (adopting would untie them).
+    Only when every tensor has its parameter's dtype and shape and no two names share a tensor
+    (adopting would untie them). Ties are told by storage, or by identity for tensors on the meta
+    device, which have no storage to compare.
     """
     own = module.state_dict(keep_vars=True)
-    storages = {t.untyped_storage().data_ptr() for t in own.values() if t.numel()}
-    tied = len(storages) < sum(1 for t in own.values() if t.numel())
-    fits = not tied and all(
+    seen: set[int] = set()
+    for t in own.values():
+        if not t.numel():
+            continue
+        key = id(t) if t.is_meta else t.untyped_storage().data_ptr()
+        if key in seen:
+            return False
+        seen.add(key)
+    return all(
         own[name].dtype == t.dtype and own[name].shape == t.shape
         for name, t in state.items()
         if name in own
     )
-    return module.load_state_dict(state, strict=strict, assign=fits)
+
+
+def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool) -> Any:
+    """``module.load_state_dict``, taking the tensors as they are when they fit exactly.
+
+    When :func:`adopts` says so the module adopts them (``assign``): no copy, so weights that are
+    views of the tier file or already on the device stay so. Any mismatch (a cast, a reshape)
+    takes the copying path, which also makes torch's own errors, and so does a module with tied
+    parameters.
+    """
+    return module.load_state_dict(state, strict=strict, assign=adopts(module, state))

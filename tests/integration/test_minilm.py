@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -97,7 +98,9 @@ def test_text_must_be_bytes(minilm_server: ServerProcess) -> None:
     assert r.status_code == 400 and "model expects BYTES" in r.json()["error"]
 
 
-def test_handler_without_batching_and_with_options(reference: np.ndarray) -> None:
+def test_handler_without_batching_and_with_options(
+    reference: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
     """No batch dimension: a [n] text tensor gives [n, 384]; options override the model's files."""
     from runtime.config import load_model_configs
     from runtime.handlers import create_handler
@@ -106,7 +109,12 @@ def test_handler_without_batching_and_with_options(reference: np.ndarray) -> Non
 
     (config,) = load_model_configs(MINILM_CONFIG)
     plain = create_handler(config.model_copy(update={"max_batch_size": 0}))
-    plain.load()
+    with caplog.at_level(logging.INFO, logger="ember.runtime"):
+        plain.load()
+    # the BERT was built without initialising its parameters: no fallback, nothing left on meta
+    assert not [r for r in caplog.records if "initialised parameters" in r.getMessage()]
+    model = plain.model  # type: ignore[attr-defined]
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert plain.inputs[0].shape == (-1,) and plain.outputs[0].shape == (-1, 384)
     text = Tensor("text", "BYTES", np.array([t.encode() for t in TEXTS], dtype=object))
     out = plain.predict({"text": text})["embedding"].array

@@ -9,24 +9,25 @@ import torch
 from safetensors.torch import save_file
 
 from runtime.handlers.base import HandlerLoadError
-from runtime.handlers.torch_util import (
-    load_safetensors,
-    load_state,
-    offer_streamed,
-    withdraw_streamed,
-)
+from runtime.handlers.torch_util import adopts, load_safetensors, load_state, streamed_file
 
 
-def test_streamed_tensors_are_taken_once_then_the_file_is_read(tmp_path: Path) -> None:
+def test_streamed_tensors_are_taken_instead_of_the_file(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     save_file({"w": torch.zeros(3)}, str(path))
     streamed = {"w": torch.ones(3)}
-    offer_streamed(path, streamed)
-    assert load_safetensors(path, "cpu")["w"] is streamed["w"]
-    assert torch.equal(load_safetensors(path, "cpu")["w"], torch.zeros(3))  # from the file now
-    offer_streamed(path, streamed)
-    withdraw_streamed(path)
+    assert load_safetensors(path, "cpu", streamed=streamed)["w"] is streamed["w"]
     assert torch.equal(load_safetensors(path, "cpu")["w"], torch.zeros(3))
+
+
+def test_streamed_files_are_found_by_their_path_in_the_model_directory() -> None:
+    file = {"w": torch.ones(1)}
+    tensors = {"model.safetensors": file, "sub/b.safetensors": {}}
+    assert streamed_file(tensors, "model.safetensors") is file
+    assert streamed_file(tensors, "./model.safetensors") is file
+    assert streamed_file(tensors, "sub/b.safetensors") == {}
+    assert streamed_file(tensors, "other.safetensors") is None
+    assert streamed_file(None, "model.safetensors") is None
 
 
 def test_a_corrupt_file_is_a_load_error(tmp_path: Path) -> None:
@@ -81,3 +82,13 @@ def test_a_cast_or_tied_weights_take_the_copying_path() -> None:
     new = torch.randn(5, 3)
     load_state(tied, {"0.weight": new}, strict=False)
     assert tied[1].weight is tied[0].weight and torch.equal(tied[1].weight, new)  # still tied
+
+
+def test_ties_between_meta_parameters_are_told_by_identity() -> None:
+    """Meta tensors have no storage (every data_ptr is 0): identity tells ties apart."""
+    with torch.device("meta"):
+        separate = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+        tied = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False))
+    tied[1].weight = tied[0].weight
+    assert adopts(separate, {"0.weight": torch.randn(3, 3)})
+    assert not adopts(tied, {"0.weight": torch.randn(5, 3)})
