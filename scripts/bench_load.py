@@ -454,6 +454,11 @@ def main() -> int:
     parser.add_argument("--chunk-mb", type=int, default=8)
     parser.add_argument("--loaders", default=",".join(LOADERS), help="S3 loaders to run")
     parser.add_argument("--skip-local", action="store_true", help="only the S3 rows")
+    parser.add_argument(
+        "--sections",
+        default="local,dir,s3",
+        help="which sections run: local (the tier's loaders), dir (from a directory store), s3",
+    )
     parser.add_argument("--skip-shaped", action="store_true", help="no shaped endpoint rows")
     parser.add_argument("--conn-mbps", type=float, default=100.0, help="shaper: per connection")
     parser.add_argument("--total-mbps", type=float, default=200.0, help="shaper: in all")
@@ -467,7 +472,9 @@ def main() -> int:
 
         benchenv.ensure()
         wanted = {split(spec)[0] for spec in args.loaders.split(",")}
-        wanted |= set() if args.skip_local else set(LOCAL_LOADERS)
+        if args.skip_local:
+            args.sections = "s3"
+        wanted |= set(LOCAL_LOADERS) if "local" in args.sections else set()
         benchenv.require({n: m for n, m in PEER_MODULES.items() if n in wanted})
     if args.worker and args.worker.startswith("local:"):
         print(json.dumps(local_worker(args.worker.removeprefix("local:"), Path(args.dest))))
@@ -504,7 +511,8 @@ def main() -> int:
         try:
             _wait_port(port)
             model = make_checkpoint(work / "model", args.size_gb)
-            if not args.skip_local:
+            sections = set(args.sections.split(","))
+            if "local" in sections:
                 layouts = {
                     "single": model,
                     "sharded": make_shards(work / "sharded", model / "model.safetensors"),
@@ -513,6 +521,7 @@ def main() -> int:
                 tdir.mkdir()
                 made = make_tensorizer(model / "model.safetensors", tdir / "model.tensors")
                 results += local_rows(layouts, tdir if made else None, args, notes)
+            if "dir" in sections:
                 store = work / "store"
                 push_dir = subprocess.run(
                     [sys.executable, "-m", "ember", "cache", "push", str(model), f"file://{store}"],
@@ -522,40 +531,43 @@ def main() -> int:
                 if push_dir.returncode != 0:
                     raise SystemExit(f"push to a directory store failed: {push_dir.stderr}")
                 results += dir_rows(store, work, args, notes)
-            uri = f"s3://{BUCKET}/model"
-            endpoint = f"http://127.0.0.1:{port}"
-            push = subprocess.run(
-                [sys.executable, "-m", "ember", "cache", "push", str(model), uri],
-                env={**env, "AWS_ENDPOINT_URL": endpoint},
-                capture_output=True,
-                text=True,
-            )
-            if push.returncode != 0:
-                raise SystemExit(f"push failed: {push.stderr}")
-            size = (model / "model.safetensors").stat().st_size
-            print(f"pushed {size / 1e9:.2f} GB to s3rver at {endpoint}", flush=True)
-            endpoints = {"s3rver": endpoint}
-            if not args.skip_shaped:
-                shaper = subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(ROOT / "scripts" / "shaper.py"),
-                        "--upstream",
-                        f"127.0.0.1:{port}",
-                        "--conn-mbps",
-                        str(args.conn_mbps),
-                        "--total-mbps",
-                        str(args.total_mbps),
-                        "--latency-ms",
-                        str(args.latency_ms),
-                    ],
-                    stdout=subprocess.PIPE,
+            if "s3" in sections:
+                uri = f"s3://{BUCKET}/model"
+                endpoint = f"http://127.0.0.1:{port}"
+                push = subprocess.run(
+                    [sys.executable, "-m", "ember", "cache", "push", str(model), uri],
+                    env={**env, "AWS_ENDPOINT_URL": endpoint},
+                    capture_output=True,
                     text=True,
                 )
-                assert shaper.stdout is not None
-                endpoints["shaped"] = "http://" + shaper.stdout.readline().split()[-1]
-            for name, url in endpoints.items():
-                results += s3_rows(name, {**env, "AWS_ENDPOINT_URL": url}, uri, work, args, notes)
+                if push.returncode != 0:
+                    raise SystemExit(f"push failed: {push.stderr}")
+                size = (model / "model.safetensors").stat().st_size
+                print(f"pushed {size / 1e9:.2f} GB to s3rver at {endpoint}", flush=True)
+                endpoints = {"s3rver": endpoint}
+                if not args.skip_shaped:
+                    shaper = subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(ROOT / "scripts" / "shaper.py"),
+                            "--upstream",
+                            f"127.0.0.1:{port}",
+                            "--conn-mbps",
+                            str(args.conn_mbps),
+                            "--total-mbps",
+                            str(args.total_mbps),
+                            "--latency-ms",
+                            str(args.latency_ms),
+                        ],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                    assert shaper.stdout is not None
+                    endpoints["shaped"] = "http://" + shaper.stdout.readline().split()[-1]
+                for name, url in endpoints.items():
+                    results += s3_rows(
+                        name, {**env, "AWS_ENDPOINT_URL": url}, uri, work, args, notes
+                    )
         finally:
             for proc in (shaper, server):
                 if proc is not None:
