@@ -6,6 +6,8 @@ replicas it starts are real processes, found through /proc as its children.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import signal
@@ -86,6 +88,37 @@ def metric(server: ServerProcess, name: str) -> float:
 def queued(server: ServerProcess, model: str) -> float:
     """The activator's queue depth for a model, from its /metrics."""
     return metric(server, f'ember_activator_queue_depth{{model="{model}"}}')
+
+
+def in_flight(server: ServerProcess, model: str) -> float:
+    """Requests the activator has handed to a model's replicas, from its /metrics."""
+    return metric(server, f'ember_activator_in_flight{{model="{model}"}}')
+
+
+def _tcp_sockets() -> list[tuple[int, int, str, int]]:
+    """(local port, remote port, state, inode) of every TCP socket, from /proc/net/tcp{,6}."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(a.rpartition(":")[2], 16) for a in fields[1:3])
+            rows.append((local, remote, fields[3], int(fields[9])))
+    return rows
+
+
+def accepted(server: ServerProcess, client: socket.socket) -> bool:
+    """Whether the server has accept()ed the client's connection: only then has the server's
+    end an inode (in the kernel's accept queue it has none)."""
+    port, mine = int(server.url.rpartition(":")[2]), client.getsockname()[1]
+    return any(row[:2] == (port, mine) and row[3] for row in _tcp_sockets())
+
+
+def draining(probe: http.client.HTTPConnection) -> bool:
+    """Ask on a kept-alive connection: once the activator drains, its answers close it."""
+    probe.request("GET", "/v2/health/live")
+    answer = probe.getresponse()
+    answer.read()
+    return (answer.getheader("connection") or "").lower() == "close"
 
 
 def slow(tmp_path: Path, **kw: Any) -> dict[str, Any]:
@@ -241,7 +274,7 @@ def test_requests_after_the_replicas_keep_alive_closed_its_connections(tmp_path:
     with activator(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.post("/v2/models/mlp/infer", content=MLP_BODY).status_code == 200
         assert client.post("/v2/models/mlp/infer", content=MLP_BODY).status_code == 200
-        time.sleep(5.5)
+        time.sleep(5.5)  # the behaviour under test: outlast uvicorn's 5 s keep-alive
         for _ in range(3):
             r = client.post("/v2/models/mlp/infer", content=MLP_BODY)
             assert r.status_code == 200, r.text
@@ -306,9 +339,11 @@ def test_a_replica_killed_mid_request_gives_502_and_the_queue_a_new_replica(
     with activator(stack(tmp_path, [model])) as server, ThreadPoolExecutor(2) as pool:
         assert post(server).status_code == 200  # warm: the next one takes the relay's path
         first = pool.submit(post, server)
-        time.sleep(0.3)  # the first request is in the replica's forward pass
-        second = pool.submit(post, server)  # queued behind it (concurrency 1)
-        time.sleep(0.3)
+        # counted in flight once relayed to the replica, whose 1.5 s forward pass (the fixture's
+        # sleep) outlasts the waits below
+        wait_until(lambda: in_flight(server, "slow") == 1, 30, "the first request in flight")
+        second = pool.submit(post, server)
+        wait_until(lambda: queued(server, "slow") == 1, 30, "the second queued behind it")
         (pid,) = replicas(server)
         os.kill(pid, signal.SIGKILL)
         r1, r2 = first.result(60), second.result(60)
@@ -324,7 +359,7 @@ def test_a_client_that_leaves_the_queue_frees_its_place(tmp_path: Path) -> None:
     with activator(stack(tmp_path, [model])) as server:
         with pytest.raises(httpx.ReadTimeout):
             post(server, timeout=0.5)  # queued while the model starts, then gone
-        time.sleep(0.2)
+        wait_until(lambda: queued(server, "slow") == 0, 30, "its place to be freed")
         r = post(server)  # the one place is free again
         assert r.status_code == 200, r.text
     statuses = [e["status"] for e in events(tmp_path) if e["event"] == "request"]
@@ -378,10 +413,13 @@ def test_sigterm_answers_a_request_already_on_its_way(tmp_path: Path) -> None:
         host, port = server.url.removeprefix("http://").split(":")
         late = socket.create_connection((host, int(port)), timeout=30)
         silent = socket.create_connection((host, int(port)), timeout=30)
-        with late, silent:
-            time.sleep(0.3)  # the activator has accepted both; the request is still "in flight"
+        probe = http.client.HTTPConnection(host, int(port), timeout=30)
+        with late, silent, contextlib.closing(probe):
+            # the activator has accepted both; the request is still "in flight"
+            wait_until(lambda: accepted(server, late) and accepted(server, silent), 30, "accept")
+            assert not draining(probe)
             server.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            wait_until(lambda: draining(probe), 30, "the drain to begin")
             head = (
                 "POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\n"
                 f"content-type: application/json\r\ncontent-length: {len(BODY)}\r\n\r\n"
@@ -556,7 +594,7 @@ def test_admin_api_needs_its_token_then_warms_and_sleeps(tmp_path: Path) -> None
         r = httpx.post(server.url + "/admin/models/slow/warm", json={"seconds": 30}, headers=auth)
         assert r.status_code == 200
         wait_until(lambda: state(server, "slow") == "ready", 60, "the warm replica")
-        time.sleep(1.0)
+        time.sleep(1.0)  # the behaviour under test: outlast the 0.5 s keep-alive
         assert state(server, "slow") == "ready"  # held past keep-alive by the warm window
         r = httpx.post(server.url + "/admin/models/slow/sleep", headers=auth)
         assert r.status_code == 200
@@ -580,7 +618,7 @@ def test_ember_prewarm_asks_the_activator_with_its_token(tmp_path: Path) -> None
         assert done.returncode == 0, done.stderr
         assert "slow: warm for 30s with 1 replica(s)" in done.stdout
         wait_until(lambda: state(server, "slow") == "ready", 60, "the pre-warmed replica")
-        time.sleep(1.0)
+        time.sleep(1.0)  # the behaviour under test: outlast the 0.5 s keep-alive
         assert state(server, "slow") == "ready"  # held past its 0.5 s keep-alive
     prewarms = [e for e in events(tmp_path) if e["event"] == "prewarm"]
     assert prewarms and prewarms[0]["source"] == "prewarm"

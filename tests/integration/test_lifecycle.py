@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import slow_model
+from tests.integration.test_activator import wait_until
 from tests.servers import ServerProcess, running_server, wait_for_state
 
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]})
@@ -21,6 +22,14 @@ BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32",
 
 def infer(server: ServerProcess, timeout: float = 30) -> httpx.Response:
     return httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=timeout)
+
+
+def queue_depth(server: ServerProcess) -> float:
+    """The runtime's queue depth for the model, from its /metrics."""
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith('ember_queue_depth{model="slow"} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"no queue depth in /metrics:\n{server.output}")
 
 
 def test_live_at_once_ready_only_when_loaded(tmp_path: Path) -> None:
@@ -59,7 +68,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path: Path) -> N
         threads = [threading.Thread(target=call) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # all three are in: one computing, two queued
+        # all three are in: one computing (0.7 s: the fixture's sleep), two queued
+        wait_until(lambda: queue_depth(server) == 2, 30, "two queued requests")
         code = server.terminate(timeout_s=30)
         for t in threads:
             t.join(30)

@@ -37,9 +37,9 @@ class FakeScaler:
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         if self.ready_after_s > timeout_s:
-            await asyncio.sleep(timeout_s)
+            await asyncio.sleep(timeout_s)  # the behaviour faked: a start that times out
             raise ModelUnavailable(f"its replica was not ready within {timeout_s:g}s")
-        await asyncio.sleep(self.ready_after_s)
+        await asyncio.sleep(self.ready_after_s)  # the behaviour faked: a start takes time
         if self.fail:
             raise ModelUnavailable(self.fail)
 
@@ -61,10 +61,12 @@ class FakeScaler:
         return None
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110 - a test's poll
-        await asyncio.sleep(0.02)
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g}s waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 def spec(**kw: object) -> ModelSpec:
@@ -102,18 +104,20 @@ def pool_for(scaler: FakeScaler, events: EventLog, **kw: object) -> ModelPool:
 async def test_one_start_for_a_burst_then_in_order(tmp_path: Path, events: EventLog) -> None:
     scaler = FakeScaler()
     pool = pool_for(scaler, events, container_concurrency=1, target=100.0)
+    arrived: list[int] = []
     order: list[int] = []
 
     async def request(i: int) -> None:
+        arrived.append(i)  # acquire() queues it before its first await
         ticket = await pool.acquire()
         order.append(i)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the request's work: it holds the slot, so the rest queue
         pool.release(ticket)
 
     tasks = []
     for i in range(6):
         tasks.append(asyncio.create_task(request(i)))
-        await asyncio.sleep(0.001)  # arrivals in a known order
+        await until(lambda n=i + 1: len(arrived) == n, f"request {i}")  # arrivals in order
     await asyncio.gather(*tasks)
     assert scaler.started == 1  # single flight: six waiters, one replica start
     assert order == list(range(6))  # the queue drains oldest first
@@ -128,8 +132,9 @@ async def test_demand_over_target_adds_replicas_up_to_the_max(
     held = await asyncio.gather(*(pool.acquire() for _ in range(3)))
     assert scaler.started == 3 and len({t.replica.id for t in held}) == 3
     extra = asyncio.create_task(pool.acquire())
-    await asyncio.sleep(0.1)
-    assert scaler.started == 3 and not extra.done()  # at the max: it waits for a slot
+    await until(lambda: pool.queued == 1, "the extra request to queue")
+    assert len(pool.replicas) == 3 and scaler.started == 3  # at the max: no fourth start
+    assert not extra.done()  # it waits for a slot
     pool.release(held[0])
     held[0] = await asyncio.wait_for(extra, 1)
     for ticket in held:
@@ -185,12 +190,14 @@ async def test_keep_alive_scales_to_zero_and_a_request_wakes_it(
 ) -> None:
     scaler = FakeScaler()
     pool = pool_for(scaler, events, keep_alive_s=0.2)
-    pool.release(await pool.acquire())
+    ticket = await pool.acquire()
+    released = time.monotonic()
+    pool.release(ticket)
     assert pool.state == "ready"
-    await asyncio.sleep(0.15)
-    assert pool.state == "ready"  # still within keep-alive
-    await until(lambda: pool.state == "zero")
-    assert pool.state == "zero" and scaler.stopped == 1
+    await until(lambda: pool.state != "ready", "keep-alive to expire")
+    assert time.monotonic() - released >= 0.2  # ready for the whole keep-alive, not less
+    await until(lambda: pool.state == "zero", "scale to zero")
+    assert scaler.stopped == 1
     pool.release(await pool.acquire())
     assert scaler.started == 2
     await pool.aclose()
@@ -206,7 +213,7 @@ async def test_a_crashed_replica_is_replaced_for_the_queue(
     pool = pool_for(scaler, events, container_concurrency=1)
     first = await pool.acquire()
     queued = asyncio.create_task(pool.acquire())
-    await asyncio.sleep(0.05)
+    await until(lambda: pool.queued == 1, "the second request to queue")
     scaler.crash(first.replica.url)  # the proxy's request to it fails; the queue waits
     second = await asyncio.wait_for(queued, 2)
     assert second.replica is not first.replica and scaler.started == 2
@@ -218,7 +225,7 @@ async def test_a_crashed_replica_is_replaced_for_the_queue(
 async def test_a_cancelled_waiter_gives_back_its_place(tmp_path: Path, events: EventLog) -> None:
     pool = pool_for(FakeScaler(ready_after_s=0.2), events, queue_size=1)
     waiting = asyncio.create_task(pool.acquire())
-    await asyncio.sleep(0.02)
+    await until(lambda: pool.queued == 1, "the first request to queue")
     with pytest.raises(QueueFull):
         await pool.acquire()
     waiting.cancel()  # the client disconnected
@@ -233,14 +240,13 @@ async def test_a_cancelled_waiter_gives_back_its_place(tmp_path: Path, events: E
 async def test_warm_and_sleep(tmp_path: Path, events: EventLog) -> None:
     scaler = FakeScaler()
     pool = pool_for(scaler, events, keep_alive_s=0.05)
-    pool.warm(0.5, source="test")
-    await until(lambda: pool.state == "ready")
-    assert pool.state == "ready" and scaler.started == 1
-    await asyncio.sleep(0.2)
-    assert pool.state == "ready"  # the warm window holds it past keep-alive
+    pool.warm(30, source="test")  # pool.sleep() ends it: a long window costs nothing
+    await until(lambda: pool.state == "ready", "the warm replica")
+    assert scaler.started == 1
+    await asyncio.sleep(0.2)  # the behaviour under test: outlast the 0.05 s keep-alive
+    assert pool.state == "ready" and scaler.stopped == 0  # the warm window holds it
     pool.sleep()
-    await until(lambda: pool.state == "zero")
-    assert pool.state == "zero"
+    await until(lambda: pool.state == "zero", "sleep to scale to zero")
     await pool.aclose()
     events.flush()
     assert any(e["event"] == "prewarm" for e in read_events(tmp_path / "events.jsonl"))
@@ -249,7 +255,8 @@ async def test_warm_and_sleep(tmp_path: Path, events: EventLog) -> None:
 async def test_min_replicas_start_without_requests(tmp_path: Path, events: EventLog) -> None:
     scaler = FakeScaler()
     pool = pool_for(scaler, events, min_replicas=1, keep_alive_s=0.01)
-    await asyncio.sleep(0.3)
+    await until(lambda: pool.state == "ready", "the min_replicas replica")
+    await asyncio.sleep(0.1)  # the behaviour under test: outlast the 0.01 s keep-alive
     assert pool.state == "ready" and scaler.started == 1 and scaler.stopped == 0
     await pool.aclose()
     assert scaler.stopped == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ class Doubler:
 
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.entered = 0  # predict calls begun (a closed gate holds them there)
         self.gate = threading.Event()
         self.gate.set()
 
@@ -34,6 +36,7 @@ class Doubler:
         pass
 
     def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        self.entered += 1
         self.gate.wait(10)
         x = inputs["x"].array
         if (x < 0).any():
@@ -56,6 +59,14 @@ def config(**kw: Any) -> ModelConfig:
 
 def request(value: float, items: int = 1) -> dict[str, Tensor]:
     return {"x": Tensor("x", "FP32", np.full((items, 2), value, dtype=np.float32))}
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g}s waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 async def started(cfg: ModelConfig, handler: Doubler) -> Scheduler:
@@ -110,9 +121,10 @@ async def test_full_queue_answers_overloaded_and_loses_nothing_else() -> None:
     handler.gate.clear()  # the model is busy: requests pile up
     scheduler = await started(config(max_batch_size=1, max_queue_size=2), handler)
     first = asyncio.create_task(scheduler.submit(request(1)))
-    await asyncio.sleep(0.05)  # first is running; the queue is empty again
+    await until(lambda: handler.entered == 1, "the first request to run")
+    assert scheduler.depth == 0  # first is running; the queue is empty again
     queued = [asyncio.create_task(scheduler.submit(request(i))) for i in (2, 3)]
-    await asyncio.sleep(0)
+    await until(lambda: scheduler.depth == 2, "two queued requests")
     with pytest.raises(ServerOverloaded, match="queue is full"):
         await scheduler.submit(request(4))
     handler.gate.set()
@@ -160,8 +172,8 @@ async def test_drain_waits_for_running_work_and_close_fails_the_rest() -> None:
     handler.gate.clear()
     scheduler = await started(config(max_batch_size=1), handler)
     running = asyncio.create_task(scheduler.submit(request(1)))
-    await asyncio.sleep(0.05)
-    threading.Timer(0.1, handler.gate.set).start()
+    await until(lambda: handler.entered == 1, "the request to run")
+    threading.Timer(0.1, handler.gate.set).start()  # the work ends while drain() waits for it
     await scheduler.drain(5)
     assert running.done() and (await running)["y"].array[0, 0] == 2.0
     await scheduler.close()
