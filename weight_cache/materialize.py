@@ -96,6 +96,9 @@ class TensorSink:
         self._ring: list[torch.Tensor] = []  # the slots' buffers
         self._views: list[memoryview] = []
         self._events: list[Any] = []  # per slot: the CUDA event of the copy out of it, or None
+        # per slot out with a reader: the buffer it was handed (``reserve`` may replace a slot's
+        # buffer meanwhile, for another file fetched beside it; the copy must come from this one)
+        self._lent: dict[int, torch.Tensor] = {}
         self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stream: Any = None
         if self.stage:
@@ -125,23 +128,24 @@ class TensorSink:
     def take(self, length: int) -> tuple[int, memoryview]:
         slot = self._free.get()
         self._sync_slot(slot)  # the copy out of it has completed (a blocking wait, no spin)
-        return slot, self._views[slot][:length]
+        with self._lock:
+            self._lent[slot] = self._ring[slot]
+            return slot, self._views[slot][:length]
 
     def give_back(self, slot: int) -> None:
+        self._lent.pop(slot, None)
         self._free.put(slot)
 
     def landed(self, entry: FileEntry, offset: int, slot: int, length: int) -> None:
         """Copy the data-section part of a filled slot to the file's device buffer."""
+        lent = self._lent.pop(slot)
         state = self._files.get(entry.path)
-        if state is None or state.device_buffer is None:
+        first = max(offset, state.data_start) if state is not None else 0
+        count = offset + length - first  # a chunk may begin in the header
+        if state is None or state.device_buffer is None or count <= 0:
             self._free.put(slot)
             return
-        first = max(offset, state.data_start)  # a chunk may begin in the header
-        count = offset + length - first
-        if count <= 0:
-            self._free.put(slot)
-            return
-        source = self._ring[slot][first - offset : first - offset + count]
+        source = lent[first - offset : first - offset + count]
         at = first - state.data_start
         if self._stream is not None:
             with torch.cuda.stream(self._stream):
@@ -275,4 +279,5 @@ class TensorSink:
         self._ring.clear()
         self._views.clear()
         self._events.clear()
+        self._lent.clear()
         self._free = queue.SimpleQueue()

@@ -3,7 +3,9 @@ local tier -> device load, pinned memory that cannot be had, a device that runs 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from weight_cache.errors import DeviceMemoryFull
 from weight_cache.fetch import fetch_to_tier
 from weight_cache.materialize import TensorSink
 from weight_cache.push import push_directory
-from weight_cache.stores import LocalStore
+from weight_cache.stores import FileRangeReader, LocalStore
 from weight_cache.tier import LocalTier
 
 
@@ -98,3 +100,46 @@ async def test_staged_fetch_writes_the_tier_from_the_ring(tmp_path: Path) -> Non
     assert (report.path / "model.safetensors").read_bytes() == data
     header = 8 + int.from_bytes(data[:8], "little")
     assert sink.staged_bytes == len(data) - header  # every data byte copied once, no more
+
+
+async def test_a_slot_regrown_for_a_file_beside_it_still_copies_what_was_read(
+    tmp_path: Path,
+) -> None:
+    """Two small files fetched side by side: the second, larger one grows the ring's slots while
+    the first still reads into the slot it was lent. Its copy must come from that buffer."""
+    src = tmp_path / "src"
+    src.mkdir()
+    small = {"x": torch.arange(1400, dtype=torch.float32)}  # ~5.7 KB
+    large = {"y": torch.arange(5000, dtype=torch.float32) * -1}  # ~20 KB
+    save_file(small, str(src / "a.safetensors"))
+    save_file(large, str(src / "b.safetensors"))
+    store = LocalStore(tmp_path / "bucket")
+    await push_directory(store, src, chunk_bytes=1 << 20)  # one chunk each: both "small" files
+    loop = asyncio.get_running_loop()
+    a_reading = asyncio.Event()
+    b_reading = threading.Event()
+    original = store.range_reader
+
+    async def ordered(key: str, *, etag: str | None) -> FileRangeReader:
+        if key == "b.safetensors":
+            await a_reading.wait()  # b's ring reservation comes while a holds its slot
+        reader = await original(key, etag=etag)
+        read_into = reader.read_into
+
+        def read(start: int, buffer: memoryview) -> None:
+            if key == "a.safetensors":
+                loop.call_soon_threadsafe(a_reading.set)
+                assert b_reading.wait(10), "b never started reading"
+            elif key == "b.safetensors":
+                b_reading.set()
+            read_into(start, buffer)
+
+        reader.read_into = read  # type: ignore[method-assign]
+        return reader
+
+    store.range_reader = ordered  # type: ignore[method-assign]
+    sink = TensorSink("cpu", stage=True, staging_bytes=4096, ring=2)
+    await fetch_to_tier(store, LocalTier(tmp_path / "tier"), sink=sink)
+    sink.close()
+    assert torch.equal(sink.tensors["a.safetensors"]["x"], small["x"])
+    assert torch.equal(sink.tensors["b.safetensors"]["y"], large["y"])
