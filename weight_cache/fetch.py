@@ -301,7 +301,10 @@ async def fetch_file(
 
 def check_digest(entry: FileEntry, digest: Future[str], where: str) -> None:
     """Wait for a whole-file sha256 computed beside the download and compare it. Blocking."""
-    got = digest.result()
+    _compare_sha256(entry, digest.result(), where)
+
+
+def _compare_sha256(entry: FileEntry, got: str, where: str) -> None:
     if got != entry.sha256:
         raise CorruptCheckpoint(
             f"{where}: sha256 {got} does not match the manifest's {entry.sha256}"
@@ -350,10 +353,8 @@ def _download(
             )
         finally:
             reader.close()  # a local file checks here that it was not replaced while read
-        if digest is not None and digest != entry.sha256:
-            raise CorruptCheckpoint(
-                f"{where}: sha256 {digest} does not match the manifest's {entry.sha256}"
-            )
+        if digest is not None:  # hashed in order: no chunk table, or an empty file
+            _compare_sha256(entry, digest, where)
         if entry.safetensors is not None:
             _check_header(partial, entry, where)
         os.close(fd)
@@ -368,13 +369,7 @@ def _download(
         raise
     if sink is not None:
         sink.finished(entry, target)
-    if whole is not None:
-        return whole.finish()
-    if entry.chunks is not None:  # an empty file: nothing to hash beside it
-        done: Future[str] = Future()
-        done.set_result(hashlib.sha256().hexdigest())
-        return done
-    return None
+    return whole.finish() if whole is not None else None
 
 
 def stream_ranges(
@@ -411,13 +406,16 @@ def stream_ranges(
         raise ValueError("streaming without a tier file needs a sink with a staging ring")
     if staging is not None:
         staging.reserve(concurrency + 2, min(range_bytes, max(size, 1)))
-    # without chunk digests, a fetch hashes in order here; a local load (no tier file) does not
-    in_order = hashlib.sha256() if entry.chunks is None and fd is not None else None
+    # a fetch with nothing hashing beside it (no chunk table, or an empty file) hashes in order
+    # here; a local load (no tier file) hashes nothing
+    in_order = hashlib.sha256() if whole is None and fd is not None else None
     if not size:
         return in_order.hexdigest() if in_order is not None else None
     mm = None
     view = None
-    if fd is not None:
+    # the tier file's mapping: where ranges land without a staging ring, and what an in-order
+    # hash reads; a staged, chunk-verified fetch needs neither
+    if fd is not None and (staging is None or in_order is not None):
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         view = memoryview(mm)
     buffers = threading.local()
