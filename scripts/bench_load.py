@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,13 +390,18 @@ def run_worker(
 
 
 def dir_rows(
-    store: Path, work: Path, args: argparse.Namespace, notes: list[str]
+    store: Path,
+    work: Path,
+    args: argparse.Namespace,
+    notes: list[str],
+    specs: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """From a directory store (the model pushed to ``file://``) into a fresh tier, page cache
     dropped before each run, next to ``cat`` of the same file: what the streaming pipeline
     costs when the source is as fast as a local disk."""
     rows = []
-    specs = list(DIR_LOADERS) + (list(CUDA_STREAM_LOADERS[:1]) if cuda_available() else [])
+    if specs is None:
+        specs = list(DIR_LOADERS) + (list(CUDA_STREAM_LOADERS[:1]) if cuda_available() else [])
     files = weight_files(store)
     for spec in specs:
         runs = []
@@ -607,9 +613,11 @@ def s3_rows(
     work: Path,
     args: argparse.Namespace,
     notes: list[str],
+    specs: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
-    specs = args.loaders.split(",") + (list(CUDA_STREAM_LOADERS) if cuda_available() else [])
+    if specs is None:
+        specs = args.loaders.split(",") + (list(CUDA_STREAM_LOADERS) if cuda_available() else [])
     for loader in specs:
         runs = []
         for i in range(args.repeats):

@@ -297,8 +297,6 @@ def step_rows(args: argparse.Namespace, partial: Partial) -> None:
     import bench_load as bl
 
     cuda = args.device == "cuda"
-    # the specs below say where the tensors go; bench_load's own choice (any GPU here) is off
-    bl.cuda_available = lambda: False
     deadline = args.deadline
     env = dict(os.environ)
     notes = partial.notes  # bench_load's run_worker and _note append to it
@@ -371,9 +369,8 @@ def step_rows(args: argparse.Namespace, partial: Partial) -> None:
         for spec in (*(bl.CUDA_STREAM_LOADERS[:1] if cuda else ()), *bl.DIR_LOADERS):
             if not time_left(f"dir {spec}"):
                 break
-            bl.DIR_LOADERS = (spec,)
             started = time.time()
-            rows = bl.dir_rows(store, work, ns, notes)
+            rows = bl.dir_rows(store, work, ns, notes, specs=(spec,))
             per_run.append((time.time() - started) / max(1, args.repeats))
             if not rows:
                 partial.fail(f"dir {spec}: no row")
@@ -454,8 +451,7 @@ def s3_rows(
             if time.time() + 30 > args.deadline:
                 partial.fail(f"s3 {loader}: skipped, out of this step's time")
                 break
-            ns.loaders = loader
-            rows = bl.s3_rows("s3rver", s3env, uri, work, ns, partial.notes)
+            rows = bl.s3_rows("s3rver", s3env, uri, work, ns, partial.notes, specs=(loader,))
             if not rows:
                 partial.fail(f"s3 {loader}: no row")
             partial.data["results"] += rows
