@@ -28,7 +28,7 @@ import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from activator import __version__
-from activator.config import StackConfig
+from activator.auth import Tokens
 from activator.errors import (
     ActivatorError,
     BadRequest,
@@ -45,6 +45,7 @@ from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool, Ticket
 from activator.scaler import Scaler
+from contracts.stack import StackConfig
 
 log = logging.getLogger("ember.activator")
 
@@ -102,8 +103,9 @@ class Activator:
             for name, spec in stack.models.items()
         }
         self.metrics.watch(lambda: self.pools)
-        self.admin_tokens = self.settings.admin_tokens()
-        self.api_tokens = self.settings.api_tokens()
+        s = self.settings
+        self.admin_tokens = Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
+        self.api_tokens = Tokens.load(s.api_token_env, s.api_token_file, "API")
         self.loopback = _is_loopback(host)
         if self.api_tokens is None and not self.loopback:
             log.warning(

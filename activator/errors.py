@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contracts import errors as contracts
+
 
 class ActivatorError(Exception):
     """Base of every activator failure; ``status_code`` is what the caller gets."""
@@ -11,8 +13,11 @@ class ActivatorError(Exception):
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-class ConfigError(ActivatorError):
-    """ember.yaml (or a model config it names) is missing, unreadable or invalid."""
+class ConfigError(ActivatorError, contracts.ConfigError):
+    """A setting the activator reads (a token file, a policy, a trace) is missing or invalid.
+
+    A kind of :class:`contracts.errors.ConfigError` too, so one ``except`` takes both.
+    """
 
     status_code = 400
 

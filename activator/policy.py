@@ -26,13 +26,12 @@ activator can share them.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from activator.errors import ConfigError
+from contracts.stack import parse_policy_spec
 
 
 @dataclass(frozen=True)
@@ -124,24 +123,14 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
-
-
 def parse_policy(text: str) -> Policy:
     """``fixed:10m`` | ``fixed:90s`` | ``knative`` | ``hybrid`` | ``hybrid-paper``."""
-    if text == "knative":
+    spec = parse_policy_spec(text)
+    if spec.kind == "knative":
         return Fixed(90.0, name="knative")
-    if text == "hybrid":
+    if spec.kind == "hybrid":
         return Hybrid()
-    if text == "hybrid-paper":
+    if spec.kind == "hybrid-paper":
         return Hybrid(name="hybrid-paper", guards=False)
-    kind, _, arg = text.partition(":")
-    if kind == "fixed":
-        match = _DURATION.match(arg)
-        if match:
-            seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
-            if seconds > 0:
-                return Fixed(seconds, name=f"fixed:{arg}")
-    raise ConfigError(
-        f"unknown policy {text!r}: fixed:DURATION (e.g. fixed:10m), knative, hybrid, hybrid-paper"
-    )
+    assert spec.keep_alive_s is not None
+    return Fixed(spec.keep_alive_s, name=text)

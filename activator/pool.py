@@ -30,7 +30,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from activator.config import ModelSpec
 from activator.errors import (
     ActivatorError,
     DeadlineExceeded,
@@ -42,7 +41,7 @@ from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.policy import Decision, Fixed, History, Policy, parse_policy
 from activator.scaler import ReplicaHandle, Scaler
-from activator.schedule import parse_window
+from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
 _ids = itertools.count(1)
@@ -114,10 +113,7 @@ class ModelPool:
         self.closing = False
         self._wake = asyncio.Event()
         self.counters: dict[int, Any] = {}  # the requests counter's children, by status
-        self.windows = [
-            parse_window(w, f"model '{spec.name}': prewarm[{i}]")
-            for i, w in enumerate(spec.extra.get("prewarm") or [])
-        ]
+        self.windows = list(spec.prewarm)
         self._applied: set[tuple[int, dt.datetime]] = set()
         self.policy: Policy = (
             Fixed(spec.keep_alive_s) if spec.policy == "fixed" else parse_policy(spec.policy)
@@ -277,8 +273,8 @@ class ModelPool:
                 "replica_starting",
                 self.name,
                 replica=replica.id,
-                gpu_type=self.spec.extra.get("gpu_type"),
-                price_per_hour=self.spec.extra.get("price_per_hour"),
+                gpu_type=self.spec.gpu_type,
+                price_per_hour=self.spec.price_per_hour,
             )
             replica.task = asyncio.create_task(
                 self._run_replica(replica), name=f"replica-{self.name}-{replica.id}"

@@ -22,9 +22,9 @@ from typing import Protocol
 
 import aiohttp
 
-from activator.config import ModelSpec
 from activator.errors import ModelUnavailable
-from ember.proc import die_with_parent, rss_bytes
+from contracts.proc import die_with_parent, rss_bytes
+from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
 

@@ -11,11 +11,11 @@ import logging
 import signal
 
 from activator.app import Activator
-from activator.config import StackConfig
 from activator.frontdoor import run
 from activator.scaler import LocalScaler, Scaler
-from ember.logs import configure as configure_logging
-from ember.sockets import bind
+from contracts.logs import configure as configure_logging
+from contracts.sockets import bind
+from contracts.stack import StackConfig
 
 
 def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from activator.config import StackConfig
+    from contracts.stack import StackConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -73,14 +73,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from activator.config import load_stack
-    from activator.errors import ConfigError
+    from activator.auth import Tokens
     from activator.server import up
+    from contracts.errors import ConfigError
+    from contracts.stack import load_stack
 
     try:
         stack = load_stack(args.config)
-        stack.settings.admin_tokens()  # a bad token stops the stack here, not at its first use
-        stack.settings.api_tokens()
+        s = stack.settings  # a bad token stops the stack here, not at its first use
+        Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
+        Tokens.load(s.api_token_env, s.api_token_file, "API")
     except ConfigError as exc:
         print(f"ember up: {exc}", file=sys.stderr)
         return 2
@@ -98,8 +100,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from activator.config import load_stack
-    from activator.errors import ConfigError
+    from contracts.errors import ConfigError
+    from contracts.stack import load_stack
     from knative.errors import DeployError
     from knative.render import kn_commands, render, to_yaml
 
@@ -163,7 +165,7 @@ def _cost_report(args: argparse.Namespace) -> int:
     import json
 
     from activator.cost import read_log, report, to_html, to_markdown
-    from activator.errors import ConfigError
+    from contracts.errors import ConfigError
 
     try:
         prices = {}
@@ -198,9 +200,9 @@ def _cost_report(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from activator.errors import ConfigError
     from activator.policy import parse_policy
     from activator.simulate import load_trace, simulate, to_json, to_markdown
+    from contracts.errors import ConfigError
 
     try:
         result = simulate(
@@ -222,8 +224,8 @@ def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
     """The stack with ``--namespace`` in place of knative.namespace, checked like the file's."""
     from pydantic import ValidationError
 
-    from activator.config import KnativeSettings
-    from activator.errors import ConfigError
+    from contracts.errors import ConfigError
+    from contracts.stack import KnativeSettings
 
     if not namespace:
         return stack
@@ -237,8 +239,8 @@ def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from activator.config import load_stack
-    from activator.errors import ConfigError
+    from contracts.errors import ConfigError
+    from contracts.stack import load_stack
     from knative.apply import Cluster, status_lines
     from knative.errors import DeployError
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from activator.config import ModelSpec, StackConfig
+from contracts.stack import ModelSpec, StackConfig
 from knative.errors import DeployError
 from knative.rules import check_objects
 
@@ -113,7 +113,7 @@ def _prewarm_objects(stack: StackConfig) -> list[dict[str, Any]]:
     k = stack.knative
     out: list[dict[str, Any]] = []
     for spec in stack.models.values():
-        windows = spec.extra.get("prewarm") or []
+        windows = spec.prewarm
         if windows and not k.admin_secret:
             raise DeployError(
                 f"model '{spec.name}' has pre-warm windows: set knative.admin_secret (a Secret "
@@ -123,12 +123,9 @@ def _prewarm_objects(stack: StackConfig) -> list[dict[str, Any]]:
             name = f"{spec.name}-prewarm-{i}"
             if len(name) > 52:
                 raise DeployError(f"CronJob name {name!r} is over 52 characters: shorten the model")
-            duration = float(window.get("duration_s", 0))
-            if duration <= 0:
-                raise DeployError(f"model '{spec.name}': prewarm[{i}] needs duration_s > 0")
             args = ["prewarm", "--activator", f"http://ember-activator.{k.namespace}.svc"]
-            args += ["--model", spec.name, "--seconds", _number(duration)]
-            args += ["--replicas", str(int(window.get("replicas", 1)))]
+            args += ["--model", spec.name, "--seconds", _number(window.duration_s)]
+            args += ["--replicas", str(window.replicas)]
             text = (
                 _environment()
                 .get_template("prewarm-cronjob.yaml.j2")
@@ -136,8 +133,8 @@ def _prewarm_objects(stack: StackConfig) -> list[dict[str, Any]]:
                     name=name,
                     namespace=k.namespace,
                     labels={"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "ember"},
-                    schedule=str(window["cron"]),
-                    time_zone=str(window.get("timezone", "UTC")),
+                    schedule=window.cron.text,
+                    time_zone=window.tz.key,
                     image=k.activator_image,
                     args=args,
                     admin_secret=k.admin_secret,

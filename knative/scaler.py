@@ -23,9 +23,9 @@ from typing import Any
 
 import aiohttp
 
-from activator.config import ModelSpec
 from activator.errors import ModelUnavailable
 from activator.scaler import ReplicaHandle, probe_ready
+from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ember.names import MODEL_NAME
+from contracts.names import MODEL_NAME
 from runtime.errors import ConfigError
 from runtime.protocol import validation_message
 from runtime.tensors import DATATYPES

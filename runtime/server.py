@@ -6,8 +6,8 @@ import signal
 
 import uvicorn
 
-from ember.logs import configure as configure_logging
-from ember.sockets import bind
+from contracts.logs import configure as configure_logging
+from contracts.sockets import bind
 from runtime.app import create_app
 from runtime.config import ModelConfig, ServerSettings
 

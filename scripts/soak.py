@@ -55,7 +55,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ember.proc import rss_bytes  # noqa: E402
+from contracts.proc import rss_bytes  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402  (the harness's loopback fault proxy)
 from tests.servers import children_of as children  # noqa: E402
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from activator.errors import ConfigError
+from contracts.errors import ConfigError
 from activator.policy import Fixed, History, Hybrid, parse_policy
 from activator.simulate import Trace, load_trace, simulate, simulate_one
 from tests.servers import ROOT
@@ -185,7 +185,7 @@ async def test_the_activator_runs_a_learned_policy_and_logs_its_decisions(tmp_pa
 
 
 def test_an_unknown_policy_in_ember_yaml_is_refused(tmp_path: Path) -> None:
-    from activator.config import load_stack
+    from contracts.stack import load_stack
 
     (tmp_path / "m.yaml").write_text("name: m\n")
     (tmp_path / "ember.yaml").write_text("models:\n  - {config: m.yaml, policy: lru}\n")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from activator.config import ModelSpec
 from activator.errors import DeadlineExceeded, ModelUnavailable, QueueFull
 from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool, Ticket
 from activator.scaler import ReplicaHandle
+from contracts.stack import ModelSpec
 
 
 class FakeScaler:

@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from activator.config import load_stack
+from contracts.stack import load_stack
 from knative.errors import DeployError
 from knative.render import kn_commands, render, to_yaml
 from knative.rules import ksvc_errors

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from ember.logs import RedactingFilter, redact
+from contracts.logs import RedactingFilter, redact
 
 SECRETS = [
     "Authorization: Bearer api-token-0123456789abcdef",

@@ -35,16 +35,17 @@ starts run ``ember serve --config`` on the file itself. Unknown keys are errors.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from activator.auth import Tokens
-from activator.errors import ConfigError
-from activator.schedule import parse_window
-from ember.names import valid_model_name
+from contracts.errors import ConfigError
+from contracts.names import valid_model_name
+from contracts.schedule import Window, parse_window
 
 
 class ActivatorSettings(BaseModel):
@@ -71,12 +72,6 @@ class ActivatorSettings(BaseModel):
     # local: replicas are `ember serve` processes here; knative: each model's Knative Service,
     # woken through min-scale (ember deploy renders them) in knative.namespace
     scaler: Literal["local", "knative"] = "local"
-
-    def admin_tokens(self) -> Tokens | None:
-        return Tokens.load(self.admin_token_env, self.admin_token_file, "admin")
-
-    def api_tokens(self) -> Tokens | None:
-        return Tokens.load(self.api_token_env, self.api_token_file, "API")
 
 
 class KnativeSettings(BaseModel):
@@ -150,9 +145,13 @@ class ModelSpec(BaseModel):
     queue_size: int
     deadline_s: float
     startup_timeout_s: float
-    policy: str = "fixed"  # "fixed" keeps keep_alive_s; see activator/policy.py for the others
-    # from the model config, for the cost report and Knative: gpu_type, price_per_hour, ...
-    extra: dict[str, Any] = Field(default_factory=dict)
+    policy: str = "fixed"  # "fixed" keeps keep_alive_s; see parse_policy for the others
+    # from the model config, for the cost report, the pre-warm schedule and Knative
+    gpu_type: str | None = None
+    price_per_hour: float | None = None
+    device: str | None = None
+    source: str | None = None
+    prewarm: tuple[Window, ...] = ()
 
 
 class StackConfig(BaseModel):
@@ -200,17 +199,19 @@ def load_stack(path: str | Path) -> StackConfig:
             )
         if name in models:
             raise ConfigError(f"{path}: model '{name}' is listed twice")
-        for w, window in enumerate(model.get("prewarm") or []):
-            parse_window(window, f"{config_path}: prewarm[{w}]")  # raises on a bad window
+        windows = model.get("prewarm") or []
+        if not isinstance(windows, list):
+            raise ConfigError(f"{config_path}: prewarm must be a list of windows")
+        prewarm = tuple(
+            parse_window(window, f"{config_path}: prewarm[{w}]") for w, window in enumerate(windows)
+        )
         concurrency = entry.container_concurrency or int(model.get("container_concurrency") or 8)
         keep_alive = entry.keep_alive_s
         if keep_alive is None:
             keep_alive = settings.keep_alive_s
         policy = entry.policy or settings.policy
         if policy != "fixed":
-            from activator.policy import parse_policy
-
-            parse_policy(policy)  # raises ConfigError naming the choices
+            parse_policy_spec(policy)  # raises ConfigError naming the choices
         models[name] = ModelSpec(
             name=name,
             policy=policy,
@@ -223,13 +224,52 @@ def load_stack(path: str | Path) -> StackConfig:
             queue_size=settings.queue_size if entry.queue_size is None else entry.queue_size,
             deadline_s=entry.deadline_s or settings.deadline_s,
             startup_timeout_s=entry.startup_timeout_s or settings.startup_timeout_s,
-            extra={
-                k: model[k]
-                for k in ("gpu_type", "price_per_hour", "prewarm", "device", "source")
-                if k in model
-            },
+            gpu_type=_optional(model, "gpu_type", str, config_path),
+            price_per_hour=_optional(model, "price_per_hour", float, config_path),
+            device=_optional(model, "device", str, config_path),
+            source=_optional(model, "source", str, config_path),
+            prewarm=prewarm,
         )
     return StackConfig(path=path.resolve(), settings=settings, models=models, knative=stack.knative)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A keep-alive policy: ``fixed:DURATION``, ``knative``, ``hybrid`` or ``hybrid-paper``."""
+
+    kind: Literal["fixed", "knative", "hybrid", "hybrid-paper"]
+    keep_alive_s: float | None = None  # fixed's window
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
+
+
+def parse_policy_spec(text: str) -> PolicySpec:
+    """The policy a model's ``policy:`` names; ConfigError naming the choices if none."""
+    if text in ("knative", "hybrid", "hybrid-paper"):
+        return PolicySpec(text)  # type: ignore[arg-type]
+    kind, _, arg = text.partition(":")
+    if kind == "fixed":
+        match = _DURATION.match(arg)
+        if match:
+            seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+            if seconds > 0:
+                return PolicySpec("fixed", seconds)
+    raise ConfigError(
+        f"unknown policy {text!r}: fixed:DURATION (e.g. fixed:10m), knative, hybrid, hybrid-paper"
+    )
+
+
+def _optional(model: dict[str, Any], key: str, kind: type, where: Path) -> Any:
+    """``model[key]`` checked to be a ``kind`` (ints pass as floats), or None when absent."""
+    value = model.get(key)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be a {'number' if kind is float else 'string'}")
+    return value
 
 
 def _read_yaml(path: Path, what: str) -> Any:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from activator.config import load_stack
-from activator.errors import ConfigError
+from contracts.errors import ConfigError
+from contracts.stack import load_stack
 from tests.servers import ROOT
 
 
@@ -31,7 +31,7 @@ def test_model_config_defaults_and_overrides(tmp_path: Path) -> None:
     )
     (m,) = load_stack(tmp_path / "ember.yaml").models.values()
     assert (m.container_concurrency, m.target, m.queue_size, m.deadline_s) == (4, 1.5, 7, 2)
-    assert m.extra == {"gpu_type": "L4"}
+    assert (m.gpu_type, m.price_per_hour, m.prewarm) == ("L4", None, ())
 
 
 @pytest.mark.parametrize(

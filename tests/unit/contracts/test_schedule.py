@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from activator.config import load_stack
-from activator.errors import ConfigError
+from contracts.errors import ConfigError
 from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool
-from activator.schedule import next_start, parse_cron, parse_window, zone
+from contracts.schedule import next_start, parse_cron, parse_window, zone
+from contracts.stack import load_stack
 from tests.unit.activator.test_pool import FakeScaler, spec
 
 UTC = dt.UTC
@@ -101,7 +101,11 @@ async def test_the_activator_warms_a_model_for_its_window(tmp_path: Path, events
     # not started: the window is applied at chosen instants, never at the wall clock's (a run
     # between 08:00 and 09:00 UTC once saw the real schedule fire too)
     pool = ModelPool(
-        spec(extra={"prewarm": [window]}), scaler, events, ActivatorMetrics(), grace_period_s=0.5
+        spec(prewarm=(parse_window(window, "w"),)),
+        scaler,
+        events,
+        ActivatorMetrics(),
+        grace_period_s=0.5,
     )
     before = dt.datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
     assert pool.apply_schedule(before) == 3600  # an hour until it opens
