@@ -44,7 +44,7 @@ from activator.errors import (
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool, Ticket
-from activator.scaler import Scaler
+from activator.scalers.base import Scaler
 from contracts.stack import StackConfig
 
 log = logging.getLogger("ember.activator")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+
 from contracts import errors as contracts
+from contracts.replica import FailureKind
 
 
 class ActivatorError(Exception):
@@ -80,3 +83,24 @@ class ReplicaFailed(ActivatorError):
     """The replica serving the request went away (crashed, killed) before it answered."""
 
     status_code = 502
+
+
+class StartFailure(enum.Enum):
+    """How a replica's start failed: the pool's answer to its waiters depends on it."""
+
+    EXITED = "exited"  # the process (or container) went away before it was ready
+    NOT_LISTENING = "not_listening"  # it never announced an address
+    LOAD_FAILED = "load_failed"  # it said its model cannot load (the reason says why)
+    TIMED_OUT = "timed_out"  # not ready within startup_timeout_s
+    PLATFORM = "platform"  # the platform refused (Knative says Ready=False, the API failed)
+
+
+class ReplicaStartFailed(ModelUnavailable):
+    """A replica could not be started; ``kind`` says how, ``failure`` what the replica said."""
+
+    def __init__(
+        self, message: str, kind: StartFailure, failure: FailureKind | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.failure = failure

@@ -40,7 +40,7 @@ from activator.errors import (
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.policy import Decision, Fixed, History, Policy, parse_policy
-from activator.scaler import ReplicaHandle, Scaler
+from activator.scalers.base import ReplicaHandle, Scaler
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")

@@ -12,7 +12,8 @@ import signal
 
 from activator.app import Activator
 from activator.frontdoor import run
-from activator.scaler import LocalScaler, Scaler
+from activator.scalers.base import Scaler
+from activator.scalers.local import LocalScaler
 from contracts.logs import configure as configure_logging
 from contracts.sockets import bind
 from contracts.stack import StackConfig
@@ -25,7 +26,7 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
     bound = sock.getsockname()[1]
     scaler: Scaler
     if settings.scaler == "knative":
-        from knative.scaler import KnativeScaler
+        from activator.scalers.knative import KnativeScaler
 
         scaler = KnativeScaler.from_environment(stack.knative.namespace)
         # Knative scales pods behind one URL: one "replica" per model, with all their slots

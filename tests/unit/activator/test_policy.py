@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import ConfigError
 from activator.policy import Fixed, History, Hybrid, parse_policy
 from activator.simulate import Trace, load_trace, simulate, simulate_one
+from contracts.errors import ConfigError
 from tests.servers import ROOT
 from tests.spec import TRACE_SAMPLE, data_path
 

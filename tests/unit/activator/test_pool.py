@@ -17,7 +17,7 @@ from activator.errors import DeadlineExceeded, ModelUnavailable, QueueFull
 from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool, Ticket
-from activator.scaler import ReplicaHandle
+from activator.scalers.base import ReplicaHandle
 from contracts.stack import ModelSpec
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts.errors import ConfigError
 from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool
+from contracts.errors import ConfigError
 from contracts.schedule import next_start, parse_cron, parse_window, zone
 from contracts.stack import load_stack
 from tests.unit.activator.test_pool import FakeScaler, spec

@@ -1,9 +1,4 @@
-"""The ``Scaler`` seam: how the activator gets and gives back replicas of a model.
-
-A scaler starts a replica (returning as soon as it has an address), says when it is ready,
-stops it, and reports when it exits on its own. :class:`LocalScaler` (the embedded default) runs
-``ember serve`` processes on loopback ports; the Knative scaler drives a ksvc's min-scale.
-"""
+"""The local scaler (the embedded default): replicas are ``ember serve`` processes on loopback."""
 
 from __future__ import annotations
 
@@ -18,11 +13,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 
 from activator.errors import ModelUnavailable
+from activator.scalers.base import ReplicaHandle, probe_ready
 from contracts.proc import die_with_parent, rss_bytes
 from contracts.stack import ModelSpec
 
@@ -32,52 +27,6 @@ _LISTENING = re.compile(r"ember serve: listening on (http://\S+)")
 REFILL_DELAY_S = 2.0
 _STANDBY = re.compile(r"ember serve: standby (\{.*\})")
 _PHASE = re.compile(r'^ember_model_load_phase_seconds\{[^}]*phase="(\w+)"[^}]*\} (\S+)$', re.M)
-
-
-@dataclass
-class ReplicaHandle:
-    """A started replica: where it answers, and what its start cost (seconds, by phase)."""
-
-    model: str
-    url: str
-    timings: dict[str, float] = field(default_factory=dict)
-    pid: int | None = None  # a local process's; None for replicas elsewhere
-    warm: bool = False  # started from the local scaler's warm pool
-
-
-class Scaler(Protocol):
-    async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        """Start a replica; return once it has an address (it may still be loading)."""
-        ...
-
-    async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
-        """Return when the replica answers ``/v2/health/ready``; raise if it dies or times out."""
-        ...
-
-    async def wait_exit(self, handle: ReplicaHandle) -> str:
-        """Return (with a reason) when the replica goes away without being asked to."""
-        ...
-
-    async def healthy(self, handle: ReplicaHandle) -> bool:
-        """Whether the replica answers ``/v2/health/ready`` now."""
-        ...
-
-    async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
-        """Stop the replica: let in-flight work finish within ``grace_s``, then force it."""
-        ...
-
-    async def aclose(self) -> None:
-        """Stop everything this scaler started."""
-        ...
-
-
-async def probe_ready(session: aiohttp.ClientSession, url: str) -> bool:
-    """Whether ``url`` answers ``/v2/health/ready`` with 200 now."""
-    try:
-        async with session.get(url + "/v2/health/ready") as r:
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from activator.errors import ModelUnavailable
-from activator.scaler import ReplicaHandle, probe_ready
+from activator.scalers.base import ReplicaHandle, probe_ready
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
