@@ -66,19 +66,18 @@ async def _push(args: argparse.Namespace) -> int:
             raise WeightCacheError(f"{source} is not a directory (or hf://org/repo[@revision])")
         size = await asyncio.to_thread(total_bytes, Path(source))
         progress = Progress(f"push {args.dest}", size)
-    store = await open_store(args.dest)
     try:
-        manifest = await push_source(
-            store,
-            source,
-            concurrency=args.concurrency,
-            progress=progress,
-            chunk_bytes=args.chunk_mb << 20,
-        )
+        async with open_store(args.dest) as store:
+            manifest = await push_source(
+                store,
+                source,
+                concurrency=args.concurrency,
+                progress=progress,
+                chunk_bytes=args.chunk_mb << 20,
+            )
     finally:
         if progress is not None:
             progress.close()
-        await store.aclose()
     print(f"pushed {len(manifest.files)} files, {manifest.total_bytes} bytes, to {args.dest}")
     return 0
 
@@ -88,8 +87,7 @@ async def _pull(args: argparse.Namespace) -> int:
     from weight_cache.stores import open_store
     from weight_cache.tier import LocalTier
 
-    store = await open_store(args.source, concurrency=args.concurrency)
-    try:
+    async with open_store(args.source, concurrency=args.concurrency) as store:
         manifest = await read_manifest(store)
         tier = LocalTier(cache_dir(args))
         progress = Progress(f"pull {args.source}", manifest.total_bytes)
@@ -104,8 +102,6 @@ async def _pull(args: argparse.Namespace) -> int:
             )
         finally:
             progress.close()
-    finally:
-        await store.aclose()
     state = "already in the local tier" if report.hit else f"fetched in {report.fetch_s:.2f}s"
     print(f"{report.path} ({state})")
     return 0
@@ -125,8 +121,7 @@ async def _ls(args: argparse.Namespace) -> int:
         return 0
     if not args.uri:
         raise WeightCacheError("give an s3://bucket/[prefix] to list, or --local")
-    store = await open_store(args.uri)
-    try:
+    async with open_store(args.uri) as store:
         for obj in await store.list():
             if obj.key != MANIFEST_NAME and not obj.key.endswith("/" + MANIFEST_NAME):
                 continue
@@ -135,8 +130,6 @@ async def _ls(args: argparse.Namespace) -> int:
             model_uri = f"{store.uri}/{prefix}" if prefix else store.uri
             files, size = len(manifest.files), manifest.total_bytes
             print(f"{model_uri}  {files} files  {size} bytes  from {manifest.source}")
-    finally:
-        await store.aclose()
     return 0
 
 
@@ -145,9 +138,8 @@ async def _verify(args: argparse.Namespace) -> int:
     from weight_cache.manifest import chunk_digest
     from weight_cache.stores import open_store
 
-    store = await open_store(args.uri)
     problems: list[str] = []
-    try:
+    async with open_store(args.uri) as store:
         manifest = await read_manifest(store)
         for f in manifest.files:
             info = await store.head(f.path)
@@ -167,8 +159,6 @@ async def _verify(args: argparse.Namespace) -> int:
                     problems.append(f"{f.path}: chunk {offset // step} differs from its digest")
             if digest.hexdigest() != f.sha256:
                 problems.append(f"{f.path}: sha256 {digest.hexdigest()}, manifest {f.sha256}")
-    finally:
-        await store.aclose()
     if problems:
         raise WeightCacheError(f"{args.uri} fails verification: " + "; ".join(problems))
     files, size = len(manifest.files), manifest.total_bytes

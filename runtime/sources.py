@@ -95,19 +95,18 @@ class WeightSources:
         imports_s = time.perf_counter() - mark
         started = time.perf_counter()
         tier = LocalTier(self.cache_dir, budget_bytes=self.budget_bytes)
-        store = await open_store(config.source, concurrency=self.concurrency)
         try:
-            report = await fetch_to_tier(
-                store,
-                tier,
-                concurrency=self.concurrency,
-                chunk_bytes=self.chunk_bytes,
-                commit_in_background=True,  # load from the page cache while the disk catches up
-                hold=True,  # no process evicts the files while this one serves from them
-                sink=sink,
-            )
+            async with open_store(config.source, concurrency=self.concurrency) as store:
+                report = await fetch_to_tier(
+                    store,
+                    tier,
+                    concurrency=self.concurrency,
+                    chunk_bytes=self.chunk_bytes,
+                    commit_in_background=True,  # load from the page cache as the disk catches up
+                    hold=True,  # no process evicts the files while this one serves from them
+                    sink=sink,
+                )
         finally:
-            await store.aclose()
             if sink is not None:
                 await asyncio.to_thread(sink.close)  # the last device copies complete
         if report.committed is not None:

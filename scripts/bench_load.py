@@ -193,26 +193,25 @@ def worker(spec: str, uri: str, dest: Path, concurrency: int, chunk_mb: int) -> 
             # as `ember serve` does: the clock stops when the tensors are there (made while
             # the bytes arrived); the fsync and the tier's marker finish behind it (their CPU
             # still counts). store-to-tier makes no tensors: the tier file only.
-            store = await open_store(uri, concurrency=concurrency)
             sink = None
             if loader == "ember":
                 staged = device == "staged-cpu"
                 sink = TensorSink("cpu" if staged else device, stage=staged or None)
             try:
-                report = await fetch_to_tier(
-                    store,
-                    LocalTier(dest),
-                    concurrency=concurrency,
-                    chunk_bytes=chunk_mb << 20,
-                    commit_in_background=True,
-                    sink=sink,
-                )
-                ready = time.perf_counter()
-                assert sink is None or sink.tensors, "no tensors were made"
-                if report.committed is not None:
-                    await report.committed
+                async with open_store(uri, concurrency=concurrency) as store:
+                    report = await fetch_to_tier(
+                        store,
+                        LocalTier(dest),
+                        concurrency=concurrency,
+                        chunk_bytes=chunk_mb << 20,
+                        commit_in_background=True,
+                        sink=sink,
+                    )
+                    ready = time.perf_counter()
+                    assert sink is None or sink.tensors, "no tensors were made"
+                    if report.committed is not None:
+                        await report.committed
             finally:
-                await store.aclose()
                 if sink is not None:
                     sink.close()
             return report.bytes_fetched, ready

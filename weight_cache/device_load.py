@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from weight_cache.fetch import DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY, stream_ranges
+from weight_cache.local import FileRangeReader
 from weight_cache.manifest import FileEntry, SafetensorsEntry
 from weight_cache.materialize import TensorSink
 from weight_cache.safetensors_format import read_index
-from weight_cache.stores import FileRangeReader
 
 # A local file has no manifest digest; nothing compares against this one.
 _UNCHECKED = "0" * 64

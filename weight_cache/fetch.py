@@ -33,8 +33,8 @@ from typing import Protocol
 
 from weight_cache.errors import CorruptCheckpoint, ObjectMissing
 from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest, chunk_digest
+from weight_cache.objects import ObjectStore, RangeReader, join_key
 from weight_cache.safetensors_format import parse_header
-from weight_cache.stores import ObjectStore, RangeReader, join_key
 from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
 
 log = logging.getLogger("ember.weight_cache")

@@ -25,8 +25,8 @@ from weight_cache.manifest import (
     SafetensorsEntry,
     chunk_digest,
 )
+from weight_cache.objects import ObjectStore
 from weight_cache.safetensors_format import SafetensorsIndex, read_index
-from weight_cache.stores import ObjectStore
 
 SHARD_INDEX = "model.safetensors.index.json"
 _SKIP_DIRS = {".git", ".cache", "__pycache__"}

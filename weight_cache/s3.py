@@ -26,8 +26,10 @@ import re
 import ssl
 import threading
 import time
+import weakref
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from weight_cache.errors import (
@@ -37,7 +39,7 @@ from weight_cache.errors import (
     StoreUnavailable,
     WeightCacheError,
 )
-from weight_cache.stores import ObjectInfo, Progress, join_key
+from weight_cache.objects import ObjectInfo, Progress, join_key
 
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 PART_BYTES = 64 * 1024 * 1024  # multipart part size (S3 needs >= 5 MiB but the last)
@@ -72,29 +74,14 @@ async def warm_session() -> None:
 
 
 class S3Store:
+    """One bucket prefix through one aiobotocore client, made when the store is entered.
+
+    ``async with S3Store(bucket, prefix) as store:`` (or :func:`weight_cache.stores.open_store`);
+    leaving the block closes the client and the connections of the readers still open.
+    """
+
     def __init__(
         self,
-        client: Any,
-        stack: contextlib.AsyncExitStack,
-        bucket: str,
-        prefix: str,
-        *,
-        connect_timeout_s: float = 10,
-        read_timeout_s: float = 30,
-        max_attempts: int = 5,
-    ) -> None:
-        self._client = client
-        self._stack = stack
-        self.bucket = bucket
-        self.prefix = prefix
-        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self.max_attempts = max_attempts
-
-    @classmethod
-    async def open(
-        cls,
         bucket: str,
         prefix: str,
         *,
@@ -103,47 +90,75 @@ class S3Store:
         connect_timeout_s: float = 10,
         read_timeout_s: float = 30,
         max_attempts: int = 5,
-    ) -> S3Store:
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
+        self.concurrency = concurrency
+        self.endpoint_url = endpoint_url
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.max_attempts = max_attempts
+        self._open_client: Any = None
+        self._stack = contextlib.AsyncExitStack()
+        self._readers: weakref.WeakSet[S3RangeReader] = weakref.WeakSet()
+
+    async def __aenter__(self) -> Self:
+        if self._open_client is not None:
+            raise RuntimeError(f"{self.uri}: the store is already open")
         from aiobotocore.config import AioConfig
 
         config = AioConfig(
-            max_pool_connections=max(concurrency, 10),
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=max(self.concurrency, 10),
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
         )
-        stack = contextlib.AsyncExitStack()
         try:
-            client = await stack.enter_async_context(
-                _session().create_client("s3", config=config, endpoint_url=endpoint_url)
+            self._open_client = await self._stack.enter_async_context(
+                _session().create_client("s3", config=config, endpoint_url=self.endpoint_url)
             )
         except Exception as exc:
-            await stack.aclose()
-            raise _translate(exc, f"s3://{bucket}") from exc
-        return cls(
-            client,
-            stack,
-            bucket,
-            prefix,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-            max_attempts=max_attempts,
-        )
+            await self._stack.aclose()
+            raise _translate(exc, f"s3://{self.bucket}") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
+        for reader in list(self._readers):
+            reader.close()
+        self._readers.clear()
+        self._open_client = None
         await self._stack.aclose()
+
+    @property
+    def _client(self) -> Any:
+        """The open client. Taken before the ``try`` that translates errors: a store used while
+        closed is a bug in the caller, not a failure of the store."""
+        if self._open_client is None:
+            raise RuntimeError(f"{self.uri}: the store is not open (use `async with`)")
+        return self._open_client
 
     def _key(self, key: str) -> str:
         return join_key(self.prefix, key)
 
     async def head(self, key: str) -> ObjectInfo:
+        client = self._client
         try:
-            r = await self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            r = await client.head_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise _translate(exc, f"{self.uri}/{key}") from exc
         return ObjectInfo(key, int(r["ContentLength"]), r["ETag"])
 
     async def read_range(self, key: str, *, start: int, length: int, etag: str | None) -> bytes:
+        client = self._client
         if length == 0:
             return b""
         where = f"{self.uri}/{key}"
@@ -156,7 +171,7 @@ class S3Store:
             kwargs["IfMatch"] = etag
         for attempt in range(BODY_ATTEMPTS):
             try:
-                response = await self._client.get_object(**kwargs)
+                response = await client.get_object(**kwargs)
             except Exception as exc:
                 raise _translate(exc, where) from exc  # botocore has retried what it should
             try:
@@ -177,15 +192,16 @@ class S3Store:
         raise AssertionError("unreachable")
 
     async def range_reader(self, key: str, *, etag: str | None) -> S3RangeReader:
+        client = self._client
         try:
-            url = await self._client.generate_presigned_url(
+            url = await client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._key(key)},
                 ExpiresIn=PRESIGN_EXPIRY_S,
             )
         except Exception as exc:
             raise _translate(exc, f"{self.uri}/{key}") from exc
-        return S3RangeReader(
+        reader = S3RangeReader(
             url,
             f"{self.uri}/{key}",
             etag=etag,
@@ -193,15 +209,18 @@ class S3Store:
             read_timeout_s=self.read_timeout_s,
             max_attempts=self.max_attempts,
         )
+        self._readers.add(reader)
+        return reader
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        client = self._client
         base = self._key(prefix)
         if base and not base.endswith("/"):
             base += "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
         out: list[ObjectInfo] = []
         try:
-            paginator = self._client.get_paginator("list_objects_v2")
+            paginator = client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
                 for obj in page.get("Contents", []):
                     out.append(ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["ETag"]))
@@ -210,8 +229,9 @@ class S3Store:
         return out
 
     async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        client = self._client
         try:
-            r = await self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            r = await client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except Exception as exc:
             raise _translate(exc, f"{self.uri}/{key}") from exc
         return ObjectInfo(key, len(data), r["ETag"])
@@ -231,10 +251,11 @@ class S3Store:
     async def _multipart(
         self, key: str, path: Path, size: int, progress: Progress | None
     ) -> ObjectInfo:
+        client = self._client
         where = f"{self.uri}/{key}"
         full_key = self._key(key)
         try:
-            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=full_key)
+            upload = await client.create_multipart_upload(Bucket=self.bucket, Key=full_key)
         except Exception as exc:
             raise _translate(exc, where) from exc
         upload_id = upload["UploadId"]
@@ -246,7 +267,7 @@ class S3Store:
                     chunk = await asyncio.to_thread(f.read, PART_BYTES)
                     if not chunk:
                         break
-                    r = await self._client.upload_part(
+                    r = await client.upload_part(
                         Bucket=self.bucket,
                         Key=full_key,
                         UploadId=upload_id,
@@ -257,7 +278,7 @@ class S3Store:
                     if progress is not None:
                         progress(len(chunk))
                     number += 1
-            r = await self._client.complete_multipart_upload(
+            r = await client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=full_key,
                 UploadId=upload_id,
@@ -265,7 +286,7 @@ class S3Store:
             )
         except BaseException as exc:
             with contextlib.suppress(Exception):
-                await self._client.abort_multipart_upload(
+                await client.abort_multipart_upload(
                     Bucket=self.bucket, Key=full_key, UploadId=upload_id
                 )
             if isinstance(exc, Exception):
@@ -274,8 +295,9 @@ class S3Store:
         return ObjectInfo(key, size, r["ETag"])
 
     async def delete(self, key: str) -> None:
+        client = self._client
         try:
-            await self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            await client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise _translate(exc, f"{self.uri}/{key}") from exc
 

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -18,10 +20,12 @@ import pytest
 from tests.conftest import ROOT, make_model_dir
 from tests.faultproxy import FaultProxy
 from tests.servers import ServerProcess, running_server, wait_for_state
+from weight_cache import s3
 from weight_cache.errors import AccessDenied, ObjectChanged, ObjectMissing, StoreUnavailable
 from weight_cache.fetch import fetch_to_tier, read_manifest
 from weight_cache.push import push_directory
 from weight_cache.s3 import S3Store
+from weight_cache.stores import open_store
 from weight_cache.tier import LocalTier
 
 
@@ -163,6 +167,44 @@ def test_debug_logs_carry_no_credential(bucket: str, tmp_path: Path) -> None:
         assert secret not in text, secret
 
 
+async def test_leaving_the_store_by_an_exception_closes_its_client(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = s3._session()
+    exited: list[object] = []
+
+    class Recording:
+        """The real session, noting when a client's context has been left."""
+
+        def create_client(self, *args: Any, **kwargs: Any) -> Any:
+            @contextlib.asynccontextmanager
+            async def lifetime() -> AsyncIterator[Any]:
+                try:
+                    async with real.create_client(*args, **kwargs) as client:
+                        yield client
+                finally:
+                    exited.append(client)
+
+            return lifetime()
+
+    monkeypatch.setattr(s3, "_session", Recording)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with open_store(f"s3://{bucket}/m") as store:
+            await store.put_bytes("k", b"abc")
+            reader = await store.range_reader("k", etag=None)
+            buffer = bytearray(3)
+            await asyncio.to_thread(reader.read_into, 0, memoryview(buffer))
+            assert buffer == b"abc" and exited == []
+            raise Boom
+    assert len(exited) == 1
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.head("k")
+
+
 # ----------------------------------------------------------------------------------- faults
 
 
@@ -179,16 +221,10 @@ async def proxied(
     bucket: str, tmp_path: Path, proxy: FaultProxy, **kw: float
 ) -> AsyncIterator[tuple[S3Store, LocalTier]]:
     """Push straight to the server, then read through the proxy into a fresh tier."""
-    direct = await S3Store.open(bucket, "m")
-    try:
+    async with S3Store(bucket, "m") as direct:
         await push_directory(direct, make_model_dir(tmp_path / "src", mb=2))
-    finally:
-        await direct.aclose()
-    store = await S3Store.open(bucket, "m", endpoint_url=proxy.url, **kw)  # type: ignore[arg-type]
-    try:
+    async with S3Store(bucket, "m", endpoint_url=proxy.url, **kw) as store:  # type: ignore[arg-type]
         yield store, LocalTier(tmp_path / "tier")
-    finally:
-        await store.aclose()
 
 
 @pytest.mark.parametrize(

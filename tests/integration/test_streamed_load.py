@@ -16,11 +16,8 @@ from weight_cache.s3 import S3Store
 
 
 async def test_the_module_adopts_the_tensors_the_stream_made(bucket: str, tmp_path: Path) -> None:
-    store = await S3Store.open(bucket, "mlp")
-    try:
+    async with S3Store(bucket, "mlp") as store:
         await push_directory(store, ROOT / "examples/mlp/weights")
-    finally:
-        await store.aclose()
     (config,) = load_model_configs(MLP_CONFIG)
     config = config.model_copy(update={"source": f"s3://{bucket}/mlp", "device": "cpu"})
     sources = WeightSources(cache_dir=tmp_path / "tier")

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from tests.conftest import make_model_dir
 from weight_cache.errors import CorruptCheckpoint
 from weight_cache.fetch import fetch_to_tier, read_manifest
+from weight_cache.local import FileRangeReader, LocalStore
 from weight_cache.manifest import MANIFEST_NAME, Manifest, chunk_digest
 from weight_cache.materialize import TensorSink
 from weight_cache.push import push_directory
-from weight_cache.stores import FileRangeReader, LocalStore
 from weight_cache.tier import LocalTier, entry_key
 
 CHUNK = 64 * 1024

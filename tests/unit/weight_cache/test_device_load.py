@@ -16,9 +16,9 @@ from tests.conftest import make_model_dir
 from weight_cache.device_load import load_to_device
 from weight_cache.errors import DeviceMemoryFull
 from weight_cache.fetch import fetch_to_tier
+from weight_cache.local import FileRangeReader, LocalStore
 from weight_cache.materialize import TensorSink
 from weight_cache.push import push_directory
-from weight_cache.stores import FileRangeReader, LocalStore
 from weight_cache.tier import LocalTier
 
 

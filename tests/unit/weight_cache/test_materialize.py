@@ -10,10 +10,10 @@ from safetensors.torch import load_file, save_file
 
 from weight_cache.errors import ObjectChanged
 from weight_cache.fetch import fetch_to_tier
+from weight_cache.local import LocalStore
 from weight_cache.manifest import FileEntry
 from weight_cache.materialize import TensorSink
 from weight_cache.push import push_directory
-from weight_cache.stores import LocalStore
 from weight_cache.tier import LocalTier
 
 

@@ -16,9 +16,9 @@ import pytest
 from tests.conftest import make_model_dir
 from weight_cache.errors import CorruptCheckpoint, DiskFull, ObjectChanged, ObjectMissing
 from weight_cache.fetch import fetch_to_tier, read_manifest
+from weight_cache.local import FileRangeReader, LocalStore
 from weight_cache.manifest import MANIFEST_NAME, Manifest
 from weight_cache.push import push_directory
-from weight_cache.stores import FileRangeReader, LocalStore
 from weight_cache.tier import COMPLETE, LocalTier, entry_key
 
 

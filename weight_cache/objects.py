@@ -1,0 +1,90 @@
+"""The seam between the cache and a store: what a store is, and what it hands back.
+
+Keys are relative to the store's prefix, ``/``-separated. Reads name the ETag seen when the load
+was planned, so an object replaced mid-load fails with
+:class:`~weight_cache.errors.ObjectChanged` instead of mixing two versions.
+
+A store is an async context manager: its client (and every reader it handed out) lives until the
+``async with`` block ends. A holder that cannot scope it to one block enters it on an
+:class:`contextlib.AsyncExitStack`, or calls :meth:`ObjectStore.aclose` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+
+
+def join_key(prefix: str, key: str) -> str:
+    return f"{prefix}/{key}" if prefix else key
+
+
+class RangeReader(Protocol):
+    """Blocking ranged reads of one object, safe to call from several threads at once.
+
+    The hot path of a fetch: bytes land directly in the destination (the tier file's mapping),
+    with no intermediate ``bytes`` objects and no event loop in between.
+    """
+
+    def read_into(self, start: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the object's bytes from ``start``; raise rather than fill less."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ObjectStore(Protocol):
+    """What the cache needs from a store. ``uri`` names the prefix, for messages and cache keys.
+
+    Use it as ``async with store:``; leaving the block (normally or by an exception) closes it.
+    """
+
+    uri: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def aclose(self) -> None:
+        """Release the client and the readers still open; calling it twice does nothing."""
+        ...
+
+    async def head(self, key: str) -> ObjectInfo: ...
+
+    async def read_range(self, key: str, *, start: int, length: int, etag: str | None) -> bytes:
+        """Exactly ``length`` bytes from ``start``; raises rather than return fewer."""
+        ...
+
+    async def range_reader(self, key: str, *, etag: str | None) -> RangeReader:
+        """A reader for the fetch threads: blocking ranged reads straight into caller memory.
+
+        Close it when done; the store closes any still open when it closes.
+        """
+        ...
+
+    async def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+
+    async def put_file(
+        self, key: str, path: Path, *, progress: Progress | None = None
+    ) -> ObjectInfo: ...
+
+    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
+
+    async def delete(self, key: str) -> None: ...
