@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from knative.errors import DeployError
@@ -192,20 +193,46 @@ def delete_all(
         log(f"deleted {what}" if gone else f"not there: {what}")
 
 
-def status_lines(cluster: Cluster, namespace: str, names: list[str]) -> list[str]:
-    lines = []
-    for name in names:
-        ksvc = cluster.ksvc(namespace, name)
-        if ksvc is None:
-            lines.append(f"{name}: not deployed")
-            continue
-        status = ksvc.get("status") or {}
-        conditions = status.get("conditions") or []
-        ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
-        annotations = ksvc["spec"]["template"].get("metadata", {}).get("annotations", {})
-        scale = annotations.get("autoscaling.knative.dev/min-scale", "0")
-        url = (status.get("address") or {}).get("url") or status.get("url") or "-"
-        state = "ready" if ready.get("status") == "True" else f"not ready ({_describe(conditions)})"
-        revision = status.get("latestReadyRevisionName", "-")
-        lines.append(f"{name}: {state}, min-scale {scale}, revision {revision}, {url}")
-    return lines
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """One model's Knative Service as ``ember status`` reports it."""
+
+    name: str
+    deployed: bool
+    ready: bool
+    min_scale: str = "0"
+    revision: str = "-"
+    url: str = "-"
+    reason: str = ""  # when not ready: the conditions that are not True, with reason and message
+
+    def line(self) -> str:
+        """The human line: ``NAME: ready, min-scale N, revision R, URL`` or why it is not."""
+        if not self.deployed:
+            return f"{self.name}: not deployed"
+        state = "ready" if self.ready else f"not ready ({self.reason})"
+        details = f"min-scale {self.min_scale}, revision {self.revision}, {self.url}"
+        return f"{self.name}: {state}, {details}"
+
+
+def service_status(cluster: Cluster, namespace: str, name: str) -> ServiceStatus:
+    ksvc = cluster.ksvc(namespace, name)
+    if ksvc is None:
+        return ServiceStatus(name, deployed=False, ready=False)
+    status = ksvc.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    annotations = ksvc["spec"]["template"].get("metadata", {}).get("annotations", {})
+    is_ready = ready.get("status") == "True"
+    return ServiceStatus(
+        name,
+        deployed=True,
+        ready=is_ready,
+        min_scale=annotations.get("autoscaling.knative.dev/min-scale", "0"),
+        revision=status.get("latestReadyRevisionName", "-"),
+        url=(status.get("address") or {}).get("url") or status.get("url") or "-",
+        reason="" if is_ready else _describe(conditions),
+    )
+
+
+def service_statuses(cluster: Cluster, namespace: str, names: list[str]) -> list[ServiceStatus]:
+    return [service_status(cluster, namespace, name) for name in names]

@@ -85,6 +85,20 @@ def test_a_failing_revision_names_its_condition(fake: FakeKnative, kubeconfig: P
     )
 
 
+def test_status_exit_code_comes_from_readiness_not_the_text(
+    fake: FakeKnative, kubeconfig: Path
+) -> None:
+    # a condition message that reads like the ready line must not make `ember status` exit 0
+    fake.fail_on_apply("minilm", "RevisionFailed", "probe: ready, then the container exited")
+    assert ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig).returncode == 1
+    status = ember("status", "--config", EXAMPLE, kubeconfig=kubeconfig)
+    assert status.returncode == 3, status.stdout
+    assert "mlp: ready, min-scale 0" in status.stdout
+    assert "minilm: not ready (ConfigurationsReady=False (RevisionFailed: probe: ready," in (
+        status.stdout
+    )
+
+
 def test_a_timeout_says_what_is_still_pending(fake: FakeKnative, kubeconfig: Path) -> None:
     fake.settle_s = 30
     done = ember("deploy", "--config", EXAMPLE, "--timeout", "0.01", kubeconfig=kubeconfig)
