@@ -173,7 +173,7 @@ async def test_the_activator_runs_a_learned_policy_and_logs_its_decisions(tmp_pa
         await asyncio.sleep(0.02)
     # the pattern says: unload now, load again before the next call (about 30 min from now)
     assert pool.state == "zero" and pool.keep_alive_s == 0
-    timer = pool._prewarm_timer
+    timer = pool.prewarm_timer
     assert timer is not None
     wait = timer.when() - asyncio.get_running_loop().time()
     assert 1500 < wait < 1800

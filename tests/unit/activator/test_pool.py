@@ -1,89 +1,40 @@
-"""The per-model pool: queueing, single-flight scale-up, ordering, keep-alive, failures.
+"""The per-model pool: queueing, single-flight scale-up, ordering, keep-alive, failures, windows.
 
-The scaler here is an in-process fake that only keeps time (the real local scaler and real
-replicas are exercised in tests/integration/test_activator.py).
+Most tests drive a :class:`ManualClock` by hand (``await clock.advance(600)`` is ten minutes of
+keep-alive in a few milliseconds); a few run on the real clock, which production uses. The
+scaler is an in-process fake that only keeps time (the real local scaler and real replicas are
+exercised in tests/integration/test_activator.py). Each collaborator has its own tests under
+tests/unit/activator/pool/.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from activator.errors import DeadlineExceeded, ModelUnavailable, QueueFull
+from activator.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    QueueFull,
+    ReplicaStartFailed,
+    ShuttingDown,
+    StartFailure,
+)
 from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
-from activator.pool import ModelPool, Ticket
-from activator.scalers.base import ReplicaHandle
-from contracts.stack import ModelSpec
+from activator.pool import ManualClock, ModelPool, Ticket
+from activator.pool.clock import Clock
+from activator.tasks import TaskSet
+from contracts.replica import FailureKind
+from contracts.schedule import parse_window
+from tests.unit.activator.pool.fakes import Events, FakeScaler, outcome, spec, turns, until
 
-
-class FakeScaler:
-    def __init__(self, ready_after_s: float = 0.05, fail: str | None = None) -> None:
-        self.ready_after_s = ready_after_s
-        self.fail = fail
-        self.started = 0
-        self.stopped = 0
-        self.exits: dict[str, asyncio.Event] = {}
-
-    async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        self.started += 1
-        handle = ReplicaHandle(spec.name, f"http://replica-{self.started}")
-        self.exits[handle.url] = asyncio.Event()
-        return handle
-
-    async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
-        if self.ready_after_s > timeout_s:
-            await asyncio.sleep(timeout_s)  # the behaviour faked: a start that times out
-            raise ModelUnavailable(f"its replica was not ready within {timeout_s:g}s")
-        await asyncio.sleep(self.ready_after_s)  # the behaviour faked: a start takes time
-        if self.fail:
-            raise ModelUnavailable(self.fail)
-
-    async def wait_exit(self, handle: ReplicaHandle) -> str:
-        await self.exits[handle.url].wait()
-        return "exited with -9"
-
-    async def healthy(self, handle: ReplicaHandle) -> bool:
-        return not self.exits[handle.url].is_set()
-
-    async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
-        self.stopped += 1
-        self.exits[handle.url].set()
-
-    def crash(self, url: str) -> None:
-        self.exits[url].set()
-
-    async def aclose(self) -> None:
-        return None
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:g}s waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
-def spec(**kw: object) -> ModelSpec:
-    values: dict[str, object] = {
-        "name": "m",
-        "config_path": Path("/dev/null"),
-        "min_replicas": 0,
-        "max_replicas": 1,
-        "container_concurrency": 2,
-        "target": 2.0,
-        "keep_alive_s": 0.3,
-        "queue_size": 10,
-        "deadline_s": 5.0,
-        "startup_timeout_s": 5.0,
-    }
-    values.update(kw)
-    return ModelSpec(**values)  # type: ignore[arg-type]
+__all__ = ["FakeScaler", "pool_for", "spec"]  # tests elsewhere build pools with these
 
 
 @pytest.fixture
@@ -93,22 +44,74 @@ def events(tmp_path: Path) -> Iterator[EventLog]:
     log.close()
 
 
-def pool_for(scaler: FakeScaler, events: EventLog, **kw: object) -> ModelPool:
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(wall=dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC).timestamp())
+
+
+def pool_for(
+    scaler: FakeScaler,
+    events: EventLog,
+    *,
+    clock: Clock | None = None,
+    tick_s: float = 0.02,
+    tasks: TaskSet | None = None,
+    **kw: object,
+) -> ModelPool:
+    """A started pool on ``clock`` (the real one by default)."""
     pool = ModelPool(
-        spec(**kw), scaler, events, ActivatorMetrics(), grace_period_s=0.5, tick_s=0.02
+        spec(**kw),
+        scaler,
+        events,
+        ActivatorMetrics(),
+        grace_period_s=0.5,
+        tick_s=tick_s,
+        tasks=tasks,
+        clock=clock,
     )
     pool.start()
     return pool
 
 
-async def test_one_start_for_a_burst_then_in_order(tmp_path: Path, events: EventLog) -> None:
-    scaler = FakeScaler()
-    pool = pool_for(scaler, events, container_concurrency=1, target=100.0)
-    arrived: list[int] = []
+def on(clock: ManualClock, **kw: object) -> tuple[ModelPool, FakeScaler, Events]:
+    """A started pool, its scaler and its events, all on ``clock`` (ticking every second)."""
+    events = Events()
+    scaler_kw = {k: kw.pop(k) for k in ("ready_after_s", "fail") if k in kw}
+    scaler = FakeScaler(clock=clock, **scaler_kw)  # type: ignore[arg-type]
+    return pool_for(scaler, events, clock=clock, tick_s=1.0, **kw), scaler, events
+
+
+# ---------------------------------------------------------------------- queueing and scaling
+async def test_one_start_for_a_burst_then_in_order(clock: ManualClock) -> None:
+    pool, scaler, _ = on(
+        clock, container_concurrency=1, target=100.0, ready_after_s=5, deadline_s=60
+    )
     order: list[int] = []
 
     async def request(i: int) -> None:
-        arrived.append(i)  # acquire() queues it before its first await
+        ticket = await pool.acquire()
+        order.append(i)
+        await clock.sleep(1)  # the request's work: it holds the slot, so the rest queue
+        pool.release(ticket)
+
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.create_task(request(i)))
+        await turns(lambda n=i + 1: pool.queued == n, f"request {i} to queue")  # in order
+    assert scaler.started == 1  # single flight: six waiters, one replica start
+    await clock.advance(5 + 6)
+    for task in tasks:
+        await outcome(task)
+    assert order == list(range(6))  # the queue drains oldest first
+    await pool.aclose()
+
+
+async def test_one_start_for_a_burst_on_the_real_clock(events: EventLog) -> None:
+    scaler = FakeScaler()
+    pool = pool_for(scaler, events, container_concurrency=1, target=100.0)
+    order: list[int] = []
+
+    async def request(i: int) -> None:
         ticket = await pool.acquire()
         order.append(i)
         await asyncio.sleep(0.01)  # the request's work: it holds the slot, so the rest queue
@@ -117,59 +120,171 @@ async def test_one_start_for_a_burst_then_in_order(tmp_path: Path, events: Event
     tasks = []
     for i in range(6):
         tasks.append(asyncio.create_task(request(i)))
-        await until(lambda n=i + 1: len(arrived) == n, f"request {i}")  # arrivals in order
+        await until(lambda n=i + 1: pool.queued == n, f"request {i} to queue")
     await asyncio.gather(*tasks)
-    assert scaler.started == 1  # single flight: six waiters, one replica start
-    assert order == list(range(6))  # the queue drains oldest first
+    assert scaler.started == 1 and order == list(range(6))
     await pool.aclose()
 
 
-async def test_demand_over_target_adds_replicas_up_to_the_max(
-    tmp_path: Path, events: EventLog
-) -> None:
-    scaler = FakeScaler()
-    pool = pool_for(scaler, events, max_replicas=3, container_concurrency=1, target=1.0)
-    held = await asyncio.gather(*(pool.acquire() for _ in range(3)))
-    assert scaler.started == 3 and len({t.replica.id for t in held}) == 3
+async def test_demand_over_target_adds_replicas_up_to_the_max(clock: ManualClock) -> None:
+    pool, scaler, _ = on(clock, max_replicas=3, container_concurrency=1, target=1.0, deadline_s=600)
+    acquiring = [asyncio.create_task(pool.acquire()) for _ in range(3)]
+    await turns(lambda: scaler.started == 3, "a start for each of the three")
+    await clock.advance(0.05)
+    held = [await outcome(t) for t in acquiring]
+    assert len({t.replica.id for t in held}) == 3
     extra = asyncio.create_task(pool.acquire())
-    await until(lambda: pool.queued == 1, "the extra request to queue")
+    await turns(lambda: pool.queued == 1, "the extra request to queue")
+    await clock.advance(60)
     assert len(pool.replicas) == 3 and scaler.started == 3  # at the max: no fourth start
     assert not extra.done()  # it waits for a slot
     pool.release(held[0])
-    held[0] = await asyncio.wait_for(extra, 1)
+    held[0] = await outcome(extra)
     for ticket in held:
+        pool.release(ticket)
+    assert pool.in_flight == 0
+    await pool.aclose()
+
+
+async def test_full_queue_is_refused_and_the_rest_answered(clock: ManualClock) -> None:
+    pool, _, _ = on(clock, queue_size=3, container_concurrency=3, ready_after_s=3)
+    acquiring = [asyncio.create_task(pool.acquire()) for _ in range(5)]
+    await turns(lambda: sum(t.done() for t in acquiring) == 2, "two refusals")
+    refused = [t.exception() for t in acquiring if t.done()]
+    assert all(isinstance(e, QueueFull) and "queue full (3)" in str(e) for e in refused)
+    await clock.advance(3)
+    tickets = [await outcome(t) for t in acquiring[:3]]
+    assert all(isinstance(t, Ticket) and t.cold and t.queued_s == 3 for t in tickets)
+    for ticket in tickets:
         pool.release(ticket)
     await pool.aclose()
 
 
-async def test_full_queue_is_refused_and_the_rest_answered(
-    tmp_path: Path, events: EventLog
-) -> None:
-    pool = pool_for(FakeScaler(ready_after_s=0.1), events, queue_size=3, container_concurrency=3)
-    results = await asyncio.gather(*(pool.acquire() for _ in range(5)), return_exceptions=True)
-    refused = [r for r in results if isinstance(r, QueueFull)]
-    assert len(refused) == 2 and "queue full" in str(refused[0])
-    assert all(isinstance(r, Ticket) for r in results[:3])
-    for ticket in results[:3]:
-        pool.release(ticket)  # type: ignore[arg-type]
-    await pool.aclose()
-
-
-async def test_deadline_while_cold_is_a_504_and_frees_its_place(
-    tmp_path: Path, events: EventLog
-) -> None:
-    pool = pool_for(FakeScaler(ready_after_s=0.5), events)
-    with pytest.raises(DeadlineExceeded, match="deadline"):
-        await pool.acquire(deadline_s=0.05)
+async def test_deadline_while_cold_is_a_504_and_frees_its_place(clock: ManualClock) -> None:
+    pool, _, _ = on(clock, ready_after_s=30, startup_timeout_s=60, deadline_s=60)
+    waiting = asyncio.create_task(pool.acquire(deadline_s=5))
+    await clock.advance(4.9)
+    assert not waiting.done()
+    await clock.advance(0.1)
+    with pytest.raises(DeadlineExceeded, match=r"within the request's 5s deadline"):
+        await outcome(waiting)
     assert pool.queued == 0
-    ticket = await pool.acquire()  # the start went on: a later request gets the replica
+    later = asyncio.create_task(pool.acquire())  # the start went on: a later one gets it
+    await clock.advance(25)
+    ticket = await outcome(later)
+    assert ticket.queued_s == 25
     pool.release(ticket)
     await pool.aclose()
 
 
-async def test_a_start_that_fails_fails_its_waiters_and_goes_back_to_zero(
-    tmp_path: Path, events: EventLog
+async def test_a_cancelled_waiter_gives_back_its_place(clock: ManualClock) -> None:
+    pool, _, _ = on(clock, queue_size=1, ready_after_s=1)
+    waiting = asyncio.create_task(pool.acquire())
+    await turns(lambda: pool.queued == 1, "the first request to queue")
+    with pytest.raises(QueueFull):
+        await pool.acquire()
+    waiting.cancel()  # the client disconnected
+    with pytest.raises(asyncio.CancelledError):
+        await outcome(waiting)
+    assert pool.queued == 0
+    again = asyncio.create_task(pool.acquire())  # its place is free again
+    await clock.advance(1)
+    pool.release(await outcome(again))
+    assert pool.in_flight == 0
+    await pool.aclose()
+
+
+async def test_a_waiter_cancelled_as_it_gets_a_slot_gives_the_slot_back(
+    clock: ManualClock,
 ) -> None:
+    pool, scaler, _ = on(clock, container_concurrency=1)
+    scaler.gate = asyncio.Event()
+    waiting = asyncio.create_task(pool.acquire())
+    await turns(lambda: pool.queued == 1, "the request to queue")
+    scaler.gate.set()
+    await turns(lambda: pool.in_flight == 1, "the slot handed to the waiter")
+    waiting.cancel()  # before the waiter ran again: it leaves with a slot it never used
+    with pytest.raises(asyncio.CancelledError):
+        await outcome(waiting)
+    assert pool.in_flight == 0 and pool.queued == 0
+    pool.release(pool.try_acquire())  # type: ignore[arg-type]
+    await pool.aclose()
+
+
+# ---------------------------------------------------------------------- failed starts
+async def test_a_load_failure_fails_its_waiters_at_once_with_the_reason(
+    clock: ManualClock,
+) -> None:
+    pool, scaler, events = on(clock)
+    scaler.gate, scaler.stop_gate = asyncio.Event(), asyncio.Event()  # the stop never ends
+    scaler.fail = ReplicaStartFailed(
+        "bad weights", StartFailure.LOAD_FAILED, FailureKind.WEIGHTS_CORRUPT
+    )
+    waiting = [asyncio.create_task(pool.acquire()) for _ in range(3)]
+    await turns(lambda: pool.queued == 3, "three waiters")
+    scaler.gate.set()  # the scaler raises: no time passes, the failed replica's stop hangs
+    await turns(lambda: all(t.done() for t in waiting), "the waiters to hear", limit=5)
+    for task in waiting:
+        error = task.exception()
+        assert type(error) is ModelUnavailable and error.status_code == 503
+        assert str(error) == "model 'm' could not start: bad weights"
+    assert pool.state == "zero" and pool.start_failed
+    assert pool.reason == pool.describe()["reason"] == "the last start failed: bad weights"
+    (failed,) = events.of("replica_failed")
+    assert failed["reason"] == "bad weights" and failed["kind"] == "load_failed"
+    assert failed["failure"] == "weights_corrupt"
+    # the model is at zero: the next request starts a new replica
+    scaler.gate = scaler.fail = None
+    retry = asyncio.create_task(pool.acquire())
+    await clock.advance(0.05)
+    pool.release(await outcome(retry))
+    assert scaler.started == 2 and pool.state == "ready" and not pool.start_failed
+    scaler.stop_gate.set()
+    await pool.aclose()
+
+
+async def test_a_start_that_times_out_is_a_504_and_the_next_request_retries(
+    clock: ManualClock,
+) -> None:
+    pool, scaler, events = on(clock, ready_after_s=1000, startup_timeout_s=120, deadline_s=300)
+    waiting = asyncio.create_task(pool.acquire())
+    await clock.advance(120)
+    with pytest.raises(DeadlineExceeded, match="its replica was not ready within 120s") as info:
+        await outcome(waiting)
+    assert info.value.status_code == 504
+    assert pool.state == "zero" and "not ready within 120s" in pool.reason
+    assert events.of("replica_failed")[0]["kind"] == "timed_out"
+    scaler.ready_after_s = 1
+    retry = asyncio.create_task(pool.acquire())
+    await clock.advance(1)
+    pool.release(await outcome(retry))
+    assert scaler.started == 2
+    await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        (OSError("no such file"), "OSError: no such file"),  # a bug, not a typed failure
+        # an untyped error whose message reads like a timeout is still a 503: kinds, not words
+        (ModelUnavailable("its replica was not ready within 3s"), "not ready within 3s"),
+    ],
+)
+async def test_an_untyped_start_failure_is_a_503(
+    clock: ManualClock, raised: Exception, reason: str
+) -> None:
+    pool, _, events = on(clock, fail=raised)
+    waiting = asyncio.create_task(pool.acquire())
+    await clock.advance(0.05)
+    with pytest.raises(ModelUnavailable, match=reason) as info:
+        await outcome(waiting)
+    assert info.value.status_code == 503 and not isinstance(info.value, DeadlineExceeded)
+    assert pool.start_failed and reason in pool.reason
+    assert events.of("replica_failed")[0]["kind"] is None
+    await pool.aclose()
+
+
+async def test_a_failed_start_on_the_real_clock(events: EventLog) -> None:
     pool = pool_for(FakeScaler(fail="exited with 1: bad weights"), events)
     results = await asyncio.gather(*(pool.acquire() for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, ModelUnavailable) and "bad weights" in str(r) for r in results)
@@ -177,86 +292,173 @@ async def test_a_start_that_fails_fails_its_waiters_and_goes_back_to_zero(
     await pool.aclose()
 
 
-async def test_never_ready_is_a_504_for_waiters(tmp_path: Path, events: EventLog) -> None:
-    pool = pool_for(FakeScaler(ready_after_s=10), events, startup_timeout_s=0.1)
-    with pytest.raises(DeadlineExceeded, match="not ready within"):
-        await pool.acquire()
-    assert pool.state == "zero"
+# ---------------------------------------------------------------------- keep-alive, crashes
+async def test_keep_alive_scales_to_zero_and_a_request_wakes_it(clock: ManualClock) -> None:
+    pool, scaler, events = on(clock, keep_alive_s=600)
+    first = asyncio.create_task(pool.acquire())
+    await clock.advance(0.05)
+    pool.release(await outcome(first))
+    await clock.advance(599)
+    assert pool.state == "ready"  # ready for the whole keep-alive, not less
+    await clock.advance(2)  # a tick within the next second sees it expired
+    await turns(lambda: pool.state == "zero", "scale to zero")
+    assert scaler.stopped == 1
+    assert events.of("replica_stopped")[0]["reason"] == "keep-alive expired"
+    again = asyncio.create_task(pool.acquire())
+    await clock.advance(0.05)
+    pool.release(await outcome(again))
+    assert scaler.started == 2 and events.kinds().count("replica_ready") == 2
     await pool.aclose()
 
 
-async def test_keep_alive_scales_to_zero_and_a_request_wakes_it(
-    tmp_path: Path, events: EventLog
-) -> None:
+async def test_keep_alive_on_the_real_clock(tmp_path: Path, events: EventLog) -> None:
     scaler = FakeScaler()
     pool = pool_for(scaler, events, keep_alive_s=0.2)
     ticket = await pool.acquire()
     released = time.monotonic()
     pool.release(ticket)
-    assert pool.state == "ready"
     await until(lambda: pool.state != "ready", "keep-alive to expire")
     assert time.monotonic() - released >= 0.2  # ready for the whole keep-alive, not less
     await until(lambda: pool.state == "zero", "scale to zero")
     assert scaler.stopped == 1
-    pool.release(await pool.acquire())
-    assert scaler.started == 2
     await pool.aclose()
     events.flush()
     kinds = [e["event"] for e in read_events(tmp_path / "events.jsonl")]
-    assert kinds.count("replica_ready") == 2 and "replica_stopped" in kinds
+    assert kinds.count("replica_ready") == 1 and "replica_stopped" in kinds
 
 
-async def test_a_crashed_replica_is_replaced_for_the_queue(
-    tmp_path: Path, events: EventLog
-) -> None:
-    scaler = FakeScaler()
-    pool = pool_for(scaler, events, container_concurrency=1)
-    first = await pool.acquire()
+async def test_a_crashed_replica_is_replaced_for_the_queue(clock: ManualClock) -> None:
+    pool, scaler, _ = on(clock, container_concurrency=1)
+    acquiring = asyncio.create_task(pool.acquire())
+    await clock.advance(0.05)
+    first = await outcome(acquiring)
     queued = asyncio.create_task(pool.acquire())
-    await until(lambda: pool.queued == 1, "the second request to queue")
+    await turns(lambda: pool.queued == 1, "the second request to queue")
     scaler.crash(first.replica.url)  # the proxy's request to it fails; the queue waits
-    second = await asyncio.wait_for(queued, 2)
-    assert second.replica is not first.replica and scaler.started == 2
+    await turns(lambda: scaler.started == 2, "a replacement")
+    assert pool.reason == "a replica crashed (exited with -9)"
+    await clock.advance(0.05)
+    second = await outcome(queued)
+    assert second.replica is not first.replica
     pool.release(first)
     pool.release(second)
     await pool.aclose()
 
 
-async def test_a_cancelled_waiter_gives_back_its_place(tmp_path: Path, events: EventLog) -> None:
-    pool = pool_for(FakeScaler(ready_after_s=0.2), events, queue_size=1)
-    waiting = asyncio.create_task(pool.acquire())
-    await until(lambda: pool.queued == 1, "the first request to queue")
-    with pytest.raises(QueueFull):
-        await pool.acquire()
-    waiting.cancel()  # the client disconnected
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    ticket = await pool.acquire()  # its place is free again
+async def test_a_dropped_request_sends_its_replica_to_a_health_check(clock: ManualClock) -> None:
+    pool, scaler, _ = on(clock, container_concurrency=1)
+    acquiring = asyncio.create_task(pool.acquire())
+    await clock.advance(0.05)
+    ticket = await outcome(acquiring)
+    pool.suspect(ticket.replica)
     pool.release(ticket)
-    assert pool.in_flight == 0
+    assert ticket.replica.state == "checking" and pool.try_acquire() is None
+    await turns(lambda: ticket.replica.state == "ready", "the check to pass")
+    # a replica that fails its check is drained, and replaced for whoever waits
+    ticket = pool.try_acquire()  # type: ignore[assignment]
+    queued = asyncio.create_task(pool.acquire())
+    await turns(lambda: pool.queued == 1, "a request to queue")
+    scaler.answers_health = False
+    pool.suspect(ticket.replica)
+    await clock.advance(1)  # its exit is given a second to show
+    await turns(lambda: scaler.started == 2, "a replacement")
+    await clock.advance(0.05)
+    pool.release(await outcome(queued))
+    pool.release(ticket)
     await pool.aclose()
 
 
-async def test_warm_and_sleep(tmp_path: Path, events: EventLog) -> None:
-    scaler = FakeScaler()
-    pool = pool_for(scaler, events, keep_alive_s=0.05)
-    pool.warm(30, source="test")  # pool.sleep() ends it: a long window costs nothing
-    await until(lambda: pool.state == "ready", "the warm replica")
-    assert scaler.started == 1
-    await asyncio.sleep(0.2)  # the behaviour under test: outlast the 0.05 s keep-alive
-    assert pool.state == "ready" and scaler.stopped == 0  # the warm window holds it
+# ---------------------------------------------------------------------- warm windows
+async def test_warm_and_sleep(clock: ManualClock) -> None:
+    pool, scaler, events = on(clock, keep_alive_s=60)
+    pool.warm(3600, source="test")
+    await clock.advance(0.05)
+    assert pool.state == "ready" and scaler.started == 1
+    await clock.advance(1800)  # well past the keep-alive: the warm window holds it
+    assert pool.state == "ready" and scaler.stopped == 0
+    assert pool.describe()["warm_for_s"] == pytest.approx(1800 - 0.05)
     pool.sleep()
-    await until(lambda: pool.state == "zero", "sleep to scale to zero")
+    await turns(lambda: pool.state == "zero", "sleep to scale to zero")
+    assert [e["source"] for e in events.of("prewarm")] == ["test"] and "sleep" in events.kinds()
     await pool.aclose()
-    events.flush()
-    assert any(e["event"] == "prewarm" for e in read_events(tmp_path / "events.jsonl"))
 
 
-async def test_min_replicas_start_without_requests(tmp_path: Path, events: EventLog) -> None:
-    scaler = FakeScaler()
-    pool = pool_for(scaler, events, min_replicas=1, keep_alive_s=0.01)
-    await until(lambda: pool.state == "ready", "the min_replicas replica")
-    await asyncio.sleep(0.1)  # the behaviour under test: outlast the 0.01 s keep-alive
+async def test_min_replicas_start_without_requests(clock: ManualClock) -> None:
+    pool, scaler, _ = on(clock, min_replicas=1, keep_alive_s=1)
+    await clock.advance(1.05)  # the first tick starts it
+    assert pool.state == "ready"
+    await clock.advance(3600)
     assert pool.state == "ready" and scaler.started == 1 and scaler.stopped == 0
     await pool.aclose()
     assert scaler.stopped == 1
+
+
+async def test_the_activator_warms_a_model_for_its_window(tmp_path: Path, events: EventLog) -> None:
+    window = {"cron": "0 8 * * *", "timezone": "UTC", "duration_s": 3600, "replicas": 1}
+    scaler = FakeScaler()
+    # not started: the window is applied at chosen instants, never at the wall clock's
+    pool = ModelPool(
+        spec(prewarm=(parse_window(window, "w"),)),
+        scaler,
+        events,
+        ActivatorMetrics(),
+        grace_period_s=0.5,
+    )
+    before = dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC)
+    assert pool.apply_schedule(before) == 3600  # an hour until it opens
+    assert scaler.started == 0
+    during = dt.datetime(2026, 11, 30, 8, 30, tzinfo=dt.UTC)
+    pool.apply_schedule(during)
+    assert 1790 < pool.describe()["warm_for_s"] <= 1800  # warm for the rest of the window
+    pool.apply_schedule(during + dt.timedelta(minutes=1))  # the same window: not again
+    await pool.aclose()
+    events.flush()
+    prewarms = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "prewarm"]
+    assert [p["source"] for p in prewarms] == ["schedule"]
+
+
+async def test_a_started_pool_warms_when_its_window_opens(clock: ManualClock) -> None:
+    window = parse_window({"cron": "0 8 * * *", "duration_s": 1800, "replicas": 1}, "w")
+    pool, scaler, events = on(clock, prewarm=(window,), keep_alive_s=60)  # the clock: 07:00
+    await clock.advance(3599)
+    assert scaler.started == 0
+    await clock.advance(1)  # 08:00: the scheduler wakes and warms it for the window
+    assert pool.state == "starting" and scaler.started == 1
+    await clock.advance(0.05)
+    assert pool.state == "ready"
+    assert pool.describe()["warm_for_s"] == pytest.approx(1800 - 0.05)
+    await clock.advance(1800 + 61)  # the window and then the keep-alive are over
+    await turns(lambda: pool.state == "zero", "the model back at zero")
+    assert [e["source"] for e in events.of("prewarm")] == ["schedule"]
+    await pool.aclose()
+
+
+# ---------------------------------------------------------------------- tasks and shutdown
+async def test_every_task_runs_in_the_given_task_set(clock: ManualClock) -> None:
+    tasks = TaskSet()
+    scaler = FakeScaler(clock=clock)
+    window = parse_window({"cron": "0 8 * * *", "duration_s": 60}, "w")
+    pool = pool_for(scaler, Events(), clock=clock, tasks=tasks, prewarm=(window,))
+    acquiring = asyncio.create_task(pool.acquire())
+    await turns(lambda: len(tasks) == 3, "controller, scheduler, replica runner")
+    assert {t.get_name() for t in asyncio.all_tasks()} >= {"pool-m", "prewarm-m"}
+    await clock.advance(0.05)
+    pool.release(await outcome(acquiring))
+    await pool.aclose()  # the pool's own tasks end; the set is the lifespan's to close
+    await turns(lambda: len(tasks) == 0, "the pool's tasks to end")
+    assert not tasks.closed and scaler.stopped == 1
+    await tasks.aclose()
+
+
+async def test_aclose_refuses_the_queue_and_stops_a_starting_replica(clock: ManualClock) -> None:
+    pool, scaler, events = on(clock, ready_after_s=60)
+    waiting = asyncio.create_task(pool.acquire())
+    await turns(lambda: scaler.started == 1 and bool(scaler.exits), "a start under way")
+    await pool.aclose()
+    with pytest.raises(ShuttingDown):
+        await outcome(waiting)
+    with pytest.raises(ShuttingDown):
+        pool.try_acquire()
+    assert scaler.stopped == 1 and pool.replicas == [] and pool.state == "zero"
+    assert pool.tasks.closed and len(pool.tasks) == 0  # a private task set closes with it
+    assert events.of("replica_stopped")[0]["reason"] == "activator shutting down"

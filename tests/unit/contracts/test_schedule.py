@@ -1,20 +1,19 @@
-"""Pre-warm windows: cron parsing, time zones across DST, and the local activator running them."""
+"""Pre-warm windows: cron parsing, time zones across DST, bad windows named at load.
+
+The activator running them is tested with its pool (tests/unit/activator/test_pool.py and
+tests/unit/activator/pool/test_prewarm.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from activator.events import EventLog, read_events
-from activator.metrics import ActivatorMetrics
-from activator.pool import ModelPool
 from contracts.errors import ConfigError
 from contracts.schedule import next_start, parse_cron, parse_window, zone
 from contracts.stack import load_stack
-from tests.unit.activator.test_pool import FakeScaler, spec
 
 UTC = dt.UTC
 
@@ -86,35 +85,3 @@ def test_a_bad_window_stops_the_stack_at_load(tmp_path: Path) -> None:
     (tmp_path / "ember.yaml").write_text("models:\n  - config: m.yaml\n")
     with pytest.raises(ConfigError, match=r"m\.yaml: prewarm\[0\].*outside 0-23"):
         load_stack(tmp_path / "ember.yaml")
-
-
-@pytest.fixture
-def events(tmp_path: Path) -> Iterator[EventLog]:
-    log = EventLog(tmp_path / "events.jsonl")
-    yield log
-    log.close()
-
-
-async def test_the_activator_warms_a_model_for_its_window(tmp_path: Path, events: EventLog) -> None:
-    window = {"cron": "0 8 * * *", "timezone": "UTC", "duration_s": 3600, "replicas": 1}
-    scaler = FakeScaler()
-    # not started: the window is applied at chosen instants, never at the wall clock's (a run
-    # between 08:00 and 09:00 UTC once saw the real schedule fire too)
-    pool = ModelPool(
-        spec(prewarm=(parse_window(window, "w"),)),
-        scaler,
-        events,
-        ActivatorMetrics(),
-        grace_period_s=0.5,
-    )
-    before = dt.datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
-    assert pool.apply_schedule(before) == 3600  # an hour until it opens
-    assert scaler.started == 0
-    during = dt.datetime(2026, 11, 30, 8, 30, tzinfo=UTC)
-    pool.apply_schedule(during)
-    assert 1790 < pool.describe()["warm_for_s"] <= 1800  # warm for the rest of the window
-    pool.apply_schedule(during + dt.timedelta(minutes=1))  # the same window: not again
-    await pool.aclose()
-    events.flush()
-    prewarms = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "prewarm"]
-    assert [p["source"] for p in prewarms] == ["schedule"]

@@ -1,0 +1,266 @@
+"""A model's replicas through their lives, and the model state that follows from them.
+
+Replicas are ``starting``, ``ready``, ``checking`` (a request to it broke off: nothing is routed to
+it until a health check passes) or ``draining``. The model is ``ready`` when one replica is, else
+``starting``, else ``draining``, else ``zero``. A replica that exits on its own is removed and
+``on_lost`` told (the pool replaces it if anyone waits); one that cannot start is removed and,
+when no other is on its way, ``on_failed`` gets the error its waiters answer with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from activator.errors import ActivatorError
+from activator.events import EventLog
+from activator.metrics import ActivatorMetrics
+from activator.pool.clock import Clock
+from activator.pool.failures import FailedStart
+from activator.scalers.base import ReplicaHandle, Scaler
+from activator.tasks import TaskSet
+from contracts.stack import ModelSpec
+
+log = logging.getLogger("ember.activator")
+_ids = itertools.count(1)
+ZERO_REASON = "scaled to zero: a request wakes it"
+
+
+@dataclass(eq=False)
+class Replica:
+    id: int
+    started: float  # the pool clock's monotonic time
+    state: str = "starting"  # starting | ready | checking | draining
+    handle: ReplicaHandle | None = None
+    in_flight: int = 0
+    ready_at: float | None = None
+    idle_since: float = 0.0
+    stop_requested: bool = False
+    task: asyncio.Task[None] | None = None
+    drain_task: asyncio.Task[None] | None = None
+    check_task: asyncio.Task[None] | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        assert self.handle is not None
+        return self.handle.url
+
+
+class ReplicaSet:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        scaler: Scaler,
+        events: EventLog,
+        metrics: ActivatorMetrics,
+        *,
+        clock: Clock,
+        tasks: TaskSet,
+        grace_period_s: float,
+        on_free: Callable[[], None],
+        on_lost: Callable[[], None],
+        on_failed: Callable[[ActivatorError], None],
+    ) -> None:
+        self.spec, self.name = spec, spec.name
+        self.scaler, self.events, self.metrics = scaler, events, metrics
+        self.clock, self.tasks = clock, tasks
+        self.grace_period_s = grace_period_s
+        self.on_free, self.on_lost, self.on_failed = on_free, on_lost, on_failed
+        self.members: list[Replica] = []
+        self.state = "zero"
+        self.reason = ZERO_REASON
+        self.start_failed = False  # the last start failed (reason says why); cleared when ready
+        self._limit = spec.container_concurrency
+
+    # ------------------------------------------------------------------ slots
+    def claim(self) -> Replica | None:
+        """A slot on the least busy ready replica with one free (its in_flight counts it)."""
+        best: Replica | None = None
+        limit = self._limit
+        for r in self.members:
+            free = r.state == "ready" and r.in_flight < limit
+            if free and (best is None or r.in_flight < best.in_flight):
+                best = r
+        if best is not None:
+            best.in_flight += 1
+        return best
+
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.members)
+
+    def active(self) -> int:
+        """Replicas starting or ready (not checking, not draining)."""
+        return sum(r.state in ("starting", "ready") for r in self.members)
+
+    # ------------------------------------------------------------------ start
+    def start(self, count: int) -> None:
+        """Start ``count`` more replicas (none when it is not positive)."""
+        for _ in range(count):
+            now = self.clock.monotonic()
+            replica = Replica(next(_ids), started=now, idle_since=now)
+            self.members.append(replica)
+            self.metrics.cold_starts.labels(self.name).inc()
+            self.events.emit(
+                "replica_starting",
+                self.name,
+                replica=replica.id,
+                gpu_type=self.spec.gpu_type,
+                price_per_hour=self.spec.price_per_hour,
+            )
+            replica.task = self.tasks.spawn(
+                self._run(replica), name=f"replica-{self.name}-{replica.id}"
+            )
+        self.update_state()
+
+    async def _run(self, replica: Replica) -> None:
+        """Start, watch and finally forget one replica."""
+        started = self.clock.monotonic()
+        try:
+            replica.handle = await self.scaler.start(self.spec)
+            await self.scaler.wait_ready(replica.handle, self.spec.startup_timeout_s)
+        except Exception as exc:
+            await self._failed(replica, FailedStart.of(exc))
+            return
+        if replica.stop_requested:  # drained while it started: the drain stops it
+            return
+        replica.state = "ready"
+        replica.ready_at = replica.idle_since = self.clock.monotonic()
+        cold_start_s = replica.ready_at - started
+        self.metrics.cold_start_seconds.labels(self.name).observe(cold_start_s)
+        self.events.emit(
+            "replica_ready",
+            self.name,
+            replica=replica.id,
+            url=replica.url,
+            cold_start_s=cold_start_s,
+            phases=dict(replica.handle.timings),
+            warm_pool=replica.handle.warm,
+        )
+        log.info("model %s: replica %d ready in %.2fs", self.name, replica.id, cold_start_s)
+        self.reason = ""
+        self.start_failed = False
+        self.update_state()
+        self.on_free()
+        reason = await self.scaler.wait_exit(replica.handle)
+        if replica.stop_requested:
+            return
+        # it went away on its own: its in-flight requests fail (the proxy sees the connection
+        # drop and answers 502); queued ones wait for a replacement
+        log.warning("model %s: replica %d crashed: %s", self.name, replica.id, reason)
+        self._remove(replica, f"crashed: {reason}")
+        self.reason = f"a replica crashed ({reason})"
+        self.on_lost()
+
+    async def _failed(self, replica: Replica, failed: FailedStart) -> None:
+        log.error("model %s: replica %d failed to start: %s", self.name, replica.id, failed.reason)
+        self.events.emit("replica_failed", self.name, replica=replica.id, **failed.event())
+        if replica in self.members:
+            self.members.remove(replica)
+        self.reason = f"the last start failed: {failed.reason}"
+        self.start_failed = True
+        # its waiters hear now, not after the stop below (a failed load reaches them in seconds)
+        if not self.active():
+            self.on_failed(failed.error(self.name))
+        self.update_state()
+        if replica.handle is not None:
+            with contextlib.suppress(Exception):
+                await self.scaler.stop(replica.handle, 0)
+
+    # ------------------------------------------------------------------ health
+    def suspect(self, replica: Replica) -> None:
+        """A request to ``replica`` broke off: route nothing to it until it passes a check."""
+        if replica.state != "ready" or replica.stop_requested:
+            return
+        replica.state = "checking"
+        self.update_state()
+        replica.check_task = self.tasks.spawn(
+            self._check(replica), name=f"check-{self.name}-{replica.id}"
+        )
+
+    async def _check(self, replica: Replica) -> None:
+        assert replica.handle is not None
+        healthy = await self.scaler.healthy(replica.handle)
+        if not healthy:  # dead or dying: give its exit a moment to be seen (and logged) as such
+            for _ in range(20):
+                if replica not in self.members:
+                    break
+                await self.clock.sleep(0.05)
+        if replica not in self.members or replica.stop_requested:
+            return  # it exited meanwhile (and was replaced), or is being stopped
+        if healthy:
+            replica.state = "ready"
+            self.update_state()
+            self.on_free()
+        else:
+            self.drain(replica, "unhealthy after a dropped request")
+            self.on_lost()
+
+    # ------------------------------------------------------------------ stop
+    def drain(self, replica: Replica, reason: str) -> None:
+        """No new work for ``replica``; stop it once its requests finish (or the grace ends)."""
+        if self._mark_draining(replica):
+            replica.drain_task = self.tasks.spawn(
+                self._drain(replica, reason), name=f"drain-{self.name}-{replica.id}"
+            )
+
+    async def stop_all(self, reason: str) -> None:
+        """Drain every replica and wait until all are stopped (the caller's own task runs the
+        drains not begun yet: this works while the task set is closing)."""
+        own = [self._drain(r, reason) for r in list(self.members) if self._mark_draining(r)]
+        begun = [r.drain_task for r in self.members if r.drain_task is not None]
+        await asyncio.gather(*own, *begun, return_exceptions=True)
+
+    def _mark_draining(self, replica: Replica) -> bool:
+        if replica.stop_requested or replica not in self.members:
+            return False
+        replica.state = "draining"
+        replica.stop_requested = True
+        self.update_state()
+        return True
+
+    async def _drain(self, replica: Replica, reason: str) -> None:
+        clock = self.clock
+        deadline = clock.monotonic() + self.grace_period_s
+        while replica.in_flight and clock.monotonic() < deadline:
+            replica.idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await clock.wait_for(replica.idle.wait(), deadline - clock.monotonic())
+        if replica.handle is not None:
+            await self.scaler.stop(replica.handle, self.grace_period_s)
+        elif replica.task is not None:  # still starting: stop the start
+            replica.task.cancel()
+            await asyncio.wait((replica.task,))
+            if replica.handle is not None:
+                await self.scaler.stop(replica.handle, 0)
+        self._remove(replica, reason)
+
+    def _remove(self, replica: Replica, reason: str) -> None:
+        if replica in self.members:
+            self.members.remove(replica)
+            uptime = self.clock.monotonic() - replica.started
+            self.events.emit(
+                "replica_stopped", self.name, replica=replica.id, reason=reason, uptime_s=uptime
+            )
+        self.update_state()
+
+    # ------------------------------------------------------------------ model state
+    def update_state(self) -> None:
+        states = {r.state for r in self.members}
+        if "ready" in states:
+            new = "ready"
+        elif "starting" in states:
+            new = "starting"
+        elif "draining" in states:
+            new = "draining"
+        else:
+            new = "zero"
+        if new != self.state:
+            old, self.state = self.state, new
+            self.events.emit("state", self.name, **{"from": old, "to": new})
+            if new == "zero" and not self.start_failed:
+                self.reason = ZERO_REASON
