@@ -93,6 +93,7 @@ class StartFailure(enum.Enum):
     LOAD_FAILED = "load_failed"  # it said its model cannot load (the reason says why)
     TIMED_OUT = "timed_out"  # not ready within startup_timeout_s
     PLATFORM = "platform"  # the platform refused (Knative says Ready=False, the API failed)
+    CONTRACT_VIOLATION = "contract_violation"  # it wrote a status line that is not the contract's
 
 
 class ReplicaStartFailed(ModelUnavailable):

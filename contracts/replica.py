@@ -53,10 +53,14 @@ class Listening:
     kind: Literal["listening"] = "listening"
 
 
+ModelState = Literal["UNAVAILABLE", "LOADING", "READY", "UNLOADING"]
+MODEL_STATES: tuple[ModelState, ...] = ("UNAVAILABLE", "LOADING", "READY", "UNLOADING")
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     model: str
-    state: Literal["UNAVAILABLE", "LOADING", "READY", "UNLOADING"]
+    state: ModelState
     reason: str = ""
     failure: FailureKind | None = None  # set only when a load failed
     phases: dict[str, float] = field(default_factory=dict)  # seconds, once READY
@@ -83,10 +87,10 @@ def decode(line: bytes | str) -> ReplicaEvent:
     try:
         if kind == "standby":
             return Standby(
-                float(raw["preload_s"]),
-                float(raw["imports_s"]),
-                int(raw["threads"]),
-                bool(raw["cuda_initialized"]),
+                _number(raw["preload_s"]),
+                _number(raw["imports_s"]),
+                _int(raw["threads"]),
+                _bool(raw["cuda_initialized"]),
             )
         if kind == "listening":
             return Listening(_str(raw["url"]))
@@ -100,7 +104,7 @@ def decode(line: bytes | str) -> ReplicaEvent:
 def model_status(raw: dict[str, Any]) -> ModelStatus:
     """A :class:`ModelStatus` from its JSON form (a status line, or a repository index entry)."""
     state = raw["state"]
-    if state not in ("UNAVAILABLE", "LOADING", "READY", "UNLOADING"):
+    if state not in MODEL_STATES:
         raise ValueError(f"state {state!r}")
     failure = raw.get("failure")
     phases = raw.get("phases") or {}
@@ -111,13 +115,32 @@ def model_status(raw: dict[str, Any]) -> ModelStatus:
         state=state,
         reason=_str(raw.get("reason") or ""),
         failure=None if failure is None else FailureKind(failure),
-        phases={_str(k): float(v) for k, v in phases.items()},
+        phases={_str(k): _number(v) for k, v in phases.items()},
     )
 
 
 def _str(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _number(value: object) -> float:
+    # JSON's true and false are not numbers, nor is a string of digits
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
     return value
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from contracts.replica import ModelStatus
 from runtime import __version__
 from runtime.config import ModelConfig, ServerSettings
 from runtime.dataplane import DataPlane
@@ -25,8 +26,16 @@ from runtime.sources import WeightSources
 log = logging.getLogger("ember.runtime")
 
 
-def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
-    """Build the v2 app for these models. Nothing loads until the app's lifespan starts."""
+def create_app(
+    settings: ServerSettings,
+    configs: list[ModelConfig],
+    *,
+    on_status: Callable[[ModelStatus], None] | None = None,
+) -> FastAPI:
+    """Build the v2 app for these models. Nothing loads until the app's lifespan starts.
+
+    ``on_status`` is told every change of a model's state (the server's status channel).
+    """
     metrics = RuntimeMetrics()
     sources = WeightSources(
         cache_dir=settings.cache_dir.expanduser(),
@@ -34,7 +43,7 @@ def create_app(settings: ServerSettings, configs: list[ModelConfig]) -> FastAPI:
         concurrency=settings.fetch_concurrency,
         chunk_bytes=settings.fetch_chunk_bytes,
     )
-    repository = ModelRepository(configs, metrics, sources)
+    repository = ModelRepository(configs, metrics, sources, on_status=on_status)
     dataplane = DataPlane(repository, metrics)
 
     @contextlib.asynccontextmanager

@@ -103,16 +103,20 @@ class DataPlane:
         return {"model_stats": [e.stats.as_dict() for e in entries]}
 
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
-        return [
-            {
+        index = []
+        for e in self.repository.entries():
+            if ready_only and e.state is not ModelState.READY:
+                continue
+            entry = {
                 "name": e.config.name,
                 "version": e.config.version,
                 "state": e.state.value,
                 "reason": e.reason,
             }
-            for e in self.repository.entries()
-            if not ready_only or e.state is ModelState.READY
-        ]
+            if e.failure is not None:  # Ember's extension: the kind of a failed load
+                entry["failure"] = e.failure.value
+            index.append(entry)
+        return index
 
     # ----------------------------------------------------------------------------- inference
     def decode_inputs(

@@ -2,7 +2,9 @@
 
 Loading runs in worker threads, so ``/v2/health/live`` answers while weights are read. A model is
 READY only after its warm-up inference succeeded; a failed load leaves the model UNAVAILABLE with
-the reason, and the server keeps serving the others.
+the reason and the kind of failure, and the server keeps serving the others. Every change of a
+model's state is also told to ``on_status`` (a :class:`contracts.replica.ModelStatus`): the
+server writes it to its status channel, for the activator.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from contracts.replica import FailureKind, ModelStatus
 from runtime.batching import Scheduler
 from runtime.config import ModelConfig
 from runtime.errors import ConfigError, ModelNotFound, ModelNotReady, RuntimeServerError
@@ -23,6 +26,7 @@ from runtime.handlers.base import HandlerLoadError, ModelHandler, create_handler
 from runtime.metrics import RuntimeMetrics
 from runtime.sources import WeightSources
 from runtime.stats import ModelStats
+from runtime.status import failure_kind
 from weight_cache.errors import WeightCacheError
 
 log = logging.getLogger("ember.runtime")
@@ -41,6 +45,7 @@ class ModelEntry:
     stats: ModelStats
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = "not loaded"
+    failure: FailureKind | None = None  # why the last load failed, while UNAVAILABLE
     handler: ModelHandler | None = None
     scheduler: Scheduler | None = None
     load_seconds: float | None = None
@@ -52,10 +57,16 @@ class ModelEntry:
 
 class ModelRepository:
     def __init__(
-        self, configs: list[ModelConfig], metrics: RuntimeMetrics, sources: WeightSources
+        self,
+        configs: list[ModelConfig],
+        metrics: RuntimeMetrics,
+        sources: WeightSources,
+        *,
+        on_status: Callable[[ModelStatus], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._sources = sources
+        self._on_status = on_status
         self._entries = {
             c.name: ModelEntry(config=c, stats=ModelStats(c.name, c.version)) for c in configs
         }
@@ -82,6 +93,20 @@ class ModelRepository:
             )
         return entry
 
+    def _set(
+        self,
+        entry: ModelEntry,
+        state: ModelState,
+        reason: str,
+        failure: FailureKind | None = None,
+    ) -> None:
+        entry.state, entry.reason, entry.failure = state, reason, failure
+        if self._on_status is not None:
+            phases = entry.load_phases if state is ModelState.READY else {}
+            self._on_status(
+                ModelStatus(entry.config.name, state.value, reason, failure, dict(phases))
+            )
+
     def all_ready(self) -> bool:
         return all(e.state is ModelState.READY for e in self._entries.values() if e.wanted)
 
@@ -92,7 +117,7 @@ class ModelRepository:
         async with entry.lock:
             if entry.state is ModelState.READY:
                 return entry
-            entry.state, entry.reason = ModelState.LOADING, "loading"
+            self._set(entry, ModelState.LOADING, "loading")
             started = time.perf_counter()
             handler: ModelHandler | None = None
             scheduler: Scheduler | None = None
@@ -125,9 +150,11 @@ class ModelRepository:
                     exc, HandlerLoadError | ConfigError | RuntimeServerError | WeightCacheError
                 )
                 reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
-                entry.state, entry.reason = ModelState.UNAVAILABLE, f"load failed: {reason}"
-                if not isinstance(exc, Exception | SystemExit):
-                    raise  # cancellation, Ctrl-C: not the model's fault
+                failed = isinstance(exc, Exception | SystemExit)  # not cancellation, Ctrl-C
+                failure = failure_kind(exc) if failed else None
+                self._set(entry, ModelState.UNAVAILABLE, f"load failed: {reason}", failure)
+                if not failed:
+                    raise  # not the model's fault
                 log.error("model %s failed to load: %s", name, reason, exc_info=not expected)
                 raise ModelNotReady(f"model '{name}' failed to load: {reason}") from exc
             entry.handler, entry.scheduler = handler, scheduler
@@ -136,11 +163,11 @@ class ModelRepository:
             # on every full collection, which otherwise shows up as tail latency under load.
             gc.freeze()
             entry.load_seconds = time.perf_counter() - started
-            entry.state, entry.reason = ModelState.READY, ""
+            entry.load_phases = phases
+            self._set(entry, ModelState.READY, "")
             self._metrics.load_duration.labels(name).set(entry.load_seconds)
             for phase, seconds in phases.items():
                 self._metrics.load_phase.labels(name, phase).set(seconds)
-            entry.load_phases = phases
             self._metrics.model_ready.labels(name).set(1)
             detail = ", ".join(f"{k} {v:.2f}s" for k, v in phases.items())
             log.info("model %s ready in %.2fs (%s)", name, entry.load_seconds, detail)
@@ -153,7 +180,7 @@ class ModelRepository:
         async with entry.lock:
             if entry.state is not ModelState.READY:
                 return
-            entry.state, entry.reason = ModelState.UNLOADING, "unloading"
+            self._set(entry, ModelState.UNLOADING, "unloading")
             self._metrics.model_ready.labels(name).set(0)
             if entry.scheduler is not None:
                 await entry.scheduler.drain(drain_timeout_s)
@@ -163,7 +190,7 @@ class ModelRepository:
                 entry.release_source()  # the tier may evict the files now
                 entry.release_source = None
             gc.unfreeze()  # let the collector reclaim the model's cycles; the next load refreezes
-            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            self._set(entry, ModelState.UNAVAILABLE, "unloaded")
 
     async def _discard(self, handler: ModelHandler | None, scheduler: Scheduler | None) -> None:
         if scheduler is not None:

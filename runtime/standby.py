@@ -2,10 +2,11 @@
 
 The activator's local scaler keeps a few of these ready (``activator.warm_pool``). Each has done,
 before any model is asked of it, what every replica's start repeats: the imports (torch, the
-server, the handlers, the S3 client) and the S3 client's first construction. Then it prints
-``ember serve: standby ...`` and waits on stdin for one line, a JSON list of ``ember serve``
-arguments; with it, it becomes that replica (what follows is exactly ``ember serve ARGS``). An
-empty stdin (the pool letting it go) ends it with status 0.
+server, the handlers, the S3 client) and the S3 client's first construction. Then it says so (a
+:class:`contracts.replica.Standby` on its status channel, ``--status-fd``, and ``ember serve:
+standby ...`` on stdout for a human) and waits on stdin for one line, a JSON list of ``ember
+serve`` arguments; with it, it becomes that replica (what follows is exactly ``ember serve ARGS``,
+keeping the status channel). An empty stdin (the pool letting it go) ends it with status 0.
 
 Safe by construction: it is its own ``exec``-ed process, never a ``fork`` of one that has threads
 or a CUDA context. It still checks, and says in its standby line, that the preloading left one
@@ -22,6 +23,8 @@ import threading
 import time
 from typing import IO, Any
 
+from contracts.replica import Standby
+
 # what a replica's start imports, heaviest first; a missing optional one is skipped
 PRELOAD = (
     "torch",
@@ -35,7 +38,7 @@ PRELOAD = (
     "runtime.sources",
     "weight_cache.fetch",
     "weight_cache.materialize",
-    "weight_cache.s3",
+    "weight_cache.stores",  # open_store; it imports weight_cache.s3 and weight_cache.local
 )
 
 
@@ -61,10 +64,15 @@ def preload() -> dict[str, Any]:
     }
 
 
-def wait_for_assignment(stdin: IO[str] | None = None) -> list[str] | None:
+def wait_for_assignment(
+    stdin: IO[str] | None = None, *, status_fd: int | None = None
+) -> list[str] | None:
     """Preload, say so, then read the replica's arguments (None: released before use)."""
+    from runtime.status import StatusChannel
+
     report = preload()
     print(f"ember serve: standby {json.dumps(report)}", flush=True)
+    StatusChannel(status_fd).send(Standby(**report))
     line = (stdin or sys.stdin).readline()
     if not line.strip():
         return None

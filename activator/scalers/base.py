@@ -29,11 +29,20 @@ class ReplicaHandle:
 
 class Scaler(Protocol):
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        """Start a replica; return once it has an address (it may still be loading)."""
+        """Start a replica; return once it has an address (it may still be loading).
+
+        A start that fails raises :class:`~activator.errors.ReplicaStartFailed` with its kind.
+        """
         ...
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
-        """Return when the replica answers ``/v2/health/ready``; raise if it dies or times out."""
+        """Return when the replica's model is ready to answer.
+
+        Raise :class:`~activator.errors.ReplicaStartFailed`: ``LOAD_FAILED`` (with the
+        replica's ``failure`` and reason) as soon as the replica says its model cannot load,
+        ``EXITED`` if it goes away, ``PLATFORM`` if the platform refuses it, ``TIMED_OUT`` once
+        ``timeout_s`` has passed.
+        """
         ...
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:

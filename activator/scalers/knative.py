@@ -2,15 +2,17 @@
 
 To wake a model the activator raises the ksvc's ``autoscaling.knative.dev/min-scale`` to 1 (a
 merge patch of ``spec.template.metadata.annotations``; Knative rolls a revision that keeps a pod),
-then watches it through the API (polling the ksvc: a ``Ready=False`` condition fails the start
-with Knative's reason and message) and probes ``status.address.url`` + ``/v2/health/ready`` until
-the model answers; requests go to that URL. Keep-alive expiry lowers min-scale back to 0 and
+then watches it: the ksvc through the API (a ``Ready=False`` condition fails the start with
+Knative's reason and message), and, once the ksvc has a URL, the replica's own repository index
+(``POST /v2/repository/index``): its model ``READY`` ends the wait, and a model whose load failed
+(an entry with a ``failure``) ends it at once with the replica's reason, instead of waiting out
+the startup timeout. Requests go to that URL. Keep-alive expiry lowers min-scale back to 0 and
 Knative's own autoscaler takes the pods away. The activator sees one "replica" per model: Knative
 scales pods behind the URL (``max-scale``), so the pool gives it ``container_concurrency x
 max_replicas`` slots.
 
-API calls made, and nothing else: GET and PATCH ``serving.knative.dev/v1`` ``services/{name}`` in
-one namespace (see the RBAC the deploy renders). Blocking kubernetes-client calls run in threads.
+The Kubernetes API calls are :class:`knative.client.KnativeClient`'s; its errors become
+:class:`~activator.errors.ReplicaStartFailed` (``PLATFORM``) here.
 """
 
 from __future__ import annotations
@@ -23,83 +25,90 @@ from typing import Any
 
 import aiohttp
 
-from activator.errors import ModelUnavailable
+from activator.errors import ModelUnavailable, ReplicaStartFailed, StartFailure
 from activator.scalers.base import ReplicaHandle, probe_ready
+from contracts.replica import ModelStatus, model_status
 from contracts.stack import ModelSpec
+from knative.client import KnativeClient
+from knative.errors import KnativeApiError, ServiceNotFound
 
 log = logging.getLogger("ember.activator")
 
-GROUP, VERSION, PLURAL = "serving.knative.dev", "v1", "services"
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
+INDEX_TIMEOUT_S = 2.0  # Knative may hold a request for a pod that is not ready: ask again later
 
 
 class KnativeScaler:
-    def __init__(self, namespace: str, api: Any = None, *, poll_s: float = 0.5) -> None:
-        self.namespace = namespace
+    def __init__(self, client: KnativeClient, *, poll_s: float = 0.5) -> None:
+        self.client = client
+        self.namespace = client.namespace
         self.poll_s = poll_s
-        self._api = api
         self._raised: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> KnativeScaler:
         """In a pod: its service account; elsewhere: ``kubeconfig`` or ``$KUBECONFIG``."""
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        return cls(namespace, client.CustomObjectsApi())
+        return cls(KnativeClient.from_environment(namespace, kubeconfig))
 
     # ------------------------------------------------------------------ the API calls
-    async def _get(self, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
+    async def _get(self, name: str) -> dict[str, Any]:
         try:
-            obj: dict[str, Any] = await asyncio.to_thread(
-                self._api.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise ModelUnavailable(
-                f"Knative API: GET service {self.namespace}/{name}: {exc.status} {exc.reason}"
-            ) from None
-        return obj
+            return await self.client.get_service(name)
+        except KnativeApiError as exc:
+            raise self._refused(name, exc) from None
 
     async def _set_min_scale(self, name: str, value: int) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        body = {"spec": {"template": {"metadata": {"annotations": {MIN_SCALE: str(value)}}}}}
+        patch = {"spec": {"template": {"metadata": {"annotations": {MIN_SCALE: str(value)}}}}}
         try:
-            await asyncio.to_thread(
-                self._api.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                self.namespace,
-                PLURAL,
-                name,
-                body,
+            await self.client.patch_service(name, patch)
+        except KnativeApiError as exc:
+            raise self._refused(name, exc) from None
+
+    def _refused(self, name: str, exc: KnativeApiError) -> ReplicaStartFailed:
+        if isinstance(exc, ServiceNotFound):
+            message = (
+                f"model '{name}': Knative service {self.namespace}/{name} does not exist "
+                "(run `ember deploy`)"
             )
-        except ApiException as exc:
-            what = "not found (run `ember deploy`)" if exc.status == 404 else exc.reason
-            raise ModelUnavailable(
-                f"Knative API: PATCH service {self.namespace}/{name}: {exc.status} {what}"
-            ) from None
+        else:
+            message = f"model '{name}': Knative API: {exc}"
+        return ReplicaStartFailed(message, StartFailure.PLATFORM)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         return self._session
 
+    async def _model_status(self, handle: ReplicaHandle) -> ModelStatus | None:
+        """The model's entry in the replica's repository index; None if it cannot say yet."""
+        try:
+            async with self._http().post(
+                handle.url + "/v2/repository/index",
+                json={},
+                timeout=aiohttp.ClientTimeout(total=INDEX_TIMEOUT_S),
+            ) as r:
+                if r.status != 200:
+                    return None
+                index = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        for entry in index if isinstance(index, list) else []:
+            if isinstance(entry, dict) and entry.get("name") == handle.model:
+                try:
+                    return model_status(entry)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning(
+                        "model %s: a repository index entry %r: %s", handle.model, entry, exc
+                    )
+        return None
+
     # ------------------------------------------------------------------ the Scaler seam
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         started = time.perf_counter()
         await self._set_min_scale(spec.name, max(1, spec.min_replicas))
         self._raised.add(spec.name)
-        ksvc = await self._get(spec.name)
-        url = _url(ksvc) if ksvc else ""
+        url = _url(await self._get(spec.name))
         return ReplicaHandle(spec.name, url, {"wake_patch": time.perf_counter() - started})
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
@@ -107,22 +116,27 @@ class KnativeScaler:
         deadline = time.monotonic() + timeout_s
         while True:
             ksvc = await self._get(handle.model)
-            if ksvc is None:
-                raise ModelUnavailable(
-                    f"model '{handle.model}': Knative service {self.namespace}/{handle.model} "
-                    "does not exist (run `ember deploy`)"
-                )
             failed = _failed(ksvc)
             if failed:
-                raise ModelUnavailable(f"model '{handle.model}': Knative says {failed}")
+                raise ReplicaStartFailed(
+                    f"model '{handle.model}': Knative says {failed}", StartFailure.PLATFORM
+                )
             handle.url = _url(ksvc) or handle.url
-            if handle.url and await self.healthy(handle):
+            status = await self._model_status(handle) if handle.url else None
+            if status is not None and status.state == "READY":
                 handle.timings["until_ready"] = time.perf_counter() - started
                 return
+            if status is not None and status.failure is not None:
+                raise ReplicaStartFailed(
+                    f"model '{handle.model}': its replica cannot load it: {status.reason}",
+                    StartFailure.LOAD_FAILED,
+                    status.failure,
+                )
             if time.monotonic() > deadline:
-                raise ModelUnavailable(
+                raise ReplicaStartFailed(
                     f"model '{handle.model}': its Knative service was not ready within "
-                    f"{timeout_s:g}s"
+                    f"{timeout_s:g}s",
+                    StartFailure.TIMED_OUT,
                 )
             await asyncio.sleep(self.poll_s)
 
@@ -134,12 +148,12 @@ class KnativeScaler:
         while True:
             await asyncio.sleep(self.poll_s * 4)
             try:
-                ksvc = await self._get(handle.model)
-            except ModelUnavailable as exc:  # the API itself failing is not the model's exit
-                log.warning("%s", exc)
-                continue
-            if ksvc is None:
+                ksvc = await self.client.get_service(handle.model)
+            except ServiceNotFound:
                 return f"Knative service {self.namespace}/{handle.model} was deleted"
+            except KnativeApiError as exc:  # the API itself failing is not the model's exit
+                log.warning("Knative API: %s", exc)
+                continue
             failed = _failed(ksvc)
             if failed:
                 return f"Knative says {failed}"

@@ -1,4 +1,12 @@
-"""The local scaler (the embedded default): replicas are ``ember serve`` processes on loopback."""
+"""The local scaler (the embedded default): replicas are ``ember serve`` processes on loopback.
+
+Each process is given a pipe for its status (``ember serve --status-fd N``) and tells the scaler,
+in :mod:`contracts.replica` events, that it is a ready standby, where it listens, and every change
+of its model's state: :meth:`LocalScaler.start` returns on ``Listening``, :meth:`~LocalScaler.
+wait_ready` on the model's ``READY`` (whose load phases become the handle's timings) or, at once,
+on ``UNAVAILABLE`` with the kind of failure. Nothing parses the processes' stdout or stderr: they
+are drained, and the last lines of stderr are kept to quote to a human in an error.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +15,91 @@ import collections
 import contextlib
 import json
 import logging
-import re
+import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from activator.errors import ModelUnavailable
+from activator.errors import ReplicaStartFailed, StartFailure
 from activator.scalers.base import ReplicaHandle, probe_ready
 from contracts.proc import die_with_parent, rss_bytes
+from contracts.replica import ContractViolation, Listening, ModelStatus, Standby, decode
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
 
-_LISTENING = re.compile(r"ember serve: listening on (http://\S+)")
 REFILL_DELAY_S = 2.0
-_STANDBY = re.compile(r"ember serve: standby (\{.*\})")
-_PHASE = re.compile(r'^ember_model_load_phase_seconds\{[^}]*phase="(\w+)"[^}]*\} (\S+)$', re.M)
+STATUS_LINE_LIMIT = 1 << 20  # a status line longer than this breaks the contract
+
+
+class _Status:
+    """What a process's status pipe has said so far; ``changed`` is set at every line and at EOF."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model  # the model it serves ("standby" until it is given one)
+        self.standby: Standby | None = None
+        self.url: str | None = None
+        self.models: dict[str, ModelStatus] = {}  # each model's latest state
+        self.violation: ContractViolation | None = None  # the first bad line, before ready
+        self.closed = False  # EOF: the process exited (or closed its end)
+        self.ready: ModelStatus | None = None  # its model's READY: a bad line now is only logged
+        self.changed = asyncio.Event()
+
+    def take(self, line: bytes) -> None:
+        try:
+            event = decode(line)
+        except ContractViolation as exc:
+            self.broken(exc)
+            return
+        log.debug("[%s] status: %s", self.model, event)
+        if isinstance(event, Standby):
+            self.standby = event
+        elif isinstance(event, Listening):
+            self.url = event.url
+        else:
+            self.models[event.model] = event
+            if self.ready is None and event.model == self.model and event.state == "READY":
+                self.ready = event
+        self.changed.set()
+
+    def broken(self, violation: ContractViolation) -> None:
+        if self.ready is not None:
+            log.warning("[%s] ignored a bad status line: %s", self.model, violation)
+            return
+        self.violation = self.violation or violation
+        self.changed.set()
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait for the next line (or EOF) until ``deadline`` (monotonic); False once it passed.
+
+        The caller checks what it waits for before each call: between that check and the
+        ``clear`` here nothing runs, so no line is missed.
+        """
+        self.changed.clear()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self.changed.wait(), remaining)
+        except TimeoutError:
+            return False
+        return True
 
 
 @dataclass
 class _Process:
     proc: asyncio.subprocess.Process
-    tail: collections.deque[str]
-    readers: list[asyncio.Task[None]]
+    tail: collections.deque[str]  # the last lines of its stderr, for a human
+    status: _Status
+    stderr: asyncio.Task[None]  # drains stderr into ``tail``; done once the process closed it
+    readers: list[asyncio.Task[None]]  # every task reading from or watching the process
     stopping: bool = False
-    report: dict[str, float] = field(default_factory=dict)  # a standby's preload report
+    report: Standby | None = field(default=None)  # a standby's preload report
 
 
 class LocalScaler:
@@ -46,23 +110,26 @@ class LocalScaler:
     fork). A start hands one of them its arguments instead of starting Python from nothing, and a
     replacement is started once that replica is ready (not while it loads: they would share the
     CPU). They cost memory only; :meth:`pool_status` says how much.
+
+    ``command`` is what starts a replica (``ember serve``, given its arguments after it); tests
+    give a fake that writes chosen status lines.
     """
 
     def __init__(
         self,
         *,
+        command: Sequence[str] = (sys.executable, "-m", "ember", "serve"),
         cache_dir: Path | None = None,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         listen_timeout_s: float = 60.0,
-        poll_s: float = 0.02,
         warm_pool: int = 0,
     ) -> None:
+        self.command = tuple(command)
         self.cache_dir = cache_dir
         self.extra_args = extra_args
         self.env = env
         self.listen_timeout_s = listen_timeout_s
-        self.poll_s = poll_s
         self.warm_pool = warm_pool
         self._procs: dict[int, _Process] = {}
         self._standby: collections.deque[_Process] = collections.deque()
@@ -81,34 +148,38 @@ class LocalScaler:
             task.add_done_callback(self._filling.discard)
 
     async def _spawn(self, args: list[str], *, standby: bool, label: str) -> _Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "ember",
-            "serve",
-            *args,
-            stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
-            preexec_fn=die_with_parent,
-        )
+        read_fd, write_fd = os.pipe()  # the status pipe; both ends stay out of other children
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command,
+                *args,
+                "--status-fd",
+                str(write_fd),
+                pass_fds=(write_fd,),
+                stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.env,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
+                preexec_fn=die_with_parent,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child's copy is the only writer: its exit is our EOF
         assert proc.stdout is not None and proc.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=30)
-        state = _Process(proc, tail, [])
-        state.readers.append(asyncio.create_task(self._pump(proc.stderr, tail, label)))
-        return state
+        status = _Status(label)
+        stderr = asyncio.create_task(_pump(proc.stderr, label, tail))
+        stdout = asyncio.create_task(_pump(proc.stdout, label, None))
+        reading = asyncio.create_task(_read_status(read_fd, status))
+        return _Process(proc, tail, status, stderr, [reading, stderr, stdout])
 
     async def _spawn_standby(self) -> None:
         state = await self._spawn(["--standby"], standby=True, label="standby")
-        assert state.proc.stdout is not None
         try:
-            line = await asyncio.wait_for(state.proc.stdout.readline(), self.listen_timeout_s)
-            match = _STANDBY.search(line.decode(errors="replace"))
-            if match is None:
-                raise RuntimeError(f"no standby line{_last(state.tail)}")
-            state.report = json.loads(match.group(1))
+            state.report = await self._standby_report(state)
         except (Exception, asyncio.CancelledError) as exc:
             await self._reap(state)
             if not isinstance(exc, asyncio.CancelledError):
@@ -121,11 +192,23 @@ class LocalScaler:
         log.info(
             "warm pool: process %d ready (preload %.2fs, %.0f MB)",
             state.proc.pid,
-            state.report.get("preload_s", 0.0),
+            state.report.preload_s,
             rss_bytes(state.proc.pid) / 1e6,
         )
         self._standby.append(state)
         state.readers.append(asyncio.create_task(self._watch_standby(state)))
+
+    async def _standby_report(self, state: _Process) -> Standby:
+        status = state.status
+        deadline = time.monotonic() + self.listen_timeout_s
+        while status.standby is None:
+            if status.violation is not None:
+                raise status.violation
+            if status.closed:
+                raise RuntimeError(f"it {await _exited(state)}{_last(state.tail)}")
+            if not await status.wait(deadline):
+                raise RuntimeError(f"no standby report within {self.listen_timeout_s:g}s")
+        return status.standby
 
     async def _watch_standby(self, state: _Process) -> None:
         """A standby that dies while waiting (killed, out of memory) is replaced."""
@@ -175,8 +258,9 @@ class LocalScaler:
         started = time.perf_counter()
         state = self._take_standby()
         warm = state is not None
-        if state is not None:
+        if state is not None:  # it keeps its status pipe: no --status-fd among the arguments
             assert state.proc.stdin is not None
+            state.status.model = spec.name
             state.proc.stdin.write((json.dumps(args) + "\n").encode())
             with contextlib.suppress(ConnectionError):
                 await state.proc.stdin.drain()
@@ -186,48 +270,35 @@ class LocalScaler:
                 state, warm = None, False
         if state is None:
             state = await self._spawn(args, standby=False, label=spec.name)
-        proc, tail = state.proc, state.tail
-        assert proc.stdout is not None
-        self._procs[proc.pid] = state
+        pid = state.proc.pid
+        self._procs[pid] = state
         try:
-            url = await asyncio.wait_for(
-                self._listening(proc.stdout, tail, spec.name), self.listen_timeout_s
-            )
-        except BaseException as exc:
-            await self._kill(proc.pid)
-            if isinstance(exc, TimeoutError):
-                raise ModelUnavailable(
-                    f"model '{spec.name}': its replica did not listen within "
-                    f"{self.listen_timeout_s:g}s{_last(tail)}"
-                ) from None
+            url = await self._listening(state, spec.name)
+        except BaseException:
+            await self._kill(pid)
             raise
-        state.readers.append(asyncio.create_task(self._pump(proc.stdout, tail, spec.name)))
         timings = {"process_start": time.perf_counter() - started}
-        return ReplicaHandle(spec.name, url, timings, pid=proc.pid, warm=warm)
+        return ReplicaHandle(spec.name, url, timings, pid=pid, warm=warm)
 
-    async def _listening(
-        self, stream: asyncio.StreamReader, tail: collections.deque[str], model: str
-    ) -> str:
-        while True:
-            line = await stream.readline()
-            if not line:
-                await asyncio.sleep(0.05)  # let the stderr pump catch the reason
-                raise ModelUnavailable(
-                    f"model '{model}': its replica exited before listening{_last(tail)}"
+    async def _listening(self, state: _Process, model: str) -> str:
+        status = state.status
+        deadline = time.monotonic() + self.listen_timeout_s
+        while status.url is None:
+            if status.violation is not None:
+                raise _broke_contract(model, status.violation)
+            if status.closed:
+                how = await _exited(state)
+                raise ReplicaStartFailed(
+                    f"model '{model}': its replica {how} before listening{_last(state.tail)}",
+                    StartFailure.EXITED,
                 )
-            text = line.decode(errors="replace").rstrip()
-            match = _LISTENING.search(text)
-            if match:
-                return match.group(1)
-            tail.append(text)
-
-    @staticmethod
-    async def _pump(stream: asyncio.StreamReader, tail: collections.deque[str], model: str) -> None:
-        """Keep the pipe drained; the last lines explain a failure."""
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            tail.append(text)
-            log.debug("[%s] %s", model, text)
+            if not await status.wait(deadline):
+                raise ReplicaStartFailed(
+                    f"model '{model}': its replica did not listen within "
+                    f"{self.listen_timeout_s:g}s{_last(state.tail)}",
+                    StartFailure.NOT_LISTENING,
+                )
+        return status.url
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         try:
@@ -238,44 +309,43 @@ class LocalScaler:
             asyncio.get_running_loop().call_later(REFILL_DELAY_S, self.fill_pool)
 
     async def _wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+        """Until the replica says its model is READY; fail as soon as it says it cannot be."""
         state = self._state(handle)
+        status = state.status
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
         while True:
-            if state.proc.returncode is not None:
-                await asyncio.sleep(0.05)
-                raise ModelUnavailable(
-                    f"model '{handle.model}': its replica exited with {state.proc.returncode} "
-                    f"while loading{_last(state.tail)}"
-                )
-            if await self.healthy(handle):
+            if status.violation is not None:  # a bad line before READY
+                raise _broke_contract(handle.model, status.violation)
+            if status.ready is not None:
                 handle.timings["until_ready"] = time.perf_counter() - started
-                handle.timings.update(await self._load_phases(handle))
+                handle.timings.update(status.ready.phases)  # the replica's account of its load
                 return
-            if time.monotonic() > deadline:
-                raise ModelUnavailable(
-                    f"model '{handle.model}': its replica was not ready within {timeout_s:g}s"
-                    f"{_last(state.tail)}"
+            model = status.models.get(handle.model)
+            if model is not None and model.state == "UNAVAILABLE" and model.failure is not None:
+                raise ReplicaStartFailed(
+                    f"model '{handle.model}': its replica cannot load it: {model.reason}",
+                    StartFailure.LOAD_FAILED,
+                    model.failure,
                 )
-            await asyncio.sleep(self.poll_s)
+            if status.closed:
+                how = await _exited(state)
+                raise ReplicaStartFailed(
+                    f"model '{handle.model}': its replica {how} while loading{_last(state.tail)}",
+                    StartFailure.EXITED,
+                )
+            if not await status.wait(deadline):
+                raise ReplicaStartFailed(
+                    f"model '{handle.model}': its replica was not ready within {timeout_s:g}s"
+                    f"{_last(state.tail)}",
+                    StartFailure.TIMED_OUT,
+                )
 
     async def healthy(self, handle: ReplicaHandle) -> bool:
         state = self._procs.get(handle.pid or 0)
         if state is None or state.proc.returncode is not None:
             return False
         return await probe_ready(self._http(), handle.url)
-
-    async def _load_phases(self, handle: ReplicaHandle) -> dict[str, float]:
-        """The replica's own account of its load (plan, fetch, imports, load, warmup, ...)."""
-        try:
-            async with self._http().get(handle.url + "/metrics") as r:
-                text = await r.text()
-        except (aiohttp.ClientError, TimeoutError):
-            return {}
-        phases: dict[str, float] = {}
-        for match in _PHASE.finditer(text):
-            phases[match.group(1)] = phases.get(match.group(1), 0.0) + float(match.group(2))
-        return phases
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:
         state = self._state(handle)
@@ -304,7 +374,9 @@ class LocalScaler:
     def _state(self, handle: ReplicaHandle) -> _Process:
         state = self._procs.get(handle.pid or 0)
         if state is None:
-            raise ModelUnavailable(f"model '{handle.model}': its replica is gone")
+            raise ReplicaStartFailed(
+                f"model '{handle.model}': its replica is gone", StartFailure.EXITED
+            )
         return state
 
     async def _kill(self, pid: int) -> None:
@@ -335,6 +407,68 @@ class LocalScaler:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_status(fd: int, status: _Status) -> None:
+    """Read the status pipe's lines into ``status`` until EOF (the process exited)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STATUS_LINE_LIMIT)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # over the limit: the reader dropped it
+                status.broken(ContractViolation(f"a status line over {STATUS_LINE_LIMIT} bytes"))
+                continue
+            if not line:
+                break
+            status.take(line)
+    finally:
+        transport.close()
+        status.closed = True
+        status.changed.set()
+
+
+async def _pump(
+    stream: asyncio.StreamReader, label: str, tail: collections.deque[str] | None
+) -> None:
+    """Keep an output pipe drained; the last lines of stderr explain a failure to a human."""
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # a line over the stream's limit, dropped: keep draining
+            continue
+        if not line:
+            return
+        text = line.decode(errors="replace").rstrip()
+        if tail is not None:
+            tail.append(text)
+        log.debug("[%s] %s", label, text)
+
+
+async def _exited(state: _Process) -> str:
+    """How the process ended, once its status pipe closed (its stderr read to the end)."""
+    try:
+        code = await asyncio.wait_for(state.proc.wait(), 5)
+    except TimeoutError:
+        return "closed its status channel"
+    await asyncio.wait({state.stderr}, timeout=1)  # its last lines say why
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+
+
+def _broke_contract(model: str, violation: ContractViolation) -> ReplicaStartFailed:
+    return ReplicaStartFailed(
+        f"model '{model}': its replica broke the status contract: {violation}",
+        StartFailure.CONTRACT_VIOLATION,
+    )
 
 
 def _last(tail: collections.deque[str]) -> str:

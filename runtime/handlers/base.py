@@ -14,10 +14,11 @@ import inspect
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from contracts.replica import FailureKind
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
 from runtime.protocol import validation_message
@@ -40,7 +41,31 @@ _REGISTRY = {
 
 
 class HandlerLoadError(Exception):
-    """A model could not be loaded: missing or corrupt weights, a bad class path, ..."""
+    """A model could not be loaded: missing or corrupt weights, a bad class path, ...
+
+    ``failure`` says which, by subclass; None leaves it to the exception that caused this one
+    (an out-of-memory error, a weight cache error), else it is a plain ``load_failed``.
+    """
+
+    failure: ClassVar[FailureKind | None] = None
+
+
+class WeightsMissing(HandlerLoadError):
+    """A weights (or other model) file the handler needs is not in the model's directory."""
+
+    failure = FailureKind.WEIGHTS_MISSING
+
+
+class WeightsCorrupt(HandlerLoadError):
+    """A model file is there but is not what its format says (a bad header, truncated, ...)."""
+
+    failure = FailureKind.WEIGHTS_CORRUPT
+
+
+class BadHandlerConfig(HandlerLoadError):
+    """The handler's options cannot work: a class path that does not import, a missing device."""
+
+    failure = FailureKind.BAD_CONFIG
 
 
 class ModelHandler(Protocol):
@@ -94,7 +119,7 @@ def import_object(path: str, *, base_dir: Path | None) -> Any:
     """Import ``package.module:Name`` or ``relative/file.py:Name`` (relative to the config file)."""
     target, sep, attr = path.partition(":")
     if not sep or not attr:
-        raise HandlerLoadError(
+        raise BadHandlerConfig(
             f"class path {path!r} must look like 'module:Class' or 'file.py:Class'"
         )
     try:
@@ -104,22 +129,22 @@ def import_object(path: str, *, base_dir: Path | None) -> Any:
                 file = base_dir / file
             spec = importlib.util.spec_from_file_location(f"ember_user_{file.stem}", file)
             if spec is None or spec.loader is None or not file.is_file():
-                raise HandlerLoadError(f"cannot import {file}: no such file")
+                raise BadHandlerConfig(f"cannot import {file}: no such file")
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
-    except HandlerLoadError:
+    except BadHandlerConfig:
         raise
     except Exception as exc:
-        raise HandlerLoadError(f"cannot import {target}: {type(exc).__name__}: {exc}") from exc
+        raise BadHandlerConfig(f"cannot import {target}: {type(exc).__name__}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
-        raise HandlerLoadError(f"{target} has no attribute {attr!r}") from None
+        raise BadHandlerConfig(f"{target} has no attribute {attr!r}") from None
     if not inspect.isclass(obj) and not callable(obj):
-        raise HandlerLoadError(f"{path} is not a class or callable")
+        raise BadHandlerConfig(f"{path} is not a class or callable")
     return obj
 
 
@@ -130,5 +155,5 @@ def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise HandlerLoadError(f"device {requested!r} requested but no CUDA device is available")
+        raise BadHandlerConfig(f"device {requested!r} requested but no CUDA device is available")
     return requested

@@ -20,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
-from runtime.handlers.base import HandlerLoadError, StreamedTensors, parse_options, pick_device
+from runtime.handlers.base import (
+    HandlerLoadError,
+    StreamedTensors,
+    WeightsCorrupt,
+    WeightsMissing,
+    parse_options,
+    pick_device,
+)
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.torch_util import load_safetensors, streamed_file
@@ -38,10 +45,12 @@ def _read_json(path: Path, default: Any = None) -> Any:
     if not path.is_file():
         if default is not None:
             return default
-        raise HandlerLoadError(f"{path} does not exist")
+        raise WeightsMissing(f"{path} does not exist")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError) as exc:
+    except json.JSONDecodeError as exc:
+        raise WeightsCorrupt(f"cannot read {path}: {exc}") from exc
+    except OSError as exc:
         raise HandlerLoadError(f"cannot read {path}: {exc}") from exc
 
 

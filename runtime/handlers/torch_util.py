@@ -12,7 +12,12 @@ import numpy as np
 import torch
 
 from runtime.errors import InferenceFailed, InvalidInput
-from runtime.handlers.base import HandlerLoadError, StreamedTensors
+from runtime.handlers.base import (
+    HandlerLoadError,
+    StreamedTensors,
+    WeightsCorrupt,
+    WeightsMissing,
+)
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -92,20 +97,25 @@ def load_safetensors(
     from safetensors.torch import load_file
 
     from weight_cache.device_load import load_to_device
-    from weight_cache.errors import WeightCacheError
+    from weight_cache.errors import CorruptCheckpoint, WeightCacheError
 
     if streamed is not None:
         return {
             k: v if v.device == torch.device(device) else v.to(device) for k, v in streamed.items()
         }
     if not path.is_file():
-        raise HandlerLoadError(f"weights file {path} does not exist")
+        raise WeightsMissing(f"weights file {path} does not exist")
     try:
         if torch.device(device).type != "cpu":
             return load_to_device(path, device)
         readahead(path)
         return load_file(str(path), device=device)
-    except (SafetensorError, OSError, RuntimeError, ValueError, WeightCacheError) as exc:
+    except FileNotFoundError as exc:
+        raise WeightsMissing(f"cannot read weights {path}: {exc}") from exc
+    except (SafetensorError, RuntimeError, ValueError, CorruptCheckpoint) as exc:
+        # a torch out-of-memory error is a RuntimeError too: it stays this one's cause
+        raise WeightsCorrupt(f"cannot read weights {path}: {exc}") from exc
+    except (OSError, WeightCacheError) as exc:  # its type (disk, device memory) says why
         raise HandlerLoadError(f"cannot read weights {path}: {exc}") from exc
 
 

@@ -1,0 +1,209 @@
+"""The local scaler reads its replicas' status pipes, and nothing else.
+
+Replicas here are tests/fixtures/fake_replica.py, which writes the status lines a test scripts;
+the last test runs a real ``ember serve`` whose model has no weights file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from activator.errors import ReplicaStartFailed, StartFailure
+from activator.scalers.local import LocalScaler
+from contracts.replica import FailureKind, Listening, ModelStatus, Standby, encode
+from contracts.stack import ModelSpec
+from tests.conftest import FIXTURES, slow_model
+
+FAKE = (sys.executable, str(FIXTURES / "fake_replica.py"))
+URL = "http://127.0.0.1:1"
+
+
+def line(event: Listening | ModelStatus | Standby) -> dict[str, str]:
+    return {"status": encode(event).decode().rstrip("\n")}
+
+
+LISTENING = line(Listening(URL))
+LOADING = line(ModelStatus("m", "LOADING", "loading"))
+READY = line(ModelStatus("m", "READY", phases={"imports": 0.5, "load": 0.25, "warmup": 0.125}))
+
+
+def spec(tmp_path: Path, steps: list[dict[str, Any]], name: str = "m") -> ModelSpec:
+    script = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.json"
+    script.write_text(json.dumps(steps))
+    return ModelSpec(
+        name=name,
+        config_path=script,
+        min_replicas=0,
+        max_replicas=1,
+        container_concurrency=1,
+        target=1.0,
+        keep_alive_s=1.0,
+        queue_size=1,
+        deadline_s=30.0,
+        startup_timeout_s=30.0,
+    )
+
+
+@pytest.fixture
+async def scaler() -> AsyncIterator[LocalScaler]:
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=10)
+    try:
+        yield scaler
+    finally:
+        await scaler.aclose()
+
+
+async def start_failure(
+    scaler: LocalScaler, model: ModelSpec, timeout_s: float = 30
+) -> ReplicaStartFailed:
+    with pytest.raises(ReplicaStartFailed) as caught:
+        handle = await scaler.start(model)
+        await scaler.wait_ready(handle, timeout_s)
+    return caught.value
+
+
+async def test_listening_starts_it_and_ready_brings_the_phases(
+    tmp_path: Path, scaler: LocalScaler
+) -> None:
+    handle = await scaler.start(spec(tmp_path, [LISTENING, LOADING, {"sleep": 0.2}, READY]))
+    assert handle.url == URL and handle.pid is not None and not handle.warm
+    await scaler.wait_ready(handle, 10)
+    assert handle.timings["imports"] == 0.5 and handle.timings["warmup"] == 0.125
+    assert handle.timings["until_ready"] >= 0.2 and "process_start" in handle.timings
+
+
+async def test_another_models_status_is_not_this_ones(tmp_path: Path, scaler: LocalScaler) -> None:
+    other = line(ModelStatus("other", "UNAVAILABLE", "x", FailureKind.WEIGHTS_MISSING))
+    handle = await scaler.start(spec(tmp_path, [LISTENING, other, READY]))
+    await scaler.wait_ready(handle, 10)
+
+
+async def test_a_failed_load_fails_the_start_at_once(tmp_path: Path, scaler: LocalScaler) -> None:
+    failed = ModelStatus(
+        "m", "UNAVAILABLE", "load failed: weights file /w/model.safetensors does not exist"
+    )
+    failed = ModelStatus(failed.model, failed.state, failed.reason, FailureKind.WEIGHTS_MISSING)
+    handle = await scaler.start(spec(tmp_path, [LISTENING, LOADING, line(failed)]))
+    began = time.monotonic()
+    with pytest.raises(ReplicaStartFailed) as caught:
+        await scaler.wait_ready(handle, 300)
+    assert time.monotonic() - began < 1.0  # the process lives on: only its word ended the wait
+    assert caught.value.kind is StartFailure.LOAD_FAILED
+    assert caught.value.failure is FailureKind.WEIGHTS_MISSING
+    assert "/w/model.safetensors does not exist" in str(caught.value)
+    assert caught.value.status_code == 503
+
+
+async def test_an_exit_before_listening_says_how_and_quotes_stderr(
+    tmp_path: Path, scaler: LocalScaler
+) -> None:
+    steps: list[dict[str, Any]] = [{"stderr": "ember serve: cannot read model config x.yaml"}]
+    steps.append({"exit": 2})
+    failure = await start_failure(scaler, spec(tmp_path, steps))
+    assert failure.kind is StartFailure.EXITED and failure.failure is None
+    assert "exited with 2 before listening: ember serve: cannot read model config" in str(failure)
+
+
+async def test_an_exit_while_loading_says_how_and_quotes_stderr(
+    tmp_path: Path, scaler: LocalScaler
+) -> None:
+    steps: list[dict[str, Any]] = [LISTENING, LOADING, {"stderr": "Killed: out of patience"}]
+    steps.append({"exit": 137})
+    failure = await start_failure(scaler, spec(tmp_path, steps))
+    assert failure.kind is StartFailure.EXITED
+    assert "exited with 137 while loading: Killed: out of patience" in str(failure)
+
+
+async def test_stdout_is_never_read_for_an_address(tmp_path: Path) -> None:
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=0.5)
+    try:
+        steps = [{"stdout": f"ember serve: listening on {URL}"}, {"stderr": "still busy"}]
+        failure = await start_failure(scaler, spec(tmp_path, steps))
+    finally:
+        await scaler.aclose()
+    assert failure.kind is StartFailure.NOT_LISTENING
+    assert "did not listen within 0.5s: still busy" in str(failure)
+
+
+async def test_a_replica_not_ready_in_time(tmp_path: Path, scaler: LocalScaler) -> None:
+    handle = await scaler.start(spec(tmp_path, [LISTENING, LOADING]))
+    began = time.monotonic()
+    with pytest.raises(ReplicaStartFailed) as caught:
+        await scaler.wait_ready(handle, 0.3)
+    assert 0.3 <= time.monotonic() - began < 5
+    assert caught.value.kind is StartFailure.TIMED_OUT
+    assert "not ready within 0.3s" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [{"status": f"ember serve: listening on {URL}"}],
+        [LISTENING, {"status": '{"kind": "model", "model": "m", "state": "SORT OF READY"}'}],
+        [LISTENING, {"status": "x" * (2 << 20)}],
+    ],
+    ids=["before-listening", "while-loading", "over-the-limit"],
+)
+async def test_a_malformed_status_line_fails_the_start(
+    tmp_path: Path, scaler: LocalScaler, steps: list[dict[str, Any]]
+) -> None:
+    failure = await start_failure(scaler, spec(tmp_path, steps))
+    assert failure.kind is StartFailure.CONTRACT_VIOLATION
+    assert "broke the status contract" in str(failure)
+
+
+async def test_a_malformed_line_after_ready_is_logged_and_ignored(
+    tmp_path: Path, scaler: LocalScaler, caplog: pytest.LogCaptureFixture
+) -> None:
+    steps: list[dict[str, Any]] = [LISTENING, READY, {"status": "garbage"}, {"sleep": 0.2}]
+    steps.append({"exit": 0})
+    handle = await scaler.start(spec(tmp_path, steps))
+    with caplog.at_level(logging.WARNING, "ember.activator"):
+        await scaler.wait_ready(handle, 10)
+        reason = await asyncio.wait_for(scaler.wait_exit(handle), 10)
+    assert "exited with 0" in reason
+    assert any("ignored a bad status line" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_standby_says_so_on_its_pipe_and_keeps_it_as_a_replica(tmp_path: Path) -> None:
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=10, warm_pool=1)
+    try:
+        scaler.fill_pool()
+        deadline = time.monotonic() + 10
+        while scaler.pool_status()[0] < 1:
+            assert time.monotonic() < deadline, "no standby"
+            await asyncio.sleep(0.02)
+        handle = await scaler.start(spec(tmp_path, [LISTENING, READY]))
+        assert handle.warm and handle.url == URL
+        await scaler.wait_ready(handle, 10)
+        assert handle.timings["load"] == 0.25
+    finally:
+        await scaler.aclose()
+
+
+async def test_a_real_replica_without_weights_fails_in_seconds(tmp_path: Path) -> None:
+    config = slow_model(tmp_path)
+    weights = tmp_path / "weights" / "model.safetensors"
+    weights.unlink()
+    model = spec(tmp_path, [], name="slow").model_copy(update={"config_path": config})
+    scaler = LocalScaler(env=None)
+    try:
+        handle = await scaler.start(model)
+        began = time.monotonic()
+        with pytest.raises(ReplicaStartFailed) as caught:
+            await scaler.wait_ready(handle, 300)
+        assert time.monotonic() - began < 30  # not the 300 s of the timeout
+    finally:
+        await scaler.aclose()
+    assert caught.value.kind is StartFailure.LOAD_FAILED
+    assert caught.value.failure is FailureKind.WEIGHTS_MISSING
+    assert f"weights file {weights} does not exist" in str(caught.value)
