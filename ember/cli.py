@@ -14,22 +14,29 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if not _status_fd_open(args.status_fd):
+        return 2
     if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
         from runtime.standby import wait_for_assignment
 
         try:
-            argv = wait_for_assignment()
+            argv = wait_for_assignment(status_fd=args.status_fd)
         except ValueError as exc:
             print(f"ember serve: {exc}", file=sys.stderr)
             return 2
         if argv is None:
             return 0
+        status_fd = args.status_fd
         args = build_parser().parse_args(["serve", *argv])
         if args.standby:
             print(
                 "ember serve: a standby replica's arguments cannot ask for --standby",
                 file=sys.stderr,
             )
+            return 2
+        if args.status_fd is None:  # the replica it becomes keeps its status channel
+            args.status_fd = status_fd
+        elif not _status_fd_open(args.status_fd):
             return 2
     if args.config is None:
         print("ember serve: --config is required", file=sys.stderr)
@@ -53,6 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
             cache_dir=cache_dir(args),
             cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
             fetch_concurrency=args.fetch_concurrency,
+            status_fd=args.status_fd,
+            exit_on_load_failure=args.exit_on_load_failure,
+            termination_log=args.termination_log,
         )
     except ConfigError as exc:
         print(f"ember serve: {exc}", file=sys.stderr)
@@ -70,6 +80,19 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _status_fd_open(fd: int | None) -> bool:
+    import os
+
+    if fd is None:
+        return True
+    try:
+        os.fstat(fd)
+    except OSError:
+        print(f"ember serve: --status-fd {fd} is not an open file descriptor", file=sys.stderr)
+        return False
+    return True
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -241,13 +264,13 @@ def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
 def _status(args: argparse.Namespace) -> int:
     from contracts.errors import ConfigError
     from contracts.stack import load_stack
-    from knative.apply import Cluster, status_lines
+    from knative.apply import Cluster, service_statuses
     from knative.errors import DeployError
 
     try:
         stack = _with_namespace(load_stack(args.config), args.namespace)
         namespace = stack.knative.namespace
-        lines = status_lines(
+        statuses = service_statuses(
             Cluster.from_environment(args.kubeconfig), namespace, list(stack.models)
         )
     except ConfigError as exc:
@@ -256,8 +279,8 @@ def _status(args: argparse.Namespace) -> int:
     except DeployError as exc:
         print(f"ember status: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(lines))
-    return 0 if all(": ready," in line for line in lines) else 3
+    print("\n".join(status.line() for status in statuses))
+    return 0 if all(status.ready for status in statuses) else 3
 
 
 UP_EPILOG = """\
@@ -309,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve the models of a config file over the KServe v2 / Open Inference Protocol. "
             "/v2/health/live answers at once; models load in the background and "
             "/v2/health/ready turns 200 when all of them can answer. SIGTERM stops accepting "
-            "connections, lets in-flight requests finish within --grace-period, and exits 0."
+            "connections, lets in-flight requests finish within --grace-period, and exits 0. "
+            "Exit status: 0 stopped, 1 cannot listen, 2 bad arguments or config, 3 a model could "
+            "not load (only with --exit-on-load-failure)."
         ),
     )
     serve.add_argument("--config", help="model config file (YAML or JSON); required")
@@ -350,8 +375,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--standby",
         action="store_true",
-        help="(used by the activator's warm pool) do the imports, print 'ember serve: standby', "
-        "then read one JSON list of these arguments from stdin and serve as told",
+        help="(used by the activator's warm pool) do the imports, say 'standby' (on stdout, and "
+        "on --status-fd), then read one JSON list of these arguments from stdin and serve as "
+        "told, keeping the status fd",
+    )
+    serve.add_argument(
+        "--status-fd",
+        type=int,
+        metavar="N",
+        help="(used by the activator) write the replica's status events (its address, each "
+        "model's state and why a load failed), one JSON object a line, to file descriptor N",
+    )
+    serve.add_argument(
+        "--exit-on-load-failure",
+        action="store_true",
+        help="(used in a Knative Service) when a model cannot load, write one line saying which "
+        "and why (e.g. \"model 'm' could not load (weights_missing): ...\") to "
+        "--termination-log, log it, stop as SIGTERM would and exit 3, so that Kubernetes and "
+        "Knative report the reason (ContainerHealthy=False, ExitCode3) instead of the pod "
+        "staying unready. Without it the server keeps serving its other models",
+    )
+    serve.add_argument(
+        "--termination-log",
+        type=Path,
+        default=Path("/dev/termination-log"),
+        metavar="PATH",
+        help="where --exit-on-load-failure writes its line: the container's "
+        "terminationMessagePath (default /dev/termination-log); if it cannot be written the "
+        "line is only logged",
     )
     serve.set_defaults(func=_serve)
 

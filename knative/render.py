@@ -178,8 +178,10 @@ def kn_commands(stack: StackConfig) -> list[str]:
         cmd = ["kn", "service", "create", meta["name"], "--namespace", meta["namespace"]]
         cmd += ["--image", container["image"], "--port", f"http1:{RUNTIME_PORT}"]
         cmd += ["--cmd", "ember"]
-        for arg in container["args"]:
+        for arg in container["args"]:  # --exit-on-load-failure included
             cmd += ["--arg", arg]
+        # kn has no flag for terminationMessagePolicy: its default (File) still carries the
+        # termination message of a failed load, only a crash's log tail is lost
         for key, value in template["metadata"]["annotations"].items():
             cmd += ["--annotation-revision", f"{key}={value}"]
         cmd += ["--concurrency-limit", str(template["spec"]["containerConcurrency"])]
@@ -273,6 +275,10 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
             str(RUNTIME_PORT),
             "--cache-dir",
             "/var/cache/ember",
+            # a model that cannot load ends the pod with why (ExitCode3, its termination
+            # message): the activator's Knative scaler sees Ready=False at once instead of an
+            # unready pod until its startup timeout
+            "--exit-on-load-failure",
         ],
         "env": env,
         "env_from": [{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],

@@ -180,6 +180,10 @@ class ServerSettings(BaseModel):
     cache_budget_bytes: int | None = Field(default=None, gt=0)
     fetch_concurrency: int = Field(default=8, ge=1, le=256)
     fetch_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    status_fd: int | None = Field(default=None, ge=0)  # where contracts.replica events go
+    # a failed load stops the server (exit 3), saying why in termination_log: runtime.termination
+    exit_on_load_failure: bool = False
+    termination_log: Path = Path("/dev/termination-log")
 
 
 def load_model_configs(path: str | Path) -> list[ModelConfig]:

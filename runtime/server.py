@@ -1,4 +1,8 @@
-"""Run the runtime under uvicorn: bind (port 0 picks one and prints it), serve, drain on SIGTERM."""
+"""Run the runtime under uvicorn: bind (port 0 picks one and prints it), serve, drain on SIGTERM.
+
+With ``exit_on_load_failure`` the first model that cannot load stops the server the same
+graceful way (see :mod:`runtime.termination`).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,34 @@ import signal
 import uvicorn
 
 from contracts.logs import configure as configure_logging
+from contracts.replica import Listening, ModelStatus
 from contracts.sockets import bind
 from runtime.app import create_app
 from runtime.config import ModelConfig, ServerSettings
+from runtime.status import StatusChannel
+from runtime.termination import EXIT_LOAD_FAILED, LoadFailureExit
 
 
 def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_period_s`` to finish. Exit 0."""
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_period_s`` to finish. Exit 0.
+
+    With ``status_fd`` the address and every model's state changes go there too, as
+    :mod:`contracts.replica` events (the activator's pipe). With ``exit_on_load_failure`` a
+    model's failed load writes ``termination_log``, stops the server as SIGTERM would, and the
+    exit status is :data:`~runtime.termination.EXIT_LOAD_FAILED`.
+    """
     configure_logging(settings.log_level)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
-    app = create_app(settings, configs)
+    status = StatusChannel(settings.status_fd)
+    load_failed = LoadFailureExit(settings.termination_log)
+
+    def on_status(event: ModelStatus) -> None:  # called on the event loop, by the repository
+        status.send(event)
+        if settings.exit_on_load_failure and load_failed(event):
+            server.should_exit = True  # uvicorn's main loop sees it within 0.1 s, then drains
+
+    app = create_app(settings, configs, on_status=on_status)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
@@ -34,6 +55,10 @@ def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
     # re-raise into a no-op, so a graceful stop exits 0 instead of dying of SIGTERM.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    print(f"ember serve: listening on http://{settings.host}:{port}", flush=True)
+    url = f"http://{settings.host}:{port}"
+    print(f"ember serve: listening on {url}", flush=True)
+    status.send(Listening(url))  # the socket listens: connections queue until uvicorn accepts
     server.run(sockets=[sock])
+    if load_failed.failed:
+        return EXIT_LOAD_FAILED
     return 0 if server.started else 1

@@ -7,13 +7,17 @@ merge patch (``application/merge-patch+json``, on an existing object). A small "
 plays Knative for ``serving.knative.dev/v1`` services: an applied service becomes Ready for its
 generation (or fails, when told to); when a service's min-scale goes to 1 or more it starts a
 backend (the test's real ``ember serve`` process) and reports its URL as
-``status.address.url``; when min-scale goes back to 0 it stops the backend. Every request is
-recorded. It binds 127.0.0.1 port 0 and stops with the test.
+``status.address.url``; when min-scale goes back to 0 it stops the backend. A backend whose
+container exits is reported (:meth:`FakeKnative.container_exited`) the way Knative's revision
+reconciler words a terminated container: ``Ready=False``, reason ``ExitCode<N>``, message
+``Container failed with: <its termination message>``. Every request is recorded. It binds
+127.0.0.1 port 0 and stops with the test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import threading
@@ -73,6 +77,23 @@ class FakeKnative:
 
     def fail_on_wake(self, name: str, reason: str, message: str) -> None:
         self.failures[name] = (reason, message)
+
+    def container_exited(self, namespace: str, name: str, exit_code: int, message: str) -> None:
+        """What the kubelet and Knative make of a service's container exiting with ``exit_code``
+        and ``message`` (its terminationMessagePath's text). Safe from any thread."""
+        reason = f"ExitCode{exit_code}"
+        text = f"Container failed with: {message}"
+
+        def mark() -> None:
+            obj = self.ksvc(namespace, name)
+            if obj is not None:
+                obj["status"]["conditions"] = [
+                    {"type": t, "status": "False", "reason": reason, "message": text}
+                    for t in ("ConfigurationsReady", "Ready")
+                ] + [{"type": "RoutesReady", "status": "True"}]
+
+        with contextlib.suppress(RuntimeError):  # the fake has already stopped
+            self._loop.call_soon_threadsafe(mark)
 
     def fail_on_apply(self, name: str, reason: str, message: str) -> None:
         self.apply_failures[name] = (reason, message)

@@ -2,19 +2,28 @@
 
 The fake (tests/fake_knative.py) serves exactly the calls the scaler makes; behind a woken
 service stands a real ``ember serve`` process, so requests go all the way through. No real cluster
-is involved (none can run here).
+is involved (none can run here). The last tests drive the scaler itself, for the kind of each
+way a start fails.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from activator.errors import ReplicaStartFailed, StartFailure
+from activator.scalers.knative import KnativeScaler
+from contracts.replica import FailureKind
+from contracts.stack import ModelSpec
+from knative.client import KnativeClient
+from knative.errors import KnativeApiError, ServiceNotFound
 from tests.conftest import slow_model
 from tests.fake_knative import FakeKnative, write_kubeconfig
 from tests.integration.test_activator import BODY, events, state, wait_until
@@ -36,7 +45,26 @@ def fake(tmp_path: Path) -> Iterator[FakeKnative]:
     knative.stop()
 
 
-def knative_stack(tmp_path: Path, fake: FakeKnative) -> tuple[Path, dict[str, str]]:
+@pytest.fixture
+def failing_fake(tmp_path: Path) -> Iterator[FakeKnative]:
+    """Behind the service, an ``ember serve`` whose model has no weights file: it listens (so
+    Knative gives the service its URL) and says its model is UNAVAILABLE."""
+    config = slow_model(tmp_path)
+    (tmp_path / "weights" / "model.safetensors").unlink()
+
+    def backend(name: str) -> tuple[str, Callable[[], None]]:
+        server = ServerProcess(config)
+        return server.url, lambda: server.terminate()
+
+    knative = FakeKnative(backend).start()
+    knative.add_service("ember", "slow")
+    yield knative
+    knative.stop()
+
+
+def knative_stack(
+    tmp_path: Path, fake: FakeKnative, startup_timeout_s: float = 300
+) -> tuple[Path, dict[str, str]]:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", fake.url)
     stack = {
         "activator": {
@@ -44,6 +72,7 @@ def knative_stack(tmp_path: Path, fake: FakeKnative) -> tuple[Path, dict[str, st
             "scaler": "knative",
             "keep_alive_s": 1,
             "grace_period_s": 5,
+            "startup_timeout_s": startup_timeout_s,
         },
         "knative": {"namespace": "ember"},
         "models": [{"config": str(tmp_path / "slow.json"), "max_replicas": 2}],
@@ -105,3 +134,187 @@ def test_a_missing_ksvc_says_to_deploy(tmp_path: Path, fake: FakeKnative) -> Non
     finally:
         server.terminate()
     assert json.loads(json.dumps(fake.requests[-1]))[0] == "PATCH"
+
+
+def test_a_model_that_cannot_load_fails_the_wake_in_seconds_with_why(
+    tmp_path: Path, failing_fake: FakeKnative
+) -> None:
+    config, env = knative_stack(tmp_path, failing_fake, startup_timeout_s=300)
+    missing = tmp_path / "weights" / "model.safetensors"
+    server = ServerProcess(config, command="up", env=env)
+    try:
+        server.wait_ready(timeout_s=30)
+        sent = time.monotonic()
+        r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=60)
+        assert r.status_code == 503, r.text
+        assert time.monotonic() - sent < 10, "it waited for the startup timeout"
+        assert f"weights file {missing} does not exist" in r.json()["error"]
+        (entry,) = httpx.post(server.url + "/v2/repository/index").json()
+        assert f"weights file {missing} does not exist" in entry["reason"]
+        # the failed start gives the pod back
+        wait_until(lambda: failing_fake.min_scales("slow") == ["1", "0"], 30, "min-scale 0")
+    finally:
+        server.terminate()
+
+
+@pytest.fixture
+def exiting_fake(tmp_path: Path) -> Iterator[FakeKnative]:
+    """As on a cluster: behind the service, the rendered container's ``ember serve
+    --exit-on-load-failure`` on a model with no weights file. Knative routes nothing to a pod
+    that is not ready, so its URL answers nothing; a "kubelet" thread reports the container's
+    exit and its termination message, which Knative turns into ``Ready=False``."""
+    config = slow_model(tmp_path)
+    (tmp_path / "weights" / "model.safetensors").unlink()
+    termination_log = tmp_path / "termination-log"
+
+    def backend(name: str) -> tuple[str, Callable[[], None]]:
+        server = ServerProcess(
+            config, "--exit-on-load-failure", "--termination-log", str(termination_log)
+        )
+
+        def kubelet() -> None:
+            code = server.proc.wait()
+            if code != 0:
+                message = termination_log.read_text() if termination_log.exists() else ""
+                knative.container_exited("ember", name, code, message or server.output[-2048:])
+
+        threading.Thread(target=kubelet, daemon=True).start()
+        return "http://127.0.0.1:9", lambda: server.terminate()  # nothing routed to it
+
+    knative = FakeKnative(backend).start()
+    knative.add_service("ember", "slow")
+    yield knative
+    knative.stop()
+
+
+def test_a_container_that_exits_on_a_failed_load_fails_the_wake_with_its_message(
+    tmp_path: Path, exiting_fake: FakeKnative
+) -> None:
+    config, env = knative_stack(tmp_path, exiting_fake, startup_timeout_s=300)
+    missing = tmp_path / "weights" / "model.safetensors"
+    server = ServerProcess(config, command="up", env=env)
+    try:
+        server.wait_ready(timeout_s=30)
+        sent = time.monotonic()
+        r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=60)
+        assert r.status_code == 503, r.text
+        assert time.monotonic() - sent < 10, "it waited for the startup timeout"
+        expected = (
+            "ExitCode3: Container failed with: model 'slow' could not load (weights_missing): "
+            f"weights file {missing} does not exist"
+        )
+        assert expected in r.json()["error"], r.text
+        wait_until(lambda: exiting_fake.min_scales("slow") == ["1", "0"], 30, "min-scale 0")
+    finally:
+        server.terminate()
+
+
+# ----------------------------------------------------------------------------- the scaler itself
+def model_spec(tmp_path: Path) -> ModelSpec:
+    return ModelSpec(
+        name="slow",
+        config_path=tmp_path / "slow.json",
+        min_replicas=0,
+        max_replicas=1,
+        container_concurrency=1,
+        target=1.0,
+        keep_alive_s=1.0,
+        queue_size=1,
+        deadline_s=30.0,
+        startup_timeout_s=300.0,
+    )
+
+
+def client(tmp_path: Path, url: str, namespace: str = "ember") -> KnativeClient:
+    from kubernetes import client as k8s
+    from kubernetes import config
+
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
+    api = config.new_client_from_config(str(kubeconfig), persist_config=False)  # type: ignore[no-untyped-call]
+    return KnativeClient(namespace, k8s.CustomObjectsApi(api), timeout_s=5)
+
+
+@pytest.fixture
+async def scaler_of(tmp_path: Path) -> AsyncIterator[Callable[[FakeKnative], KnativeScaler]]:
+    made: list[KnativeScaler] = []
+
+    def make(fake: FakeKnative) -> KnativeScaler:
+        made.append(KnativeScaler(client(tmp_path, fake.url), poll_s=0.05))
+        return made[-1]
+
+    yield make
+    for scaler in made:
+        await scaler.aclose()
+
+
+async def test_a_failed_load_is_load_failed_with_the_replicas_kind_and_reason(
+    tmp_path: Path, failing_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    scaler = scaler_of(failing_fake)
+    handle = await scaler.start(model_spec(tmp_path))
+    with pytest.raises(ReplicaStartFailed) as caught:
+        await scaler.wait_ready(handle, 300)
+    assert caught.value.kind is StartFailure.LOAD_FAILED
+    assert caught.value.failure is FailureKind.WEIGHTS_MISSING
+    assert "model.safetensors does not exist" in str(caught.value)
+    await scaler.stop(handle, 0)
+
+
+async def test_ready_false_is_platform_with_knatives_reason(
+    tmp_path: Path, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    fake = FakeKnative().start()
+    try:
+        fake.add_service("ember", "slow")
+        fake.fail_on_wake("slow", "RevisionFailed", "image x: not found")
+        scaler = scaler_of(fake)
+        handle = await scaler.start(model_spec(tmp_path))
+        with pytest.raises(ReplicaStartFailed) as caught:
+            await scaler.wait_ready(handle, 30)
+    finally:
+        fake.stop()
+    assert caught.value.kind is StartFailure.PLATFORM and caught.value.failure is None
+    assert "Knative says RevisionFailed: image x: not found" in str(caught.value)
+
+
+async def test_a_service_that_never_answers_is_timed_out(
+    tmp_path: Path, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    fake = FakeKnative(lambda name: ("http://127.0.0.1:9", lambda: None)).start()  # discard
+    try:
+        fake.add_service("ember", "slow")
+        scaler = scaler_of(fake)
+        handle = await scaler.start(model_spec(tmp_path))
+        with pytest.raises(ReplicaStartFailed) as caught:
+            await scaler.wait_ready(handle, 0.5)
+    finally:
+        fake.stop()
+    assert caught.value.kind is StartFailure.TIMED_OUT
+    assert "not ready within 0.5s" in str(caught.value)
+
+
+async def test_a_missing_service_and_an_unreachable_api_are_platform(tmp_path: Path) -> None:
+    fake = FakeKnative().start()
+    try:
+        api = client(tmp_path, fake.url)
+        with pytest.raises(ServiceNotFound) as missing:
+            await api.get_service("slow")
+        assert missing.value.status == 404
+        scaler = KnativeScaler(api)
+        with pytest.raises(ReplicaStartFailed) as caught:
+            await scaler.start(model_spec(tmp_path))
+        assert caught.value.kind is StartFailure.PLATFORM
+        assert "ember/slow does not exist (run `ember deploy`)" in str(caught.value)
+        await scaler.aclose()
+    finally:
+        fake.stop()
+    gone = client(tmp_path, fake.url)  # nothing listens there now
+    with pytest.raises(KnativeApiError) as unreachable:
+        await gone.get_service("slow")
+    assert unreachable.value.status is None and not isinstance(unreachable.value, ServiceNotFound)
+    scaler = KnativeScaler(gone)
+    with pytest.raises(ReplicaStartFailed) as caught:
+        await scaler.start(model_spec(tmp_path))
+    assert caught.value.kind is StartFailure.PLATFORM
+    assert "cannot reach the Kubernetes API" in str(caught.value)
+    await scaler.aclose()

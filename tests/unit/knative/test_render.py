@@ -98,6 +98,23 @@ def test_the_example_stack_renders_valid_objects() -> None:
     assert ksvc["spec"]["containerConcurrency"] == 64
 
 
+def test_a_model_that_cannot_load_ends_the_pod_with_why() -> None:
+    """Knative routes nothing to an unready pod, so the replica's index cannot say a load
+    failed; its exit can: ``ember serve`` exits 3 having written the reason to the termination
+    log, and a crash before that leaves the log's tail (ContainerHealthy=False, Ready=False)."""
+    from ember.cli import build_parser
+
+    objects = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    for ksvc in (o for o in objects if o["apiVersion"] == "serving.knative.dev/v1"):
+        (container,) = ksvc["spec"]["template"]["spec"]["containers"]
+        assert "--exit-on-load-failure" in container["args"]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert "terminationMessagePath" not in container  # the default, /dev/termination-log
+        args = build_parser().parse_args(container["args"])  # what the image's `ember` takes
+        assert args.exit_on_load_failure is True
+        assert args.termination_log == Path("/dev/termination-log")
+
+
 @pytest.mark.parametrize(
     ("name", "model", "entry"),
     [
@@ -299,6 +316,7 @@ def test_kn_command_lines(tmp_path: Path) -> None:
     assert "autoscaling.knative.dev/min-scale=0" in kn
     assert kn[kn.index("--port") + 1] == "http1:8080"
     assert kn[kn.index("--env-from") + 1] == "secret:s3-creds"
+    assert kn[kn.index("--exit-on-load-failure") - 1] == "--arg"
 
 
 def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:

@@ -1,0 +1,74 @@
+"""``ember serve --exit-on-load-failure``: a model that cannot load ends the process, saying why.
+
+Behind a Knative Service the replica's repository index cannot reach the activator while a model
+is not ready: the readiness probe (``/v2/health/ready``) keeps Knative from routing any request
+to the pod. What Kubernetes does carry is a container that exits: the kubelet copies the file at
+the container's ``terminationMessagePath`` (``/dev/termination-log``) into
+``lastState.terminated.message``, and Knative's revision reconciler turns it into
+``ContainerHealthy=False`` (reason ``ExitCode<N>``, message ``Container failed with: <it>``),
+which reaches the ksvc's ``Ready=False`` condition that the activator's Knative scaler watches.
+So, with the flag, the first failed load writes one line there, is logged, and stops the server
+gracefully; the process exits :data:`EXIT_LOAD_FAILED`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from contracts.replica import ModelStatus
+
+log = logging.getLogger("ember.runtime")
+
+EXIT_LOAD_FAILED = 3  # `ember serve`: 1 cannot listen, 2 bad arguments or config
+MESSAGE_LIMIT = 4096  # bytes: the kubelet keeps no more of a termination message
+_ELLIPSIS = "..."
+
+
+def termination_message(status: ModelStatus) -> str:
+    """One human line: which model, the kind of failure and the reason, within the limit."""
+    reason = status.reason.removeprefix("load failed: ")
+    kind = f" ({status.failure})" if status.failure is not None else ""
+    line = " ".join(f"model '{status.model}' could not load{kind}: {reason}".split())
+    data = line.encode()
+    if len(data) <= MESSAGE_LIMIT:
+        return line
+    # cut on a character boundary, and say that it was cut
+    return data[: MESSAGE_LIMIT - len(_ELLIPSIS)].decode(errors="ignore") + _ELLIPSIS
+
+
+def write_termination_message(path: Path, message: str) -> bool:
+    """Write ``message`` to ``path`` (replacing what is there); log and go on if it cannot."""
+    try:
+        # one short synchronous write, like the status channel's: not worth a thread
+        path.write_text(message, encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write the termination message to %s: %s", path, exc)
+        return False
+    return True
+
+
+class LoadFailureExit:
+    """Watches the models' status changes for the first failed load.
+
+    Called with every :class:`~contracts.replica.ModelStatus`; the first ``UNAVAILABLE`` one
+    with a ``failure`` kind is written to the termination-message file and logged, and the call
+    returns True (the server then stops). A load that succeeds, an unload, or a load cancelled
+    by the server's own shutdown (no ``failure``) is not one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.message: str | None = None  # set once a load failed
+
+    @property
+    def failed(self) -> bool:
+        return self.message is not None
+
+    def __call__(self, status: ModelStatus) -> bool:
+        if self.failed or status.state != "UNAVAILABLE" or status.failure is None:
+            return False
+        self.message = termination_message(status)
+        log.error("%s; stopping (--exit-on-load-failure, exit %d)", self.message, EXIT_LOAD_FAILED)
+        write_termination_message(self.path, self.message)
+        return True
