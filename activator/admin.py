@@ -1,4 +1,4 @@
-"""The admin API: list models, warm one for a while, put one to sleep.
+"""The admin API's requests: list models, warm one for a while, put one to sleep.
 
     GET  /admin/models                      every model: state, replicas, queue, warm window
     POST /admin/models/{m}/warm {"seconds": 600, "replicas": 1}   hold replicas that long
@@ -7,52 +7,38 @@
 It needs ``Authorization: Bearer <token>`` when a token is set (the environment variable named by
 ``activator.admin_token_env``, default ``EMBER_ADMIN_TOKEN``). Without a token it is open only on
 an activator bound to loopback (a one-machine stack, where only local users reach it) and off
-everywhere else.
+everywhere else. The routes are in :mod:`activator.routes`; this module reads their bodies.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from activator.errors import BadRequest, MethodNotAllowed, NotFound
-
-if TYPE_CHECKING:
-    from activator.app import Activator, Send
+from activator.errors import BadRequest
 
 MAX_WARM_S = 7 * 24 * 3600
 
 
-async def handle_admin(
-    activator: Activator, parts: list[str], method: str, body: bytes, send: Send
-) -> None:
-    from activator.app import _json
-
-    if parts == ["models"]:
-        _method(method, "GET")
-        await _json(send, 200, [p.describe() for p in activator.pools.values()])
-        return
-    if len(parts) == 3 and parts[0] == "models":
-        pool = activator.pool(parts[1])
-        _method(method, "POST")
-        if parts[2] == "warm":
-            payload = _payload(body)
-            seconds, replicas = _seconds(payload), _replicas(payload)
-            if not isinstance(payload.get("source", ""), str):
-                raise BadRequest("'source' must be a string")
-            pool.warm(seconds, source=str(payload.get("source") or "admin"), replicas=replicas)
-            await _json(send, 200, pool.describe())
-            return
-        if parts[2] == "sleep":
-            pool.sleep()
-            await _json(send, 200, pool.describe())
-            return
-    raise NotFound(f"no admin route /admin/{'/'.join(parts)}")
+@dataclass(frozen=True)
+class WarmOrder:
+    seconds: float
+    replicas: int
+    source: str
 
 
-def _method(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise MethodNotAllowed(f"method {method} not allowed here (use {allowed})")
+def parse_warm(body: bytes) -> WarmOrder:
+    """A warm request's body (``{"seconds": 600, "replicas": 1, "source": "..."}``, all optional).
+
+    BadRequest naming the field for anything else.
+    """
+    payload = _payload(body)
+    seconds, replicas = _seconds(payload), _replicas(payload)
+    source = payload.get("source", "")
+    if not isinstance(source, str):
+        raise BadRequest("'source' must be a string")
+    return WarmOrder(seconds, replicas, source or "admin")
 
 
 def _payload(body: bytes) -> dict[str, Any]:

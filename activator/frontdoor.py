@@ -1,14 +1,16 @@
-"""The activator's HTTP/1.1 server: a byte relay for warm requests, the ASGI app for the rest.
+"""The activator's HTTP/1.1 server: parse requests, relay model requests, pass the rest on.
 
-A warm request (a model route, a replica with a free slot, nobody queued) is parsed once with
-httptools, rewritten onto a kept-alive connection to the replica, and the replica's answer is
+A request is parsed once with httptools. A model request (see :mod:`activator.routes`) goes
+through the data path (:mod:`activator.datapath`): it takes a replica slot, at once if one is
+free (the warm path: no task, no await) or after waiting in the model's queue, and is rewritten
+onto a kept-alive connection to the replica (:mod:`activator.upstream`); the replica's answer is
 relayed to the client byte for byte as it arrives: no framework, no header objects, no
-re-encoding, a handful of syscalls. That is what keeps the activator's cost small next to the
-replica's on a shared machine (see ``scripts/bench_activator.py``).
+re-encoding. That keeps the activator's cost small next to the replica's (see
+``scripts/bench_activator.py``).
 
-Everything else (health, metadata, the repository index, metrics, the admin API, and any
-request that must wait in a queue or wake a model) goes to :class:`activator.app.Activator`
-through a minimal ASGI bridge, in order, on the same connection.
+Every other request (health, metadata, the repository index, metrics, the admin API, a model's
+``ready`` at zero) goes to :class:`activator.app.Activator` through a minimal ASGI bridge.
+Answers leave in request order on each connection.
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ from urllib.parse import unquote
 
 import httptools
 
-from activator.app import HOP_HEADERS, Activator, model_route
-from activator.errors import HeadersTooLarge, PayloadTooLarge, ReplicaFailed
-from activator.pool import ModelPool, Ticket
+from activator.app import Activator
+from activator.datapath import CLIENT_GONE, Exchange, deadline_of
+from activator.errors import ActivatorError, DeadlineExceeded, HeadersTooLarge, PayloadTooLarge
+from activator.http import HOP_HEADERS, Headers, error_response, head
+from activator.pool import ModelPool
+from activator.routes import Endpoint, resolve
+from activator.upstream import Upstream, UpstreamPool, host_header
 
 log = logging.getLogger("ember.activator")
 
@@ -38,141 +44,26 @@ ACCEPT_SETTLE_S = 0.05
 MAX_HEADERS = 256  # header fields per request; past it: 431
 FIRST_REQUEST_S = 1.0
 ANSWER_AFTER_GRACE_S = 2.0  # for the answers to queued requests refused when the grace ends
-# A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
-# and fail a request that never reached it, so older ones are dropped instead.
-UPSTREAM_IDLE_S = 4.0
-_REASONS = {
-    200: b"OK",
-    204: b"No Content",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Payload Too Large",
-    415: b"Unsupported Media Type",
-    422: b"Unprocessable Content",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    499: b"Client Closed Request",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
+SWEEP_S = 1.0  # how often requests a replica has held past request_timeout_s are looked for
 
 
 @dataclass
 class Request:
     method: bytes
     url: bytes
-    headers: list[tuple[bytes, bytes]]
+    headers: Headers
     body: bytes
     keep_alive: bool
     arrival: float  # wall clock
 
 
-class Upstream(asyncio.Protocol):
-    """One kept-alive connection to a replica, carrying one request at a time."""
-
-    def __init__(self, pool: UpstreamPool, key: str) -> None:
-        self.upstream_pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.front: FrontConnection | None = None
-        self.closed = False
-        self.status = 0
-        self.reusable = True
-        self.idle_since = time.monotonic()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def send(self, front: FrontConnection, data: bytes) -> None:
-        assert self.transport is not None
-        self.front = front
-        self.status = 0
-        self.transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        front = self.front
-        if front is None:  # bytes nobody asked for: this connection is out of step
-            self.close()
-            return
-        front.relay(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.reusable = False
-            self.front = None
-            front.upstream_failed(self, "the replica sent a malformed response", sent=True)
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.reusable = self.parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        front, self.front = self.front, None
-        if front is not None:
-            front.upstream_done(self, self.status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.upstream_pool.forget(self)
-        front, self.front = self.front, None
-        if front is not None:
-            front.upstream_failed(self, f"the connection dropped ({exc or 'closed'})", sent=True)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-class UpstreamPool:
-    """Idle kept-alive connections per replica URL."""
-
-    def __init__(self) -> None:
-        self.idle: dict[str, list[Upstream]] = {}
-
-    def take(self, key: str) -> Upstream | None:
-        conns = self.idle.get(key)
-        now = time.monotonic()
-        while conns:
-            conn = conns.pop()
-            if conn.closed:
-                continue
-            if now - conn.idle_since > UPSTREAM_IDLE_S:
-                conn.close()  # the replica may be closing it right now: never race that
-                continue
-            return conn
-        return None
-
-    def give(self, conn: Upstream) -> None:
-        if conn.closed or not conn.reusable:
-            conn.close()
-            return
-        conn.idle_since = time.monotonic()
-        self.idle.setdefault(conn.key, []).append(conn)
-
-    def forget(self, conn: Upstream) -> None:
-        conns = self.idle.get(conn.key)
-        if conns and conn in conns:
-            conns.remove(conn)
-
-    def close(self) -> None:
-        for conns in self.idle.values():
-            for conn in conns:
-                conn.close()
-        self.idle.clear()
-
-
 class FrontConnection(asyncio.Protocol):
     """One client connection: parse requests, answer them in order."""
 
-    def __init__(self, server: FrontDoor) -> None:
-        self.server = server
-        self.activator = server.activator
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        self.activator = door.activator
+        self.settings = door.activator.settings
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Request] = deque()
@@ -183,36 +74,37 @@ class FrontConnection(asyncio.Protocol):
         self.gone = asyncio.get_running_loop().create_future()
         # the request being parsed
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: Headers = []
         self._body: list[bytes] = []
         self._size = 0
         self._head_size = 0
-        # the request being relayed on the fast path
-        self._ticket: Ticket | None = None
-        self._pool: ModelPool | None = None
+        # the request being relayed
+        self._x: Exchange | None = None
         self._request: Request | None = None
-        self._started = 0.0
+        self._upstream: Upstream | None = None
+        self._sent_at = 0.0  # monotonic
         self._relayed = False
+        self._close_after = False
+        self._mark_close = False  # a "connection: close" still to be put into the answer's head
         self._out: list[bytes] = []
         self._out_size = 0
 
     # ------------------------------------------------------------------ parsing
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.server.connections.add(self)
+        self.door.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, b'{"error": "protocol upgrades are not supported"}')
+            self._fail(ActivatorError("protocol upgrades are not supported"), 400)
         except httptools.HttpParserError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, (PayloadTooLarge, HeadersTooLarge)):  # wrapped by the parser
-                self._fail(cause.status_code, f'{{"error": {_json_str(str(cause))}}}'.encode())
+                self._fail(cause, cause.status_code)
                 return
-            message = _json_str(f"malformed HTTP request: {exc}")
-            self._fail(400, f'{{"error": {message}}}'.encode())
+            self._fail(ActivatorError(f"malformed HTTP request: {exc}"), 400)
 
     def on_message_begin(self) -> None:
         self.in_message = True
@@ -224,9 +116,10 @@ class FrontConnection(asyncio.Protocol):
 
     def _count_head(self, size: int) -> None:
         self._head_size += size
-        limit = self.activator.settings.max_header_bytes
-        if self._head_size > limit:
-            raise HeadersTooLarge(f"request line and headers over {limit} bytes")
+        if self._head_size > self.settings.max_header_bytes:
+            raise HeadersTooLarge(
+                f"request line and headers over {self.settings.max_header_bytes} bytes"
+            )
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -240,10 +133,8 @@ class FrontConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > self.activator.settings.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request body over {self.activator.settings.max_request_bytes} bytes"
-            )
+        if self._size > self.settings.max_request_bytes:
+            raise PayloadTooLarge(f"request body over {self.settings.max_request_bytes} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -263,28 +154,24 @@ class FrontConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        self.door.connections.discard(self)
         if not self.gone.done():
             self.gone.set_result(None)
 
-    def _fail(self, status: int, body: bytes) -> None:
-        self._write(status, body, [(b"content-type", b"application/json")], keep_alive=False)
-        self._close()
+    def _fail(self, error: ActivatorError, status: int) -> None:
+        response = error_response(error)
+        self._write(status, response.headers, response.body, keep_alive=False)
+        self.close()
 
     # ------------------------------------------------------------------ dispatch
     def _next(self) -> None:
-        while self.pending and not self.closing:
-            request = self.pending.popleft()
+        if self.pending and not self.closing:
             self.busy = True
-            if self._try_fast(request):
-                return  # the relay calls _finish_fast, which comes back here
-            task = asyncio.ensure_future(self._slow(request))
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
+            self._dispatch(self.pending.popleft())
             return
         self.busy = False
-        if self.server.draining and self.requests:  # its last answer said "connection: close"
-            self._close()
+        if self.door.draining and self.requests:  # its last answer said "connection: close"
+            self.close()
 
     def held(self, now: float, fresh_until: float) -> bool:
         """Whether draining must wait for this connection: a request in hand or arriving."""
@@ -294,69 +181,99 @@ class FrontConnection(asyncio.Protocol):
             return True
         return self.requests == 0 and now < fresh_until  # accepted; its first request is on its way
 
-    def _try_fast(self, request: Request) -> bool:
-        """Relay a warm model request straight to a free replica slot, if there is one."""
-        if not request.keep_alive or self.server.draining:
-            return False
-        routes = self.server.routes
-        if request.url in routes:
-            pool = routes[request.url]
-        else:
-            pool = self.server.route(request.url)
-            if len(routes) < 4096:  # the same few URLs, over and over
-                routes[request.url] = pool
+    def _dispatch(self, request: Request) -> None:
+        pool = self.door.relayed(request.url)
         if pool is None:
-            return False
-        for name, _ in request.headers:
-            if name in (b"ember-deadline-ms", b"expect"):
-                return False
+            self._spawn(self._answer(request))
+            return
         if not self.activator.authorized(request.headers):
-            return False  # the ASGI app answers 401
+            self._spawn(self._answer(request))  # the app answers 401, in its words
+            return
+        x = self.activator.datapath.exchange(pool, request.url, request.arrival)
         try:
-            ticket = pool.try_acquire()
-        except Exception:
-            return False
-        if ticket is None:
-            return False
-        self._ticket, self._pool, self._request = ticket, pool, request
-        self._started = time.time()
+            deadline_s = deadline_of(request.headers)
+            if deadline_s is None and x.take_now():
+                self._forward(x, request)
+                return
+        except ActivatorError as exc:
+            self._refuse(x, exc, request)
+            return
+        self._spawn(self._queue(x, request, deadline_s))
+
+    async def _queue(self, x: Exchange, request: Request, deadline_s: float | None) -> None:
+        """Wait in the model's queue for a slot (waking the model), then forward."""
+        try:
+            if not await x.wait(deadline_s, asyncio.shield(self.gone)):
+                x.finish(CLIENT_GONE)
+                self.close()
+                return
+        except ActivatorError as exc:
+            self._refuse(x, exc, request)
+            return
+        self._forward(x, request)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.door.tasks.add(task)
+        task.add_done_callback(self.door.tasks.discard)
+
+    # ------------------------------------------------------------------ the relay
+    def _forward(self, x: Exchange, request: Request) -> None:
+        """Send ``request`` to the replica whose slot ``x`` holds; its answer is relayed."""
+        if self.closing:  # the client left while its request waited
+            x.finish(CLIENT_GONE)
+            return
+        key = x.url
+        self._x, self._request = x, request
         self._relayed = False
-        head = [request.method, b" ", request.url, b" HTTP/1.1\r\nhost: replica\r\n"]
+        self._close_after = not request.keep_alive or self.door.draining
+        self._mark_close = self.door.draining
+        self._sent_at = time.monotonic()
+        out = [request.method, b" ", request.url, b" HTTP/1.1\r\nhost: ", host_header(key), b"\r\n"]
         for name, value in request.headers:
             if name not in HOP_HEADERS:
-                head += [name, b": ", value, b"\r\n"]
-        head += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
-        data = b"".join(head) + request.body
-        key = ticket.replica.url
-        conn = self.server.upstreams.take(key)
+                out += [name, b": ", value, b"\r\n"]
+        out += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
+        data = b"".join(out) + request.body
+        conn = self.door.upstreams.take(key)
         if conn is not None:
+            self._upstream = conn
             conn.send(self, data)
         else:
-            task = asyncio.ensure_future(self._connect_and_send(key, data))
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
-        return True
+            self._spawn(self._connect_and_send(x, key, data))
 
-    async def _connect_and_send(self, key: str, data: bytes) -> None:
-        host, _, port = key.removeprefix("http://").rpartition(":")
-        loop = asyncio.get_running_loop()
+    async def _connect_and_send(self, x: Exchange, key: str, data: bytes) -> None:
         try:
-            _, conn = await loop.create_connection(
-                lambda: Upstream(self.server.upstreams, key), host, int(port)
-            )
+            conn = await self.door.upstreams.connect(key)
         except OSError as exc:
-            self.upstream_failed(None, f"cannot connect: {exc}", sent=False)
+            if self._x is x:
+                self.upstream_failed(None, f"cannot connect: {exc}", sent=False)
             return
+        if self._x is not x:  # timed out meanwhile
+            conn.close()
+            return
+        self._upstream = conn
         conn.send(self, data)
 
-    # ------------------------------------------------------------------ the relay's callbacks
     def relay(self, data: bytes) -> None:
         """The replica's bytes, passed on; small answers in one write, big ones as they come."""
         self._relayed = True
         self._out.append(data)
         self._out_size += len(data)
+        if self._mark_close:
+            self._insert_close()
         if self._out_size >= RELAY_FLUSH_BYTES:
             self._flush()
+
+    def _insert_close(self) -> None:
+        """Draining: the answer's head gets "connection: close" (after its status line)."""
+        data = b"".join(self._out)
+        end = data.find(b"\r\n")
+        if end < 0:
+            return  # the status line is not whole yet
+        self._mark_close = False
+        self._out[:] = [data[: end + 2], b"connection: close\r\n", data[end + 2 :]]
+        self._out_size = len(data) + 19
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.closing:
@@ -366,52 +283,69 @@ class FrontConnection(asyncio.Protocol):
 
     def upstream_done(self, conn: Upstream, status: int) -> None:
         self._flush()
-        self.server.upstreams.give(conn)
-        self._finish_fast(status)
-        if not conn.reusable:  # the replica said Connection: close, and the client saw it
-            self._close()
+        self.door.upstreams.give(conn)
+        x, self._x, self._upstream = self._x, None, None
+        if x is not None:
+            x.finish(status)
+        if not conn.reusable or self._close_after:  # the client saw the answer end the connection
+            self.close()
             return
         self._next()
 
     def upstream_failed(self, conn: Upstream | None, reason: str, *, sent: bool) -> None:
-        ticket, pool, request = self._ticket, self._pool, self._request
-        if ticket is None or pool is None or request is None:
+        x, request = self._x, self._request
+        if x is None or request is None:
             return
+        self._x, self._upstream = None, None
         if conn is not None:
-            conn.close()
-        pool.suspect(ticket.replica)
+            conn.abandon()
         if self._relayed:  # part of the answer went out: all the client can be told is this
+            x.broke(reason)
             self._flush()
-            self._finish_fast(502)
-            self._close()
+            x.finish(502)
+            self.close()
             return
-        if not sent:  # it never reached the replica: the slow path queues it again
-            self._ticket = None
-            pool.release(ticket)
-            self.busy = True
-            task = asyncio.ensure_future(self._slow(request))
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
+        if not sent:  # it never reached the replica: wait for a slot again
+            try:
+                x.unreachable(reason)
+            except ActivatorError as exc:
+                self._refuse(x, exc, request)
+                return
+            self._spawn(self._queue(x, request, None))
             return
-        error = ReplicaFailed(
-            f"model '{pool.name}': replica {ticket.replica.id} went away before it answered "
-            f"({reason}); the request was not retried"
+        self._refuse(x, x.broke(reason), request)
+
+    def timed_out(self, now: float) -> None:
+        """The replica has held the request past ``request_timeout_s``: 504, or a cut answer."""
+        x, request, conn = self._x, self._request, self._upstream
+        if x is None or request is None:
+            return
+        self._x, self._upstream = None, None
+        if conn is not None:
+            conn.abandon()
+        timeout = self.door.request_timeout_s
+        if self._relayed:
+            self._flush()
+            x.finish(504)
+            self.close()
+            return
+        error = DeadlineExceeded(
+            f"model '{x.pool.name}': replica {x.replica_id} did not answer within {timeout:g}s"
         )
-        self._finish_fast(502)
-        body = f'{{"error": {_json_str(str(error))}}}'.encode()
-        self._write(502, body, [(b"content-type", b"application/json")], keep_alive=True)
+        self._refuse(x, error, request)
+
+    def _refuse(self, x: Exchange, error: ActivatorError, request: Request) -> None:
+        """Answer ``request`` with ``error`` and record it."""
+        x.fail(error)
+        response = error_response(error)
+        self._write(error.status_code, response.headers, response.body, request.keep_alive)
+        if not request.keep_alive:
+            self.close()
+            return
         self._next()
 
-    def _finish_fast(self, status: int) -> None:
-        ticket, pool, request = self._ticket, self._pool, self._request
-        self._ticket = self._pool = self._request = None
-        if ticket is None or pool is None or request is None:
-            return
-        pool.release(ticket)
-        self.activator.record(pool, request.url, request.arrival, self._started, status, ticket)
-
-    # ------------------------------------------------------------------ the slow path
-    async def _slow(self, request: Request) -> None:
+    # ------------------------------------------------------------------ the activator's own
+    async def _answer(self, request: Request) -> None:
         url = httptools.parse_url(request.url)
         scope = {
             "type": "http",
@@ -425,7 +359,6 @@ class FrontConnection(asyncio.Protocol):
             "headers": request.headers,
             "client": self.transport.get_extra_info("peername") if self.transport else None,
             "server": None,
-            "arrival": request.arrival,
         }
         sent_body = False
 
@@ -446,7 +379,7 @@ class FrontConnection(asyncio.Protocol):
             elif message["type"] == "http.response.body":
                 headers = [(k, v) for k, v in response["headers"] if k.lower() != b"content-length"]
                 self._write(
-                    response["status"], message.get("body", b""), headers, request.keep_alive
+                    response["status"], headers, message.get("body", b""), request.keep_alive
                 )
 
         try:
@@ -454,26 +387,18 @@ class FrontConnection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error answering %s", request.url)
         if not request.keep_alive:
-            self._close()
+            self.close()
             return
         self._next()
 
     # ------------------------------------------------------------------ writing
-    def _write(
-        self, status: int, body: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
-    ) -> None:
+    def _write(self, status: int, headers: Headers, body: bytes, keep_alive: bool) -> None:
         if self.transport is None or self.closing:
             return
-        head = [b"HTTP/1.1 ", str(status).encode(), b" ", _REASONS.get(status, b"Unknown"), b"\r\n"]
-        for name, value in headers:
-            head += [name, b": ", value, b"\r\n"]
-        head += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
-        if not keep_alive or self.server.draining:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self.transport.write(b"".join(head) + body)
+        close = not keep_alive or self.door.draining
+        self.transport.write(head(status, headers, len(body), close=close) + body)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -482,31 +407,63 @@ class FrontConnection(asyncio.Protocol):
 class FrontDoor:
     """Accepts connections for an :class:`Activator` until asked to drain."""
 
-    def __init__(self, activator: Activator) -> None:
+    def __init__(self, activator: Activator, *, request_timeout_s: float = 300.0) -> None:
         self.activator = activator
+        self.request_timeout_s = request_timeout_s
         self.upstreams = UpstreamPool()
         self.connections: set[FrontConnection] = set()
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
-        self.routes: dict[bytes, ModelPool | None] = {}
+        self._routes: dict[bytes, tuple[ModelPool, bool] | None] = {}
 
-    def route(self, raw_url: bytes) -> ModelPool | None:
-        """The pool a URL's request may be relayed to, or None (the ASGI app answers it)."""
-        path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
-        route = model_route(path.strip("/").split("/"))  # as the ASGI app parses it
-        if route is None or route[1] == "ready":  # ready: answered by the activator itself
+    def relayed(self, raw_url: bytes) -> ModelPool | None:
+        """The pool a request for this URL is relayed to, or None (the activator answers it)."""
+        if raw_url in self._routes:
+            known = self._routes[raw_url]
+        else:
+            if len(self._routes) >= 4096:  # the same few URLs, over and over
+                self._routes.clear()
+            known = self._routes[raw_url] = self._route(raw_url)
+        if known is None:
             return None
-        return self.activator.pools.get(route[0])
+        pool, ready_check = known
+        if ready_check and pool.state != "ready":
+            return None  # a model's ready while no replica answers: the activator says
+        return pool
+
+    def _route(self, raw_url: bytes) -> tuple[ModelPool, bool] | None:
+        try:
+            path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
+            match = resolve("", path)
+        except (ActivatorError, httptools.HttpParserInvalidURLError):
+            return None
+        pool = self.activator.pools.get(match.model)
+        if match.endpoint is not Endpoint.MODEL or pool is None:
+            return None
+        return pool, match.action == "ready"
 
     async def serve(self, sock: Any, stop: asyncio.Event) -> None:
-        await self.activator.startup()
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: FrontConnection(self), sock=sock)
-        try:
-            await stop.wait()
-        finally:
-            await self.drain(self.activator.settings.grace_period_s)
+        """Run the activator and serve on ``sock`` until ``stop`` is set; then drain."""
+        async with self.activator.lifespan():
+            loop = asyncio.get_running_loop()
+            self.server = await loop.create_server(lambda: FrontConnection(self), sock=sock)
+            self.activator.tasks.spawn(self._sweep(), name="request-timeouts")
+            try:
+                await stop.wait()
+            finally:
+                await self.drain(self.activator.settings.grace_period_s)
+        for conn in list(self.connections):
+            conn.close()
+
+    async def _sweep(self) -> None:
+        """504 for requests a replica has held past ``request_timeout_s``."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn._x is not None and now - conn._sent_at > self.request_timeout_s:
+                    conn.timed_out(now)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; answer what is held (queued requests included); then stop all.
@@ -533,20 +490,11 @@ class FrontDoor:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if not conn.busy:
-                conn._close()
+                conn.close()
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.upstreams.close()
-        await self.activator.shutdown()
-        for conn in list(self.connections):
-            conn._close()
-
-
-def _json_str(text: str) -> str:
-    import json
-
-    return json.dumps(text)
 
 
 def run(activator: Activator, sock: Any, install_signals: Callable[[asyncio.Event], None]) -> None:

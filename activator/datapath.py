@@ -1,0 +1,203 @@
+"""The data path: what happens to every request for a model, however it is carried.
+
+An :class:`Exchange` is one request's passage: it takes a slot on a ready replica (now, or
+waiting in the model's queue, giving its place up if the client leaves), is forwarded, may be
+tried again on another replica if it never reached the first (at most ``UNREACHABLE_RETRIES``
+times), gives its slot back, and is recorded once (metrics and the event log) with its status.
+The front door's byte relay carries the bytes; this module decides everything else, so there is
+one place that knows how a request is proxied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from activator.errors import ActivatorError, BadRequest, ReplicaFailed, ShuttingDown
+from activator.events import EventLog
+from activator.metrics import ActivatorMetrics
+from activator.pool import ModelPool, Ticket
+
+log = logging.getLogger("ember.activator")
+
+UNREACHABLE_RETRIES = 2  # a request that never reached a replica goes to another one
+CLIENT_GONE = 499
+
+
+class DataPath:
+    """The data path's shared state: where requests are recorded."""
+
+    def __init__(
+        self, metrics: ActivatorMetrics, events: EventLog, *, access_log: bool = False
+    ) -> None:
+        self.metrics = metrics
+        self.events = events
+        self.access_log = access_log
+        self.closing = False
+        self._counters: dict[tuple[str, int], Any] = {}  # the requests counter's children
+        self._queue_hist: dict[str, Any] = {}
+
+    def exchange(self, pool: ModelPool, path: bytes, arrival: float) -> Exchange:
+        return Exchange(self, pool, path, arrival)
+
+    def record(self, x: Exchange, status: int) -> None:
+        """One request's metrics and event line."""
+        name = x.pool.name
+        if self.access_log:
+            log.info("%s %s %d (queued %.3fs)", name, x.path.decode("latin-1"), status, x.queued_s)
+        counter = self._counters.get((name, status))
+        if counter is None:
+            counter = self._counters[(name, status)] = self.metrics.requests.labels(
+                name, str(status)
+            )
+        counter.inc()
+        hist = self._queue_hist.get(name)
+        if hist is None:
+            hist = self._queue_hist[name] = self.metrics.queue_seconds.labels(name)
+        hist.observe(x.queued_s)
+        self.events.request(
+            name,
+            x.path.decode("latin-1"),
+            x.arrival,
+            x.started,
+            time.time(),
+            status,
+            x.cold,
+            x.queued_s,
+            x.replica_id,
+        )
+
+
+class Exchange:
+    """One request's claim on a replica slot, its tries, and its record."""
+
+    __slots__ = (
+        "arrival",
+        "cold",
+        "datapath",
+        "finished",
+        "path",
+        "pool",
+        "queued_s",
+        "replica_id",
+        "started",
+        "ticket",
+        "tries",
+    )
+
+    def __init__(self, datapath: DataPath, pool: ModelPool, path: bytes, arrival: float) -> None:
+        self.datapath = datapath
+        self.pool = pool
+        self.path = path
+        self.arrival = arrival  # wall clock
+        self.ticket: Ticket | None = None
+        self.tries = 0
+        self.cold = False
+        self.queued_s = 0.0
+        self.started: float | None = None  # wall clock, when last handed to a replica
+        self.replica_id: int | None = None
+        self.finished = False
+
+    @property
+    def url(self) -> str:
+        """The replica's base URL (``http://host:port``) for the slot held."""
+        assert self.ticket is not None
+        return self.ticket.replica.url
+
+    def take_now(self) -> bool:
+        """A slot now, if a ready replica has one and nobody is queued before us."""
+        if self.datapath.closing:
+            raise ShuttingDown("the activator is shutting down")
+        ticket = self.pool.try_acquire()
+        if ticket is None:
+            return False
+        self._claim(ticket)
+        return True
+
+    async def wait(self, deadline_s: float | None, gone: Awaitable[Any]) -> bool:
+        """A slot, waiting in the queue (and waking the model) if need be.
+
+        False if the client went away first (its place in the queue is given up); the queue's
+        errors (full, deadline, failed start, shutting down) are raised.
+        """
+        if self.take_now():
+            return True
+        waiting = asyncio.ensure_future(self.pool.acquire(deadline_s))
+        left = asyncio.ensure_future(gone)
+        try:
+            await asyncio.wait((waiting, left), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            waiting.cancel()
+            left.cancel()
+            raise
+        left.cancel()
+        if waiting.done():
+            self._claim(waiting.result())
+            return True
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return False
+
+    def _claim(self, ticket: Ticket) -> None:
+        self.ticket = ticket
+        self.tries += 1
+        self.cold = self.cold or ticket.cold
+        self.queued_s += ticket.queued_s
+        self.replica_id = ticket.replica.id
+        self.started = time.time()
+
+    def unreachable(self, reason: str) -> None:
+        """The request never reached the replica: mark it suspect and give the slot back.
+
+        Another try is allowed (the caller waits for a slot again) unless the tries are spent:
+        then :class:`ReplicaFailed` is raised.
+        """
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.pool.suspect(ticket.replica)
+            self.pool.release(ticket)
+        if self.tries > UNREACHABLE_RETRIES:
+            raise ReplicaFailed(f"model '{self.pool.name}': no replica could be reached ({reason})")
+
+    def broke(self, reason: str) -> ReplicaFailed:
+        """The replica went away after the request reached it: it is not tried again."""
+        ticket = self.ticket
+        replica = ticket.replica.id if ticket is not None else "?"
+        if ticket is not None:
+            self.pool.suspect(ticket.replica)
+        return ReplicaFailed(
+            f"model '{self.pool.name}': replica {replica} went away before it answered "
+            f"({reason}); the request was not retried"
+        )
+
+    def finish(self, status: int) -> None:
+        """Give the slot back and record the request (once; later calls do nothing)."""
+        if self.finished:
+            return
+        self.finished = True
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.pool.release(ticket)
+        self.datapath.record(self, status)
+
+    def fail(self, exc: ActivatorError) -> None:
+        self.finish(exc.status_code)
+
+
+def deadline_of(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The ``Ember-Deadline-Ms`` header in seconds, if given; BadRequest if it is not valid."""
+    for key, value in headers:
+        if key == b"ember-deadline-ms":
+            try:
+                ms = float(value)
+            except ValueError:
+                raise BadRequest(f"Ember-Deadline-Ms must be milliseconds, got {value!r}") from None
+            if not 0 < ms <= 86_400_000:
+                raise BadRequest("Ember-Deadline-Ms must be above 0 and at most a day")
+            return ms / 1000
+    return None

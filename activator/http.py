@@ -1,0 +1,99 @@
+"""HTTP pieces every path of the activator shares: ASGI types, header rules, the error renderer.
+
+Every ``{"error": ...}`` body the activator sends (from the ASGI app or from the byte relay) is
+made by :func:`error_response`, from an :class:`~activator.errors.ActivatorError`: its status,
+its extra headers (``WWW-Authenticate``), ``Retry-After`` when it has one, and the OIP body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from activator.errors import ActivatorError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = (b"content-type", b"application/json")
+
+# hop-by-hop headers, ours, and credentials (the activator's tokens end here): never passed
+# between client and replica. ``expect``: the activator has the whole body before it forwards.
+HOP_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"proxy-authorization",
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"host",
+        b"content-length",
+        b"te",
+        b"upgrade",
+        b"proxy-connection",
+        b"expect",
+        b"ember-deadline-ms",
+    }
+)
+
+REASONS = {
+    200: b"OK",
+    204: b"No Content",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Content",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    499: b"Client Closed Request",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Headers
+    body: bytes
+
+
+def json_response(status: int, payload: Any, headers: Headers | None = None) -> Response:
+    return Response(status, [JSON, *(headers or [])], json.dumps(payload).encode())
+
+
+def error_response(exc: ActivatorError) -> Response:
+    """The one way an activator error becomes an answer: status, headers, ``{"error": ...}``."""
+    headers = list(exc.headers)
+    if exc.retry_after_s is not None:
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    return json_response(exc.status_code, {"error": str(exc)}, headers)
+
+
+async def send_response(send: Send, response: Response) -> None:
+    """``response`` as ASGI messages (with its content-length)."""
+    headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def head(status: int, headers: Headers, length: int, *, close: bool) -> bytes:
+    """An HTTP/1.1 response head, for the front door's own writes."""
+    out = [b"HTTP/1.1 ", str(status).encode(), b" ", REASONS.get(status, b"Unknown"), b"\r\n"]
+    for name, value in headers:
+        out += [name, b": ", value, b"\r\n"]
+    out += [b"content-length: ", str(length).encode(), b"\r\n"]
+    if close:
+        out.append(b"connection: close\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)

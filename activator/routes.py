@@ -1,0 +1,130 @@
+"""The activator's one route table: every path it answers, who may call it, and what answers it.
+
+Both the front door (which relays model requests byte for byte) and the ASGI app (which answers
+the rest) resolve a request here, so they can never disagree about what a path means.
+
+=============================================================  ======  =====  ===================
+path                                                           method  guard  answered by
+=============================================================  ======  =====  ===================
+``/v2/health/live``, ``/v2/health/ready``                      GET     open   the activator
+``/v2``                                                        GET     API    the activator
+``/v2/repository/index``                                       POST    API    the activator
+``/v2/repository/models/{m}/load|unload``                      POST    API    the activator
+``/v2/models/{m}[/versions/{v}][/infer|ready|config|stats]``   any     API    a replica (relayed)
+``/metrics``                                                   GET     API    the activator
+``/admin/models``                                              GET     admin  the activator
+``/admin/models/{m}/warm|sleep``                               POST    admin  the activator
+=============================================================  ======  =====  ===================
+
+The guard goes by the path's first segments (:func:`guard`), the rest by the table.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from activator.errors import MethodNotAllowed, NotFound
+
+MODEL_ACTIONS = frozenset({"", "infer", "ready", "config", "stats"})
+
+
+class Guard(enum.Enum):
+    OPEN = "open"  # health: for probes, no token
+    API = "api"  # the data plane: the API token when one is set
+    ADMIN = "admin"  # the admin API: its own token (or loopback only)
+
+
+class Endpoint(enum.Enum):
+    LIVE = "live"
+    READY = "ready"
+    SERVER_METADATA = "server_metadata"
+    REPOSITORY_INDEX = "repository_index"
+    REPOSITORY_LOAD = "repository_load"
+    REPOSITORY_UNLOAD = "repository_unload"
+    MODEL = "model"  # relayed to a replica (ready at zero: answered by the activator)
+    METRICS = "metrics"
+    ADMIN_MODELS = "admin_models"
+    ADMIN_WARM = "admin_warm"
+    ADMIN_SLEEP = "admin_sleep"
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: tuple[str, ...]  # literal segments; "{model}" matches one
+    method: str
+    endpoint: Endpoint
+
+
+ROUTES = (
+    Route(("v2", "health", "live"), "GET", Endpoint.LIVE),
+    Route(("v2", "health", "ready"), "GET", Endpoint.READY),
+    Route(("v2",), "GET", Endpoint.SERVER_METADATA),
+    Route(("v2", "repository", "index"), "POST", Endpoint.REPOSITORY_INDEX),
+    Route(("v2", "repository", "models", "{model}", "load"), "POST", Endpoint.REPOSITORY_LOAD),
+    Route(("v2", "repository", "models", "{model}", "unload"), "POST", Endpoint.REPOSITORY_UNLOAD),
+    Route(("metrics",), "GET", Endpoint.METRICS),
+    Route(("admin", "models"), "GET", Endpoint.ADMIN_MODELS),
+    Route(("admin", "models", "{model}", "warm"), "POST", Endpoint.ADMIN_WARM),
+    Route(("admin", "models", "{model}", "sleep"), "POST", Endpoint.ADMIN_SLEEP),
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    endpoint: Endpoint
+    model: str = ""
+    action: str = ""  # a model route's last segment ("" for its metadata)
+
+
+def split(path: str) -> list[str]:
+    return path.strip("/").split("/")
+
+
+def guard(parts: list[str]) -> Guard:
+    """Who may call a path: checked before the path is resolved, so an unknown path under a
+    guard answers 401 to a caller without the token, never whether it exists."""
+    if parts[0] == "admin":
+        return Guard.ADMIN
+    if parts[:2] == ["v2", "health"]:
+        return Guard.OPEN
+    return Guard.API
+
+
+def model_route(parts: list[str]) -> tuple[str, str] | None:
+    """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, ACTION), else None."""
+    if len(parts) < 3 or parts[0] != "v2" or parts[1] != "models" or not parts[2]:
+        return None
+    rest = parts[3:]
+    if len(rest) >= 2 and rest[0] == "versions":
+        rest = rest[2:]
+    action = rest[0] if rest else ""
+    if len(rest) > 1 or action not in MODEL_ACTIONS:
+        return None
+    return parts[2], action
+
+
+def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
+    """What answers ``method path``; NotFound or MethodNotAllowed (by the table) if nothing."""
+    if parts is None:
+        parts = split(path)
+    found = model_route(parts)
+    if found is not None:
+        return Match(Endpoint.MODEL, found[0], found[1])
+    allowed = []
+    for route in ROUTES:
+        if len(route.pattern) != len(parts):
+            continue
+        model = ""
+        for want, got in zip(route.pattern, parts, strict=True):
+            if want == "{model}":
+                model = got
+            elif want != got:
+                break
+        else:
+            if route.method == method:
+                return Match(route.endpoint, model)
+            allowed.append(route.method)
+    if allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here (use {' or '.join(allowed)})")
+    raise NotFound(f"no route for {method} {path}")

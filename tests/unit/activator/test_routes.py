@@ -1,0 +1,74 @@
+"""The route table: what each path means, for the front door and the ASGI app alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from activator.errors import MethodNotAllowed, NotFound
+from activator.routes import ROUTES, Endpoint, Guard, Match, guard, model_route, resolve, split
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "match"),
+    [
+        ("GET", "/v2/health/live", Match(Endpoint.LIVE)),
+        ("GET", "/v2/health/ready", Match(Endpoint.READY)),
+        ("GET", "/v2", Match(Endpoint.SERVER_METADATA)),
+        ("GET", "/v2/", Match(Endpoint.SERVER_METADATA)),
+        ("POST", "/v2/repository/index", Match(Endpoint.REPOSITORY_INDEX)),
+        ("POST", "/v2/repository/models/m/load", Match(Endpoint.REPOSITORY_LOAD, "m")),
+        ("POST", "/v2/repository/models/m/unload", Match(Endpoint.REPOSITORY_UNLOAD, "m")),
+        ("POST", "/v2/models/m/infer", Match(Endpoint.MODEL, "m", "infer")),
+        ("GET", "/v2/models/m", Match(Endpoint.MODEL, "m", "")),
+        ("GET", "/v2/models/m/versions/3/ready", Match(Endpoint.MODEL, "m", "ready")),
+        ("DELETE", "/v2/models/m/stats", Match(Endpoint.MODEL, "m", "stats")),  # replica says
+        ("GET", "/metrics", Match(Endpoint.METRICS)),
+        ("GET", "/admin/models", Match(Endpoint.ADMIN_MODELS)),
+        ("POST", "/admin/models/m/warm", Match(Endpoint.ADMIN_WARM, "m")),
+        ("POST", "/admin/models/m/sleep", Match(Endpoint.ADMIN_SLEEP, "m")),
+    ],
+)
+def test_every_route_resolves(method: str, path: str, match: Match) -> None:
+    assert resolve(method, path) == match
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/v2/models",
+        "/v2/models/m/explain",
+        "/v2/models/m/versions/1/infer/x",
+        "/admin",
+        "/v2/models//infer",
+        "/v2/repository/models/m/delete",
+        "/metrics/x",
+    ],
+)
+def test_an_unknown_path_is_not_found(path: str) -> None:
+    with pytest.raises(NotFound, match="no route"):
+        resolve("POST", path)
+
+
+def test_a_known_path_with_the_wrong_method_names_the_right_one() -> None:
+    with pytest.raises(MethodNotAllowed, match=r"method PUT .*use POST"):
+        resolve("PUT", "/v2/repository/index")
+    with pytest.raises(MethodNotAllowed, match=r"use GET"):
+        resolve("POST", "/v2/health/live")
+
+
+def test_guards_go_by_prefix_so_an_unknown_path_reveals_nothing() -> None:
+    assert guard(split("/v2/health/live")) is Guard.OPEN
+    assert guard(split("/v2/health/anything")) is Guard.OPEN
+    assert guard(split("/admin/whatever")) is Guard.ADMIN
+    assert guard(split("/v2/models/m/infer")) is Guard.API
+    assert guard(split("/no/such/path")) is Guard.API
+    # every table route under /admin is guarded by the admin token, and only those
+    for route in ROUTES:
+        assert (guard(list(route.pattern)) is Guard.ADMIN) == (route.pattern[0] == "admin")
+
+
+def test_model_route_parses_versions_and_actions() -> None:
+    assert model_route(["v2", "models", "m", "versions", "2"]) == ("m", "")
+    assert model_route(["v2", "models", "m", "versions"]) is None
+    assert model_route(["v2", "models", ""]) is None
