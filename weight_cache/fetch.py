@@ -296,6 +296,8 @@ async def fetch_file(
     except asyncio.CancelledError:
         cancel.set()  # the threads stop after their current range; the partial file goes
         await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: its _Stopped is the cancellation's, not news
         raise
 
 
