@@ -24,13 +24,14 @@
         container_concurrency: 16  # requests one replica takes at once (default: the model
                                    # config's, else 8)
         target: 8                  # in-flight requests per replica before another starts
-        keep_alive_s: 30           # overrides the activator's (and the model config's)
+        keep_alive_s: 30           # overrides the activator's
         queue_size: 100
         deadline_s: 60
 
-The activator reads only what it needs from each model config (its name, and its
-``container_concurrency`` and ``keep_alive_s`` defaults) with a YAML parser; the replicas it
-starts run ``ember serve --config`` on the file itself. Unknown keys are errors.
+The activator reads only what it needs from each model config (its name, its
+``container_concurrency`` default, ``gpu_type``, ``price_per_hour``, ``device``, ``source`` and
+``prewarm`` windows) with a YAML parser; the replicas it starts run ``ember serve --config`` on
+the file itself. Unknown keys are errors.
 """
 
 from __future__ import annotations

@@ -103,8 +103,8 @@ def client(url: str, tally: Tally, stop: threading.Event, rng: random.Random, ca
             body = SLOW_BODY if model == "slow" else MLP_BODY
             headers = {"content-type": "application/json"}
             if rng.random() < 0.5:
-                # the same deadline as the stack's deadline_s, said per request; such requests
-                # take the ASGI path, the others the relay when a replica slot is free
+                # the same deadline as the stack's deadline_s, said per request: such requests
+                # always wait through the queue, the others take a free slot at once
                 headers["ember-deadline-ms"] = str(DEADLINE_MS)
             started = time.monotonic()
             try:
