@@ -25,6 +25,12 @@ that module is shadowed by a meta placeholder for the call, so a reset cannot to
 weights or buffers (a view of the tier file may be read-only memory); a reset that leaves the
 parameter unwritten (its version counter unchanged) or replaces it does not count.
 
+Why ``normal_`` is skipped on meta tensors: a meta tensor has no values to fill, but torch runs
+``normal_`` on meta through a Python reference whose first call imports ``torch._dynamo`` (about
+a second on a 2-core CPU, on every replica's cold start: ``nn.Embedding`` initialises with it).
+A torch-function mode, active only around the build in the building thread, returns the tensor
+as it is instead.
+
 Why everything can fall back: a constructor may need real values (``.item()``, a buffer computed
 from a parameter), a module may have no ``reset_parameters``. Then the module is built as before,
 fully initialised, with the reason logged; loading is slower, never wrong.
@@ -41,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from runtime.handlers.base import HandlerLoadError
 from runtime.handlers.torch_util import adopts, load_state
@@ -64,6 +71,39 @@ def _to_meta(module: nn.Module, name: str, param: Any) -> nn.Parameter | None:
     return nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
 
 
+_NORMAL_INITS = frozenset(
+    {
+        torch.Tensor.normal_,
+        nn.init.normal_,
+        nn.init.xavier_normal_,
+        nn.init.kaiming_normal_,
+        nn.init.trunc_normal_,
+    }
+)
+
+
+class _NoFillOnMeta(TorchFunctionMode):
+    """A normal init of a meta tensor returns it as it is (there is nothing to fill).
+
+    ``torch.nn.init``'s functions reach the mode themselves (before ``Tensor.normal_``, which the
+    mode does not see again while it handles them), so they are caught by name too.
+    """
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _NORMAL_INITS:
+            tensor = args[0] if args else kwargs.get("tensor")  # init's pass it by keyword
+            if getattr(tensor, "is_meta", False):
+                return tensor
+        return func(*args, **kwargs)
+
+
 @contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     global _installed
@@ -75,7 +115,8 @@ def _parameters_on_meta() -> Iterator[None]:
     previous = getattr(_building, "active", False)
     _building.active = True
     try:
-        yield
+        with _NoFillOnMeta():
+            yield
     finally:
         _building.active = previous
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +17,7 @@ from torch import nn
 from runtime.handlers.base import HandlerLoadError
 from runtime.handlers.meta_build import load_module
 from tests.fixtures import meta_modules as fx
+from tests.servers import ROOT
 
 FALLBACK = "built with initialised parameters"
 
@@ -212,3 +215,36 @@ def test_a_constructor_that_fails_either_way_says_so() -> None:
         load(broken, {})
     with pytest.raises(HandlerLoadError, match=r"did not build a torch\.nn\.Module"):
         load(lambda: object(), {})
+
+
+def test_normal_init_on_meta_is_skipped_so_a_cold_start_never_imports_dynamo() -> None:
+    # torch runs normal_ on a meta tensor through a reference that imports torch._dynamo (about
+    # a second of every cold start); a fresh interpreter shows whether the build still does
+    code = (
+        "import sys, torch\n"
+        "from torch import nn\n"
+        "from runtime.handlers.meta_build import load_module\n"
+        "state = {'weight': torch.arange(12.0).reshape(6, 2)}\n"
+        "m = load_module(lambda: nn.Sequential(nn.Embedding(6, 2)), {'0.weight': state['weight']},"
+        " device='cpu', strict=True, init_missing=False, what='E')\n"
+        "assert torch.equal(m[0].weight, state['weight'])\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_a_normal_init_on_real_memory_still_runs_inside_a_build() -> None:
+    def build() -> nn.Module:
+        module = nn.Linear(3, 3)
+        real = torch.zeros(4)
+        nn.init.normal_(real)  # not a parameter: real memory, initialised as asked
+        module.register_buffer("noise", real, persistent=False)
+        return module
+
+    state = {k: v for k, v in state_of(lambda: nn.Linear(3, 3)).items()}
+    module = load(build, state)
+    assert not torch.equal(module.noise, torch.zeros(4))  # type: ignore[arg-type]
