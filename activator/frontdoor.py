@@ -238,11 +238,11 @@ class FrontConnection(asyncio.Protocol):
         conn = self.door.upstreams.take(key)
         if conn is not None:
             self._upstream = conn
-            conn.send(self, data)
+            conn.send(self, data, head=request.method == b"HEAD")
         else:
-            self._spawn(self._connect_and_send(x, key, data))
+            self._spawn(self._connect_and_send(x, key, data, request.method == b"HEAD"))
 
-    async def _connect_and_send(self, x: Exchange, key: str, data: bytes) -> None:
+    async def _connect_and_send(self, x: Exchange, key: str, data: bytes, head: bool) -> None:
         try:
             conn = await self.door.upstreams.connect(key)
         except OSError as exc:
@@ -253,7 +253,7 @@ class FrontConnection(asyncio.Protocol):
             conn.close()
             return
         self._upstream = conn
-        conn.send(self, data)
+        conn.send(self, data, head=head)
 
     def relay(self, data: bytes) -> None:
         """The replica's bytes, passed on; small answers in one write, big ones as they come."""

@@ -49,15 +49,17 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.status = 0
         self.reusable = True
+        self.head = False  # the request in flight is a HEAD: its answer has no body
         self.idle_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
-    def send(self, front: Downstream, data: bytes) -> None:
+    def send(self, front: Downstream, data: bytes, *, head: bool = False) -> None:
         assert self.transport is not None
         self.front = front
         self.status = 0
+        self.head = head
         self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
@@ -76,6 +78,11 @@ class Upstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.reusable = self.parser.should_keep_alive()
+        if self.head:
+            # the parser cannot know the request was a HEAD (it would wait for a body that
+            # never comes): the answer ends here, and the connection, out of step, is not reused
+            self.reusable = False
+            self.on_message_complete()
 
     def on_message_complete(self) -> None:
         front, self.front = self.front, None

@@ -88,7 +88,7 @@ class Replica:
                         b"x-replica: yes\r\ncontent-length: "
                         + str(len(body)).encode()
                         + b"\r\n\r\n"
-                        + body.encode()
+                        + (b"" if request[0] == b"HEAD" else body.encode())
                     )
         writer.close()
 
@@ -338,3 +338,16 @@ async def test_the_activators_own_endpoints_share_the_route_table(tmp_path: Path
         ready = await c.get("/v2/models/m/ready")  # now relayed to the replica
         assert ready.headers["x-replica"] == "yes"
         assert (await c.get("/metrics")).text.count("ember_activator_requests") > 0
+
+
+async def test_a_head_request_is_relayed_and_the_next_one_still_answered(tmp_path: Path) -> None:
+    replica = Replica()
+    async with serving(tmp_path, [replica], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        head = await h.client.head("/v2/models/m")
+        assert head.status_code == 200 and head.headers["x-replica"] == "yes"
+        assert head.content == b""
+        after = await h.client.get("/v2/models/m")  # the same client connection, answered
+        assert after.status_code == 200 and after.json()["path"] == "/v2/models/m"
+        assert [r[0] for r in replica.received] == [b"HEAD", b"GET"]
+        assert [e["status"] for e in h.events()] == [200, 200]
