@@ -4,6 +4,7 @@ commands that need no model (the activator, deploy, reports) never import torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,11 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Idle intra-op threads sleep instead of spinning (OpenMP spins for a while after each
+    # parallel region by default): a spinning replica burns the CPU its activator, its batcher
+    # and the node's other replicas need, and a pod's CPU quota. Read when torch is imported,
+    # so it is set first; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not _status_fd_open(args.status_fd):
         return 2
     if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
