@@ -119,8 +119,13 @@ def _up(args: argparse.Namespace) -> int:
         stack = stack.model_copy(
             update={"settings": stack.settings.model_copy(update={"log_level": args.log_level})}
         )
+    from knative.errors import DeployError
+
     try:
         return up(stack, args.host, args.port, access_log=args.access_log)
+    except DeployError as exc:  # the Knative scaler found no cluster to talk to
+        print(f"ember up: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(
             f"ember up: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr

@@ -9,6 +9,9 @@ way a start fails.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +30,7 @@ from knative.errors import KnativeApiError, ServiceNotFound
 from tests.conftest import slow_model
 from tests.fake_knative import FakeKnative, write_kubeconfig
 from tests.integration.test_activator import BODY, events, state, wait_until
-from tests.servers import ServerProcess
+from tests.servers import ROOT, ServerProcess
 
 
 @pytest.fixture
@@ -318,3 +321,29 @@ async def test_a_missing_service_and_an_unreachable_api_are_platform(tmp_path: P
     assert caught.value.kind is StartFailure.PLATFORM
     assert "cannot reach the Kubernetes API" in str(caught.value)
     await scaler.aclose()
+
+
+def test_ember_up_with_no_cluster_to_talk_to_says_so_and_exits_2(tmp_path: Path) -> None:
+    slow_model(tmp_path)
+    path = tmp_path / "ember.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "activator": {"scaler": "knative"},
+                "models": [{"config": str(tmp_path / "slow.json")}],
+            }
+        )
+    )
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", "up", "--config", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "ember up: no Kubernetes cluster configured" in done.stderr
+    assert "Traceback" not in done.stderr
