@@ -67,12 +67,9 @@ class KnativeScaler:
 
     def _refused(self, name: str, exc: KnativeApiError) -> ReplicaStartFailed:
         if isinstance(exc, ServiceNotFound):
-            message = (
-                f"model '{name}': Knative service {self.namespace}/{name} does not exist "
-                "(run `ember deploy`)"
-            )
+            message = f"Knative service {self.namespace}/{name} does not exist (run `ember deploy`)"
         else:
-            message = f"model '{name}': Knative API: {exc}"
+            message = f"Knative API: {exc}"
         return ReplicaStartFailed(message, StartFailure.PLATFORM)
 
     def _http(self) -> aiohttp.ClientSession:
@@ -118,9 +115,7 @@ class KnativeScaler:
             ksvc = await self._get(handle.model)
             failed = _failed(ksvc)
             if failed:
-                raise ReplicaStartFailed(
-                    f"model '{handle.model}': Knative says {failed}", StartFailure.PLATFORM
-                )
+                raise ReplicaStartFailed(f"Knative says {failed}", StartFailure.PLATFORM)
             handle.url = _url(ksvc) or handle.url
             status = await self._model_status(handle) if handle.url else None
             if status is not None and status.state == "READY":
@@ -128,14 +123,13 @@ class KnativeScaler:
                 return
             if status is not None and status.failure is not None:
                 raise ReplicaStartFailed(
-                    f"model '{handle.model}': its replica cannot load it: {status.reason}",
+                    f"its replica cannot load it: {status.reason}",
                     StartFailure.LOAD_FAILED,
                     status.failure,
                 )
             if time.monotonic() > deadline:
                 raise ReplicaStartFailed(
-                    f"model '{handle.model}': its Knative service was not ready within "
-                    f"{timeout_s:g}s",
+                    f"its Knative service was not ready within {timeout_s:g}s",
                     StartFailure.TIMED_OUT,
                 )
             await asyncio.sleep(self.poll_s)

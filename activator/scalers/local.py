@@ -289,12 +289,12 @@ class LocalScaler:
             if status.closed:
                 how = await _exited(state)
                 raise ReplicaStartFailed(
-                    f"model '{model}': its replica {how} before listening{_last(state.tail)}",
+                    f"its replica {how} before listening{_last(state.tail)}",
                     StartFailure.EXITED,
                 )
             if not await status.wait(deadline):
                 raise ReplicaStartFailed(
-                    f"model '{model}': its replica did not listen within "
+                    f"its replica did not listen within "
                     f"{self.listen_timeout_s:g}s{_last(state.tail)}",
                     StartFailure.NOT_LISTENING,
                 )
@@ -324,20 +324,19 @@ class LocalScaler:
             model = status.models.get(handle.model)
             if model is not None and model.state == "UNAVAILABLE" and model.failure is not None:
                 raise ReplicaStartFailed(
-                    f"model '{handle.model}': its replica cannot load it: {model.reason}",
+                    f"its replica cannot load it: {model.reason}",
                     StartFailure.LOAD_FAILED,
                     model.failure,
                 )
             if status.closed:
                 how = await _exited(state)
                 raise ReplicaStartFailed(
-                    f"model '{handle.model}': its replica {how} while loading{_last(state.tail)}",
+                    f"its replica {how} while loading{_last(state.tail)}",
                     StartFailure.EXITED,
                 )
             if not await status.wait(deadline):
                 raise ReplicaStartFailed(
-                    f"model '{handle.model}': its replica was not ready within {timeout_s:g}s"
-                    f"{_last(state.tail)}",
+                    f"its replica was not ready within {timeout_s:g}s{_last(state.tail)}",
                     StartFailure.TIMED_OUT,
                 )
 
@@ -374,9 +373,7 @@ class LocalScaler:
     def _state(self, handle: ReplicaHandle) -> _Process:
         state = self._procs.get(handle.pid or 0)
         if state is None:
-            raise ReplicaStartFailed(
-                f"model '{handle.model}': its replica is gone", StartFailure.EXITED
-            )
+            raise ReplicaStartFailed("its replica is gone", StartFailure.EXITED)
         return state
 
     async def _kill(self, pid: int) -> None:
@@ -466,7 +463,7 @@ async def _exited(state: _Process) -> str:
 
 def _broke_contract(model: str, violation: ContractViolation) -> ReplicaStartFailed:
     return ReplicaStartFailed(
-        f"model '{model}': its replica broke the status contract: {violation}",
+        f"its replica broke the status contract: {violation}",
         StartFailure.CONTRACT_VIOLATION,
     )
 
