@@ -55,6 +55,11 @@ class Request:
     body: bytes
     keep_alive: bool
     arrival: float  # wall clock
+    deadline_s: float | None = None  # Ember-Deadline-Ms, once read
+
+    @property
+    def head(self) -> bool:
+        return self.method == b"HEAD"
 
 
 class FrontConnection(asyncio.Protocol):
@@ -88,6 +93,9 @@ class FrontConnection(asyncio.Protocol):
         self._mark_close = False  # a "connection: close" still to be put into the answer's head
         self._out: list[bytes] = []
         self._out_size = 0
+        self._failed: tuple[ActivatorError, int] | None = None  # a parse error, once its turn
+        self._upgrading: Request | None = None  # a request that asked to switch protocols
+        self._body_left = 0  # the bytes of its body still to come
 
     # ------------------------------------------------------------------ parsing
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,10 +103,14 @@ class FrontConnection(asyncio.Protocol):
         self.door.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrading is not None:  # the body of a request that asked to upgrade
+            data = self._take_body(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(ActivatorError("protocol upgrades are not supported"), 400)
+        except httptools.HttpParserUpgrade as exc:
+            self._declined_upgrade(data, exc)
         except httptools.HttpParserError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, (PayloadTooLarge, HeadersTooLarge)):  # wrapped by the parser
@@ -126,10 +138,20 @@ class FrontConnection(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"expect":
+            self._expect(value)
+        self._headers.append((name, value))
         self._count_head(len(name) + len(value) + 4)
         if len(self._headers) > MAX_HEADERS:
             raise HeadersTooLarge(f"more than {MAX_HEADERS} header fields")
+
+    def _expect(self, value: bytes) -> None:
+        # a client that waits for 100 Continue before its body (curl past 1 MiB) gets it at
+        # once, unless answers to earlier requests are still due (it will send after its wait)
+        due = self.busy or self.pending
+        if value.lower() == b"100-continue" and not due and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -148,17 +170,80 @@ class FrontConnection(asyncio.Protocol):
             self.parser.should_keep_alive(),
             time.time(),
         )
+        if self.parser.should_upgrade():  # its body, if any, follows: see _declined_upgrade
+            self._upgrading = request
+            return
+        self._queue_request(request)
+
+    def _queue_request(self, request: Request) -> None:
         self.pending.append(request)
         if not self.busy:
             self._next()
+
+    def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+        """A request asking to switch protocols (h2c, websocket) is answered over HTTP/1.1, as a
+        proxy that speaks no other protocol does; a CONNECT is refused.
+
+        The parser stops at the end of such a request's head, taking what follows for the new
+        protocol: its body (``content-length`` bytes) is read here, then a fresh parser goes on.
+        """
+        request, self._upgrading = self._upgrading, None
+        if request is None or request.method == b"CONNECT":
+            self._fail(ActivatorError("CONNECT and protocol upgrades are not supported"), 400)
+            return
+        length = 0
+        for name, value in request.headers:
+            if name == b"transfer-encoding":
+                self._fail(ActivatorError("an upgrade request's body must have a length"), 400)
+                return
+            if name == b"content-length":
+                length = int(value)  # the parser checked it is a number
+        if length > self.settings.max_request_bytes:
+            limit = self.settings.max_request_bytes
+            self._fail(PayloadTooLarge(f"request body over {limit} bytes"), 413)
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        self._upgrading, self._body_left = request, length
+        self._body = []
+        offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+        rest = self._take_body(data[offset:])
+        if rest:
+            self.data_received(rest)
+
+    def _take_body(self, data: bytes) -> bytes:
+        """Take the upgrading request's body from ``data``; what is left (the next request)."""
+        request = self._upgrading
+        assert request is not None
+        taken = data[: self._body_left]
+        self._body.append(taken)
+        self._body_left -= len(taken)
+        if self._body_left:
+            return b""
+        self._upgrading = None
+        request.body = b"".join(self._body)
+        self._queue_request(request)
+        return data[len(taken) :]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.door.connections.discard(self)
         if not self.gone.done():
             self.gone.set_result(None)
+        x, conn = self._x, self._upstream
+        if x is not None:  # the client left while a replica had its request: nobody to answer
+            self._x = self._upstream = None
+            if conn is not None:
+                conn.abandon()
+            x.finish(CLIENT_GONE)
 
     def _fail(self, error: ActivatorError, status: int) -> None:
+        """A request that cannot be parsed: answered (after the answers already due), then the
+        connection closes."""
+        if self.busy or self.pending:
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._failed = (error, status)
+            return
         response = error_response(error)
         self._write(status, response.headers, response.body, keep_alive=False)
         self.close()
@@ -170,6 +255,11 @@ class FrontConnection(asyncio.Protocol):
             self._dispatch(self.pending.popleft())
             return
         self.busy = False
+        if self._failed is not None:
+            error, status = self._failed
+            self._failed = None
+            self._fail(error, status)
+            return
         if self.door.draining and self.requests:  # its last answer said "connection: close"
             self.close()
 
@@ -191,19 +281,19 @@ class FrontConnection(asyncio.Protocol):
             return
         x = self.activator.datapath.exchange(pool, request.url, request.arrival)
         try:
-            deadline_s = deadline_of(request.headers)
-            if deadline_s is None and x.take_now():
+            request.deadline_s = deadline_of(request.headers)
+            if request.deadline_s is None and x.take_now():
                 self._forward(x, request)
                 return
         except ActivatorError as exc:
             self._refuse(x, exc, request)
             return
-        self._spawn(self._queue(x, request, deadline_s))
+        self._spawn(self._queue(x, request))
 
-    async def _queue(self, x: Exchange, request: Request, deadline_s: float | None) -> None:
+    async def _queue(self, x: Exchange, request: Request) -> None:
         """Wait in the model's queue for a slot (waking the model), then forward."""
         try:
-            if not await x.wait(deadline_s, asyncio.shield(self.gone)):
+            if not await x.wait(request.deadline_s, asyncio.shield(self.gone)):
                 x.finish(CLIENT_GONE)
                 self.close()
                 return
@@ -238,9 +328,9 @@ class FrontConnection(asyncio.Protocol):
         conn = self.door.upstreams.take(key)
         if conn is not None:
             self._upstream = conn
-            conn.send(self, data, head=request.method == b"HEAD")
+            conn.send(self, data, head=request.head)
         else:
-            self._spawn(self._connect_and_send(x, key, data, request.method == b"HEAD"))
+            self._spawn(self._connect_and_send(x, key, data, request.head))
 
     async def _connect_and_send(self, x: Exchange, key: str, data: bytes, head: bool) -> None:
         try:
@@ -249,7 +339,7 @@ class FrontConnection(asyncio.Protocol):
             if self._x is x:
                 self.upstream_failed(None, f"cannot connect: {exc}", sent=False)
             return
-        if self._x is not x:  # timed out meanwhile
+        if self._x is not x or self.closing:  # timed out, or the client left, meanwhile
             conn.close()
             return
         self._upstream = conn
@@ -287,7 +377,7 @@ class FrontConnection(asyncio.Protocol):
         x, self._x, self._upstream = self._x, None, None
         if x is not None:
             x.finish(status)
-        if not conn.reusable or self._close_after:  # the client saw the answer end the connection
+        if conn.said_close or self._close_after:  # the client saw the answer end the connection
             self.close()
             return
         self._next()
@@ -311,7 +401,7 @@ class FrontConnection(asyncio.Protocol):
             except ActivatorError as exc:
                 self._refuse(x, exc, request)
                 return
-            self._spawn(self._queue(x, request, None))
+            self._spawn(self._queue(x, request))
             return
         self._refuse(x, x.broke(reason), request)
 
@@ -338,11 +428,7 @@ class FrontConnection(asyncio.Protocol):
         """Answer ``request`` with ``error`` and record it."""
         x.fail(error)
         response = error_response(error)
-        self._write(error.status_code, response.headers, response.body, request.keep_alive)
-        if not request.keep_alive:
-            self.close()
-            return
-        self._next()
+        self._respond(request, error.status_code, response.headers, response.body)
 
     # ------------------------------------------------------------------ the activator's own
     async def _answer(self, request: Request) -> None:
@@ -378,25 +464,42 @@ class FrontConnection(asyncio.Protocol):
                 response["headers"] = message.get("headers", [])
             elif message["type"] == "http.response.body":
                 headers = [(k, v) for k, v in response["headers"] if k.lower() != b"content-length"]
-                self._write(
-                    response["status"], headers, message.get("body", b""), request.keep_alive
-                )
+                response["answer"] = (response["status"], headers, message.get("body", b""))
 
         try:
             await self.activator(scope, receive, send)
         except Exception:
             log.exception("unexpected error answering %s", request.url)
-        if not request.keep_alive:
+        if "answer" not in response:  # the app always answers; if it did not, say so
+            error = error_response(ActivatorError("the activator gave no answer"))
+            response["answer"] = (error.status, error.headers, error.body)
+        self._respond(request, *response["answer"])
+
+    # ------------------------------------------------------------------ writing
+    def _respond(self, request: Request, status: int, headers: Headers, body: bytes) -> None:
+        """The activator's own answer to ``request`` (no body to a HEAD), then the next one."""
+        close = self._write(status, headers, body, request.keep_alive, head_only=request.head)
+        if close:
             self.close()
             return
         self._next()
 
-    # ------------------------------------------------------------------ writing
-    def _write(self, status: int, headers: Headers, body: bytes, keep_alive: bool) -> None:
-        if self.transport is None or self.closing:
-            return
+    def _write(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        keep_alive: bool,
+        *,
+        head_only: bool = False,
+    ) -> bool:
+        """Write an answer; whether it said ``connection: close`` (the caller then closes)."""
         close = not keep_alive or self.door.draining
-        self.transport.write(head(status, headers, len(body), close=close) + body)
+        if self.transport is None or self.closing:
+            return close
+        data = head(status, headers, len(body), close=close)
+        self.transport.write(data if head_only else data + body)
+        return close
 
     def close(self) -> None:
         self.closing = True
@@ -407,9 +510,9 @@ class FrontConnection(asyncio.Protocol):
 class FrontDoor:
     """Accepts connections for an :class:`Activator` until asked to drain."""
 
-    def __init__(self, activator: Activator, *, request_timeout_s: float = 300.0) -> None:
+    def __init__(self, activator: Activator, *, request_timeout_s: float | None = None) -> None:
         self.activator = activator
-        self.request_timeout_s = request_timeout_s
+        self.request_timeout_s = request_timeout_s or activator.settings.request_timeout_s
         self.upstreams = UpstreamPool()
         self.connections: set[FrontConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain

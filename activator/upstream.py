@@ -48,7 +48,8 @@ class Upstream(asyncio.Protocol):
         self.front: Downstream | None = None
         self.closed = False
         self.status = 0
-        self.reusable = True
+        self.reusable = True  # it may carry another request
+        self.said_close = False  # the answer said "connection: close": the client's must end
         self.head = False  # the request in flight is a HEAD: its answer has no body
         self.idle_since = time.monotonic()
 
@@ -59,6 +60,7 @@ class Upstream(asyncio.Protocol):
         assert self.transport is not None
         self.front = front
         self.status = 0
+        self.said_close = False
         self.head = head
         self.transport.write(data)
 
@@ -77,7 +79,8 @@ class Upstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        self.reusable = self.parser.should_keep_alive()
+        self.said_close = not self.parser.should_keep_alive()
+        self.reusable = not self.said_close
         if self.head:
             # the parser cannot know the request was a HEAD (it would wait for a body that
             # never comes): the answer ends here, and the connection, out of step, is not reused

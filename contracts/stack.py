@@ -9,6 +9,7 @@
       deadline_s: 120              # how long a request may wait for a replica; then 504
       startup_timeout_s: 300       # a replica not ready by then is stopped, its waiters 504
       grace_period_s: 30           # drain time for a stopping replica (then SIGKILL)
+      request_timeout_s: 300       # a replica holding a request longer: the client gets 504
       admin_token_env: EMBER_ADMIN_TOKEN   # where the admin API's bearer token comes from
       admin_token_file: null       # or a file of tokens, one per line (rotation: list both)
       api_token_env: EMBER_API_TOKEN       # bearer token(s) for /v2 and /metrics; unset: open
@@ -58,6 +59,8 @@ class ActivatorSettings(BaseModel):
     deadline_s: float = Field(default=120.0, gt=0)
     startup_timeout_s: float = Field(default=300.0, gt=0)
     grace_period_s: float = Field(default=30.0, ge=0)
+    # how long a replica may hold a relayed request before the client gets 504
+    request_timeout_s: float = Field(default=300.0, gt=0)
     policy: str = "fixed"  # the keep-alive/pre-warm policy of models that name none
     admin_token_env: str = "EMBER_ADMIN_TOKEN"
     admin_token_file: Path | None = None

@@ -304,6 +304,7 @@ ember.yaml:
                              (per request: header Ember-Deadline-Ms)
     startup_timeout_s: 300   a replica not ready by then is stopped; its waiters get 504
     grace_period_s: 30       drain time for stopping replicas and for SIGTERM
+    request_timeout_s: 300   a replica holding a request longer: the client gets 504
     admin_token_env: EMBER_ADMIN_TOKEN   bearer token for /admin (without one, /admin is
                              open only when bound to loopback)
     admin_token_file: FILE   admin tokens, one per line (list two to rotate)

@@ -351,3 +351,127 @@ async def test_a_head_request_is_relayed_and_the_next_one_still_answered(tmp_pat
         assert after.status_code == 200 and after.json()["path"] == "/v2/models/m"
         assert [r[0] for r in replica.received] == [b"HEAD", b"GET"]
         assert [e["status"] for e in h.events()] == [200, 200]
+
+
+class Raw:
+    """A raw client connection, for what an HTTP library would not send or would hide."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.got = reader, writer, b""
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, h: Harness) -> AsyncIterator[Raw]:
+        host, port = h.url.removeprefix("http://").split(":")
+        raw = cls(*await asyncio.open_connection(host, int(port)))
+        try:
+            yield raw
+        finally:
+            raw.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await raw.writer.wait_closed()
+
+    async def read_until(self, condition: Callable[[bytes], bool], what: str) -> bytes:
+        deadline = time.monotonic() + 5
+        while not condition(self.got):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.got!r}"
+            chunk = await asyncio.wait_for(self.reader.read(65536), 5)
+            if not chunk:
+                break
+            self.got += chunk
+        return self.got
+
+    async def read_to_eof(self) -> bytes:
+        return await self.read_until(lambda _: False, "EOF")
+
+
+def request(method: str, path: str, body: bytes = b"", *extra: str) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "host: x", f"content-length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def test_a_client_that_leaves_while_its_request_is_relayed_gives_the_slot_back(
+    tmp_path: Path,
+) -> None:
+    hanging = Replica("hang")
+    async with serving(tmp_path, [hanging], min_replicas=1) as h:
+        pool = h.activator.pools["m"]
+        await until(lambda: pool.state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v2/models/m/infer", b"{}"))
+            await until(lambda: len(hanging.received) == 1, "the request to reach the replica")
+            assert pool.in_flight == 1
+            raw.writer.close()
+            await until(lambda: pool.in_flight == 0, "the slot given back")
+            await until(lambda: [e["status"] for e in h.events()] == [499], "the 499 recorded")
+
+
+async def test_pipelined_head_and_get_are_both_answered_relayed_or_not(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()]) as h, Raw.open(h) as raw:
+        # at zero, ready is the activator's own answer: a HEAD gets its head and no body
+        raw.writer.write(request("HEAD", "/v2/models/m/ready") + request("GET", "/v2/health/live"))
+        got = await raw.read_until(lambda b: b.count(b"HTTP/1.1 200") == 2, "two answers")
+        assert got.count(b"HTTP/1.1 200") == 2 and b'{"name"' not in got
+        assert got.endswith(b'{"live": true}')
+        await h.client.post("/admin/models/m/warm", json={"seconds": 60})
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        raw.got = b""
+        raw.writer.write(request("HEAD", "/v2/models/m") + request("GET", "/v2/models/m"))
+        got = await raw.read_until(lambda b: b.endswith(b'"echo": 0}'), "the relayed GET")
+        assert got.count(b"x-replica: yes") == 2 and got.count(b'"path"') == 1
+
+
+async def test_a_bad_request_after_a_good_one_is_answered_after_it(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(
+                request("POST", "/v2/models/m/infer", b"{}") + b"NOT HTTP AT ALL\r\n\r\n"
+            )
+            got = await raw.read_to_eof()
+            first, _, second = got.partition(b"HTTP/1.1 400")
+            assert first.startswith(b"HTTP/1.1 200") and b"x-replica: yes" in first
+            assert b"malformed HTTP request" in second and b"connection: close" in second
+
+
+async def test_an_upgrade_is_declined_by_answering_over_http_1_1(tmp_path: Path) -> None:
+    replica = Replica()
+    async with serving(tmp_path, [replica], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            upgrade = (
+                "connection: Upgrade, HTTP2-Settings",
+                "upgrade: h2c",
+                "http2-settings: AAMA",
+            )
+            # its body arrives apart from its head, the next request right behind it
+            raw.writer.write(request("POST", "/v2/models/m/infer", b"{}", *upgrade)[:-1])
+            await until(
+                lambda: any(c._upgrading is not None for c in h.door.connections),
+                "the head to be read",
+            )
+            raw.writer.write(b"}" + request("GET", "/v2/models/m"))
+            got = await raw.read_until(lambda b: b.endswith(b'"echo": 0}'), "both answers")
+            assert got.startswith(b"HTTP/1.1 200") and b'"echo": 2}' in got
+            headers = dict(replica.received[0][2])
+            assert b"upgrade" not in headers and b"http2-settings" in headers
+            raw.writer.write(request("CONNECT", "example.com:443"))
+            got = await raw.read_to_eof()
+            assert b"HTTP/1.1 400" in got and b"CONNECT" in got
+
+
+async def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, [Replica()], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            body = b'{"x": 1}'
+            raw.writer.write(
+                b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+                b"content-length: 8\r\n\r\n"
+            )
+            await raw.read_until(lambda b: b.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), "100")
+            raw.writer.write(body)
+            got = await raw.read_until(lambda b: b.endswith(b'"echo": 8}'), "the answer")
+            assert b"HTTP/1.1 200" in got
