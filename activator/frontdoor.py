@@ -347,7 +347,6 @@ class FrontConnection(asyncio.Protocol):
 
     def relay(self, data: bytes) -> None:
         """The replica's bytes, passed on; small answers in one write, big ones as they come."""
-        self._relayed = True
         self._out.append(data)
         self._out_size += len(data)
         if self._mark_close:
@@ -368,6 +367,12 @@ class FrontConnection(asyncio.Protocol):
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.closing:
             self.transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            self._relayed = True  # the client has part of the answer: it can be told no other
+        self._out.clear()
+        self._out_size = 0
+
+    def _discard(self) -> None:
+        """Drop the part of a broken answer that has not gone out (the client gets an error)."""
         self._out.clear()
         self._out_size = 0
 
@@ -395,6 +400,7 @@ class FrontConnection(asyncio.Protocol):
             x.finish(502)
             self.close()
             return
+        self._discard()  # what arrived of it (a head without its body) never reaches the client
         if not sent:  # it never reached the replica: wait for a slot again
             try:
                 x.unreachable(reason)
@@ -419,6 +425,7 @@ class FrontConnection(asyncio.Protocol):
             x.finish(504)
             self.close()
             return
+        self._discard()
         error = DeadlineExceeded(
             f"model '{x.pool.name}': replica {x.replica_id} did not answer within {timeout:g}s"
         )

@@ -33,7 +33,7 @@ from contracts.stack import ActivatorSettings, ModelSpec, StackConfig
 
 
 class Replica:
-    """An in-process HTTP/1.1 server; ``mode``: answer | drop | hang."""
+    """An in-process HTTP/1.1 server; ``mode``: answer | drop | hang | cut."""
 
     def __init__(self, mode: str = "answer") -> None:
         self.mode = mode
@@ -82,6 +82,11 @@ class Replica:
                         return
                     if self.mode == "hang":
                         continue
+                    if self.mode == "cut":  # its head, half its body, then it dies
+                        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 232\r\n\r\n{"out')
+                        await writer.drain()
+                        writer.close()
+                        return
                     body = json.dumps({"path": request[1].decode(), "echo": len(request[3])})
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -475,3 +480,15 @@ async def test_a_client_that_expects_100_continue_gets_it_before_sending_its_bod
             raw.writer.write(body)
             got = await raw.read_until(lambda b: b.endswith(b'"echo": 8}'), "the answer")
             assert b"HTTP/1.1 200" in got
+
+
+async def test_a_replica_that_dies_mid_answer_gets_the_client_a_502_not_half_an_answer(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, [Replica("cut"), Replica()]) as h:
+        r = await h.client.post("/v2/models/m/infer", content=BODY)
+        assert r.status_code == 502, r.text
+        assert "went away before it answered" in r.json()["error"]
+        assert [e["status"] for e in h.events()] == [502]
+        r = await h.client.post("/v2/models/m/infer", content=BODY)  # a new replica answers
+        assert r.status_code == 200
