@@ -80,7 +80,10 @@ class Upstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.said_close = not self.parser.should_keep_alive()
-        self.reusable = not self.said_close
+        # a server error may leave the replica closing this connection without having said so
+        # (uvicorn does, after an exception): the next request on it would be lost, so it is
+        # not reused
+        self.reusable = not self.said_close and self.status < 500
         if self.head:
             # the parser cannot know the request was a HEAD (it would wait for a body that
             # never comes): the answer ends here, and the connection, out of step, is not reused

@@ -33,7 +33,7 @@ from contracts.stack import ActivatorSettings, ModelSpec, StackConfig
 
 
 class Replica:
-    """An in-process HTTP/1.1 server; ``mode``: answer | drop | hang | cut."""
+    """An in-process HTTP/1.1 server; ``mode``: answer | drop | hang | cut | error."""
 
     def __init__(self, mode: str = "answer") -> None:
         self.mode = mode
@@ -71,12 +71,22 @@ class Replica:
                 self.url, self.headers, self.body = b"", [], b""
 
         parser = httptools.HttpRequestParser(Parsed())
+        answered = 0
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
                 parser.feed_data(data)
                 while done:
                     request = done.pop(0)
                     self.received.append(request)
+                    answered += 1
+                    if self.mode == "error" and answered == 1:  # a 500 that keeps quiet...
+                        writer.write(
+                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+                        )
+                        continue
+                    if self.mode == "error":  # ... about the connection it will not serve again
+                        writer.close()
+                        return
                     if self.mode == "drop":
                         writer.close()
                         return
@@ -492,3 +502,18 @@ async def test_a_replica_that_dies_mid_answer_gets_the_client_a_502_not_half_an_
         assert [e["status"] for e in h.events()] == [502]
         r = await h.client.post("/v2/models/m/infer", content=BODY)  # a new replica answers
         assert r.status_code == 200
+
+
+async def test_a_connection_a_replica_answered_with_a_server_error_is_not_reused(
+    tmp_path: Path,
+) -> None:
+    replica = Replica("error")  # each connection: a 500 first, then it drops what follows
+    async with serving(tmp_path, [replica], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        first = await h.client.post("/v2/models/m/infer", content=BODY)
+        assert first.status_code == 500
+        async with httpx.AsyncClient(base_url=h.url) as other:  # another client, good requests
+            for _ in range(3):
+                r = await other.post("/v2/models/m/infer", content=BODY)
+                assert r.status_code == 500, r.text  # the replica's own answer, never a 502
+        assert [e["status"] for e in h.events()] == [500, 500, 500, 500]
