@@ -7,7 +7,7 @@ keep-alive, so it goes to zero and back), ``slow`` (a tiny queue and one request
 the load runs well past its bound) and ``mlp`` (local weights). Then, for ``--minutes``:
 
 * ``--concurrency`` client threads send inference requests (each with a 10 s deadline, half of
-  them in an ``Ember-Deadline-Ms`` header, which keeps them off the warm relay) as fast as they
+  them in an ``Ember-Deadline-Ms`` header, which sends them through the queue) as fast as they
   are answered, spread over the three models;
 * a chaos thread, every 1-3 s: SIGKILLs a replica; or injects S3 faults (503 SlowDown, 500, a
   body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and evicts its tier entry,
