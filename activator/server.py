@@ -42,7 +42,11 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
         }
         stack = stack.model_copy(update={"models": models})
     else:
-        scaler = LocalScaler(cache_dir=settings.cache_dir, warm_pool=settings.warm_pool)
+        scaler = LocalScaler(
+            cache_dir=settings.cache_dir,
+            warm_pool=settings.warm_pool,
+            withhold_env=(settings.admin_token_env, settings.api_token_env),  # no token leaks
+        )
     activator = Activator(stack, scaler, host=host, access_log=access_log)
 
     def signals(stop: asyncio.Event) -> None:

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,11 +124,15 @@ class LocalScaler:
         env: dict[str, str] | None = None,
         listen_timeout_s: float = 60.0,
         warm_pool: int = 0,
+        withhold_env: Collection[str] = (),
     ) -> None:
         self.command = tuple(command)
         self.cache_dir = cache_dir
         self.extra_args = extra_args
         self.env = env
+        # variables a replica must not see (the activator's tokens): its environment is the
+        # activator's (or ``env``) without them
+        self.withhold_env = frozenset(withhold_env)
         self.listen_timeout_s = listen_timeout_s
         self.warm_pool = warm_pool
         self._procs: dict[int, _Process] = {}
@@ -159,7 +163,7 @@ class LocalScaler:
                 stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self.env,
+                env=self._child_env(),
                 start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
                 preexec_fn=die_with_parent,
             )
@@ -175,6 +179,12 @@ class LocalScaler:
         stdout = asyncio.create_task(_pump(proc.stdout, label, None))
         reading = asyncio.create_task(_read_status(read_fd, status))
         return _Process(proc, tail, status, stderr, [reading, stderr, stdout])
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ if self.env is None else self.env)
+        for name in self.withhold_env:
+            env.pop(name, None)
+        return env
 
     async def _spawn_standby(self) -> None:
         state = await self._spawn(["--standby"], standby=True, label="standby")

@@ -542,6 +542,11 @@ def test_api_tokens_guard_the_data_plane_on_both_paths_but_not_health(tmp_path: 
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         assert post(server, headers=admin).status_code == 401
         assert httpx.get(server.url + "/metrics", headers=api).status_code == 200
+        pids = replicas(server)
+        assert pids, "the warm replica"
+        for pid in pids:  # a replica's environment holds no token of the activator's
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert ADMIN_TOKEN.encode() not in environ and b"EMBER_ADMIN_TOKEN=" not in environ
     requests = [e for e in events(tmp_path) if e["event"] == "request"]
     assert [e["status"] for e in requests] == [200, 200, 200]  # refused ones never reach a pool
 
