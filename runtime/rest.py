@@ -140,7 +140,7 @@ class V2Endpoints:
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() too
                 raise InvalidInput(f"Content-Length {declared!r} is not a number")
             if int(declared) > limit:
                 raise PayloadTooLarge(
@@ -166,7 +166,7 @@ def _model(request: Request) -> tuple[str, str | None]:
 
 
 def _header_length(value: str, body_length: int) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²".isdigit() too, and int() refuses it
         raise InvalidInput(
             f"Inference-Header-Content-Length {value!r} is not a non-negative integer"
         )

@@ -153,22 +153,30 @@ def _bytes_from_json(
     name: str, shape: tuple[int, ...], data: list[Any], count: int
 ) -> np.ndarray[Any, Any]:
     flat: list[bytes] = []
-
-    def walk(items: list[Any]) -> None:
-        for item in items:
-            if isinstance(item, list):
-                walk(item)
-            elif isinstance(item, str):
-                flat.append(item.encode("utf-8"))
-            elif isinstance(item, bytes):
-                flat.append(item)
-            else:
+    # row-major, without recursion: nesting as deep as the JSON parser allows is not a crash
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            if len(stack) >= max(1, len(shape)):  # flat, or nested as its shape, no deeper
                 raise InvalidInput(
-                    f"input '{name}': BYTES data must be strings, got {type(item).__name__}"
+                    f"input '{name}': data is nested deeper than its shape {list(shape)}"
                 )
-
-    walk(data)
+            stack.append(iter(item))
+        elif isinstance(item, str):
+            flat.append(item.encode("utf-8"))
+        elif isinstance(item, bytes):
+            flat.append(item)
+        else:
+            raise InvalidInput(
+                f"input '{name}': BYTES data must be strings, got {type(item).__name__}"
+            )
     return _object_array(name, shape, flat, count)
+
+
+_END = object()
 
 
 def _object_array(

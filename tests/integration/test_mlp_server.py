@@ -295,6 +295,8 @@ def test_caller_mistakes_are_oip_errors(
     ("headers", "body", "message"),
     [
         ({"Inference-Header-Content-Length": "abc"}, b"{}", "not a non-negative integer"),
+        ({"Inference-Header-Content-Length": b"\xb2"}, b"{}", "not a non-negative integer"),
+        ({"Inference-Header-Content-Length": b"1\xb9"}, b"{}", "not a non-negative integer"),
         ({"Inference-Header-Content-Length": "99999"}, b"{}", "exceeds the body"),
         ({"Inference-Header-Content-Length": "0"}, b"\0" * 7, "does not fit shape"),
         ({"Content-Encoding": "br"}, b"{}", "not supported"),
@@ -302,7 +304,7 @@ def test_caller_mistakes_are_oip_errors(
     ],
 )
 def test_bad_framing_is_400(
-    mlp_server: ServerProcess, headers: dict[str, str], body: bytes, message: str
+    mlp_server: ServerProcess, headers: dict[str, str | bytes], body: bytes, message: str
 ) -> None:
     r = httpx.post(mlp_server.url + "/v2/models/mlp/infer", content=body, headers=headers)
     assert r.status_code == 400, r.text

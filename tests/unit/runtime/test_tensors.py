@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,13 @@ from runtime.tensors import (
     to_binary,
     to_json_data,
 )
+
+
+def _nested(data: list[Any], depth: int) -> list[Any]:
+    for _ in range(depth):
+        data = [data]
+    return data
+
 
 NUMERIC = ["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"]
 FLOATS = ["FP16", "FP32", "FP64"]
@@ -70,6 +79,14 @@ def test_bf16_conversion_rounds_to_nearest_even() -> None:
     assert bf16_to_float32(np.array([0x3F80, 0xC060], dtype=np.uint16)).tolist() == [1.0, -3.5]
 
 
+def test_bytes_nested_as_their_shape_are_read_in_row_major_order() -> None:
+    assert from_json("x", "BYTES", (2, 2), [["a", "b"], ["c", "d"]]).tolist() == [
+        [b"a", b"b"],
+        [b"c", b"d"],
+    ]
+    assert from_json("x", "BYTES", (2, 2), ["a", "b", "c", "d"]).shape == (2, 2)
+
+
 @pytest.mark.parametrize(
     ("datatype", "shape", "data", "message"),
     [
@@ -83,6 +100,9 @@ def test_bf16_conversion_rounds_to_nearest_even() -> None:
         ("BOOL", (2,), [1, 0], "does not fit datatype BOOL"),
         ("BYTES", (2,), ["a", 1], "BYTES data must be strings"),
         ("BYTES", (3,), ["a", "b"], "needs 3 elements"),
+        ("BYTES", (1,), [["a"]], "nested deeper than its shape"),
+        ("BYTES", (1,), _nested(["x"], 990), "nested deeper than its shape"),  # not a crash
+        ("FP32", (1,), _nested([1.0], 990), "ragged or not numeric"),
         ("BF16", (1,), [1.0], "BF16 has no JSON form"),
     ],
 )
