@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from knative.client import load_cluster_config
 from knative.errors import DeployError
 
 FIELD_MANAGER = "ember"
@@ -34,15 +35,9 @@ class Cluster:
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Cluster:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            try:
-                config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-            except (config.ConfigException, OSError) as exc:
-                raise DeployError(f"no Kubernetes cluster configured: {exc}") from None
+        load_cluster_config(kubeconfig)
         return cls(client.ApiClient())
 
     def _calls(self, obj: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:

@@ -19,6 +19,20 @@ GROUP, VERSION, PLURAL = "serving.knative.dev", "v1", "services"
 MERGE_PATCH = "application/merge-patch+json"
 
 
+def load_cluster_config(kubeconfig: str | None = None) -> None:
+    """Point the kubernetes client at the cluster: in a pod, its service account; elsewhere
+    ``kubeconfig`` or ``$KUBECONFIG``. :class:`DeployError` if there is none."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as exc:
+            raise DeployError(f"no Kubernetes cluster configured: {exc}") from None
+
+
 class KnativeClient:
     """Knative Services of one namespace, through a kubernetes ``CustomObjectsApi``."""
 
@@ -30,15 +44,9 @@ class KnativeClient:
     @classmethod
     def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> KnativeClient:
         """In a pod: its service account; elsewhere: ``kubeconfig`` or ``$KUBECONFIG``."""
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            try:
-                config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-            except (config.ConfigException, OSError) as exc:
-                raise DeployError(f"no Kubernetes cluster configured: {exc}") from None
+        load_cluster_config(kubeconfig)
         return cls(namespace, client.CustomObjectsApi())
 
     async def get_service(self, name: str) -> dict[str, Any]:
