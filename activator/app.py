@@ -154,7 +154,6 @@ class Activator:
     def refuse_waiters(self) -> None:
         """Take no more requests; answer the queued ones 503 (the grace period is over)."""
         self.closing = True
-        self.datapath.closing = True
         for pool in self.pools.values():
             pool.refuse_waiters()
 

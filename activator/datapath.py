@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from activator.errors import ActivatorError, BadRequest, ReplicaFailed, ShuttingDown
+from activator.errors import ActivatorError, BadRequest, ReplicaFailed
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool, Ticket
@@ -37,7 +37,6 @@ class DataPath:
         self.metrics = metrics
         self.events = events
         self.access_log = access_log
-        self.closing = False
         self._counters: dict[tuple[str, int], Any] = {}  # the requests counter's children
         self._queue_hist: dict[str, Any] = {}
 
@@ -109,9 +108,8 @@ class Exchange:
         return self.ticket.replica.url
 
     def take_now(self) -> bool:
-        """A slot now, if a ready replica has one and nobody is queued before us."""
-        if self.datapath.closing:
-            raise ShuttingDown("the activator is shutting down")
+        """A slot now, if a ready replica has one and nobody is queued before us (ShuttingDown
+        once the pool takes no more requests)."""
         ticket = self.pool.try_acquire()
         if ticket is None:
             return False
