@@ -13,14 +13,13 @@ import shutil
 import threading
 import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from weight_cache.errors import BadSource, ObjectChanged, ObjectMissing
-from weight_cache.objects import ObjectInfo, Progress
+from weight_cache.objects import ClosedOnExit, ObjectInfo, Progress
 
 
-class LocalStore:
+class LocalStore(ClosedOnExit):
     """A directory as a store. Nothing to connect to: it opens as it is made, and closing it
     releases the file descriptors of the readers it handed out that are still open."""
 
@@ -31,14 +30,6 @@ class LocalStore:
 
     async def __aenter__(self) -> Self:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         # whoever left them open is gone: no ETag check, just the descriptors

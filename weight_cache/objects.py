@@ -45,6 +45,22 @@ class RangeReader(Protocol):
     def close(self) -> None: ...
 
 
+class ClosedOnExit:
+    """Leaving ``async with`` calls :meth:`aclose` (normally or by an exception): the stores'
+    one way out."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
 class ObjectStore(Protocol):
     """What the cache needs from a store. ``uri`` names the prefix, for messages and cache keys.
 

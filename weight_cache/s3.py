@@ -28,7 +28,6 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -39,7 +38,7 @@ from weight_cache.errors import (
     StoreUnavailable,
     WeightCacheError,
 )
-from weight_cache.objects import ObjectInfo, Progress, join_key
+from weight_cache.objects import ClosedOnExit, ObjectInfo, Progress, join_key
 
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 PART_BYTES = 64 * 1024 * 1024  # multipart part size (S3 needs >= 5 MiB but the last)
@@ -73,7 +72,7 @@ async def warm_session() -> None:
             pass
 
 
-class S3Store:
+class S3Store(ClosedOnExit):
     """One bucket prefix through one aiobotocore client, made when the store is entered.
 
     ``async with S3Store(bucket, prefix) as store:`` (or :func:`weight_cache.stores.open_store`);
@@ -122,14 +121,6 @@ class S3Store:
             await self._stack.aclose()
             raise _translate(exc, f"s3://{self.bucket}") from exc
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         for reader in list(self._readers):
