@@ -29,6 +29,7 @@ from knative.client import KnativeClient
 from knative.errors import KnativeApiError, ServiceNotFound
 from tests.conftest import slow_model
 from tests.fake_knative import FakeKnative, write_kubeconfig
+from tests.fixtures.specs import model_spec
 from tests.integration.test_activator import BODY, events, state, wait_until
 from tests.servers import ROOT, ServerProcess
 
@@ -139,6 +140,16 @@ def test_a_missing_ksvc_says_to_deploy(tmp_path: Path, fake: FakeKnative) -> Non
     assert json.loads(json.dumps(fake.requests[-1]))[0] == "PATCH"
 
 
+def refused_in_seconds(server: ServerProcess) -> str:
+    """A request through ``ember up`` answered 503 well before the startup timeout; its error."""
+    sent = time.monotonic()
+    r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=60)
+    assert r.status_code == 503, r.text
+    assert time.monotonic() - sent < 10, "it waited for the startup timeout"
+    error: str = r.json()["error"]
+    return error
+
+
 def test_a_model_that_cannot_load_fails_the_wake_in_seconds_with_why(
     tmp_path: Path, failing_fake: FakeKnative
 ) -> None:
@@ -147,11 +158,7 @@ def test_a_model_that_cannot_load_fails_the_wake_in_seconds_with_why(
     server = ServerProcess(config, command="up", env=env)
     try:
         server.wait_ready(timeout_s=30)
-        sent = time.monotonic()
-        r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=60)
-        assert r.status_code == 503, r.text
-        assert time.monotonic() - sent < 10, "it waited for the startup timeout"
-        assert f"weights file {missing} does not exist" in r.json()["error"]
+        assert f"weights file {missing} does not exist" in refused_in_seconds(server)
         (entry,) = httpx.post(server.url + "/v2/repository/index").json()
         assert f"weights file {missing} does not exist" in entry["reason"]
         # the failed start gives the pod back
@@ -198,27 +205,21 @@ def test_a_container_that_exits_on_a_failed_load_fails_the_wake_with_its_message
     server = ServerProcess(config, command="up", env=env)
     try:
         server.wait_ready(timeout_s=30)
-        sent = time.monotonic()
-        r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=60)
-        assert r.status_code == 503, r.text
-        assert time.monotonic() - sent < 10, "it waited for the startup timeout"
         expected = (
             "ExitCode3: Container failed with: model 'slow' could not load (weights_missing): "
             f"weights file {missing} does not exist"
         )
-        assert expected in r.json()["error"], r.text
+        assert expected in refused_in_seconds(server)
         wait_until(lambda: exiting_fake.min_scales("slow") == ["1", "0"], 30, "min-scale 0")
     finally:
         server.terminate()
 
 
 # ----------------------------------------------------------------------------- the scaler itself
-def model_spec(tmp_path: Path) -> ModelSpec:
-    return ModelSpec(
+def slow_spec(tmp_path: Path) -> ModelSpec:
+    return model_spec(
         name="slow",
         config_path=tmp_path / "slow.json",
-        min_replicas=0,
-        max_replicas=1,
         container_concurrency=1,
         target=1.0,
         keep_alive_s=1.0,
@@ -254,7 +255,7 @@ async def test_a_failed_load_is_load_failed_with_the_replicas_kind_and_reason(
     tmp_path: Path, failing_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
 ) -> None:
     scaler = scaler_of(failing_fake)
-    handle = await scaler.start(model_spec(tmp_path))
+    handle = await scaler.start(slow_spec(tmp_path))
     with pytest.raises(ReplicaStartFailed) as caught:
         await scaler.wait_ready(handle, 300)
     assert caught.value.kind is StartFailure.LOAD_FAILED
@@ -271,7 +272,7 @@ async def test_ready_false_is_platform_with_knatives_reason(
         fake.add_service("ember", "slow")
         fake.fail_on_wake("slow", "RevisionFailed", "image x: not found")
         scaler = scaler_of(fake)
-        handle = await scaler.start(model_spec(tmp_path))
+        handle = await scaler.start(slow_spec(tmp_path))
         with pytest.raises(ReplicaStartFailed) as caught:
             await scaler.wait_ready(handle, 30)
     finally:
@@ -287,7 +288,7 @@ async def test_a_service_that_never_answers_is_timed_out(
     try:
         fake.add_service("ember", "slow")
         scaler = scaler_of(fake)
-        handle = await scaler.start(model_spec(tmp_path))
+        handle = await scaler.start(slow_spec(tmp_path))
         with pytest.raises(ReplicaStartFailed) as caught:
             await scaler.wait_ready(handle, 0.5)
     finally:
@@ -305,7 +306,7 @@ async def test_a_missing_service_and_an_unreachable_api_are_platform(tmp_path: P
         assert missing.value.status == 404
         scaler = KnativeScaler(api)
         with pytest.raises(ReplicaStartFailed) as caught:
-            await scaler.start(model_spec(tmp_path))
+            await scaler.start(slow_spec(tmp_path))
         assert caught.value.kind is StartFailure.PLATFORM
         assert "ember/slow does not exist (run `ember deploy`)" in str(caught.value)
         await scaler.aclose()
@@ -317,7 +318,7 @@ async def test_a_missing_service_and_an_unreachable_api_are_platform(tmp_path: P
     assert unreachable.value.status is None and not isinstance(unreachable.value, ServiceNotFound)
     scaler = KnativeScaler(gone)
     with pytest.raises(ReplicaStartFailed) as caught:
-        await scaler.start(model_spec(tmp_path))
+        await scaler.start(slow_spec(tmp_path))
     assert caught.value.kind is StartFailure.PLATFORM
     assert "cannot reach the Kubernetes API" in str(caught.value)
     await scaler.aclose()

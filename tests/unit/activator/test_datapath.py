@@ -30,6 +30,7 @@ from activator.events import read_events
 from activator.frontdoor import FrontDoor
 from activator.scalers.base import ReplicaHandle
 from contracts.stack import ActivatorSettings, ModelSpec, StackConfig
+from tests.fixtures.specs import model_spec
 
 
 class Replica:
@@ -167,21 +168,8 @@ class Harness:
         return [e for e in read_events(self.events_path) if e["event"] == kind]
 
 
-def model_spec(**kw: Any) -> ModelSpec:
-    values: dict[str, Any] = {
-        "name": "m",
-        "config_path": Path("/dev/null"),
-        "min_replicas": 0,
-        "max_replicas": 1,
-        "container_concurrency": 4,
-        "target": 4.0,
-        "keep_alive_s": 30.0,
-        "queue_size": 10,
-        "deadline_s": 5.0,
-        "startup_timeout_s": 5.0,
-    }
-    values.update(kw)
-    return ModelSpec(**values)
+def spec_of(**kw: Any) -> ModelSpec:
+    return model_spec(**{"container_concurrency": 4, "target": 4.0, "keep_alive_s": 30.0, **kw})
 
 
 @contextlib.asynccontextmanager
@@ -195,7 +183,7 @@ async def serving(
 ) -> AsyncIterator[Harness]:
     events = tmp_path / "events.jsonl"
     settings = ActivatorSettings(events=events, grace_period_s=0.2)
-    models = {"m": model_spec(**spec)}
+    models = {"m": spec_of(**spec)}
     stack = StackConfig(path=tmp_path / "ember.yaml", settings=settings, models=models)
     activator = Activator(stack, (scaler or Scaler)(replicas))
     door = FrontDoor(activator, request_timeout_s=request_timeout_s)

@@ -22,6 +22,7 @@ from activator.scalers.local import LocalScaler
 from contracts.replica import FailureKind, Listening, ModelStatus, Standby, encode
 from contracts.stack import ModelSpec
 from tests.conftest import FIXTURES, slow_model
+from tests.fixtures.specs import model_spec
 
 FAKE = (sys.executable, str(FIXTURES / "fake_replica.py"))
 URL = "http://127.0.0.1:1"
@@ -39,11 +40,9 @@ READY = line(ModelStatus("m", "READY", phases={"imports": 0.5, "load": 0.25, "wa
 def spec(tmp_path: Path, steps: list[dict[str, Any]], name: str = "m") -> ModelSpec:
     script = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.json"
     script.write_text(json.dumps(steps))
-    return ModelSpec(
+    return model_spec(
         name=name,
         config_path=script,
-        min_replicas=0,
-        max_replicas=1,
         container_concurrency=1,
         target=1.0,
         keep_alive_s=1.0,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from activator.errors import ReplicaStartFailed, StartFailure
@@ -15,6 +14,7 @@ from activator.events import EventLog
 from activator.pool.clock import Clock, SystemClock
 from activator.scalers.base import ReplicaHandle
 from contracts.stack import ModelSpec
+from tests.fixtures.specs import model_spec
 
 T = TypeVar("T")
 
@@ -119,21 +119,7 @@ class Events(EventLog):
         return [e for e in self.emitted if e["event"] == kind]
 
 
-def spec(**kw: object) -> ModelSpec:
-    values: dict[str, object] = {
-        "name": "m",
-        "config_path": Path("/dev/null"),
-        "min_replicas": 0,
-        "max_replicas": 1,
-        "container_concurrency": 2,
-        "target": 2.0,
-        "keep_alive_s": 0.3,
-        "queue_size": 10,
-        "deadline_s": 5.0,
-        "startup_timeout_s": 5.0,
-    }
-    values.update(kw)
-    return ModelSpec(**values)  # type: ignore[arg-type]
+spec = model_spec  # the pool tests' name for it
 
 
 async def turns(condition: Callable[[], bool], what: str, limit: int = 100) -> None:
