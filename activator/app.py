@@ -51,7 +51,9 @@ from activator.pool import ModelPool
 from activator.routes import Endpoint, Guard, Match, guard, resolve, split
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
+from contracts.oip import repository_index_request
 from contracts.stack import StackConfig
+from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
 
@@ -108,6 +110,8 @@ class Activator:
             Endpoint.REPOSITORY_INDEX: self._index,
             Endpoint.REPOSITORY_LOAD: self._repository_load,
             Endpoint.REPOSITORY_UNLOAD: self._repository_unload,
+            Endpoint.MODELS_STATS: self._models_stats,
+            Endpoint.MODEL_STATS: self._model_stats,
             Endpoint.MODEL: self._model,
             Endpoint.METRICS: self._metrics,
             Endpoint.ADMIN_MODELS: self._admin_models,
@@ -233,9 +237,14 @@ class Activator:
         )
 
     async def _index(self, match: Match, body: bytes) -> Response:
-        return json_response(200, self.index())
+        try:
+            ready = repository_index_request(body).ready
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return json_response(200, self.index(ready=ready))
 
-    def index(self) -> list[dict[str, Any]]:
+    def index(self, *, ready: bool = False) -> list[dict[str, Any]]:
+        """Every model, or (``ready``) those a replica answers now, as the predictor lists them."""
         return [
             {
                 "name": name,
@@ -244,6 +253,7 @@ class Activator:
                 "activator_state": pool.state,
             }
             for name, pool in self.pools.items()
+            if not ready or pool.state == "ready"
         ]
 
     async def _repository_load(self, match: Match, body: bytes) -> Response:
@@ -275,6 +285,18 @@ class Activator:
             {"name": match.model, "ready": not failed},
             [(b"ember-model-state", pool.state.encode())],
         )
+
+    async def _model_stats(self, match: Match, body: bytes) -> Response:
+        return json_response(200, {"model_stats": [self._stats(self.pool(match.model)).as_dict()]})
+
+    async def _models_stats(self, match: Match, body: bytes) -> Response:
+        stats = [self._stats(pool).as_dict() for pool in self.pools.values()]
+        return json_response(200, {"model_stats": stats})
+
+    def _stats(self, pool: ModelPool) -> ModelStats:
+        """A model's statistics as the activator sees them (see :class:`DataPath`), kept since
+        it started, so they survive the model's scaling to zero."""
+        return self.datapath.stats.get(pool.name) or ModelStats(pool.name, pool.spec.version)
 
     async def _metrics(self, match: Match, body: bytes) -> Response:
         text = generate_latest(self.metrics.registry)

@@ -21,6 +21,7 @@ from activator.errors import ActivatorError, BadRequest, ReplicaFailed
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool, Ticket
+from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
 
@@ -29,7 +30,13 @@ CLIENT_GONE = 499
 
 
 class DataPath:
-    """The data path's shared state: where requests are recorded."""
+    """The data path's shared state: where requests are recorded.
+
+    ``stats`` are each model's statistics as the activator sees them, since it started (they
+    outlive its replicas): requests counted once each (the activator does not look inside a
+    request for its batch), ``queue`` the wait for a replica slot (a cold start's included),
+    ``compute_infer`` the time replicas took to answer.
+    """
 
     def __init__(
         self, metrics: ActivatorMetrics, events: EventLog, *, access_log: bool = False
@@ -39,6 +46,7 @@ class DataPath:
         self.access_log = access_log
         self._counters: dict[tuple[str, int], Any] = {}  # the requests counter's children
         self._queue_hist: dict[str, Any] = {}
+        self.stats: dict[str, ModelStats] = {}
 
     def exchange(self, pool: ModelPool, path: bytes, arrival: float) -> Exchange:
         return Exchange(self, pool, path, arrival)
@@ -58,12 +66,21 @@ class DataPath:
         if hist is None:
             hist = self._queue_hist[name] = self.metrics.queue_seconds.labels(name)
         hist.observe(x.queued_s)
+        now = time.time()
+        stats = self.stats.get(name)
+        if stats is None:
+            stats = self.stats[name] = ModelStats(name, x.pool.spec.version)
+        stats.record_request(ok=status < 400, items=1, total_ns=int((now - x.arrival) * 1e9))
+        if x.started is not None:
+            stats.execution_count += 1
+            stats.queue.add(int(x.queued_s * 1e9))
+            stats.compute_infer.add(int((now - x.started) * 1e9))
         self.events.request(
             name,
             x.path.decode("latin-1"),
             x.arrival,
             x.started,
-            time.time(),
+            now,
             status,
             x.cold,
             x.queued_s,

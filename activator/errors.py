@@ -54,6 +54,19 @@ class HeadersTooLarge(ActivatorError):
     status_code = 431
 
 
+class RequestTimeout(ActivatorError):
+    """A client stopped sending its request's head or body before it was whole."""
+
+    status_code = 408
+
+
+class Overloaded(ActivatorError):
+    """The front door holds as many request bodies as it may (``max_buffered_bytes``)."""
+
+    status_code = 503
+    retry_after_s = 1.0
+
+
 class QueueFull(ActivatorError):
     """The model's queue is at its bound: come back later."""
 

@@ -8,9 +8,17 @@ relayed to the client byte for byte as it arrives: no framework, no header objec
 re-encoding. That keeps the activator's cost small next to the replica's (see
 ``scripts/bench_activator.py``).
 
-Every other request (health, metadata, the repository index, metrics, the admin API, a model's
-``ready`` at zero) goes to :class:`activator.app.Activator` through a minimal ASGI bridge.
-Answers leave in request order on each connection.
+Every other request (health, metadata, the repository index, statistics, metrics, the admin
+API, a model's ``ready`` at zero) goes to :class:`activator.app.Activator` through a minimal ASGI
+bridge (:mod:`activator.bridge`). Answers leave in request order on each connection.
+
+Memory stays bounded: a body declared over ``max_request_bytes`` is refused (413) before it is
+read, and one that would take the bodies held over all connections past ``max_buffered_bytes``
+is refused (503); a connection reads no further ahead than ``PIPELINE_DEPTH`` requests or
+``PIPELINE_BYTES``, and stops reading (and stops reading its replica's answer) while its client
+does not take what it is sent. Bodies are let go with their answers, or with their connection.
+Reads are timed (``header_timeout_s``, ``body_timeout_s``, ``idle_timeout_s``; 408 when part of
+a request came).
 """
 
 from __future__ import annotations
@@ -20,16 +28,24 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
 
+from activator import bridge
 from activator.app import Activator
 from activator.datapath import CLIENT_GONE, Exchange, deadline_of
-from activator.errors import ActivatorError, DeadlineExceeded, HeadersTooLarge, PayloadTooLarge
+from activator.errors import (
+    ActivatorError,
+    DeadlineExceeded,
+    HeadersTooLarge,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from activator.http import HOP_HEADERS, Headers, error_response, head
 from activator.pool import ModelPool
 from activator.routes import Endpoint, resolve
@@ -44,7 +60,10 @@ ACCEPT_SETTLE_S = 0.05
 MAX_HEADERS = 256  # header fields per request; past it: 431
 FIRST_REQUEST_S = 1.0
 ANSWER_AFTER_GRACE_S = 2.0  # for the answers to queued requests refused when the grace ends
-SWEEP_S = 1.0  # how often requests a replica has held past request_timeout_s are looked for
+SWEEP_S = 1.0  # how often timeouts are looked for (at most; less with shorter timeouts)
+# read-ahead on one connection while an earlier request is answered: past either, stop reading
+PIPELINE_DEPTH = 8
+PIPELINE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -96,6 +115,18 @@ class FrontConnection(asyncio.Protocol):
         self._failed: tuple[ActivatorError, int] | None = None  # a parse error, once its turn
         self._upgrading: Request | None = None  # a request that asked to switch protocols
         self._body_left = 0  # the bytes of its body still to come
+        # memory: the body bytes this connection holds (counted in door.buffered too), the
+        # request being answered, the bodies of those read ahead; reading paused or not
+        self.holding = 0
+        self._current: Request | None = None
+        self._pending_bytes = 0
+        self._reading = True
+        self._write_paused = False
+        # read timeouts (monotonic): since when idle, the head's first byte, the last body bytes
+        self._idle_since = time.monotonic()
+        self._began = 0.0
+        self._last_body = 0.0
+        self._in_body = False
 
     # ------------------------------------------------------------------ parsing
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,6 +134,8 @@ class FrontConnection(asyncio.Protocol):
         self.door.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
         if self._upgrading is not None:  # the body of a request that asked to upgrade
             data = self._take_body(data)
             if not data:
@@ -113,13 +146,15 @@ class FrontConnection(asyncio.Protocol):
             self._declined_upgrade(data, exc)
         except httptools.HttpParserError as exc:
             cause = exc.__context__ or exc.__cause__
-            if isinstance(cause, (PayloadTooLarge, HeadersTooLarge)):  # wrapped by the parser
+            if isinstance(cause, ActivatorError):  # raised in a callback, wrapped by the parser
                 self._fail(cause, cause.status_code)
                 return
             self._fail(ActivatorError(f"malformed HTTP request: {exc}"), 400)
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self._in_body = False
+        self._began = time.monotonic()
         self._url = b""
         self._headers = []
         self._body = []
@@ -153,11 +188,41 @@ class FrontConnection(asyncio.Protocol):
         if value.lower() == b"100-continue" and not due and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+    def on_headers_complete(self) -> None:
+        """A body declared too big, or one there is no room for, is refused before it is read."""
+        self._in_body = True
+        self._last_body = time.monotonic()
+        for name, value in self._headers:
+            if name == b"content-length":
+                self._room_for(int(value))  # the parser checked it is a number
+
+    def _room_for(self, size: int) -> None:
+        limit = self.settings.max_request_bytes
+        if self._size + size > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        budget = self.settings.max_buffered_bytes
+        if self.door.buffered + size > budget:
+            raise Overloaded(
+                f"the activator holds {self.door.buffered} bytes of request bodies and may hold "
+                f"{budget}: try again shortly"
+            )
+
     def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self.settings.max_request_bytes:
-            raise PayloadTooLarge(f"request body over {self.settings.max_request_bytes} bytes")
+        size = len(body)
+        self._room_for(size)
+        self._last_body = time.monotonic()
+        self._size += size
+        self._hold(size)
         self._body.append(body)
+
+    def _hold(self, size: int) -> None:
+        self.holding += size
+        self.door.buffered += size
+
+    def _let_go(self, size: int) -> None:
+        size = min(size, self.holding)
+        self.holding -= size
+        self.door.buffered -= size
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -177,12 +242,42 @@ class FrontConnection(asyncio.Protocol):
 
     def _queue_request(self, request: Request) -> None:
         self.pending.append(request)
+        self._pending_bytes += len(request.body)
         if not self.busy:
             self._next()
+        else:
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read on only while there is room: not too far ahead of the answers, the client
+        taking what it is sent, no refusal waiting for its turn."""
+        ahead = len(self.pending) >= PIPELINE_DEPTH or self._pending_bytes >= PIPELINE_BYTES
+        reading = not (ahead or self._write_paused or self._failed is not None)
+        if reading != self._reading and self.transport is not None and not self.closing:
+            self._reading = reading
+            if reading:
+                self._last_body = time.monotonic()  # the pause was ours, not the client's
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        """The client is not taking its answers: stop reading them from the replica, and stop
+        reading its further requests, until it does."""
+        self._write_paused = True
+        if self._upstream is not None:
+            self._upstream.pause()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._upstream is not None:
+            self._upstream.resume()
+        self._update_reading()
 
     def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
-        """A request asking to switch protocols (h2c, websocket) is answered over HTTP/1.1, as a
-        proxy that speaks no other protocol does; a CONNECT is refused.
+        """A request asking to switch protocols (h2c) is answered over HTTP/1.1, as a proxy that
+        speaks no other protocol does; a websocket handshake and a CONNECT are refused (400).
 
         The parser stops at the end of such a request's head, taking what follows for the new
         protocol: its body (``content-length`` bytes) is read here, then a fresh parser goes on.
@@ -191,6 +286,12 @@ class FrontConnection(asyncio.Protocol):
         if request is None or request.method == b"CONNECT":
             self._fail(ActivatorError("CONNECT and protocol upgrades are not supported"), 400)
             return
+        if (b"upgrade", b"websocket") in [(k, v.lower()) for k, v in request.headers]:
+            # refused, as the predictor refuses it: a websocket client would take a plain answer
+            # for a broken handshake, where it should learn the server speaks none
+            message = "this server speaks no websocket; use the v2 REST routes over HTTP/1.1"
+            self._fail(ActivatorError(message), 400)
+            return
         length = 0
         for name, value in request.headers:
             if name == b"transfer-encoding":
@@ -198,10 +299,12 @@ class FrontConnection(asyncio.Protocol):
                 return
             if name == b"content-length":
                 length = int(value)  # the parser checked it is a number
-        if length > self.settings.max_request_bytes:
-            limit = self.settings.max_request_bytes
-            self._fail(PayloadTooLarge(f"request body over {limit} bytes"), 413)
+        try:
+            self._room_for(length)
+        except ActivatorError as refused:
+            self._fail(refused, refused.status_code)
             return
+        self._hold(length)  # taken as it comes, let go with the request like any other body
         self.parser = httptools.HttpRequestParser(self)
         self._upgrading, self._body_left = request, length
         self._body = []
@@ -235,14 +338,25 @@ class FrontConnection(asyncio.Protocol):
             if conn is not None:
                 conn.abandon()
             x.finish(CLIENT_GONE)
+        # let go of every body now: the parser and this object refer to each other, so without
+        # this they would stay until a full garbage collection
+        self._let_go(self.holding)
+        self.pending.clear()
+        self._body = []
+        self._current = self._request = self._upgrading = None
+        self._out.clear()
+        self._x = None
 
     def _fail(self, error: ActivatorError, status: int) -> None:
         """A request that cannot be parsed: answered (after the answers already due), then the
-        connection closes."""
+        connection closes. What arrived of its body is let go at once."""
+        self._let_go(self._size)
+        self._size = 0
+        self._body = []
+        self.in_message = False
         if self.busy or self.pending:
-            if self.transport is not None:
-                self.transport.pause_reading()
             self._failed = (error, status)
+            self._update_reading()
             return
         response = error_response(error)
         self._write(status, response.headers, response.body, keep_alive=False)
@@ -250,11 +364,19 @@ class FrontConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ dispatch
     def _next(self) -> None:
+        if self._current is not None:  # answered: its body goes
+            self._let_go(len(self._current.body))
+            self._current = self._request = None
         if self.pending and not self.closing:
             self.busy = True
-            self._dispatch(self.pending.popleft())
+            request = self._current = self.pending.popleft()
+            self._pending_bytes -= len(request.body)
+            if not self._reading:
+                self._update_reading()
+            self._dispatch(request)
             return
         self.busy = False
+        self._idle_since = time.monotonic()
         if self._failed is not None:
             error, status = self._failed
             self._failed = None
@@ -262,6 +384,25 @@ class FrontConnection(asyncio.Protocol):
             return
         if self.door.draining and self.requests:  # its last answer said "connection: close"
             self.close()
+
+    def check_reads(self, now: float) -> None:
+        """Close a connection whose client stopped sending: 408 if part of a request came."""
+        if self.closing or self._failed is not None or not self._reading:
+            return  # not reading is our doing: the client cannot be blamed
+        settings = self.settings
+        if self.in_message:
+            if not self._in_body and now - self._began > settings.header_timeout_s:
+                late = f"the request's head did not arrive within {settings.header_timeout_s:g}s"
+            elif self._in_body and now - self._last_body > settings.body_timeout_s:
+                late = f"the request's body paused for over {settings.body_timeout_s:g}s"
+            else:
+                return
+            self._fail(RequestTimeout(late), 408)
+        elif not self.busy and not self.pending:
+            # a fresh connection owes its first request within header_timeout_s
+            limit = settings.idle_timeout_s if self.requests else settings.header_timeout_s
+            if now - self._idle_since > limit:
+                self.close()
 
     def held(self, now: float, fresh_until: float) -> bool:
         """Whether draining must wait for this connection: a request in hand or arriving."""
@@ -327,7 +468,7 @@ class FrontConnection(asyncio.Protocol):
         data = b"".join(out) + request.body
         conn = self.door.upstreams.take(key)
         if conn is not None:
-            self._upstream = conn
+            self._attach(conn)
             conn.send(self, data, head=request.head)
         else:
             self._spawn(self._connect_and_send(x, key, data, request.head))
@@ -342,8 +483,13 @@ class FrontConnection(asyncio.Protocol):
         if self._x is not x or self.closing:  # timed out, or the client left, meanwhile
             conn.close()
             return
-        self._upstream = conn
+        self._attach(conn)
         conn.send(self, data, head=head)
+
+    def _attach(self, conn: Upstream) -> None:
+        self._upstream = conn
+        if self._write_paused:  # the client is not reading: neither do we, from the replica
+            conn.pause()
 
     def relay(self, data: bytes) -> None:
         """The replica's bytes, passed on; small answers in one write, big ones as they come."""
@@ -439,48 +585,17 @@ class FrontConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the activator's own
     async def _answer(self, request: Request) -> None:
-        url = httptools.parse_url(request.url)
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": request.method.decode("latin-1"),
-            "scheme": "http",
-            "path": unquote(url.path.decode("latin-1")),
-            "raw_path": url.path,
-            "query_string": url.query or b"",
-            "headers": request.headers,
-            "client": self.transport.get_extra_info("peername") if self.transport else None,
-            "server": None,
-        }
-        sent_body = False
-
-        async def receive() -> MutableMapping[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": request.body, "more_body": False}
-            await asyncio.shield(self.gone)
-            return {"type": "http.disconnect"}
-
-        response: dict[str, Any] = {}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                response["status"] = message["status"]
-                response["headers"] = message.get("headers", [])
-            elif message["type"] == "http.response.body":
-                headers = [(k, v) for k, v in response["headers"] if k.lower() != b"content-length"]
-                response["answer"] = (response["status"], headers, message.get("body", b""))
-
-        try:
-            await self.activator(scope, receive, send)
-        except Exception:
-            log.exception("unexpected error answering %s", request.url)
-        if "answer" not in response:  # the app always answers; if it did not, say so
-            error = error_response(ActivatorError("the activator gave no answer"))
-            response["answer"] = (error.status, error.headers, error.body)
-        self._respond(request, *response["answer"])
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        answer = await bridge.answer(
+            self.activator,
+            request.method,
+            request.url,
+            request.headers,
+            request.body,
+            peer,
+            self.gone,
+        )
+        self._respond(request, *answer)
 
     # ------------------------------------------------------------------ writing
     def _respond(self, request: Request, status: int, headers: Headers, body: bytes) -> None:
@@ -521,6 +636,7 @@ class FrontDoor:
         self.activator = activator
         self.request_timeout_s = request_timeout_s or activator.settings.request_timeout_s
         self.upstreams = UpstreamPool()
+        self.buffered = 0  # request body bytes held by all connections (max_buffered_bytes)
         self.connections: set[FrontConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
@@ -567,13 +683,18 @@ class FrontDoor:
             conn.close()
 
     async def _sweep(self) -> None:
-        """504 for requests a replica has held past ``request_timeout_s``."""
+        """504 for requests a replica has held past ``request_timeout_s``; 408 (or a close)
+        for connections whose clients stopped sending."""
+        settings = self.activator.settings
+        shortest = min(settings.header_timeout_s, settings.body_timeout_s, self.request_timeout_s)
+        period = min(SWEEP_S, shortest / 4)
         while True:
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self.connections):
                 if conn._x is not None and now - conn._sent_at > self.request_timeout_s:
                     conn.timed_out(now)
+                conn.check_reads(now)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting; answer what is held (queued requests included); then stop all.

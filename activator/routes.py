@@ -10,7 +10,9 @@ path                                                           method  guard  an
 ``/v2``                                                        GET     API    the activator
 ``/v2/repository/index``                                       POST    API    the activator
 ``/v2/repository/models/{m}/load|unload``                      POST    API    the activator
-``/v2/models/{m}[/versions/{v}][/infer|ready|config|stats]``   any     API    a replica (relayed)
+``/v2/models/stats``                                           GET     API    the activator
+``/v2/models/{m}[/versions/{v}]/stats``                        GET     API    the activator
+``/v2/models/{m}[/versions/{v}][/infer|ready|config]``         any     API    a replica (relayed)
 ``/metrics``                                                   GET     API    the activator
 ``/admin/models``                                              GET     admin  the activator
 ``/admin/models/{m}/warm|sleep``                               POST    admin  the activator
@@ -42,6 +44,8 @@ class Endpoint(enum.Enum):
     REPOSITORY_INDEX = "repository_index"
     REPOSITORY_LOAD = "repository_load"
     REPOSITORY_UNLOAD = "repository_unload"
+    MODELS_STATS = "models_stats"  # every model's statistics
+    MODEL_STATS = "model_stats"  # one model's: the activator keeps them (a replica's would wake it)
     MODEL = "model"  # relayed to a replica (ready at zero: answered by the activator)
     METRICS = "metrics"
     ADMIN_MODELS = "admin_models"
@@ -61,6 +65,7 @@ ROUTES = (
     Route(("v2", "health", "ready"), "GET", Endpoint.READY),
     Route(("v2",), "GET", Endpoint.SERVER_METADATA),
     Route(("v2", "repository", "index"), "POST", Endpoint.REPOSITORY_INDEX),
+    Route(("v2", "models", "stats"), "GET", Endpoint.MODELS_STATS),
     Route(("v2", "repository", "models", "{model}", "load"), "POST", Endpoint.REPOSITORY_LOAD),
     Route(("v2", "repository", "models", "{model}", "unload"), "POST", Endpoint.REPOSITORY_UNLOAD),
     Route(("metrics",), "GET", Endpoint.METRICS),
@@ -78,7 +83,9 @@ class Match:
 
 
 def split(path: str) -> list[str]:
-    return path.strip("/").split("/")
+    """The path's segments; a trailing slash is an empty last one (no route has it: 404, as on
+    the predictor; never a redirect)."""
+    return path.removeprefix("/").split("/")
 
 
 def guard(parts: list[str]) -> Guard:
@@ -95,6 +102,8 @@ def model_route(parts: list[str]) -> tuple[str, str] | None:
     """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, ACTION), else None."""
     if len(parts) < 3 or parts[0] != "v2" or parts[1] != "models" or not parts[2]:
         return None
+    if parts[2:] == ["stats"]:  # every model's statistics (as the predictor reads it too)
+        return None
     rest = parts[3:]
     if len(rest) >= 2 and rest[0] == "versions":
         rest = rest[2:]
@@ -110,7 +119,12 @@ def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
         parts = split(path)
     found = model_route(parts)
     if found is not None:
-        return Match(Endpoint.MODEL, found[0], found[1])
+        model, action = found
+        if action != "stats":
+            return Match(Endpoint.MODEL, model, action)
+        if method != "GET":
+            raise MethodNotAllowed(f"method {method} not allowed here (use GET)")
+        return Match(Endpoint.MODEL_STATS, model, action)
     allowed = []
     for route in ROUTES:
         if len(route.pattern) != len(parts):

@@ -15,6 +15,7 @@ from activator.frontdoor import run
 from activator.scalers.base import Scaler
 from activator.scalers.local import LocalScaler
 from contracts.logs import configure as configure_logging
+from contracts.proc import give_big_blocks_back
 from contracts.sockets import bind
 from contracts.stack import StackConfig
 
@@ -22,6 +23,7 @@ from contracts.stack import StackConfig
 def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) -> int:
     settings = stack.settings
     configure_logging(settings.log_level)
+    give_big_blocks_back()  # request bodies, once let go, leave the process's memory too
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     scaler: Scaler

@@ -51,6 +51,7 @@ class Upstream(asyncio.Protocol):
         self.reusable = True  # it may carry another request
         self.said_close = False  # the answer said "connection: close": the client's must end
         self.head = False  # the request in flight is a HEAD: its answer has no body
+        self.paused = False  # not reading: the client is not taking the answer
         self.idle_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,6 +64,16 @@ class Upstream(asyncio.Protocol):
         self.said_close = False
         self.head = head
         self.transport.write(data)
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         front = self.front
@@ -148,6 +159,7 @@ class UpstreamPool:
         if conn.closed or not conn.reusable:
             conn.close()
             return
+        conn.resume()  # its answer may have ended in the bytes read before a pause
         conn.idle_since = time.monotonic()
         self.idle.setdefault(conn.key, []).append(conn)
 

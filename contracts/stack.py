@@ -16,6 +16,10 @@
       api_token_file: null
       max_header_bytes: 65536      # request line + headers; past it: 431
       max_request_bytes: 67108864
+      max_buffered_bytes: 536870912  # request bodies held at once, all connections; past it: 503
+      header_timeout_s: 10         # a request's head must arrive whole within this; else 408
+      body_timeout_s: 30           # longest pause while a body arrives; else 408
+      idle_timeout_s: 75           # a kept-alive connection with no request is closed after this
       cache_dir: /var/cache/ember  # the replicas' local weight tier
       warm_pool: 0                 # standby interpreters for faster local starts (0: none)
     models:
@@ -68,6 +72,15 @@ class ActivatorSettings(BaseModel):
     api_token_file: Path | None = None
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # request bodies the front door holds at once (parsed, queued, being relayed), over all
+    # connections; a request that would take it past this is answered 503 before it is read
+    max_buffered_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # client reads: the head within header_timeout_s of its first byte (of the connection
+    # opening, for its first request); no pause in a body longer than body_timeout_s (408);
+    # a kept-alive connection idle for idle_timeout_s is closed
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    idle_timeout_s: float = Field(default=75.0, gt=0)
     cache_dir: Path | None = None
     # local scaler: `ember serve --standby` processes kept ready (imports done, no model), so a
     # start skips Python's and torch's start-up; each costs memory only. 0 disables the pool.
@@ -141,6 +154,7 @@ class ModelSpec(BaseModel):
 
     name: str
     config_path: Path
+    version: str = "1"  # the model config's (what the replicas serve; statistics carry it)
     min_replicas: int
     max_replicas: int
     container_concurrency: int
@@ -218,6 +232,7 @@ def load_stack(path: str | Path) -> StackConfig:
             parse_policy_spec(policy)  # raises ConfigError naming the choices
         models[name] = ModelSpec(
             name=name,
+            version=str(model.get("version") or "1"),
             policy=policy,
             config_path=config_path.resolve(),
             min_replicas=entry.min_replicas,

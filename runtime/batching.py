@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from contracts.stats import ModelStats
 from runtime.config import ModelConfig
 from runtime.errors import InferenceFailed, InvalidInput, RuntimeServerError, ServerOverloaded
 from runtime.handlers.base import ModelHandler
 from runtime.metrics import RuntimeMetrics
-from runtime.stats import ModelStats
 from runtime.tensors import Tensor
 
 Predict = Callable[[dict[str, Tensor]], dict[str, Tensor]]

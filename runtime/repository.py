@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from contracts.replica import FailureKind, ModelStatus
+from contracts.stats import ModelStats
 from runtime.batching import Scheduler
 from runtime.config import ModelConfig
 from runtime.errors import ConfigError, ModelNotFound, ModelNotReady, RuntimeServerError
 from runtime.handlers.base import HandlerLoadError, ModelHandler, create_handler
 from runtime.metrics import RuntimeMetrics
 from runtime.sources import WeightSources
-from runtime.stats import ModelStats
 from runtime.status import failure_kind
 from weight_cache.errors import WeightCacheError
 

@@ -1,214 +1,24 @@
 """The data path in one process: the front door, the activator and in-process replicas.
 
-Each replica here is a small asyncio HTTP/1.1 server in the test's own loop, whose behaviour the
-test picks (answer, drop the connection after reading the request, never answer, refuse
-connections), and the scaler hands them out; no subprocess, no torch. What is checked: a request
-is relayed unchanged, a request that never reached a replica is tried on another one, one that
-did is not, every request is recorded once with its status, the queue's and the data path's
-errors come in the OIP shape from the one renderer, and nothing holds a slot afterwards.
+The harness (tests/fixtures/frontdoor.py) runs replicas as small asyncio HTTP/1.1 servers in
+the test's own loop, with the behaviour each test picks; no subprocess, no torch. What is
+checked: a request is relayed unchanged, a request that never reached a replica is tried on
+another one, one that did is not, every request is recorded once with its status, the queue's
+and the data path's errors come in the OIP shape from the one renderer, and nothing holds a slot
+afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import socket
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httptools
 import httpx
 import pytest
 
 from activator import frontdoor
-from activator.app import Activator
-from activator.events import read_events
-from activator.frontdoor import FrontDoor
 from activator.scalers.base import ReplicaHandle
-from contracts.stack import ActivatorSettings, ModelSpec, StackConfig
-from tests.fixtures.specs import model_spec
-
-
-class Replica:
-    """An in-process HTTP/1.1 server; ``mode``: answer | drop | hang | cut | error."""
-
-    def __init__(self, mode: str = "answer") -> None:
-        self.mode = mode
-        self.received: list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]] = []
-        self.server: asyncio.AbstractServer | None = None
-        self.url = ""
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-        done: list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]] = []
-
-        class Parsed:
-            url = b""
-            headers: list[tuple[bytes, bytes]] = []
-            body = b""
-
-            def on_url(self, url: bytes) -> None:
-                self.url += url
-
-            def on_header(self, name: bytes, value: bytes) -> None:
-                self.headers = [*self.headers, (name.lower(), value)]
-
-            def on_body(self, body: bytes) -> None:
-                self.body += body
-
-            def on_message_complete(self) -> None:
-                done.append((parser.get_method(), self.url, self.headers, self.body))
-                self.url, self.headers, self.body = b"", [], b""
-
-        parser = httptools.HttpRequestParser(Parsed())
-        answered = 0
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                parser.feed_data(data)
-                while done:
-                    request = done.pop(0)
-                    self.received.append(request)
-                    answered += 1
-                    if self.mode == "error" and answered == 1:  # a 500 that keeps quiet...
-                        writer.write(
-                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
-                        )
-                        continue
-                    if self.mode == "error":  # ... about the connection it will not serve again
-                        writer.close()
-                        return
-                    if self.mode == "drop":
-                        writer.close()
-                        return
-                    if self.mode == "hang":
-                        continue
-                    if self.mode == "cut":  # its head, half its body, then it dies
-                        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 232\r\n\r\n{"out')
-                        await writer.drain()
-                        writer.close()
-                        return
-                    body = json.dumps({"path": request[1].decode(), "echo": len(request[3])})
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                        b"x-replica: yes\r\ncontent-length: "
-                        + str(len(body)).encode()
-                        + b"\r\n\r\n"
-                        + (b"" if request[0] == b"HEAD" else body.encode())
-                    )
-        writer.close()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for writer in self.writers:
-                writer.close()
-
-
-@dataclass
-class Scaler:
-    """Hands out the test's replicas in order; a closed port stands for an unreachable one."""
-
-    replicas: list[Replica | None]
-    started: int = 0
-    exits: dict[str, asyncio.Event] = field(default_factory=dict)
-
-    async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        replica = self.replicas[min(self.started, len(self.replicas) - 1)]
-        self.started += 1
-        if replica is None:  # unreachable: a port nobody listens on
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                url = f"http://127.0.0.1:{s.getsockname()[1]}"
-        else:
-            url = replica.url or await replica.start()
-        handle = ReplicaHandle(spec.name, url)
-        self.exits[url] = asyncio.Event()
-        return handle
-
-    async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
-        return None
-
-    async def wait_exit(self, handle: ReplicaHandle) -> str:
-        await self.exits[handle.url].wait()
-        return "stopped"
-
-    async def healthy(self, handle: ReplicaHandle) -> bool:
-        return False  # a suspect replica is drained (and a new one started)
-
-    async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
-        self.exits[handle.url].set()
-
-    async def aclose(self) -> None:
-        for replica in self.replicas:
-            if replica is not None:
-                await replica.stop()
-
-
-@dataclass
-class Harness:
-    url: str
-    activator: Activator
-    door: FrontDoor
-    events_path: Path
-    client: httpx.AsyncClient
-
-    def events(self, kind: str = "request") -> list[dict[str, Any]]:
-        self.activator.events.flush()
-        return [e for e in read_events(self.events_path) if e["event"] == kind]
-
-
-def spec_of(**kw: Any) -> ModelSpec:
-    return model_spec(**{"container_concurrency": 4, "target": 4.0, "keep_alive_s": 30.0, **kw})
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    tmp_path: Path,
-    replicas: list[Replica | None],
-    *,
-    request_timeout_s: float = 300.0,
-    scaler: type[Scaler] | None = None,
-    **spec: Any,
-) -> AsyncIterator[Harness]:
-    events = tmp_path / "events.jsonl"
-    settings = ActivatorSettings(events=events, grace_period_s=0.2)
-    models = {"m": spec_of(**spec)}
-    stack = StackConfig(path=tmp_path / "ember.yaml", settings=settings, models=models)
-    activator = Activator(stack, (scaler or Scaler)(replicas))
-    door = FrontDoor(activator, request_timeout_s=request_timeout_s)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    stop = asyncio.Event()
-    served = asyncio.create_task(door.serve(sock, stop))
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        try:
-            yield Harness(url, activator, door, events, client)
-        finally:
-            stop.set()
-            await asyncio.wait_for(served, 10)
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
-BODY = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+from tests.fixtures.frontdoor import BODY, Raw, Replica, Scaler, request, serving, until
 
 
 async def test_a_request_at_zero_waits_then_warm_ones_are_relayed_unchanged(
@@ -354,43 +164,6 @@ async def test_a_head_request_is_relayed_and_the_next_one_still_answered(tmp_pat
         assert after.status_code == 200 and after.json()["path"] == "/v2/models/m"
         assert [r[0] for r in replica.received] == [b"HEAD", b"GET"]
         assert [e["status"] for e in h.events()] == [200, 200]
-
-
-class Raw:
-    """A raw client connection, for what an HTTP library would not send or would hide."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer, self.got = reader, writer, b""
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, h: Harness) -> AsyncIterator[Raw]:
-        host, port = h.url.removeprefix("http://").split(":")
-        raw = cls(*await asyncio.open_connection(host, int(port)))
-        try:
-            yield raw
-        finally:
-            raw.writer.close()
-            with contextlib.suppress(ConnectionError):
-                await raw.writer.wait_closed()
-
-    async def read_until(self, condition: Callable[[bytes], bool], what: str) -> bytes:
-        deadline = time.monotonic() + 5
-        while not condition(self.got):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.got!r}"
-            chunk = await asyncio.wait_for(self.reader.read(65536), 5)
-            if not chunk:
-                break
-            self.got += chunk
-        return self.got
-
-    async def read_to_eof(self) -> bytes:
-        return await self.read_until(lambda _: False, "EOF")
-
-
-def request(method: str, path: str, body: bytes = b"", *extra: str) -> bytes:
-    head = [f"{method} {path} HTTP/1.1", "host: x", f"content-length: {len(body)}", *extra]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 async def test_a_client_that_leaves_while_its_request_is_relayed_gives_the_slot_back(

@@ -14,14 +14,15 @@ from activator.routes import ROUTES, Endpoint, Guard, Match, guard, model_route,
         ("GET", "/v2/health/live", Match(Endpoint.LIVE)),
         ("GET", "/v2/health/ready", Match(Endpoint.READY)),
         ("GET", "/v2", Match(Endpoint.SERVER_METADATA)),
-        ("GET", "/v2/", Match(Endpoint.SERVER_METADATA)),
         ("POST", "/v2/repository/index", Match(Endpoint.REPOSITORY_INDEX)),
         ("POST", "/v2/repository/models/m/load", Match(Endpoint.REPOSITORY_LOAD, "m")),
         ("POST", "/v2/repository/models/m/unload", Match(Endpoint.REPOSITORY_UNLOAD, "m")),
         ("POST", "/v2/models/m/infer", Match(Endpoint.MODEL, "m", "infer")),
         ("GET", "/v2/models/m", Match(Endpoint.MODEL, "m", "")),
         ("GET", "/v2/models/m/versions/3/ready", Match(Endpoint.MODEL, "m", "ready")),
-        ("DELETE", "/v2/models/m/stats", Match(Endpoint.MODEL, "m", "stats")),  # replica says
+        ("GET", "/v2/models/m/stats", Match(Endpoint.MODEL_STATS, "m", "stats")),
+        ("GET", "/v2/models/m/versions/2/stats", Match(Endpoint.MODEL_STATS, "m", "stats")),
+        ("GET", "/v2/models/stats", Match(Endpoint.MODELS_STATS)),
         ("GET", "/metrics", Match(Endpoint.METRICS)),
         ("GET", "/admin/models", Match(Endpoint.ADMIN_MODELS)),
         ("POST", "/admin/models/m/warm", Match(Endpoint.ADMIN_WARM, "m")),
@@ -43,6 +44,9 @@ def test_every_route_resolves(method: str, path: str, match: Match) -> None:
         "/v2/models//infer",
         "/v2/repository/models/m/delete",
         "/metrics/x",
+        "/v2/",  # a trailing slash is no route (as on the predictor), never a redirect
+        "/v2/models/m/infer/",
+        "/v2/health/live/",
     ],
 )
 def test_an_unknown_path_is_not_found(path: str) -> None:
@@ -55,6 +59,8 @@ def test_a_known_path_with_the_wrong_method_names_the_right_one() -> None:
         resolve("PUT", "/v2/repository/index")
     with pytest.raises(MethodNotAllowed, match=r"use GET"):
         resolve("POST", "/v2/health/live")
+    with pytest.raises(MethodNotAllowed, match=r"use GET"):
+        resolve("DELETE", "/v2/models/m/stats")
 
 
 def test_guards_go_by_prefix_so_an_unknown_path_reveals_nothing() -> None:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contracts.stats import ModelStats
 from runtime.batching import Scheduler
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InferenceFailed, InvalidInput, ServerOverloaded
 from runtime.metrics import RuntimeMetrics
-from runtime.stats import ModelStats
 from runtime.tensors import Tensor
 
 

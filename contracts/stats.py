@@ -1,4 +1,8 @@
-"""Per-model inference statistics in the shape of Triton's statistics extension."""
+"""Per-model inference statistics in the shape of Triton's statistics extension.
+
+Kept by the predictor (per replica: batches, compute phases) and by the activator (per model,
+since it started: requests it relayed, their queueing and the replicas' answer time).
+"""
 
 from __future__ import annotations
 
