@@ -61,6 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             max_request_bytes=args.max_request_bytes,
             grace_period_s=args.grace_period,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
             log_level=args.log_level,
             access_log=args.access_log,
             cache_dir=cache_dir(args),
@@ -312,6 +314,12 @@ ember.yaml:
                              unset: open (a warning at start when not bound to loopback)
     api_token_file: FILE     API tokens, one per line
     max_header_bytes: 65536  request line + headers; past it 431
+    max_request_bytes: 67108864  one request body; past it 413 (before it is read)
+    max_buffered_bytes: 536870912  request bodies held at once over all connections
+                             (queued for a cold model included); past it 503
+    header_timeout_s: 10     a request's head must arrive within this; else 408
+    body_timeout_s: 30       longest pause while a body arrives; else 408
+    idle_timeout_s: 75       a kept-alive connection with no request is closed after this
     cache_dir: DIR           the replicas' local weight tier
     warm_pool: 0             standby `ember serve` interpreters (imports done, no model) that a
                              start takes instead of a new process; ~300 MB each; 0: none
@@ -366,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds in-flight requests get to finish after SIGTERM (default 30)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request's head may take to arrive, from its first byte (the first "
+        "request: from the connection opening); past it 408 (default 10)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="longest pause, in seconds, while a request body arrives; past it 408 (default 30)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")

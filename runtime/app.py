@@ -69,6 +69,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,  # `/infer/` is a 404 in the OIP shape, not a bodiless 307
     )
     app.state.dataplane = dataplane
     register_error_handlers(app)

@@ -173,6 +173,10 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     grace_period_s: float = Field(default=30.0, ge=0)
+    # a request's head must be whole this long after its first byte (the first request: after
+    # the connection opened), and a body may pause no longer: else 408 (runtime.http_protocol)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
     load_on_start: bool = True

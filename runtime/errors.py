@@ -29,7 +29,19 @@ class ModelNotFound(RuntimeServerError):
 
 
 class PayloadTooLarge(RuntimeServerError):
+    """Refused, mostly before the body was read: the connection closes with the answer (what is
+    still on its way could not be told from a next request)."""
+
     status_code = 413
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ClientGone(RuntimeServerError):
+    """The client closed its connection mid-request: 499, as nginx logs it; nobody reads it."""
+
+    status_code = 499
 
 
 class ModelNotReady(RuntimeServerError):

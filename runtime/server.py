@@ -9,12 +9,14 @@ from __future__ import annotations
 import signal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from contracts.logs import configure as configure_logging
 from contracts.replica import Listening, ModelStatus
 from contracts.sockets import bind
 from runtime.app import create_app
 from runtime.config import ModelConfig, ServerSettings
+from runtime.http_protocol import protocol_class
 from runtime.status import StatusChannel
 from runtime.termination import EXIT_LOAD_FAILED, LoadFailureExit
 
@@ -39,17 +41,7 @@ def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
             server.should_exit = True  # uvicorn's main loop sees it within 0.1 s, then drains
 
     app = create_app(settings, configs, on_status=on_status)
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        log_config=None,  # uvicorn's loggers go through ours (and its redacting filter)
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.grace_period_s) or None,
-        server_header=False,
-        date_header=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))
 
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours turns that
     # re-raise into a no-op, so a graceful stop exits 0 instead of dying of SIGTERM.
@@ -62,3 +54,21 @@ def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
     if load_failed.failed:
         return EXIT_LOAD_FAILED
     return 0 if server.started else 1
+
+
+def uvicorn_config(app: ASGIApp, settings: ServerSettings) -> uvicorn.Config:
+    """uvicorn's settings for the predictor: our HTTP/1.1 protocol, no websocket, our loggers."""
+    return uvicorn.Config(
+        app,
+        http=protocol_class(
+            header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s
+        ),
+        ws="none",  # a websocket handshake is refused by the protocol (runtime.http_protocol)
+        log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through ours (and its redacting filter)
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.grace_period_s) or None,
+        server_header=False,
+        date_header=False,
+        lifespan="on",
+    )
