@@ -13,6 +13,7 @@ from typing import Any
 from runtime import __version__
 from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
+from runtime.handlers.base import ChecksInputs
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import InferenceRequest, RequestInput
 from runtime.repository import ModelEntry, ModelRepository, ModelState
@@ -20,6 +21,7 @@ from runtime.tensors import (
     NUMPY_DTYPES,
     Tensor,
     check_datatype,
+    check_json_finite,
     check_shape,
     from_binary,
     from_json,
@@ -32,6 +34,15 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 class RequestedOutput:
     name: str
     binary: bool
+
+
+@dataclass(slots=True)
+class OutputSelection:
+    """What a request asked for: ``wanted`` in that order, or (None) every output the model
+    produced, each binary when ``all_binary`` (the request's ``binary_data_output``)."""
+
+    wanted: list[RequestedOutput] | None
+    all_binary: bool = False
 
 
 @dataclass(slots=True)
@@ -68,13 +79,16 @@ class DataPlane:
         entry = self.repository.ready_entry(name, version)
         assert entry.handler is not None
         batching = entry.config.batching
-        return {
+        metadata: dict[str, Any] = {
             "name": name,
             "versions": [entry.config.version],
             "platform": entry.handler.platform,
             "inputs": [_tensor_metadata(s, batching) for s in entry.handler.inputs],
             "outputs": [_tensor_metadata(s, batching) for s in entry.handler.outputs],
         }
+        if isinstance(entry.handler, ChecksInputs):  # the spec's string-valued "properties"
+            metadata["properties"] = dict(entry.handler.input_limits)
+        return metadata
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         """A Triton-style model configuration (what ``tritonclient.get_model_config`` reads)."""
@@ -156,18 +170,19 @@ class DataPlane:
             if len(sizes) > 1:
                 raise InvalidInput(f"inputs disagree on the batch size: {sorted(map(str, sizes))}")
         # the model's declared order, which positional handlers rely on
-        return {n: tensors[n] for n in specs} if specs else tensors
+        ordered = {n: tensors[n] for n in specs} if specs else tensors
+        if isinstance(entry.handler, ChecksInputs):  # before queueing: no batch pays for it
+            entry.handler.check_inputs(ordered)
+        return ordered
 
-    def requested_outputs(
-        self, entry: ModelEntry, request: InferenceRequest
-    ) -> list[RequestedOutput] | None:
-        default_binary = bool((request.parameters or {}).get("binary_data_output", False))
+    def requested_outputs(self, entry: ModelEntry, request: InferenceRequest) -> OutputSelection:
+        default_binary = _flag(request.parameters, "binary_data_output", "request")
         specs = {s.name: s for s in entry.handler.outputs} if entry.handler else {}
-        if request.outputs is None:
+        if not request.outputs:  # absent or [], alike: every output
             if not default_binary:
                 for spec in specs.values():
                     _check_json_output(spec)
-            return None if not default_binary else []
+            return OutputSelection(None, all_binary=default_binary)
         known = set(specs)
         requested: list[RequestedOutput] = []
         for out in request.outputs:
@@ -176,12 +191,11 @@ class DataPlane:
                     f"model '{entry.config.name}' has no output '{out.name}'; "
                     f"expected {sorted(known)}"
                 )
-            params = out.parameters or {}
-            binary = bool(params.get("binary_data", default_binary))
+            binary = _flag(out.parameters, "binary_data", f"output '{out.name}'", default_binary)
             if not binary and out.name in specs:
                 _check_json_output(specs[out.name])
             requested.append(RequestedOutput(out.name, binary))
-        return requested
+        return OutputSelection(requested)
 
     async def infer(
         self,
@@ -196,10 +210,10 @@ class DataPlane:
         entry = self.repository.ready_entry(name, version)
         try:
             inputs = self.decode_inputs(entry, request, binary)
-            wanted = self.requested_outputs(entry, request)
+            selection = self.requested_outputs(entry, request)
             assert entry.scheduler is not None
             outputs = await entry.scheduler.submit(inputs)
-            result = _select_outputs(name, outputs, wanted)
+            result = _select_outputs(name, outputs, selection)
         except RuntimeServerError as exc:
             elapsed = time.perf_counter_ns() - started
             entry.stats.record_request(ok=False, items=0, total_ns=elapsed)
@@ -261,6 +275,17 @@ def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
     }
 
 
+def _flag(parameters: dict[str, Any] | None, key: str, where: str, default: bool = False) -> bool:
+    """A boolean parameter, strictly: ``"false"`` is not false, and must not read as true."""
+    value = (parameters or {}).get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(
+            f"{where}: parameter '{key}' must be a boolean (true or false), "
+            f"got {type(value).__name__} {value!r:.40}"
+        )
+    return value
+
+
 def _check_json_output(spec: TensorSpec) -> None:
     """Refuse before computing what could not be sent: BF16 has no JSON form."""
     if spec.datatype == "BF16":
@@ -301,15 +326,19 @@ def _decode_one(
     binary: memoryview | None,
     offset: int,
 ) -> tuple[Any, int]:
-    size = (item.parameters or {}).get("binary_data_size")
-    if size is None:
+    params = item.parameters or {}
+    if "binary_data_size" not in params:
         if item.data is None:
             raise InvalidInput(f"input '{item.name}' has neither data nor binary_data_size")
         return from_json(item.name, datatype, shape, item.data), offset
+    size = params["binary_data_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(
+            f"input '{item.name}': parameter 'binary_data_size' must be a non-negative integer, "
+            f"got {type(size).__name__} {size!r:.40}"
+        )
     if item.data is not None:
         raise InvalidInput(f"input '{item.name}' has both data and binary_data_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"input '{item.name}': binary_data_size must be a non-negative integer")
     if binary is None or offset + size > len(binary):
         raise InvalidInput(
             f"input '{item.name}': binary_data_size {size} runs past the end of the request body"
@@ -343,15 +372,17 @@ def _raw_shape(spec: TensorSpec, batching: bool, nbytes: int) -> tuple[int, ...]
 
 
 def _select_outputs(
-    model: str, outputs: dict[str, Tensor], wanted: list[RequestedOutput] | None
+    model: str, outputs: dict[str, Tensor], selection: OutputSelection
 ) -> list[tuple[Tensor, bool]]:
-    if wanted is None:
-        return [(t, False) for t in outputs.values()]
-    if not wanted:  # binary_data_output with no explicit list: every output, binary
-        return [(t, True) for t in outputs.values()]
-    selected = []
-    for out in wanted:
-        if out.name not in outputs:
-            raise InvalidInput(f"model '{model}' produced no output '{out.name}'")
-        selected.append((outputs[out.name], out.binary))
-    return selected
+    if selection.wanted is None:
+        chosen = [(t, selection.all_binary) for t in outputs.values()]
+    else:
+        chosen = []
+        for out in selection.wanted:
+            if out.name not in outputs:
+                raise InvalidInput(f"model '{model}' produced no output '{out.name}'")
+            chosen.append((outputs[out.name], out.binary))
+    for tensor, binary in chosen:
+        if not binary:  # here, not only when encoding, so the request counts as failed
+            check_json_finite(tensor.name, tensor.array)
+    return chosen

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from runtime.errors import InvalidInput
 
@@ -62,12 +62,6 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-class RepositoryIndexRequest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    ready: StrictBool = False
-
-
 class RepositoryModel(BaseModel):
     name: str
     version: str | None = None
@@ -80,10 +74,23 @@ def parse_json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if _non_finite_at(raw, exc):
+            raise InvalidInput(
+                f"{what} is not valid JSON: {exc}. NaN, Infinity and numbers beyond the double "
+                "range are not JSON numbers (RFC 8259); send non-finite values with the binary "
+                "tensor data extension"
+            ) from None
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _non_finite_at(raw: bytes | memoryview, exc: orjson.JSONDecodeError) -> bool:
+    """Whether orjson stopped at NaN or Infinity (which Python's json and Triton would read),
+    judged from the bytes it stopped at (never from its message's words)."""
+    # orjson stops at the N of NaN, the I of Infinity, and after the sign of -Infinity
+    return bytes(raw[exc.pos : exc.pos + 3]).lower() in (b"nan", b"inf")
 
 
 def validation_message(exc: ValidationError) -> str:

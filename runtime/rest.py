@@ -6,6 +6,7 @@ sends none), with the binary tensor data extension's ``Inference-Header-Content-
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,20 +15,20 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from contracts.oip import repository_index_request
 from runtime.dataplane import DataPlane, InferResult
-from runtime.errors import InvalidInput, PayloadTooLarge, RuntimeServerError
+from runtime.errors import ClientGone, InvalidInput, PayloadTooLarge, RuntimeServerError
 from runtime.protocol import (
-    RepositoryIndexRequest,
     parse_inference_request,
     parse_json_object,
-    validation_message,
 )
 from runtime.tensors import to_binary, to_json_data
+
+log = logging.getLogger("ember.runtime")
 
 HEADER_LENGTH = "inference-header-content-length"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -92,15 +93,10 @@ class V2Endpoints:
     # -------------------------------------------------------------------------- repository
     async def repository_index(self, request: Request) -> Response:
         body = await self._body(request)
-        ready = False
-        if body.strip():
-            payload = parse_json_object(body, "repository index request")
-            try:
-                ready = RepositoryIndexRequest.model_validate(payload).ready
-            except ValidationError as exc:
-                raise InvalidInput(
-                    f"invalid repository index request: {validation_message(exc)}"
-                ) from None
+        try:  # read as the activator reads it
+            ready = repository_index_request(body).ready
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
         return json_response(self.dataplane.repository_index(ready))
 
     async def repository_load(self, request: Request) -> Response:
@@ -139,22 +135,27 @@ class V2Endpoints:
     async def _body(self, request: Request) -> bytes:
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None:
-            if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() too
-                raise InvalidInput(f"Content-Length {declared!r} is not a number")
-            if int(declared) > limit:
-                raise PayloadTooLarge(
-                    f"request body of {declared} bytes exceeds the limit of {limit}"
-                )
-            body = await request.body()
-        else:
-            parts, total = [], 0
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                parts.append(chunk)
-            body = b"".join(parts)
+        try:
+            if declared is not None:
+                if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() too
+                    raise InvalidInput(f"Content-Length {declared!r} is not a number")
+                if int(declared) > limit:
+                    raise PayloadTooLarge(
+                        f"request body of {declared} bytes exceeds the limit of {limit}"
+                    )
+                body = await request.body()
+            else:
+                parts, total = [], 0
+                async for chunk in request.stream():
+                    total += len(chunk)
+                    if total > limit:
+                        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                    parts.append(chunk)
+                body = b"".join(parts)
+        except ClientDisconnect:
+            # nobody is left to read an answer; a traceback per vanished client is only noise
+            log.debug("client left during the body of %s %s", request.method, request.url.path)
+            raise ClientGone("the client closed the connection before its body arrived") from None
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             body = _decompress(body, encoding, limit)

@@ -217,7 +217,22 @@ def to_json_data(name: str, datatype: str, array: np.ndarray[Any, Any]) -> Any:
             f"output '{name}' is BF16, which has no JSON form; request it with "
             '"binary_data": true'
         )
+    check_json_finite(name, array)
     return np.ascontiguousarray(array.reshape(-1))
+
+
+def check_json_finite(name: str, array: np.ndarray[Any, Any]) -> None:
+    """Refuse an output JSON cannot carry: NaN and Infinity are not JSON numbers (RFC 8259).
+
+    orjson would write them as ``null``, a silently wrong answer; Triton writes the non-standard
+    literals ``NaN``/``Infinity``, which strict JSON parsers reject. The binary tensor data
+    extension carries them exactly.
+    """
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise InvalidInput(
+            f"output '{name}' holds NaN or Infinity, which JSON cannot represent; request it "
+            'with "binary_data": true'
+        )
 
 
 # ------------------------------------------------------------------------------------------- binary

@@ -14,7 +14,7 @@ import inspect
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -90,6 +90,22 @@ class ModelHandler(Protocol):
     def warmup_inputs(self) -> dict[str, Tensor] | None: ...
 
     def unload(self) -> None: ...
+
+
+@runtime_checkable
+class ChecksInputs(Protocol):
+    """Optional for a handler: limits on a request's inputs, enforced before it is queued.
+
+    ``check_inputs`` sees one request's decoded inputs and raises ``InvalidInput`` for what the
+    model would refuse or choke on (an overlong text, say), so a bad request never occupies a
+    batch. It runs on the event loop: its work must be small and bounded whatever the request.
+    ``input_limits`` are published as the model metadata's ``properties`` (strings, per the spec).
+    """
+
+    @property
+    def input_limits(self) -> Mapping[str, str]: ...
+
+    def check_inputs(self, inputs: dict[str, Tensor]) -> None: ...
 
 
 def create_handler(config: ModelConfig) -> ModelHandler:

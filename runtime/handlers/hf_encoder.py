@@ -5,7 +5,12 @@ the sentence-transformers settings when present (``sentence_bert_config.json`` f
 length, ``1_Pooling/config.json`` for mean pooling, ``modules.json`` for normalisation).
 Input ``text`` (BYTES, one string per item), output ``embedding`` (FP32, one vector per item).
 
-Options: ``max_length`` (tokens, overrides the model's), ``normalize`` (overrides modules.json).
+Options: ``max_length`` (tokens, overrides the model's), ``normalize`` (overrides modules.json),
+and the input limits, published in the model metadata's ``properties``: ``max_text_chars`` per text
+and ``max_request_chars`` per request, refused (400) before anything is queued or tokenized, since
+the tokenizer reads a whole text before it truncates it (about a microsecond a character: a 20 MB
+text held a replica for seconds); ``truncate`` (default true, as sentence-transformers does) cuts
+a text past ``max_length`` tokens, false refuses it (400) instead.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ class HFEncoderOptions(BaseModel):
 
     max_length: int | None = Field(default=None, ge=2)
     normalize: bool | None = None
+    # Unicode characters. 32768 is about 8k tokens of English, far past the 256-512 tokens such an
+    # encoder sees, yet tokenizes in ~15 ms; a full batch of 32 of them in well under a second.
+    max_text_chars: int = Field(default=32_768, ge=1)
+    # every text of one request together: 32 texts at the limit (a full MiniLM batch)
+    max_request_chars: int = Field(default=1_048_576, ge=1)
+    truncate: bool = True
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -54,6 +65,26 @@ def _read_json(path: Path, default: Any = None) -> Any:
         raise HandlerLoadError(f"cannot read {path}: {exc}") from exc
 
 
+# a UTF-8 character is at most 4 bytes: a text longer than 4 * limit bytes is over the limit
+_UTF8_MAX = 4
+
+
+def _utf8_text(item: Any, index: int) -> str:
+    if not isinstance(item, bytes):
+        return str(item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input text {index} holds bytes that are not UTF-8") from None
+
+
+def _too_long(index: int, limit: int) -> InvalidInput:
+    return InvalidInput(
+        f"input text {index} is longer than this model's limit of {limit} characters "
+        "(max_text_chars)"
+    )
+
+
 class HFEncoderHandler:
     platform = "pytorch"
 
@@ -64,6 +95,7 @@ class HFEncoderHandler:
         self.model: BertEncoder | None = None
         self.tokenizer: Any = None
         self.normalize = True
+        self.max_length = 0  # tokens; known once load() has read the model's settings
         # Default tensors; the embedding size is filled in from config.json by load().
         item_text: tuple[int, ...] = () if config.batching else (-1,)
         self.inputs: tuple[TensorSpec, ...] = config.inputs or (
@@ -100,8 +132,12 @@ class HFEncoderHandler:
             tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
         except Exception as exc:  # the tokenizers library raises a plain Exception
             raise HandlerLoadError(f"cannot read {root / 'tokenizer.json'}: {exc}") from exc
-        tokenizer.enable_truncation(max_length=max_length)
+        if self.options.truncate:
+            tokenizer.enable_truncation(max_length=max_length)
+        else:  # count every token, to refuse a text past max_length by name
+            tokenizer.no_truncation()
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.max_length = max_length
         streamed = streamed_file(tensors, "model.safetensors")
         state = load_safetensors(root / "model.safetensors", self.device, streamed=streamed)
         state = {k.removeprefix("bert."): v for k, v in state.items()}
@@ -122,21 +158,55 @@ class HFEncoderHandler:
                 spec.model_copy(update={"shape": (*spec.shape[:-1], bert_config.hidden_size)}),
             )
 
+    @property
+    def input_limits(self) -> dict[str, str]:
+        o = self.options
+        return {
+            "max_text_chars": str(o.max_text_chars),
+            "max_request_chars": str(o.max_request_chars),
+            "max_length": str(self.max_length),
+            "truncate": "true" if o.truncate else "false",
+        }
+
+    def check_inputs(self, inputs: dict[str, Tensor]) -> None:
+        """Refuse overlong texts before they are queued, let alone tokenized.
+
+        Runs on the event loop, so it decodes at most ``4 * max_text_chars`` bytes of a text and
+        stops once the request is past ``max_request_chars``: beyond one step per text (which
+        decoding the request already took), its work is bounded whatever was sent.
+        """
+        limit, budget = self.options.max_text_chars, self.options.max_request_chars
+        total = 0
+        for index, item in enumerate(inputs[self.inputs[0].name].array.reshape(-1)):
+            if isinstance(item, bytes) and len(item) > _UTF8_MAX * limit:
+                raise _too_long(index, limit)
+            chars = len(_utf8_text(item, index))
+            if chars > limit:
+                raise _too_long(index, limit)
+            total += chars
+            if total > budget:
+                raise InvalidInput(
+                    f"input texts 0..{index} hold more than this model's limit of {budget} "
+                    "characters in one request (max_request_chars); send fewer texts per request"
+                )
+
     def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         assert self.model is not None, "predict before load"
         text = inputs[self.inputs[0].name].array
         lead_shape = text.shape
+        limit = self.options.max_text_chars
         texts = []
-        for item in text.reshape(-1):
-            try:
-                texts.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
-            except UnicodeDecodeError:
-                raise InvalidInput("input text holds bytes that are not UTF-8") from None
+        for index, item in enumerate(text.reshape(-1)):
+            texts.append(_utf8_text(item, index))
+            if len(texts[-1]) > limit:  # the data plane checked; a direct caller may not have
+                raise _too_long(index, limit)
         if not texts:
             hidden = self.model.config.hidden_size
             empty = np.zeros((*lead_shape, hidden), dtype=np.float32)
             return {self.outputs[0].name: Tensor(self.outputs[0].name, "FP32", empty)}
         encoded = self.tokenizer.encode_batch(texts)
+        if not self.options.truncate:
+            self._check_token_counts(encoded)
         ids = torch.tensor([e.ids for e in encoded], device=self.device)
         mask = torch.tensor([e.attention_mask for e in encoded], device=self.device)
         types = torch.tensor([e.type_ids for e in encoded], device=self.device)
@@ -147,6 +217,15 @@ class HFEncoderHandler:
         array = embedding.float().cpu().numpy().reshape(*lead_shape, -1)
         name = self.outputs[0].name
         return {name: Tensor(name, "FP32", array)}
+
+    def _check_token_counts(self, encoded: list[Any]) -> None:
+        for index, e in enumerate(encoded):
+            tokens = sum(e.attention_mask)  # padding excluded
+            if tokens > self.max_length:
+                raise InvalidInput(
+                    f"input text {index} is {tokens} tokens long, over this model's limit of "
+                    f"{self.max_length} (max_length, counting special tokens); truncate is off"
+                )
 
     def warmup_inputs(self) -> dict[str, Tensor] | None:
         text = np.array([b"warm up"], dtype=object)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from safetensors.torch import save_file
+from tritonclient.utils import InferenceServerException
 
 from tests.conftest import FIXTURES
 from tests.servers import ServerProcess, running_server, wait_for_state
@@ -93,6 +94,39 @@ def test_every_numeric_datatype_round_trips(
     np.testing.assert_array_equal(
         result.as_numpy("t_bf16").astype(np.float32), bf.astype(np.float32)
     )
+    client.close()
+
+
+def test_non_finite_floats_round_trip_in_binary_and_are_refused_in_json(
+    identity_server: ServerProcess,
+) -> None:
+    """NaN and Infinity: exact through the binary extension; a JSON output is a 400, never null."""
+    client = triton.InferenceServerClient(identity_server.url.removeprefix("http://"))
+    floats = ("FP16", "FP32", "FP64")
+
+    def call(binary_out: bool) -> triton.InferResult:
+        inputs, outputs = [], []
+        for dt in NUMERIC:
+            x = values(dt, 1)
+            if dt in floats:
+                x = np.array([[np.nan, np.inf, -np.inf]], dtype=NUMERIC[dt])
+            inp = triton.InferInput(f"t_{dt.lower()}", [1, 3], dt)
+            inp.set_data_from_numpy(x, binary_data=True)
+            inputs.append(inp)
+            outputs.append(triton.InferRequestedOutput(f"t_{dt.lower()}", binary_data=binary_out))
+        bf = triton.InferInput("t_bf16", [1, 3], "BF16")
+        bf.set_data_from_numpy(np.zeros((1, 3), dtype=ml_dtypes.bfloat16), binary_data=True)
+        inputs.append(bf)
+        outputs.append(triton.InferRequestedOutput("t_bf16", binary_data=True))
+        return client.infer("identity", inputs, outputs=outputs)
+
+    result = call(binary_out=True)
+    for dt in floats:
+        got = result.as_numpy(f"t_{dt.lower()}")
+        assert got.dtype == NUMERIC[dt]
+        np.testing.assert_array_equal(got, np.array([[np.nan, np.inf, -np.inf]]), err_msg=dt)
+    with pytest.raises(InferenceServerException, match="holds NaN or Infinity"):
+        call(binary_out=False)
     client.close()
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+import yaml
 
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, running_server
+from tests.spec import check_response
 
 TEXTS = [
     "Scale to zero costs nothing while idle.",
@@ -96,6 +99,57 @@ def test_text_must_be_bytes(minilm_server: ServerProcess) -> None:
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     r = httpx.post(minilm_server.url + "/v2/models/minilm/infer", content=json.dumps(body))
     assert r.status_code == 400 and "model expects BYTES" in r.json()["error"]
+
+
+def infer_texts(server: ServerProcess, texts: list[str]) -> httpx.Response:
+    body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    return httpx.post(server.url + "/v2/models/minilm/infer", content=json.dumps(body), timeout=60)
+
+
+def test_the_input_limits_are_in_the_metadata(minilm_server: ServerProcess) -> None:
+    meta = httpx.get(minilm_server.url + "/v2/models/minilm").json()
+    assert meta["properties"] == {
+        "max_text_chars": "32768",
+        "max_request_chars": "1048576",
+        "max_length": "256",
+        "truncate": "true",
+    }
+    check_response("metadata_model_response", meta)
+
+
+def test_a_20_mb_text_is_refused_by_its_index_and_the_replica_still_answers(
+    minilm_server: ServerProcess,
+) -> None:
+    r = infer_texts(minilm_server, [TEXTS[0], "scale to zero " * 1_500_000])  # 21 MB
+    assert r.status_code == 400, r.text
+    assert r.json() == {
+        "error": "input text 1 is longer than this model's limit of 32768 characters "
+        "(max_text_chars)"
+    }
+    assert infer_texts(minilm_server, [TEXTS[0]]).status_code == 200
+    at_limit = ("scale to zero " * 2341)[:32768]  # truncated to 256 tokens, as before
+    assert infer_texts(minilm_server, [at_limit]).status_code == 200
+
+
+def test_without_truncate_an_overlong_text_is_refused_with_its_token_count(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import MINILM_CONFIG
+
+    config = yaml.safe_load(MINILM_CONFIG.read_text())
+    config["options"] = {"truncate": False}
+    path = tmp_path / "minilm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with running_server(path) as server:
+        r = infer_texts(server, [TEXTS[0], "zero " * 300])
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == (
+            "input text 1 is 302 tokens long, over this model's limit of 256 "
+            "(max_length, counting special tokens); truncate is off"
+        )
+        assert infer_texts(server, ["zero " * 254]).status_code == 200  # 256 with [CLS], [SEP]
+        meta = httpx.get(server.url + "/v2/models/minilm").json()
+        assert meta["properties"]["truncate"] == "false"
 
 
 def test_handler_without_batching_and_with_options(

@@ -19,6 +19,7 @@ from tests.servers import ServerProcess
 from tests.spec import check_response
 
 pytestmark = pytest.mark.usefixtures("mlp_server")
+HEADER = "Inference-Header-Content-Length"
 
 
 def host(server: ServerProcess) -> str:
@@ -148,6 +149,79 @@ def test_binary_data_output_for_every_output(mlp_server: ServerProcess) -> None:
     out = header["outputs"][0]
     assert "data" not in out and out["parameters"]["binary_data_size"] == 40
     assert len(r.content) == n + 40
+
+
+def test_an_empty_outputs_list_answers_every_output_as_json(mlp_server: ServerProcess) -> None:
+    r = _post(mlp_server, "/v2/models/mlp/infer", infer_body(1, outputs=[]))
+    assert r.status_code == 200, r.text
+    assert HEADER not in r.headers and r.headers["content-type"] == "application/json"
+    (out,) = r.json()["outputs"]
+    assert out["name"] == "logits" and len(out["data"]) == 10
+    check_response("inference_response", r.json())
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, None])
+def test_a_non_boolean_binary_data_is_a_400_naming_it(
+    mlp_server: ServerProcess, value: Any
+) -> None:
+    outputs = [{"name": "logits", "parameters": {"binary_data": value}}]
+    r = _post(mlp_server, "/v2/models/mlp/infer", infer_body(1, outputs=outputs))
+    assert r.status_code == 400, r.text
+    assert "parameter 'binary_data' must be a boolean" in r.json()["error"]
+    check_response("inference_error_response", r.json())
+    r = _post(
+        mlp_server, "/v2/models/mlp/infer", infer_body(1, parameters={"binary_data_output": value})
+    )
+    assert r.status_code == 400, r.text
+    assert "parameter 'binary_data_output' must be a boolean" in r.json()["error"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_input_is_a_400(mlp_server: ServerProcess, literal: str) -> None:
+    data = ", ".join(["0.5"] * 783 + [literal])
+    tensor = f'{{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [{data}]}}'
+    raw = f'{{"inputs": [{tensor}]}}'
+    r = _post(mlp_server, "/v2/models/mlp/infer", raw.encode())
+    assert r.status_code == 400, r.text
+    assert (
+        "NaN, Infinity and numbers beyond the double range are not JSON numbers"
+        in r.json()["error"]
+    )
+    check_response("inference_error_response", r.json())
+
+
+def test_non_finite_output_is_refused_in_json_and_exact_in_binary(
+    mlp_server: ServerProcess,
+) -> None:
+    x = np.full((1, 784), np.inf, dtype=np.float32)  # logits come out NaN
+    header = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 784],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ]
+    }
+
+    def send(**extra: Any) -> httpx.Response:
+        head = json.dumps({**header, **extra}).encode()
+        return _post(
+            mlp_server, "/v2/models/mlp/infer", head + x.tobytes(), **{HEADER: str(len(head))}
+        )
+
+    r = send()
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == (
+        "output 'logits' holds NaN or Infinity, which JSON cannot represent; request it with "
+        '"binary_data": true'
+    )
+    r = send(outputs=[{"name": "logits", "parameters": {"binary_data": True}}])
+    assert r.status_code == 200, r.text
+    n = int(r.headers[HEADER])
+    logits = np.frombuffer(r.content[n:], dtype="<f4")
+    assert logits.shape == (10,) and not np.isfinite(logits).any()
 
 
 # ------------------------------------------------------------------------------------ batching

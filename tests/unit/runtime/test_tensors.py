@@ -142,6 +142,22 @@ def test_output_errors() -> None:
         to_json_data("y", "BF16", np.zeros(1, dtype=np.uint16))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_output_has_no_json_form(dtype: Any, value: float) -> None:
+    """Never the null orjson would write: JSON has no NaN or Infinity; binary carries them."""
+    array = np.array([[1.0, value]], dtype=dtype)
+    with pytest.raises(InvalidInput, match=r"'y' holds NaN or Infinity.*\"binary_data\": true"):
+        to_json_data("y", datatype_of(array), array)
+    assert np.array_equal(
+        np.frombuffer(to_binary(datatype_of(array), array), dtype=dtype),
+        array.ravel(),
+        equal_nan=True,
+    )
+    finite = np.array([1.0, 2.5], dtype=dtype)
+    assert to_json_data("y", datatype_of(finite), finite).tolist() == [1.0, 2.5]
+
+
 def test_shape_and_datatype_checks() -> None:
     assert check_shape("x", [1, 2]) == (1, 2)
     with pytest.raises(InvalidInput, match="negative dimension"):
