@@ -13,6 +13,11 @@ the load runs well past its bound) and ``mlp`` (local weights). Then, for ``--mi
   body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and evicts its tier entry,
   so its next request streams the weights from S3 through those faults; or puts a model to
   sleep, or warms one (admin API);
+* a hostile client sends, one at a time, what an adversarial probe found (tests/fixtures/
+  hostile.py): malformed framing, a refused header, deep nesting, bodies over the limit
+  (declared, and chunked until refused), a stalled head, pipelined requests nobody reads; each
+  answer is checked (**hostile_wrong**), and relayed ones are kept apart in the event log by
+  their ``?hostile=1``;
 * a monitor samples the activator's and the replicas' memory.
 
 Then it stops the load, SIGTERMs the activator and checks:
@@ -57,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from contracts.proc import rss_bytes  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402  (the harness's loopback fault proxy)
+from tests.fixtures.hostile import HostileClient  # noqa: E402
 from tests.servers import children_of as children  # noqa: E402
 
 DOCUMENTED = {200, 502, 503, 504}
@@ -69,6 +75,8 @@ SLOW_BODY = json.dumps(
     {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}
 ).encode()
 MODELS = {"slow": 0.5, "mlp": 0.3, "mlp-s3": 0.2}  # share of the requests
+HEADER_TIMEOUT_S = 2.0  # the activator's here, so a stalled head is answered soon
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 class Tally:
@@ -304,6 +312,8 @@ def write_stack(tmp: Path) -> Path:
             "startup_timeout_s": 60,
             "grace_period_s": 15,
             "cache_dir": str(tmp / "tier"),
+            "header_timeout_s": HEADER_TIMEOUT_S,
+            "max_request_bytes": MAX_REQUEST_BYTES,
         },
         "models": [
             {"config": str(tmp / "mlp-s3.json"), "max_replicas": 1, "container_concurrency": 8},
@@ -390,14 +400,21 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for i in range(args.concurrency)
         ]
         chaos_thread = threading.Thread(target=chaos.run, args=(stop,))
+        hostile = HostileClient(
+            url,
+            random.Random(args.seed - 1),
+            limit=MAX_REQUEST_BYTES,
+            header_timeout_s=HEADER_TIMEOUT_S,
+        )
+        hostile_thread = threading.Thread(target=hostile.run, args=(stop,))
         started = time.monotonic()
-        for t in [*threads, chaos_thread]:
+        for t in [*threads, chaos_thread, hostile_thread]:
             t.start()
         try:
             stop.wait(args.minutes * 60)
         finally:
             stop.set()
-            for t in [*threads, chaos_thread]:
+            for t in [*threads, chaos_thread, hostile_thread]:
                 t.join()
         load_s = time.monotonic() - started
         s3_requests = len(proxy.requests)
@@ -422,7 +439,11 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for line in (tmp / "events.jsonl").read_text().splitlines()
             if line.strip()
         ]
-        logged = Counter(e["status"] for e in events if e.get("event") == "request")
+        logged = Counter(
+            e["status"]
+            for e in events
+            if e.get("event") == "request" and "hostile=1" not in e.get("path", "")
+        )
         answered = sum(tally.answered.values())
         half = len(chaos.rss_trace) // 2
         return {
@@ -431,6 +452,8 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "lost": tally.lost,
             "hung": tally.hung,
             "wrong_outputs": tally.wrong,
+            "hostile_wrong": len(hostile.wrong),
+            "hostile_sent": dict(hostile.done),
             "leaked_processes": len(leaked),
             "leaked_files": len(left),
             "bad_cache_entries": len(bad),
@@ -457,7 +480,11 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 str(k): round(sorted(v)[len(v) // 2], 4) for k, v in sorted(tally.latency.items())
             },
             "latency_max_s": {str(k): round(max(v), 3) for k, v in sorted(tally.latency.items())},
-            "samples": tally.samples + [f"leaked process {p}" for p in leaked] + left[:5] + bad[:5],
+            "samples": tally.samples
+            + hostile.wrong[:5]
+            + [f"leaked process {p}" for p in leaked]
+            + left[:5]
+            + bad[:5],
         }
     finally:
         proxy.stop()
@@ -479,6 +506,7 @@ def failed(result: dict[str, Any]) -> list[str]:
             "lost",
             "hung",
             "wrong_outputs",
+            "hostile_wrong",
             "leaked_processes",
             "leaked_files",
             "bad_cache_entries",
@@ -501,6 +529,8 @@ def table(result: dict[str, Any]) -> str:
         ("lost (no answer, or not a documented one)", result["lost"]),
         ("hung (past deadline + margin)", result["hung"]),
         ("wrong outputs", result["wrong_outputs"]),
+        ("hostile requests answered wrong", result["hostile_wrong"]),
+        ("hostile requests", sum(result["hostile_sent"].values())),
         ("leaked processes", result["leaked_processes"]),
         ("leaked files", result["leaked_files"]),
         ("bad cache entries", result["bad_cache_entries"]),

@@ -63,6 +63,7 @@ def test_a_short_soak_loses_nothing_hangs_nothing_leaks_nothing(tmp_path: Path) 
     assert result["event_log_matches_answers"]
     assert result["chaos"].get("kill_replica", 0) >= 1  # the chaos happened
     assert result["replicas_started"] >= 3 and result["s3_requests_through_proxy"] >= 2
+    assert result["hostile_wrong"] == 0 and sum(result["hostile_sent"].values()) >= 5
     assert "| requests sent" in run.stdout and "soak: ok" in run.stdout
 
 
@@ -72,6 +73,7 @@ def test_any_loss_hang_or_leak_fails_the_soak() -> None:
         "lost": 0,
         "hung": 0,
         "wrong_outputs": 0,
+        "hostile_wrong": 0,
         "leaked_processes": 0,
         "leaked_files": 0,
         "bad_cache_entries": 0,
@@ -84,6 +86,7 @@ def test_any_loss_hang_or_leak_fails_the_soak() -> None:
     for key, bad in [
         ("lost", 1),
         ("hung", 2),
+        ("hostile_wrong", 1),
         ("leaked_processes", 1),
         ("leaked_files", 3),
         ("bad_cache_entries", 1),
