@@ -235,6 +235,7 @@ class FrontConnection(asyncio.Protocol):
             self.parser.should_keep_alive(),
             time.time(),
         )
+        self._body, self._size = [], 0  # the body's bytes are the request's now (held still)
         if self.parser.should_upgrade():  # its body, if any, follows: see _declined_upgrade
             self._upgrading = request
             return
