@@ -6,6 +6,8 @@ Requests are validated with these models; the tensor ``data`` itself is decoded 
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import orjson
@@ -86,11 +88,22 @@ def parse_json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
     return value
 
 
+_NUMBER = re.compile(rb"-?[0-9][0-9.eE+-]*")
+
+
 def _non_finite_at(raw: bytes | memoryview, exc: orjson.JSONDecodeError) -> bool:
-    """Whether orjson stopped at NaN or Infinity (which Python's json and Triton would read),
-    judged from the bytes it stopped at (never from its message's words)."""
+    """Whether orjson stopped at NaN or Infinity (which Python's json and Triton would read) or
+    at a number past the double range (1e400), judged from the bytes it stopped at (never from
+    its message's words)."""
+    at = bytes(raw[exc.pos : exc.pos + 64])
     # orjson stops at the N of NaN, the I of Infinity, and after the sign of -Infinity
-    return bytes(raw[exc.pos : exc.pos + 3]).lower() in (b"nan", b"inf")
+    if at[:3].lower() in (b"nan", b"inf"):
+        return True
+    number = _NUMBER.match(at)
+    try:
+        return number is not None and math.isinf(float(number.group()))
+    except ValueError:
+        return False
 
 
 def validation_message(exc: ValidationError) -> str:
