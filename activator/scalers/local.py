@@ -271,11 +271,16 @@ class LocalScaler:
         if state is not None:  # it keeps its status pipe: no --status-fd among the arguments
             assert state.proc.stdin is not None
             state.status.model = spec.name
-            state.proc.stdin.write((json.dumps(args) + "\n").encode())
-            with contextlib.suppress(ConnectionError):
+            # its end of the pipe closed (the write failed: the transport is closing at once)
+            # means it died, even before the event loop has reaped it
+            try:
+                state.proc.stdin.write((json.dumps(args) + "\n").encode())
+                gone = state.proc.stdin.is_closing()
                 await state.proc.stdin.drain()
+            except ConnectionError:
+                gone = True
             state.proc.stdin.close()
-            if state.proc.returncode is not None:  # it died just now: start from nothing
+            if gone or state.proc.returncode is not None:  # it died just now: start afresh
                 await self._reap(state)
                 state, warm = None, False
         if state is None:

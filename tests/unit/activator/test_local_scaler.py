@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -188,6 +190,42 @@ async def test_a_standby_says_so_on_its_pipe_and_keeps_it_as_a_replica(tmp_path:
         assert handle.warm and handle.url == URL
         await scaler.wait_ready(handle, 10)
         assert handle.timings["load"] == 0.25
+    finally:
+        await scaler.aclose()
+
+
+def wait_until_dead(pid: int) -> None:
+    """Until ``pid`` is dead (a zombie, or reaped by asyncio's child-watcher thread), without
+    running the event loop: so the loop has not been told of its exit yet."""
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.exists():
+        try:
+            if stat.read_text().split(") ", 1)[1][0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not die"
+        time.sleep(0.005)
+
+
+async def test_a_standby_that_died_unreaped_is_passed_over_for_a_fresh_process(
+    tmp_path: Path,
+) -> None:
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=10, warm_pool=1)
+    try:
+        scaler.fill_pool()
+        deadline = time.monotonic() + 10
+        while scaler.pool_status()[0] < 1:
+            assert time.monotonic() < deadline, "no standby"
+            await asyncio.sleep(0.02)
+        (standby,) = scaler._standby
+        os.kill(standby.proc.pid, signal.SIGKILL)
+        wait_until_dead(standby.proc.pid)  # blocking: the event loop must not see the exit
+        assert standby.proc.returncode is None
+        handle = await scaler.start(spec(tmp_path, [LISTENING, READY]))
+        assert not handle.warm and handle.pid != standby.proc.pid
+        await scaler.wait_ready(handle, 10)
     finally:
         await scaler.aclose()
 
