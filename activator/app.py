@@ -3,8 +3,9 @@
 Model requests (``/v2/models/{m}/...``) are carried by the front door's byte relay through the
 data path (:mod:`activator.datapath`); this ASGI application answers everything else in the
 route table (:mod:`activator.routes`): health, server metadata, the repository index and its
-load/unload, a model's ``ready`` while it is at zero, ``/metrics`` and the admin API. Every error
-is rendered by :func:`activator.http.error_response`, in the OIP shape ``{"error": "..."}``.
+load/unload, a model's ``ready`` and metadata while no replica of it is ready (the metadata when
+it is known: :mod:`activator.metadata`), ``/metrics`` and the admin API. Every error is rendered
+by :func:`activator.http.error_response`, in the OIP shape ``{"error": "..."}``.
 
 :meth:`Activator.lifespan` is how the activator starts and stops, whoever serves it (the front
 door, or an ASGI server through the lifespan protocol): it starts the pools and the scaler's
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -46,8 +48,10 @@ from activator.http import (
     json_response,
     send_response,
 )
+from activator.metadata import MetadataBook
 from activator.metrics import ActivatorMetrics
 from activator.pool import ModelPool
+from activator.pool.replicas import Replica
 from activator.routes import Endpoint, Guard, Match, guard, resolve, split
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
@@ -57,7 +61,9 @@ from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
 
-_REPLICA_STATE = {"zero": "UNAVAILABLE", "starting": "LOADING", "ready": "READY"}
+# a model's state in the repository index, by the activator's; at zero: ZERO (a request wakes
+# it), or UNAVAILABLE when its last start failed
+_REPLICA_STATE = {"zero": "ZERO", "starting": "LOADING", "ready": "READY"}
 ADMIN_BODY_BYTES = 1 << 20
 Handler = Callable[[Match, bytes], Awaitable[Response]]
 
@@ -80,6 +86,7 @@ class Activator:
         self.events = EventLog(s.events)
         self.tasks = TaskSet()
         self.datapath = DataPath(self.metrics, self.events, access_log=access_log)
+        self.metadata = MetadataBook(stack.models, self.tasks)
         self.pools = {
             name: ModelPool(
                 spec,
@@ -88,6 +95,7 @@ class Activator:
                 self.metrics,
                 grace_period_s=s.grace_period_s,
                 tasks=self.tasks,
+                on_ready=functools.partial(self._replica_ready, name),
             )
             for name, spec in stack.models.items()
         }
@@ -124,6 +132,15 @@ class Activator:
     async def lifespan(self) -> AsyncIterator[None]:
         """The activator running: pools started on entry; everything stopped on exit."""
         self._learn_from_log()
+        for name, spec in self.stack.models.items():
+            if not self.metadata.knows(name):
+                log.info(
+                    "model %s: its config does not give all of its metadata (handler %s), so "
+                    "GET /v2/models/%s wakes it until one of its replicas has been ready",
+                    name,
+                    spec.handler or "unnamed",
+                    name,
+                )
         for pool in self.pools.values():
             pool.start()
         fill = getattr(self.scaler, "fill_pool", None)
@@ -137,6 +154,7 @@ class Activator:
             await asyncio.gather(*(p.aclose() for p in self.pools.values()), return_exceptions=True)
             await self.scaler.aclose()
             await self.tasks.aclose()
+            await self.metadata.aclose()
             self.events.close()
 
     def _learn_from_log(self) -> None:
@@ -154,6 +172,9 @@ class Activator:
             self.pools[name].learn(times)
         if arrivals:
             log.info("policies learned from %s: %s", path, {k: len(v) for k, v in arrivals.items()})
+
+    def _replica_ready(self, name: str, replica: Replica) -> None:
+        self.metadata.replica_ready(name, replica.url)
 
     def refuse_waiters(self) -> None:
         """Take no more requests; answer the queued ones 503 (the grace period is over)."""
@@ -248,7 +269,7 @@ class Activator:
         return [
             {
                 "name": name,
-                "state": _REPLICA_STATE.get(pool.state, "UNLOADING"),
+                "state": _index_state(pool),
                 "reason": pool.reason if pool.state != "ready" else "",
                 "activator_state": pool.state,
             }
@@ -267,23 +288,30 @@ class Activator:
         return Response(200, [], b"")
 
     async def _repository_unload(self, match: Match, body: bytes) -> Response:
-        self.pool(match.model).sleep()
+        self.pool(match.model).sleep("a repository unload request")
         return Response(200, [], b"")
 
     async def _model(self, match: Match, body: bytes) -> Response:
-        """A model's ``ready`` while no replica answers it: ready, unless it cannot start.
+        """A model's ``ready`` or metadata while no replica answers it, without waking it.
 
-        (At zero a model takes requests: they wake it.) Any other model request reaching here
-        is a front-door bug: model requests are relayed through the data path.
+        Ready: yes, unless its last start failed (at zero a model takes requests: they wake it).
+        Metadata: what :class:`MetadataBook` knows. Any other model request reaching here is a
+        front-door bug: model requests are relayed through the data path.
         """
         pool = self.pool(match.model)
-        if match.action != "ready":
+        metadata = self.metadata.get(match.model)
+        if match.action not in ("ready", "") or (match.action == "" and metadata is None):
             raise ActivatorError(f"model '{match.model}': requests are relayed by the front door")
+        if match.version and match.version != pool.spec.version:
+            raise UnknownModel(
+                f"model '{match.model}' version '{match.version}' is not in the repository"
+            )
+        state = [(b"ember-model-state", pool.state.encode())]
+        if metadata is not None and match.action == "":
+            return json_response(200, metadata.as_json(), state)
         failed = pool.start_failed and pool.state != "ready"
         return json_response(
-            503 if failed else 200,
-            {"name": match.model, "ready": not failed},
-            [(b"ember-model-state", pool.state.encode())],
+            503 if failed else 200, {"name": match.model, "ready": not failed}, state
         )
 
     async def _model_stats(self, match: Match, body: bytes) -> Response:
@@ -331,6 +359,12 @@ async def _body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+def _index_state(pool: ModelPool) -> str:
+    if pool.state == "zero" and pool.start_failed:
+        return "UNAVAILABLE"
+    return _REPLICA_STATE.get(pool.state, "UNLOADING")
 
 
 def _is_loopback(host: str) -> bool:

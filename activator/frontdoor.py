@@ -9,8 +9,9 @@ re-encoding. That keeps the activator's cost small next to the replica's (see
 ``scripts/bench_activator.py``).
 
 Every other request (health, metadata, the repository index, statistics, metrics, the admin
-API, a model's ``ready`` at zero) goes to :class:`activator.app.Activator` through a minimal ASGI
-bridge (:mod:`activator.bridge`). Answers leave in request order on each connection.
+API, a model's ``ready`` and its metadata while no replica of it is ready) goes to
+:class:`activator.app.Activator` through a minimal ASGI bridge (:mod:`activator.bridge`).
+Answers leave in request order on each connection.
 
 Memory stays bounded: a body declared over ``max_request_bytes`` is refused (413) before it is
 read, and one that would take the bodies held over all connections past ``max_buffered_bytes``
@@ -642,7 +643,7 @@ class FrontDoor:
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
-        self._routes: dict[bytes, tuple[ModelPool, bool] | None] = {}
+        self._routes: dict[bytes, tuple[ModelPool, str] | None] = {}
 
     def relayed(self, raw_url: bytes) -> ModelPool | None:
         """The pool a request for this URL is relayed to, or None (the activator answers it)."""
@@ -654,12 +655,16 @@ class FrontDoor:
             known = self._routes[raw_url] = self._route(raw_url)
         if known is None:
             return None
-        pool, ready_check = known
-        if ready_check and pool.state != "ready":
-            return None  # a model's ready while no replica answers: the activator says
+        pool, action = known
+        if action == "infer" or pool.state == "ready":
+            return pool
+        # no replica answers: a model's ready, and its metadata when known, are the activator's
+        # to say, so that neither wakes it
+        if action == "ready" or (action == "" and self.activator.metadata.knows(pool.name)):
+            return None
         return pool
 
-    def _route(self, raw_url: bytes) -> tuple[ModelPool, bool] | None:
+    def _route(self, raw_url: bytes) -> tuple[ModelPool, str] | None:
         try:
             path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
             match = resolve("", path)
@@ -668,7 +673,7 @@ class FrontDoor:
         pool = self.activator.pools.get(match.model)
         if match.endpoint is not Endpoint.MODEL or pool is None:
             return None
-        return pool, match.action == "ready"
+        return pool, match.action
 
     async def serve(self, sock: Any, stop: asyncio.Event) -> None:
         """Run the activator and serve on ``sock`` until ``stop`` is set; then drain."""

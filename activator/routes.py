@@ -18,7 +18,10 @@ path                                                           method  guard  an
 ``/admin/models/{m}/warm|sleep``                               POST    admin  the activator
 =============================================================  ======  =====  ===================
 
-The guard goes by the path's first segments (:func:`guard`), the rest by the table.
+The guard goes by the path's first segments (:func:`guard`), the rest by the table. While no
+replica of a model is ready, its ``ready`` and its metadata (``/v2/models/{m}[/versions/{v}]``,
+once the activator knows it: :mod:`activator.metadata`) are answered by the activator, so
+neither wakes it (``FrontDoor.relayed``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class Endpoint(enum.Enum):
     REPOSITORY_UNLOAD = "repository_unload"
     MODELS_STATS = "models_stats"  # every model's statistics
     MODEL_STATS = "model_stats"  # one model's: the activator keeps them (a replica's would wake it)
-    MODEL = "model"  # relayed to a replica (ready at zero: answered by the activator)
+    MODEL = "model"  # relayed to a replica (ready and metadata at zero: the activator's)
     METRICS = "metrics"
     ADMIN_MODELS = "admin_models"
     ADMIN_WARM = "admin_warm"
@@ -80,6 +83,7 @@ class Match:
     endpoint: Endpoint
     model: str = ""
     action: str = ""  # a model route's last segment ("" for its metadata)
+    version: str = ""  # a model route's ``/versions/{v}`` ("" when it names none)
 
 
 def split(path: str) -> list[str]:
@@ -98,19 +102,20 @@ def guard(parts: list[str]) -> Guard:
     return Guard.API
 
 
-def model_route(parts: list[str]) -> tuple[str, str] | None:
-    """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, ACTION), else None."""
+def model_route(parts: list[str]) -> tuple[str, str, str] | None:
+    """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, V or "", ACTION), else
+    None."""
     if len(parts) < 3 or parts[0] != "v2" or parts[1] != "models" or not parts[2]:
         return None
     if parts[2:] == ["stats"]:  # every model's statistics (as the predictor reads it too)
         return None
-    rest = parts[3:]
+    rest, version = parts[3:], ""
     if len(rest) >= 2 and rest[0] == "versions":
-        rest = rest[2:]
+        version, rest = rest[1], rest[2:]
     action = rest[0] if rest else ""
     if len(rest) > 1 or action not in MODEL_ACTIONS:
         return None
-    return parts[2], action
+    return parts[2], version, action
 
 
 def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
@@ -119,12 +124,12 @@ def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
         parts = split(path)
     found = model_route(parts)
     if found is not None:
-        model, action = found
+        model, version, action = found
         if action != "stats":
-            return Match(Endpoint.MODEL, model, action)
+            return Match(Endpoint.MODEL, model, action, version)
         if method != "GET":
             raise MethodNotAllowed(f"method {method} not allowed here (use GET)")
-        return Match(Endpoint.MODEL_STATS, model, action)
+        return Match(Endpoint.MODEL_STATS, model, action, version)
     allowed = []
     for route in ROUTES:
         if len(route.pattern) != len(parts):

@@ -12,6 +12,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import Literal, get_args
+
+# the levels `ember serve` and `ember up` take (--log-level, activator.log_level)
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 QUIET_AT_DEBUG = ("botocore", "aiobotocore", "s3transfer", "urllib3", "httpcore", "httpx", "hpack")
 

@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from contracts.durations import parse_duration
 from contracts.errors import ConfigError
 
 _NAMES = {
@@ -158,10 +159,13 @@ def parse_window(raw: dict[str, object], where: str) -> Window:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     try:
-        duration = float(raw.get("duration_s", 0))  # type: ignore[arg-type]
+        duration = parse_duration(raw.get("duration_s", 0))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: duration_s: {exc}") from None
+    try:
         replicas = int(raw.get("replicas", 1))  # type: ignore[call-overload]
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: duration_s and replicas must be numbers") from None
+        raise ConfigError(f"{where}: replicas must be a whole number") from None
     if duration <= 0 or replicas < 1:
         raise ConfigError(f"{where}: duration_s must be > 0 and replicas >= 1")
     window = Window(cron, tz, duration, replicas)

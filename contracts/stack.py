@@ -29,27 +29,34 @@
         container_concurrency: 16  # requests one replica takes at once (default: the model
                                    # config's, else 8)
         target: 8                  # in-flight requests per replica before another starts
-        keep_alive_s: 30           # overrides the activator's
+        keep_alive_s: 30           # overrides the model config's, which overrides the activator's
         queue_size: 100
         deadline_s: 60
 
-The activator reads only what it needs from each model config (its name, its
-``container_concurrency`` default, ``gpu_type``, ``price_per_hour``, ``device``, ``source`` and
-``prewarm`` windows) with a YAML parser; the replicas it starts run ``ember serve --config`` on
-the file itself. Unknown keys are errors.
+The activator reads only what it needs from each model config, with a YAML parser: its ``name``
+and ``version``, ``container_concurrency`` and ``keep_alive_s`` (a model entry here overrides
+them; they override the activator's), ``gpu_type``, ``price_per_hour``, ``cpus``, ``device``,
+``source``, ``prewarm`` windows, and ``handler``, ``inputs``, ``outputs`` and ``max_batch_size``
+for the model's metadata (:mod:`contracts.metadata`). The replicas it starts run
+``ember serve --config`` on the file itself. Unknown keys are errors, each told on its own line
+with the closest valid key (:mod:`contracts.configfile`); every ``*_s`` duration is seconds or
+takes units: ``90s``, ``10m``, ``1h30m`` (:mod:`contracts.durations`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contracts.configfile import explain, looks_like_model_config, looks_like_stack, read_config
+from contracts.durations import MissingUnit, Seconds, WholeSeconds, parse_duration
 from contracts.errors import ConfigError
+from contracts.knative import EventsVolume, GpuNodes, WeightTier
+from contracts.logs import LogLevel
+from contracts.metadata import ModelMetadata, declared_metadata
 from contracts.names import valid_model_name
 from contracts.schedule import Window, parse_window
 
@@ -58,13 +65,14 @@ class ActivatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     events: Path | None = None
-    keep_alive_s: float = Field(default=60.0, ge=0)
+    # durations (every *_s key): seconds, or with units (90s, 10m, 1h30m): contracts.durations
+    keep_alive_s: Seconds = Field(default=60.0, ge=0)
     queue_size: int = Field(default=1000, ge=0)
-    deadline_s: float = Field(default=120.0, gt=0)
-    startup_timeout_s: float = Field(default=300.0, gt=0)
-    grace_period_s: float = Field(default=30.0, ge=0)
+    deadline_s: Seconds = Field(default=120.0, gt=0)
+    startup_timeout_s: Seconds = Field(default=300.0, gt=0)
+    grace_period_s: Seconds = Field(default=30.0, ge=0)
     # how long a replica may hold a relayed request before the client gets 504
-    request_timeout_s: float = Field(default=300.0, gt=0)
+    request_timeout_s: Seconds = Field(default=300.0, gt=0)
     policy: str = "fixed"  # the keep-alive/pre-warm policy of models that name none
     admin_token_env: str = "EMBER_ADMIN_TOKEN"
     admin_token_file: Path | None = None
@@ -78,17 +86,23 @@ class ActivatorSettings(BaseModel):
     # client reads: the head within header_timeout_s of its first byte (of the connection
     # opening, for its first request); no pause in a body longer than body_timeout_s (408);
     # a kept-alive connection idle for idle_timeout_s is closed
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    body_timeout_s: float = Field(default=30.0, gt=0)
-    idle_timeout_s: float = Field(default=75.0, gt=0)
+    header_timeout_s: Seconds = Field(default=10.0, gt=0)
+    body_timeout_s: Seconds = Field(default=30.0, gt=0)
+    idle_timeout_s: Seconds = Field(default=75.0, gt=0)
     cache_dir: Path | None = None
     # local scaler: `ember serve --standby` processes kept ready (imports done, no model), so a
     # start skips Python's and torch's start-up; each costs memory only. 0 disables the pool.
     warm_pool: int = Field(default=0, ge=0, le=16)
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     # local: replicas are `ember serve` processes here; knative: each model's Knative Service,
     # woken through min-scale (ember deploy renders them) in knative.namespace
     scaler: Literal["local", "knative"] = "local"
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        _check_policy(value)
+        return value
 
 
 class KnativeSettings(BaseModel):
@@ -105,13 +119,17 @@ class KnativeSettings(BaseModel):
     s3_secret: str | None = None  # a Secret with AWS_* keys, given to replicas as env
     # where models with local weights are served from in the cluster: URI/NAME (ember cache push)
     models_uri: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")
-    cache_size_gi: float = Field(default=20, gt=0)  # the local tier's emptyDir
-    timeout_s: int = Field(default=300, ge=1)  # the revision's request timeout
-    progress_deadline_s: int = Field(
+    cache_size_gi: float = Field(default=20, gt=0)  # the local tier's size (and budget)
+    timeout_s: WholeSeconds = Field(default=300, ge=1)  # the revision's request timeout
+    progress_deadline_s: WholeSeconds = Field(
         default=600, ge=1
     )  # raised from Knative's 600 s for big models
     cpu: str = "1"
     memory: str = "2Gi"
+    # placement of the models that name a gpu_type: every gpu_type used must be listed here
+    gpu_nodes: dict[str, GpuNodes] = Field(default_factory=dict)
+    tier: WeightTier = WeightTier()  # the volume of the local weight tier (contracts.knative)
+    events: EventsVolume = EventsVolume()  # the activator's event log's PersistentVolumeClaim
 
 
 class ModelEntry(BaseModel):
@@ -124,11 +142,17 @@ class ModelEntry(BaseModel):
     max_replicas: int = Field(default=1, ge=1)
     container_concurrency: int | None = Field(default=None, ge=1)
     target: float | None = Field(default=None, gt=0)
-    keep_alive_s: float | None = Field(default=None, ge=0)
+    keep_alive_s: Seconds | None = Field(default=None, ge=0)
     policy: str | None = None  # fixed (keep_alive_s) | fixed:DURATION | knative | hybrid
     queue_size: int | None = Field(default=None, ge=0)
-    deadline_s: float | None = Field(default=None, gt=0)
-    startup_timeout_s: float | None = Field(default=None, gt=0)
+    deadline_s: Seconds | None = Field(default=None, gt=0)
+    startup_timeout_s: Seconds | None = Field(default=None, gt=0)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str | None) -> str | None:
+        _check_policy(value)
+        return value
 
     @model_validator(mode="after")
     def _bounds(self) -> ModelEntry:
@@ -168,8 +192,13 @@ class ModelSpec(BaseModel):
     gpu_type: str | None = None
     price_per_hour: float | None = None
     device: str | None = None
+    cpus: float | None = None  # the cores a replica is billed for (a CPU model's cost)
     source: str | None = None
     prewarm: tuple[Window, ...] = ()
+    handler: str | None = None  # the model config's, for messages
+    # what GET /v2/models/{m} answers, when the model config says it all (contracts.metadata):
+    # the activator answers it while no replica runs; None: it learns it from the first replica
+    metadata: ModelMetadata | None = None
 
 
 class StackConfig(BaseModel):
@@ -184,11 +213,7 @@ class StackConfig(BaseModel):
 def load_stack(path: str | Path) -> StackConfig:
     """Read and check ``ember.yaml`` and the model configs it names."""
     path = Path(path)
-    raw = _read_yaml(path, "config")
-    try:
-        stack = StackFile.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {_message(exc)}") from None
+    stack = _read_stack_file(path)
     base = path.resolve().parent
     settings = stack.activator
     if settings.events is not None and not settings.events.is_absolute():
@@ -200,7 +225,7 @@ def load_stack(path: str | Path) -> StackConfig:
     models: dict[str, ModelSpec] = {}
     for i, entry in enumerate(stack.models):
         config_path = entry.config if entry.config.is_absolute() else base / entry.config
-        model = _read_yaml(config_path, f"models[{i}].config")
+        model = _read_model_config(path, i, config_path)
         if isinstance(model, list):
             if len(model) != 1:
                 raise ConfigError(
@@ -217,39 +242,67 @@ def load_stack(path: str | Path) -> StackConfig:
             )
         if name in models:
             raise ConfigError(f"{path}: model '{name}' is listed twice")
-        windows = model.get("prewarm") or []
-        if not isinstance(windows, list):
-            raise ConfigError(f"{config_path}: prewarm must be a list of windows")
-        prewarm = tuple(
-            parse_window(window, f"{config_path}: prewarm[{w}]") for w, window in enumerate(windows)
-        )
-        concurrency = entry.container_concurrency or int(model.get("container_concurrency") or 8)
-        keep_alive = entry.keep_alive_s
-        if keep_alive is None:
-            keep_alive = settings.keep_alive_s
-        policy = entry.policy or settings.policy
-        if policy != "fixed":
-            parse_policy_spec(policy)  # raises ConfigError naming the choices
-        models[name] = ModelSpec(
-            name=name,
-            version=str(model.get("version") or "1"),
-            policy=policy,
-            config_path=config_path.resolve(),
-            min_replicas=entry.min_replicas,
-            max_replicas=entry.max_replicas,
-            container_concurrency=concurrency,
-            target=entry.target or float(concurrency),
-            keep_alive_s=keep_alive,
-            queue_size=settings.queue_size if entry.queue_size is None else entry.queue_size,
-            deadline_s=entry.deadline_s or settings.deadline_s,
-            startup_timeout_s=entry.startup_timeout_s or settings.startup_timeout_s,
-            gpu_type=_optional(model, "gpu_type", str, config_path),
-            price_per_hour=_optional(model, "price_per_hour", float, config_path),
-            device=_optional(model, "device", str, config_path),
-            source=_optional(model, "source", str, config_path),
-            prewarm=prewarm,
-        )
+        models[name] = _model_spec(name, entry, settings, model, config_path)
     return StackConfig(path=path.resolve(), settings=settings, models=models, knative=stack.knative)
+
+
+def _model_spec(
+    name: str,
+    entry: ModelEntry,
+    settings: ActivatorSettings,
+    model: dict[str, Any],
+    config_path: Path,
+) -> ModelSpec:
+    """One model's spec: each key from its ``ember.yaml`` entry, else its model config, else the
+    activator's settings (or the default)."""
+    windows = model.get("prewarm") or []
+    if not isinstance(windows, list):
+        raise ConfigError(f"{config_path}: prewarm must be a list of windows")
+    prewarm = tuple(
+        parse_window(window, f"{config_path}: prewarm[{w}]") for w, window in enumerate(windows)
+    )
+    declared = model.get("container_concurrency")
+    if declared is not None and (
+        isinstance(declared, bool) or not isinstance(declared, int) or declared < 0
+    ):
+        raise ConfigError(f"{config_path}: container_concurrency must be a whole number >= 0")
+    # the runtime's 0 ("the server's default") is "not set" here too
+    concurrency = entry.container_concurrency or declared or 8
+    model_keep_alive = _duration(model, "keep_alive_s", config_path)
+    if model_keep_alive is not None and model_keep_alive < 0:
+        raise ConfigError(f"{config_path}: keep_alive_s must be >= 0")
+    keep_alive = _first(entry.keep_alive_s, model_keep_alive, settings.keep_alive_s)
+    policy = entry.policy or settings.policy
+    if policy != "fixed":
+        parse_policy_spec(policy)  # raises ConfigError naming the choices
+    handler = _optional(model, "handler", str, config_path)
+    return ModelSpec(
+        name=name,
+        version=str(model.get("version") or "1"),
+        policy=policy,
+        config_path=config_path.resolve(),
+        min_replicas=entry.min_replicas,
+        max_replicas=entry.max_replicas,
+        container_concurrency=concurrency,
+        target=entry.target or float(concurrency),
+        keep_alive_s=keep_alive,
+        queue_size=settings.queue_size if entry.queue_size is None else entry.queue_size,
+        deadline_s=entry.deadline_s or settings.deadline_s,
+        startup_timeout_s=entry.startup_timeout_s or settings.startup_timeout_s,
+        gpu_type=_optional(model, "gpu_type", str, config_path),
+        price_per_hour=_optional(model, "price_per_hour", float, config_path),
+        cpus=_optional(model, "cpus", float, config_path),
+        device=_optional(model, "device", str, config_path),
+        source=_optional(model, "source", str, config_path),
+        prewarm=prewarm,
+        handler=handler,
+        metadata=declared_metadata(model, str(config_path)),
+    )
+
+
+def _first(*values: float | None) -> float:
+    """The first value given (the last one always is)."""
+    return next(v for v in values if v is not None)
 
 
 @dataclass(frozen=True)
@@ -260,23 +313,43 @@ class PolicySpec:
     keep_alive_s: float | None = None  # fixed's window
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
+_POLICIES = "fixed:DURATION (e.g. fixed:10m, fixed:1h30m), knative, hybrid, hybrid-paper"
 
 
 def parse_policy_spec(text: str) -> PolicySpec:
-    """The policy a model's ``policy:`` names; ConfigError naming the choices if none."""
+    """The policy a model's ``policy:`` names; ConfigError naming the choices if none.
+
+    ``fixed:DURATION`` reads its duration as every duration is read (:mod:`contracts.durations`),
+    but a unit is required: ``fixed:10`` is refused, saying so.
+    """
     if text in ("knative", "hybrid", "hybrid-paper"):
         return PolicySpec(text)  # type: ignore[arg-type]
-    kind, _, arg = text.partition(":")
-    if kind == "fixed":
-        match = _DURATION.match(arg)
-        if match:
-            seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
-            if seconds > 0:
-                return PolicySpec("fixed", seconds)
-    raise ConfigError(
-        f"unknown policy {text!r}: fixed:DURATION (e.g. fixed:10m), knative, hybrid, hybrid-paper"
-    )
+    kind, colon, arg = text.partition(":")
+    if kind != "fixed":
+        raise ConfigError(f"unknown policy {text!r}: {_POLICIES}")
+    if not colon or not arg:
+        raise ConfigError(f"policy {text!r} needs a duration: fixed:DURATION, e.g. fixed:10m")
+    try:
+        seconds = parse_duration(arg, unit_required=True)
+    except MissingUnit:
+        raise ConfigError(
+            f"policy {text!r} needs a unit: fixed:{arg}s, fixed:{arg}m or fixed:{arg}h"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"policy {text!r}: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"policy {text!r}: the duration must be longer than 0")
+    return PolicySpec("fixed", seconds)
+
+
+def _check_policy(text: str | None) -> None:
+    """A ``policy:`` key's validator: ValueError (pydantic reports it at the key) if unknown."""
+    if text is None or text == "fixed":  # plain fixed: the keep_alive_s that applies
+        return
+    try:
+        parse_policy_spec(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _optional(model: dict[str, Any], key: str, kind: type, where: Path) -> Any:
@@ -291,22 +364,44 @@ def _optional(model: dict[str, Any], key: str, kind: type, where: Path) -> Any:
     return value
 
 
-def _read_yaml(path: Path, what: str) -> Any:
+def _duration(model: dict[str, Any], key: str, where: Path) -> float | None:
+    """``model[key]`` read as a duration (``90``, ``90s``, ``10m``), or None when absent."""
+    value = model.get(key)
+    if value is None:
+        return None
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
 
 
-def _message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "config"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+def _read_stack_file(path: Path) -> StackFile:
+    """``ember.yaml`` checked: ConfigError with one line per problem, each naming the key."""
+    raw = read_config(path)
+    if looks_like_model_config(raw):
+        raise ConfigError(
+            f"{path} is a model config, not a stack file (ember.yaml): use "
+            f"`ember serve --config {path}`, or name it under models: in an ember.yaml"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: an ember.yaml is a mapping of keys (models:, and optionally activator: "
+            f"and knative:), not {type(raw).__name__}"
+        )
+    try:
+        return StackFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(explain(exc, StackFile, file=path))) from None
+
+
+def _read_model_config(stack_path: Path, index: int, config_path: Path) -> Any:
+    """The document of ``models[index].config``; ConfigError naming both files if unreadable."""
+    if not config_path.exists():
+        raise ConfigError(f"{stack_path}: models[{index}].config: {config_path} does not exist")
+    model = read_config(config_path)
+    if looks_like_stack(model):
+        raise ConfigError(
+            f"{stack_path}: models[{index}].config: {config_path} is a stack file (ember.yaml), "
+            "not a model config"
+        )
+    return model

@@ -102,8 +102,10 @@ async def _pull(args: argparse.Namespace) -> int:
             )
         finally:
             progress.close()
+    # stdout is the path alone (MODEL_DIR=$(ember cache pull ...)); how it got there: stderr
     state = "already in the local tier" if report.hit else f"fetched in {report.fetch_s:.2f}s"
-    print(f"{report.path} ({state})")
+    print(report.path)
+    print(f"{args.source}: {state}", file=sys.stderr)
     return 0
 
 

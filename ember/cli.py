@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ember.cache_cli import cache_dir
+    from ember.checks import refuse
     from runtime.config import ServerSettings, load_model_configs
     from runtime.errors import ConfigError
     from runtime.protocol import validation_message
@@ -72,9 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
             exit_on_load_failure=args.exit_on_load_failure,
             termination_log=args.termination_log,
         )
-    except ConfigError as exc:
-        print(f"ember serve: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:  # every problem of the model config, one line each
+        return refuse("serve", exc)
     except ValidationError as exc:
         print(f"ember serve: {validation_message(exc)}", file=sys.stderr)
         return 2
@@ -107,16 +107,16 @@ def _up(args: argparse.Namespace) -> int:
     from activator.auth import Tokens
     from activator.server import up
     from contracts.errors import ConfigError
-    from contracts.stack import load_stack
+    from ember.checks import load_checked_stack, refuse
 
     try:
-        stack = load_stack(args.config)
+        # every model config too, as its replicas will read it: a typo stops the stack here
+        stack = load_checked_stack(args.config)
         s = stack.settings  # a bad token stops the stack here, not at its first use
         Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
         Tokens.load(s.api_token_env, s.api_token_file, "API")
     except ConfigError as exc:
-        print(f"ember up: {exc}", file=sys.stderr)
-        return 2
+        return refuse("up", exc)
     if args.log_level:
         stack = stack.model_copy(
             update={"settings": stack.settings.model_copy(update={"log_level": args.log_level})}
@@ -137,16 +137,22 @@ def _up(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     from contracts.errors import ConfigError
-    from contracts.stack import load_stack
+    from ember.checks import load_checked_stack, refuse
     from knative.errors import DeployError
-    from knative.render import kn_commands, render, to_yaml
+    from knative.render import render, to_yaml
 
     try:
-        stack = _with_namespace(load_stack(args.config), args.namespace)
-        if args.kn:
-            print("\n".join(kn_commands(stack)))
-            return 0
+        # every model config too: a manifest never ships what `ember serve` would refuse
+        stack = _with_namespace(load_checked_stack(args.config), args.namespace)
         objects = render(stack)
+        if args.kn:
+            from knative.features import required_settings
+            from knative.manifests import apply_commands, settings_comment, write_manifests
+
+            manifests = write_manifests(objects, Path(args.kn))
+            lines = settings_comment(required_settings(stack)) + apply_commands(manifests)
+            print("\n".join(lines))
+            return 0
         if args.dry_run:
             print(to_yaml(objects), end="")
             return 0
@@ -157,9 +163,11 @@ def _deploy(args: argparse.Namespace) -> int:
             delete_all(cluster, objects)
         else:
             apply_all(cluster, objects, timeout_s=args.timeout)
-    except (ConfigError, DeployError) as exc:
+    except ConfigError as exc:
+        return refuse("deploy", exc)
+    except DeployError as exc:
         print(f"ember deploy: {exc}", file=sys.stderr)
-        return 2 if args.dry_run or args.kn or isinstance(exc, ConfigError) else 1
+        return 2 if args.dry_run or args.kn else 1
     return 0
 
 
@@ -200,20 +208,21 @@ def _prewarm(args: argparse.Namespace) -> int:
 def _cost_report(args: argparse.Namespace) -> int:
     import json
 
-    from activator.cost import read_log, report, to_html, to_markdown
+    from activator.cost import read_log, report, to_markdown
     from contracts.errors import ConfigError
 
     try:
         prices = {}
         for item in args.price:
-            gpu, sep, value = item.partition("=")
+            key, sep, value = item.partition("=")
             try:
-                if not (gpu and sep):
+                if not (key and sep):
                     raise ValueError(item)
-                prices[gpu] = float(value)
+                prices[key] = float(value)
             except ValueError:
                 raise ConfigError(
-                    f"--price {item!r}: expected GPU=USD_PER_HOUR, e.g. L4=0.71"
+                    f"--price {item!r}: expected GPU=USD_PER_HOUR, MODEL=USD_PER_HOUR or "
+                    "cpu=USD_PER_CORE_HOUR, e.g. L4=0.71"
                 ) from None
         events, skipped = read_log(Path(args.events))
         result = report(
@@ -223,15 +232,18 @@ def _cost_report(args: argparse.Namespace) -> int:
             minimum_s=args.minimum_s,
             skipped=skipped,
         )
+        if args.format == "json":
+            text = json.dumps(result, indent=2) + "\n"
+        elif args.format == "html":
+            from activator.report_html import to_html
+
+            text = to_html(result)
+        else:
+            text = to_markdown(result)
     except ConfigError as exc:
         print(f"ember cost-report: {exc}", file=sys.stderr)
         return 2
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-    elif args.format == "html":
-        print(to_html(result), end="")
-    else:
-        print(to_markdown(result), end="")
+    print(text, end="")
     return 0
 
 
@@ -241,9 +253,10 @@ def _simulate(args: argparse.Namespace) -> int:
     from contracts.errors import ConfigError
 
     try:
+        policy = parse_policy(args.policy)  # a bad policy is told before the trace is read
         result = simulate(
             load_trace(Path(args.trace)),
-            parse_policy(args.policy),
+            policy,
             cold_start_s=args.cold_start,
             price_per_hour=args.price,
         )
@@ -296,53 +309,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if all(status.ready for status in statuses) else 3
 
 
-UP_EPILOG = """\
-ember.yaml:
-  activator:                 (all optional)
-    events: events.jsonl     the event log, one JSON line per transition and request
-    keep_alive_s: 60         idle seconds before a model's replicas drain and stop
-    queue_size: 1000         per model; past it requests get 503 + Retry-After
-    deadline_s: 120          how long a request may wait for a replica, then 504
-                             (per request: header Ember-Deadline-Ms)
-    startup_timeout_s: 300   a replica not ready by then is stopped; its waiters get 504
-    grace_period_s: 30       drain time for stopping replicas and for SIGTERM
-    request_timeout_s: 300   a replica holding a request longer: the client gets 504
-    admin_token_env: EMBER_ADMIN_TOKEN   bearer token for /admin (without one, /admin is
-                             open only when bound to loopback)
-    admin_token_file: FILE   admin tokens, one per line (list two to rotate)
-    api_token_env: EMBER_API_TOKEN       bearer token for /v2 (but /v2/health) and /metrics;
-                             unset: open (a warning at start when not bound to loopback)
-    api_token_file: FILE     API tokens, one per line
-    max_header_bytes: 65536  request line + headers; past it 431
-    max_request_bytes: 67108864  one request body; past it 413 (before it is read)
-    max_buffered_bytes: 536870912  request bodies held at once over all connections
-                             (queued for a cold model included); past it 503
-    header_timeout_s: 10     a request's head must arrive within this; else 408
-    body_timeout_s: 30       longest pause while a body arrives; else 408
-    idle_timeout_s: 75       a kept-alive connection with no request is closed after this
-    cache_dir: DIR           the replicas' local weight tier
-    warm_pool: 0             standby `ember serve` interpreters (imports done, no model) that a
-                             start takes instead of a new process; ~300 MB each; 0: none
-    scaler: local            local: `ember serve` processes here; knative: each model's ksvc,
-                             woken through min-scale (see `ember deploy --help`)
-    policy: fixed            keep-alive/pre-warm policy: fixed (keep_alive_s), fixed:10m,
-                             knative, hybrid (see `ember simulate --help`)
-  models:
-    - config: mlp/model.yaml a runtime model config (relative to ember.yaml)
-      min_replicas: 0
-      max_replicas: 1
-      container_concurrency: 8   requests one replica takes at once
-      target: 8              in-flight requests per replica before another starts
-      keep_alive_s / policy / queue_size / deadline_s / startup_timeout_s: per-model overrides
-  (pre-warm windows live in each model config: prewarm: [{cron, timezone, duration_s, replicas}])
-"""
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from contracts.logs import LOG_LEVELS
+    from ember.help import UP_REFERENCE, HelpFormatter, ember_version, finish
+
     parser = argparse.ArgumentParser(
         prog="ember",
         description="Ember: a scale-to-zero inference runtime speaking the KServe v2 protocol.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ember {ember_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -357,7 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
             "not load (only with --exit-on-load-failure)."
         ),
     )
-    serve.add_argument("--config", help="model config file (YAML or JSON); required")
+    # required, unless --standby (whose process is given its --config later, on stdin)
+    what = serve.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--config", help="model config file (YAML or JSON); required, unless --standby"
+    )
+    what.add_argument(
+        "--standby",
+        action="store_true",
+        help="(used by the activator's warm pool) do the imports, say 'standby' (on stdout, and "
+        "on --status-fd), then read one JSON list of these arguments from stdin and serve as "
+        "told, keeping the status fd",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
@@ -388,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="longest pause, in seconds, while a request body arrives; past it 408 (default 30)",
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default info)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
         "--cache-dir",
@@ -404,13 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="ranged reads in flight when streaming an s3:// source (default 8)",
-    )
-    serve.add_argument(
-        "--standby",
-        action="store_true",
-        help="(used by the activator's warm pool) do the imports, say 'standby' (on stdout, and "
-        "on --status-fd), then read one JSON list of these arguments from stdin and serve as "
-        "told, keeping the status fd",
     )
     serve.add_argument(
         "--status-fd",
@@ -449,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and drained and stopped after the keep-alive. SIGTERM lets held requests finish, "
             "stops every replica and exits 0."
         ),
-        epilog=UP_EPILOG,
+        epilog=UP_REFERENCE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     up.add_argument("--config", required=True, help="the stack's ember.yaml")
@@ -458,9 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
     )
     up.add_argument(
-        "--log-level",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="overrides activator.log_level",
+        "--log-level", choices=LOG_LEVELS, help="overrides activator.log_level (default info)"
     )
     up.add_argument("--access-log", action="store_true", help="log every request")
     up.set_defaults(func=_up)
@@ -475,18 +453,25 @@ def build_parser() -> argparse.ArgumentParser:
             "Deployment and Service), checked against the rules Knative's admission webhook "
             "applies, then apply them with server-side apply and wait until every Knative "
             "Service is Ready (--timeout), saying which condition failed and why. --dry-run "
-            "prints multi-document YAML for `kubectl apply -f -` or `kn service apply -f`; --kn "
-            "prints kubectl/kn command lines; --delete removes the objects. The cluster comes "
-            "from the pod's service account, --kubeconfig or $KUBECONFIG. Settings: the "
-            "`knative:` section of ember.yaml (namespace, image, gpu_image, activator_image, "
-            "s3_secret, models_uri, cache_size_gi, timeout_s, progress_deadline_s, cpu, memory). "
+            "prints multi-document YAML for `kubectl apply -f -`; --kn DIR writes one file per "
+            "object into DIR and prints the kubectl/kn commands that apply them as written (and "
+            "the knative-serving settings the stack needs, as comments); --delete removes the "
+            "objects (PersistentVolumeClaims are kept: they hold the weights and the event log). "
+            "The cluster comes from the pod's service account, --kubeconfig or $KUBECONFIG. "
+            "Settings: the `knative:` section of ember.yaml (namespace, image, gpu_image, "
+            "activator_image, s3_secret, models_uri, cache_size_gi, timeout_s, "
+            "progress_deadline_s, cpu, memory, gpu_nodes, tier, events). "
             "Exit 2: a config that cannot be deployed; 1: the cluster refused or timed out."
         ),
     )
     deploy.add_argument("--config", required=True, help="the stack's ember.yaml")
     how = deploy.add_mutually_exclusive_group()
     how.add_argument("--dry-run", action="store_true", help="print the objects as YAML")
-    how.add_argument("--kn", action="store_true", help="print kn/kubectl command lines")
+    how.add_argument(
+        "--kn",
+        metavar="DIR",
+        help="write the manifests into DIR and print the kubectl/kn commands that apply them",
+    )
     how.add_argument("--delete", action="store_true", help="delete the stack's objects")
     deploy.add_argument("--namespace", help="overrides knative.namespace")
     deploy.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
@@ -519,15 +504,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="what scale to zero cost and saved, from the activator's event log",
         description=(
             "Per model and in total: requests, cold starts and the latency they added (p50/p99), "
-            "GPU-seconds busy / warm-idle / loading / pre-warmed-but-unused, cost, cost per "
-            "1,000 requests, what one always-on replica would have cost and the saving. Prices: "
-            "the model's price_per_hour, else its gpu_type in the default table (H100 6.88, "
-            "A100-80GB 3.43, L4 0.71, T4 0.53 USD/h on demand), overridable with --price."
+            "replica-seconds (GPU-s or CPU-s) busy / warm-idle / loading / pre-warmed-but-unused, "
+            "cost, cost per 1,000 requests, what one always-on replica would have cost and the "
+            "saving (or loss, and why). Prices per replica-hour: --price MODEL=USD, else the "
+            "model's price_per_hour, else for a GPU model its gpu_type in the default table "
+            "(H100 6.88, A100-80GB 3.43, L4 0.71, T4 0.53 USD/h on demand; --price TYPE=USD "
+            "overrides), for a CPU model --price cpu=USD per core-hour times its cores. "
+            "--format html needs the report extra: pip install 'ember[report]'."
         ),
     )
     cost.add_argument("--events", required=True, help="the events file `ember up` writes")
     cost.add_argument(
-        "--price", action="append", default=[], metavar="GPU=USD", help="per GPU-hour; repeatable"
+        "--price",
+        action="append",
+        default=[],
+        metavar="KEY=USD",
+        help="GPU=USD per GPU-hour, MODEL=USD per replica-hour, cpu=USD per core-hour; repeatable",
     )
     cost.add_argument("--format", choices=["md", "html", "json"], default="md")
     cost.add_argument(
@@ -572,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ember import cache_cli  # imports nothing heavy; the commands import lazily
 
     cache_cli.add_parser(sub)
+    finish(parser)  # every command: its examples, laid out as written
     return parser
 
 

@@ -3,7 +3,12 @@
 Applying is server-side apply (``PATCH`` with ``application/apply-patch+yaml``, field manager
 ``ember``, forced): one call creates or updates each object. Then every model's Knative Service
 is watched until Knative reports it ``Ready`` for the generation just applied; a ``False``
-condition or the timeout ends the wait with the condition, its reason and its message.
+condition or the timeout ends the wait with the condition, its reason and its message. A Service
+rendered with ``initial-scale: "0"`` and ``min-scale: "0"`` is Ready without a pod (Knative's
+autoscaler counts it initialized at zero ready pods), so this wait starts no model and holds no
+GPU: it says the revision was accepted, its image resolved and its route programmed, not that
+the model loads (its first request says that). Deleting leaves PersistentVolumeClaims in place:
+they hold the weight tier and the activator's event log.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class Cluster:
             ("v1", "ConfigMap"): (self.core, "config_map"),
             ("v1", "Service"): (self.core, "service"),
             ("v1", "ServiceAccount"): (self.core, "service_account"),
+            ("v1", "PersistentVolumeClaim"): (self.core, "persistent_volume_claim"),
             ("apps/v1", "Deployment"): (self.apps, "deployment"),
             ("rbac.authorization.k8s.io/v1", "Role"): (self.rbac, "role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"): (self.rbac, "role_binding"),
@@ -136,10 +142,12 @@ def apply_all(
         log(f"applied {obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}")
     for obj in objects:
         if obj["apiVersion"] == "serving.knative.dev/v1":
-            wait_ready(
-                cluster, obj["metadata"]["namespace"], obj["metadata"]["name"], timeout_s, poll_s
-            )
-            log(f"ready: Knative service {obj['metadata']['namespace']}/{obj['metadata']['name']}")
+            meta = obj["metadata"]
+            wait_ready(cluster, meta["namespace"], meta["name"], timeout_s, poll_s)
+            annotations = obj["spec"]["template"]["metadata"].get("annotations", {})
+            idle = annotations.get("autoscaling.knative.dev/min-scale", "0") == "0"
+            why = " (no pod: its first request starts one)" if idle else ""
+            log(f"ready: Knative service {meta['namespace']}/{meta['name']}{why}")
 
 
 def wait_ready(
@@ -183,8 +191,11 @@ def delete_all(
     cluster: Cluster, objects: list[dict[str, Any]], log: Callable[[str], None] = print
 ) -> None:
     for obj in reversed(objects):
-        gone = cluster.delete(obj)
         what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        if obj["kind"] == "PersistentVolumeClaim":
+            log(f"kept {what} (its data; kubectl delete it to drop that)")
+            continue
+        gone = cluster.delete(obj)
         log(f"deleted {what}" if gone else f"not there: {what}")
 
 

@@ -1,19 +1,22 @@
-"""Render the stack of ``ember.yaml`` as Kubernetes/Knative objects, or as ``kn`` command lines.
+"""Render the stack of ``ember.yaml`` as Kubernetes/Knative objects.
 
 Per model: a ConfigMap holding the model's config (and, for a ``torch-module`` model, the Python
 file its class comes from) and a Knative Service running ``ember serve`` on it with the slim
-runtime image (the CUDA one when the model wants a GPU). For the cluster: the activator's
-ConfigMap (its ember.yaml, with the Knative scaler), ServiceAccount, Role (GET and PATCH on
-exactly these Knative Services), RoleBinding, Deployment and Service, and one CronJob per
-pre-warm window. A model whose weights are local (a directory, ``pkg://``) is served in the
-cluster from ``knative.models_uri``/NAME, where ``ember cache push`` puts it. Everything is
-checked (:mod:`knative.rules`) before it is printed.
+runtime image (the CUDA one when the model wants a GPU), starting at zero pods
+(``initial-scale: "0"``), placed by its ``gpu_type`` and with its weight tier on the volume
+``knative.tier`` names (:mod:`knative.pods`). For the cluster: the tier's PersistentVolumeClaim
+(when it has one), the activator's ConfigMap (its ember.yaml, with the Knative scaler),
+ServiceAccount, Role (GET and PATCH on exactly these Knative Services), RoleBinding, the
+PersistentVolumeClaim of its event log, its Deployment and Service, and one CronJob per pre-warm
+window. A model whose weights are local (a directory, ``pkg://``) is served in the cluster from
+``knative.models_uri``/NAME, where ``ember cache push`` puts it. Everything is checked
+(:mod:`knative.rules`, against the cluster settings :mod:`knative.features` lists) before it is
+printed.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +24,30 @@ import yaml
 
 from contracts.stack import ModelSpec, StackConfig
 from knative.errors import DeployError
+from knative.features import enabled_keys, required_settings
+from knative.pods import TIER_PATH, claim, placement, tier_budget_gb, tier_objects, tier_volume
 from knative.rules import check_objects
+from knative.templating import render_objects
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 CONFIGMAP_LIMIT = 900 * 1024  # Kubernetes refuses ConfigMaps over 1 MiB; leave room
 RUNTIME_PORT = 8080
+EVENTS_CLAIM = "ember-activator-events"
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def render(stack: StackConfig) -> list[dict[str, Any]]:
     """Every object of the stack, checked; raises :class:`DeployError` naming what is wrong."""
-    objects: list[dict[str, Any]] = []
+    if stack.knative.tier.claim == EVENTS_CLAIM:
+        raise DeployError(f"knative.tier.claim: {EVENTS_CLAIM} is the activator's event log")
+    objects = tier_objects(stack)
     model_files: dict[str, str] = {}
     for spec in stack.models.values():
         rendered = _model_objects(stack, spec)
         model_files[spec.name] = rendered[0]["data"]["model.yaml"]
         objects += rendered
     objects += _activator_objects(stack, model_files)
-    check_objects(objects)
+    check_objects(objects, enabled_keys(required_settings(stack)))
     return objects
-
-
-def _environment() -> Any:
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    return Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # YAML, not HTML: values are quoted with tojson
-    )
 
 
 def _activator_objects(stack: StackConfig, model_files: dict[str, str]) -> list[dict[str, Any]]:
@@ -90,22 +87,25 @@ def _activator_objects(stack: StackConfig, model_files: dict[str, str]) -> list[
     files = {"ember.yaml": yaml.safe_dump(config, sort_keys=False)}
     files.update({f"{name}.yaml": text for name, text in model_files.items()})
     selector = {"app.kubernetes.io/name": "ember-activator"}
-    text = (
-        _environment()
-        .get_template("activator.yaml.j2")
-        .render(
-            namespace=k.namespace,
-            labels={**selector, "app.kubernetes.io/part-of": "ember"},
-            selector=selector,
-            services=sorted(stack.models),
-            files=files,
-            image=k.activator_image,
-            admin_secret=k.admin_secret,
-            api_secret=k.api_secret,
-        )
+    # the event log outlives the pod: a claim of its own, and Recreate (a ReadWriteOnce volume,
+    # one writer of the JSON lines at a time)
+    events = claim(
+        stack, EVENTS_CLAIM, size_gi=k.events.size_gi, storage_class=k.events.storage_class
     )
-    objects = [o for o in yaml.safe_load_all(text) if o]
-    return objects + _prewarm_objects(stack)
+    objects = render_objects(
+        "activator.yaml.j2",
+        namespace=k.namespace,
+        labels={**selector, "app.kubernetes.io/part-of": "ember"},
+        selector=selector,
+        services=sorted(stack.models),
+        files=files,
+        image=k.activator_image,
+        admin_secret=k.admin_secret,
+        api_secret=k.api_secret,
+        events_claim=EVENTS_CLAIM,
+    )
+    deployment = next(i for i, o in enumerate(objects) if o["kind"] == "Deployment")
+    return objects[:deployment] + events + objects[deployment:] + _prewarm_objects(stack)
 
 
 def _prewarm_objects(stack: StackConfig) -> list[dict[str, Any]]:
@@ -126,21 +126,17 @@ def _prewarm_objects(stack: StackConfig) -> list[dict[str, Any]]:
             args = ["prewarm", "--activator", f"http://ember-activator.{k.namespace}.svc"]
             args += ["--model", spec.name, "--seconds", _number(window.duration_s)]
             args += ["--replicas", str(window.replicas)]
-            text = (
-                _environment()
-                .get_template("prewarm-cronjob.yaml.j2")
-                .render(
-                    name=name,
-                    namespace=k.namespace,
-                    labels={"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "ember"},
-                    schedule=window.cron.text,
-                    time_zone=window.tz.key,
-                    image=k.activator_image,
-                    args=args,
-                    admin_secret=k.admin_secret,
-                )
+            out += render_objects(
+                "prewarm-cronjob.yaml.j2",
+                name=name,
+                namespace=k.namespace,
+                labels={"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "ember"},
+                schedule=window.cron.text,
+                time_zone=window.tz.key,
+                image=k.activator_image,
+                args=args,
+                admin_secret=k.admin_secret,
             )
-            out += [o for o in yaml.safe_load_all(text) if o]
     return out
 
 
@@ -158,48 +154,6 @@ _Dumper.add_representer(str, _str)
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
     return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-
-
-def kn_commands(stack: StackConfig) -> list[str]:
-    """``kn service create`` lines equivalent to the rendered Services (ConfigMaps by kubectl)."""
-    lines = []
-    for obj in render(stack):
-        if obj["metadata"]["name"] == "ember-activator" or obj["kind"] == "CronJob":
-            continue  # kn has no verbs for these: kubectl apply them (--dry-run)
-        if obj["kind"] == "ConfigMap":
-            cmd = ["kubectl", "create", "configmap", obj["metadata"]["name"]]
-            cmd += ["--namespace", obj["metadata"]["namespace"]]
-            for key in obj["data"]:
-                cmd.append(f"--from-file={key}=<{key}>")
-            lines.append(shlex.join(cmd))
-            continue
-        meta, template = obj["metadata"], obj["spec"]["template"]
-        container = template["spec"]["containers"][0]
-        cmd = ["kn", "service", "create", meta["name"], "--namespace", meta["namespace"]]
-        cmd += ["--image", container["image"], "--port", f"http1:{RUNTIME_PORT}"]
-        cmd += ["--cmd", "ember"]
-        for arg in container["args"]:  # --exit-on-load-failure included
-            cmd += ["--arg", arg]
-        # kn has no flag for terminationMessagePolicy: its default (File) still carries the
-        # termination message of a failed load, only a crash's log tail is lost
-        for key, value in template["metadata"]["annotations"].items():
-            cmd += ["--annotation-revision", f"{key}={value}"]
-        cmd += ["--concurrency-limit", str(template["spec"]["containerConcurrency"])]
-        cmd += ["--request", _pairs(container["resources"]["requests"])]
-        cmd += ["--limit", _pairs(container["resources"]["limits"])]
-        for env in container["env"]:
-            cmd += ["--env", f"{env['name']}={env['value']}"]
-        for source in container.get("envFrom", []):
-            cmd += ["--env-from", f"secret:{source['secretRef']['name']}"]
-        cmd += ["--mount", f"/etc/ember=cm:{template['spec']['volumes'][0]['configMap']['name']}"]
-        cmd += ["--probe-readiness", "http::8080:/v2/health/ready"]
-        cmd += ["--probe-liveness", "http::8080:/v2/health/live"]
-        lines.append(shlex.join(cmd))
-    return lines
-
-
-def _pairs(values: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in values.items())
 
 
 def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
@@ -244,7 +198,8 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
     if sum(len(v.encode()) for v in files.values()) > CONFIGMAP_LIMIT:
         raise DeployError(f"model '{spec.name}': its config and module are over 900 KiB")
 
-    env = [{"name": "EMBER_CACHE_DIR", "value": "/var/cache/ember"}]
+    pod = placement(stack, spec)  # DeployError for a gpu_type knative.gpu_nodes lacks
+    env = [{"name": "EMBER_CACHE_DIR", "value": TIER_PATH}]
     limits: dict[str, str] = {"memory": k.memory}
     if wants_gpu:
         limits["nvidia.com/gpu"] = "1"
@@ -257,6 +212,8 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
         # reachable only inside the cluster: clients come in through the activator (its tokens)
         "service_labels": {**labels, "networking.knative.dev/visibility": "cluster-local"},
         "model_yaml": files["model.yaml"],
+        # no pod at deploy time (nor a GPU held for one): the first request starts it
+        "initial_scale": 0,
         "min_scale": spec.min_replicas,
         "max_scale": spec.max_replicas,
         "target": _number(spec.target),
@@ -274,7 +231,9 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
             "--port",
             str(RUNTIME_PORT),
             "--cache-dir",
-            "/var/cache/ember",
+            TIER_PATH,
+            "--cache-budget-gb",
+            tier_budget_gb(k.cache_size_gi),
             # a model that cannot load ends the pod with why (ExitCode3, its termination
             # message): the activator's Knative scaler sees Ready=False at once instead of an
             # unready pod until its startup timeout
@@ -284,10 +243,12 @@ def _model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
         "env_from": [{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],
         "requests": {"cpu": k.cpu, "memory": k.memory},
         "limits": limits,
-        "cache_size": f"{_number(k.cache_size_gi)}Gi",
+        "node_selector": pod.get("nodeSelector", {}),
+        "tolerations": pod.get("tolerations", []),
+        "tier_path": TIER_PATH,
+        "tier_volume": tier_volume(stack),
     }
-    text = _environment().get_template("ksvc.yaml.j2").render(**values)
-    objects = [o for o in yaml.safe_load_all(text) if o]
+    objects = render_objects("ksvc.yaml.j2", **values)
     config_map = objects[0]
     config_map["data"].update({name: body for name, body in files.items() if name != "model.yaml"})
     return objects

@@ -1,23 +1,38 @@
 """What Knative's admission webhook would refuse, checked before anything is printed or sent.
 
 The CRDs' OpenAPI schema is necessary but not sufficient: the webhook also rejects, unless turned
-on in ``config-features``, ``nodeSelector``, ``tolerations``, ``affinity``, ``runtimeClassName``
-and ``initContainers``; container ports named anything but empty, ``h2c`` or ``http1``; more than
-one port; container ``securityContext`` fields other than the ones it allows (no ``privileged``,
-no ``procMount``...) and added capabilities other than ``NET_BIND_SERVICE``; and autoscaling
-annotations out of range. Defaults are Knative's own
-(``config-defaults``: ``container-concurrency-max-limit`` 1000, ``max-revision-timeout-seconds``
-600; ``config-autoscaler``).
+on in ``config-features``, ``nodeSelector``, ``tolerations``, ``affinity``, ``runtimeClassName``,
+``initContainers`` and a pod ``securityContext``; volumes other than configMap, secret, projected
+and emptyDir (``persistentVolumeClaim`` needs its flag, and a writable mount of one a second flag;
+``hostPath`` its flag, and Knative mounts it read-only); container ports named anything but empty,
+``h2c`` or ``http1``; more than one port; container ``securityContext`` fields other than the ones
+it allows (no ``privileged``, no ``procMount``...) and added capabilities other than
+``NET_BIND_SERVICE``; ``initial-scale`` 0 unless ``config-autoscaler`` allows it; and autoscaling
+annotations out of range. Defaults are Knative's own (``config-defaults``:
+``container-concurrency-max-limit`` 1000, ``max-revision-timeout-seconds`` 600;
+``config-autoscaler``). ``enabled`` names the flags the stack declares it relies on
+(:mod:`knative.features`); anything gated beyond them is an error.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
+from knative import features as f
 from knative.errors import DeployError
 
-FEATURE_GATED = ("nodeSelector", "tolerations", "affinity", "runtimeClassName", "initContainers")
+FEATURE_GATED = {
+    "nodeSelector": f.NODE_SELECTOR,
+    "tolerations": f.TOLERATIONS,
+    "affinity": f.AFFINITY,
+    "runtimeClassName": f.RUNTIME_CLASS,
+    "initContainers": f.INIT_CONTAINERS,
+    "securityContext": f.SECURITY_CONTEXT,
+}
+UNGATED_VOLUMES = ("configMap", "secret", "projected", "emptyDir")
+GATED_VOLUMES = {"persistentVolumeClaim": f.PVC, "hostPath": f.HOST_PATH}
 PORT_NAMES = ("", "h2c", "http1")
 SECURITY_CONTEXT_FIELDS = {
     "allowPrivilegeEscalation",
@@ -34,23 +49,25 @@ _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 _PREFIX = "autoscaling.knative.dev/"
 
 
-def check_objects(objects: list[dict[str, Any]]) -> None:
+def check_objects(objects: list[dict[str, Any]], enabled: Collection[str] = ()) -> None:
     for obj in objects:
         if obj.get("kind") == "Service" and obj.get("apiVersion") == "serving.knative.dev/v1":
-            errors = ksvc_errors(obj)
+            errors = ksvc_errors(obj, enabled)
             if errors:
                 name = obj.get("metadata", {}).get("name", "?")
                 raise DeployError(f"Knative Service '{name}': " + "; ".join(errors))
 
 
-def ksvc_errors(ksvc: dict[str, Any]) -> list[str]:
-    """Every webhook rule the Service breaks (empty when Knative would take it)."""
+def ksvc_errors(ksvc: dict[str, Any], enabled: Collection[str] = ()) -> list[str]:
+    """Every webhook rule the Service breaks (empty when Knative would take it), given the
+    ``config-features``/``config-autoscaler`` keys in ``enabled``."""
     errors = []
     template = ksvc.get("spec", {}).get("template", {})
     spec = template.get("spec", {})
-    for key in FEATURE_GATED:
-        if key in spec:
-            errors.append(f"spec.template.spec.{key} needs a config-features flag")
+    for key, flag in FEATURE_GATED.items():
+        if key in spec and flag not in enabled:
+            errors.append(f"spec.template.spec.{key} needs config-features {flag}")
+    errors += volume_errors(spec, enabled)
     containers = spec.get("containers", [])
     if len(containers) != 1:
         errors.append(f"one container expected, got {len(containers)}")
@@ -76,11 +93,46 @@ def ksvc_errors(ksvc: dict[str, Any]) -> list[str]:
     if not 0 <= timeout <= MAX_TIMEOUT_S:
         errors.append(f"timeoutSeconds {timeout} is outside 0..{MAX_TIMEOUT_S}")
     annotations = template.get("metadata", {}).get("annotations", {})
-    errors += annotation_errors(annotations)
+    errors += annotation_errors(annotations, enabled)
     return errors
 
 
-def annotation_errors(annotations: dict[str, str]) -> list[str]:
+def volume_errors(spec: dict[str, Any], enabled: Collection[str] = ()) -> list[str]:
+    """Volumes Knative takes only behind a flag, and mounts it would not let be written."""
+    errors = []
+    kinds: dict[str, tuple[str, dict[str, Any]]] = {}
+    for volume in spec.get("volumes", []):
+        sources = [k for k in volume if k != "name"]
+        if len(sources) != 1:
+            errors.append(f"volume '{volume.get('name')}' needs exactly one source")
+            continue
+        kind = sources[0]
+        kinds[volume.get("name", "")] = (kind, volume.get(kind) or {})
+        if kind in GATED_VOLUMES and GATED_VOLUMES[kind] not in enabled:
+            errors.append(
+                f"volume '{volume.get('name')}' ({kind}) needs config-features "
+                f"{GATED_VOLUMES[kind]}"
+            )
+        elif kind not in UNGATED_VOLUMES and kind not in GATED_VOLUMES:
+            errors.append(f"volume '{volume.get('name')}': {kind} volumes are not supported")
+    for container in spec.get("containers", []):
+        for mount in container.get("volumeMounts", []):
+            kind, source = kinds.get(mount.get("name", ""), ("", {}))
+            if mount.get("readOnly") or source.get("readOnly"):
+                continue
+            if kind == "hostPath":
+                errors.append(
+                    f"mount {mount.get('mountPath')}: Knative mounts hostPath volumes read-only"
+                )
+            elif kind == "persistentVolumeClaim" and f.PVC_WRITE not in enabled:
+                errors.append(
+                    f"mount {mount.get('mountPath')} writes a persistentVolumeClaim: "
+                    f"needs config-features {f.PVC_WRITE}"
+                )
+    return errors
+
+
+def annotation_errors(annotations: dict[str, str], enabled: Collection[str] = ()) -> list[str]:
     errors = []
 
     def integer(key: str) -> int | None:
@@ -95,6 +147,9 @@ def annotation_errors(annotations: dict[str, str]) -> list[str]:
             errors.append(f"{key}={value} is negative")
         return value
 
+    initial = integer(_PREFIX + "initial-scale")
+    if initial == 0 and f.ZERO_INITIAL_SCALE not in enabled:
+        errors.append(f"initial-scale 0 needs config-autoscaler {f.ZERO_INITIAL_SCALE}: true")
     low = integer(_PREFIX + "min-scale")
     high = integer(_PREFIX + "max-scale")
     if low is not None and high is not None and high and low > high:

@@ -7,19 +7,21 @@ keys are rejected: a mistyped ``max_batch_szie`` must fail loudly, not be droppe
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contracts import configfile
+from contracts.durations import Seconds
+from contracts.errors import ConfigError as FileError
+from contracts.logs import LogLevel
 from contracts.names import MODEL_NAME
+from runtime.datatypes import DATATYPES
 from runtime.errors import ConfigError
-from runtime.protocol import validation_message
-from runtime.tensors import DATATYPES
+from runtime.handlers.options import HANDLER_OPTIONS
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -57,7 +59,7 @@ class PrewarmWindow(BaseModel):
 
     cron: str
     timezone: str = "UTC"
-    duration_s: float = Field(gt=0)
+    duration_s: Seconds = Field(gt=0)  # seconds, or with units: 90m, 1h30m
     replicas: int = Field(default=1, ge=1)
 
 
@@ -81,10 +83,13 @@ class ModelConfig(BaseModel):
     instance_count: int = Field(default=1, ge=1, le=64)
     warmup: bool = True
     container_concurrency: int = Field(default=0, ge=0)
-    keep_alive_s: float = Field(default=300.0, ge=0)
+    keep_alive_s: Seconds = Field(default=300.0, ge=0)  # seconds, or with units: 10m
     prewarm: tuple[PrewarmWindow, ...] = ()
     gpu_type: str | None = None
     price_per_hour: float | None = Field(default=None, ge=0)
+    # CPU cores a replica is sized and billed for: the cost report prices a model without a
+    # gpu_type at cpus x its --price cpu=USD_PER_CORE_HOUR (price_per_hour, when set, wins)
+    cpus: float | None = Field(default=None, gt=0)
     # Directory of the config file, for relative sources; set by the loader, not by users.
     base_dir: Path | None = Field(default=None, exclude=True)
 
@@ -177,7 +182,7 @@ class ServerSettings(BaseModel):
     # the connection opened), and a body may pause no longer: else 408 (runtime.http_protocol)
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     access_log: bool = False
     load_on_start: bool = True
     cache_dir: Path = Path("~/.cache/ember")
@@ -191,34 +196,62 @@ class ServerSettings(BaseModel):
 
 
 def load_model_configs(path: str | Path) -> list[ModelConfig]:
-    """Read and validate a model config file; raise :class:`ConfigError` naming the problem."""
+    """Read and validate a model config file, each model's handler ``options`` included.
+
+    Raises :class:`ConfigError` with one line per problem found (all of them, not the first),
+    each naming the file and the key; an unknown key with the closest valid one.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read model config {path}: {exc.strerror}") from None
-    try:
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        doc = configfile.read_config(path)
+    except FileError as exc:
+        raise ConfigError(str(exc)) from None
+    if configfile.looks_like_stack(doc):
         raise ConfigError(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from None
+            f"{path} is a stack file (ember.yaml), not a model config: use "
+            f"`ember up --config {path}` (or `ember deploy`)"
+        )
+    at: tuple[str, ...] = ()
     if isinstance(doc, dict) and set(doc) == {"models"}:
-        doc = doc["models"]
+        doc, at = doc["models"], ("models",)
     entries = doc if isinstance(doc, list) else [doc]
     if not entries:
         raise ConfigError(f"{path} lists no models")
     configs: list[ModelConfig] = []
+    problems: list[str] = []
     for i, entry in enumerate(entries):
+        where: tuple[str | int, ...] = (*at, i) if isinstance(doc, list) else ()
         if not isinstance(entry, dict):
-            raise ConfigError(f"{path}: model #{i} must be a mapping, got {type(entry).__name__}")
-        label = entry.get("name", f"#{i}")
+            key = configfile.key_path(where)
+            problems.append(
+                f"{path}: {key + ': ' if key else ''}a model config is a mapping of keys "
+                f"(name:, handler:, ...), not {type(entry).__name__}"
+            )
+            continue
         try:
             configs.append(ModelConfig.model_validate({**entry, "base_dir": path.parent.resolve()}))
         except ValidationError as exc:
-            raise ConfigError(f"{path}: model {label}: {validation_message(exc)}") from None
+            problems += configfile.explain(exc, ModelConfig, file=path, at=where)
+        problems += _option_problems(entry, path, where)
+    if problems:
+        raise ConfigError("\n".join(problems))
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{path}: model names must be unique, repeated: {duplicates}")
     return configs
+
+
+def _option_problems(entry: dict[str, Any], path: Path, where: configfile.Loc) -> list[str]:
+    """What is wrong with a model's ``options`` for its handler (nothing if either is unknown:
+    the model's own check says so)."""
+    handler, options = entry.get("handler"), entry.get("options", {})
+    schema = HANDLER_OPTIONS.get(handler) if isinstance(handler, str) else None
+    if schema is None or not isinstance(options, dict):
+        return []
+    try:
+        schema.model_validate(options)
+    except ValidationError as exc:
+        unknown = f"unknown option of the {handler} handler"
+        return configfile.explain(exc, schema, file=path, at=(*where, "options"), unknown=unknown)
+    return []

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.datatypes import DATATYPES
 from runtime.errors import InvalidInput
 
 # datatype -> numpy dtype (little endian, as the binary extension sends them)
@@ -34,7 +35,6 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BF16": np.dtype("<u2"),
     "BYTES": np.dtype(object),
 }
-DATATYPES = frozenset(NUMPY_DTYPES)
 
 # numpy dtype kinds a JSON list may hold for each family of datatypes
 _JSON_KINDS = {"b": "b", "u": "biu", "i": "biu", "f": "biuf"}

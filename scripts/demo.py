@@ -9,7 +9,9 @@
    the weights from S3 into the local tier and loads them; prints the cold-start breakdown;
 4. sends warm requests (curl-style JSON and tritonclient's binary tensors) and prints latency;
 5. waits for the keep-alive to expire and shows the model back at zero, its replica gone;
-6. stops the activator with SIGTERM (exit 0).
+6. stops the activator with SIGTERM (exit 0);
+7. prints what that cost (``ember cost-report``; the model is priced as a 2-core CPU replica) and
+   writes the HTML report, with its charts, to .ember/demo-cost-report.html.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def story(work: Path, env: dict[str, str], model_dir: Path) -> int:
     config.write_text(
         "name: minilm\nhandler: hf-encoder\nsource: s3://models/minilm\ndevice: auto\n"
         "max_batch_size: 32\nmax_queue_delay_ms: 2\n"
+        "cpus: 2\nprice_per_hour: 0.0892\n"  # as examples/minilm/model.yaml: 2 cores, on demand
     )
     stack = work / "ember.yaml"
     stack.write_text(
@@ -112,7 +115,25 @@ def story(work: Path, env: dict[str, str], model_dir: Path) -> int:
         proc.send_signal(signal.SIGTERM)
         exit_code = proc.wait(60)
         print(f"\n6. SIGTERM -> the activator drained and exited with code {exit_code}")
+    if code == 0 and exit_code == 0:
+        cost_report(work / "events.jsonl", env)
     return code if exit_code == 0 else 1
+
+
+def cost_report(events: Path, env: dict[str, str]) -> None:
+    print("\n7. what it cost: $ ember cost-report --events events.jsonl")
+    cmd = [sys.executable, "-m", "ember", "cost-report", "--events", str(events)]
+    md = subprocess.run([*cmd, "--format", "md"], env=env, cwd=ROOT, capture_output=True, text=True)
+    for line in (md.stdout or md.stderr).splitlines():
+        print(f"   {line}")
+    page = ROOT / ".ember" / "demo-cost-report.html"
+    page.parent.mkdir(exist_ok=True)
+    html = subprocess.run([*cmd, "--format", "html"], env=env, cwd=ROOT, capture_output=True)
+    if html.returncode == 0:
+        page.write_bytes(html.stdout)
+        print(f"   the HTML report, with charts (opens offline): {page}")
+    else:
+        print(f"   no HTML report: {html.stderr.decode().strip()}")
 
 
 def talk(client: httpx.Client, url: str, work: Path) -> int:

@@ -83,7 +83,20 @@ class Autoscaler:
         """Start replicas up to the demand (each missing one once)."""
         if self.closed:
             return
-        self.replicas.start(self.desired() - self.replicas.active())
+        missing = self.desired() - self.replicas.active()
+        if missing > 0:
+            self.replicas.start(missing, self._why())
+
+    def _why(self) -> str:
+        """Why replicas are wanted now: requests, an open warm window, or ``min_replicas``."""
+        demand = self.replicas.in_flight() + len(self.queue)
+        if demand and math.ceil(demand / self.spec.target) > self.replicas.active():
+            if demand == 1:
+                return "a request"
+            return f"{demand} requests, {self.spec.target:g} per replica"
+        if self.windows.floor() > self.spec.min_replicas:
+            return self.windows.why()
+        return f"min_replicas is {self.spec.min_replicas}"
 
     # ------------------------------------------------------------------ keep-alive
     async def run(self, tick_s: float) -> None:
@@ -106,7 +119,13 @@ class Autoscaler:
         keep_alive = self._decide()
         for replica in idle[:surplus]:
             if now - max(replica.idle_since, self.last_request) >= keep_alive:
-                self.replicas.drain(replica, "keep-alive expired")
+                self.replicas.drain(replica, "keep-alive expired", self._keep_alive_detail())
+
+    def _keep_alive_detail(self) -> str:
+        policy = self.policy.name
+        if self.prewarm_timer is not None:
+            return f"the {policy} policy unloads it until its pre-warm"
+        return f"idle {self.keep_alive_s:g}s, {policy} policy"
 
     def _decide(self) -> float:
         """The policy's keep-alive for this idle period (and its pre-warm, scheduled)."""

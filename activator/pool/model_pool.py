@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,8 @@ class Ticket:
 
 class ModelPool:
     """One model's pool. ``tasks``: the lifespan's task set, which every task of the pool runs
-    in (default: a private one, closed by :meth:`aclose`); ``clock``: the time it reads."""
+    in (default: a private one, closed by :meth:`aclose`); ``clock``: the time it reads;
+    ``on_ready``: told of each replica once it is ready."""
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class ModelPool:
         tick_s: float = 0.1,
         tasks: TaskSet | None = None,
         clock: Clock | None = None,
+        on_ready: Callable[[Replica], None] | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -91,6 +94,7 @@ class ModelPool:
             on_free=self._hand_off,
             on_lost=self._replace,
             on_failed=self._queue.fail_all,
+            on_ready=on_ready,
         )
         self._autoscaler = Autoscaler(
             spec,
@@ -189,12 +193,13 @@ class ModelPool:
         self._windows.hold(seconds, replicas=replicas, source=source)
         self._autoscaler.scale()
 
-    def sleep(self) -> None:
-        """End any warm window and drain the idle replicas now (busy ones finish first)."""
+    def sleep(self, source: str = "the admin API") -> None:
+        """End any warm window and drain the idle replicas now (busy ones finish first);
+        ``source``: who asked, for the log."""
         self._windows.end()
         for replica in [r for r in self._replicas.members if r.state in ("ready", "starting")]:
             if replica.state == "starting" or not self._waiters:
-                self._replicas.drain(replica, "put to sleep")
+                self._replicas.drain(replica, "put to sleep", source)
 
     def apply_schedule(self, now: dt.datetime) -> float:
         """Warm the model for any window open at ``now``; seconds until the next one starts."""

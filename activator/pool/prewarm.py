@@ -16,6 +16,14 @@ from contracts.schedule import Window
 
 #: how the windows ask the pool to warm: ``warm(seconds, source, replicas)``
 Warm = Callable[[float, str, int], None]
+#: who opened a window, in words, by its source (another source: a client of the admin API)
+SOURCES = {
+    "admin": "the admin API",
+    "prewarm": "ember prewarm",
+    "schedule": "a pre-warm window",
+    "policy": "the keep-alive policy's pre-warm",
+    "repository-load": "a repository load request",
+}
 
 
 class WarmWindows:
@@ -35,6 +43,7 @@ class WarmWindows:
         self._warm = warm
         self.until = 0.0  # the clock's monotonic time the current window ends (0: none)
         self.replicas = 0  # the floor it holds
+        self.source = ""  # who opened (or last joined) it
         self._applied: set[tuple[int, dt.datetime]] = set()  # (window, start) already warmed
 
     def hold(self, seconds: float, *, replicas: int, source: str) -> None:
@@ -44,6 +53,7 @@ class WarmWindows:
             self.replicas = 0
         self.until = max(self.until, now + seconds)
         self.replicas = max(self.replicas, replicas)
+        self.source = source
         self.events.emit(
             "prewarm",
             self.model,
@@ -57,6 +67,10 @@ class WarmWindows:
         self.until = 0.0
         self.replicas = 0
         self.events.emit("sleep", self.model)
+
+    def why(self) -> str:
+        """Who holds the open window, in words (for the log)."""
+        return SOURCES.get(self.source, f"the admin API ({self.source})")
 
     def floor(self) -> int:
         """Replicas the open window holds (0 when none is open)."""

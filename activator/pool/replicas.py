@@ -4,7 +4,13 @@ Replicas are ``starting``, ``ready``, ``checking`` (a request to it broke off: n
 it until a health check passes) or ``draining``. The model is ``ready`` when one replica is, else
 ``starting``, else ``draining``, else ``zero``. A replica that exits on its own is removed and
 ``on_lost`` told (the pool replaces it if anyone waits); one that cannot start is removed and,
-when no other is on its way, ``on_failed`` gets the error its waiters answer with.
+when no other is on its way, ``on_failed`` gets the error its waiters answer with; one that is
+ready is told to ``on_ready``.
+
+What a person watching ``ember up`` needs is logged at INFO, one line each: a start and why (a
+model woken, or scaled up), the replica's process up, its model ready with the total time and
+the load's phases (the replica reports them with its ``READY``, so they are logged then, not as
+each ends), a failed start, a crash, and the model back at zero with the reason.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class Replica:
     ready_at: float | None = None
     idle_since: float = 0.0
     stop_requested: bool = False
+    stop_reason: str = ""  # why it was drained, for the log (its event has the short reason)
     task: asyncio.Task[None] | None = None
     drain_task: asyncio.Task[None] | None = None
     check_task: asyncio.Task[None] | None = None
@@ -65,17 +72,20 @@ class ReplicaSet:
         on_free: Callable[[], None],
         on_lost: Callable[[], None],
         on_failed: Callable[[ActivatorError], None],
+        on_ready: Callable[[Replica], None] | None = None,
     ) -> None:
         self.spec, self.name = spec, spec.name
         self.scaler, self.events, self.metrics = scaler, events, metrics
         self.clock, self.tasks = clock, tasks
         self.grace_period_s = grace_period_s
         self.on_free, self.on_lost, self.on_failed = on_free, on_lost, on_failed
+        self.on_ready = on_ready
         self.members: list[Replica] = []
         self.state = "zero"
         self.reason = ZERO_REASON
         self.start_failed = False  # the last start failed (reason says why); cleared when ready
         self._limit = spec.container_concurrency
+        self._last_stop = ""  # why the last replica to go went, for the scale-to-zero line
 
     # ------------------------------------------------------------------ slots
     def claim(self) -> Replica | None:
@@ -98,10 +108,12 @@ class ReplicaSet:
         return sum(r.state in ("starting", "ready") for r in self.members)
 
     # ------------------------------------------------------------------ start
-    def start(self, count: int) -> None:
-        """Start ``count`` more replicas (none when it is not positive)."""
+    def start(self, count: int, why: str = "") -> None:
+        """Start ``count`` more replicas (none when it is not positive); ``why``: for the log
+        (a request, a warm window, min_replicas)."""
         for _ in range(count):
             now = self.clock.monotonic()
+            waking = self.active() == 0
             replica = Replica(next(_ids), started=now, idle_since=now)
             self.members.append(replica)
             self.metrics.cold_starts.labels(self.name).inc()
@@ -111,6 +123,15 @@ class ReplicaSet:
                 replica=replica.id,
                 gpu_type=self.spec.gpu_type,
                 price_per_hour=self.spec.price_per_hour,
+                cpus=self.spec.cpus,
+                why=why,
+            )
+            log.info(
+                "model %s: %s (%s): replica %d starting",
+                self.name,
+                "waking" if waking else "scaling up",
+                why or "asked",
+                replica.id,
             )
             replica.task = self.tasks.spawn(
                 self._run(replica), name=f"replica-{self.name}-{replica.id}"
@@ -122,6 +143,13 @@ class ReplicaSet:
         started = self.clock.monotonic()
         try:
             replica.handle = await self.scaler.start(self.spec)
+            log.info(
+                "model %s: replica %d up in %.2fs%s; loading",
+                self.name,
+                replica.id,
+                self.clock.monotonic() - started,
+                " (a warm-pool process)" if replica.handle.warm else "",
+            )
             await self.scaler.wait_ready(replica.handle, self.spec.startup_timeout_s)
         except Exception as exc:
             await self._failed(replica, FailedStart.of(exc))
@@ -141,10 +169,19 @@ class ReplicaSet:
             phases=dict(replica.handle.timings),
             warm_pool=replica.handle.warm,
         )
-        log.info("model %s: replica %d ready in %.2fs", self.name, replica.id, cold_start_s)
+        phases = ", ".join(f"{k} {v:.2f}s" for k, v in replica.handle.timings.items())
+        log.info(
+            "model %s: replica %d ready in %.2fs%s",
+            self.name,
+            replica.id,
+            cold_start_s,
+            f" ({phases})" if phases else "",
+        )
         self.reason = ""
         self.start_failed = False
         self.update_state()
+        if self.on_ready is not None:
+            self.on_ready(replica)
         self.on_free()
         reason = await self.scaler.wait_exit(replica.handle)
         if replica.stop_requested:
@@ -201,9 +238,13 @@ class ReplicaSet:
             self.on_lost()
 
     # ------------------------------------------------------------------ stop
-    def drain(self, replica: Replica, reason: str) -> None:
-        """No new work for ``replica``; stop it once its requests finish (or the grace ends)."""
+    def drain(self, replica: Replica, reason: str, detail: str = "") -> None:
+        """No new work for ``replica``; stop it once its requests finish (or the grace ends).
+
+        ``reason`` goes into its ``replica_stopped`` event; ``detail`` only into the log.
+        """
         if self._mark_draining(replica):
+            replica.stop_reason = f"{reason} ({detail})" if detail else reason
             replica.drain_task = self.tasks.spawn(
                 self._drain(replica, reason), name=f"drain-{self.name}-{replica.id}"
             )
@@ -242,6 +283,7 @@ class ReplicaSet:
     def _remove(self, replica: Replica, reason: str) -> None:
         if replica in self.members:
             self.members.remove(replica)
+            self._last_stop = replica.stop_reason or reason
             uptime = self.clock.monotonic() - replica.started
             self.events.emit(
                 "replica_stopped", self.name, replica=replica.id, reason=reason, uptime_s=uptime
@@ -264,3 +306,4 @@ class ReplicaSet:
             self.events.emit("state", self.name, **{"from": old, "to": new})
             if new == "zero" and not self.start_failed:
                 self.reason = ZERO_REASON
+                log.info("model %s: scaled to zero: %s", self.name, self._last_stop or "stopped")

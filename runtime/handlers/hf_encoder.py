@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
@@ -35,21 +34,9 @@ from runtime.handlers.base import (
 )
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
 from runtime.handlers.meta_build import load_module
+from runtime.handlers.options import HFEncoderOptions
 from runtime.handlers.torch_util import load_safetensors, streamed_file
 from runtime.tensors import Tensor
-
-
-class HFEncoderOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_length: int | None = Field(default=None, ge=2)
-    normalize: bool | None = None
-    # Unicode characters. 32768 is about 8k tokens of English, far past the 256-512 tokens such an
-    # encoder sees, yet tokenizes in ~15 ms; a full batch of 32 of them in well under a second.
-    max_text_chars: int = Field(default=32_768, ge=1)
-    # every text of one request together: 32 texts at the limit (a full MiniLM batch)
-    max_request_chars: int = Field(default=1_048_576, ge=1)
-    truncate: bool = True
 
 
 def _read_json(path: Path, default: Any = None) -> Any:

@@ -18,19 +18,12 @@ import threading
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InferenceFailed
 from runtime.handlers.base import HandlerLoadError, StreamedTensors, import_object, parse_options
+from runtime.handlers.options import KServeOptions
 from runtime.tensors import Tensor, datatype_of
-
-
-class KServeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model_class: str
-    kwargs: dict[str, Any] = {}
 
 
 class KServeModelHandler:

@@ -21,23 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
 from runtime.handlers.base import StreamedTensors, import_object, parse_options, pick_device
 from runtime.handlers.meta_build import load_module
+from runtime.handlers.options import TorchModuleOptions
 from runtime.handlers.torch_util import from_torch, load_safetensors, streamed_file, to_torch
 from runtime.tensors import NUMPY_DTYPES, Tensor
-
-
-class TorchModuleOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    module: str
-    kwargs: dict[str, Any] = {}
-    weights: str = "model.safetensors"
-    strict: bool = True
 
 
 class TorchModuleHandler:

@@ -18,7 +18,7 @@ def test_the_demo_tells_its_story_and_exits_0() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "minilm is zero (UNAVAILABLE)" in out  # before the first request
+    assert "minilm is zero (ZERO)" in out  # before the first request
     assert "warm pool: 1 standby interpreter ready" in out
     assert "cold-start breakdown (the replica was a standby from the warm pool)" in out
     assert "weight fetch from S3" in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.config import load_model_configs
-from runtime.handlers import create_handler
+from runtime.handlers.base import create_handler
 from runtime.tensors import Tensor
 from tests.conftest import MINILM_CONFIG, MLP_CONFIG
 

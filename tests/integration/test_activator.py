@@ -140,7 +140,7 @@ def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path:
         assert index == [
             {
                 "name": "mlp",
-                "state": "UNAVAILABLE",
+                "state": "ZERO",
                 "reason": "scaled to zero: a request wakes it",
                 "activator_state": "zero",
             }
@@ -177,7 +177,7 @@ def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path:
     assert cost.returncode == 0, cost.stderr
     (mlp,) = json.loads(cost.stdout)["models"]
     assert (mlp["requests"], mlp["cold_starts"], mlp["replica_starts"]) == (2, 1, 1)
-    assert mlp["gpu_seconds"]["loading"] > 0 and mlp["gpu_seconds"]["busy"] > 0
+    assert mlp["replica_seconds"]["loading"] > 0 and mlp["replica_seconds"]["busy"] > 0
     transitions = [(e["from"], e["to"]) for e in log if e["event"] == "state"]
     assert transitions == [
         ("zero", "starting"),
@@ -185,6 +185,31 @@ def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path:
         ("ready", "draining"),
         ("draining", "zero"),
     ]
+
+
+def test_metadata_and_ready_at_zero_wake_nothing_and_agree_with_the_replica(
+    tmp_path: Path,
+) -> None:
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG)}])
+    with activator(config) as server:
+        at_zero = httpx.get(server.url + "/v2/models/mlp")
+        assert at_zero.status_code == 200 and at_zero.headers["ember-model-state"] == "zero"
+        metadata = at_zero.json()
+        assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 784]}]
+        assert httpx.get(server.url + "/v2/models/mlp/versions/1").json() == metadata
+        ready = httpx.get(server.url + "/v2/models/mlp/ready")
+        assert ready.status_code == 200 and ready.json() == {"name": "mlp", "ready": True}
+        assert state(server, "mlp") == "zero" and replicas(server) == []
+        cold = post(server, "mlp")  # an infer request still wakes it
+        assert cold.status_code == 200, cold.text
+        relayed = httpx.get(server.url + "/v2/models/mlp")  # now the replica's own answer
+        assert "ember-model-state" not in relayed.headers
+        assert relayed.json() == metadata  # what the activator said at zero is the predictor's
+    log = events(tmp_path)
+    (starting,) = [e for e in log if e["event"] == "replica_starting"]
+    assert starting["why"] == "a request"
+    requests = [(e["path"], e["cold"]) for e in log if e["event"] == "request"]
+    assert requests == [("/v2/models/mlp/infer", True), ("/v2/models/mlp", False)]
 
 
 def test_errors_unknown_models_and_runtime_errors_intact(tmp_path: Path) -> None:

@@ -44,8 +44,9 @@ def ember(*args: str, kubeconfig: Path | str = "/nonexistent") -> subprocess.Com
 def test_apply_waits_for_ready_and_is_idempotent(fake: FakeKnative, kubeconfig: Path) -> None:
     done = ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig)
     assert done.returncode == 0, done.stderr
-    assert "ready: Knative service ember/mlp" in done.stdout
-    assert "ready: Knative service ember/minilm" in done.stdout
+    # initial-scale 0: Knative reports them Ready with no pod, so the wait starts no model
+    assert "ready: Knative service ember/mlp (no pod: its first request starts one)" in done.stdout
+    assert "ready: Knative service ember/minilm (no pod" in done.stdout
     kinds = sorted((key[0], key[1]) for key in fake.objects)
     assert kinds == sorted(
         [
@@ -55,6 +56,7 @@ def test_apply_waits_for_ready_and_is_idempotent(fake: FakeKnative, kubeconfig: 
             (KSVC_API, "services"),
             (KSVC_API, "services"),
             ("v1", "serviceaccounts"),
+            ("v1", "persistentvolumeclaims"),
             ("rbac.authorization.k8s.io/v1", "roles"),
             ("rbac.authorization.k8s.io/v1", "rolebindings"),
             ("apps/v1", "deployments"),
@@ -105,11 +107,13 @@ def test_a_timeout_says_what_is_still_pending(fake: FakeKnative, kubeconfig: Pat
     assert done.returncode == 1 and "not ready within 0.01s" in done.stderr
 
 
-def test_delete_removes_everything_once(fake: FakeKnative, kubeconfig: Path) -> None:
+def test_delete_removes_everything_once_but_the_data(fake: FakeKnative, kubeconfig: Path) -> None:
     assert ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig).returncode == 0
     gone = ember("deploy", "--config", EXAMPLE, "--delete", kubeconfig=kubeconfig)
-    assert gone.returncode == 0 and fake.objects == {}
+    events = ("v1", "persistentvolumeclaims", "ember", "ember-activator-events")
+    assert gone.returncode == 0 and list(fake.objects) == [events]  # the cost report's data
     assert gone.stdout.count("deleted ") == 10
+    assert "kept PersistentVolumeClaim ember/ember-activator-events" in gone.stdout
     again = ember("deploy", "--config", EXAMPLE, "--delete", kubeconfig=kubeconfig)
     assert again.returncode == 0 and again.stdout.count("not there: ") == 10
     status = ember("status", "--config", EXAMPLE, kubeconfig=kubeconfig)

@@ -167,4 +167,4 @@ def test_bad_config_exits_2_with_the_reason(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "max_batch_szie: Extra inputs are not permitted" in proc.stderr
+    assert "max_batch_szie: unknown key; did you mean 'max_batch_size'?" in proc.stderr

@@ -157,7 +157,7 @@ def test_handler_without_batching_and_with_options(
 ) -> None:
     """No batch dimension: a [n] text tensor gives [n, 384]; options override the model's files."""
     from runtime.config import load_model_configs
-    from runtime.handlers import create_handler
+    from runtime.handlers.base import create_handler
     from runtime.tensors import Tensor
     from tests.conftest import MINILM_CONFIG
 

@@ -51,10 +51,12 @@ def test_cli_push_ls_verify_pull(bucket: str, tmp_path: Path, s3_server: str) ->
     cache = tmp_path / "tier"
     first = ember("cache", "pull", uri, "--cache-dir", str(cache), "--chunk-mb", "1")
     assert first.returncode == 0, first.stderr
-    path = Path(first.stdout.split()[0])
+    path = Path(first.stdout.strip())  # stdout: the path alone; the timing goes to stderr
     assert (path / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert "fetched in" in first.stderr
     second = ember("cache", "pull", uri, "--cache-dir", str(cache))
-    assert "already in the local tier" in second.stdout
+    assert second.stdout.strip() == str(path)
+    assert "already in the local tier" in second.stderr
     local = ember("cache", "ls", "--local", "--cache-dir", str(cache))
     assert uri in local.stdout
     evicted = ember("cache", "evict", "--all", "--cache-dir", str(cache))
@@ -340,5 +342,5 @@ def test_two_processes_pulling_one_model_fetch_it_once(bucket: str, tmp_path: Pa
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert sum("already in the local tier" in out for out, _ in outs) == 1
+    assert sum("already in the local tier" in err for _, err in outs) == 1
     assert len(LocalTier(cache).entries()) == 1

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import MLP_CONFIG
 
@@ -38,3 +40,53 @@ def test_a_busy_port_is_a_clear_error() -> None:
         proc = run("-m", "ember", "serve", "--config", str(MLP_CONFIG), "--port", str(port))
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_version() -> None:
+    from ember.help import ember_version
+
+    done = run("-m", "ember", "--version")
+    assert done.returncode == 0 and done.stdout == f"ember {ember_version()}\n"
+    assert ember_version()[0].isdigit()
+
+
+def test_every_command_shows_an_example() -> None:
+    from ember.cli import build_parser
+    from ember.help import commands
+
+    parser = build_parser()
+    every = dict(commands(parser, ()))
+    assert {("serve",), ("up",), ("deploy",), ("cache", "pull")} <= set(every)
+    for path, command in [((), parser), *every.items()]:
+        # the command itself, under an "example(s):" heading at the end of its help
+        example = re.escape(f"ember {' '.join(path)}".rstrip())
+        assert re.search(rf"\nexamples?:\n(  .*\n)*  .*{example}", command.format_help()), path
+
+
+def test_serve_shows_config_as_required_and_both_servers_take_the_same_log_levels() -> None:
+    from ember.cli import build_parser
+
+    parser = build_parser()
+    serve, up = (parser.parse_args([c, "--config", "x"]) for c in ("serve", "up"))
+    assert serve.log_level == "info" and up.log_level is None  # up: ember.yaml's, else info
+    usage = run("-m", "ember", "serve", "--help").stdout
+    assert "(--config CONFIG | --standby)" in usage
+    levels = "{debug,info,warning,error}"
+    assert f"--log-level {levels}" in usage
+    assert f"--log-level {levels}" in run("-m", "ember", "up", "--help").stdout
+    missing = run("-m", "ember", "serve")
+    assert missing.returncode == 2 and "--config" in missing.stderr
+
+
+def test_cache_pull_prints_the_path_alone_on_stdout(tmp_path: Path) -> None:
+    store = f"file://{tmp_path / 'store'}"
+    weights = MLP_CONFIG.parent / "weights"
+    assert run("-m", "ember", "cache", "push", str(weights), store).returncode == 0
+    tier = str(tmp_path / "tier")
+    first, again = (run("-m", "ember", "cache", "pull", store, "--cache-dir", tier) for _ in "12")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr
+    path = Path(first.stdout.rstrip("\n"))
+    assert first.stdout == f"{path}\n" and again.stdout == first.stdout
+    assert (path / "model.safetensors").is_file()
+    assert f"{store}: fetched in " in first.stderr
+    assert f"{store}: already in the local tier" in again.stderr

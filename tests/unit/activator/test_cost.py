@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from activator.cost import read_log, report, to_html, to_markdown
+from activator.cost import date_range, headline, read_log, report, to_markdown
 from activator.errors import ConfigError
 from tests.servers import ROOT
 
@@ -36,7 +36,7 @@ LOG = [
 def test_figures_match_the_hand_computation() -> None:
     r = report(LOG)
     (m,) = r["models"]
-    g = m["gpu_seconds"]
+    g = m["replica_seconds"]
     # replica 1: loads 0-10, up 10-70, serves [10,11] and [20,22]: 3 s busy, 57 idle, billed 70 s
     # replica 2: a warm window started it, it served nothing: 295 s pre-warmed-unused, billed 300
     assert (g["loading"], g["busy"], g["warm_idle"], g["prewarmed_unused"]) == (15, 3, 57, 295)
@@ -49,21 +49,29 @@ def test_figures_match_the_hand_computation() -> None:
     assert m["requests"] == 2 and m["cold_starts"] == 1 and m["cold_start_rate"] == 0.5
     assert m["cold_added_latency_p50_s"] == 10 and m["cold_added_latency_p99_s"] == 10
     assert m["cost_per_1000_requests_usd"] == pytest.approx(370 * 0.71 / 3600 / 2 * 1000, abs=1e-6)
-    assert r["total"]["cost_usd"] == m["cost_usd"] and r["notes"] == []
+    assert r["total"]["cost_usd"] == m["cost_usd"] and r["notes"] == r["warnings"] == []
+    assert (m["resource"], m["price_source"], m["loss_reason"]) == ("GPU", "gpu_type", None)
+    assert m["saving_pct"] == pytest.approx((0.71 - 370 * 0.71 / 3600) / 0.71 * 100, abs=1e-3)
 
 
 def test_billing_minimum_granularity_and_price_override() -> None:
     r = report(LOG, prices={"L4": 1.0}, granularity_s=60, minimum_s=120)
     # 70 s -> 120 s (the minimum); 300 s -> 300 s (already whole minutes)
-    assert r["models"][0]["gpu_seconds"]["billed"] == 420
+    assert r["models"][0]["replica_seconds"]["billed"] == 420
     assert r["models"][0]["cost_usd"] == pytest.approx(420 / 3600, abs=1e-6)
 
 
 def test_an_unpriced_model_is_costed_at_zero_and_said() -> None:
     log = [{**e, "gpu_type": None} if e["event"] == "replica_starting" else e for e in LOG]
     r = report(log)
-    assert r["models"][0]["cost_usd"] == 0
-    assert "no GPU price for m" in r["notes"][0]
+    assert r["models"][0]["cost_usd"] == 0 and r["models"][0]["price_per_hour"] is None
+    assert (
+        "no price for m" in r["warnings"][0] and "--price cpu=USD_PER_CORE_HOUR" in r["warnings"][0]
+    )
+    unknown_gpu = [
+        {**e, "gpu_type": "B200"} if e["event"] == "replica_starting" else e for e in LOG
+    ]
+    assert "--price B200=USD_PER_HOUR" in report(unknown_gpu)["warnings"][0]
 
 
 def test_bad_input() -> None:
@@ -86,13 +94,70 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
         read_log(empty)
 
 
-def test_markdown_and_html_carry_the_figures() -> None:
+def test_markdown_carries_the_figures() -> None:
     r = report(LOG)
     md = to_markdown(r)
-    assert "| m | L4 | 2 | 1 (50.0%) | 10.00 / 10.00 s | 3 / 57 / 15 / 295 |" in md
-    page = to_html(r)
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 3
-    assert "$0.0730" in page
+    assert md.startswith("# Ember cost report: 1970-01-01 00:00:00 to 01:00:00 UTC (60 min)\n")
+    assert "| m | GPU L4 | 2 | 1 (50.0%) | 10.00 / 10.00 s | 3 / 57 / 15 / 295 GPU-s |" in md
+    assert "| **total** |  | 2 | 1 (50.0%) | 10.00 / 10.00 s | 3 / 57 / 15 / 295 |" in md
+    assert "Spent $0.0730; one always-on replica per model: $0.7100." in md
+    assert "Scale to zero saved $0.6370 (90%)." in md
+
+
+def test_cpu_models_are_priced_per_core_hour_or_per_model() -> None:
+    cpu = [
+        {**e, "gpu_type": None, "cpus": 4} if e["event"] == "replica_starting" else e for e in LOG
+    ]
+    r = report(cpu, prices={"cpu": 0.05})
+    (m,) = r["models"]
+    assert (m["resource"], m["price_per_hour"], m["price_source"]) == ("CPU", 0.2, "cpu")
+    assert m["cost_usd"] == pytest.approx(370 * 0.2 / 3600, abs=1e-6)
+    assert r["notes"] == [] and r["warnings"] == []
+    assert "| m | CPU 4 cores |" in to_markdown(r) and "GPU" not in to_markdown(r)
+    # without a core count in the events: one core, and the report says so
+    one = [{**e, "cpus": None} for e in cpu]
+    r = report(one, prices={"cpu": 0.05})
+    assert r["models"][0]["price_per_hour"] == 0.05
+    assert r["notes"] == ["m is priced as 1 core: its events carry no CPU count (cpus)"]
+    # the config's price_per_hour beats the per-core price; --price MODEL= beats both
+    configured = [{**e, "price_per_hour": 0.09} for e in cpu]
+    assert report(configured, prices={"cpu": 0.05})["models"][0]["price_per_hour"] == 0.09
+    per_model = report(configured, prices={"cpu": 0.05, "m": 1.5})["models"][0]
+    assert (per_model["price_per_hour"], per_model["price_source"]) == (1.5, "--price")
+
+
+def test_a_loss_is_labelled_with_its_reason() -> None:
+    # a replica up 20 s of a 30 s log: billed the 60 s minimum, always-on costs 30 s
+    log = [
+        ev("replica_starting", 0, replica=1, price_per_hour=3.6),
+        ev("replica_ready", 5, replica=1),
+        ev("request", 6, arrival=0, start=5, end=6, status=200, cold=True, queue_s=5, replica=1),
+        ev("replica_stopped", 20, replica=1),
+        ev("state", 30, **{"from": "zero", "to": "zero"}),
+    ]
+    r = report(log)
+    (m,) = r["models"]
+    assert (m["cost_usd"], m["always_on_cost_usd"], m["saving_usd"]) == (0.06, 0.03, -0.03)
+    assert m["saving_pct"] == pytest.approx(-100)
+    assert m["loss_reason"] == "the 60 s billing minimum per replica start"
+    md = to_markdown(r)
+    assert "Scale to zero cost $0.0300 more: a loss (see below)." in md
+    assert (
+        "- m: scale to zero cost $0.0300 more than always-on here, because of the 60 s "
+        "billing minimum per replica start." in md
+    )
+    assert "-$0.0300 (loss)" in md
+    # two replicas at once over the whole span cost more than one always on: another reason
+    both = [*log[:-1], ev("replica_starting", 0, replica=2), ev("replica_stopped", 30, replica=2)]
+    r = report([*both, log[-1]], minimum_s=0)
+    assert r["models"][0]["loss_reason"].startswith("it ran more than one replica at a time")
+
+
+def test_date_range_and_headline() -> None:
+    assert date_range(1762160400, 1762164000) == "2025-11-03 09:00:00 to 10:00:00 UTC"
+    assert date_range(1762160400, 1762250400) == "2025-11-03 09:00:00 to 2025-11-04 10:00:00 UTC"
+    r = report(LOG, prices={"L4": 100})
+    assert headline(r).startswith("Spent $10.28; one always-on replica per model: $100.00.")
 
 
 def test_the_cli(tmp_path: Path) -> None:
@@ -108,6 +173,10 @@ def test_the_cli(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["total"]["requests"] == 2
     assert cost("--format", "md").stdout.startswith("# Ember cost report")
     bad = cost("--price", "L4")
-    assert bad.returncode == 2 and "GPU=USD_PER_HOUR" in bad.stderr
+    assert bad.returncode == 2 and "GPU=USD_PER_HOUR, MODEL=USD_PER_HOUR or cpu=" in bad.stderr
+    per_model = json.loads(cost("--format", "json", "--price", "m=3.6").stdout)["models"][0]
+    assert (per_model["price_per_hour"], per_model["cost_usd"]) == (3.6, 0.37)
+    page = cost("--format", "html")
+    assert page.returncode == 0 and page.stdout.startswith("<!doctype html>"), page.stderr
     negative = cost("--price", "L4=-3")
     assert negative.returncode == 2 and "non-negative" in negative.stderr

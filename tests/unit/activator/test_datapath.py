@@ -142,7 +142,7 @@ async def test_the_activators_own_endpoints_share_the_route_table(tmp_path: Path
         assert wrong.status_code == 405 and "use POST" in wrong.json()["error"]
         assert (await c.get("/v2/nothing")).status_code == 404
         index = (await c.post("/v2/repository/index")).json()
-        assert index[0]["name"] == "m" and index[0]["state"] == "UNAVAILABLE"
+        assert index[0]["name"] == "m" and index[0]["state"] == "ZERO"
         bad = await c.post("/admin/models/m/warm", json={"seconds": "x"})
         assert bad.status_code == 400 and "'seconds'" in bad.json()["error"]
         warm = await c.post("/admin/models/m/warm", json={"seconds": 60})
@@ -278,3 +278,10 @@ async def test_a_connection_a_replica_answered_with_a_server_error_is_not_reused
                 r = await other.post("/v2/models/m/infer", content=BODY)
                 assert r.status_code == 500, r.text  # the replica's own answer, never a 502
         assert [e["status"] for e in h.events()] == [500, 500, 500, 500]
+
+
+async def test_a_replica_start_carries_what_the_cost_report_prices_it_by(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()], price_per_hour=0.09, cpus=2.0, gpu_type=None) as h:
+        assert (await h.client.post("/v2/models/m/infer", content=BODY)).status_code == 200
+        (start,) = h.events("replica_starting")
+        assert (start["price_per_hour"], start["cpus"], start["gpu_type"]) == (0.09, 2.0, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,15 @@ def test_parse_policy() -> None:
     assert parse_policy("fixed:90s").keep_alive_s == 90  # type: ignore[attr-defined]
     assert parse_policy("knative").keep_alive_s == 90  # type: ignore[attr-defined]
     assert parse_policy("hybrid").name == "hybrid"
-    for bad in ("fixed", "fixed:0m", "fixed:10 minutes", "lru"):
-        with pytest.raises(ConfigError, match="unknown policy"):
+    assert parse_policy("fixed:1h30m").keep_alive_s == 5400  # type: ignore[attr-defined]
+    for bad, message in [
+        ("fixed", "policy 'fixed' needs a duration: fixed:DURATION, e.g. fixed:10m"),
+        ("fixed:10", "policy 'fixed:10' needs a unit: fixed:10s, fixed:10m or fixed:10h"),
+        ("fixed:0m", "policy 'fixed:0m': the duration must be longer than 0"),
+        ("fixed:10 minutes", "policy 'fixed:10 minutes': '10 minutes' is not a duration"),
+        ("lru", "unknown policy 'lru': fixed:DURATION"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
             parse_policy(bad)
 
 

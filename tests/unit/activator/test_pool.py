@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
 from activator.pool import ManualClock, ModelPool, Ticket
 from activator.pool.clock import Clock
+from activator.scalers.base import ReplicaHandle
 from activator.tasks import TaskSet
 from contracts.replica import FailureKind
 from contracts.schedule import parse_window
@@ -462,3 +465,81 @@ async def test_aclose_refuses_the_queue_and_stops_a_starting_replica(clock: Manu
     assert scaler.stopped == 1 and pool.replicas == [] and pool.state == "zero"
     assert pool.tasks.closed and len(pool.tasks) == 0  # a private task set closes with it
     assert events.of("replica_stopped")[0]["reason"] == "activator shutting down"
+
+
+# ---------------------------------------------------------------------- progress, at INFO
+class Timed(FakeScaler):
+    """Its replicas report their load's phases with their READY, as real ones do."""
+
+    async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+        await super().wait_ready(handle, timeout_s)
+        handle.timings.update({"imports": 0.9, "load": 0.3})
+
+
+def said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ember.activator"]
+
+
+async def test_a_cold_start_says_why_its_phases_and_why_it_went_back_to_zero(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "ember.activator")
+    scaler = Timed(ready_after_s=2, clock=clock)
+    pool = pool_for(scaler, Events(), clock=clock, tick_s=1.0, keep_alive_s=5)
+    waiting = asyncio.create_task(pool.acquire())
+    await turns(lambda: scaler.started == 1, "the start")
+    await clock.advance(2)
+    pool.release(await outcome(waiting))
+    await clock.advance(7)
+    await turns(lambda: pool.state == "zero", "scale to zero")
+    await pool.aclose()
+    lines = said(caplog)
+    assert re.fullmatch(r"model m: waking \(a request\): replica (\d+) starting", lines[0])
+    assert re.fullmatch(r"model m: replica \d+ up in 0\.00s; loading", lines[1])
+    assert re.fullmatch(
+        r"model m: replica \d+ ready in 2\.00s \(imports 0\.90s, load 0\.30s\)", lines[2]
+    )
+    assert lines[3:] == ["model m: scaled to zero: keep-alive expired (idle 5s, fixed policy)"]
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        ("admin", "the admin API"),
+        ("prewarm", "ember prewarm"),
+        ("schedule", "a pre-warm window"),
+        ("policy", "the keep-alive policy's pre-warm"),
+        ("repository-load", "a repository load request"),
+    ],
+)
+async def test_a_warm_window_says_who_woke_the_model_and_a_sleep_who_put_it_back(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture, source: str, why: str
+) -> None:
+    caplog.set_level(logging.INFO, "ember.activator")
+    pool, _, _ = on(clock)
+    pool.warm(60, source=source)
+    await clock.advance(0.05)
+    await turns(lambda: pool.state == "ready", "the warm replica")
+    pool.sleep("the admin API")
+    await turns(lambda: pool.state == "zero", "asleep")
+    await pool.aclose()
+    lines = said(caplog)
+    assert re.fullmatch(rf"model m: waking \({why}\): replica \d+ starting", lines[0])
+    assert lines[-1] == "model m: scaled to zero: put to sleep (the admin API)"
+
+
+async def test_a_scale_up_says_the_demand_that_asked_for_it(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "ember.activator")
+    pool, scaler, _ = on(clock, max_replicas=2, container_concurrency=1, target=1.0)
+    acquiring = [asyncio.create_task(pool.acquire()) for _ in range(2)]
+    await turns(lambda: scaler.started == 2, "two starts")
+    starts = [line for line in said(caplog) if line.endswith("starting")]
+    assert re.fullmatch(r"model m: waking \(a request\): replica \d+ starting", starts[0])
+    expected = r"model m: scaling up \(2 requests, 1 per replica\): replica \d+ starting"
+    assert re.fullmatch(expected, starts[1])
+    await clock.advance(0.05)
+    for task in acquiring:
+        pool.release(await outcome(task))
+    await pool.aclose()

@@ -19,9 +19,10 @@ from activator.routes import ROUTES, Endpoint, Guard, Match, guard, model_route,
         ("POST", "/v2/repository/models/m/unload", Match(Endpoint.REPOSITORY_UNLOAD, "m")),
         ("POST", "/v2/models/m/infer", Match(Endpoint.MODEL, "m", "infer")),
         ("GET", "/v2/models/m", Match(Endpoint.MODEL, "m", "")),
-        ("GET", "/v2/models/m/versions/3/ready", Match(Endpoint.MODEL, "m", "ready")),
+        ("GET", "/v2/models/m/versions/3/ready", Match(Endpoint.MODEL, "m", "ready", "3")),
+        ("GET", "/v2/models/m/versions/3", Match(Endpoint.MODEL, "m", "", "3")),
         ("GET", "/v2/models/m/stats", Match(Endpoint.MODEL_STATS, "m", "stats")),
-        ("GET", "/v2/models/m/versions/2/stats", Match(Endpoint.MODEL_STATS, "m", "stats")),
+        ("GET", "/v2/models/m/versions/2/stats", Match(Endpoint.MODEL_STATS, "m", "stats", "2")),
         ("GET", "/v2/models/stats", Match(Endpoint.MODELS_STATS)),
         ("GET", "/metrics", Match(Endpoint.METRICS)),
         ("GET", "/admin/models", Match(Endpoint.ADMIN_MODELS)),
@@ -75,6 +76,7 @@ def test_guards_go_by_prefix_so_an_unknown_path_reveals_nothing() -> None:
 
 
 def test_model_route_parses_versions_and_actions() -> None:
-    assert model_route(["v2", "models", "m", "versions", "2"]) == ("m", "")
+    assert model_route(["v2", "models", "m", "versions", "2"]) == ("m", "2", "")
+    assert model_route(["v2", "models", "m", "ready"]) == ("m", "", "ready")
     assert model_route(["v2", "models", "m", "versions"]) is None
     assert model_route(["v2", "models", ""]) is None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from contracts.errors import ConfigError
-from contracts.stack import load_stack
+from contracts.stack import ModelSpec, load_stack
 from tests.servers import ROOT
 
 
@@ -58,3 +58,197 @@ def test_a_model_listed_twice_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ember.yaml").write_text("models:\n  - config: m.yaml\n  - config: m.yaml\n")
     with pytest.raises(ConfigError, match="listed twice"):
         load_stack(tmp_path / "ember.yaml")
+
+
+# ---------------------------------------------------------------------- what a model config sets
+def one_model(tmp_path: Path, model: str, entry: str = "", activator: str = "{}") -> ModelSpec:
+    (tmp_path / "m.yaml").write_text("name: m\n" + model)
+    (tmp_path / "ember.yaml").write_text(
+        f"activator: {activator}\nmodels:\n  - {{config: m.yaml{', ' + entry if entry else ''}}}\n"
+    )
+    (spec,) = load_stack(tmp_path / "ember.yaml").models.values()
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("model", "entry", "activator", "expected"),
+    [
+        ("", "", "{keep_alive_s: 45}", 45),  # the activator's
+        ("keep_alive_s: 300\n", "", "{keep_alive_s: 45}", 300),  # the model config's over it
+        ("keep_alive_s: 300\n", "keep_alive_s: 30", "{keep_alive_s: 45}", 30),  # the entry's
+        ("keep_alive_s: 0\n", "", "{}", 0),  # 0 is a value, not "unset"
+        ("", "", "{}", 60),
+    ],
+)
+def test_keep_alive_entry_over_model_config_over_activator(
+    tmp_path: Path, model: str, entry: str, activator: str, expected: float
+) -> None:
+    assert one_model(tmp_path, model, entry, activator).keep_alive_s == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "entry", "expected"),
+    [
+        ("", "", 8),
+        ("container_concurrency: 4\n", "", 4),
+        ("container_concurrency: 4\n", "container_concurrency: 16", 16),
+        ("container_concurrency: 0\n", "", 8),  # the runtime's 0: "the default"
+    ],
+)
+def test_container_concurrency_entry_over_model_config_over_default(
+    tmp_path: Path, model: str, entry: str, expected: int
+) -> None:
+    spec = one_model(tmp_path, model, entry)
+    assert (spec.container_concurrency, spec.target) == (expected, expected)
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "expected"),
+    [
+        ("version: '7'\n", "version", "7"),
+        ("gpu_type: L4\n", "gpu_type", "L4"),
+        ("price_per_hour: 1\n", "price_per_hour", 1.0),
+        ("cpus: 2\n", "cpus", 2.0),
+        ("device: cuda:1\n", "device", "cuda:1"),
+        ("source: s3://b/m\n", "source", "s3://b/m"),
+        ("handler: hf-encoder\n", "handler", "hf-encoder"),
+    ],
+)
+def test_each_key_the_activator_reads_from_a_model_config(
+    tmp_path: Path, model: str, key: str, expected: object
+) -> None:
+    assert getattr(one_model(tmp_path, model), key) == expected
+
+
+def test_prewarm_windows_come_from_the_model_config(tmp_path: Path) -> None:
+    spec = one_model(tmp_path, "prewarm: [{cron: '0 8 * * 1-5', duration_s: 3600, replicas: 2}]\n")
+    (window,) = spec.prewarm
+    assert (window.duration_s, window.replicas) == (3600, 2)
+
+
+def test_metadata_comes_from_the_model_config_when_it_declares_it() -> None:
+    stack = load_stack(ROOT / "examples" / "ember.yaml")
+    mlp, minilm = stack.models["mlp"].metadata, stack.models["minilm"].metadata
+    assert mlp is not None and minilm is None  # hf-encoder: learned from its first replica
+    assert mlp.platform == "pytorch" and mlp.inputs[0].shape == (-1, 784)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["container_concurrency: many\n", "container_concurrency: -1\n", "keep_alive_s: -5\n"],
+)
+def test_a_bad_value_the_activator_reads_is_named(tmp_path: Path, model: str) -> None:
+    with pytest.raises(ConfigError, match=model.partition(":")[0]):
+        one_model(tmp_path, model)
+
+
+def test_every_duration_takes_units(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        "name: m\nkeep_alive_s: 2m\nprewarm: [{cron: '0 8 * * *', duration_s: 1h30m}]\n"
+    )
+    (tmp_path / "ember.yaml").write_text(
+        "activator: {keep_alive_s: 10m, deadline_s: 90s, startup_timeout_s: 1h, "
+        "grace_period_s: 45, request_timeout_s: 5m, header_timeout_s: '10', "
+        "body_timeout_s: 1m30s, idle_timeout_s: 2.5m}\n"
+        "knative: {timeout_s: 10m, progress_deadline_s: 1h}\n"
+        "models:\n  - {config: m.yaml, deadline_s: 30s, startup_timeout_s: 2m}\n"
+        "  - {config: n.yaml, keep_alive_s: 1h}\n"
+    )
+    (tmp_path / "n.yaml").write_text("name: n\n")
+    stack = load_stack(tmp_path / "ember.yaml")
+    s = stack.settings
+    assert (s.keep_alive_s, s.deadline_s, s.startup_timeout_s, s.grace_period_s) == (
+        600,
+        90,
+        3600,
+        45,
+    )
+    assert (s.request_timeout_s, s.header_timeout_s, s.body_timeout_s, s.idle_timeout_s) == (
+        300,
+        10,
+        90,
+        150,
+    )
+    assert (stack.knative.timeout_s, stack.knative.progress_deadline_s) == (600, 3600)
+    m, n = stack.models["m"], stack.models["n"]
+    assert (m.keep_alive_s, m.deadline_s, m.startup_timeout_s) == (120, 30, 120)
+    assert m.prewarm[0].duration_s == 5400 and n.keep_alive_s == 3600
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("activator: {keep_alive_s: 1x}\n", "activator.keep_alive_s: '1x' is not a duration"),
+        (
+            "activator: {policy: 'fixed:10'}\n",
+            "activator.policy: policy 'fixed:10' needs a unit: fixed:10s, fixed:10m or fixed:10h",
+        ),
+        ("activator: {policy: lru}\n", "activator.policy: unknown policy 'lru'"),
+        ("activator: {keep_alive: 3}\n", "activator.keep_alive: unknown key; did you mean"),
+        (
+            "activator: {log_level: verbose}\n",
+            "activator.log_level: 'verbose' is not one of 'debug', 'info', 'warning' or 'error'",
+        ),
+        ("knative: {timeout_s: 1.5s}\n", "knative.timeout_s: '1.5s' must be a whole number"),
+    ],
+)
+def test_a_bad_key_is_one_line_naming_the_file_and_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "m.yaml").write_text("name: m\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text(text + "models: [{config: m.yaml}]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_stack(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        (
+            "model: [{config: m.yaml}]\n",
+            ["model: unknown key; did you mean 'models'?", "models: missing (required)"],
+        ),
+        (
+            "models: [{config: m.yaml, max_replica: 2, policy: 'fixed:10'}]\n",
+            [
+                "models[0].max_replica: unknown key; did you mean 'max_replicas'?",
+                "models[0].policy: policy 'fixed:10' needs a unit: fixed:10s, fixed:10m or "
+                "fixed:10h",
+            ],
+        ),
+    ],
+)
+def test_every_problem_of_ember_yaml_at_once(tmp_path: Path, text: str, lines: list[str]) -> None:
+    path = tmp_path / "ember.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_stack(path)
+    assert sorted(str(caught.value).splitlines()) == sorted(f"{path}: {line}" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "ember.yaml is empty"),
+        ("models: [\n", "ember.yaml: line 2, column 1: not valid YAML"),
+        ("- 1\n", "ember.yaml: an ember.yaml is a mapping of keys"),
+        (
+            "name: m\nhandler: torch-module\noptions: {module: m.py:M}\n",
+            "ember.yaml is a model config, not a stack file (ember.yaml): use `ember serve "
+            "--config",
+        ),
+        ("models: [{config: other.yaml}]\n", "ember.yaml: models[0].config: "),
+    ],
+)
+def test_the_wrong_file_says_what_it_is(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "other.yaml").write_text("models: [{config: m.yaml}]\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_stack(path)
+    assert str(caught.value).startswith(f"{tmp_path}/{message}")
+    if "other.yaml" in text:
+        assert "other.yaml is a stack file (ember.yaml), not a model config" in str(caught.value)

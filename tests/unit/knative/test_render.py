@@ -8,7 +8,6 @@ against Kubernetes' own schema (kubernetes-validate), and two stacks are compare
 from __future__ import annotations
 
 import copy
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from contracts.stack import load_stack
+from contracts.stack import StackConfig, load_stack
 from knative.errors import DeployError
-from knative.render import kn_commands, render, to_yaml
+from knative.features import enabled_keys, required_settings
+from knative.render import render, to_yaml
 from knative.rules import ksvc_errors
 from tests.servers import ROOT
 from tests.spec import KNATIVE_SERVICE_CRD, data_path
@@ -37,12 +37,14 @@ def crd_schema() -> dict[str, Any]:
     return schema
 
 
-def validate_all(objects: list[dict[str, Any]]) -> None:
+def validate_all(objects: list[dict[str, Any]], stack: StackConfig) -> None:
+    """The schemas, and the webhook's rules given the cluster settings the stack declares."""
     schema = crd_schema()
+    enabled = enabled_keys(required_settings(stack))
     for obj in objects:
         if obj["apiVersion"] == "serving.knative.dev/v1":
             jsonschema.validate(obj, schema)
-            assert ksvc_errors(obj) == []
+            assert ksvc_errors(obj, enabled) == []
         else:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -63,11 +65,16 @@ KNATIVE = (
     "  namespace: serving\n  image: registry.example.com/ember/runtime-cpu:1\n"
     "  gpu_image: registry.example.com/ember/runtime-cuda:1\n  s3_secret: s3-creds\n"
     "  activator_image: registry.example.com/ember/activator:1\n"
+    "  gpu_nodes:\n"
+    "    L4:\n"
+    "      node_selector: {cloud.google.com/gke-accelerator: nvidia-l4}\n"
+    "      tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]\n"
 )
 
 
 def test_the_example_stack_renders_valid_objects() -> None:
-    objects = render(load_stack(ROOT / "examples" / "ember.yaml"))
+    stack = load_stack(ROOT / "examples" / "ember.yaml")
+    objects = render(stack)
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
         ("ConfigMap", "mlp-model"),
         ("Service", "mlp"),
@@ -77,10 +84,11 @@ def test_the_example_stack_renders_valid_objects() -> None:
         ("Role", "ember-activator"),
         ("RoleBinding", "ember-activator"),
         ("ConfigMap", "ember-activator"),
+        ("PersistentVolumeClaim", "ember-activator-events"),
         ("Deployment", "ember-activator"),
         ("Service", "ember-activator"),
     ]
-    validate_all(objects)
+    validate_all(objects, stack)
     assert list(yaml.safe_load_all(to_yaml(objects))) == objects
     mlp_config = yaml.safe_load(objects[0]["data"]["model.yaml"])
     assert mlp_config["source"] == "s3://models/ember/mlp"  # local weights: served from models_uri
@@ -96,6 +104,52 @@ def test_the_example_stack_renders_valid_objects() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert ksvc["spec"]["containerConcurrency"] == 64
+
+
+def test_every_model_starts_at_zero_pods() -> None:
+    """No pod, and no GPU, per model at deploy time: the first request starts one (Knative
+    takes initial-scale 0 only with config-autoscaler's allow-zero-initial-scale)."""
+    stack = load_stack(ROOT / "examples" / "ember.yaml")
+    ksvcs = [o for o in render(stack) if o["apiVersion"] == "serving.knative.dev/v1"]
+    assert len(ksvcs) == 2
+    for ksvc in ksvcs:
+        annotations = ksvc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["autoscaling.knative.dev/initial-scale"] == "0"
+    (setting,) = required_settings(stack)
+    assert (setting.config_map, setting.key, setting.value) == (
+        "config-autoscaler",
+        "allow-zero-initial-scale",
+        "true",
+    )
+
+
+def test_the_event_log_outlives_the_activator_pod(tmp_path: Path) -> None:
+    knative = KNATIVE + "  events: {storage_class: standard-rwo, size_gi: 5}\n"
+    stack = load_stack(write_stack(tmp_path, CPU_MODEL, knative))
+    objects = render(stack)
+    validate_all(objects, stack)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    claim_at = kinds.index(("PersistentVolumeClaim", "ember-activator-events"))
+    assert claim_at < kinds.index(("Deployment", "ember-activator"))
+    claim = objects[claim_at]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["storageClassName"] == "standard-rwo"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    # one writer of the log at a time: a rolling update would start the next pod first
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["events"]["persistentVolumeClaim"] == {"claimName": "ember-activator-events"}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    (config_map,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "ember-activator"
+    ]
+    events = yaml.safe_load(config_map["data"]["ember.yaml"])["activator"]["events"]
+    assert Path(events).parent == Path(mounts["events"])
+    assert pod["securityContext"]["fsGroup"] == 10001  # a fresh claim's root is root's
 
 
 def test_a_model_that_cannot_load_ends_the_pod_with_why() -> None:
@@ -115,17 +169,21 @@ def test_a_model_that_cannot_load_ends_the_pod_with_why() -> None:
         assert args.termination_log == Path("/dev/termination-log")
 
 
-@pytest.mark.parametrize(
-    ("name", "model", "entry"),
-    [
-        ("cpu", CPU_MODEL, "    max_replicas: 3\n    keep_alive_s: 90\n"),
-        ("gpu", GPU_MODEL, "    container_concurrency: 4\n    target: 2.5\n"),
-    ],
-)
-def test_golden_yaml(tmp_path: Path, name: str, model: str, entry: str) -> None:
-    stack = load_stack(write_stack(tmp_path, model, KNATIVE, entry))
+NODE_LOCAL = "  tier: {kind: persistentVolumeClaim, storage_class: local-path}\n"
+GOLDEN_CASES = {  # name: (model config, knative: section, the model's entry)
+    "cpu": (CPU_MODEL, KNATIVE, "    max_replicas: 3\n    keep_alive_s: 90\n"),
+    "gpu": (GPU_MODEL, KNATIVE + NODE_LOCAL, "    container_concurrency: 4\n    target: 2.5\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
+def test_golden_yaml(tmp_path: Path, name: str) -> None:
+    """Regenerate after a deliberate change with ``python -m tests.unit.knative.test_render``
+    and read the diff."""
+    model, knative, entry = GOLDEN_CASES[name]
+    stack = load_stack(write_stack(tmp_path, model, knative, entry))
     objects = render(stack)
-    validate_all(objects)
+    validate_all(objects, stack)
     text = to_yaml(objects)
     golden = GOLDEN / f"{name}.yaml"
     assert text == golden.read_text(), f"rendering changed; compare with {golden}"
@@ -143,6 +201,7 @@ def test_a_gpu_model_asks_for_a_gpu_and_the_cuda_image(tmp_path: Path) -> None:
     ("model", "knative", "message"),
     [
         (GPU_MODEL, "  image: cpu:1", "set knative.gpu_image"),
+        (GPU_MODEL, "  gpu_image: gpu:1\n  activator_image: a:1", "knative.gpu_nodes.L4"),
         (CPU_MODEL, "  gpu_image: gpu:1", "set knative.image"),
         (CPU_MODEL, "  image: cpu:1", "set knative.activator_image"),
         ("name: m\nhandler: hf-encoder\nsource: ./weights\n", "  image: cpu:1", "models_uri"),
@@ -204,12 +263,28 @@ def test_every_container_runs_non_root_on_a_read_only_root_with_a_writable_tmp()
 
 
 def test_the_webhook_rules() -> None:
-    (_, ksvc, *_) = render(load_stack(ROOT / "examples" / "ember.yaml"))
-    assert ksvc_errors(ksvc) == []
+    stack = load_stack(ROOT / "examples" / "ember.yaml")
+    (_, ksvc, *_) = render(stack)
+    enabled = enabled_keys(required_settings(stack))
+    assert enabled == {"allow-zero-initial-scale"}  # a plain stack needs nothing else
+    assert ksvc_errors(ksvc, enabled) == []
+    assert ksvc_errors(ksvc) == [
+        "initial-scale 0 needs config-autoscaler allow-zero-initial-scale: true"
+    ]
     bad = copy.deepcopy(ksvc)
     template = bad["spec"]["template"]
     template["spec"]["nodeSelector"] = {"gpu": "yes"}
     template["spec"]["initContainers"] = []
+    template["spec"]["securityContext"] = {"fsGroup": 10001}
+    template["spec"]["volumes"] += [
+        {"name": "claim", "persistentVolumeClaim": {"claimName": "c"}},
+        {"name": "host", "hostPath": {"path": "/mnt/nvme"}},
+        {"name": "nfs", "nfs": {"server": "s", "path": "/"}},
+    ]
+    template["spec"]["containers"][0]["volumeMounts"] += [
+        {"name": "claim", "mountPath": "/claim"},
+        {"name": "host", "mountPath": "/host"},
+    ]
     template["spec"]["containerConcurrency"] = 2000
     template["spec"]["timeoutSeconds"] = 900
     template["spec"]["containers"][0]["ports"] = [
@@ -224,10 +299,16 @@ def test_the_webhook_rules() -> None:
     context = template["spec"]["containers"][0]["securityContext"]
     context["privileged"] = True
     context["capabilities"]["add"] = ["SYS_ADMIN"]
-    errors = " | ".join(ksvc_errors(bad))
+    errors = " | ".join(ksvc_errors(bad, enabled))
     for expected in (
-        "nodeSelector",
+        "nodeSelector needs config-features kubernetes.podspec-nodeselector",
         "initContainers",
+        "securityContext needs config-features kubernetes.podspec-securitycontext",
+        "volume 'claim' (persistentVolumeClaim) needs config-features "
+        "kubernetes.podspec-persistent-volume-claim",
+        "mount /claim writes a persistentVolumeClaim",
+        "mount /host: Knative mounts hostPath volumes read-only",
+        "nfs volumes are not supported",
         "containerConcurrency 2000",
         "timeoutSeconds 900",
         "more than one port",
@@ -289,8 +370,9 @@ def test_prewarm_windows_become_cronjobs(tmp_path: Path) -> None:
     )
     with pytest.raises(DeployError, match="admin_secret"):
         render(load_stack(write_stack(tmp_path, model, KNATIVE)))
-    objects = render(load_stack(write_stack(tmp_path, model, KNATIVE + "  admin_secret: adm\n")))
-    validate_all(objects)
+    stack = load_stack(write_stack(tmp_path, model, KNATIVE + "  admin_secret: adm\n"))
+    objects = render(stack)
+    validate_all(objects, stack)
     (cron,) = [o for o in objects if o["kind"] == "CronJob"]
     assert cron["metadata"]["name"] == "encoder-prewarm-0"
     assert cron["spec"]["schedule"] == "0 8 * * 1-5"
@@ -307,18 +389,6 @@ def test_prewarm_windows_become_cronjobs(tmp_path: Path) -> None:
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "adm", "key": "token"}
 
 
-def test_kn_command_lines(tmp_path: Path) -> None:
-    lines = kn_commands(load_stack(write_stack(tmp_path, CPU_MODEL, KNATIVE)))
-    assert lines[0].startswith("kubectl create configmap encoder-model --namespace serving")
-    kn = shlex.split(lines[1])
-    assert kn[:4] == ["kn", "service", "create", "encoder"]
-    assert kn[kn.index("--image") + 1] == "registry.example.com/ember/runtime-cpu:1"
-    assert "autoscaling.knative.dev/min-scale=0" in kn
-    assert kn[kn.index("--port") + 1] == "http1:8080"
-    assert kn[kn.index("--env-from") + 1] == "secret:s3-creds"
-    assert kn[kn.index("--exit-on-load-failure") - 1] == "--arg"
-
-
 def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:
     def ember(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -332,11 +402,20 @@ def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:
     out = ember("--config", "examples/ember.yaml", "--dry-run", "--namespace", "prod")
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
-    assert len(docs) == 10 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
-    kn = ember("--config", "examples/ember.yaml", "--kn")
-    assert kn.returncode == 0 and kn.stdout.count("kn service create") == 2
+    assert len(docs) == 11 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
     bad = ember("--config", str(write_stack(tmp_path, GPU_MODEL, "  image: cpu:1")), "--dry-run")
     assert bad.returncode == 2 and "gpu_image" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""
-    both = ember("--config", "examples/ember.yaml", "--dry-run", "--kn")
+    both = ember("--config", "examples/ember.yaml", "--dry-run", "--kn", str(tmp_path / "out"))
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    bare = ember("--config", "examples/ember.yaml", "--kn")  # --kn names the directory
+    assert bare.returncode == 2 and "expected one argument" in bare.stderr
+
+
+if __name__ == "__main__":  # rewrite the golden files from the current rendering
+    import tempfile
+
+    for case, (model, knative, entry) in GOLDEN_CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_stack(Path(tmp), model, knative, entry)
+            (GOLDEN / f"{case}.yaml").write_text(to_yaml(render(load_stack(path))))

@@ -1,0 +1,154 @@
+"""The HTML cost report: what a manager reads first; its charts' dependency kept in its place."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from activator.cost import report, usd
+from activator.errors import ConfigError
+from activator.report_html import MISSING, to_html
+from tests.servers import ROOT
+
+T0 = 1762160400.0  # 2025-11-03 09:00:00 UTC
+
+
+def ev(kind: str, ts: float, model: str, **fields: Any) -> dict[str, Any]:
+    return {"event": kind, "model": model, "ts": T0 + ts, "mono": ts, **fields}
+
+
+def request(ts: float, model: str, replica: int, *, cold: bool = False) -> dict[str, Any]:
+    return ev(
+        "request", ts + 1, model, arrival=T0 + ts, start=T0 + ts, end=T0 + ts + 1,
+        status=200, cold=cold, queue_s=4.0 if cold else 0.0, replica=replica,
+    )  # fmt: skip
+
+
+LOG = [
+    # llm: an L4, up 10 min of the hour, saves money
+    ev("replica_starting", 0, "llm", replica=1, gpu_type="L4"),
+    ev("replica_ready", 20, "llm", replica=1),
+    request(20, "llm", 1, cold=True),
+    *(request(30 + 10 * i, "llm", 1) for i in range(50)),
+    ev("replica_stopped", 600, "llm", replica=1),
+    # mlp: a CPU model without a price, 30 s up
+    ev("replica_starting", 1000, "mlp", replica=2),
+    ev("replica_ready", 1001, "mlp", replica=2),
+    request(1001, "mlp", 2, cold=True),
+    ev("replica_stopped", 1030, "mlp", replica=2),
+    ev("state", 3600, "llm", **{"from": "zero", "to": "zero"}),
+]
+
+
+@pytest.fixture(scope="module")
+def page() -> str:
+    return to_html(report(LOG))
+
+
+def test_the_headline_says_when_what_was_spent_and_saved(page: str) -> None:
+    assert "<title>Ember cost report, 2025-11-03 09:00:00 to 10:00:00 UTC</title>" in page
+    # 600 s of an L4 at 0.71/h, against the hour always on
+    spent, always_on = 600 * 0.71 / 3600, 0.71
+    assert f"Spent<b>${spent:.4f}</b>" in page
+    assert f"Always-on would have cost<b>${always_on:.4f}</b>" in page
+    assert f"Saved by scaling to zero<b>${always_on - spent:.4f}</b>" in page
+    assert f"{(always_on - spent) / always_on * 100:.0f}% of always-on" in page
+
+
+def test_a_table_with_a_totals_row_latency_and_cost_per_1000(page: str) -> None:
+    head = re.findall(r"<th scope='col'>([^<]*)</th>", page)
+    assert "cold-start latency p50 / p99" in head and "per 1,000 requests" in head
+    total = re.search(r"<tfoot><tr>(.*?)</tr></tfoot>", page)
+    assert total is not None
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", total.group(1))
+    assert cells[0] == "total" and cells[3] == "52" and cells[4] == "2 (3.8%)"
+    assert cells[5] == "4.00 / 4.00 s (worst model)"
+    assert cells[8] == usd(600 * 0.71 / 3600 / 52 * 1000) == "$2.28"
+
+
+def test_cpu_models_say_cpu_seconds_and_an_unpriced_one_is_a_visible_warning(page: str) -> None:
+    assert "<td>CPU</td>" in page and " CPU-s</td>" in page and " GPU-s</td>" in page
+    assert "<td class='loss'>no price</td>" in page
+    warning = re.search(r"<p class='warning' role='alert'>(.*?)</p>", page)
+    assert warning is not None and "no price for mlp" in warning.group(1)
+    assert "--price cpu=USD_PER_CORE_HOUR" in warning.group(1)
+
+
+def test_a_loss_is_called_a_loss_with_its_reason() -> None:
+    short = [
+        ev("replica_starting", 0, "m", replica=1, price_per_hour=3.6),
+        ev("replica_ready", 5, "m", replica=1),
+        request(5, "m", 1, cold=True),
+        ev("replica_stopped", 20, "m", replica=1),
+        ev("state", 30, "m", **{"from": "zero", "to": "zero"}),
+    ]
+    page = to_html(report(short))
+    assert "Lost by scaling to zero<b>$0.0300</b>" in page and "100% more than always-on" in page
+    assert (
+        "m: scale to zero cost $0.0300 more than always-on here, because of the 60 s billing "
+        "minimum per replica start."
+    ) in page
+    assert "<td class='loss'>-$0.0300 (loss)</td>" in page
+    assert "saving $-" not in page
+
+
+def test_the_charts_are_static_svg_with_axes_and_clock_time_ticks(page: str) -> None:
+    # nothing to run, nothing to fetch: it opens offline
+    assert "<script" not in page and re.search(r"""(src|href)=["']?(https?:)?//""", page) is None
+    charts = re.findall(r"<figure>(<svg .*?</svg>)\s*</figure>", page, re.S)
+    assert len(charts) == 4  # cost, breakdown, one timeline per model
+    for chart in charts:
+        assert 'role="img" aria-label="' in chart and "matplotlib.axis_1" in chart
+    # text stays text: the timelines' x ticks are clock times, the cost chart's dollars
+    timeline = charts[2]
+    ticks = re.findall(r'id="c[0-9a-f]{8}-xtick_\d+">.*?<text[^>]*>([^<]*)</text>', timeline, re.S)
+    assert len([t for t in ticks if re.fullmatch(r"\d\d:\d\d", t)]) >= 3, ticks
+    assert "requests / s" in timeline and "GPU replicas up" in timeline
+    assert "$0." in charts[0] and "CPU-s" in charts[1]
+    # ids are unique across the page: two charts' clip paths never collide
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+
+
+def test_a_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import activator
+
+    # as on a machine without the extra: neither matplotlib nor the charts module imported yet
+    monkeypatch.delitem(sys.modules, "activator.report_charts", raising=False)
+    monkeypatch.delattr(activator, "report_charts", raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(ConfigError, match=re.escape("pip install 'ember[report]'")) as err:
+        to_html(report(LOG))
+    assert str(err.value) == MISSING
+
+
+def test_only_the_report_imports_matplotlib() -> None:
+    """matplotlib is the report extra: the activator's image and serving path never import it."""
+    importers: dict[str, set[str]] = {}
+    for package in ("activator", "contracts", "ember", "knative", "runtime", "weight_cache"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in _imported(path):
+                importers.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    mpl = set().union(
+        *(files for name, files in importers.items() if name.startswith("matplotlib"))
+    )
+    assert mpl == {"activator/report_charts.py"}
+    assert importers["activator.report_charts"] == {"activator/report_html.py"}
+    assert importers["activator.report_html"] == {"ember/cli.py"}
+
+
+def _imported(path: Path) -> set[str]:
+    """Every module name ``path`` imports (``from a import b`` counts as ``a`` and ``a.b``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
