@@ -57,6 +57,7 @@ def test_apply_waits_for_ready_and_is_idempotent(fake: FakeKnative, kubeconfig: 
             (KSVC_API, "services"),
             ("v1", "serviceaccounts"),
             ("v1", "persistentvolumeclaims"),
+            ("v1", "persistentvolumeclaims"),
             ("rbac.authorization.k8s.io/v1", "roles"),
             ("rbac.authorization.k8s.io/v1", "rolebindings"),
             ("apps/v1", "deployments"),
@@ -110,8 +111,11 @@ def test_a_timeout_says_what_is_still_pending(fake: FakeKnative, kubeconfig: Pat
 def test_delete_removes_everything_once_but_the_data(fake: FakeKnative, kubeconfig: Path) -> None:
     assert ember("deploy", "--config", EXAMPLE, kubeconfig=kubeconfig).returncode == 0
     gone = ember("deploy", "--config", EXAMPLE, "--delete", kubeconfig=kubeconfig)
-    events = ("v1", "persistentvolumeclaims", "ember", "ember-activator-events")
-    assert gone.returncode == 0 and list(fake.objects) == [events]  # the cost report's data
+    claims = {
+        ("v1", "persistentvolumeclaims", "ember", "ember-activator-events"),  # the cost report's
+        ("v1", "persistentvolumeclaims", "ember", "ember-weights"),  # and the weight tier's data
+    }
+    assert gone.returncode == 0 and set(fake.objects) == claims
     assert gone.stdout.count("deleted ") == 10
     assert "kept PersistentVolumeClaim ember/ember-activator-events" in gone.stdout
     again = ember("deploy", "--config", EXAMPLE, "--delete", kubeconfig=kubeconfig)

@@ -103,7 +103,7 @@ def test_the_cli_prints_commands_for_the_files_it_wrote(tmp_path: Path) -> None:
     assert lines.index(commands[0]) > 0  # the settings come first, as comments
     assert "<" not in done.stdout  # no placeholders: every file exists
     files = {referenced(line) for line in commands}
-    assert files == set(out.iterdir()) and len(files) == 11
+    assert files == set(out.iterdir()) and len(files) == 12
     for path in files:
         (obj,) = yaml.safe_load_all(path.read_text())
         assert obj["metadata"]["namespace"] == "prod"

@@ -76,6 +76,7 @@ def test_the_example_stack_renders_valid_objects() -> None:
     stack = load_stack(ROOT / "examples" / "ember.yaml")
     objects = render(stack)
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("PersistentVolumeClaim", "ember-weights"),  # the example's node-local weight tier
         ("ConfigMap", "mlp-model"),
         ("Service", "mlp"),
         ("ConfigMap", "minilm-model"),
@@ -90,6 +91,9 @@ def test_the_example_stack_renders_valid_objects() -> None:
     ]
     validate_all(objects, stack)
     assert list(yaml.safe_load_all(to_yaml(objects))) == objects
+    claim = objects[0]["spec"]
+    assert claim["storageClassName"] == "local-path" and claim["accessModes"] == ["ReadWriteOnce"]
+    objects = objects[1:]
     mlp_config = yaml.safe_load(objects[0]["data"]["model.yaml"])
     assert mlp_config["source"] == "s3://models/ember/mlp"  # local weights: served from models_uri
     assert mlp_config["options"]["module"] == "mlp.py:MLP"
@@ -115,12 +119,8 @@ def test_every_model_starts_at_zero_pods() -> None:
     for ksvc in ksvcs:
         annotations = ksvc["spec"]["template"]["metadata"]["annotations"]
         assert annotations["autoscaling.knative.dev/initial-scale"] == "0"
-    (setting,) = required_settings(stack)
-    assert (setting.config_map, setting.key, setting.value) == (
-        "config-autoscaler",
-        "allow-zero-initial-scale",
-        "true",
-    )
+    settings = {(s.config_map, s.key, s.value) for s in required_settings(stack)}
+    assert ("config-autoscaler", "allow-zero-initial-scale", "true") in settings
 
 
 def test_the_event_log_outlives_the_activator_pod(tmp_path: Path) -> None:
@@ -264,12 +264,21 @@ def test_every_container_runs_non_root_on_a_read_only_root_with_a_writable_tmp()
 
 def test_the_webhook_rules() -> None:
     stack = load_stack(ROOT / "examples" / "ember.yaml")
-    (_, ksvc, *_) = render(stack)
+    (_, _, ksvc, *_) = render(stack)
     enabled = enabled_keys(required_settings(stack))
-    assert enabled == {"allow-zero-initial-scale"}  # a plain stack needs nothing else
+    # initial-scale 0, and the example's weight tier on a claim the replicas write
+    assert enabled == {
+        "allow-zero-initial-scale",
+        "kubernetes.podspec-persistent-volume-claim",
+        "kubernetes.podspec-persistent-volume-write",
+    }
     assert ksvc_errors(ksvc, enabled) == []
     assert ksvc_errors(ksvc) == [
-        "initial-scale 0 needs config-autoscaler allow-zero-initial-scale: true"
+        "volume 'weight-tier' (persistentVolumeClaim) needs config-features "
+        "kubernetes.podspec-persistent-volume-claim",
+        "mount /var/cache/ember writes a persistentVolumeClaim: needs config-features "
+        "kubernetes.podspec-persistent-volume-write",
+        "initial-scale 0 needs config-autoscaler allow-zero-initial-scale: true",
     ]
     bad = copy.deepcopy(ksvc)
     template = bad["spec"]["template"]
@@ -299,7 +308,7 @@ def test_the_webhook_rules() -> None:
     context = template["spec"]["containers"][0]["securityContext"]
     context["privileged"] = True
     context["capabilities"]["add"] = ["SYS_ADMIN"]
-    errors = " | ".join(ksvc_errors(bad, enabled))
+    errors = " | ".join(ksvc_errors(bad, {"allow-zero-initial-scale"}))
     for expected in (
         "nodeSelector needs config-features kubernetes.podspec-nodeselector",
         "initContainers",
@@ -402,7 +411,7 @@ def test_cli_dry_run_kn_and_errors(tmp_path: Path) -> None:
     out = ember("--config", "examples/ember.yaml", "--dry-run", "--namespace", "prod")
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
-    assert len(docs) == 11 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
+    assert len(docs) == 12 and {d["metadata"]["namespace"] for d in docs} == {"prod"}
     bad = ember("--config", str(write_stack(tmp_path, GPU_MODEL, "  image: cpu:1")), "--dry-run")
     assert bad.returncode == 2 and "gpu_image" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""
