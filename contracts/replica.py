@@ -5,8 +5,8 @@ the activator reads) and writes one JSON object per line to it, each a :class:`R
 
 - ``standby``: a warm-pool interpreter has done its imports (what they cost, what they left);
 - ``listening``: the server's address;
-- ``model``: a model's state changed (``LOADING``, ``READY``, ``UNAVAILABLE``), with the reason,
-  the kind of failure when its load failed, and the load's phases (seconds) once it is ready.
+- ``model``: a model's state changed (``LOADING``, ``READY``, ``SLEEPING``, ``UNAVAILABLE``), with
+  the reason, the kind of failure when its load failed, and the load's phases once it is ready.
 
 The same :class:`ModelStatus` (state, reason, failure kind) is what the runtime's repository index
 (``POST /v2/repository/index``) carries for each model, so a scaler that cannot read a pipe (a
@@ -53,8 +53,16 @@ class Listening:
     kind: Literal["listening"] = "listening"
 
 
-ModelState = Literal["UNAVAILABLE", "LOADING", "READY", "UNLOADING"]
-MODEL_STATES: tuple[ModelState, ...] = ("UNAVAILABLE", "LOADING", "READY", "UNLOADING")
+# SLEEPING: loaded but put away (weights on the host, or dropped to disk); it still serves, a
+# request wakes it. Not a failure: ``failure`` stays None and the reason names the level.
+ModelState = Literal["UNAVAILABLE", "LOADING", "READY", "UNLOADING", "SLEEPING"]
+MODEL_STATES: tuple[ModelState, ...] = (
+    "UNAVAILABLE",
+    "LOADING",
+    "READY",
+    "UNLOADING",
+    "SLEEPING",
+)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    # Ember's extension, kept by a predictor only: sleeps and wakes per sleep level
+    sleeps: dict[str, Duration] = field(default_factory=dict)
+    wakes: dict[str, Duration] = field(default_factory=dict)
 
     def record_batch(
         self, *, size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
@@ -68,8 +71,14 @@ class ModelStats:
         else:
             self.fail.add(total_ns)
 
+    def record_sleep(self, level: str, ns: int) -> None:
+        self.sleeps.setdefault(level, Duration()).add(ns)
+
+    def record_wake(self, level: str, ns: int) -> None:
+        self.wakes.setdefault(level, Duration()).add(ns)
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        stats = {
             "name": self.name,
             "version": self.version,
             "last_inference": self.last_inference_ms,
@@ -93,3 +102,12 @@ class ModelStats:
                 for size, b in sorted(self.batches.items())
             ],
         }
+        if self.sleeps or self.wakes:  # absent until a model first sleeps
+            stats["sleep_stats"] = {
+                level: {
+                    "sleep": self.sleeps.get(level, Duration()).as_dict(),
+                    "wake": self.wakes.get(level, Duration()).as_dict(),
+                }
+                for level in sorted(self.sleeps.keys() | self.wakes.keys())
+            }
+        return stats

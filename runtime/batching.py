@@ -41,6 +41,7 @@ class _Pending:
     enqueued_ns: int
     key: tuple[Any, ...] = field(default=())
     started_ns: int = 0
+    arrived_ns: int | None = None  # began to wait before it was enqueued (a model's wake)
 
 
 def _batch_key(inputs: dict[str, Tensor]) -> tuple[Any, ...]:
@@ -84,8 +85,14 @@ class Scheduler:
     def depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Run one request; returns its outputs, sliced out of the batch it ran in."""
+    async def submit(
+        self, inputs: dict[str, Tensor], *, arrived_ns: int | None = None
+    ) -> dict[str, Tensor]:
+        """Run one request; returns its outputs, sliced out of the batch it ran in.
+
+        ``arrived_ns`` (``perf_counter_ns``) is when it began to wait, if before now (a wake):
+        its queue time counts from there. The batching delay still counts from now.
+        """
         if self._loop_task is None or self._loop_task.done():
             raise ServerOverloaded(f"model '{self._config.name}' is not accepting requests")
         cap = self._config.max_queue_size
@@ -103,6 +110,7 @@ class Scheduler:
             future=asyncio.get_running_loop().create_future(),
             enqueued_ns=time.perf_counter_ns(),
             key=_batch_key(inputs) if self._batching else (),
+            arrived_ns=arrived_ns,
         )
         if self._can_run_at_once():
             # Nothing waits and nothing would be waited for: run in the caller's task, sparing
@@ -191,7 +199,8 @@ class Scheduler:
         for pending in batch:
             if not pending.started_ns:
                 pending.started_ns = started
-                self._stats.queue.add(started - pending.enqueued_ns)
+                waited_from = pending.arrived_ns or pending.enqueued_ns
+                self._stats.queue.add(started - waited_from)
         if len(batch) == 1:
             inputs = batch[0].inputs
         else:

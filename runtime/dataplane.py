@@ -16,7 +16,7 @@ from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
 from runtime.handlers.base import ChecksInputs
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import InferenceRequest, RequestInput
-from runtime.repository import ModelEntry, ModelRepository, ModelState
+from runtime.repository import SERVING, ModelEntry, ModelRepository
 from runtime.tensors import (
     NUMPY_DTYPES,
     Tensor,
@@ -73,7 +73,7 @@ class DataPlane:
         return not self.draining and self.repository.all_ready()
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        return self.repository.entry(name, version).state is ModelState.READY
+        return self.repository.entry(name, version).state in SERVING  # a sleeper wakes to serve
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         entry = self.repository.ready_entry(name, version)
@@ -119,7 +119,7 @@ class DataPlane:
     def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
         index = []
         for e in self.repository.entries():
-            if ready_only and e.state is not ModelState.READY:
+            if ready_only and e.state not in SERVING:
                 continue
             entry = {
                 "name": e.config.name,
@@ -211,8 +211,10 @@ class DataPlane:
         try:
             inputs = self.decode_inputs(entry, request, binary)
             selection = self.requested_outputs(entry, request)
+            queued = time.perf_counter_ns()  # a wake is time spent waiting, as a queue is
+            entry = await self.repository.awake_entry(name, version)
             assert entry.scheduler is not None
-            outputs = await entry.scheduler.submit(inputs)
+            outputs = await entry.scheduler.submit(inputs, arrived_ns=queued)
             result = _select_outputs(name, outputs, selection)
         except RuntimeServerError as exc:
             elapsed = time.perf_counter_ns() - started

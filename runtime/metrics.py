@@ -52,6 +52,20 @@ class RuntimeMetrics:
             ["model", "phase"],
             registry=self.registry,
         )
+        self.wake_duration = Histogram(
+            "ember_model_wake_seconds",
+            "Time to wake a sleeping model, by the level it slept at (host, disk)",
+            ["model", "level"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.sleep_duration = Histogram(
+            "ember_model_sleep_seconds",
+            "Time to put a model to sleep (after its running batches finished), by level",
+            ["model", "level"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.model_ready = Gauge(
             "ember_model_ready",
             "1 when the model can answer",

@@ -5,6 +5,11 @@ READY only after its warm-up inference succeeded; a failed load leaves the model
 the reason and the kind of failure, and the server keeps serving the others. Every change of a
 model's state is also told to ``on_status`` (a :class:`contracts.replica.ModelStatus`): the
 server writes it to its status channel, for the activator.
+
+A READY model can also be put to sleep at a level (:mod:`runtime.sleep`): SLEEPING, it keeps its
+handler and scheduler and still counts as serving; :meth:`ModelRepository.awake_entry` (what a
+request goes through) and :meth:`ModelRepository.load` wake it. A failed wake leaves it
+UNAVAILABLE, as a failed load does.
 """
 
 from __future__ import annotations
@@ -22,9 +27,16 @@ from contracts.replica import FailureKind, ModelStatus
 from contracts.stats import ModelStats
 from runtime.batching import Scheduler
 from runtime.config import ModelConfig
-from runtime.errors import ConfigError, ModelNotFound, ModelNotReady, RuntimeServerError
-from runtime.handlers.base import HandlerLoadError, ModelHandler, create_handler
+from runtime.errors import (
+    ConfigError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    RuntimeServerError,
+)
+from runtime.handlers.base import HandlerLoadError, ModelHandler, Sleeps, create_handler
 from runtime.metrics import RuntimeMetrics
+from runtime.sleep import SleepLevel
 from runtime.sources import WeightSources
 from runtime.status import failure_kind
 from weight_cache.errors import WeightCacheError
@@ -37,6 +49,10 @@ class ModelState(enum.StrEnum):
     LOADING = "LOADING"
     READY = "READY"
     UNLOADING = "UNLOADING"
+    SLEEPING = "SLEEPING"
+
+
+SERVING = frozenset({ModelState.READY, ModelState.SLEEPING})
 
 
 @dataclass
@@ -52,6 +68,7 @@ class ModelEntry:
     load_phases: dict[str, float] = field(default_factory=dict)
     release_source: Callable[[], None] | None = None
     wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
+    asleep: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -86,8 +103,9 @@ class ModelRepository:
         return entry
 
     def ready_entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """The model, if it can serve (READY, or SLEEPING: a request wakes it)."""
         entry = self.entry(name, version)
-        if entry.state is not ModelState.READY:
+        if entry.state not in SERVING:
             raise ModelNotReady(
                 f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})"
             )
@@ -107,8 +125,18 @@ class ModelRepository:
                 ModelStatus(entry.config.name, state.value, reason, failure, dict(phases))
             )
 
+    async def awake_entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """The model, READY: woken first if it sleeps. No await lies between the last check and
+        the return, so a caller that submits at once is in the queue a sleep drains."""
+        entry = self.ready_entry(name, version)
+        while entry.state is not ModelState.READY:
+            if entry.state is not ModelState.SLEEPING:
+                self.ready_entry(name, version)  # raises, saying why
+            await self.load(name)
+        return entry
+
     def all_ready(self) -> bool:
-        return all(e.state is ModelState.READY for e in self._entries.values() if e.wanted)
+        return all(e.state in SERVING for e in self._entries.values() if e.wanted)
 
     async def load(self, name: str) -> ModelEntry:
         """Load (or reload) a model; concurrent calls for one model share a single load."""
@@ -116,6 +144,9 @@ class ModelRepository:
         entry.wanted = True
         async with entry.lock:
             if entry.state is ModelState.READY:
+                return entry
+            if entry.state is ModelState.SLEEPING:
+                await self._wake(entry)
                 return entry
             self._set(entry, ModelState.LOADING, "loading")
             started = time.perf_counter()
@@ -173,13 +204,83 @@ class ModelRepository:
             log.info("model %s ready in %.2fs (%s)", name, entry.load_seconds, detail)
             return entry
 
+    async def sleep(self, name: str, level: SleepLevel, *, drain_timeout_s: float = 30.0) -> None:
+        """Put a serving model to sleep at ``level`` once its queued and running batches are done.
+
+        Requests that come meanwhile wait for the sleep to end, then wake it.
+        """
+        entry = self.entry(name)
+        async with entry.lock:
+            if entry.state is ModelState.SLEEPING and entry.asleep is not level:
+                await self._wake(entry)  # from one level to another through awake
+            if entry.state is ModelState.SLEEPING:
+                return
+            if entry.state is not ModelState.READY:
+                raise ModelNotReady(
+                    f"model '{name}' cannot sleep: {entry.state.lower()} ({entry.reason})"
+                )
+            handler, scheduler = entry.handler, entry.scheduler
+            if not isinstance(handler, Sleeps):
+                raise InvalidInput(
+                    f"model '{name}' ({entry.config.handler} handler) cannot sleep; unload it "
+                    "without a level instead"
+                )
+            started = time.perf_counter_ns()
+            self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
+            entry.asleep = level
+            if scheduler is not None:
+                await scheduler.drain(drain_timeout_s)
+            try:
+                await asyncio.to_thread(handler.sleep, level)
+            except Exception as exc:
+                # half put away: nothing it holds can be trusted to serve
+                await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
+                raise ModelNotReady(f"model '{name}' failed to sleep: {exc}") from exc
+            elapsed = time.perf_counter_ns() - started
+            entry.stats.record_sleep(level.value, elapsed)
+            self._metrics.sleep_duration.labels(name, level.value).observe(elapsed / 1e9)
+            self._set(entry, ModelState.SLEEPING, f"level {level}")
+            log.info("model %s asleep (level %s) in %.3fs", name, level, elapsed / 1e9)
+
+    async def _wake(self, entry: ModelEntry) -> None:
+        """Wake a SLEEPING model (the caller holds its lock); UNAVAILABLE if it cannot."""
+        name, level = entry.config.name, entry.asleep
+        assert isinstance(entry.handler, Sleeps) and level is not None
+        started = time.perf_counter_ns()
+        self._set(entry, ModelState.SLEEPING, f"waking: level {level}")
+        try:
+            await asyncio.to_thread(entry.handler.wake)
+        except Exception as exc:
+            expected = isinstance(exc, HandlerLoadError | WeightCacheError)
+            reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            await self._fail_woken(entry, f"wake failed: {reason}", exc)
+            log.error("model %s failed to wake: %s", name, reason, exc_info=not expected)
+            raise ModelNotReady(f"model '{name}' failed to wake: {reason}") from exc
+        elapsed = time.perf_counter_ns() - started
+        entry.asleep = None
+        entry.stats.record_wake(level.value, elapsed)
+        self._metrics.wake_duration.labels(name, level.value).observe(elapsed / 1e9)
+        self._set(entry, ModelState.READY, "")
+        log.info("model %s awake (from %s) in %.3fs", name, level, elapsed / 1e9)
+
+    async def _fail_woken(self, entry: ModelEntry, reason: str, exc: Exception) -> None:
+        await self._discard(entry.handler, entry.scheduler)
+        entry.handler = entry.scheduler = None
+        entry.asleep = None
+        if entry.release_source is not None:
+            entry.release_source()
+            entry.release_source = None
+        self._metrics.model_ready.labels(entry.config.name).set(0)
+        self._set(entry, ModelState.UNAVAILABLE, reason, failure_kind(exc))
+
     async def unload(self, name: str, *, drain_timeout_s: float = 30.0) -> None:
         """Stop admitting requests, let the queued ones finish, then release the model."""
         entry = self.entry(name)
         entry.wanted = False
         async with entry.lock:
-            if entry.state is not ModelState.READY:
+            if entry.state not in SERVING:
                 return
+            entry.asleep = None
             self._set(entry, ModelState.UNLOADING, "unloading")
             self._metrics.model_ready.labels(name).set(0)
             if entry.scheduler is not None:

@@ -26,6 +26,7 @@ from runtime.protocol import (
     parse_inference_request,
     parse_json_object,
 )
+from runtime.sleep import unload_level
 from runtime.tensors import to_binary, to_json_data
 
 log = logging.getLogger("ember.runtime")
@@ -105,9 +106,15 @@ class V2Endpoints:
         return json_response({"name": name, "loaded": True})
 
     async def repository_unload(self, request: Request) -> Response:
+        """Unload, or with ``{"parameters": {"level": ...}}`` put to sleep (runtime.sleep)."""
         name = request.path_params["model_name"]
-        await self.dataplane.repository.unload(name)
-        return json_response({"name": name, "unloaded": True})
+        self.dataplane.repository.entry(name)  # 404 before reading the body
+        level = unload_level(await self._body(request))
+        if level is None:
+            await self.dataplane.repository.unload(name)
+            return json_response({"name": name, "unloaded": True})
+        await self.dataplane.repository.sleep(name, level)
+        return json_response({"name": name, "unloaded": True, "level": level.value})
 
     # -------------------------------------------------------------------------- inference
     async def infer(self, request: Request) -> Response:

@@ -22,6 +22,7 @@ from contracts.replica import FailureKind
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
 from runtime.protocol import validation_message
+from runtime.sleep import SleepLevel
 from runtime.tensors import Tensor
 
 if TYPE_CHECKING:
@@ -106,6 +107,20 @@ class ChecksInputs(Protocol):
     def input_limits(self) -> Mapping[str, str]: ...
 
     def check_inputs(self, inputs: dict[str, Tensor]) -> None: ...
+
+
+@runtime_checkable
+class Sleeps(Protocol):
+    """Optional for a handler: put its weights away without unloading (see :mod:`runtime.sleep`).
+
+    Both are blocking and called from worker threads, never while a batch runs. ``wake`` puts
+    the weights back where ``load`` put them and raises what ``load`` raises when it cannot
+    (the files gone, the device out of memory).
+    """
+
+    def sleep(self, level: SleepLevel) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 def create_handler(config: ModelConfig) -> ModelHandler:

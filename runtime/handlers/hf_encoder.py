@@ -16,6 +16,7 @@ a text past ``max_length`` tokens, false refuses it (400) instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ from runtime.handlers.base import (
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import HFEncoderOptions
+from runtime.handlers.torch_sleep import sleep_module, wake_module
 from runtime.handlers.torch_util import load_safetensors, streamed_file
+from runtime.sleep import SleepLevel
 from runtime.tensors import Tensor
 
 
@@ -83,6 +86,8 @@ class HFEncoderHandler:
         self.tokenizer: Any = None
         self.normalize = True
         self.max_length = 0  # tokens; known once load() has read the model's settings
+        self.file_keys: frozenset[str] = frozenset()  # the tensors the weights file provided
+        self.asleep: SleepLevel | None = None
         # Default tensors; the embedding size is filled in from config.json by load().
         item_text: tuple[int, ...] = () if config.batching else (-1,)
         self.inputs: tuple[TensorSpec, ...] = config.inputs or (
@@ -125,9 +130,8 @@ class HFEncoderHandler:
             tokenizer.no_truncation()
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.max_length = max_length
-        streamed = streamed_file(tensors, "model.safetensors")
-        state = load_safetensors(root / "model.safetensors", self.device, streamed=streamed)
-        state = {k.removeprefix("bert."): v for k, v in state.items()}
+        state = self._read_weights(streamed_file(tensors, "model.safetensors"))
+        self.file_keys = frozenset(state)
         model = load_module(
             lambda: BertEncoder(bert_config),
             state,
@@ -144,6 +148,24 @@ class HFEncoderHandler:
             self.outputs = (
                 spec.model_copy(update={"shape": (*spec.shape[:-1], bert_config.hidden_size)}),
             )
+
+    def _read_weights(
+        self, streamed: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        path = self.config.local_source() / "model.safetensors"
+        state = load_safetensors(path, self.device, streamed=streamed)
+        return {k.removeprefix("bert."): v for k, v in state.items()}
+
+    def sleep(self, level: SleepLevel) -> None:
+        assert self.model is not None, "sleep before load"
+        sleep_module(self.model, level, file_keys=self.file_keys)
+        self.asleep = level
+
+    def wake(self) -> None:
+        assert self.model is not None, "wake before load"
+        state = self._read_weights() if self.asleep is SleepLevel.DISK else None
+        wake_module(self.model, device=self.device, state=state, what="BertEncoder")
+        self.asleep = None
 
     @property
     def input_limits(self) -> dict[str, str]:

@@ -27,7 +27,9 @@ from runtime.errors import ConfigError
 from runtime.handlers.base import StreamedTensors, import_object, parse_options, pick_device
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import TorchModuleOptions
+from runtime.handlers.torch_sleep import sleep_module, wake_module
 from runtime.handlers.torch_util import from_torch, load_safetensors, streamed_file, to_torch
+from runtime.sleep import SleepLevel
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 
@@ -45,6 +47,8 @@ class TorchModuleHandler:
         self.outputs: tuple[TensorSpec, ...] = config.outputs
         self.device = "cpu"
         self.module: torch.nn.Module | None = None
+        self.file_keys: frozenset[str] = frozenset()  # the tensors the weights file provided
+        self.asleep: SleepLevel | None = None
 
     def load(self, *, tensors: StreamedTensors | None = None) -> None:
         self.device = pick_device(self.config.device)
@@ -54,6 +58,7 @@ class TorchModuleHandler:
             self.device,
             streamed=streamed_file(tensors, self.options.weights),
         )
+        self.file_keys = frozenset(state)
         self.module = load_module(
             lambda: cls(**self.options.kwargs),
             state,
@@ -85,6 +90,19 @@ class TorchModuleHandler:
             shape = lead + tuple(1 if d < 0 else d for d in spec.shape)
             warm[spec.name] = Tensor(spec.name, spec.datatype, _zeros(shape, spec.datatype))
         return warm
+
+    def sleep(self, level: SleepLevel) -> None:
+        assert self.module is not None, "sleep before load"
+        sleep_module(self.module, level, file_keys=self.file_keys)
+        self.asleep = level
+
+    def wake(self) -> None:
+        assert self.module is not None, "wake before load"
+        state = None
+        if self.asleep is SleepLevel.DISK:
+            state = load_safetensors(self.config.local_source() / self.options.weights, self.device)
+        wake_module(self.module, device=self.device, state=state, what=self.options.module)
+        self.asleep = None
 
     def unload(self) -> None:
         self.module = None

@@ -1,0 +1,60 @@
+"""A real ``ember serve`` of examples/mlp put to sleep over HTTP: it still answers, the same."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import MLP_CONFIG
+from tests.integration.test_mlp_server import infer_body, reference
+from tests.servers import ServerProcess, running_server
+
+
+@pytest.fixture(scope="module")
+def server(mlp_weights: None) -> Iterator[ServerProcess]:
+    with running_server(MLP_CONFIG) as server:  # its own: sleeping it must not touch the others
+        yield server
+
+
+def _logits(client: httpx.Client) -> np.ndarray:
+    r = client.post("/v2/models/mlp/infer", json=infer_body(rows=2))
+    assert r.status_code == 200, r.text
+    return np.array(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 10)
+
+
+@pytest.mark.parametrize("level", ["disk", "host"])
+def test_sleep_index_infer_and_load(server: ServerProcess, level: str) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        before = _logits(client)
+        x = np.array(infer_body(rows=2)["inputs"][0]["data"], dtype=np.float32)
+        np.testing.assert_allclose(before, reference(x), rtol=1e-4, atol=1e-5)
+        body = {"parameters": {"level": level}}
+        r = client.post("/v2/repository/models/mlp/unload", json=body)
+        assert r.status_code == 200 and r.json()["level"] == level
+        index = client.post("/v2/repository/index", json={}).json()
+        assert index == [
+            {"name": "mlp", "version": "1", "state": "SLEEPING", "reason": f"level {level}"}
+        ]
+        assert client.get("/v2/models/mlp/ready").status_code == 200
+        np.testing.assert_array_equal(_logits(client), before)  # woken on demand
+        assert client.post("/v2/repository/index").json()[0]["state"] == "READY"
+        assert client.post("/v2/repository/models/mlp/unload", json=body).status_code == 200
+        assert client.post("/v2/repository/models/mlp/load").status_code == 200
+        assert client.post("/v2/repository/index").json()[0]["state"] == "READY"
+        np.testing.assert_array_equal(_logits(client), before)
+        metrics = client.get("/metrics").text
+        assert f'ember_model_wake_seconds_count{{level="{level}",model="mlp"}} 2.0' in metrics
+        stats = client.get("/v2/models/mlp/stats").json()["model_stats"][0]
+        assert stats["sleep_stats"][level]["wake"]["count"] == 2
+
+
+def test_an_unknown_level_is_a_400_naming_the_choices(server: ServerProcess) -> None:
+    r = httpx.post(
+        server.url + "/v2/repository/models/mlp/unload", json={"parameters": {"level": "warm"}}
+    )
+    assert r.status_code == 400
+    assert "'host', 'disk'" in r.json()["error"]
+    assert httpx.post(server.url + "/v2/repository/index").json()[0]["state"] == "READY"
