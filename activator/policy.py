@@ -116,6 +116,25 @@ class Hybrid:
             return Decision(0.0, self.fallback_s, why + ": spread, fixed")
         return Decision(prewarm, keep, why)
 
+    def head_tail(self, history: History) -> tuple[float, float] | None:
+        """The histogram's prediction, when it is representative: the 5th percentile idle time
+        minus the margin and the 99th plus it (seconds, not rounded to bins); None when there
+        are too few idle times, most fall beyond the range, or they are spread (CV under 2)."""
+        its = list(history.idle_times)
+        inside = [t for t in its if t < self.range_s]
+        if len(its) < self.min_samples or len(inside) * 2 < len(its):
+            return None
+        bins = [0] * int(self.range_s // self.bin_s)
+        for t in inside:
+            bins[min(len(bins) - 1, int(t // self.bin_s))] += 1
+        mean = sum(bins) / len(bins)
+        if not mean or statistics.pstdev(bins) / mean < self.cv_threshold:
+            return None
+        return (
+            _percentile(inside, 5) * (1 - self.margin),
+            _percentile(inside, 99) * (1 + self.margin),
+        )
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)

@@ -10,7 +10,8 @@ to keep it (:mod:`activator.policy`). Counted: cold starts (an invocation with t
 loaded), loaded seconds (what a GPU is held for), of which busy (execution) and warm-idle, loads
 (each costing ``cold_start_s`` of loading), the latency cold starts add, and the cost of loaded
 plus loading time at ``price_per_hour``. ``p75_app_cold_start_rate`` is the 75th percentile over
-models of each model's cold-start rate, the paper's headline figure.
+models of each model's cold-start rate, the paper's headline figure. ``tiered`` sleeps at levels
+instead (:mod:`activator.tiered`) and is replayed by :mod:`activator.simulate_tiered`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from activator.errors import ConfigError
 from activator.policy import History, Policy
+from activator.simulate_tiered import simulate_tiered_one, tiered_totals
+from activator.tiered import Tiered
 
 HEADER = ["HashFunction", "HashOwner", "HashApp"]
 
@@ -157,18 +160,51 @@ def simulate_one(
 
 
 def simulate(
-    traces: list[Trace], policy: Policy, *, cold_start_s: float = 2.0, price_per_hour: float = 0.71
+    traces: list[Trace],
+    policy: Policy | Tiered,
+    *,
+    cold_start_s: float = 2.0,
+    price_per_hour: float = 0.71,
 ) -> dict[str, Any]:
     if cold_start_s < 0 or price_per_hour < 0:
         raise ConfigError("--cold-start and --price must not be negative")
+    if isinstance(policy, Tiered):
+        return _simulate_tiered(traces, policy, cold_start_s, price_per_hour)
     rows = [simulate_one(t, policy, cold_start_s, price_per_hour) for t in traces]
+    return _summary(policy.name, rows, cold_start_s, price_per_hour)
+
+
+def _simulate_tiered(
+    traces: list[Trace], policy: Tiered, cold_start_s: float, price_per_hour: float
+) -> dict[str, Any]:
+    policy = replace(policy, wake=replace(policy.wake, zero=cold_start_s))
+    rows = [
+        simulate_tiered_one(
+            t.arrivals,
+            policy,
+            name=t.name,
+            exec_s=t.exec_s,
+            horizon_s=t.horizon_s,
+            price_per_hour=price_per_hour,
+        )
+        for t in traces
+    ]
+    result = _summary(policy.name, rows, cold_start_s, price_per_hour)
+    result["total"].update(tiered_totals(rows, policy.wake))
+    result["settings"]["wake_s"] = asdict(policy.wake)
+    return result
+
+
+def _summary(
+    name: str, rows: list[dict[str, Any]], cold_start_s: float, price_per_hour: float
+) -> dict[str, Any]:
     called = [r for r in rows if r["requests"]]
     requests = sum(r["requests"] for r in rows)
     cold = sum(r["cold_starts"] for r in rows)
     rates = sorted(r["cold_start_rate"] for r in called)
     p75 = rates[min(len(rates) - 1, math.ceil(0.75 * len(rates)) - 1)] if rates else 0.0
     return {
-        "policy": policy.name,
+        "policy": name,
         "total": {
             "requests": requests,
             "cold_starts": cold,
@@ -186,12 +222,22 @@ def simulate(
 
 def to_markdown(result: dict[str, Any]) -> str:
     t = result["total"]
-    return (
+    table = (
         f"| policy | requests | cold starts | rate | p75 app rate | warm-idle GPU-s | cost |\n"
         f"|---|---:|---:|---:|---:|---:|---:|\n"
         f"| {result['policy']} | {t['requests']} | {t['cold_starts']} | "
         f"{t['cold_start_rate']:.2%} | {t['p75_app_cold_start_rate']:.2%} | "
         f"{t['warm_idle_gpu_seconds']:.0f} | ${t['cost_usd']:.2f} |\n"
+    )
+    if "wakes" not in t:
+        return table
+    w = t["wakes"]
+    return table + (
+        f"\n| wakes host/disk/zero | wake latency p50/p99 | device-s saved by sleep / by zero "
+        f"| host-memory-s |\n|---|---:|---:|---:|\n"
+        f"| {w['host']}/{w['disk']}/{w['zero']} | {t['wake_latency_p50_s']:g}s / "
+        f"{t['wake_latency_p99_s']:g}s | {t['device_s_saved_by_sleep']:.0f} / "
+        f"{t['device_s_saved_by_zero']:.0f} | {t['host_memory_seconds']:.0f} |\n"
     )
 
 

@@ -248,12 +248,20 @@ def _cost_report(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from activator.policy import parse_policy
+    from activator.policy import Policy, parse_policy
     from activator.simulate import load_trace, simulate, to_json, to_markdown
+    from activator.tiered import Tiered, parse_wakes
     from contracts.errors import ConfigError
 
     try:
-        policy = parse_policy(args.policy)  # a bad policy is told before the trace is read
+        # a bad policy is told before the trace is read
+        policy: Policy | Tiered
+        if args.policy == "tiered":
+            policy = Tiered(wake=parse_wakes(args.wake))
+        elif args.wake:
+            raise ConfigError("--wake applies to --policy tiered only")
+        else:
+            policy = parse_policy(args.policy)
         result = simulate(
             load_trace(Path(args.trace)),
             policy,
@@ -539,13 +547,29 @@ def build_parser() -> argparse.ArgumentParser:
             "model's rate), warm-idle GPU-seconds, loading seconds, added latency and cost, per "
             "model and in total. Policies: fixed:DURATION (fixed:10m, fixed:90s), knative (60 s "
             "stable window + 30 s grace), hybrid (idle-time histogram, Shahrad et al. ATC'20, "
-            "with Ember's guards), hybrid-paper (the paper's rule alone)."
+            "with Ember's guards), hybrid-paper (the paper's rule alone), tiered (sleep hot -> "
+            "host RAM -> disk -> zero at times chosen from the idle-time prediction and the "
+            "wake costs; adds wakes per level, wake latency p50/p99, device-seconds saved by "
+            "sleeping vs by zero, host-memory-seconds)."
         ),
     )
     sim.add_argument("--trace", required=True, help="a *_inv.csv directory or an events file")
-    sim.add_argument("--policy", required=True, help="fixed:10m | knative | hybrid | ...")
     sim.add_argument(
-        "--cold-start", type=float, default=2.0, help="seconds a load takes (default 2)"
+        "--policy", required=True, help="fixed:10m | knative | hybrid | hybrid-paper | tiered"
+    )
+    sim.add_argument(
+        "--cold-start",
+        type=float,
+        default=2.0,
+        help="seconds a load takes (default 2; tiered: the wake from zero)",
+    )
+    sim.add_argument(
+        "--wake",
+        action="append",
+        default=[],
+        metavar="LEVEL=SECONDS",
+        help="tiered: a level's wake time, host or disk (defaults host=0.05 disk=0.15, measured "
+        "for MiniLM on one machine: replace with your own measurements)",
     )
     sim.add_argument("--price", type=float, default=0.71, help="USD per GPU-hour (default L4)")
     sim.add_argument("--format", choices=["json", "md"], default="md")

@@ -47,6 +47,8 @@ EXAMPLES = {
     "cost-report": ["ember cost-report --events .ember/events.jsonl --format md"],
     "simulate": [
         "ember simulate --trace tests/data/traces/azure2019_sample100 --policy fixed:10m",
+        "ember simulate --trace tests/data/traces/azure2019_sample100 --policy tiered "
+        "--wake host=0.05 --wake disk=0.15 --cold-start 2.0",
     ],
     "status": ["ember status --config examples/ember.yaml"],
     "cache": [

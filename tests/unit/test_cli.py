@@ -90,3 +90,11 @@ def test_cache_pull_prints_the_path_alone_on_stdout(tmp_path: Path) -> None:
     assert (path / "model.safetensors").is_file()
     assert f"{store}: fetched in " in first.stderr
     assert f"{store}: already in the local tier" in again.stderr
+
+
+def test_simulate_help_names_tiered_and_its_wake_costs() -> None:
+    out = run("-m", "ember", "simulate", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    assert "tiered" in text and "--wake LEVEL=SECONDS" in text
+    assert "host=0.05 disk=0.15" in text and "ember simulate --trace" in text
