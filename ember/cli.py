@@ -68,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=args.access_log,
             cache_dir=cache_dir(args),
             cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
+            device_memory_budget_bytes=args.device_memory_budget,
             fetch_concurrency=args.fetch_concurrency,
             status_fd=args.status_fd,
             exit_on_load_failure=args.exit_on_load_failure,
@@ -88,6 +89,18 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _size(text: str) -> int:
+    from runtime.budget import parse_bytes
+
+    try:
+        size = parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 bytes")
+    return size
 
 
 def _status_fd_open(fd: int | None) -> bool:
@@ -393,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-budget-gb",
         type=float,
         help="size budget of the local tier; least recently used models are evicted past it",
+    )
+    serve.add_argument(
+        "--device-memory-budget",
+        type=_size,
+        metavar="BYTES",
+        help="device memory the awake models' weights may hold, in bytes or with a unit (2GiB, "
+        "512MiB, 1.5GB): models past it sleep (level host) and a request for one puts the least "
+        "recently used awake models to sleep, after their batches, to wake it. A model larger "
+        "than the whole budget is UNAVAILABLE (default: what the CUDA device has free at start; "
+        "on the CPU no budget)",
     )
     serve.add_argument(
         "--fetch-concurrency",

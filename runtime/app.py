@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from contracts.replica import ModelStatus
 from runtime import __version__
+from runtime.budget import DeviceBudget, detect_limit
 from runtime.config import ModelConfig, ServerSettings
 from runtime.dataplane import DataPlane
 from runtime.metrics import RuntimeMetrics
@@ -24,6 +25,8 @@ from runtime.rest import (
 from runtime.sources import WeightSources
 
 log = logging.getLogger("ember.runtime")
+
+_TORCH_HANDLERS = frozenset({"torch-module", "hf-encoder"})  # whose footprints are measured
 
 
 def create_app(
@@ -43,13 +46,21 @@ def create_app(
         concurrency=settings.fetch_concurrency,
         chunk_bytes=settings.fetch_chunk_bytes,
     )
-    repository = ModelRepository(configs, metrics, sources, on_status=on_status)
+    budget = DeviceBudget(settings.device_memory_budget_bytes, metrics=metrics)
+    repository = ModelRepository(configs, metrics, sources, on_status=on_status, budget=budget)
+
+    async def start() -> None:
+        if settings.device_memory_budget_bytes is None:
+            devices = [c.device for c in configs if c.handler in _TORCH_HANDLERS]
+            budget.set_limit(await asyncio.to_thread(detect_limit, devices))
+        await repository.load_all()
+
     dataplane = DataPlane(repository, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading runs beside the server: /v2/health/live answers from the first moment.
-        loading = asyncio.create_task(repository.load_all()) if settings.load_on_start else None
+        loading = asyncio.create_task(start()) if settings.load_on_start else None
         try:
             yield
         finally:

@@ -187,6 +187,9 @@ class ServerSettings(BaseModel):
     load_on_start: bool = True
     cache_dir: Path = Path("~/.cache/ember")
     cache_budget_bytes: int | None = Field(default=None, gt=0)
+    # the awake models' footprints stay within it (runtime.budget); None: what a CUDA device
+    # has free at start, or no budget on the CPU
+    device_memory_budget_bytes: int | None = Field(default=None, gt=0)
     fetch_concurrency: int = Field(default=8, ge=1, le=256)
     fetch_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     status_fd: int | None = Field(default=None, ge=0)  # where contracts.replica events go

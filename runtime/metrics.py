@@ -66,6 +66,16 @@ class RuntimeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.device_hot_bytes = Gauge(
+            "ember_device_memory_hot_bytes",
+            "Bytes of device memory the awake models' weights hold (their measured footprints)",
+            registry=self.registry,
+        )
+        self.device_budget_bytes = Gauge(
+            "ember_device_memory_budget_bytes",
+            "The device memory budget the awake models must fit in; 0: no budget",
+            registry=self.registry,
+        )
         self.model_ready = Gauge(
             "ember_model_ready",
             "1 when the model can answer",

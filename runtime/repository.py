@@ -10,11 +10,17 @@ A READY model can also be put to sleep at a level (:mod:`runtime.sleep`): SLEEPI
 handler and scheduler and still counts as serving; :meth:`ModelRepository.awake_entry` (what a
 request goes through) and :meth:`ModelRepository.load` wake it. A failed wake leaves it
 UNAVAILABLE, as a failed load does.
+
+Under a device memory budget (:mod:`runtime.budget`) the repository keeps the awake models'
+footprints within it: a model that must wake or load first puts the least recently used awake
+models to sleep (after their batches), and at start the models past the budget sleep right after
+their first load. Every such decision, and every load, wake and sleep, holds the budget's lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import gc
 import logging
@@ -26,6 +32,7 @@ from functools import partial
 from contracts.replica import FailureKind, ModelStatus
 from contracts.stats import ModelStats
 from runtime.batching import Scheduler
+from runtime.budget import DeviceBudget
 from runtime.config import ModelConfig
 from runtime.errors import (
     ConfigError,
@@ -34,7 +41,13 @@ from runtime.errors import (
     ModelNotReady,
     RuntimeServerError,
 )
-from runtime.handlers.base import HandlerLoadError, ModelHandler, Sleeps, create_handler
+from runtime.handlers.base import (
+    HandlerLoadError,
+    Measures,
+    ModelHandler,
+    Sleeps,
+    create_handler,
+)
 from runtime.metrics import RuntimeMetrics
 from runtime.sleep import SleepLevel
 from runtime.sources import WeightSources
@@ -80,8 +93,10 @@ class ModelRepository:
         sources: WeightSources,
         *,
         on_status: Callable[[ModelStatus], None] | None = None,
+        budget: DeviceBudget | None = None,
     ) -> None:
         self._metrics = metrics
+        self.budget = budget if budget is not None else DeviceBudget(None, metrics=metrics)
         self._sources = sources
         self._on_status = on_status
         self._entries = {
@@ -129,6 +144,7 @@ class ModelRepository:
         """The model, READY: woken first if it sleeps. No await lies between the last check and
         the return, so a caller that submits at once is in the queue a sleep drains."""
         entry = self.ready_entry(name, version)
+        self.budget.touch(name)
         while entry.state is not ModelState.READY:
             if entry.state is not ModelState.SLEEPING:
                 self.ready_entry(name, version)  # raises, saying why
@@ -138,14 +154,19 @@ class ModelRepository:
     def all_ready(self) -> bool:
         return all(e.state in SERVING for e in self._entries.values() if e.wanted)
 
-    async def load(self, name: str) -> ModelEntry:
-        """Load (or reload) a model; concurrent calls for one model share a single load."""
+    async def load(self, name: str, *, make_room: bool = True) -> ModelEntry:
+        """Load (or reload, or wake) a model; concurrent calls for one model share a single load.
+
+        Under a budget, the least recently used awake models sleep to make room for it; with
+        ``make_room`` False (at start) it is the one put to sleep if it does not fit.
+        """
         entry = self.entry(name)
         entry.wanted = True
-        async with entry.lock:
+        async with self.budget.deciding(), entry.lock:
             if entry.state is ModelState.READY:
                 return entry
             if entry.state is ModelState.SLEEPING:
+                await self._make_room(entry)
                 await self._wake(entry)
                 return entry
             self._set(entry, ModelState.LOADING, "loading")
@@ -154,6 +175,8 @@ class ModelRepository:
             scheduler: Scheduler | None = None
             release_source: Callable[[], None] | None = None
             try:
+                if self.budget.footprint(name) is not None:  # known from an earlier load
+                    await self._make_room(entry)
                 local = await self._sources.localize(entry.config)
                 release_source = local.release
                 phases = dict(local.phases)
@@ -164,6 +187,8 @@ class ModelRepository:
                 # the handler becomes the only holder of the streamed tensors
                 await asyncio.to_thread(partial(handler.load, tensors=local.take_tensors()))
                 phases["load"] = time.perf_counter() - mark
+                footprint = handler.device_bytes() if isinstance(handler, Measures) else 0
+                self.budget.measured(name, footprint)
                 scheduler = Scheduler(
                     config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics
                 )
@@ -202,7 +227,45 @@ class ModelRepository:
             self._metrics.model_ready.labels(name).set(1)
             detail = ", ".join(f"{k} {v:.2f}s" for k, v in phases.items())
             log.info("model %s ready in %.2fs (%s)", name, entry.load_seconds, detail)
+            self.budget.mark(name, hot=True)
+            if not self.budget.fits(name):
+                await self._fit_loaded(entry, make_room=make_room)
             return entry
+
+    async def _fit_loaded(self, entry: ModelEntry, *, make_room: bool) -> None:
+        """A model just loaded past the budget: make room for it, or put it to sleep."""
+        if make_room:
+            with contextlib.suppress(ModelNotReady):
+                await self._make_room(entry)
+                return
+        log.info(
+            "model %s sleeps (level %s): past the device memory budget",
+            entry.config.name,
+            self.budget.level,
+        )
+        try:
+            await self._sleep(entry, self.budget.level)
+        except InvalidInput:  # a handler that cannot sleep stays awake, over the budget
+            log.warning("model %s cannot sleep: over the device memory budget", entry.config.name)
+
+    async def _make_room(self, entry: ModelEntry) -> None:
+        """Put the least recently used awake models to sleep until ``entry`` fits (the caller
+        holds the budget's lock); ModelNotReady when those that would have to cannot sleep."""
+        name = entry.config.name
+        can_sleep = {
+            e.config.name
+            for e in self._entries.values()
+            if e is not entry and e.state is ModelState.READY and isinstance(e.handler, Sleeps)
+        }
+        for victim in self.budget.victims(name, can_sleep=can_sleep):
+            other = self._entries[victim]
+            async with other.lock:
+                if other.state is not ModelState.READY:
+                    continue
+                log.info("model %s sleeps to make room for %s", victim, name)
+                # a failed sleep leaves it UNAVAILABLE, which frees its memory as well
+                with contextlib.suppress(ModelNotReady):
+                    await self._sleep(other, self.budget.level)
 
     async def sleep(self, name: str, level: SleepLevel, *, drain_timeout_s: float = 30.0) -> None:
         """Put a serving model to sleep at ``level`` once its queued and running batches are done.
@@ -210,37 +273,46 @@ class ModelRepository:
         Requests that come meanwhile wait for the sleep to end, then wake it.
         """
         entry = self.entry(name)
-        async with entry.lock:
+        async with self.budget.deciding(), entry.lock:
             if entry.state is ModelState.SLEEPING and entry.asleep is not level:
+                await self._make_room(entry)
                 await self._wake(entry)  # from one level to another through awake
-            if entry.state is ModelState.SLEEPING:
-                return
-            if entry.state is not ModelState.READY:
-                raise ModelNotReady(
-                    f"model '{name}' cannot sleep: {entry.state.lower()} ({entry.reason})"
-                )
-            handler, scheduler = entry.handler, entry.scheduler
-            if not isinstance(handler, Sleeps):
-                raise InvalidInput(
-                    f"model '{name}' ({entry.config.handler} handler) cannot sleep; unload it "
-                    "without a level instead"
-                )
-            started = time.perf_counter_ns()
-            self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
-            entry.asleep = level
-            if scheduler is not None:
-                await scheduler.drain(drain_timeout_s)
-            try:
-                await asyncio.to_thread(handler.sleep, level)
-            except Exception as exc:
-                # half put away: nothing it holds can be trusted to serve
-                await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
-                raise ModelNotReady(f"model '{name}' failed to sleep: {exc}") from exc
-            elapsed = time.perf_counter_ns() - started
-            entry.stats.record_sleep(level.value, elapsed)
-            self._metrics.sleep_duration.labels(name, level.value).observe(elapsed / 1e9)
-            self._set(entry, ModelState.SLEEPING, f"level {level}")
-            log.info("model %s asleep (level %s) in %.3fs", name, level, elapsed / 1e9)
+            await self._sleep(entry, level, drain_timeout_s=drain_timeout_s)
+
+    async def _sleep(
+        self, entry: ModelEntry, level: SleepLevel, *, drain_timeout_s: float = 30.0
+    ) -> None:
+        """:meth:`sleep`, the caller holding the model's lock."""
+        name = entry.config.name
+        if entry.state is ModelState.SLEEPING:
+            return
+        if entry.state is not ModelState.READY:
+            raise ModelNotReady(
+                f"model '{name}' cannot sleep: {entry.state.lower()} ({entry.reason})"
+            )
+        handler, scheduler = entry.handler, entry.scheduler
+        if not isinstance(handler, Sleeps):
+            raise InvalidInput(
+                f"model '{name}' ({entry.config.handler} handler) cannot sleep; unload it "
+                "without a level instead"
+            )
+        started = time.perf_counter_ns()
+        self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
+        entry.asleep = level
+        if scheduler is not None:
+            await scheduler.drain(drain_timeout_s)
+        try:
+            await asyncio.to_thread(handler.sleep, level)
+        except Exception as exc:
+            # half put away: nothing it holds can be trusted to serve
+            await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
+            raise ModelNotReady(f"model '{name}' failed to sleep: {exc}") from exc
+        self.budget.mark(name, hot=False)
+        elapsed = time.perf_counter_ns() - started
+        entry.stats.record_sleep(level.value, elapsed)
+        self._metrics.sleep_duration.labels(name, level.value).observe(elapsed / 1e9)
+        self._set(entry, ModelState.SLEEPING, f"level {level}")
+        log.info("model %s asleep (level %s) in %.3fs", name, level, elapsed / 1e9)
 
     async def _wake(self, entry: ModelEntry) -> None:
         """Wake a SLEEPING model (the caller holds its lock); UNAVAILABLE if it cannot."""
@@ -258,6 +330,7 @@ class ModelRepository:
             raise ModelNotReady(f"model '{name}' failed to wake: {reason}") from exc
         elapsed = time.perf_counter_ns() - started
         entry.asleep = None
+        self.budget.mark(name, hot=True)
         entry.stats.record_wake(level.value, elapsed)
         self._metrics.wake_duration.labels(name, level.value).observe(elapsed / 1e9)
         self._set(entry, ModelState.READY, "")
@@ -270,6 +343,7 @@ class ModelRepository:
         if entry.release_source is not None:
             entry.release_source()
             entry.release_source = None
+        self.budget.mark(entry.config.name, hot=False)
         self._metrics.model_ready.labels(entry.config.name).set(0)
         self._set(entry, ModelState.UNAVAILABLE, reason, failure_kind(exc))
 
@@ -277,7 +351,7 @@ class ModelRepository:
         """Stop admitting requests, let the queued ones finish, then release the model."""
         entry = self.entry(name)
         entry.wanted = False
-        async with entry.lock:
+        async with self.budget.deciding(), entry.lock:
             if entry.state not in SERVING:
                 return
             entry.asleep = None
@@ -287,6 +361,7 @@ class ModelRepository:
                 await entry.scheduler.drain(drain_timeout_s)
             await self._discard(entry.handler, entry.scheduler)
             entry.handler = entry.scheduler = None
+            self.budget.mark(name, hot=False)
             if entry.release_source is not None:
                 entry.release_source()  # the tier may evict the files now
                 entry.release_source = None
@@ -303,9 +378,19 @@ class ModelRepository:
                 log.exception("unloading a handler failed")
 
     async def load_all(self) -> None:
-        results = await asyncio.gather(
-            *(self.load(n) for n, e in self._entries.items() if e.wanted), return_exceptions=True
-        )
+        """Load every wanted model: side by side, or, under a budget, one at a time in config
+        order, each that does not fit beside the ones before put to sleep once loaded."""
+        wanted = [n for n, e in self._entries.items() if e.wanted]
+        results: list[object]
+        if self.budget.limit is None:
+            results = await asyncio.gather(*(self.load(n) for n in wanted), return_exceptions=True)
+        else:
+            results = []
+            for n in wanted:
+                try:
+                    results.append(await self.load(n, make_room=False))
+                except Exception as exc:
+                    results.append(exc)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result

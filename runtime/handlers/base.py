@@ -123,6 +123,14 @@ class Sleeps(Protocol):
     def wake(self) -> None: ...
 
 
+@runtime_checkable
+class Measures(Protocol):
+    """Optional for a handler: the bytes its weights (parameters and buffers) hold on its device,
+    once loaded. What :mod:`runtime.budget` counts; a handler without it counts as 0."""
+
+    def device_bytes(self) -> int: ...
+
+
 def create_handler(config: ModelConfig) -> ModelHandler:
     module_name, _, class_name = _REGISTRY[config.handler].partition(":")
     try:

@@ -36,7 +36,7 @@ from runtime.handlers.base import (
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import HFEncoderOptions
-from runtime.handlers.torch_sleep import sleep_module, wake_module
+from runtime.handlers.torch_sleep import device_bytes, sleep_module, wake_module
 from runtime.handlers.torch_util import load_safetensors, streamed_file
 from runtime.sleep import SleepLevel
 from runtime.tensors import Tensor
@@ -160,6 +160,10 @@ class HFEncoderHandler:
         assert self.model is not None, "sleep before load"
         sleep_module(self.model, level, file_keys=self.file_keys)
         self.asleep = level
+
+    def device_bytes(self) -> int:
+        assert self.model is not None, "measured before load"
+        return device_bytes(self.model, device=self.device)
 
     def wake(self) -> None:
         assert self.model is not None, "wake before load"

@@ -27,7 +27,7 @@ from runtime.errors import ConfigError
 from runtime.handlers.base import StreamedTensors, import_object, parse_options, pick_device
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import TorchModuleOptions
-from runtime.handlers.torch_sleep import sleep_module, wake_module
+from runtime.handlers.torch_sleep import device_bytes, sleep_module, wake_module
 from runtime.handlers.torch_util import from_torch, load_safetensors, streamed_file, to_torch
 from runtime.sleep import SleepLevel
 from runtime.tensors import NUMPY_DTYPES, Tensor
@@ -95,6 +95,10 @@ class TorchModuleHandler:
         assert self.module is not None, "sleep before load"
         sleep_module(self.module, level, file_keys=self.file_keys)
         self.asleep = level
+
+    def device_bytes(self) -> int:
+        assert self.module is not None, "measured before load"
+        return device_bytes(self.module, device=self.device)
 
     def wake(self) -> None:
         assert self.module is not None, "wake before load"

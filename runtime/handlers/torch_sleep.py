@@ -55,6 +55,20 @@ def _to_host(name: str, t: torch.Tensor) -> torch.Tensor | None:
     return host
 
 
+def device_bytes(module: nn.Module, *, device: str) -> int:
+    """Bytes the module's distinct parameters and buffers hold on ``device`` (ties count once)."""
+    kind = torch.device(device).type
+    seen: set[int] = set()
+    total = 0
+    for _, table in _tables(module):
+        for t in table.values():
+            if t is None or id(t) in seen or t.is_meta or t.device.type != kind:
+                continue
+            seen.add(id(t))
+            total += t.nbytes
+    return total
+
+
 def sleep_module(module: nn.Module, level: SleepLevel, *, file_keys: Collection[str]) -> None:
     """Put ``module``'s weights away at ``level``; ``file_keys`` name the tensors its file has."""
     if level is SleepLevel.DISK:
