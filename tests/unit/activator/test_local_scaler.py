@@ -178,14 +178,22 @@ async def test_a_malformed_line_after_ready_is_logged_and_ignored(
     assert any("ignored a bad status line" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_standby_says_so_on_its_pipe_and_keeps_it_as_a_replica(tmp_path: Path) -> None:
+async def with_a_standby() -> LocalScaler:
+    """A scaler whose warm pool holds one ready standby (a fake replica)."""
     scaler = LocalScaler(command=FAKE, listen_timeout_s=10, warm_pool=1)
+    scaler.fill_pool()
+    deadline = time.monotonic() + 10
+    while scaler.pool_status()[0] < 1:
+        if time.monotonic() > deadline:
+            await scaler.aclose()
+            raise AssertionError("no standby")
+        await asyncio.sleep(0.02)
+    return scaler
+
+
+async def test_a_standby_says_so_on_its_pipe_and_keeps_it_as_a_replica(tmp_path: Path) -> None:
+    scaler = await with_a_standby()
     try:
-        scaler.fill_pool()
-        deadline = time.monotonic() + 10
-        while scaler.pool_status()[0] < 1:
-            assert time.monotonic() < deadline, "no standby"
-            await asyncio.sleep(0.02)
         handle = await scaler.start(spec(tmp_path, [LISTENING, READY]))
         assert handle.warm and handle.url == URL
         await scaler.wait_ready(handle, 10)
@@ -212,13 +220,8 @@ def wait_until_dead(pid: int) -> None:
 async def test_a_standby_that_died_unreaped_is_passed_over_for_a_fresh_process(
     tmp_path: Path,
 ) -> None:
-    scaler = LocalScaler(command=FAKE, listen_timeout_s=10, warm_pool=1)
+    scaler = await with_a_standby()
     try:
-        scaler.fill_pool()
-        deadline = time.monotonic() + 10
-        while scaler.pool_status()[0] < 1:
-            assert time.monotonic() < deadline, "no standby"
-            await asyncio.sleep(0.02)
         (standby,) = scaler._standby
         os.kill(standby.proc.pid, signal.SIGKILL)
         wait_until_dead(standby.proc.pid)  # blocking: the event loop must not see the exit
