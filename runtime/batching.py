@@ -242,16 +242,18 @@ class Scheduler:
         )
         self._batch_metric.observe(items)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait until the queue is empty and no batch is running (or the timeout passes)."""
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until the queue is empty and no batch is running; False if the timeout passed
+        first (work is still queued or running)."""
         deadline = time.monotonic() + timeout_s
         while self._queue or self._running:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
 
     async def close(self) -> None:
         if self._loop_task is not None:

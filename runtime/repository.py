@@ -148,8 +148,22 @@ class ModelRepository:
         while entry.state is not ModelState.READY:
             if entry.state is not ModelState.SLEEPING:
                 self.ready_entry(name, version)  # raises, saying why
-            await self.load(name)
+            await self._wake_for_request(entry)
         return entry
+
+    async def _wake_for_request(self, entry: ModelEntry) -> None:
+        """Wake a SLEEPING model for a request: never a full load (an operator's unload stands,
+        and a failed wake is not retried by every queued request); ModelNotReady if it is
+        neither asleep nor ready by the time the locks are held."""
+        async with self.budget.deciding(), entry.lock:
+            if entry.state is ModelState.SLEEPING:
+                await self._make_room(entry)
+                await self._wake(entry)
+            if entry.state not in SERVING:
+                name = entry.config.name
+                raise ModelNotReady(
+                    f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})"
+                )
 
     def all_ready(self) -> bool:
         return all(e.state in SERVING for e in self._entries.values() if e.wanted)
@@ -299,8 +313,15 @@ class ModelRepository:
         started = time.perf_counter_ns()
         self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
         entry.asleep = level
-        if scheduler is not None:
-            await scheduler.drain(drain_timeout_s)
+        if scheduler is not None and not await scheduler.drain(drain_timeout_s):
+            # its batches are still running or queued: putting its weights away now would fail
+            # them, so it stays awake
+            entry.asleep = None
+            self._set(entry, ModelState.READY, "")
+            raise ModelNotReady(
+                f"model '{name}' is busy: its batches did not finish within "
+                f"{drain_timeout_s:g}s, so it was not put to sleep"
+            )
         try:
             await asyncio.to_thread(handler.sleep, level)
         except Exception as exc:

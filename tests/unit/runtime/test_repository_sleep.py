@@ -163,6 +163,43 @@ async def test_sleeping_waits_for_the_running_batch(plane: DataPlane) -> None:
     await repo.close()
 
 
+async def test_a_sleep_whose_batches_do_not_finish_leaves_the_model_awake(
+    plane: DataPlane,
+) -> None:
+    repo = plane.repository
+    await repo.load_all()
+    handler = Sleeper.made["m"]
+    handler.gate = threading.Event()
+    request = asyncio.create_task(_infer(plane))
+    assert await asyncio.to_thread(handler.predicting.wait, 10)  # the batch is running
+    with pytest.raises(ModelNotReady, match=r"busy: its batches did not finish within 0\.05s"):
+        await repo.sleep("m", SleepLevel.DISK, drain_timeout_s=0.05)
+    assert repo.entry("m").state is ModelState.READY and handler.asleep is None
+    handler.gate.set()
+    assert await request == [2.5, 3.5]  # its weights were never taken from under it
+    assert handler.calls == ["predict"]
+    await repo.close()
+
+
+async def test_a_request_never_reloads_a_model_the_operator_unloaded(plane: DataPlane) -> None:
+    repo = plane.repository
+    await repo.load_all()
+    await repo.sleep("m", SleepLevel.DISK)
+    entry = repo.entry("m")
+    async with entry.lock:  # the unload, then the request, wait for the model's lock in turn
+        unloading = asyncio.create_task(repo.unload("m"))
+        request = asyncio.create_task(_infer(plane))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not unloading.done() and not request.done()
+    await unloading
+    with pytest.raises(ModelNotReady, match="unavailable"):
+        await request
+    assert entry.state is ModelState.UNAVAILABLE and not entry.wanted
+    assert Sleeper.made["m"].calls == ["sleep disk"]  # not woken, not loaded again
+    await repo.close()
+
+
 async def test_a_failed_wake_is_unavailable_with_the_reason_and_others_serve(
     plane: DataPlane,
 ) -> None:
