@@ -265,7 +265,9 @@ class Activator:
         return json_response(200, self.index(ready=ready))
 
     def index(self, *, ready: bool = False) -> list[dict[str, Any]]:
-        """Every model, or (``ready``) those a replica answers now, as the predictor lists them."""
+        """Every model, or (``ready``) those whose ``ready`` answers 200: a model at zero is
+        (a request wakes it) unless its last start failed, as the predictor counts a sleeping
+        model ready."""
         return [
             {
                 "name": name,
@@ -274,7 +276,7 @@ class Activator:
                 "activator_state": pool.state,
             }
             for name, pool in self.pools.items()
-            if not ready or pool.state == "ready"
+            if not ready or not (pool.start_failed and pool.state != "ready")
         ]
 
     async def _repository_load(self, match: Match, body: bytes) -> Response:

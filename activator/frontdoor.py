@@ -128,6 +128,7 @@ class FrontConnection(asyncio.Protocol):
         self._began = 0.0
         self._last_body = 0.0
         self._in_body = False
+        self._continue = False  # the request being parsed expects 100 Continue
 
     # ------------------------------------------------------------------ parsing
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,6 +156,7 @@ class FrontConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self._in_body = False
+        self._continue = False
         self._began = time.monotonic()
         self._url = b""
         self._headers = []
@@ -175,27 +177,25 @@ class FrontConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"expect":
-            self._expect(value)
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._continue = True  # answered once the head is whole and the body has room
         self._headers.append((name, value))
         self._count_head(len(name) + len(value) + 4)
         if len(self._headers) > MAX_HEADERS:
             raise HeadersTooLarge(f"more than {MAX_HEADERS} header fields")
 
-    def _expect(self, value: bytes) -> None:
-        # a client that waits for 100 Continue before its body (curl past 1 MiB) gets it at
-        # once, unless answers to earlier requests are still due (it will send after its wait)
-        due = self.busy or self.pending
-        if value.lower() == b"100-continue" and not due and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
     def on_headers_complete(self) -> None:
-        """A body declared too big, or one there is no room for, is refused before it is read."""
+        """A body declared too big, or one there is no room for, is refused before it is read;
+        then a client that waits for 100 Continue (curl past 1 MiB) gets it, unless answers to
+        earlier requests are still due (it sends its body after its own wait)."""
         self._in_body = True
         self._last_body = time.monotonic()
         for name, value in self._headers:
             if name == b"content-length":
                 self._room_for(int(value))  # the parser checked it is a number
+        due = self.busy or self.pending
+        if self._continue and not due and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _room_for(self, size: int) -> None:
         limit = self.settings.max_request_bytes
@@ -258,7 +258,8 @@ class FrontConnection(asyncio.Protocol):
         if reading != self._reading and self.transport is not None and not self.closing:
             self._reading = reading
             if reading:
-                self._last_body = time.monotonic()  # the pause was ours, not the client's
+                # the pause was ours, not the client's: its head and body timers start again
+                self._last_body = self._began = time.monotonic()
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
@@ -306,10 +307,10 @@ class FrontConnection(asyncio.Protocol):
         except ActivatorError as refused:
             self._fail(refused, refused.status_code)
             return
-        self._hold(length)  # taken as it comes, let go with the request like any other body
         self.parser = httptools.HttpRequestParser(self)
         self._upgrading, self._body_left = request, length
-        self._body = []
+        self._body, self._size = [], 0  # held as it arrives, like any other body
+        self._last_body = time.monotonic()
         offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
         rest = self._take_body(data[offset:])
         if rest:
@@ -320,12 +321,22 @@ class FrontConnection(asyncio.Protocol):
         request = self._upgrading
         assert request is not None
         taken = data[: self._body_left]
+        try:
+            self._room_for(len(taken))
+        except ActivatorError as refused:
+            self._upgrading = None
+            self._fail(refused, refused.status_code)
+            return b""
+        self._size += len(taken)
+        self._hold(len(taken))
+        self._last_body = time.monotonic()
         self._body.append(taken)
         self._body_left -= len(taken)
         if self._body_left:
             return b""
         self._upgrading = None
         request.body = b"".join(self._body)
+        self._body, self._size = [], 0  # the request's now (held still)
         self._queue_request(request)
         return data[len(taken) :]
 
@@ -389,10 +400,22 @@ class FrontConnection(asyncio.Protocol):
 
     def check_reads(self, now: float) -> None:
         """Close a connection whose client stopped sending: 408 if part of a request came."""
-        if self.closing or self._failed is not None or not self._reading:
-            return  # not reading is our doing: the client cannot be blamed
+        if self.closing or self._failed is not None:
+            return
         settings = self.settings
-        if self.in_message:
+        if self._write_paused:
+            # it takes nothing of what it is sent: with nothing more in hand, it is let go (its
+            # unsent answer with it) once idle for idle_timeout_s
+            if (
+                not self.busy
+                and not self.pending
+                and now - self._idle_since > settings.idle_timeout_s
+            ):
+                self.abort()
+            return
+        if not self._reading:
+            return  # not reading is our doing: the client cannot be blamed
+        if self.in_message or self._upgrading is not None:
             if not self._in_body and now - self._began > settings.header_timeout_s:
                 late = f"the request's head did not arrive within {settings.header_timeout_s:g}s"
             elif self._in_body and now - self._last_body > settings.body_timeout_s:
@@ -568,10 +591,10 @@ class FrontConnection(asyncio.Protocol):
         if conn is not None:
             conn.abandon()
         timeout = self.door.request_timeout_s
-        if self._relayed:
+        if self._relayed:  # the answer is cut: what the client was not taking is dropped too
             self._flush()
             x.finish(504)
-            self.close()
+            self.abort()
             return
         self._discard()
         error = DeadlineExceeded(
@@ -629,6 +652,12 @@ class FrontConnection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close without waiting for what the client has not taken of its answers."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class FrontDoor:

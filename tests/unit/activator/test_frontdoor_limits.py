@@ -197,3 +197,48 @@ async def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None
             kept.writer.write(request("GET", "/v2/health/live"))
             answer = await kept.read_to_eof()  # answered, then closed once idle
             assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+
+
+async def test_a_body_refused_on_its_length_gets_no_100_continue(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()], settings={"max_request_bytes": 1000}) as h:
+        async with Raw.open(h) as raw:
+            raw.writer.write(
+                b"POST /v2/models/m/infer HTTP/1.1\r\nexpect: 100-continue\r\n"
+                b"content-length: 5000\r\n\r\n"
+            )
+            answer = await raw.read_to_eof()
+        assert not answer.startswith(b"HTTP/1.1 100")  # the client must not start sending
+        assert status_and_error(answer)[0] == 413
+
+
+async def test_an_upgrade_requests_body_is_held_as_it_arrives_and_timed(tmp_path: Path) -> None:
+    async with read_timeouts(tmp_path) as h, Raw.open(h) as raw:
+        raw.writer.write(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nupgrade: h2c\r\nconnection: upgrade\r\n"
+            b"content-length: 900000\r\n\r\n{}"
+        )
+        await until(lambda: h.door.buffered == 2, "the two bytes sent to be held, no more")
+        answer = await raw.read_to_eof()  # and the rest never comes
+        assert h.door.buffered == 0
+    status, error = status_and_error(answer)
+    assert status == 408 and "paused for over 0.3s" in error
+
+
+async def test_a_client_that_never_reads_is_cut_off_when_its_request_times_out(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, [Replica("big")], min_replicas=1, request_timeout_s=0.5) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("GET", "/v2/models/m"))
+            await raw.reader.readexactly(1)  # the answer started; the client reads no more
+            await until(lambda: not h.door.connections, "the connection to be dropped", 10)
+        assert [e["status"] for e in h.events()] == [504]
+
+
+async def test_the_ready_index_lists_a_model_at_zero_as_its_ready_says(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()]) as h:
+        ready = await h.client.get("/v2/models/m/ready")
+        index = await h.client.post("/v2/repository/index", json={"ready": True})
+        assert ready.status_code == 200 and [m["name"] for m in index.json()] == ["m"]
+        assert h.activator.pools["m"].state == "zero"  # neither woke it
