@@ -66,6 +66,13 @@ class OIPHttpProtocol(HttpToolsProtocol):
 
     # ------------------------------------------------------------------ errors in the OIP shape
     def send_400_response(self, msg: str) -> None:
+        cycle = self.cycle
+        if self._phase != "body" and cycle is not None and not cycle.response_complete:
+            # the bad bytes follow a whole request whose answer is still due (pipelined): that
+            # answer goes out first and whole, then the connection closes; a 400 written now
+            # would be read as its answer
+            cycle.keep_alive = False
+            return
         error = sys.exc_info()[1]  # uvicorn calls this inside `except HttpParserError`
         self._answer_and_close(400, f"invalid HTTP request: {error}" if error else msg)
 

@@ -61,6 +61,14 @@ def test_a_request_the_parser_rejects_gets_a_json_400(
         assert_closed(sock)
 
 
+def test_bad_bytes_behind_a_pipelined_request_never_take_its_answer(tmp_path: Path) -> None:
+    with serving(tmp_path) as port, connect(port) as sock:
+        sock.sendall(LIVE + b"NOT HTTP AT ALL\r\n\r\n")  # one read: parsed before it is answered
+        status, _, body = read_response(sock)
+        assert (status, body) == (200, {"live": True})  # its own answer, whole
+        assert_closed(sock)  # then the connection ends: what followed was no request
+
+
 # ------------------------------------------------------------------------ upgrades
 
 
