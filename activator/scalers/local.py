@@ -267,24 +267,54 @@ class LocalScaler:
         args += list(self.extra_args)
         started = time.perf_counter()
         state = self._take_standby()
-        warm = state is not None
-        if state is not None:  # it keeps its status pipe: no --status-fd among the arguments
-            assert state.proc.stdin is not None
-            state.status.model = spec.name
-            # its end of the pipe closed (the write failed: the transport is closing at once)
-            # means it died, even before the event loop has reaped it
-            try:
-                state.proc.stdin.write((json.dumps(args) + "\n").encode())
-                gone = state.proc.stdin.is_closing()
-                await state.proc.stdin.drain()
-            except ConnectionError:
-                gone = True
-            state.proc.stdin.close()
-            if gone or state.proc.returncode is not None:  # it died just now: start afresh
-                await self._reap(state)
-                state, warm = None, False
-        if state is None:
-            state = await self._spawn(args, standby=False, label=spec.name)
+        if state is not None:
+            handle = await self._start_warm(state, spec, args, started)
+            if handle is not None:
+                return handle
+        state = await self._spawn(args, standby=False, label=spec.name)
+        return await self._started(state, spec, started, warm=False)
+
+    async def _start_warm(
+        self, state: _Process, spec: ModelSpec, args: list[str], started: float
+    ) -> ReplicaHandle | None:
+        """Hand the model to a standby (it keeps its status pipe: no --status-fd among the
+        arguments); None when the standby turns out to be dead, killed as it was taken (its pipe
+        refuses the arguments, or it dies before listening): the caller starts a fresh process.
+        """
+        assert state.proc.stdin is not None
+        state.status.model = spec.name
+        # its end of the pipe closed (the write failed: the transport is closing at once) means
+        # it died, even before the event loop has reaped it
+        try:
+            state.proc.stdin.write((json.dumps(args) + "\n").encode())
+            gone = state.proc.stdin.is_closing()
+            await state.proc.stdin.drain()
+        except ConnectionError:
+            gone = True
+        state.proc.stdin.close()
+        if gone or state.proc.returncode is not None:
+            await self._reap(state)
+            return None
+        try:
+            return await self._started(state, spec, started, warm=True)
+        except ReplicaStartFailed as exc:
+            code = state.proc.returncode
+            if code is None or code >= 0:  # it ran and failed: a fresh process would too
+                raise
+            # a signal before it listened: a kill that landed as it was taken (the pipe still
+            # took the arguments), not a failure of the model, which it had not begun to load
+            log.warning(
+                "warm pool: standby %d died as it took model %s (%s); starting a fresh process",
+                state.proc.pid,
+                spec.name,
+                exc,
+            )
+            return None
+
+    async def _started(
+        self, state: _Process, spec: ModelSpec, started: float, *, warm: bool
+    ) -> ReplicaHandle:
+        """The replica once it listens (killed if it does not)."""
         pid = state.proc.pid
         self._procs[pid] = state
         try:

@@ -483,7 +483,8 @@ def test_the_warm_pool_starts_a_replica_without_a_new_interpreter(tmp_path: Path
         # a standby that dies while waiting is replaced, and a start never waits for one
         (second,) = replicas(server)
         os.kill(second, signal.SIGKILL)
-        assert post(server, "mlp").status_code == 200
+        r = post(server, "mlp")
+        assert r.status_code == 200, r.text
         wait_until(lambda: pool_ready() and second not in replicas(server), 60, "a replacement")
 
 

@@ -233,6 +233,21 @@ async def test_a_standby_that_died_unreaped_is_passed_over_for_a_fresh_process(
         await scaler.aclose()
 
 
+async def test_a_standby_killed_as_it_takes_its_model_is_replaced_by_a_fresh_process(
+    tmp_path: Path,
+) -> None:
+    scaler = await with_a_standby()
+    try:
+        (standby,) = scaler._standby
+        steps = [{"standby_dies": int(signal.SIGKILL)}, LISTENING, READY]
+        handle = await scaler.start(spec(tmp_path, steps))  # the arguments reach it; it dies
+        assert not handle.warm and handle.pid != standby.proc.pid
+        await scaler.wait_ready(handle, 10)
+        assert standby.proc.returncode == -signal.SIGKILL
+    finally:
+        await scaler.aclose()
+
+
 async def test_a_real_replica_without_weights_fails_in_seconds(tmp_path: Path) -> None:
     config = slow_model(tmp_path)
     weights = tmp_path / "weights" / "model.safetensors"
