@@ -60,7 +60,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading runs beside the server: /v2/health/live answers from the first moment.
-        loading = asyncio.create_task(start()) if settings.load_on_start else None
+        loading = None
+        if settings.load_on_start:
+            repository.announce_loading()  # at once: the budget is read first (may import torch)
+            loading = asyncio.create_task(start())
         try:
             yield
         finally:

@@ -165,6 +165,13 @@ class ModelRepository:
                     f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})"
                 )
 
+    def announce_loading(self) -> None:
+        """The wanted models that have not begun to load say they are loading: the server
+        loads them next (after what comes first at start), and a request meanwhile is told so."""
+        for entry in self._entries.values():
+            if entry.wanted and entry.state is ModelState.UNAVAILABLE and entry.handler is None:
+                self._set(entry, ModelState.LOADING, "loading")
+
     def all_ready(self) -> bool:
         return all(e.state in SERVING for e in self._entries.values() if e.wanted)
 

@@ -101,3 +101,18 @@ def test_streamed_tensors_are_taken_once() -> None:
     local = Localized(config, {}, lambda: None, tensors)
     assert local.take_tensors() is tensors
     assert local.take_tensors() is None
+
+
+def test_models_to_load_at_start_say_loading_before_anything_else_runs() -> None:
+    told: list[tuple[str, str]] = []
+    configs = [ModelConfig(name="m", handler="torch-module", source="/nowhere")]
+    repo = ModelRepository(
+        configs,
+        RuntimeMetrics(),
+        Sources(None),  # type: ignore[arg-type]
+        on_status=lambda s: told.append((s.state, s.reason)),
+    )
+    assert repo.entry("m").state is ModelState.UNAVAILABLE  # not loaded, not announced
+    repo.announce_loading()  # no await: a request that comes before the load begins is told
+    assert (repo.entry("m").state, repo.entry("m").reason) == (ModelState.LOADING, "loading")
+    assert told == [("LOADING", "loading")]
