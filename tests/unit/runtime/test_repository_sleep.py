@@ -144,19 +144,27 @@ async def test_a_request_to_a_sleeping_model_wakes_it_and_is_answered(plane: Dat
     await repo.close()
 
 
-async def test_sleeping_waits_for_the_running_batch(plane: DataPlane) -> None:
-    repo = plane.repository
-    await repo.load_all()
+async def _a_batch_running(
+    plane: DataPlane,
+) -> tuple[Sleeper, threading.Event, asyncio.Task[list[float]]]:
+    """Models loaded, and a request for ``m`` whose batch runs until the gate returned is set."""
+    await plane.repository.load_all()
     handler = Sleeper.made["m"]
-    handler.gate = threading.Event()
+    handler.gate = gate = threading.Event()
     request = asyncio.create_task(_infer(plane))
     assert await asyncio.to_thread(handler.predicting.wait, 10)  # the batch is running
+    return handler, gate, request
+
+
+async def test_sleeping_waits_for_the_running_batch(plane: DataPlane) -> None:
+    repo = plane.repository
+    handler, gate, request = await _a_batch_running(plane)
     sleeping = asyncio.create_task(repo.sleep("m", SleepLevel.HOST))
     for _ in range(20):  # let the sleep get as far as it can
         await asyncio.sleep(0)
     assert repo.entry("m").reason == "going to sleep: level host"
     assert not sleeping.done() and handler.asleep is None
-    handler.gate.set()
+    gate.set()
     assert await request == [2.5, 3.5]
     await sleeping
     assert handler.calls == ["predict", "sleep host"]
@@ -167,15 +175,11 @@ async def test_a_sleep_whose_batches_do_not_finish_leaves_the_model_awake(
     plane: DataPlane,
 ) -> None:
     repo = plane.repository
-    await repo.load_all()
-    handler = Sleeper.made["m"]
-    handler.gate = threading.Event()
-    request = asyncio.create_task(_infer(plane))
-    assert await asyncio.to_thread(handler.predicting.wait, 10)  # the batch is running
+    handler, gate, request = await _a_batch_running(plane)
     with pytest.raises(ModelNotReady, match=r"busy: its batches did not finish within 0\.05s"):
         await repo.sleep("m", SleepLevel.DISK, drain_timeout_s=0.05)
     assert repo.entry("m").state is ModelState.READY and handler.asleep is None
-    handler.gate.set()
+    gate.set()
     assert await request == [2.5, 3.5]  # its weights were never taken from under it
     assert handler.calls == ["predict"]
     await repo.close()
