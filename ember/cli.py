@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _size(text: str) -> int:
-    from runtime.budget import parse_bytes
+    from contracts.sizes import parse_bytes
 
     try:
         size = parse_bytes(text)

@@ -14,8 +14,9 @@ import torch
 from prometheus_client import generate_latest
 from safetensors.torch import save_file
 
+from contracts.sizes import parse_bytes
 from runtime import repository
-from runtime.budget import DeviceBudget, parse_bytes
+from runtime.budget import DeviceBudget
 from runtime.config import ModelConfig
 from runtime.dataplane import DataPlane
 from runtime.handlers.base import StreamedTensors
