@@ -32,6 +32,21 @@
         keep_alive_s: 30           # overrides the model config's, which overrides the activator's
         queue_size: 100
         deadline_s: 60
+    groups:                        # several models sharing replicas (each serves all of them)
+      - name: shared               # a Knative Service's name too: lowercase, digits, '-'
+        models:
+          - config: mlp/model.yaml
+          - config: minilm/model.yaml
+            keep_alive_s: 120      # a member may set keep_alive_s, queue_size and deadline_s
+        min_replicas: 0            # the rest is the group's: replicas, concurrency, target
+        max_replicas: 1
+        device_memory_budget: 2GiB # each replica's (ember serve --device-memory-budget)
+        host_memory_budget: 8GiB   # past it, models put away sleep at disk, not host
+        policy: tiered             # fixed: awake until the replicas go; tiered: each model
+                                   # sleeps at host, then disk, as the tiered policy plans
+        wake: {host: 0.05, disk: 0.15}   # tiered: wake times to assume until measured
+        host_hold_s: 20m           # tiered: the longest a model sleeps at host, then disk
+        disk_hold_s: 1h
 
 The activator reads only what it needs from each model config, with a YAML parser: its ``name``
 and ``version``, ``container_concurrency`` and ``keep_alive_s`` (a model entry here overrides
@@ -47,9 +62,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contracts.configfile import explain, looks_like_model_config, looks_like_stack, read_config
 from contracts.durations import MissingUnit, Seconds, WholeSeconds, parse_duration
@@ -59,6 +82,20 @@ from contracts.logs import LogLevel
 from contracts.metadata import ModelMetadata, declared_metadata
 from contracts.names import valid_model_name
 from contracts.schedule import Window, parse_window
+from contracts.sizes import parse_bytes
+
+
+def _size(value: Any) -> Any:
+    """A size as written (``2GiB``, ``95MB``, or a number of bytes) in bytes."""
+    if isinstance(value, str):
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_size), Field(gt=0)]
 
 
 class ActivatorSettings(BaseModel):
@@ -163,12 +200,70 @@ class ModelEntry(BaseModel):
         return self
 
 
+class GroupMember(BaseModel):
+    """One model of a group: its config, and what the group does not decide for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path
+    keep_alive_s: Seconds | None = Field(default=None, ge=0)
+    queue_size: int | None = Field(default=None, ge=0)
+    deadline_s: Seconds | None = Field(default=None, gt=0)
+
+
+class GroupEntry(BaseModel):
+    """Several models sharing replicas: each replica serves all of them, under a budget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    models: list[GroupMember] = Field(min_length=1)
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    container_concurrency: int | None = Field(default=None, ge=1)
+    target: float | None = Field(default=None, gt=0)
+    keep_alive_s: Seconds | None = Field(default=None, ge=0)
+    # fixed: models stay awake until the replicas go (after keep_alive_s); tiered: each model
+    # sleeps at host, then disk, as the tiered policy plans from its idle times (activator.tiered)
+    policy: Literal["fixed", "tiered"] = "fixed"
+    device_memory_budget: ByteSize | None = None  # each replica's: ember serve's flag
+    host_memory_budget: ByteSize | None = None
+    # tiered: the first wake times the policy assumes per level, until it has measured its own
+    wake: dict[Literal["host", "disk"], float] = Field(default_factory=dict)
+    host_hold_s: Seconds = Field(default=1200.0, ge=0)  # tiered: the longest a model sleeps
+    disk_hold_s: Seconds = Field(default=3600.0, ge=0)  # at host, then at disk
+    startup_timeout_s: Seconds | None = Field(default=None, gt=0)
+
+    @field_validator("wake")
+    @classmethod
+    def _wake_times(cls, value: dict[str, float]) -> dict[str, float]:
+        for level, seconds in value.items():
+            if not 0 <= seconds < float("inf"):
+                raise ValueError(f"wake.{level}: seconds must be 0 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GroupEntry:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
 class StackFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     activator: ActivatorSettings = ActivatorSettings()
     knative: KnativeSettings = KnativeSettings()
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[ModelEntry] = Field(default_factory=list)
+    groups: list[GroupEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> StackFile:
+        if not self.models and not self.groups:
+            raise ValueError("the stack serves nothing: list models: (or groups:)")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -199,6 +294,33 @@ class ModelSpec(BaseModel):
     # what GET /v2/models/{m} answers, when the model config says it all (contracts.metadata):
     # the activator answers it while no replica runs; None: it learns it from the first replica
     metadata: ModelMetadata | None = None
+    # a group's pool (a replica serving several models) is run from a spec too: its name is the
+    # group's, ``configs`` every member's config file and ``members`` their names
+    group: str | None = None  # a member model: the group whose replicas serve it
+    configs: tuple[Path, ...] = ()
+    members: tuple[str, ...] = ()
+    serve_args: tuple[str, ...] = ()  # more ``ember serve`` arguments (the group's budgets)
+
+    @property
+    def config_paths(self) -> tuple[Path, ...]:
+        """The model config files a replica of this spec serves."""
+        return self.configs or (self.config_path,)
+
+
+class GroupSpec(BaseModel):
+    """A group, resolved: its members' specs are in :attr:`StackConfig.models`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    members: tuple[str, ...]
+    policy: Literal["fixed", "tiered"]
+    device_memory_budget: int | None
+    host_memory_budget: int | None
+    wake: dict[str, float]
+    host_hold_s: float
+    disk_hold_s: float
+    pool: ModelSpec  # what the group's replicas are started from, scaled and kept alive by
 
 
 class StackConfig(BaseModel):
@@ -206,8 +328,9 @@ class StackConfig(BaseModel):
 
     path: Path
     settings: ActivatorSettings
-    models: dict[str, ModelSpec]
+    models: dict[str, ModelSpec]  # every model, a group's members too
     knative: KnativeSettings = KnativeSettings()
+    groups: dict[str, GroupSpec] = Field(default_factory=dict)
 
 
 def load_stack(path: str | Path) -> StackConfig:
@@ -224,26 +347,121 @@ def load_stack(path: str | Path) -> StackConfig:
             settings = settings.model_copy(update={key: (base / value).resolve()})
     models: dict[str, ModelSpec] = {}
     for i, entry in enumerate(stack.models):
-        config_path = entry.config if entry.config.is_absolute() else base / entry.config
-        model = _read_model_config(path, i, config_path)
-        if isinstance(model, list):
-            if len(model) != 1:
-                raise ConfigError(
-                    f"{config_path}: holds {len(model)} models; the stack takes one per file"
-                )
-            model = model[0]
-        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-            raise ConfigError(f"{config_path}: not a model config (no 'name')")
-        name = model["name"]
-        if not valid_model_name(name):
-            raise ConfigError(
-                f"{config_path}: model name {name!r} must be 1-63 letters, digits, '_', '.' or "
-                "'-', starting and ending with a letter or digit"
-            )
+        name, model, config_path = _read_model(path, f"models[{i}]", base / entry.config)
         if name in models:
             raise ConfigError(f"{path}: model '{name}' is listed twice")
         models[name] = _model_spec(name, entry, settings, model, config_path)
-    return StackConfig(path=path.resolve(), settings=settings, models=models, knative=stack.knative)
+    groups: dict[str, GroupSpec] = {}
+    for g, group in enumerate(stack.groups):
+        if group.name in groups:
+            raise ConfigError(f"{path}: group '{group.name}' is listed twice")
+        if group.name in models:
+            raise ConfigError(
+                f"{path}: groups[{g}]: the name '{group.name}' is a model's; a group needs its own"
+            )
+        specs = []
+        for i, member in enumerate(group.models):
+            where = f"groups[{g}].models[{i}]"
+            name, model, config_path = _read_model(path, where, base / member.config)
+            if name in models:
+                raise ConfigError(f"{path}: model '{name}' is listed twice")
+            entry = ModelEntry(
+                config=config_path,
+                min_replicas=group.min_replicas,
+                max_replicas=group.max_replicas,
+                container_concurrency=group.container_concurrency,
+                target=group.target,
+                keep_alive_s=member.keep_alive_s,
+                queue_size=member.queue_size,
+                deadline_s=member.deadline_s,
+                startup_timeout_s=group.startup_timeout_s,
+            )
+            spec = _model_spec(name, entry, settings, model, config_path)
+            models[name] = spec = spec.model_copy(update={"group": group.name})
+            specs.append(spec)
+        groups[group.name] = _group_spec(path, g, group, specs, settings)
+    return StackConfig(
+        path=path.resolve(),
+        settings=settings,
+        models=models,
+        knative=stack.knative,
+        groups=groups,
+    )
+
+
+def _read_model(stack_path: Path, where: str, config_path: Path) -> tuple[str, Any, Path]:
+    """A stack entry's model config: its name, its document and its path."""
+    model = _read_model_config(stack_path, where, config_path)
+    if isinstance(model, list):
+        if len(model) != 1:
+            raise ConfigError(
+                f"{config_path}: holds {len(model)} models; the stack takes one per file"
+            )
+        model = model[0]
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ConfigError(f"{config_path}: not a model config (no 'name')")
+    name = model["name"]
+    if not valid_model_name(name):
+        raise ConfigError(
+            f"{config_path}: model name {name!r} must be 1-63 letters, digits, '_', '.' or "
+            "'-', starting and ending with a letter or digit"
+        )
+    return name, model, config_path
+
+
+def _group_spec(
+    path: Path, index: int, group: GroupEntry, specs: list[ModelSpec], settings: ActivatorSettings
+) -> GroupSpec:
+    """A group resolved: one pool spec for its replicas, priced and placed as its members are."""
+    where = f"{path}: groups[{index}] ({group.name})"
+    for key in ("gpu_type", "device"):
+        values = {getattr(s, key) for s in specs}
+        if len(values) > 1:
+            shown = ", ".join(f"{s.name}: {getattr(s, key)}" for s in specs)
+            raise ConfigError(f"{where}: its models share replicas, so one {key} ({shown})")
+    first = specs[0]
+    keep_alive = (
+        group.keep_alive_s if group.keep_alive_s is not None else max(s.keep_alive_s for s in specs)
+    )
+    concurrency = group.container_concurrency or max(s.container_concurrency for s in specs)
+    prices = [s.price_per_hour for s in specs if s.price_per_hour is not None]
+    cpus = [s.cpus for s in specs if s.cpus is not None]
+    serve_args: list[str] = []
+    if group.device_memory_budget is not None:
+        serve_args += ["--device-memory-budget", str(group.device_memory_budget)]
+    if group.host_memory_budget is not None:
+        serve_args += ["--host-memory-budget", str(group.host_memory_budget)]
+    pool = ModelSpec(
+        name=group.name,
+        config_path=first.config_path,
+        configs=tuple(s.config_path for s in specs),
+        members=tuple(s.name for s in specs),
+        serve_args=tuple(serve_args),
+        min_replicas=group.min_replicas,
+        max_replicas=group.max_replicas,
+        container_concurrency=concurrency,
+        target=group.target or float(concurrency),
+        keep_alive_s=keep_alive,
+        queue_size=sum(s.queue_size for s in specs),
+        deadline_s=max(s.deadline_s for s in specs),
+        startup_timeout_s=group.startup_timeout_s or settings.startup_timeout_s,
+        gpu_type=first.gpu_type,
+        device=first.device,
+        price_per_hour=max(prices) if prices else None,
+        cpus=max(cpus) if cpus else None,
+        source=None,
+    )
+    return GroupSpec(
+        name=group.name,
+        members=pool.members,
+        policy=group.policy,
+        device_memory_budget=group.device_memory_budget,
+        host_memory_budget=group.host_memory_budget,
+        wake={str(level): s for level, s in group.wake.items()},
+        host_hold_s=group.host_hold_s,
+        disk_hold_s=group.disk_hold_s,
+        pool=pool,
+    )
 
 
 def _model_spec(
@@ -394,14 +612,14 @@ def _read_stack_file(path: Path) -> StackFile:
         raise ConfigError("\n".join(explain(exc, StackFile, file=path))) from None
 
 
-def _read_model_config(stack_path: Path, index: int, config_path: Path) -> Any:
-    """The document of ``models[index].config``; ConfigError naming both files if unreadable."""
+def _read_model_config(stack_path: Path, where: str, config_path: Path) -> Any:
+    """The document of ``{where}.config``; ConfigError naming both files if unreadable."""
     if not config_path.exists():
-        raise ConfigError(f"{stack_path}: models[{index}].config: {config_path} does not exist")
+        raise ConfigError(f"{stack_path}: {where}.config: {config_path} does not exist")
     model = read_config(config_path)
     if looks_like_stack(model):
         raise ConfigError(
-            f"{stack_path}: models[{index}].config: {config_path} is a stack file (ember.yaml), "
+            f"{stack_path}: {where}.config: {config_path} is a stack file (ember.yaml), "
             "not a model config"
         )
     return model
