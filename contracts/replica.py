@@ -65,6 +65,10 @@ MODEL_STATES: tuple[ModelState, ...] = (
 )
 
 
+SleepLevelName = Literal["host", "disk"]
+SLEEP_LEVELS: tuple[SleepLevelName, ...] = ("host", "disk")
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     model: str
@@ -72,6 +76,7 @@ class ModelStatus:
     reason: str = ""
     failure: FailureKind | None = None  # set only when a load failed
     phases: dict[str, float] = field(default_factory=dict)  # seconds, once READY
+    level: SleepLevelName | None = None  # the level it sleeps at, while SLEEPING
     kind: Literal["model"] = "model"
 
 
@@ -118,12 +123,16 @@ def model_status(raw: dict[str, Any]) -> ModelStatus:
     phases = raw.get("phases") or {}
     if not isinstance(phases, dict):
         raise TypeError("phases must be an object")
+    level = raw.get("level")
+    if level is not None and level not in SLEEP_LEVELS:
+        raise ValueError(f"level {level!r}")
     return ModelStatus(
         model=_str(raw.get("model", raw.get("name"))),
         state=state,
         reason=_str(raw.get("reason") or ""),
         failure=None if failure is None else FailureKind(failure),
         phases={_str(k): _number(v) for k, v in phases.items()},
+        level=level,
     )
 
 

@@ -129,6 +129,8 @@ class DataPlane:
             }
             if e.failure is not None:  # Ember's extension: the kind of a failed load
                 entry["failure"] = e.failure.value
+            if e.sleep_level is not None:  # Ember's: the level a SLEEPING model is at
+                entry["level"] = e.sleep_level
             index.append(entry)
         return index
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from contracts.replica import FailureKind, ModelStatus
+from contracts.replica import FailureKind, ModelStatus, SleepLevelName
 from contracts.stats import ModelStats
 from runtime.batching import Scheduler
 from runtime.budget import DeviceBudget
@@ -84,6 +84,13 @@ class ModelEntry:
     asleep: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def sleep_level(self) -> SleepLevelName | None:
+        """What the index and the status channel say of its level: only while SLEEPING."""
+        if self.state is not ModelState.SLEEPING or self.asleep is None:
+            return None
+        return self.asleep.value
+
 
 class ModelRepository:
     def __init__(
@@ -137,7 +144,14 @@ class ModelRepository:
         if self._on_status is not None:
             phases = entry.load_phases if state is ModelState.READY else {}
             self._on_status(
-                ModelStatus(entry.config.name, state.value, reason, failure, dict(phases))
+                ModelStatus(
+                    entry.config.name,
+                    state.value,
+                    reason,
+                    failure,
+                    dict(phases),
+                    level=entry.sleep_level,
+                )
             )
 
     async def awake_entry(self, name: str, version: str | None = None) -> ModelEntry:

@@ -24,6 +24,8 @@ EVENTS: list[ReplicaEvent] = [
     ModelStatus("mlp", "LOADING", "loading"),
     ModelStatus("mlp", "READY", phases={"imports": 0.5, "load": 0.25, "warmup": 0.0}),
     ModelStatus("mlp", "UNLOADING", "unloading"),
+    ModelStatus("mlp", "SLEEPING", "level host", level="host"),
+    ModelStatus("mlp", "SLEEPING", "level disk", level="disk"),
     ModelStatus(
         "mlp",
         "UNAVAILABLE",
@@ -111,6 +113,8 @@ MODEL = {"kind": "model", "model": "m", "state": "READY"}
         json.dumps({**MODEL, "phases": {"load": "1.0"}}).encode(),
         json.dumps({**MODEL, "phases": {"load": None}}).encode(),
         json.dumps({**MODEL, "phases": {"load": True}}).encode(),
+        json.dumps({**MODEL, "state": "SLEEPING", "level": "gpu"}).encode(),
+        json.dumps({**MODEL, "state": "SLEEPING", "level": 1}).encode(),
     ],
 )
 def test_anything_else_is_a_contract_violation(line: bytes) -> None:

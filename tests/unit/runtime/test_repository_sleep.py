@@ -117,6 +117,7 @@ async def test_sleep_then_load_wakes_with_the_same_outputs(
         "version": "1",
         "state": "SLEEPING",
         "reason": f"level {level}",
+        "level": level.value,  # the same, typed, for the activator
     }
     assert plane.model_ready("m", None) and plane.ready()  # it can serve
     await repo.load("m")
