@@ -39,6 +39,7 @@ from activator.errors import (
     UnknownModel,
 )
 from activator.events import EventLog, read_events
+from activator.groups import Group
 from activator.http import (
     Receive,
     Response,
@@ -48,15 +49,17 @@ from activator.http import (
     json_response,
     send_response,
 )
+from activator.members import AnyPool, MemberPool
 from activator.metadata import MetadataBook
 from activator.metrics import ActivatorMetrics
-from activator.pool import ModelPool
+from activator.policy import Policy
+from activator.pool import ModelPool, SystemClock
 from activator.pool.replicas import Replica
 from activator.routes import Endpoint, Guard, Match, guard, resolve, split
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
 from contracts.oip import repository_index_request
-from contracts.stack import StackConfig
+from contracts.stack import ModelSpec, StackConfig
 from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
@@ -87,18 +90,24 @@ class Activator:
         self.tasks = TaskSet()
         self.datapath = DataPath(self.metrics, self.events, access_log=access_log)
         self.metadata = MetadataBook(stack.models, self.tasks)
-        self.pools = {
-            name: ModelPool(
-                spec,
-                scaler,
-                self.events,
-                self.metrics,
-                grace_period_s=s.grace_period_s,
-                tasks=self.tasks,
-                on_ready=functools.partial(self._replica_ready, name),
-            )
-            for name, spec in stack.models.items()
-        }
+        # a model's pool, or its face over its group's pool (the group runs the replicas)
+        self.pools: dict[str, AnyPool] = {}
+        self.groups: dict[str, Group] = {}
+        for name, spec in stack.models.items():
+            if spec.group is None:
+                self.pools[name] = self._model_pool(spec, (name,))
+                continue
+            group = self.groups.get(spec.group)
+            if group is None:
+                group = self.groups[spec.group] = Group(
+                    stack.groups[spec.group],
+                    stack.models,
+                    self._group_pool,
+                    self.events,
+                    tasks=self.tasks,
+                    clock=SystemClock(),
+                )
+            self.pools[name] = MemberPool(group, name, spec)
         self.metrics.watch(lambda: self.pools)
         self.admin_tokens = Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
         self.api_tokens = Tokens.load(s.api_token_env, s.api_token_file, "API")
@@ -127,6 +136,24 @@ class Activator:
             Endpoint.ADMIN_SLEEP: self._admin_sleep,
         }
 
+    def _model_pool(
+        self, spec: ModelSpec, serves: tuple[str, ...], policy: Policy | None = None
+    ) -> ModelPool:
+        """The pool of ``spec``'s replicas, which serve the models ``serves``."""
+        return ModelPool(
+            spec,
+            self.scaler,
+            self.events,
+            self.metrics,
+            grace_period_s=self.settings.grace_period_s,
+            tasks=self.tasks,
+            on_ready=functools.partial(self._replica_ready, serves),
+            policy=policy,
+        )
+
+    def _group_pool(self, spec: ModelSpec, policy: Policy) -> ModelPool:
+        return self._model_pool(spec, spec.members, policy)
+
     # ------------------------------------------------------------------ lifetime
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -143,6 +170,8 @@ class Activator:
                 )
         for pool in self.pools.values():
             pool.start()
+        for group in self.groups.values():
+            group.start()
         fill = getattr(self.scaler, "fill_pool", None)
         if fill is not None:  # the local scaler's warm pool
             self.metrics.watch_warm_pool(self.scaler.pool_status)  # type: ignore[attr-defined]
@@ -151,7 +180,11 @@ class Activator:
             yield
         finally:
             self.refuse_waiters()
-            await asyncio.gather(*(p.aclose() for p in self.pools.values()), return_exceptions=True)
+            await asyncio.gather(
+                *(p.aclose() for p in self.pools.values()),
+                *(g.aclose() for g in self.groups.values()),
+                return_exceptions=True,
+            )
             await self.scaler.aclose()
             await self.tasks.aclose()
             await self.metadata.aclose()
@@ -173,8 +206,9 @@ class Activator:
         if arrivals:
             log.info("policies learned from %s: %s", path, {k: len(v) for k, v in arrivals.items()})
 
-    def _replica_ready(self, name: str, replica: Replica) -> None:
-        self.metadata.replica_ready(name, replica.url)
+    def _replica_ready(self, serves: tuple[str, ...], replica: Replica) -> None:
+        for name in serves:
+            self.metadata.replica_ready(name, replica.url)
 
     def refuse_waiters(self) -> None:
         """Take no more requests; answer the queued ones 503 (the grace period is over)."""
@@ -240,7 +274,7 @@ class Activator:
         """Whether a data-plane request may pass (always, when no API token is set)."""
         return self.api_tokens is None or self.api_tokens.allows_headers(headers)
 
-    def pool(self, name: str) -> ModelPool:
+    def pool(self, name: str) -> AnyPool:
         pool = self.pools.get(name)
         if pool is None:
             raise UnknownModel(f"model '{name}' is not configured here")
@@ -323,7 +357,7 @@ class Activator:
         stats = [self._stats(pool).as_dict() for pool in self.pools.values()]
         return json_response(200, {"model_stats": stats})
 
-    def _stats(self, pool: ModelPool) -> ModelStats:
+    def _stats(self, pool: AnyPool) -> ModelStats:
         """A model's statistics as the activator sees them (see :class:`DataPath`), kept since
         it started, so they survive the model's scaling to zero."""
         return self.datapath.stats.get(pool.name) or ModelStats(pool.name, pool.spec.version)
@@ -363,7 +397,7 @@ async def _body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _index_state(pool: ModelPool) -> str:
+def _index_state(pool: AnyPool) -> str:
     if pool.state == "zero" and pool.start_failed:
         return "UNAVAILABLE"
     return _REPLICA_STATE.get(pool.state, "UNLOADING")

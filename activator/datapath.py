@@ -19,8 +19,9 @@ from typing import Any
 
 from activator.errors import ActivatorError, BadRequest, ReplicaFailed
 from activator.events import EventLog
+from activator.members import AnyPool
 from activator.metrics import ActivatorMetrics
-from activator.pool import ModelPool, Ticket
+from activator.pool import Ticket
 from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
@@ -48,7 +49,7 @@ class DataPath:
         self._queue_hist: dict[str, Any] = {}
         self.stats: dict[str, ModelStats] = {}
 
-    def exchange(self, pool: ModelPool, path: bytes, arrival: float) -> Exchange:
+    def exchange(self, pool: AnyPool, path: bytes, arrival: float) -> Exchange:
         return Exchange(self, pool, path, arrival)
 
     def record(self, x: Exchange, status: int) -> None:
@@ -105,7 +106,7 @@ class Exchange:
         "tries",
     )
 
-    def __init__(self, datapath: DataPath, pool: ModelPool, path: bytes, arrival: float) -> None:
+    def __init__(self, datapath: DataPath, pool: AnyPool, path: bytes, arrival: float) -> None:
         self.datapath = datapath
         self.pool = pool
         self.path = path

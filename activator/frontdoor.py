@@ -48,7 +48,7 @@ from activator.errors import (
     RequestTimeout,
 )
 from activator.http import HOP_HEADERS, Headers, error_response, head
-from activator.pool import ModelPool
+from activator.members import AnyPool
 from activator.routes import Endpoint, resolve
 from activator.upstream import Upstream, UpstreamPool, host_header
 
@@ -672,9 +672,9 @@ class FrontDoor:
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
-        self._routes: dict[bytes, tuple[ModelPool, str] | None] = {}
+        self._routes: dict[bytes, tuple[AnyPool, str] | None] = {}
 
-    def relayed(self, raw_url: bytes) -> ModelPool | None:
+    def relayed(self, raw_url: bytes) -> AnyPool | None:
         """The pool a request for this URL is relayed to, or None (the activator answers it)."""
         if raw_url in self._routes:
             known = self._routes[raw_url]
@@ -693,7 +693,7 @@ class FrontDoor:
             return None
         return pool
 
-    def _route(self, raw_url: bytes) -> tuple[ModelPool, str] | None:
+    def _route(self, raw_url: bytes) -> tuple[AnyPool, str] | None:
         try:
             path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
             match = resolve("", path)

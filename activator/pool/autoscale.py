@@ -34,14 +34,17 @@ class Autoscaler:
         *,
         clock: Clock,
         warm: Callable[[float, str], None],
+        policy: Policy | None = None,
     ) -> None:
         self.spec, self.name = spec, spec.name
         self.replicas, self.queue, self.windows = replicas, queue, windows
         self.events, self.clock = events, clock
         self._warm = warm
-        self.policy: Policy = (
-            Fixed(spec.keep_alive_s) if spec.policy == "fixed" else parse_policy(spec.policy)
-        )
+        if policy is None:
+            policy = (
+                Fixed(spec.keep_alive_s) if spec.policy == "fixed" else parse_policy(spec.policy)
+            )
+        self.policy: Policy = policy
         self.history = History()  # arrival times (wall clock), bursts coalesced to 1 s
         self.keep_alive_s = spec.keep_alive_s
         self.last_request = clock.monotonic()

@@ -64,6 +64,7 @@ class ModelPool:
         tasks: TaskSet | None = None,
         clock: Clock | None = None,
         on_ready: Callable[[Replica], None] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -104,6 +105,7 @@ class ModelPool:
             events,
             clock=self.clock,
             warm=self.warm,
+            policy=policy,
         )
         self._now = self.clock.monotonic
         self._controller: asyncio.Task[None] | None = None
@@ -136,21 +138,24 @@ class ModelPool:
         self._queue.fail_all(ShuttingDown("the activator is shutting down"))
 
     # ------------------------------------------------------------------ requests
-    def try_acquire(self) -> Ticket | None:
-        """A slot now, if a ready replica has one and nobody is queued before us."""
+    def try_acquire(self, prefer: Callable[[Replica], bool] | None = None) -> Ticket | None:
+        """A slot now, if a ready replica has one and nobody is queued before us; ``prefer``:
+        the replicas to pick first (see :meth:`ReplicaSet.claim`)."""
         if self.closing:
             raise ShuttingDown("the activator is shutting down")
         self._autoscaler.arrived()
         if self._waiters:
             return None
-        replica = self._replicas.claim()
+        replica = self._replicas.claim(prefer)
         if replica is None:
             return None
         return Ticket(replica, 0.0, False)
 
-    async def acquire(self, deadline_s: float | None = None) -> Ticket:
+    async def acquire(
+        self, deadline_s: float | None = None, prefer: Callable[[Replica], bool] | None = None
+    ) -> Ticket:
         """A slot on a ready replica, waiting in the queue (and waking the model) if need be."""
-        ticket = self.try_acquire()
+        ticket = self.try_acquire(prefer)
         if ticket is not None:
             return ticket
         timeout = self.spec.deadline_s if deadline_s is None else deadline_s

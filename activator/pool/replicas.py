@@ -88,14 +88,22 @@ class ReplicaSet:
         self._last_stop = ""  # why the last replica to go went, for the scale-to-zero line
 
     # ------------------------------------------------------------------ slots
-    def claim(self) -> Replica | None:
-        """A slot on the least busy ready replica with one free (its in_flight counts it)."""
+    def claim(self, prefer: Callable[[Replica], bool] | None = None) -> Replica | None:
+        """A slot on the least busy ready replica with one free (its in_flight counts it);
+        ``prefer``: the replicas to pick first, when one of them has a free slot (a group's
+        replicas where the model is awake)."""
         best: Replica | None = None
         limit = self._limit
         for r in self.members:
             free = r.state == "ready" and r.in_flight < limit
             if free and (best is None or r.in_flight < best.in_flight):
                 best = r
+        if prefer is not None and best is not None and not prefer(best):
+            preferred = [
+                r for r in self.members if r.state == "ready" and r.in_flight < limit and prefer(r)
+            ]
+            if preferred:
+                best = min(preferred, key=lambda r: r.in_flight)
         if best is not None:
             best.in_flight += 1
         return best

@@ -42,6 +42,8 @@ class _Status:
 
     def __init__(self, model: str) -> None:
         self.model = model  # the model it serves ("standby" until it is given one)
+        # the models it must report serving before it is ready: its model, or a group's members
+        self.expect: tuple[str, ...] = (model,)
         self.standby: Standby | None = None
         self.url: str | None = None
         self.models: dict[str, ModelStatus] = {}  # each model's latest state
@@ -63,9 +65,26 @@ class _Status:
             self.url = event.url
         else:
             self.models[event.model] = event
-            if self.ready is None and event.model == self.model and event.state == "READY":
+            if self.ready is None and self.settled():
                 self.ready = event
         self.changed.set()
+
+    def settled(self) -> bool:
+        """Every expected model has said it serves (READY, or SLEEPING: a request wakes it) or
+        that it cannot load, and one of them serves: the replica is ready."""
+        states = [self.models.get(name) for name in self.expect]
+        if any(s is None or not _settled(s) for s in states):
+            return False
+        return any(s is not None and s.state in _SERVING for s in states)
+
+    def phases(self) -> dict[str, float]:
+        """The load phases of the models it serves, added up (one model: its own)."""
+        total: dict[str, float] = {}
+        for name in self.expect:
+            status = self.models.get(name)
+            for phase, seconds in (status.phases if status is not None else {}).items():
+                total[phase] = total.get(phase, 0.0) + seconds
+        return total
 
     def broken(self, violation: ContractViolation) -> None:
         if self.ready is not None:
@@ -261,7 +280,8 @@ class LocalScaler:
         return self._session
 
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        args = ["--config", str(spec.config_path), "--host", "127.0.0.1", "--port", "0"]
+        args = [arg for path in spec.config_paths for arg in ("--config", str(path))]
+        args += ["--host", "127.0.0.1", "--port", "0", *spec.serve_args]
         if self.cache_dir is not None:
             args += ["--cache-dir", str(self.cache_dir)]
         args += list(self.extra_args)
@@ -272,6 +292,7 @@ class LocalScaler:
             if handle is not None:
                 return handle
         state = await self._spawn(args, standby=False, label=spec.name)
+        state.status.expect = spec.members or (spec.name,)
         return await self._started(state, spec, started, warm=False)
 
     async def _start_warm(
@@ -283,6 +304,7 @@ class LocalScaler:
         """
         assert state.proc.stdin is not None
         state.status.model = spec.name
+        state.status.expect = spec.members or (spec.name,)
         # its end of the pipe closed (the write failed: the transport is closing at once) means
         # it died, even before the event loop has reaped it
         try:
@@ -364,14 +386,17 @@ class LocalScaler:
                 raise _broke_contract(handle.model, status.violation)
             if status.ready is not None:
                 handle.timings["until_ready"] = time.perf_counter() - started
-                handle.timings.update(status.ready.phases)  # the replica's account of its load
+                handle.timings.update(status.phases())  # the replica's account of its load
                 return
-            model = status.models.get(handle.model)
-            if model is not None and model.state == "UNAVAILABLE" and model.failure is not None:
+            failed = [status.models.get(name) for name in status.expect]
+            if all(m is not None and m.state == "UNAVAILABLE" and m.failure for m in failed):
+                first = failed[0]
+                assert first is not None
+                reasons = "; ".join(f"{m.model}: {m.reason}" for m in failed if m is not None)
                 raise ReplicaStartFailed(
-                    f"its replica cannot load it: {model.reason}",
+                    f"its replica cannot load it: {reasons if len(failed) > 1 else first.reason}",
                     StartFailure.LOAD_FAILED,
-                    model.failure,
+                    first.failure,
                 )
             if status.closed:
                 how = await _exited(state)
@@ -449,6 +474,13 @@ class LocalScaler:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+_SERVING = ("READY", "SLEEPING")
+
+
+def _settled(status: ModelStatus) -> bool:
+    return status.state in _SERVING or (status.state == "UNAVAILABLE" and bool(status.failure))
 
 
 async def _read_status(fd: int, status: _Status) -> None:

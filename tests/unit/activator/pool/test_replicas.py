@@ -97,6 +97,18 @@ async def test_a_slot_is_claimed_on_the_least_busy_ready_replica(h: Harness) -> 
     assert h.replicas.claim() is None  # b has room but is not ready
 
 
+async def test_a_claim_prefers_the_replicas_it_is_told_to_while_they_have_room(
+    h: Harness,
+) -> None:
+    h.replicas.start(2)
+    await h.clock.advance(2)
+    a, b = h.replicas.members
+    on_b = lambda r: r is b  # noqa: E731  (a group's: the replica where the model is awake)
+    assert h.replicas.claim(on_b) is b and h.replicas.claim(on_b) is b
+    assert h.replicas.claim(on_b) is a  # b is full: any replica with room rather than a wait
+    assert h.replicas.claim(lambda r: False) is a  # none preferred: the least busy
+
+
 async def test_a_crash_removes_the_replica_and_asks_for_a_replacement(h: Harness) -> None:
     h.replicas.start(1)
     await h.clock.advance(2)

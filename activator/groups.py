@@ -1,0 +1,342 @@
+"""Groups: several models served by the same replicas, each awake or asleep on each of them.
+
+A group's replicas are one :class:`~activator.pool.ModelPool`, named after the group and started
+from its pool spec: they start, scale, stay and stop as a single model's do, every replica
+serving every member (``ember serve`` with each member's config and the group's budgets). The
+rest of the activator sees each member through a :class:`MemberPool` (the face of a pool, with
+the member's name and spec): its requests take slots on the group's replicas, preferring one
+where the member is awake.
+
+:class:`Group` keeps the books of which member sleeps at which level on which replica (``hot``,
+``host``, ``disk``), from what it commanded, what the requests found and the replicas' repository
+index (read every ``poll_s``: a replica's device memory budget puts models to sleep on its own).
+With ``policy: tiered`` it puts idle members to sleep as :class:`~activator.tiered.Tiered` plans
+from each member's idle times and the wake times it has measured (a waking request's time less
+the median of the member's warm requests), and the group's replicas go when every member's plan
+has reached zero. Events: ``sleep`` (``level``, ``replica``, ``group``, ``reason``) and ``wake``
+(the ``level`` it woke from, ``wake_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from activator.events import EventLog
+from activator.policy import Decision, History, Policy
+from activator.pool import ModelPool, Replica, Ticket
+from activator.pool.clock import Clock
+from activator.tasks import TaskSet
+from activator.tiered import Level, Tiered, TierPlan, WakeCosts
+from contracts.replica import ContractViolation, model_status
+from contracts.stack import GroupSpec, ModelSpec
+
+log = logging.getLogger("ember.activator")
+
+POLL_S = 2.0  # how often each ready replica's repository index is read
+SLEEP_TIMEOUT_S = 60.0  # an unload with a level waits for the model's batches first
+_DEPTH: dict[Level, int] = {"hot": 0, "host": 1, "disk": 2, "zero": 3}
+
+
+@dataclass
+class _Member:
+    """What the group knows of one member: its arrivals, requests and measured wakes."""
+
+    spec: ModelSpec
+    history: History = field(default_factory=History)
+    in_flight: int = 0
+    last_end: float | None = None  # monotonic: when its last request finished
+    warm_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
+    wakes: dict[str, float] = field(default_factory=dict)  # level -> measured seconds (EWMA)
+    plan: TierPlan | None = None
+    planned_at: int = -1  # len(history.idle_times) when planned
+
+
+class Group:
+    """One group's replicas and the levels of its members on them."""
+
+    def __init__(
+        self,
+        spec: GroupSpec,
+        members: dict[str, ModelSpec],
+        pool_factory: Callable[[ModelSpec, Policy], ModelPool],
+        events: EventLog,
+        *,
+        tasks: TaskSet,
+        clock: Clock,
+        poll_s: float = POLL_S,
+        tick_s: float = 0.5,
+    ) -> None:
+        self.spec, self.name = spec, spec.name
+        self.events, self.tasks, self.clock = events, tasks, clock
+        self.poll_s, self.tick_s = poll_s, tick_s
+        self._members = {name: _Member(members[name]) for name in spec.members}
+        self._wake_defaults = WakeCosts(**{k: v for k, v in spec.wake.items()})
+        self._tiered = spec.policy == "tiered"
+        # replica id -> member -> level; a replica not yet read counts its members hot
+        self.levels: dict[int, dict[str, Level]] = {}
+        self._commanding: set[tuple[int, str]] = set()  # unloads in flight
+        self._claims: collections.Counter[tuple[int, str]] = collections.Counter()  # in flight
+        self._claim_counts: dict[tuple[int, str], int] = {}  # ever taken
+        self._tickets: dict[int, tuple[str, float, Level]] = {}  # id(ticket) -> claim
+        self._polled: dict[int, float] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self.pool: ModelPool = pool_factory(spec.pool, GroupPolicy(self))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.pool.start()
+        self._loop = self.tasks.spawn(self._run(), name=f"group-{self.name}")
+
+    async def aclose(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.wait([self._loop])
+        await self.pool.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            await self.clock.sleep(self.tick_s)
+            try:
+                await self.tick()
+            except Exception:  # a bug of ours must not stop the group's upkeep
+                log.exception("group %s: its sleep controller failed a tick", self.name)
+
+    async def tick(self) -> None:
+        """Forget gone replicas, read the due indexes, and put idle members to sleep."""
+        ready = [r for r in self.pool.replicas if r.state == "ready"]
+        alive = {r.id for r in self.pool.replicas}
+        for rid in [rid for rid in self.levels if rid not in alive]:
+            del self.levels[rid]
+            self._polled.pop(rid, None)
+        now = self.clock.monotonic()
+        due = [r for r in ready if now - self._polled.get(r.id, -1e9) >= self.poll_s]
+        if due:
+            await asyncio.gather(*(self._poll(r) for r in due))
+        if self._tiered:
+            for replica in ready:
+                for name in self._members:
+                    self._maybe_sleep(replica, name, now)
+
+    # ------------------------------------------------------------------ levels
+    def level(self, replica: Replica, model: str) -> Level:
+        return self.levels.get(replica.id, {}).get(model, "hot")
+
+    def awake_on(self, model: str) -> Callable[[Replica], bool]:
+        """The ``prefer`` of a claim for ``model``: replicas where it is awake."""
+        return lambda replica: self.level(replica, model) == "hot"
+
+    def _set(self, replica: Replica, model: str, level: Level, reason: str) -> None:
+        before = self.level(replica, model)
+        self.levels.setdefault(replica.id, {})[model] = level
+        if level != "hot" and _DEPTH[level] > _DEPTH[before]:
+            self.events.emit(
+                "sleep", model, group=self.name, replica=replica.id, level=level, reason=reason
+            )
+            log.info(
+                "model %s sleeps (level %s) on replica %d: %s", model, level, replica.id, reason
+            )
+
+    async def _poll(self, replica: Replica) -> None:
+        """Read a replica's repository index: the levels it reports are the truth."""
+        self._polled[replica.id] = self.clock.monotonic()
+        try:
+            async with self._http().post(replica.url + "/v2/repository/index", json={}) as r:
+                entries = await r.json() if r.status == 200 else []
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return  # its health check and crash watch deal with a replica that does not answer
+        for raw in entries if isinstance(entries, list) else []:
+            try:
+                status = model_status(raw)
+            except (ContractViolation, KeyError, TypeError, ValueError):
+                continue
+            name = status.model
+            if name not in self._members or (replica.id, name) in self._commanding:
+                continue
+            if status.state == "SLEEPING" and status.level is not None:
+                self._set(replica, name, status.level, "the replica's device memory budget")
+            elif status.state == "READY" and not self._claims[(replica.id, name)]:
+                self.levels.setdefault(replica.id, {})[name] = "hot"
+
+    def _maybe_sleep(self, replica: Replica, name: str, now: float) -> None:
+        member = self._members[name]
+        key = (replica.id, name)
+        if key in self._commanding or self._claims[key] or member.last_end is None:
+            return
+        plan = self.plan(name)
+        target = plan.level_at(now - member.last_end)
+        target = "disk" if target == "zero" else target  # zero is the replicas' to reach
+        current = self.level(replica, name)
+        if _DEPTH[target] <= _DEPTH[current]:
+            return
+        reason = f"tiered policy: idle {now - member.last_end:.0f}s ({plan.why})"
+        self._commanding.add(key)
+        self.tasks.spawn(self._sleep(replica, name, target, reason), name=f"sleep-{name}")
+
+    async def _sleep(self, replica: Replica, name: str, level: Level, reason: str) -> None:
+        key = (replica.id, name)
+        claims_before = self._claimed_total(key)
+        try:
+            url = f"{replica.url}/v2/repository/models/{name}/unload"
+            body = {"parameters": {"level": level}}
+            timeout = aiohttp.ClientTimeout(total=SLEEP_TIMEOUT_S)
+            async with self._http().post(url, json=body, timeout=timeout) as r:
+                ok = r.status == 200
+                detail = "" if ok else (await r.text())[:300]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        finally:
+            self._commanding.discard(key)
+        if not ok:
+            log.warning("model %s: replica %d refused to sleep: %s", name, replica.id, detail)
+            return
+        if self._claimed_total(key) != claims_before:
+            return  # a request came meanwhile and woke it, or will: the next poll says which
+        self._set(replica, name, level, reason)
+
+    def sleep_member(self, name: str, level: Level, reason: str) -> None:
+        """Put ``name`` to sleep at ``level`` on every ready replica (the admin API's sleep)."""
+        for replica in [r for r in self.pool.replicas if r.state == "ready"]:
+            key = (replica.id, name)
+            if key not in self._commanding and _DEPTH[self.level(replica, name)] < _DEPTH[level]:
+                self._commanding.add(key)
+                self.tasks.spawn(self._sleep(replica, name, level, reason), name=f"sleep-{name}")
+
+    def _claimed_total(self, key: tuple[int, str]) -> int:
+        return self._claim_counts.get(key, 0)
+
+    # ------------------------------------------------------------------ requests
+    def took(self, name: str, ticket: Ticket) -> None:
+        """A request for ``name`` holds a slot on ``ticket.replica``."""
+        replica = ticket.replica
+        key = (replica.id, name)
+        level = self.level(replica, name)
+        if level != "hot":  # the replica wakes it for this request
+            self.levels.setdefault(replica.id, {})[name] = "hot"
+        self._claims[key] += 1
+        self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
+        self._members[name].in_flight += 1
+        self._tickets[id(ticket)] = (name, self.clock.monotonic(), level)
+
+    def released(self, ticket: Ticket) -> None:
+        claim = self._tickets.pop(id(ticket), None)
+        if claim is None:
+            return
+        name, started, level = claim
+        now = self.clock.monotonic()
+        member = self._members[name]
+        member.in_flight -= 1
+        member.last_end = now
+        self._claims[(ticket.replica.id, name)] -= 1
+        took = now - started
+        if level == "hot":
+            member.warm_s.append(took)
+            return
+        wake_s = max(0.0, took - statistics.median(member.warm_s)) if member.warm_s else None
+        if wake_s is not None:
+            before = member.wakes.get(level)
+            member.wakes[level] = wake_s if before is None else 0.7 * before + 0.3 * wake_s
+            member.planned_at = -1  # plan again with what was measured
+        self.events.emit(
+            "wake",
+            name,
+            group=self.name,
+            replica=ticket.replica.id,
+            level=level,
+            wake_s=wake_s,
+        )
+
+    def in_flight(self, name: str) -> int:
+        return self._members[name].in_flight
+
+    def arrived(self, name: str) -> None:
+        history = self._members[name].history
+        arrival = self.clock.time()
+        if history.last is None or arrival - history.last >= 1.0:
+            history.observe(arrival)
+
+    def learn(self, name: str, arrivals: list[float]) -> None:
+        history = self._members[name].history
+        for t in sorted(arrivals):
+            if history.last is None or t - history.last >= 1.0:
+                history.observe(t)
+
+    # ------------------------------------------------------------------ the policy
+    def wake_costs(self, name: str) -> WakeCosts:
+        """The wake time per level the policy plans with: measured, else the group's given."""
+        measured = self._members[name].wakes
+        return WakeCosts(
+            host=measured.get("host", self._wake_defaults.host),
+            disk=measured.get("disk", self._wake_defaults.disk),
+            zero=self._wake_defaults.zero,
+        )
+
+    def plan(self, name: str) -> TierPlan:
+        member = self._members[name]
+        count = len(member.history.idle_times)
+        if member.plan is None or member.planned_at != count:
+            policy = Tiered(
+                wake=self.wake_costs(name),
+                host_hold_s=self.spec.host_hold_s,
+                disk_hold_s=self.spec.disk_hold_s,
+            )
+            member.plan, member.planned_at = policy.decide(member.history), count
+        return member.plan
+
+    def zero_after_s(self) -> tuple[float, str]:
+        """Seconds after the group's last request its replicas may go: when every member's plan
+        has reached zero (a member never asked counts from the group's last request)."""
+        last = max((m.history.last or 0.0) for m in self._members.values())
+        keep = 0.0
+        for name, member in self._members.items():
+            since = (member.history.last or last) - last
+            keep = max(keep, since + self.plan(name).zero_at_s)
+        return keep, f"every model's tiered plan at zero after {keep:.0f}s"
+
+    def describe(self, name: str) -> dict[str, Any]:
+        levels = {str(r.id): self.level(r, name) for r in self.pool.replicas if r.state == "ready"}
+        described: dict[str, Any] = {"group": self.name, "levels": levels}
+        if self._tiered:
+            plan = self.plan(name)
+            described["plan"] = {
+                "host_at_s": plan.host_at_s,
+                "disk_at_s": plan.disk_at_s,
+                "zero_at_s": plan.zero_at_s,
+                "why": plan.why,
+            }
+            described["wake_s"] = {
+                "host": self.wake_costs(name).host,
+                "disk": self.wake_costs(name).disk,
+            }
+        return described
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self._session
+
+
+class GroupPolicy:
+    """The group pool's keep-alive: ``fixed`` keeps the group's ``keep_alive_s``; ``tiered``
+    keeps the replicas until every member's plan reaches zero."""
+
+    def __init__(self, group: Group) -> None:
+        self.group = group
+        self.name = group.spec.policy
+
+    def decide(self, history: History) -> Decision:
+        if self.name != "tiered":
+            keep = self.group.spec.pool.keep_alive_s
+            return Decision(0.0, keep, f"fixed {keep:g}s")
+        keep, why = self.group.zero_after_s()
+        return Decision(0.0, keep, why)

@@ -1,0 +1,161 @@
+"""``ember up`` with a group: the MLP and MiniLM served by one replica, awake or asleep on it.
+
+The replica's device memory budget (91.5 MB) fits MiniLM's weights (90.9 MB) or the MLP's
+(1.6 MB), not both; on the CPU the budget is kept all the same, so a request for the model
+asleep puts the other to sleep first. With the tiered policy (and wake times small enough that
+the hot window is about a second) the activator puts an idle model to sleep at host, then disk,
+and lets the replica go when both are due at zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+from tests.conftest import MINILM_CONFIG, MLP_CONFIG
+from tests.integration.test_activator import (
+    MLP_BODY,
+    activator,
+    events,
+    replicas,
+    wait_until,
+)
+from tests.servers import ServerProcess
+
+TEXT_BODY = json.dumps(
+    {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a sleepy model"]}]}
+)
+
+
+def group_stack(tmp_path: Path, **group: Any) -> Path:
+    settings = {"events": str(tmp_path / "events.jsonl"), "grace_period_s": 5}
+    entry = {
+        "name": "shared",
+        "models": [{"config": str(MLP_CONFIG)}, {"config": str(MINILM_CONFIG)}],
+        "max_replicas": 1,
+        **group,
+    }
+    path = tmp_path / "ember.yaml"
+    path.write_text(yaml.safe_dump({"activator": settings, "groups": [entry]}))
+    return path
+
+
+def infer(server: ServerProcess, model: str) -> httpx.Response:
+    body = MLP_BODY if model == "mlp" else TEXT_BODY
+    return httpx.post(f"{server.url}/v2/models/{model}/infer", content=body, timeout=120)
+
+
+def output(response: httpx.Response) -> list[float]:
+    assert response.status_code == 200, response.text
+    return list(response.json()["outputs"][0]["data"])
+
+
+def of(tmp_path: Path, kind: str, **fields: Any) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in events(tmp_path)
+        if e["event"] == kind and all(e.get(k) == v for k, v in fields.items())
+    ]
+
+
+def test_two_models_take_turns_on_one_replica_whose_budget_fits_one(tmp_path: Path) -> None:
+    config = group_stack(tmp_path, device_memory_budget="91.5MB", keep_alive_s=60)
+    with activator(config) as server:
+        mlp, minilm = output(infer(server, "mlp")), output(infer(server, "minilm"))
+        assert len(mlp) == 10 and len(minilm) == 384
+        # interleaved and concurrent: every answer is its own model's, none lost
+        order = ["mlp", "minilm"] * 12
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda m: infer(server, m), order))
+        for model, answer in zip(order, answers, strict=True):
+            assert answer.json()["model_name"] == model
+            # (batched with others, MiniLM's floats may differ in the last digits)
+            assert np.allclose(output(answer), mlp if model == "mlp" else minilm, atol=1e-5)
+        assert len(of(tmp_path, "replica_starting", model="shared")) == 1
+        # the replica's budget put one to sleep for the other, and the books say so
+        wait_until(
+            lambda: bool(of(tmp_path, "sleep", group="shared")),
+            what="a sleep event from the replica's budget",
+        )
+        assert {e["level"] for e in of(tmp_path, "sleep", group="shared")} == {"host"}
+
+        def levels() -> list[str]:
+            described = {m["name"]: m for m in httpx.get(server.url + "/admin/models").json()}
+            assert described["mlp"]["group"] == described["minilm"]["group"] == "shared"
+            return sorted(lv for m in ("mlp", "minilm") for lv in described[m]["levels"].values())
+
+        # a wake puts the other to sleep inside the replica: the next read of its index says so
+        wait_until(lambda: levels() == ["host", "hot"], what="one awake, one asleep at host")
+        # the runtime behind says the same: one hot, one asleep at host
+        index = httpx.post(server.url + "/v2/repository/index").json()
+        assert {m["name"] for m in index} == {"mlp", "minilm"}
+
+
+def test_the_tiered_policy_sleeps_idle_models_then_lets_the_replica_go(tmp_path: Path) -> None:
+    config = group_stack(
+        tmp_path,
+        policy="tiered",
+        wake={"host": 0.001, "disk": 0.002},  # hot for 1.2 s (the break-even)
+        host_hold_s=1.5,
+        disk_hold_s=1.5,
+    )
+    with activator(config) as server:
+        for _ in range(3):  # warm requests: a wake is measured against them
+            output(infer(server, "minilm"))
+        output(infer(server, "mlp"))
+        for level in ("host", "disk"):
+            for model in ("mlp", "minilm"):
+                wait_until(
+                    lambda m=model, lv=level: bool(of(tmp_path, "sleep", model=m, level=lv)),
+                    what=f"{model} asleep at {level}",
+                )
+        # a request finds MiniLM on disk (or the replica gone, if the test was slow to ask)
+        output(infer(server, "minilm"))
+        wait_until(
+            lambda: bool(of(tmp_path, "wake", model="minilm") or of(tmp_path, "replica_stopped")),
+            what="the wake recorded",
+        )
+        wakes = of(tmp_path, "wake", model="minilm")
+        if wakes:
+            assert wakes[-1]["level"] == "disk" and wakes[-1]["replica"] == 1
+            assert wakes[-1]["wake_s"] is not None and wakes[-1]["wake_s"] >= 0
+        # then both are due at zero again and the replica goes
+        wait_until(
+            lambda: any(
+                e["reason"] == "keep-alive expired" for e in of(tmp_path, "replica_stopped")
+            ),
+            timeout_s=60,
+            what="the group's replica stopped after the plans reached zero",
+        )
+
+
+def test_a_replica_killed_while_a_model_sleeps_is_replaced_and_the_request_answered(
+    tmp_path: Path,
+) -> None:
+    config = group_stack(
+        tmp_path, policy="tiered", wake={"host": 0.001, "disk": 0.002}, host_hold_s=600
+    )
+    with activator(config) as server:
+        before = output(infer(server, "minilm"))
+        output(infer(server, "mlp"))
+        wait_until(
+            lambda: bool(of(tmp_path, "sleep", model="minilm", level="host")),
+            what="minilm asleep at host",
+        )
+        (pid,) = replicas(server)
+        os.kill(pid, signal.SIGKILL)
+        assert np.allclose(output(infer(server, "minilm")), before, atol=1e-5)
+        wait_until(
+            lambda: len(of(tmp_path, "replica_ready", model="shared")) == 2,
+            what="a new replica for the group",
+        )
+        described = {m["name"]: m for m in httpx.get(server.url + "/admin/models").json()}
+        assert "1" not in described["minilm"]["levels"]  # the dead replica's books are gone

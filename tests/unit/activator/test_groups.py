@@ -1,0 +1,233 @@
+"""A group's books: levels read from a replica's index, sleeps the tiered policy commands, wakes
+measured against warm requests, and the keep-alive that follows the members' plans. The replica
+is a small aiohttp server speaking the repository endpoints; time is a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from activator.events import EventLog
+from activator.groups import Group, GroupPolicy
+from activator.policy import History
+from activator.pool import ManualClock, Replica, Ticket
+from activator.scalers.base import ReplicaHandle
+from activator.tasks import TaskSet
+from contracts.stack import GroupSpec, load_stack
+
+
+class FakeReplica:
+    """The repository endpoints of a replica: an index it is told, and the unloads it got."""
+
+    def __init__(self) -> None:
+        self.index: list[dict[str, Any]] = []
+        self.unloads: list[tuple[str, Any]] = []
+        self.refuse = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v2/repository/index", self._index)
+        app.router.add_post("/v2/repository/models/{model}/unload", self._unload)
+        return app
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.json_response(self.index)
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        if self.refuse:
+            return web.json_response({"error": "no"}, status=400)
+        self.unloads.append((request.match_info["model"], await request.json()))
+        return web.json_response({})
+
+
+class StubPool:
+    """What a group reads of its pool: its replicas."""
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        self.replicas = replicas
+
+    async def aclose(self) -> None:
+        pass
+
+
+def group_spec(tmp_path: Path, **group: Any) -> GroupSpec:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n")
+    entry = {"name": "g", "models": [{"config": "a.yaml"}, {"config": "b.yaml"}], **group}
+    (tmp_path / "ember.yaml").write_text(json.dumps({"groups": [entry]}))
+    return load_stack(tmp_path / "ember.yaml").groups["g"]
+
+
+MADE: list[Group] = []
+
+
+@pytest.fixture(autouse=True)
+async def _closed() -> AsyncIterator[None]:
+    """Every group a test made is closed after it (its HTTP session, its event log)."""
+    yield
+    while MADE:
+        group = MADE.pop()
+        await group.aclose()
+        await commands_done(group)
+        group.events.close()
+
+
+@pytest.fixture
+async def replica() -> AsyncIterator[tuple[FakeReplica, Replica]]:
+    fake = FakeReplica()
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield (
+            fake,
+            Replica(1, 0.0, state="ready", handle=ReplicaHandle("g", f"http://127.0.0.1:{port}")),
+        )
+    finally:
+        await runner.cleanup()
+
+
+async def make_group(tmp_path: Path, replica: Replica, **group: Any) -> tuple[Group, ManualClock]:
+    spec = group_spec(tmp_path, **group)
+    models = load_stack(tmp_path / "ember.yaml").models
+    clock = ManualClock()
+    made = Group(
+        spec,
+        models,
+        lambda pool_spec, policy: StubPool([replica]),  # type: ignore[arg-type,return-value]
+        EventLog(tmp_path / "events.jsonl"),
+        tasks=TaskSet(),
+        clock=clock,
+        poll_s=1.0,
+    )
+    MADE.append(made)
+    return made, clock
+
+
+async def commands_done(group: Group) -> None:
+    """Until the sleeps the group sent have been answered (by real time: a local server)."""
+    for _ in range(500):
+        if not group._commanding:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a sleep command was never answered")
+
+
+def logged(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
+    path = tmp_path / "events.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+async def test_the_replicas_index_is_the_truth_of_levels(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, _ = await make_group(tmp_path, r)
+    fake.index = [
+        {"name": "a", "state": "READY", "reason": ""},
+        {"name": "b", "state": "SLEEPING", "reason": "level host", "level": "host"},
+        {"name": "stranger", "state": "SLEEPING", "level": "disk"},
+        {"name": "a", "state": "gibberish"},
+    ]
+    await group.tick()
+    group.events.flush()
+    assert (group.level(r, "a"), group.level(r, "b")) == ("hot", "host")
+    (sleep,) = logged(tmp_path, "sleep")
+    assert sleep["model"] == "b" and sleep["level"] == "host" and sleep["replica"] == 1
+    assert "budget" in sleep["reason"]
+    assert group.awake_on("a")(r) and not group.awake_on("b")(r)
+
+
+async def test_the_tiered_policy_puts_an_idle_model_to_sleep_host_then_disk(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, clock = await make_group(
+        tmp_path, r, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=10
+    )
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    group.released(ticket)
+    plan = group.plan("a")
+    assert plan.host_at_s == pytest.approx(1.2)  # 1200 device-seconds per wake-second
+    await clock.advance(0.5)
+    await group.tick()
+    assert fake.unloads == []  # still in its hot window
+    await clock.advance(1.0)
+    await group.tick()
+    await commands_done(group)
+    assert fake.unloads == [("a", {"parameters": {"level": "host"}})]
+    assert group.level(r, "a") == "host" and group.level(r, "b") == "hot"  # b was never asked
+    await clock.advance(10)
+    await group.tick()
+    await commands_done(group)
+    assert fake.unloads[-1] == ("a", {"parameters": {"level": "disk"}})
+    group.events.flush()
+    assert [e["level"] for e in logged(tmp_path, "sleep")] == ["host", "disk"]
+
+
+async def test_a_refused_sleep_changes_no_books(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    fake.refuse = True
+    group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.001})
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    group.released(ticket)
+    await clock.advance(5)
+    await group.tick()
+    await commands_done(group)
+    assert group.level(r, "a") == "hot"
+    group.events.flush()
+    assert logged(tmp_path, "sleep") == []
+
+
+async def test_a_wake_is_measured_against_warm_requests_and_replans(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    _, r = replica
+    group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.05})
+    for _ in range(3):  # warm: 10 ms each
+        ticket = Ticket(r, 0.0, False)
+        group.took("a", ticket)
+        await clock.advance(0.01)
+        group.released(ticket)
+    group.levels[r.id] = {"a": "host"}
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    assert group.level(r, "a") == "hot"  # the replica wakes it for this request
+    await clock.advance(0.04)
+    group.released(ticket)
+    group.events.flush()
+    (wake,) = logged(tmp_path, "wake")
+    assert wake["level"] == "host" and wake["wake_s"] == pytest.approx(0.03)
+    assert group.wake_costs("a").host == pytest.approx(0.03)  # measured, not the given 0.05
+    assert group.plan("a").host_at_s == pytest.approx(1200 * 0.03)
+
+
+async def test_the_group_keep_alive_follows_the_latest_plan_to_zero(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    _, r = replica
+    group, clock = await make_group(
+        tmp_path, r, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=20
+    )
+    group.arrived("a")
+    await clock.advance(5)
+    group.arrived("b")
+    keep, _ = group.zero_after_s()
+    assert keep == pytest.approx(1.2 + 10 + 20)  # b asked last: its plan decides
+    decision = GroupPolicy(group).decide(History())
+    assert decision.keep_alive_s == pytest.approx(keep) and decision.prewarm_s == 0
+    fixed, _ = await make_group(tmp_path, r, keep_alive_s=42)
+    assert GroupPolicy(fixed).decide(History()).keep_alive_s == 42
