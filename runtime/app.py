@@ -46,14 +46,21 @@ def create_app(
         concurrency=settings.fetch_concurrency,
         chunk_bytes=settings.fetch_chunk_bytes,
     )
-    budget = DeviceBudget(settings.device_memory_budget_bytes, metrics=metrics)
+    budget = DeviceBudget(
+        settings.device_memory_budget_bytes,
+        metrics=metrics,
+        host_limit=settings.host_memory_budget_bytes,
+    )
     repository = ModelRepository(configs, metrics, sources, on_status=on_status, budget=budget)
 
     async def start() -> None:
         if settings.device_memory_budget_bytes is None:
             devices = [c.device for c in configs if c.handler in _TORCH_HANDLERS]
             budget.set_limit(await asyncio.to_thread(detect_limit, devices))
-        await repository.load_all()
+        if settings.load_on_demand:  # once the budget is known: the first request loads each
+            repository.defer_loading()
+        else:
+            await repository.load_all()
 
     dataplane = DataPlane(repository, metrics)
 
@@ -62,7 +69,8 @@ def create_app(
         # Loading runs beside the server: /v2/health/live answers from the first moment.
         loading = None
         if settings.load_on_start:
-            repository.announce_loading()  # at once: the budget is read first (may import torch)
+            if not settings.load_on_demand:  # at once: the budget is read first (imports torch)
+                repository.announce_loading()
             loading = asyncio.create_task(start())
         try:
             yield

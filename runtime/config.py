@@ -190,12 +190,47 @@ class ServerSettings(BaseModel):
     # the awake models' footprints stay within it (runtime.budget); None: what a CUDA device
     # has free at start, or no budget on the CPU
     device_memory_budget_bytes: int | None = Field(default=None, gt=0)
+    # what the models asleep at level host may hold in host memory; past it the least recently
+    # used go down to disk (runtime.budget); None: no host budget
+    host_memory_budget_bytes: int | None = Field(default=None, gt=0)
+    # register the models without loading them: each loads on its first request (group replicas)
+    load_on_demand: bool = False
     fetch_concurrency: int = Field(default=8, ge=1, le=256)
     fetch_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     status_fd: int | None = Field(default=None, ge=0)  # where contracts.replica events go
     # a failed load stops the server (exit 3), saying why in termination_log: runtime.termination
     exit_on_load_failure: bool = False
     termination_log: Path = Path("/dev/termination-log")
+
+
+def load_model_config_files(paths: list[str] | list[Path]) -> list[ModelConfig]:
+    """The models of several config files (``ember serve --config A --config B``), in order;
+    each model's relative paths resolve against its own file. Every file's problems are
+    reported together, and so is a model name that two files both define."""
+    configs: list[ModelConfig] = []
+    problems: list[str] = []
+    defined_in: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if path in defined_in.values():
+            problems.append(f"{path}: the same config file is given twice")
+            continue
+        try:
+            models = load_model_configs(path)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        for model in models:
+            first = defined_in.get(model.name)
+            if first is not None:
+                problems.append(
+                    f"{path}: model '{model.name}' is already defined in {first}; a model "
+                    "name must be unique across the config files"
+                )
+        defined_in.update((m.name, path) for m in models)
+        configs += models
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return configs
 
 
 def load_model_configs(path: str | Path) -> list[ModelConfig]:

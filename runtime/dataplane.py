@@ -211,9 +211,14 @@ class DataPlane:
         started = time.perf_counter_ns()
         entry = self.repository.ready_entry(name, version)
         try:
+            queued = None
+            if entry.deferred:  # not loaded yet: its tensors are checked once it is loaded
+                queued = started  # a load on demand is time spent waiting, as a wake is
+                entry = await self.repository.loaded_entry(name, version)
             inputs = self.decode_inputs(entry, request, binary)
             selection = self.requested_outputs(entry, request)
-            queued = time.perf_counter_ns()  # a wake is time spent waiting, as a queue is
+            if queued is None:
+                queued = time.perf_counter_ns()  # a wake is time spent waiting, as a queue is
             entry = await self.repository.awake_entry(name, version)
             assert entry.scheduler is not None
             outputs = await entry.scheduler.submit(inputs, arrived_ns=queued)

@@ -76,6 +76,16 @@ class RuntimeMetrics:
             "The device memory budget the awake models must fit in; 0: no budget",
             registry=self.registry,
         )
+        self.host_sleeping_bytes = Gauge(
+            "ember_host_memory_sleeping_bytes",
+            "Bytes of host memory the weights of the models asleep at level host hold",
+            registry=self.registry,
+        )
+        self.host_budget_bytes = Gauge(
+            "ember_host_memory_budget_bytes",
+            "The host memory budget the models asleep at level host must fit in; 0: no budget",
+            registry=self.registry,
+        )
         self.model_ready = Gauge(
             "ember_model_ready",
             "1 when the model can answer",

@@ -15,6 +15,12 @@ Under a device memory budget (:mod:`runtime.budget`) the repository keeps the aw
 footprints within it: a model that must wake or load first puts the least recently used awake
 models to sleep (after their batches), and at start the models past the budget sleep right after
 their first load. Every such decision, and every load, wake and sleep, holds the budget's lock.
+A model put to sleep for room sleeps at ``host`` within the host memory budget, the least
+recently used host sleepers going down to ``disk`` past it (:meth:`DeviceBudget.host_victims`).
+
+With ``--load-on-demand`` (:meth:`ModelRepository.defer_loading`) the models are registered but
+not loaded: SLEEPING ("level disk (not loaded yet)"), so they count as serving; the first request
+for one, or a repository load, loads it as a wake would wake it, room made first under the budget.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from functools import partial
 from contracts.replica import FailureKind, ModelStatus, SleepLevelName
 from contracts.stats import ModelStats
 from runtime.batching import Scheduler
-from runtime.budget import DeviceBudget
+from runtime.budget import DeviceBudget, estimate_footprint
 from runtime.config import ModelConfig
 from runtime.errors import (
     ConfigError,
@@ -66,6 +72,7 @@ class ModelState(enum.StrEnum):
 
 
 SERVING = frozenset({ModelState.READY, ModelState.SLEEPING})
+NOT_LOADED_YET = f"level {SleepLevel.DISK} (not loaded yet)"
 
 
 @dataclass
@@ -82,14 +89,18 @@ class ModelEntry:
     release_source: Callable[[], None] | None = None
     wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
     asleep: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
+    deferred: bool = False  # registered, not loaded yet (SLEEPING): the first request loads it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def sleep_level(self) -> SleepLevelName | None:
-        """What the index and the status channel say of its level: only while SLEEPING."""
-        if self.state is not ModelState.SLEEPING or self.asleep is None:
+        """What the index and the status channel say of its level: only while SLEEPING (not
+        loaded yet: ``disk``, what a load on demand costs)."""
+        if self.state is not ModelState.SLEEPING:
             return None
-        return self.asleep.value
+        if self.deferred:
+            return SleepLevel.DISK.value
+        return None if self.asleep is None else self.asleep.value
 
 
 class ModelRepository:
@@ -106,6 +117,7 @@ class ModelRepository:
         self.budget = budget if budget is not None else DeviceBudget(None, metrics=metrics)
         self._sources = sources
         self._on_status = on_status
+        self.served = False  # every wanted model has served at once (the start is over)
         self._entries = {
             c.name: ModelEntry(config=c, stats=ModelStats(c.name, c.version)) for c in configs
         }
@@ -141,6 +153,8 @@ class ModelRepository:
         failure: FailureKind | None = None,
     ) -> None:
         entry.state, entry.reason, entry.failure = state, reason, failure
+        if not self.served and all(e.state in SERVING for e in self._entries.values() if e.wanted):
+            self.served = True
         if self._on_status is not None:
             phases = entry.load_phases if state is ModelState.READY else {}
             self._on_status(
@@ -165,12 +179,23 @@ class ModelRepository:
             await self._wake_for_request(entry)
         return entry
 
+    async def loaded_entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """The serving model, its handler loaded: loaded first if it is not loaded yet
+        (``--load-on-demand``); a sleeper is not woken."""
+        entry = self.ready_entry(name, version)
+        if entry.deferred:
+            entry = await self.awake_entry(name, version)
+        return entry
+
     async def _wake_for_request(self, entry: ModelEntry) -> None:
         """Wake a SLEEPING model for a request: never a full load (an operator's unload stands,
-        and a failed wake is not retried by every queued request); ModelNotReady if it is
-        neither asleep nor ready by the time the locks are held."""
+        and a failed wake is not retried by every queued request), except the first load of a
+        model registered to load on demand; ModelNotReady if it is neither asleep nor ready by
+        the time the locks are held."""
         async with self.budget.deciding(), entry.lock:
-            if entry.state is ModelState.SLEEPING:
+            if entry.state is ModelState.SLEEPING and entry.deferred:
+                await self._load(entry, make_room=True)
+            elif entry.state is ModelState.SLEEPING:
                 await self._make_room(entry)
                 await self._wake(entry)
             if entry.state not in SERVING:
@@ -186,8 +211,26 @@ class ModelRepository:
             if entry.wanted and entry.state is ModelState.UNAVAILABLE and entry.handler is None:
                 self._set(entry, ModelState.LOADING, "loading")
 
+    def defer_loading(self) -> None:
+        """Register the wanted models that have not begun to load without loading them
+        (``--load-on-demand``): SLEEPING, as if at level disk, so that they count as serving."""
+        for entry in self._entries.values():
+            if entry.wanted and entry.state is ModelState.UNAVAILABLE and entry.handler is None:
+                entry.deferred = True
+                self._set(entry, ModelState.SLEEPING, NOT_LOADED_YET)
+
     def all_ready(self) -> bool:
-        return all(e.state in SERVING for e in self._entries.values() if e.wanted)
+        """Every wanted model serves; after the start, a model whose wake or on-demand load
+        failed (UNAVAILABLE with a failure) is left out while another serves: the others keep
+        serving, and the failed one answers its requests with why."""
+        wanted = [e for e in self._entries.values() if e.wanted]
+        if all(e.state in SERVING for e in wanted):
+            return True
+        if not self.served:
+            return False
+        failed = [e for e in wanted if e.state is ModelState.UNAVAILABLE and e.failure]
+        rest = [e for e in wanted if e not in failed]
+        return bool(rest) and all(e.state in SERVING for e in rest)
 
     async def load(self, name: str, *, make_room: bool = True) -> ModelEntry:
         """Load (or reload, or wake) a model; concurrent calls for one model share a single load.
@@ -200,72 +243,87 @@ class ModelRepository:
         async with self.budget.deciding(), entry.lock:
             if entry.state is ModelState.READY:
                 return entry
-            if entry.state is ModelState.SLEEPING:
+            if entry.state is ModelState.SLEEPING and not entry.deferred:
                 await self._make_room(entry)
                 await self._wake(entry)
                 return entry
-            self._set(entry, ModelState.LOADING, "loading")
-            started = time.perf_counter()
-            handler: ModelHandler | None = None
-            scheduler: Scheduler | None = None
-            release_source: Callable[[], None] | None = None
-            try:
-                if self.budget.footprint(name) is not None:  # known from an earlier load
-                    await self._make_room(entry)
-                local = await self._sources.localize(entry.config)
-                release_source = local.release
-                phases = dict(local.phases)
-                mark = time.perf_counter()
-                handler = await asyncio.to_thread(create_handler, local.config)  # its imports
-                phases["imports"] = phases.get("imports", 0.0) + time.perf_counter() - mark
-                mark = time.perf_counter()
-                # the handler becomes the only holder of the streamed tensors
-                await asyncio.to_thread(partial(handler.load, tensors=local.take_tensors()))
-                phases["load"] = time.perf_counter() - mark
-                footprint = handler.device_bytes() if isinstance(handler, Measures) else 0
-                self.budget.measured(name, footprint)
-                scheduler = Scheduler(
-                    config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics
-                )
-                mark = time.perf_counter()
-                warm = handler.warmup_inputs() if entry.config.warmup else None
-                if warm is not None:
-                    await scheduler.run_now(warm)
-                phases["warmup"] = time.perf_counter() - mark
-                scheduler.start()
-            except BaseException as exc:
-                await self._discard(handler, scheduler)
-                if release_source is not None:
-                    release_source()
-                expected = isinstance(
-                    exc, HandlerLoadError | ConfigError | RuntimeServerError | WeightCacheError
-                )
-                reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
-                failed = isinstance(exc, Exception | SystemExit)  # not cancellation, Ctrl-C
-                failure = failure_kind(exc) if failed else None
-                self._set(entry, ModelState.UNAVAILABLE, f"load failed: {reason}", failure)
-                if not failed:
-                    raise  # not the model's fault
-                log.error("model %s failed to load: %s", name, reason, exc_info=not expected)
-                raise ModelNotReady(f"model '{name}' failed to load: {reason}") from exc
-            entry.handler, entry.scheduler = handler, scheduler
-            entry.release_source = release_source
-            # The imports and the model are long-lived: keep the collector from re-walking them
-            # on every full collection, which otherwise shows up as tail latency under load.
-            gc.freeze()
-            entry.load_seconds = time.perf_counter() - started
-            entry.load_phases = phases
-            self._set(entry, ModelState.READY, "")
-            self._metrics.load_duration.labels(name).set(entry.load_seconds)
-            for phase, seconds in phases.items():
-                self._metrics.load_phase.labels(name, phase).set(seconds)
-            self._metrics.model_ready.labels(name).set(1)
-            detail = ", ".join(f"{k} {v:.2f}s" for k, v in phases.items())
-            log.info("model %s ready in %.2fs (%s)", name, entry.load_seconds, detail)
-            self.budget.mark(name, hot=True)
-            if not self.budget.fits(name):
-                await self._fit_loaded(entry, make_room=make_room)
+            await self._load(entry, make_room=make_room)
             return entry
+
+    async def _load(self, entry: ModelEntry, *, make_room: bool) -> None:
+        """:meth:`load`'s full load, the caller holding the budget's and the model's locks."""
+        name = entry.config.name
+        if entry.deferred:
+            # room first, by the size of its files; no room now (the others busy): it stays
+            # registered, and the next request tries again
+            if self.budget.footprint(name) is None and self.budget.limit is not None:
+                estimate = await asyncio.to_thread(estimate_footprint, entry.config)
+                if estimate is not None:
+                    self.budget.estimate(name, estimate)
+            if self.budget.footprint(name) is not None:
+                await self._make_room(entry)
+            entry.deferred = False
+        self._set(entry, ModelState.LOADING, "loading")
+        started = time.perf_counter()
+        handler: ModelHandler | None = None
+        scheduler: Scheduler | None = None
+        release_source: Callable[[], None] | None = None
+        try:
+            if self.budget.footprint(name) is not None:  # known from an earlier load
+                await self._make_room(entry)
+            local = await self._sources.localize(entry.config)
+            release_source = local.release
+            phases = dict(local.phases)
+            mark = time.perf_counter()
+            handler = await asyncio.to_thread(create_handler, local.config)  # its imports
+            phases["imports"] = phases.get("imports", 0.0) + time.perf_counter() - mark
+            mark = time.perf_counter()
+            # the handler becomes the only holder of the streamed tensors
+            await asyncio.to_thread(partial(handler.load, tensors=local.take_tensors()))
+            phases["load"] = time.perf_counter() - mark
+            footprint = handler.device_bytes() if isinstance(handler, Measures) else 0
+            self.budget.measured(name, footprint)
+            scheduler = Scheduler(
+                config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics
+            )
+            mark = time.perf_counter()
+            warm = handler.warmup_inputs() if entry.config.warmup else None
+            if warm is not None:
+                await scheduler.run_now(warm)
+            phases["warmup"] = time.perf_counter() - mark
+            scheduler.start()
+        except BaseException as exc:
+            await self._discard(handler, scheduler)
+            if release_source is not None:
+                release_source()
+            expected = isinstance(
+                exc, HandlerLoadError | ConfigError | RuntimeServerError | WeightCacheError
+            )
+            reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            failed = isinstance(exc, Exception | SystemExit)  # not cancellation, Ctrl-C
+            failure = failure_kind(exc) if failed else None
+            self._set(entry, ModelState.UNAVAILABLE, f"load failed: {reason}", failure)
+            if not failed:
+                raise  # not the model's fault
+            log.error("model %s failed to load: %s", name, reason, exc_info=not expected)
+            raise ModelNotReady(f"model '{name}' failed to load: {reason}") from exc
+        entry.handler, entry.scheduler = handler, scheduler
+        entry.release_source = release_source
+        # The imports and the model are long-lived: keep the collector from re-walking them
+        # on every full collection, which otherwise shows up as tail latency under load.
+        gc.freeze()
+        entry.load_seconds = time.perf_counter() - started
+        entry.load_phases = phases
+        self._set(entry, ModelState.READY, "")
+        self._metrics.load_duration.labels(name).set(entry.load_seconds)
+        for phase, seconds in phases.items():
+            self._metrics.load_phase.labels(name, phase).set(seconds)
+        self._metrics.model_ready.labels(name).set(1)
+        detail = ", ".join(f"{k} {v:.2f}s" for k, v in phases.items())
+        log.info("model %s ready in %.2fs (%s)", name, entry.load_seconds, detail)
+        self.budget.mark(name, hot=True)
+        if not self.budget.fits(name):
+            await self._fit_loaded(entry, make_room=make_room)
 
     async def _fit_loaded(self, entry: ModelEntry, *, make_room: bool) -> None:
         """A model just loaded past the budget: make room for it, or put it to sleep."""
@@ -273,13 +331,9 @@ class ModelRepository:
             with contextlib.suppress(ModelNotReady):
                 await self._make_room(entry)
                 return
-        log.info(
-            "model %s sleeps (level %s): past the device memory budget",
-            entry.config.name,
-            self.budget.level,
-        )
+        log.info("model %s sleeps: past the device memory budget", entry.config.name)
         try:
-            await self._sleep(entry, self.budget.level)
+            await self._put_away(entry)
         except InvalidInput:  # a handler that cannot sleep stays awake, over the budget
             log.warning("model %s cannot sleep: over the device memory budget", entry.config.name)
 
@@ -300,7 +354,40 @@ class ModelRepository:
                 log.info("model %s sleeps to make room for %s", victim, name)
                 # a failed sleep leaves it UNAVAILABLE, which frees its memory as well
                 with contextlib.suppress(ModelNotReady):
-                    await self._sleep(other, self.budget.level)
+                    await self._put_away(other, waking=entry)
+
+    async def _put_away(self, entry: ModelEntry, *, waking: ModelEntry | None = None) -> None:
+        """Put a READY model to sleep for room (the caller holds its lock): at the budget's
+        level, within the host memory budget, the least recently used host sleepers going down
+        to disk first; never ``waking``, the model it makes room for (whose lock is held too)."""
+        name = entry.config.name
+        keep = None if waking is None else waking.config.name
+        for victim in self.budget.host_victims(name, waking=keep):
+            await self._deepen(self._entries[victim])
+        await self._sleep(entry, self.budget.room_level(name))
+
+    async def _deepen(self, entry: ModelEntry) -> None:
+        """Send a model asleep at level host down to level disk, past the host memory budget
+        (its handler drops the host copy; no device memory is needed). A failure leaves it
+        UNAVAILABLE, which frees its memory as well."""
+        name = entry.config.name
+        async with entry.lock:
+            if entry.state is not ModelState.SLEEPING or entry.asleep is not SleepLevel.HOST:
+                return
+            assert isinstance(entry.handler, Sleeps)
+            log.info("model %s sleeps deeper (level disk): past the host memory budget", name)
+            started = time.perf_counter_ns()
+            try:
+                await asyncio.to_thread(entry.handler.sleep, SleepLevel.DISK)
+            except Exception as exc:
+                await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
+                return
+            entry.asleep = SleepLevel.DISK
+            self.budget.mark(name, hot=False)
+            elapsed = time.perf_counter_ns() - started
+            entry.stats.record_sleep(SleepLevel.DISK.value, elapsed)
+            self._metrics.sleep_duration.labels(name, SleepLevel.DISK.value).observe(elapsed / 1e9)
+            self._set(entry, ModelState.SLEEPING, f"level {SleepLevel.DISK}")
 
     async def sleep(self, name: str, level: SleepLevel, *, drain_timeout_s: float = 30.0) -> None:
         """Put a serving model to sleep at ``level`` once its queued and running batches are done.
@@ -309,6 +396,8 @@ class ModelRepository:
         """
         entry = self.entry(name)
         async with self.budget.deciding(), entry.lock:
+            if entry.deferred:
+                return  # not loaded yet: it holds nothing to put away
             if entry.state is ModelState.SLEEPING and entry.asleep is not level:
                 await self._make_room(entry)
                 await self._wake(entry)  # from one level to another through awake
@@ -349,7 +438,7 @@ class ModelRepository:
             # half put away: nothing it holds can be trusted to serve
             await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
             raise ModelNotReady(f"model '{name}' failed to sleep: {exc}") from exc
-        self.budget.mark(name, hot=False)
+        self.budget.mark(name, hot=False, at_host=level is SleepLevel.HOST)
         elapsed = time.perf_counter_ns() - started
         entry.stats.record_sleep(level.value, elapsed)
         self._metrics.sleep_duration.labels(name, level.value).observe(elapsed / 1e9)
@@ -396,7 +485,7 @@ class ModelRepository:
         async with self.budget.deciding(), entry.lock:
             if entry.state not in SERVING:
                 return
-            entry.asleep = None
+            entry.asleep, entry.deferred = None, False
             self._set(entry, ModelState.UNLOADING, "unloading")
             self._metrics.model_ready.labels(name).set(0)
             if entry.scheduler is not None:

@@ -80,9 +80,11 @@ class V2Endpoints:
         )
 
     async def model_metadata(self, request: Request) -> Response:
+        await self.dataplane.repository.loaded_entry(*_model(request))  # its handler says
         return json_response(self.dataplane.model_metadata(*_model(request)))
 
     async def model_config(self, request: Request) -> Response:
+        await self.dataplane.repository.loaded_entry(*_model(request))
         return json_response(self.dataplane.model_config(*_model(request)))
 
     async def statistics(self, request: Request) -> Response:
@@ -127,7 +129,8 @@ class V2Endpoints:
             infer_request = parse_inference_request(parse_json_object(body, "request body"))
         else:
             length = _header_length(header_length, len(body))
-            if length == 0:
+            if length == 0:  # the model's one input says the shape: load it first if need be
+                await self.dataplane.repository.loaded_entry(name, version)
                 infer_request = self.dataplane.raw_request(name, version, body)
                 binary = memoryview(body)
             else:

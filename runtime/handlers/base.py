@@ -115,7 +115,8 @@ class Sleeps(Protocol):
 
     Both are blocking and called from worker threads, never while a batch runs. ``wake`` puts
     the weights back where ``load`` put them and raises what ``load`` raises when it cannot
-    (the files gone, the device out of memory).
+    (the files gone, the device out of memory). ``sleep(disk)`` is also called on a model asleep
+    at ``host``, past the host memory budget: it drops the host copy, needing no device memory.
     """
 
     def sleep(self, level: SleepLevel) -> None: ...

@@ -36,7 +36,13 @@ def test_sleep_index_infer_and_load(server: ServerProcess, level: str) -> None:
         assert r.status_code == 200 and r.json()["level"] == level
         index = client.post("/v2/repository/index", json={}).json()
         assert index == [
-            {"name": "mlp", "version": "1", "state": "SLEEPING", "reason": f"level {level}"}
+            {
+                "name": "mlp",
+                "version": "1",
+                "state": "SLEEPING",
+                "reason": f"level {level}",
+                "level": level,
+            }
         ]
         assert client.get("/v2/models/mlp/ready").status_code == 200
         np.testing.assert_array_equal(_logits(client), before)  # woken on demand

@@ -43,6 +43,7 @@ class Gated(TorchModuleHandler):
     log: list[str] = []
 
     def load(self, *, tensors: StreamedTensors | None = None) -> None:
+        Gated.log.append(f"load {self.config.name}")
         super().load(tensors=tensors)
         Gated.predicting[self.config.name] = threading.Event()
 
@@ -57,7 +58,7 @@ class Gated(TorchModuleHandler):
         return super().predict(inputs)
 
     def sleep(self, level: Any) -> None:
-        Gated.log.append(f"sleep {self.config.name}")
+        Gated.log.append(f"sleep {self.config.name}" + (f" {level}" if self.asleep else ""))
         super().sleep(level)
 
     def wake(self) -> None:
@@ -92,7 +93,11 @@ def _expected(seed: int) -> np.ndarray:
 
 
 def _plane(
-    tmp_path: Path, names: list[str], budget: int, features: dict[str, int] | None = None
+    tmp_path: Path,
+    names: list[str],
+    budget: int,
+    features: dict[str, int] | None = None,
+    host_budget: int | None = None,
 ) -> DataPlane:
     """Models of ``names`` in config order, the i-th with ``weights(i)`` (default 8 features)."""
     configs = []
@@ -108,7 +113,7 @@ def _plane(
         configs,
         metrics,
         Sources(),  # type: ignore[arg-type]
-        budget=DeviceBudget(budget, metrics=metrics),
+        budget=DeviceBudget(budget, metrics=metrics, host_limit=host_budget),
     )
     return DataPlane(repo, metrics)
 
@@ -129,6 +134,17 @@ async def _infer(plane: DataPlane, name: str) -> np.ndarray:
 
 def _states(plane: DataPlane) -> dict[str, ModelState]:
     return {e.config.name: e.state for e in plane.repository.entries()}
+
+
+def _reasons(plane: DataPlane) -> dict[str, str]:
+    return {e.config.name: e.reason for e in plane.repository.entries()}
+
+
+def _gauge(plane: DataPlane, name: str) -> float:
+    for line in generate_latest(plane.metrics.registry).decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split(" ")[1])
+    raise AssertionError(f"no gauge {name}")
 
 
 async def test_a_request_for_a_sleeper_sleeps_the_awake_one_after_its_batch(
@@ -232,3 +248,82 @@ def test_sizes_parse_with_binary_and_decimal_units() -> None:
     assert parse_bytes("4096") == 4096
     with pytest.raises(ValueError, match="not a size"):
         parse_bytes("lots")
+
+
+async def test_past_the_host_budget_the_least_recently_used_host_sleeper_goes_down_to_disk(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(
+        tmp_path, ["a", "b", "c"], budget=FOOTPRINT * 3 // 2, host_budget=FOOTPRINT * 3 // 2
+    )
+    repo = plane.repository
+    await repo.load_all()  # a awake; b sleeps at host; c sleeps, and b makes room at host for it
+    assert _reasons(plane) == {"a": "", "b": "level disk", "c": "level host"}
+    assert "sleep b disk" in Gated.log  # from host straight down, never woken for it
+    assert _gauge(plane, "ember_host_memory_sleeping_bytes") == FOOTPRINT
+    assert _gauge(plane, "ember_host_memory_budget_bytes") == FOOTPRINT * 3 // 2
+    np.testing.assert_allclose(await _infer(plane, "b"), _expected(1), rtol=1e-5)
+    # b woke from disk; a sleeps at host for room, c (the least recently used) went to disk
+    assert _reasons(plane) == {"a": "level host", "b": "", "c": "level disk"}
+    assert _gauge(plane, "ember_host_memory_sleeping_bytes") == FOOTPRINT
+    for name, seed in (("c", 2), ("a", 0), ("b", 1)):
+        np.testing.assert_allclose(await _infer(plane, name), _expected(seed), rtol=1e-5)
+    assert _reasons(plane) == {"a": "level host", "b": "", "c": "level disk"}
+    await repo.close()
+    assert _gauge(plane, "ember_host_memory_sleeping_bytes") == 0
+
+
+async def test_the_host_sleeper_being_woken_is_never_the_one_sent_down_for_room(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(tmp_path, ["a", "b"], budget=FOOTPRINT * 3 // 2, host_budget=FOOTPRINT * 3 // 2)
+    await plane.repository.load_all()
+    assert _reasons(plane) == {"a": "", "b": "level host"}
+    # b leaves host memory as it wakes: a fits there in its place, and b is not sent to disk
+    got = await asyncio.wait_for(_infer(plane, "b"), 10)
+    np.testing.assert_allclose(got, _expected(1), rtol=1e-5)
+    assert _reasons(plane) == {"a": "level host", "b": ""}
+    assert not any(line.endswith(" disk") for line in Gated.log)
+    await plane.repository.close()
+
+
+async def test_a_model_larger_than_the_whole_host_budget_sleeps_at_disk(tmp_path: Path) -> None:
+    plane = _plane(tmp_path, ["a", "b"], budget=FOOTPRINT * 3 // 2, host_budget=FOOTPRINT // 2)
+    repo = plane.repository
+    await repo.load_all()
+    assert _reasons(plane) == {"a": "", "b": "level disk"}
+    np.testing.assert_allclose(await _infer(plane, "b"), _expected(1), rtol=1e-5)
+    assert _reasons(plane) == {"a": "level disk", "b": ""}
+    assert _gauge(plane, "ember_host_memory_sleeping_bytes") == 0
+    await repo.close()
+
+
+async def test_without_a_host_budget_the_models_put_away_sleep_at_host(tmp_path: Path) -> None:
+    plane = _plane(tmp_path, ["a", "b", "c"], budget=FOOTPRINT * 3 // 2)
+    await plane.repository.load_all()
+    assert _reasons(plane) == {"a": "", "b": "level host", "c": "level host"}
+    assert _gauge(plane, "ember_host_memory_sleeping_bytes") == 2 * FOOTPRINT
+    assert _gauge(plane, "ember_host_memory_budget_bytes") == 0
+    await plane.repository.close()
+
+
+async def test_a_load_on_demand_puts_the_least_recently_used_awake_model_to_sleep_first(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(tmp_path, ["a", "b", "c"], budget=FOOTPRINT * 5 // 2)
+    repo = plane.repository
+    repo.defer_loading()
+    assert Gated.log == []
+    for name, seed in (("a", 0), ("b", 1)):
+        np.testing.assert_allclose(await _infer(plane, name), _expected(seed), rtol=1e-5)
+    await _infer(plane, "a")  # b is now the least recently used
+    np.testing.assert_allclose(await _infer(plane, "c"), _expected(2), rtol=1e-5)
+    # room was made by the size of c's weights file, before c loaded
+    assert Gated.log.index("sleep b") < Gated.log.index("load c")
+    assert _states(plane) == {
+        "a": ModelState.READY,
+        "b": ModelState.SLEEPING,
+        "c": ModelState.READY,
+    }
+    assert _gauge(plane, "ember_device_memory_hot_bytes") == 2 * FOOTPRINT
+    await repo.close()

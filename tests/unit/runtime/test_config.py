@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import ModelConfig, ServerSettings, load_model_configs, resolve_local_source
+from runtime.config import (
+    ModelConfig,
+    ServerSettings,
+    load_model_config_files,
+    load_model_configs,
+    resolve_local_source,
+)
 from runtime.errors import ConfigError
 
 MLP = """
@@ -38,6 +44,42 @@ def test_loads_a_list_and_a_models_key(tmp_path: Path) -> None:
     assert [c.name for c in load_model_configs(write(tmp_path, two))] == ["a", "b"]
     as_json = '[{"name": "a", "handler": "kserve", "options": {"model_class": "m:M"}}]'
     assert load_model_configs(write(tmp_path, as_json, "m.json"))[0].handler == "kserve"
+
+
+def test_several_files_serve_every_model_each_resolved_against_its_own_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write(tmp_path / "a", MLP)
+    second = write(tmp_path / "b", MLP.replace("name: mlp", "name: other"), "more.yaml")
+    configs = load_model_config_files([first, second])
+    assert [c.name for c in configs] == ["mlp", "other"]
+    assert configs[0].local_source() == (tmp_path / "a").resolve() / "weights"
+    assert configs[1].local_source() == (tmp_path / "b").resolve() / "weights"
+
+
+def test_a_model_defined_in_two_files_is_an_error_naming_both(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    first = write(tmp_path, MLP)
+    second = write(tmp_path / "b", MLP + "version: '2'\n", "again.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_model_config_files([first, second])
+    assert str(caught.value) == (
+        f"{second}: model 'mlp' is already defined in {first}; a model name must be unique "
+        "across the config files"
+    )
+    with pytest.raises(ConfigError, match="the same config file is given twice"):
+        load_model_config_files([first, first])
+
+
+def test_the_problems_of_every_file_are_reported_together(tmp_path: Path) -> None:
+    bad = write(tmp_path, MLP.replace("max_batch_size", "max_batch_szie"), "bad.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_model_config_files([bad, tmp_path / "missing.yaml"])
+    lines = str(caught.value).splitlines()
+    assert any(line.startswith(f"{bad}:") for line in lines)
+    assert any("missing.yaml" in line for line in lines)
 
 
 @pytest.mark.parametrize(
