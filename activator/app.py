@@ -324,7 +324,21 @@ class Activator:
         return Response(200, [], b"")
 
     async def _repository_unload(self, match: Match, body: bytes) -> Response:
-        self.pool(match.model).sleep("a repository unload request")
+        """No level: the model goes to zero (a group's member: to sleep at disk, since its
+        replicas serve the others). A level (``host``, ``disk``): a group's member sleeps at it on
+        every replica, answered once they have; a model of its own has no level but zero."""
+        pool = self.pool(match.model)
+        level = admin.parse_unload_level(body)
+        if isinstance(pool, MemberPool):
+            source = "a repository unload request"
+            await pool.group.sleep_member(pool.name, level or "disk", f"put to sleep by {source}")
+        elif level is not None:
+            raise BadRequest(
+                f"model '{match.model}' has replicas of its own: it sleeps at zero (unload "
+                "without a level); levels are for the models of a group"
+            )
+        else:
+            pool.sleep("a repository unload request")
         return Response(200, [], b"")
 
     async def _model(self, match: Match, body: bytes) -> Response:

@@ -183,7 +183,7 @@ class Group:
         self._commanding.add(key)
         self.tasks.spawn(self._sleep(replica, name, target, reason), name=f"sleep-{name}")
 
-    async def _sleep(self, replica: Replica, name: str, level: Level, reason: str) -> None:
+    async def _sleep(self, replica: Replica, name: str, level: Level, reason: str) -> bool:
         key = (replica.id, name)
         claims_before = self._claimed_total(key)
         try:
@@ -199,18 +199,24 @@ class Group:
             self._commanding.discard(key)
         if not ok:
             log.warning("model %s: replica %d refused to sleep: %s", name, replica.id, detail)
-            return
+            return False
         if self._claimed_total(key) != claims_before:
-            return  # a request came meanwhile and woke it, or will: the next poll says which
+            return True  # a request came meanwhile and woke it, or will: the next poll says
         self._set(replica, name, level, reason)
+        return True
 
-    def sleep_member(self, name: str, level: Level, reason: str) -> None:
-        """Put ``name`` to sleep at ``level`` on every ready replica (the admin API's sleep)."""
+    async def sleep_member(self, name: str, level: Level, reason: str) -> int:
+        """Put ``name`` to sleep at ``level`` on every ready replica where it is awake or sleeps
+        lighter (a repository unload with a level, the admin API's sleep); the replicas it slept
+        on, once each has answered."""
+        sleeps = []
         for replica in [r for r in self.pool.replicas if r.state == "ready"]:
             key = (replica.id, name)
             if key not in self._commanding and _DEPTH[self.level(replica, name)] < _DEPTH[level]:
                 self._commanding.add(key)
-                self.tasks.spawn(self._sleep(replica, name, level, reason), name=f"sleep-{name}")
+                sleeps.append(self._sleep(replica, name, level, reason))
+        done = await asyncio.gather(*sleeps)
+        return sum(done)
 
     def _claimed_total(self, key: tuple[int, str]) -> int:
         return self._claim_counts.get(key, 0)

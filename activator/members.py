@@ -67,7 +67,10 @@ class MemberPool:
 
     def sleep(self, source: str = "the admin API") -> None:
         """Put this model to sleep (level disk) on the group's replicas; the others serve on."""
-        self.group.sleep_member(self.name, "disk", f"put to sleep by {source}")
+        self.group.tasks.spawn(
+            self.group.sleep_member(self.name, "disk", f"put to sleep by {source}"),
+            name=f"sleep-{self.name}",
+        )
 
     def learn(self, arrivals: list[float]) -> None:
         self.group.learn(self.name, arrivals)

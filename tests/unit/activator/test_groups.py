@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from activator.admin import parse_unload_level
+from activator.errors import BadRequest
 from activator.events import EventLog
 from activator.groups import Group, GroupPolicy
 from activator.policy import History
@@ -231,3 +234,44 @@ async def test_the_group_keep_alive_follows_the_latest_plan_to_zero(
     assert decision.keep_alive_s == pytest.approx(keep) and decision.prewarm_s == 0
     fixed, _ = await make_group(tmp_path, r, keep_alive_s=42)
     assert GroupPolicy(fixed).decide(History()).keep_alive_s == 42
+
+
+@pytest.mark.parametrize(
+    ("body", "level"),
+    [
+        (b"", None),
+        (b"{}", None),
+        (b'{"parameters": {}}', None),
+        (b'{"parameters": {"level": "host"}}', "host"),
+        (b'{"parameters": {"level": "disk"}}', "disk"),
+    ],
+)
+def test_an_unload_body_names_a_level_or_none(body: bytes, level: str | None) -> None:
+    assert parse_unload_level(body) == level
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"parameters": {"level": "gpu"}}', "unknown sleep level 'gpu'; choose 'host', 'disk'"),
+        (b'{"parameters": "host"}', "an unload body is"),
+        (b"[1]", "an unload body is"),
+        (b"{nope", "must be JSON"),
+    ],
+)
+def test_a_bad_unload_body_is_a_400_naming_the_choices(body: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=re.escape(message)) as caught:
+        parse_unload_level(body)
+    assert caught.value.status_code == 400
+
+
+async def test_an_unload_with_a_level_sleeps_the_member_on_every_replica_and_answers_after(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, _ = await make_group(tmp_path, r)
+    assert await group.sleep_member("b", "host", "put to sleep by a test") == 1
+    assert fake.unloads == [("b", {"parameters": {"level": "host"}})]  # answered: done
+    assert group.level(r, "b") == "host"
+    assert await group.sleep_member("b", "host", "again") == 0  # already there: nothing sent
+    assert len(fake.unloads) == 1
