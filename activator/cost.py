@@ -14,18 +14,26 @@ config's ``price_per_hour`` (carried in its ``replica_starting`` events); for a 
 note). A model with none costs 0 and the report warns. Billing: each replica's time is rounded up
 to ``granularity_s`` with a ``minimum_s`` floor, as clouds bill instances.
 
-The HTML page is :mod:`activator.report_html` (it needs the ``report`` extra).
+A group (models sharing replicas, :mod:`activator.cost_groups`) is billed once, in its own row:
+its replicas' time at its price (found as a model's, the stack config's standing in for events
+that carry none, and failing all, its members' ``--price``, the highest), against one always-on
+replica for the group. Its members' rows follow it, with their requests and cold starts but no
+replica time or cost of their own, and they need no price. What members saved by sleeping on the
+group's replicas is :mod:`activator.cost_sleep`; the text is :mod:`activator.cost_markdown`, the
+HTML page :mod:`activator.report_html` (it needs the ``report`` extra).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from activator.cost_groups import GroupConfig, membership
+from activator.cost_sleep import Sleep, sleep_or_wake, sleep_row, sleep_total
 from activator.errors import ConfigError
 from activator.events import parse_events
 
@@ -34,6 +42,14 @@ PRICES = {"H100": 6.88, "A100-80GB": 3.43, "A100": 3.43, "L4": 0.71, "T4": 0.53}
 # the --price key of the per-core-hour price of CPU models
 CPU = "cpu"
 PHASES = ("busy", "warm_idle", "loading", "prewarmed_unused")
+# what a member row has none of: its group's row holds them
+_GROUPS_OWN = (
+    "cost_usd",
+    "cost_per_1000_requests_usd",
+    "always_on_cost_usd",
+    "saving_usd",
+    "saving_pct",
+)
 
 
 @dataclass
@@ -49,6 +65,8 @@ class _Replica:
 @dataclass
 class _Model:
     name: str
+    group: str | None = None  # a member: the group whose replicas serve it
+    is_group: bool = False  # a group: its replicas serve its members
     gpu_type: str | None = None
     device: str | None = None
     cpus: float | None = None
@@ -58,7 +76,8 @@ class _Model:
     errors: int = 0
     cold: list[float] = field(default_factory=list)  # queue wait of each cold request
     warm_until: float = 0.0
-    arrivals: list[float] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # a group's: its members' too
+    sleep: Sleep | None = None  # None: it never slept nor woke
 
     @property
     def resource(self) -> str:
@@ -85,56 +104,80 @@ def report(
     granularity_s: float = 1.0,
     minimum_s: float = 60.0,
     skipped: int = 0,
+    groups: Mapping[str, GroupConfig] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-able dict; ``prices`` maps GPU types, ``cpu`` and model names."""
+    """The report as a JSON-able dict; ``prices`` maps GPU types, ``cpu`` and model (or group)
+    names; ``groups``: the stack config's, where the report was given one."""
     table = {**PRICES, **(prices or {})}
     for key, price in table.items():
         if price < 0 or not math.isfinite(price):
             raise ConfigError(f"price for {key} must be a non-negative number, got {price}")
     if granularity_s <= 0 or minimum_s < 0:
         raise ConfigError("billing granularity must be > 0 and the minimum >= 0")
+    config = dict(groups or {})
     events = sorted(events, key=lambda e: e["ts"])
     start, end = events[0]["ts"], events[-1]["ts"]
-    models = _replay(events)
+    models = _replay(events, membership(events, config))
+    _configured(models, config)
     billing = {"granularity_s": granularity_s, "minimum_s": minimum_s}
-    rows = [_model_row(m, table, start, end, billing) for m in models.values()]
-    warnings = [_unpriced(r) for r in rows if r["price_per_hour"] is None]
+    rows: list[dict[str, Any]] = []
+    for m in _ordered(models):
+        if m.group is None:
+            rows.append(_model_row(m, models, table, (start, end), billing))
+        else:
+            rows.append(_member_row(m, models[m.group], rows, table))
+        rows[-1]["sleep"] = sleep_row(m.sleep, rows[-1]["sleep_price"], end)
+        del rows[-1]["sleep_price"]
+    billed = [r for r in rows if r["kind"] != "member"]
+    warnings = [_unpriced(r) for r in billed if r["price_per_hour"] is None]
     notes = [
         f"{r['model']} is priced as 1 core: its events carry no CPU count (cpus)"
-        for r in rows
+        for r in billed
         if r["price_source"] == "cpu" and r["cpus"] is None
     ]
     if skipped:
         notes.append(f"{skipped} unreadable line(s) skipped (a torn last line after a crash?)")
+    sleeps = {m.name: m.sleep for m in models.values() if m.sleep is not None}
     return {
         "start_ts": start,
         "end_ts": end,
         "span_s": end - start,
         "billing": billing,
-        "total": _total(rows),
+        "total": {**_total(billed), "sleep": sleep_total(sleeps, rows, end - start)},
         "models": rows,
         "warnings": warnings,
         "notes": notes,
-        "timeline": {m.name: _timeline(m, start, end) for m in models.values()},
+        "timeline": {r["model"]: _timeline(models[r["model"]], start, end) for r in billed},
     }
 
 
 def _unpriced(row: dict[str, Any]) -> str:
-    """The warning for a model without a price, naming what would price it."""
+    """The warning for a model (or group) without a price, naming what would price it."""
     if row["resource"] == "GPU":
         flag = f"--price {row['gpu_type'] or row['model']}=USD_PER_HOUR"
     else:
         flag = f"--price {row['model']}=USD_PER_HOUR, or --price cpu=USD_PER_CORE_HOUR"
+    config = "its members' model configs" if row["kind"] == "group" else "its model config"
     return (
         f"no price for {row['model']}: its cost shows as $0 "
-        f"(set price_per_hour in its model config, or {flag})"
+        f"(set price_per_hour in {config}, or {flag})"
     )
 
 
-def _replay(events: list[dict[str, Any]]) -> dict[str, _Model]:
+def _replay(events: list[dict[str, Any]], member_of: dict[str, str]) -> dict[str, _Model]:
     models: dict[str, _Model] = {}
+
+    def model(name: str) -> _Model:
+        if name not in models:
+            group = member_of.get(name)
+            if group is not None:
+                model(group).is_group = True  # a group's row comes before its members'
+            models[name] = _Model(name, group=group)
+        return models[name]
+
     for e in events:
-        m = models.setdefault(e["model"], _Model(e["model"]))
+        m = model(e["model"])
+        pool = models[m.group] if m.group is not None else m  # whose replicas serve m
         kind = e["event"]
         if kind == "replica_starting":
             m.gpu_type = e.get("gpu_type") or m.gpu_type
@@ -148,35 +191,73 @@ def _replay(events: list[dict[str, Any]]) -> dict[str, _Model]:
             )
         elif kind == "replica_ready" and e.get("replica") in m.replicas:
             m.replicas[e["replica"]].ready = e["ts"]
-        elif kind in ("replica_stopped", "replica_failed") and e.get("replica") in m.replicas:
-            m.replicas[e["replica"]].stopped = e["ts"]
-        elif kind == "prewarm":
-            m.warm_until = max(m.warm_until, float(e.get("until") or e["ts"]))
+        elif kind in ("replica_stopped", "replica_failed"):
+            if e.get("replica") in m.replicas:
+                m.replicas[e["replica"]].stopped = e["ts"]
+            # the members asleep on that replica (the group's pool is named after the group)
+            for member in models.values():
+                if member.sleep is not None:
+                    member.sleep.end((e["model"], e.get("replica")), e["ts"])
+        elif kind in ("sleep", "wake") and "level" in e:  # an older ``sleep`` has no level
+            group = models.get(str(e.get("group")), _Model(""))
+            up = group.replicas.get(e.get("replica"))  # type: ignore[arg-type]
+            m.sleep = sleep_or_wake(m.sleep, e, stopped=None if up is None else up.stopped)
+        elif kind == "prewarm":  # a member's warm window warms its group's replicas
+            pool.warm_until = max(pool.warm_until, float(e.get("until") or e["ts"]))
         elif kind == "request":
             m.requests += 1
             m.arrivals.append(float(e.get("arrival") or e["ts"]))
+            if pool is not m:
+                pool.arrivals.append(m.arrivals[-1])
             if int(e.get("status", 0)) >= 500:
                 m.errors += 1
             if e.get("cold"):
                 m.cold.append(float(e.get("queue_s") or 0.0))
-            replica = m.replicas.get(e.get("replica"))  # type: ignore[arg-type]
+            replica = pool.replicas.get(e.get("replica"))  # type: ignore[arg-type]
             if replica is not None and e.get("start") is not None:
                 replica.busy.append((float(e["start"]), float(e["end"])))
     return models
 
 
-def _price(m: _Model, table: dict[str, float]) -> tuple[float | None, str | None]:
-    """A model's USD per replica-hour and where it came from (None, None: unpriced)."""
+def _configured(models: dict[str, _Model], config: Mapping[str, GroupConfig]) -> None:
+    """What the stack config says of a group, where its events do not say it."""
+    for name, g in config.items():
+        m = models.get(name)
+        if m is None:
+            continue
+        m.is_group = True
+        m.gpu_type = m.gpu_type or g.gpu_type
+        m.device = m.device or g.device
+        m.price = m.price if m.price is not None else g.price_per_hour
+        m.cpus = m.cpus if m.cpus is not None else g.cpus
+
+
+def _ordered(models: dict[str, _Model]) -> list[_Model]:
+    """Models and groups in order of appearance, each group followed by its members."""
+    out = []
+    for m in models.values():
+        if m.group is None:
+            out += [m, *(x for x in models.values() if x.group == m.name)]
+    return out
+
+
+def _price(
+    m: _Model, table: dict[str, float], members: list[str]
+) -> tuple[float | None, str | None]:
+    """A model's (or group's) USD per replica-hour and where it came from (None, None:
+    unpriced). A group priced by none of these: its members' ``--price``, the highest (one
+    replica serves them all), as the stack prices a group from its members' configs."""
     if m.name in table:
         return table[m.name], "--price"
     if m.price is not None:
         return m.price, "config"
-    if m.resource == "GPU":
-        if m.gpu_type in table:
-            return table[m.gpu_type], "gpu_type"
-        return None, None
-    if CPU in table:
+    if m.resource == "GPU" and m.gpu_type in table:
+        return table[m.gpu_type], "gpu_type"
+    if m.resource == "CPU" and CPU in table:
         return table[CPU] * (m.cpus or 1.0), "cpu"
+    priced = [table[x] for x in members if x in table]
+    if priced:
+        return max(priced), "members"
     return None, None
 
 
@@ -191,10 +272,33 @@ def _union(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
     return total
 
 
+def _requests(ms: list[_Model]) -> dict[str, Any]:
+    """Requests, errors and cold starts of ``ms`` together (a group's: its members')."""
+    requests = sum(m.requests for m in ms)
+    cold = sorted(w for m in ms for w in m.cold)
+    return {
+        "requests": requests,
+        "errors": sum(m.errors for m in ms),
+        "cold_starts": len(cold),
+        "cold_start_rate": len(cold) / requests if requests else 0.0,
+        "cold_added_latency_p50_s": statistics.median(cold) if cold else None,
+        "cold_added_latency_p99_s": cold[min(len(cold) - 1, math.ceil(0.99 * len(cold)) - 1)]
+        if cold
+        else None,
+    }
+
+
 def _model_row(
-    m: _Model, table: dict[str, float], start: float, end: float, billing: dict[str, float]
+    m: _Model,
+    models: dict[str, _Model],
+    table: dict[str, float],
+    span: tuple[float, float],
+    billing: dict[str, float],
 ) -> dict[str, Any]:
-    price, source = _price(m, table)
+    """A model's row, or a group's (its replicas, its members' requests)."""
+    start, end = span
+    members = [x for x in models.values() if x.group == m.name]
+    price, source = _price(m, table, [x.name for x in members])
     step, minimum = billing["granularity_s"], billing["minimum_s"]
     busy = idle = loading = unused = billed = rounded = lived = 0.0
     for r in m.replicas.values():
@@ -213,24 +317,18 @@ def _model_row(
         rounded += math.ceil(life / step - 1e-9) * step
         billed += max(minimum, math.ceil(life / step - 1e-9) * step)
     rate = (price or 0.0) / 3600
-    cost = billed * rate
-    always_on = (end - start) * rate
-    cold = sorted(m.cold)
+    counts = _requests([m, *members])
     row = {
         "model": m.name,
+        "kind": "group" if m.is_group else "model",
+        "group": None,
+        "members": [x.name for x in members],
         "resource": m.resource,
         "gpu_type": m.gpu_type,
         "cpus": m.cpus,
         "price_per_hour": price,
         "price_source": source,
-        "requests": m.requests,
-        "errors": m.errors,
-        "cold_starts": len(cold),
-        "cold_start_rate": len(cold) / m.requests if m.requests else 0.0,
-        "cold_added_latency_p50_s": statistics.median(cold) if cold else None,
-        "cold_added_latency_p99_s": cold[min(len(cold) - 1, math.ceil(0.99 * len(cold)) - 1)]
-        if cold
-        else None,
+        **counts,
         "replica_starts": len(m.replicas),
         "replica_seconds": {
             "busy": busy,
@@ -239,8 +337,9 @@ def _model_row(
             "prewarmed_unused": unused,
             "billed": billed,
         },
-        **_money(cost, always_on, m.requests),
+        **_money(billed * rate, (end - start) * rate, counts["requests"]),
         "loss_reason": None,
+        "sleep_price": price,
     }
     if row["saving_usd"] < 0:
         # the loss in replica-seconds, in three parts: name the largest
@@ -251,6 +350,31 @@ def _model_row(
         }
         row["loss_reason"] = max(parts, key=lambda why: parts[why])
     return row
+
+
+def _member_row(
+    m: _Model, group: _Model, rows: list[dict[str, Any]], table: dict[str, float]
+) -> dict[str, Any]:
+    """A group member's row: its requests; its replica time and cost are in its group's row.
+    Its sleeps are priced at its own ``--price`` where given, else at its group's."""
+    group_row = next(r for r in rows if r["model"] == group.name)
+    return {
+        "model": m.name,
+        "kind": "member",
+        "group": group.name,
+        "members": [],
+        "resource": group_row["resource"],
+        "gpu_type": group_row["gpu_type"],
+        "cpus": group_row["cpus"],
+        "price_per_hour": table.get(m.name),
+        "price_source": "--price" if m.name in table else None,
+        **_requests([m]),
+        "replica_starts": 0,
+        "replica_seconds": None,
+        **dict.fromkeys(_GROUPS_OWN),
+        "loss_reason": None,
+        "sleep_price": table.get(m.name, group_row["price_per_hour"]),
+    }
 
 
 def _money(cost: float, always_on: float, requests: int) -> dict[str, Any]:
@@ -265,6 +389,7 @@ def _money(cost: float, always_on: float, requests: int) -> dict[str, Any]:
 
 
 def _total(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The models' and groups' rows summed (a group's row holds its members' requests)."""
     requests = sum(r["requests"] for r in rows)
     cold = [r for r in rows if r["cold_starts"]]
     seconds = {k: sum(r["replica_seconds"][k] for r in rows) for k in (*PHASES, "billed")}
@@ -302,88 +427,3 @@ def _timeline(m: _Model, start: float, end: float, buckets: int = 60) -> dict[st
         replicas.append(float(up))
         rate.append(sum(1 for a in m.arrivals if lo <= a < hi) / width)
     return {"start_ts": start, "bucket_s": width, "replicas": replicas, "requests_per_s": rate}
-
-
-def usd(value: float) -> str:
-    """Money for people: cents from $1 up, four decimals below (a demo costs fractions)."""
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    return f"{sign}${value:,.2f}" if value >= 1 else f"{sign}${value:.4f}"
-
-
-def date_range(start: float, end: float) -> str:
-    """``2025-11-03 14:00:05 to 15:00:05 UTC`` (the second date only when it differs)."""
-    a = datetime.fromtimestamp(start, UTC)
-    b = datetime.fromtimestamp(end, UTC)
-    last = b.strftime("%H:%M:%S" if a.date() == b.date() else "%Y-%m-%d %H:%M:%S")
-    return f"{a:%Y-%m-%d %H:%M:%S} to {last} UTC"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def headline(r: dict[str, Any]) -> str:
-    """One sentence: spent, always-on, saved or lost."""
-    t = r["total"]
-    spent = f"Spent {usd(t['cost_usd'])}; one always-on replica per model: "
-    spent += usd(t["always_on_cost_usd"])
-    if t["saving_usd"] >= 0:
-        pct = "" if t["saving_pct"] is None else f" ({t['saving_pct']:.0f}%)"
-        return f"{spent}. Scale to zero saved {usd(t['saving_usd'])}{pct}."
-    return f"{spent}. Scale to zero cost {usd(-t['saving_usd'])} more: a loss (see below)."
-
-
-def loss_sentence(row: dict[str, Any]) -> str:
-    return (
-        f"{row['model']}: scale to zero cost {usd(-row['saving_usd'])} more than always-on "
-        f"here, because of {row['loss_reason']}."
-    )
-
-
-def billed_as(row: dict[str, Any]) -> str:
-    """``GPU L4``, ``CPU 2 cores``, ``CPU``."""
-    if row["resource"] == "GPU":
-        return f"GPU {row['gpu_type']}" if row["gpu_type"] else "GPU"
-    return f"CPU {row['cpus']:g} cores" if row["cpus"] else "CPU"
-
-
-def latency(row: dict[str, Any]) -> str:
-    p50, p99 = row["cold_added_latency_p50_s"], row["cold_added_latency_p99_s"]
-    return f"{p50:.2f} / {p99:.2f} s" if p50 is not None and p99 is not None else "-"
-
-
-def to_markdown(r: dict[str, Any]) -> str:
-    lines = [
-        f"# Ember cost report: {date_range(r['start_ts'], r['end_ts'])} ({duration(r['span_s'])})",
-        "",
-        headline(r),
-        "",
-        *[f"> **Warning:** {w}\n" for w in r["warnings"]],
-        "| model | billed as | requests | cold starts | cold p50 / p99 added | busy / warm-idle / "
-        "loading / pre-warmed unused replica-s | cost | per 1k req | always-on | saving |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    total = {**r["total"], "model": "**total**", "resource": "", "loss_reason": None}
-    for m in [*r["models"], total]:
-        g = m["replica_seconds"]
-        unit = f" {m['resource']}-s" if m["resource"] else ""
-        per_k = m["cost_per_1000_requests_usd"]
-        saving = usd(m["saving_usd"]) + (" (loss)" if m["saving_usd"] < 0 else "")
-        lines.append(
-            f"| {m['model']} | {billed_as(m) if m['resource'] else ''} | {m['requests']} | "
-            f"{m['cold_starts']} ({m['cold_start_rate']:.1%}) | {latency(m)} | "
-            f"{g['busy']:.0f} / {g['warm_idle']:.0f} / {g['loading']:.0f} / "
-            f"{g['prewarmed_unused']:.0f}{unit} | {usd(m['cost_usd'])} | "
-            f"{'-' if per_k is None else usd(per_k)} | {usd(m['always_on_cost_usd'])} | "
-            f"{saving} |"
-        )
-    b = r["billing"]
-    lines += ["", *[f"- {loss_sentence(m)}" for m in r["models"] if m["loss_reason"]]]
-    lines += [f"- Billing: per {b['granularity_s']:g} s, at least {b['minimum_s']:g} s a replica."]
-    lines += [f"- {n}" for n in r["notes"]]
-    return "\n".join(lines) + "\n"

@@ -27,6 +27,8 @@ RATE = "#2c3e50"
 # busy, warm-idle, loading, pre-warmed unused
 PHASE_COLORS = ("#27ae60", "#f39c12", "#2980b9", "#95a5a6")
 PHASE_LABELS = ("busy", "warm-idle", "loading", "pre-warmed unused")
+# asleep at host, at disk
+SLEEP_COLORS = ("#8e44ad", "#d2b4de")
 _ID = re.compile(r'(\bid="|url\(#|href="#)')
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
 
@@ -111,6 +113,24 @@ def costs(rows: list[dict[str, Any]]) -> str:
         ax.set_xlabel("USD over the report's span")
         ax.legend(ncols=2, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
         return _svg(fig, "cost with scale to zero and with one always-on replica, per model")
+
+
+def sleeping(rows: list[dict[str, Any]]) -> str:
+    """Each model's seconds asleep on shared replicas, stacked: at host, at disk."""
+    names = [r["model"] for r in rows]
+    with _style():
+        fig = Figure(figsize=(9.5, 0.9 + 0.45 * len(rows)))
+        ax = fig.add_subplot()
+        left = [0.0] * len(rows)
+        for level, color in zip(("host", "disk"), SLEEP_COLORS, strict=True):
+            values = [r["sleep"]["seconds"][level] for r in rows]
+            ax.barh(names, values, left=left, color=color, label=f"asleep at {level}", height=0.6)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        ax.invert_yaxis()
+        ax.set_xlabel("device-seconds saved by sleeping (seconds asleep on a running replica)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.legend(ncols=2, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
+        return _svg(fig, "device-seconds each model saved by sleeping, at host and at disk")
 
 
 def _dollars(value: float, top: float) -> str:

@@ -2,24 +2,35 @@
 
 A headline (the date range, what was spent, what one always-on replica per model would have
 cost, what scale to zero saved or, labelled as such, lost and why), a visible warning for each
-model without a price, the per-model table with a totals row, and charts drawn by
+model without a price, the per-model table with a totals row (a group's row, its replicas' time
+and cost, followed by its members' rows, their requests), where models slept on shared
+replicas what sleeping saved (with its definition), and charts drawn by
 :mod:`activator.report_charts` (matplotlib, the ``report`` extra: ``pip install 'ember[report]'``).
 No scripts, no external files: the page opens offline and prints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from activator.cost import (
+from activator.cost_markdown import (
+    always_on,
+    asleep,
     billed_as,
     date_range,
     duration,
     latency,
     loss_sentence,
+    name,
+    sleep_headline,
+    slept_usd,
     usd,
+    wake_medians,
+    wakes,
 )
+from activator.cost_sleep import SLEPT
 from activator.errors import ConfigError
 
 MISSING = (
@@ -54,10 +65,11 @@ def to_html(r: dict[str, Any]) -> str:
         raise ConfigError(MISSING) from None
     t = r["total"]
     models = r["models"]
+    billed = [m for m in models if m["kind"] != "member"]  # a member's replicas are its group's
     timelines = "".join(
         f"<figure>{charts.timeline(m['model'], r['timeline'][m['model']], resource=m['resource'])}"
         "</figure>"
-        for m in models
+        for m in billed
     )
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -67,7 +79,7 @@ def to_html(r: dict[str, Any]) -> str:
         "<h1>Ember cost report</h1>"
         f"<p class='range'>{escape(date_range(r['start_ts'], r['end_ts']))} "
         f"({escape(duration(r['span_s']))} of events)</p>"
-        f"{_cards(t)}"
+        f"{_cards(t, always_on(r))}"
         + "".join(
             f"<p class='warning' role='alert'><strong>Warning:</strong> {escape(w)}</p>"
             for w in r["warnings"]
@@ -78,16 +90,17 @@ def to_html(r: dict[str, Any]) -> str:
             if m["loss_reason"]
         )
         + f"<h2>Per model</h2>{_table(models, t)}"
-        "<h2>Cost: scale to zero against always-on</h2>"
-        f"<figure>{charts.costs(models)}</figure>"
+        + _sleeping(r, charts.sleeping)
+        + "<h2>Cost: scale to zero against always-on</h2>"
+        f"<figure>{charts.costs(billed)}</figure>"
         "<h2>Where the replica time went</h2>"
-        f"<figure>{charts.breakdown(models)}</figure>"
+        f"<figure>{charts.breakdown(billed)}</figure>"
         f"<h2>Replicas and request rate over time</h2>{timelines}"
         f"{_footer(r)}</body></html>\n"
     )
 
 
-def _cards(t: dict[str, Any]) -> str:
+def _cards(t: dict[str, Any], baseline: str) -> str:
     saved = t["saving_usd"] >= 0
     pct = t["saving_pct"]
     if saved:
@@ -98,9 +111,17 @@ def _cards(t: dict[str, Any]) -> str:
         share = "" if pct is None else f"{-pct:.0f}% more than always-on"
     cards = [
         ("", "Spent", usd(t["cost_usd"]), f"{t['requests']:,} requests"),
-        ("", "Always-on would have cost", usd(t["always_on_cost_usd"]), "one replica per model"),
+        ("", "Always-on would have cost", usd(t["always_on_cost_usd"]), baseline),
         (*third, share),
     ]
+    if t["sleep"] is not None:
+        s = t["sleep"]
+        worth = "" if s["saved_usd"] is None else f"worth {usd(s['saved_usd'])}"
+        if worth and s["unpriced"]:
+            worth += f", not counting {len(s['unpriced'])} unpriced"
+        cards.append(
+            ("saved", "Saved by sleeping", f"{s['device_seconds_saved']:,.0f} device-s", worth)
+        )
     return (
         "<div class='cards'>"
         + "".join(
@@ -129,6 +150,17 @@ _HEAD = (
 
 def _cells(m: dict[str, Any], *, total: bool) -> list[tuple[str, str]]:
     """(text, css class) per column."""
+    first = [
+        ("total" if total else name(m), ""),
+        ("" if total else billed_as(m), ""),
+    ]
+    counts = [
+        (f"{m['requests']:,}", ""),
+        (f"{m['cold_starts']:,} ({m['cold_start_rate']:.1%})", ""),
+        (latency(m) + (" (worst model)" if total and m["cold_starts"] else ""), ""),
+    ]
+    if not total and m["kind"] == "member":  # its replica time and cost are its group's
+        return [*first, ("-", ""), *counts, (f"in the {m['group']} row", ""), *[("-", "")] * 4]
     g = m["replica_seconds"]
     unit = "replica-s" if total else f"{m['resource']}-s"
     if total:
@@ -140,12 +172,9 @@ def _cells(m: dict[str, Any], *, total: bool) -> list[tuple[str, str]]:
     per_k = m["cost_per_1000_requests_usd"]
     saved = usd(m["saving_usd"]) if m["saving_usd"] >= 0 else f"{usd(m['saving_usd'])} (loss)"
     return [
-        ("total" if total else m["model"], ""),
-        ("" if total else billed_as(m), ""),
+        *first,
         (price, "loss" if price == "no price" else ""),
-        (f"{m['requests']:,}", ""),
-        (f"{m['cold_starts']:,} ({m['cold_start_rate']:.1%})", ""),
-        (latency(m) + (" (worst model)" if total and m["cold_starts"] else ""), ""),
+        *counts,
         (
             f"{g['busy']:,.0f} / {g['warm_idle']:,.0f} / {g['loading']:,.0f} / "
             f"{g['prewarmed_unused']:,.0f} {unit}",
@@ -178,25 +207,72 @@ def _table(models: list[dict[str, Any]], total: dict[str, Any]) -> str:
     )
 
 
+_SLEEP_HEAD = (
+    "model",
+    "group",
+    "asleep host / disk",
+    "device-s saved by sleeping",
+    "worth",
+    "wakes host / disk",
+    "median wake host / disk",
+)
+
+
+def _sleep_cells(name: str, s: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (name, ""),
+        (", ".join(s.get("groups", [])), ""),
+        (asleep(s), ""),
+        (f"{s['device_seconds_saved']:,.0f}", ""),
+        (slept_usd(s), "loss" if s["saved_usd"] is None else ""),
+        (wakes(s), ""),
+        (wake_medians(s), ""),
+    ]
+
+
+def _sleeping(r: dict[str, Any], chart: Callable[[list[dict[str, Any]]], str]) -> str:
+    """What sleeping on shared replicas saved (nothing when no model slept)."""
+    total = r["total"]["sleep"]
+    if total is None:
+        return ""
+    slept = [m for m in r["models"] if m["sleep"]]
+    head = "".join(f"<th scope='col'>{escape(h)}</th>" for h in _SLEEP_HEAD)
+    body = "".join(_row(_sleep_cells(m["model"], m["sleep"])) for m in slept)
+    return (
+        f"<h2>Saved by sleeping</h2><p>{escape(sleep_headline(r))}</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        f"<tfoot>{_row(_sleep_cells('total', total))}</tfoot></table>"
+        f"<p class='small'>{escape(SLEPT)}</p><figure>{chart(slept)}</figure>"
+    )
+
+
 _SOURCES = {
     "--price": "--price MODEL=USD on the command line",
     "config": "price_per_hour in its model config",
     "gpu_type": "its GPU type's on-demand price",
     "cpu": "--price cpu=USD per core-hour times its cores",
+    "members": "the highest --price MODEL=USD of its members",
 }
+
+
+def _priced(m: dict[str, Any]) -> str:
+    """Where a row's price came from (a member's prices only its sleeps)."""
+    if m["kind"] == "member":
+        return f"{m['model']}'s price for its sleeps: {_SOURCES[m['price_source']]}."
+    source = _SOURCES[m["price_source"]]
+    if m["kind"] == "group" and m["price_source"] == "config":
+        source = "the highest price_per_hour in its members' model configs"
+    return f"{m['model']}'s price: {source}."
 
 
 def _footer(r: dict[str, Any]) -> str:
     b = r["billing"]
     lines = [
         f"Billing: each replica per {b['granularity_s']:g} s, at least {b['minimum_s']:g} s a "
-        "replica start. Always-on: one replica per model for the whole span, at the same price.",
+        "replica start. Always-on: one replica per model for the whole span (one per group for "
+        "models sharing a group's replicas), at the same price.",
         "Cold-start latency: the time a request that found no ready replica waited for one.",
-        *(
-            f"{m['model']}'s price: {_SOURCES[m['price_source']]}."
-            for m in r["models"]
-            if m["price_source"]
-        ),
+        *(_priced(m) for m in r["models"] if m["price_source"]),
         *r["notes"],
     ]
     return (

@@ -1,8 +1,10 @@
 """Warm windows: a floor of replicas held for a while, whether or not requests come.
 
-Three sources open one: the admin API (``warm``, ended by ``sleep``), the spec's ``prewarm``
-cron windows (:meth:`WarmWindows.run` applies each once as it opens), and the keep-alive policy's
-predicted next call. Overlapping windows hold the larger floor until the later end.
+Three sources open one: the admin API (``warm``, ended by its ``sleep``, logged as a
+``warm_end`` event: ``sleep`` events are a model's sleeps on a shared replica), the spec's
+``prewarm`` cron windows (:meth:`WarmWindows.run` applies each once as it opens), and the
+keep-alive policy's predicted next call. Overlapping windows hold the larger floor until the later
+end.
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ class WarmWindows:
         )
 
     def end(self) -> None:
-        """Close any open window now (``sleep``)."""
+        """Close any open window now (the admin API's ``sleep``; logged as ``warm_end``)."""
         self.until = 0.0
         self.replicas = 0
-        self.events.emit("sleep", self.model)
+        self.events.emit("warm_end", self.model)
 
     def why(self) -> str:
         """Who holds the open window, in words (for the log)."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from activator.cost import date_range, headline, read_log, report, to_markdown
+from activator.cost import read_log, report
+from activator.cost_markdown import to_markdown
 from activator.errors import ConfigError
 from tests.servers import ROOT
 
@@ -94,16 +95,6 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
         read_log(empty)
 
 
-def test_markdown_carries_the_figures() -> None:
-    r = report(LOG)
-    md = to_markdown(r)
-    assert md.startswith("# Ember cost report: 1970-01-01 00:00:00 to 01:00:00 UTC (60 min)\n")
-    assert "| m | GPU L4 | 2 | 1 (50.0%) | 10.00 / 10.00 s | 3 / 57 / 15 / 295 GPU-s |" in md
-    assert "| **total** |  | 2 | 1 (50.0%) | 10.00 / 10.00 s | 3 / 57 / 15 / 295 |" in md
-    assert "Spent $0.0730; one always-on replica per model: $0.7100." in md
-    assert "Scale to zero saved $0.6370 (90%)." in md
-
-
 def test_cpu_models_are_priced_per_core_hour_or_per_model() -> None:
     cpu = [
         {**e, "gpu_type": None, "cpus": 4} if e["event"] == "replica_starting" else e for e in LOG
@@ -151,13 +142,6 @@ def test_a_loss_is_labelled_with_its_reason() -> None:
     both = [*log[:-1], ev("replica_starting", 0, replica=2), ev("replica_stopped", 30, replica=2)]
     r = report([*both, log[-1]], minimum_s=0)
     assert r["models"][0]["loss_reason"].startswith("it ran more than one replica at a time")
-
-
-def test_date_range_and_headline() -> None:
-    assert date_range(1762160400, 1762164000) == "2025-11-03 09:00:00 to 10:00:00 UTC"
-    assert date_range(1762160400, 1762250400) == "2025-11-03 09:00:00 to 2025-11-04 10:00:00 UTC"
-    r = report(LOG, prices={"L4": 100})
-    assert headline(r).startswith("Spent $10.28; one always-on replica per model: $100.00.")
 
 
 def test_the_cli(tmp_path: Path) -> None:

@@ -382,7 +382,7 @@ async def test_warm_and_sleep(clock: ManualClock) -> None:
     assert pool.describe()["warm_for_s"] == pytest.approx(1800 - 0.05)
     pool.sleep()
     await turns(lambda: pool.state == "zero", "sleep to scale to zero")
-    assert [e["source"] for e in events.of("prewarm")] == ["test"] and "sleep" in events.kinds()
+    assert [e["source"] for e in events.of("prewarm")] == ["test"] and "warm_end" in events.kinds()
     await pool.aclose()
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from activator.cost import report, usd
+from activator.cost import report
+from activator.cost_markdown import usd
 from activator.errors import ConfigError
 from activator.report_html import MISSING, to_html
 from tests.servers import ROOT
@@ -144,7 +145,7 @@ def test_only_the_report_imports_matplotlib() -> None:
 
 def _imported(path: Path) -> set[str]:
     """Every module name ``path`` imports (``from a import b`` counts as ``a`` and ``a.b``)."""
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -152,3 +153,77 @@ def _imported(path: Path) -> set[str]:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def test_sleeping_on_shared_replicas_has_a_card_a_table_a_definition_and_a_chart() -> None:
+    def nap(kind: str, ts: float, model: str, **fields: Any) -> dict[str, Any]:
+        return ev(kind, ts, model, group="shared", replica=1, **fields)
+
+    log = [
+        ev("replica_starting", 0, "shared", replica=1, gpu_type="L4"),
+        ev("replica_ready", 10, "shared", replica=1),
+        request(10, "minilm", 1, cold=True),
+        nap("sleep", 100, "minilm", level="host"),
+        nap("sleep", 200, "bert", level="host"),
+        nap("sleep", 400, "minilm", level="disk"),
+        nap("wake", 1000, "minilm", level="disk", wake_s=0.004),
+        ev("replica_stopped", 1500, "shared", replica=1),  # bert still asleep: ends here
+        ev("state", 3600, "shared", **{"from": "zero", "to": "zero"}),
+    ]
+    page = to_html(report(log, prices={"minilm": 0.72, "bert": 0.72}))
+    # minilm: host 300 s, disk 600 s; bert: host 1,300 s; at 0.72 per hour 2,200 s are $0.44
+    assert "Saved by sleeping<b>2,200 device-s</b><span class='small'>worth $0.4400</span>" in page
+    section = re.search(r"<h2>Saved by sleeping</h2>(.*?)</table>", page, re.S)
+    assert section is not None
+    rows = [
+        re.findall(r"<td[^>]*>([^<]*)</td>", row)
+        for row in re.findall(r"<tr>(.*?)</tr>", section.group(1))
+    ]
+    assert ["minilm", "shared", "300 / 600 s", "900", "$0.1800", "0 / 1", "- / 4.0 ms"] in rows
+    assert ["bert", "shared", "1,300 / 0 s", "1,300", "$0.2600", "0 / 0", "-"] in rows
+    assert ["total", "", "1,600 / 600 s", "2,200", "$0.4400", "0 / 1", "- / 4.0 ms"] in rows
+    assert "asleep, it held no device of its own" in page.lower()
+    assert 'aria-label="device-seconds each model saved by sleeping, at host and at disk"' in page
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+
+
+def test_a_page_without_sleeps_says_nothing_about_them(page: str) -> None:
+    assert "sleeping" not in page.lower()
+
+
+def test_a_group_is_one_row_and_one_chart_its_members_rows_under_it() -> None:
+    def nap(ts: float, model: str) -> dict[str, Any]:
+        return ev("sleep", ts, model, group="shared", replica=1, level="host")
+
+    log = [
+        ev("replica_starting", 0, "shared", replica=1, gpu_type="L4"),
+        ev("replica_ready", 10, "shared", replica=1),
+        request(10, "minilm", 1, cold=True),
+        request(20, "bert", 1),
+        nap(100, "minilm"),
+        nap(200, "bert"),
+        ev("replica_stopped", 600, "shared", replica=1),
+        ev("state", 3600, "shared", **{"from": "zero", "to": "zero"}),
+    ]
+    page = to_html(report(log))
+    # always-on: one L4 for the hour, once for the group
+    assert "Always-on would have cost<b>$0.7100</b>" in page
+    assert "one always-on replica per model or group" in page
+    assert "role='alert'" not in page  # its members need no price
+    body = re.search(r"<tbody>(.*?)</tbody>", page, re.S)
+    assert body is not None
+    rows = [
+        re.findall(r"<td[^>]*>([^<]*)</td>", row)
+        for row in re.findall(r"<tr>(.*?)</tr>", body.group(1))
+    ]
+    assert [row[0] for row in rows] == ["shared (group)", "minilm (in shared)", "bert (in shared)"]
+    assert rows[0][1:4] == ["GPU L4", "$0.7100", "2"]
+    assert rows[1] == [
+        "minilm (in shared)", "as its group", "-", "1", "1 (100.0%)", "4.00 / 4.00 s",
+        "in the shared row", "-", "-", "-", "-",
+    ]  # fmt: skip
+    # cost, breakdown, the group's timeline (not one per member), sleeping
+    charts = re.findall(r"<figure>(<svg .*?</svg>)\s*</figure>", page, re.S)
+    assert len(charts) == 4
+    assert "shared: GPU replicas up" in page and "minilm: GPU replicas up" not in page

@@ -47,7 +47,7 @@ async def test_sleep_ends_the_window_now() -> None:
     ww, events, _ = windows_for(clock)
     ww.hold(3600, replicas=3, source="admin")
     ww.end()
-    assert ww.floor() == 0 and ww.remaining_s() == 0 and events.kinds()[-1] == "sleep"
+    assert ww.floor() == 0 and ww.remaining_s() == 0 and events.kinds()[-1] == "warm_end"
 
 
 def test_a_cron_window_is_applied_once_per_opening() -> None:
