@@ -542,6 +542,12 @@ def parse_policy_spec(text: str) -> PolicySpec:
     """
     if text in ("knative", "hybrid", "hybrid-paper"):
         return PolicySpec(text)  # type: ignore[arg-type]
+    if text == "tiered":
+        raise ConfigError(
+            "policy 'tiered' is a group's: it puts idle models to sleep on replicas they share "
+            "(a model alone on its replicas saves nothing by sleeping); list the model under "
+            f"groups: with policy: tiered, or choose {_POLICIES}"
+        )
     kind, colon, arg = text.partition(":")
     if kind != "fixed":
         raise ConfigError(f"unknown policy {text!r}: {_POLICIES}")

@@ -102,6 +102,18 @@ ember.yaml:
       container_concurrency: 8   requests one replica takes at once
       target: 8              in-flight requests per replica before another starts
       keep_alive_s / policy / queue_size / deadline_s / startup_timeout_s: per-model overrides
+  groups:                    several models sharing replicas (each replica serves all of them)
+    - name: shared           lowercase letters, digits and '-' (a Knative Service's name too)
+      models:                each: config, and optionally keep_alive_s, queue_size, deadline_s
+        - config: mlp/model.yaml
+        - config: minilm/model.yaml
+      min_replicas / max_replicas / container_concurrency / target / keep_alive_s: the group's
+      device_memory_budget: 2GiB   each replica's: models past it sleep, a request wakes one
+      host_memory_budget: 8GiB     past it, models put away sleep at disk instead of host
+      policy: fixed          fixed: awake until the replicas go; tiered: each idle model sleeps
+                             at host, then disk, then the replicas go (ember simulate --help)
+      wake: {host: 0.05, disk: 0.15}   tiered: wake seconds to assume until measured
+      host_hold_s: 20m / disk_hold_s: 1h   tiered: the longest a model sleeps at each level
   (pre-warm windows live in each model config: prewarm: [{cron, timezone, duration_s, replicas}])
 
 Before anything starts, ember.yaml and every model config it names are checked as `ember serve`

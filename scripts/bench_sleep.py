@@ -1,31 +1,33 @@
 #!/usr/bin/env python3
 """How long a sleeping model takes to answer again, per sleep level, and what a switch between two
-models that cannot both be awake costs, on ``ember serve`` (the runtime's sleep levels).
+models that cannot both be awake costs, measured through ``ember up`` (the activator in front).
 
-Each model (the example MLP and MiniLM, served by one ``ember serve``) is put to sleep with
-``POST /v2/repository/models/{m}/unload {"parameters": {"level": L}}`` and then sent a request:
-its wake is that request-to-answer time minus the median of warm requests. Then the two models are
-served under ``--device-memory-budget`` that fits the larger alone, and requests alternate between
-them: the switch cost is each alternating request's time minus the warm median of its model.
+The example MLP and MiniLM are one group of ``ember.yaml``, served by one replica. Each model is put
+to sleep through the activator (``POST /v2/repository/models/{m}/unload {"parameters": {"level":
+L}}``, answered once the replica has put it away) and sent a request: its wake is that
+request-to-answer time minus the median of warm requests, both through the activator. Then the
+group is given a device memory budget that fits the larger model alone, and requests alternate
+between them: the switch cost is each alternating request's time minus its model's warm median.
 
 Writes ``--out`` (JSON)::
 
     {"results": [{"model", "level", "device", "wake_s_median", "runs"}],
      "switch": {"p50_added_ms", "p99_added_ms"}, ...}
 
-Medians of ``--repeats`` runs; a benchmark, not a test (this machine is shared and noisy). The
-activator's own path (a model group in ember.yaml, woken through ``ember up``) is not measured
-here yet. Usage: ``scripts/bench_sleep.py --out bench-results/sleep.json``.
+Medians of ``--repeats`` runs; a benchmark, not a test (this machine is shared and noisy).
+Usage: ``scripts/bench_sleep.py --out bench-results/sleep.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import running_server  # noqa: E402
+from tests.servers import ServerProcess, running_server  # noqa: E402
 
 LEVELS = ("host", "disk")
 MLP_BODY = {
@@ -70,9 +72,43 @@ def warm_median(client: httpx.Client, model: str, n: int = 20) -> float:
     return statistics.median(timed(client, model) for _ in range(n))
 
 
-def wakes(config: Path, repeats: int) -> list[dict[str, Any]]:
+def stack(tmp: Path, name: str, budget: int | None = None) -> Path:
+    """An ember.yaml: one group of the two models, one replica, kept for the whole run."""
+    members = []
+    for model in model_configs():
+        path = tmp / f"{model['name']}.json"
+        path.write_text(json.dumps(model))
+        members.append({"config": str(path)})
+    group: dict[str, Any] = {"name": "shared", "models": members, "keep_alive_s": 3600}
+    if budget is not None:
+        group["device_memory_budget"] = budget
+    config = tmp / f"{name}.yaml"
+    activator = {"events": str(tmp / f"{name}-events.jsonl"), "grace_period_s": 5}
+    config.write_text(yaml.safe_dump({"activator": activator, "groups": [group]}))
+    return config
+
+
+def model_configs() -> list[dict[str, Any]]:
+    return [model_config(name) for name in BODIES]
+
+
+@contextlib.contextmanager
+def ember_up(config: Path) -> Iterator[httpx.Client]:
+    """The activator on ``config``, its group's replica started and ready, and a client to it."""
+    server = ServerProcess(config, command="up")
+    try:
+        server.wait_ready(timeout_s=60)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            for model in BODIES:  # wakes the group from zero: the replica starts
+                timed(client, model)
+            yield client
+    finally:
+        server.terminate()
+
+
+def wakes(tmp: Path, repeats: int) -> list[dict[str, Any]]:
     results = []
-    with running_server(config) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    with ember_up(stack(tmp, "wakes")) as client:
         for model in BODIES:
             warm = warm_median(client, model)
             for level in LEVELS:
@@ -89,6 +125,7 @@ def wakes(config: Path, repeats: int) -> list[dict[str, Any]]:
                         "model": model,
                         "level": level,
                         "device": "cpu",
+                        "path": "ember up",
                         "wake_s_median": round(statistics.median(runs), 6),
                         "warm_s_median": round(warm, 6),
                         "runs": [round(x, 6) for x in runs],
@@ -99,27 +136,23 @@ def wakes(config: Path, repeats: int) -> list[dict[str, Any]]:
 
 
 def hot_bytes(client: httpx.Client) -> int:
+    """The replica's awake bytes (``ember serve``'s own /metrics)."""
     for line in client.get("/metrics").text.splitlines():
         if line.startswith("ember_device_memory_hot_bytes "):
             return int(float(line.split()[1]))
     raise RuntimeError("no ember_device_memory_hot_bytes in /metrics")
 
 
-def switch(tmp: Path, models: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+def switch(tmp: Path, rounds: int) -> dict[str, Any]:
     sizes = {}
-    for model in models:  # each alone, for its footprint
-        alone = tmp / f"{model['name']}.json"
+    for model in model_configs():  # each alone on ember serve, for its footprint
+        alone = tmp / f"{model['name']}-alone.json"
         alone.write_text(json.dumps([model]))
         with running_server(alone) as server, httpx.Client(base_url=server.url) as client:
             sizes[model["name"]] = hot_bytes(client)
     budget = max(sizes.values())  # fits the larger alone, never both
-    both = tmp / "both.json"
-    both.write_text(json.dumps(models))
     added: list[float] = []
-    with (
-        running_server(both, "--device-memory-budget", str(budget)) as server,
-        httpx.Client(base_url=server.url, timeout=60) as client,
-    ):
+    with ember_up(stack(tmp, "switch", budget)) as client:
         warm = {}
         for name in BODIES:
             timed(client, name)  # awake now, the other asleep
@@ -148,14 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.rounds < 2:
         parser.error("--repeats must be at least 1 and --rounds at least 2")
-    models = [model_config(name) for name in BODIES]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        config = tmp / "models.json"
-        config.write_text(json.dumps(models))
         result = {
-            "results": wakes(config, args.repeats),
-            "switch": switch(tmp, models, args.rounds),
+            "results": wakes(tmp, args.repeats),
+            "switch": switch(tmp, args.rounds),
             "machine": {"python": sys.version.split()[0]},
             "settings": {"repeats": args.repeats, "rounds": args.rounds},
         }

@@ -373,3 +373,11 @@ def test_a_stack_with_nothing_to_serve_is_refused(tmp_path: Path) -> None:
     path.write_text("activator: {keep_alive_s: 5}\n")
     with pytest.raises(ConfigError, match="serves nothing"):
         load_stack(path)
+
+
+def test_tiered_on_a_model_of_its_own_says_it_is_a_groups_policy(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text("models: [{config: a.yaml, policy: tiered}]\n")
+    with pytest.raises(ConfigError, match="policy 'tiered' is a group's"):
+        load_stack(path)
