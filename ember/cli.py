@@ -51,12 +51,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ember.cache_cli import cache_dir
     from ember.checks import refuse
-    from runtime.config import ServerSettings, load_model_configs
+    from runtime.config import ServerSettings, load_model_config_files
     from runtime.errors import ConfigError
     from runtime.protocol import validation_message
 
     try:
-        configs = load_model_configs(args.config)
+        configs = load_model_config_files(args.config)
         settings = ServerSettings(
             host=args.host,
             port=args.port,
@@ -69,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
             cache_dir=cache_dir(args),
             cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
             device_memory_budget_bytes=args.device_memory_budget,
+            host_memory_budget_bytes=args.host_memory_budget,
+            load_on_demand=args.load_on_demand,
             fetch_concurrency=args.fetch_concurrency,
             status_fd=args.status_fd,
             exit_on_load_failure=args.exit_on_load_failure,
@@ -221,8 +223,11 @@ def _prewarm(args: argparse.Namespace) -> int:
 def _cost_report(args: argparse.Namespace) -> int:
     import json
 
-    from activator.cost import read_log, report, to_markdown
+    from activator.cost import read_log, report
+    from activator.cost_groups import from_stack
+    from activator.cost_markdown import to_markdown
     from contracts.errors import ConfigError
+    from contracts.stack import load_stack
 
     try:
         prices = {}
@@ -237,6 +242,7 @@ def _cost_report(args: argparse.Namespace) -> int:
                     f"--price {item!r}: expected GPU=USD_PER_HOUR, MODEL=USD_PER_HOUR or "
                     "cpu=USD_PER_CORE_HOUR, e.g. L4=0.71"
                 ) from None
+        groups = from_stack(load_stack(args.config)) if args.config else None
         events, skipped = read_log(Path(args.events))
         result = report(
             events,
@@ -244,6 +250,7 @@ def _cost_report(args: argparse.Namespace) -> int:
             granularity_s=args.granularity_s,
             minimum_s=args.minimum_s,
             skipped=skipped,
+            groups=groups,
         )
         if args.format == "json":
             text = json.dumps(result, indent=2) + "\n"
@@ -313,12 +320,17 @@ def _status(args: argparse.Namespace) -> int:
     from contracts.stack import load_stack
     from knative.apply import Cluster, service_statuses
     from knative.errors import DeployError
+    from knative.groups import services
 
     try:
         stack = _with_namespace(load_stack(args.config), args.namespace)
         namespace = stack.knative.namespace
+        groups = {name: group.members for name, group in stack.groups.items()}
         statuses = service_statuses(
-            Cluster.from_environment(args.kubeconfig), namespace, list(stack.models)
+            Cluster.from_environment(args.kubeconfig),
+            namespace,
+            list(services(stack)),  # a group's members have no Service: the group's serves them
+            groups,
         )
     except ConfigError as exc:
         print(f"ember status: {exc}", file=sys.stderr)
@@ -346,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve models over the v2 / Open Inference Protocol REST API",
         description=(
-            "Serve the models of a config file over the KServe v2 / Open Inference Protocol. "
+            "Serve the models of one or more config files over the KServe v2 / Open Inference "
+            "Protocol. "
             "/v2/health/live answers at once; models load in the background and "
             "/v2/health/ready turns 200 when all of them can answer. SIGTERM stops accepting "
             "connections, lets in-flight requests finish within --grace-period, and exits 0. "
@@ -357,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     # required, unless --standby (whose process is given its --config later, on stdin)
     what = serve.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--config", help="model config file (YAML or JSON); required, unless --standby"
+        "--config",
+        action="append",
+        help="model config file (YAML or JSON); give it again to serve the models of several "
+        "files (a model name may be defined once); required, unless --standby",
     )
     what.add_argument(
         "--standby",
@@ -416,6 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
         "recently used awake models to sleep, after their batches, to wake it. A model larger "
         "than the whole budget is UNAVAILABLE (default: what the CUDA device has free at start; "
         "on the CPU no budget)",
+    )
+    serve.add_argument(
+        "--host-memory-budget",
+        type=_size,
+        metavar="BYTES",
+        help="host memory the models put to sleep for the device memory budget may hold at "
+        "level host (same units): past it the least recently used of them go down to level "
+        "disk (their weights re-read from the local tier when woken), and a model larger than "
+        "the whole budget sleeps at disk (default: no limit)",
+    )
+    serve.add_argument(
+        "--load-on-demand",
+        action="store_true",
+        help="(used by a replica serving a group of models) register the models without "
+        "loading them: each is SLEEPING ('level disk (not loaded yet)'), so the server is "
+        "ready at once, and loads on its first request or repository load, within the device "
+        "memory budget; a failed load leaves that model UNAVAILABLE and the others serving",
     )
     serve.add_argument(
         "--fetch-concurrency",
@@ -541,10 +574,16 @@ def build_parser() -> argparse.ArgumentParser:
             "model's price_per_hour, else for a GPU model its gpu_type in the default table "
             "(H100 6.88, A100-80GB 3.43, L4 0.71, T4 0.53 USD/h on demand; --price TYPE=USD "
             "overrides), for a CPU model --price cpu=USD per core-hour times its cores. "
+            "A group's replicas are billed once, in the group's row, its members' requests "
+            "under it (members need no price). "
             "--format html needs the report extra: pip install 'ember[report]'."
         ),
     )
     cost.add_argument("--events", required=True, help="the events file `ember up` writes")
+    cost.add_argument(
+        "--config",
+        help="the stack's ember.yaml: its groups (members, price) where the events do not say",
+    )
     cost.add_argument(
         "--price",
         action="append",

@@ -14,7 +14,7 @@ they hold the weight tier and the activator's event log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,7 +201,7 @@ def delete_all(
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
-    """One model's Knative Service as ``ember status`` reports it."""
+    """A model's (or a group's) Knative Service as ``ember status`` reports it."""
 
     name: str
     deployed: bool
@@ -210,20 +210,25 @@ class ServiceStatus:
     revision: str = "-"
     url: str = "-"
     reason: str = ""  # when not ready: the conditions that are not True, with reason and message
+    members: tuple[str, ...] = ()  # a group's Service: the models its replicas serve
 
     def line(self) -> str:
-        """The human line: ``NAME: ready, min-scale N, revision R, URL`` or why it is not."""
+        """The human line: ``NAME: ready, min-scale N, revision R, URL`` or why it is not; a
+        group's name is followed by its members: ``NAME (group: A, B)``."""
+        name = f"{self.name} (group: {', '.join(self.members)})" if self.members else self.name
         if not self.deployed:
-            return f"{self.name}: not deployed"
+            return f"{name}: not deployed"
         state = "ready" if self.ready else f"not ready ({self.reason})"
         details = f"min-scale {self.min_scale}, revision {self.revision}, {self.url}"
-        return f"{self.name}: {state}, {details}"
+        return f"{name}: {state}, {details}"
 
 
-def service_status(cluster: Cluster, namespace: str, name: str) -> ServiceStatus:
+def service_status(
+    cluster: Cluster, namespace: str, name: str, members: tuple[str, ...] = ()
+) -> ServiceStatus:
     ksvc = cluster.ksvc(namespace, name)
     if ksvc is None:
-        return ServiceStatus(name, deployed=False, ready=False)
+        return ServiceStatus(name, deployed=False, ready=False, members=members)
     status = ksvc.get("status") or {}
     conditions = status.get("conditions") or []
     ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
@@ -237,8 +242,16 @@ def service_status(cluster: Cluster, namespace: str, name: str) -> ServiceStatus
         revision=status.get("latestReadyRevisionName", "-"),
         url=(status.get("address") or {}).get("url") or status.get("url") or "-",
         reason="" if is_ready else _describe(conditions),
+        members=members,
     )
 
 
-def service_statuses(cluster: Cluster, namespace: str, names: list[str]) -> list[ServiceStatus]:
-    return [service_status(cluster, namespace, name) for name in names]
+def service_statuses(
+    cluster: Cluster,
+    namespace: str,
+    names: list[str],
+    groups: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[ServiceStatus]:
+    """Each Service of ``names``; those in ``groups`` are groups' and list their members."""
+    groups = groups or {}
+    return [service_status(cluster, namespace, name, groups.get(name, ())) for name in names]

@@ -31,8 +31,9 @@ def placement(stack: StackConfig, spec: ModelSpec) -> dict[str, Any]:
     nodes = stack.knative.gpu_nodes.get(spec.gpu_type)
     if nodes is None:
         known = ", ".join(sorted(stack.knative.gpu_nodes)) or "none"
+        whose = f"group '{spec.name}'" if spec.members else f"model '{spec.name}'"
         raise DeployError(
-            f"model '{spec.name}' has gpu_type {spec.gpu_type}: add knative.gpu_nodes."
+            f"{whose} has gpu_type {spec.gpu_type}: add knative.gpu_nodes."
             f"{spec.gpu_type} to {stack.path.name} with the node_selector (and tolerations) of "
             "those nodes, e.g. {node_selector: {cloud.google.com/gke-accelerator: nvidia-l4}}, "
             f"or {{}} for any GPU node (listed: {known})"

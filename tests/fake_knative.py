@@ -12,6 +12,11 @@ container exits is reported (:meth:`FakeKnative.container_exited`) the way Knati
 reconciler words a terminated container: ``Ready=False``, reason ``ExitCode<N>``, message
 ``Container failed with: <its termination message>``. Every request is recorded. It binds
 127.0.0.1 port 0 and stops with the test.
+
+Without a backend, a woken service's "replica" is a stub on the fake's own port
+(``/replicas/NAME``): its ``POST /v2/repository/index`` answers the entries the test put in
+``index[NAME]`` (:func:`index_entry`), as a runtime replica does, and counts how often it was
+asked (``index_reads``); its ``/v2/health/ready`` answers 200.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import copy
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,9 +50,21 @@ def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return target
 
 
+def index_entry(
+    name: str, state: str, reason: str = "", failure: str | None = None
+) -> dict[str, Any]:
+    """One model of a replica's repository index, as ``ember serve`` words it."""
+    entry: dict[str, Any] = {"name": name, "version": "1", "state": state, "reason": reason}
+    if failure is not None:
+        entry["failure"] = failure
+    return entry
+
+
 class FakeKnative:
     def __init__(self, backend: Backend | None = None) -> None:
-        self.backend = backend
+        self.backend = backend or self.stub
+        self.index: dict[str, list[dict[str, Any]]] = {}  # a stub replica's repository index
+        self.index_reads: Counter[str] = Counter()
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.apply_failures: dict[str, tuple[str, str]] = {}
         self.settle_s = 0.2  # how long "Knative" takes to report an applied service
@@ -74,6 +92,10 @@ class FakeKnative:
             "spec": {"template": {"metadata": {"annotations": {MIN_SCALE: "0"}}}},
             "status": {"conditions": [{"type": "Ready", "status": "True"}]},
         }
+
+    def stub(self, name: str) -> tuple[str, Callable[[], None]]:
+        """The backend of a fake without one: the stub replica ``/replicas/NAME``."""
+        return f"{self.url}/replicas/{name}", lambda: None
 
     def fail_on_wake(self, name: str, reason: str, message: str) -> None:
         self.failures[name] = (reason, message)
@@ -137,6 +159,8 @@ class FakeKnative:
             app.router.add_get(path, self._get)
             app.router.add_patch(path, self._patch)
             app.router.add_delete(path, self._delete)
+        app.router.add_post("/replicas/{name}/v2/repository/index", self._replica_index)
+        app.router.add_get("/replicas/{name}/v2/health/ready", self._replica_ready)
 
         async def serve() -> None:
             self._runner = web.AppRunner(app, access_log=None)
@@ -161,6 +185,14 @@ class FakeKnative:
         if obj is None:
             return _not_found(request)
         return web.json_response(obj)
+
+    async def _replica_index(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.index_reads[name] += 1
+        return web.json_response(self.index.get(name, []))
+
+    async def _replica_ready(self, request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
 
     async def _delete(self, request: web.Request) -> web.Response:
         self.requests.append(("DELETE", request.path, None))

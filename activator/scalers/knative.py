@@ -6,10 +6,13 @@ then watches it: the ksvc through the API (a ``Ready=False`` condition fails the
 Knative's reason and message), and, once the ksvc has a URL, the replica's own repository index
 (``POST /v2/repository/index``): its model ``READY`` ends the wait, and a model whose load failed
 (an entry with a ``failure``) ends it at once with the replica's reason, instead of waiting out
-the startup timeout. Requests go to that URL. Keep-alive expiry lowers min-scale back to 0 and
-Knative's own autoscaler takes the pods away. The activator sees one "replica" per model: Knative
-scales pods behind the URL (``max-scale``), so the pool gives it ``container_concurrency x
-max_replicas`` slots.
+the startup timeout. ``SLEEPING`` counts as ready too: a sleeping model serves (a request wakes
+it). A group's pool (a spec with ``members``) is its group's Knative Service, a generic replica
+started with ``--load-on-demand``: it is ready when every member is ``READY`` or ``SLEEPING``, and
+fails as a single model does when one member's load failed. Requests go to that URL. Keep-alive
+expiry lowers min-scale back to 0 and Knative's own autoscaler takes the pods away. The activator
+sees one "replica" per model (or group): Knative scales pods behind the URL (``max-scale``), so
+the pool gives it ``container_concurrency x max_replicas`` slots.
 
 The Kubernetes API calls are :class:`knative.client.KnativeClient`'s; its errors become
 :class:`~activator.errors.ReplicaStartFailed` (``PLATFORM``) here.
@@ -35,6 +38,7 @@ from knative.errors import KnativeApiError, ServiceNotFound
 log = logging.getLogger("ember.activator")
 
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
+READY_STATES = ("READY", "SLEEPING")
 INDEX_TIMEOUT_S = 2.0  # Knative may hold a request for a pod that is not ready: ask again later
 
 
@@ -44,6 +48,7 @@ class KnativeScaler:
         self.namespace = client.namespace
         self.poll_s = poll_s
         self._raised: set[str] = set()
+        self._serves: dict[str, tuple[str, ...]] = {}  # a service's name: the models it serves
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -77,8 +82,8 @@ class KnativeScaler:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         return self._session
 
-    async def _model_status(self, handle: ReplicaHandle) -> ModelStatus | None:
-        """The model's entry in the replica's repository index; None if it cannot say yet."""
+    async def _index(self, handle: ReplicaHandle) -> dict[str, ModelStatus] | None:
+        """The replica's repository index, by model; None if it cannot say yet."""
         try:
             async with self._http().post(
                 handle.url + "/v2/repository/index",
@@ -90,46 +95,48 @@ class KnativeScaler:
                 index = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
+        out: dict[str, ModelStatus] = {}
         for entry in index if isinstance(index, list) else []:
-            if isinstance(entry, dict) and entry.get("name") == handle.model:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
                 try:
-                    return model_status(entry)
+                    out[entry["name"]] = model_status(entry)
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning(
                         "model %s: a repository index entry %r: %s", handle.model, entry, exc
                     )
-        return None
+        return out
 
     # ------------------------------------------------------------------ the Scaler seam
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         started = time.perf_counter()
         await self._set_min_scale(spec.name, max(1, spec.min_replicas))
         self._raised.add(spec.name)
+        self._serves[spec.name] = spec.members or (spec.name,)
         url = _url(await self._get(spec.name))
         return ReplicaHandle(spec.name, url, {"wake_patch": time.perf_counter() - started})
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
+        models = self._serves.get(handle.model, (handle.model,))
+        group = models != (handle.model,)
+        index: dict[str, ModelStatus] | None = None
         while True:
             ksvc = await self._get(handle.model)
             failed = _failed(ksvc)
             if failed:
                 raise ReplicaStartFailed(f"Knative says {failed}", StartFailure.PLATFORM)
             handle.url = _url(ksvc) or handle.url
-            status = await self._model_status(handle) if handle.url else None
-            if status is not None and status.state == "READY":
-                handle.timings["until_ready"] = time.perf_counter() - started
-                return
-            if status is not None and status.failure is not None:
-                raise ReplicaStartFailed(
-                    f"its replica cannot load it: {status.reason}",
-                    StartFailure.LOAD_FAILED,
-                    status.failure,
-                )
+            answer = await self._index(handle) if handle.url else None
+            if answer is not None:
+                index = answer  # the last answer, for a timeout's message
+                if _ready(answer, models, group=group):
+                    handle.timings["until_ready"] = time.perf_counter() - started
+                    return
             if time.monotonic() > deadline:
+                pending = _pending(index or {}, models) if group else ""
                 raise ReplicaStartFailed(
-                    f"its Knative service was not ready within {timeout_s:g}s",
+                    f"its Knative service was not ready within {timeout_s:g}s{pending}",
                     StartFailure.TIMED_OUT,
                 )
             await asyncio.sleep(self.poll_s)
@@ -165,6 +172,31 @@ class KnativeScaler:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _ready(index: dict[str, ModelStatus], models: tuple[str, ...], *, group: bool) -> bool:
+    """Whether every model of ``models`` can answer (READY, or SLEEPING: a request wakes it);
+    :class:`ReplicaStartFailed` (``LOAD_FAILED``) at once if one of them cannot load."""
+    for name in models:
+        status = index.get(name)
+        if status is not None and status.failure is not None:
+            which = f"model '{name}'" if group else "it"
+            raise ReplicaStartFailed(
+                f"its replica cannot load {which}: {status.reason}",
+                StartFailure.LOAD_FAILED,
+                status.failure,
+            )
+    return all(name in index and index[name].state in READY_STATES for name in models)
+
+
+def _pending(index: dict[str, ModelStatus], models: tuple[str, ...]) -> str:
+    """The members a group's replica has not made ready, with their state."""
+    waiting = [
+        f"{name} ({index[name].state})" if name in index else f"{name} (not listed)"
+        for name in models
+        if name not in index or index[name].state not in READY_STATES
+    ]
+    return f" (waiting for {', '.join(waiting)})" if waiting else ""
 
 
 def _url(ksvc: dict[str, Any]) -> str:

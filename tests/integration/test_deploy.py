@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.fake_knative import KSVC_API, FakeKnative, write_kubeconfig
 from tests.servers import ROOT
@@ -129,3 +130,38 @@ def test_no_cluster_is_a_clear_error() -> None:
     assert done.returncode == 1 and "no Kubernetes cluster configured" in done.stderr
     bad = ember("deploy", "--config", EXAMPLE, "--namespace", "Not_A_Name")
     assert bad.returncode == 2 and "namespace" in bad.stderr
+
+
+def test_a_group_is_deployed_as_one_service_and_reported_with_its_members(
+    tmp_path: Path, fake: FakeKnative, kubeconfig: Path
+) -> None:
+    example = yaml.safe_load(Path(EXAMPLE).read_text())
+    stack = {
+        "knative": example["knative"],
+        "groups": [
+            {
+                "name": "shared",
+                "models": [
+                    {"config": str(ROOT / "examples" / "mlp" / "model.yaml")},
+                    {"config": str(ROOT / "examples" / "minilm" / "model.yaml")},
+                ],
+                "max_replicas": 2,
+                "device_memory_budget": "2GiB",
+            }
+        ],
+    }
+    path = tmp_path / "ember.yaml"
+    path.write_text(yaml.safe_dump(stack))
+    done = ember("deploy", "--config", str(path), kubeconfig=kubeconfig)
+    assert done.returncode == 0, done.stderr
+    assert "ready: Knative service ember/shared (no pod" in done.stdout
+    services = {key[3] for key in fake.objects if key[:2] == (KSVC_API, "services")}
+    assert services == {"shared"}  # its members have no Service of their own
+    files = fake.objects[("v1", "configmaps", "ember", "shared-models")]["data"]
+    assert set(files) == {"mlp.yaml", "mlp-mlp.py", "minilm.yaml"}
+    status = ember("status", "--config", str(path), kubeconfig=kubeconfig)
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.startswith(
+        "shared (group: mlp, minilm): ready, min-scale 0, revision shared-00001"
+    )
+    assert len(status.stdout.splitlines()) == 1

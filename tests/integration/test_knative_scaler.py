@@ -8,6 +8,7 @@ way a start fails.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -28,7 +29,8 @@ from contracts.stack import ModelSpec
 from knative.client import KnativeClient
 from knative.errors import KnativeApiError, ServiceNotFound
 from tests.conftest import slow_model
-from tests.fake_knative import FakeKnative, write_kubeconfig
+from tests.fake_knative import FakeKnative, index_entry, write_kubeconfig
+from tests.fixtures.frontdoor import until
 from tests.fixtures.specs import model_spec
 from tests.integration.test_activator import BODY, events, state, wait_until
 from tests.servers import ROOT, ServerProcess
@@ -322,6 +324,126 @@ async def test_a_missing_service_and_an_unreachable_api_are_platform(tmp_path: P
     assert caught.value.kind is StartFailure.PLATFORM
     assert "cannot reach the Kubernetes API" in str(caught.value)
     await scaler.aclose()
+
+
+# ------------------------------------------------------------------ a group's generic replica
+def group_spec(tmp_path: Path) -> ModelSpec:
+    """A group's pool spec, as contracts.stack resolves it: named after the group."""
+    return slow_spec(tmp_path).model_copy(
+        update={
+            "name": "shared",
+            "members": ("a", "b"),
+            "configs": (tmp_path / "a.yaml", tmp_path / "b.yaml"),
+            "serve_args": ("--device-memory-budget", "95000000"),
+        }
+    )
+
+
+@pytest.fixture
+def stub_fake() -> Iterator[FakeKnative]:
+    """A fake whose woken services' replicas are stubs answering the index the test sets."""
+    knative = FakeKnative().start()
+    knative.add_service("ember", "shared")
+    knative.add_service("ember", "slow")
+    yield knative
+    knative.stop()
+
+
+async def test_a_group_wakes_its_own_service_and_is_ready_when_every_member_can_answer(
+    tmp_path: Path, stub_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    scaler = scaler_of(stub_fake)
+    # on demand: a member not loaded yet is SLEEPING (at disk), and a request wakes it
+    stub_fake.index["shared"] = [
+        index_entry("a", "SLEEPING", "level disk (not loaded yet)"),
+        index_entry("b", "LOADING"),
+    ]
+    handle = await scaler.start(group_spec(tmp_path))
+    assert handle.model == "shared" and stub_fake.min_scales("shared") == ["1"]
+    waiting = asyncio.create_task(scaler.wait_ready(handle, 30))
+    await until(lambda: stub_fake.index_reads["shared"] >= 3, "the replica asked thrice", 30)
+    assert not waiting.done()  # b is still loading
+    stub_fake.index["shared"][1] = index_entry("b", "READY")
+    await asyncio.wait_for(waiting, 30)
+    assert handle.url.endswith("/replicas/shared")
+    await scaler.stop(handle, 0)
+    assert stub_fake.min_scales("shared") == ["1", "0"]
+    patched = {
+        path.rsplit("/", 1)[-1] for method, path, _ in stub_fake.requests if method == "PATCH"
+    }
+    assert patched == {"shared"}  # the members have no Service of their own
+
+
+async def test_a_group_waits_for_a_member_its_replica_does_not_list_yet(
+    tmp_path: Path, stub_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    scaler = scaler_of(stub_fake)
+    stub_fake.index["shared"] = [index_entry("a", "READY")]
+    handle = await scaler.start(group_spec(tmp_path))
+    with pytest.raises(ReplicaStartFailed) as caught:
+        await scaler.wait_ready(handle, 0.5)
+    assert caught.value.kind is StartFailure.TIMED_OUT
+    assert "not ready within 0.5s (waiting for b (not listed))" in str(caught.value)
+
+
+async def test_a_member_that_cannot_load_fails_the_groups_start_with_why(
+    tmp_path: Path, stub_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    scaler = scaler_of(stub_fake)
+    stub_fake.index["shared"] = [
+        index_entry("a", "SLEEPING", "level disk (not loaded yet)"),
+        index_entry(
+            "b", "UNAVAILABLE", "weights file /w/b.safetensors does not exist", "weights_missing"
+        ),
+    ]
+    handle = await scaler.start(group_spec(tmp_path))
+    with pytest.raises(ReplicaStartFailed) as caught:
+        await scaler.wait_ready(handle, 300)
+    assert caught.value.kind is StartFailure.LOAD_FAILED
+    assert caught.value.failure is FailureKind.WEIGHTS_MISSING
+    assert "cannot load model 'b': weights file /w/b.safetensors does not exist" in str(
+        caught.value
+    )
+
+
+async def test_a_real_generic_replica_is_ready_before_any_member_loads(
+    tmp_path: Path, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    """Behind the group's service, ``ember serve`` as the rendered container runs it: one
+    --config per member and --load-on-demand; its index says both members are SLEEPING."""
+    a = slow_model(tmp_path)
+    b = tmp_path / "b.json"
+    b.write_text(a.read_text().replace('"slow"', '"b"'))
+    servers: list[ServerProcess] = []
+
+    def backend(name: str) -> tuple[str, Callable[[], None]]:
+        servers.append(ServerProcess(a, "--config", str(b), "--load-on-demand"))
+        return servers[-1].url, lambda: None
+
+    fake = FakeKnative(backend).start()
+    try:
+        fake.add_service("ember", "shared")
+        scaler = scaler_of(fake)
+        spec = group_spec(tmp_path).model_copy(update={"members": ("slow", "b")})
+        handle = await scaler.start(spec)
+        await scaler.wait_ready(handle, 60)
+        async with httpx.AsyncClient() as http:
+            index = (await http.post(handle.url + "/v2/repository/index")).json()
+        assert {m["name"]: m["state"] for m in index} == {"slow": "SLEEPING", "b": "SLEEPING"}
+    finally:
+        fake.stop()
+        for server in servers:
+            server.terminate()
+
+
+async def test_a_sleeping_model_is_ready_it_serves(
+    tmp_path: Path, stub_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    scaler = scaler_of(stub_fake)
+    stub_fake.index["slow"] = [index_entry("slow", "SLEEPING", "level host")]
+    handle = await scaler.start(slow_spec(tmp_path))
+    await scaler.wait_ready(handle, 30)
+    assert "until_ready" in handle.timings
 
 
 def test_ember_up_with_no_cluster_to_talk_to_says_so_and_exits_2(tmp_path: Path) -> None:

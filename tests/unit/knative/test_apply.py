@@ -98,3 +98,13 @@ def test_readiness_is_not_read_from_the_text() -> None:
     ]
     (status,) = service_statuses(Services(m=ksvc(says_ready)), "ns", ["m"])  # type: ignore[arg-type]
     assert ": ready," in status.line() and not status.ready
+
+
+def test_a_groups_service_lists_the_models_it_serves() -> None:
+    cluster = Services(shared=ksvc([READY], min_scale="0", latestReadyRevisionName="shared-00001"))
+    groups = {"shared": ("a", "b"), "gone": ("c",)}
+    mlp, shared, gone = service_statuses(cluster, "ember", ["mlp", "shared", "gone"], groups)  # type: ignore[arg-type]
+    assert mlp.line() == "mlp: not deployed" and mlp.members == ()
+    assert shared.ready and shared.members == ("a", "b")
+    assert shared.line() == "shared (group: a, b): ready, min-scale 0, revision shared-00001, -"
+    assert gone.line() == "gone (group: c): not deployed"

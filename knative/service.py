@@ -1,0 +1,197 @@
+"""One Knative Service running ``ember serve``: a model's, or a group's (a generic replica).
+
+Both are a ConfigMap holding the model configs the container serves (each as it is shipped: its
+weights' source rewritten to ``knative.models_uri`` when they are local, a ``torch-module``'s
+Python file beside it) and a Knative Service mounting it at ``/etc/ember``. They differ in what
+the container is told: a model's runs ``ember serve --config /etc/ember/model.yaml
+--exit-on-load-failure``; a group's (:mod:`knative.groups`) one ``--config`` per member and
+``--load-on-demand``. Scaling, placement and the weight tier come from the :class:`ModelSpec`
+(a group's pool spec) in the same way for both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from contracts.stack import ModelSpec, StackConfig
+from knative.errors import DeployError
+from knative.pods import TIER_PATH, placement, tier_budget_gb, tier_volume
+from knative.templating import render_objects
+
+CONFIGMAP_LIMIT = 900 * 1024  # Kubernetes refuses ConfigMaps over 1 MiB; leave room
+RUNTIME_PORT = 8080
+CONFIG_DIR = "/etc/ember"  # where the ConfigMap is mounted
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Shipped:
+    """A model config as the cluster gets it: ConfigMap keys and their text."""
+
+    config_key: str  # the key holding the model config
+    files: dict[str, str]  # the config, and the module file of a torch-module model
+    wants_gpu: bool
+
+
+def check_name(name: str, what: str) -> None:
+    """A Knative Service's name must be a DNS-1035 label; ``what`` says whose (``model 'm'``)."""
+    if not _NAME.match(name):
+        raise DeployError(
+            f"{what}: a Knative Service name must be a DNS label (lower case letters, digits "
+            "and '-', starting with a letter, at most 63 characters)"
+        )
+
+
+def wants_gpu(config: dict[str, Any]) -> bool:
+    return str(config.get("device", "auto")).startswith("cuda") or bool(config.get("gpu_type"))
+
+
+def ship(stack: StackConfig, spec: ModelSpec, *, config_key: str, prefix: str = "") -> Shipped:
+    """``spec``'s model config as shipped under ``config_key``; a module file it names goes
+    beside it as ``prefix`` + its file name (a group's members each get their own)."""
+    k = stack.knative
+    model = model_config(spec)
+    gpu = wants_gpu(model)
+    files = {config_key: ""}
+    source = str(model.get("source") or "")
+    if not source.startswith("s3://"):
+        if not k.models_uri:
+            raise DeployError(
+                f"model '{spec.name}': its weights are local ({source or 'no source'}); push "
+                f"them with `ember cache push DIR s3://BUCKET/PREFIX/{spec.name}` and set "
+                "knative.models_uri to s3://BUCKET/PREFIX"
+            )
+        model["source"] = f"{k.models_uri.rstrip('/')}/{spec.name}"
+    options = dict(model.get("options") or {})
+    module = str(options.get("module", ""))
+    if model.get("handler") == "torch-module" and ".py:" in module:
+        path_part, _, attr = module.partition(":")
+        module_file = Path(path_part)
+        if not module_file.is_absolute():
+            module_file = spec.config_path.parent / module_file
+        key = prefix + module_file.name
+        try:
+            files[key] = module_file.read_text()
+        except OSError as exc:
+            raise DeployError(f"model '{spec.name}': cannot read {module_file}: {exc}") from None
+        options["module"] = f"{key}:{attr}"
+        model["options"] = options
+    model.setdefault("device", "cuda" if gpu else "cpu")
+    files[config_key] = yaml.safe_dump(model, sort_keys=False)
+    return Shipped(config_key, files, gpu)
+
+
+def model_config(spec: ModelSpec) -> dict[str, Any]:
+    raw = yaml.safe_load(spec.config_path.read_text())
+    if isinstance(raw, list):
+        raw = raw[0]
+    if isinstance(raw, dict) and "models" in raw:
+        raw = raw["models"][0]
+    if not isinstance(raw, dict):
+        raise DeployError(f"{spec.config_path}: not a model config")
+    return dict(raw)
+
+
+def model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
+    """A model's ConfigMap and Knative Service."""
+    check_name(spec.name, f"model '{spec.name}'")
+    shipped = ship(stack, spec, config_key="model.yaml")
+    # a model that cannot load ends the pod with why (ExitCode3, its termination message): the
+    # activator's Knative scaler sees Ready=False at once instead of an unready pod until its
+    # startup timeout
+    return service_objects(
+        stack,
+        spec,
+        what=f"model '{spec.name}'",
+        config_map=f"{spec.name}-model",
+        files=shipped.files,
+        serve_args=[
+            "--config",
+            f"{CONFIG_DIR}/model.yaml",
+            *common_args(stack),
+            "--exit-on-load-failure",
+        ],
+        gpu=shipped.wants_gpu,
+    )
+
+
+def service_objects(
+    stack: StackConfig,
+    spec: ModelSpec,
+    *,
+    what: str,
+    config_map: str,
+    files: dict[str, str],
+    serve_args: list[str],
+    gpu: bool,
+) -> list[dict[str, Any]]:
+    """The ConfigMap (``files``) and the Knative Service running ``ember serve`` with
+    ``serve_args``, scaled as ``spec`` says, at zero pods until its first request."""
+    k = stack.knative
+    image = k.gpu_image if gpu else k.image
+    if not image:
+        which = "knative.gpu_image" if gpu else "knative.image"
+        why = " (it wants a GPU)" if gpu else ""
+        raise DeployError(f"{what}{why}: set {which} in {stack.path.name}")
+    if sum(len(v.encode()) for v in files.values()) > CONFIGMAP_LIMIT:
+        raise DeployError(f"{what}: its configs and modules are over 900 KiB")
+    pod = placement(stack, spec)  # DeployError for a gpu_type knative.gpu_nodes lacks
+    limits: dict[str, str] = {"memory": k.memory}
+    if gpu:
+        limits["nvidia.com/gpu"] = "1"
+    labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "ember"}
+    first = next(iter(files.values()))
+    objects = render_objects(
+        "ksvc.yaml.j2",
+        service=spec.name,
+        config_map=config_map,
+        namespace=k.namespace,
+        labels=labels,
+        # reachable only inside the cluster: clients come in through the activator (its tokens)
+        service_labels={**labels, "networking.knative.dev/visibility": "cluster-local"},
+        model_yaml=first,
+        # no pod at deploy time (nor a GPU held for one): the first request starts it
+        initial_scale=0,
+        min_scale=spec.min_replicas,
+        max_scale=spec.max_replicas,
+        target=number(spec.target),
+        retention=f"{int(spec.keep_alive_s)}s",
+        progress_deadline=f"{k.progress_deadline_s}s",
+        container_concurrency=spec.container_concurrency,
+        timeout_s=k.timeout_s,
+        image=image,
+        args=["serve", *serve_args],
+        env=[{"name": "EMBER_CACHE_DIR", "value": TIER_PATH}],
+        env_from=[{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],
+        requests={"cpu": k.cpu, "memory": k.memory},
+        limits=limits,
+        node_selector=pod.get("nodeSelector", {}),
+        tolerations=pod.get("tolerations", []),
+        tier_path=TIER_PATH,
+        tier_volume=tier_volume(stack),
+    )
+    objects[0]["data"] = dict(files)  # the template holds one file; the ConfigMap holds them all
+    return objects
+
+
+def common_args(stack: StackConfig) -> list[str]:
+    """``ember serve``'s address and weight tier, the same in every Service."""
+    return [
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(RUNTIME_PORT),
+        "--cache-dir",
+        TIER_PATH,
+        "--cache-budget-gb",
+        tier_budget_gb(stack.knative.cache_size_gi),
+    ]
+
+
+def number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
