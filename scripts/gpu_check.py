@@ -1,19 +1,13 @@
 #!/usr/bin/env python3
-"""The prepared run for a lent GPU machine: GPU tests, load rows onto cuda, cold start from zero.
+"""The prepared run for a lent GPU machine: GPU tests, cold start from zero, sleep and wake, load
+rows onto cuda.
 
-Three steps, each in its own bounded child process with its own time budget (a step past its
-budget is stopped, SIGTERM then SIGKILL to its whole process group, and whatever it had measured
-is kept); a failed step is recorded in ``notes`` and the next one still runs:
+Four steps, in this order, each in its own bounded child process with its own time budget (a step
+past its budget is stopped, SIGTERM then SIGKILL to its whole process group, and whatever it had
+measured is kept); a failed step is recorded in ``notes`` and the next one still runs:
 
     tests      ``python -m pytest -q -p no:cacheprovider tests/gpu`` (``--junitxml``: the counts
                come from the XML, not the log)
-    rows       ``scripts/bench_load.py``'s own workers and row functions (imported, not copied) on
-               a ``--size-gb`` checkpoint, ``--repeats`` fresh processes per row: the warm tier
-               onto cuda (ember, safetensors, fastsafetensors, runai ``@cuda``), the directory
-               store streamed into a fresh tier with the page cache dropped (cat, store-to-tier,
-               ember, ember@staged-cpu, ember@cuda) and a local cold ``cat``; S3 rows only where
-               npm's s3rver is already installed (``.bench-tools/``; never installed here: the
-               GPU machine has no network), else a note
     coldstart  a generated 2 GiB fp16 ``torch-module`` (64 x ``nn.Linear(4096, 4096,
                bias=False, dtype=float16)`` with ``tanh``, seeded random safetensors weights in a
                local directory, so they are in the page cache; ``device: cuda``, ``warmup: true``)
@@ -24,23 +18,41 @@ is kept); a failed step is recorded in ``notes`` and the next one still runs:
                its spawn: import torch, build the module (on the CPU), ``load_file(device=
                "cuda")``, ``load_state_dict``, ``.to("cuda")``, one forward, synchronize (as the
                baseline in shared/gpu/RESULTS.md was measured)
+    sleep      the same module, generated afresh, served by ``ember serve`` (scripts/
+               gpu_sleep.py): the median of warm requests, then per level ``host`` (weights to
+               pinned host memory) and ``disk`` (weights dropped, re-read from the page-cache-warm
+               file), ``--repeats`` times: unload at that level, one request timed; its wake is
+               that time minus the warm median, beside the runtime's own
+               ``ember_model_wake_seconds``. The issue's targets: the 2 GiB fp16 module wakes from
+               host in <= 0.1 s and from disk in <= 1.0 s (``met``: the client's median within)
+    rows       ``scripts/bench_load.py``'s own workers and row functions (imported, not copied) on
+               a ``--size-gb`` checkpoint, ``--repeats`` fresh processes per row: the warm tier
+               onto cuda (ember, safetensors, fastsafetensors, runai ``@cuda``), the directory
+               store streamed into a fresh tier with the page cache dropped (cat, store-to-tier,
+               ember, ember@staged-cpu, ember@cuda) and a local cold ``cat``; S3 rows only where
+               npm's s3rver is already installed (``.bench-tools/``; never installed here: the
+               GPU machine has no network), else a note. Last, as it makes do with the time left
+               (it skips runs, not the step)
 
 Writes ``--out`` as ``{"results": [bench_load rows], "coldstart": {"pool_s", "fresh_s",
-"handwritten_s", "phases"}, "tests": {"passed", "failed"}, "notes": [...]}`` and prints it.
+"handwritten_s", "phases"}, "sleep": {"results": [{"model", "level", "device", "wake_s_median",
+"runtime_wake_s_median", "runs", ...}], "targets": {"host_s": 0.1, "disk_s": 1.0}, "met":
+{"host_s", "disk_s"}}, "tests": {"passed", "failed"}, "notes": [...]}`` and prints it.
 Exit status: 0 when every step that ran succeeded, 1 when one failed (see ``notes``), 2 when
 there is no CUDA device (and no ``--device cpu``). A Python module a step needs and cannot
 import is named in a note and the step is skipped, not a traceback. Every process it starts
 is on 127.0.0.1 only and is stopped before it exits; the whole run stays within ``--budget-s``
-(330 s by default; the steps are capped at 90, 150 and 120 s, and a step that runs short of
+(420 s by default; the steps are capped at 90, 120, 60 and 150 s, and a step that runs short of
 time skips its remaining runs with a note rather than being cut off).
 
 On the lent GPU machine (the device tool runs this in the repository root, after the wrapper
-has installed the wheels of the modules that machine lacks):
+has installed the wheels of the modules that machine lacks; the timeout leaves a minute over the
+budget for the probe and the steps' grace):
 
-    python3 scripts/gpu_check.py --out "$OUT/gpu_check.json"          (timeout_s: 420)
+    python3 scripts/gpu_check.py --out "$OUT/gpu_check.json"          (timeout_s: 480)
 
 Without a GPU, the same plumbing with tiny sizes (a 0.05 GiB checkpoint, a 4 x 256 module on the
-CPU, no @cuda rows):
+CPU, no @cuda rows; ``--skip-STEP`` leaves a step out):
 
     .venv/bin/python scripts/gpu_check.py --device cpu --out /tmp/gpu_smoke.json
 """
@@ -65,13 +77,17 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import gpu_sleep  # beside this file: on sys.path when this runs as a script
+from gpu_sleep import RunFailed, http_post, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
-STEPS = ("tests", "rows", "coldstart")
-STEP_BUDGET_S = {"tests": 90, "rows": 150, "coldstart": 120}
+# rows last: it is the step that makes do with what time is left (it skips runs, not rows)
+STEPS = ("tests", "coldstart", "sleep", "rows")
+STEP_BUDGET_S = {"tests": 90, "coldstart": 120, "sleep": 60, "rows": 150}
 GRACE_S = 10  # SIGTERM -> SIGKILL for a step's process group
 # what each step imports (directly or in its processes): checked up front, so a missing one is
 # named in a note instead of failing somewhere deep inside
@@ -82,6 +98,7 @@ NEEDS = {
     "tests": ("pytest", "pytest_asyncio", "httpx", *_CORE, *_SERVE, *_STORE),
     "rows": (*_CORE, *_STORE),
     "coldstart": (*_CORE, *_SERVE, "aiohttp"),
+    "sleep": (*_CORE, *_SERVE, "aiohttp"),
 }
 PEER_MODULES = {"fastsafetensors": "fastsafetensors", "runai": "runai_model_streamer"}
 MISSING = re.compile(r"No module named '([\w.]+)'")
@@ -250,7 +267,13 @@ class Partial:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = {"results": [], "coldstart": {}, "notes": [], "ok": True}
+        self.data: dict[str, Any] = {
+            "results": [],
+            "coldstart": {},
+            "sleep": gpu_sleep.empty_report(),
+            "notes": [],
+            "ok": True,
+        }
 
     @property
     def notes(self) -> list[str]:
@@ -279,12 +302,13 @@ def child_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path[:0] = [str(ROOT), str(SCRIPTS)]
     try:
-        if args.step == "rows":
-            step_rows(args, partial)
-        else:
-            step_coldstart(args, partial)
+        {"rows": step_rows, "coldstart": step_coldstart, "sleep": step_sleep}[args.step](
+            args, partial
+        )
     except ModuleNotFoundError as exc:
         partial.fail(f"missing Python module {exc.name!r}")
+    except RunFailed as exc:
+        partial.fail(str(exc))
     except Exception as exc:  # recorded; the parent carries on
         partial.fail(f"{type(exc).__name__}: {explain(str(exc))}")
     except SystemExit as exc:
@@ -462,14 +486,24 @@ def s3_rows(
 
 
 # ------------------------------------------------------------------------------ coldstart
-def step_coldstart(args: argparse.Namespace, partial: Partial) -> None:
-    cuda = args.device == "cuda"
-    layers, dim = (64, 4096) if cuda else (4, 256)
+class BigModule(NamedTuple):
+    """The generated module: ``big.py`` and ``model.yaml`` in its work dir, weights under it."""
+
+    config: Path
+    weights: Path
+    dim: int
+
+
+def make_module(args: argparse.Namespace, partial: Partial) -> BigModule | None:
+    """The coldstart and sleep steps' model in ``args.work``: 64 x 4096 on cuda, else 4 x 256;
+    None (the failure noted) when generating its weights failed."""
+    layers, dim = (64, 4096) if args.device == "cuda" else (4, 256)
     work = Path(args.work)
     weights = work / "weights"
     weights.mkdir(parents=True)
     (work / "big.py").write_text(MODULE.format(layers=layers, dim=dim))
-    (work / "model.yaml").write_text(
+    config = work / "model.yaml"
+    config.write_text(
         f"name: {COLD_MODEL}\n"
         "handler: torch-module\n"
         f"source: {weights}\n"
@@ -480,19 +514,28 @@ def step_coldstart(args: argparse.Namespace, partial: Partial) -> None:
         "max_batch_size: 8\n"
         "warmup: true\n"
     )
-    cold = partial.data["coldstart"]
-    cold.update({"pool_s": None, "fresh_s": None, "handwritten_s": None, "phases": {}})
     generate = [sys.executable, "-c", GENERATE, str(layers), str(dim), args.device]
     generate.append(str(weights / "model.safetensors"))
     rc, _, err = run_bounded(generate, min(120.0, max(1.0, args.deadline - time.time())))
     if rc != 0:
         partial.fail(f"generating the weights failed: {explain(err)}")
-        return
+        return None
     size = (weights / "model.safetensors").stat().st_size
     partial.note(
         f"module: {layers} x nn.Linear({dim}, {dim}, fp16) + tanh, {size / 2**30:.2f} GiB, "
         f"device {args.device}, weights in a local directory (page cache warm)"
     )
+    return BigModule(config, weights / "model.safetensors", dim)
+
+
+def step_coldstart(args: argparse.Namespace, partial: Partial) -> None:
+    work = Path(args.work)
+    cold = partial.data["coldstart"]
+    cold.update({"pool_s": None, "fresh_s": None, "handwritten_s": None, "phases": {}})
+    module = make_module(args, partial)
+    if module is None:
+        return
+    dim = module.dim
 
     # the hand-written load, timed from the spawn of its process
     left = args.deadline - time.time()
@@ -500,7 +543,7 @@ def step_coldstart(args: argparse.Namespace, partial: Partial) -> None:
         partial.fail("hand-written load: skipped, out of this step's time")
     else:
         hand = [sys.executable, "-c", HANDWRITTEN, str(work), args.device]
-        hand += [str(weights / "model.safetensors"), str(dim)]
+        hand += [str(module.weights), str(dim)]
         spawned = time.time()
         rc, out, err = run_bounded(hand, min(150.0, left))
         if rc != 0:
@@ -521,7 +564,7 @@ def step_coldstart(args: argparse.Namespace, partial: Partial) -> None:
             partial.fail(f"ember up, warm_pool {pool}: skipped, out of this step's time")
             continue
         try:
-            seconds, phases, source = up_cold(work, pool, dim, args.deadline)
+            seconds, phases, source = up_cold(work, module.config, pool, dim, args.deadline)
         except RunFailed as exc:
             partial.fail(f"ember up, warm_pool {pool}: {exc}")
             continue
@@ -532,12 +575,8 @@ def step_coldstart(args: argparse.Namespace, partial: Partial) -> None:
         partial.save()
 
 
-class RunFailed(Exception):
-    pass
-
-
 def up_cold(
-    work: Path, pool: int, dim: int, deadline: float
+    work: Path, config: Path, pool: int, dim: int, deadline: float
 ) -> tuple[float, dict[str, float], str]:
     """Request at zero -> first answer through ``ember up``; its seconds and load phases."""
     run = work / f"up-pool-{pool}"
@@ -551,7 +590,7 @@ def up_cold(
         "  grace_period_s: 5\n"
         f"  warm_pool: {pool}\n"
         "models:\n"
-        f"  - config: {work / 'model.yaml'}\n"
+        f"  - config: {config}\n"
         "    max_replicas: 1\n"
     )
     log_out, log_err = run / "stdout.log", run / "stderr.log"
@@ -633,34 +672,41 @@ def up_cold(
         stop(proc, 30)
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + max(0.0, timeout_s)
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RunFailed(f"timed out waiting for {what}")
-        time.sleep(0.05)
+# ------------------------------------------------------------------------------ sleep
+def step_sleep(args: argparse.Namespace, partial: Partial) -> None:
+    """The coldstart step's module served by ``ember serve``, put to sleep and woken
+    (scripts/gpu_sleep.py measures)."""
+    module = make_module(args, partial)
+    if module is None:
+        return
+    report = partial.data["sleep"]
+
+    def keep(row: dict[str, Any]) -> None:
+        report["results"].append(row)
+        report["met"] = gpu_sleep.met(report["results"])
+        partial.save()
+
+    if args.device != "cuda":
+        partial.note("the targets are for the 2 GiB module on cuda: on the CPU 'met' means nothing")
+    with gpu_sleep.serving(module.config, Path(args.work), args.deadline) as url:
+        gpu_sleep.wakes(
+            url,
+            model=COLD_MODEL,
+            dim=module.dim,
+            device=args.device,
+            repeats=args.repeats,
+            deadline=args.deadline,
+            on_result=keep,
+            on_note=partial.fail,
+        )
+    if not report["results"]:
+        partial.fail("no wake was measured")
 
 
 def http_get(url: str, timeout_s: float = 5) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as r:
         text: str = r.read().decode()
         return text
-
-
-def http_post(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, str]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except OSError as exc:
-        raise RunFailed(f"the request failed: {exc}") from None
 
 
 def metric(text: str, name: str) -> float:
@@ -710,10 +756,11 @@ def main() -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size-gb", type=float, help="the rows' checkpoint (1; cpu: 0.05)")
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per row")
-    parser.add_argument("--budget-s", type=float, default=330, help="for the whole run")
+    parser.add_argument("--budget-s", type=float, default=420, help="for the whole run")
     for step in STEPS:
         parser.add_argument(f"--skip-{step}", action="store_true")
-    parser.add_argument("--step", choices=STEPS[1:], help=argparse.SUPPRESS)
+    children = [s for s in STEPS if s != "tests"]  # tests runs in this process
+    parser.add_argument("--step", choices=children, help=argparse.SUPPRESS)
     parser.add_argument("--partial", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -743,6 +790,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "results": [],
         "coldstart": {"pool_s": None, "fresh_s": None, "handwritten_s": None, "phases": {}},
+        "sleep": gpu_sleep.empty_report(),
         "tests": {"passed": 0, "failed": 0},
         "notes": notes,
     }
@@ -777,6 +825,8 @@ def main() -> int:
                 report["results"] += data.get("results", [])
                 if step == "coldstart" and data.get("coldstart"):
                     report["coldstart"] = data["coldstart"]
+                if step == "sleep" and data.get("sleep"):
+                    report["sleep"] = data["sleep"]
         finally:
             shutil.rmtree(work, ignore_errors=True)
         notes += [f"{step}: {n}" for n in step_notes]
@@ -796,7 +846,7 @@ def main() -> int:
 def run_step(
     step: str, args: argparse.Namespace, work: Path, budget: float
 ) -> tuple[bool, list[str], dict[str, Any]]:
-    """A rows or coldstart step in its own process group, stopped past ``budget``."""
+    """A rows, coldstart or sleep step in its own process group, stopped past ``budget``."""
     partial = work / "partial.json"
     child_work = work / "work"
     child_work.mkdir()
@@ -806,7 +856,8 @@ def run_step(
     rc, _, _ = run_bounded(cmd, budget, cwd=ROOT, capture=False)
     notes: list[str] = []
     if not partial.exists():
-        partial.write_text(json.dumps({"results": [], "coldstart": {}, "notes": [], "ok": False}))
+        empty = {"results": [], "coldstart": {}, "sleep": {}, "notes": [], "ok": False}
+        partial.write_text(json.dumps(empty))
     data = json.loads(partial.read_text())
     notes += data.get("notes", [])
     if rc is None:
@@ -830,6 +881,8 @@ def summarise(report: dict[str, Any]) -> None:
         f"cold start: warm pool {fmt['pool_s']}, fresh {fmt['fresh_s']}, "
         f"hand-written {fmt['handwritten_s']}"
     )
+    for line in gpu_sleep.summary(report["sleep"]):
+        print(line)
     print(f"tests: {report['tests']['passed']} passed, {report['tests']['failed']} failed")
     for n in report["notes"]:
         print(f"note: {n}")
