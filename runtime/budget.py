@@ -118,19 +118,23 @@ class DeviceBudget:
         """What the models asleep at level host hold in host memory."""
         return sum(self._footprints.get(n, 0) for n in self._at_host if n != without)
 
-    def room_level(self, name: str) -> SleepLevel:
-        """How far ``name``, put to sleep for room, sleeps: :attr:`level`, but ``disk`` when its
-        footprint alone is more than the whole host budget."""
+    def room_level(self, name: str, *, asked: SleepLevel | None = None) -> SleepLevel:
+        """How far ``name`` sleeps: ``asked`` (a sleep by request), else :attr:`level` (a sleep
+        for room), but ``disk`` when its footprint alone is more than the whole host budget."""
         need = self._footprints.get(name, 0)
         if self.host_limit is not None and need > self.host_limit:
             return SleepLevel.DISK
-        return self.level
+        return self.level if asked is None else asked
 
-    def host_victims(self, name: str, *, waking: str | None = None) -> list[str]:
+    def host_victims(
+        self, name: str, *, waking: str | None = None, level: SleepLevel | None = None
+    ) -> list[str]:
         """The host sleepers to send down to disk, least recently used first, for ``name`` to
         sleep at host within the host budget (none without one). ``waking``: the model that
-        ``name`` makes room for, which leaves host memory as it wakes."""
-        if self.host_limit is None or self.room_level(name) is not SleepLevel.HOST:
+        ``name`` makes room for, which leaves host memory as it wakes; ``level``: where ``name``
+        goes (default: where a sleep for room sends it)."""
+        where = self.room_level(name) if level is None else level
+        if self.host_limit is None or where is not SleepLevel.HOST:
             return []
         staying = self._at_host - {name, waking}
         over = sum(self._footprints.get(n, 0) for n in staying)

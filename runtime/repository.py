@@ -153,8 +153,10 @@ class ModelRepository:
         failure: FailureKind | None = None,
     ) -> None:
         entry.state, entry.reason, entry.failure = state, reason, failure
-        if not self.served and all(e.state in SERVING for e in self._entries.values() if e.wanted):
-            self.served = True
+        if not self.served:
+            wanted = [e for e in self._entries.values() if e.wanted]
+            if all(map(_settled, wanted)) and any(e.state in SERVING for e in wanted):
+                self.served = True
         if self._on_status is not None:
             phases = entry.load_phases if state is ModelState.READY else {}
             self._on_status(
@@ -220,17 +222,14 @@ class ModelRepository:
                 self._set(entry, ModelState.SLEEPING, NOT_LOADED_YET)
 
     def all_ready(self) -> bool:
-        """Every wanted model serves; after the start, a model whose wake or on-demand load
-        failed (UNAVAILABLE with a failure) is left out while another serves: the others keep
-        serving, and the failed one answers its requests with why."""
+        """Until the start is over, every wanted model serves. Once every model has either served
+        or failed (and one serves), the server is ready while one of them serves: a model
+        loading on demand, waking, or whose wake or load failed leaves the others serving (a
+        group's replica), and the failed one answers its requests with why."""
         wanted = [e for e in self._entries.values() if e.wanted]
-        if all(e.state in SERVING for e in wanted):
+        if not wanted or all(e.state in SERVING for e in wanted):
             return True
-        if not self.served:
-            return False
-        failed = [e for e in wanted if e.state is ModelState.UNAVAILABLE and e.failure]
-        rest = [e for e in wanted if e not in failed]
-        return bool(rest) and all(e.state in SERVING for e in rest)
+        return self.served and any(e.state in SERVING for e in wanted)
 
     async def load(self, name: str, *, make_room: bool = True) -> ModelEntry:
         """Load (or reload, or wake) a model; concurrent calls for one model share a single load.
@@ -366,7 +365,7 @@ class ModelRepository:
             await self._deepen(self._entries[victim])
         await self._sleep(entry, self.budget.room_level(name))
 
-    async def _deepen(self, entry: ModelEntry) -> None:
+    async def _deepen(self, entry: ModelEntry, why: str = "past the host memory budget") -> None:
         """Send a model asleep at level host down to level disk, past the host memory budget
         (its handler drops the host copy; no device memory is needed). A failure leaves it
         UNAVAILABLE, which frees its memory as well."""
@@ -375,7 +374,7 @@ class ModelRepository:
             if entry.state is not ModelState.SLEEPING or entry.asleep is not SleepLevel.HOST:
                 return
             assert isinstance(entry.handler, Sleeps)
-            log.info("model %s sleeps deeper (level disk): past the host memory budget", name)
+            log.info("model %s sleeps deeper (level disk): %s", name, why)
             started = time.perf_counter_ns()
             try:
                 await asyncio.to_thread(entry.handler.sleep, SleepLevel.DISK)
@@ -393,15 +392,25 @@ class ModelRepository:
         """Put a serving model to sleep at ``level`` once its queued and running batches are done.
 
         Requests that come meanwhile wait for the sleep to end, then wake it.
+        A model asleep at host asked for disk goes down without waking; one asleep at that level
+        or deeper stays. At host, the host memory budget applies as to a sleep for room: the
+        least recently used host sleepers go down to disk first, and a model larger than the
+        whole host budget sleeps at disk.
         """
         entry = self.entry(name)
-        async with self.budget.deciding(), entry.lock:
+        async with self.budget.deciding():
             if entry.deferred:
                 return  # not loaded yet: it holds nothing to put away
-            if entry.state is ModelState.SLEEPING and entry.asleep is not level:
-                await self._make_room(entry)
-                await self._wake(entry)  # from one level to another through awake
-            await self._sleep(entry, level, drain_timeout_s=drain_timeout_s)
+            if entry.state is ModelState.SLEEPING:
+                if level is SleepLevel.DISK and entry.asleep is SleepLevel.HOST:
+                    await self._deepen(entry, "asked to")
+                return
+            if level is SleepLevel.HOST:
+                level = self.budget.room_level(name, asked=level)
+                for victim in self.budget.host_victims(name, level=level):
+                    await self._deepen(self._entries[victim])
+            async with entry.lock:
+                await self._sleep(entry, level, drain_timeout_s=drain_timeout_s)
 
     async def _sleep(
         self, entry: ModelEntry, level: SleepLevel, *, drain_timeout_s: float = 30.0
@@ -534,3 +543,10 @@ class ModelRepository:
     async def close(self) -> None:
         for name in list(self._entries):
             await self.unload(name, drain_timeout_s=0)
+
+
+def _settled(entry: ModelEntry) -> bool:
+    """It serves, or its load (or wake) failed: the start has nothing more to wait for."""
+    return entry.state in SERVING or (
+        entry.state is ModelState.UNAVAILABLE and entry.failure is not None
+    )

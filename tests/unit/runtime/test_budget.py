@@ -25,6 +25,7 @@ from runtime.handlers.torch_sleep import device_bytes
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import parse_inference_request
 from runtime.repository import ModelRepository, ModelState
+from runtime.sleep import SleepLevel
 from runtime.sources import Localized
 from runtime.tensors import Tensor
 from tests.fixtures import meta_modules as fx
@@ -326,4 +327,33 @@ async def test_a_load_on_demand_puts_the_least_recently_used_awake_model_to_slee
         "c": ModelState.READY,
     }
     assert _gauge(plane, "ember_device_memory_hot_bytes") == 2 * FOOTPRINT
+    await repo.close()
+
+
+async def test_a_sleep_asked_at_host_keeps_the_host_budget_too(tmp_path: Path) -> None:
+    # no device budget to speak of: two models awake, a host budget that holds one of them
+    plane = _plane(tmp_path, ["a", "b"], budget=FOOTPRINT * 4, host_budget=FOOTPRINT * 3 // 2)
+    repo = plane.repository
+    await repo.load_all()
+    await repo.sleep("a", SleepLevel.HOST)
+    await _infer(plane, "b")  # b used after a: a is the least recently used
+    await repo.sleep("b", SleepLevel.HOST)
+    assert _reasons(plane) == {"a": "level disk", "b": "level host"}  # a went down for b
+    assert _gauge(plane, "ember_host_memory_sleeping_bytes") == FOOTPRINT
+    await repo.close()
+
+
+async def test_host_to_disk_goes_down_without_waking_and_a_lighter_level_is_no_change(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(tmp_path, ["a", "b"], budget=FOOTPRINT * 3 // 2)
+    repo = plane.repository
+    await repo.load_all()  # a awake, b asleep at host for room
+    Gated.log.clear()
+    await repo.sleep("b", SleepLevel.DISK)
+    assert Gated.log == ["sleep b disk"]  # a never put to sleep to wake b first
+    assert _reasons(plane) == {"a": "", "b": "level disk"}
+    await repo.sleep("b", SleepLevel.HOST)  # asleep deeper already: it stays
+    assert _reasons(plane) == {"a": "", "b": "level disk"} and Gated.log == ["sleep b disk"]
+    np.testing.assert_allclose(await _infer(plane, "b"), _expected(1), rtol=1e-5)
     await repo.close()

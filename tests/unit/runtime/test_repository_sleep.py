@@ -270,3 +270,21 @@ async def test_a_full_unload_of_a_sleeping_model_releases_it(plane: DataPlane) -
     entry = plane.repository.entry("m")
     assert entry.state is ModelState.UNAVAILABLE and entry.handler is None
     await plane.repository.close()
+
+
+async def test_a_model_that_fails_at_start_leaves_the_server_ready_for_the_others(
+    plane: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken(Sleeper):
+        def load(self, *, tensors: StreamedTensors | None = None) -> None:
+            raise WeightsMissing("weights file /tier/m/model.safetensors does not exist")
+
+    monkeypatch.setattr(
+        repository, "create_handler", lambda c: Broken(c) if c.name == "m" else Sleeper(c)
+    )
+    repo = plane.repository
+    await repo.load_all()
+    assert repo.entry("m").state is ModelState.UNAVAILABLE and repo.entry("m").failure
+    assert plane.ready()  # every model settled, one serves: a group's replica keeps serving
+    assert await _infer(plane, "other") == [2.5, 3.5]
+    await repo.close()
