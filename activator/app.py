@@ -33,6 +33,7 @@ from activator.errors import (
     ActivatorError,
     BadRequest,
     DeadlineExceeded,
+    ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
@@ -95,7 +96,7 @@ class Activator:
         self.groups: dict[str, Group] = {}
         for name, spec in stack.models.items():
             if spec.group is None:
-                self.pools[name] = self._model_pool(spec, (name,))
+                self.pools[name] = self._model_pool(spec)
                 continue
             group = self.groups.get(spec.group)
             if group is None:
@@ -136,10 +137,8 @@ class Activator:
             Endpoint.ADMIN_SLEEP: self._admin_sleep,
         }
 
-    def _model_pool(
-        self, spec: ModelSpec, serves: tuple[str, ...], policy: Policy | None = None
-    ) -> ModelPool:
-        """The pool of ``spec``'s replicas, which serve the models ``serves``."""
+    def _model_pool(self, spec: ModelSpec) -> ModelPool:
+        """A model's own pool; its replicas, once ready, teach the activator its metadata."""
         return ModelPool(
             spec,
             self.scaler,
@@ -147,12 +146,25 @@ class Activator:
             self.metrics,
             grace_period_s=self.settings.grace_period_s,
             tasks=self.tasks,
-            on_ready=functools.partial(self._replica_ready, serves),
-            policy=policy,
+            on_ready=functools.partial(self._replica_ready, spec.name),
         )
 
-    def _group_pool(self, spec: ModelSpec, policy: Policy) -> ModelPool:
-        return self._model_pool(spec, spec.members, policy)
+    def _group_pool(
+        self, spec: ModelSpec, policy: Policy, on_ready: Callable[[Replica], None]
+    ) -> ModelPool:
+        """A group's pool: its replicas are told to the group when ready, and not asked for
+        their members' metadata (on a replica that loads them on demand, the question would
+        load every one of them)."""
+        return ModelPool(
+            spec,
+            self.scaler,
+            self.events,
+            self.metrics,
+            grace_period_s=self.settings.grace_period_s,
+            tasks=self.tasks,
+            on_ready=on_ready,
+            policy=policy,
+        )
 
     # ------------------------------------------------------------------ lifetime
     @contextlib.asynccontextmanager
@@ -160,7 +172,15 @@ class Activator:
         """The activator running: pools started on entry; everything stopped on exit."""
         self._learn_from_log()
         for name, spec in self.stack.models.items():
-            if not self.metadata.knows(name):
+            if not self.metadata.knows(name) and spec.group is not None:
+                log.info(
+                    "model %s: its config does not give all of its metadata (handler %s), so "
+                    "GET /v2/models/%s wakes its group while the group is at zero",
+                    name,
+                    spec.handler or "unnamed",
+                    name,
+                )
+            elif not self.metadata.knows(name):
                 log.info(
                     "model %s: its config does not give all of its metadata (handler %s), so "
                     "GET /v2/models/%s wakes it until one of its replicas has been ready",
@@ -206,9 +226,8 @@ class Activator:
         if arrivals:
             log.info("policies learned from %s: %s", path, {k: len(v) for k, v in arrivals.items()})
 
-    def _replica_ready(self, serves: tuple[str, ...], replica: Replica) -> None:
-        for name in serves:
-            self.metadata.replica_ready(name, replica.url)
+    def _replica_ready(self, name: str, replica: Replica) -> None:
+        self.metadata.replica_ready(name, replica.url)
 
     def refuse_waiters(self) -> None:
         """Take no more requests; answer the queued ones 503 (the grace period is over)."""
@@ -331,7 +350,13 @@ class Activator:
         level = admin.parse_unload_level(body)
         if isinstance(pool, MemberPool):
             source = "a repository unload request"
-            await pool.group.sleep_member(pool.name, level or "disk", f"put to sleep by {source}")
+            refusals = await pool.group.sleep_member(
+                pool.name, level or "disk", f"put to sleep by {source}"
+            )
+            if refusals:
+                raise ModelUnavailable(
+                    f"model '{match.model}' did not sleep on every replica: {'; '.join(refusals)}"
+                )
         elif level is not None:
             raise BadRequest(
                 f"model '{match.model}' has replicas of its own: it sleeps at zero (unload "

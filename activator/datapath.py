@@ -176,7 +176,7 @@ class Exchange:
         ticket, self.ticket = self.ticket, None
         if ticket is not None:
             self.pool.suspect(ticket.replica)
-            self.pool.release(ticket)
+            self.pool.release(ticket, answered=False)
         if self.tries > UNREACHABLE_RETRIES:
             raise ReplicaFailed(f"model '{self.pool.name}': no replica could be reached ({reason})")
 
@@ -198,7 +198,7 @@ class Exchange:
         self.finished = True
         ticket, self.ticket = self.ticket, None
         if ticket is not None:
-            self.pool.release(ticket)
+            self.pool.release(ticket, answered=status < 400)
         self.datapath.record(self, status)
 
     def fail(self, exc: ActivatorError) -> None:

@@ -42,6 +42,7 @@ log = logging.getLogger("ember.activator")
 
 POLL_S = 2.0  # how often each ready replica's repository index is read
 SLEEP_TIMEOUT_S = 60.0  # an unload with a level waits for the model's batches first
+REFUSED_S, REFUSED_MAX_S = 60.0, 900.0  # the pause after a replica refused a sleep, doubling
 _DEPTH: dict[Level, int] = {"hot": 0, "host": 1, "disk": 2, "zero": 3}
 
 
@@ -56,7 +57,7 @@ class _Member:
     warm_s: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=64))
     wakes: dict[str, float] = field(default_factory=dict)  # level -> measured seconds (EWMA)
     plan: TierPlan | None = None
-    planned_at: int = -1  # len(history.idle_times) when planned
+    planned_at: int = -1  # history.observed when planned
 
 
 class Group:
@@ -66,7 +67,7 @@ class Group:
         self,
         spec: GroupSpec,
         members: dict[str, ModelSpec],
-        pool_factory: Callable[[ModelSpec, Policy], ModelPool],
+        pool_factory: Callable[[ModelSpec, Policy, Callable[[Replica], None]], ModelPool],
         events: EventLog,
         *,
         tasks: TaskSet,
@@ -82,14 +83,20 @@ class Group:
         self._tiered = spec.policy == "tiered"
         # replica id -> member -> level; a replica not yet read counts its members hot
         self.levels: dict[int, dict[str, Level]] = {}
-        self._commanding: set[tuple[int, str]] = set()  # unloads in flight
+        self._commanding: collections.Counter[tuple[int, str]] = collections.Counter()
+        self._commands: collections.Counter[tuple[int, str]] = collections.Counter()  # ever sent
+        self._refused: dict[tuple[int, str], tuple[float, int]] = {}  # retry after, refusals
+        self._seen: set[int] = set()  # replicas whose index has been read once
+        self._sleeps: set[asyncio.Task[str]] = set()
+        self._reads: set[asyncio.Task[None]] = set()
         self._claims: collections.Counter[tuple[int, str]] = collections.Counter()  # in flight
         self._claim_counts: dict[tuple[int, str], int] = {}  # ever taken
-        self._tickets: dict[int, tuple[str, float, Level]] = {}  # id(ticket) -> claim
+        # id(ticket) -> (member, when, its level then: None before the replica's index was read)
+        self._tickets: dict[int, tuple[str, float, Level | None]] = {}
         self._polled: dict[int, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.Task[None] | None = None
-        self.pool: ModelPool = pool_factory(spec.pool, GroupPolicy(self))
+        self.pool: ModelPool = pool_factory(spec.pool, GroupPolicy(self), self.replica_ready)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -97,12 +104,22 @@ class Group:
         self._loop = self.tasks.spawn(self._run(), name=f"group-{self.name}")
 
     async def aclose(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.wait([self._loop])
+        loops = [t for t in (self._loop, *self._sleeps, *self._reads) if t is not None]
+        for task in loops:
+            task.cancel()
+        if loops:
+            await asyncio.wait(loops)
         await self.pool.aclose()
         if self._session is not None:
             await self._session.close()
+            self._session = None
+
+    def replica_ready(self, replica: Replica) -> None:
+        """A replica of the group is ready: read its index now, so that its members' levels
+        are known for the requests that follow the first ones."""
+        task = self.tasks.spawn(self._poll(replica), name=f"group-{self.name}-read")
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
 
     async def _run(self) -> None:
         while True:
@@ -116,9 +133,10 @@ class Group:
         """Forget gone replicas, read the due indexes, and put idle members to sleep."""
         ready = [r for r in self.pool.replicas if r.state == "ready"]
         alive = {r.id for r in self.pool.replicas}
-        for rid in [rid for rid in self.levels if rid not in alive]:
-            del self.levels[rid]
+        for rid in [rid for rid in (*self.levels, *self._seen) if rid not in alive]:
+            self.levels.pop(rid, None)
             self._polled.pop(rid, None)
+            self._seen.discard(rid)
         now = self.clock.monotonic()
         due = [r for r in ready if now - self._polled.get(r.id, -1e9) >= self.poll_s]
         if due:
@@ -148,93 +166,142 @@ class Group:
             )
 
     async def _poll(self, replica: Replica) -> None:
-        """Read a replica's repository index: the levels it reports are the truth."""
+        """Read a replica's repository index: the levels it reports are the truth, but for a
+        member a request or a command touched while the index was on its way (a waking model
+        reads SLEEPING until it is awake). The first read of a replica sets its books without
+        events: what it holds at its start is no sleep of the group's."""
         self._polled[replica.id] = self.clock.monotonic()
+        before = {
+            name: (
+                self._claim_counts.get((replica.id, name), 0),
+                self._commands[(replica.id, name)],
+            )
+            for name in self._members
+        }
         try:
             async with self._http().post(replica.url + "/v2/repository/index", json={}) as r:
                 entries = await r.json() if r.status == 200 else []
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return  # its health check and crash watch deal with a replica that does not answer
+        first = replica.id not in self._seen
+        self._seen.add(replica.id)
         for raw in entries if isinstance(entries, list) else []:
             try:
                 status = model_status(raw)
             except (ContractViolation, KeyError, TypeError, ValueError):
                 continue
-            name = status.model
-            if name not in self._members or (replica.id, name) in self._commanding:
+            name, key = status.model, (replica.id, status.model)
+            if name not in self._members or self._commanding[key] or self._claims[key]:
                 continue
+            if before[name] != self._touched(key):
+                continue  # touched meanwhile: the next read says where it ended
             if status.state == "SLEEPING" and status.level is not None:
-                self._set(replica, name, status.level, "the replica's device memory budget")
-            elif status.state == "READY" and not self._claims[(replica.id, name)]:
+                if first:
+                    self.levels.setdefault(replica.id, {})[name] = status.level
+                else:
+                    self._set(replica, name, status.level, "the replica's device memory budget")
+            elif status.state == "READY":
                 self.levels.setdefault(replica.id, {})[name] = "hot"
+
+    def _command(self, key: tuple[int, str]) -> None:
+        """A sleep of ``key`` (replica, member) is decided: in flight until :meth:`_sleep` ends."""
+        self._commanding[key] += 1
+        self._commands[key] += 1
+
+    def _touched(self, key: tuple[int, str]) -> tuple[int, int]:
+        """How often a request and a command have touched ``key`` (replica, member), ever."""
+        return self._claim_counts.get(key, 0), self._commands[key]
 
     def _maybe_sleep(self, replica: Replica, name: str, now: float) -> None:
         member = self._members[name]
         key = (replica.id, name)
-        if key in self._commanding or self._claims[key] or member.last_end is None:
+        if self._commanding[key] or self._claims[key] or replica.id not in self._seen:
+            return
+        refused = self._refused.get(key)
+        if refused is not None and now < refused[0]:
+            return
+        # a member never asked on this replica counts its idle time from the replica's start
+        since = member.last_end if member.last_end is not None else replica.ready_at
+        if since is None:
             return
         plan = self.plan(name)
-        target = plan.level_at(now - member.last_end)
+        target = plan.level_at(now - since)
         target = "disk" if target == "zero" else target  # zero is the replicas' to reach
-        current = self.level(replica, name)
-        if _DEPTH[target] <= _DEPTH[current]:
+        if _DEPTH[target] <= _DEPTH[self.level(replica, name)]:
             return
-        reason = f"tiered policy: idle {now - member.last_end:.0f}s ({plan.why})"
-        self._commanding.add(key)
-        self.tasks.spawn(self._sleep(replica, name, target, reason), name=f"sleep-{name}")
+        reason = f"tiered policy: idle {now - since:.0f}s ({plan.why})"
+        self._command(key)
+        task = self.tasks.spawn(self._sleep(replica, name, target, reason), name=f"sleep-{name}")
+        self._sleeps.add(task)
+        task.add_done_callback(self._sleeps.discard)
 
-    async def _sleep(self, replica: Replica, name: str, level: Level, reason: str) -> bool:
-        key = (replica.id, name)
-        claims_before = self._claimed_total(key)
+    async def _sleep(self, replica: Replica, name: str, level: Level, reason: str) -> str:
+        """Ask ``replica`` to put ``name`` to sleep at ``level``: "" once it has, else why not.
+
+        A refusal (the handler cannot sleep, the model is busy, the replica does not answer)
+        changes no books, and the policy asks that replica again only after a pause that
+        doubles with each refusal (a minute, up to a quarter of an hour)."""
+        key = (replica.id, name)  # counted in _commanding by the caller, as it decided
+        claims_before = self._claim_counts.get(key, 0)
         try:
             url = f"{replica.url}/v2/repository/models/{name}/unload"
             body = {"parameters": {"level": level}}
             timeout = aiohttp.ClientTimeout(total=SLEEP_TIMEOUT_S)
             async with self._http().post(url, json=body, timeout=timeout) as r:
-                ok = r.status == 200
-                detail = "" if ok else (await r.text())[:300]
+                refusal = "" if r.status == 200 else f"{r.status}: {(await r.text())[:300]}"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
+            refusal = f"{type(exc).__name__}: {exc}"
         finally:
-            self._commanding.discard(key)
-        if not ok:
-            log.warning("model %s: replica %d refused to sleep: %s", name, replica.id, detail)
-            return False
-        if self._claimed_total(key) != claims_before:
-            return True  # a request came meanwhile and woke it, or will: the next poll says
-        self._set(replica, name, level, reason)
-        return True
+            self._commanding[key] -= 1
+            if not self._commanding[key]:
+                del self._commanding[key]
+        if refusal:
+            _, count = self._refused.get(key, (0.0, 0))
+            pause = min(REFUSED_MAX_S, REFUSED_S * 2**count)
+            self._refused[key] = (self.clock.monotonic() + pause, count + 1)
+            log.warning(
+                "model %s: replica %d did not sleep (%s); asked again in %.0fs at the earliest",
+                name,
+                replica.id,
+                refusal,
+                pause,
+            )
+            return refusal
+        self._refused.pop(key, None)
+        if self._claim_counts.get(key, 0) == claims_before:
+            self._set(replica, name, level, reason)
+        # else a request came meanwhile and woke it, or will: the next read of the index says
+        return ""
 
-    async def sleep_member(self, name: str, level: Level, reason: str) -> int:
+    async def sleep_member(self, name: str, level: Level, reason: str) -> list[str]:
         """Put ``name`` to sleep at ``level`` on every ready replica where it is awake or sleeps
-        lighter (a repository unload with a level, the admin API's sleep); the replicas it slept
-        on, once each has answered."""
+        lighter (a repository unload with a level, the admin API's sleep), once each has
+        answered; why each replica that did not refused."""
         sleeps = []
-        for replica in [r for r in self.pool.replicas if r.state == "ready"]:
-            key = (replica.id, name)
-            if key not in self._commanding and _DEPTH[self.level(replica, name)] < _DEPTH[level]:
-                self._commanding.add(key)
+        for replica in self.pool.replicas:
+            if replica.state == "ready" and _DEPTH[self.level(replica, name)] < _DEPTH[level]:
+                self._command((replica.id, name))
                 sleeps.append(self._sleep(replica, name, level, reason))
-        done = await asyncio.gather(*sleeps)
-        return sum(done)
-
-    def _claimed_total(self, key: tuple[int, str]) -> int:
-        return self._claim_counts.get(key, 0)
+        refusals = await asyncio.gather(*sleeps)
+        return [r for r in refusals if r]
 
     # ------------------------------------------------------------------ requests
     def took(self, name: str, ticket: Ticket) -> None:
         """A request for ``name`` holds a slot on ``ticket.replica``."""
         replica = ticket.replica
         key = (replica.id, name)
-        level = self.level(replica, name)
-        if level != "hot":  # the replica wakes it for this request
-            self.levels.setdefault(replica.id, {})[name] = "hot"
+        # before the replica's index was read, where the model is is unknown (None): its
+        # first request is neither a warm one nor a measured wake
+        level = self.levels.get(replica.id, {}).get(name) if replica.id in self._seen else None
+        self.levels.setdefault(replica.id, {})[name] = "hot"  # the replica wakes it for this
         self._claims[key] += 1
         self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
         self._members[name].in_flight += 1
         self._tickets[id(ticket)] = (name, self.clock.monotonic(), level)
 
-    def released(self, ticket: Ticket) -> None:
+    def released(self, ticket: Ticket, *, answered: bool = True) -> None:
+        """The request for ``ticket`` is over; ``answered``: the replica answered it (2xx-3xx),
+        so its time counts as a warm request's or measures a wake."""
         claim = self._tickets.pop(id(ticket), None)
         if claim is None:
             return
@@ -242,9 +309,15 @@ class Group:
         now = self.clock.monotonic()
         member = self._members[name]
         member.in_flight -= 1
-        member.last_end = now
         self._claims[(ticket.replica.id, name)] -= 1
+        if not answered:
+            if level is not None and level != "hot":  # not known to have woken it
+                self.levels.setdefault(ticket.replica.id, {})[name] = level
+            return
+        member.last_end = now
         took = now - started
+        if level is None:
+            return
         if level == "hot":
             member.warm_s.append(took)
             return
@@ -289,7 +362,7 @@ class Group:
 
     def plan(self, name: str) -> TierPlan:
         member = self._members[name]
-        count = len(member.history.idle_times)
+        count = member.history.observed
         if member.plan is None or member.planned_at != count:
             policy = Tiered(
                 wake=self.wake_costs(name),
@@ -310,7 +383,12 @@ class Group:
         return keep, f"every model's tiered plan at zero after {keep:.0f}s"
 
     def describe(self, name: str) -> dict[str, Any]:
-        levels = {str(r.id): self.level(r, name) for r in self.pool.replicas if r.state == "ready"}
+        # the ready replicas whose index has been read: where the model is on each
+        levels = {
+            str(r.id): self.level(r, name)
+            for r in self.pool.replicas
+            if r.state == "ready" and r.id in self._seen
+        }
         described: dict[str, Any] = {"group": self.name, "levels": levels}
         if self._tiered:
             plan = self.plan(name)

@@ -54,9 +54,9 @@ class MemberPool:
         self.group.took(self.name, ticket)
         return ticket
 
-    def release(self, ticket: Ticket) -> None:
+    def release(self, ticket: Ticket, *, answered: bool = True) -> None:
         self._pool.release(ticket)
-        self.group.released(ticket)
+        self.group.released(ticket, answered=answered)
 
     def suspect(self, replica: Replica) -> None:
         self._pool.suspect(replica)
@@ -104,6 +104,15 @@ class MemberPool:
     @property
     def in_flight(self) -> int:
         return self.group.in_flight(self.name)
+
+    def levels(self) -> dict[str, int]:
+        """How many of the group's ready replicas hold this model at each level."""
+        counted: dict[str, int] = {}
+        for replica in self._pool.replicas:
+            if replica.state == "ready":
+                level = self.group.level(replica, self.name)
+                counted[level] = counted.get(level, 0) + 1
+        return counted
 
     def describe(self) -> dict[str, Any]:
         described = self._pool.describe()

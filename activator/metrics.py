@@ -96,11 +96,21 @@ class _PoolCollector(Collector):
             "1 for the model's current state (zero, starting, ready, draining)",
             labels=["model", "state"],
         )
+        levels = GaugeMetricFamily(
+            "ember_activator_model_replicas_at_level",
+            "A group's model: the ready replicas where it is hot, or asleep at host or disk",
+            labels=["model", "level"],
+        )
         for name, pool in self.pools().items():
+            at = getattr(pool, "levels", None)  # a group's member (activator.members)
+            if at is not None:
+                counted = at()
+                for level in ("hot", "host", "disk"):
+                    levels.add_metric([name, level], counted.get(level, 0))
             queue.add_metric([name], pool.queued)
             flight.add_metric([name], pool.in_flight)
             for s in REPLICA_STATES:
                 replicas.add_metric([name, s], sum(1 for r in pool.replicas if r.state == s))
             for s in MODEL_STATES:
                 state.add_metric([name, s], 1 if pool.state == s else 0)
-        yield from (queue, flight, replicas, state)
+        yield from (queue, flight, replicas, state, levels)

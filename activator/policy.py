@@ -54,10 +54,12 @@ class History:
 
     idle_times: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     last: float | None = None
+    observed: int = 0  # idle times seen so far, ever: what changes when the past does
 
     def observe(self, t: float) -> None:
         if self.last is not None and t > self.last:
             self.idle_times.append(t - self.last)
+            self.observed += 1
         self.last = t if self.last is None else max(self.last, t)
 
 

@@ -450,6 +450,8 @@ def _group_spec(
         price_per_hour=max(prices) if prices else None,
         cpus=max(cpus) if cpus else None,
         source=None,
+        # the members' pre-warm windows warm the replicas that serve them all
+        prewarm=tuple(window for s in specs for window in s.prewarm),
     )
     return GroupSpec(
         name=group.name,

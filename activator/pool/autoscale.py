@@ -50,7 +50,7 @@ class Autoscaler:
         self.last_request = clock.monotonic()
         self.closed = False
         self.prewarm_timer: Timer | None = None  # the policy's next pre-warm
-        self._decided_at = -1  # len(history.idle_times) when the policy last decided
+        self._decided_at = -1  # history.observed when the policy last decided
         self._last_decision: Decision | None = None
         self._monotonic, self._wall = clock.monotonic, clock.time
 
@@ -132,9 +132,9 @@ class Autoscaler:
 
     def _decide(self) -> float:
         """The policy's keep-alive for this idle period (and its pre-warm, scheduled)."""
-        if len(self.history.idle_times) == self._decided_at or self.history.last is None:
+        if self.history.observed == self._decided_at or self.history.last is None:
             return self.keep_alive_s
-        self._decided_at = len(self.history.idle_times)
+        self._decided_at = self.history.observed
         decision = self.policy.decide(self.history)
         if self.prewarm_timer is not None:
             self.prewarm_timer.cancel()

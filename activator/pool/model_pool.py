@@ -171,7 +171,9 @@ class ModelPool:
             ) from None
         return Ticket(replica, self._now() - waiter.arrival, cold)
 
-    def release(self, ticket: Ticket) -> None:
+    def release(self, ticket: Ticket, *, answered: bool = True) -> None:
+        """Give the slot back; ``answered``: whether the replica answered (a group's member
+        measures its wakes from those; a model's own pool needs no more than the slot)."""
         self.release_replica(ticket.replica)
 
     def release_replica(self, replica: Replica) -> None:

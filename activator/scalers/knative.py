@@ -175,18 +175,24 @@ class KnativeScaler:
 
 
 def _ready(index: dict[str, ModelStatus], models: tuple[str, ...], *, group: bool) -> bool:
-    """Whether every model of ``models`` can answer (READY, or SLEEPING: a request wakes it);
-    :class:`ReplicaStartFailed` (``LOAD_FAILED``) at once if one of them cannot load."""
-    for name in models:
-        status = index.get(name)
-        if status is not None and status.failure is not None:
-            which = f"model '{name}'" if group else "it"
-            raise ReplicaStartFailed(
-                f"its replica cannot load {which}: {status.reason}",
-                StartFailure.LOAD_FAILED,
-                status.failure,
-            )
-    return all(name in index and index[name].state in READY_STATES for name in models)
+    """Whether the replica serves: every model of ``models`` can answer (READY, or SLEEPING: a
+    request wakes it) or has failed, and one of them answers. :class:`ReplicaStartFailed`
+    (``LOAD_FAILED``) at once when every one of them failed; a group's member that failed
+    answers its own requests with why while the others serve."""
+    failed = [index[n] for n in models if n in index and index[n].failure is not None]
+    if failed and len(failed) == len(models):
+        first = failed[0]
+        which = f"model '{first.model}'" if group else "it"
+        reasons = "; ".join(f"{s.model}: {s.reason}" for s in failed) if group else first.reason
+        raise ReplicaStartFailed(
+            f"its replica cannot load {which}: {reasons}"
+            if not group
+            else f"its replica cannot load any of its models: {reasons}",
+            StartFailure.LOAD_FAILED,
+            first.failure,
+        )
+    serving = [n for n in models if n in index and index[n].state in READY_STATES]
+    return bool(serving) and len(serving) + len(failed) == len(models)
 
 
 def _pending(index: dict[str, ModelStatus], models: tuple[str, ...]) -> str:

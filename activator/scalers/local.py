@@ -384,6 +384,8 @@ class LocalScaler:
         while True:
             if status.violation is not None:  # a bad line before READY
                 raise _broke_contract(handle.model, status.violation)
+            if status.ready is None and status.settled():  # told before ``expect`` was set
+                status.ready = status.models[status.expect[0]]
             if status.ready is not None:
                 handle.timings["until_ready"] = time.perf_counter() - started
                 handle.timings.update(status.phases())  # the replica's account of its load

@@ -25,6 +25,7 @@ from tests.integration.test_activator import (
     MLP_BODY,
     activator,
     events,
+    metric,
     replicas,
     wait_until,
 )
@@ -56,6 +57,12 @@ def infer(server: ServerProcess, model: str) -> httpx.Response:
 def output(response: httpx.Response) -> list[float]:
     assert response.status_code == 200, response.text
     return list(response.json()["outputs"][0]["data"])
+
+
+def read_replicas(server: ServerProcess) -> set[str]:
+    """The group's ready replicas whose repository index the activator has read."""
+    described = {m["name"]: m for m in httpx.get(server.url + "/admin/models").json()}
+    return set(described["minilm"]["levels"])
 
 
 def of(tmp_path: Path, kind: str, **fields: Any) -> list[dict[str, Any]]:
@@ -94,6 +101,14 @@ def test_two_models_take_turns_on_one_replica_whose_budget_fits_one(tmp_path: Pa
 
         # a wake puts the other to sleep inside the replica: the next read of its index says so
         wait_until(lambda: levels() == ["host", "hot"], what="one awake, one asleep at host")
+        at = {
+            (m, lv): metric(
+                server, f'ember_activator_model_replicas_at_level{{level="{lv}",model="{m}"}}'
+            )
+            for m in ("mlp", "minilm")
+            for lv in ("hot", "host")
+        }
+        assert sorted(at.values()) == [0, 0, 1, 1]  # one replica: each model at one level
         # the runtime behind says the same: one hot, one asleep at host
         index = httpx.post(server.url + "/v2/repository/index").json()
         assert {m["name"] for m in index} == {"mlp", "minilm"}
@@ -108,6 +123,8 @@ def test_the_tiered_policy_sleeps_idle_models_then_lets_the_replica_go(tmp_path:
         disk_hold_s=1.5,
     )
     with activator(config) as server:
+        output(infer(server, "minilm"))  # wakes the group: where minilm is, nobody knows yet
+        wait_until(lambda: read_replicas(server) == {"1"}, what="the replica's index read")
         for _ in range(3):  # warm requests: a wake is measured against them
             output(infer(server, "minilm"))
         output(infer(server, "mlp"))

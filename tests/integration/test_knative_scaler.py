@@ -386,12 +386,27 @@ async def test_a_group_waits_for_a_member_its_replica_does_not_list_yet(
     assert "not ready within 0.5s (waiting for b (not listed))" in str(caught.value)
 
 
-async def test_a_member_that_cannot_load_fails_the_groups_start_with_why(
+async def test_a_member_that_cannot_load_leaves_the_group_serving_the_others(
+    tmp_path: Path, stub_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
+) -> None:
+    scaler = scaler_of(stub_fake)
+    broken = index_entry(
+        "b", "UNAVAILABLE", "weights file /w/b.safetensors does not exist", "weights_missing"
+    )
+    stub_fake.index["shared"] = [
+        index_entry("a", "SLEEPING", "level disk (not loaded yet)"),
+        broken,
+    ]
+    handle = await scaler.start(group_spec(tmp_path))
+    await scaler.wait_ready(handle, 300)  # a serves; b answers its requests with why
+
+
+async def test_a_group_whose_members_all_fail_fails_its_start_with_why(
     tmp_path: Path, stub_fake: FakeKnative, scaler_of: Callable[[FakeKnative], KnativeScaler]
 ) -> None:
     scaler = scaler_of(stub_fake)
     stub_fake.index["shared"] = [
-        index_entry("a", "SLEEPING", "level disk (not loaded yet)"),
+        index_entry("a", "UNAVAILABLE", "a checksum does not match", "weights_corrupt"),
         index_entry(
             "b", "UNAVAILABLE", "weights file /w/b.safetensors does not exist", "weights_missing"
         ),
@@ -400,8 +415,8 @@ async def test_a_member_that_cannot_load_fails_the_groups_start_with_why(
     with pytest.raises(ReplicaStartFailed) as caught:
         await scaler.wait_ready(handle, 300)
     assert caught.value.kind is StartFailure.LOAD_FAILED
-    assert caught.value.failure is FailureKind.WEIGHTS_MISSING
-    assert "cannot load model 'b': weights file /w/b.safetensors does not exist" in str(
+    assert caught.value.failure is FailureKind.WEIGHTS_CORRUPT
+    assert "cannot load any of its models: a: a checksum does not match; b: weights file" in str(
         caught.value
     )
 

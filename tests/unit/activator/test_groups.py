@@ -32,6 +32,7 @@ class FakeReplica:
         self.index: list[dict[str, Any]] = []
         self.unloads: list[tuple[str, Any]] = []
         self.refuse = False
+        self.asked = 0  # unloads asked, refused ones too
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -43,6 +44,7 @@ class FakeReplica:
         return web.json_response(self.index)
 
     async def _unload(self, request: web.Request) -> web.Response:
+        self.asked += 1
         if self.refuse:
             return web.json_response({"error": "no"}, status=400)
         self.unloads.append((request.match_info["model"], await request.json()))
@@ -105,7 +107,7 @@ async def make_group(tmp_path: Path, replica: Replica, **group: Any) -> tuple[Gr
     made = Group(
         spec,
         models,
-        lambda pool_spec, policy: StubPool([replica]),  # type: ignore[arg-type,return-value]
+        lambda pool_spec, policy, on_ready: StubPool([replica]),  # type: ignore[arg-type,return-value]
         EventLog(tmp_path / "events.jsonl"),
         tasks=TaskSet(),
         clock=clock,
@@ -134,7 +136,7 @@ async def test_the_replicas_index_is_the_truth_of_levels(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, _ = await make_group(tmp_path, r)
+    group, clock = await make_group(tmp_path, r)
     fake.index = [
         {"name": "a", "state": "READY", "reason": ""},
         {"name": "b", "state": "SLEEPING", "reason": "level host", "level": "host"},
@@ -142,12 +144,41 @@ async def test_the_replicas_index_is_the_truth_of_levels(
         {"name": "a", "state": "gibberish"},
     ]
     await group.tick()
-    group.events.flush()
     assert (group.level(r, "a"), group.level(r, "b")) == ("hot", "host")
-    (sleep,) = logged(tmp_path, "sleep")
-    assert sleep["model"] == "b" and sleep["level"] == "host" and sleep["replica"] == 1
-    assert "budget" in sleep["reason"]
     assert group.awake_on("a")(r) and not group.awake_on("b")(r)
+    group.events.flush()
+    assert logged(tmp_path, "sleep") == []  # what a replica holds at its start is no sleep
+    fake.index = [
+        {"name": "a", "state": "SLEEPING", "reason": "level disk", "level": "disk"},
+        {"name": "b", "state": "READY", "reason": ""},
+    ]
+    await clock.advance(1.0)
+    await group.tick()
+    group.events.flush()
+    assert (group.level(r, "a"), group.level(r, "b")) == ("disk", "hot")
+    (sleep,) = logged(tmp_path, "sleep")
+    assert sleep["model"] == "a" and sleep["level"] == "disk" and sleep["replica"] == 1
+    assert "budget" in sleep["reason"]
+
+
+async def test_a_waking_member_is_not_read_back_to_sleep_by_a_poll(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, clock = await make_group(tmp_path, r)
+    fake.index = [{"name": "a", "state": "SLEEPING", "reason": "level host", "level": "host"}]
+    await group.tick()
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)  # the replica wakes it: its index says SLEEPING meanwhile
+    fake.index = [
+        {"name": "a", "state": "SLEEPING", "reason": "waking: level host", "level": "host"}
+    ]
+    await clock.advance(1.0)
+    await group.tick()
+    assert group.level(r, "a") == "hot"
+    group.released(ticket)
+    group.events.flush()
+    assert logged(tmp_path, "sleep") == []
 
 
 async def test_the_tiered_policy_puts_an_idle_model_to_sleep_host_then_disk(
@@ -157,6 +188,7 @@ async def test_the_tiered_policy_puts_an_idle_model_to_sleep_host_then_disk(
     group, clock = await make_group(
         tmp_path, r, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=10
     )
+    r.ready_at = clock.monotonic() + 1000  # b, never asked, counts from the replica's start
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)
     group.released(ticket)
@@ -178,19 +210,28 @@ async def test_the_tiered_policy_puts_an_idle_model_to_sleep_host_then_disk(
     assert [e["level"] for e in logged(tmp_path, "sleep")] == ["host", "disk"]
 
 
-async def test_a_refused_sleep_changes_no_books(
+async def test_a_refused_sleep_changes_no_books_and_is_asked_again_only_after_a_pause(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
     fake.refuse = True
     group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.001})
+    await group.tick()  # the replica's index read: its members awake
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)
     group.released(ticket)
     await clock.advance(5)
     await group.tick()
     await commands_done(group)
-    assert group.level(r, "a") == "hot"
+    assert group.level(r, "a") == "hot" and fake.asked == 1
+    for _ in range(10):  # every tick for 50 s: not asked again
+        await clock.advance(5)
+        await group.tick()
+    assert fake.asked == 1
+    await clock.advance(15)
+    await group.tick()
+    await commands_done(group)
+    assert fake.asked == 2  # a minute on, once more; then two minutes
     group.events.flush()
     assert logged(tmp_path, "sleep") == []
 
@@ -200,6 +241,7 @@ async def test_a_wake_is_measured_against_warm_requests_and_replans(
 ) -> None:
     _, r = replica
     group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.05})
+    await group.tick()  # the replica's index read
     for _ in range(3):  # warm: 10 ms each
         ticket = Ticket(r, 0.0, False)
         group.took("a", ticket)
@@ -270,8 +312,11 @@ async def test_an_unload_with_a_level_sleeps_the_member_on_every_replica_and_ans
 ) -> None:
     fake, r = replica
     group, _ = await make_group(tmp_path, r)
-    assert await group.sleep_member("b", "host", "put to sleep by a test") == 1
+    assert await group.sleep_member("b", "host", "put to sleep by a test") == []
     assert fake.unloads == [("b", {"parameters": {"level": "host"}})]  # answered: done
     assert group.level(r, "b") == "host"
-    assert await group.sleep_member("b", "host", "again") == 0  # already there: nothing sent
+    assert await group.sleep_member("b", "host", "again") == []  # already there: nothing sent
     assert len(fake.unloads) == 1
+    fake.refuse = True
+    (refusal,) = await group.sleep_member("b", "disk", "deeper")
+    assert refusal.startswith("400") and group.level(r, "b") == "host"
