@@ -169,6 +169,12 @@ def test_a_replica_killed_while_a_model_sleeps_is_replaced_and_the_request_answe
         )
         (pid,) = replicas(server)
         os.kill(pid, signal.SIGKILL)
+        # once the activator has seen it go (a request sent on its kept-alive connection in the
+        # moment before would be a 502, as for any replica that dies under a request)
+        wait_until(
+            lambda: any("crashed" in e["reason"] for e in of(tmp_path, "replica_stopped")),
+            what="the crash noticed",
+        )
         assert np.allclose(output(infer(server, "minilm")), before, atol=1e-5)
         wait_until(
             lambda: len(of(tmp_path, "replica_ready", model="shared")) == 2,
