@@ -159,7 +159,7 @@ class ModelPool:
         if ticket is not None:
             return ticket
         timeout = self.spec.deadline_s if deadline_s is None else deadline_s
-        waiter = self._queue.join(timeout)
+        waiter = self._queue.join(timeout, prefer)
         cold = not any(r.state == "ready" for r in self._replicas.members)
         self._autoscaler.scale()
         try:
@@ -189,7 +189,12 @@ class ModelPool:
         self._replicas.suspect(replica)
 
     def _hand_off(self) -> None:
-        self._queue.hand_off(self._replicas.claim)
+        self._queue.hand_off(self._claim_for_head)
+
+    def _claim_for_head(self) -> Replica | None:
+        """A slot for the queue's head (the waiter being handed one), on a replica it prefers
+        when one of those has room."""
+        return self._replicas.claim(self._waiters[0].prefer)
 
     def _replace(self) -> None:
         self._autoscaler.scale()

@@ -27,6 +27,7 @@ class Waiter(Generic[S]):
     future: asyncio.Future[S]
     arrival: float  # the clock's monotonic time when it joined
     deadline: Timer | None = None
+    prefer: Callable[[S], bool] | None = None  # the slots it would rather have (see join)
 
 
 class AdmissionQueue(Generic[S]):
@@ -40,12 +41,14 @@ class AdmissionQueue(Generic[S]):
     def __len__(self) -> int:
         return len(self.waiters)
 
-    def join(self, timeout_s: float) -> Waiter[S]:
-        """A place at the back of the queue, for ``timeout_s`` at most; QueueFull past the bound."""
+    def join(self, timeout_s: float, prefer: Callable[[S], bool] | None = None) -> Waiter[S]:
+        """A place at the back of the queue, for ``timeout_s`` at most; QueueFull past the bound.
+        ``prefer``: the slots it would rather be handed (a group's member: replicas where it is
+        awake), which the claim of :meth:`hand_off` may read from the head waiter."""
         if len(self.waiters) >= self.size:
             raise QueueFull(f"model '{self.model}': pending request queue full ({self.size})")
         future: asyncio.Future[S] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(future, self.clock.monotonic())
+        waiter = Waiter(future, self.clock.monotonic(), prefer=prefer)
         waiter.deadline = self.clock.call_later(timeout_s, self._expire, waiter)
         self.waiters.append(waiter)
         return waiter

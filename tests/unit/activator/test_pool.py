@@ -149,6 +149,29 @@ async def test_demand_over_target_adds_replicas_up_to_the_max(clock: ManualClock
     await pool.aclose()
 
 
+async def test_a_queued_request_prefers_a_replica_but_never_waits_for_it(
+    clock: ManualClock,
+) -> None:
+    pool, scaler, _ = on(clock, max_replicas=2, container_concurrency=1, target=1.0, deadline_s=600)
+    held = [asyncio.create_task(pool.acquire()) for _ in range(2)]
+    await turns(lambda: scaler.started == 2, "two starts")
+    await clock.advance(0.05)
+    a, b = [await outcome(t) for t in held]
+    # a group's member awake only on b's replica: queued, it takes the first slot that frees
+    waiting = asyncio.create_task(pool.acquire(prefer=lambda r: r is b.replica))
+    await turns(lambda: pool.queued == 1, "the request to queue")
+    pool.release(a)
+    got = await outcome(waiting)
+    assert got.replica is a.replica  # not held back for b's
+    pool.release(got)
+    pool.release(b)
+    # with both free, the preferred one rather than the first
+    ticket = pool.try_acquire(prefer=lambda r: r is b.replica)
+    assert ticket is not None and ticket.replica is b.replica
+    pool.release(ticket)
+    await pool.aclose()
+
+
 async def test_full_queue_is_refused_and_the_rest_answered(clock: ManualClock) -> None:
     pool, _, _ = on(clock, queue_size=3, container_concurrency=3, ready_after_s=3)
     acquiring = [asyncio.create_task(pool.acquire()) for _ in range(5)]
