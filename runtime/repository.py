@@ -6,17 +6,12 @@ the reason and the kind of failure, and the server keeps serving the others. Eve
 model's state is also told to ``on_status`` (a :class:`contracts.replica.ModelStatus`): the
 server writes it to its status channel, for the activator.
 
-A READY model can also be put to sleep at a level (:mod:`runtime.sleep`): SLEEPING, it keeps its
-handler and scheduler and still counts as serving; :meth:`ModelRepository.awake_entry` (what a
-request goes through) and :meth:`ModelRepository.load` wake it. A failed wake leaves it
-UNAVAILABLE, as a failed load does.
-
-Under a device memory budget (:mod:`runtime.budget`) the repository keeps the awake models'
-footprints within it: a model that must wake or load first puts the least recently used awake
-models to sleep (after their batches), and at start the models past the budget sleep right after
-their first load. Every such decision, and every load, wake and sleep, holds the budget's lock.
-A model put to sleep for room sleeps at ``host`` within the host memory budget, the least
-recently used host sleepers going down to ``disk`` past it (:meth:`DeviceBudget.host_victims`).
+A READY model can also be put to sleep, and under a device memory budget the repository keeps the
+awake models' footprints within it: that machinery is :mod:`runtime.sleeping`, mixed in here. A
+SLEEPING model still counts as serving; :meth:`ModelRepository.awake_entry` (what a request goes
+through) and :meth:`ModelRepository.load` wake it, room made first. At start the models past the
+budget sleep right after their first load. Every load, wake and sleep, and every decision on
+room, holds the budget's lock. A model's entry and states are :mod:`runtime.entries`.
 
 With ``--load-on-demand`` (:meth:`ModelRepository.defer_loading`) the models are registered but
 not loaded: SLEEPING ("level disk (not loaded yet)"), so they count as serving; the first request
@@ -26,23 +21,20 @@ for one, or a repository load, loads it as a wake would wake it, room made first
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 
-from contracts.replica import FailureKind, ModelStatus, SleepLevelName
+from contracts.replica import FailureKind, ModelStatus
 from contracts.stats import ModelStats
 from runtime.batching import Scheduler
 from runtime.budget import DeviceBudget, estimate_footprint
 from runtime.config import ModelConfig
+from runtime.entries import NOT_LOADED_YET, SERVING, ModelEntry, ModelState, discard
 from runtime.errors import (
     ConfigError,
-    InvalidInput,
     ModelNotFound,
     ModelNotReady,
     RuntimeServerError,
@@ -51,59 +43,20 @@ from runtime.handlers.base import (
     HandlerLoadError,
     Measures,
     ModelHandler,
-    Sleeps,
     create_handler,
 )
 from runtime.metrics import RuntimeMetrics
-from runtime.sleep import SleepLevel
+from runtime.sleeping import SleepingMixin
 from runtime.sources import WeightSources
 from runtime.status import failure_kind
 from weight_cache.errors import WeightCacheError
 
+__all__ = ["NOT_LOADED_YET", "SERVING", "ModelEntry", "ModelRepository", "ModelState"]
+
 log = logging.getLogger("ember.runtime")
 
 
-class ModelState(enum.StrEnum):
-    UNAVAILABLE = "UNAVAILABLE"
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    SLEEPING = "SLEEPING"
-
-
-SERVING = frozenset({ModelState.READY, ModelState.SLEEPING})
-NOT_LOADED_YET = f"level {SleepLevel.DISK} (not loaded yet)"
-
-
-@dataclass
-class ModelEntry:
-    config: ModelConfig
-    stats: ModelStats
-    state: ModelState = ModelState.UNAVAILABLE
-    reason: str = "not loaded"
-    failure: FailureKind | None = None  # why the last load failed, while UNAVAILABLE
-    handler: ModelHandler | None = None
-    scheduler: Scheduler | None = None
-    load_seconds: float | None = None
-    load_phases: dict[str, float] = field(default_factory=dict)
-    release_source: Callable[[], None] | None = None
-    wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
-    asleep: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
-    deferred: bool = False  # registered, not loaded yet (SLEEPING): the first request loads it
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def sleep_level(self) -> SleepLevelName | None:
-        """What the index and the status channel say of its level: only while SLEEPING (not
-        loaded yet: ``disk``, what a load on demand costs)."""
-        if self.state is not ModelState.SLEEPING:
-            return None
-        if self.deferred:
-            return SleepLevel.DISK.value
-        return None if self.asleep is None else self.asleep.value
-
-
-class ModelRepository:
+class ModelRepository(SleepingMixin):
     def __init__(
         self,
         configs: list[ModelConfig],
@@ -292,7 +245,7 @@ class ModelRepository:
             phases["warmup"] = time.perf_counter() - mark
             scheduler.start()
         except BaseException as exc:
-            await self._discard(handler, scheduler)
+            await discard(handler, scheduler)
             if release_source is not None:
                 release_source()
             expected = isinstance(
@@ -324,169 +277,6 @@ class ModelRepository:
         if not self.budget.fits(name):
             await self._fit_loaded(entry, make_room=make_room)
 
-    async def _fit_loaded(self, entry: ModelEntry, *, make_room: bool) -> None:
-        """A model just loaded past the budget: make room for it, or put it to sleep."""
-        if make_room:
-            with contextlib.suppress(ModelNotReady):
-                await self._make_room(entry)
-                return
-        log.info("model %s sleeps: past the device memory budget", entry.config.name)
-        try:
-            await self._put_away(entry)
-        except InvalidInput:  # a handler that cannot sleep stays awake, over the budget
-            log.warning("model %s cannot sleep: over the device memory budget", entry.config.name)
-
-    async def _make_room(self, entry: ModelEntry) -> None:
-        """Put the least recently used awake models to sleep until ``entry`` fits (the caller
-        holds the budget's lock); ModelNotReady when those that would have to cannot sleep."""
-        name = entry.config.name
-        can_sleep = {
-            e.config.name
-            for e in self._entries.values()
-            if e is not entry and e.state is ModelState.READY and isinstance(e.handler, Sleeps)
-        }
-        for victim in self.budget.victims(name, can_sleep=can_sleep):
-            other = self._entries[victim]
-            async with other.lock:
-                if other.state is not ModelState.READY:
-                    continue
-                log.info("model %s sleeps to make room for %s", victim, name)
-                # a failed sleep leaves it UNAVAILABLE, which frees its memory as well
-                with contextlib.suppress(ModelNotReady):
-                    await self._put_away(other, waking=entry)
-
-    async def _put_away(self, entry: ModelEntry, *, waking: ModelEntry | None = None) -> None:
-        """Put a READY model to sleep for room (the caller holds its lock): at the budget's
-        level, within the host memory budget, the least recently used host sleepers going down
-        to disk first; never ``waking``, the model it makes room for (whose lock is held too)."""
-        name = entry.config.name
-        keep = None if waking is None else waking.config.name
-        for victim in self.budget.host_victims(name, waking=keep):
-            await self._deepen(self._entries[victim])
-        await self._sleep(entry, self.budget.room_level(name))
-
-    async def _deepen(self, entry: ModelEntry, why: str = "past the host memory budget") -> None:
-        """Send a model asleep at level host down to level disk, past the host memory budget
-        (its handler drops the host copy; no device memory is needed). A failure leaves it
-        UNAVAILABLE, which frees its memory as well."""
-        name = entry.config.name
-        async with entry.lock:
-            if entry.state is not ModelState.SLEEPING or entry.asleep is not SleepLevel.HOST:
-                return
-            assert isinstance(entry.handler, Sleeps)
-            log.info("model %s sleeps deeper (level disk): %s", name, why)
-            started = time.perf_counter_ns()
-            try:
-                await asyncio.to_thread(entry.handler.sleep, SleepLevel.DISK)
-            except Exception as exc:
-                await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
-                return
-            entry.asleep = SleepLevel.DISK
-            self.budget.mark(name, hot=False)
-            elapsed = time.perf_counter_ns() - started
-            entry.stats.record_sleep(SleepLevel.DISK.value, elapsed)
-            self._metrics.sleep_duration.labels(name, SleepLevel.DISK.value).observe(elapsed / 1e9)
-            self._set(entry, ModelState.SLEEPING, f"level {SleepLevel.DISK}")
-
-    async def sleep(self, name: str, level: SleepLevel, *, drain_timeout_s: float = 30.0) -> None:
-        """Put a serving model to sleep at ``level`` once its queued and running batches are done.
-
-        Requests that come meanwhile wait for the sleep to end, then wake it.
-        A model asleep at host asked for disk goes down without waking; one asleep at that level
-        or deeper stays. At host, the host memory budget applies as to a sleep for room: the
-        least recently used host sleepers go down to disk first, and a model larger than the
-        whole host budget sleeps at disk.
-        """
-        entry = self.entry(name)
-        async with self.budget.deciding():
-            if entry.deferred:
-                return  # not loaded yet: it holds nothing to put away
-            if entry.state is ModelState.SLEEPING:
-                if level is SleepLevel.DISK and entry.asleep is SleepLevel.HOST:
-                    await self._deepen(entry, "asked to")
-                return
-            if level is SleepLevel.HOST:
-                level = self.budget.room_level(name, asked=level)
-                for victim in self.budget.host_victims(name, level=level):
-                    await self._deepen(self._entries[victim])
-            async with entry.lock:
-                await self._sleep(entry, level, drain_timeout_s=drain_timeout_s)
-
-    async def _sleep(
-        self, entry: ModelEntry, level: SleepLevel, *, drain_timeout_s: float = 30.0
-    ) -> None:
-        """:meth:`sleep`, the caller holding the model's lock."""
-        name = entry.config.name
-        if entry.state is ModelState.SLEEPING:
-            return
-        if entry.state is not ModelState.READY:
-            raise ModelNotReady(
-                f"model '{name}' cannot sleep: {entry.state.lower()} ({entry.reason})"
-            )
-        handler, scheduler = entry.handler, entry.scheduler
-        if not isinstance(handler, Sleeps):
-            raise InvalidInput(
-                f"model '{name}' ({entry.config.handler} handler) cannot sleep; unload it "
-                "without a level instead"
-            )
-        started = time.perf_counter_ns()
-        self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
-        entry.asleep = level
-        if scheduler is not None and not await scheduler.drain(drain_timeout_s):
-            # its batches are still running or queued: putting its weights away now would fail
-            # them, so it stays awake
-            entry.asleep = None
-            self._set(entry, ModelState.READY, "")
-            raise ModelNotReady(
-                f"model '{name}' is busy: its batches did not finish within "
-                f"{drain_timeout_s:g}s, so it was not put to sleep"
-            )
-        try:
-            await asyncio.to_thread(handler.sleep, level)
-        except Exception as exc:
-            # half put away: nothing it holds can be trusted to serve
-            await self._fail_woken(entry, f"sleep failed: {type(exc).__name__}: {exc}", exc)
-            raise ModelNotReady(f"model '{name}' failed to sleep: {exc}") from exc
-        self.budget.mark(name, hot=False, at_host=level is SleepLevel.HOST)
-        elapsed = time.perf_counter_ns() - started
-        entry.stats.record_sleep(level.value, elapsed)
-        self._metrics.sleep_duration.labels(name, level.value).observe(elapsed / 1e9)
-        self._set(entry, ModelState.SLEEPING, f"level {level}")
-        log.info("model %s asleep (level %s) in %.3fs", name, level, elapsed / 1e9)
-
-    async def _wake(self, entry: ModelEntry) -> None:
-        """Wake a SLEEPING model (the caller holds its lock); UNAVAILABLE if it cannot."""
-        name, level = entry.config.name, entry.asleep
-        assert isinstance(entry.handler, Sleeps) and level is not None
-        started = time.perf_counter_ns()
-        self._set(entry, ModelState.SLEEPING, f"waking: level {level}")
-        try:
-            await asyncio.to_thread(entry.handler.wake)
-        except Exception as exc:
-            expected = isinstance(exc, HandlerLoadError | WeightCacheError)
-            reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
-            await self._fail_woken(entry, f"wake failed: {reason}", exc)
-            log.error("model %s failed to wake: %s", name, reason, exc_info=not expected)
-            raise ModelNotReady(f"model '{name}' failed to wake: {reason}") from exc
-        elapsed = time.perf_counter_ns() - started
-        entry.asleep = None
-        self.budget.mark(name, hot=True)
-        entry.stats.record_wake(level.value, elapsed)
-        self._metrics.wake_duration.labels(name, level.value).observe(elapsed / 1e9)
-        self._set(entry, ModelState.READY, "")
-        log.info("model %s awake (from %s) in %.3fs", name, level, elapsed / 1e9)
-
-    async def _fail_woken(self, entry: ModelEntry, reason: str, exc: Exception) -> None:
-        await self._discard(entry.handler, entry.scheduler)
-        entry.handler = entry.scheduler = None
-        entry.asleep = None
-        if entry.release_source is not None:
-            entry.release_source()
-            entry.release_source = None
-        self.budget.mark(entry.config.name, hot=False)
-        self._metrics.model_ready.labels(entry.config.name).set(0)
-        self._set(entry, ModelState.UNAVAILABLE, reason, failure_kind(exc))
-
     async def unload(self, name: str, *, drain_timeout_s: float = 30.0) -> None:
         """Stop admitting requests, let the queued ones finish, then release the model."""
         entry = self.entry(name)
@@ -499,7 +289,7 @@ class ModelRepository:
             self._metrics.model_ready.labels(name).set(0)
             if entry.scheduler is not None:
                 await entry.scheduler.drain(drain_timeout_s)
-            await self._discard(entry.handler, entry.scheduler)
+            await discard(entry.handler, entry.scheduler)
             entry.handler = entry.scheduler = None
             self.budget.mark(name, hot=False)
             if entry.release_source is not None:
@@ -507,15 +297,6 @@ class ModelRepository:
                 entry.release_source = None
             gc.unfreeze()  # let the collector reclaim the model's cycles; the next load refreezes
             self._set(entry, ModelState.UNAVAILABLE, "unloaded")
-
-    async def _discard(self, handler: ModelHandler | None, scheduler: Scheduler | None) -> None:
-        if scheduler is not None:
-            await scheduler.close()
-        if handler is not None:
-            try:
-                await asyncio.to_thread(handler.unload)
-            except Exception:
-                log.exception("unloading a handler failed")
 
     async def load_all(self) -> None:
         """Load every wanted model: side by side, or, under a budget, one at a time in config

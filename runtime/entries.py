@@ -1,0 +1,73 @@
+"""A configured model's entry in the repository: its state, and the handler and scheduler it holds.
+
+:class:`ModelEntry` is what :mod:`runtime.repository` keeps per model and what the data plane
+serves from; :func:`discard` releases what a failed load, a failed wake or an unload leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from contracts.replica import FailureKind, SleepLevelName
+from contracts.stats import ModelStats
+from runtime.batching import Scheduler
+from runtime.config import ModelConfig
+from runtime.handlers.base import ModelHandler
+from runtime.sleep import SleepLevel
+
+log = logging.getLogger("ember.runtime")
+
+
+class ModelState(enum.StrEnum):
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    SLEEPING = "SLEEPING"
+
+
+SERVING = frozenset({ModelState.READY, ModelState.SLEEPING})
+NOT_LOADED_YET = f"level {SleepLevel.DISK} (not loaded yet)"
+
+
+@dataclass
+class ModelEntry:
+    config: ModelConfig
+    stats: ModelStats
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = "not loaded"
+    failure: FailureKind | None = None  # why the last load failed, while UNAVAILABLE
+    handler: ModelHandler | None = None
+    scheduler: Scheduler | None = None
+    load_seconds: float | None = None
+    load_phases: dict[str, float] = field(default_factory=dict)
+    release_source: Callable[[], None] | None = None
+    wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
+    asleep: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
+    deferred: bool = False  # registered, not loaded yet (SLEEPING): the first request loads it
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def sleep_level(self) -> SleepLevelName | None:
+        """What the index and the status channel say of its level: only while SLEEPING (not
+        loaded yet: ``disk``, what a load on demand costs)."""
+        if self.state is not ModelState.SLEEPING:
+            return None
+        if self.deferred:
+            return SleepLevel.DISK.value
+        return None if self.asleep is None else self.asleep.value
+
+
+async def discard(handler: ModelHandler | None, scheduler: Scheduler | None) -> None:
+    """Close a model's scheduler, then unload its handler (a failure to unload is logged)."""
+    if scheduler is not None:
+        await scheduler.close()
+    if handler is not None:
+        try:
+            await asyncio.to_thread(handler.unload)
+        except Exception:
+            log.exception("unloading a handler failed")
