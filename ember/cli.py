@@ -1,121 +1,15 @@
 """``ember``: the user's entry point. Each subcommand imports its package only when it runs, so
-commands that need no model (the activator, deploy, reports) never import torch."""
+commands that need no model (the activator, deploy, reports) never import torch.
+
+``serve`` lives in :mod:`ember.serve_cli`, ``deploy`` and ``status`` in :mod:`ember.knative_cli`,
+``cache`` in :mod:`ember.cache_cli`; the activator's commands and the reports are here."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from contracts.stack import StackConfig
-
-
-def _serve(args: argparse.Namespace) -> int:
-    # Idle intra-op threads sleep instead of spinning (OpenMP spins for a while after each
-    # parallel region by default): a spinning replica burns the CPU its activator, its batcher
-    # and the node's other replicas need, and a pod's CPU quota. Read when torch is imported,
-    # so it is set first; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if not _status_fd_open(args.status_fd):
-        return 2
-    if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
-        from runtime.standby import wait_for_assignment
-
-        try:
-            argv = wait_for_assignment(status_fd=args.status_fd)
-        except ValueError as exc:
-            print(f"ember serve: {exc}", file=sys.stderr)
-            return 2
-        if argv is None:
-            return 0
-        status_fd = args.status_fd
-        args = build_parser().parse_args(["serve", *argv])
-        if args.standby:
-            print(
-                "ember serve: a standby replica's arguments cannot ask for --standby",
-                file=sys.stderr,
-            )
-            return 2
-        if args.status_fd is None:  # the replica it becomes keeps its status channel
-            args.status_fd = status_fd
-        elif not _status_fd_open(args.status_fd):
-            return 2
-    if args.config is None:
-        print("ember serve: --config is required", file=sys.stderr)
-        return 2
-    from pydantic import ValidationError
-
-    from ember.cache_cli import cache_dir
-    from ember.checks import refuse
-    from runtime.config import ServerSettings, load_model_config_files
-    from runtime.errors import ConfigError
-    from runtime.protocol import validation_message
-
-    try:
-        configs = load_model_config_files(args.config)
-        settings = ServerSettings(
-            host=args.host,
-            port=args.port,
-            max_request_bytes=args.max_request_bytes,
-            grace_period_s=args.grace_period,
-            header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout,
-            log_level=args.log_level,
-            access_log=args.access_log,
-            cache_dir=cache_dir(args),
-            cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
-            device_memory_budget_bytes=args.device_memory_budget,
-            host_memory_budget_bytes=args.host_memory_budget,
-            load_on_demand=args.load_on_demand,
-            fetch_concurrency=args.fetch_concurrency,
-            status_fd=args.status_fd,
-            exit_on_load_failure=args.exit_on_load_failure,
-            termination_log=args.termination_log,
-        )
-    except ConfigError as exc:  # every problem of the model config, one line each
-        return refuse("serve", exc)
-    except ValidationError as exc:
-        print(f"ember serve: {validation_message(exc)}", file=sys.stderr)
-        return 2
-    from runtime.server import serve
-
-    try:
-        return serve(settings, configs)
-    except OSError as exc:
-        print(
-            f"ember serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
-
-
-def _size(text: str) -> int:
-    from contracts.sizes import parse_bytes
-
-    try:
-        size = parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 bytes")
-    return size
-
-
-def _status_fd_open(fd: int | None) -> bool:
-    import os
-
-    if fd is None:
-        return True
-    try:
-        os.fstat(fd)
-    except OSError:
-        print(f"ember serve: --status-fd {fd} is not an open file descriptor", file=sys.stderr)
-        return False
-    return True
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -148,42 +42,6 @@ def _up(args: argparse.Namespace) -> int:
             f"ember up: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
         )
         return 1
-
-
-def _deploy(args: argparse.Namespace) -> int:
-    from contracts.errors import ConfigError
-    from ember.checks import load_checked_stack, refuse
-    from knative.errors import DeployError
-    from knative.render import render, to_yaml
-
-    try:
-        # every model config too: a manifest never ships what `ember serve` would refuse
-        stack = _with_namespace(load_checked_stack(args.config), args.namespace)
-        objects = render(stack)
-        if args.kn:
-            from knative.features import required_settings
-            from knative.manifests import apply_commands, settings_comment, write_manifests
-
-            manifests = write_manifests(objects, Path(args.kn))
-            lines = settings_comment(required_settings(stack)) + apply_commands(manifests)
-            print("\n".join(lines))
-            return 0
-        if args.dry_run:
-            print(to_yaml(objects), end="")
-            return 0
-        from knative.apply import Cluster, apply_all, delete_all
-
-        cluster = Cluster.from_environment(args.kubeconfig)
-        if args.delete:
-            delete_all(cluster, objects)
-        else:
-            apply_all(cluster, objects, timeout_s=args.timeout)
-    except ConfigError as exc:
-        return refuse("deploy", exc)
-    except DeployError as exc:
-        print(f"ember deploy: {exc}", file=sys.stderr)
-        return 2 if args.dry_run or args.kn else 1
-    return 0
 
 
 def _prewarm(args: argparse.Namespace) -> int:
@@ -297,53 +155,9 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
-    """The stack with ``--namespace`` in place of knative.namespace, checked like the file's."""
-    from pydantic import ValidationError
-
-    from contracts.errors import ConfigError
-    from contracts.stack import KnativeSettings
-
-    if not namespace:
-        return stack
-    try:
-        knative = KnativeSettings.model_validate(
-            {**stack.knative.model_dump(), "namespace": namespace}
-        )
-    except ValidationError:
-        raise ConfigError(f"--namespace {namespace!r} is not a Kubernetes namespace name") from None
-    return stack.model_copy(update={"knative": knative})
-
-
-def _status(args: argparse.Namespace) -> int:
-    from contracts.errors import ConfigError
-    from contracts.stack import load_stack
-    from knative.apply import Cluster, service_statuses
-    from knative.errors import DeployError
-    from knative.groups import services
-
-    try:
-        stack = _with_namespace(load_stack(args.config), args.namespace)
-        namespace = stack.knative.namespace
-        groups = {name: group.members for name, group in stack.groups.items()}
-        statuses = service_statuses(
-            Cluster.from_environment(args.kubeconfig),
-            namespace,
-            list(services(stack)),  # a group's members have no Service: the group's serves them
-            groups,
-        )
-    except ConfigError as exc:
-        print(f"ember status: {exc}", file=sys.stderr)
-        return 2
-    except DeployError as exc:
-        print(f"ember status: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(status.line() for status in statuses))
-    return 0 if all(status.ready for status in statuses) else 3
-
-
 def build_parser() -> argparse.ArgumentParser:
     from contracts.logs import LOG_LEVELS
+    from ember import cache_cli, knative_cli, serve_cli  # nothing heavy: the commands import lazily
     from ember.help import UP_REFERENCE, HelpFormatter, ember_version, finish
 
     parser = argparse.ArgumentParser(
@@ -354,134 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ember {ember_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser(
-        "serve",
-        help="serve models over the v2 / Open Inference Protocol REST API",
-        description=(
-            "Serve the models of one or more config files over the KServe v2 / Open Inference "
-            "Protocol. "
-            "/v2/health/live answers at once; models load in the background and "
-            "/v2/health/ready turns 200 when all of them can answer. SIGTERM stops accepting "
-            "connections, lets in-flight requests finish within --grace-period, and exits 0. "
-            "Exit status: 0 stopped, 1 cannot listen, 2 bad arguments or config, 3 a model could "
-            "not load (only with --exit-on-load-failure)."
-        ),
-    )
-    # required, unless --standby (whose process is given its --config later, on stdin)
-    what = serve.add_mutually_exclusive_group(required=True)
-    what.add_argument(
-        "--config",
-        action="append",
-        help="model config file (YAML or JSON); give it again to serve the models of several "
-        "files (a model name may be defined once); required, unless --standby",
-    )
-    what.add_argument(
-        "--standby",
-        action="store_true",
-        help="(used by the activator's warm pool) do the imports, say 'standby' (on stdout, and "
-        "on --status-fd), then read one JSON list of these arguments from stdin and serve as "
-        "told, keeping the status fd",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
-    )
-    serve.add_argument(
-        "--max-request-bytes",
-        type=int,
-        default=64 * 1024 * 1024,
-        help="largest request body accepted, after decompression; larger ones get 413 "
-        "(default 64 MiB)",
-    )
-    serve.add_argument(
-        "--grace-period",
-        type=float,
-        default=30.0,
-        help="seconds in-flight requests get to finish after SIGTERM (default 30)",
-    )
-    serve.add_argument(
-        "--header-timeout",
-        type=float,
-        default=10.0,
-        help="seconds a request's head may take to arrive, from its first byte (the first "
-        "request: from the connection opening); past it 408 (default 10)",
-    )
-    serve.add_argument(
-        "--body-timeout",
-        type=float,
-        default=30.0,
-        help="longest pause, in seconds, while a request body arrives; past it 408 (default 30)",
-    )
-    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default info)")
-    serve.add_argument("--access-log", action="store_true", help="log every request")
-    serve.add_argument(
-        "--cache-dir",
-        help="local tier for s3:// sources (default $EMBER_CACHE_DIR or ~/.cache/ember)",
-    )
-    serve.add_argument(
-        "--cache-budget-gb",
-        type=float,
-        help="size budget of the local tier; least recently used models are evicted past it",
-    )
-    serve.add_argument(
-        "--device-memory-budget",
-        type=_size,
-        metavar="BYTES",
-        help="device memory the awake models' weights may hold, in bytes or with a unit (2GiB, "
-        "512MiB, 1.5GB): models past it sleep (level host) and a request for one puts the least "
-        "recently used awake models to sleep, after their batches, to wake it. A model larger "
-        "than the whole budget is UNAVAILABLE (default: what the CUDA device has free at start; "
-        "on the CPU no budget)",
-    )
-    serve.add_argument(
-        "--host-memory-budget",
-        type=_size,
-        metavar="BYTES",
-        help="host memory the models put to sleep for the device memory budget may hold at "
-        "level host (same units): past it the least recently used of them go down to level "
-        "disk (their weights re-read from the local tier when woken), and a model larger than "
-        "the whole budget sleeps at disk (default: no limit)",
-    )
-    serve.add_argument(
-        "--load-on-demand",
-        action="store_true",
-        help="(used by a replica serving a group of models) register the models without "
-        "loading them: each is SLEEPING ('level disk (not loaded yet)'), so the server is "
-        "ready at once, and loads on its first request or repository load, within the device "
-        "memory budget; a failed load leaves that model UNAVAILABLE and the others serving",
-    )
-    serve.add_argument(
-        "--fetch-concurrency",
-        type=int,
-        default=8,
-        help="ranged reads in flight when streaming an s3:// source (default 8)",
-    )
-    serve.add_argument(
-        "--status-fd",
-        type=int,
-        metavar="N",
-        help="(used by the activator) write the replica's status events (its address, each "
-        "model's state and why a load failed), one JSON object a line, to file descriptor N",
-    )
-    serve.add_argument(
-        "--exit-on-load-failure",
-        action="store_true",
-        help="(used in a Knative Service) when a model cannot load, write one line saying which "
-        "and why (e.g. \"model 'm' could not load (weights_missing): ...\") to "
-        "--termination-log, log it, stop as SIGTERM would and exit 3, so that Kubernetes and "
-        "Knative report the reason (ContainerHealthy=False, ExitCode3) instead of the pod "
-        "staying unready. Without it the server keeps serving its other models",
-    )
-    serve.add_argument(
-        "--termination-log",
-        type=Path,
-        default=Path("/dev/termination-log"),
-        metavar="PATH",
-        help="where --exit-on-load-failure writes its line: the container's "
-        "terminationMessagePath (default /dev/termination-log); if it cannot be written the "
-        "line is only logged",
-    )
-    serve.set_defaults(func=_serve)
+    serve_cli.add_parser(sub, build_parser=build_parser)
 
     up = sub.add_parser(
         "up",
@@ -507,42 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--access-log", action="store_true", help="log every request")
     up.set_defaults(func=_up)
 
-    deploy = sub.add_parser(
-        "deploy",
-        help="deploy the stack to Knative (or print it: --dry-run, --kn)",
-        description=(
-            "Render every object of ember.yaml's stack for Knative (per model: a ConfigMap with "
-            "its config and a serving.knative.dev/v1 Service running the slim runtime image; for "
-            "the cluster: the activator's ConfigMap, ServiceAccount, Role, RoleBinding, "
-            "Deployment and Service), checked against the rules Knative's admission webhook "
-            "applies, then apply them with server-side apply and wait until every Knative "
-            "Service is Ready (--timeout), saying which condition failed and why. --dry-run "
-            "prints multi-document YAML for `kubectl apply -f -`; --kn DIR writes one file per "
-            "object into DIR and prints the kubectl/kn commands that apply them as written (and "
-            "the knative-serving settings the stack needs, as comments); --delete removes the "
-            "objects (PersistentVolumeClaims are kept: they hold the weights and the event log). "
-            "The cluster comes from the pod's service account, --kubeconfig or $KUBECONFIG. "
-            "Settings: the `knative:` section of ember.yaml (namespace, image, gpu_image, "
-            "activator_image, s3_secret, models_uri, cache_size_gi, timeout_s, "
-            "progress_deadline_s, cpu, memory, gpu_nodes, tier, events). "
-            "Exit 2: a config that cannot be deployed; 1: the cluster refused or timed out."
-        ),
-    )
-    deploy.add_argument("--config", required=True, help="the stack's ember.yaml")
-    how = deploy.add_mutually_exclusive_group()
-    how.add_argument("--dry-run", action="store_true", help="print the objects as YAML")
-    how.add_argument(
-        "--kn",
-        metavar="DIR",
-        help="write the manifests into DIR and print the kubectl/kn commands that apply them",
-    )
-    how.add_argument("--delete", action="store_true", help="delete the stack's objects")
-    deploy.add_argument("--namespace", help="overrides knative.namespace")
-    deploy.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
-    deploy.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for Ready (default 600)"
-    )
-    deploy.set_defaults(func=_deploy)
+    knative_cli.add_deploy_parser(sub)
 
     prewarm = sub.add_parser(
         "prewarm",
@@ -637,17 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--format", choices=["json", "md"], default="md")
     sim.set_defaults(func=_simulate)
 
-    status = sub.add_parser(
-        "status",
-        help="the stack's Knative Services: ready or not (and why), min-scale, revision, URL",
-        description="Report each model's Knative Service. Exit 0 when all are ready, 3 if not.",
-    )
-    status.add_argument("--config", required=True, help="the stack's ember.yaml")
-    status.add_argument("--namespace", help="overrides knative.namespace")
-    status.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
-    status.set_defaults(func=_status)
-
-    from ember import cache_cli  # imports nothing heavy; the commands import lazily
+    knative_cli.add_status_parser(sub)
 
     cache_cli.add_parser(sub)
     finish(parser)  # every command: its examples, laid out as written

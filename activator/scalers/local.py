@@ -5,7 +5,8 @@ in :mod:`contracts.replica` events, that it is a ready standby, where it listens
 of its model's state: :meth:`LocalScaler.start` returns on ``Listening``, :meth:`~LocalScaler.
 wait_ready` on the model's ``READY`` (whose load phases become the handle's timings) or, at once,
 on ``UNAVAILABLE`` with the kind of failure. Nothing parses the processes' stdout or stderr: they
-are drained, and the last lines of stderr are kept to quote to a human in an error.
+are drained, and the last lines of stderr are kept to quote to a human in an error (starting a
+process and reading its pipes: :mod:`activator.scalers.process`).
 """
 
 from __future__ import annotations
@@ -20,105 +21,20 @@ import signal
 import sys
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 from activator.errors import ReplicaStartFailed, StartFailure
 from activator.scalers.base import ReplicaHandle, probe_ready
-from contracts.proc import die_with_parent, rss_bytes
-from contracts.replica import ContractViolation, Listening, ModelStatus, Standby, decode
+from activator.scalers.process import Process, exited, last_line, reap, spawn
+from contracts.proc import rss_bytes
+from contracts.replica import ContractViolation, Standby
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
 
 REFILL_DELAY_S = 2.0
-STATUS_LINE_LIMIT = 1 << 20  # a status line longer than this breaks the contract
-
-
-class _Status:
-    """What a process's status pipe has said so far; ``changed`` is set at every line and at EOF."""
-
-    def __init__(self, model: str) -> None:
-        self.model = model  # the model it serves ("standby" until it is given one)
-        # the models it must report serving before it is ready: its model, or a group's members
-        self.expect: tuple[str, ...] = (model,)
-        self.standby: Standby | None = None
-        self.url: str | None = None
-        self.models: dict[str, ModelStatus] = {}  # each model's latest state
-        self.violation: ContractViolation | None = None  # the first bad line, before ready
-        self.closed = False  # EOF: the process exited (or closed its end)
-        self.ready: ModelStatus | None = None  # its model's READY: a bad line now is only logged
-        self.changed = asyncio.Event()
-
-    def take(self, line: bytes) -> None:
-        try:
-            event = decode(line)
-        except ContractViolation as exc:
-            self.broken(exc)
-            return
-        log.debug("[%s] status: %s", self.model, event)
-        if isinstance(event, Standby):
-            self.standby = event
-        elif isinstance(event, Listening):
-            self.url = event.url
-        else:
-            self.models[event.model] = event
-            if self.ready is None and self.settled():
-                self.ready = event
-        self.changed.set()
-
-    def settled(self) -> bool:
-        """Every expected model has said it serves (READY, or SLEEPING: a request wakes it) or
-        that it cannot load, and one of them serves: the replica is ready."""
-        states = [self.models.get(name) for name in self.expect]
-        if any(s is None or not _settled(s) for s in states):
-            return False
-        return any(s is not None and s.state in _SERVING for s in states)
-
-    def phases(self) -> dict[str, float]:
-        """The load phases of the models it serves, added up (one model: its own)."""
-        total: dict[str, float] = {}
-        for name in self.expect:
-            status = self.models.get(name)
-            for phase, seconds in (status.phases if status is not None else {}).items():
-                total[phase] = total.get(phase, 0.0) + seconds
-        return total
-
-    def broken(self, violation: ContractViolation) -> None:
-        if self.ready is not None:
-            log.warning("[%s] ignored a bad status line: %s", self.model, violation)
-            return
-        self.violation = self.violation or violation
-        self.changed.set()
-
-    async def wait(self, deadline: float) -> bool:
-        """Wait for the next line (or EOF) until ``deadline`` (monotonic); False once it passed.
-
-        The caller checks what it waits for before each call: between that check and the
-        ``clear`` here nothing runs, so no line is missed.
-        """
-        self.changed.clear()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        try:
-            await asyncio.wait_for(self.changed.wait(), remaining)
-        except TimeoutError:
-            return False
-        return True
-
-
-@dataclass
-class _Process:
-    proc: asyncio.subprocess.Process
-    tail: collections.deque[str]  # the last lines of its stderr, for a human
-    status: _Status
-    stderr: asyncio.Task[None]  # drains stderr into ``tail``; done once the process closed it
-    readers: list[asyncio.Task[None]]  # every task reading from or watching the process
-    stopping: bool = False
-    report: Standby | None = field(default=None)  # a standby's preload report
 
 
 class LocalScaler:
@@ -154,8 +70,8 @@ class LocalScaler:
         self.withhold_env = frozenset(withhold_env)
         self.listen_timeout_s = listen_timeout_s
         self.warm_pool = warm_pool
-        self._procs: dict[int, _Process] = {}
-        self._standby: collections.deque[_Process] = collections.deque()
+        self._procs: dict[int, Process] = {}
+        self._standby: collections.deque[Process] = collections.deque()
         self._filling: set[asyncio.Task[None]] = set()
         self._closed = False
         self._session: aiohttp.ClientSession | None = None
@@ -170,35 +86,6 @@ class LocalScaler:
             self._filling.add(task)
             task.add_done_callback(self._filling.discard)
 
-    async def _spawn(self, args: list[str], *, standby: bool, label: str) -> _Process:
-        read_fd, write_fd = os.pipe()  # the status pipe; both ends stay out of other children
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command,
-                *args,
-                "--status-fd",
-                str(write_fd),
-                pass_fds=(write_fd,),
-                stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._child_env(),
-                start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
-                preexec_fn=die_with_parent,
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)  # the child's copy is the only writer: its exit is our EOF
-        assert proc.stdout is not None and proc.stderr is not None
-        tail: collections.deque[str] = collections.deque(maxlen=30)
-        status = _Status(label)
-        stderr = asyncio.create_task(_pump(proc.stderr, label, tail))
-        stdout = asyncio.create_task(_pump(proc.stdout, label, None))
-        reading = asyncio.create_task(_read_status(read_fd, status))
-        return _Process(proc, tail, status, stderr, [reading, stderr, stdout])
-
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
         for name in self.withhold_env:
@@ -206,17 +93,19 @@ class LocalScaler:
         return env
 
     async def _spawn_standby(self) -> None:
-        state = await self._spawn(["--standby"], standby=True, label="standby")
+        state = await spawn(
+            self.command, ["--standby"], env=self._child_env(), standby=True, label="standby"
+        )
         try:
             state.report = await self._standby_report(state)
         except (Exception, asyncio.CancelledError) as exc:
-            await self._reap(state)
+            await reap(state)
             if not isinstance(exc, asyncio.CancelledError):
                 log.warning("a warm-pool process failed to start: %s", exc)
                 return
             raise
         if self._closed:
-            await self._reap(state)
+            await reap(state)
             return
         log.info(
             "warm pool: process %d ready (preload %.2fs, %.0f MB)",
@@ -227,19 +116,19 @@ class LocalScaler:
         self._standby.append(state)
         state.readers.append(asyncio.create_task(self._watch_standby(state)))
 
-    async def _standby_report(self, state: _Process) -> Standby:
+    async def _standby_report(self, state: Process) -> Standby:
         status = state.status
         deadline = time.monotonic() + self.listen_timeout_s
         while status.standby is None:
             if status.violation is not None:
                 raise status.violation
             if status.closed:
-                raise RuntimeError(f"it {await _exited(state)}{_last(state.tail)}")
+                raise RuntimeError(f"it {await exited(state)}{last_line(state.tail)}")
             if not await status.wait(deadline):
                 raise RuntimeError(f"no standby report within {self.listen_timeout_s:g}s")
         return status.standby
 
-    async def _watch_standby(self, state: _Process) -> None:
+    async def _watch_standby(self, state: Process) -> None:
         """A standby that dies while waiting (killed, out of memory) is replaced."""
         await state.proc.wait()
         if state in self._standby:
@@ -248,11 +137,11 @@ class LocalScaler:
                 "warm pool: process %d exited with %s while waiting%s",
                 state.proc.pid,
                 state.proc.returncode,
-                _last(state.tail),
+                last_line(state.tail),
             )
             self.fill_pool()
 
-    def _take_standby(self) -> _Process | None:
+    def _take_standby(self) -> Process | None:
         while self._standby:
             state = self._standby.popleft()
             if state.proc.returncode is None:
@@ -265,14 +154,6 @@ class LocalScaler:
         """(standby processes ready now, their resident memory in bytes)."""
         ready = [s for s in self._standby if s.proc.returncode is None]
         return len(ready), sum(rss_bytes(s.proc.pid) for s in ready)
-
-    async def _reap(self, state: _Process) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            state.proc.kill()
-        await state.proc.wait()
-        for task in state.readers:
-            task.cancel()
-        await asyncio.gather(*state.readers, return_exceptions=True)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -291,12 +172,14 @@ class LocalScaler:
             handle = await self._start_warm(state, spec, args, started)
             if handle is not None:
                 return handle
-        state = await self._spawn(args, standby=False, label=spec.name)
+        state = await spawn(
+            self.command, args, env=self._child_env(), standby=False, label=spec.name
+        )
         state.status.expect = spec.members or (spec.name,)
         return await self._started(state, spec, started, warm=False)
 
     async def _start_warm(
-        self, state: _Process, spec: ModelSpec, args: list[str], started: float
+        self, state: Process, spec: ModelSpec, args: list[str], started: float
     ) -> ReplicaHandle | None:
         """Hand the model to a standby (it keeps its status pipe: no --status-fd among the
         arguments); None when the standby turns out to be dead, killed as it was taken (its pipe
@@ -315,7 +198,7 @@ class LocalScaler:
             gone = True
         state.proc.stdin.close()
         if gone or state.proc.returncode is not None:
-            await self._reap(state)
+            await reap(state)
             return None
         try:
             return await self._started(state, spec, started, warm=True)
@@ -334,7 +217,7 @@ class LocalScaler:
             return None
 
     async def _started(
-        self, state: _Process, spec: ModelSpec, started: float, *, warm: bool
+        self, state: Process, spec: ModelSpec, started: float, *, warm: bool
     ) -> ReplicaHandle:
         """The replica once it listens (killed if it does not)."""
         pid = state.proc.pid
@@ -347,22 +230,22 @@ class LocalScaler:
         timings = {"process_start": time.perf_counter() - started}
         return ReplicaHandle(spec.name, url, timings, pid=pid, warm=warm)
 
-    async def _listening(self, state: _Process, model: str) -> str:
+    async def _listening(self, state: Process, model: str) -> str:
         status = state.status
         deadline = time.monotonic() + self.listen_timeout_s
         while status.url is None:
             if status.violation is not None:
                 raise _broke_contract(model, status.violation)
             if status.closed:
-                how = await _exited(state)
+                how = await exited(state)
                 raise ReplicaStartFailed(
-                    f"its replica {how} before listening{_last(state.tail)}",
+                    f"its replica {how} before listening{last_line(state.tail)}",
                     StartFailure.EXITED,
                 )
             if not await status.wait(deadline):
                 raise ReplicaStartFailed(
                     f"its replica did not listen within "
-                    f"{self.listen_timeout_s:g}s{_last(state.tail)}",
+                    f"{self.listen_timeout_s:g}s{last_line(state.tail)}",
                     StartFailure.NOT_LISTENING,
                 )
         return status.url
@@ -401,14 +284,14 @@ class LocalScaler:
                     first.failure,
                 )
             if status.closed:
-                how = await _exited(state)
+                how = await exited(state)
                 raise ReplicaStartFailed(
-                    f"its replica {how} while loading{_last(state.tail)}",
+                    f"its replica {how} while loading{last_line(state.tail)}",
                     StartFailure.EXITED,
                 )
             if not await status.wait(deadline):
                 raise ReplicaStartFailed(
-                    f"its replica was not ready within {timeout_s:g}s{_last(state.tail)}",
+                    f"its replica was not ready within {timeout_s:g}s{last_line(state.tail)}",
                     StartFailure.TIMED_OUT,
                 )
 
@@ -423,7 +306,7 @@ class LocalScaler:
         code = await state.proc.wait()
         await asyncio.gather(*state.readers, return_exceptions=True)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-        return f"replica pid {state.proc.pid} {how}{_last(state.tail)}"
+        return f"replica pid {state.proc.pid} {how}{last_line(state.tail)}"
 
     async def stop(self, handle: ReplicaHandle, grace_s: float) -> None:
         pid = handle.pid or 0
@@ -442,7 +325,7 @@ class LocalScaler:
         await asyncio.gather(*state.readers, return_exceptions=True)
         self._procs.pop(pid, None)
 
-    def _state(self, handle: ReplicaHandle) -> _Process:
+    def _state(self, handle: ReplicaHandle) -> Process:
         state = self._procs.get(handle.pid or 0)
         if state is None:
             raise ReplicaStartFailed("its replica is gone", StartFailure.EXITED)
@@ -451,7 +334,7 @@ class LocalScaler:
     async def _kill(self, pid: int) -> None:
         state = self._procs.pop(pid, None)
         if state is not None:
-            await self._reap(state)
+            await reap(state)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -459,7 +342,7 @@ class LocalScaler:
             task.cancel()
         await asyncio.gather(*self._filling, return_exceptions=True)
         while self._standby:
-            await self._reap(self._standby.popleft())
+            await reap(self._standby.popleft())
         for state in list(self._procs.values()):
             if state.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -478,75 +361,8 @@ class LocalScaler:
             self._session = None
 
 
-_SERVING = ("READY", "SLEEPING")
-
-
-def _settled(status: ModelStatus) -> bool:
-    return status.state in _SERVING or (status.state == "UNAVAILABLE" and bool(status.failure))
-
-
-async def _read_status(fd: int, status: _Status) -> None:
-    """Read the status pipe's lines into ``status`` until EOF (the process exited)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=STATUS_LINE_LIMIT)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    try:
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-    except BaseException:
-        pipe.close()
-        raise
-    try:
-        while True:
-            try:
-                line = await reader.readline()
-            except ValueError:  # over the limit: the reader dropped it
-                status.broken(ContractViolation(f"a status line over {STATUS_LINE_LIMIT} bytes"))
-                continue
-            if not line:
-                break
-            status.take(line)
-    finally:
-        transport.close()
-        status.closed = True
-        status.changed.set()
-
-
-async def _pump(
-    stream: asyncio.StreamReader, label: str, tail: collections.deque[str] | None
-) -> None:
-    """Keep an output pipe drained; the last lines of stderr explain a failure to a human."""
-    while True:
-        try:
-            line = await stream.readline()
-        except ValueError:  # a line over the stream's limit, dropped: keep draining
-            continue
-        if not line:
-            return
-        text = line.decode(errors="replace").rstrip()
-        if tail is not None:
-            tail.append(text)
-        log.debug("[%s] %s", label, text)
-
-
-async def _exited(state: _Process) -> str:
-    """How the process ended, once its status pipe closed (its stderr read to the end)."""
-    try:
-        code = await asyncio.wait_for(state.proc.wait(), 5)
-    except TimeoutError:
-        return "closed its status channel"
-    await asyncio.wait({state.stderr}, timeout=1)  # its last lines say why
-    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-
-
 def _broke_contract(model: str, violation: ContractViolation) -> ReplicaStartFailed:
     return ReplicaStartFailed(
         f"its replica broke the status contract: {violation}",
         StartFailure.CONTRACT_VIOLATION,
     )
-
-
-def _last(tail: collections.deque[str]) -> str:
-    lines = [t for t in tail if t.strip()]
-    return f": {lines[-1][-300:]}" if lines else ""

@@ -1,0 +1,224 @@
+"""One ``ember serve`` process of the local scaler, and its status pipe.
+
+:func:`spawn` starts it with a pipe for its status (``ember serve --status-fd N``); its lines, the
+:mod:`contracts.replica` events, land in a :class:`Status` (a ready standby, where it listens,
+each model's state). Its stdout and stderr are only drained, the last lines of stderr kept to
+quote to a human in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from contracts.proc import die_with_parent
+from contracts.replica import ContractViolation, Listening, ModelStatus, Standby, decode
+
+log = logging.getLogger("ember.activator")
+
+STATUS_LINE_LIMIT = 1 << 20  # a status line longer than this breaks the contract
+
+
+class Status:
+    """What a process's status pipe has said so far; ``changed`` is set at every line and at EOF."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model  # the model it serves ("standby" until it is given one)
+        # the models it must report serving before it is ready: its model, or a group's members
+        self.expect: tuple[str, ...] = (model,)
+        self.standby: Standby | None = None
+        self.url: str | None = None
+        self.models: dict[str, ModelStatus] = {}  # each model's latest state
+        self.violation: ContractViolation | None = None  # the first bad line, before ready
+        self.closed = False  # EOF: the process exited (or closed its end)
+        self.ready: ModelStatus | None = None  # its model's READY: a bad line now is only logged
+        self.changed = asyncio.Event()
+
+    def take(self, line: bytes) -> None:
+        try:
+            event = decode(line)
+        except ContractViolation as exc:
+            self.broken(exc)
+            return
+        log.debug("[%s] status: %s", self.model, event)
+        if isinstance(event, Standby):
+            self.standby = event
+        elif isinstance(event, Listening):
+            self.url = event.url
+        else:
+            self.models[event.model] = event
+            if self.ready is None and self.settled():
+                self.ready = event
+        self.changed.set()
+
+    def settled(self) -> bool:
+        """Every expected model has said it serves (READY, or SLEEPING: a request wakes it) or
+        that it cannot load, and one of them serves: the replica is ready."""
+        states = [self.models.get(name) for name in self.expect]
+        if any(s is None or not _settled(s) for s in states):
+            return False
+        return any(s is not None and s.state in _SERVING for s in states)
+
+    def phases(self) -> dict[str, float]:
+        """The load phases of the models it serves, added up (one model: its own)."""
+        total: dict[str, float] = {}
+        for name in self.expect:
+            status = self.models.get(name)
+            for phase, seconds in (status.phases if status is not None else {}).items():
+                total[phase] = total.get(phase, 0.0) + seconds
+        return total
+
+    def broken(self, violation: ContractViolation) -> None:
+        if self.ready is not None:
+            log.warning("[%s] ignored a bad status line: %s", self.model, violation)
+            return
+        self.violation = self.violation or violation
+        self.changed.set()
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait for the next line (or EOF) until ``deadline`` (monotonic); False once it passed.
+
+        The caller checks what it waits for before each call: between that check and the
+        ``clear`` here nothing runs, so no line is missed.
+        """
+        self.changed.clear()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self.changed.wait(), remaining)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class Process:
+    """A started process, what it said on its status pipe, and the tasks reading from it."""
+
+    proc: asyncio.subprocess.Process
+    tail: collections.deque[str]  # the last lines of its stderr, for a human
+    status: Status
+    stderr: asyncio.Task[None]  # drains stderr into ``tail``; done once the process closed it
+    readers: list[asyncio.Task[None]]  # every task reading from or watching the process
+    stopping: bool = False
+    report: Standby | None = field(default=None)  # a standby's preload report
+
+
+async def spawn(
+    command: Sequence[str], args: list[str], *, env: dict[str, str], standby: bool, label: str
+) -> Process:
+    """Start ``command ARGS --status-fd N``, its status pipe read and its output drained
+    (``standby``: its stdin a pipe, for the arguments it is given later)."""
+    read_fd, write_fd = os.pipe()  # the status pipe; both ends stay out of other children
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            *args,
+            "--status-fd",
+            str(write_fd),
+            pass_fds=(write_fd,),
+            stdin=asyncio.subprocess.PIPE if standby else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
+            preexec_fn=die_with_parent,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the child's copy is the only writer: its exit is our EOF
+    assert proc.stdout is not None and proc.stderr is not None
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    status = Status(label)
+    stderr = asyncio.create_task(_pump(proc.stderr, label, tail))
+    stdout = asyncio.create_task(_pump(proc.stdout, label, None))
+    reading = asyncio.create_task(_read_status(read_fd, status))
+    return Process(proc, tail, status, stderr, [reading, stderr, stdout])
+
+
+async def reap(state: Process) -> None:
+    """Kill the process; wait for it, and for every task reading from or watching it."""
+    with contextlib.suppress(ProcessLookupError):
+        state.proc.kill()
+    await state.proc.wait()
+    for task in state.readers:
+        task.cancel()
+    await asyncio.gather(*state.readers, return_exceptions=True)
+
+
+_SERVING = ("READY", "SLEEPING")
+
+
+def _settled(status: ModelStatus) -> bool:
+    return status.state in _SERVING or (status.state == "UNAVAILABLE" and bool(status.failure))
+
+
+async def _read_status(fd: int, status: Status) -> None:
+    """Read the status pipe's lines into ``status`` until EOF (the process exited)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STATUS_LINE_LIMIT)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # over the limit: the reader dropped it
+                status.broken(ContractViolation(f"a status line over {STATUS_LINE_LIMIT} bytes"))
+                continue
+            if not line:
+                break
+            status.take(line)
+    finally:
+        transport.close()
+        status.closed = True
+        status.changed.set()
+
+
+async def _pump(
+    stream: asyncio.StreamReader, label: str, tail: collections.deque[str] | None
+) -> None:
+    """Keep an output pipe drained; the last lines of stderr explain a failure to a human."""
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # a line over the stream's limit, dropped: keep draining
+            continue
+        if not line:
+            return
+        text = line.decode(errors="replace").rstrip()
+        if tail is not None:
+            tail.append(text)
+        log.debug("[%s] %s", label, text)
+
+
+async def exited(state: Process) -> str:
+    """How the process ended, once its status pipe closed (its stderr read to the end)."""
+    try:
+        code = await asyncio.wait_for(state.proc.wait(), 5)
+    except TimeoutError:
+        return "closed its status channel"
+    await asyncio.wait({state.stderr}, timeout=1)  # its last lines say why
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+
+
+def last_line(tail: collections.deque[str]) -> str:
+    """The last line of stderr worth quoting, as ``": line"`` to end a message (or nothing)."""
+    lines = [t for t in tail if t.strip()]
+    return f": {lines[-1][-300:]}" if lines else ""

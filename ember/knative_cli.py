@@ -1,0 +1,146 @@
+"""``ember deploy`` and ``ember status``: the stack on Knative. The Kubernetes client is imported
+only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contracts.stack import StackConfig
+
+
+def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``deploy`` to ``sub``."""
+    deploy = sub.add_parser(
+        "deploy",
+        help="deploy the stack to Knative (or print it: --dry-run, --kn)",
+        description=(
+            "Render every object of ember.yaml's stack for Knative (per model: a ConfigMap with "
+            "its config and a serving.knative.dev/v1 Service running the slim runtime image; for "
+            "the cluster: the activator's ConfigMap, ServiceAccount, Role, RoleBinding, "
+            "Deployment and Service), checked against the rules Knative's admission webhook "
+            "applies, then apply them with server-side apply and wait until every Knative "
+            "Service is Ready (--timeout), saying which condition failed and why. --dry-run "
+            "prints multi-document YAML for `kubectl apply -f -`; --kn DIR writes one file per "
+            "object into DIR and prints the kubectl/kn commands that apply them as written (and "
+            "the knative-serving settings the stack needs, as comments); --delete removes the "
+            "objects (PersistentVolumeClaims are kept: they hold the weights and the event log). "
+            "The cluster comes from the pod's service account, --kubeconfig or $KUBECONFIG. "
+            "Settings: the `knative:` section of ember.yaml (namespace, image, gpu_image, "
+            "activator_image, s3_secret, models_uri, cache_size_gi, timeout_s, "
+            "progress_deadline_s, cpu, memory, gpu_nodes, tier, events). "
+            "Exit 2: a config that cannot be deployed; 1: the cluster refused or timed out."
+        ),
+    )
+    deploy.add_argument("--config", required=True, help="the stack's ember.yaml")
+    how = deploy.add_mutually_exclusive_group()
+    how.add_argument("--dry-run", action="store_true", help="print the objects as YAML")
+    how.add_argument(
+        "--kn",
+        metavar="DIR",
+        help="write the manifests into DIR and print the kubectl/kn commands that apply them",
+    )
+    how.add_argument("--delete", action="store_true", help="delete the stack's objects")
+    deploy.add_argument("--namespace", help="overrides knative.namespace")
+    deploy.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    deploy.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for Ready (default 600)"
+    )
+    deploy.set_defaults(func=_deploy)
+
+
+def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``status`` to ``sub``."""
+    status = sub.add_parser(
+        "status",
+        help="the stack's Knative Services: ready or not (and why), min-scale, revision, URL",
+        description="Report each model's Knative Service. Exit 0 when all are ready, 3 if not.",
+    )
+    status.add_argument("--config", required=True, help="the stack's ember.yaml")
+    status.add_argument("--namespace", help="overrides knative.namespace")
+    status.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    status.set_defaults(func=_status)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from contracts.errors import ConfigError
+    from ember.checks import load_checked_stack, refuse
+    from knative.errors import DeployError
+    from knative.render import render, to_yaml
+
+    try:
+        # every model config too: a manifest never ships what `ember serve` would refuse
+        stack = _with_namespace(load_checked_stack(args.config), args.namespace)
+        objects = render(stack)
+        if args.kn:
+            from knative.features import required_settings
+            from knative.manifests import apply_commands, settings_comment, write_manifests
+
+            manifests = write_manifests(objects, Path(args.kn))
+            lines = settings_comment(required_settings(stack)) + apply_commands(manifests)
+            print("\n".join(lines))
+            return 0
+        if args.dry_run:
+            print(to_yaml(objects), end="")
+            return 0
+        from knative.apply import Cluster, apply_all, delete_all
+
+        cluster = Cluster.from_environment(args.kubeconfig)
+        if args.delete:
+            delete_all(cluster, objects)
+        else:
+            apply_all(cluster, objects, timeout_s=args.timeout)
+    except ConfigError as exc:
+        return refuse("deploy", exc)
+    except DeployError as exc:
+        print(f"ember deploy: {exc}", file=sys.stderr)
+        return 2 if args.dry_run or args.kn else 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from contracts.errors import ConfigError
+    from contracts.stack import load_stack
+    from knative.apply import Cluster, service_statuses
+    from knative.errors import DeployError
+    from knative.groups import services
+
+    try:
+        stack = _with_namespace(load_stack(args.config), args.namespace)
+        namespace = stack.knative.namespace
+        groups = {name: group.members for name, group in stack.groups.items()}
+        statuses = service_statuses(
+            Cluster.from_environment(args.kubeconfig),
+            namespace,
+            list(services(stack)),  # a group's members have no Service: the group's serves them
+            groups,
+        )
+    except ConfigError as exc:
+        print(f"ember status: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
+        print(f"ember status: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(status.line() for status in statuses))
+    return 0 if all(status.ready for status in statuses) else 3
+
+
+def _with_namespace(stack: StackConfig, namespace: str | None) -> StackConfig:
+    """The stack with ``--namespace`` in place of knative.namespace, checked like the file's."""
+    from pydantic import ValidationError
+
+    from contracts.errors import ConfigError
+    from contracts.stack import KnativeSettings
+
+    if not namespace:
+        return stack
+    try:
+        knative = KnativeSettings.model_validate(
+            {**stack.knative.model_dump(), "namespace": namespace}
+        )
+    except ValidationError:
+        raise ConfigError(f"--namespace {namespace!r} is not a Kubernetes namespace name") from None
+    return stack.model_copy(update={"knative": knative})

@@ -1,0 +1,254 @@
+"""``ember serve``: its arguments, and the serving process they start (or the warm standby that
+waits for them). The runtime is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    build_parser: Callable[[], argparse.ArgumentParser],
+) -> None:
+    """Add ``serve`` to ``sub``; ``build_parser`` builds the whole ``ember`` parser (see
+    :func:`run`)."""
+    from contracts.logs import LOG_LEVELS
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve models over the v2 / Open Inference Protocol REST API",
+        description=(
+            "Serve the models of one or more config files over the KServe v2 / Open Inference "
+            "Protocol. "
+            "/v2/health/live answers at once; models load in the background and "
+            "/v2/health/ready turns 200 when all of them can answer. SIGTERM stops accepting "
+            "connections, lets in-flight requests finish within --grace-period, and exits 0. "
+            "Exit status: 0 stopped, 1 cannot listen, 2 bad arguments or config, 3 a model could "
+            "not load (only with --exit-on-load-failure)."
+        ),
+    )
+    # required, unless --standby (whose process is given its --config later, on stdin)
+    what = serve.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--config",
+        action="append",
+        help="model config file (YAML or JSON); give it again to serve the models of several "
+        "files (a model name may be defined once); required, unless --standby",
+    )
+    what.add_argument(
+        "--standby",
+        action="store_true",
+        help="(used by the activator's warm pool) do the imports, say 'standby' (on stdout, and "
+        "on --status-fd), then read one JSON list of these arguments from stdin and serve as "
+        "told, keeping the status fd",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
+    )
+    serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest request body accepted, after decompression; larger ones get 413 "
+        "(default 64 MiB)",
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish after SIGTERM (default 30)",
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request's head may take to arrive, from its first byte (the first "
+        "request: from the connection opening); past it 408 (default 10)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="longest pause, in seconds, while a request body arrives; past it 408 (default 30)",
+    )
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default info)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--cache-dir",
+        help="local tier for s3:// sources (default $EMBER_CACHE_DIR or ~/.cache/ember)",
+    )
+    serve.add_argument(
+        "--cache-budget-gb",
+        type=float,
+        help="size budget of the local tier; least recently used models are evicted past it",
+    )
+    serve.add_argument(
+        "--device-memory-budget",
+        type=_size,
+        metavar="BYTES",
+        help="device memory the awake models' weights may hold, in bytes or with a unit (2GiB, "
+        "512MiB, 1.5GB): models past it sleep (level host) and a request for one puts the least "
+        "recently used awake models to sleep, after their batches, to wake it. A model larger "
+        "than the whole budget is UNAVAILABLE (default: what the CUDA device has free at start; "
+        "on the CPU no budget)",
+    )
+    serve.add_argument(
+        "--host-memory-budget",
+        type=_size,
+        metavar="BYTES",
+        help="host memory the models put to sleep for the device memory budget may hold at "
+        "level host (same units): past it the least recently used of them go down to level "
+        "disk (their weights re-read from the local tier when woken), and a model larger than "
+        "the whole budget sleeps at disk (default: no limit)",
+    )
+    serve.add_argument(
+        "--load-on-demand",
+        action="store_true",
+        help="(used by a replica serving a group of models) register the models without "
+        "loading them: each is SLEEPING ('level disk (not loaded yet)'), so the server is "
+        "ready at once, and loads on its first request or repository load, within the device "
+        "memory budget; a failed load leaves that model UNAVAILABLE and the others serving",
+    )
+    serve.add_argument(
+        "--fetch-concurrency",
+        type=int,
+        default=8,
+        help="ranged reads in flight when streaming an s3:// source (default 8)",
+    )
+    serve.add_argument(
+        "--status-fd",
+        type=int,
+        metavar="N",
+        help="(used by the activator) write the replica's status events (its address, each "
+        "model's state and why a load failed), one JSON object a line, to file descriptor N",
+    )
+    serve.add_argument(
+        "--exit-on-load-failure",
+        action="store_true",
+        help="(used in a Knative Service) when a model cannot load, write one line saying which "
+        "and why (e.g. \"model 'm' could not load (weights_missing): ...\") to "
+        "--termination-log, log it, stop as SIGTERM would and exit 3, so that Kubernetes and "
+        "Knative report the reason (ContainerHealthy=False, ExitCode3) instead of the pod "
+        "staying unready. Without it the server keeps serving its other models",
+    )
+    serve.add_argument(
+        "--termination-log",
+        type=Path,
+        default=Path("/dev/termination-log"),
+        metavar="PATH",
+        help="where --exit-on-load-failure writes its line: the container's "
+        "terminationMessagePath (default /dev/termination-log); if it cannot be written the "
+        "line is only logged",
+    )
+    serve.set_defaults(func=partial(run, build_parser=build_parser))
+
+
+def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.ArgumentParser]) -> int:
+    """``ember serve``; ``build_parser`` builds the whole ``ember`` parser, which a standby
+    reads the arguments it is given with, as ``ember serve ARGS`` would."""
+    # Idle intra-op threads sleep instead of spinning (OpenMP spins for a while after each
+    # parallel region by default): a spinning replica burns the CPU its activator, its batcher
+    # and the node's other replicas need, and a pod's CPU quota. Read when torch is imported,
+    # so it is set first; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not _status_fd_open(args.status_fd):
+        return 2
+    if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
+        from runtime.standby import wait_for_assignment
+
+        try:
+            argv = wait_for_assignment(status_fd=args.status_fd)
+        except ValueError as exc:
+            print(f"ember serve: {exc}", file=sys.stderr)
+            return 2
+        if argv is None:
+            return 0
+        status_fd = args.status_fd
+        args = build_parser().parse_args(["serve", *argv])
+        if args.standby:
+            print(
+                "ember serve: a standby replica's arguments cannot ask for --standby",
+                file=sys.stderr,
+            )
+            return 2
+        if args.status_fd is None:  # the replica it becomes keeps its status channel
+            args.status_fd = status_fd
+        elif not _status_fd_open(args.status_fd):
+            return 2
+    if args.config is None:
+        print("ember serve: --config is required", file=sys.stderr)
+        return 2
+    from pydantic import ValidationError
+
+    from ember.cache_cli import cache_dir
+    from ember.checks import refuse
+    from runtime.config import ServerSettings, load_model_config_files
+    from runtime.errors import ConfigError
+    from runtime.protocol import validation_message
+
+    try:
+        configs = load_model_config_files(args.config)
+        settings = ServerSettings(
+            host=args.host,
+            port=args.port,
+            max_request_bytes=args.max_request_bytes,
+            grace_period_s=args.grace_period,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            cache_dir=cache_dir(args),
+            cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
+            device_memory_budget_bytes=args.device_memory_budget,
+            host_memory_budget_bytes=args.host_memory_budget,
+            load_on_demand=args.load_on_demand,
+            fetch_concurrency=args.fetch_concurrency,
+            status_fd=args.status_fd,
+            exit_on_load_failure=args.exit_on_load_failure,
+            termination_log=args.termination_log,
+        )
+    except ConfigError as exc:  # every problem of the model config, one line each
+        return refuse("serve", exc)
+    except ValidationError as exc:
+        print(f"ember serve: {validation_message(exc)}", file=sys.stderr)
+        return 2
+    from runtime.server import serve
+
+    try:
+        return serve(settings, configs)
+    except OSError as exc:
+        print(
+            f"ember serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _size(text: str) -> int:
+    from contracts.sizes import parse_bytes
+
+    try:
+        size = parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 bytes")
+    return size
+
+
+def _status_fd_open(fd: int | None) -> bool:
+    if fd is None:
+        return True
+    try:
+        os.fstat(fd)
+    except OSError:
+        print(f"ember serve: --status-fd {fd} is not an open file descriptor", file=sys.stderr)
+        return False
+    return True
