@@ -133,10 +133,8 @@ class Group:
         """Forget gone replicas, read the due indexes, and put idle members to sleep."""
         ready = [r for r in self.pool.replicas if r.state == "ready"]
         alive = {r.id for r in self.pool.replicas}
-        for rid in [rid for rid in (*self.levels, *self._seen) if rid not in alive]:
-            self.levels.pop(rid, None)
-            self._polled.pop(rid, None)
-            self._seen.discard(rid)
+        for rid in {rid for rid in (*self.levels, *self._seen) if rid not in alive}:
+            self._forget(rid)
         now = self.clock.monotonic()
         due = [r for r in ready if now - self._polled.get(r.id, -1e9) >= self.poll_s]
         if due:
@@ -145,6 +143,17 @@ class Group:
             for replica in ready:
                 for name in self._members:
                     self._maybe_sleep(replica, name, now)
+
+    def _forget(self, rid: int) -> None:
+        """A replica gone: its books go with it (its requests and commands are over)."""
+        self.levels.pop(rid, None)
+        self._polled.pop(rid, None)
+        self._seen.discard(rid)
+        for books in (self._refused, self._claim_counts, self._commands):
+            for key in [k for k in books if k[0] == rid]:
+                del books[key]
+        for key in [k for k, n in self._claims.items() if k[0] == rid and not n]:
+            del self._claims[key]
 
     # ------------------------------------------------------------------ levels
     def level(self, replica: Replica, model: str) -> Level:
