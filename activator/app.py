@@ -139,15 +139,7 @@ class Activator:
 
     def _model_pool(self, spec: ModelSpec) -> ModelPool:
         """A model's own pool; its replicas, once ready, teach the activator its metadata."""
-        return ModelPool(
-            spec,
-            self.scaler,
-            self.events,
-            self.metrics,
-            grace_period_s=self.settings.grace_period_s,
-            tasks=self.tasks,
-            on_ready=functools.partial(self._replica_ready, spec.name),
-        )
+        return self._pool(spec, functools.partial(self._replica_ready, spec.name))
 
     def _group_pool(
         self, spec: ModelSpec, policy: Policy, on_ready: Callable[[Replica], None]
@@ -155,6 +147,11 @@ class Activator:
         """A group's pool: its replicas are told to the group when ready, and not asked for
         their members' metadata (on a replica that loads them on demand, the question would
         load every one of them)."""
+        return self._pool(spec, on_ready, policy)
+
+    def _pool(
+        self, spec: ModelSpec, on_ready: Callable[[Replica], None], policy: Policy | None = None
+    ) -> ModelPool:
         return ModelPool(
             spec,
             self.scaler,
