@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any
 
 from activator.errors import BadRequest
+from contracts.oip import unload_level
+from contracts.replica import SleepLevelName
 
 MAX_WARM_S = 7 * 24 * 3600
 
@@ -41,25 +43,13 @@ def parse_warm(body: bytes) -> WarmOrder:
     return WarmOrder(seconds, replicas, source or "admin")
 
 
-def parse_unload_level(body: bytes) -> Literal["host", "disk"] | None:
-    """A repository unload's sleep level (``{"parameters": {"level": "host"}}``, as the runtime
-    takes it): ``host``, ``disk``, or None when the body names none. BadRequest otherwise."""
-    if not body.strip():
-        return None
+def parse_unload_level(body: bytes) -> SleepLevelName | None:
+    """A repository unload's sleep level, as the runtime reads it (:func:`contracts.oip.
+    unload_level`): ``host``, ``disk``, or None when the body names none. BadRequest otherwise."""
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadRequest('an unload body must be JSON: {"parameters": {"level": "host"}}') from None
-    parameters = payload.get("parameters") if isinstance(payload, dict) else None
-    if not isinstance(payload, dict) or not isinstance(parameters or {}, dict):
-        raise BadRequest('an unload body is {"parameters": {"level": "host" | "disk"}}')
-    level = (parameters or {}).get("level")
-    if level is not None and level not in ("host", "disk"):
-        raise BadRequest(
-            f"unload request: unknown sleep level {level!r:.40}; choose 'host', 'disk', "
-            "or give no level to unload the model"
-        )
-    return cast(Literal["host", "disk"] | None, level)
+        return unload_level(body)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _payload(body: bytes) -> dict[str, Any]:

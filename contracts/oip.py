@@ -4,8 +4,11 @@ activator answer the repository index alike)."""
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+
+from contracts.replica import SLEEP_LEVELS, SleepLevelName
 
 
 class RepositoryIndexRequest(BaseModel):
@@ -33,3 +36,30 @@ def repository_index_request(body: bytes) -> RepositoryIndexRequest:
             for error in exc.errors()
         )
         raise ValueError(f"invalid repository index request: {problems}") from None
+
+
+_UNLOAD_BODY = 'an unload body is {"parameters": {"level": "host" | "disk"}}'
+
+
+def unload_level(body: bytes) -> SleepLevelName | None:
+    """The sleep level a repository unload asks for (``{"parameters": {"level": "host"}}``, the
+    repository extension's parameters with Ember's ``level``); None (no body, no level): a full
+    unload. ValueError saying what is wrong otherwise."""
+    if not body.strip():
+        return None
+    try:
+        payload: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(
+            f'unload request must be JSON, e.g. {{"parameters": {{"level": "host"}}}}: {exc}'
+        ) from None
+    parameters = payload.get("parameters") or {} if isinstance(payload, dict) else None
+    if not isinstance(parameters, dict):
+        raise ValueError(f"unload request: {_UNLOAD_BODY}")
+    level = parameters.get("level")
+    if level is not None and level not in SLEEP_LEVELS:
+        raise ValueError(
+            f"unload request: unknown sleep level {level!r:.40}; choose "
+            f"{', '.join(map(repr, SLEEP_LEVELS))}, or give no level to unload the model"
+        )
+    return cast(SleepLevelName | None, level)

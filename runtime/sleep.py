@@ -10,8 +10,8 @@ A sleeping model still answers: a request wakes it first, and the wake counts as
 from __future__ import annotations
 
 import enum
-import json
 
+from contracts import oip
 from runtime.errors import InvalidInput
 
 
@@ -20,32 +20,11 @@ class SleepLevel(enum.StrEnum):
     DISK = "disk"
 
 
-CHOICES = ", ".join(repr(level.value) for level in SleepLevel)
-
-
 def unload_level(body: bytes) -> SleepLevel | None:
     """The sleep level an unload request asks for; None (no body, no level): a full unload.
-
-    The body is the repository extension's ``{"parameters": {...}}``; ``level`` is Ember's.
-    """
-    if not body.strip():
-        return None
+    InvalidInput (400) saying what is wrong with the body (:func:`contracts.oip.unload_level`)."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"unload request is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidInput("unload request must be a JSON object")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidInput("unload request: 'parameters' must be an object")
-    level = parameters.get("level")
-    if level is None:
-        return None
-    try:
-        return SleepLevel(level)
-    except ValueError:
-        raise InvalidInput(
-            f"unload request: unknown sleep level {level!r:.40}; choose {CHOICES}, "
-            "or give no level to unload the model"
-        ) from None
+        level = oip.unload_level(body)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return None if level is None else SleepLevel(level)
