@@ -348,16 +348,10 @@ class Group:
         return self._members[name].in_flight
 
     def arrived(self, name: str) -> None:
-        history = self._members[name].history
-        arrival = self.clock.time()
-        if history.last is None or arrival - history.last >= 1.0:
-            history.observe(arrival)
+        self._members[name].history.arrived(self.clock.time())
 
     def learn(self, name: str, arrivals: list[float]) -> None:
-        history = self._members[name].history
-        for t in sorted(arrivals):
-            if history.last is None or t - history.last >= 1.0:
-                history.observe(t)
+        self._members[name].history.learn(arrivals)
 
     # ------------------------------------------------------------------ the policy
     def wake_costs(self, name: str) -> WakeCosts:

@@ -62,6 +62,16 @@ class History:
             self.observed += 1
         self.last = t if self.last is None else max(self.last, t)
 
+    def arrived(self, t: float) -> None:
+        """A request arrived at ``t`` (wall clock); a burst within a second counts once."""
+        if self.last is None or t - self.last >= 1.0:
+            self.observe(t)
+
+    def learn(self, arrivals: list[float]) -> None:
+        """Past arrival times (wall clock, in any order), e.g. from an event log."""
+        for t in sorted(arrivals):
+            self.arrived(t)
+
 
 @dataclass(frozen=True)
 class Fixed:

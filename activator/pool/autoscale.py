@@ -57,16 +57,11 @@ class Autoscaler:
     def arrived(self) -> None:
         """A request came (the pool's fast path: keep it cheap)."""
         self.last_request = self._monotonic()
-        arrival = self._wall()
-        last = self.history.last
-        if last is None or arrival - last >= 1.0:
-            self.history.observe(arrival)
+        self.history.arrived(self._wall())
 
     def learn(self, arrivals: list[float]) -> None:
         """Seed the policy's history with past arrival times (wall clock), e.g. an event log."""
-        for t in sorted(arrivals):
-            if self.history.last is None or t - self.history.last >= 1.0:
-                self.history.observe(t)
+        self.history.learn(arrivals)
 
     def close(self) -> None:
         """Start nothing more; cancel a scheduled pre-warm."""
