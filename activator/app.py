@@ -96,14 +96,17 @@ class Activator:
         self.groups: dict[str, Group] = {}
         for name, spec in stack.models.items():
             if spec.group is None:
-                self.pools[name] = self._model_pool(spec)
+                # its replicas, once ready, teach the activator its metadata
+                self.pools[name] = self._pool(spec, functools.partial(self._replica_ready, name))
                 continue
             group = self.groups.get(spec.group)
             if group is None:
                 group = self.groups[spec.group] = Group(
                     stack.groups[spec.group],
                     stack.models,
-                    self._group_pool,
+                    # its replicas are not asked for their members' metadata: on a replica
+                    # that loads them on demand, the question would load every one of them
+                    self._pool,
                     self.events,
                     tasks=self.tasks,
                     clock=SystemClock(),
@@ -137,21 +140,10 @@ class Activator:
             Endpoint.ADMIN_SLEEP: self._admin_sleep,
         }
 
-    def _model_pool(self, spec: ModelSpec) -> ModelPool:
-        """A model's own pool; its replicas, once ready, teach the activator its metadata."""
-        return self._pool(spec, functools.partial(self._replica_ready, spec.name))
-
-    def _group_pool(
-        self, spec: ModelSpec, policy: Policy, on_ready: Callable[[Replica], None]
-    ) -> ModelPool:
-        """A group's pool: its replicas are told to the group when ready, and not asked for
-        their members' metadata (on a replica that loads them on demand, the question would
-        load every one of them)."""
-        return self._pool(spec, on_ready, policy)
-
     def _pool(
         self, spec: ModelSpec, on_ready: Callable[[Replica], None], policy: Policy | None = None
     ) -> ModelPool:
+        """A pool of ``spec``'s replicas (a model's own, or a group's with the group's policy)."""
         return ModelPool(
             spec,
             self.scaler,

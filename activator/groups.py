@@ -67,7 +67,7 @@ class Group:
         self,
         spec: GroupSpec,
         members: dict[str, ModelSpec],
-        pool_factory: Callable[[ModelSpec, Policy, Callable[[Replica], None]], ModelPool],
+        pool_factory: Callable[[ModelSpec, Callable[[Replica], None], Policy], ModelPool],
         events: EventLog,
         *,
         tasks: TaskSet,
@@ -96,7 +96,7 @@ class Group:
         self._polled: dict[int, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.Task[None] | None = None
-        self.pool: ModelPool = pool_factory(spec.pool, GroupPolicy(self), self.replica_ready)
+        self.pool: ModelPool = pool_factory(spec.pool, self.replica_ready, GroupPolicy(self))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

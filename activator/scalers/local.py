@@ -175,7 +175,6 @@ class LocalScaler:
         state = await spawn(
             self.command, args, env=self._child_env(), standby=False, label=spec.name
         )
-        state.status.expect = spec.members or (spec.name,)
         return await self._started(state, spec, started, warm=False)
 
     async def _start_warm(
@@ -187,7 +186,6 @@ class LocalScaler:
         """
         assert state.proc.stdin is not None
         state.status.model = spec.name
-        state.status.expect = spec.members or (spec.name,)
         # its end of the pipe closed (the write failed: the transport is closing at once) means
         # it died, even before the event loop has reaped it
         try:
@@ -220,6 +218,9 @@ class LocalScaler:
         self, state: Process, spec: ModelSpec, started: float, *, warm: bool
     ) -> ReplicaHandle:
         """The replica once it listens (killed if it does not)."""
+        # what it must serve before it is ready: its model, or a group's members (a line told
+        # before this is seen again by _wait_ready)
+        state.status.expect = spec.members or (spec.name,)
         pid = state.proc.pid
         self._procs[pid] = state
         try:

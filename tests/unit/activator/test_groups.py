@@ -107,7 +107,7 @@ async def make_group(tmp_path: Path, replica: Replica, **group: Any) -> tuple[Gr
     made = Group(
         spec,
         models,
-        lambda pool_spec, policy, on_ready: StubPool([replica]),  # type: ignore[arg-type,return-value]
+        lambda pool_spec, on_ready, policy: StubPool([replica]),  # type: ignore[arg-type,return-value]
         EventLog(tmp_path / "events.jsonl"),
         tasks=TaskSet(),
         clock=clock,
