@@ -68,21 +68,16 @@ def timeline(name: str, t: dict[str, Any], *, resource: str) -> str:
 
 def breakdown(rows: list[dict[str, Any]]) -> str:
     """Each model's replica-seconds, stacked: busy, warm-idle, loading, pre-warmed unused."""
-    names = [f"{r['model']} ({r['resource']}-s)" for r in rows]
-    with _style():
-        fig = Figure(figsize=(9.5, 0.9 + 0.45 * len(rows)))
-        ax = fig.add_subplot()
-        left = [0.0] * len(rows)
-        keys = ("busy", "warm_idle", "loading", "prewarmed_unused")
-        for key, label, color in zip(keys, PHASE_LABELS, PHASE_COLORS, strict=True):
-            values = [r["replica_seconds"][key] for r in rows]
-            ax.barh(names, values, left=left, color=color, label=label, height=0.6)
-            left = [a + b for a, b in zip(left, values, strict=True)]
-        ax.invert_yaxis()
-        ax.set_xlabel("replica-seconds (GPU-s for GPU models, CPU-s for CPU models)")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.legend(ncols=4, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
-        return _svg(fig, "where each model's replica-seconds went")
+    keys = ("busy", "warm_idle", "loading", "prewarmed_unused")
+    return _stacked(
+        [f"{r['model']} ({r['resource']}-s)" for r in rows],
+        [
+            (label, color, [r["replica_seconds"][key] for r in rows])
+            for key, label, color in zip(keys, PHASE_LABELS, PHASE_COLORS, strict=True)
+        ],
+        "replica-seconds (GPU-s for GPU models, CPU-s for CPU models)",
+        "where each model's replica-seconds went",
+    )
 
 
 def costs(rows: list[dict[str, Any]]) -> str:
@@ -117,20 +112,34 @@ def costs(rows: list[dict[str, Any]]) -> str:
 
 def sleeping(rows: list[dict[str, Any]]) -> str:
     """Each model's seconds asleep on shared replicas, stacked: at host, at disk."""
-    names = [r["model"] for r in rows]
+    return _stacked(
+        [r["model"] for r in rows],
+        [
+            (f"asleep at {level}", color, [r["sleep"]["seconds"][level] for r in rows])
+            for level, color in zip(("host", "disk"), SLEEP_COLORS, strict=True)
+        ],
+        "device-seconds saved by sleeping (seconds asleep on a running replica)",
+        "device-seconds each model saved by sleeping, at host and at disk",
+    )
+
+
+def _stacked(
+    names: list[str], series: list[tuple[str, str, list[float]]], xlabel: str, title: str
+) -> str:
+    """Horizontal bars, one per name, each ``series`` (label, color, values) stacked on the
+    last; ``title``: the figure's accessible description."""
     with _style():
-        fig = Figure(figsize=(9.5, 0.9 + 0.45 * len(rows)))
+        fig = Figure(figsize=(9.5, 0.9 + 0.45 * len(names)))
         ax = fig.add_subplot()
-        left = [0.0] * len(rows)
-        for level, color in zip(("host", "disk"), SLEEP_COLORS, strict=True):
-            values = [r["sleep"]["seconds"][level] for r in rows]
-            ax.barh(names, values, left=left, color=color, label=f"asleep at {level}", height=0.6)
+        left = [0.0] * len(names)
+        for label, color, values in series:
+            ax.barh(names, values, left=left, color=color, label=label, height=0.6)
             left = [a + b for a, b in zip(left, values, strict=True)]
         ax.invert_yaxis()
-        ax.set_xlabel("device-seconds saved by sleeping (seconds asleep on a running replica)")
+        ax.set_xlabel(xlabel)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.legend(ncols=2, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
-        return _svg(fig, "device-seconds each model saved by sleeping, at host and at disk")
+        ax.legend(ncols=len(series), loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)
+        return _svg(fig, title)
 
 
 def _dollars(value: float, top: float) -> str:
