@@ -103,10 +103,11 @@ def add_parser(
         "--host-memory-budget",
         type=_size,
         metavar="BYTES",
-        help="host memory the models put to sleep for the device memory budget may hold at "
-        "level host (same units): past it the least recently used of them go down to level "
-        "disk (their weights re-read from the local tier when woken), and a model larger than "
-        "the whole budget sleeps at disk (default: no limit)",
+        help="host memory the models asleep at level host may hold (same units), whether put "
+        "to sleep for the device memory budget or asked to by an unload with a level: past it "
+        "the least recently used of them go down to level disk (their weights re-read from the "
+        "local tier when woken), and a model larger than the whole budget sleeps at disk "
+        "(default: no limit)",
     )
     serve.add_argument(
         "--load-on-demand",

@@ -331,8 +331,8 @@ async def test_a_load_on_demand_puts_the_least_recently_used_awake_model_to_slee
 
 
 async def test_a_sleep_asked_at_host_keeps_the_host_budget_too(tmp_path: Path) -> None:
-    # no device budget to speak of: two models awake, a host budget that holds one of them
-    plane = _plane(tmp_path, ["a", "b"], budget=FOOTPRINT * 4, host_budget=FOOTPRINT * 3 // 2)
+    # no device budget: two models awake, a host budget that holds one of them
+    plane = _plane(tmp_path, ["a", "b"], budget=None, host_budget=FOOTPRINT * 3 // 2)
     repo = plane.repository
     await repo.load_all()
     await repo.sleep("a", SleepLevel.HOST)
