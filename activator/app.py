@@ -39,7 +39,7 @@ from activator.errors import (
     Unauthorized,
     UnknownModel,
 )
-from activator.events import EventLog, read_events
+from activator.events import EventLog, Skipped, arrivals, iter_events
 from activator.groups import Group
 from activator.http import (
     Receive,
@@ -56,7 +56,7 @@ from activator.metrics import ActivatorMetrics
 from activator.policy import Policy
 from activator.pool import ModelPool, SystemClock
 from activator.pool.replicas import Replica
-from activator.routes import Endpoint, Guard, Match, guard, resolve, split
+from activator.routes import Endpoint, Guard, Match, guard, model_route, resolve, split
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
 from contracts.oip import repository_index_request
@@ -87,7 +87,7 @@ class Activator:
         self.settings = s = stack.settings
         self.scaler = scaler
         self.metrics = ActivatorMetrics()
-        self.events = EventLog(s.events)
+        self.events = EventLog(s.events, max_bytes=s.event_log_max_bytes, keep=s.event_log_keep)
         self.tasks = TaskSet()
         self.datapath = DataPath(self.metrics, self.events, access_log=access_log)
         self.metadata = MetadataBook(stack.models, self.tasks)
@@ -200,20 +200,30 @@ class Activator:
             self.events.close()
 
     def _learn_from_log(self) -> None:
-        """Seed each model's keep-alive policy with the arrivals the event log remembers."""
+        """Seed each model's keep-alive policy with the arrivals the event log remembers.
+
+        One pass over the log (its rotated files too, oldest first), a line at a time, holding
+        a bounded window of arrivals per model; lines that are not well-typed events are skipped
+        and counted (a warning, and ``ember_activator_event_log_skipped_lines``).
+        """
         path = self.settings.events
-        if path is None or not path.exists() or path.stat().st_size == 0:
+        if path is None:
             return
-        arrivals: dict[str, list[float]] = {}
-        for event in read_events(path):
-            if event.get("event") == "request" and event.get("model") in self.pools:
-                arrivals.setdefault(event["model"], []).append(
-                    float(event.get("arrival") or event["ts"])
-                )
-        for name, times in arrivals.items():
+        skipped = Skipped()
+        learned: dict[str, int] = {}
+        for name, times in arrivals(iter_events(path, skipped), self.pools):
             self.pools[name].learn(times)
-        if arrivals:
-            log.info("policies learned from %s: %s", path, {k: len(v) for k, v in arrivals.items()})
+            learned[name] = learned.get(name, 0) + len(times)
+        if learned:
+            log.info("policies learned from %s: %s", path, learned)
+        if skipped.lines:
+            self.metrics.event_log_skipped.inc(skipped.lines)
+            log.warning(
+                "event log %s: skipped %d line(s) that are not well-typed events (a torn line "
+                "after a crash, or an edited log)",
+                path,
+                skipped.lines,
+            )
 
     def _replica_ready(self, name: str, replica: Replica) -> None:
         self.metadata.replica_ready(name, replica.url)
@@ -231,7 +241,8 @@ class Activator:
         elif scope["type"] == "http":
             try:
                 response = await self.answer(scope, receive)
-            except ActivatorError as exc:
+            except ActivatorError as exc:  # refused here, before any replica: counted
+                self.metrics.refuse(self._configured(scope["path"]), exc)
                 response = error_response(exc)
             except Exception as exc:  # a bug of ours: say so, in the protocol's shape
                 log.exception("unexpected error on %s %s", scope["method"], scope["path"])
@@ -263,6 +274,11 @@ class Activator:
         match = resolve(scope["method"], scope["path"], parts)
         limit = ADMIN_BODY_BYTES if parts[0] == "admin" else self.settings.max_request_bytes
         return await self._handlers[match.endpoint](match, await _body(receive, limit))
+
+    def _configured(self, path: str) -> str:
+        """The configured model a path names ("" for none: a metric's label stays bounded)."""
+        found = model_route(split(path))
+        return found[0] if found is not None and found[0] in self.pools else ""
 
     def check_guard(self, which: Guard, headers: list[tuple[bytes, bytes]]) -> None:
         if which is Guard.API and not self.authorized(headers):
@@ -359,17 +375,19 @@ class Activator:
         """A model's ``ready`` or metadata while no replica answers it, without waking it.
 
         Ready: yes, unless its last start failed (at zero a model takes requests: they wake it).
-        Metadata: what :class:`MetadataBook` knows. Any other model request reaching here is a
-        front-door bug: model requests are relayed through the data path.
+        Metadata: what :class:`MetadataBook` knows. A version the model does not have: 404 for
+        any request. Any other model request reaching here is a front-door bug: model requests
+        are relayed through the data path.
         """
         pool = self.pool(match.model)
-        metadata = self.metadata.get(match.model)
-        if match.action not in ("ready", "") or (match.action == "" and metadata is None):
-            raise ActivatorError(f"model '{match.model}': requests are relayed by the front door")
         if match.version and match.version != pool.spec.version:
+            # any request for it (an infer too): no replica has it, so none is woken
             raise UnknownModel(
                 f"model '{match.model}' version '{match.version}' is not in the repository"
             )
+        metadata = self.metadata.get(match.model)
+        if match.action not in ("ready", "") or (match.action == "" and metadata is None):
+            raise ActivatorError(f"model '{match.model}': requests are relayed by the front door")
         state = [(b"ember-model-state", pool.state.encode())]
         if metadata is not None and match.action == "":
             return json_response(200, metadata.as_json(), state)

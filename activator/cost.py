@@ -5,6 +5,8 @@ p50/p99), replica time split into busy (serving at least one request), warm-idle
 (start to ready) and pre-warmed-but-unused (replicas a warm window started that served
 nothing), the cost of that time, the cost per 1,000 requests, what one always-on replica would
 have cost over the same span, and the saving (a loss when scale to zero cost more, with why).
+The log is read with its rotated files (``events.jsonl.N``, oldest first); lines that are not
+well-typed events are skipped and the report says how many.
 
 A model is billed as a GPU when its events name a ``gpu_type`` (or a ``cuda`` device), else as a
 CPU. Its price per replica-hour, first found of: ``--price MODEL=USD`` (per replica-hour); its
@@ -35,7 +37,7 @@ from typing import Any
 from activator.cost_groups import GroupConfig, membership
 from activator.cost_sleep import Sleep, sleep_or_wake, sleep_row, sleep_total
 from activator.errors import ConfigError
-from activator.events import parse_events
+from activator.events import Skipped, iter_events, log_files
 
 # On-demand USD per GPU-hour (typical public cloud list prices, late 2025); override with --price.
 PRICES = {"H100": 6.88, "A100-80GB": 3.43, "A100": 3.43, "L4": 0.71, "T4": 0.53}
@@ -86,15 +88,18 @@ class _Model:
 
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The events, and how many unreadable lines (a torn last line after a crash) were skipped."""
+    """The events of the log at ``path`` and of its rotated files (oldest first), and how many
+    lines were skipped: not JSON (a torn last line after a crash) or not well-typed events."""
+    if not log_files(path):
+        raise ConfigError(f"cannot read the event log {path}: no such file")
+    skipped = Skipped()
     try:
-        text = path.read_text(encoding="utf-8")
+        events = list(iter_events(path, skipped))
     except OSError as exc:
         raise ConfigError(f"cannot read the event log {path}: {exc.strerror}") from None
-    events, skipped = parse_events(text.splitlines())
     if not events:
         raise ConfigError(f"{path} holds no Ember events")
-    return events, skipped
+    return events, skipped.lines
 
 
 def report(
@@ -136,7 +141,10 @@ def report(
         if r["price_source"] == "cpu" and r["cpus"] is None
     ]
     if skipped:
-        notes.append(f"{skipped} unreadable line(s) skipped (a torn last line after a crash?)")
+        notes.append(
+            f"{skipped} unreadable line(s) skipped: not JSON (a torn last line after a crash?) "
+            "or not well-typed events"
+        )
     sleeps = {m.name: m.sleep for m in models.values() if m.sleep is not None}
     return {
         "start_ts": start,

@@ -3,7 +3,11 @@
 An :class:`Exchange` is one request's passage: it takes a slot on a ready replica (now, or
 waiting in the model's queue, giving its place up if the client leaves), is forwarded, may be
 tried again on another replica if it never reached the first (at most ``UNREACHABLE_RETRIES``
-times), gives its slot back, and is recorded once (metrics and the event log) with its status.
+times), gives its slot back, and is recorded once (metrics and the event log) with its status
+and its :class:`Route` (model, version, endpoint: never the request's target or query). One
+refused before it joined the queue (a bad ``Ember-Deadline-Ms``, a full queue, the activator
+shutting down) is only counted (:meth:`Exchange.refuse`): a request that waited and then got
+503 or 504 is recorded as any other.
 The front door's byte relay carries the bytes; this module decides everything else, so there is
 one place that knows how a request is proxied.
 """
@@ -15,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from activator.errors import ActivatorError, BadRequest, ReplicaFailed
@@ -28,6 +33,18 @@ log = logging.getLogger("ember.activator")
 
 UNREACHABLE_RETRIES = 2  # a request that never reached a replica goes to another one
 CLIENT_GONE = 499
+# a model route's last segment (activator.routes.MODEL_ACTIONS) as the event log names it
+ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "ready", "config": "config"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a model request is for: its model's pool, the endpoint (a value of ENDPOINTS) and
+    the version its path names ("" for none); all the event log records of its target."""
+
+    pool: AnyPool
+    endpoint: str
+    version: str
 
 
 class DataPath:
@@ -49,14 +66,14 @@ class DataPath:
         self._queue_hist: dict[str, Any] = {}
         self.stats: dict[str, ModelStats] = {}
 
-    def exchange(self, pool: AnyPool, path: bytes, arrival: float) -> Exchange:
-        return Exchange(self, pool, path, arrival)
+    def exchange(self, route: Route, arrival: float) -> Exchange:
+        return Exchange(self, route, arrival)
 
     def record(self, x: Exchange, status: int) -> None:
         """One request's metrics and event line."""
         name = x.pool.name
         if self.access_log:
-            log.info("%s %s %d (queued %.3fs)", name, x.path.decode("latin-1"), status, x.queued_s)
+            log.info("%s %s %d (queued %.3fs)", name, x.route.endpoint, status, x.queued_s)
         counter = self._counters.get((name, status))
         if counter is None:
             counter = self._counters[(name, status)] = self.metrics.requests.labels(
@@ -78,14 +95,15 @@ class DataPath:
             stats.compute_infer.add(int((now - x.started) * 1e9))
         self.events.request(
             name,
-            x.path.decode("latin-1"),
-            x.arrival,
-            x.started,
-            now,
-            status,
-            x.cold,
-            x.queued_s,
-            x.replica_id,
+            endpoint=x.route.endpoint,
+            version=x.route.version,
+            arrival=x.arrival,
+            start=x.started,
+            end=now,
+            status=status,
+            cold=x.cold,
+            queue_s=x.queued_s,
+            replica=x.replica_id,
         )
 
 
@@ -97,19 +115,19 @@ class Exchange:
         "cold",
         "datapath",
         "finished",
-        "path",
         "pool",
         "queued_s",
         "replica_id",
+        "route",
         "started",
         "ticket",
         "tries",
     )
 
-    def __init__(self, datapath: DataPath, pool: AnyPool, path: bytes, arrival: float) -> None:
+    def __init__(self, datapath: DataPath, route: Route, arrival: float) -> None:
         self.datapath = datapath
-        self.pool = pool
-        self.path = path
+        self.route = route
+        self.pool = route.pool
         self.arrival = arrival  # wall clock
         self.ticket: Ticket | None = None
         self.tries = 0
@@ -203,6 +221,13 @@ class Exchange:
 
     def fail(self, exc: ActivatorError) -> None:
         self.finish(exc.status_code)
+
+    def refuse(self, exc: ActivatorError) -> None:
+        """Refused before it joined the queue: counted in the metrics, not logged (once)."""
+        if self.finished:
+            return
+        self.finished = True
+        self.datapath.metrics.refuse(self.pool.name, exc)
 
 
 def deadline_of(headers: list[tuple[bytes, bytes]]) -> float | None:

@@ -38,18 +38,19 @@ import httptools
 
 from activator import bridge
 from activator.app import Activator
-from activator.datapath import CLIENT_GONE, Exchange, deadline_of
+from activator.datapath import CLIENT_GONE, ENDPOINTS, Exchange, Route, deadline_of
 from activator.errors import (
     ActivatorError,
+    BadRequest,
     DeadlineExceeded,
     HeadersTooLarge,
     Overloaded,
     PayloadTooLarge,
+    QueueFull,
     RequestTimeout,
 )
-from activator.http import HOP_HEADERS, Headers, error_response, head
-from activator.members import AnyPool
-from activator.routes import Endpoint, resolve
+from activator.http import CLOSE, HOP_HEADERS, KEEP_ALIVE, Headers, error_response, head, says_close
+from activator.routes import Endpoint, Guard, resolve
 from activator.upstream import Upstream, UpstreamPool, host_header
 
 log = logging.getLogger("ember.activator")
@@ -65,6 +66,7 @@ SWEEP_S = 1.0  # how often timeouts are looked for (at most; less with shorter t
 # read-ahead on one connection while an earlier request is answered: past either, stop reading
 PIPELINE_DEPTH = 8
 PIPELINE_BYTES = 1024 * 1024
+ROUTE_KEY_BYTES = 1024  # longer paths are routed each time, never kept
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Request:
     headers: Headers
     body: bytes
     keep_alive: bool
+    http10: bool  # an HTTP/1.0 request: kept alive only when it asked, and told so
     arrival: float  # wall clock
     deadline_s: float | None = None  # Ember-Deadline-Ms, once read
 
@@ -110,10 +113,12 @@ class FrontConnection(asyncio.Protocol):
         self._sent_at = 0.0  # monotonic
         self._relayed = False
         self._close_after = False
-        self._mark_close = False  # a "connection: close" still to be put into the answer's head
+        # a "connection" header still to be put into the relayed answer's head: close (the
+        # connection ends after it), keep-alive (an HTTP/1.0 client's, kept), or none
+        self._mark: bytes | None = None
         self._out: list[bytes] = []
         self._out_size = 0
-        self._failed: tuple[ActivatorError, int] | None = None  # a parse error, once its turn
+        self._failed: ActivatorError | None = None  # a parse error, answered once its turn
         self._upgrading: Request | None = None  # a request that asked to switch protocols
         self._body_left = 0  # the bytes of its body still to come
         # memory: the body bytes this connection holds (counted in door.buffered too), the
@@ -149,9 +154,9 @@ class FrontConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, ActivatorError):  # raised in a callback, wrapped by the parser
-                self._fail(cause, cause.status_code)
+                self._fail(cause)
                 return
-            self._fail(ActivatorError(f"malformed HTTP request: {exc}"), 400)
+            self._fail(BadRequest(f"malformed HTTP request: {exc}"))
 
     def on_message_begin(self) -> None:
         self.in_message = True
@@ -234,6 +239,7 @@ class FrontConnection(asyncio.Protocol):
             self._headers,
             b"".join(self._body),
             self.parser.should_keep_alive(),
+            self.parser.get_http_version() == "1.0",
             time.time(),
         )
         self._body, self._size = [], 0  # the body's bytes are the request's now (held still)
@@ -287,25 +293,25 @@ class FrontConnection(asyncio.Protocol):
         """
         request, self._upgrading = self._upgrading, None
         if request is None or request.method == b"CONNECT":
-            self._fail(ActivatorError("CONNECT and protocol upgrades are not supported"), 400)
+            self._fail(BadRequest("CONNECT and protocol upgrades are not supported"))
             return
         if (b"upgrade", b"websocket") in [(k, v.lower()) for k, v in request.headers]:
             # refused, as the predictor refuses it: a websocket client would take a plain answer
             # for a broken handshake, where it should learn the server speaks none
             message = "this server speaks no websocket; use the v2 REST routes over HTTP/1.1"
-            self._fail(ActivatorError(message), 400)
+            self._fail(BadRequest(message))
             return
         length = 0
         for name, value in request.headers:
             if name == b"transfer-encoding":
-                self._fail(ActivatorError("an upgrade request's body must have a length"), 400)
+                self._fail(BadRequest("an upgrade request's body must have a length"))
                 return
             if name == b"content-length":
                 length = int(value)  # the parser checked it is a number
         try:
             self._room_for(length)
         except ActivatorError as refused:
-            self._fail(refused, refused.status_code)
+            self._fail(refused)
             return
         self.parser = httptools.HttpRequestParser(self)
         self._upgrading, self._body_left = request, length
@@ -325,7 +331,7 @@ class FrontConnection(asyncio.Protocol):
             self._room_for(len(taken))
         except ActivatorError as refused:
             self._upgrading = None
-            self._fail(refused, refused.status_code)
+            self._fail(refused)
             return b""
         self._size += len(taken)
         self._hold(len(taken))
@@ -360,19 +366,21 @@ class FrontConnection(asyncio.Protocol):
         self._out.clear()
         self._x = None
 
-    def _fail(self, error: ActivatorError, status: int) -> None:
+    def _fail(self, error: ActivatorError) -> None:
         """A request that cannot be parsed: answered (after the answers already due), then the
-        connection closes. What arrived of its body is let go at once."""
+        connection closes; a refusal (counted, not logged). What arrived of its body is let go
+        at once."""
         self._let_go(self._size)
         self._size = 0
         self._body = []
         self.in_message = False
         if self.busy or self.pending:
-            self._failed = (error, status)
+            self._failed = error
             self._update_reading()
             return
+        self.activator.metrics.refuse("", error)
         response = error_response(error)
-        self._write(status, response.headers, response.body, keep_alive=False)
+        self._write(error.status_code, response.headers, response.body, keep_alive=False)
         self.close()
 
     # ------------------------------------------------------------------ dispatch
@@ -391,9 +399,8 @@ class FrontConnection(asyncio.Protocol):
         self.busy = False
         self._idle_since = time.monotonic()
         if self._failed is not None:
-            error, status = self._failed
-            self._failed = None
-            self._fail(error, status)
+            error, self._failed = self._failed, None
+            self._fail(error)
             return
         if self.door.draining and self.requests:  # its last answer said "connection: close"
             self.close()
@@ -422,7 +429,7 @@ class FrontConnection(asyncio.Protocol):
                 late = f"the request's body paused for over {settings.body_timeout_s:g}s"
             else:
                 return
-            self._fail(RequestTimeout(late), 408)
+            self._fail(RequestTimeout(late))
         elif not self.busy and not self.pending:
             # a fresh connection owes its first request within header_timeout_s
             limit = settings.idle_timeout_s if self.requests else settings.header_timeout_s
@@ -438,21 +445,19 @@ class FrontConnection(asyncio.Protocol):
         return self.requests == 0 and now < fresh_until  # accepted; its first request is on its way
 
     def _dispatch(self, request: Request) -> None:
-        pool = self.door.relayed(request.url)
-        if pool is None:
+        route = self.door.relayed(request.url)
+        if route is None:
             self._spawn(self._answer(request))
             return
-        if not self.activator.authorized(request.headers):
-            self._spawn(self._answer(request))  # the app answers 401, in its words
-            return
-        x = self.activator.datapath.exchange(pool, request.url, request.arrival)
+        x = self.activator.datapath.exchange(route, request.arrival)
         try:
+            self.activator.check_guard(Guard.API, request.headers)
             request.deadline_s = deadline_of(request.headers)
             if request.deadline_s is None and x.take_now():
                 self._forward(x, request)
                 return
-        except ActivatorError as exc:
-            self._refuse(x, exc, request)
+        except ActivatorError as exc:  # refused before it could wait: counted, not logged
+            self._refuse(x, exc, request, admitted=False)
             return
         self._spawn(self._queue(x, request))
 
@@ -463,7 +468,10 @@ class FrontConnection(asyncio.Protocol):
                 x.finish(CLIENT_GONE)
                 self.close()
                 return
-        except ActivatorError as exc:
+        except QueueFull as exc:  # no room to wait: a refusal
+            self._refuse(x, exc, request, admitted=False)
+            return
+        except ActivatorError as exc:  # it waited (a deadline, a failed start): a request
             self._refuse(x, exc, request)
             return
         self._forward(x, request)
@@ -483,7 +491,7 @@ class FrontConnection(asyncio.Protocol):
         self._x, self._request = x, request
         self._relayed = False
         self._close_after = not request.keep_alive or self.door.draining
-        self._mark_close = self.door.draining
+        self._mark = CLOSE if self._close_after else KEEP_ALIVE if request.http10 else None
         self._sent_at = time.monotonic()
         out = [request.method, b" ", request.url, b" HTTP/1.1\r\nhost: ", host_header(key), b"\r\n"]
         for name, value in request.headers:
@@ -520,20 +528,25 @@ class FrontConnection(asyncio.Protocol):
         """The replica's bytes, passed on; small answers in one write, big ones as they come."""
         self._out.append(data)
         self._out_size += len(data)
-        if self._mark_close:
-            self._insert_close()
+        if self._mark is not None:
+            self._insert_mark(self._mark)
         if self._out_size >= RELAY_FLUSH_BYTES:
             self._flush()
 
-    def _insert_close(self) -> None:
-        """Draining: the answer's head gets "connection: close" (after its status line)."""
+    def _insert_mark(self, mark: bytes) -> None:
+        """Put ``mark`` (a "connection" header line) into the answer's head, after its status
+        line, once the head is whole; keep-alive is left out of an answer that says close (the
+        connection ends after it all the same)."""
         data = b"".join(self._out)
-        end = data.find(b"\r\n")
+        end = data.find(b"\r\n\r\n")
         if end < 0:
-            return  # the status line is not whole yet
-        self._mark_close = False
-        self._out[:] = [data[: end + 2], b"connection: close\r\n", data[end + 2 :]]
-        self._out_size = len(data) + 19
+            return  # the head is not whole yet
+        self._mark = None
+        if mark is KEEP_ALIVE and says_close(data[:end]):
+            return
+        line = data.find(b"\r\n")
+        self._out[:] = [data[: line + 2], mark, data[line + 2 :]]
+        self._out_size = len(data) + len(mark)
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.closing:
@@ -602,9 +615,15 @@ class FrontConnection(asyncio.Protocol):
         )
         self._refuse(x, error, request)
 
-    def _refuse(self, x: Exchange, error: ActivatorError, request: Request) -> None:
-        """Answer ``request`` with ``error`` and record it."""
-        x.fail(error)
+    def _refuse(
+        self, x: Exchange, error: ActivatorError, request: Request, *, admitted: bool = True
+    ) -> None:
+        """Answer ``request`` with ``error``; record it (``admitted``: it reached the queue or a
+        replica), or count it as a refusal."""
+        if admitted:
+            x.fail(error)
+        else:
+            x.refuse(error)
         response = error_response(error)
         self._respond(request, error.status_code, response.headers, response.body)
 
@@ -625,7 +644,9 @@ class FrontConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
     def _respond(self, request: Request, status: int, headers: Headers, body: bytes) -> None:
         """The activator's own answer to ``request`` (no body to a HEAD), then the next one."""
-        close = self._write(status, headers, body, request.keep_alive, head_only=request.head)
+        close = self._write(
+            status, headers, body, request.keep_alive, head_only=request.head, http10=request.http10
+        )
         if close:
             self.close()
             return
@@ -639,12 +660,14 @@ class FrontConnection(asyncio.Protocol):
         keep_alive: bool,
         *,
         head_only: bool = False,
+        http10: bool = False,
     ) -> bool:
-        """Write an answer; whether it said ``connection: close`` (the caller then closes)."""
+        """Write an answer; whether it said ``connection: close`` (the caller then closes). An
+        HTTP/1.0 client's connection kept open is told so (``connection: keep-alive``)."""
         close = not keep_alive or self.door.draining
         if self.transport is None or self.closing:
             return close
-        data = head(status, headers, len(body), close=close)
+        data = head(status, headers, len(body), close=close, keep_alive=http10 and not close)
         self.transport.write(data if head_only else data + body)
         return close
 
@@ -672,28 +695,34 @@ class FrontDoor:
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
-        self._routes: dict[bytes, tuple[AnyPool, str] | None] = {}
+        self._routes: dict[bytes, Route | None] = {}
 
-    def relayed(self, raw_url: bytes) -> AnyPool | None:
-        """The pool a request for this URL is relayed to, or None (the activator answers it)."""
-        if raw_url in self._routes:
-            known = self._routes[raw_url]
+    def relayed(self, raw_url: bytes) -> Route | None:
+        """The route of a request for this URL, relayed to its model's replicas, or None (the
+        activator answers it)."""
+        path = raw_url.partition(b"?")[0]  # the query is the replica's business, never a key
+        if path in self._routes:
+            route = self._routes[path]
         else:
-            if len(self._routes) >= 4096:  # the same few URLs, over and over
-                self._routes.clear()
-            known = self._routes[raw_url] = self._route(raw_url)
-        if known is None:
+            route = self._route(raw_url)
+            if len(path) <= ROUTE_KEY_BYTES:  # the same few paths, over and over
+                if len(self._routes) >= 4096:
+                    self._routes.clear()
+                self._routes[path] = route
+        if route is None:
             return None
-        pool, action = known
-        if action == "infer" or pool.state == "ready":
-            return pool
+        if route.endpoint == "infer" or route.pool.state == "ready":
+            return route
         # no replica answers: a model's ready, and its metadata when known, are the activator's
         # to say, so that neither wakes it
-        if action == "ready" or (action == "" and self.activator.metadata.knows(pool.name)):
+        known = route.endpoint == "metadata" and self.activator.metadata.knows(route.pool.name)
+        if route.endpoint == "ready" or known:
             return None
-        return pool
+        return route
 
-    def _route(self, raw_url: bytes) -> tuple[AnyPool, str] | None:
+    def _route(self, raw_url: bytes) -> Route | None:
+        """A configured model's route; None for any other path, and for a version the model
+        does not have (the activator answers 404 for it: no replica is woken, nothing logged)."""
         try:
             path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
             match = resolve("", path)
@@ -702,7 +731,9 @@ class FrontDoor:
         pool = self.activator.pools.get(match.model)
         if match.endpoint is not Endpoint.MODEL or pool is None:
             return None
-        return pool, match.action
+        if match.version and match.version != pool.spec.version:
+            return None
+        return Route(pool, ENDPOINTS[match.action], match.version)
 
     async def serve(self, sock: Any, stop: asyncio.Event) -> None:
         """Run the activator and serve on ``sock`` until ``stop`` is set; then drain."""

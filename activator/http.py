@@ -21,6 +21,11 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = (b"content-type", b"application/json")
+# the "connection" header lines the front door puts into an answer's head: "close" when the
+# connection ends after it; "keep-alive" when an HTTP/1.0 client's connection stays open (its
+# protocol's default is to close, so it is told, as nginx and Triton tell it)
+CLOSE = b"connection: close\r\n"
+KEEP_ALIVE = b"connection: keep-alive\r\n"
 
 # hop-by-hop headers, ours, and credentials (the activator's tokens end here): never passed
 # between client and replica. ``expect``: the activator has the whole body before it forwards.
@@ -87,13 +92,28 @@ async def send_response(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def head(status: int, headers: Headers, length: int, *, close: bool) -> bytes:
-    """An HTTP/1.1 response head, for the front door's own writes."""
+def head(
+    status: int, headers: Headers, length: int, *, close: bool, keep_alive: bool = False
+) -> bytes:
+    """An HTTP/1.1 response head, for the front door's own writes: ``close`` says the
+    connection ends after it, ``keep_alive`` that it stays open (for an HTTP/1.0 client)."""
     out = [b"HTTP/1.1 ", str(status).encode(), b" ", REASONS.get(status, b"Unknown"), b"\r\n"]
     for name, value in headers:
         out += [name, b": ", value, b"\r\n"]
     out += [b"content-length: ", str(length).encode(), b"\r\n"]
     if close:
-        out.append(b"connection: close\r\n")
+        out.append(CLOSE)
+    elif keep_alive:
+        out.append(KEEP_ALIVE)
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def says_close(response_head: bytes) -> bool:
+    """Whether a response head (status line and headers) has ``connection: close``."""
+    for line in response_head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        tokens = [token.strip() for token in value.lower().split(b",")]
+        if name.strip().lower() == b"connection" and b"close" in tokens:
+            return True
+    return False

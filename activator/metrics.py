@@ -2,7 +2,10 @@
 
 Counters and histograms are updated as things happen; the gauges (queue depth, in flight,
 replicas by state, model state) are read from the pools when Prometheus scrapes, so a request
-pays for none of them.
+pays for none of them. ``requests`` counts what the event log logs (requests that reached a
+model's data path); ``refused`` counts what it does not: requests refused before any replica
+(no token, a malformed or too big request, an unknown model or path, a full queue), by model
+(empty when the request named no configured model) and by a reason from :data:`REASONS`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,35 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from activator import errors
+
+# a refusal's reason, by the error's type (its closest class here): one bounded label vocabulary
+REASONS: dict[type[errors.ActivatorError], str] = {
+    errors.Unauthorized: "unauthorized",
+    errors.UnknownModel: "unknown_model",
+    errors.NotFound: "not_found",
+    errors.MethodNotAllowed: "method_not_allowed",
+    errors.PayloadTooLarge: "too_large",
+    errors.HeadersTooLarge: "headers_too_large",
+    errors.RequestTimeout: "request_timeout",
+    errors.BadRequest: "bad_request",
+    errors.QueueFull: "queue_full",
+    errors.Overloaded: "overloaded",
+    errors.ShuttingDown: "shutting_down",
+    errors.ModelUnavailable: "unavailable",
+    errors.DeadlineExceeded: "deadline",
+}
+
+
+def reason_of(error: errors.ActivatorError) -> str:
+    """The ``reason`` label of a refusal: its type's (or closest base's) in REASONS."""
+    for cls in type(error).__mro__:
+        reason = REASONS.get(cls)
+        if reason is not None:
+            return reason
+    return "error"
+
 
 REPLICA_STATES = ("starting", "ready", "checking", "draining")
 MODEL_STATES = ("zero", "starting", "ready", "draining")
@@ -47,6 +79,21 @@ class ActivatorMetrics:
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
             registry=self.registry,
         )
+        self.refused = Counter(
+            "ember_activator_refused",
+            "Requests refused before any replica (not in the event log), by model and reason",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.event_log_skipped = Counter(
+            "ember_activator_event_log_skipped_lines",
+            "Event log lines skipped at start: not JSON (a torn line) or not well-typed events",
+            registry=self.registry,
+        )
+
+    def refuse(self, model: str, error: errors.ActivatorError) -> None:
+        """Count a request refused before any replica (``model``: "" unless configured)."""
+        self.refused.labels(model, reason_of(error)).inc()
 
     def watch(self, pools: Callable[[], Mapping[str, Any]]) -> None:
         """Read the gauges from ``pools()`` (name -> ModelPool) at every scrape."""

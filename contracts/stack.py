@@ -4,6 +4,8 @@
 
     activator:                     # all optional
       events: events.jsonl         # the event log (relative to this file)
+      event_log_max_bytes: 64MiB   # past this the log is rotated (events.jsonl.1, .2, ...)
+      event_log_keep: 4            # rotated files kept (0: none); the oldest go
       keep_alive_s: 60             # idle time before a model's replicas drain and stop
       queue_size: 1000             # per model; past it: 503 + Retry-After
       deadline_s: 120              # how long a request may wait for a replica; then 504
@@ -102,6 +104,10 @@ class ActivatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     events: Path | None = None
+    # the event log's bound: rotated past event_log_max_bytes (a size: 64MiB, or bytes), with
+    # event_log_keep rotated files kept, so it holds at most (keep + 1) x max_bytes
+    event_log_max_bytes: ByteSize = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    event_log_keep: int = Field(default=4, ge=0, le=100)
     # durations (every *_s key): seconds, or with units (90s, 10m, 1h30m): contracts.durations
     keep_alive_s: Seconds = Field(default=60.0, ge=0)
     queue_size: int = Field(default=1000, ge=0)

@@ -208,8 +208,8 @@ def test_metadata_and_ready_at_zero_wake_nothing_and_agree_with_the_replica(
     log = events(tmp_path)
     (starting,) = [e for e in log if e["event"] == "replica_starting"]
     assert starting["why"] == "a request"
-    requests = [(e["path"], e["cold"]) for e in log if e["event"] == "request"]
-    assert requests == [("/v2/models/mlp/infer", True), ("/v2/models/mlp", False)]
+    requests = [(e["endpoint"], e["version"], e["cold"]) for e in log if e["event"] == "request"]
+    assert requests == [("infer", "", True), ("metadata", "", False)]
 
 
 def test_errors_unknown_models_and_runtime_errors_intact(tmp_path: Path) -> None:

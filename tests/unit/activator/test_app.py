@@ -6,14 +6,17 @@ start failed). Through the front door, with in-process replicas (tests/fixtures/
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
 import pytest
 
+from activator.app import Activator
 from activator.errors import ReplicaStartFailed, StartFailure
 from activator.scalers.base import ReplicaHandle
-from tests.fixtures.frontdoor import BODY, METADATA, Replica, Scaler, serving, until
+from contracts.stack import ActivatorSettings, StackConfig
+from tests.fixtures.frontdoor import BODY, METADATA, Replica, Scaler, serving, spec_of, until
 
 
 async def test_metadata_and_ready_at_zero_wake_nothing_and_an_infer_still_does(
@@ -93,3 +96,69 @@ async def test_the_index_says_zero_and_unavailable_only_after_a_failed_start(
         await until(lambda: pool.state == "zero", "back at zero")
         (entry,) = (await h.client.post("/v2/repository/index")).json()
         assert entry["state"] == "UNAVAILABLE" and "no weights" in entry["reason"]
+
+
+def request_line(arrival: float, model: str = "m") -> str:
+    return json.dumps(
+        {
+            "event": "request",
+            "model": model,
+            "ts": arrival + 0.1,
+            "mono": 1.0,
+            "endpoint": "infer",
+            "version": "",
+            "arrival": arrival,
+            "start": arrival,
+            "end": arrival + 0.1,
+            "status": 200,
+            "cold": False,
+            "queue_s": 0.0,
+            "replica": 1,
+        }
+    )
+
+
+async def test_the_start_learns_from_rotated_files_and_skips_bad_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "events.jsonl"
+    (tmp_path / "events.jsonl.2").write_text(f"{request_line(100.0)}\n{request_line(200.0)}\n")
+    (tmp_path / "events.jsonl.1").write_text(
+        f"{request_line(300.0)}\n"
+        '{"event":"request","model":"m","ts":"yesterday"}\n'  # once, this stopped the start
+        '{"event":"request","model":["m"],"ts":1}\n'
+        f"{request_line(400.0, model='gone')}\n"  # a model no longer configured: not learned
+    )
+    log.write_text(f"{request_line(500.0)}\n" + '{"event":"request","mod')  # torn by a crash
+    with caplog.at_level(logging.INFO, "ember.activator"):
+        async with serving(tmp_path, [Replica()]) as h:
+            name = "ember_activator_event_log_skipped_lines_total"
+            skipped = h.activator.metrics.registry.get_sample_value
+            await until(lambda: skipped(name) == 3, "the skipped lines counted at start")
+            r = await h.client.post("/v2/models/m/infer", content=BODY)
+            assert r.status_code == 200
+            *before, event = h.events()  # after the torn line, not swallowed by it
+            assert [e["arrival"] for e in before] == [100.0, 200.0, 300.0, 400.0, 500.0]
+            assert event["status"] == 200 and event["arrival"] > 500
+    assert "policies learned from" in caplog.text and "{'m': 4}" in caplog.text
+    assert "skipped 3 line(s)" in caplog.text
+
+
+async def test_the_start_reads_a_long_log_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    events = tmp_path / "events.jsonl"
+    with events.open("w") as f:  # about 7 MB: read whole, tens of MB of dicts
+        for i in range(30_000):
+            f.write(request_line(float(i)) + "\n")
+    settings = ActivatorSettings(events=events)
+    stack = StackConfig(path=tmp_path / "ember.yaml", settings=settings, models={"m": spec_of()})
+    activator = Activator(stack, Scaler([]))
+    tracemalloc.start()
+    try:
+        activator._learn_from_log()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        activator.events.close()
+    assert peak < 4 * 1024 * 1024, f"{peak / 1e6:.1f} MB held to read the history"

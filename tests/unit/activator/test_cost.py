@@ -95,6 +95,33 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
         read_log(empty)
 
 
+def test_a_rotated_log_is_read_oldest_first_and_ill_typed_lines_are_counted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps(e) + "\n" for e in LOG]
+    (tmp_path / "events.jsonl.2").write_text("".join(lines[:3]))
+    (tmp_path / "events.jsonl.1").write_text(
+        "".join(lines[3:6]) + '{"event":"request","model":"m","ts":"soon"}\n'
+    )
+    path.write_text(
+        "".join(lines[6:])
+        + '{"event":"request","model":"m","ts":30,"status":"ok","start":1,"end":2}\n'
+    )
+    events, skipped = read_log(path)
+    assert events == LOG and skipped == 2
+    r = report(events, skipped=skipped)
+    assert r == {**report(LOG), "notes": r["notes"]}  # the same figures as the whole log
+    assert "2 unreadable line(s) skipped" in r["notes"][0]
+    # the cost report reads a log whose newest file is gone (rotated, not yet reopened) too
+    path.unlink()
+    assert read_log(path)[0] == LOG[:6]
+    for old in tmp_path.glob("events.jsonl.*"):
+        old.unlink()
+    with pytest.raises(ConfigError, match="cannot read the event log"):
+        read_log(path)
+
+
 def test_cpu_models_are_priced_per_core_hour_or_per_model() -> None:
     cpu = [
         {**e, "gpu_type": None, "cpus": 4} if e["event"] == "replica_starting" else e for e in LOG

@@ -18,7 +18,16 @@ import pytest
 
 from activator import frontdoor
 from activator.scalers.base import ReplicaHandle
-from tests.fixtures.frontdoor import BODY, Raw, Replica, Scaler, request, serving, until
+from tests.fixtures.frontdoor import (
+    BODY,
+    Harness,
+    Raw,
+    Replica,
+    Scaler,
+    request,
+    serving,
+    until,
+)
 
 
 async def test_a_request_at_zero_waits_then_warm_ones_are_relayed_unchanged(
@@ -98,7 +107,12 @@ async def test_queue_errors_and_bad_headers_come_from_the_one_renderer(tmp_path:
         assert bad.status_code == 400 and "milliseconds" in bad.json()["error"]
         missing = await h.client.post("/v2/models/nope/infer", content=BODY)
         assert missing.status_code == 404 and "not configured" in missing.json()["error"]
-        assert [e["status"] for e in h.events()] == [503, 400]  # a known model's requests
+        # refused before any replica: counted by reason, not logged
+        assert h.events() == []
+        refused = h.activator.metrics.registry.get_sample_value
+        for model, reason in (("m", "queue_full"), ("m", "bad_request"), ("", "unknown_model")):
+            labels = {"model": model, "reason": reason}
+            assert refused("ember_activator_refused_total", labels) == 1, reason
 
 
 async def test_a_client_that_leaves_the_queue_is_recorded_and_frees_its_place(
@@ -285,3 +299,82 @@ async def test_a_replica_start_carries_what_the_cost_report_prices_it_by(tmp_pat
         assert (await h.client.post("/v2/models/m/infer", content=BODY)).status_code == 200
         (start,) = h.events("replica_starting")
         assert (start["price_per_hour"], start["cpus"], start["gpu_type"]) == (0.09, 2.0, None)
+
+
+def refused(h: Harness, model: str, reason: str) -> float:
+    value = h.activator.metrics.registry.get_sample_value(
+        "ember_activator_refused_total", {"model": model, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_a_request_is_logged_by_its_route_never_its_target_or_query(
+    tmp_path: Path,
+) -> None:
+    replica = Replica()
+    query = "?q=" + "x" * 60_000
+    async with serving(tmp_path, [replica], version="3") as h:
+        for path in ("/v2/models/m/infer", "/v2/models/m/versions/3/infer", "/v2/models/m"):
+            r = await h.client.request("POST" if "infer" in path else "GET", path + query)
+            assert r.status_code == 200, r.text
+        # the replica still gets the whole target
+        assert replica.received[0][1] == f"/v2/models/m/infer{query}".encode()
+        routes = [(e["endpoint"], e["version"]) for e in h.events()]
+        assert routes == [("infer", ""), ("infer", "3"), ("metadata", "")]
+        assert "x" * 100 not in h.events_path.read_text()
+        # one route kept per path, however many queries: the door holds no query
+        for i in range(20):
+            await h.client.post(f"/v2/models/m/infer?n={i}", content=BODY)
+        assert len(h.door._routes) == 3
+
+
+async def test_a_version_the_model_has_not_is_refused_without_waking_it(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()]) as h:
+        r = await h.client.post("/v2/models/m/versions/9/infer", content=BODY)
+        assert r.status_code == 404 and "version '9' is not in the repository" in r.text
+        scaler = h.activator.scaler
+        assert isinstance(scaler, Scaler) and scaler.started == 0
+        assert h.events() == [] and refused(h, "m", "unknown_model") == 1
+
+
+async def test_a_request_without_its_token_is_refused_and_counted_not_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBER_TEST_API_TOKEN", "api-token-0123456789abcdef")
+    settings = {"api_token_env": "EMBER_TEST_API_TOKEN"}
+    async with serving(tmp_path, [Replica()], settings=settings) as h:
+        r = await h.client.post("/v2/models/m/infer", content=BODY)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert (await h.client.get("/v2/models/m/ready")).status_code == 401  # the app's
+        assert (await h.client.get("/v2/models/nope/ready")).status_code == 401
+        assert h.events() == []
+        assert refused(h, "m", "unauthorized") == 2 and refused(h, "", "unauthorized") == 1
+        headers = {"authorization": "Bearer api-token-0123456789abcdef"}
+        ok = await h.client.post("/v2/models/m/infer", content=BODY, headers=headers)
+        assert ok.status_code == 200 and [e["status"] for e in h.events()] == [200]
+
+
+async def test_a_request_that_waited_and_timed_out_is_a_request(tmp_path: Path) -> None:
+    class Slow(Scaler):
+        async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+            await asyncio.sleep(timeout_s)  # the behaviour faked: a start that takes long
+
+    async with serving(tmp_path, [Replica()], scaler=Slow) as h:
+        headers = {"Ember-Deadline-Ms": "50"}
+        r = await h.client.post("/v2/models/m/infer", content=BODY, headers=headers)
+        assert r.status_code == 504
+        (event,) = h.events()
+        assert (event["status"], event["start"], event["endpoint"]) == (504, None, "infer")
+        assert refused(h, "m", "deadline") == 0
+
+
+async def test_malformed_and_oversized_requests_are_counted_as_refusals(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()], settings={"max_request_bytes": 100}) as h:
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v2/models/m/infer", b"x" * 200))
+            assert b" 413 " in await raw.read_to_eof()
+        async with Raw.open(h) as raw:
+            raw.writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            assert b" 400 " in await raw.read_to_eof()
+        assert refused(h, "", "too_large") == 1 and refused(h, "", "bad_request") == 1
+        assert h.events() == []
