@@ -93,9 +93,13 @@ class LocalScaler:
         return env
 
     async def _spawn_standby(self) -> None:
-        state = await spawn(
-            self.command, ["--standby"], env=self._child_env(), standby=True, label="standby"
-        )
+        try:
+            state = await spawn(
+                self.command, ["--standby"], env=self._child_env(), standby=True, label="standby"
+            )
+        except ReplicaStartFailed as exc:  # out of descriptors, say: refilled at the next start
+            log.warning("a warm-pool process could not be started: %s", exc)
+            return
         try:
             state.report = await self._standby_report(state)
         except (Exception, asyncio.CancelledError) as exc:

@@ -4,6 +4,12 @@
 :mod:`contracts.replica` events, land in a :class:`Status` (a ready standby, where it listens,
 each model's state). Its stdout and stderr are only drained, the last lines of stderr kept to
 quote to a human in an error.
+
+A process that cannot be started fails as a :class:`~activator.errors.ReplicaStartFailed`
+(``PLATFORM``: this machine refused it), read from the ``OSError`` by its errno: out of file
+descriptors (EMFILE, ENFILE) is :class:`OutOfDescriptors`. The descriptors a start needs are
+taken and given back first (``SPAWN_DESCRIPTORS``): uvloop, short of them half-way through a
+start, reports ``[Errno -1] Unknown error -1``, which says nothing.
 """
 
 from __future__ import annotations
@@ -11,19 +17,43 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from activator.errors import ReplicaStartFailed, StartFailure
 from contracts.proc import die_with_parent
 from contracts.replica import ContractViolation, Listening, ModelStatus, Standby, decode
 
 log = logging.getLogger("ember.activator")
 
 STATUS_LINE_LIMIT = 1 << 20  # a status line longer than this breaks the contract
+# descriptors a start holds at once: its status pipe, three stdio pipes, the event loop's own
+# for the child (pipes to learn of a failed exec, to be told of its exit), with room to spare
+SPAWN_DESCRIPTORS = 16
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+class OutOfDescriptors(ReplicaStartFailed):
+    """No file descriptors are left to start a replica with (a retryable 503 for its waiters)."""
+
+    def __init__(self, code: int) -> None:
+        name = errno.errorcode.get(code, str(code))
+        if code == errno.ENFILE:
+            where = "the system's open-file table is full"
+        else:
+            where = f"the activator holds {_open_descriptors()} of its limit of {_limit()}"
+        super().__init__(
+            f"out of file descriptors ({name}) starting a replica: {where}; raise the limit "
+            "(ulimit -n) or take load off the activator",
+            StartFailure.PLATFORM,
+        )
+        self.errno = code
 
 
 class Status:
@@ -117,7 +147,11 @@ async def spawn(
 ) -> Process:
     """Start ``command ARGS --status-fd N``, its status pipe read and its output drained
     (``standby``: its stdin a pipe, for the arguments it is given later)."""
-    read_fd, write_fd = os.pipe()  # the status pipe; both ends stay out of other children
+    try:
+        _reserve(SPAWN_DESCRIPTORS)
+        read_fd, write_fd = os.pipe()  # the status pipe; both ends stay out of other children
+    except OSError as exc:
+        raise _start_failed(exc) from exc
     try:
         proc = await asyncio.create_subprocess_exec(
             *command,
@@ -132,11 +166,21 @@ async def spawn(
             start_new_session=True,  # a terminal's Ctrl-C reaches the activator, which drains
             preexec_fn=die_with_parent,
         )
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        write_fd = -1
+        try:  # what uvloop's errno does not say, a second try at the descriptors does
+            _reserve(SPAWN_DESCRIPTORS)
+        except OSError as short:
+            raise _start_failed(short) from exc
+        raise _start_failed(exc) from exc
     except BaseException:
         os.close(read_fd)
         raise
     finally:
-        os.close(write_fd)  # the child's copy is the only writer: its exit is our EOF
+        if write_fd >= 0:
+            os.close(write_fd)  # the child's copy is the only writer: its exit is our EOF
     assert proc.stdout is not None and proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=30)
     status = Status(label)
@@ -144,6 +188,37 @@ async def spawn(
     stdout = asyncio.create_task(_pump(proc.stdout, label, None))
     reading = asyncio.create_task(_read_status(read_fd, status))
     return Process(proc, tail, status, stderr, [reading, stderr, stdout])
+
+
+def _reserve(count: int) -> None:
+    """Take ``count`` descriptors and give them back: OSError (EMFILE) if they are not there."""
+    held: list[int] = []
+    try:
+        while len(held) < count:
+            held.extend(os.pipe())
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _start_failed(exc: OSError) -> ReplicaStartFailed:
+    """A process that could not be started, said by its errno."""
+    if exc.errno in _OUT_OF_DESCRIPTORS:
+        return OutOfDescriptors(exc.errno)
+    return ReplicaStartFailed(
+        f"its replica process could not be started: {exc}", StartFailure.PLATFORM
+    )
+
+
+def _open_descriptors() -> str:
+    try:
+        return str(len(os.listdir("/proc/self/fd")))
+    except OSError:  # not Linux, or none left to list them with
+        return "nearly all"
+
+
+def _limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def reap(state: Process) -> None:

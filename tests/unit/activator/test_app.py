@@ -162,3 +162,25 @@ async def test_the_start_reads_a_long_log_in_bounded_memory(tmp_path: Path) -> N
         tracemalloc.stop()
         activator.events.close()
     assert peak < 4 * 1024 * 1024, f"{peak / 1e6:.1f} MB held to read the history"
+
+
+async def test_a_cold_start_out_of_descriptors_is_a_retryable_503_that_says_so(
+    tmp_path: Path,
+) -> None:
+    import errno
+
+    from activator.scalers.process import OutOfDescriptors
+    from contracts.stack import ModelSpec
+
+    class NoDescriptors(Scaler):
+        async def start(self, spec: ModelSpec) -> ReplicaHandle:
+            raise OutOfDescriptors(errno.EMFILE)
+
+    async with serving(tmp_path, [Replica()], scaler=NoDescriptors) as h:
+        r = await h.client.post("/v2/models/m/infer", content=BODY)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert "out of file descriptors (EMFILE) starting a replica" in r.json()["error"]
+        (failed,) = h.events("replica_failed")
+        assert failed["kind"] == "platform"
+        (request,) = h.events()  # it waited for that start: a request, logged
+        assert (request["status"], request["endpoint"]) == (503, "infer")

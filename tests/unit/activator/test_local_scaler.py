@@ -265,3 +265,72 @@ async def test_a_real_replica_without_weights_fails_in_seconds(tmp_path: Path) -
     assert caught.value.kind is StartFailure.LOAD_FAILED
     assert caught.value.failure is FailureKind.WEIGHTS_MISSING
     assert f"weights file {weights} does not exist" in str(caught.value)
+
+
+# Run in a child process: it lowers its own descriptor limit, so the test's process keeps its.
+OUT_OF_DESCRIPTORS = r"""
+import asyncio, json, os, resource, sys
+import uvloop
+from activator.errors import ReplicaStartFailed
+from activator.scalers.local import LocalScaler
+from tests.fixtures.specs import model_spec
+
+FAKE = (sys.executable, sys.argv[1])
+model = model_spec(config_path=sys.argv[2], startup_timeout_s=10.0)
+
+async def start(scaler, left):
+    # use up the descriptors but ``left``; the start then gets what remains
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    for _ in range(left):
+        os.close(held.pop())
+    try:
+        handle = await scaler.start(model)
+    except ReplicaStartFailed as exc:
+        return {"error": type(exc).__name__, "message": str(exc), "kind": exc.kind.value,
+                "status": exc.status_code, "retry_after": exc.retry_after_s}
+    finally:
+        for fd in held:
+            os.close(fd)
+    await scaler.wait_ready(handle, 10)
+    await scaler.stop(handle, 1)
+    return {"started": True}
+
+async def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=10)
+    try:
+        # none left (EMFILE at once); a few left (uvloop's "Errno -1" half-way); then enough
+        print(json.dumps([await start(scaler, left) for left in (0, 4, 64)]))
+    finally:
+        await scaler.aclose()
+
+uvloop.run(main())
+"""
+
+
+def test_a_start_out_of_file_descriptors_says_so_and_the_next_one_starts(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.servers import ROOT
+
+    steps = spec(tmp_path, [LISTENING, READY]).config_path
+    out = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS, FAKE[1], str(steps)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    none_left, few_left, enough = json.loads(out.stdout)
+    for failed in (none_left, few_left):
+        assert failed["error"] == "OutOfDescriptors", failed
+        assert "out of file descriptors (EMFILE) starting a replica" in failed["message"]
+        assert "of its limit of 128" in failed["message"] and "Errno -1" not in failed["message"]
+        assert (failed["kind"], failed["status"], failed["retry_after"]) == ("platform", 503, 5.0)
+    assert enough == {"started": True}
