@@ -8,6 +8,13 @@ a batch forms while the previous one computes.
 
 A batch that fails with the caller's mistake (400) is re-run request by request, so one bad request
 does not fail the others that happened to share its batch.
+
+A batch is running from the moment its first request leaves the queue: while the scheduler waits
+out ``max_queue_delay_ms`` for company, :meth:`Scheduler.drain` still waits for it, and
+:meth:`Scheduler.close` answers it. Sleep and wake go through the scheduler too:
+:meth:`Scheduler.pause` admits nothing more and returns once what was admitted has run, and the
+scheduler runs nothing until :meth:`Scheduler.resume`, so a model's weights are never put away
+under a batch, whatever the timing.
 """
 
 from __future__ import annotations
@@ -25,7 +32,13 @@ import numpy as np
 
 from contracts.stats import ModelStats
 from runtime.config import ModelConfig
-from runtime.errors import InferenceFailed, InvalidInput, RuntimeServerError, ServerOverloaded
+from runtime.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelNotReady,
+    RuntimeServerError,
+    ServerOverloaded,
+)
 from runtime.handlers.base import ModelHandler
 from runtime.metrics import RuntimeMetrics
 from runtime.tensors import Tensor
@@ -42,6 +55,16 @@ class _Pending:
     key: tuple[Any, ...] = field(default=())
     started_ns: int = 0
     arrived_ns: int | None = None  # began to wait before it was enqueued (a model's wake)
+
+
+class Paused(ModelNotReady):
+    """The scheduler was paused (its model is going to sleep or asleep): nothing is admitted
+    until it is resumed. Retryable: the caller wakes the model and submits again."""
+
+
+class Unloaded(ModelNotReady):
+    """The model was unloaded while the request waited; retryable (another replica, or after a
+    load)."""
 
 
 def _batch_key(inputs: dict[str, Tensor]) -> tuple[Any, ...]:
@@ -72,7 +95,11 @@ class Scheduler:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a batch finishes
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+        # the batch being gathered: out of the queue, not yet running; drain waits for it and
+        # close answers it
+        self._collecting: list[_Pending] = []
+        self._paused = False
         self._loop_task: asyncio.Task[None] | None = None
         self._batching = config.max_batch_size > 0
         self._preferred = frozenset(config.preferred_batch_size)
@@ -94,7 +121,9 @@ class Scheduler:
         its queue time counts from there. The batching delay still counts from now.
         """
         if self._loop_task is None or self._loop_task.done():
-            raise ServerOverloaded(f"model '{self._config.name}' is not accepting requests")
+            raise Unloaded(f"model '{self._config.name}' is not accepting requests")
+        if self._paused:
+            raise Paused(f"model '{self._config.name}' is going to sleep")
         cap = self._config.max_queue_size
         if cap and len(self._queue) >= cap:
             raise ServerOverloaded(
@@ -136,24 +165,30 @@ class Scheduler:
                 await self._wakeup.wait()
                 continue
             await self._slots.acquire()
-            batch = await self._collect() if self._batching else [self._queue.popleft()]
+            self._collecting = [self._queue.popleft()]
+            if self._batching:
+                await self._collect(self._collecting)
             self._depth_metric.set(len(self._queue))
-            batch = [p for p in batch if not p.future.done()]  # callers that gave up
+            batch = [p for p in self._collecting if not p.future.done()]  # callers that gave up
+            self._collecting = []
             if not batch:
                 self._slots.release()
+                self._progress.set()
                 continue
             self._running.add(asyncio.create_task(self._execute(batch)))
 
-    async def _collect(self) -> list[_Pending]:
-        first = self._queue.popleft()
-        batch, items = [first], first.items
+    async def _collect(self, batch: list[_Pending]) -> None:
+        """Gather requests that may share a batch with ``batch[0]`` (already out of the queue)
+        into ``batch``, until it is full, of a preferred size, or the delay is out."""
+        first = batch[0]
+        items = first.items
         limit = self._config.max_batch_size
         deadline = first.enqueued_ns + self._delay_ns
         while items < limit:
             while self._queue:
                 head = self._queue[0]
                 if head.key != first.key or items + head.items > limit:
-                    return batch  # the head starts the next batch
+                    return  # the head starts the next batch
                 batch.append(self._queue.popleft())
                 items += head.items
             if items >= limit or items in self._preferred:
@@ -166,7 +201,6 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), remaining / 1e9)
             except TimeoutError:
                 break
-        return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
         try:
@@ -242,11 +276,16 @@ class Scheduler:
         )
         self._batch_metric.observe(items)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is queued, being gathered into a batch, or running."""
+        return not (self._queue or self._collecting or self._running)
+
     async def drain(self, timeout_s: float) -> bool:
-        """Wait until the queue is empty and no batch is running; False if the timeout passed
-        first (work is still queued or running)."""
+        """Wait until nothing is queued, gathered or running; False if the timeout passed first
+        (work is still queued or running)."""
         deadline = time.monotonic() + timeout_s
-        while self._queue or self._running:
+        while not self.idle:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -255,15 +294,37 @@ class Scheduler:
                 await asyncio.wait_for(self._progress.wait(), remaining)
         return True
 
+    async def pause(self, timeout_s: float) -> bool:
+        """Admit nothing more (a submit raises :class:`Paused`) and wait until what was admitted
+        has run: then nothing runs until :meth:`resume`. False, and not paused, if the timeout
+        passed first."""
+        self._paused = True
+        if await self.drain(timeout_s):
+            return True
+        self._paused = False
+        return False
+
+    def resume(self) -> None:
+        """Admit requests again (the model is awake)."""
+        self._paused = False
+
     async def close(self) -> None:
+        """Answer every request not yet running (gathered or queued) with a retryable 503 at
+        once, wait for the running batches, and stop."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        unloaded = Unloaded(f"model '{self._config.name}' unloaded")
+        for pending in self._collecting:
+            _fail(pending, unloaded)
+        self._collecting = []
         while self._queue:
-            _fail(self._queue.popleft(), ServerOverloaded(f"model '{self._config.name}' unloaded"))
+            _fail(self._queue.popleft(), unloaded)
+        self._depth_metric.set(0)
         if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+            # wait, never cancel: a running batch may be a request's own task (run at once)
+            await asyncio.wait(self._running)
         self._executor.shutdown(wait=False)
 
     async def run_now(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:

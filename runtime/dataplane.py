@@ -219,9 +219,7 @@ class DataPlane:
             selection = self.requested_outputs(entry, request)
             if queued is None:
                 queued = time.perf_counter_ns()  # a wake is time spent waiting, as a queue is
-            entry = await self.repository.awake_entry(name, version)
-            assert entry.scheduler is not None
-            outputs = await entry.scheduler.submit(inputs, arrived_ns=queued)
+            entry, outputs = await self.repository.infer(name, version, inputs, arrived_ns=queued)
             result = _select_outputs(name, outputs, selection)
         except RuntimeServerError as exc:
             elapsed = time.perf_counter_ns() - started

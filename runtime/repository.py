@@ -29,7 +29,7 @@ from functools import partial
 
 from contracts.replica import FailureKind, ModelStatus
 from contracts.stats import ModelStats
-from runtime.batching import Scheduler
+from runtime.batching import Paused, Scheduler
 from runtime.budget import DeviceBudget, estimate_footprint
 from runtime.config import ModelConfig
 from runtime.entries import NOT_LOADED_YET, SERVING, ModelEntry, ModelState, discard
@@ -49,6 +49,7 @@ from runtime.metrics import RuntimeMetrics
 from runtime.sleeping import SleepingMixin
 from runtime.sources import WeightSources
 from runtime.status import failure_kind
+from runtime.tensors import Tensor
 from weight_cache.errors import WeightCacheError
 
 __all__ = ["NOT_LOADED_YET", "SERVING", "ModelEntry", "ModelRepository", "ModelState"]
@@ -133,6 +134,24 @@ class ModelRepository(SleepingMixin):
                 self.ready_entry(name, version)  # raises, saying why
             await self._wake_for_request(entry)
         return entry
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        inputs: dict[str, Tensor],
+        *,
+        arrived_ns: int | None = None,
+    ) -> tuple[ModelEntry, dict[str, Tensor]]:
+        """Run one request on the model, woken first if it sleeps; the entry it ran on and its
+        outputs. A model that goes to sleep between the wake and the submit is woken again."""
+        while True:
+            entry = await self.awake_entry(name, version)
+            assert entry.scheduler is not None
+            try:
+                return entry, await entry.scheduler.submit(inputs, arrived_ns=arrived_ns)
+            except Paused:
+                continue
 
     async def loaded_entry(self, name: str, version: str | None = None) -> ModelEntry:
         """The serving model, its handler loaded: loaded first if it is not loaded yet
@@ -277,8 +296,9 @@ class ModelRepository(SleepingMixin):
         if not self.budget.fits(name):
             await self._fit_loaded(entry, make_room=make_room)
 
-    async def unload(self, name: str, *, drain_timeout_s: float = 30.0) -> None:
-        """Stop admitting requests, let the queued ones finish, then release the model."""
+    async def unload(self, name: str) -> None:
+        """Stop admitting requests, answer those not yet running with a retryable 503 at once,
+        let the running batches finish, then release the model."""
         entry = self.entry(name)
         entry.wanted = False
         async with self.budget.deciding(), entry.lock:
@@ -287,8 +307,6 @@ class ModelRepository(SleepingMixin):
             entry.asleep, entry.deferred = None, False
             self._set(entry, ModelState.UNLOADING, "unloading")
             self._metrics.model_ready.labels(name).set(0)
-            if entry.scheduler is not None:
-                await entry.scheduler.drain(drain_timeout_s)
             await discard(entry.handler, entry.scheduler)
             entry.handler = entry.scheduler = None
             self.budget.mark(name, hot=False)
@@ -323,7 +341,7 @@ class ModelRepository(SleepingMixin):
 
     async def close(self) -> None:
         for name in list(self._entries):
-            await self.unload(name, drain_timeout_s=0)
+            await self.unload(name)
 
 
 def _settled(entry: ModelEntry) -> bool:

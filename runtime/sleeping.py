@@ -164,7 +164,8 @@ class SleepingMixin:
         started = time.perf_counter_ns()
         self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
         entry.asleep = level
-        if scheduler is not None and not await scheduler.drain(drain_timeout_s):
+        # the scheduler admits nothing more from here and runs nothing until the wake resumes it
+        if scheduler is not None and not await scheduler.pause(drain_timeout_s):
             # its batches are still running or queued: putting its weights away now would fail
             # them, so it stays awake
             entry.asleep = None
@@ -202,6 +203,8 @@ class SleepingMixin:
             raise ModelNotReady(f"model '{name}' failed to wake: {reason}") from exc
         elapsed = time.perf_counter_ns() - started
         entry.asleep = None
+        if entry.scheduler is not None:
+            entry.scheduler.resume()
         self.budget.mark(name, hot=True)
         entry.stats.record_wake(level.value, elapsed)
         self._metrics.wake_duration.labels(name, level.value).observe(elapsed / 1e9)

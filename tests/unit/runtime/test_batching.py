@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from contracts.stats import ModelStats
-from runtime.batching import Scheduler
+from runtime.batching import Paused, Scheduler, Unloaded
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InferenceFailed, InvalidInput, ServerOverloaded
 from runtime.metrics import RuntimeMetrics
@@ -177,5 +177,66 @@ async def test_drain_waits_for_running_work_and_close_fails_the_rest() -> None:
     await scheduler.drain(5)
     assert running.done() and (await running)["y"].array[0, 0] == 2.0
     await scheduler.close()
-    with pytest.raises(ServerOverloaded):
+    with pytest.raises(Unloaded):
         await scheduler.submit(request(1))
+
+
+async def _gathering(scheduler: Scheduler) -> asyncio.Task[Any]:
+    """A request out of the queue, waiting out its batch delay for company."""
+    waiting = asyncio.create_task(scheduler.submit(request(1)))
+    await until(lambda: scheduler.depth == 0 and not scheduler.idle, "the request to be gathered")
+    return waiting
+
+
+async def test_a_request_waiting_out_its_delay_is_running_work_for_drain() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=4, max_queue_delay_ms=60_000), handler)
+    first = await _gathering(scheduler)
+    assert not await scheduler.drain(0.05)  # it is not idle: a batch is being gathered
+    rest = [asyncio.create_task(scheduler.submit(request(i))) for i in (2, 3, 4)]  # fills it
+    assert await scheduler.drain(5)
+    assert (await first)["y"].array[0, 0] == 2.0
+    assert [(await r)["y"].array[0, 0] for r in rest] == [4.0, 6.0, 8.0]
+    assert handler.batches == [4]
+    await scheduler.close()
+
+
+async def test_close_answers_a_request_waiting_out_its_delay_at_once() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=4, max_queue_delay_ms=60_000), handler)
+    waiting = await _gathering(scheduler)
+    await asyncio.wait_for(scheduler.close(), 5)  # does not wait out the 60 s
+    with pytest.raises(Unloaded, match="unloaded") as caught:
+        await asyncio.wait_for(waiting, 1)
+    assert caught.value.status_code == 503 and caught.value.headers["Retry-After"]
+    assert handler.batches == []
+
+
+async def test_a_pause_runs_what_was_admitted_then_admits_nothing_until_resumed() -> None:
+    handler = Doubler()
+    scheduler = await started(config(max_batch_size=4, max_queue_delay_ms=200), handler)
+    waiting = await _gathering(scheduler)
+    pausing = asyncio.create_task(scheduler.pause(10))
+    await until(lambda: waiting.done(), "the gathered request to run out its delay")
+    assert await pausing
+    assert (await waiting)["y"].array[0, 0] == 2.0
+    with pytest.raises(Paused) as caught:
+        await scheduler.submit(request(2))
+    assert caught.value.status_code == 503
+    assert handler.batches == [1] and scheduler.idle
+    scheduler.resume()
+    assert (await scheduler.submit(request(2)))["y"].array[0, 0] == 4.0
+    await scheduler.close()
+
+
+async def test_a_pause_that_times_out_leaves_the_scheduler_admitting() -> None:
+    handler = Doubler()
+    handler.gate.clear()
+    scheduler = await started(config(max_batch_size=1), handler)
+    running = asyncio.create_task(scheduler.submit(request(1)))
+    await until(lambda: handler.entered == 1, "the request to run")
+    assert not await scheduler.pause(0.05)
+    handler.gate.set()
+    assert (await running)["y"].array[0, 0] == 2.0
+    assert (await scheduler.submit(request(3)))["y"].array[0, 0] == 6.0
+    await scheduler.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -288,3 +289,48 @@ async def test_a_model_that_fails_at_start_leaves_the_server_ready_for_the_other
     assert plane.ready()  # every model settled, one serves: a group's replica keeps serving
     assert await _infer(plane, "other") == [2.5, 3.5]
     await repo.close()
+
+
+def _waiting_plane(monkeypatch: pytest.MonkeyPatch) -> DataPlane:
+    """``m`` batches with a 1.5 s queue delay: a lone request waits it out for company."""
+    monkeypatch.setattr(repository, "create_handler", Sleeper)
+    metrics = RuntimeMetrics()
+    configs = [_config("m", max_batch_size=4, max_queue_delay_ms=1500)]
+    return DataPlane(ModelRepository(configs, metrics, Sources()), metrics)  # type: ignore[arg-type]
+
+
+async def _waiting_request(plane: DataPlane) -> asyncio.Task[list[float]]:
+    await plane.repository.load_all()
+    request = asyncio.create_task(_infer(plane))
+    scheduler = plane.repository.entry("m").scheduler
+    assert scheduler is not None
+    deadline = time.monotonic() + 10
+    while scheduler.depth or scheduler.idle:  # out of the queue, waiting for company
+        assert time.monotonic() < deadline, "the request never left the queue"
+        await asyncio.sleep(0.005)
+    return request
+
+
+@pytest.mark.parametrize("level", list(SleepLevel))
+async def test_a_sleep_during_a_request_waiting_for_its_batch_answers_it_first(
+    monkeypatch: pytest.MonkeyPatch, level: SleepLevel
+) -> None:
+    plane = _waiting_plane(monkeypatch)
+    request = await _waiting_request(plane)
+    await plane.repository.sleep("m", level)  # waits for the batch, delay included
+    assert request.done() and await request == [2.5, 3.5]  # never on weights put away
+    assert Sleeper.made["m"].calls == ["predict", f"sleep {level}"]
+    assert await _infer(plane) == [2.5, 3.5]  # and the next one wakes it
+    await plane.repository.close()
+
+
+async def test_a_full_unload_answers_a_request_waiting_for_its_batch_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plane = _waiting_plane(monkeypatch)
+    request = await _waiting_request(plane)
+    await asyncio.wait_for(plane.repository.unload("m"), 1)  # not the 1.5 s delay
+    with pytest.raises(ModelNotReady, match="unloaded") as caught:
+        await asyncio.wait_for(request, 1)
+    assert caught.value.headers["Retry-After"]
+    assert Sleeper.made["m"].calls == []
