@@ -5,7 +5,7 @@ What a model loads from the warm tier when its weights go to a GPU. safetensors'
 memory; here ``concurrency`` threads ``pread`` ranges of the file into the slots of a
 :class:`~weight_cache.materialize.TensorSink`'s ring of pinned buffers, and each slot is copied
 asynchronously into one device buffer for the whole file: the same one-pass pipeline a fetch
-from the store uses (:func:`~weight_cache.fetch.stream_ranges`), without the tier write. The
+from the store uses (:func:`~weight_cache.streaming.stream_ranges`), without the tier write. The
 file was verified when it entered the tier, so nothing is hashed here.
 """
 
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from weight_cache.fetch import DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY, stream_ranges
+from weight_cache.fetch import DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY
 from weight_cache.local import FileRangeReader
 from weight_cache.manifest import FileEntry, SafetensorsEntry
 from weight_cache.materialize import TensorSink
 from weight_cache.safetensors_format import read_index
+from weight_cache.streaming import stream_ranges
 
 # A local file has no manifest digest; nothing compares against this one.
 _UNCHECKED = "0" * 64

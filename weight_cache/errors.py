@@ -15,6 +15,12 @@ class BadSource(WeightCacheError):
     status_code = 400
 
 
+class BadEntryKey(WeightCacheError):
+    """A name that is neither a local tier entry key nor a model URI the tier holds."""
+
+    status_code = 400
+
+
 class ObjectMissing(WeightCacheError):
     status_code = 404
 

@@ -8,34 +8,45 @@ mapping of it: the page cache is the only buffer), or, for a sink bound for a GP
 the sink's ring of pinned buffers, from which both the tier write and the device copy go. The
 coordinating thread takes the ranges in order as they land and tells a :class:`FetchSink`, which
 makes tensors from them while later ranges are still in flight; the whole-file sha256 is computed
-beside it and checked before the tier entry commits. Space is reserved with ``posix_fallocate``
-first, so a full disk fails before any download.
+beside it and checked before the tier entry commits. A safetensors file's header is compared with
+the manifest's tensor index as soon as it has arrived, before any tensor is made. Space is
+reserved with ``posix_fallocate`` first, so a full disk fails before any download; a disk that
+fills at any later write (a file, its rename, the commit) fails the fetch with
+:class:`~weight_cache.errors.DiskFull` and leaves no entry marked complete. The streaming engine
+itself is :mod:`weight_cache.streaming`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import hashlib
 import logging
-import mmap
 import os
-import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from weight_cache.errors import CorruptCheckpoint, ObjectMissing
-from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest, chunk_digest
+from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
 from weight_cache.objects import ObjectStore, RangeReader, join_key
-from weight_cache.safetensors_format import parse_header
+from weight_cache.streaming import FetchSink, Staging, WholeFileHash, stream_ranges
 from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_CONCURRENCY",
+    "FetchReport",
+    "FetchSink",
+    "Staging",
+    "check_digest",
+    "fetch_file",
+    "fetch_to_tier",
+    "read_manifest",
+    "stream_ranges",
+]
 
 log = logging.getLogger("ember.weight_cache")
 
@@ -219,44 +230,6 @@ async def fetch_to_tier(
     return report
 
 
-class Staging(Protocol):
-    """A bounded ring of (pinned) host buffers that ranges land in, for a sink bound for a device.
-
-    With one, a range is read from the store into a slot, verified there, written to the tier
-    file from there and copied to the device from there: one pass, nothing read back through a
-    mapping. ``take`` blocks until a slot is free (its last copy out has completed); ``landed``
-    starts the copy out of a filled slot and gives the slot back; ``give_back`` returns an
-    unused one.
-    """
-
-    def reserve(self, slots: int, length: int) -> None: ...
-
-    def take(self, length: int) -> tuple[int, memoryview]: ...
-
-    def landed(self, entry: FileEntry, offset: int, slot: int, length: int) -> None: ...
-
-    def give_back(self, slot: int) -> None: ...
-
-
-class FetchSink(Protocol):
-    """Told about a file's bytes as they arrive, so tensors can be made before the download ends.
-
-    Called from the fetch's coordinating thread: ``opened`` before the first byte, ``arrived``
-    each time the contiguous, verified prefix ``[0, upto)`` grows, ``finished`` once the file is
-    checked and renamed to ``final``. ``staging`` is None for a sink that reads the tier file
-    itself (CPU views of it).
-    """
-
-    @property
-    def staging(self) -> Staging | None: ...
-
-    def opened(self, entry: FileEntry, partial: Path) -> None: ...
-
-    def arrived(self, entry: FileEntry, upto: int) -> None: ...
-
-    def finished(self, entry: FileEntry, final: Path) -> None: ...
-
-
 async def fetch_file(
     store: ObjectStore,
     entry: FileEntry,
@@ -325,19 +298,19 @@ def _download(
     sink: FetchSink | None,
     cancel: threading.Event,
 ) -> Future[str] | None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
         reader.close()
         raise disk_error(exc, str(partial)) from exc
-    whole: _WholeFileHash | None = None
+    whole: WholeFileHash | None = None
     try:
         try:
             mapped = _reserve(fd, entry.size, partial) if entry.size else False
             if entry.chunks is not None and entry.size:
-                whole = _WholeFileHash(fd, entry.size, cancel)
+                whole = WholeFileHash(fd, entry.size, cancel)
             if sink is not None:
                 sink.opened(entry, partial)
             digest = stream_ranges(
@@ -357,11 +330,12 @@ def _download(
             reader.close()  # a local file checks here that it was not replaced while read
         if digest is not None:  # hashed in order: no chunk table, or an empty file
             _compare_sha256(entry, digest, where)
-        if entry.safetensors is not None:
-            _check_header(partial, entry, where)
-        os.close(fd)
-        fd = -1
-        partial.replace(target)
+        try:
+            closing, fd = fd, -1
+            os.close(closing)
+            partial.replace(target)
+        except OSError as exc:
+            raise disk_error(exc, f"writing {target}") from exc
     except BaseException:
         if whole is not None:
             whole.abort()
@@ -372,208 +346,6 @@ def _download(
     if sink is not None:
         sink.finished(entry, target)
     return whole.finish() if whole is not None else None
-
-
-def stream_ranges(
-    reader: RangeReader,
-    entry: FileEntry,
-    where: str,
-    *,
-    fd: int | None,
-    mapped: bool = False,
-    concurrency: int,
-    range_bytes: int,
-    progress: Callable[[int], None] | None = None,
-    sink: FetchSink | None = None,
-    whole: _WholeFileHash | None = None,
-    cancel: threading.Event,
-) -> str | None:
-    """Ranges read ``concurrency`` at a time, verified, landed, and announced in order.
-
-    Where a range lands: with the sink's staging ring, in a slot, written to the tier file
-    (``fd``; None writes nothing, for a load from a local file) and copied to the device from
-    there. Otherwise into the tier file: with its blocks reserved (``mapped``) straight through
-    a shared mapping, so a body goes from the socket into the page cache with one copy; without
-    (a filesystem that cannot reserve) a write could hit a full disk as SIGBUS there, so each
-    range goes through a per-thread buffer and ``pwrite``, which fails with ENOSPC instead.
-
-    A range with a chunk digest is verified by the thread that read it (and read once more
-    before it is refused); the whole-file sha256 is then ``whole``'s job, beside the download.
-    Without chunk digests the coordinating thread hashes the ranges in order and returns the
-    whole-file digest.
-    """
-    size = entry.size
-    staging = sink.staging if sink is not None else None
-    if fd is None and staging is None:
-        raise ValueError("streaming without a tier file needs a sink with a staging ring")
-    if staging is not None:
-        staging.reserve(concurrency + 2, min(range_bytes, max(size, 1)))
-    # a fetch with nothing hashing beside it (no chunk table, or an empty file) hashes in order
-    # here; a local load (no tier file) hashes nothing
-    in_order = hashlib.sha256() if whole is None and fd is not None else None
-    if not size:
-        return in_order.hexdigest() if in_order is not None else None
-    mm = None
-    view = None
-    # the tier file's mapping: where ranges land without a staging ring, and what an in-order
-    # hash reads; a staged, chunk-verified fetch needs neither
-    if fd is not None and (staging is None or in_order is not None):
-        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        view = memoryview(mm)
-    buffers = threading.local()
-
-    def land(offset: int, length: int) -> None:
-        if cancel.is_set():
-            raise _Stopped
-        if staging is not None:
-            slot, buf = staging.take(length)
-            try:
-                _read_verified(reader, entry, offset, buf, where)
-                if fd is not None:
-                    _pwrite(fd, buf, offset, entry)
-                staging.landed(entry, offset, slot, length)
-            except BaseException:
-                staging.give_back(slot)
-                raise
-            return
-        assert view is not None and fd is not None
-        if mapped:
-            _read_verified(reader, entry, offset, view[offset : offset + length], where)
-            return
-        scratch_buf: bytearray | None = getattr(buffers, "buf", None)
-        if scratch_buf is None or len(scratch_buf) < length:
-            scratch_buf = buffers.buf = bytearray(length)
-        scratch = memoryview(scratch_buf)[:length]
-        _read_verified(reader, entry, offset, scratch, where)
-        _pwrite(fd, scratch, offset, entry)
-
-    ranges = iter(range(0, size, range_bytes))
-    pending: deque[tuple[int, int, Future[None]]] = deque()
-    try:
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="ember-fetch") as pool:
-
-            def submit() -> None:
-                offset = next(ranges, None)
-                if offset is not None:
-                    length = min(range_bytes, size - offset)
-                    pending.append((offset, length, pool.submit(land, offset, length)))
-
-            for _ in range(2 * concurrency):  # a second round queued keeps every thread busy
-                submit()
-            try:
-                while pending:
-                    offset, length, future = pending[0]
-                    _wait(future, cancel)
-                    pending.popleft()
-                    if in_order is not None and view is not None:
-                        in_order.update(view[offset : offset + length])
-                    elif whole is not None:
-                        whole.feed(offset, length)
-                    if progress is not None:
-                        progress(length)
-                    if sink is not None:
-                        sink.arrived(entry, offset + length)
-                    submit()
-            except BaseException:
-                cancel.set()
-                for _, _, future in pending:
-                    future.cancel()
-                raise
-    finally:
-        if view is not None and mm is not None:
-            with contextlib.suppress(BufferError):  # a traceback may still hold a slice
-                view.release()
-                mm.close()
-    return in_order.hexdigest() if in_order is not None else None
-
-
-def _read_verified(
-    reader: RangeReader, entry: FileEntry, offset: int, buffer: memoryview, where: str
-) -> None:
-    """Read one range; with a chunk table, check it, and read it once more before refusing it."""
-    reader.read_into(offset, buffer)
-    if entry.chunks is None:
-        return
-    want = entry.chunks.digest(offset)
-    if chunk_digest(buffer) == want:
-        return
-    index = offset // entry.chunks.size
-    log.warning("%s: chunk %d failed its digest; reading it again", where, index)
-    reader.read_into(offset, buffer)
-    if chunk_digest(buffer) != want:
-        raise CorruptCheckpoint(
-            f"{where}: chunk {index} (bytes {offset}-{offset + len(buffer)}) does not match "
-            "its digest in the manifest, read twice"
-        )
-
-
-def _pwrite(fd: int, data: memoryview, offset: int, entry: FileEntry) -> None:
-    try:
-        done = 0
-        while done < len(data):  # a regular file may take fewer bytes than offered
-            done += os.pwrite(fd, data[done:], offset + done)
-    except OSError as exc:
-        raise disk_error(exc, f"writing {entry.path}") from exc
-
-
-class _WholeFileHash:
-    """A file's sha256 in a thread of its own, fed its verified ranges in order.
-
-    Every chunk was already checked against its own digest by the thread that read it, so the
-    tensors need not wait for this; the tier entry does (see :func:`check_digest`). It reads the
-    file back through its own read-only mapping, from the page cache the ranges just filled.
-    """
-
-    def __init__(self, fd: int, size: int, cancel: threading.Event) -> None:
-        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        self._queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._cancel = cancel
-        self._result: Future[str] = Future()
-        self._thread = threading.Thread(target=self._run, name="ember-sha256", daemon=True)
-        self._thread.start()
-
-    def feed(self, offset: int, length: int) -> None:
-        self._queue.put((offset, length))
-
-    def finish(self) -> Future[str]:
-        self._queue.put(None)
-        return self._result
-
-    def abort(self) -> None:
-        self._cancel.set()
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        digest = hashlib.sha256()
-        view = memoryview(self._mm)
-        try:
-            while (item := self._queue.get()) is not None:
-                if self._cancel.is_set():
-                    raise _Stopped
-                offset, length = item
-                digest.update(view[offset : offset + length])
-            if self._cancel.is_set():
-                raise _Stopped
-            self._result.set_result(digest.hexdigest())
-        except BaseException as exc:
-            self._result.set_exception(exc)
-        finally:
-            view.release()
-            self._mm.close()
-
-
-def _wait(future: Future[None], cancel: threading.Event) -> None:
-    while True:
-        try:
-            future.result(timeout=0.25)
-            return
-        except TimeoutError:
-            if cancel.is_set():
-                raise _Stopped from None
-
-
-class _Stopped(Exception):
-    """The fetch was cancelled (or another range failed): stop before the next range."""
 
 
 def _reserve(fd: int, size: int, path: Path) -> bool:
@@ -592,14 +364,3 @@ def _reserve(fd: int, size: int, path: Path) -> bool:
             raise disk_error(exc2, str(path)) from exc2
         return False
     return True
-
-
-def _check_header(path: Path, entry: FileEntry, where: str) -> None:
-    assert entry.safetensors is not None
-    with path.open("rb") as f:
-        head = f.read(entry.safetensors.header_bytes)
-    index = parse_header(head, entry.size, what=where)
-    if {t.name: (t.start, t.end) for t in index.tensors} != {
-        n: tuple(t.offsets) for n, t in entry.safetensors.tensors.items()
-    }:
-        raise CorruptCheckpoint(f"{where}: tensor index differs from the manifest's")

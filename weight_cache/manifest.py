@@ -4,6 +4,12 @@ It lets a cold start plan every read without listing the prefix or a HEAD per fi
 size, ETag and sha256, and for safetensors files the tensor index (name, dtype, shape, offsets).
 It is written last, so a prefix with a manifest holds a complete upload.
 
+A manifest is read as untrusted input: every path must be a plain relative path that names a
+file (no ``..``, no empty or ``.`` parts, no NUL or backslash, no two files where one is the
+other's directory, no duplicates), and none may be a name the local tier writes into an entry
+itself (its marker, its copy of the manifest, ``*.partial`` files), so a manifest can never make
+an entry look complete before its files are verified.
+
 Format 2 adds a chunk table per file: the file cut into fixed-size chunks, each with its BLAKE3
 digest, so every reader thread verifies the chunk it read before its bytes are used, and a file
 streams as fast as the readers, not as fast as one core hashes it in order. The whole-file sha256
@@ -23,6 +29,10 @@ from weight_cache.errors import CorruptCheckpoint
 from weight_cache.safetensors_format import SafetensorsIndex, TensorInfo
 
 MANIFEST_NAME = "ember-manifest.json"
+COMPLETE_MARKER = ".ember-complete"  # the tier's marker: the entry is whole and verified
+PARTIAL_SUFFIX = ".partial"  # a file (or the marker) being written
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
@@ -47,6 +57,35 @@ class SafetensorsEntry(BaseModel):
     @classmethod
     def from_index(cls, index: SafetensorsIndex) -> SafetensorsEntry:
         return cls.model_validate(index.as_dict())
+
+    def check_header(self, index: SafetensorsIndex, *, where: str) -> None:
+        """Refuse a file whose own header (``index``) says anything other than this entry.
+
+        The streamed tensors are made from the manifest's index, later loads from the file's
+        header: they must agree on every tensor's dtype, shape and offsets (and on where the
+        data starts), or the first start would serve other numbers than the next.
+        """
+        file = SafetensorsEntry.from_index(index)
+        if file == self:
+            return
+        if (file.header_bytes, file.data_bytes) != (self.header_bytes, self.data_bytes):
+            raise CorruptCheckpoint(
+                f"{where}: the header takes {file.header_bytes} bytes and the data "
+                f"{file.data_bytes}; the manifest says {self.header_bytes} and {self.data_bytes}"
+            )
+        for name in sorted(set(file.tensors) | set(self.tensors)):
+            mine, theirs = self.tensors.get(name), file.tensors.get(name)
+            if mine is None or theirs is None:
+                side = "the manifest" if mine is None else "the file's header"
+                raise CorruptCheckpoint(f"{where}: tensor {name!r} is missing from {side}")
+            for what in ("dtype", "shape", "offsets"):
+                have, said = getattr(theirs, what), getattr(mine, what)
+                if have != said:
+                    raise CorruptCheckpoint(
+                        f"{where}: tensor {name!r} has {what} {_show(have)} in the file's "
+                        f"header, {_show(said)} in the manifest"
+                    )
+        raise CorruptCheckpoint(f"{where}: the header's metadata differs from the manifest's")
 
     def tensor_infos(self) -> list[TensorInfo]:
         return sorted(
@@ -113,22 +152,86 @@ class Manifest(BaseModel):
 
     @classmethod
     def loads(cls, raw: bytes, *, where: str) -> Manifest:
+        """Parse and check a manifest; anything wrong is one line of :class:`CorruptCheckpoint`."""
         try:
             data: Any = orjson.loads(raw)
-            manifest = cls.model_validate(data)
-        except (orjson.JSONDecodeError, ValidationError) as exc:
+        except orjson.JSONDecodeError as exc:
             raise CorruptCheckpoint(f"{where}: not a valid Ember manifest: {exc}") from None
+        try:
+            manifest = cls.model_validate(data)
+        except ValidationError as exc:
+            raise CorruptCheckpoint(
+                f"{where}: not a valid Ember manifest: {_first_error(exc)}"
+            ) from None
         if manifest.format not in READABLE_FORMATS:
             raise CorruptCheckpoint(f"{where}: manifest format {manifest.format} is not supported")
+        files: set[str] = set()
         for f in manifest.files:
-            if f.path.startswith("/") or ".." in f.path.split("/") or f.path == MANIFEST_NAME:
-                raise CorruptCheckpoint(f"{where}: manifest names an unsafe path {f.path!r}")
+            problem = path_problem(f.path)
+            if problem is not None:
+                raise CorruptCheckpoint(f"{where}: manifest path {f.path!r} {problem}")
+            if f.path in files:
+                raise CorruptCheckpoint(f"{where}: manifest names {f.path!r} twice")
+            files.add(f.path)
             if f.chunks is not None and not f.chunks.tiles(f.size):
                 raise CorruptCheckpoint(
                     f"{where}: the chunk table of {f.path} does not tile the file "
                     f"({len(f.chunks.digests)} chunks of {f.chunks.size} bytes for {f.size} bytes)"
                 )
+            st = f.safetensors
+            if st is not None and not 10 <= st.header_bytes == f.size - st.data_bytes:
+                raise CorruptCheckpoint(
+                    f"{where}: the safetensors index of {f.path} gives {st.header_bytes} header "
+                    f"and {st.data_bytes} data bytes for a file of {f.size}"
+                )
+        for path in files:  # a file cannot also be a directory: "a" and "a/b"
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                if "/".join(parts[:i]) in files:
+                    raise CorruptCheckpoint(
+                        f"{where}: manifest names {'/'.join(parts[:i])!r} both as a file and as "
+                        f"the directory of {path!r}"
+                    )
         return manifest
+
+
+def reserved_name(name: str) -> bool:
+    """A file name the local tier writes into an entry itself: never a model's file."""
+    return name in (MANIFEST_NAME, COMPLETE_MARKER) or name.endswith(PARTIAL_SUFFIX)
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a model's file (a phrase), or None for a plain relative path."""
+    if not path:
+        return "is empty"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        return "holds a NUL or control character"
+    if "\\" in path:
+        return "holds a backslash"
+    if path.startswith("/"):
+        return "is absolute"
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        return f"is longer than {MAX_PATH_BYTES} bytes"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return "is not a plain relative path (empty, '.' or '..' parts)"
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            return f"has a name longer than {MAX_NAME_BYTES} bytes"
+        if reserved_name(part):
+            return "is a name the local tier keeps for itself"
+    return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the manifest"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def _show(value: object) -> str:
+    return str(list(value)) if isinstance(value, tuple | list) else str(value)
 
 
 def chunk_digest(data: bytes | bytearray | memoryview) -> str:

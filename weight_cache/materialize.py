@@ -1,4 +1,4 @@
-"""Tensors while the file still downloads: a :class:`~weight_cache.fetch.FetchSink` for torch.
+"""Tensors while the file still downloads: a :class:`~weight_cache.streaming.FetchSink` for torch.
 
 The fetch announces each file's contiguous, verified prefix as it grows; every tensor whose bytes
 all lie in it is made right then, in file order:
@@ -6,7 +6,7 @@ all lie in it is made right then, in file order:
 * **on the CPU** a tensor is a view of the tier file itself (a private, copy-on-write mapping of
   it): no copy, and nothing that is ever reused, since the file is only renamed into place;
 * **staged** (on a GPU) the sink lends the fetch a bounded ring of pinned host buffers
-  (:class:`~weight_cache.fetch.Staging`): each range is read from the store into a slot,
+  (:class:`~weight_cache.streaming.Staging`): each range is read from the store into a slot,
   written to the tier file from it and copied from it, asynchronously on a side stream, into one
   device buffer per file: one pass, nothing read back through a mapping. A slot is handed out
   again only once the copy out of it has completed (a blocking CUDA event: the waiting thread

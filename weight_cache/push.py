@@ -1,6 +1,8 @@
 """``ember cache push``: put a model folder (or a Hugging Face repo) into the regional cache.
 
-Every file is checked before anything is uploaded (safetensors headers parsed and bounded, a
+Files the local tier writes into an entry itself (its marker, its manifest copy, ``*.partial``)
+are left out, so a folder that is a pulled tier entry pushes as the model it holds. Every file
+is checked before anything is uploaded (safetensors headers parsed and bounded, a
 sharded ``model.safetensors.index.json`` checked against its shards), so a corrupt checkpoint
 uploads nothing. Files go up concurrently (multipart when large); the manifest goes last.
 """
@@ -11,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from weight_cache.manifest import (
     Manifest,
     SafetensorsEntry,
     chunk_digest,
+    path_problem,
+    reserved_name,
 )
 from weight_cache.objects import ObjectStore
 from weight_cache.safetensors_format import SafetensorsIndex, read_index
@@ -58,13 +62,10 @@ def scan_directory(directory: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> l
     if not directory.is_dir():
         raise BadSource(f"{directory} is not a directory")
     files: list[LocalFile] = []
-    for path in sorted(directory.rglob("*")):
-        rel_parts = path.relative_to(directory).parts
-        if not path.is_file() or _SKIP_DIRS.intersection(rel_parts) or path.name == MANIFEST_NAME:
-            continue
-        if path.name.endswith(".partial"):
-            continue
-        rel = "/".join(rel_parts)
+    for path, rel in _pushable(directory):
+        problem = path_problem(rel)
+        if problem is not None:
+            raise BadSource(f"{path} cannot be pushed: its path {problem}")
         index = read_index(str(path)) if path.suffix == ".safetensors" else None
         sha256, chunks = hash_file(path, chunk_bytes)
         files.append(LocalFile(path, rel, path.stat().st_size, sha256, chunks, index))
@@ -72,6 +73,16 @@ def scan_directory(directory: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> l
         raise BadSource(f"{directory} holds no files to push")
     _check_shard_index(directory, files)
     return files
+
+
+def _pushable(directory: Path) -> Iterator[tuple[Path, str]]:
+    """The folder's files to push and their ``/``-separated paths, in order."""
+    for path in sorted(directory.rglob("*")):
+        parts = path.relative_to(directory).parts
+        if _SKIP_DIRS.intersection(parts) or any(reserved_name(p) for p in parts):
+            continue  # the tier's own files (a pulled entry pushed again), VCS and caches
+        if path.is_file():
+            yield path, "/".join(parts)
 
 
 def _check_shard_index(directory: Path, files: list[LocalFile]) -> None:
@@ -126,7 +137,7 @@ async def push_directory(
 
 
 def total_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    return sum(path.stat().st_size for path, _ in _pushable(directory))
 
 
 async def push_source(

@@ -2,14 +2,19 @@
 
 Layout under ``root``::
 
-    entries/<key>/<files...>        a model's files (key: hash of its manifest's contents)
-    entries/<key>/.ember-complete   written last, atomically: the entry is whole and verified
-    locks/<key>.lock                flock()ed by whoever fills or evicts the entry
+    entries/<key>/<files...>              a model's files (key: hash of its manifest's contents)
+    entries/<key>/ember-manifest.json     the manifest they were verified against
+    entries/<key>/.ember-complete         written last, by the commit alone
+    locks/<key>.lock                      flock()ed by whoever fills, uses or evicts the entry
 
-A file is written as ``<name>.partial``, checked (size, sha256) and renamed; only when every file
-is in place is the marker written. Whoever takes the lock of an incomplete entry removes the
-partial files a crashed process left. Entries past the size budget go least recently used first,
-skipping any that another process holds.
+A file is written as ``<name>.partial``, checked (size, digests, safetensors header) and renamed;
+only when every file is in place and durable does the commit write the manifest copy and then the
+marker. An entry counts as complete only when its marker is there, its manifest copy is the
+manifest of its key, and every file that manifest lists is there at its size; anything else is an
+incomplete entry, which the next fill of its key, or the sweep (:meth:`LocalTier.clean_stale`),
+removes unless a process holds its lock. Entries past the size budget go least recently used
+first, skipping any that another process holds. Keys are 32 hex digits; nothing that is not one
+is ever turned into a path to remove.
 """
 
 from __future__ import annotations
@@ -21,20 +26,28 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from weight_cache.errors import CorruptCheckpoint, DiskFull, WeightCacheError
-from weight_cache.manifest import MANIFEST_NAME, Manifest
+from weight_cache.errors import BadEntryKey, CorruptCheckpoint, DiskFull, WeightCacheError
+from weight_cache.manifest import COMPLETE_MARKER, MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
 
-COMPLETE = ".ember-complete"
+COMPLETE = COMPLETE_MARKER
+_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 def entry_key(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.identity().encode()).hexdigest()[:32]
+
+
+def is_entry_key(text: str) -> bool:
+    """Whether ``text`` has the form of an entry key (what ``ember cache ls --local`` shows)."""
+    return _KEY.fullmatch(text) is not None
 
 
 class EntryLock:
@@ -67,30 +80,36 @@ class LocalTier:
     def __init__(self, root: str | Path, *, budget_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.budget_bytes = budget_bytes
-        (self.root / "entries").mkdir(parents=True, exist_ok=True)
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        for sub in ("entries", "locks"):
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise disk_error(exc, str(self.root / sub)) from exc
 
     def entry_path(self, key: str) -> Path:
         return self.root / "entries" / key
 
     def lookup(self, key: str) -> Path | None:
         """The entry's directory if it is complete (and mark it used), else None."""
-        path = self.entry_path(key)
-        marker = path / COMPLETE
-        if not marker.is_file():
+        path = self.entry_path(_checked(key))
+        if _complete(path, key) is None:
             return None
         with contextlib.suppress(OSError):
-            os.utime(marker)  # last use, for LRU
+            os.utime(path / COMPLETE)  # last use, for LRU
         return path
 
     # ------------------------------------------------------------------------------- locking
     def _lock_fd(self, key: str) -> int:
-        return os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.root / "locks" / f"{key}.lock"
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise disk_error(exc, str(path)) from exc
 
     async def lock(self, key: str, *, shared: bool = False, poll_s: float = 0.05) -> EntryLock:
         """Take the entry's lock: exclusive to fill or evict it, shared to keep it while in use.
         Waiting stays cancellable (no blocked thread)."""
-        fd = self._lock_fd(key)
+        fd = self._lock_fd(_checked(key))
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             while True:
@@ -127,68 +146,100 @@ class LocalTier:
     # ------------------------------------------------------------------------------- filling
     def prepare(self, key: str, manifest: Manifest) -> Path:
         """With the lock held: clear a crashed fill's leftovers and make room. Blocking."""
-        path = self.entry_path(key)
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        need = manifest.total_bytes
-        self.evict_for(need, keep=key)
+        path = self.entry_path(_checked(key))
+        try:
+            _remove(path)
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise disk_error(exc, str(path)) from exc
+        self.evict_for(manifest.total_bytes, keep=key)
+        need = space_needed(manifest, os.statvfs(path).f_frsize)
         free = shutil.disk_usage(path).free
         if free < need:
-            shutil.rmtree(path, ignore_errors=True)
-            raise DiskFull(f"{self.root}: {free} bytes free, the model needs {need}")
+            _remove(path)
+            raise DiskFull(
+                f"{self.root}: {free} bytes free, the model needs {need} "
+                "(its files, its manifest and the entry's marker)"
+            )
         return path
 
     def commit(self, key: str, manifest: Manifest, *, source: str) -> Path:
-        """With the lock held and every file renamed into place: make the files durable, then
-        write the marker. Blocking (it waits for the disk)."""
-        path = self.entry_path(key)
-        for f in manifest.files:
-            target = path / f.path
-            if not target.is_file() or target.stat().st_size != f.size:
-                raise CorruptCheckpoint(f"{target}: missing or of the wrong size before commit")
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the data reaches the disk before the marker says it is there
-            finally:
-                os.close(fd)
-        (path / MANIFEST_NAME).write_bytes(manifest.dumps())
-        marker = {"source": source, "size": manifest.total_bytes, "created": time.time()}
-        partial = path / (COMPLETE + ".partial")
-        with partial.open("w") as out:
-            json.dump(marker, out)
-            out.flush()
-            os.fsync(out.fileno())
-        partial.replace(path / COMPLETE)
-        dir_fd = os.open(path, os.O_RDONLY)
+        """With the lock held and every file verified and renamed into place: make the files
+        durable, then write the manifest copy and, last, the marker. Blocking (it waits for the
+        disk). A failure (a full disk: :class:`DiskFull`) leaves the entry unmarked."""
+        path = self.entry_path(_checked(key))
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            for f in manifest.files:
+                target = path / f.path
+                if not target.is_file() or target.stat().st_size != f.size:
+                    raise CorruptCheckpoint(f"{target}: missing or of the wrong size before commit")
+                _fsync(target)  # the data reaches the disk before the marker says it is there
+            _write_durably(path / MANIFEST_NAME, manifest.dumps())
+            for directory in sorted({(path / f.path).parent for f in manifest.files} | {path}):
+                _fsync(directory)  # the renames into place are durable too
+            marker = {"source": source, "size": manifest.total_bytes, "created": time.time()}
+            _write_durably(path / COMPLETE, json.dumps(marker).encode())
+            _fsync(path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                (path / COMPLETE).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise disk_error(exc, f"committing {path}") from exc
+            raise
         return path
 
     def discard(self, key: str) -> None:
-        shutil.rmtree(self.entry_path(key), ignore_errors=True)
+        _remove(self.entry_path(_checked(key)))
 
     # ------------------------------------------------------------------------ listing, eviction
     def entries(self) -> list[TierEntry]:
+        """The complete entries (incomplete ones are not entries yet, or any more)."""
         out = []
         for path in sorted((self.root / "entries").iterdir()):
+            manifest = _complete(path, path.name)
+            if manifest is None:
+                continue
             marker = path / COMPLETE
             try:
                 info = json.loads(marker.read_text())
                 used = marker.stat().st_mtime
             except (OSError, ValueError):
-                continue  # incomplete: not an entry yet
-            out.append(
-                TierEntry(
-                    path.name, path, int(info.get("size", 0)), used, str(info.get("source", ""))
-                )
-            )
+                continue
+            source = str(info.get("source", "")) if isinstance(info, dict) else ""
+            out.append(TierEntry(path.name, path, manifest.total_bytes, used, source))
         return out
 
     def used_bytes(self) -> int:
         return sum(e.size for e in self.entries())
+
+    def resolve(self, names: Iterable[str]) -> list[str]:
+        """Entry keys for ``names``: keys of complete entries as they are, and model URIs
+        (``s3://...``, ``file://...``) as the keys of the entries fetched from them. Anything
+        else raises :class:`BadEntryKey`, before anything is evicted."""
+        from weight_cache.stores import parse_uri
+
+        entries = self.entries()
+        keys: list[str] = []
+        for name in names:
+            if is_entry_key(name):
+                if name not in {e.key for e in entries}:
+                    raise BadEntryKey(
+                        f"no entry {name} in the local tier {self.root} "
+                        "(see `ember cache ls --local`)"
+                    )
+                found = [name]
+            elif "://" in name:
+                uri = str(parse_uri(name))
+                found = [e.key for e in entries if e.source == uri]
+                if not found:
+                    raise BadEntryKey(f"no entry of {uri} in the local tier {self.root}")
+            else:
+                raise BadEntryKey(
+                    f"{name!r} is neither an entry key (32 hex digits, see `ember cache ls "
+                    "--local`) nor a model URI (s3://bucket/prefix or file:///dir)"
+                )
+            keys += [k for k in found if k not in keys]
+        return keys
 
     def evict_for(self, need: int, *, keep: str | None = None) -> list[str]:
         """Evict least recently used entries until ``need`` more bytes fit the budget."""
@@ -213,30 +264,102 @@ class LocalTier:
         return evicted
 
     def evict(self, key: str) -> bool:
-        """Remove an entry unless someone fills or uses it (holds its lock); True if removed."""
-        with self._try_lock(key) as mine:
+        """Remove an entry unless someone fills or uses it (holds its lock); True if removed.
+
+        ``key`` must be an entry key (:class:`BadEntryKey` otherwise): nothing but an entry of
+        this tier is ever removed."""
+        with self._try_lock(_checked(key)) as mine:
             if not mine:
                 return False
-            path = self.entry_path(key)
-            with contextlib.suppress(FileNotFoundError):
-                (path / COMPLETE).unlink()  # first: a half-removed entry is never "complete"
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(self.entry_path(key))
             return True
 
     def clean_stale(self) -> int:
-        """Remove incomplete entries nobody is filling (a crashed process's leftovers)."""
+        """Remove the incomplete entries nobody holds (a crashed or killed process's fill, an
+        entry whose files went missing). Entries being filled or used hold their lock."""
         removed = 0
         for path in (self.root / "entries").iterdir():
-            if (path / COMPLETE).exists():
+            if _complete(path, path.name) is not None:
                 continue
             with self._try_lock(path.name) as mine:
-                if mine and not (path / COMPLETE).exists():
-                    shutil.rmtree(path, ignore_errors=True)
+                if mine and _complete(path, path.name) is None:
+                    _remove(path)
                     removed += 1
         return removed
+
+
+def space_needed(manifest: Manifest, block: int = 4096) -> int:
+    """The disk an entry takes: its files, its manifest copy and its marker, in whole blocks."""
+    block = max(block, 1)
+
+    def blocks(n: int) -> int:
+        return -(-n // block) * block
+
+    files = sum(blocks(f.size) for f in manifest.files)
+    return files + blocks(len(manifest.dumps())) + block
 
 
 def disk_error(exc: OSError, where: str) -> WeightCacheError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"{where}: no space left on the device")
     return WeightCacheError(f"{where}: {exc.strerror or exc}")
+
+
+def _checked(key: str) -> str:
+    if not is_entry_key(key):
+        raise BadEntryKey(f"{key!r} is not a local tier entry key (32 hex digits)")
+    return key
+
+
+def _complete(path: Path, key: str) -> Manifest | None:
+    """The entry's manifest if the entry is complete, else None. Reads only metadata."""
+    try:
+        if path.is_symlink() or not (path / COMPLETE).is_file():
+            return None
+        manifest = Manifest.loads((path / MANIFEST_NAME).read_bytes(), where=str(path))
+        if entry_key(manifest) != key:
+            return None
+        for f in manifest.files:
+            st = (path / f.path).lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_size != f.size:
+                return None
+    except (OSError, CorruptCheckpoint):
+        return None
+    return manifest
+
+
+def _remove(path: Path) -> None:
+    """Remove an entry's directory, its marker first: a half-removed entry is never complete."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)  # not ours to follow
+        return
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        (path / COMPLETE).unlink()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(target: Path, data: bytes) -> None:
+    """Write ``target`` through ``target.partial``: written, fsynced, then renamed."""
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise

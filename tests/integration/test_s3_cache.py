@@ -138,6 +138,76 @@ def test_serve_reports_a_missing_s3_model(bucket: str, tmp_path: Path) -> None:
         assert r.status_code == 503 and "not found" in r.json()["error"]
 
 
+def test_a_pulled_entry_pushes_without_the_tiers_files(
+    bucket: str, tmp_path: Path, s3_server: str
+) -> None:
+    """``ember cache push`` of a tier entry uploads the model, never the entry's marker; a
+    manifest that names the marker anyway is refused by ``pull`` in one line."""
+    uri = f"s3://{bucket}/mlp"
+    assert ember("cache", "push", str(ROOT / "examples/mlp/weights"), uri).returncode == 0
+    tier = tmp_path / "tier"
+    pulled = ember("cache", "pull", uri, "--cache-dir", str(tier))
+    assert pulled.returncode == 0, pulled.stderr
+    entry = Path(pulled.stdout.strip())
+    assert (entry / ".ember-complete").is_file()
+    copy = f"s3://{bucket}/copy"
+    assert ember("cache", "push", str(entry), copy).returncode == 0
+    client = boto3.client("s3", endpoint_url=s3_server)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="copy/")["Contents"]}
+    assert keys == {"copy/model.safetensors", "copy/ember-manifest.json"}
+
+    manifest = json.loads(
+        client.get_object(Bucket=bucket, Key="mlp/ember-manifest.json")["Body"].read()
+    )
+    manifest["files"].append(dict(manifest["files"][0], path=".ember-complete"))
+    client.put_object(Bucket=bucket, Key="evil/ember-manifest.json", Body=json.dumps(manifest))
+    evil = ember("cache", "pull", f"s3://{bucket}/evil", "--cache-dir", str(tmp_path / "t2"))
+    assert evil.returncode == 1 and len(evil.stderr.strip().splitlines()) == 1
+    assert "'.ember-complete' is a name the local tier keeps for itself" in evil.stderr
+
+
+def test_serve_refuses_an_index_that_disagrees_with_the_header(
+    bucket: str, tmp_path: Path, s3_server: str
+) -> None:
+    """A manifest whose dtype for one tensor was edited: the streamed first start refuses the
+    model before any tensor is made, and answers no inference with other numbers."""
+    uri = f"s3://{bucket}/mlp-edited"
+    assert ember("cache", "push", str(ROOT / "examples/mlp/weights"), uri).returncode == 0
+    client = boto3.client("s3", endpoint_url=s3_server)
+    key = "mlp-edited/ember-manifest.json"
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    tensors = manifest["files"][0]["safetensors"]["tensors"]
+    name = sorted(tensors)[0]
+    assert tensors[name]["dtype"] == "F32"
+    tensors[name]["dtype"] = "I32"  # same size: offsets and digests still agree
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest))
+    config = {
+        "name": "mlp",
+        "handler": "torch-module",
+        "source": uri,
+        "options": {"module": str(ROOT / "examples/mlp/mlp.py") + ":MLP"},
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [784]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [10]}],
+    }
+    path = tmp_path / "mlp.json"
+    path.write_text(json.dumps(config))
+    tier = tmp_path / "tier"
+    with running_server(path, "--cache-dir", str(tier), ready=False) as server:
+        entry = wait_for_state(server, "UNAVAILABLE")
+        assert (
+            f"tensor '{name}' has dtype F32 in the file's header, I32 in the manifest"
+            in (entry["reason"])
+        )
+        body = {
+            "inputs": [
+                {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}
+            ]
+        }
+        r = httpx.post(server.url + "/v2/models/mlp/infer", content=json.dumps(body))
+        assert r.status_code == 503
+    assert LocalTier(tier).entries() == []
+
+
 def test_debug_logs_carry_no_credential(bucket: str, tmp_path: Path) -> None:
     """At --log-level debug a load from S3 (and a failed one) logs no key, token or signature."""
     uri = f"s3://{bucket}/mlp-debug"

@@ -1,0 +1,171 @@
+"""A disk that fills at any write of a pull, the tier's commit (manifest copy, marker, fsyncs)
+included, fails it with ``DiskFull``, never a traceback of another type, and leaves no entry
+marked complete and no partial file; the space check counts the manifest and the marker."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_model_dir
+from weight_cache.errors import DiskFull
+from weight_cache.fetch import fetch_to_tier
+from weight_cache.local import LocalStore
+from weight_cache.push import push_directory
+from weight_cache.tier import COMPLETE, LocalTier, entry_key, space_needed
+
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+
+
+class FillingDisk:
+    """Makes the ``fail_at``-th write under ``root`` (a create, write, pwrite, fsync, rename,
+    new directory, fallocate or truncate) fail with ENOSPC, as a disk filling then would."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int) -> None:
+        self.root = str(root)
+        self.fail_at = fail_at
+        self.writes: list[str] = []
+        self.fds: set[int] = set()
+        self._patch(monkeypatch)
+
+    def _mine(self, path: Any) -> bool:
+        return os.fspath(path).startswith(self.root)
+
+    def _write(self, what: str) -> None:
+        self.writes.append(what)
+        if len(self.writes) == self.fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def _patch(self, mp: pytest.MonkeyPatch) -> None:
+        real = {n: getattr(os, n) for n in ("open", "close", "write", "pwrite", "fsync")}
+        real |= {n: getattr(os, n) for n in ("replace", "rename", "mkdir", "ftruncate")}
+        real["posix_fallocate"] = os.posix_fallocate
+
+        def open_(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+            if self._mine(path) and flags & _WRITES:
+                self._write(f"open {path}")
+                fd: int = real["open"](path, flags, mode, **kw)
+                self.fds.add(fd)
+                return fd
+            return int(real["open"](path, flags, mode, **kw))
+
+        def close(fd: int) -> None:
+            self.fds.discard(fd)
+            real["close"](fd)
+
+        def on_fd(name: str) -> Callable[..., Any]:
+            def call(fd: int, *args: Any) -> Any:
+                if fd in self.fds:
+                    self._write(name)
+                return real[name](fd, *args)
+
+            return call
+
+        def on_path(name: str) -> Callable[..., Any]:
+            def call(path: Any, *args: Any, **kw: Any) -> Any:
+                # a directory that is there already takes no space (EEXIST comes first)
+                if self._mine(path) and not (name == "mkdir" and os.path.isdir(path)):
+                    self._write(f"{name} {path}")
+                return real[name](path, *args, **kw)
+
+            return call
+
+        mp.setattr(os, "open", open_)
+        mp.setattr(os, "close", close)
+        for name in ("write", "pwrite", "fsync", "posix_fallocate", "ftruncate"):
+            mp.setattr(os, name, on_fd(name))
+        for name in ("replace", "rename", "mkdir"):
+            mp.setattr(os, name, on_path(name))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> LocalStore:
+    s = LocalStore(tmp_path / "bucket")
+    await push_directory(s, make_model_dir(tmp_path / "src", mb=0.3), chunk_bytes=64 * 1024)
+    return s
+
+
+def nothing_left(root: Path) -> Iterator[str]:
+    for p in root.rglob("*"):
+        if p.name == COMPLETE or p.name.endswith(".partial"):
+            yield str(p)
+
+
+def without_fallocate(fd: int, offset: int, length: int) -> None:
+    raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+
+@pytest.mark.parametrize("fallocate", [True, False], ids=["reserved", "pwrite"])
+async def test_the_disk_filling_at_any_write_of_a_pull_is_disk_full(
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch, fallocate: bool
+) -> None:
+    if not fallocate:  # a filesystem that cannot reserve: each range is written with pwrite
+        monkeypatch.setattr(os, "posix_fallocate", without_fallocate)
+    failed_at: list[str] = []
+    for fail_at in range(1, 500):
+        root = tmp_path / f"tier-{fail_at}"
+        with monkeypatch.context() as mp:
+            disk = FillingDisk(root, mp, fail_at)
+            try:
+                tier = LocalTier(root)
+                await fetch_to_tier(store, tier, concurrency=2)
+            except DiskFull as exc:
+                assert "no space left" in str(exc) and "\n" not in str(exc)
+                failed_at.append(disk.writes[-1].split()[0])
+            else:
+                break  # every write has now failed once: the pull that writes them all works
+        assert not list(nothing_left(root)), disk.writes[-1]
+        if (root / "entries").exists():
+            assert LocalTier(root).entries() == []
+    else:
+        pytest.fail("the pull never succeeded")
+    assert LocalTier(root).entries() != []
+    # the commit's writes were among those that failed: the manifest copy, the marker, fsyncs
+    assert {"open", "write", "fsync", "replace", "mkdir"} <= set(failed_at)
+    assert ("pwrite" in failed_at) != fallocate
+
+
+async def test_a_commit_that_fills_the_disk_in_the_background_leaves_no_entry(
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tier = LocalTier(tmp_path / "tier")
+    real_replace = os.replace
+
+    def full_at_the_marker(src: Any, dst: Any) -> None:
+        if os.fspath(dst).endswith(COMPLETE):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_at_the_marker)
+    report = await fetch_to_tier(store, tier, commit_in_background=True)
+    assert report.committed is not None
+    with pytest.raises(DiskFull):
+        await report.committed
+    assert tier.entries() == [] and not list(nothing_left(tier.root))
+
+
+async def test_the_space_check_counts_the_manifest_and_the_marker(
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weight_cache.fetch import read_manifest
+
+    manifest = await read_manifest(store)
+    need = space_needed(manifest)
+    assert need >= manifest.total_bytes + len(manifest.dumps()) + 1
+    real = shutil.disk_usage
+
+    def just_the_files(path: Any) -> Any:
+        usage = real(path)
+        return usage._replace(free=manifest.total_bytes + 4096 * len(manifest.files))
+
+    monkeypatch.setattr(shutil, "disk_usage", just_the_files)
+    tier = LocalTier(tmp_path / "tier")
+    with pytest.raises(DiskFull, match="its files, its manifest and the entry's marker"):
+        await fetch_to_tier(store, tier)
+    assert not tier.entry_path(entry_key(manifest)).exists()
