@@ -21,6 +21,12 @@ class BadEntryKey(WeightCacheError):
     status_code = 400
 
 
+class BadSetting(WeightCacheError):
+    """A store setting out of range (a read deadline, a minimum transfer rate)."""
+
+    status_code = 400
+
+
 class ObjectMissing(WeightCacheError):
     status_code = 404
 
@@ -45,6 +51,13 @@ class StoreUnavailable(WeightCacheError):
     """The store kept failing (5xx, throttling, timeouts, resets) after the retries ran out."""
 
     status_code = 503
+
+
+class StoreTooSlow(StoreUnavailable):
+    """A ranged read that outlived its deadline or fell under the minimum transfer rate (an
+    endpoint that trickles), after the retries ran out."""
+
+    status_code = 504
 
 
 class DiskFull(WeightCacheError):

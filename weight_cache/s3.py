@@ -5,46 +5,45 @@ headers and failed connections; a body that breaks off mid-read (reset, read tim
 here, since botocore has already handed the response over by then. Errors leave this module as
 :mod:`weight_cache.errors` types, translated by type at this boundary.
 
-The bulk reads of a fetch take a leaner path, :class:`S3RangeReader`: botocore presigns one GET
-URL per object (credentials, region, addressing style and endpoint all resolved as for any other
-call) and the fetch threads send ranged GETs for it on kept-alive ``http.client`` connections,
-reading each body with ``readinto`` straight into the tier file's mapping. Per byte that is one
-kernel copy and nothing else; through aiohttp and botocore's response wrappers every chunk was
-also copied into ``bytes`` objects and passed through the event loop, and the fetch cost twice
-the CPU. The same retry rules apply (5xx, 429, SlowDown, resets, timeouts, with jittered
-backoff; a body cut short resumes where it stopped), and the same errors come out.
+The bulk reads of a fetch take a leaner path, :class:`~weight_cache.s3_ranges.S3RangeReader`:
+botocore presigns one GET URL per object and the fetch threads send ranged GETs for it on
+kept-alive ``http.client`` connections, reading each body with ``readinto`` straight into the
+tier file's mapping. Per byte that is one kernel copy and nothing else; through aiohttp and
+botocore's response wrappers every chunk was also copied into ``bytes`` objects and passed
+through the event loop, and the fetch cost twice the CPU. The same retry rules apply, and the
+same errors come out.
+
+Every ranged read, on either path, runs against the store's
+:class:`~weight_cache.limits.StoreLimits` (a deadline per range, a minimum transfer rate), so an
+endpoint that trickles fails the read with :class:`~weight_cache.errors.StoreTooSlow` instead of
+holding it for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import os
-import random
-import re
-import ssl
-import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 from weight_cache.errors import (
     AccessDenied,
     ObjectChanged,
     ObjectMissing,
+    StoreTooSlow,
     StoreUnavailable,
     WeightCacheError,
 )
+from weight_cache.limits import StoreLimits
 from weight_cache.objects import ClosedOnExit, ObjectInfo, Progress, join_key
+from weight_cache.s3_ranges import S3RangeReader, Watchdog, backoff
 
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 PART_BYTES = 64 * 1024 * 1024  # multipart part size (S3 needs >= 5 MiB but the last)
 BODY_ATTEMPTS = 4
 PRESIGN_EXPIRY_S = 12 * 3600  # a load that outlives this gets 403s; no load should
-_RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 _SESSION: Any = None
@@ -77,6 +76,8 @@ class S3Store(ClosedOnExit):
 
     ``async with S3Store(bucket, prefix) as store:`` (or :func:`weight_cache.stores.open_store`);
     leaving the block closes the client and the connections of the readers still open.
+    ``limits`` bound each ranged read; without them they come from the environment
+    (:meth:`StoreLimits.from_env`).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class S3Store(ClosedOnExit):
         connect_timeout_s: float = 10,
         read_timeout_s: float = 30,
         max_attempts: int = 5,
+        limits: StoreLimits | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -98,6 +100,8 @@ class S3Store(ClosedOnExit):
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_attempts = max_attempts
+        self.limits = limits if limits is not None else StoreLimits.from_env(os.environ)
+        self._watchdog = Watchdog()
         self._open_client: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._readers: weakref.WeakSet[S3RangeReader] = weakref.WeakSet()
@@ -126,6 +130,8 @@ class S3Store(ClosedOnExit):
         for reader in list(self._readers):
             reader.close()
         self._readers.clear()
+        self._watchdog.close()
+        self._watchdog = Watchdog()  # a store may be entered again
         self._open_client = None
         await self._stack.aclose()
 
@@ -160,27 +166,49 @@ class S3Store(ClosedOnExit):
         }
         if etag is not None:
             kwargs["IfMatch"] = etag
+        loop = asyncio.get_running_loop()
+        range_deadline = loop.time() + self.limits.range_deadline_s
         for attempt in range(BODY_ATTEMPTS):
+            last = attempt + 1 == BODY_ATTEMPTS
+            allowance = min(self.limits.attempt_s(length), range_deadline - loop.time())
             try:
-                response = await client.get_object(**kwargs)
-            except Exception as exc:
-                raise _translate(exc, where) from exc  # botocore has retried what it should
-            try:
-                async with response["Body"] as body:
-                    data: bytes = await body.read()
-            except Exception as exc:  # the body broke off: reset, read timeout, short payload
-                error = _translate(exc, where)
-                if isinstance(error, StoreUnavailable) and attempt + 1 < BODY_ATTEMPTS:
-                    await asyncio.sleep(_backoff(attempt))
-                    continue
-                raise error from exc
+                async with asyncio.timeout(max(0.0, allowance)):
+                    data = await self._get_object(client, kwargs, where, last=last)
+            except TimeoutError:
+                pause = backoff(attempt)
+                out_of_time = loop.time() + pause >= range_deadline
+                if last or out_of_time:
+                    raise StoreTooSlow(
+                        self.limits.too_slow(
+                            where, start, length, attempts=attempt + 1, out_of_time=out_of_time
+                        )
+                    ) from None
+                await asyncio.sleep(pause)
+                continue
             if len(data) == length:
                 return data
-            if attempt + 1 < BODY_ATTEMPTS:  # a short body: the connection broke off
-                await asyncio.sleep(_backoff(attempt))
+            if not last:  # a short body: the connection broke off
+                await asyncio.sleep(backoff(attempt))
                 continue
             raise ObjectChanged(f"{where}: wanted {length} bytes at {start}, got {len(data)}")
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _get_object(client: Any, kwargs: dict[str, Any], where: str, *, last: bool) -> bytes:
+        """One GET's body; empty when it broke off and another attempt may follow."""
+        try:
+            response = await client.get_object(**kwargs)
+        except Exception as exc:
+            raise _translate(exc, where) from exc  # botocore has retried what it should
+        try:
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:  # the body broke off: reset, read timeout, short payload
+            error = _translate(exc, where)
+            if isinstance(error, StoreUnavailable) and not last:
+                return b""
+            raise error from exc
+        return data
 
     async def range_reader(self, key: str, *, etag: str | None) -> S3RangeReader:
         client = self._client
@@ -199,6 +227,8 @@ class S3Store(ClosedOnExit):
             connect_timeout_s=self.connect_timeout_s,
             read_timeout_s=self.read_timeout_s,
             max_attempts=self.max_attempts,
+            limits=self.limits,
+            watchdog=self._watchdog,
         )
         self._readers.add(reader)
         return reader
@@ -291,162 +321,6 @@ class S3Store(ClosedOnExit):
             await client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise _translate(exc, f"{self.uri}/{key}") from exc
-
-
-class S3RangeReader:
-    """Ranged GETs of one presigned object URL, from any number of threads.
-
-    Each thread keeps its own connection (HTTP/1.1 keep-alive); a connection that failed is
-    dropped and the next attempt opens a fresh one.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        where: str,
-        *,
-        etag: str | None,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        max_attempts: int,
-    ) -> None:
-        parts = urlsplit(url)
-        self.where = where
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
-        self._target = parts.path + (f"?{parts.query}" if parts.query else "")
-        self._etag = etag
-        self._connect_timeout_s = connect_timeout_s
-        self._read_timeout_s = read_timeout_s
-        self._attempts = max(1, max_attempts)
-        self._local = threading.local()
-        self._open: set[http.client.HTTPConnection] = set()
-        self._lock = threading.Lock()
-        self._ssl = (
-            ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE"))
-            if self._https
-            else None
-        )
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._https:
-                conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=self._connect_timeout_s, context=self._ssl
-                )
-            else:
-                conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self._connect_timeout_s
-                )
-            self._local.conn = conn
-            with self._lock:
-                self._open.add(conn)
-        return conn
-
-    def _drop(self) -> None:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-            with self._lock:
-                self._open.discard(conn)
-
-    def read_into(self, start: int, buffer: memoryview) -> None:
-        want = len(buffer)
-        done = 0
-        failures = 0
-        while done < want:
-            try:
-                done += self._get(start + done, buffer[done:])
-                continue
-            except _Retry as retry:
-                self._drop()
-                failures += 1
-                if failures >= self._attempts:
-                    raise StoreUnavailable(
-                        f"{self.where}: {retry} (gave up after {failures} attempts)"
-                    ) from retry.__cause__
-            except BaseException:
-                self._drop()
-                raise
-            time.sleep(_backoff(failures - 1))
-
-    def _get(self, start: int, buffer: memoryview) -> int:
-        """One GET for ``buffer``'s range; the bytes it got (all, or fewer when cut short)."""
-        end = start + len(buffer) - 1
-        headers = {"Range": f"bytes={start}-{end}"}
-        if self._etag is not None:
-            headers["If-Match"] = self._etag
-        conn = self._connection()
-        try:
-            conn.timeout = self._connect_timeout_s
-            conn.request("GET", self._target, headers=headers)
-            if conn.sock is not None:
-                conn.sock.settimeout(self._read_timeout_s)
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from exc
-        if response.status != 206:
-            body = response.read(64 * 1024)
-            raise self._status_error(response.status, body, start)
-        got = 0
-        try:
-            while got < len(buffer):
-                n = response.readinto(buffer[got:])
-                if not n:
-                    break
-                got += n
-        except (OSError, http.client.HTTPException) as exc:
-            if not got:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from exc
-            self._drop()  # cut short: the next attempt resumes after what arrived
-            return got
-        if got < len(buffer):
-            self._drop()
-            if not got:
-                raise _Retry("the body broke off before any bytes")
-        elif response.will_close or not response.isclosed():
-            self._drop()  # closing, or more body than asked for: not reusable
-        return got
-
-    def _status_error(self, status: int, body: bytes, start: int) -> Exception:
-        code = _xml_code(body) or str(status)
-        if status in _RETRY_STATUS or code in ("SlowDown", "RequestTimeout", "InternalError"):
-            return _Retry(f"S3 error {code} ({status})")
-        if status == 404:
-            return ObjectMissing(f"{self.where}: not found ({code})")
-        if status == 403:
-            return AccessDenied(f"{self.where}: access denied ({code})")
-        if status == 412:
-            return ObjectChanged(
-                f"{self.where} was replaced since the load was planned (ETag changed)"
-            )
-        if status == 416:
-            return ObjectChanged(f"{self.where} is shorter than planned (no bytes at {start})")
-        if status == 200:
-            return StoreUnavailable(f"{self.where}: the endpoint ignored the Range header")
-        return StoreUnavailable(f"{self.where}: S3 error {code} ({status})")
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._open = self._open, set()
-        for conn in conns:
-            conn.close()
-
-
-class _Retry(Exception):
-    """A failure worth another attempt: 5xx, throttling, a reset, a timeout."""
-
-
-def _xml_code(body: bytes) -> str:
-    match = re.search(rb"<Code>([^<]{1,64})</Code>", body)
-    return match.group(1).decode("ascii", "replace") if match else ""
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
 
 
 def _translate(exc: BaseException, where: str) -> WeightCacheError:

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from weight_cache.errors import BadSource
+from weight_cache.limits import StoreLimits
 from weight_cache.local import LocalStore
 from weight_cache.objects import ObjectStore
 from weight_cache.s3 import S3Store
@@ -44,13 +45,17 @@ def parse_uri(uri: str) -> SourceURI:
     return SourceURI("file", "", str(Path(uri).resolve()))
 
 
-def open_store(uri: str, *, concurrency: int = 16) -> ObjectStore:
+def open_store(
+    uri: str, *, concurrency: int = 16, limits: StoreLimits | None = None
+) -> ObjectStore:
     """The store for ``uri``, to use as ``async with open_store(uri) as store:``.
 
     Nothing connects until the block is entered (an S3 client is made then, and closed when the
-    block ends). A bad URI raises :class:`~weight_cache.errors.BadSource` here.
+    block ends). A bad URI raises :class:`~weight_cache.errors.BadSource` here. ``limits``
+    bound an S3 store's ranged reads (default: from the environment, see
+    :mod:`weight_cache.limits`); a directory store reads a local disk and needs none.
     """
     source = parse_uri(uri)
     if source.scheme == "file":
         return LocalStore(source.prefix)
-    return S3Store(source.bucket, source.prefix, concurrency=concurrency)
+    return S3Store(source.bucket, source.prefix, concurrency=concurrency, limits=limits)
