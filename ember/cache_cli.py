@@ -1,8 +1,10 @@
 """``ember cache push|pull|ls|verify|evict``: the regional cache (S3) and the node's local tier.
 
 S3 access uses the standard AWS variables and files (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, profiles, instance roles). Every failure exits
-non-zero with one line saying why.
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, profiles, instance roles). A ranged read gives
+up after ``EMBER_STORE_RANGE_DEADLINE_S`` seconds (default 300), and an attempt at one slower than
+``EMBER_STORE_MIN_RATE_KIB_S`` KiB/s (default 256; 0: off) is cut off and retried. Every failure
+exits non-zero with one line saying why.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weight_cache.errors import WeightCacheError
+
+if TYPE_CHECKING:
+    from weight_cache.limits import StoreLimits
 
 DEFAULT_CACHE_DIR = "~/.cache/ember"
 
@@ -55,6 +60,18 @@ def cache_dir(args: argparse.Namespace) -> Path:
     return Path(raw).expanduser()
 
 
+def store_limits(args: argparse.Namespace) -> StoreLimits:
+    """The ranged-read limits: the flags, else the environment, else the defaults."""
+    from weight_cache.limits import StoreLimits
+
+    env = StoreLimits.from_env(os.environ)
+    deadline, rate = args.range_deadline_s, args.min_rate_kib_s
+    return StoreLimits(
+        range_deadline_s=env.range_deadline_s if deadline is None else deadline,
+        min_rate_bytes_s=env.min_rate_bytes_s if rate is None else rate * 1024,
+    )
+
+
 async def _push(args: argparse.Namespace) -> int:
     from weight_cache.push import push_source, total_bytes
     from weight_cache.stores import open_store
@@ -87,7 +104,8 @@ async def _pull(args: argparse.Namespace) -> int:
     from weight_cache.stores import open_store
     from weight_cache.tier import LocalTier
 
-    async with open_store(args.source, concurrency=args.concurrency) as store:
+    limits = store_limits(args)
+    async with open_store(args.source, concurrency=args.concurrency, limits=limits) as store:
         manifest = await read_manifest(store)
         tier = LocalTier(cache_dir(args))
         progress = Progress(f"pull {args.source}", manifest.total_bytes)
@@ -123,7 +141,7 @@ async def _ls(args: argparse.Namespace) -> int:
         return 0
     if not args.uri:
         raise WeightCacheError("give an s3://bucket/[prefix] to list, or --local")
-    async with open_store(args.uri) as store:
+    async with open_store(args.uri, limits=store_limits(args)) as store:
         for obj in await store.list():
             if obj.key != MANIFEST_NAME and not obj.key.endswith("/" + MANIFEST_NAME):
                 continue
@@ -141,7 +159,7 @@ async def _verify(args: argparse.Namespace) -> int:
     from weight_cache.stores import open_store
 
     problems: list[str] = []
-    async with open_store(args.uri) as store:
+    async with open_store(args.uri, limits=store_limits(args)) as store:
         manifest = await read_manifest(store)
         for f in manifest.files:
             info = await store.head(f.path)
@@ -171,10 +189,13 @@ async def _verify(args: argparse.Namespace) -> int:
 async def _evict(args: argparse.Namespace) -> int:
     from weight_cache.tier import LocalTier
 
-    tier = LocalTier(cache_dir(args))
-    keys = [e.key for e in tier.entries()] if args.all else args.keys
-    if not keys:
+    if args.all and args.keys:
+        raise WeightCacheError("name entries to evict or pass --all, not both")
+    if not args.all and not args.keys:
         raise WeightCacheError("name entries to evict (see `ember cache ls --local`) or pass --all")
+    tier = LocalTier(cache_dir(args))
+    # every name is checked before anything goes: an entry key, or a model URI the tier holds
+    keys = [e.key for e in tier.entries()] if args.all else tier.resolve(args.keys)
     busy = [k for k in keys if not tier.evict(k)]
     stale = tier.clean_stale()
     print(
@@ -216,6 +237,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     cmds = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
 
+    def limits(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--range-deadline-s",
+            type=float,
+            metavar="SECONDS",
+            help="give up on a ranged read (all its attempts) after this long (default "
+            "$EMBER_STORE_RANGE_DEADLINE_S or 300)",
+        )
+        p.add_argument(
+            "--min-rate-kib-s",
+            type=float,
+            metavar="KIB",
+            help="cut off an attempt slower than this many KiB/s, after 5 s for its first byte; "
+            "0 turns it off (default $EMBER_STORE_MIN_RATE_KIB_S or 256)",
+        )
+
     def local_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--cache-dir",
@@ -251,6 +288,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="bytes per ranged read, in MiB, for a manifest without chunk digests (a newer "
         "one is read a chunk at a time) (default 8)",
     )
+    limits(pull)
     local_dir(pull)
     pull.set_defaults(cache_func=_pull)
 
@@ -259,6 +297,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     ls.add_argument("uri", nargs="?", help="s3://bucket/[prefix]")
     ls.add_argument("--local", action="store_true", help="list the local tier instead")
+    limits(ls)
     local_dir(ls)
     ls.set_defaults(cache_func=_ls)
 
@@ -266,10 +305,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "verify", help="re-read a pushed model and check it against its manifest"
     )
     verify.add_argument("uri", help="s3://bucket/prefix")
+    limits(verify)
     verify.set_defaults(cache_func=_verify)
 
     evict = cmds.add_parser("evict", help="remove entries from the local tier")
-    evict.add_argument("keys", nargs="*", help="entry keys (from `ember cache ls --local`)")
+    evict.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        help="entry keys (from `ember cache ls --local`) or model URIs (s3://bucket/prefix, "
+        "file:///dir): every entry fetched from one",
+    )
     evict.add_argument("--all", action="store_true", help="every entry not in use")
     local_dir(evict)
     evict.set_defaults(cache_func=_evict)
