@@ -8,8 +8,12 @@ those paths, through the hooks uvicorn's ``HttpToolsProtocol`` has (pinned in ``
   ``{"error": ...}`` with the parser's reason;
 - ``_should_upgrade`` / ``handle_websocket_upgrade`` turn a websocket handshake into a JSON 400;
 - one timer per connection bounds the request head (``header_timeout_s``) and each pause in
-  the body (``body_timeout_s``); an idle kept-alive connection is left to uvicorn's own
-  ``timeout_keep_alive``.
+  the body (``body_timeout_s``);
+- an idle kept-alive connection closes after uvicorn's ``timeout_keep_alive``, its timer armed in
+  one place (:meth:`OIPHttpProtocol._keep_alive`) and only while the connection is idle: its
+  request answered and its body read, nothing pipelined. uvicorn arms it when an answer ends,
+  which for a request answered before its body arrived (a 404, a 503) is while the body is
+  still due.
 """
 
 from __future__ import annotations
@@ -136,14 +140,13 @@ class OIPHttpProtocol(HttpToolsProtocol):
             if self._timer is None or self._timer.when() > deadline:  # e.g. head done, body due
                 self._disarm()
                 self._timer = self.loop.call_at(deadline, self._timed_out)
-        elif idle is not None and self.cycle.response_complete:
+        elif idle is not None and self.timeout_keep_alive_task is None:
             # bytes that began no request (llhttp skips stray CRLFs) keep the idle deadline
-            self.timeout_keep_alive_task = self.loop.call_at(
-                idle.when(), self.timeout_keep_alive_handler
-            )
+            self._keep_alive(idle.when())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._unset_keepalive_if_required()  # a request begins: the connection is not idle
         self._phase = "head"
         if self._head_started is None:  # a later request's head counts from its first byte
             self._head_started = self.loop.time()
@@ -161,13 +164,24 @@ class OIPHttpProtocol(HttpToolsProtocol):
         self._phase, self._head_started = "idle", None
         self._disarm()
         super().on_message_complete()
+        self._keep_alive()  # answered before the body ended: idle from now
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # arms uvicorn's keep-alive timer when nothing is pipelined
+        self._keep_alive()  # kept only if the connection is idle (not if the body is still due)
+
+    def _keep_alive(self, when: float | None = None) -> None:
+        """(Re)arm the idle timer of a kept-alive connection, at ``when`` or a full
+        ``timeout_keep_alive`` from now: the one timer, and only while the connection is idle
+        (its request answered and read whole, nothing pipelined); otherwise none is left."""
+        self._unset_keepalive_if_required()
         cycle = self.cycle
-        if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
-            # answered before the body ended: uvicorn armed keep-alive then, and the body's
-            # bytes cancelled it
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
+        idle = self._phase == "idle" and not self.pipeline
+        if not idle or cycle is None or not cycle.response_complete or self.transport.is_closing():
+            return
+        if when is None:
+            when = self.loop.time() + self.timeout_keep_alive
+        self.timeout_keep_alive_task = self.loop.call_at(when, self.timeout_keep_alive_handler)
 
     def _deadline(self) -> float:
         if self._phase == "body":

@@ -191,3 +191,21 @@ def test_a_connection_answered_before_its_body_ended_still_idles_out(tmp_path: P
         assert read_response(sock)[0] == 404  # an unknown model is refused before the body
         sock.sendall(b"{}")
         assert_closed(sock)
+
+
+def test_a_connection_answered_before_its_body_ended_stays_open_while_busy(
+    tmp_path: Path,
+) -> None:
+    with serving(tmp_path, keep_alive_s=0.3) as port, connect(port) as sock:
+        sock.sendall(b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+        assert read_response(sock)[0] == 404  # answered before its body (as httpx writes it)
+        sock.sendall(b"{}")  # the body, then at once the next request, busy past the keep-alive
+        sock.sendall(INDEX + b"Content-Length: 15\r\n\r\n" + b'{"ready"')
+        sock.settimeout(0.8)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # the connection is busy with a request: no idle timer closes it
+        sock.settimeout(5)
+        sock.sendall(b": true}")
+        status, _, body = read_response(sock)
+        assert (status, body) == (200, [])
+        assert_closed(sock)  # and once idle again, it idles out
