@@ -53,7 +53,11 @@ def unload_level(body: bytes) -> SleepLevelName | None:
         raise ValueError(
             f'unload request must be JSON, e.g. {{"parameters": {{"level": "host"}}}}: {exc}'
         ) from None
-    parameters = payload.get("parameters") or {} if isinstance(payload, dict) else None
+    # absent or null: no parameters; anything but an object ([], 0, "", false) is refused,
+    # never read as "no level", which would unload the model in full
+    parameters = payload.get("parameters", {}) if isinstance(payload, dict) else None
+    if parameters is None and isinstance(payload, dict):
+        parameters = {}
     if not isinstance(parameters, dict):
         raise ValueError(f"unload request: {_UNLOAD_BODY}")
     level = parameters.get("level")

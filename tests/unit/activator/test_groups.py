@@ -297,6 +297,8 @@ def test_an_unload_body_names_a_level_or_none(body: bytes, level: str | None) ->
     [
         (b'{"parameters": {"level": "gpu"}}', "unknown sleep level 'gpu'; choose 'host', 'disk'"),
         (b'{"parameters": "host"}', "an unload body is"),
+        (b'{"parameters": []}', "an unload body is"),
+        (b'{"parameters": false}', "an unload body is"),
         (b"[1]", "an unload body is"),
         (b"{nope", "must be JSON"),
     ],

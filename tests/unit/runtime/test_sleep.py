@@ -14,6 +14,7 @@ from runtime.sleep import SleepLevel, unload_level
         (b"", None),
         (b"{}", None),
         (b'{"parameters": {}}', None),
+        (b'{"parameters": null}', None),
         (b'{"parameters": {"level": "host"}}', SleepLevel.HOST),
         (b'{"parameters": {"level": "disk", "unload_dependents": false}}', SleepLevel.DISK),
     ],
@@ -28,7 +29,18 @@ def test_an_unknown_level_is_a_400_naming_the_choices() -> None:
     assert InvalidInput.status_code == 400
 
 
-@pytest.mark.parametrize("body", [b"{", b"[]", b'{"parameters": 3}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b"[]",
+        b'{"parameters": 3}',
+        b'{"parameters": []}',  # none of these is "no level": a full unload is never a guess
+        b'{"parameters": 0}',
+        b'{"parameters": ""}',
+        b'{"parameters": false}',
+    ],
+)
 def test_a_malformed_unload_body_is_a_400(body: bytes) -> None:
     with pytest.raises(InvalidInput, match="unload request"):
         unload_level(body)
