@@ -26,6 +26,7 @@ Loc = Sequence[str | int]
 # keys only a model config has, and only an ember.yaml has: a file given to the wrong command
 _MODEL_KEYS = frozenset({"handler", "source", "inputs", "outputs", "options", "max_batch_size"})
 _STACK_KEYS = frozenset({"activator", "knative"})
+MAX_DEPTH = 32  # levels of nesting: the deepest real config has fewer than ten
 
 
 def read_config(path: Path) -> Any:
@@ -44,6 +45,7 @@ def read_config(path: Path) -> Any:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file (not UTF-8)") from None
+    too_deep = ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels; no config is")
     if path.suffix == ".json":
         try:
             doc = json.loads(text) if text.strip() else None
@@ -51,6 +53,8 @@ def read_config(path: Path) -> Any:
             raise ConfigError(
                 f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}"
             ) from None
+        except RecursionError:  # the parsers recurse per level of nesting
+            raise too_deep from None
     else:
         try:
             doc = yaml.safe_load(text)
@@ -58,9 +62,25 @@ def read_config(path: Path) -> Any:
             raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {_one_line(str(exc))}") from None
+        except RecursionError:
+            raise too_deep from None
     if doc is None:
         raise ConfigError(f"{path} is empty")
+    if _depth(doc) > MAX_DEPTH:  # what parsed may still be too deep for what reads it next
+        raise too_deep
     return doc
+
+
+def _depth(doc: Any) -> int:
+    """How deeply lists and mappings nest in ``doc`` (a scalar: 0), without recursing."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:

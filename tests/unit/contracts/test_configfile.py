@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.configfile import (
+    MAX_DEPTH,
     closest,
     explain,
     key_path,
@@ -36,6 +37,32 @@ def test_unreadable_files_name_the_file_and_line(
     with pytest.raises(ConfigError) as caught:
         read_config(tmp_path / name)
     assert str(caught.value).startswith(f"{tmp_path}/{message}")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.yaml", "a: " + "[" * 1200 + "]" * 1200),  # past the parser's recursion
+        ("a.json", '{"a": ' + "[" * 5000 + "]" * 5000 + "}"),
+        ("a.yaml", "a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)),  # parses, too deep
+        ("a.yaml", "a:\n" + "".join(f"{'  ' * i}k{i}:\n" for i in range(1, MAX_DEPTH + 2))),
+    ],
+    ids=["yaml-recursion", "json-recursion", "yaml-flow", "yaml-block"],
+)
+def test_a_config_nested_too_deep_is_refused_in_one_line(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        read_config(path)
+    assert str(caught.value) == f"{path}: nested deeper than {MAX_DEPTH} levels; no config is"
+
+
+def test_a_config_as_deep_as_allowed_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    assert read_config(path) is not None
 
 
 def test_missing_and_directory(tmp_path: Path) -> None:
