@@ -2,11 +2,13 @@
 
 A request is parsed once with httptools. A model request (see :mod:`activator.routes`) goes
 through the data path (:mod:`activator.datapath`): it takes a replica slot, at once if one is
-free (the warm path: no task, no await) or after waiting in the model's queue, and is rewritten
-onto a kept-alive connection to the replica (:mod:`activator.upstream`); the replica's answer is
-relayed to the client byte for byte as it arrives: no framework, no header objects, no
-re-encoding. That keeps the activator's cost small next to the replica's (see
-``scripts/bench_activator.py``).
+free (the warm path: no task, no await) or after waiting in the model's queue, and the
+connection's :class:`~activator.relay.Relay` rewrites it onto a kept-alive connection to the
+replica (:mod:`activator.upstream`) and passes the replica's answer to the client byte for byte
+as it arrives: no framework, no header objects, no re-encoding. That keeps the activator's cost
+small next to the replica's (see ``scripts/bench_activator.py``). A request refused before it
+could wait (no token, a bad ``Ember-Deadline-Ms``, a full queue), like one that cannot be
+parsed, is counted in the metrics, not logged.
 
 Every other request (health, metadata, the repository index, statistics, metrics, the admin
 API, a model's ``ready`` and its metadata while no replica of it is ready) goes to
@@ -42,20 +44,19 @@ from activator.datapath import CLIENT_GONE, ENDPOINTS, Exchange, Route, deadline
 from activator.errors import (
     ActivatorError,
     BadRequest,
-    DeadlineExceeded,
     HeadersTooLarge,
     Overloaded,
     PayloadTooLarge,
     QueueFull,
     RequestTimeout,
 )
-from activator.http import CLOSE, HOP_HEADERS, KEEP_ALIVE, Headers, error_response, head, says_close
+from activator.http import Headers, error_response, head
+from activator.relay import Relay
 from activator.routes import Endpoint, Guard, resolve
-from activator.upstream import Upstream, UpstreamPool, host_header
+from activator.upstream import UpstreamPool
 
 log = logging.getLogger("ember.activator")
 
-RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 # On SIGTERM: how long the loop keeps taking connections the kernel has already completed, and
 # how long a connection accepted before the shutdown has to deliver its first request.
 ACCEPT_SETTLE_S = 0.05
@@ -106,18 +107,7 @@ class FrontConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._head_size = 0
-        # the request being relayed
-        self._x: Exchange | None = None
-        self._request: Request | None = None
-        self._upstream: Upstream | None = None
-        self._sent_at = 0.0  # monotonic
-        self._relayed = False
-        self._close_after = False
-        # a "connection" header still to be put into the relayed answer's head: close (the
-        # connection ends after it), keep-alive (an HTTP/1.0 client's, kept), or none
-        self._mark: bytes | None = None
-        self._out: list[bytes] = []
-        self._out_size = 0
+        self.relay = Relay(self)  # the request on a replica, its answer on its way back
         self._failed: ActivatorError | None = None  # a parse error, answered once its turn
         self._upgrading: Request | None = None  # a request that asked to switch protocols
         self._body_left = 0  # the bytes of its body still to come
@@ -127,7 +117,7 @@ class FrontConnection(asyncio.Protocol):
         self._current: Request | None = None
         self._pending_bytes = 0
         self._reading = True
-        self._write_paused = False
+        self.write_paused = False  # the client is not taking what it is sent
         # read timeouts (monotonic): since when idle, the head's first byte, the last body bytes
         self._idle_since = time.monotonic()
         self._began = 0.0
@@ -252,7 +242,7 @@ class FrontConnection(asyncio.Protocol):
         self.pending.append(request)
         self._pending_bytes += len(request.body)
         if not self.busy:
-            self._next()
+            self.next_request()
         else:
             self._update_reading()
 
@@ -260,7 +250,7 @@ class FrontConnection(asyncio.Protocol):
         """Read on only while there is room: not too far ahead of the answers, the client
         taking what it is sent, no refusal waiting for its turn."""
         ahead = len(self.pending) >= PIPELINE_DEPTH or self._pending_bytes >= PIPELINE_BYTES
-        reading = not (ahead or self._write_paused or self._failed is not None)
+        reading = not (ahead or self.write_paused or self._failed is not None)
         if reading != self._reading and self.transport is not None and not self.closing:
             self._reading = reading
             if reading:
@@ -273,15 +263,13 @@ class FrontConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client is not taking its answers: stop reading them from the replica, and stop
         reading its further requests, until it does."""
-        self._write_paused = True
-        if self._upstream is not None:
-            self._upstream.pause()
+        self.write_paused = True
+        self.relay.pause()
         self._update_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._upstream is not None:
-            self._upstream.resume()
+        self.write_paused = False
+        self.relay.resume()
         self._update_reading()
 
     def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
@@ -351,20 +339,13 @@ class FrontConnection(asyncio.Protocol):
         self.door.connections.discard(self)
         if not self.gone.done():
             self.gone.set_result(None)
-        x, conn = self._x, self._upstream
-        if x is not None:  # the client left while a replica had its request: nobody to answer
-            self._x = self._upstream = None
-            if conn is not None:
-                conn.abandon()
-            x.finish(CLIENT_GONE)
+        self.relay.client_gone()  # a request a replica has: nobody to answer
         # let go of every body now: the parser and this object refer to each other, so without
         # this they would stay until a full garbage collection
         self._let_go(self.holding)
         self.pending.clear()
         self._body = []
-        self._current = self._request = self._upgrading = None
-        self._out.clear()
-        self._x = None
+        self._current = self._upgrading = None
 
     def _fail(self, error: ActivatorError) -> None:
         """A request that cannot be parsed: answered (after the answers already due), then the
@@ -384,10 +365,11 @@ class FrontConnection(asyncio.Protocol):
         self.close()
 
     # ------------------------------------------------------------------ dispatch
-    def _next(self) -> None:
+    def next_request(self) -> None:
+        """The answer is out: take the next request (or wait for one)."""
         if self._current is not None:  # answered: its body goes
             self._let_go(len(self._current.body))
-            self._current = self._request = None
+            self._current = self.relay.request = None
         if self.pending and not self.closing:
             self.busy = True
             request = self._current = self.pending.popleft()
@@ -410,7 +392,7 @@ class FrontConnection(asyncio.Protocol):
         if self.closing or self._failed is not None:
             return
         settings = self.settings
-        if self._write_paused:
+        if self.write_paused:
             # it takes nothing of what it is sent: with nothing more in hand, it is let go (its
             # unsent answer with it) once idle for idle_timeout_s
             if (
@@ -447,21 +429,21 @@ class FrontConnection(asyncio.Protocol):
     def _dispatch(self, request: Request) -> None:
         route = self.door.relayed(request.url)
         if route is None:
-            self._spawn(self._answer(request))
+            self.spawn(self._answer(request))
             return
         x = self.activator.datapath.exchange(route, request.arrival)
         try:
             self.activator.check_guard(Guard.API, request.headers)
             request.deadline_s = deadline_of(request.headers)
             if request.deadline_s is None and x.take_now():
-                self._forward(x, request)
+                self.relay.forward(x, request)
                 return
         except ActivatorError as exc:  # refused before it could wait: counted, not logged
-            self._refuse(x, exc, request, admitted=False)
+            self.refuse(x, exc, request, admitted=False)
             return
-        self._spawn(self._queue(x, request))
+        self.spawn(self.wait_for_slot(x, request))
 
-    async def _queue(self, x: Exchange, request: Request) -> None:
+    async def wait_for_slot(self, x: Exchange, request: Request) -> None:
         """Wait in the model's queue for a slot (waking the model), then forward."""
         try:
             if not await x.wait(request.deadline_s, asyncio.shield(self.gone)):
@@ -469,153 +451,19 @@ class FrontConnection(asyncio.Protocol):
                 self.close()
                 return
         except QueueFull as exc:  # no room to wait: a refusal
-            self._refuse(x, exc, request, admitted=False)
+            self.refuse(x, exc, request, admitted=False)
             return
         except ActivatorError as exc:  # it waited (a deadline, a failed start): a request
-            self._refuse(x, exc, request)
+            self.refuse(x, exc, request)
             return
-        self._forward(x, request)
+        self.relay.forward(x, request)
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.door.tasks.add(task)
         task.add_done_callback(self.door.tasks.discard)
 
-    # ------------------------------------------------------------------ the relay
-    def _forward(self, x: Exchange, request: Request) -> None:
-        """Send ``request`` to the replica whose slot ``x`` holds; its answer is relayed."""
-        if self.closing:  # the client left while its request waited
-            x.finish(CLIENT_GONE)
-            return
-        key = x.url
-        self._x, self._request = x, request
-        self._relayed = False
-        self._close_after = not request.keep_alive or self.door.draining
-        self._mark = CLOSE if self._close_after else KEEP_ALIVE if request.http10 else None
-        self._sent_at = time.monotonic()
-        out = [request.method, b" ", request.url, b" HTTP/1.1\r\nhost: ", host_header(key), b"\r\n"]
-        for name, value in request.headers:
-            if name not in HOP_HEADERS:
-                out += [name, b": ", value, b"\r\n"]
-        out += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
-        data = b"".join(out) + request.body
-        conn = self.door.upstreams.take(key)
-        if conn is not None:
-            self._attach(conn)
-            conn.send(self, data, head=request.head)
-        else:
-            self._spawn(self._connect_and_send(x, key, data, request.head))
-
-    async def _connect_and_send(self, x: Exchange, key: str, data: bytes, head: bool) -> None:
-        try:
-            conn = await self.door.upstreams.connect(key)
-        except OSError as exc:
-            if self._x is x:
-                self.upstream_failed(None, f"cannot connect: {exc}", sent=False)
-            return
-        if self._x is not x or self.closing:  # timed out, or the client left, meanwhile
-            conn.close()
-            return
-        self._attach(conn)
-        conn.send(self, data, head=head)
-
-    def _attach(self, conn: Upstream) -> None:
-        self._upstream = conn
-        if self._write_paused:  # the client is not reading: neither do we, from the replica
-            conn.pause()
-
-    def relay(self, data: bytes) -> None:
-        """The replica's bytes, passed on; small answers in one write, big ones as they come."""
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._mark is not None:
-            self._insert_mark(self._mark)
-        if self._out_size >= RELAY_FLUSH_BYTES:
-            self._flush()
-
-    def _insert_mark(self, mark: bytes) -> None:
-        """Put ``mark`` (a "connection" header line) into the answer's head, after its status
-        line, once the head is whole; keep-alive is left out of an answer that says close (the
-        connection ends after it all the same)."""
-        data = b"".join(self._out)
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return  # the head is not whole yet
-        self._mark = None
-        if mark is KEEP_ALIVE and says_close(data[:end]):
-            return
-        line = data.find(b"\r\n")
-        self._out[:] = [data[: line + 2], mark, data[line + 2 :]]
-        self._out_size = len(data) + len(mark)
-
-    def _flush(self) -> None:
-        if self._out and self.transport is not None and not self.closing:
-            self.transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
-            self._relayed = True  # the client has part of the answer: it can be told no other
-        self._out.clear()
-        self._out_size = 0
-
-    def _discard(self) -> None:
-        """Drop the part of a broken answer that has not gone out (the client gets an error)."""
-        self._out.clear()
-        self._out_size = 0
-
-    def upstream_done(self, conn: Upstream, status: int) -> None:
-        self._flush()
-        self.door.upstreams.give(conn)
-        x, self._x, self._upstream = self._x, None, None
-        if x is not None:
-            x.finish(status)
-        if conn.said_close or self._close_after:  # the client saw the answer end the connection
-            self.close()
-            return
-        self._next()
-
-    def upstream_failed(self, conn: Upstream | None, reason: str, *, sent: bool) -> None:
-        x, request = self._x, self._request
-        if x is None or request is None:
-            return
-        self._x, self._upstream = None, None
-        if conn is not None:
-            conn.abandon()
-        if self._relayed:  # part of the answer went out: all the client can be told is this
-            x.broke(reason)
-            self._flush()
-            x.finish(502)
-            self.close()
-            return
-        self._discard()  # what arrived of it (a head without its body) never reaches the client
-        if not sent:  # it never reached the replica: wait for a slot again
-            try:
-                x.unreachable(reason)
-            except ActivatorError as exc:
-                self._refuse(x, exc, request)
-                return
-            self._spawn(self._queue(x, request))
-            return
-        self._refuse(x, x.broke(reason), request)
-
-    def timed_out(self, now: float) -> None:
-        """The replica has held the request past ``request_timeout_s``: 504, or a cut answer."""
-        x, request, conn = self._x, self._request, self._upstream
-        if x is None or request is None:
-            return
-        self._x, self._upstream = None, None
-        if conn is not None:
-            conn.abandon()
-        timeout = self.door.request_timeout_s
-        if self._relayed:  # the answer is cut: what the client was not taking is dropped too
-            self._flush()
-            x.finish(504)
-            self.abort()
-            return
-        self._discard()
-        error = DeadlineExceeded(
-            f"model '{x.pool.name}': replica {x.replica_id} did not answer within {timeout:g}s"
-        )
-        self._refuse(x, error, request)
-
-    def _refuse(
+    def refuse(
         self, x: Exchange, error: ActivatorError, request: Request, *, admitted: bool = True
     ) -> None:
         """Answer ``request`` with ``error``; record it (``admitted``: it reached the queue or a
@@ -650,7 +498,7 @@ class FrontConnection(asyncio.Protocol):
         if close:
             self.close()
             return
-        self._next()
+        self.next_request()
 
     def _write(
         self,
@@ -758,8 +606,8 @@ class FrontDoor:
             await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn._x is not None and now - conn._sent_at > self.request_timeout_s:
-                    conn.timed_out(now)
+                if conn.relay.overdue(now, self.request_timeout_s):
+                    conn.relay.timed_out(self.request_timeout_s)
                 conn.check_reads(now)
 
     async def drain(self, grace_s: float) -> None:

@@ -94,7 +94,7 @@ async def test_bodies_are_let_go_with_their_connection(tmp_path: Path, no_gc: No
         await until(lambda: not h.door.connections, "the connection to be gone")
         assert h.door.buffered == 0
         assert not conn.pending and conn._body == [] and conn._current is None
-        assert conn._request is None
+        assert conn.relay.request is None
 
 
 async def test_past_the_buffered_bytes_budget_a_request_is_refused_with_503(
@@ -154,8 +154,8 @@ async def test_a_client_that_does_not_take_its_answer_pauses_its_replica(
             raw.writer.write(request("GET", "/v2/models/m"))
             await raw.reader.readexactly(1)  # the answer started; now the client reads nothing
             conn = the_connection(h)
-            await until(lambda: conn._write_paused, "the client's side to fill up")
-            upstream = conn._upstream
+            await until(lambda: conn.write_paused, "the client's side to fill up")
+            upstream = conn.relay.upstream
             assert upstream is not None and upstream.paused
             assert conn.transport is not None
             buffered = conn.transport.get_write_buffer_size()
