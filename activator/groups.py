@@ -15,6 +15,13 @@ from each member's idle times and the wake times it has measured (a waking reque
 the median of the member's warm requests), and the group's replicas go when every member's plan
 has reached zero. Events: ``sleep`` (``level``, ``replica``, ``group``, ``reason``) and ``wake``
 (the ``level`` it woke from, ``wake_s``).
+
+A member a replica reports ``UNAVAILABLE`` (its load or wake failed there, with the reason) is
+booked as failed on that replica until the replica reports it serving again: requests prefer
+the replicas where it serves, the policy leaves it be, and where it fails on every ready replica
+the activator's views say so (:meth:`Group.unavailable`). A request a replica refused has its
+index read again at once, and a repository load through the activator asks every replica to
+load it again (:meth:`Group.load_member`).
 """
 
 from __future__ import annotations
@@ -27,20 +34,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from activator.events import EventLog
 from activator.policy import Decision, History, Policy
 from activator.pool import ModelPool, Replica, Ticket
 from activator.pool.clock import Clock
+from activator.replica_repository import ReplicaRepository
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
-from contracts.replica import ContractViolation, model_status
 from contracts.stack import GroupSpec, ModelSpec
 
 log = logging.getLogger("ember.activator")
 
 POLL_S = 2.0  # how often each ready replica's repository index is read
+REREAD_S = 0.5  # the soonest a refused request reads its replica's index again
 SLEEP_TIMEOUT_S = 60.0  # an unload with a level waits for the model's batches first
 REFUSED_S, REFUSED_MAX_S = 60.0, 900.0  # the pause after a replica refused a sleep, doubling
 _DEPTH: dict[Level, int] = {"hot": 0, "host": 1, "disk": 2, "zero": 3}
@@ -83,6 +89,8 @@ class Group:
         self._tiered = spec.policy == "tiered"
         # replica id -> member -> level; a replica not yet read counts its members hot
         self.levels: dict[int, dict[str, Level]] = {}
+        # replica id -> member -> why it is UNAVAILABLE there (its load or wake failed)
+        self.failed: dict[int, dict[str, str]] = {}
         self._commanding: collections.Counter[tuple[int, str]] = collections.Counter()
         self._commands: collections.Counter[tuple[int, str]] = collections.Counter()  # ever sent
         self._refused: dict[tuple[int, str], tuple[float, int]] = {}  # retry after, refusals
@@ -94,7 +102,7 @@ class Group:
         # id(ticket) -> (member, when, its level then: None before the replica's index was read)
         self._tickets: dict[int, tuple[str, float, Level | None]] = {}
         self._polled: dict[int, float] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._replicas = ReplicaRepository()
         self._loop: asyncio.Task[None] | None = None
         self.pool: ModelPool = pool_factory(spec.pool, self.replica_ready, GroupPolicy(self))
 
@@ -110,13 +118,16 @@ class Group:
         if loops:
             await asyncio.wait(loops)
         await self.pool.aclose()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._replicas.aclose()
 
     def replica_ready(self, replica: Replica) -> None:
         """A replica of the group is ready: read its index now, so that its members' levels
         are known for the requests that follow the first ones."""
+        self._reread(replica)
+
+    def _reread(self, replica: Replica) -> None:
+        """Read ``replica``'s index now, in the background."""
+        self._polled[replica.id] = self.clock.monotonic()  # one read at a time is enough
         task = self.tasks.spawn(self._poll(replica), name=f"group-{self.name}-read")
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
@@ -133,7 +144,7 @@ class Group:
         """Forget gone replicas, read the due indexes, and put idle members to sleep."""
         ready = [r for r in self.pool.replicas if r.state == "ready"]
         alive = {r.id for r in self.pool.replicas}
-        for rid in {rid for rid in (*self.levels, *self._seen) if rid not in alive}:
+        for rid in {rid for rid in (*self.levels, *self._seen, *self.failed) if rid not in alive}:
             self._forget(rid)
         now = self.clock.monotonic()
         due = [r for r in ready if now - self._polled.get(r.id, -1e9) >= self.poll_s]
@@ -147,6 +158,7 @@ class Group:
     def _forget(self, rid: int) -> None:
         """A replica gone: its books go with it (its requests and commands are over)."""
         self.levels.pop(rid, None)
+        self.failed.pop(rid, None)
         self._polled.pop(rid, None)
         self._seen.discard(rid)
         for books in (self._refused, self._claim_counts, self._commands):
@@ -160,8 +172,22 @@ class Group:
         return self.levels.get(replica.id, {}).get(model, "hot")
 
     def awake_on(self, model: str) -> Callable[[Replica], bool]:
-        """The ``prefer`` of a claim for ``model``: replicas where it is awake."""
-        return lambda replica: self.level(replica, model) == "hot"
+        """The ``prefer`` of a claim for ``model``: replicas where it is awake (and serves)."""
+
+        def awake(replica: Replica) -> bool:
+            failed = self.failed.get(replica.id)
+            return self.level(replica, model) == "hot" and not (failed and model in failed)
+
+        return awake
+
+    def unavailable(self, model: str) -> str | None:
+        """Why ``model`` cannot serve on any of the group's ready replicas whose index has been
+        read (the first one's reason), if it cannot on every one of them; else None."""
+        read = [r for r in self.pool.replicas if r.state == "ready" and r.id in self._seen]
+        reasons = [self.failed.get(r.id, {}).get(model) for r in read]
+        if not reasons or any(reason is None for reason in reasons):
+            return None
+        return reasons[0]
 
     def _set(self, replica: Replica, model: str, level: Level, reason: str) -> None:
         before = self.level(replica, model)
@@ -187,20 +213,20 @@ class Group:
             )
             for name in self._members
         }
-        try:
-            async with self._http().post(replica.url + "/v2/repository/index", json={}) as r:
-                entries = await r.json() if r.status == 200 else []
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return  # its health check and crash watch deal with a replica that does not answer
+        statuses = await self._replicas.index(replica.url)
+        if statuses is None:
+            return
         first = replica.id not in self._seen
         self._seen.add(replica.id)
-        for raw in entries if isinstance(entries, list) else []:
-            try:
-                status = model_status(raw)
-            except (ContractViolation, KeyError, TypeError, ValueError):
-                continue
+        for status in statuses:
             name, key = status.model, (replica.id, status.model)
-            if name not in self._members or self._commanding[key] or self._claims[key]:
+            if name not in self._members:
+                continue
+            if not self._commanding[key] and before[name][1] == self._commands[key]:
+                # a request never mends a failed load (a load does), nor fails a serving one
+                # behind the index's back: only a command makes a read stale here
+                self._book_failure(replica, name, status.state, status.reason)
+            if self._commanding[key] or self._claims[key]:
                 continue
             if before[name] != self._touched(key):
                 continue  # touched meanwhile: the next read says where it ended
@@ -211,6 +237,18 @@ class Group:
                     self._set(replica, name, status.level, "the replica's device memory budget")
             elif status.state == "READY":
                 self.levels.setdefault(replica.id, {})[name] = "hot"
+
+    def _book_failure(self, replica: Replica, name: str, state: str, reason: str) -> None:
+        """What a replica's index says of ``name``: UNAVAILABLE (failed there, ``reason``), or
+        serving or loading (not failed)."""
+        failed = self.failed.setdefault(replica.id, {})
+        if state != "UNAVAILABLE":
+            if failed.pop(name, None) is not None:
+                log.info("model %s serves again on replica %d", name, replica.id)
+            return
+        if failed.get(name) != reason:
+            log.warning("model %s is unavailable on replica %d: %s", name, replica.id, reason)
+        failed[name] = reason
 
     def _command(self, key: tuple[int, str]) -> None:
         """A sleep of ``key`` (replica, member) is decided: in flight until :meth:`_sleep` ends."""
@@ -226,6 +264,8 @@ class Group:
         key = (replica.id, name)
         if self._commanding[key] or self._claims[key] or replica.id not in self._seen:
             return
+        if name in self.failed.get(replica.id, {}):
+            return  # nothing to put away: its load failed there
         refused = self._refused.get(key)
         if refused is not None and now < refused[0]:
             return
@@ -252,14 +292,9 @@ class Group:
         doubles with each refusal (a minute, up to a quarter of an hour)."""
         key = (replica.id, name)  # counted in _commanding by the caller, as it decided
         claims_before = self._claim_counts.get(key, 0)
+        assert level != "hot" and level != "zero"
         try:
-            url = f"{replica.url}/v2/repository/models/{name}/unload"
-            body = {"parameters": {"level": level}}
-            timeout = aiohttp.ClientTimeout(total=SLEEP_TIMEOUT_S)
-            async with self._http().post(url, json=body, timeout=timeout) as r:
-                refusal = "" if r.status == 200 else f"{r.status}: {(await r.text())[:300]}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            refusal = f"{type(exc).__name__}: {exc}"
+            refusal = await self._replicas.sleep(replica.url, name, level, SLEEP_TIMEOUT_S)
         finally:
             self._commanding[key] -= 1
             if not self._commanding[key]:
@@ -294,6 +329,31 @@ class Group:
         refusals = await asyncio.gather(*sleeps)
         return [r for r in refusals if r]
 
+    async def load_member(self, name: str, timeout_s: float) -> list[str]:
+        """Load ``name`` on every ready replica (a repository load: it wakes a sleeper and
+        retries a failed load), once each has answered; why each replica that did not."""
+        ready = [r for r in self.pool.replicas if r.state == "ready"]
+        return [
+            r for r in await asyncio.gather(*(self._load(r, name, timeout_s) for r in ready)) if r
+        ]
+
+    async def _load(self, replica: Replica, name: str, timeout_s: float) -> str:
+        key = (replica.id, name)
+        self._command(key)
+        try:
+            refusal = await self._replicas.load(replica.url, name, timeout_s)
+        finally:
+            self._commanding[key] -= 1
+            if not self._commanding[key]:
+                del self._commanding[key]
+        if refusal:
+            log.warning("model %s: replica %d did not load it (%s)", name, replica.id, refusal)
+        else:
+            self.failed.get(replica.id, {}).pop(name, None)
+            self.levels.setdefault(replica.id, {})[name] = "hot"
+        self._reread(replica)  # the index says where it ended, with the reason
+        return refusal
+
     # ------------------------------------------------------------------ requests
     def took(self, name: str, ticket: Ticket) -> None:
         """A request for ``name`` holds a slot on ``ticket.replica``."""
@@ -322,6 +382,8 @@ class Group:
         if not answered:
             if level is not None and level != "hot":  # not known to have woken it
                 self.levels.setdefault(ticket.replica.id, {})[name] = level
+            if now - self._polled.get(ticket.replica.id, -1e9) >= REREAD_S:
+                self._reread(ticket.replica)  # refused: perhaps the model failed there
             return
         member.last_end = now
         took = now - started
@@ -393,6 +455,9 @@ class Group:
             if r.state == "ready" and r.id in self._seen
         }
         described: dict[str, Any] = {"group": self.name, "levels": levels}
+        failed = {str(rid): books[name] for rid, books in self.failed.items() if name in books}
+        if failed:
+            described["unavailable_on"] = failed  # replica -> why it cannot serve there
         if self._tiered:
             plan = self.plan(name)
             described["plan"] = {
@@ -406,11 +471,6 @@ class Group:
                 "disk": self.wake_costs(name).disk,
             }
         return described
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        return self._session
 
 
 class GroupPolicy:

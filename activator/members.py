@@ -83,15 +83,21 @@ class MemberPool:
 
     @property
     def state(self) -> str:
+        """The group's pool's state, but ``unavailable`` while the group's replicas run and
+        this model failed to load (or wake) on every one of them."""
+        if self._pool.state == "ready" and self.group.unavailable(self.name) is not None:
+            return "unavailable"
         return self._pool.state
 
     @property
     def reason(self) -> str:
-        return self._pool.reason
+        failed = self.group.unavailable(self.name) if self._pool.state == "ready" else None
+        return self._pool.reason if failed is None else failed
 
     @property
     def start_failed(self) -> bool:
-        return self._pool.start_failed
+        """The group's last start failed, or this model failed on every ready replica."""
+        return self._pool.start_failed or self.state == "unavailable"
 
     @property
     def replicas(self) -> list[Replica]:
@@ -116,7 +122,9 @@ class MemberPool:
 
     def describe(self) -> dict[str, Any]:
         described = self._pool.describe()
-        described.update(name=self.name, in_flight=self.in_flight)
+        described.update(
+            name=self.name, state=self.state, reason=self.reason, in_flight=self.in_flight
+        )
         described.update(self.group.describe(self.name))
         return described
 

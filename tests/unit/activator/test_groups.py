@@ -18,6 +18,7 @@ from activator.admin import parse_unload_level
 from activator.errors import BadRequest
 from activator.events import EventLog
 from activator.groups import Group, GroupPolicy
+from activator.members import MemberPool
 from activator.policy import History
 from activator.pool import ManualClock, Replica, Ticket
 from activator.scalers.base import ReplicaHandle
@@ -33,15 +34,29 @@ class FakeReplica:
         self.unloads: list[tuple[str, Any]] = []
         self.refuse = False
         self.asked = 0  # unloads asked, refused ones too
+        self.reads = 0  # index reads
+        self.loads: list[str] = []
+        self.load_fails = False
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v2/repository/index", self._index)
         app.router.add_post("/v2/repository/models/{model}/unload", self._unload)
+        app.router.add_post("/v2/repository/models/{model}/load", self._load)
         return app
 
     async def _index(self, request: web.Request) -> web.Response:
+        self.reads += 1
         return web.json_response(self.index)
+
+    async def _load(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        self.loads.append(name)
+        if self.load_fails:
+            return web.json_response({"error": f"model '{name}' failed to load: gone"}, status=503)
+        self.index = [e for e in self.index if e["name"] != name]
+        self.index.append({"name": name, "state": "READY", "reason": ""})
+        return web.json_response({"name": name, "loaded": True})
 
     async def _unload(self, request: web.Request) -> web.Response:
         self.asked += 1
@@ -56,6 +71,7 @@ class StubPool:
 
     def __init__(self, replicas: list[Replica]) -> None:
         self.replicas = replicas
+        self.state, self.reason, self.start_failed = "ready", "", False
 
     async def aclose(self) -> None:
         pass
@@ -322,3 +338,77 @@ async def test_an_unload_with_a_level_sleeps_the_member_on_every_replica_and_ans
     fake.refuse = True
     (refusal,) = await group.sleep_member("b", "disk", "deeper")
     assert refusal.startswith("400") and group.level(r, "b") == "host"
+
+
+FAILED = {
+    "name": "a",
+    "state": "UNAVAILABLE",
+    "reason": "load failed: weights file /tier/a/model.safetensors does not exist",
+    "failure": "weights_missing",
+}
+
+
+async def test_a_member_that_failed_on_every_replica_is_unavailable_with_the_reason(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.001})
+    member = MemberPool(group, "a", group._members["a"].spec)
+    r.ready_at = clock.monotonic()
+    assert member.state == "ready" and group.unavailable("a") is None  # not read yet
+    fake.index = [FAILED, {"name": "b", "state": "READY", "reason": ""}]
+    await group.tick()
+    assert group.unavailable("a") == FAILED["reason"] and group.unavailable("b") is None
+    assert (member.state, member.reason, member.start_failed) == (
+        "unavailable",
+        FAILED["reason"],
+        True,
+    )
+    assert not group.awake_on("a")(r) and group.awake_on("b")(r)
+    described = group.describe("a")
+    assert described["unavailable_on"] == {"1": FAILED["reason"]}
+    await clock.advance(600)  # idle for long: the tiered policy leaves a failed model be
+    await group.tick()
+    await commands_done(group)
+    assert [u[0] for u in fake.unloads] == ["b"]
+    fake.index = [{"name": "a", "state": "READY", "reason": ""}]  # loaded again by hand
+    await clock.advance(1.0)
+    await group.tick()
+    assert group.unavailable("a") is None and member.state == "ready"
+
+
+async def test_a_refused_request_reads_its_replicas_index_again_at_once(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, clock = await make_group(tmp_path, r)
+    fake.index = [{"name": "a", "state": "READY", "reason": ""}]
+    await group.tick()
+    reads = fake.reads
+    fake.index = [FAILED]  # its wake failed on the replica: the request got 503
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    await clock.advance(0.6)
+    group.released(ticket, answered=False)
+    for _ in range(500):
+        if group.unavailable("a"):
+            break
+        await asyncio.sleep(0.01)
+    assert group.unavailable("a") == FAILED["reason"] and fake.reads == reads + 1
+
+
+async def test_a_load_through_the_group_retries_a_failed_member_on_every_replica(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, _ = await make_group(tmp_path, r)
+    fake.index = [FAILED]
+    await group.tick()
+    fake.load_fails = True
+    (refusal,) = await group.load_member("a", timeout_s=5)
+    assert refusal.startswith("503: ") and "failed to load: gone" in refusal
+    assert group.unavailable("a") == FAILED["reason"]
+    fake.load_fails = False
+    assert await group.load_member("a", timeout_s=5) == []
+    assert fake.loads == ["a", "a"] and group.unavailable("a") is None
+    assert group.level(r, "a") == "hot"

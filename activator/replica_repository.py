@@ -1,0 +1,66 @@
+"""The repository extension of a group's replicas, as the activator speaks it: read a replica's
+index, ask it to put a model to sleep at a level, or to load one.
+
+A command's answer is "" when the replica did it, else why not (its status and the start of its
+error body, or the connection's failure), for the caller to log and relay; the index comes back
+as typed :class:`~contracts.replica.ModelStatus` entries, the malformed ones left out.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from contracts.replica import ContractViolation, ModelStatus, SleepLevelName, model_status
+
+INDEX_TIMEOUT_S = 5.0
+
+
+class ReplicaRepository:
+    """One HTTP session for every replica of a group; :meth:`aclose` it."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def index(self, url: str) -> list[ModelStatus] | None:
+        """The models of the replica at ``url``; None if it did not answer with an index (its
+        health check and crash watch deal with a replica that does not answer)."""
+        try:
+            async with self._http().post(url + "/v2/repository/index", json={}) as r:
+                entries = await r.json() if r.status == 200 else []
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        statuses = []
+        for raw in entries if isinstance(entries, list) else []:
+            try:
+                statuses.append(model_status(raw))
+            except (ContractViolation, KeyError, TypeError, ValueError):
+                continue
+        return statuses
+
+    async def sleep(self, url: str, model: str, level: SleepLevelName, timeout_s: float) -> str:
+        """Put ``model`` to sleep at ``level`` (an unload with the level): "" once it has."""
+        body = {"parameters": {"level": level}}
+        return await self._command(f"{url}/v2/repository/models/{model}/unload", body, timeout_s)
+
+    async def load(self, url: str, model: str, timeout_s: float) -> str:
+        """Load ``model`` (or wake it, or retry its failed load): "" once it serves."""
+        return await self._command(f"{url}/v2/repository/models/{model}/load", None, timeout_s)
+
+    async def _command(self, url: str, body: object, timeout_s: float) -> str:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self._http().post(url, json=body, timeout=timeout) as r:
+                return "" if r.status == 200 else f"{r.status}: {(await r.text())[:300]}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=INDEX_TIMEOUT_S)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self._session
