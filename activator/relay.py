@@ -23,7 +23,7 @@ from activator.http import CLOSE, HOP_HEADERS, KEEP_ALIVE, says_close
 from activator.upstream import Upstream, host_header
 
 if TYPE_CHECKING:
-    from activator.frontdoor import FrontConnection, Request
+    from activator.connection import FrontConnection, Request
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from activator import frontdoor
-from activator.frontdoor import FrontConnection
+from activator import connection
+from activator.connection import FrontConnection
 from tests.fixtures.frontdoor import (
     BIG,
     Harness,
@@ -122,7 +122,7 @@ async def test_past_the_buffered_bytes_budget_a_request_is_refused_with_503(
 
 @pytest.fixture
 def shallow_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(frontdoor, "PIPELINE_BYTES", 64 * 1024)
+    monkeypatch.setattr(connection, "PIPELINE_BYTES", 64 * 1024)
 
 
 async def test_a_connection_reads_only_so_far_ahead_of_its_answers(
