@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,23 +26,32 @@ _WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 
 class FillingDisk:
-    """Makes the ``fail_at``-th write under ``root`` (a create, write, pwrite, fsync, rename,
-    new directory, fallocate or truncate) fail with ENOSPC, as a disk filling then would."""
+    """Notes every write under ``root`` by kind (a create, write, pwrite, fsync, rename, new
+    directory, fallocate or truncate) and makes the ``nth`` of kind ``kind`` fail with ENOSPC,
+    as a disk filling at that moment would. By kind and count, not by position: the files of
+    a pull are fetched side by side, so the order of their writes varies from run to run."""
 
-    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int) -> None:
+    def __init__(
+        self, root: Path, monkeypatch: pytest.MonkeyPatch, *, kind: str = "", nth: int = 0
+    ) -> None:
         self.root = str(root)
-        self.fail_at = fail_at
-        self.writes: list[str] = []
+        self.fail = (kind, nth)
+        self.writes: Counter[str] = Counter()
+        self.failed: str | None = None
         self.fds: set[int] = set()
+        self._lock = threading.Lock()
         self._patch(monkeypatch)
 
     def _mine(self, path: Any) -> bool:
         return os.fspath(path).startswith(self.root)
 
-    def _write(self, what: str) -> None:
-        self.writes.append(what)
-        if len(self.writes) == self.fail_at:
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def _write(self, kind: str, what: object) -> None:
+        with self._lock:
+            self.writes[kind] += 1
+            if (kind, self.writes[kind]) != self.fail:
+                return
+            self.failed = f"{kind} {what}"
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     def _patch(self, mp: pytest.MonkeyPatch) -> None:
         real = {n: getattr(os, n) for n in ("open", "close", "write", "pwrite", "fsync")}
@@ -49,7 +60,7 @@ class FillingDisk:
 
         def open_(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
             if self._mine(path) and flags & _WRITES:
-                self._write(f"open {path}")
+                self._write("open", path)
                 fd: int = real["open"](path, flags, mode, **kw)
                 self.fds.add(fd)
                 return fd
@@ -62,7 +73,7 @@ class FillingDisk:
         def on_fd(name: str) -> Callable[..., Any]:
             def call(fd: int, *args: Any) -> Any:
                 if fd in self.fds:
-                    self._write(name)
+                    self._write(name, fd)
                 return real[name](fd, *args)
 
             return call
@@ -71,7 +82,7 @@ class FillingDisk:
             def call(path: Any, *args: Any, **kw: Any) -> Any:
                 # a directory that is there already takes no space (EEXIST comes first)
                 if self._mine(path) and not (name == "mkdir" and os.path.isdir(path)):
-                    self._write(f"{name} {path}")
+                    self._write(name, path)
                 return real[name](path, *args, **kw)
 
             return call
@@ -107,28 +118,23 @@ async def test_the_disk_filling_at_any_write_of_a_pull_is_disk_full(
 ) -> None:
     if not fallocate:  # a filesystem that cannot reserve: each range is written with pwrite
         monkeypatch.setattr(os, "posix_fallocate", without_fallocate)
-    failed_at: list[str] = []
-    for fail_at in range(1, 500):
-        root = tmp_path / f"tier-{fail_at}"
-        with monkeypatch.context() as mp:
-            disk = FillingDisk(root, mp, fail_at)
-            try:
-                tier = LocalTier(root)
-                await fetch_to_tier(store, tier, concurrency=2)
-            except DiskFull as exc:
-                assert "no space left" in str(exc) and "\n" not in str(exc)
-                failed_at.append(disk.writes[-1].split()[0])
-            else:
-                break  # every write has now failed once: the pull that writes them all works
-        assert not list(nothing_left(root)), disk.writes[-1]
-        if (root / "entries").exists():
-            assert LocalTier(root).entries() == []
-    else:
-        pytest.fail("the pull never succeeded")
-    assert LocalTier(root).entries() != []
-    # the commit's writes were among those that failed: the manifest copy, the marker, fsyncs
-    assert {"open", "write", "fsync", "replace", "mkdir"} <= set(failed_at)
-    assert ("pwrite" in failed_at) != fallocate
+    with monkeypatch.context() as mp:  # a pull that fills nothing: every write it makes
+        clean = FillingDisk(tmp_path / "clean", mp)
+        await fetch_to_tier(store, LocalTier(tmp_path / "clean"), concurrency=2)
+    # the commit's writes are among them: the manifest copy and the marker, fsynced, renamed
+    assert {"mkdir", "open", "write", "fsync", "replace", "posix_fallocate"} <= set(clean.writes)
+    assert ("pwrite" in clean.writes) != fallocate
+    for kind, count in sorted(clean.writes.items()):
+        for nth in range(1, count + 1):
+            root = tmp_path / f"tier-{kind}-{nth}"
+            with monkeypatch.context() as mp:
+                disk = FillingDisk(root, mp, kind=kind, nth=nth)
+                with pytest.raises(DiskFull, match="no space left") as info:
+                    await fetch_to_tier(store, LocalTier(root), concurrency=2)
+            assert disk.failed is not None and "\n" not in str(info.value)
+            assert not list(nothing_left(root)), disk.failed
+            if (root / "entries").exists():
+                assert LocalTier(root).entries() == [], disk.failed
 
 
 async def test_a_commit_that_fills_the_disk_in_the_background_leaves_no_entry(

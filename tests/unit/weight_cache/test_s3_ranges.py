@@ -105,7 +105,7 @@ async def test_a_fetch_through_a_trickle_leaves_nothing(
 async def test_a_healthy_endpoint_reads_on_kept_alive_connections() -> None:
     """The deadlines cut nothing short that arrives in time, and leave the connection usable."""
     with TrickleServer(BODY, interval_s=0) as fast:
-        limits = StoreLimits(range_deadline_s=30, min_rate_bytes_s=1024 * 1024, grace_s=2)
+        limits = StoreLimits(range_deadline_s=60, min_rate_bytes_s=1024 * 1024, grace_s=10)
         async with S3Store("b", "m", endpoint_url=fast.url, limits=limits) as store:
             reader = await store.range_reader("k", etag=None)
             buffer = bytearray(len(BODY))
