@@ -114,7 +114,10 @@ async def fetch_to_tier(
     A ``sink`` sees each file's bytes as they arrive (not on a hit: the files are there).
     """
     started = time.perf_counter()
-    manifest = manifest or await read_manifest(store)
+    if manifest is None:
+        manifest = await read_manifest(store)
+    else:
+        manifest.check(where=store.uri)  # one made in code is held to what a read one is
     key = entry_key(manifest)
     plan_s = time.perf_counter() - started
     if tier.lookup(key) is not None:

@@ -163,10 +163,17 @@ class Manifest(BaseModel):
             raise CorruptCheckpoint(
                 f"{where}: not a valid Ember manifest: {_first_error(exc)}"
             ) from None
-        if manifest.format not in READABLE_FORMATS:
-            raise CorruptCheckpoint(f"{where}: manifest format {manifest.format} is not supported")
+        manifest.check(where=where)
+        return manifest
+
+    def check(self, *, where: str) -> None:
+        """What a manifest's schema cannot say: its paths name files the tier may write (see
+        :func:`path_problem`), once each, none also another's directory; chunk tables and
+        safetensors indexes fit their files. Anything wrong is one line of CorruptCheckpoint."""
+        if self.format not in READABLE_FORMATS:
+            raise CorruptCheckpoint(f"{where}: manifest format {self.format} is not supported")
         files: set[str] = set()
-        for f in manifest.files:
+        for f in self.files:
             problem = path_problem(f.path)
             if problem is not None:
                 raise CorruptCheckpoint(f"{where}: manifest path {f.path!r} {problem}")
@@ -192,7 +199,6 @@ class Manifest(BaseModel):
                         f"{where}: manifest names {'/'.join(parts[:i])!r} both as a file and as "
                         f"the directory of {path!r}"
                     )
-        return manifest
 
 
 def reserved_name(name: str) -> bool:

@@ -51,6 +51,18 @@ async def test_a_manifest_naming_the_marker_is_refused(tmp_path: Path) -> None:
     assert not any((tier.root / "entries").iterdir())
 
 
+async def test_a_manifest_made_in_code_is_held_to_the_same_rules(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "bucket")
+    manifest = await push_directory(store, make_model_dir(tmp_path / "src", mb=0.1))
+    lying = manifest.model_copy(
+        update={"files": [*manifest.files, manifest.files[0].model_copy(update={"path": "a/.."})]}
+    )
+    tier = LocalTier(tmp_path / "tier")
+    with pytest.raises(CorruptCheckpoint, match=r"'a/\.\.' is not a plain relative path"):
+        await fetch_to_tier(store, tier, manifest=lying)
+    assert not any((tier.root / "entries").iterdir())
+
+
 async def test_a_pulled_entry_pushes_as_the_model_it_holds(tmp_path: Path) -> None:
     tier, manifest = await filled(tmp_path)
     entry = tier.entries()[0].path
