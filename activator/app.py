@@ -67,7 +67,12 @@ log = logging.getLogger("ember.activator")
 
 # a model's state in the repository index, by the activator's; at zero: ZERO (a request wakes
 # it), or UNAVAILABLE when its last start failed
-_REPLICA_STATE = {"zero": "ZERO", "starting": "LOADING", "ready": "READY"}
+_REPLICA_STATE = {
+    "zero": "ZERO",
+    "starting": "LOADING",
+    "ready": "READY",
+    "unavailable": "UNAVAILABLE",  # a group's member that failed on every replica
+}
 ADMIN_BODY_BYTES = 1 << 20
 Handler = Callable[[Match, bytes], Awaitable[Response]]
 
@@ -338,13 +343,23 @@ class Activator:
         ]
 
     async def _repository_load(self, match: Match, body: bytes) -> Response:
+        """A replica started (kept for the keep-alive) and ready; a group's member is then
+        loaded on every replica of the group: woken, or its failed load tried again."""
         pool = self.pool(match.model)
         pool.warm(pool.spec.keep_alive_s, source="repository-load")
+        replicas = pool.group.pool if isinstance(pool, MemberPool) else pool
         deadline = time.monotonic() + pool.spec.startup_timeout_s
-        while pool.state != "ready":
-            if time.monotonic() > deadline or (pool.state == "zero" and pool.start_failed):
-                raise DeadlineExceeded(f"model '{match.model}' did not load: {pool.reason}")
+        while replicas.state != "ready":
+            if time.monotonic() > deadline or (replicas.state == "zero" and replicas.start_failed):
+                raise DeadlineExceeded(f"model '{match.model}' did not load: {replicas.reason}")
             await asyncio.sleep(0.02)
+        if isinstance(pool, MemberPool):
+            left_s = max(1.0, deadline - time.monotonic())
+            refusals = await pool.group.load_member(pool.name, left_s)
+            if refusals:
+                raise ModelUnavailable(
+                    f"model '{match.model}' did not load on every replica: {'; '.join(refusals)}"
+                )
         return Response(200, [], b"")
 
     async def _repository_unload(self, match: Match, body: bytes) -> Response:

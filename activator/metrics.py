@@ -47,7 +47,7 @@ def reason_of(error: errors.ActivatorError) -> str:
 
 
 REPLICA_STATES = ("starting", "ready", "checking", "draining")
-MODEL_STATES = ("zero", "starting", "ready", "draining")
+MODEL_STATES = ("zero", "starting", "ready", "draining", "unavailable")
 
 
 class ActivatorMetrics:
@@ -140,7 +140,8 @@ class _PoolCollector(Collector):
         )
         state = GaugeMetricFamily(
             "ember_activator_model_state",
-            "1 for the model's current state (zero, starting, ready, draining)",
+            "1 for the model's current state (zero, starting, ready, draining; a group's "
+            "model: unavailable when it failed on every replica)",
             labels=["model", "state"],
         )
         levels = GaugeMetricFamily(

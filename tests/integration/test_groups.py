@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import yaml
 
-from tests.conftest import MINILM_CONFIG, MLP_CONFIG
+from tests.conftest import MINILM_CONFIG, MLP_CONFIG, slow_model
 from tests.integration.test_activator import (
     MLP_BODY,
     activator,
@@ -232,3 +232,55 @@ def test_member_unloads_every_0_7_s_under_mixed_traffic_lose_and_spoil_nothing(
         for model, _, data in answers:
             assert np.allclose(data, reference[model], atol=1e-4), model
         assert set(commands) == {200}
+
+
+def test_a_member_that_failed_to_load_is_unavailable_with_why_until_loaded_again(
+    tmp_path: Path,
+) -> None:
+    broken = slow_model(tmp_path, device="auto")
+    weights = tmp_path / "weights" / "model.safetensors"
+    kept = weights.read_bytes()
+    weights.unlink()  # the replica's load of this member fails; the MLP serves
+    settings = {"events": str(tmp_path / "events.jsonl"), "grace_period_s": 5}
+    entry = {
+        "name": "shared",
+        "models": [{"config": str(MLP_CONFIG)}, {"config": str(broken)}],
+        "max_replicas": 1,
+        "keep_alive_s": 120,
+    }
+    config = tmp_path / "ember.yaml"
+    config.write_text(yaml.safe_dump({"activator": settings, "groups": [entry]}))
+    slow_body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}
+    )
+    with activator(config) as server:
+        output(infer(server, "mlp"))
+        r = httpx.post(f"{server.url}/v2/models/slow/infer", content=slow_body, timeout=60)
+        assert r.status_code == 503 and "does not exist" in r.json()["error"]
+
+        def indexed() -> dict[str, Any]:
+            index = httpx.post(server.url + "/v2/repository/index").json()
+            return {m["name"]: m for m in index}
+
+        wait_until(lambda: indexed()["slow"]["state"] == "UNAVAILABLE", what="slow unavailable")
+        slow = indexed()["slow"]
+        assert f"weights file {weights} does not exist" in slow["reason"]
+        assert slow["activator_state"] == "unavailable" and indexed()["mlp"]["state"] == "READY"
+        described = {m["name"]: m for m in httpx.get(server.url + "/admin/models").json()}
+        assert described["slow"]["state"] == "unavailable"
+        assert "does not exist" in described["slow"]["unavailable_on"]["1"]
+        assert metric(server, 'ember_activator_model_state{model="slow",state="unavailable"}') == 1
+        assert httpx.get(f"{server.url}/v2/models/slow/ready").status_code == 503
+        assert [
+            m["name"]
+            for m in httpx.post(server.url + "/v2/repository/index", json={"ready": True}).json()
+        ] == ["mlp"]
+        # a load through the activator tries again on the replica: refused while it still fails
+        r = httpx.post(f"{server.url}/v2/repository/models/slow/load", timeout=60)
+        assert r.status_code == 503 and "did not load on every replica" in r.json()["error"]
+        weights.write_bytes(kept)
+        r = httpx.post(f"{server.url}/v2/repository/models/slow/load", timeout=60)
+        assert r.status_code == 200, r.text
+        wait_until(lambda: indexed()["slow"]["state"] == "READY", what="slow serving again")
+        r = httpx.post(f"{server.url}/v2/models/slow/infer", content=slow_body, timeout=60)
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [6.0]
