@@ -66,6 +66,8 @@ UP_REFERENCE = """\
 ember.yaml:
   activator:                 (all optional)
     events: events.jsonl     the event log, one JSON line per transition and request
+    event_log_max_bytes: 64MiB   past it the log is rotated (events.jsonl.1, .2, ...)
+    event_log_keep: 4        rotated files kept; the log holds at most (keep + 1) x max_bytes
     keep_alive_s: 60         idle time before a model's replicas drain and stop; this and
                              every other *_s key: seconds, or with units (90s, 10m, 1h30m)
     queue_size: 1000         per model; past it requests get 503 + Retry-After

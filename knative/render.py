@@ -38,6 +38,7 @@ def render(stack: StackConfig) -> list[dict[str, Any]]:
     """Every object of the stack, checked; raises :class:`DeployError` naming what is wrong."""
     if stack.knative.tier.claim == EVENTS_CLAIM:
         raise DeployError(f"knative.tier.claim: {EVENTS_CLAIM} is the activator's event log")
+    _check_events_fit(stack)
     objects = tier_objects(stack)
     model_files: dict[str, str] = {}
     for spec in stack.models.values():
@@ -53,6 +54,18 @@ def render(stack: StackConfig) -> list[dict[str, Any]]:
     _unique(objects)
     check_objects(objects, enabled_keys(required_settings(stack)))
     return objects
+
+
+def _check_events_fit(stack: StackConfig) -> None:
+    """The event log at its bound (the live file and every rotated one) fits its claim."""
+    s, size_gi = stack.settings, stack.knative.events.size_gi
+    bound = (s.event_log_keep + 1) * s.event_log_max_bytes
+    if bound > size_gi * 2**30:
+        raise DeployError(
+            f"the event log may grow to {bound / 2**30:.2f} GiB ((event_log_keep + 1) x "
+            f"event_log_max_bytes) but knative.events.size_gi is {size_gi:g}: raise size_gi "
+            "or lower the bound"
+        )
 
 
 def _unique(objects: list[dict[str, Any]]) -> None:
@@ -74,6 +87,8 @@ def _activator_objects(stack: StackConfig, model_files: dict[str, str]) -> list[
     config = {
         "activator": {
             "events": "/var/lib/ember/events.jsonl",
+            "event_log_max_bytes": int(s.event_log_max_bytes),
+            "event_log_keep": s.event_log_keep,
             "scaler": "knative",
             "keep_alive_s": s.keep_alive_s,
             "queue_size": s.queue_size,

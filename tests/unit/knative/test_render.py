@@ -428,3 +428,21 @@ if __name__ == "__main__":  # rewrite the golden files from the current renderin
         with tempfile.TemporaryDirectory() as tmp:
             path = write_stack(Path(tmp), model, knative, entry)
             (GOLDEN / f"{case}.yaml").write_text(to_yaml(render(load_stack(path))))
+
+
+def test_the_event_log_bound_travels_to_the_activator_and_must_fit_its_claim(
+    tmp_path: Path,
+) -> None:
+    bound = "activator:\n  event_log_max_bytes: 256MiB\n  event_log_keep: 3\n"
+
+    def stack(size_gi: float) -> StackConfig:
+        path = write_stack(tmp_path, CPU_MODEL, KNATIVE + f"  events: {{size_gi: {size_gi}}}\n")
+        path.write_text(bound + path.read_text())
+        return load_stack(path)
+
+    with pytest.raises(DeployError, match=r"may grow to 1\.00 GiB .*events\.size_gi is 0\.5"):
+        render(stack(0.5))
+    objects = render(stack(1))
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap" and "ember.yaml" in o["data"]]
+    settings = yaml.safe_load(config["data"]["ember.yaml"])["activator"]
+    assert (settings["event_log_max_bytes"], settings["event_log_keep"]) == (256 * 2**20, 3)
