@@ -2,22 +2,29 @@
 """A bounded chaos soak of the one-machine stack: nothing lost, nothing hung, nothing leaked.
 
 Starts, all on loopback: an S3-compatible server (moto) behind a fault-injecting proxy, and
-``ember up`` with three models: ``mlp-s3`` (weights streamed from S3 through the proxy, short
-keep-alive, so it goes to zero and back), ``slow`` (a tiny queue and one request per replica, so
-the load runs well past its bound) and ``mlp`` (local weights). Then, for ``--minutes``:
+``ember up`` with: ``mlp-s3`` (weights streamed from S3 through the proxy, short keep-alive, so
+it goes to zero and back), ``slow`` (a tiny queue and one request per replica, so the load runs
+well past its bound), ``mlp`` (local weights), the group ``pair`` (``pair-a`` and ``pair-b``, the
+MLP twice, batching with a 5 ms delay, on one replica whose device memory budget fits one of
+them, so mixed traffic switches them) and ``hostile`` (the MLP again, for the hostile client
+alone). Then, for ``--minutes``:
 
 * ``--concurrency`` client threads send inference requests (each with a 10 s deadline, half of
   them in an ``Ember-Deadline-Ms`` header, which sends them through the queue) as fast as they
-  are answered, spread over the three models;
+  are answered, spread over the five models; every 200's outputs are checked against the
+  model's first answer (the MLPs share their weights);
 * a chaos thread, every 1-3 s: SIGKILLs a replica; or injects S3 faults (503 SlowDown, 500, a
   body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and evicts its tier entry,
   so its next request streams the weights from S3 through those faults; or puts a model to
   sleep, or warms one (admin API);
+* a storm thread, every 0.3-0.7 s, sends the group's members a repository unload with a level
+  (``host``, ``disk``), one without (a member sleeps at disk), an admin sleep or a repository
+  load; each answer must be a 200 or a documented 503/504 (**storm_wrong**);
 * a hostile client sends, one at a time, what an adversarial probe found (tests/fixtures/
-  hostile.py): malformed framing, a refused header, deep nesting, bodies over the limit
-  (declared, and chunked until refused), a stalled head, pipelined requests nobody reads; each
-  answer is checked (**hostile_wrong**), and relayed ones are kept apart in the event log by
-  their ``?hostile=1``;
+  hostile.py) to ``hostile``: malformed framing, a refused header, deep nesting, bodies over the
+  limit (declared, and chunked until refused), a stalled head, pipelined requests nobody reads;
+  each answer is checked (**hostile_wrong**), and the event log's lines for ``hostile`` are
+  left out of the count of requests;
 * a monitor samples the activator's and the replicas' memory.
 
 Then it stops the load, SIGTERMs the activator and checks:
@@ -31,8 +38,8 @@ Then it stops the load, SIGTERMs the activator and checks:
   complete matches its manifest's sizes and sha256 (**bad_cache_entries**);
 * the activator's memory stayed under ``--rss-limit-mb`` (its Deployment's limit).
 
-It prints a table, writes ``--out`` (JSON), and exits 1 if lost, hung or any leak is not 0 (or
-the memory bound was passed). Usage: ``scripts/soak --minutes 5 --out soak.json``.
+It prints a table, writes ``--out`` (JSON), and exits 1 if lost, hung, wrong or any leak is not 0
+(or the memory bound was passed). Usage: ``scripts/soak --minutes 5 --out soak.json``.
 """
 
 from __future__ import annotations
@@ -74,7 +81,8 @@ MLP_BODY = json.dumps(
 SLOW_BODY = json.dumps(
     {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}
 ).encode()
-MODELS = {"slow": 0.5, "mlp": 0.3, "mlp-s3": 0.2}  # share of the requests
+MODELS = {"slow": 0.4, "mlp": 0.2, "mlp-s3": 0.15, "pair-a": 0.125, "pair-b": 0.125}  # shares
+GROUP = ("pair-a", "pair-b")
 HEADER_TIMEOUT_S = 2.0  # the activator's here, so a stalled head is answered soon
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -90,6 +98,7 @@ class Tally:
         self.samples: list[str] = []
         self.latency: dict[int, list[float]] = {}
         self.by_model: dict[str, Counter[int]] = {m: Counter() for m in MODELS}
+        self.reference: dict[str, list[float]] = {}  # slow, or mlp (the MLPs' shared weights)
 
     def bad(self, kind: str, detail: str) -> None:
         with self.lock:
@@ -149,6 +158,15 @@ def check_answer(model: str, r: httpx.Response, tally: Tally) -> None:
     want = [1, 1] if model == "slow" else [1, 10]
     if outputs[0].get("shape") != want or body.get("model_name") != model:
         tally.bad("wrong", f"unexpected outputs: {where}")
+        return
+    family = "slow" if model == "slow" else "mlp"
+    data = outputs[0].get("data")
+    with tally.lock:
+        reference = tally.reference.setdefault(family, data)
+    if not (isinstance(data, list) and len(data) == len(reference)) or any(
+        abs(a - b) > 1e-4 for a, b in zip(data, reference, strict=True)
+    ):
+        tally.bad("wrong", f"outputs differ from the first answer's: {where}")
 
 
 # ----------------------------------------------------------------------------------------- chaos
@@ -244,7 +262,54 @@ class Chaos:
         return r.status_code == 200
 
 
+class Storm:
+    """Sleep, wake and unload commands for the group's members, as fast as one at a time."""
+
+    DOCUMENTED = {200, 503, 504}
+
+    def __init__(self, url: str, seed: int) -> None:
+        self.url = url
+        self.rng = random.Random(seed)
+        self.done: Counter[str] = Counter()
+        self.wrong: list[str] = []
+
+    def run(self, stop: threading.Event) -> None:
+        levels = [b'{"parameters": {"level": "host"}}', b'{"parameters": {"level": "disk"}}']
+        with httpx.Client(base_url=self.url, timeout=90) as http:
+            while not stop.wait(self.rng.uniform(0.3, 0.7)):
+                model = self.rng.choice(GROUP)
+                kind = self.rng.choice(["host", "disk", "unload", "admin-sleep", "load"])
+                try:
+                    if kind in ("host", "disk"):
+                        body = levels[kind == "disk"]
+                        r = http.post(f"/v2/repository/models/{model}/unload", content=body)
+                    elif kind == "unload":
+                        r = http.post(f"/v2/repository/models/{model}/unload")
+                    elif kind == "admin-sleep":
+                        r = http.post(f"/admin/models/{model}/sleep")
+                    else:
+                        r = http.post(f"/v2/repository/models/{model}/load")
+                except httpx.HTTPError as exc:
+                    self.wrong.append(f"{kind} {model}: {type(exc).__name__}: {exc}")
+                    continue
+                self.done[f"{kind} {r.status_code}"] += 1
+                if r.status_code not in self.DOCUMENTED:
+                    self.wrong.append(f"{kind} {model}: {r.status_code} {r.text[:160]!r}")
+
+
 # ----------------------------------------------------------------------------------------- checks
+def refused_requests(url: str) -> int:
+    """The clients' requests the activator refused before any replica (its metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"ember_activator_refused_total\{([^}]*)\} (\S+)$", line)
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) if match else {}
+        if match and labels.get("model") in MODELS:
+            total += float(match.group(2))
+    return int(total)
+
+
 def bad_cache_entries(tier_root: Path) -> list[str]:
     from weight_cache.manifest import MANIFEST_NAME, Manifest
     from weight_cache.tier import LocalTier
@@ -303,6 +368,9 @@ def write_stack(tmp: Path) -> Path:
         "max_batch_size": 8,
     }
     (tmp / "mlp-s3.json").write_text(json.dumps(s3_model))
+    local = {**s3_model, "source": str(mlp / "weights"), "max_queue_delay_ms": 5}
+    for name in (*GROUP, "hostile"):
+        (tmp / f"{name}.json").write_text(json.dumps({**local, "name": name}))
     slow = slow_model(tmp, load_delay_s=0.3, delay_s=0.02)
     stack = {
         "activator": {
@@ -319,6 +387,18 @@ def write_stack(tmp: Path) -> Path:
             {"config": str(tmp / "mlp-s3.json"), "max_replicas": 1, "container_concurrency": 8},
             {"config": str(slow), "max_replicas": 2, "container_concurrency": 1, "queue_size": 4},
             {"config": str(mlp / "model.yaml"), "max_replicas": 2, "keep_alive_s": 30},
+            # always up: what the hostile client checks is the protocol, not a cold start
+            {"config": str(tmp / "hostile.json"), "min_replicas": 1, "max_replicas": 1},
+        ],
+        "groups": [
+            {
+                "name": "pair",
+                "models": [{"config": str(tmp / f"{name}.json")} for name in GROUP],
+                "max_replicas": 1,
+                "container_concurrency": 8,
+                "keep_alive_s": 30,
+                "device_memory_budget": "2MB",  # one MLP (1.6 MB) at a time
+            }
         ],
     }
     path = tmp / "ember.yaml"
@@ -345,6 +425,13 @@ def start_activator(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen
             threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
             return proc, match.group(1)
     raise RuntimeError("ember up did not start:\n" + "".join(lines))
+
+
+def warm_up(url: str) -> None:
+    """Start the replicas that stay up (mlp, the group's, hostile's) before the load begins: on
+    two cores, their imports side by side would otherwise take the run's first seconds."""
+    for model in ("hostile", GROUP[0], "mlp"):
+        httpx.post(f"{url}/v2/repository/models/{model}/load", timeout=120).raise_for_status()
 
 
 def _drain(stream: Any) -> None:
@@ -389,6 +476,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         config = write_stack(tmp)
         proc, url = start_activator(config, {**base_env, "AWS_ENDPOINT_URL": proxy.url})
+        warm_up(url)
         tally = Tally()
         chaos = Chaos(url, proc.pid, proxy, tmp / "tier", args.seed)
         stop = threading.Event()
@@ -400,26 +488,31 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for i in range(args.concurrency)
         ]
         chaos_thread = threading.Thread(target=chaos.run, args=(stop,))
+        storm = Storm(url, args.seed + 1000)
+        storm_thread = threading.Thread(target=storm.run, args=(stop,))
         hostile = HostileClient(
             url,
             random.Random(args.seed - 1),
             limit=MAX_REQUEST_BYTES,
             header_timeout_s=HEADER_TIMEOUT_S,
+            model="hostile",
         )
         hostile_thread = threading.Thread(target=hostile.run, args=(stop,))
         started = time.monotonic()
-        for t in [*threads, chaos_thread, hostile_thread]:
+        others = [chaos_thread, storm_thread, hostile_thread]
+        for t in [*threads, *others]:
             t.start()
         try:
             stop.wait(args.minutes * 60)
         finally:
             stop.set()
-            for t in [*threads, chaos_thread, hostile_thread]:
+            for t in [*threads, *others]:
                 t.join()
         load_s = time.monotonic() - started
         s3_requests = len(proxy.requests)
         proxy.clear()
         rss_end = rss_mb(proc.pid)
+        refused = refused_requests(url)
         chaos.sample()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -442,7 +535,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         logged = Counter(
             e["status"]
             for e in events
-            if e.get("event") == "request" and "hostile=1" not in e.get("path", "")
+            if e.get("event") == "request" and e.get("model") != "hostile"
         )
         answered = sum(tally.answered.values())
         half = len(chaos.rss_trace) // 2
@@ -454,6 +547,8 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "wrong_outputs": tally.wrong,
             "hostile_wrong": len(hostile.wrong),
             "hostile_sent": dict(hostile.done),
+            "storm_wrong": len(storm.wrong),
+            "storm": dict(storm.done),
             "leaked_processes": len(leaked),
             "leaked_files": len(left),
             "bad_cache_entries": len(bad),
@@ -464,8 +559,10 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "rss_end_mb": round(rss_end, 1),
             "replica_max_rss_mb": round(chaos.max_replica_rss, 1),
             "event_log_requests": sum(logged.values()),
-            "event_log_matches_answers": dict(logged) == dict(tally.answered)
-            and answered == sum(logged.values()),
+            "refused_before_a_replica": refused,
+            # what was refused before a replica is counted in the metrics, not logged
+            "event_log_matches_answers": sum(logged.values()) + refused == answered
+            and all(logged[status] <= n for status, n in tally.answered.items()),
             "chaos": dict(chaos.done),
             "replicas_started": len(chaos.seen_replicas),
             "s3_requests_through_proxy": s3_requests,
@@ -482,6 +579,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "latency_max_s": {str(k): round(max(v), 3) for k, v in sorted(tally.latency.items())},
             "samples": tally.samples
             + hostile.wrong[:5]
+            + storm.wrong[:5]
             + [f"leaked process {p}" for p in leaked]
             + left[:5]
             + bad[:5],
@@ -507,6 +605,7 @@ def failed(result: dict[str, Any]) -> list[str]:
             "hung",
             "wrong_outputs",
             "hostile_wrong",
+            "storm_wrong",
             "leaked_processes",
             "leaked_files",
             "bad_cache_entries",
@@ -531,11 +630,13 @@ def table(result: dict[str, Any]) -> str:
         ("wrong outputs", result["wrong_outputs"]),
         ("hostile requests answered wrong", result["hostile_wrong"]),
         ("hostile requests", sum(result["hostile_sent"].values())),
+        ("storm commands answered wrong", result["storm_wrong"]),
+        ("storm", ", ".join(f"{k} {v}" for k, v in sorted(result["storm"].items()))),
         ("leaked processes", result["leaked_processes"]),
         ("leaked files", result["leaked_files"]),
         ("bad cache entries", result["bad_cache_entries"]),
         ("activator max RSS (MB)", f"{result['max_rss_mb']} (limit {result['rss_limit_mb']})"),
-        ("event log = answers", result["event_log_matches_answers"]),
+        ("event log + refused = answers", result["event_log_matches_answers"]),
         ("replicas started", result["replicas_started"]),
         ("chaos", ", ".join(f"{k} {v}" for k, v in sorted(result["chaos"].items()))),
         ("S3 requests (through the fault proxy)", result["s3_requests_through_proxy"]),

@@ -18,6 +18,9 @@ KEYS = {
     "answered": dict,
     "lost": int,
     "hung": int,
+    "wrong_outputs": int,
+    "storm_wrong": int,
+    "storm": dict,
     "leaked_processes": int,
     "leaked_files": int,
     "bad_cache_entries": int,
@@ -56,7 +59,8 @@ def test_a_short_soak_loses_nothing_hangs_nothing_leaks_nothing(tmp_path: Path) 
     result = json.loads(out.read_text())
     for key, kind in KEYS.items():
         assert isinstance(result[key], kind), key
-    assert result["lost"] == result["hung"] == 0
+    assert result["lost"] == result["hung"] == result["wrong_outputs"] == 0
+    assert result["storm_wrong"] == 0 and sum(result["storm"].values()) > 0
     assert result["leaked_processes"] == result["leaked_files"] == result["bad_cache_entries"] == 0
     assert result["sent"] == sum(result["answered"].values()) > 100
     assert set(result["answered"]) <= {"200", "502", "503", "504"}
