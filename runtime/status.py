@@ -29,6 +29,7 @@ _KINDS: tuple[tuple[type[BaseException], FailureKind], ...] = (
     (cache.AccessDenied, FailureKind.STORE_UNAVAILABLE),
     (cache.DiskFull, FailureKind.DISK_FULL),
     (cache.BadSource, FailureKind.BAD_CONFIG),
+    (cache.BadSetting, FailureKind.BAD_CONFIG),
     (ConfigError, FailureKind.BAD_CONFIG),
 )
 
