@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
 from activator import bridge
-from activator.datapath import CLIENT_GONE, Exchange, deadline_of
+from activator.datapath import CLIENT_GONE, Exchange, Route, deadline_of
 from activator.errors import (
     ActivatorError,
     BadRequest,
@@ -31,12 +30,28 @@ from activator.errors import (
     QueueFull,
     RequestTimeout,
 )
-from activator.http import Headers, error_response, head
+from activator.http import Headers, Request, error_response, head
 from activator.relay import Relay
 from activator.routes import Guard
+from activator.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from activator.frontdoor import FrontDoor
+    from activator.app import Activator
+
+
+class Door(Protocol):
+    """What a connection needs of the front door that accepted it
+    (:class:`activator.frontdoor.FrontDoor`)."""
+
+    activator: Activator
+    buffered: int  # request body bytes held by all connections
+    connections: set[FrontConnection]
+    tasks: set[asyncio.Task[Any]]
+    draining: bool
+    upstreams: UpstreamPool
+
+    def relayed(self, raw_url: bytes) -> Route | None: ...
+
 
 MAX_HEADERS = 256  # header fields per request; past it: 431
 # read-ahead on one connection while an earlier request is answered: past either, stop reading
@@ -44,26 +59,10 @@ PIPELINE_DEPTH = 8
 PIPELINE_BYTES = 1024 * 1024
 
 
-@dataclass
-class Request:
-    method: bytes
-    url: bytes
-    headers: Headers
-    body: bytes
-    keep_alive: bool
-    http10: bool  # an HTTP/1.0 request: kept alive only when it asked, and told so
-    arrival: float  # wall clock
-    deadline_s: float | None = None  # Ember-Deadline-Ms, once read
-
-    @property
-    def head(self) -> bool:
-        return self.method == b"HEAD"
-
-
 class FrontConnection(asyncio.Protocol):
     """One client connection: parse requests, answer them in order."""
 
-    def __init__(self, door: FrontDoor) -> None:
+    def __init__(self, door: Door) -> None:
         self.door = door
         self.activator = door.activator
         self.settings = door.activator.settings

@@ -66,6 +66,24 @@ REASONS = {
 }
 
 
+@dataclass
+class Request:
+    """A request the front door parsed off a client connection."""
+
+    method: bytes
+    url: bytes
+    headers: Headers
+    body: bytes
+    keep_alive: bool
+    http10: bool  # an HTTP/1.0 request: kept alive only when it asked, and told so
+    arrival: float  # wall clock
+    deadline_s: float | None = None  # Ember-Deadline-Ms, once read
+
+    @property
+    def head(self) -> bool:
+        return self.method == b"HEAD"
+
+
 @dataclass(frozen=True)
 class Response:
     status: int

@@ -14,16 +14,43 @@ again, on another replica); or held past ``request_timeout_s`` (504, or a cut an
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from activator.datapath import CLIENT_GONE, Exchange
 from activator.errors import ActivatorError, DeadlineExceeded
-from activator.http import CLOSE, HOP_HEADERS, KEEP_ALIVE, says_close
-from activator.upstream import Upstream, host_header
+from activator.http import CLOSE, HOP_HEADERS, KEEP_ALIVE, Request, says_close
+from activator.upstream import Upstream, UpstreamPool, host_header
 
-if TYPE_CHECKING:
-    from activator.connection import FrontConnection, Request
+
+class Door(Protocol):
+    """What a relay needs of the front door: the kept-alive replica connections."""
+
+    upstreams: UpstreamPool
+    draining: bool
+
+
+class Client(Protocol):
+    """What a relay needs of its client connection
+    (:class:`activator.connection.FrontConnection`)."""
+
+    @property
+    def door(self) -> Door: ...
+
+    transport: asyncio.Transport | None
+    closing: bool
+    write_paused: bool
+
+    def spawn(self, coro: Any) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def next_request(self) -> None: ...
+    def refuse(
+        self, x: Exchange, error: ActivatorError, request: Request, *, admitted: bool = True
+    ) -> None: ...
+    async def wait_for_slot(self, x: Exchange, request: Request) -> None: ...
+
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 
@@ -31,7 +58,7 @@ RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 class Relay:
     """The request a connection has on a replica, and the answer on its way back."""
 
-    def __init__(self, conn: FrontConnection) -> None:
+    def __init__(self, conn: Client) -> None:
         self.conn = conn
         self.x: Exchange | None = None  # the exchange being relayed (None: nothing in flight)
         self.request: Request | None = None
