@@ -75,7 +75,8 @@ def test_a_log_with_a_bad_timestamp_and_a_torn_line_neither_stops_the_start_nor_
     with activator(config) as server:
         assert metric(server, "ember_activator_event_log_skipped_lines_total") == 2
         assert "skipped 2 line(s) that are not well-typed events" in server.output
-        assert httpx.post(server.url + "/v2/models/slow/infer", content=BODY).status_code == 200
+        infer = server.url + "/v2/models/slow/infer"  # waits for a start: 60 s, not httpx's 5
+        assert httpx.post(infer, content=BODY, timeout=60).status_code == 200
     lines = log.read_text().splitlines()
     assert lines[2].endswith('"repl')  # the torn line, ended; the next event is whole
     after = [json.loads(line) for line in lines[3:]]
