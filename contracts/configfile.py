@@ -27,6 +27,7 @@ Loc = Sequence[str | int]
 _MODEL_KEYS = frozenset({"handler", "source", "inputs", "outputs", "options", "max_batch_size"})
 _STACK_KEYS = frozenset({"activator", "knative"})
 MAX_DEPTH = 32  # levels of nesting: the deepest real config has fewer than ten
+MAX_VALUES = 100_000  # values, aliases expanded: a real config has hundreds
 
 
 def read_config(path: Path) -> Any:
@@ -68,19 +69,53 @@ def read_config(path: Path) -> Any:
         raise ConfigError(f"{path} is empty")
     if _depth(doc) > MAX_DEPTH:  # what parsed may still be too deep for what reads it next
         raise too_deep
+    if _values(doc) > MAX_VALUES:  # YAML aliases repeat a node without repeating its text
+        raise ConfigError(
+            f"{path}: expands to more than {MAX_VALUES} values (through YAML aliases?); "
+            "no config is that large"
+        )
     return doc
 
 
+def _containers(node: Any) -> list[Any]:
+    children = node.values() if isinstance(node, dict) else node
+    return [c for c in children if isinstance(c, dict | list)]
+
+
 def _depth(doc: Any) -> int:
-    """How deeply lists and mappings nest in ``doc`` (a scalar: 0), without recursing."""
+    """How deeply lists and mappings nest in ``doc`` (a scalar: 0), without recursing; past
+    :data:`MAX_DEPTH` it stops counting (a node that holds itself, through a YAML alias, is
+    nested without end). A node that aliases share is walked again only if reached deeper."""
     deepest, stack = 0, [(doc, 1)]
+    reached: dict[int, int] = {}  # id of a node -> the deepest it was walked at
     while stack:
         node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        if not isinstance(node, dict | list) or reached.get(id(node), 0) >= depth:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        reached[id(node)] = depth
+        stack.extend((child, depth + 1) for child in _containers(node))
     return deepest
+
+
+def _values(doc: Any) -> int:
+    """How many values ``doc`` holds once its aliases are expanded, counted without expanding
+    them (each shared node once); ``doc`` is acyclic (:func:`_depth` is bounded)."""
+    sizes: dict[int, int] = {}
+    stack = [(doc, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, dict | list) or id(node) in sizes:
+            continue
+        children = _containers(node)
+        if children_done:
+            sizes[id(node)] = len(node) + sum(sizes[id(c)] for c in children)
+        else:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return sizes.get(id(doc), 0)
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.configfile import (
     MAX_DEPTH,
+    MAX_VALUES,
     closest,
     explain,
     key_path,
@@ -57,6 +58,25 @@ def test_a_config_nested_too_deep_is_refused_in_one_line(
     with pytest.raises(ConfigError) as caught:
         read_config(path)
     assert str(caught.value) == f"{path}: nested deeper than {MAX_DEPTH} levels; no config is"
+
+
+def test_a_config_that_holds_itself_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("name: m\noptions: &a [*a]\n")  # a list that is its own item
+    with pytest.raises(ConfigError, match=f"nested deeper than {MAX_DEPTH} levels"):
+        read_config(path)
+
+
+def test_aliases_that_expand_past_the_bound_are_refused_without_expanding(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "a.yaml"
+    path.write_text("\n".join(lines) + "\n")  # a billion values, a few hundred bytes
+    with pytest.raises(ConfigError, match=f"expands to more than {MAX_VALUES} values"):
+        read_config(path)
+    shared = "a: &a [1, 2, 3]\nb: [*a, *a, *a]\n"  # aliases within the bound are fine
+    path.write_text(shared)
+    assert read_config(path)["b"] == [[1, 2, 3]] * 3
 
 
 def test_a_config_as_deep_as_allowed_is_read(tmp_path: Path) -> None:
