@@ -93,10 +93,9 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
     if not log_files(path):
         raise ConfigError(f"cannot read the event log {path}: no such file")
     skipped = Skipped()
-    try:
-        events = list(iter_events(path, skipped))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the event log {path}: {exc.strerror}") from None
+    events = list(iter_events(path, skipped))
+    if skipped.unreadable:  # a report that leaves out a file would be wrong, not partial
+        raise ConfigError(f"cannot read the event log: {'; '.join(skipped.unreadable)}")
     if not events:
         raise ConfigError(f"{path} holds no Ember events")
     return events, skipped.lines

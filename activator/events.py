@@ -39,7 +39,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import FileIO
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
@@ -68,6 +68,7 @@ class EventLog:
         # the last write failed (said once, until one succeeds), perhaps half done: the next
         # one starts on a new line
         self._failing = False
+        self._writing = path is not None  # until closed
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._open(path)
@@ -88,7 +89,7 @@ class EventLog:
     def emit(self, event: str, model: str, **fields: Any) -> dict[str, Any]:
         record = {"event": event, "model": model, "ts": time.time(), "mono": time.monotonic()}
         record.update(fields)
-        if self._file is not None:
+        if self._writing:
             self._append(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         return record
 
@@ -107,7 +108,7 @@ class EventLog:
         replica: int | None,
     ) -> None:
         """A ``request`` event, formatted without building a dict (one per request)."""
-        if self._file is None:
+        if not self._writing:
             return
         self._append(
             f'{{"event":"request","model":{encode_basestring(model)},"ts":{end!r},'
@@ -137,14 +138,17 @@ class EventLog:
     def _write(self) -> None:
         self._flushing = None
         lines, self._lines = self._lines, []
-        if not lines or self._file is None or self.path is None:
+        if not lines or not self._writing or self.path is None:
             return
         data = (("\n" if self._failing else "") + "".join(lines)).encode()
         try:
+            if self._file is None:  # a rotation failed half-way (no descriptor, no room)
+                self._open(self.path)
             if self._size and self._size + len(data) > self.max_bytes:
                 self._rotate(self.path)
             self._put(data)
-        except OSError as exc:  # a full disk: these lines are lost, the next batch tries again
+        except OSError as exc:  # a full disk, no descriptor: these lines are lost; the next
+            # batch tries again, reopening the file if the failure left it closed
             if not self._failing:
                 log.warning("event log %s: cannot write (%s); events are lost", self.path, exc)
             self._failing = True
@@ -163,6 +167,7 @@ class EventLog:
             if self._flushing is not None:
                 self._flushing.cancel()
             self._write()
+            self._writing = False
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -210,9 +215,11 @@ def log_files(path: Path) -> list[Path]:
 
 @dataclass
 class Skipped:
-    """Lines a reading skipped: not JSON (a torn line), or not a well-typed event."""
+    """Lines a reading skipped: not JSON (a torn line), or not a well-typed event; and files
+    it could not read (or not to their end)."""
 
     lines: int = 0
+    unreadable: list[str] = field(default_factory=list)  # "FILE: why", each file not read whole
 
 
 def iter_events(path: Path, skipped: Skipped) -> Iterator[dict[str, Any]]:
@@ -223,13 +230,21 @@ def iter_events(path: Path, skipped: Skipped) -> Iterator[dict[str, Any]]:
             f = file.open("rb")
         except FileNotFoundError:  # rotated away while we read the others
             continue
+        except OSError as exc:  # unreadable: the log is never a reason not to start
+            log.warning("event log %s: cannot read it (%s); skipped", file, exc)
+            skipped.unreadable.append(f"{file}: {exc.strerror or exc}")
+            continue
         with f:
-            for line in _lines(f):
-                event = parse_event(line) if line is not None else None
-                if event is not None:
-                    yield event
-                elif line is None or line.strip():
-                    skipped.lines += 1
+            try:
+                for line in _lines(f):
+                    event = parse_event(line) if line is not None else None
+                    if event is not None:
+                        yield event
+                    elif line is None or line.strip():
+                        skipped.lines += 1
+            except OSError as exc:  # a read error part way: what was read stands
+                log.warning("event log %s: reading it failed (%s); the rest skipped", file, exc)
+                skipped.unreadable.append(f"{file}: {exc.strerror or exc}")
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

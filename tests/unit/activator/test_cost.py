@@ -116,6 +116,10 @@ def test_a_rotated_log_is_read_oldest_first_and_ill_typed_lines_are_counted(
     # the cost report reads a log whose newest file is gone (rotated, not yet reopened) too
     path.unlink()
     assert read_log(path)[0] == LOG[:6]
+    (tmp_path / "events.jsonl.9").mkdir()  # a file it cannot read: no report leaves it out
+    with pytest.raises(ConfigError, match=r"cannot read the event log: .*events\.jsonl\.9"):
+        read_log(path)
+    (tmp_path / "events.jsonl.9").rmdir()
     for old in tmp_path.glob("events.jsonl.*"):
         old.unlink()
     with pytest.raises(ConfigError, match="cannot read the event log"):

@@ -155,15 +155,53 @@ def test_arrivals_come_sorted_in_bounded_batches_per_model() -> None:
 def test_a_write_that_fails_loses_its_lines_says_so_once_and_never_crashes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    full = Path("/dev/full")
-    if not full.exists():
-        pytest.skip("no /dev/full here")
+    full = Path("/dev/full")  # every Linux has it: a write fails with ENOSPC
     log = EventLog(full)
     with caplog.at_level(logging.WARNING, "ember.activator"):
         for _ in range(3):
             log.emit("state", "m")
     log.close()
     assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_rotation_that_fails_half_way_is_tried_again_by_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, max_bytes=200, keep=2)
+    log.emit("state", "m", reason="x" * 150)
+    real, calls = events_module.rotate, []
+
+    def rotate(at: Path, keep: int) -> None:
+        calls.append(at)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")  # the log's file is closed by then
+        real(at, keep)
+
+    monkeypatch.setattr(events_module, "rotate", rotate)
+    with caplog.at_level(logging.WARNING, "ember.activator"):
+        log.emit("state", "m", reason="lost")  # its rotation fails: this line is lost
+        log.emit("state", "m", reason="kept")  # the file is opened again, rotated, written
+    log.close()
+    assert [e["reason"] for e in read_events(path)] == ["x" * 150, "kept"]
+    assert len(calls) == 2 and (tmp_path / "events.jsonl.1").exists()
+    assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_file_of_the_log_that_cannot_be_read_is_skipped_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.emit("state", "m", reason="now")
+    log.close()
+    (tmp_path / "events.jsonl.1").mkdir()  # not a file: opening it fails
+    skipped = Skipped()
+    with caplog.at_level(logging.WARNING, "ember.activator"):
+        assert [e["reason"] for e in iter_events(path, skipped)] == ["now"]
+    (unreadable,) = skipped.unreadable
+    assert unreadable.startswith(f"{tmp_path / 'events.jsonl.1'}: Is a directory")
+    assert any("cannot read it" in r.getMessage() for r in caplog.records)
 
 
 def test_the_bound_is_set_in_ember_yaml_with_units_and_checked() -> None:
