@@ -20,12 +20,14 @@ under a batch, whatever the timing.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -96,6 +98,9 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a batch finishes
         self._running: set[asyncio.Task[Any]] = set()
+        # forward passes in the worker threads: a batch's task may end (its caller cancelled)
+        # while its thread still computes, and the weights are in use until the thread is done
+        self._computing: set[concurrent.futures.Future[dict[str, Tensor]]] = set()
         # the batch being gathered: out of the queue, not yet running; drain waits for it and
         # close answers it
         self._collecting: list[_Pending] = []
@@ -110,7 +115,13 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting: queued, or gathered into a batch that waits out its delay."""
+        return len(self._queue) + len(self._collecting)
+
+    @property
+    def gathering(self) -> int:
+        """Requests out of the queue in a batch that waits out its delay for company."""
+        return len(self._collecting)
 
     async def submit(
         self, inputs: dict[str, Tensor], *, arrived_ns: int | None = None
@@ -151,7 +162,7 @@ class Scheduler:
             await self._execute([pending])
             return pending.future.result()
         self._queue.append(pending)
-        self._depth_metric.set(len(self._queue))
+        self._depth_metric.set(self.depth)
         self._wakeup.set()
         return await pending.future
 
@@ -168,9 +179,9 @@ class Scheduler:
             self._collecting = [self._queue.popleft()]
             if self._batching:
                 await self._collect(self._collecting)
-            self._depth_metric.set(len(self._queue))
             batch = [p for p in self._collecting if not p.future.done()]  # callers that gave up
             self._collecting = []
+            self._depth_metric.set(self.depth)
             if not batch:
                 self._slots.release()
                 self._progress.set()
@@ -245,8 +256,7 @@ class Scheduler:
                 for name, t in batch[0].inputs.items()
             }
         t_input = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
+        outputs = await self._compute(inputs)
         t_infer = time.perf_counter_ns()
         items = sum(p.items for p in batch)
         if len(batch) == 1:
@@ -276,10 +286,24 @@ class Scheduler:
         )
         self._batch_metric.observe(items)
 
+    async def _compute(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``predict`` in a worker thread, counted as running until the thread is done with it,
+        even if the awaiting task is cancelled first."""
+        loop = asyncio.get_running_loop()
+        work = self._executor.submit(self._predict, inputs)
+        self._computing.add(work)
+        work.add_done_callback(partial(_call_soon, loop, self._computed))
+        return await asyncio.wrap_future(work)
+
+    def _computed(self, work: concurrent.futures.Future[dict[str, Tensor]]) -> None:
+        self._computing.discard(work)
+        self._progress.set()
+
     @property
     def idle(self) -> bool:
-        """Nothing is queued, being gathered into a batch, or running."""
-        return not (self._queue or self._collecting or self._running)
+        """Nothing is queued, being gathered into a batch, or running (its forward pass
+        included)."""
+        return not (self._queue or self._collecting or self._running or self._computing)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until nothing is queued, gathered or running; False if the timeout passed first
@@ -325,12 +349,20 @@ class Scheduler:
         if self._running:
             # wait, never cancel: a running batch may be a request's own task (run at once)
             await asyncio.wait(self._running)
+        if self._computing:  # a cancelled caller's forward pass: the handler is still in use
+            await asyncio.wait([asyncio.wrap_future(w) for w in self._computing])
         self._executor.shutdown(wait=False)
 
     async def run_now(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Run outside the queue (warm-up), still off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._predict, inputs)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """``callback(*args)`` on ``loop``, from any thread; nothing if the loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _resolve(pending: _Pending, outputs: dict[str, Tensor]) -> None:

@@ -184,7 +184,8 @@ async def test_drain_waits_for_running_work_and_close_fails_the_rest() -> None:
 async def _gathering(scheduler: Scheduler) -> asyncio.Task[Any]:
     """A request out of the queue, waiting out its batch delay for company."""
     waiting = asyncio.create_task(scheduler.submit(request(1)))
-    await until(lambda: scheduler.depth == 0 and not scheduler.idle, "the request to be gathered")
+    await until(lambda: scheduler.gathering == 1, "the request to be gathered")
+    assert scheduler.depth == 1  # it still waits
     return waiting
 
 
@@ -239,4 +240,20 @@ async def test_a_pause_that_times_out_leaves_the_scheduler_admitting() -> None:
     handler.gate.set()
     assert (await running)["y"].array[0, 0] == 2.0
     assert (await scheduler.submit(request(3)))["y"].array[0, 0] == 6.0
+    await scheduler.close()
+
+
+async def test_a_forward_pass_whose_caller_left_still_counts_as_running() -> None:
+    handler = Doubler()
+    handler.gate.clear()
+    scheduler = await started(config(max_batch_size=1), handler)  # no delay: runs at once
+    caller = asyncio.create_task(scheduler.submit(request(1)))
+    await until(lambda: handler.entered == 1, "the forward pass to begin")
+    caller.cancel()  # the request's own task goes; its thread computes on
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert not scheduler.idle
+    assert not await scheduler.pause(0.05)  # a sleep now would take the weights from under it
+    handler.gate.set()
+    assert await scheduler.pause(5) and scheduler.idle
     await scheduler.close()

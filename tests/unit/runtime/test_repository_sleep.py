@@ -305,7 +305,7 @@ async def _waiting_request(plane: DataPlane) -> asyncio.Task[list[float]]:
     scheduler = plane.repository.entry("m").scheduler
     assert scheduler is not None
     deadline = time.monotonic() + 10
-    while scheduler.depth or scheduler.idle:  # out of the queue, waiting for company
+    while not scheduler.gathering:  # out of the queue, waiting for company
         assert time.monotonic() < deadline, "the request never left the queue"
         await asyncio.sleep(0.005)
     return request

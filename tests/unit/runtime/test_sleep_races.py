@@ -82,7 +82,9 @@ OPS = st.one_of(
 )
 
 
-async def _scenario(ops: list[tuple[Any, ...]], delay_ms: float, batch: int, budget: bool) -> None:
+async def _scenario(
+    ops: list[tuple[Any, ...]], delay_ms: float, batch: int, budget: bool, instances: int
+) -> None:
     metrics = RuntimeMetrics()
     configs = [
         ModelConfig(
@@ -91,6 +93,7 @@ async def _scenario(ops: list[tuple[Any, ...]], delay_ms: float, batch: int, bud
             source="/nowhere",
             max_batch_size=batch,
             max_queue_delay_ms=delay_ms,
+            instance_count=instances,  # 2: a request runs at once beside a running batch
         )
         for n in MODELS
     ]
@@ -159,10 +162,11 @@ async def _scenario(ops: list[tuple[Any, ...]], delay_ms: float, batch: int, bud
     delay_ms=st.sampled_from([0.0, 1.0, 3.0, 20.0]),
     batch=st.sampled_from([0, 1, 4]),
     budget=st.booleans(),
+    instances=st.sampled_from([1, 2]),
 )
 def test_requests_racing_sleeps_unloads_and_switches_get_right_answers_or_503(
-    ops: list[tuple[Any, ...]], delay_ms: float, batch: int, budget: bool
+    ops: list[tuple[Any, ...]], delay_ms: float, batch: int, budget: bool, instances: int
 ) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(repository, "create_handler", Weights)
-        asyncio.run(_scenario(ops, delay_ms, batch, budget))
+        asyncio.run(_scenario(ops, delay_ms, batch, budget, instances))
