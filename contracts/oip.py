@@ -39,6 +39,8 @@ def repository_index_request(body: bytes) -> RepositoryIndexRequest:
 
 
 _UNLOAD_BODY = 'an unload body is {"parameters": {"level": "host" | "disk"}}'
+# Ember's level, and the repository extension's (tritonclient sends unload_dependents)
+_UNLOAD_PARAMETERS = ("level", "unload_dependents")
 
 
 def unload_level(body: bytes) -> SleepLevelName | None:
@@ -60,6 +62,12 @@ def unload_level(body: bytes) -> SleepLevelName | None:
         parameters = {}
     if not isinstance(parameters, dict):
         raise ValueError(f"unload request: {_UNLOAD_BODY}")
+    unknown = sorted(str(k) for k in parameters if k not in _UNLOAD_PARAMETERS)
+    if unknown:  # a misspelt level must not unload the model in full
+        raise ValueError(
+            f"unload request: unknown parameter {unknown[0]!r:.40}; the parameters are "
+            f"{', '.join(map(repr, _UNLOAD_PARAMETERS))}"
+        )
     level = parameters.get("level")
     if level is not None and level not in SLEEP_LEVELS:
         raise ValueError(

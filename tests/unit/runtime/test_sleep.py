@@ -39,6 +39,7 @@ def test_an_unknown_level_is_a_400_naming_the_choices() -> None:
         b'{"parameters": 0}',
         b'{"parameters": ""}',
         b'{"parameters": false}',
+        b'{"parameters": {"levle": "host"}}',  # a misspelt level is no full unload either
     ],
 )
 def test_a_malformed_unload_body_is_a_400(body: bytes) -> None:
