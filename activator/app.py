@@ -246,8 +246,11 @@ class Activator:
         elif scope["type"] == "http":
             try:
                 response = await self.answer(scope, receive)
-            except ActivatorError as exc:  # refused here, before any replica: counted
-                self.metrics.refuse(self._configured(scope["path"]), exc)
+            except ActivatorError as exc:
+                if exc.status_code < 500:  # refused here, before any replica: counted
+                    self.metrics.refuse(self._configured(scope["path"]), exc)
+                # else a command that failed (a load, a sleep a replica refused): answered, and
+                # no request a client could retry differently
                 response = error_response(exc)
             except Exception as exc:  # a bug of ours: say so, in the protocol's shape
                 log.exception("unexpected error on %s %s", scope["method"], scope["path"])
@@ -358,7 +361,8 @@ class Activator:
             refusals = await pool.group.load_member(pool.name, left_s)
             if refusals:
                 raise ModelUnavailable(
-                    f"model '{match.model}' did not load on every replica: {'; '.join(refusals)}"
+                    f"model '{match.model}' did not load on every replica: "
+                    + "; ".join(map(str, refusals))
                 )
         return Response(200, [], b"")
 
@@ -375,7 +379,8 @@ class Activator:
             )
             if refusals:
                 raise ModelUnavailable(
-                    f"model '{match.model}' did not sleep on every replica: {'; '.join(refusals)}"
+                    f"model '{match.model}' did not sleep on every replica: "
+                    + "; ".join(map(str, refusals))
                 )
         elif level is not None:
             raise BadRequest(

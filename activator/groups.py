@@ -38,7 +38,7 @@ from activator.events import EventLog
 from activator.policy import Decision, History, Policy
 from activator.pool import ModelPool, Replica, Ticket
 from activator.pool.clock import Clock
-from activator.replica_repository import ReplicaRepository
+from activator.replica_repository import Refusal, ReplicaRepository
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
 from contracts.stack import GroupSpec, ModelSpec
@@ -95,7 +95,7 @@ class Group:
         self._commands: collections.Counter[tuple[int, str]] = collections.Counter()  # ever sent
         self._refused: dict[tuple[int, str], tuple[float, int]] = {}  # retry after, refusals
         self._seen: set[int] = set()  # replicas whose index has been read once
-        self._sleeps: set[asyncio.Task[str]] = set()
+        self._sleeps: set[asyncio.Task[Refusal | None]] = set()
         self._reads: set[asyncio.Task[None]] = set()
         self._claims: collections.Counter[tuple[int, str]] = collections.Counter()  # in flight
         self._claim_counts: dict[tuple[int, str], int] = {}  # ever taken
@@ -255,6 +255,12 @@ class Group:
         self._commanding[key] += 1
         self._commands[key] += 1
 
+    def _commanded(self, key: tuple[int, str]) -> None:
+        """The command :meth:`_command` counted has been answered (or failed)."""
+        self._commanding[key] -= 1
+        if not self._commanding[key]:
+            del self._commanding[key]
+
     def _touched(self, key: tuple[int, str]) -> tuple[int, int]:
         """How often a request and a command have touched ``key`` (replica, member), ever."""
         return self._claim_counts.get(key, 0), self._commands[key]
@@ -284,8 +290,10 @@ class Group:
         self._sleeps.add(task)
         task.add_done_callback(self._sleeps.discard)
 
-    async def _sleep(self, replica: Replica, name: str, level: Level, reason: str) -> str:
-        """Ask ``replica`` to put ``name`` to sleep at ``level``: "" once it has, else why not.
+    async def _sleep(
+        self, replica: Replica, name: str, level: Level, reason: str
+    ) -> Refusal | None:
+        """Ask ``replica`` to put ``name`` to sleep at ``level``: None once it has, else why not.
 
         A refusal (the handler cannot sleep, the model is busy, the replica does not answer)
         changes no books, and the policy asks that replica again only after a pause that
@@ -296,10 +304,8 @@ class Group:
         try:
             refusal = await self._replicas.sleep(replica.url, name, level, SLEEP_TIMEOUT_S)
         finally:
-            self._commanding[key] -= 1
-            if not self._commanding[key]:
-                del self._commanding[key]
-        if refusal:
+            self._commanded(key)
+        if refusal is not None:
             _, count = self._refused.get(key, (0.0, 0))
             pause = min(REFUSED_MAX_S, REFUSED_S * 2**count)
             self._refused[key] = (self.clock.monotonic() + pause, count + 1)
@@ -315,9 +321,9 @@ class Group:
         if self._claim_counts.get(key, 0) == claims_before:
             self._set(replica, name, level, reason)
         # else a request came meanwhile and woke it, or will: the next read of the index says
-        return ""
+        return None
 
-    async def sleep_member(self, name: str, level: Level, reason: str) -> list[str]:
+    async def sleep_member(self, name: str, level: Level, reason: str) -> list[Refusal]:
         """Put ``name`` to sleep at ``level`` on every ready replica where it is awake or sleeps
         lighter (a repository unload with a level, the admin API's sleep), once each has
         answered; why each replica that did not refused."""
@@ -327,26 +333,23 @@ class Group:
                 self._command((replica.id, name))
                 sleeps.append(self._sleep(replica, name, level, reason))
         refusals = await asyncio.gather(*sleeps)
-        return [r for r in refusals if r]
+        return [r for r in refusals if r is not None]
 
-    async def load_member(self, name: str, timeout_s: float) -> list[str]:
+    async def load_member(self, name: str, timeout_s: float) -> list[Refusal]:
         """Load ``name`` on every ready replica (a repository load: it wakes a sleeper and
         retries a failed load), once each has answered; why each replica that did not."""
         ready = [r for r in self.pool.replicas if r.state == "ready"]
-        return [
-            r for r in await asyncio.gather(*(self._load(r, name, timeout_s) for r in ready)) if r
-        ]
+        loads = await asyncio.gather(*(self._load(r, name, timeout_s) for r in ready))
+        return [r for r in loads if r is not None]
 
-    async def _load(self, replica: Replica, name: str, timeout_s: float) -> str:
+    async def _load(self, replica: Replica, name: str, timeout_s: float) -> Refusal | None:
         key = (replica.id, name)
         self._command(key)
         try:
             refusal = await self._replicas.load(replica.url, name, timeout_s)
         finally:
-            self._commanding[key] -= 1
-            if not self._commanding[key]:
-                del self._commanding[key]
-        if refusal:
+            self._commanded(key)
+        if refusal is not None:
             log.warning("model %s: replica %d did not load it (%s)", name, replica.id, refusal)
         else:
             self.failed.get(replica.id, {}).pop(name, None)

@@ -1,18 +1,31 @@
 """The repository extension of a group's replicas, as the activator speaks it: read a replica's
 index, ask it to put a model to sleep at a level, or to load one.
 
-A command's answer is "" when the replica did it, else why not (its status and the start of its
-error body, or the connection's failure), for the caller to log and relay; the index comes back
-as typed :class:`~contracts.replica.ModelStatus` entries, the malformed ones left out.
+A command answers None when the replica did it, else a :class:`Refusal`: the replica's status and
+the start of its error body, or (no status) the connection's failure; the index comes back as
+typed :class:`~contracts.replica.ModelStatus` entries, the malformed ones left out.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import aiohttp
 
 from contracts.replica import ContractViolation, ModelStatus, SleepLevelName, model_status
 
 INDEX_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a replica did not carry out a command."""
+
+    status: int | None  # the replica's answer; None: it gave none (unreachable, timed out)
+    detail: str  # the start of its error body, or the connection's failure
+
+    def __str__(self) -> str:
+        return self.detail if self.status is None else f"{self.status}: {self.detail}"
 
 
 class ReplicaRepository:
@@ -42,22 +55,24 @@ class ReplicaRepository:
                 continue
         return statuses
 
-    async def sleep(self, url: str, model: str, level: SleepLevelName, timeout_s: float) -> str:
-        """Put ``model`` to sleep at ``level`` (an unload with the level): "" once it has."""
+    async def sleep(
+        self, url: str, model: str, level: SleepLevelName, timeout_s: float
+    ) -> Refusal | None:
+        """Put ``model`` to sleep at ``level`` (an unload with the level): None once it has."""
         body = {"parameters": {"level": level}}
         return await self._command(f"{url}/v2/repository/models/{model}/unload", body, timeout_s)
 
-    async def load(self, url: str, model: str, timeout_s: float) -> str:
-        """Load ``model`` (or wake it, or retry its failed load): "" once it serves."""
+    async def load(self, url: str, model: str, timeout_s: float) -> Refusal | None:
+        """Load ``model`` (or wake it, or retry its failed load): None once it serves."""
         return await self._command(f"{url}/v2/repository/models/{model}/load", None, timeout_s)
 
-    async def _command(self, url: str, body: object, timeout_s: float) -> str:
+    async def _command(self, url: str, body: object, timeout_s: float) -> Refusal | None:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self._http().post(url, json=body, timeout=timeout) as r:
-                return "" if r.status == 200 else f"{r.status}: {(await r.text())[:300]}"
+                return None if r.status == 200 else Refusal(r.status, (await r.text())[:300])
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return Refusal(None, f"{type(exc).__name__}: {exc}")
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -184,3 +184,20 @@ async def test_a_cold_start_out_of_descriptors_is_a_retryable_503_that_says_so(
         assert failed["kind"] == "platform"
         (request,) = h.events()  # it waited for that start: a request, logged
         assert (request["status"], request["endpoint"]) == (503, "infer")
+
+
+async def test_a_failed_command_is_no_refusal_a_bad_one_is(tmp_path: Path) -> None:
+    class Failing(Scaler):
+        async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
+            raise ReplicaStartFailed("its replica cannot load it: no weights", StartFailure.EXITED)
+
+    async with serving(tmp_path, [Replica()], scaler=Failing) as h:
+        load = await h.client.post("/v2/repository/models/m/load")
+        assert load.status_code == 504 and "no weights" in load.json()["error"]
+        bad = await h.client.post("/v2/repository/models/m/unload", content=b"{nope")
+        assert bad.status_code == 400
+        text = (await h.client.get("/metrics")).text
+        refused = [line for line in text.splitlines() if line.startswith("ember_activator_refused")]
+        assert [line.split("{")[1].split("}")[0] for line in refused if "_total" in line] == [
+            'model="",reason="bad_request"'  # a repository path names no model route
+        ]

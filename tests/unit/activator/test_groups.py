@@ -337,7 +337,8 @@ async def test_an_unload_with_a_level_sleeps_the_member_on_every_replica_and_ans
     assert len(fake.unloads) == 1
     fake.refuse = True
     (refusal,) = await group.sleep_member("b", "disk", "deeper")
-    assert refusal.startswith("400") and group.level(r, "b") == "host"
+    assert refusal.status == 400 and str(refusal).startswith("400: ")
+    assert group.level(r, "b") == "host"
 
 
 FAILED = {
@@ -406,7 +407,7 @@ async def test_a_load_through_the_group_retries_a_failed_member_on_every_replica
     await group.tick()
     fake.load_fails = True
     (refusal,) = await group.load_member("a", timeout_s=5)
-    assert refusal.startswith("503: ") and "failed to load: gone" in refusal
+    assert refusal.status == 503 and "failed to load: gone" in refusal.detail
     assert group.unavailable("a") == FAILED["reason"]
     fake.load_fails = False
     assert await group.load_member("a", timeout_s=5) == []
