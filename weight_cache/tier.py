@@ -6,6 +6,7 @@ Layout under ``root``::
     entries/<key>/ember-manifest.json     the manifest they were verified against
     entries/<key>/.ember-complete         written last, by the commit alone
     locks/<key>.lock                      flock()ed by whoever fills, uses or evicts the entry
+    locks/<key>.hold                      taken shared by a filler before it shares its lock
 
 A file is written as ``<name>.partial``, checked (size, digests, safetensors header) and renamed;
 only when every file is in place and durable does the commit write the manifest copy and then the
@@ -53,18 +54,29 @@ def is_entry_key(text: str) -> bool:
 class EntryLock:
     """An entry's flock, held until ``release()`` (or the process ends)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, hold: Path) -> None:
         self._fd: int | None = fd
+        self._hold_path = hold
+        self._hold: int | None = None
 
     def share(self) -> None:
-        """Turn an exclusive lock into a shared one: filled, now only in use."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_SH)
+        """Turn an exclusive lock into a shared one: filled, now only in use.
+
+        flock does not convert a lock atomically (it lets go, then locks again), so the entry's
+        second lock, ``<key>.hold``, is taken shared first: a remover needs both exclusive, and
+        takes the first before the second, so none can hold the second while we hold the
+        first, and none that slips into the gap gets the second."""
+        if self._fd is None:
+            return
+        self._hold = _open_lock(self._hold_path)
+        fcntl.flock(self._hold, fcntl.LOCK_SH)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
+        for fd in (self._fd, self._hold):
+            if fd is not None:
+                os.close(fd)  # closing releases the lock
+        self._fd = self._hold = None
 
 
 @dataclass(frozen=True)
@@ -100,11 +112,10 @@ class LocalTier:
 
     # ------------------------------------------------------------------------------- locking
     def _lock_fd(self, key: str) -> int:
-        path = self.root / "locks" / f"{key}.lock"
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise disk_error(exc, str(path)) from exc
+        return _open_lock(self.root / "locks" / f"{key}.lock")
+
+    def _hold_path(self, key: str) -> Path:
+        return self.root / "locks" / f"{key}.hold"
 
     async def lock(self, key: str, *, shared: bool = False, poll_s: float = 0.05) -> EntryLock:
         """Take the entry's lock: exclusive to fill or evict it, shared to keep it while in use.
@@ -115,7 +126,7 @@ class LocalTier:
             while True:
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    return EntryLock(fd)
+                    return EntryLock(fd, self._hold_path(key))
                 except BlockingIOError:
                     await asyncio.sleep(poll_s)
         except BaseException:
@@ -132,16 +143,22 @@ class LocalTier:
 
     @contextlib.contextmanager
     def _try_lock(self, key: str) -> Iterator[bool]:
-        fd = self._lock_fd(key)
+        """Both of the entry's locks, exclusive, without waiting (to remove it): the first, then
+        the hold (see :meth:`EntryLock.share`); False if anyone holds either."""
+        fds = []
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            for path in (None, self._hold_path(key)):
+                fd = self._lock_fd(key) if path is None else _open_lock(path)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
             yield True
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
 
     # ------------------------------------------------------------------------------- filling
     def prepare(self, key: str, manifest: Manifest) -> Path:
@@ -279,8 +296,8 @@ class LocalTier:
         entry whose files went missing). Entries being filled or used hold their lock."""
         removed = 0
         for path in (self.root / "entries").iterdir():
-            if _complete(path, path.name) is not None:
-                continue
+            if not is_entry_key(path.name) or _complete(path, path.name) is not None:
+                continue  # never remove what is not an entry of ours
             with self._try_lock(path.name) as mine:
                 if mine and _complete(path, path.name) is None:
                     _remove(path)
@@ -303,6 +320,13 @@ def disk_error(exc: OSError, where: str) -> WeightCacheError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"{where}: no space left on the device")
     return WeightCacheError(f"{where}: {exc.strerror or exc}")
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise disk_error(exc, str(path)) from exc
 
 
 def _checked(key: str) -> str:

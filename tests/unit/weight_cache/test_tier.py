@@ -5,8 +5,10 @@ out, so a pulled entry pushes as the model it holds."""
 
 from __future__ import annotations
 
+import fcntl
 import filecmp
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -138,16 +140,40 @@ async def test_the_sweep_leaves_complete_and_locked_entries(tmp_path: Path) -> N
     filling = "ab" * 16
     (tier.entry_path(filling)).mkdir()
     (tier.entry_path(filling) / "model.safetensors.partial").write_bytes(b"half")
-    crashed = tier.entry_path("0123abcd")
+    crashed = tier.entry_path("cd" * 16)
     crashed.mkdir()
     (crashed / COMPLETE).write_text("{}")  # a marker is not enough
-    stray = tier.root / "entries" / "stray-file"
+    stray = tier.root / "entries" / "stray-file"  # not an entry key: never ours to remove
     stray.write_text("x")
     async with tier.locked(filling):  # another process is filling it
-        assert tier.clean_stale() == 2
-    assert tier.entry_path(filling).exists() and not crashed.exists() and not stray.exists()
+        assert tier.clean_stale() == 1
+    assert tier.entry_path(filling).exists() and not crashed.exists() and stray.exists()
+    assert not (tier.root / "locks" / "stray-file.lock").exists()
     assert [e.key for e in tier.entries()] == [entry_key(manifest)]
     assert tier.clean_stale() == 1 and not tier.entry_path(filling).exists()
+
+
+async def test_a_filler_sharing_its_lock_is_never_evicted_in_the_gap(tmp_path: Path) -> None:
+    """flock lets go before it locks again when a lock turns shared: the hold lock, taken
+    shared first, keeps a remover that slips into that gap from the entry."""
+    tier, manifest = await filled(tmp_path)
+    key = entry_key(manifest)
+    held = await tier.lock(key)  # a filler, done filling
+    hold = os.open(tier.root / "locks" / f"{key}.hold", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(hold, fcntl.LOCK_SH)  # what share() takes first...
+        held.release()  # ...and the gap: the entry's first lock is free
+        assert not tier.evict(key) and tier.lookup(key) is not None
+        assert tier.clean_stale() == 0
+    finally:
+        os.close(hold)
+    shared = await tier.lock(key)
+    shared.share()  # the whole of it
+    try:
+        assert not tier.evict(key)
+    finally:
+        shared.release()
+    assert tier.evict(key)
 
 
 # ---------------------------------------------------------------------------------- evict

@@ -187,7 +187,7 @@ async def test_an_entry_in_use_is_not_evicted_and_stale_fills_are_cleaned(tmp_pa
     async with tier.locked(key):
         assert not tier.evict(key)
     assert tier.evict(key) and tier.entries() == []
-    crashed = tier.entry_path("deadbeef")
+    crashed = tier.entry_path("deadbeef" * 4)
     crashed.mkdir()
     (crashed / "model.safetensors.partial").write_bytes(b"half")
     assert tier.clean_stale() == 1 and not crashed.exists()
