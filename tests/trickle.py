@@ -2,7 +2,7 @@
 
 Every ``GET`` of any key is answered ``206`` with the ranged bytes of ``body`` (the whole of it
 without a ``Range``), written ``interval_s`` apart (0: all at once); ``HEAD`` is answered at once
-with the object's size and ETag. Connections are kept alive (HTTP/1.1). It binds 127.0.0.1
+with the object's size and ETag (with ``stall_head``: never, until the server stops). Connections are kept alive (HTTP/1.1). It binds 127.0.0.1
 port 0, counts GETs and connections, and stops with the test: :meth:`stop` ends every trickle
 at once.
 """
@@ -18,9 +18,10 @@ ETAG = '"trickle"'
 
 
 class TrickleServer:
-    def __init__(self, body: bytes, *, interval_s: float) -> None:
+    def __init__(self, body: bytes, *, interval_s: float, stall_head: bool = False) -> None:
         self.body = body
         self.interval_s = interval_s
+        self.stall_head = stall_head
         self.gets = 0
         self.peers: set[tuple[str, int]] = set()
         self.stopping = threading.Event()
@@ -61,6 +62,10 @@ def _handler(server: TrickleServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_HEAD(self) -> None:
+            if server.stall_head:
+                server.stopping.wait()
+                self.close_connection = True
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(len(server.body)))
             self.send_header("ETag", ETAG)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -148,11 +149,26 @@ class S3Store(ClosedOnExit):
 
     async def head(self, key: str) -> ObjectInfo:
         client = self._client
+        where = f"{self.uri}/{key}"
         try:
-            r = await client.head_object(Bucket=self.bucket, Key=self._key(key))
+            async with self._within_deadline(f"{where}: HEAD"):
+                r = await client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except StoreTooSlow:
+            raise
         except Exception as exc:
-            raise _translate(exc, f"{self.uri}/{key}") from exc
+            raise _translate(exc, where) from exc
         return ObjectInfo(key, int(r["ContentLength"]), r["ETag"])
+
+    @contextlib.asynccontextmanager
+    async def _within_deadline(self, what: str) -> AsyncIterator[None]:
+        """A call without a body to rate (HEAD, a listing), bounded by the range deadline: an
+        endpoint that trickles its headers never stalls a pull for ever."""
+        deadline_s = self.limits.range_deadline_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                yield
+        except TimeoutError:
+            raise StoreTooSlow(f"{what} got no answer within {deadline_s:g} s") from None
 
     async def read_range(self, key: str, *, start: int, length: int, etag: str | None) -> bytes:
         client = self._client
@@ -241,10 +257,13 @@ class S3Store(ClosedOnExit):
         strip = len(self.prefix) + 1 if self.prefix else 0
         out: list[ObjectInfo] = []
         try:
-            paginator = client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
-                for obj in page.get("Contents", []):
-                    out.append(ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["ETag"]))
+            async with self._within_deadline(f"{self.uri}: listing {base or '/'}"):
+                paginator = client.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                    for obj in page.get("Contents", []):
+                        out.append(ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["ETag"]))
+        except StoreTooSlow:
+            raise
         except Exception as exc:
             raise _translate(exc, self.uri) from exc
         return out

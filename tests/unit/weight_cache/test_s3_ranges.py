@@ -91,6 +91,15 @@ async def test_the_stores_own_reads_keep_the_same_limits(store: S3Store) -> None
     assert time.monotonic() - started < 15
 
 
+async def test_a_head_or_a_listing_that_never_answers_gives_up_at_the_deadline() -> None:
+    with TrickleServer(BODY, interval_s=0.05, stall_head=True) as stalled:
+        async with S3Store("b", "m", endpoint_url=stalled.url, limits=DEADLINE) as store:
+            started = time.monotonic()
+            with pytest.raises(StoreTooSlow, match=r"s3://b/m/k: HEAD got no answer within 0\.8 s"):
+                await store.head("k")
+            assert time.monotonic() - started < 10  # not botocore's 30 s read timeout, retried
+
+
 async def test_a_fetch_through_a_trickle_leaves_nothing(
     tmp_path: Path, store: S3Store, trickle: TrickleServer
 ) -> None:
