@@ -2,9 +2,9 @@
 
 Every ``GET`` of any key is answered ``206`` with the ranged bytes of ``body`` (the whole of it
 without a ``Range``), written ``interval_s`` apart (0: all at once); ``HEAD`` is answered at once
-with the object's size and ETag (with ``stall_head``: never, until the server stops). Connections are kept alive (HTTP/1.1). It binds 127.0.0.1
-port 0, counts GETs and connections, and stops with the test: :meth:`stop` ends every trickle
-at once.
+with the object's size and ETag (with ``stall_head``: never, until the server stops).
+Connections are kept alive (HTTP/1.1). It binds 127.0.0.1 port 0, counts GETs and connections,
+and stops with the test: :meth:`stop` ends every trickle at once.
 """
 
 from __future__ import annotations
