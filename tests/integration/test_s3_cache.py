@@ -106,7 +106,7 @@ def test_serve_a_model_from_s3_then_from_the_tier(bucket: str, tmp_path: Path) -
     answers = []
     phases: list[set[str]] = []
     fetch_phase = []
-    stale = tmp_path / "tier" / "entries" / "0123abcd"  # a killed replica's half-filled entry
+    stale = tmp_path / "tier" / "entries" / ("0123abcd" * 4)  # a killed replica's half-filled entry
     stale.mkdir(parents=True)
     (stale / "model.safetensors.partial").write_bytes(b"\0" * 1024)
     for _ in range(2):
