@@ -13,10 +13,10 @@ alone). Then, for ``--minutes``:
   them in an ``Ember-Deadline-Ms`` header, which sends them through the queue) as fast as they
   are answered, spread over the five models; every 200's outputs are checked against the
   model's first answer (the MLPs share their weights);
-* a chaos thread, every 1-3 s: SIGKILLs a replica; or injects S3 faults (503 SlowDown, 500, a
-  body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and evicts its tier entry,
-  so its next request streams the weights from S3 through those faults; or puts a model to
-  sleep, or warms one (admin API);
+* a chaos thread, every 1-3 s: SIGKILLs a replica (not ``hostile``'s); or injects S3 faults
+  (503 SlowDown, 500, a body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and
+  evicts its tier entry, so its next request streams the weights from S3 through those faults;
+  or puts a model to sleep, or warms one (admin API);
 * a storm thread, every 0.3-0.7 s, sends the group's members a repository unload with a level
   (``host``, ``disk``), one without (a member sleeps at disk), an admin sleep or a repository
   load; each answer must be a 200 or a documented 503/504 (**storm_wrong**);
@@ -183,9 +183,12 @@ def alive(pid: int) -> bool:
 
 
 class Chaos:
-    def __init__(self, url: str, activator_pid: int, proxy: FaultProxy, tier: Path, seed: int):
+    def __init__(
+        self, url: str, activator_pid: int, proxy: FaultProxy, tier: Path, seed: int, spare: int
+    ):
         self.url = url
         self.pid = activator_pid
+        self.spare = spare  # a replica never killed (hostile's)
         self.proxy = proxy
         self.tier = tier
         self.rng = random.Random(seed)
@@ -223,7 +226,7 @@ class Chaos:
             self.max_replica_rss = max(self.max_replica_rss, rss_mb(child))
 
     def kill_replica(self) -> bool:
-        replicas = children(self.pid)
+        replicas = [pid for pid in children(self.pid) if pid != self.spare]
         if not replicas:
             return False
         os.kill(self.rng.choice(replicas), signal.SIGKILL)
@@ -427,11 +430,17 @@ def start_activator(config: Path, env: dict[str, str]) -> tuple[subprocess.Popen
     raise RuntimeError("ember up did not start:\n" + "".join(lines))
 
 
-def warm_up(url: str) -> None:
+def warm_up(url: str, activator_pid: int) -> int:
     """Start the replicas that stay up (mlp, the group's, hostile's) before the load begins: on
-    two cores, their imports side by side would otherwise take the run's first seconds."""
+    two cores, their imports side by side would otherwise take the run's first seconds. Returns
+    the pid of hostile's replica (the first one started), which the chaos leaves alone: what the
+    hostile client checks is the protocol, and a crash is the other models' test."""
+    hostile = 0
     for model in ("hostile", GROUP[0], "mlp"):
         httpx.post(f"{url}/v2/repository/models/{model}/load", timeout=120).raise_for_status()
+        if model == "hostile":
+            (hostile,) = children(activator_pid)
+    return hostile
 
 
 def _drain(stream: Any) -> None:
@@ -476,9 +485,9 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         config = write_stack(tmp)
         proc, url = start_activator(config, {**base_env, "AWS_ENDPOINT_URL": proxy.url})
-        warm_up(url)
+        hostile_replica = warm_up(url, proc.pid)
         tally = Tally()
-        chaos = Chaos(url, proc.pid, proxy, tmp / "tier", args.seed)
+        chaos = Chaos(url, proc.pid, proxy, tmp / "tier", args.seed, spare=hostile_replica)
         stop = threading.Event()
         threads = [
             threading.Thread(
