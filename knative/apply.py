@@ -40,9 +40,9 @@ class Cluster:
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Cluster:
+        load_cluster_config(kubeconfig)  # first: it says so if the client is not installed
         from kubernetes import client
 
-        load_cluster_config(kubeconfig)
         return cls(client.ApiClient())
 
     def _calls(self, obj: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., Any]]:

@@ -21,8 +21,16 @@ MERGE_PATCH = "application/merge-patch+json"
 
 def load_cluster_config(kubeconfig: str | None = None) -> None:
     """Point the kubernetes client at the cluster: in a pod, its service account; elsewhere
-    ``kubeconfig`` or ``$KUBECONFIG``. :class:`DeployError` if there is none."""
-    from kubernetes import config
+    ``kubeconfig`` or ``$KUBECONFIG``. :class:`DeployError` if there is none, or if the
+    kubernetes client is not installed."""
+    try:
+        from kubernetes import config
+    except ImportError as exc:
+        if not (exc.name or "").startswith("kubernetes"):
+            raise
+        raise DeployError(
+            "talking to a cluster needs the kubernetes client: pip install 'ember[activator]'"
+        ) from None
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -44,9 +52,9 @@ class KnativeClient:
     @classmethod
     def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> KnativeClient:
         """In a pod: its service account; elsewhere: ``kubeconfig`` or ``$KUBECONFIG``."""
+        load_cluster_config(kubeconfig)  # first: it says so if the client is not installed
         from kubernetes import client
 
-        load_cluster_config(kubeconfig)
         return cls(namespace, client.CustomObjectsApi())
 
     async def get_service(self, name: str) -> dict[str, Any]:

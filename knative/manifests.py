@@ -95,3 +95,25 @@ def settings_comment(settings: Sequence[ClusterSetting]) -> list[str]:
         cmd = ["kubectl", "patch", f"configmap/{config_map}", "-n", "knative-serving"]
         lines.append("#   " + shlex.join([*cmd, "--type", "merge", "-p", patch]))
     return lines
+
+
+def images_comment(objects: Sequence[dict[str, Any]]) -> list[str]:
+    """Shell comments: the images the objects run (every container's), and how to make them."""
+    lines = ["# the images these objects run (scripts/build_images --push REGISTRY builds them):"]
+    lines += [f"#   {image}" for image in images(objects)]
+    return lines
+
+
+def images(objects: Sequence[dict[str, Any]]) -> list[str]:
+    """Every container image the objects name (Deployments, Knative Services, CronJobs)."""
+    found: set[str] = set()
+    todo: list[Any] = list(objects)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("image"), str) and "name" in node:  # a container
+                found.add(node["image"])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return sorted(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -108,3 +109,16 @@ def test_a_groups_service_lists_the_models_it_serves() -> None:
     assert shared.ready and shared.members == ("a", "b")
     assert shared.line() == "shared (group: a, b): ready, min-scale 0, revision shared-00001, -"
     assert gone.line() == "gone (group: c): not deployed"
+
+
+def test_without_the_kubernetes_client_a_cluster_call_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from knative.apply import Cluster
+    from knative.client import KnativeClient
+    from knative.errors import DeployError
+
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as where it is not installed
+    for call in (Cluster.from_environment, lambda: KnativeClient.from_environment("ns")):
+        with pytest.raises(DeployError, match=r"pip install 'ember\[activator\]'"):
+            call()

@@ -11,7 +11,7 @@ import yaml
 
 from contracts.stack import load_stack
 from knative.features import required_settings
-from knative.manifests import apply_commands, settings_comment, write_manifests
+from knative.manifests import apply_commands, images, settings_comment, write_manifests
 from knative.render import render
 from tests.servers import ROOT
 from tests.unit.knative.test_render import CPU_MODEL, KNATIVE, write_stack
@@ -107,6 +107,18 @@ def test_the_cli_prints_commands_for_the_files_it_wrote(tmp_path: Path) -> None:
     for path in files:
         (obj,) = yaml.safe_load_all(path.read_text())
         assert obj["metadata"]["namespace"] == "prod"
+    assert "#   registry.example.com/ember/runtime-cpu:0.1.0" in lines  # the images it runs
+    assert "#   registry.example.com/ember/activator:0.1.0" in lines
     again = kn()  # into the same directory: the same files, the same commands
     assert again.returncode == 0 and again.stdout == done.stdout
     assert set(out.iterdir()) == files
+
+
+def test_the_images_are_every_containers(tmp_path: Path) -> None:
+    gpu = CPU_MODEL.replace("hf-encoder", "torch-module") + "device: cuda\ngpu_type: L4\n"
+    gpu += "options: {module: 'm:M'}\n"
+    objects = render(load_stack(write_stack(tmp_path, gpu, KNATIVE)))
+    assert images(objects) == [
+        "registry.example.com/ember/activator:1",
+        "registry.example.com/ember/runtime-cuda:1",
+    ]
