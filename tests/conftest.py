@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.gpu)
             if not has_gpu:
                 item.add_marker(pytest.mark.skip(reason=GPU_SKIP))
-        if "integration" in parts or "e2e" in parts:
+        if "integration" in parts or "e2e" in parts or "images" in parts:
             item.add_marker(pytest.mark.slow)
 
 
