@@ -462,6 +462,55 @@ def test_sigterm_answers_a_request_already_on_its_way(tmp_path: Path) -> None:
         server.terminate()
 
 
+def holders(inode: int, pids: list[int]) -> list[int]:
+    """Which of ``pids`` hold the socket ``inode`` open."""
+    link = f"socket:[{inode}]"
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == link for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                found.append(pid)
+    return found
+
+
+def test_no_child_holds_the_listening_socket_so_a_drain_refuses_new_connections(
+    tmp_path: Path,
+) -> None:
+    """Replicas and warm-pool standbys never get the activator's listening socket: once SIGTERM
+    closes it, a new connection is refused at once (not left in a backlog nobody reads) while
+    what was in flight still gets its answer."""
+    config = stack(tmp_path, [slow(tmp_path, delay_s=5)], warm_pool=1, grace_period_s=60)
+    server = ServerProcess(config, command="up")
+    try:
+        server.wait_ready(timeout_s=30)
+        host, port = server.url.removeprefix("http://").split(":")
+        (listener,) = [r[3] for r in _tcp_sockets() if r[0] == int(port) and r[2] == "0A"]
+        assert holders(listener, [server.proc.pid]) == [server.proc.pid]
+        pool_ready = lambda: metric(server, "ember_activator_warm_pool_ready") == 1  # noqa: E731
+        wait_until(pool_ready, 60, "the standby")
+        assert holders(listener, replicas(server)) == []
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, server)  # the standby becomes its replica: 5 s in forward
+            wait_until(lambda: in_flight(server, "slow") == 1, 60, "the request on a replica")
+            children = replicas(server)  # the replica, and a standby starting in its place
+            assert children and holders(listener, children) == []
+            server.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 1.0
+            refused = False
+            while not refused and time.monotonic() < deadline:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                except ConnectionRefusedError:
+                    refused = True
+                else:
+                    time.sleep(0.02)
+            assert refused, "a new connection was still taken 1 s into the drain"
+            assert held.result(60).status_code == 200  # in flight: answered
+        assert server.proc.wait(60) == 0
+    finally:
+        server.terminate()
+
+
 # ----------------------------------------------------------------------------- warm pool
 def test_the_warm_pool_starts_a_replica_without_a_new_interpreter(tmp_path: Path) -> None:
     config = stack(tmp_path, [{"config": str(MLP_CONFIG), "keep_alive_s": 1}], warm_pool=1)
