@@ -48,6 +48,8 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
             cache_dir=settings.cache_dir,
             warm_pool=settings.warm_pool,
             withhold_env=(settings.admin_token_env, settings.api_token_env),  # no token leaks
+            log_level=settings.log_level,
+            forward_logs=not settings.quiet_replicas,
         )
     activator = Activator(stack, scaler, host=host, access_log=access_log)
 

@@ -137,6 +137,8 @@ class ActivatorSettings(BaseModel):
     # start skips Python's and torch's start-up; each costs memory only. 0 disables the pool.
     warm_pool: int = Field(default=0, ge=0, le=16)
     log_level: LogLevel = "info"
+    # local scaler: replicas' log lines are re-logged at DEBUG only, not at their own levels
+    quiet_replicas: bool = False
     # local: replicas are `ember serve` processes here; knative: each model's Knative Service,
     # woken through min-scale (ember deploy renders them) in knative.namespace
     scaler: Literal["local", "knative"] = "local"

@@ -26,10 +26,13 @@ def _up(args: argparse.Namespace) -> int:
         Tokens.load(s.api_token_env, s.api_token_file, "API")
     except ConfigError as exc:
         return refuse("up", exc)
+    overrides: dict[str, object] = {}
     if args.log_level:
-        stack = stack.model_copy(
-            update={"settings": stack.settings.model_copy(update={"log_level": args.log_level})}
-        )
+        overrides["log_level"] = args.log_level
+    if args.quiet_replicas:
+        overrides["quiet_replicas"] = True
+    if overrides:
+        stack = stack.model_copy(update={"settings": stack.settings.model_copy(update=overrides)})
     from knative.errors import DeployError
 
     try:
@@ -192,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=LOG_LEVELS, help="overrides activator.log_level (default info)"
     )
     up.add_argument("--access-log", action="store_true", help="log every request")
+    up.add_argument(
+        "--quiet-replicas",
+        action="store_true",
+        help="log what the replicas log at DEBUG only (overrides activator.quiet_replicas; by "
+        "default each of their lines is logged at its own level, prefixed with model and pid)",
+    )
     up.set_defaults(func=_up)
 
     knative_cli.add_deploy_parser(sub)

@@ -96,7 +96,9 @@ ember.yaml:
                              woken through min-scale (see `ember deploy --help`)
     policy: fixed            keep-alive/pre-warm policy: fixed (keep_alive_s), fixed:10m,
                              knative, hybrid (see `ember simulate --help`)
-    log_level: info          debug, info, warning or error (--log-level overrides it)
+    log_level: info          debug, info, warning or error (--log-level overrides it); the
+                             replicas log at it too, each line at its own level
+    quiet_replicas: false    true: the replicas' lines at DEBUG only (--quiet-replicas)
   models:
     - config: mlp/model.yaml a runtime model config (relative to ember.yaml)
       min_replicas: 0

@@ -18,7 +18,7 @@ def add_parser(
 ) -> None:
     """Add ``serve`` to ``sub``; ``build_parser`` builds the whole ``ember`` parser (see
     :func:`run`)."""
-    from contracts.logs import LOG_LEVELS
+    from contracts.logs import LOG_FORMATS, LOG_LEVELS
 
     serve = sub.add_parser(
         "serve",
@@ -79,6 +79,13 @@ def add_parser(
         help="longest pause, in seconds, while a request body arrives; past it 408 (default 30)",
     )
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="(default info)")
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object a line (level, logger, message, exc), which is how "
+        "ember up reads its replicas' logs (default text)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
         "--cache-dir",
@@ -204,6 +211,7 @@ def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.Argumen
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
             log_level=args.log_level,
+            log_format=args.log_format,
             access_log=args.access_log,
             cache_dir=cache_dir(args),
             cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,

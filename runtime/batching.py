@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from runtime.tensors import Tensor
 
 Predict = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
+log = logging.getLogger("ember.runtime")
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -57,6 +60,7 @@ class _Pending:
     key: tuple[Any, ...] = field(default=())
     started_ns: int = 0
     arrived_ns: int | None = None  # began to wait before it was enqueued (a model's wake)
+    request_id: str | None = None  # the request's ``id``, named when its batch fails
 
 
 class Paused(ModelNotReady):
@@ -124,7 +128,11 @@ class Scheduler:
         return len(self._collecting)
 
     async def submit(
-        self, inputs: dict[str, Tensor], *, arrived_ns: int | None = None
+        self,
+        inputs: dict[str, Tensor],
+        *,
+        arrived_ns: int | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Tensor]:
         """Run one request; returns its outputs, sliced out of the batch it ran in.
 
@@ -151,6 +159,7 @@ class Scheduler:
             enqueued_ns=time.perf_counter_ns(),
             key=_batch_key(inputs) if self._batching else (),
             arrived_ns=arrived_ns,
+            request_id=request_id,
         )
         if self._can_run_at_once():
             # Nothing waits and nothing would be waited for: run in the caller's task, sparing
@@ -222,14 +231,18 @@ class Scheduler:
                     try:
                         await self._run_batch([pending])
                     except RuntimeServerError as single:
+                        self._report(single, [pending])
                         _fail(pending, single)
             else:
+                self._report(exc, batch)
                 for pending in batch:
                     _fail(pending, exc)
         except Exception as exc:
             error = InferenceFailed(
                 f"model '{self._config.name}' failed: {type(exc).__name__}: {exc}"
             )
+            error.__cause__ = exc
+            self._report(error, batch)
             for pending in batch:
                 _fail(pending, error)
         finally:
@@ -238,6 +251,22 @@ class Scheduler:
             if task is not None:
                 self._running.discard(task)
             self._progress.set()
+
+    def _report(self, exc: RuntimeServerError, batch: list[_Pending]) -> None:
+        """Log a failed batch once: the model's or the server's fault at ERROR with its
+        traceback (the model's own exception included), the caller's mistake at DEBUG."""
+        ids = [p.request_id for p in batch if p.request_id]
+        level = logging.ERROR if isinstance(exc, InferenceFailed) else logging.DEBUG
+        log.log(
+            level,
+            "model '%s' failed a batch of %d item(s) from %d request(s)%s: %s",
+            self._config.name,
+            sum(p.items for p in batch),
+            len(batch),
+            f" (ids: {', '.join(ids)})" if ids else "",
+            exc.message,
+            exc_info=exc if level == logging.ERROR else None,
+        )
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()

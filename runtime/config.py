@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from contracts import configfile
 from contracts.durations import Seconds
 from contracts.errors import ConfigError as FileError
-from contracts.logs import LogLevel
+from contracts.logs import LogFormat, LogLevel
 from contracts.names import MODEL_NAME
 from runtime.datatypes import DATATYPES
 from runtime.errors import ConfigError
@@ -183,6 +183,7 @@ class ServerSettings(BaseModel):
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"  # json: a record a line (contracts.logs), for the activator
     access_log: bool = False
     load_on_start: bool = True
     cache_dir: Path = Path("~/.cache/ember")

@@ -219,7 +219,9 @@ class DataPlane:
             selection = self.requested_outputs(entry, request)
             if queued is None:
                 queued = time.perf_counter_ns()  # a wake is time spent waiting, as a queue is
-            entry, outputs = await self.repository.infer(name, version, inputs, arrived_ns=queued)
+            entry, outputs = await self.repository.infer(
+                name, version, inputs, arrived_ns=queued, request_id=request.id
+            )
             result = _select_outputs(name, outputs, selection)
         except RuntimeServerError as exc:
             elapsed = time.perf_counter_ns() - started

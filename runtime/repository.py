@@ -142,6 +142,7 @@ class ModelRepository(SleepingMixin):
         inputs: dict[str, Tensor],
         *,
         arrived_ns: int | None = None,
+        request_id: str | None = None,
     ) -> tuple[ModelEntry, dict[str, Tensor]]:
         """Run one request on the model, woken first if it sleeps; the entry it ran on and its
         outputs. A model that goes to sleep between the wake and the submit is woken again."""
@@ -149,7 +150,9 @@ class ModelRepository(SleepingMixin):
             entry = await self.awake_entry(name, version)
             assert entry.scheduler is not None
             try:
-                return entry, await entry.scheduler.submit(inputs, arrived_ns=arrived_ns)
+                return entry, await entry.scheduler.submit(
+                    inputs, arrived_ns=arrived_ns, request_id=request_id
+                )
             except Paused:
                 continue
 

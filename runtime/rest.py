@@ -284,6 +284,8 @@ def register_error_handlers(app: FastAPI) -> None:
 
     async def ours(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RuntimeServerError)
+        # a model's failure was logged with its traceback where its batch failed
+        log.debug("%s %s: %d %s", request.method, request.url.path, exc.status_code, exc.message)
         return error_response(exc.message, exc.status_code, exc.headers)
 
     async def http(request: Request, exc: Exception) -> Response:
@@ -297,6 +299,7 @@ def register_error_handlers(app: FastAPI) -> None:
         return error_response(f"invalid request: {exc.errors()}", 400)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(f"internal error: {type(exc).__name__}: {exc}", 500)
 
     app.add_exception_handler(RuntimeServerError, ours)

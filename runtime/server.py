@@ -29,7 +29,7 @@ def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
     model's failed load writes ``termination_log``, stops the server as SIGTERM would, and the
     exit status is :data:`~runtime.termination.EXIT_LOAD_FAILED`.
     """
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     status = StatusChannel(settings.status_fd)

@@ -60,6 +60,8 @@ class LocalScaler:
         listen_timeout_s: float = 60.0,
         warm_pool: int = 0,
         withhold_env: Collection[str] = (),
+        log_level: str = "info",
+        forward_logs: bool = True,
     ) -> None:
         self.command = tuple(command)
         self.cache_dir = cache_dir
@@ -70,6 +72,10 @@ class LocalScaler:
         self.withhold_env = frozenset(withhold_env)
         self.listen_timeout_s = listen_timeout_s
         self.warm_pool = warm_pool
+        # replicas log JSON records at the activator's level, re-logged at their own levels
+        # (at DEBUG, without forward_logs): activator.scalers.process
+        self.log_args = ("--log-format", "json", "--log-level", log_level)
+        self.forward_logs = forward_logs
         self._procs: dict[int, Process] = {}
         self._standby: collections.deque[Process] = collections.deque()
         self._filling: set[asyncio.Task[None]] = set()
@@ -95,7 +101,12 @@ class LocalScaler:
     async def _spawn_standby(self) -> None:
         try:
             state = await spawn(
-                self.command, ["--standby"], env=self._child_env(), standby=True, label="standby"
+                self.command,
+                ["--standby"],
+                env=self._child_env(),
+                standby=True,
+                label="standby",
+                forward=self.forward_logs,
             )
         except ReplicaStartFailed as exc:  # out of descriptors, say: refilled at the next start
             log.warning("a warm-pool process could not be started: %s", exc)
@@ -169,7 +180,7 @@ class LocalScaler:
         args += ["--host", "127.0.0.1", "--port", "0", *spec.serve_args]
         if self.cache_dir is not None:
             args += ["--cache-dir", str(self.cache_dir)]
-        args += list(self.extra_args)
+        args += [*self.log_args, *self.extra_args]
         started = time.perf_counter()
         state = self._take_standby()
         if state is not None:
@@ -177,7 +188,12 @@ class LocalScaler:
             if handle is not None:
                 return handle
         state = await spawn(
-            self.command, args, env=self._child_env(), standby=False, label=spec.name
+            self.command,
+            args,
+            env=self._child_env(),
+            standby=False,
+            label=spec.name,
+            forward=self.forward_logs,
         )
         return await self._started(state, spec, started, warm=False)
 

@@ -2,8 +2,12 @@
 
 :func:`spawn` starts it with a pipe for its status (``ember serve --status-fd N``); its lines, the
 :mod:`contracts.replica` events, land in a :class:`Status` (a ready standby, where it listens,
-each model's state). Its stdout and stderr are only drained, the last lines of stderr kept to
-quote to a human in an error.
+each model's state). Its stdout and stderr are re-logged here: it logs JSON lines
+(``--log-format json``, :mod:`contracts.logs`), each re-logged at its own level on the
+``ember.replica`` logger, prefixed with the model and the process id; a line that is no record
+(what a library or the interpreter printed itself) at INFO from stdout and WARNING from stderr.
+With ``forward`` off (``ember up --quiet-replicas``) everything is re-logged at DEBUG. The last
+lines of stderr are kept to quote to a human in an error.
 
 A process that cannot be started fails as a :class:`~activator.errors.ReplicaStartFailed`
 (``PLATFORM``: this machine refused it), read from the ``OSError`` by its errno: out of file
@@ -27,10 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from activator.errors import ReplicaStartFailed, StartFailure
+from contracts.logs import decode_record
 from contracts.proc import die_with_parent
 from contracts.replica import ContractViolation, Listening, ModelStatus, Standby, decode
 
 log = logging.getLogger("ember.activator")
+replica_log = logging.getLogger("ember.replica")  # what replicas logged, re-logged
 
 STATUS_LINE_LIMIT = 1 << 20  # a status line longer than this breaks the contract
 # descriptors a start holds at once: its status pipe, three stdio pipes, the event loop's own
@@ -143,10 +149,17 @@ class Process:
 
 
 async def spawn(
-    command: Sequence[str], args: list[str], *, env: dict[str, str], standby: bool, label: str
+    command: Sequence[str],
+    args: list[str],
+    *,
+    env: dict[str, str],
+    standby: bool,
+    label: str,
+    forward: bool = True,
 ) -> Process:
-    """Start ``command ARGS --status-fd N``, its status pipe read and its output drained
-    (``standby``: its stdin a pipe, for the arguments it is given later)."""
+    """Start ``command ARGS --status-fd N``, its status pipe read and its output re-logged
+    (``forward``: at each record's level, else at DEBUG; ``standby``: its stdin a pipe, for the
+    arguments it is given later)."""
     try:
         _reserve(SPAWN_DESCRIPTORS)
         read_fd, write_fd = os.pipe()  # the status pipe; both ends stay out of other children
@@ -184,8 +197,12 @@ async def spawn(
     assert proc.stdout is not None and proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=30)
     status = Status(label)
-    stderr = asyncio.create_task(_pump(proc.stderr, label, tail))
-    stdout = asyncio.create_task(_pump(proc.stdout, label, None))
+    stderr = asyncio.create_task(
+        _pump(proc.stderr, status, proc.pid, tail, logging.WARNING if forward else None)
+    )
+    stdout = asyncio.create_task(
+        _pump(proc.stdout, status, proc.pid, None, logging.INFO if forward else None)
+    )
     reading = asyncio.create_task(_read_status(read_fd, status))
     return Process(proc, tail, status, stderr, [reading, stderr, stdout])
 
@@ -267,9 +284,15 @@ async def _read_status(fd: int, status: Status) -> None:
 
 
 async def _pump(
-    stream: asyncio.StreamReader, label: str, tail: collections.deque[str] | None
+    stream: asyncio.StreamReader,
+    status: Status,
+    pid: int,
+    tail: collections.deque[str] | None,
+    plain_level: int | None,
 ) -> None:
-    """Keep an output pipe drained; the last lines of stderr explain a failure to a human."""
+    """Keep an output pipe drained, re-logging what it says: a record at its own level and a
+    plain line at ``plain_level`` (None: everything at DEBUG). The last lines of stderr explain
+    a failure to a human."""
     while True:
         try:
             line = await stream.readline()
@@ -277,10 +300,22 @@ async def _pump(
             continue
         if not line:
             return
-        text = line.decode(errors="replace").rstrip()
+        record = decode_record(line)
+        if record is None:
+            text = line.decode(errors="replace").rstrip()
+            level = plain_level
+            said = text
+        else:
+            text = record.message
+            level = record.level if plain_level is not None else None
+            said = f"{record.logger}: {record.message}"
+            if record.exc:
+                said = f"{said}\n{record.exc}"
         if tail is not None:
             tail.append(text)
-        log.debug("[%s] %s", label, text)
+        replica_log.log(
+            logging.DEBUG if level is None else level, "[%s pid %d] %s", status.model, pid, said
+        )
 
 
 async def exited(state: Process) -> str:

@@ -178,6 +178,80 @@ async def test_a_malformed_line_after_ready_is_logged_and_ignored(
     assert any("ignored a bad status line" in r.getMessage() for r in caplog.records)
 
 
+RECORD = json.dumps(
+    {
+        "level": "ERROR",
+        "logger": "ember.runtime",
+        "message": "model 'm' failed a batch",
+        "exc": "Traceback (most recent call last):\nRuntimeError: boom",
+    }
+)
+
+
+async def until_logged(
+    caplog: pytest.LogCaptureFixture, what: str, timeout_s: float = 10
+) -> logging.LogRecord:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for record in caplog.records:
+            if record.name == "ember.replica" and what in record.getMessage():
+                return record
+        assert time.monotonic() < deadline, f"nothing logged saying {what!r}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_replicas_records_are_logged_at_their_own_level_with_model_and_pid(
+    tmp_path: Path, scaler: LocalScaler, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ember.replica")
+    steps = [
+        LISTENING,
+        {"stderr": RECORD},
+        {"stderr": "UserWarning: printed by a library"},
+        {"stdout": "a print"},
+        READY,
+    ]
+    handle = await scaler.start(spec(tmp_path, steps))
+    await scaler.wait_ready(handle, 10)
+    record = await until_logged(caplog, "failed a batch")
+    assert record.levelname == "ERROR"
+    message = record.getMessage()
+    assert message.startswith(f"[m pid {handle.pid}] ember.runtime: model 'm' failed a batch")
+    assert "RuntimeError: boom" in message  # its traceback, in the same record
+    assert (await until_logged(caplog, "printed by a library")).levelname == "WARNING"
+    assert (await until_logged(caplog, "a print")).levelname == "INFO"
+
+
+async def test_quiet_replicas_are_logged_at_debug_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ember.replica")
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=10, forward_logs=False)
+    try:
+        handle = await scaler.start(spec(tmp_path, [LISTENING, {"stderr": RECORD}, READY]))
+        await scaler.wait_ready(handle, 10)
+        assert (await until_logged(caplog, "failed a batch")).levelname == "DEBUG"
+    finally:
+        await scaler.aclose()
+
+
+def cmdline(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
+async def test_replicas_are_told_to_log_json_at_the_activators_level(tmp_path: Path) -> None:
+    scaler = LocalScaler(command=FAKE, listen_timeout_s=10, log_level="warning")
+    try:
+        handle = await scaler.start(spec(tmp_path, [LISTENING, READY]))
+        await scaler.wait_ready(handle, 10)
+        assert handle.pid is not None
+        argv = cmdline(handle.pid)
+        assert b"--log-format" in argv and argv[argv.index(b"--log-format") + 1] == b"json"
+        assert argv[argv.index(b"--log-level") + 1] == b"warning"
+    finally:
+        await scaler.aclose()
+
+
 async def with_a_standby() -> LocalScaler:
     """A scaler whose warm pool holds one ready standby (a fake replica)."""
     scaler = LocalScaler(command=FAKE, listen_timeout_s=10, warm_pool=1)

@@ -1,4 +1,4 @@
-"""No credential survives a log line."""
+"""No credential survives a log line; JSON lines carry a record whole from a replica."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from contracts.logs import RedactingFilter, redact
+from contracts.logs import JsonFormatter, Record, RedactingFilter, decode_record, redact
 
 SECRETS = [
     "Authorization: Bearer api-token-0123456789abcdef",
@@ -45,3 +45,46 @@ def test_the_filter_cleans_arguments_and_tracebacks() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     RedactingFilter().filter(record)
     assert record.exc_text and "wJalrX" not in record.exc_text and "RuntimeError" in record.exc_text
+
+
+def test_a_json_line_carries_level_logger_message_and_traceback_redacted() -> None:
+    try:
+        raise RuntimeError(SECRETS[5])
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "ember.runtime", logging.ERROR, __file__, 1, "model %s failed", ("m",), sys.exc_info()
+        )
+    RedactingFilter().filter(record)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line  # one record, one line
+    decoded = decode_record(line.encode() + b"\n")
+    assert decoded is not None
+    assert (decoded.level, decoded.logger, decoded.message) == (
+        logging.ERROR,
+        "ember.runtime",
+        "model m failed",
+    )
+    assert decoded.exc and "RuntimeError" in decoded.exc and "wJalrX" not in decoded.exc
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"plain text",
+        b"{not json",
+        b"[1, 2]",
+        b'{"level": "LOUD", "logger": "x", "message": "m"}',
+        b'{"level": "INFO", "logger": 1, "message": "m"}',
+        b'{"level": "INFO", "logger": "x"}',
+        b'{"level": "INFO", "logger": "x", "message": "m", "exc": 3}',
+    ],
+)
+def test_a_line_that_is_no_record_decodes_to_none(line: bytes) -> None:
+    assert decode_record(line) is None
+
+
+def test_a_record_without_traceback() -> None:
+    line = b'{"level": "WARNING", "logger": "uvicorn.error", "message": "hi"}'
+    assert decode_record(line) == Record(logging.WARNING, "uvicorn.error", "hi")

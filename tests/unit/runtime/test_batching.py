@@ -157,6 +157,50 @@ async def test_model_crash_is_a_500_for_that_batch_only() -> None:
     await scheduler.close()
 
 
+async def test_a_model_crash_is_logged_once_at_error_with_its_traceback_and_request_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = Doubler()
+    handler.gate.clear()  # the first request holds the model while two more queue up together
+    scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=50), handler)
+    first = asyncio.create_task(scheduler.submit(request(1), request_id="ok-1"))
+    await until(lambda: handler.entered == 1, "the first batch to start")
+    crashes = [
+        asyncio.create_task(scheduler.submit(request(1e7), request_id=f"boom-{i}"))
+        for i in range(2)
+    ]
+    await until(lambda: scheduler.depth == 2, "both to queue")
+    caplog.set_level("DEBUG", logger="ember.runtime")
+    handler.gate.set()
+    await first
+    for crash in crashes:
+        with pytest.raises(InferenceFailed):
+            await crash
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    record = errors[0]
+    message = record.getMessage()
+    assert "model 'm'" in message and "2 item(s) from 2 request(s)" in message
+    assert "boom-0" in message and "boom-1" in message
+    assert record.exc_info is not None
+    text = caplog.text
+    assert "RuntimeError: model exploded" in text  # the model's own exception, chained
+    assert "in predict" in text  # and where it was raised
+    await scheduler.close()
+
+
+async def test_a_callers_mistake_is_logged_at_debug_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scheduler = await started(config(max_batch_size=0), Doubler())
+    caplog.set_level("DEBUG", logger="ember.runtime")
+    with pytest.raises(InvalidInput):
+        await scheduler.submit(request(-1), request_id="bad")
+    levels = {r.levelname for r in caplog.records if "bad" in r.getMessage()}
+    assert levels == {"DEBUG"}
+    await scheduler.close()
+
+
 async def test_shapes_that_differ_go_to_different_batches() -> None:
     handler = Doubler()
     scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=30), handler)
