@@ -59,11 +59,18 @@ from activator.pool.replicas import Replica
 from activator.routes import Endpoint, Guard, Match, guard, model_route, resolve, split
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
-from contracts.oip import repository_index_request
+from contracts.oip import load_request, no_query, repository_index_request
 from contracts.stack import ModelSpec, StackConfig
 from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
+
+# the repository's requests, whose parameters are read from the body only (a query string: 400)
+_BODY_ONLY = {
+    Endpoint.REPOSITORY_INDEX: "repository index request",
+    Endpoint.REPOSITORY_LOAD: "load request",
+    Endpoint.REPOSITORY_UNLOAD: "unload request",
+}
 
 # a model's state in the repository index, by the activator's; at zero: ZERO (a request wakes
 # it), or UNAVAILABLE when its last start failed
@@ -280,6 +287,11 @@ class Activator:
         parts = split(scope["path"])
         self.check_guard(guard(parts), scope["headers"])
         match = resolve(scope["method"], scope["path"], parts)
+        if match.endpoint in _BODY_ONLY:  # read as the predictor reads them
+            try:
+                no_query(scope.get("query_string", b""), _BODY_ONLY[match.endpoint])
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
         limit = ADMIN_BODY_BYTES if parts[0] == "admin" else self.settings.max_request_bytes
         return await self._handlers[match.endpoint](match, await _body(receive, limit))
 
@@ -349,6 +361,10 @@ class Activator:
         """A replica started (kept for the keep-alive) and ready; a group's member is then
         loaded on every replica of the group: woken, or its failed load tried again."""
         pool = self.pool(match.model)
+        try:
+            load_request(body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         pool.warm(pool.spec.keep_alive_s, source="repository-load")
         replicas = pool.group.pool if isinstance(pool, MemberPool) else pool
         deadline = time.monotonic() + pool.spec.startup_timeout_s

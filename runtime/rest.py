@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from contracts.oip import repository_index_request
+from contracts.oip import load_request, no_query, repository_index_request
 from runtime.dataplane import DataPlane, InferResult
 from runtime.errors import ClientGone, InvalidInput, PayloadTooLarge, RuntimeServerError
 from runtime.protocol import (
@@ -97,6 +97,7 @@ class V2Endpoints:
     async def repository_index(self, request: Request) -> Response:
         body = await self._body(request)
         try:  # read as the activator reads it
+            no_query(request.url.query, "repository index request")
             ready = repository_index_request(body).ready
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
@@ -104,6 +105,12 @@ class V2Endpoints:
 
     async def repository_load(self, request: Request) -> Response:
         name = request.path_params["model_name"]
+        self.dataplane.repository.entry(name)  # 404 before reading the body
+        try:  # read as the activator reads it
+            no_query(request.url.query, "load request")
+            load_request(await self._body(request))
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
         await self.dataplane.repository.load(name)
         return json_response({"name": name, "loaded": True})
 
@@ -111,6 +118,10 @@ class V2Endpoints:
         """Unload, or with ``{"parameters": {"level": ...}}`` put to sleep (runtime.sleep)."""
         name = request.path_params["model_name"]
         self.dataplane.repository.entry(name)  # 404 before reading the body
+        try:
+            no_query(request.url.query, "unload request")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
         level = unload_level(await self._body(request))
         if level is None:
             await self.dataplane.repository.unload(name)

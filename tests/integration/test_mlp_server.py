@@ -366,6 +366,28 @@ def test_caller_mistakes_are_oip_errors(
 
 
 @pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("unload", {"level": "host"}, """unknown key 'level' (it goes under "parameters")"""),
+        ("unload", {"parameters": {"level": "host"}, "force": True}, "unknown key 'force'"),
+        ("unload?level=host", b"", "query parameters are not read ('level')"),
+        ("load", {"parameters": {"config": "{}"}}, "unknown parameter 'config'"),
+        ("load?x=1", b"", "query parameters are not read"),
+        ("load", {"model": "mlp"}, "unknown key 'model'"),
+    ],
+)
+def test_a_misplaced_repository_parameter_is_a_400_and_changes_nothing(
+    mlp_server: ServerProcess, path: str, body: Any, message: str
+) -> None:
+    r = _post(mlp_server, f"/v2/repository/models/mlp/{path}", body)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+    index = _post(mlp_server, "/v2/repository/index?ready=true", b"")
+    assert index.status_code == 400 and "query parameters" in index.json()["error"]
+    assert httpx.get(mlp_server.url + "/v2/models/mlp/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
     ("headers", "body", "message"),
     [
         ({"Inference-Header-Content-Length": "abc"}, b"{}", "not a non-negative integer"),

@@ -201,3 +201,26 @@ async def test_a_failed_command_is_no_refusal_a_bad_one_is(tmp_path: Path) -> No
         assert [line.split("{")[1].split("}")[0] for line in refused if "_total" in line] == [
             'model="",reason="bad_request"'  # a repository path names no model route
         ]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("unload", b'{"level": "host"}', "unknown key 'level'"),
+        ("unload?level=host", b"", "query parameters are not read ('level')"),
+        ("load", b'{"parameters": {"config": "{}"}}', "unknown parameter 'config'"),
+        ("load?wait=1", b"", "query parameters are not read"),
+    ],
+)
+async def test_a_misplaced_repository_parameter_is_a_400_that_starts_and_stops_nothing(
+    tmp_path: Path, path: str, body: bytes, message: str
+) -> None:
+    async with serving(tmp_path, [Replica()]) as h:
+        scaler = h.activator.scaler
+        assert isinstance(scaler, Scaler)
+        assert (await h.client.post("/v2/models/m/infer", content=BODY)).status_code == 200
+        r = await h.client.post(f"/v2/repository/models/m/{path}", content=body)
+        assert r.status_code == 400 and message in r.json()["error"]
+        assert h.activator.pools["m"].state == "ready" and scaler.started == 1
+        index = await h.client.post("/v2/repository/index?ready=true")
+        assert index.status_code == 400

@@ -312,11 +312,13 @@ def test_an_unload_body_names_a_level_or_none(body: bytes, level: str | None) ->
     ("body", "message"),
     [
         (b'{"parameters": {"level": "gpu"}}', "unknown sleep level 'gpu'; choose 'host', 'disk'"),
-        (b'{"parameters": "host"}', "an unload body is"),
-        (b'{"parameters": []}', "an unload body is"),
-        (b'{"parameters": false}', "an unload body is"),
-        (b"[1]", "an unload body is"),
+        (b'{"parameters": "host"}', "parameters must be an object"),
+        (b'{"parameters": []}', "parameters must be an object"),
+        (b'{"parameters": false}', "parameters must be an object"),
+        (b"[1]", "must be a JSON object"),
         (b"{nope", "must be JSON"),
+        (b'{"level": "host"}', """unknown key 'level' (it goes under "parameters")"""),
+        (b'{"parameters": {}, "force": true}', "unknown key 'force'"),
     ],
 )
 def test_a_bad_unload_body_is_a_400_naming_the_choices(body: bytes, message: str) -> None:

@@ -40,6 +40,8 @@ def test_an_unknown_level_is_a_400_naming_the_choices() -> None:
         b'{"parameters": ""}',
         b'{"parameters": false}',
         b'{"parameters": {"levle": "host"}}',  # a misspelt level is no full unload either
+        b'{"level": "host"}',  # nor a level beside the parameters
+        b'{"parameters": {}, "level": "host"}',
     ],
 )
 def test_a_malformed_unload_body_is_a_400(body: bytes) -> None:
