@@ -31,6 +31,7 @@ from activator.errors import (
     RequestTimeout,
 )
 from activator.http import Headers, Request, error_response, head
+from activator.precheck import check_request
 from activator.relay import Relay
 from activator.routes import Guard
 from activator.upstream import UpstreamPool
@@ -411,6 +412,13 @@ class FrontConnection(asyncio.Protocol):
             if request.deadline_s is None and x.take_now():
                 self.relay.forward(x, request)
                 return
+            if (
+                route.endpoint == "infer"
+                and request.method == b"POST"
+                and route.pool.state != "ready"
+            ):
+                # it would wait for a start: one its replica would refuse wakes nothing
+                check_request(route.pool.spec, request.headers, request.body)
         except ActivatorError as exc:  # refused before it could wait: counted, not logged
             self.refuse(x, exc, request, admitted=False)
             return

@@ -302,6 +302,9 @@ class ModelSpec(BaseModel):
     # what GET /v2/models/{m} answers, when the model config says it all (contracts.metadata):
     # the activator answers it while no replica runs; None: it learns it from the first replica
     metadata: ModelMetadata | None = None
+    # the model config's: with batching on, a request's first dimension is its batch size, at
+    # most this (the activator checks a request for a model at zero against it)
+    max_batch_size: int = 0
     # a group's pool (a replica serving several models) is run from a spec too: its name is the
     # group's, ``configs`` every member's config file and ``members`` their names
     group: str | None = None  # a member model: the group whose replicas serve it
@@ -525,6 +528,7 @@ def _model_spec(
         prewarm=prewarm,
         handler=handler,
         metadata=declared_metadata(model, str(config_path)),
+        max_batch_size=_optional(model, "max_batch_size", int, config_path) or 0,
     )
 
 
@@ -594,7 +598,8 @@ def _optional(model: dict[str, Any], key: str, kind: type, where: Path) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"{where}: {key} must be a {'number' if kind is float else 'string'}")
+        what = {float: "number", int: "whole number"}.get(kind, "string")
+        raise ConfigError(f"{where}: {key} must be a {what}")
     return value
 
 

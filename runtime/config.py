@@ -15,11 +15,11 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contracts import configfile
+from contracts.datatypes import DATATYPES
 from contracts.durations import Seconds
 from contracts.errors import ConfigError as FileError
 from contracts.logs import LogFormat, LogLevel
 from contracts.names import MODEL_NAME
-from runtime.datatypes import DATATYPES
 from runtime.errors import ConfigError
 from runtime.handlers.options import HANDLER_OPTIONS
 
@@ -201,6 +201,8 @@ class ServerSettings(BaseModel):
     status_fd: int | None = Field(default=None, ge=0)  # where contracts.replica events go
     # a failed load stops the server (exit 3), saying why in termination_log: runtime.termination
     exit_on_load_failure: bool = False
+    # a server none of whose models could load keeps running (unready) instead of exiting 3
+    stay_on_load_failure: bool = False
     termination_log: Path = Path("/dev/termination-log")
 
 

@@ -10,19 +10,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.inference import InputSpec, check_inputs
 from runtime import __version__
 from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
 from runtime.handlers.base import ChecksInputs
 from runtime.metrics import RuntimeMetrics
-from runtime.protocol import InferenceRequest, RequestInput
+from runtime.protocol import InferenceRequest, RequestInput, caller_mistakes
 from runtime.repository import SERVING, ModelEntry, ModelRepository
 from runtime.tensors import (
     NUMPY_DTYPES,
     Tensor,
-    check_datatype,
     check_json_finite,
-    check_shape,
     from_binary,
     from_json,
 )
@@ -142,35 +141,23 @@ class DataPlane:
         binary: memoryview | None,
     ) -> dict[str, Tensor]:
         specs = {s.name: s for s in entry.handler.inputs} if entry.handler else {}
-        batching = entry.config.batching
+        with caller_mistakes():  # as the activator checks it at zero (contracts.inference)
+            checked = check_inputs(
+                entry.config.name,
+                request.inputs,
+                {n: InputSpec(n, s.datatype, s.shape) for n, s in specs.items()},
+                batching=entry.config.batching,
+                max_batch=entry.config.max_batch_size,
+            )
         tensors: dict[str, Tensor] = {}
         offset = 0
-        for item in request.inputs:
-            name = item.name
-            if name in tensors:
-                raise InvalidInput(f"input '{name}' is given more than once")
-            spec = specs.get(name)
-            if specs and spec is None:
-                raise InvalidInput(
-                    f"model '{entry.config.name}' has no input '{name}'; expected {sorted(specs)}"
-                )
-            datatype = check_datatype(name, item.datatype)
-            shape = check_shape(name, item.shape)
-            if spec is not None:
-                _check_against_spec(spec, datatype, shape, batching, entry.config.max_batch_size)
+        for item, datatype, shape in checked:
             array, offset = _decode_one(item, datatype, shape, binary, offset)
-            tensors[name] = Tensor(name, datatype, array)
+            tensors[item.name] = Tensor(item.name, datatype, array)
         if binary is not None and offset != len(binary):
             raise InvalidInput(
                 f"request carries {len(binary) - offset} bytes of binary data that no input claims"
             )
-        missing = [n for n in specs if n not in tensors]
-        if missing:
-            raise InvalidInput(f"model '{entry.config.name}' needs input(s) {missing}")
-        if batching and len(tensors) > 1:
-            sizes = {t.array.shape[0] if t.array.ndim else None for t in tensors.values()}
-            if len(sizes) > 1:
-                raise InvalidInput(f"inputs disagree on the batch size: {sorted(map(str, sizes))}")
         # the model's declared order, which positional handlers rely on
         ordered = {n: tensors[n] for n in specs} if specs else tensors
         if isinstance(entry.handler, ChecksInputs):  # before queueing: no batch pays for it
@@ -302,30 +289,6 @@ def _check_json_output(spec: TensorSpec) -> None:
             f"output '{spec.name}' is BF16, which has no JSON form; request it with "
             '"binary_data": true'
         )
-
-
-def _check_against_spec(
-    spec: TensorSpec, datatype: str, shape: tuple[int, ...], batching: bool, max_batch: int
-) -> None:
-    if datatype != spec.datatype:
-        raise InvalidInput(
-            f"input '{spec.name}': datatype {datatype}, model expects {spec.datatype}"
-        )
-    dims = shape
-    if batching:
-        if not shape:
-            raise InvalidInput(f"input '{spec.name}': shape needs a batch dimension first")
-        if not 1 <= shape[0] <= max_batch:
-            raise InvalidInput(
-                f"input '{spec.name}': batch size {shape[0]} is outside 1..{max_batch}"
-            )
-        dims = shape[1:]
-    expected = list(spec.shape)
-    if len(dims) != len(expected) or any(
-        e not in (-1, d) for e, d in zip(expected, dims, strict=False)
-    ):
-        want = ([-1] if batching else []) + expected
-        raise InvalidInput(f"input '{spec.name}': shape {list(shape)}, model expects {want}")
 
 
 def _decode_one(

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.datatypes import DATATYPES
+from contracts import inference
 from runtime.errors import InvalidInput
+from runtime.protocol import caller_mistakes
 
 # datatype -> numpy dtype (little endian, as the binary extension sends them)
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -68,23 +69,14 @@ def datatype_of(array: np.ndarray[Any, Any]) -> str:
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """Validate a request's shape: a list of non-negative integers."""
-    if not isinstance(shape, list | tuple):
-        raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}")
-    for dim in shape:
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}")
-        if dim < 0:
-            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
-    return tuple(shape)
+    """Validate a request's shape: a list of non-negative integers (400 otherwise)."""
+    with caller_mistakes():
+        return inference.check_shape(name, shape)
 
 
 def check_datatype(name: str, datatype: Any) -> str:
-    if not isinstance(datatype, str) or datatype.upper() not in DATATYPES:
-        raise InvalidInput(
-            f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(DATATYPES)}"
-        )
-    return datatype.upper()
+    with caller_mistakes():
+        return inference.check_datatype(name, datatype)
 
 
 def _element_count(shape: tuple[int, ...]) -> int:
@@ -102,9 +94,7 @@ def from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np
     if datatype == "BYTES":
         return _bytes_from_json(name, shape, data, count)
     if datatype == "BF16":
-        raise InvalidInput(
-            f"input '{name}': BF16 has no JSON form; send it with the binary tensor data extension"
-        )
+        raise InvalidInput(inference.BF16_IN_JSON.format(name=name))
     dtype = NUMPY_DTYPES[datatype]
     try:
         raw = np.asarray(data)

@@ -758,3 +758,35 @@ def test_a_bad_ember_yaml_is_one_line_and_exit_2(
     )
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+BAD_BODIES = [
+    b'{"inputs":[',
+    b"[]",
+    json.dumps({"inputs": [{"name": "image", "shape": [1, 784], "datatype": "FP32"}]}).encode(),
+    json.dumps({"inputs": [{"name": "input", "shape": [784], "datatype": "FP32"}]}).encode(),
+    json.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "INT64"}]}).encode(),
+    json.dumps({"inputs": [{"name": "input", "shape": [65, 784], "datatype": "FP32"}]}).encode(),
+]
+
+
+def test_a_bad_request_at_zero_is_the_predictors_400_and_starts_no_replica(
+    tmp_path: Path, mlp_server: ServerProcess
+) -> None:
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG)}])
+    with activator(config) as server:
+        for body in BAD_BODIES:
+            theirs = httpx.post(f"{mlp_server.url}/v2/models/mlp/infer", content=body)
+            ours = httpx.post(f"{server.url}/v2/models/mlp/infer", content=body)
+            assert (
+                (ours.status_code, ours.json())
+                == (theirs.status_code, theirs.json())
+                == (
+                    400,
+                    theirs.json(),
+                )
+            ), body
+        assert state(server, "mlp") == "zero" and not replicas(server)
+        assert [e for e in events(tmp_path) if e["event"] == "replica_starting"] == []
+        good = httpx.post(f"{server.url}/v2/models/mlp/infer", content=MLP_BODY, timeout=60)
+        assert good.status_code == 200, good.text

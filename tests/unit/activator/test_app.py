@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,3 +225,82 @@ async def test_a_misplaced_repository_parameter_is_a_400_that_starts_and_stops_n
         assert h.activator.pools["m"].state == "ready" and scaler.started == 1
         index = await h.client.post("/v2/repository/index?ready=true")
         assert index.status_code == 400
+
+
+def _infer(inputs: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"inputs": inputs}).encode()
+
+
+X = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b'{"inputs":[', {}, "request body is not valid JSON"),
+        (b"[1, 2]", {}, "request body must be a JSON object, got list"),
+        (b'{"inputs": []}', {}, "invalid inference request: inputs: List should have at least"),
+        (_infer([{**X, "name": "z"}]), {}, "model 'm' has no input 'z'; expected ['x']"),
+        (_infer([{**X, "datatype": "INT8"}]), {}, "input 'x': datatype INT8, model expects FP32"),
+        (_infer([{**X, "datatype": "FLOAT"}]), {}, "input 'x': unknown datatype 'FLOAT'"),
+        (_infer([{**X, "shape": [9]}]), {}, "input 'x': batch size 9 is outside 1..8"),
+        (_infer([{**X, "shape": [1, 3]}]), {}, "input 'x': shape [1, 3], model expects [-1]"),
+        (_infer([X, X]), {}, "input 'x' is given more than once"),
+        (
+            b'{"inputs": [{"name": "x"}]}xxxx',
+            {"Inference-Header-Content-Length": "27"},
+            "invalid inference request: inputs.0.shape: Field required",
+        ),
+    ],
+)
+async def test_a_request_its_replica_would_refuse_is_answered_400_at_zero_and_wakes_nothing(
+    tmp_path: Path, body: bytes, headers: dict[str, str], message: str
+) -> None:
+    async with serving(tmp_path, [Replica()]) as h:
+        scaler = h.activator.scaler
+        assert isinstance(scaler, Scaler)
+        r = await h.client.post("/v2/models/m/infer", content=body, headers=headers)
+        assert r.status_code == 400, r.text
+        assert r.json() == {"error": r.json()["error"]} and message in r.json()["error"]
+        assert scaler.started == 0 and h.activator.pools["m"].state == "zero"
+        assert h.events("replica_starting") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (_infer([X]), {}),  # a good one
+        (b"\x1f\x8b compressed", {"Content-Encoding": "gzip"}),  # left to the replica
+        (b"\0\0\0\0", {"Inference-Header-Content-Length": "0"}),  # raw tensor data
+    ],
+)
+async def test_what_the_activator_does_not_refuse_wakes_the_model(
+    tmp_path: Path, body: bytes, headers: dict[str, str]
+) -> None:
+    async with serving(tmp_path, [Replica()]) as h:
+        scaler = h.activator.scaler
+        assert isinstance(scaler, Scaler)
+        r = await h.client.post("/v2/models/m/infer", content=body, headers=headers)
+        assert r.status_code == 200, r.text  # the harness's replica answers anything
+        assert scaler.started == 1
+
+
+async def test_a_model_that_declares_nothing_has_its_bodys_form_checked_only(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, [Replica()], metadata=None) as h:
+        scaler = h.activator.scaler
+        assert isinstance(scaler, Scaler)
+        bad = await h.client.post("/v2/models/m/infer", content=b'{"inputs":[')
+        assert bad.status_code == 400 and scaler.started == 0
+        other = await h.client.post("/v2/models/m/infer", content=_infer([{**X, "name": "z"}]))
+        assert other.status_code == 200 and scaler.started == 1  # its inputs are not known
+
+
+async def test_a_ready_model_relays_requests_unread(tmp_path: Path) -> None:
+    replica = Replica()
+    async with serving(tmp_path, [replica]) as h:
+        assert (await h.client.post("/v2/models/m/infer", content=BODY)).status_code == 200
+        r = await h.client.post("/v2/models/m/infer", content=b'{"inputs":[')
+        assert r.status_code == 200  # the harness's replica answered it: it was not read here
+        assert replica.received[-1][1] == b"/v2/models/m/infer"

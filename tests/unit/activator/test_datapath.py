@@ -125,8 +125,8 @@ async def test_a_client_that_leaves_the_queue_is_recorded_and_frees_its_place(
     async with serving(tmp_path, [Replica()], scaler=Slow) as h:
         host, port = h.url.removeprefix("http://").split(":")
         _, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n")
-        writer.write(b"{}")
+        head = f"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {len(BODY)}\r\n"
+        writer.write(head.encode() + b"\r\n" + BODY.encode())
         pool = h.activator.pools["m"]
         await until(lambda: pool.queued == 1, "the request to queue")
         writer.close()
@@ -315,7 +315,10 @@ async def test_a_request_is_logged_by_its_route_never_its_target_or_query(
     query = "?q=" + "x" * 60_000
     async with serving(tmp_path, [replica], version="3") as h:
         for path in ("/v2/models/m/infer", "/v2/models/m/versions/3/infer", "/v2/models/m"):
-            r = await h.client.request("POST" if "infer" in path else "GET", path + query)
+            if "infer" in path:
+                r = await h.client.post(path + query, content=BODY)
+            else:
+                r = await h.client.get(path + query)
             assert r.status_code == 200, r.text
         # the replica still gets the whole target
         assert replica.received[0][1] == f"/v2/models/m/infer{query}".encode()

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import typing
 
+from contracts.datatypes import DATATYPES
 from runtime.config import ModelConfig
-from runtime.datatypes import DATATYPES
 from runtime.handlers import base
 from runtime.handlers.options import HANDLER_OPTIONS
 from runtime.tensors import NUMPY_DTYPES

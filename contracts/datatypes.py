@@ -1,7 +1,8 @@
 """The Open Inference Protocol's tensor datatypes, by name only.
 
 Model configs are checked against these without numpy (``ember up`` checks them in a process
-that has none); :mod:`runtime.tensors` maps each to its numpy dtype.
+that has none); :mod:`runtime.tensors` maps each to its numpy dtype, and
+:mod:`contracts.inference` checks requests against them, in either server.
 """
 
 from __future__ import annotations
