@@ -1,21 +1,31 @@
 """Everything checked before anything starts: ``ember.yaml`` and every model config it names.
 
 ``ember up`` and ``ember deploy`` call :func:`load_checked_stack` first, so a model config that
-``ember serve`` would refuse (a mistyped key, a handler option it does not know) stops them with
-the reason, instead of a replica that exits on the first request or a manifest that ships the
-typo. It imports the runtime's config schema only, which needs neither torch nor numpy: the
-activator's image has neither.
+``ember serve`` would refuse (a mistyped key, a handler option it does not know) stops them with the
+reason, instead of a replica that exits on the first request or a manifest that ships the typo.
+``ember up`` with local replicas then checks the files they will read (:func:`check_local_files`): a
+source that is not there, holds no safetensors, or a module file that does not exist. ``ember
+deploy`` does not: its replicas read the weights from the store. It imports the runtime's config
+schema only, which needs neither torch nor numpy: the activator's image has neither.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 from contracts.errors import ConfigError
 from contracts.stack import StackConfig, load_stack
-from runtime.config import load_model_configs
+from runtime.config import ModelConfig, load_model_configs
 from runtime.errors import ConfigError as ModelConfigError
+from runtime.handlers.options import KServeOptions, TorchModuleOptions
+
+# the files a handler reads from a local source, besides torch-module's options.weights
+_HF_ENCODER_FILES = ("config.json", "tokenizer.json", "model.safetensors")
+# checkpoints in formats Ember does not load: named, so the error says what was found instead
+_PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def load_checked_stack(path: str | Path) -> StackConfig:
@@ -33,6 +43,110 @@ def load_checked_stack(path: str | Path) -> StackConfig:
     if problems:
         raise ConfigError("\n".join(problems))
     return stack
+
+
+def check_local_files(stack: StackConfig) -> None:
+    """What ``ember up``'s local replicas would fail to load, found before the first request
+    (a start that fails costs every request that waits for it seconds): each model's local
+    source and imported file (:func:`local_problems`). ConfigError, one line per problem."""
+    problems: list[str] = []
+    checked: set[Path] = set()
+    for spec in stack.models.values():
+        if spec.config_path in checked:  # a file defining several models
+            continue
+        checked.add(spec.config_path)
+        for config in load_model_configs(spec.config_path):
+            problems += [f"{spec.config_path}: {p}" for p in local_problems(config)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def local_problems(config: ModelConfig) -> list[str]:
+    """What a model's files on this machine lack: its local ``source`` (there, a directory,
+    holding the safetensors its handler reads, or what it holds instead) and the Python file its
+    handler imports. Sources in a store (``s3://``, ``hf://``) are checked when fetched."""
+    problems: list[str] = []
+    if config.handler == "torch-module":
+        module = _options(config, TorchModuleOptions)
+        if module is not None:
+            problems += _import_problems("options.module", module.module, config.base_dir)
+    elif config.handler == "kserve":
+        kserve = _options(config, KServeOptions)
+        if kserve is not None:
+            problems += _import_problems("options.model_class", kserve.model_class, config.base_dir)
+    if config.source is None:
+        return problems
+    if "://" in config.source and not config.source.startswith(("file://", "pkg://")):
+        return problems  # in a store
+    try:
+        root = config.local_source()
+    except ModelConfigError as exc:
+        return [*problems, f"source: {exc}"]
+    if not root.exists():
+        return [*problems, f"source: {root} does not exist"]
+    if not root.is_dir():
+        return [*problems, f"source: {root} is not a directory"]
+    wanted: tuple[str, ...] = ()  # a kserve model reads what it likes from its source
+    if config.handler == "torch-module":
+        module = _options(config, TorchModuleOptions)
+        wanted = (module.weights,) if module is not None else ()
+    elif config.handler == "hf-encoder":
+        wanted = _HF_ENCODER_FILES
+    missing = [name for name in wanted if not (root / name).is_file()]
+    if missing:
+        problems.append(f"source: {root} has no {', '.join(missing)}; {holds(root)}")
+    return problems
+
+
+def holds(root: Path) -> str:
+    """What a model directory holds, said for a human whose safetensors file is not there."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    if not files:
+        return "it is empty"
+    tensors = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if f.endswith(_PICKLES)]
+    shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
+    if tensors:
+        return f"it holds {', '.join(tensors[:6])} (name the file in options.weights)"
+    if pickles:
+        return (
+            f"it holds {', '.join(pickles[:6])}: a pickle checkpoint, which Ember does not load "
+            "(it can run code); convert it to safetensors (safetensors.torch.save_file of its "
+            "state dict, or save_pretrained(..., safe_serialization=True))"
+        )
+    if any(f.endswith(".gguf") for f in files):
+        return (
+            f"it holds {shown}: GGUF, which Ember does not load; write the Hugging Face layout "
+            "(transformers reads GGUF with gguf_file=..., then save_pretrained)"
+        )
+    return f"it holds no safetensors file, only {shown}"
+
+
+_Options = TypeVar("_Options", TorchModuleOptions, KServeOptions)
+
+
+def _options(config: ModelConfig, schema: type[_Options]) -> _Options | None:
+    try:
+        return schema.model_validate(config.options)
+    except ValueError:  # said already, by the config's own check
+        return None
+
+
+def _import_problems(key: str, path: str, base_dir: Path | None) -> list[str]:
+    """A ``file.py:Class`` whose file is missing, or a ``package.module:Class`` whose top-level
+    package is not installed (nothing is imported: the activator has no torch)."""
+    target, _, _ = path.partition(":")
+    if target.endswith(".py"):
+        file = Path(target)
+        if not file.is_absolute() and base_dir is not None:
+            file = base_dir / file
+        return [] if file.is_file() else [f"{key}: {file} does not exist"]
+    top = target.split(".", 1)[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    return [] if found else [f"{key}: Python package {top!r} is not installed"]
 
 
 def refuse(command: str, exc: Exception) -> int:

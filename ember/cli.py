@@ -16,11 +16,13 @@ def _up(args: argparse.Namespace) -> int:
     from activator.auth import Tokens
     from activator.server import up
     from contracts.errors import ConfigError
-    from ember.checks import load_checked_stack, refuse
+    from ember.checks import check_local_files, load_checked_stack, refuse
 
     try:
         # every model config too, as its replicas will read it: a typo stops the stack here
         stack = load_checked_stack(args.config)
+        if stack.settings.scaler == "local":  # its replicas read the files here
+            check_local_files(stack)
         s = stack.settings  # a bad token stops the stack here, not at its first use
         Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
         Tokens.load(s.api_token_env, s.api_token_file, "API")

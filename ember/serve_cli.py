@@ -29,8 +29,8 @@ def add_parser(
             "/v2/health/live answers at once; models load in the background and "
             "/v2/health/ready turns 200 when all of them can answer. SIGTERM stops accepting "
             "connections, lets in-flight requests finish within --grace-period, and exits 0. "
-            "Exit status: 0 stopped, 1 cannot listen, 2 bad arguments or config, 3 a model could "
-            "not load (only with --exit-on-load-failure)."
+            "Exit status: 0 stopped, 1 cannot listen, 2 bad arguments or config, 3 no model "
+            "could load (with --exit-on-load-failure: one model could not)."
         ),
     )
     # required, unless --standby (whose process is given its --config later, on stdin)
@@ -144,7 +144,14 @@ def add_parser(
         "and why (e.g. \"model 'm' could not load (weights_missing): ...\") to "
         "--termination-log, log it, stop as SIGTERM would and exit 3, so that Kubernetes and "
         "Knative report the reason (ContainerHealthy=False, ExitCode3) instead of the pod "
-        "staying unready. Without it the server keeps serving its other models",
+        "staying unready. Without it the server keeps serving its other models, and stops "
+        "(exit 3) only once none could load",
+    )
+    serve.add_argument(
+        "--stay-on-load-failure",
+        action="store_true",
+        help="keep serving (unready) even when no model could load, instead of exiting 3; "
+        "the activator starts its replicas so",
     )
     serve.add_argument(
         "--termination-log",
@@ -221,6 +228,7 @@ def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.Argumen
             fetch_concurrency=args.fetch_concurrency,
             status_fd=args.status_fd,
             exit_on_load_failure=args.exit_on_load_failure,
+            stay_on_load_failure=args.stay_on_load_failure,
             termination_log=args.termination_log,
         )
     except ConfigError as exc:  # every problem of the model config, one line each

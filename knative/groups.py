@@ -8,10 +8,11 @@ cold member costs its weight load, not a pod start. It is scaled by the group's 
 (min/max replicas, target, keep-alive, containerConcurrency) and placed as its members are (they
 share one ``device`` and ``gpu_type``: :mod:`contracts.stack` checks it).
 
-Unlike a model's, a group's container does not run ``--exit-on-load-failure``: a member that
-cannot load must not take down the replica serving the others. With ``--load-on-demand`` the
-readiness probe passes before any load, so the activator's Knative scaler reads a member's
-failure from the replica's repository index instead.
+Unlike a model's, a group's container does not run ``--exit-on-load-failure`` and runs
+``--stay-on-load-failure``: a member that cannot load must not take down the replica serving the
+others, nor the failure of all of them a replica that the next request may find loadable.
+With ``--load-on-demand`` the readiness probe passes before any load, so the activator's Knative
+scaler reads a member's failure from the replica's repository index instead.
 """
 
 from __future__ import annotations
@@ -51,7 +52,13 @@ def group_objects(
         what=what,
         config_map=f"{group.name}-models",
         files=files,
-        serve_args=[*args, *common_args(stack), "--load-on-demand", *group.pool.serve_args],
+        serve_args=[
+            *args,
+            *common_args(stack),
+            "--load-on-demand",
+            "--stay-on-load-failure",
+            *group.pool.serve_args,
+        ],
         gpu=gpu,
     )
     return objects, configs

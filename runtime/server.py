@@ -1,7 +1,8 @@
 """Run the runtime under uvicorn: bind (port 0 picks one and prints it), serve, drain on SIGTERM.
 
 With ``exit_on_load_failure`` the first model that cannot load stops the server the same
-graceful way (see :mod:`runtime.termination`).
+graceful way, and without it a server none of whose models could load (unless
+``stay_on_load_failure``): see :mod:`runtime.termination`.
 """
 
 from __future__ import annotations
@@ -27,17 +28,22 @@ def serve(settings: ServerSettings, configs: list[ModelConfig]) -> int:
     With ``status_fd`` the address and every model's state changes go there too, as
     :mod:`contracts.replica` events (the activator's pipe). With ``exit_on_load_failure`` a
     model's failed load writes ``termination_log``, stops the server as SIGTERM would, and the
-    exit status is :data:`~runtime.termination.EXIT_LOAD_FAILED`.
+    exit status is :data:`~runtime.termination.EXIT_LOAD_FAILED`; so does (without writing) the
+    failure of every model, unless ``stay_on_load_failure``.
     """
     configure_logging(settings.log_level, settings.log_format)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     status = StatusChannel(settings.status_fd)
-    load_failed = LoadFailureExit(settings.termination_log)
+    load_failed = LoadFailureExit(
+        settings.termination_log,
+        first=settings.exit_on_load_failure,
+        models=() if settings.stay_on_load_failure else [c.name for c in configs],
+    )
 
     def on_status(event: ModelStatus) -> None:  # called on the event loop, by the repository
         status.send(event)
-        if settings.exit_on_load_failure and load_failed(event):
+        if load_failed(event):
             server.should_exit = True  # uvicorn's main loop sees it within 0.1 s, then drains
 
     app = create_app(settings, configs, on_status=on_status)

@@ -9,11 +9,17 @@ the container's ``terminationMessagePath`` (``/dev/termination-log``) into
 which reaches the ksvc's ``Ready=False`` condition that the activator's Knative scaler watches.
 So, with the flag, the first failed load writes one line there, is logged, and stops the server
 gracefully; the process exits :data:`EXIT_LOAD_FAILED`.
+
+Without the flag a server whose every model failed to load stops the same way (logged, no
+termination message): nothing it could serve is left, and an unready server that never exits
+hides the failure from whoever started it. ``--stay-on-load-failure`` keeps it up (the activator's
+replicas run so: the activator decides what a failed replica becomes).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 from contracts.replica import ModelStatus
@@ -49,26 +55,47 @@ def write_termination_message(path: Path, message: str) -> bool:
 
 
 class LoadFailureExit:
-    """Watches the models' status changes for the first failed load.
+    """Watches the models' status changes for failed loads.
 
-    Called with every :class:`~contracts.replica.ModelStatus`; the first ``UNAVAILABLE`` one
-    with a ``failure`` kind is written to the termination-message file and logged, and the call
-    returns True (the server then stops). A load that succeeds, an unload, or a load cancelled
-    by the server's own shutdown (no ``failure``) is not one.
+    Called with every :class:`~contracts.replica.ModelStatus`; returns True once the server
+    should stop: with ``first``, at the first ``UNAVAILABLE`` status with a ``failure`` kind
+    (written to the termination-message file and logged); otherwise once every one of ``models``
+    has failed so, none having loaded since (logged). A load that succeeds, an unload, or a load
+    cancelled by the server's own shutdown (no ``failure``) is not a failure. With ``models``
+    empty and not ``first`` it never stops the server.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, first: bool = True, models: Collection[str] = ()) -> None:
         self.path = path
-        self.message: str | None = None  # set once a load failed
+        self.first = first
+        self.models = frozenset(models)
+        self.failures: dict[str, ModelStatus] = {}  # each model's standing failed load
+        self.message: str | None = None  # set once the server is to stop
 
     @property
     def failed(self) -> bool:
         return self.message is not None
 
     def __call__(self, status: ModelStatus) -> bool:
-        if self.failed or status.state != "UNAVAILABLE" or status.failure is None:
+        if self.failed:
             return False
-        self.message = termination_message(status)
-        log.error("%s; stopping (--exit-on-load-failure, exit %d)", self.message, EXIT_LOAD_FAILED)
-        write_termination_message(self.path, self.message)
+        if status.state != "UNAVAILABLE" or status.failure is None:
+            self.failures.pop(status.model, None)
+            return False
+        self.failures[status.model] = status
+        if self.first:
+            self.message = termination_message(status)
+            log.error(
+                "%s; stopping (--exit-on-load-failure, exit %d)", self.message, EXIT_LOAD_FAILED
+            )
+            write_termination_message(self.path, self.message)
+            return True
+        if not self.models or not self.models <= set(self.failures):
+            return False
+        self.message = "; ".join(termination_message(self.failures[m]) for m in sorted(self.models))
+        log.error(
+            "no model could load: %s; stopping (exit %d; --stay-on-load-failure keeps serving)",
+            self.message,
+            EXIT_LOAD_FAILED,
+        )
         return True

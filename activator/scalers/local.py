@@ -177,7 +177,8 @@ class LocalScaler:
 
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         args = [arg for path in spec.config_paths for arg in ("--config", str(path))]
-        args += ["--host", "127.0.0.1", "--port", "0", *spec.serve_args]
+        # a replica whose models cannot load stays up: the activator reaps it and says why
+        args += ["--host", "127.0.0.1", "--port", "0", "--stay-on-load-failure", *spec.serve_args]
         if self.cache_dir is not None:
             args += ["--cache-dir", str(self.cache_dir)]
         args += [*self.log_args, *self.extra_args]

@@ -156,7 +156,7 @@ def test_identity_weights_file_is_needed(tmp_path: Path) -> None:
     }
     path = tmp_path / "m.json"
     path.write_text(json.dumps(config))
-    with running_server(path, ready=False) as server:
+    with running_server(path, "--stay-on-load-failure", ready=False) as server:
         index = wait_for_state(server, "UNAVAILABLE")
         assert "does not exist" in index["reason"]
 

@@ -4,6 +4,8 @@ A real ``ember serve`` on port 0 with a ``Slow`` model (tests/fixtures) in ``tmp
 its weights file gone the process exits 3 within seconds, its termination-message file (what
 the kubelet would hand to Knative) and its log naming the missing file; with its weights there
 the model loads, serves, is unloaded and loaded again, and SIGTERM still ends it with 0.
+Without the flag a server stops (exit 3, no termination message) only once none of its models
+could load, and ``--stay-on-load-failure`` keeps it up even then.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def test_a_model_that_cannot_load_exits_3_with_the_reason_in_the_termination_log
     assert "--exit-on-load-failure" in server.output  # the log says why it stops
 
 
-def test_without_the_flag_the_server_stays_up_with_the_model_unavailable(
+def test_without_the_flag_a_server_none_of_whose_models_loaded_exits_3_saying_why(
     tmp_path: Path,
 ) -> None:
     config = slow_model(tmp_path)
@@ -58,12 +60,53 @@ def test_without_the_flag_the_server_stays_up_with_the_model_unavailable(
     termination_log = tmp_path / "termination-log"
     server = ServerProcess(config, "--termination-log", str(termination_log))
     try:
+        code = server.proc.wait(EXIT_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after {EXIT_WITHIN_S}s:\n{server.output}") from None
+    finally:
+        server.terminate()
+    assert code == EXIT_LOAD_FAILED, server.output
+    assert "no model could load: model 'slow' could not load (weights_missing)" in server.output
+    assert "--stay-on-load-failure keeps serving" in server.output
+    assert not termination_log.exists()  # only --exit-on-load-failure writes it
+
+
+def test_with_stay_the_server_stays_up_with_the_model_unavailable(tmp_path: Path) -> None:
+    config = slow_model(tmp_path)
+    (tmp_path / "weights" / "model.safetensors").unlink()
+    termination_log = tmp_path / "termination-log"
+    server = ServerProcess(
+        config, "--stay-on-load-failure", "--termination-log", str(termination_log)
+    )
+    try:
         entry = _wait_for_failure(server)
         assert "does not exist" in entry["reason"] and entry["failure"] == "weights_missing"
         assert server.proc.poll() is None
     finally:
         assert server.terminate() == 0, server.output
     assert not termination_log.exists()
+
+
+def test_one_failed_model_of_two_leaves_the_server_serving_the_other(tmp_path: Path) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "working").mkdir()
+    broken = slow_model(tmp_path / "broken")
+    (tmp_path / "broken" / "weights" / "model.safetensors").unlink()
+    working = slow_model(tmp_path / "working", name="other")
+    server = ServerProcess(broken, "--config", str(working))
+    try:
+        entry = _wait_for_failure(server)
+        assert entry["name"] == "slow"
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/v2/models/other/ready").status_code != 200:
+                assert time.monotonic() < deadline, server.output
+                time.sleep(0.05)
+            r = client.post("/v2/models/other/infer", content=BODY)
+            assert r.status_code == 200, r.text
+        assert server.proc.poll() is None
+    finally:
+        assert server.terminate() == 0, server.output
 
 
 def test_a_model_that_loads_keeps_serving_and_an_unload_is_not_a_failure(

@@ -1,9 +1,10 @@
 """A model that cannot load fails its request in seconds, not after ``startup_timeout_s``.
 
-Through a real ``ember up``: the replica says on its status pipe that its model is UNAVAILABLE
-and why; the activator answers 503 with that reason at once (the timeout stays 300 s), shows it
-in its repository index, and the next request starts a replica again: once the model is mended
-it is served.
+Through a real ``ember up`` (the files break once it has started: a file missing at its start is
+refused by ``ember up`` itself, tests/unit/test_validation.py): the replica says on its status pipe
+that its model is UNAVAILABLE and why; the activator answers 503 with that reason at once (the
+timeout stays 300 s), shows it in its repository index, and the next request starts a replica again:
+once the model is mended it is served.
 """
 
 from __future__ import annotations
@@ -24,30 +25,42 @@ from tests.integration.test_activator import activator, events, post, stack, wai
 FAIL_WITHIN_S = 10.0  # generous: the replica's own start and its failed load take a few seconds
 
 
-def missing_weights(tmp_path: Path) -> tuple[Path, str, Callable[[], object]]:
+# each: the model's config (whole when the activator starts, so that `ember up` takes it), what
+# breaks it once the activator runs (a file that vanishes or changes under it), the reason its
+# load gives, and what mends it
+Broken = tuple[Path, Callable[[], object], str, Callable[[], object]]
+
+
+def missing_weights(tmp_path: Path) -> Broken:
     config = slow_model(tmp_path)
     weights = tmp_path / "weights" / "model.safetensors"
     kept = weights.read_bytes()
-    weights.unlink()
-    return config, f"weights file {weights} does not exist", lambda: weights.write_bytes(kept)
+    reason = f"weights file {weights} does not exist"
+    return config, weights.unlink, reason, lambda: weights.write_bytes(kept)
 
 
-def corrupt_weights(tmp_path: Path) -> tuple[Path, str, Callable[[], object]]:
+def corrupt_weights(tmp_path: Path) -> Broken:
     config = slow_model(tmp_path)
     weights = tmp_path / "weights" / "model.safetensors"
     kept = weights.read_bytes()
-    weights.write_bytes(b"\x07not a safetensors header, and then some" * 64)
-    return config, f"cannot read weights {weights}", lambda: weights.write_bytes(kept)
+    return (
+        config,
+        lambda: weights.write_bytes(b"\x07not a safetensors header, and then some" * 64),
+        f"cannot read weights {weights}",
+        lambda: weights.write_bytes(kept),
+    )
 
 
-def class_path_that_does_not_import(tmp_path: Path) -> tuple[Path, str, Callable[[], object]]:
+def class_path_that_does_not_import(tmp_path: Path) -> Broken:
     config = slow_model(tmp_path)
     module = tmp_path / "my_models.py"
+    shutil.copy(FIXTURES / "models.py", module)
     raw = json.loads(config.read_text())
     raw["options"]["module"] = f"{module}:Slow"
     config.write_text(json.dumps(raw))
     return (
         config,
+        module.unlink,
         f"cannot import {module}: no such file",
         lambda: shutil.copy(FIXTURES / "models.py", module),
     )
@@ -63,11 +76,12 @@ def named(tmp_path: Path, event: str) -> list[dict[str, Any]]:
     ids=["missing-weights", "corrupt-weights", "class-path-does-not-import"],
 )
 def test_a_model_that_cannot_load_answers_503_in_seconds_with_why(
-    tmp_path: Path, broken: Callable[[Path], tuple[Path, str, Callable[[], object]]]
+    tmp_path: Path, broken: Callable[[Path], Broken]
 ) -> None:
-    config, reason, mend = broken(tmp_path)
+    config, breaks, reason, mend = broken(tmp_path)
     ember = stack(tmp_path, [{"config": str(config), "startup_timeout_s": 300}])
     with activator(ember) as server:
+        breaks()
         sent = time.monotonic()
         r = post(server, timeout=60)
         took = time.monotonic() - sent

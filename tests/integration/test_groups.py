@@ -240,7 +240,6 @@ def test_a_member_that_failed_to_load_is_unavailable_with_why_until_loaded_again
     broken = slow_model(tmp_path, device="auto")
     weights = tmp_path / "weights" / "model.safetensors"
     kept = weights.read_bytes()
-    weights.unlink()  # the replica's load of this member fails; the MLP serves
     settings = {"events": str(tmp_path / "events.jsonl"), "grace_period_s": 5}
     entry = {
         "name": "shared",
@@ -254,6 +253,7 @@ def test_a_member_that_failed_to_load_is_unavailable_with_why_until_loaded_again
         {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [3.0]}]}
     )
     with activator(config) as server:
+        weights.unlink()  # gone once ember up took the config: the replica's load of it fails
         output(infer(server, "mlp"))
         r = httpx.post(f"{server.url}/v2/models/slow/infer", content=slow_body, timeout=60)
         assert r.status_code == 503 and "does not exist" in r.json()["error"]

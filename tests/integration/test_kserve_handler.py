@@ -62,7 +62,7 @@ def test_kserve_model_answers_through_ember(echo_server: ServerProcess, binary: 
 
 def test_not_a_kserve_model_fails_to_load_clearly(tmp_path: Path) -> None:
     path = write_config(tmp_path, f"{FIXTURES / 'models.py'}:Identity")
-    with running_server(path, ready=False) as server:
+    with running_server(path, "--stay-on-load-failure", ready=False) as server:
         entry = wait_for_state(server, "UNAVAILABLE")
         assert "is not a kserve.Model subclass" in entry["reason"]
         r = httpx.post(server.url + "/v2/models/echo/infer", content=b"{}")

@@ -100,7 +100,7 @@ def test_bad_weights_leave_the_model_unavailable_with_the_reason(
     config = slow_model(tmp_path)
     weights = tmp_path / "weights" / "model.safetensors"
     damage(weights)
-    with running_server(config, ready=False) as server:
+    with running_server(config, "--stay-on-load-failure", ready=False) as server:
         entry = wait_for_state(server, "UNAVAILABLE")
         assert message in entry["reason"], entry
         assert httpx.get(server.url + "/v2/health/ready").status_code == 503

@@ -131,7 +131,9 @@ def test_serve_reports_a_missing_s3_model(bucket: str, tmp_path: Path) -> None:
     config = {"name": "ghost", "handler": "hf-encoder", "source": f"s3://{bucket}/ghost"}
     path = tmp_path / "ghost.json"
     path.write_text(json.dumps(config))
-    with running_server(path, "--cache-dir", str(tmp_path / "tier"), ready=False) as server:
+    with running_server(
+        path, "--cache-dir", str(tmp_path / "tier"), "--stay-on-load-failure", ready=False
+    ) as server:
         entry = wait_for_state(server, "UNAVAILABLE")
         assert "ember cache push" in entry["reason"]
         r = httpx.post(server.url + "/v2/models/ghost/infer", content=b"{}")
@@ -192,7 +194,9 @@ def test_serve_refuses_an_index_that_disagrees_with_the_header(
     path = tmp_path / "mlp.json"
     path.write_text(json.dumps(config))
     tier = tmp_path / "tier"
-    with running_server(path, "--cache-dir", str(tier), ready=False) as server:
+    with running_server(
+        path, "--cache-dir", str(tier), "--stay-on-load-failure", ready=False
+    ) as server:
         entry = wait_for_state(server, "UNAVAILABLE")
         assert (
             f"tensor '{name}' has dtype F32 in the file's header, I32 in the manifest"
@@ -226,7 +230,13 @@ def test_debug_logs_carry_no_credential(bucket: str, tmp_path: Path) -> None:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(config))
         server = ServerProcess(
-            path, "--cache-dir", str(tmp_path / "tier"), "--log-level", "debug", env=secrets
+            path,
+            "--cache-dir",
+            str(tmp_path / "tier"),
+            "--log-level",
+            "debug",
+            "--stay-on-load-failure",
+            env=secrets,
         )
         try:
             wait_for_state(server, "READY" if name == "mlp" else "UNAVAILABLE")

@@ -24,8 +24,12 @@ OPTION_LINE = "options.kwarg: unknown option of the torch-module handler; did yo
 
 
 def model_config(tmp_path: Path, *edits: tuple[str, str], name: str = "mlp") -> Path:
-    """examples/mlp/model.yaml, edited, in tmp_path/NAME/model.yaml."""
+    """examples/mlp/model.yaml, edited, in tmp_path/NAME/model.yaml (its weights and module
+    file named by absolute path: those of the example)."""
+    here = MLP_CONFIG.parent
     text = MLP_CONFIG.read_text().replace("name: mlp", f"name: {name}")
+    text = text.replace("source: weights ", f"source: {here / 'weights'} ")
+    text = text.replace("module: mlp.py:MLP ", f"module: {here / 'mlp.py'}:MLP ")
     for old, new in edits:
         assert old in text, old
         text = text.replace(old, new)
@@ -229,3 +233,97 @@ def test_fixed_without_a_unit_says_it_needs_one(
     assert refused(capsys, argv) == [
         "policy 'fixed:10' needs a unit: fixed:10s, fixed:10m or fixed:10h"
     ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "prepare", "message"),
+    [
+        (
+            ("source: weights", "source: nowhere"),
+            None,
+            "source: {dir}/nowhere does not exist",
+        ),
+        (
+            ("module: mlp.py:MLP", "module: my_mlp.py:MLP"),
+            "weights",
+            "options.module: {dir}/my_mlp.py does not exist",
+        ),
+        (
+            ("module: mlp.py:MLP", "module: no_such_package.mlp:MLP"),
+            "weights",
+            "options.module: Python package 'no_such_package' is not installed",
+        ),
+        (
+            ("source: weights", "source: pickled"),
+            "pickled",
+            "source: {dir}/pickled has no model.safetensors; it holds pytorch_model.bin: a "
+            "pickle checkpoint, which Ember does not load",
+        ),
+        (
+            ("source: weights", "source: empty"),
+            "empty",
+            "source: {dir}/empty has no model.safetensors; it is empty",
+        ),
+        (
+            ("source: weights", "source: other"),
+            "other",
+            "source: {dir}/other has no model.safetensors; it holds mlp-v2.safetensors (name the "
+            "file in options.weights)",
+        ),
+        (
+            ("source: weights", "source: file.txt"),
+            "file.txt",
+            "source: {dir}/file.txt is not a directory",
+        ),
+    ],
+)
+def test_up_refuses_local_files_its_replicas_would_fail_on(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    started: list[Any],
+    edit: tuple[str, str],
+    prepare: str | None,
+    message: str,
+) -> None:
+    """A local source that is not there or holds no safetensors, or a module file that does
+    not exist: ``ember up`` says so (what it found instead) before it starts; nothing starts."""
+    here = tmp_path / "m"
+    here.mkdir()
+    text = MLP_CONFIG.read_text().replace(*edit)
+    if "module: mlp.py" in text:
+        (here / "mlp.py").write_text((MLP_CONFIG.parent / "mlp.py").read_text())
+    if "source: weights" in text:
+        (here / "weights").mkdir()
+        (here / "weights" / "model.safetensors").write_bytes(b"")
+    if prepare == "pickled":
+        (here / "pickled").mkdir()
+        (here / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x02")
+    elif prepare == "empty":
+        (here / "empty").mkdir()
+    elif prepare == "other":
+        (here / "other").mkdir()
+        (here / "other" / "mlp-v2.safetensors").write_bytes(b"")
+    elif prepare == "file.txt":
+        (here / "file.txt").write_text("x")
+    (here / "model.yaml").write_text(text)
+    config = stack(
+        tmp_path,
+        here / "model.yaml",
+        head="knative: {models_uri: s3://bucket/models, image: e:1, activator_image: a:1}\n",
+    )
+    lines = refused(capsys, ["up", "--port", "0", "--config", str(config)])
+    (line,) = lines
+    assert line.startswith(f"{here / 'model.yaml'}: {message.format(dir=here)}"), line
+    assert started == []
+    if message.startswith("source"):  # ember deploy's replicas read the weights from the store
+        assert main(["deploy", "--dry-run", "--config", str(config)]) == 0, capsys.readouterr()
+        capsys.readouterr()
+
+
+def test_a_stack_on_knative_is_not_checked_for_local_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], started: list[Any]
+) -> None:
+    model = model_config(tmp_path, ("source: /", "source: /nowhere/"))
+    config = stack(tmp_path, model, head="activator: {scaler: knative}\n")
+    assert main(["up", "--port", "0", "--config", str(config)]) == 0
+    assert [what for what, _ in started] == ["up"]

@@ -96,3 +96,32 @@ def test_a_path_that_cannot_be_written_is_logged_and_the_stop_still_happens(
     # a load cancelled by the server's own shutdown has no failure kind: not one
     cancelled = ModelStatus("m", "UNAVAILABLE", "load failed: CancelledError: ")
     assert LoadFailureExit(tmp_path / "t")(cancelled) is False
+
+
+def failed(model: str) -> ModelStatus:
+    return ModelStatus(model, "UNAVAILABLE", "load failed: gone", FailureKind.WEIGHTS_MISSING)
+
+
+def test_without_the_flag_only_every_model_failing_stops_the_server(tmp_path: Path) -> None:
+    path = tmp_path / "termination-log"
+    watcher = LoadFailureExit(path, first=False, models=["a", "b"])
+    assert watcher(failed("a")) is False  # b may still load
+    assert watcher(ModelStatus("b", "READY")) is False
+    assert watcher(failed("b")) is True  # a load of b failed later, and a never loaded
+    assert watcher.message is not None and "model 'a'" in watcher.message
+    assert not path.exists()  # the termination message is --exit-on-load-failure's
+
+
+def test_a_model_that_loads_again_is_no_longer_failed(tmp_path: Path) -> None:
+    watcher = LoadFailureExit(tmp_path / "t", first=False, models=["a", "b"])
+    assert watcher(failed("a")) is False
+    assert watcher(ModelStatus("a", "LOADING")) is False  # a load tried again
+    assert watcher(ModelStatus("a", "READY")) is False
+    assert watcher(failed("b")) is False  # a serves
+    unloaded = ModelStatus("a", "UNAVAILABLE", "unloaded")
+    assert watcher(unloaded) is False  # an operator's unload is no failure
+
+
+def test_stay_never_stops_the_server(tmp_path: Path) -> None:
+    watcher = LoadFailureExit(tmp_path / "t", first=False, models=())
+    assert watcher(failed("a")) is False and not watcher.failed
