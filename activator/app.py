@@ -20,6 +20,8 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -100,6 +102,7 @@ class Activator:
         self.scaler = scaler
         self.metrics = ActivatorMetrics()
         self.events = EventLog(s.events, max_bytes=s.event_log_max_bytes, keep=s.event_log_keep)
+        self.run_id = secrets.token_hex(8)  # this run's, in its activator_start/stop events
         self.tasks = TaskSet()
         self.datapath = DataPath(self.metrics, self.events, access_log=access_log)
         self.metadata = MetadataBook(stack.models, self.tasks)
@@ -172,6 +175,9 @@ class Activator:
     async def lifespan(self) -> AsyncIterator[None]:
         """The activator running: pools started on entry; everything stopped on exit."""
         self._learn_from_log()
+        # marks a run: a next run's start with no stop between says this one crashed (the
+        # cost report closes what it left open at its last event)
+        self.events.emit("activator_start", "", run=self.run_id, pid=os.getpid())
         for name, spec in self.stack.models.items():
             if not self.metadata.knows(name) and spec.group is not None:
                 log.info(
@@ -209,6 +215,7 @@ class Activator:
             await self.scaler.aclose()
             await self.tasks.aclose()
             await self.metadata.aclose()
+            self.events.emit("activator_stop", "", run=self.run_id)
             self.events.close()
 
     def _learn_from_log(self) -> None:

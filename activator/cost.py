@@ -73,7 +73,8 @@ class _Model:
     device: str | None = None
     cpus: float | None = None
     price: float | None = None
-    replicas: dict[int, _Replica] = field(default_factory=dict)
+    # by (run, number): each run of the activator numbers its replicas from 1
+    replicas: dict[tuple[int, Any], _Replica] = field(default_factory=dict)
     requests: int = 0
     errors: int = 0
     cold: list[float] = field(default_factory=list)  # queue wait of each cold request
@@ -121,7 +122,7 @@ def report(
     config = dict(groups or {})
     events = sorted(events, key=lambda e: e["ts"])
     start, end = events[0]["ts"], events[-1]["ts"]
-    models = _replay(events, membership(events, config))
+    models, runs = _replay(events, membership(events, config))
     _configured(models, config)
     billing = {"granularity_s": granularity_s, "minimum_s": minimum_s}
     rows: list[dict[str, Any]] = []
@@ -139,6 +140,12 @@ def report(
         for r in billed
         if r["price_source"] == "cpu" and r["cpus"] is None
     ]
+    if runs.crashed:
+        notes.append(
+            f"{runs.crashed} run(s) of the activator ended without stopping (a crash or a kill): "
+            f"{runs.replicas_closed} replica(s) and {runs.sleeps_closed} sleep(s) they left open "
+            "are counted to that run's last event"
+        )
     if skipped:
         notes.append(
             f"{skipped} unreadable line(s) skipped: not JSON (a torn last line after a crash?) "
@@ -150,6 +157,12 @@ def report(
         "end_ts": end,
         "span_s": end - start,
         "billing": billing,
+        "runs": {
+            "count": runs.count,
+            "closed_at_last_event": runs.crashed,
+            "replicas_closed": runs.replicas_closed,
+            "sleeps_closed": runs.sleeps_closed,
+        },
         "total": {**_total(billed), "sleep": sleep_total(sleeps, rows, end - start)},
         "models": rows,
         "warnings": warnings,
@@ -171,8 +184,25 @@ def _unpriced(row: dict[str, Any]) -> str:
     )
 
 
-def _replay(events: list[dict[str, Any]], member_of: dict[str, str]) -> dict[str, _Model]:
+@dataclass
+class _Runs:
+    """The activator's runs as the log marks them (``activator_start`` / ``activator_stop``)."""
+
+    count: int = 0  # runs begun (0: a log written before runs were marked)
+    crashed: int = 0  # runs that ended with no stop: closed at their last event
+    replicas_closed: int = 0  # open replicas of those runs, billed to their run's last event
+    sleeps_closed: int = 0  # open sleeps of those runs, ended at their run's last event
+
+
+def _replay(
+    events: list[dict[str, Any]], member_of: dict[str, str]
+) -> tuple[dict[str, _Model], _Runs]:
+    """Each model's replicas, requests and sleeps, and the runs. A replica is known by its run
+    and its number (each run numbers its replicas from 1)."""
     models: dict[str, _Model] = {}
+    runs = _Runs()
+    run_open = False  # a run began and has not stopped
+    last_ts: float | None = None  # the last event of the run going on
 
     def model(name: str) -> _Model:
         if name not in models:
@@ -183,9 +213,21 @@ def _replay(events: list[dict[str, Any]], member_of: dict[str, str]) -> dict[str
         return models[name]
 
     for e in events:
+        kind = e["event"]
+        if kind in ("activator_start", "activator_stop"):
+            if run_open and last_ts is not None and kind == "activator_start":
+                runs.crashed += 1  # the run before ended without its stop
+                _close_run(models, runs, last_ts)
+            elif kind == "activator_stop":  # its replicas stopped first: nothing left open
+                _close_run(models, _Runs(), e["ts"])
+            runs.count += kind == "activator_start"
+            run_open = kind == "activator_start"
+            last_ts = None
+            continue
+        last_ts = e["ts"]
+        rid = (runs.count, e.get("replica"))
         m = model(e["model"])
         pool = models[m.group] if m.group is not None else m  # whose replicas serve m
-        kind = e["event"]
         if kind == "replica_starting":
             m.gpu_type = e.get("gpu_type") or m.gpu_type
             m.device = e.get("device") or m.device
@@ -193,22 +235,22 @@ def _replay(events: list[dict[str, Any]], member_of: dict[str, str]) -> dict[str
                 m.price = float(e["price_per_hour"])
             if e.get("cpus") is not None:
                 m.cpus = float(e["cpus"])
-            m.replicas[e["replica"]] = _Replica(
-                e["replica"], e["ts"], prewarmed=m.warm_until > e["ts"]
-            )
-        elif kind == "replica_ready" and e.get("replica") in m.replicas:
-            m.replicas[e["replica"]].ready = e["ts"]
+            m.replicas[rid] = _Replica(e["replica"], e["ts"], prewarmed=m.warm_until > e["ts"])
+        elif kind == "replica_ready" and rid in m.replicas:
+            m.replicas[rid].ready = e["ts"]
         elif kind in ("replica_stopped", "replica_failed"):
-            if e.get("replica") in m.replicas:
-                m.replicas[e["replica"]].stopped = e["ts"]
+            if rid in m.replicas:
+                m.replicas[rid].stopped = e["ts"]
             # the members asleep on that replica (the group's pool is named after the group)
             for member in models.values():
                 if member.sleep is not None:
-                    member.sleep.end((e["model"], e.get("replica")), e["ts"])
+                    member.sleep.end((e["model"], rid), e["ts"])
         elif kind in ("sleep", "wake") and "level" in e:  # an older ``sleep`` has no level
             group = models.get(str(e.get("group")), _Model(""))
-            up = group.replicas.get(e.get("replica"))  # type: ignore[arg-type]
-            m.sleep = sleep_or_wake(m.sleep, e, stopped=None if up is None else up.stopped)
+            up = group.replicas.get(rid)
+            m.sleep = sleep_or_wake(
+                m.sleep, {**e, "replica": rid}, stopped=None if up is None else up.stopped
+            )
         elif kind == "prewarm":  # a member's warm window warms its group's replicas
             pool.warm_until = max(pool.warm_until, float(e.get("until") or e["ts"]))
         elif kind == "request":
@@ -220,10 +262,25 @@ def _replay(events: list[dict[str, Any]], member_of: dict[str, str]) -> dict[str
                 m.errors += 1
             if e.get("cold"):
                 m.cold.append(float(e.get("queue_s") or 0.0))
-            replica = pool.replicas.get(e.get("replica"))  # type: ignore[arg-type]
+            replica = pool.replicas.get(rid)
             if replica is not None and e.get("start") is not None:
                 replica.busy.append((float(e["start"]), float(e["end"])))
-    return models
+    return models, runs
+
+
+def _close_run(models: dict[str, _Model], runs: _Runs, ts: float) -> None:
+    """End what a run left open at ``ts``: its replicas stop, its sleeps end (counted)."""
+    for m in models.values():
+        for replica in m.replicas.values():
+            if replica.stopped is None:
+                replica.stopped = max(ts, replica.started)
+                if replica.ready is not None and replica.ready > replica.stopped:
+                    replica.ready = replica.stopped
+                runs.replicas_closed += 1
+        if m.sleep is not None:
+            for key in list(m.sleep.asleep):
+                m.sleep.end(key, ts)
+                runs.sleeps_closed += 1
 
 
 def _configured(models: dict[str, _Model], config: Mapping[str, GroupConfig]) -> None:

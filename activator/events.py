@@ -12,7 +12,11 @@ process's monotonic clock, for durations that a wall-clock step cannot skew). Ki
   a replica; null if it never was), ``end`` (wall clock), ``status``, ``cold`` (it waited for a
   replica to start), ``queue_s``, ``replica``. Requests refused before that (401, 400, 404, 413,
   a full queue) are counted in the metrics, not logged one by one;
-* ``prewarm``: a warm window began (``until``, ``source``), and ``sleep``.
+* ``prewarm``: a warm window began (``until``, ``source``), and ``sleep``;
+* ``activator_start`` (``run``, ``pid``) / ``activator_stop`` (``run``): a run of the activator
+  began / ended cleanly (its replicas stopped first). Their ``model`` is empty. A start with no
+  stop before it says the run before ended without one (a crash, SIGKILL): what that run left
+  open ends at its last event (the cost report bills it so).
 
 Inside an event loop, lines are gathered and written together every 50 ms (one ``write`` per
 batch; a request's line costs a few microseconds, not a syscall); ``close`` writes the rest.

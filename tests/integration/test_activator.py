@@ -162,7 +162,8 @@ def test_a_request_at_zero_wakes_the_model_and_keep_alive_puts_it_back(tmp_path:
     assert [r["cold"] for r in requests] == [True, False]
     assert all(r["status"] == 200 and r["arrival"] <= r["start"] <= r["end"] for r in requests)
     kinds = [e["event"] for e in log if e["event"] != "request"]
-    assert kinds[:3] == ["replica_starting", "state", "replica_ready"]
+    assert kinds[:4] == ["activator_start", "replica_starting", "state", "replica_ready"]
+    assert kinds[-1] == "activator_stop"  # the run ended cleanly: its replicas stopped first
     ready = next(e for e in log if e["event"] == "replica_ready")
     assert {"process_start", "until_ready", "imports", "load", "warmup"} <= set(ready["phases"])
     assert 0 < ready["phases"]["process_start"] < ready["cold_start_s"]

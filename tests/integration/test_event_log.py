@@ -11,8 +11,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.test_activator import BODY, activator, metric, slow, stack
-from tests.servers import ROOT
+from tests.integration.test_activator import (
+    BODY,
+    activator,
+    metric,
+    post,
+    slow,
+    stack,
+    wait_until,
+)
+from tests.servers import ROOT, ServerProcess
 
 QUERY = "?q=" + "x" * 60 * 1024  # under max_header_bytes (64 KiB), over anything worth logging
 
@@ -105,3 +113,46 @@ def test_a_bad_event_log_bound_is_refused_before_anything_starts(tmp_path: Path)
     )
     assert out.returncode == 2, out.stderr
     assert "event_log_keep" in out.stderr and "event_log_max_bytes" in out.stderr
+
+
+def test_a_killed_activators_run_is_billed_to_its_last_event_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL mid-run (its replica dies with it, unlogged), a restart on the same log, one more
+    request, SIGTERM: the report bills both runs' replicas and says one run was closed so."""
+    log = tmp_path / "events.jsonl"
+    config = stack(tmp_path, [slow(tmp_path, price_per_hour=1.0)])
+
+    def logged(kind: str) -> int:
+        text = log.read_text() if log.exists() else ""
+        return sum(json.loads(line)["event"] == kind for line in text.splitlines() if line)
+
+    first = ServerProcess(config, command="up")
+    try:
+        first.wait_ready(timeout_s=30)
+        assert post(first).status_code == 200
+        wait_until(lambda: logged("request") == 1, 10, "the request logged")
+        first.proc.kill()  # no activator_stop, no replica_stopped
+        first.proc.wait(30)
+    finally:
+        first.terminate()
+    assert logged("activator_start") == 1 and logged("activator_stop") == 0
+    with activator(config) as second:
+        assert post(second).status_code == 200
+    assert logged("activator_start") == 2 and logged("activator_stop") == 1
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", "cost-report", "--events", str(log), "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (slow_row,) = report["models"]
+    assert slow_row["replica_starts"] == 2 and slow_row["requests"] == 2
+    assert report["runs"]["closed_at_last_event"] == 1
+    assert report["runs"]["replicas_closed"] == 1
+    assert any("ended without stopping" in note for note in report["notes"])
+    # both replicas' lives billed: at least the 60 s minimum each
+    assert slow_row["replica_seconds"]["billed"] >= 120

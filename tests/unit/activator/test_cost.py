@@ -195,3 +195,78 @@ def test_the_cli(tmp_path: Path) -> None:
     assert page.returncode == 0 and page.stdout.startswith("<!doctype html>"), page.stderr
     negative = cost("--price", "L4=-3")
     assert negative.returncode == 2 and "non-negative" in negative.stderr
+
+
+def run(kind: str, ts: float, run_id: str) -> dict[str, Any]:
+    return {"event": kind, "model": "", "ts": ts, "mono": ts, "run": run_id}
+
+
+# run a starts replica 1 and crashes (SIGKILL: no stop, no replica_stopped) at its last event,
+# 50; run b numbers its replicas from 1 again, serves, and stops cleanly
+CRASHED = [
+    run("activator_start", 0, "a"),
+    ev("replica_starting", 10, replica=1, gpu_type="L4"),
+    ev("replica_ready", 20, replica=1),
+    ev("request", 30, arrival=10, start=20, end=30, status=200, cold=True, queue_s=10, replica=1),
+    ev("state", 50, **{"from": "ready", "to": "ready"}),
+    run("activator_start", 100, "b"),
+    ev("replica_starting", 110, replica=1, gpu_type="L4"),
+    ev("replica_ready", 115, replica=1),
+    ev(
+        "request", 120, arrival=110, start=115, end=120, status=200, cold=True, queue_s=5, replica=1
+    ),
+    ev("replica_stopped", 200, replica=1, reason="activator shutting down"),
+    run("activator_stop", 201, "b"),
+]
+
+
+def test_a_crashed_runs_replicas_are_billed_to_its_last_event_and_said() -> None:
+    r = report(CRASHED, minimum_s=0)
+    (m,) = r["models"]
+    assert m["replica_starts"] == 2 and m["requests"] == 2 and m["cold_starts"] == 2
+    g = m["replica_seconds"]
+    # run a: 10-50 (loading 10, up 30 with 10 busy); run b: 110-200 (loading 5, up 85, 5 busy)
+    assert (g["loading"], g["busy"], g["warm_idle"]) == (15, 15, 100)
+    assert g["billed"] == 40 + 90
+    assert r["runs"] == {
+        "count": 2,
+        "closed_at_last_event": 1,
+        "replicas_closed": 1,
+        "sleeps_closed": 0,
+    }
+    assert any("1 run(s) of the activator ended without stopping" in n for n in r["notes"])
+    assert "ended without stopping" in to_markdown(r)
+
+
+def test_a_log_of_clean_runs_closes_nothing() -> None:
+    clean = [e for e in CRASHED if e["ts"] >= 100]
+    r = report(clean, minimum_s=0)
+    assert r["runs"]["closed_at_last_event"] == 0 and r["notes"] == []
+    assert r["models"][0]["replica_seconds"]["billed"] == 90
+
+
+def test_a_crashed_runs_sleeps_end_at_its_last_event() -> None:
+    def on_group(kind: str, ts: float, **fields: Any) -> dict[str, Any]:
+        return {**ev(kind, ts, **fields), "model": "shared"}
+
+    def member(kind: str, ts: float, **fields: Any) -> dict[str, Any]:
+        return {**ev(kind, ts, **fields), "model": "a", "group": "shared", "replica": 1}
+
+    log = [
+        run("activator_start", 0, "a"),
+        on_group("replica_starting", 0, replica=1, gpu_type="L4"),
+        on_group("replica_ready", 10, replica=1),
+        member("sleep", 20, level="host", reason="tiered policy: idle 60s"),
+        on_group("state", 30, **{"from": "ready", "to": "ready"}),  # the crash: after this
+        run("activator_start", 1000, "b"),
+        on_group("replica_starting", 1000, replica=1, gpu_type="L4"),
+        on_group("replica_ready", 1010, replica=1),
+        on_group("replica_stopped", 1100, replica=1, reason="activator shutting down"),
+        run("activator_stop", 1101, "b"),
+    ]
+    r = report(log, minimum_s=0)
+    rows = {row["model"]: row for row in r["models"]}
+    # asleep 20-30 on run a's replica, never on run b's: 10 s, not 1,080
+    assert rows["a"]["sleep"]["seconds"]["host"] == 10
+    assert r["runs"]["sleeps_closed"] == 1 and r["runs"]["replicas_closed"] == 1
+    assert rows["shared"]["replica_seconds"]["billed"] == 30 + 100
