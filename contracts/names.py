@@ -15,3 +15,7 @@ MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$", re.IGNORECASE
 
 def valid_model_name(name: object) -> bool:
     return isinstance(name, str) and MODEL_NAME.fullmatch(name) is not None
+
+
+# a Hugging Face Hub repository id, org/name (``hf://`` + it names a model source)
+HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -162,6 +162,8 @@ class KnativeSettings(BaseModel):
     admin_secret: str | None = None  # a Secret whose key "token" is the admin API's bearer token
     api_secret: str | None = None  # a Secret whose key "token" is the data plane's bearer token
     s3_secret: str | None = None  # a Secret with AWS_* keys, given to replicas as env
+    # a Secret whose key "token" is the Hugging Face token replicas read hf:// models with
+    hf_secret: str | None = None
     # where models with local weights are served from in the cluster: URI/NAME (ember cache push)
     models_uri: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,62}(/.*)?$")
     cache_size_gi: float = Field(default=20, gt=0)  # the local tier's size (and budget)

@@ -21,11 +21,10 @@ from contracts.stack import StackConfig, load_stack
 from runtime.config import ModelConfig, load_model_configs
 from runtime.errors import ConfigError as ModelConfigError
 from runtime.handlers.options import KServeOptions, TorchModuleOptions
+from weight_cache.checkpoints import holds
 
 # the files a handler reads from a local source, besides torch-module's options.weights
 _HF_ENCODER_FILES = ("config.json", "tokenizer.json", "model.safetensors")
-# checkpoints in formats Ember does not load: named, so the error says what was found instead
-_PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def load_checked_stack(path: str | Path) -> StackConfig:
@@ -96,30 +95,6 @@ def local_problems(config: ModelConfig) -> list[str]:
     if missing:
         problems.append(f"source: {root} has no {', '.join(missing)}; {holds(root)}")
     return problems
-
-
-def holds(root: Path) -> str:
-    """What a model directory holds, said for a human whose safetensors file is not there."""
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    if not files:
-        return "it is empty"
-    tensors = [f for f in files if f.endswith(".safetensors")]
-    pickles = [f for f in files if f.endswith(_PICKLES)]
-    shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
-    if tensors:
-        return f"it holds {', '.join(tensors[:6])} (name the file in options.weights)"
-    if pickles:
-        return (
-            f"it holds {', '.join(pickles[:6])}: a pickle checkpoint, which Ember does not load "
-            "(it can run code); convert it to safetensors (safetensors.torch.save_file of its "
-            "state dict, or save_pretrained(..., safe_serialization=True))"
-        )
-    if any(f.endswith(".gguf") for f in files):
-        return (
-            f"it holds {shown}: GGUF, which Ember does not load; write the Hugging Face layout "
-            "(transformers reads GGUF with gguf_file=..., then save_pretrained)"
-        )
-    return f"it holds no safetensors file, only {shown}"
 
 
 _Options = TypeVar("_Options", TorchModuleOptions, KServeOptions)

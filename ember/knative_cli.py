@@ -30,7 +30,7 @@ def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "objects (PersistentVolumeClaims are kept: they hold the weights and the event log). "
             "The cluster comes from the pod's service account, --kubeconfig or $KUBECONFIG. "
             "Settings: the `knative:` section of ember.yaml (namespace, image, gpu_image, "
-            "activator_image, s3_secret, models_uri, cache_size_gi, timeout_s, "
+            "activator_image, s3_secret, hf_secret, models_uri, cache_size_gi, timeout_s, "
             "progress_deadline_s, cpu, memory, gpu_nodes, tier, events). "
             "Exit 2: a config that cannot be deployed; 1: the cluster refused or timed out."
         ),

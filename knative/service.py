@@ -59,7 +59,9 @@ def ship(stack: StackConfig, spec: ModelSpec, *, config_key: str, prefix: str = 
     gpu = wants_gpu(model)
     files = {config_key: ""}
     source = str(model.get("source") or "")
-    if not source.startswith("s3://"):
+    # a store's URI is served from there: s3:// through the tier, hf:// through the Hugging
+    # Face cache on the tier's volume (HF_HUB_CACHE)
+    if not source.startswith(("s3://", "hf://")):
         if not k.models_uri:
             raise DeployError(
                 f"model '{spec.name}': its weights are local ({source or 'no source'}); push "
@@ -166,7 +168,7 @@ def service_objects(
         timeout_s=k.timeout_s,
         image=image,
         args=["serve", *serve_args],
-        env=[{"name": "EMBER_CACHE_DIR", "value": TIER_PATH}],
+        env=pod_env(stack),
         env_from=[{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],
         requests={"cpu": k.cpu, "memory": k.memory},
         limits=limits,
@@ -177,6 +179,20 @@ def service_objects(
     )
     objects[0]["data"] = dict(files)  # the template holds one file; the ConfigMap holds them all
     return objects
+
+
+def pod_env(stack: StackConfig) -> list[dict[str, Any]]:
+    """The runtime's environment: its tier, the Hugging Face cache on the tier's volume (an
+    hf:// model is downloaded once per volume, not per pod start), and the hub token from
+    ``knative.hf_secret`` (its key ``token``) for private or gated models."""
+    env: list[dict[str, Any]] = [
+        {"name": "EMBER_CACHE_DIR", "value": TIER_PATH},
+        {"name": "HF_HUB_CACHE", "value": f"{TIER_PATH}/huggingface"},
+    ]
+    if stack.knative.hf_secret:
+        secret = {"name": stack.knative.hf_secret, "key": "token"}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": secret}})
+    return env
 
 
 def common_args(stack: StackConfig) -> list[str]:

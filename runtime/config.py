@@ -19,7 +19,7 @@ from contracts.datatypes import DATATYPES
 from contracts.durations import Seconds
 from contracts.errors import ConfigError as FileError
 from contracts.logs import LogFormat, LogLevel
-from contracts.names import MODEL_NAME
+from contracts.names import HF_REPO, MODEL_NAME
 from runtime.errors import ConfigError
 from runtime.handlers.options import HANDLER_OPTIONS
 
@@ -156,9 +156,9 @@ def resolve_local_source(source: str, base_dir: Path | None) -> Path:
             )
         root = Path(next(iter(spec.submodule_search_locations)))
         return root / parsed.path.lstrip("/")
-    if parsed.scheme == "s3":
+    if parsed.scheme in ("s3", "hf"):
         raise ConfigError(f"source {source!r} must be fetched into the local tier first")
-    if parsed.scheme in ("hf", "gs", "http", "https"):
+    if parsed.scheme in ("gs", "http", "https"):
         raise ConfigError(
             f"source {source!r}: {parsed.scheme}:// is not served directly; push it to the "
             "regional cache (`ember cache push`) and use its s3:// URI, or a local directory"
@@ -276,11 +276,28 @@ def load_model_configs(path: str | Path) -> list[ModelConfig]:
         problems += _option_problems(entry, path, where)
     if problems:
         raise ConfigError("\n".join(problems))
+    problems += [f"{path}: {p}" for c in configs for p in _source_problems(c)]
+    if problems:
+        raise ConfigError("\n".join(problems))
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{path}: model names must be unique, repeated: {duplicates}")
     return configs
+
+
+def _source_problems(config: ModelConfig) -> list[str]:
+    """A ``source`` that reads as a Hugging Face Hub id (``org/name``) but names no directory
+    here: said, with the ``hf://`` form that serves it (never taken for a path that is missing)."""
+    source = config.source
+    if source is None or "://" in source or not HF_REPO.match(source):
+        return []
+    if config.base_dir is not None and (config.base_dir / source).exists():
+        return []  # a folder that happens to look like an id
+    return [
+        f"source: {source!r} is no directory here; a Hugging Face Hub model is written "
+        f"hf://{source} (or hf://{source}@REVISION)"
+    ]
 
 
 def _option_problems(entry: dict[str, Any], path: Path, where: configfile.Loc) -> list[str]:

@@ -1,4 +1,5 @@
-"""Where a model's files come from: local directories as they are, ``s3://`` through the local tier.
+"""Where a model's files come from: local directories as they are, ``s3://`` through the local tier,
+``hf://org/repo[@revision]`` through the Hugging Face cache (:mod:`weight_cache.hub`).
 
 An ``s3://bucket/prefix`` source (pushed with ``ember cache push``) is streamed into the node's
 local tier once; every later start, in any process on the node, loads from the tier without
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from runtime.config import ModelConfig
 from runtime.handlers.base import StreamedTensors
+from weight_cache import hub
 
 if TYPE_CHECKING:
     from weight_cache.materialize import TensorSink
@@ -78,13 +80,22 @@ class WeightSources:
 
     @staticmethod
     def is_remote(config: ModelConfig) -> bool:
-        return bool(config.source and config.source.startswith("s3://"))
+        return bool(config.source and config.source.startswith(("s3://", hub.SCHEME)))
 
     async def localize(self, config: ModelConfig) -> Localized:
         """The config with a local ``source``, the seconds each phase took, and a release hook
         to call once the model no longer uses its files (until then the tier keeps them)."""
         if not self.is_remote(config):
             return Localized(config, {}, _nothing)
+        assert config.source is not None
+        if config.source.startswith(hub.SCHEME):  # the Hugging Face cache is its tier
+            started = time.perf_counter()
+            log.info(
+                "model %s: resolving %s through the Hugging Face cache", config.name, config.source
+            )
+            path = await asyncio.to_thread(hub.resolve, config.source)
+            local = config.model_copy(update={"source": str(path)})
+            return Localized(local, {"fetch": time.perf_counter() - started}, _nothing)
         from weight_cache.fetch import fetch_to_tier
         from weight_cache.stores import open_store
         from weight_cache.tier import LocalTier

@@ -10,14 +10,16 @@ uploads nothing. Files go up concurrently (multipart when large); the manifest g
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import json
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from weight_cache.errors import BadSource, CorruptCheckpoint, StoreUnavailable
+from weight_cache import hub
+from weight_cache.checkpoints import PICKLES, pickle_advice
+from weight_cache.errors import BadSource, CorruptCheckpoint
 from weight_cache.manifest import (
     DEFAULT_CHUNK_BYTES,
     MANIFEST_NAME,
@@ -57,12 +59,19 @@ def hash_file(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[str, 
     return digest.hexdigest(), ChunkTable(size=chunk_bytes, digests=chunks)
 
 
-def scan_directory(directory: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[LocalFile]:
-    """Every file to push, hashed and checked. Blocking: call it from a thread."""
+def scan_directory(
+    directory: Path,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    only: Sequence[str] | None = None,
+) -> list[LocalFile]:
+    """Every file to push (``only``: those whose path matches one of these patterns), hashed
+    and checked. Blocking: call it from a thread."""
     if not directory.is_dir():
         raise BadSource(f"{directory} is not a directory")
     files: list[LocalFile] = []
     for path, rel in _pushable(directory):
+        if only is not None and not any(fnmatch.fnmatch(rel, p) for p in only):
+            continue
         problem = path_problem(rel)
         if problem is not None:
             raise BadSource(f"{path} cannot be pushed: its path {problem}")
@@ -71,6 +80,10 @@ def scan_directory(directory: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> l
         files.append(LocalFile(path, rel, path.stat().st_size, sha256, chunks, index))
     if not files:
         raise BadSource(f"{directory} holds no files to push")
+    if not any(f.rel.endswith(".safetensors") for f in files):
+        pickles = [f.rel for f in files if f.rel.endswith(PICKLES)]
+        if pickles:  # what a replica would refuse to load, refused before it is uploaded
+            raise BadSource(f"{directory} has no safetensors file; {pickle_advice(pickles)}")
     _check_shard_index(directory, files)
     return files
 
@@ -109,12 +122,13 @@ async def push_directory(
     directory: Path,
     *,
     source_label: str = "",
+    only: Sequence[str] | None = None,
     concurrency: int = 4,
     progress: Callable[[int], None] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Manifest:
     """Upload the folder's files, then the manifest (chunk tables of ``chunk_bytes`` chunks)."""
-    files = await asyncio.to_thread(scan_directory, directory, chunk_bytes)
+    files = await asyncio.to_thread(scan_directory, directory, chunk_bytes, only)
     limit = asyncio.Semaphore(concurrency)
 
     async def upload(f: LocalFile) -> FileEntry:
@@ -148,8 +162,9 @@ async def push_source(
     progress: Callable[[int], None] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Manifest:
-    """Push a local folder, or ``hf://org/repo[@revision]`` downloaded with huggingface_hub."""
-    if not source.startswith("hf://"):
+    """Push a local folder, or ``hf://org/repo[@revision]`` as the Hugging Face cache holds it
+    (downloaded there first unless it is, or only read from it with ``HF_HUB_OFFLINE=1``)."""
+    if not source.startswith(hub.SCHEME):
         return await push_directory(
             store,
             Path(source),
@@ -157,34 +172,13 @@ async def push_source(
             progress=progress,
             chunk_bytes=chunk_bytes,
         )
-    repo, _, revision = source.removeprefix("hf://").partition("@")
-    if repo.count("/") != 1:
-        raise BadSource(f"{source!r}: expected hf://org/repo[@revision]")
-    with tempfile.TemporaryDirectory(prefix="ember-hf-") as tmp:
-        await asyncio.to_thread(_download_hf, repo, revision or None, Path(tmp))
-        return await push_directory(
-            store,
-            Path(tmp),
-            source_label=source,
-            concurrency=concurrency,
-            progress=progress,
-            chunk_bytes=chunk_bytes,
-        )
-
-
-def _download_hf(repo: str, revision: str | None, target: Path) -> None:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise BadSource(f"huggingface_hub is not installed: {exc}") from None
-    try:
-        snapshot_download(
-            repo_id=repo,
-            revision=revision,
-            local_dir=target,
-            allow_patterns=["*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*"],
-        )
-    except Exception as exc:  # its errors span requests, OS and its own types
-        raise StoreUnavailable(
-            f"cannot download hf://{repo} from the Hugging Face Hub: {exc}"
-        ) from exc
+    directory = await asyncio.to_thread(hub.resolve, source)  # the Hugging Face cache's copy
+    return await push_directory(
+        store,
+        directory,
+        source_label=source,
+        only=hub.PATTERNS,  # what a model needs of what the cache holds of the repository
+        concurrency=concurrency,
+        progress=progress,
+        chunk_bytes=chunk_bytes,
+    )

@@ -180,3 +180,38 @@ def test_handler_without_batching_and_with_options(
     raw.load()
     unnormalised = raw.predict({"text": text})["embedding"].array
     assert not np.allclose(np.linalg.norm(unnormalised, axis=1), 1.0, atol=1e-3)
+
+
+def _embed(url: str) -> np.ndarray:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": TEXTS}]}
+    r = httpx.post(f"{url}/v2/models/minilm/infer", content=json.dumps(body), timeout=120)
+    assert r.status_code == 200, r.text
+    return np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(3, 384)
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_hugging_face_id_is_served_from_the_local_cache_offline(
+    tmp_path: Path, reference: np.ndarray, command: str
+) -> None:
+    """source: hf://sentence-transformers/all-MiniLM-L6-v2 with HF_HUB_OFFLINE=1 and the model
+    in a Hugging Face cache laid out as huggingface_hub lays it out: served as the package is."""
+    from tests.fixtures.hf_cache import MINILM_REPO, hf_cache, minilm_files
+
+    cache = tmp_path / "hf" / "hub"
+    hf_cache(cache, MINILM_REPO, minilm_files())
+    model = tmp_path / "minilm.yaml"
+    model.write_text(
+        f"name: minilm\nhandler: hf-encoder\nsource: hf://{MINILM_REPO}\nmax_batch_size: 8\n"
+    )
+    config = model
+    if command == "up":
+        config = tmp_path / "ember.yaml"
+        config.write_text(yaml.safe_dump({"models": [{"config": str(model)}]}))
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    server = ServerProcess(config, command=command, env=env)
+    try:
+        server.wait_ready(timeout_s=120)
+        np.testing.assert_allclose(_embed(server.url), reference, atol=1e-5)
+    finally:
+        server.terminate()
+    assert "resolving hf://sentence-transformers/all-MiniLM-L6-v2" in server.output

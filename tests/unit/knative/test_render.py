@@ -197,6 +197,16 @@ def test_a_gpu_model_asks_for_a_gpu_and_the_cuda_image(tmp_path: Path) -> None:
     assert yaml.safe_load(cm["data"]["model.yaml"])["device"] == "cuda"
 
 
+def test_a_hub_model_is_served_as_written_through_the_cache_on_the_tier(tmp_path: Path) -> None:
+    model = "name: minilm\nhandler: hf-encoder\nsource: hf://sentence-transformers/x@abc\n"
+    knative = KNATIVE + "  hf_secret: hf-token\n"
+    (cm, ksvc, *_) = render(load_stack(write_stack(tmp_path, model, knative)))
+    assert yaml.safe_load(cm["data"]["model.yaml"])["source"] == "hf://sentence-transformers/x@abc"
+    env = {e["name"]: e for e in ksvc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_HUB_CACHE"]["value"] == "/var/cache/ember/huggingface"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+
+
 @pytest.mark.parametrize(
     ("model", "knative", "message"),
     [

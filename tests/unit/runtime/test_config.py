@@ -190,8 +190,10 @@ def test_sources(tmp_path: Path) -> None:
         resolve_local_source("pkg://no_such_pkg/x", None)
     with pytest.raises(ConfigError, match="must be fetched into the local tier first"):
         resolve_local_source("s3://bucket/prefix", None)
-    with pytest.raises(ConfigError, match="push it to the regional cache"):
+    with pytest.raises(ConfigError, match="must be fetched into the local tier first"):
         resolve_local_source("hf://org/repo", None)
+    with pytest.raises(ConfigError, match="push it to the regional cache"):
+        resolve_local_source("gs://bucket/m", None)
     with pytest.raises(ConfigError, match="unknown scheme"):
         resolve_local_source("ftp://x/y", None)
     config = ModelConfig(name="m", handler="hf-encoder")
@@ -205,3 +207,24 @@ def test_settings_are_frozen_and_strict() -> None:
         settings.port = 1  # type: ignore[misc]
     with pytest.raises(ValueError):
         ServerSettings(prot=1)  # type: ignore[call-arg]
+
+
+def test_a_bare_hub_id_as_source_names_the_hf_form(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "name: m\nhandler: hf-encoder\nsource: sentence-transformers/all-MiniLM-L6-v2\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_model_configs(path)
+    assert str(caught.value) == (
+        f"{path}: source: 'sentence-transformers/all-MiniLM-L6-v2' is no directory here; a "
+        "Hugging Face Hub model is written hf://sentence-transformers/all-MiniLM-L6-v2 (or "
+        "hf://sentence-transformers/all-MiniLM-L6-v2@REVISION)"
+    )
+    # a folder that happens to look like an id is a folder
+    (tmp_path / "sentence-transformers" / "all-MiniLM-L6-v2").mkdir(parents=True)
+    (config,) = load_model_configs(path)
+    assert config.local_source() == tmp_path / "sentence-transformers" / "all-MiniLM-L6-v2"
+    path.write_text("name: m\nhandler: hf-encoder\nsource: hf://org/model@v1\n")
+    (config,) = load_model_configs(path)
+    assert config.source == "hf://org/model@v1"

@@ -218,41 +218,47 @@ async def test_concurrent_fills_of_one_model_fetch_once(tmp_path: Path) -> None:
     assert reads == manifest.total_bytes
 
 
-async def test_push_from_the_hugging_face_hub(
+async def test_push_from_the_hugging_face_cache_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """hf://org/repo@rev goes through huggingface_hub.snapshot_download (faked: no network here)."""
-    import huggingface_hub
-
-    from weight_cache.errors import StoreUnavailable
+    """hf://org/repo[@rev] is read through huggingface_hub's own cache resolution: with
+    HF_HUB_OFFLINE=1 a model in the cache pushes; one that is not says so."""
+    from tests.fixtures.hf_cache import COMMIT, MINILM_REPO, hf_cache, minilm_files
+    from weight_cache.errors import BadSource, ObjectMissing
     from weight_cache.push import push_source
 
-    src = make_model_dir(tmp_path / "hub-copy")
-    calls: list[tuple[str, str | None]] = []
-
-    def fake_download(repo_id: str, revision: str | None, local_dir: Path, **_: object) -> str:
-        import shutil
-
-        calls.append((repo_id, revision))
-        shutil.copytree(src, local_dir, dirs_exist_ok=True)
-        return str(local_dir)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
-    store = LocalStore(tmp_path / "bucket" / "hub")
-    manifest = await push_source(store, "hf://org/tiny@v1")
-    assert calls == [("org/tiny", "v1")]
-    assert manifest.source == "hf://org/tiny@v1" and len(manifest.files) == 3
-
-    def offline(**_: object) -> str:
-        raise OSError("offline mode is enabled")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(StoreUnavailable, match="cannot download hf://org/tiny"):
-        await push_source(store, "hf://org/tiny")
-    from weight_cache.errors import BadSource
-
+    cache = tmp_path / "hf" / "hub"
+    hf_cache(cache, MINILM_REPO, minilm_files())
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    store = LocalStore(tmp_path / "bucket" / "minilm")
+    manifest = await push_source(store, f"hf://{MINILM_REPO}")
+    assert manifest.source == f"hf://{MINILM_REPO}"
+    names = {f.path for f in manifest.files}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
+    assert "README.md" not in names  # what a model needs of the repository, no more
+    pinned = await push_source(LocalStore(tmp_path / "b2"), f"hf://{MINILM_REPO}@{COMMIT}")
+    assert pinned.total_bytes == manifest.total_bytes
+    with pytest.raises(ObjectMissing, match="not in the Hugging Face cache"):
+        await push_source(store, "hf://org/not-cached")
     with pytest.raises(BadSource, match="expected hf://org/repo"):
         await push_source(store, "hf://just-a-name")
+    with pytest.raises(BadSource, match="expected hf://org/repo"):
+        await push_source(store, "hf://org/repo@")
+
+
+async def test_a_folder_with_only_a_pickle_checkpoint_is_not_pushed(tmp_path: Path) -> None:
+    from weight_cache.errors import BadSource
+    from weight_cache.push import push_source
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x02not loaded")
+    (folder / "config.json").write_text("{}")
+    store = LocalStore(tmp_path / "bucket" / "pickled")
+    with pytest.raises(BadSource, match=r"pytorch_model\.bin: a pickle checkpoint"):
+        await push_source(store, str(folder))
+    assert not list((tmp_path / "bucket").rglob("*"))  # nothing uploaded
 
 
 async def test_commit_in_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
