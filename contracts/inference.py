@@ -153,8 +153,13 @@ def check_against_spec(
         )
     dims = shape
     if batching:
-        if not shape:
-            raise InvalidRequest(f"input '{spec.name}': shape needs a batch dimension first")
+        if len(shape) == len(spec.shape):  # the item's shape alone: no batch dimension
+            example = [1, *shape]
+            raise InvalidRequest(
+                f"input '{spec.name}': shape {list(shape)} has no batch dimension; the model "
+                f"batches (max_batch_size {max_batch}), so its shape is "
+                f"{[-1, *spec.shape]}, e.g. {example}"
+            )
         if not 1 <= shape[0] <= max_batch:
             raise InvalidRequest(
                 f"input '{spec.name}': batch size {shape[0]} is outside 1..{max_batch}"

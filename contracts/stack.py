@@ -566,7 +566,10 @@ def parse_policy_spec(text: str) -> PolicySpec:
         )
     kind, colon, arg = text.partition(":")
     if kind != "fixed":
-        raise ConfigError(f"unknown policy {text!r}: {_POLICIES}")
+        raise ConfigError(
+            f"unknown policy {text!r}: {_POLICIES}; or tiered, for the models of a group "
+            "(and ember simulate --policy tiered)"
+        )
     if not colon or not arg:
         raise ConfigError(f"policy {text!r} needs a duration: fixed:DURATION, e.g. fixed:10m")
     try:

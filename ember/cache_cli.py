@@ -95,7 +95,11 @@ async def _push(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    print(f"pushed {len(manifest.files)} files, {manifest.total_bytes} bytes, to {args.dest}")
+    count = len(manifest.files)
+    print(
+        f"pushed {count} file{'' if count == 1 else 's'}, {manifest.total_bytes} bytes, "
+        f"to {args.dest}"
+    )
     return 0
 
 
@@ -232,7 +236,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     cache = sub.add_parser(
         "cache",
         help="push models to the regional cache (S3) and manage the local tier",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),  # the docstring's RST, as plain text
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmds = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")

@@ -56,7 +56,10 @@ def _prewarm(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    url = f"{args.activator.rstrip('/')}/admin/models/{args.model}/warm"
+    base = args.activator.rstrip("/")
+    if "://" not in base:  # host:port, as ember up prints it without the scheme
+        base = f"http://{base}"
+    url = f"{base}/admin/models/{args.model}/warm"
     body = {"seconds": args.seconds, "replicas": args.replicas, "source": "prewarm"}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")
@@ -126,6 +129,14 @@ def _cost_report(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ember cost-report: {exc}", file=sys.stderr)
         return 2
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"ember cost-report: cannot write {args.output}: {exc}", file=sys.stderr)
+            return 1
+        print(f"ember cost-report: wrote {args.output}", file=sys.stderr)
+        return 0
     print(text, end="")
     return 0
 
@@ -188,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=UP_REFERENCE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up.add_argument("--config", required=True, help="the stack's ember.yaml")
+    up.add_argument(
+        "-c", "--config", default="ember.yaml", help="the stack's ember.yaml (default ./ember.yaml)"
+    )
     up.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     up.add_argument(
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
@@ -216,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
             "environment variable named by --token-env."
         ),
     )
-    prewarm.add_argument("--activator", required=True, help="the activator's URL")
+    prewarm.add_argument(
+        "--activator",
+        required=True,
+        help="the activator's URL (http://HOST:PORT; a bare HOST:PORT is taken as http)",
+    )
     prewarm.add_argument("--model", required=True)
     prewarm.add_argument("--seconds", type=float, required=True, help="how long to hold it")
     prewarm.add_argument("--replicas", type=int, default=1, help="how many (default 1)")
@@ -255,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU=USD per GPU-hour, MODEL=USD per replica-hour, cpu=USD per core-hour; repeatable",
     )
     cost.add_argument("--format", choices=["md", "html", "json"], default="md")
+    cost.add_argument(
+        "-o", "--output", metavar="FILE", help="write the report to FILE (default: stdout)"
+    )
     cost.add_argument(
         "--granularity-s", type=float, default=1.0, help="billing step per replica (default 1 s)"
     )

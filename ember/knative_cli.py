@@ -35,7 +35,9 @@ def add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Exit 2: a config that cannot be deployed; 1: the cluster refused or timed out."
         ),
     )
-    deploy.add_argument("--config", required=True, help="the stack's ember.yaml")
+    deploy.add_argument(
+        "-c", "--config", default="ember.yaml", help="the stack's ember.yaml (default ./ember.yaml)"
+    )
     how = deploy.add_mutually_exclusive_group()
     how.add_argument("--dry-run", action="store_true", help="print the objects as YAML")
     how.add_argument(
@@ -59,7 +61,9 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="the stack's Knative Services: ready or not (and why), min-scale, revision, URL",
         description="Report each model's Knative Service. Exit 0 when all are ready, 3 if not.",
     )
-    status.add_argument("--config", required=True, help="the stack's ember.yaml")
+    status.add_argument(
+        "-c", "--config", default="ember.yaml", help="the stack's ember.yaml (default ./ember.yaml)"
+    )
     status.add_argument("--namespace", help="overrides knative.namespace")
     status.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
     status.set_defaults(func=_status)

