@@ -362,6 +362,12 @@ def _translate(exc: BaseException, where: str) -> WeightCacheError:
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         message = error.get("Message") or code
+        if code == "NoSuchBucket":
+            bucket = where.removeprefix("s3://").split("/", 1)[0]
+            return ObjectMissing(
+                f"{where}: the bucket {bucket!r} does not exist (NoSuchBucket); create it first "
+                f"(aws s3 mb s3://{bucket}, or boto3's create_bucket), or check AWS_ENDPOINT_URL"
+            )
         if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
             return ObjectMissing(f"{where}: not found ({code or status})")
         if code in _DENIED or status == 403:

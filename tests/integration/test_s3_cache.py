@@ -77,6 +77,10 @@ def test_cli_push_ls_verify_pull(bucket: str, tmp_path: Path, s3_server: str) ->
         (["cache", "push", "/no/such/dir", "s3://b/x"], "is not a directory"),
         (["cache", "verify", "s3://{bucket}/empty"], "ember cache push"),
         (["cache", "pull", "s3://no-such-bucket-x/m"], "not found"),
+        (
+            ["cache", "push", str(ROOT / "examples/mlp/weights"), "s3://no-such-bucket-y/m"],
+            "the bucket 'no-such-bucket-y' does not exist (NoSuchBucket); create it first",
+        ),
         (["cache", "ls", "ftp://x/"], "unsupported scheme"),
     ],
 )
