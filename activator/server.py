@@ -62,6 +62,14 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
     logging.getLogger("ember.activator").info(
         "serving %d model(s): %s", len(stack.models), ", ".join(stack.models)
     )
+    if settings.events is not None:
+        logging.getLogger("ember.activator").info(
+            "event log: %s (ember cost-report --events %s; activator.events sets it, null: off)",
+            settings.events,
+            settings.events,
+        )
+    else:
+        logging.getLogger("ember.activator").info("event log: off (activator.events is null)")
     run(activator, sock, signals)
     logging.getLogger("ember.activator").info("stopped")
     return 0

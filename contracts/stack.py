@@ -3,7 +3,7 @@
 ::
 
     activator:                     # all optional
-      events: events.jsonl         # the event log (relative to this file)
+      events: .ember/events.jsonl  # the event log (relative to this file; null: none)
       event_log_max_bytes: 64MiB   # past this the log is rotated (events.jsonl.1, .2, ...)
       event_log_keep: 4            # rotated files kept (0: none); the oldest go
       keep_alive_s: 60             # idle time before a model's replicas drain and stop
@@ -98,6 +98,10 @@ def _size(value: Any) -> Any:
 
 
 ByteSize = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+
+
+# the event log of an ember.yaml that names none, relative to it (the cost report reads it)
+DEFAULT_EVENTS = Path(".ember/events.jsonl")
 
 
 class ActivatorSettings(BaseModel):
@@ -352,6 +356,8 @@ def load_stack(path: str | Path) -> StackConfig:
     stack = _read_stack_file(path)
     base = path.resolve().parent
     settings = stack.activator
+    if "events" not in settings.model_fields_set:  # on unless the file turns it off (null)
+        settings = settings.model_copy(update={"events": DEFAULT_EVENTS})
     if settings.events is not None and not settings.events.is_absolute():
         settings = settings.model_copy(update={"events": (base / settings.events).resolve()})
     for key in ("cache_dir", "admin_token_file", "api_token_file"):

@@ -65,7 +65,8 @@ EXAMPLES = {
 UP_REFERENCE = """\
 ember.yaml:
   activator:                 (all optional)
-    events: events.jsonl     the event log, one JSON line per transition and request
+    events: .ember/events.jsonl  the event log (the default, beside this file), one JSON line
+                             per transition and request; null: no log
     event_log_max_bytes: 64MiB   past it the log is rotated (events.jsonl.1, .2, ...)
     event_log_keep: 4        rotated files kept; the log holds at most (keep + 1) x max_bytes
     keep_alive_s: 60         idle time before a model's replicas drain and stop; this and

@@ -381,3 +381,16 @@ def test_tiered_on_a_model_of_its_own_says_it_is_a_groups_policy(tmp_path: Path)
     path.write_text("models: [{config: a.yaml, policy: tiered}]\n")
     with pytest.raises(ConfigError, match="policy 'tiered' is a group's"):
         load_stack(path)
+
+
+def test_the_event_log_is_on_by_default_beside_the_file_and_null_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "m.yaml").write_text("name: m\nhandler: kserve\noptions: {model_class: x:Y}\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text("models:\n  - config: m.yaml\n")
+    assert load_stack(path).settings.events == tmp_path / ".ember" / "events.jsonl"
+    path.write_text("activator: {events: null}\nmodels:\n  - config: m.yaml\n")
+    assert load_stack(path).settings.events is None
+    path.write_text("activator: {events: log/e.jsonl}\nmodels:\n  - config: m.yaml\n")
+    assert load_stack(path).settings.events == tmp_path / "log" / "e.jsonl"
