@@ -353,16 +353,23 @@ class Activator:
         """Every model, or (``ready``) those whose ``ready`` answers 200: a model at zero is
         (a request wakes it) unless its last start failed, as the predictor counts a sleeping
         model ready."""
-        return [
-            {
+        index = []
+        for name, pool in self.pools.items():
+            if ready and pool.start_failed and pool.state != "ready":
+                continue
+            entry = {
                 "name": name,
                 "state": _index_state(pool),
                 "reason": pool.reason if pool.state != "ready" else "",
                 "activator_state": pool.state,
             }
-            for name, pool in self.pools.items()
-            if not ready or not (pool.start_failed and pool.state != "ready")
-        ]
+            level = pool.group.asleep(name) if isinstance(pool, MemberPool) else None
+            if pool.state == "ready" and level is not None:
+                # asleep on its group's replicas, as they say it: SLEEPING, as the predictor's
+                # index says it (a request wakes it there)
+                entry.update(state="SLEEPING", reason=f"level {level}", level=level)
+            index.append(entry)
+        return index
 
     async def _repository_load(self, match: Match, body: bytes) -> Response:
         """A replica started (kept for the keep-alive) and ready; a group's member is then
@@ -393,8 +400,17 @@ class Activator:
         """No level: the model goes to zero (a group's member: to sleep at disk, since its
         replicas serve the others). A level (``host``, ``disk``): a group's member sleeps at it on
         every replica, answered once they have; a model of its own has no level but zero."""
-        pool = self.pool(match.model)
         level = admin.parse_unload_level(body)
+        group = self.groups.get(match.model)
+        if group is not None and match.model not in self.pools:  # a group: to zero, all of it
+            if level is not None:
+                raise BadRequest(
+                    f"'{match.model}' is a group: unloading it takes its replicas to zero; a "
+                    "level is for one of its models"
+                )
+            group.pool.sleep("a repository unload request")
+            return Response(200, [], b"")
+        pool = self.pool(match.model)
         if isinstance(pool, MemberPool):
             source = "a repository unload request"
             refusals = await pool.group.sleep_member(
@@ -465,6 +481,10 @@ class Activator:
         return json_response(200, pool.describe())
 
     async def _admin_sleep(self, match: Match, body: bytes) -> Response:
+        group = self.groups.get(match.model)
+        if group is not None and match.model not in self.pools:  # a group: its replicas go
+            group.pool.sleep("the admin API")
+            return json_response(200, group.pool.describe())
         pool = self.pool(match.model)
         pool.sleep()
         return json_response(200, pool.describe())

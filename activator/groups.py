@@ -180,6 +180,16 @@ class Group:
 
         return awake
 
+    def asleep(self, model: str) -> Level | None:
+        """The level ``model`` sleeps at on the group's ready replicas whose index has been
+        read, when it sleeps on every one of them (the shallowest, where they differ: a request
+        wakes it from there); None while it is awake on one, or none has been read."""
+        read = [r for r in self.pool.replicas if r.state == "ready" and r.id in self._seen]
+        levels = {self.level(r, model) for r in read}
+        if not levels or "hot" in levels:
+            return None
+        return min(levels, key=lambda level: _DEPTH[level])
+
     def unavailable(self, model: str) -> str | None:
         """Why ``model`` cannot serve on any of the group's ready replicas whose index has been
         read (the first one's reason), if it cannot on every one of them; else None."""

@@ -111,9 +111,25 @@ def test_two_models_take_turns_on_one_replica_whose_budget_fits_one(tmp_path: Pa
             for lv in ("hot", "host")
         }
         assert sorted(at.values()) == [0, 0, 1, 1]  # one replica: each model at one level
-        # the runtime behind says the same: one hot, one asleep at host
+        # the activator's index says what the replica says: one READY, one SLEEPING at host
         index = httpx.post(server.url + "/v2/repository/index").json()
-        assert {m["name"] for m in index} == {"mlp", "minilm"}
+        states = sorted((m["state"], m.get("level")) for m in index)
+        assert states == [("READY", None), ("SLEEPING", "host")], index
+        asleep = next(m for m in index if m["state"] == "SLEEPING")
+        assert asleep["reason"] == "level host"
+        # the group is taken to zero by hand, by its name, as a model is
+        level = httpx.post(
+            server.url + "/v2/repository/models/shared/unload",
+            json={"parameters": {"level": "host"}},
+        )
+        assert level.status_code == 400 and "is a group" in level.json()["error"]
+        assert httpx.post(server.url + "/v2/repository/models/shared/unload").status_code == 200
+        wait_until(
+            lambda: any(e["model"] == "shared" for e in of(tmp_path, "replica_stopped")),
+            what="the group's replica stopped",
+        )
+        index = httpx.post(server.url + "/v2/repository/index").json()
+        assert {m["state"] for m in index} == {"ZERO"}
 
 
 def test_the_tiered_policy_sleeps_idle_models_then_lets_the_replica_go(tmp_path: Path) -> None:

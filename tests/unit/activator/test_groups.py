@@ -162,6 +162,7 @@ async def test_the_replicas_index_is_the_truth_of_levels(
     await group.tick()
     assert (group.level(r, "a"), group.level(r, "b")) == ("hot", "host")
     assert group.awake_on("a")(r) and not group.awake_on("b")(r)
+    assert (group.asleep("a"), group.asleep("b")) == (None, "host")  # what the index says
     group.events.flush()
     assert logged(tmp_path, "sleep") == []  # what a replica holds at its start is no sleep
     fake.index = [
