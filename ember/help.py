@@ -50,7 +50,10 @@ EXAMPLES = {
         "ember simulate --trace tests/data/traces/azure2019_sample100 --policy tiered "
         "--wake host=0.05 --wake disk=0.15 --cold-start 2.0",
     ],
-    "status": ["ember status --config examples/ember.yaml"],
+    "status": [
+        "ember status --config examples/ember.yaml",
+        "ember status --url http://127.0.0.1:8080   # a running ember up",
+    ],
     "cache": [
         "ember cache push examples/mlp/weights s3://models/mlp",
         "ember cache pull s3://models/mlp",

@@ -58,8 +58,18 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add ``status`` to ``sub``."""
     status = sub.add_parser(
         "status",
-        help="the stack's Knative Services: ready or not (and why), min-scale, revision, URL",
-        description="Report each model's Knative Service. Exit 0 when all are ready, 3 if not.",
+        help="the stack's Knative Services, or (--url) a running activator's models",
+        description=(
+            "Report each model's Knative Service (ready or not and why, min-scale, revision, "
+            "URL); exit 0 when all are ready, 3 if not. With --url, ask a running activator "
+            "(ember up's, or the cluster's) instead: each model's state (SLEEPING with its "
+            "level), replicas, queue and last cold start; exit 0, or 1 if it cannot be reached."
+        ),
+    )
+    status.add_argument(
+        "--url",
+        help="a running activator (http://HOST:PORT, as ember up prints it): its models, "
+        "not Knative's (its admin API: the token from $EMBER_ADMIN_TOKEN, none on loopback)",
     )
     status.add_argument(
         "-c", "--config", default="ember.yaml", help="the stack's ember.yaml (default ./ember.yaml)"
@@ -67,6 +77,59 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.add_argument("--namespace", help="overrides knative.namespace")
     status.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
     status.set_defaults(func=_status)
+
+
+def _local_status(url: str) -> int:
+    """A running activator's models: its repository index and its admin API's view."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
+    token = os.environ.get("EMBER_ADMIN_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def fetch(path: str, method: str = "GET") -> object:
+        request = urllib.request.Request(base + path, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        index = fetch("/v2/repository/index", "POST")
+        described = fetch("/admin/models")
+    except urllib.error.HTTPError as exc:
+        print(f"ember status: {base}: {exc.code} {exc.reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"ember status: cannot reach {base}: {exc}", file=sys.stderr)
+        return 1
+    by_name = {m["name"]: m for m in described} if isinstance(described, list) else {}
+    rows = [("MODEL", "STATE", "REPLICAS", "QUEUED", "IN FLIGHT", "LAST COLD START", "REASON")]
+    for entry in index if isinstance(index, list) else []:
+        name = str(entry.get("name"))
+        model = by_name.get(name, {})
+        state = str(entry.get("state"))
+        if entry.get("level"):
+            state += f" ({entry['level']})"
+        replicas = model.get("replicas") or []
+        ready = sum(1 for r in replicas if r.get("state") == "ready")
+        cold = model.get("last_cold_start_s")
+        rows.append(
+            (
+                name,
+                state,
+                f"{ready}/{len(replicas)} ready" if replicas else "0",
+                str(model.get("queued", "")),
+                str(model.get("in_flight", "")),
+                f"{cold:.2f}s" if isinstance(cold, int | float) else "-",
+                str(entry.get("reason") or ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -111,6 +174,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.url:
+        return _local_status(args.url)
     from contracts.errors import ConfigError
     from contracts.stack import load_stack
     from knative.apply import Cluster, service_statuses

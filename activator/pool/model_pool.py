@@ -277,4 +277,5 @@ class ModelPool:
             "max_replicas": self.spec.max_replicas,
             "keep_alive_s": self.keep_alive_s,
             "policy": self.policy.name,
+            "last_cold_start_s": self._replicas.last_cold_start_s,
         }

@@ -84,6 +84,7 @@ class ReplicaSet:
         self.state = "zero"
         self.reason = ZERO_REASON
         self.start_failed = False  # the last start failed (reason says why); cleared when ready
+        self.last_cold_start_s: float | None = None  # the last replica's, start to ready
         self._limit = spec.container_concurrency
         self._last_stop = ""  # why the last replica to go went, for the scale-to-zero line
 
@@ -167,6 +168,7 @@ class ReplicaSet:
         replica.state = "ready"
         replica.ready_at = replica.idle_since = self.clock.monotonic()
         cold_start_s = replica.ready_at - started
+        self.last_cold_start_s = cold_start_s
         self.metrics.cold_start_seconds.labels(self.name).observe(cold_start_s)
         self.events.emit(
             "replica_ready",

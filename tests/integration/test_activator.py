@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -791,3 +792,31 @@ def test_a_bad_request_at_zero_is_the_predictors_400_and_starts_no_replica(
         assert [e for e in events(tmp_path) if e["event"] == "replica_starting"] == []
         good = httpx.post(f"{server.url}/v2/models/mlp/infer", content=MLP_BODY, timeout=60)
         assert good.status_code == 200, good.text
+
+
+def test_ember_status_url_lists_a_running_activators_models(tmp_path: Path) -> None:
+    config = stack(tmp_path, [{"config": str(MLP_CONFIG)}, slow(tmp_path)])
+    with activator(config) as server:
+        assert post(server, "mlp").status_code == 200
+        done = subprocess.run(
+            [sys.executable, "-m", "ember", "status", "--url", server.url],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:2] == ["MODEL", "STATE"]
+    mlp = next(line for line in lines if line.startswith("mlp "))
+    assert "READY" in mlp and "1/1 ready" in mlp and re.search(r"\d+\.\d\ds", mlp)
+    slow_line = next(line for line in lines if line.startswith("slow "))
+    assert "ZERO" in slow_line and " - " in slow_line  # never started: no cold start yet
+    gone = subprocess.run(
+        [sys.executable, "-m", "ember", "status", "--url", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert gone.returncode == 1 and "cannot reach http://127.0.0.1:1" in gone.stderr
