@@ -42,3 +42,34 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+_started_at: float | None = None  # monotonic: when this process became what it serves as
+
+
+def restart_the_clock() -> None:
+    """From now on :func:`process_age_s` counts from here: a warm-pool standby, given its model
+    long after its start, counts its start-up from the assignment."""
+    import time
+
+    global _started_at
+    _started_at = time.monotonic()
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process was started (its exec, as the kernel counts it: the
+    interpreter's own start-up and every import included), or since :func:`restart_the_clock`;
+    None where /proc cannot say."""
+    import os
+    import time
+
+    if _started_at is not None:
+        return time.monotonic() - _started_at
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        started_ticks = int(fields[19])  # field 22, counted after the ")" that ends comm
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / ticks)

@@ -186,6 +186,9 @@ def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.Argumen
             return 2
         if argv is None:
             return 0
+        from contracts.proc import restart_the_clock
+
+        restart_the_clock()  # its start-up, as its ready line says it, begins with its model
         status_fd = args.status_fd
         args = build_parser().parse_args(["serve", *argv])
         if args.standby:

@@ -96,7 +96,7 @@ class WeightSources:
             path = await asyncio.to_thread(hub.resolve, config.source)
             local = config.model_copy(update={"source": str(path)})
             return Localized(local, {"fetch": time.perf_counter() - started}, _nothing)
-        from weight_cache.fetch import fetch_to_tier
+        from weight_cache.fetch import fetch_to_tier, read_manifest
         from weight_cache.stores import open_store
         from weight_cache.tier import LocalTier
 
@@ -106,17 +106,28 @@ class WeightSources:
         imports_s = time.perf_counter() - mark
         started = time.perf_counter()
         tier = LocalTier(self.cache_dir, budget_bytes=self.budget_bytes)
+        progress = _Progress(config.name, config.source)
         try:
             async with open_store(config.source, concurrency=self.concurrency) as store:
-                report = await fetch_to_tier(
-                    store,
-                    tier,
-                    concurrency=self.concurrency,
-                    chunk_bytes=self.chunk_bytes,
-                    commit_in_background=True,  # load from the page cache as the disk catches up
-                    hold=True,  # no process evicts the files while this one serves from them
-                    sink=sink,
-                )
+                mark = time.perf_counter()
+                manifest = await read_manifest(store)  # read here: the progress's total
+                manifest_s = time.perf_counter() - mark
+                progress.total = manifest.total_bytes
+                reporting = asyncio.ensure_future(progress.report_every(PROGRESS_EVERY_S))
+                try:
+                    report = await fetch_to_tier(
+                        store,
+                        tier,
+                        manifest=manifest,
+                        concurrency=self.concurrency,
+                        chunk_bytes=self.chunk_bytes,
+                        progress=progress.add,
+                        commit_in_background=True,  # load from the page cache as the disk
+                        hold=True,  # no process evicts the files while this one serves them
+                        sink=sink,
+                    )
+                finally:
+                    reporting.cancel()
         finally:
             if sink is not None:
                 await asyncio.to_thread(sink.close)  # the last device copies complete
@@ -130,8 +141,9 @@ class WeightSources:
             sweep = asyncio.ensure_future(asyncio.to_thread(_sweep, tier))
             self._commits.add(sweep)
             sweep.add_done_callback(self._committed)
-        phases = {"imports": imports_s, "plan": report.plan_s, "fetch": report.fetch_s}
-        phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
+        plan_s = manifest_s + report.plan_s
+        phases = {"imports": imports_s, "plan": plan_s, "fetch": report.fetch_s}
+        phases["tier"] = time.perf_counter() - started - plan_s - report.fetch_s
         tensors: StreamedTensors | None = None
         if sink is not None and sink.tensors:
             # both overlap the fetch: the time spent making tensors, and waiting for the device
@@ -140,6 +152,39 @@ class WeightSources:
             tensors = sink.tensors
         local = config.model_copy(update={"source": str(report.path)})
         return Localized(local, phases, report.release, tensors)
+
+
+PROGRESS_EVERY_S = 5.0  # a fetch longer than this says how far it is, this often
+
+
+class _Progress:
+    """A fetch's bytes so far, logged every few seconds while it lasts (behind ``ember up``
+    the activator shows these lines too): a cold start is never minutes of silence."""
+
+    def __init__(self, model: str, source: str) -> None:
+        self.model, self.source = model, source
+        self.done = 0
+        self.total = 0
+        self.started = time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.done += n
+
+    async def report_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            elapsed = time.perf_counter() - self.started
+            share = f" ({self.done / self.total:.0%})" if self.total else ""
+            log.info(
+                "model %s: fetching %s: %.1f of %.1f MB%s in %.0fs, %.1f MB/s",
+                self.model,
+                self.source,
+                self.done / 1e6,
+                self.total / 1e6,
+                share,
+                elapsed,
+                self.done / 1e6 / elapsed if elapsed > 0 else 0.0,
+            )
 
 
 def _tensor_sink(config: ModelConfig) -> TensorSink | None:

@@ -179,13 +179,12 @@ class ReplicaSet:
             phases=dict(replica.handle.timings),
             warm_pool=replica.handle.warm,
         )
-        phases = ", ".join(f"{k} {v:.2f}s" for k, v in replica.handle.timings.items())
         log.info(
             "model %s: replica %d ready in %.2fs%s",
             self.name,
             replica.id,
             cold_start_s,
-            f" ({phases})" if phases else "",
+            _ready_detail(cold_start_s, replica.handle.timings),
         )
         self.reason = ""
         self.start_failed = False
@@ -317,3 +316,22 @@ class ReplicaSet:
             if new == "zero" and not self.start_failed:
                 self.reason = ZERO_REASON
                 log.info("model %s: scaled to zero: %s", self.name, self._last_stop or "stopped")
+
+
+# the scaler's timings that add up to a start (the rest are the replica's own, within the last)
+_SPANS = (("process_start", "process start"), ("until_ready", "until ready"))
+
+
+def _ready_detail(total_s: float, timings: dict[str, float]) -> str:
+    """A start's time said so that it adds up: the spans the scaler timed one after the other
+    (and what fell between them), then the replica's own phases within the last."""
+    timings = dict(timings)
+    spans = [(label, timings.pop(key)) for key, label in _SPANS if key in timings]
+    inner = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
+    if not spans:
+        return f" ({inner})" if inner else ""
+    other = total_s - sum(v for _, v in spans)
+    if other >= 0.01:
+        spans.append(("handoffs", other))
+    said = ": " + " + ".join(f"{label} {v:.2f}s" for label, v in spans)
+    return said + (f" (the replica's: {inner})" if inner else "")

@@ -45,6 +45,17 @@ def test_ember_serve_logs_a_models_exception_once_with_its_traceback(tmp_path: P
     assert "model 'echo' failed a batch of 1 item(s) from 1 request(s) (ids: req-42)" in errors[0]
     assert "Traceback (most recent call last)" in server.output
     assert "in _compute" in server.output  # the frame in the user's module
+    # its ready line counts the process's start-up too, and its parts add up
+    ready = next(line for line in server.lines if "ready in" in line)
+    total, startup, load = map(
+        float,
+        re.search(  # type: ignore[union-attr]
+            r"ready in ([\d.]+)s since the process started: start-up ([\d.]+)s .* \+ load "
+            r"([\d.]+)s",
+            ready,
+        ).groups(),
+    )
+    assert abs(total - (startup + load)) <= 0.011 and startup > 0
 
 
 def test_ember_up_shows_the_replicas_error_at_the_default_level(tmp_path: Path) -> None:

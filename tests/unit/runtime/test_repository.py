@@ -116,3 +116,27 @@ def test_models_to_load_at_start_say_loading_before_anything_else_runs() -> None
     repo.announce_loading()  # no await: a request that comes before the load begins is told
     assert (repo.entry("m").state, repo.entry("m").reason) == (ModelState.LOADING, "loading")
     assert told == [("LOADING", "loading")]
+
+
+async def test_a_fetch_says_how_far_it_is_every_few_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from runtime.sources import _Progress
+
+    progress = _Progress("m", "s3://models/m")
+    progress.total = 400_000_000
+    progress.add(100_000_000)
+    caplog.set_level("INFO", logger="ember.runtime")
+    reporting = asyncio.ensure_future(progress.report_every(0.01))
+    try:
+        for _ in range(500):
+            if any("fetching" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        reporting.cancel()
+    line = next(r.getMessage() for r in caplog.records if "fetching" in r.getMessage())
+    assert line.startswith("model m: fetching s3://models/m: 100.0 of 400.0 MB (25%) in ")
+    assert line.endswith("MB/s")
