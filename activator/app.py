@@ -328,7 +328,7 @@ class Activator:
     def pool(self, name: str) -> AnyPool:
         pool = self.pools.get(name)
         if pool is None:
-            raise UnknownModel(f"model '{name}' is not configured here")
+            raise UnknownModel(f"model '{name}' is not in the repository")  # the predictor's words
         return pool
 
     # ------------------------------------------------------------------ the endpoints
@@ -394,7 +394,7 @@ class Activator:
                     f"model '{match.model}' did not load on every replica: "
                     + "; ".join(map(str, refusals))
                 )
-        return Response(200, [], b"")
+        return json_response(200, {"name": match.model, "loaded": True})  # as the predictor
 
     async def _repository_unload(self, match: Match, body: bytes) -> Response:
         """No level: the model goes to zero (a group's member: to sleep at disk, since its
@@ -409,7 +409,7 @@ class Activator:
                     "level is for one of its models"
                 )
             group.pool.sleep("a repository unload request")
-            return Response(200, [], b"")
+            return json_response(200, {"name": match.model, "unloaded": True})
         pool = self.pool(match.model)
         if isinstance(pool, MemberPool):
             source = "a repository unload request"
@@ -428,7 +428,11 @@ class Activator:
             )
         else:
             pool.sleep("a repository unload request")
-        return Response(200, [], b"")
+        # the predictor's answer: the level, when the model sleeps at one
+        answer: dict[str, Any] = {"name": match.model, "unloaded": True}
+        if isinstance(pool, MemberPool):
+            answer["level"] = level or "disk"
+        return json_response(200, answer)
 
     async def _model(self, match: Match, body: bytes) -> Response:
         """A model's ``ready`` or metadata while no replica answers it, without waking it.

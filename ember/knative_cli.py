@@ -142,7 +142,7 @@ def _deploy(args: argparse.Namespace) -> int:
         # every model config too: a manifest never ships what `ember serve` would refuse
         stack = _with_namespace(load_checked_stack(args.config), args.namespace)
         objects = render(stack)
-        from knative.manifests import images_comment
+        from knative.manifests import expects_comment, images_comment
 
         if args.kn:
             from knative.features import required_settings
@@ -150,10 +150,11 @@ def _deploy(args: argparse.Namespace) -> int:
 
             manifests = write_manifests(objects, Path(args.kn))
             lines = settings_comment(required_settings(stack)) + images_comment(objects)
+            lines += expects_comment(objects)
             print("\n".join(lines + apply_commands(manifests)))
             return 0
         if args.dry_run:  # YAML on stdout (for kubectl apply -f -), the images on stderr
-            print("\n".join(images_comment(objects)), file=sys.stderr)
+            print("\n".join(images_comment(objects) + expects_comment(objects)), file=sys.stderr)
             print(to_yaml(objects), end="")
             return 0
         if not args.delete:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from knative.errors import DeployError
 from knative.features import ClusterSetting
 from knative.render import to_yaml
@@ -102,6 +104,49 @@ def images_comment(objects: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["# the images these objects run (scripts/build_images --push REGISTRY builds them):"]
     lines += [f"#   {image}" for image in images(objects)]
     return lines
+
+
+def expects_comment(objects: Sequence[dict[str, Any]]) -> list[str]:
+    """Shell comments: what the objects read that they do not create: the Secrets their
+    containers name, and the weights their model configs load."""
+    secrets: set[str] = set()
+    sources: set[str] = set()
+    todo: list[Any] = list(objects)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            for key in ("secretRef", "secretKeyRef"):
+                ref = node.get(key)
+                if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+                    secrets.add(ref["name"])
+            if node.get("kind") == "ConfigMap":
+                for text in (node.get("data") or {}).values():
+                    sources.update(_sources(text))
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    lines: list[str] = []
+    if secrets:
+        lines.append("# the Secrets they read (create them in the namespace first):")
+        lines += [f"#   {name}" for name in sorted(secrets)]
+    if sources:
+        lines.append(
+            "# the weights they load (s3://: ember cache push DIR URI first; hf://: from the hub):"
+        )
+        lines += [f"#   {source}" for source in sorted(sources)]
+    return lines
+
+
+def _sources(text: object) -> list[str]:
+    """The ``source`` of a model config a ConfigMap ships (nothing for its other files)."""
+    if not isinstance(text, str) or "source:" not in text:
+        return []
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:  # a module file, not a config
+        return []
+    source = doc.get("source") if isinstance(doc, dict) else None
+    return [source] if isinstance(source, str) else []
 
 
 def images(objects: Sequence[dict[str, Any]]) -> list[str]:

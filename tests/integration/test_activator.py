@@ -218,7 +218,7 @@ def test_errors_unknown_models_and_runtime_errors_intact(tmp_path: Path) -> None
     config = stack(tmp_path, [{"config": str(MLP_CONFIG)}])
     with activator(config) as server:
         r = httpx.post(server.url + "/v2/models/nope/infer", content=MLP_BODY)
-        assert r.status_code == 404 and "not configured" in r.json()["error"]
+        assert r.status_code == 404 and "is not in the repository" in r.json()["error"]
         r = httpx.get(server.url + "/v2/models/mlp/infer", timeout=60)  # waits for a start
         assert r.status_code == 405 or r.status_code == 400  # the runtime's own answer
         bad = httpx.post(server.url + "/v2/models/mlp/infer", content=b"{not json")

@@ -304,3 +304,14 @@ async def test_a_ready_model_relays_requests_unread(tmp_path: Path) -> None:
         r = await h.client.post("/v2/models/m/infer", content=b'{"inputs":[')
         assert r.status_code == 200  # the harness's replica answered it: it was not read here
         assert replica.received[-1][1] == b"/v2/models/m/infer"
+
+
+async def test_the_activators_repository_answers_are_the_predictors(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica()]) as h:
+        unknown = await h.client.post("/v2/repository/models/nope/unload")
+        assert unknown.status_code == 404
+        assert unknown.json() == {"error": "model 'nope' is not in the repository"}
+        loaded = await h.client.post("/v2/repository/models/m/load")
+        assert loaded.json() == {"name": "m", "loaded": True}
+        unloaded = await h.client.post("/v2/repository/models/m/unload")
+        assert unloaded.json() == {"name": "m", "unloaded": True}

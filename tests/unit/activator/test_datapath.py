@@ -106,7 +106,7 @@ async def test_queue_errors_and_bad_headers_come_from_the_one_renderer(tmp_path:
         )
         assert bad.status_code == 400 and "milliseconds" in bad.json()["error"]
         missing = await h.client.post("/v2/models/nope/infer", content=BODY)
-        assert missing.status_code == 404 and "not configured" in missing.json()["error"]
+        assert missing.status_code == 404 and "is not in the repository" in missing.json()["error"]
         # refused before any replica: counted by reason, not logged
         assert h.events() == []
         refused = h.activator.metrics.registry.get_sample_value

@@ -456,3 +456,12 @@ def test_the_event_log_bound_travels_to_the_activator_and_must_fit_its_claim(
     (config,) = [o for o in objects if o["kind"] == "ConfigMap" and "ember.yaml" in o["data"]]
     settings = yaml.safe_load(config["data"]["ember.yaml"])["activator"]
     assert (settings["event_log_max_bytes"], settings["event_log_keep"]) == (256 * 2**20, 3)
+
+
+def test_the_kn_output_names_the_secrets_and_weights_it_expects() -> None:
+    from knative.manifests import expects_comment
+
+    lines = expects_comment(render(load_stack(ROOT / "examples" / "ember.yaml")))
+    secrets = lines[lines.index("# the Secrets they read (create them in the namespace first):") :]
+    assert "#   ember-s3" in secrets and "#   ember-admin" in secrets
+    assert "#   s3://models/ember/mlp" in lines and "#   s3://models/ember/minilm" in lines
