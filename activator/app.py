@@ -295,6 +295,8 @@ class Activator:
         self.check_guard(guard(parts), scope["headers"])
         match = resolve(scope["method"], scope["path"], parts)
         if match.endpoint in _BODY_ONLY:  # read as the predictor reads them
+            if match.model and match.model not in self.pools and match.model not in self.groups:
+                self.pool(match.model)  # 404 first, as the predictor answers it
             try:
                 no_query(scope.get("query_string", b""), _BODY_ONLY[match.endpoint])
             except ValueError as exc:

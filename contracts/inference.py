@@ -153,7 +153,11 @@ def check_against_spec(
         )
     dims = shape
     if batching:
-        if len(shape) == len(spec.shape):  # the item's shape alone: no batch dimension
+        if not shape:
+            raise InvalidRequest(f"input '{spec.name}': shape needs a batch dimension first")
+        if len(shape) == len(spec.shape) and all(
+            e in (-1, d) for e, d in zip(spec.shape, shape, strict=True)
+        ):  # the item's shape alone: the batch dimension left out
             example = [1, *shape]
             raise InvalidRequest(
                 f"input '{spec.name}': shape {list(shape)} has no batch dimension; the model "

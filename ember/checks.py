@@ -11,7 +11,9 @@ schema only, which needs neither torch nor numpy: the activator's image has neit
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -93,7 +95,8 @@ def local_problems(config: ModelConfig) -> list[str]:
         wanted = _HF_ENCODER_FILES
     missing = [name for name in wanted if not (root / name).is_file()]
     if missing:
-        problems.append(f"source: {root} has no {', '.join(missing)}; {holds(root)}")
+        hint = holds(root, weights_option=config.handler == "torch-module")
+        problems.append(f"source: {root} has no {', '.join(missing)}; {hint}")
     return problems
 
 
@@ -118,7 +121,12 @@ def _import_problems(key: str, path: str, base_dir: Path | None) -> list[str]:
         return [] if file.is_file() else [f"{key}: {file} does not exist"]
     top = target.split(".", 1)[0]
     try:
-        found = importlib.util.find_spec(top) is not None
+        # the replicas run `python -m ember serve` from here: the working directory is on
+        # their path, as it is not on the `ember` script's
+        found = (
+            importlib.util.find_spec(top) is not None
+            or importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) is not None
+        )
     except (ImportError, ValueError):
         found = False
     return [] if found else [f"{key}: Python package {top!r} is not installed"]

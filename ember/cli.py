@@ -35,6 +35,19 @@ def _up(args: argparse.Namespace) -> int:
         overrides["quiet_replicas"] = True
     if overrides:
         stack = stack.model_copy(update={"settings": stack.settings.model_copy(update=overrides)})
+    events = stack.settings.events
+    if events is not None:  # said as what it is, not as a port that cannot be listened on
+        try:
+            events.parent.mkdir(parents=True, exist_ok=True)
+            with events.open("ab"):
+                pass
+        except OSError as exc:
+            print(
+                f"ember up: cannot write the event log {events}: {exc.strerror or exc}; set "
+                "activator.events to a writable path (or null: no log)",
+                file=sys.stderr,
+            )
+            return 2
     from knative.errors import DeployError
 
     try:

@@ -69,7 +69,8 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.add_argument(
         "--url",
         help="a running activator (http://HOST:PORT, as ember up prints it): its models, "
-        "not Knative's (its admin API: the token from $EMBER_ADMIN_TOKEN, none on loopback)",
+        "not Knative's (tokens, where the stack sets them: $EMBER_API_TOKEN for its repository "
+        "index, $EMBER_ADMIN_TOKEN for its admin API; on loopback the admin API needs none)",
     )
     status.add_argument(
         "-c", "--config", default="ember.yaml", help="the stack's ember.yaml (default ./ember.yaml)"
@@ -87,17 +88,17 @@ def _local_status(url: str) -> int:
     import urllib.request
 
     base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
-    token = os.environ.get("EMBER_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def fetch(path: str, method: str = "GET") -> object:
+    def fetch(path: str, token_env: str, method: str = "GET") -> object:
+        token = os.environ.get(token_env)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         request = urllib.request.Request(base + path, method=method, headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    try:
-        index = fetch("/v2/repository/index", "POST")
-        described = fetch("/admin/models")
+    try:  # the data plane's index with the API token, the admin API's view with the admin one
+        index = fetch("/v2/repository/index", "EMBER_API_TOKEN", "POST")
+        described = fetch("/admin/models", "EMBER_ADMIN_TOKEN")
     except urllib.error.HTTPError as exc:
         print(f"ember status: {base}: {exc.code} {exc.reason}", file=sys.stderr)
         return 1

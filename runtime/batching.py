@@ -233,15 +233,16 @@ class Scheduler:
                     except RuntimeServerError as single:
                         self._report(single, [pending])
                         _fail(pending, single)
+                    except Exception as crash:  # the model raised on this one alone
+                        error = self._crashed(crash)
+                        self._report(error, [pending])
+                        _fail(pending, error)
             else:
                 self._report(exc, batch)
                 for pending in batch:
                     _fail(pending, exc)
         except Exception as exc:
-            error = InferenceFailed(
-                f"model '{self._config.name}' failed: {type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
+            error = self._crashed(exc)
             self._report(error, batch)
             for pending in batch:
                 _fail(pending, error)
@@ -251,6 +252,12 @@ class Scheduler:
             if task is not None:
                 self._running.discard(task)
             self._progress.set()
+
+    def _crashed(self, exc: Exception) -> InferenceFailed:
+        """The model's own exception as the 500 its requests get (the exception its cause)."""
+        error = InferenceFailed(f"model '{self._config.name}' failed: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
 
     def _report(self, exc: RuntimeServerError, batch: list[_Pending]) -> None:
         """Log a failed batch once: the model's or the server's fault at ERROR with its

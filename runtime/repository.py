@@ -73,6 +73,7 @@ class ModelRepository(SleepingMixin):
         self._sources = sources
         self._on_status = on_status
         self._loaded_once = False  # a load has ended (its ready line said the start-up's cost)
+        self._starting = False  # the server's first loads are running (load_all)
         self.served = False  # every wanted model has served at once (the start is over)
         self._entries = {
             c.name: ModelEntry(config=c, stats=ModelStats(c.name, c.version)) for c in configs
@@ -243,7 +244,7 @@ class ModelRepository(SleepingMixin):
         started = time.perf_counter()
         # the process's first load: what its start-up cost (the interpreter, torch and the
         # server's imports, the device probe) is part of the wait, said in the ready line
-        startup_s = process_age_s() if not self._loaded_once else None
+        startup_s = process_age_s() if self._starting and not self._loaded_once else None
         handler: ModelHandler | None = None
         scheduler: Scheduler | None = None
         release_source: Callable[[], None] | None = None
@@ -343,6 +344,7 @@ class ModelRepository(SleepingMixin):
         """Load every wanted model: side by side, or, under a budget, one at a time in config
         order, each that does not fit beside the ones before put to sleep once loaded."""
         wanted = [n for n, e in self._entries.items() if e.wanted]
+        self._starting = True  # these loads are the start's: their ready lines count it
         results: list[object]
         if self.budget.limit is None:
             results = await asyncio.gather(*(self.load(n) for n in wanted), return_exceptions=True)
@@ -353,6 +355,7 @@ class ModelRepository(SleepingMixin):
                     results.append(await self.load(n, make_room=False))
                 except Exception as exc:
                     results.append(exc)
+        self._starting = False
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result

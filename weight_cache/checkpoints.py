@@ -22,8 +22,9 @@ def pickle_advice(pickles: list[str]) -> str:
     )
 
 
-def holds(root: Path) -> str:
-    """What a model directory holds, where the safetensors file a handler reads is missing."""
+def holds(root: Path, *, weights_option: bool = False) -> str:
+    """What a model directory holds, where the safetensors file a handler reads is missing
+    (``weights_option``: the handler takes its file's name in ``options.weights``)."""
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     if not files:
         return "it is empty"
@@ -31,7 +32,8 @@ def holds(root: Path) -> str:
     pickles = [f for f in files if f.endswith(PICKLES)]
     shown = ", ".join(files[:6]) + (f" and {len(files) - 6} more" if len(files) > 6 else "")
     if tensors:
-        return f"it holds {', '.join(tensors[:6])} (name the file in options.weights)"
+        hint = " (name the file in options.weights)" if weights_option else ""
+        return f"it holds {', '.join(tensors[:6])}{hint}"
     if pickles:
         return pickle_advice(pickles)
     if any(f.endswith(".gguf") for f in files):

@@ -52,7 +52,9 @@ def resolve(source: str) -> Path:
         raise ObjectMissing(f"{source}: a gated repository; set HF_TOKEN ({exc})") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ObjectMissing(f"{source}: no such model on the hub ({exc})") from None
-    except OSError as exc:  # the hub's HTTP errors and the disk's
+    except ValueError as exc:  # an id the hub's own rules refuse (HFValidationError)
+        raise BadSource(f"{source}: {exc}") from None
+    except Exception as exc:  # the hub's HTTP errors, the disk's, and its own types
         raise StoreUnavailable(
             f"{source}: cannot read it from the Hugging Face Hub: {exc}"
         ) from exc

@@ -54,12 +54,13 @@ def fake(tmp_path: Path) -> Iterator[FakeKnative]:
 @pytest.fixture
 def failing_fake(tmp_path: Path) -> Iterator[FakeKnative]:
     """Behind the service, an ``ember serve`` whose model has no weights file: it listens (so
-    Knative gives the service its URL) and says its model is UNAVAILABLE."""
+    Knative gives the service its URL), says its model is UNAVAILABLE and stays up
+    (``--stay-on-load-failure``: its index is what the scaler reads)."""
     config = slow_model(tmp_path)
     (tmp_path / "weights" / "model.safetensors").unlink()
 
     def backend(name: str) -> tuple[str, Callable[[], None]]:
-        server = ServerProcess(config)
+        server = ServerProcess(config, "--stay-on-load-failure")
         return server.url, lambda: server.terminate()
 
     knative = FakeKnative(backend).start()

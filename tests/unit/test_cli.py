@@ -141,3 +141,18 @@ def test_prewarm_takes_host_port_as_ember_up_prints_it() -> None:
     assert done.returncode == 1
     assert f"cannot reach 127.0.0.1:{port}" in done.stderr
     assert "unknown url type" not in done.stderr.lower()
+
+
+def test_an_event_log_that_cannot_be_written_stops_up_saying_so(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from ember.cli import main
+
+    (tmp_path / "mod.py").write_text("class Y: ...\n")
+    (tmp_path / "m.yaml").write_text("name: m\nhandler: kserve\noptions: {model_class: mod.py:Y}\n")
+    (tmp_path / "ember.yaml").write_text(  # /proc takes no new directory, not even from root
+        "activator: {events: /proc/no/events.jsonl}\nmodels:\n  - config: m.yaml\n"
+    )
+    assert main(["up", "-c", str(tmp_path / "ember.yaml"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the event log /proc/no/events.jsonl" in err and "listen" not in err

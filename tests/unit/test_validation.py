@@ -327,3 +327,23 @@ def test_a_stack_on_knative_is_not_checked_for_local_files(
     config = stack(tmp_path, model, head="activator: {scaler: knative}\n")
     assert main(["up", "--port", "0", "--config", str(config)]) == 0
     assert [what for what, _ in started] == ["up"]
+
+
+def test_a_package_in_the_working_directory_is_found_as_the_replicas_find_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    started: list[Any],
+) -> None:
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text("class Echo: ...\n")
+    (tmp_path / "m.yaml").write_text(
+        "name: m\nhandler: kserve\noptions: {model_class: mypkg.models:Echo}\n"
+    )
+    config = tmp_path / "ember.yaml"
+    config.write_text("models:\n  - config: m.yaml\n")
+    monkeypatch.chdir(tmp_path)  # where `ember up` runs: its replicas' path starts here
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    assert main(["up", "--port", "0", "--config", str(config)]) == 0, capsys.readouterr().err
+    assert [what for what, _ in started] == ["up"]

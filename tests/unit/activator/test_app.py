@@ -308,9 +308,10 @@ async def test_a_ready_model_relays_requests_unread(tmp_path: Path) -> None:
 
 async def test_the_activators_repository_answers_are_the_predictors(tmp_path: Path) -> None:
     async with serving(tmp_path, [Replica()]) as h:
-        unknown = await h.client.post("/v2/repository/models/nope/unload")
-        assert unknown.status_code == 404
-        assert unknown.json() == {"error": "model 'nope' is not in the repository"}
+        for path in ("nope/unload", "nope/unload?level=host", "nope/load?x=1"):
+            unknown = await h.client.post(f"/v2/repository/models/{path}", content=b"{nope")
+            assert unknown.status_code == 404, path  # the model first, as the predictor does
+            assert unknown.json() == {"error": "model 'nope' is not in the repository"}
         loaded = await h.client.post("/v2/repository/models/m/load")
         assert loaded.json() == {"name": "m", "loaded": True}
         unloaded = await h.client.post("/v2/repository/models/m/unload")

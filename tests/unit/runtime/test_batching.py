@@ -201,6 +201,23 @@ async def test_a_callers_mistake_is_logged_at_debug_only(
     await scheduler.close()
 
 
+async def test_a_crash_while_the_culprit_of_a_bad_batch_is_sought_fails_that_request_only() -> None:
+    handler = Doubler()
+    handler.gate.clear()
+    scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=50), handler)
+    first = asyncio.create_task(scheduler.submit(request(1)))
+    await until(lambda: handler.entered == 1, "the first batch to start")
+    rest = [asyncio.create_task(scheduler.submit(request(v))) for v in (-1, 1e7, 3)]
+    await until(lambda: scheduler.depth == 3, "all three to queue")
+    handler.gate.set()
+    await first
+    bad, crashed, good = await asyncio.gather(*rest, return_exceptions=True)
+    assert isinstance(bad, InvalidInput)  # the batch's 400: each is run alone
+    assert isinstance(crashed, InferenceFailed) and "model exploded" in crashed.message
+    assert good["y"].array[0, 0] == 6.0  # type: ignore[index]
+    await scheduler.close()
+
+
 async def test_shapes_that_differ_go_to_different_batches() -> None:
     handler = Doubler()
     scheduler = await started(config(max_batch_size=8, max_queue_delay_ms=30), handler)

@@ -218,33 +218,45 @@ async def test_concurrent_fills_of_one_model_fetch_once(tmp_path: Path) -> None:
     assert reads == manifest.total_bytes
 
 
-async def test_push_from_the_hugging_face_cache_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_push_from_the_hugging_face_cache_offline(tmp_path: Path) -> None:
     """hf://org/repo[@rev] is read through huggingface_hub's own cache resolution: with
-    HF_HUB_OFFLINE=1 a model in the cache pushes; one that is not says so."""
+    HF_HUB_OFFLINE=1 a model in the cache pushes; one that is not says so. In a process of its
+    own: huggingface_hub reads its variables when it is imported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     from tests.fixtures.hf_cache import COMMIT, MINILM_REPO, hf_cache, minilm_files
-    from weight_cache.errors import BadSource, ObjectMissing
-    from weight_cache.push import push_source
 
     cache = tmp_path / "hf" / "hub"
     hf_cache(cache, MINILM_REPO, minilm_files())
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    store = LocalStore(tmp_path / "bucket" / "minilm")
-    manifest = await push_source(store, f"hf://{MINILM_REPO}")
-    assert manifest.source == f"hf://{MINILM_REPO}"
-    names = {f.path for f in manifest.files}
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def push(source: str, dest: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ember", "cache", "push", source, dest],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    bucket = tmp_path / "bucket"
+    done = push(f"hf://{MINILM_REPO}", f"file://{bucket}/minilm")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((bucket / "minilm" / "ember-manifest.json").read_text())
+    assert manifest["source"] == f"hf://{MINILM_REPO}"
+    names = {f["path"] for f in manifest["files"]}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
     assert "README.md" not in names  # what a model needs of the repository, no more
-    pinned = await push_source(LocalStore(tmp_path / "b2"), f"hf://{MINILM_REPO}@{COMMIT}")
-    assert pinned.total_bytes == manifest.total_bytes
-    with pytest.raises(ObjectMissing, match="not in the Hugging Face cache"):
-        await push_source(store, "hf://org/not-cached")
-    with pytest.raises(BadSource, match="expected hf://org/repo"):
-        await push_source(store, "hf://just-a-name")
-    with pytest.raises(BadSource, match="expected hf://org/repo"):
-        await push_source(store, "hf://org/repo@")
+    pinned = push(f"hf://{MINILM_REPO}@{COMMIT}", f"file://{bucket}/pinned")
+    assert pinned.returncode == 0, pinned.stderr
+    missing = push("hf://org/not-cached", f"file://{bucket}/x")
+    assert missing.returncode == 1 and "not in the Hugging Face cache" in missing.stderr
+    for bad in ("hf://just-a-name", "hf://org/repo@"):
+        refused = push(bad, f"file://{bucket}/x")
+        assert refused.returncode == 1 and "expected hf://org/repo" in refused.stderr
 
 
 async def test_a_folder_with_only_a_pickle_checkpoint_is_not_pushed(tmp_path: Path) -> None:
