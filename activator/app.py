@@ -295,7 +295,7 @@ class Activator:
         self.check_guard(guard(parts), scope["headers"])
         match = resolve(scope["method"], scope["path"], parts)
         if match.endpoint in _BODY_ONLY:  # read as the predictor reads them
-            if match.model and match.model not in self.pools and match.model not in self.groups:
+            if match.model and self.group_named(match.model) is None:
                 self.pool(match.model)  # 404 first, as the predictor answers it
             try:
                 no_query(scope.get("query_string", b""), _BODY_ONLY[match.endpoint])
@@ -326,6 +326,10 @@ class Activator:
     def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether a data-plane request may pass (always, when no API token is set)."""
         return self.api_tokens is None or self.api_tokens.allows_headers(headers)
+
+    def group_named(self, name: str) -> Group | None:
+        """The group ``name`` names, where no model has that name."""
+        return self.groups.get(name) if name not in self.pools else None
 
     def pool(self, name: str) -> AnyPool:
         pool = self.pools.get(name)
@@ -403,8 +407,8 @@ class Activator:
         replicas serve the others). A level (``host``, ``disk``): a group's member sleeps at it on
         every replica, answered once they have; a model of its own has no level but zero."""
         level = admin.parse_unload_level(body)
-        group = self.groups.get(match.model)
-        if group is not None and match.model not in self.pools:  # a group: to zero, all of it
+        group = self.group_named(match.model)
+        if group is not None:  # a group: to zero, all of it
             if level is not None:
                 raise BadRequest(
                     f"'{match.model}' is a group: unloading it takes its replicas to zero; a "
@@ -487,8 +491,8 @@ class Activator:
         return json_response(200, pool.describe())
 
     async def _admin_sleep(self, match: Match, body: bytes) -> Response:
-        group = self.groups.get(match.model)
-        if group is not None and match.model not in self.pools:  # a group: its replicas go
+        group = self.group_named(match.model)
+        if group is not None:  # a group: its replicas go
             group.pool.sleep("the admin API")
             return json_response(200, group.pool.describe())
         pool = self.pool(match.model)

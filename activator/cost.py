@@ -217,9 +217,11 @@ def _replay(
         if kind in ("activator_start", "activator_stop"):
             if run_open and last_ts is not None and kind == "activator_start":
                 runs.crashed += 1  # the run before ended without its stop
-                _close_run(models, runs, last_ts)
+                replicas, sleeps = _close_run(models, last_ts)
+                runs.replicas_closed += replicas
+                runs.sleeps_closed += sleeps
             elif kind == "activator_stop":  # its replicas stopped first: nothing left open
-                _close_run(models, _Runs(), e["ts"])
+                _close_run(models, e["ts"])
             runs.count += kind == "activator_start"
             run_open = kind == "activator_start"
             last_ts = None
@@ -268,19 +270,22 @@ def _replay(
     return models, runs
 
 
-def _close_run(models: dict[str, _Model], runs: _Runs, ts: float) -> None:
-    """End what a run left open at ``ts``: its replicas stop, its sleeps end (counted)."""
+def _close_run(models: dict[str, _Model], ts: float) -> tuple[int, int]:
+    """End what a run left open at ``ts``: its replicas stop, its sleeps end. How many of
+    each were open."""
+    replicas = sleeps = 0
     for m in models.values():
         for replica in m.replicas.values():
             if replica.stopped is None:
                 replica.stopped = max(ts, replica.started)
                 if replica.ready is not None and replica.ready > replica.stopped:
                     replica.ready = replica.stopped
-                runs.replicas_closed += 1
+                replicas += 1
         if m.sleep is not None:
             for key in list(m.sleep.asleep):
                 m.sleep.end(key, ts)
-                runs.sleeps_closed += 1
+                sleeps += 1
+    return replicas, sleeps
 
 
 def _configured(models: dict[str, _Model], config: Mapping[str, GroupConfig]) -> None:

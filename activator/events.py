@@ -57,6 +57,10 @@ KEEP = 4  # rotated files kept by default (ember.yaml: event_log_keep)
 MAX_LINE_BYTES = 1 << 20  # a line longer than this is none of ours: skipped without holding it
 
 
+class EventLogUnwritable(Exception):
+    """The event log cannot be opened for appending (a read-only or missing place)."""
+
+
 class EventLog:
     """Appends events to ``path`` (None: nowhere), rotating it past ``max_bytes``."""
 
@@ -74,8 +78,14 @@ class EventLog:
         self._failing = False
         self._writing = path is not None  # until closed
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._open(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._open(path)
+            except OSError as exc:
+                raise EventLogUnwritable(
+                    f"cannot write the event log {path}: {exc.strerror or exc}; set "
+                    "activator.events to a writable path (or null: no log)"
+                ) from exc
 
     def _open(self, path: Path) -> None:
         self._file = path.open("ab", buffering=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 from activator.app import Activator
 from activator.frontdoor import run
@@ -25,6 +26,14 @@ def up(stack: StackConfig, host: str, port: int, *, access_log: bool = False) ->
     configure_logging(settings.log_level)
     give_big_blocks_back()  # request bodies, once let go, leave the process's memory too
     sock = bind(host, port)
+    try:
+        return _serve(stack, sock, host, access_log=access_log)
+    finally:
+        sock.close()  # a failed start leaves no bound socket (a second close is a no-op)
+
+
+def _serve(stack: StackConfig, sock: socket.socket, host: str, *, access_log: bool) -> int:
+    settings = stack.settings
     bound = sock.getsockname()[1]
     scaler: Scaler
     if settings.scaler == "knative":

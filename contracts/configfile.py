@@ -301,3 +301,13 @@ def _args(annotation: Any) -> tuple[Any, ...]:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def class_file(class_path: str, base_dir: Path | None) -> Path | None:
+    """The file a ``file.py:Class`` class path names (relative to the config file's directory,
+    ``base_dir``); None for a ``package.module:Class`` one."""
+    target = class_path.partition(":")[0]
+    if not target.endswith(".py"):
+        return None
+    file = Path(target)
+    return file if file.is_absolute() or base_dir is None else base_dir / file

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
+from contracts.configfile import class_file
 from contracts.errors import ConfigError
 from contracts.stack import StackConfig, load_stack
 from runtime.config import ModelConfig, load_model_configs
@@ -113,13 +114,10 @@ def _options(config: ModelConfig, schema: type[_Options]) -> _Options | None:
 def _import_problems(key: str, path: str, base_dir: Path | None) -> list[str]:
     """A ``file.py:Class`` whose file is missing, or a ``package.module:Class`` whose top-level
     package is not installed (nothing is imported: the activator has no torch)."""
-    target, _, _ = path.partition(":")
-    if target.endswith(".py"):
-        file = Path(target)
-        if not file.is_absolute() and base_dir is not None:
-            file = base_dir / file
+    file = class_file(path, base_dir)
+    if file is not None:
         return [] if file.is_file() else [f"{key}: {file} does not exist"]
-    top = target.split(".", 1)[0]
+    top = path.partition(":")[0].split(".", 1)[0]
     try:
         # the replicas run `python -m ember serve` from here: the working directory is on
         # their path, as it is not on the `ember` script's

@@ -35,24 +35,12 @@ def _up(args: argparse.Namespace) -> int:
         overrides["quiet_replicas"] = True
     if overrides:
         stack = stack.model_copy(update={"settings": stack.settings.model_copy(update=overrides)})
-    events = stack.settings.events
-    if events is not None:  # said as what it is, not as a port that cannot be listened on
-        try:
-            events.parent.mkdir(parents=True, exist_ok=True)
-            with events.open("ab"):
-                pass
-        except OSError as exc:
-            print(
-                f"ember up: cannot write the event log {events}: {exc.strerror or exc}; set "
-                "activator.events to a writable path (or null: no log)",
-                file=sys.stderr,
-            )
-            return 2
+    from activator.events import EventLogUnwritable
     from knative.errors import DeployError
 
     try:
         return up(stack, args.host, args.port, access_log=args.access_log)
-    except DeployError as exc:  # the Knative scaler found no cluster to talk to
+    except (DeployError, EventLogUnwritable) as exc:  # no cluster to talk to, no log to write
         print(f"ember up: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -69,10 +57,9 @@ def _prewarm(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    base = args.activator.rstrip("/")
-    if "://" not in base:  # host:port, as ember up prints it without the scheme
-        base = f"http://{base}"
-    url = f"{base}/admin/models/{args.model}/warm"
+    from ember.urls import activator_base
+
+    url = f"{activator_base(args.activator)}/admin/models/{args.model}/warm"
     body = {"seconds": args.seconds, "replicas": args.replicas, "source": "prewarm"}
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     request.add_header("Content-Type", "application/json")

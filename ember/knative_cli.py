@@ -87,7 +87,9 @@ def _local_status(url: str) -> int:
     import urllib.error
     import urllib.request
 
-    base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
+    from ember.urls import activator_base
+
+    base = activator_base(url)
 
     def fetch(path: str, token_env: str, method: str = "GET") -> object:
         token = os.environ.get(token_env)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from contracts.configfile import class_file
 from contracts.stack import ModelSpec, StackConfig
 from knative.errors import DeployError
 from knative.pods import TIER_PATH, placement, tier_budget_gb, tier_volume
@@ -71,11 +71,9 @@ def ship(stack: StackConfig, spec: ModelSpec, *, config_key: str, prefix: str = 
         model["source"] = f"{k.models_uri.rstrip('/')}/{spec.name}"
     options = dict(model.get("options") or {})
     module = str(options.get("module", ""))
-    if model.get("handler") == "torch-module" and ".py:" in module:
-        path_part, _, attr = module.partition(":")
-        module_file = Path(path_part)
-        if not module_file.is_absolute():
-            module_file = spec.config_path.parent / module_file
+    module_file = class_file(module, spec.config_path.parent)
+    if model.get("handler") == "torch-module" and module_file is not None:
+        attr = module.partition(":")[2]
         key = prefix + module_file.name
         try:
             files[key] = module_file.read_text()

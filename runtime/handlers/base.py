@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar, r
 
 from pydantic import BaseModel, ValidationError
 
+from contracts.configfile import class_file
 from contracts.replica import FailureKind
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
@@ -163,10 +164,8 @@ def import_object(path: str, *, base_dir: Path | None) -> Any:
             f"class path {path!r} must look like 'module:Class' or 'file.py:Class'"
         )
     try:
-        if target.endswith(".py"):
-            file = Path(target)
-            if not file.is_absolute() and base_dir is not None:
-                file = base_dir / file
+        file = class_file(path, base_dir)
+        if file is not None:
             spec = importlib.util.spec_from_file_location(f"ember_user_{file.stem}", file)
             if spec is None or spec.loader is None or not file.is_file():
                 raise BadHandlerConfig(f"cannot import {file}: no such file")

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -23,6 +24,19 @@ from tests.integration.test_activator import (
 from tests.servers import ROOT, ServerProcess
 
 QUERY = "?q=" + "x" * 60 * 1024  # under max_header_bytes (64 KiB), over anything worth logging
+
+
+def cost_report(log: Path) -> dict[str, Any]:
+    """``ember cost-report --format json`` of the log, as a user runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", "cost-report", "--events", str(log), "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_3000_requests_with_a_60_kb_query_grow_the_log_by_under_1_mb(tmp_path: Path) -> None:
@@ -89,15 +103,7 @@ def test_a_log_with_a_bad_timestamp_and_a_torn_line_neither_stops_the_start_nor_
     assert lines[2].endswith('"repl')  # the torn line, ended; the next event is whole
     after = [json.loads(line) for line in lines[3:]]
     assert [e["endpoint"] for e in after if e["event"] == "request"] == ["infer"]
-    report = subprocess.run(
-        [sys.executable, "-m", "ember", "cost-report", "--events", str(log), "--format", "json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert report.returncode == 0, report.stderr
-    out = json.loads(report.stdout)
+    out = cost_report(log)
     assert out["total"]["requests"] == 2
     assert any("2 unreadable line(s) skipped" in note for note in out["notes"])
 
@@ -140,15 +146,7 @@ def test_a_killed_activators_run_is_billed_to_its_last_event_after_a_restart(
     with activator(config) as second:
         assert post(second).status_code == 200
     assert logged("activator_start") == 2 and logged("activator_stop") == 1
-    done = subprocess.run(
-        [sys.executable, "-m", "ember", "cost-report", "--events", str(log), "--format", "json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = cost_report(log)
     (slow_row,) = report["models"]
     assert slow_row["replica_starts"] == 2 and slow_row["requests"] == 2
     assert report["runs"]["closed_at_last_event"] == 1
