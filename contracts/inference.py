@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
@@ -59,6 +59,21 @@ class InferenceRequest(BaseModel):
 BF16_IN_JSON = (
     "input '{name}': BF16 has no JSON form; send it with the binary tensor data extension"
 )
+
+
+class Input(Protocol):
+    """What a request's input is checked against: a model's input (the predictor's
+    ``TensorSpec``, the activator's :class:`InputSpec`), ``shape`` without the batch
+    dimension."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def datatype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +159,7 @@ def check_datatype(name: str, datatype: Any) -> str:
 
 
 def check_against_spec(
-    spec: InputSpec, datatype: str, shape: tuple[int, ...], batching: bool, max_batch: int
+    spec: Input, datatype: str, shape: tuple[int, ...], batching: bool, max_batch: int
 ) -> None:
     """A request's input against the model's: datatype, batch size, and every dimension."""
     if datatype != spec.datatype:
@@ -180,7 +195,7 @@ def check_against_spec(
 def check_inputs(
     model: str,
     inputs: Sequence[RequestInput],
-    specs: Mapping[str, InputSpec],
+    specs: Mapping[str, Input],
     *,
     batching: bool,
     max_batch: int,

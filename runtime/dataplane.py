@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.inference import InputSpec, check_inputs
+from contracts.inference import check_inputs
 from runtime import __version__
 from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
@@ -145,7 +145,7 @@ class DataPlane:
             checked = check_inputs(
                 entry.config.name,
                 request.inputs,
-                {n: InputSpec(n, s.datatype, s.shape) for n, s in specs.items()},
+                specs,
                 batching=entry.config.batching,
                 max_batch=entry.config.max_batch_size,
             )
