@@ -18,7 +18,7 @@ from typing import Any
 
 from activator.errors import BadRequest
 from contracts.oip import unload_level
-from contracts.replica import SleepLevelName
+from contracts.replica import SleepLevel
 
 MAX_WARM_S = 7 * 24 * 3600
 
@@ -43,7 +43,7 @@ def parse_warm(body: bytes) -> WarmOrder:
     return WarmOrder(seconds, replicas, source or "admin")
 
 
-def parse_unload_level(body: bytes) -> SleepLevelName | None:
+def parse_unload_level(body: bytes) -> SleepLevel | None:
     """A repository unload's sleep level, as the runtime reads it (:func:`contracts.oip.
     unload_level`): ``host``, ``disk``, or None when the body names none. BadRequest otherwise."""
     try:

@@ -61,7 +61,9 @@ from activator.pool.replicas import Replica
 from activator.routes import Endpoint, Guard, Match, guard, model_route, resolve, split
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
+from activator.tiered import Level
 from contracts.oip import load_request, no_query, repository_index_request
+from contracts.replica import SleepLevel
 from contracts.stack import ModelSpec, StackConfig
 from contracts.stats import ModelStats
 
@@ -420,7 +422,7 @@ class Activator:
         if isinstance(pool, MemberPool):
             source = "a repository unload request"
             refusals = await pool.group.sleep_member(
-                pool.name, level or "disk", f"put to sleep by {source}"
+                pool.name, Level(level or SleepLevel.DISK), f"put to sleep by {source}"
             )
             if refusals:
                 raise ModelUnavailable(
@@ -437,7 +439,7 @@ class Activator:
         # the predictor's answer: the level, when the model sleeps at one
         answer: dict[str, Any] = {"name": match.model, "unloaded": True}
         if isinstance(pool, MemberPool):
-            answer["level"] = level or "disk"
+            answer["level"] = level or SleepLevel.DISK
         return json_response(200, answer)
 
     async def _model(self, match: Match, body: bytes) -> Response:

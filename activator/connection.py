@@ -35,6 +35,7 @@ from activator.precheck import check_request
 from activator.relay import Relay
 from activator.routes import Guard
 from activator.upstream import UpstreamPool
+from contracts.http11 import NO_WEBSOCKET, body_stalled, head_late
 
 if TYPE_CHECKING:
     from activator.app import Activator
@@ -260,7 +261,7 @@ class FrontConnection(asyncio.Protocol):
         if (b"upgrade", b"websocket") in [(k, v.lower()) for k, v in request.headers]:
             # refused, as the predictor refuses it: a websocket client would take a plain answer
             # for a broken handshake, where it should learn the server speaks none
-            message = "this server speaks no websocket; use the v2 REST routes over HTTP/1.1"
+            message = NO_WEBSOCKET
             self._fail(BadRequest(message))
             return
         length = 0
@@ -380,9 +381,9 @@ class FrontConnection(asyncio.Protocol):
             return  # not reading is our doing: the client cannot be blamed
         if self.in_message or self._upgrading is not None:
             if not self._in_body and now - self._began > settings.header_timeout_s:
-                late = f"the request's head did not arrive within {settings.header_timeout_s:g}s"
+                late = head_late(settings.header_timeout_s)
             elif self._in_body and now - self._last_body > settings.body_timeout_s:
-                late = f"the request's body paused for over {settings.body_timeout_s:g}s"
+                late = body_stalled(settings.body_timeout_s)
             else:
                 return
             self._fail(RequestTimeout(late))

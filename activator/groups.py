@@ -49,7 +49,6 @@ POLL_S = 2.0  # how often each ready replica's repository index is read
 REREAD_S = 0.5  # the soonest a refused request reads its replica's index again
 SLEEP_TIMEOUT_S = 60.0  # an unload with a level waits for the model's batches first
 REFUSED_S, REFUSED_MAX_S = 60.0, 900.0  # the pause after a replica refused a sleep, doubling
-_DEPTH: dict[Level, int] = {"hot": 0, "host": 1, "disk": 2, "zero": 3}
 
 
 @dataclass
@@ -169,14 +168,14 @@ class Group:
 
     # ------------------------------------------------------------------ levels
     def level(self, replica: Replica, model: str) -> Level:
-        return self.levels.get(replica.id, {}).get(model, "hot")
+        return self.levels.get(replica.id, {}).get(model, Level.HOT)
 
     def awake_on(self, model: str) -> Callable[[Replica], bool]:
         """The ``prefer`` of a claim for ``model``: replicas where it is awake (and serves)."""
 
         def awake(replica: Replica) -> bool:
             failed = self.failed.get(replica.id)
-            return self.level(replica, model) == "hot" and not (failed and model in failed)
+            return self.level(replica, model) is Level.HOT and not (failed and model in failed)
 
         return awake
 
@@ -186,9 +185,9 @@ class Group:
         wakes it from there); None while it is awake on one, or none has been read."""
         read = [r for r in self.pool.replicas if r.state == "ready" and r.id in self._seen]
         levels = {self.level(r, model) for r in read}
-        if not levels or "hot" in levels:
+        if not levels or Level.HOT in levels:
             return None
-        return min(levels, key=lambda level: _DEPTH[level])
+        return min(levels, key=lambda level: level.depth)
 
     def unavailable(self, model: str) -> str | None:
         """Why ``model`` cannot serve on any of the group's ready replicas whose index has been
@@ -202,7 +201,7 @@ class Group:
     def _set(self, replica: Replica, model: str, level: Level, reason: str) -> None:
         before = self.level(replica, model)
         self.levels.setdefault(replica.id, {})[model] = level
-        if level != "hot" and _DEPTH[level] > _DEPTH[before]:
+        if level.depth > before.depth:
             self.events.emit(
                 "sleep", model, group=self.name, replica=replica.id, level=level, reason=reason
             )
@@ -242,11 +241,13 @@ class Group:
                 continue  # touched meanwhile: the next read says where it ended
             if status.state == "SLEEPING" and status.level is not None:
                 if first:
-                    self.levels.setdefault(replica.id, {})[name] = status.level
+                    self.levels.setdefault(replica.id, {})[name] = Level(status.level)
                 else:
-                    self._set(replica, name, status.level, "the replica's device memory budget")
+                    self._set(
+                        replica, name, Level(status.level), "the replica's device memory budget"
+                    )
             elif status.state == "READY":
-                self.levels.setdefault(replica.id, {})[name] = "hot"
+                self.levels.setdefault(replica.id, {})[name] = Level.HOT
 
     def _book_failure(self, replica: Replica, name: str, state: str, reason: str) -> None:
         """What a replica's index says of ``name``: UNAVAILABLE (failed there, ``reason``), or
@@ -291,8 +292,8 @@ class Group:
             return
         plan = self.plan(name)
         target = plan.level_at(now - since)
-        target = "disk" if target == "zero" else target  # zero is the replicas' to reach
-        if _DEPTH[target] <= _DEPTH[self.level(replica, name)]:
+        target = Level.DISK if target is Level.ZERO else target  # zero is the replicas' to reach
+        if target.depth <= self.level(replica, name).depth:
             return
         reason = f"tiered policy: idle {now - since:.0f}s ({plan.why})"
         self._command(key)
@@ -310,9 +311,10 @@ class Group:
         doubles with each refusal (a minute, up to a quarter of an hour)."""
         key = (replica.id, name)  # counted in _commanding by the caller, as it decided
         claims_before = self._claim_counts.get(key, 0)
-        assert level != "hot" and level != "zero"
+        on_replica = level.on_replica
+        assert on_replica is not None and level is not Level.ZERO
         try:
-            refusal = await self._replicas.sleep(replica.url, name, level, SLEEP_TIMEOUT_S)
+            refusal = await self._replicas.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
         finally:
             self._commanded(key)
         if refusal is not None:
@@ -337,9 +339,10 @@ class Group:
         """Put ``name`` to sleep at ``level`` on every ready replica where it is awake or sleeps
         lighter (a repository unload with a level, the admin API's sleep), once each has
         answered; why each replica that did not refused."""
+        level = Level(level)
         sleeps = []
         for replica in self.pool.replicas:
-            if replica.state == "ready" and _DEPTH[self.level(replica, name)] < _DEPTH[level]:
+            if replica.state == "ready" and self.level(replica, name).depth < level.depth:
                 self._command((replica.id, name))
                 sleeps.append(self._sleep(replica, name, level, reason))
         refusals = await asyncio.gather(*sleeps)
@@ -363,7 +366,7 @@ class Group:
             log.warning("model %s: replica %d did not load it (%s)", name, replica.id, refusal)
         else:
             self.failed.get(replica.id, {}).pop(name, None)
-            self.levels.setdefault(replica.id, {})[name] = "hot"
+            self.levels.setdefault(replica.id, {})[name] = Level.HOT
         self._reread(replica)  # the index says where it ended, with the reason
         return refusal
 
@@ -375,7 +378,7 @@ class Group:
         # before the replica's index was read, where the model is is unknown (None): its
         # first request is neither a warm one nor a measured wake
         level = self.levels.get(replica.id, {}).get(name) if replica.id in self._seen else None
-        self.levels.setdefault(replica.id, {})[name] = "hot"  # the replica wakes it for this
+        self.levels.setdefault(replica.id, {})[name] = Level.HOT  # the replica wakes it for this
         self._claims[key] += 1
         self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
         self._members[name].in_flight += 1
@@ -393,7 +396,7 @@ class Group:
         member.in_flight -= 1
         self._claims[(ticket.replica.id, name)] -= 1
         if not answered:
-            if level is not None and level != "hot":  # not known to have woken it
+            if level is not None and level is not Level.HOT:  # not known to have woken it
                 self.levels.setdefault(ticket.replica.id, {})[name] = level
             if now - self._polled.get(ticket.replica.id, -1e9) >= REREAD_S:
                 self._reread(ticket.replica)  # refused: perhaps the model failed there
@@ -402,7 +405,7 @@ class Group:
         took = now - started
         if level is None:
             return
-        if level == "hot":
+        if level is Level.HOT:
             member.warm_s.append(took)
             return
         wake_s = max(0.0, took - statistics.median(member.warm_s)) if member.warm_s else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from activator.errors import ActivatorError
+from contracts.http11 import error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -100,7 +101,7 @@ def error_response(exc: ActivatorError) -> Response:
     headers = list(exc.headers)
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-    return json_response(exc.status_code, {"error": str(exc)}, headers)
+    return Response(exc.status_code, [JSON, *headers], error_body(str(exc)))
 
 
 async def send_response(send: Send, response: Response) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from activator.groups import Group
 from activator.pool import ModelPool, Replica, Ticket
+from activator.tiered import Level
 from contracts.stack import ModelSpec
 
 
@@ -68,7 +69,7 @@ class MemberPool:
     def sleep(self, source: str = "the admin API") -> None:
         """Put this model to sleep (level disk) on the group's replicas; the others serve on."""
         self.group.tasks.spawn(
-            self.group.sleep_member(self.name, "disk", f"put to sleep by {source}"),
+            self.group.sleep_member(self.name, Level.DISK, f"put to sleep by {source}"),
             name=f"sleep-{self.name}",
         )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from contracts.replica import ContractViolation, ModelStatus, SleepLevelName, model_status
+from contracts.replica import ContractViolation, ModelStatus, SleepLevel, model_status
 
 INDEX_TIMEOUT_S = 5.0
 
@@ -56,7 +56,7 @@ class ReplicaRepository:
         return statuses
 
     async def sleep(
-        self, url: str, model: str, level: SleepLevelName, timeout_s: float
+        self, url: str, model: str, level: SleepLevel, timeout_s: float
     ) -> Refusal | None:
         """Put ``model`` to sleep at ``level`` (an unload with the level): None once it has."""
         body = {"parameters": {"level": level}}

@@ -40,12 +40,12 @@ def replay(
     def account(until: float) -> None:
         if plan is None or until <= last:
             return
-        seconds["hot"] += min(until, last + exec_s) - last  # serving
+        seconds[Level.HOT] += min(until, last + exec_s) - last  # serving
         for level, s in plan.split(max(0.0, until - last - exec_s)).items():
             seconds[level] += s
 
     for t, count in arrivals:
-        level: Level = "zero" if plan is None else plan.level_at(t - last - exec_s)
+        level = Level.ZERO if plan is None else plan.level_at(t - last - exec_s)
         account(t)
         steps.append(Step(t, count, level, policy.wake.of(level)))
         history.observe(t)
@@ -65,15 +65,15 @@ def simulate_tiered_one(
 ) -> dict[str, Any]:
     steps, seconds = replay(arrivals, policy, exec_s=exec_s, horizon_s=horizon_s)
     requests = sum(s.count for s in steps)
-    woke = [s for s in steps if s.level != "hot"]
+    woke = [s for s in steps if s.level is not Level.HOT]
     waited: dict[Level, int] = dict.fromkeys(LEVELS, 0)  # requests by the wake they waited for
     for s in steps:
         waited[s.level] += 1
-        waited["hot"] += s.count - 1
-    loaded = seconds["hot"]
+        waited[Level.HOT] += s.count - 1
+    loaded = seconds[Level.HOT]
     busy = requests * exec_s
     loading = sum(s.wake_s for s in woke)
-    cold = waited["zero"]
+    cold = waited[Level.ZERO]
     return {
         "model": name,
         "requests": requests,
@@ -86,12 +86,12 @@ def simulate_tiered_one(
         "loading_seconds": loading,
         "added_latency_s": loading,
         "cost_usd": (loaded + loading) * price_per_hour / 3600,
-        "wakes": {level: waited[level] for level in (*SLEEP_LEVELS, "zero")},
+        "wakes": {level: waited[level] for level in (*SLEEP_LEVELS, Level.ZERO)},
         "requests_by_wake": waited,
-        "device_s_saved_by_sleep": seconds["host"] + seconds["disk"],
-        "device_s_saved_by_zero": seconds["zero"],
-        "host_memory_seconds": seconds["host"],
-        "disk_seconds": seconds["disk"],
+        "device_s_saved_by_sleep": seconds[Level.HOST] + seconds[Level.DISK],
+        "device_s_saved_by_zero": seconds[Level.ZERO],
+        "host_memory_seconds": seconds[Level.HOST],
+        "disk_seconds": seconds[Level.DISK],
     }
 
 
@@ -99,7 +99,7 @@ def tiered_totals(rows: list[dict[str, Any]], wake: WakeCosts) -> dict[str, Any]
     """The tiered figures summed over models, with the wake latency's p50/p99 over requests."""
     waited = {lv: sum(r["requests_by_wake"][lv] for r in rows) for lv in LEVELS}
     return {
-        "wakes": {lv: sum(r["wakes"][lv] for r in rows) for lv in (*SLEEP_LEVELS, "zero")},
+        "wakes": {lv: sum(r["wakes"][lv] for r in rows) for lv in (*SLEEP_LEVELS, Level.ZERO)},
         "wake_latency_p50_s": _percentile(waited, wake, 50),
         "wake_latency_p99_s": _percentile(waited, wake, 99),
         "device_s_saved_by_sleep": sum(r["device_s_saved_by_sleep"] for r in rows),

@@ -25,15 +25,41 @@ machine; replace them with measured values (``--wake host=S --wake disk=S``).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Literal
 
 from activator.errors import ConfigError
 from activator.policy import History, Hybrid
+from contracts.replica import SleepLevel
 
-Level = Literal["hot", "host", "disk", "zero"]
-LEVELS: tuple[Level, ...] = ("hot", "host", "disk", "zero")
-SLEEP_LEVELS: tuple[Level, ...] = ("host", "disk")
+
+class Level(enum.StrEnum):
+    """Where the policy has a model, in depth order: awake (``hot``), asleep at one of the
+    replicas' :class:`~contracts.replica.SleepLevel` s, or at ``zero`` (no replica holds it)."""
+
+    HOT = "hot"
+    HOST = SleepLevel.HOST.value
+    DISK = SleepLevel.DISK.value
+    ZERO = "zero"
+
+    @property
+    def depth(self) -> int:
+        """0 awake, then the sleep levels' own depths, then zero."""
+        if self is Level.HOT:
+            return 0
+        return 3 if self is Level.ZERO else SleepLevel(self.value).depth
+
+    @property
+    def on_replica(self) -> SleepLevel | None:
+        """The level a replica is asked to sleep at for this one (zero is the replicas' to
+        reach: the deepest a replica goes is ``disk``); None: awake."""
+        if self is Level.HOT:
+            return None
+        return SleepLevel.HOST if self is Level.HOST else SleepLevel.DISK
+
+
+LEVELS: tuple[Level, ...] = tuple(Level)
+SLEEP_LEVELS: tuple[Level, ...] = (Level.HOST, Level.DISK)
 
 
 @dataclass(frozen=True)
@@ -62,7 +88,7 @@ def parse_wakes(items: list[str]) -> WakeCosts:
             raise ConfigError(f"--wake {item!r}: {text!r} is not a number of seconds") from None
         if not seconds >= 0 or seconds == float("inf"):
             raise ConfigError(f"--wake {item!r}: the time must be 0 or more seconds")
-        values[level] = seconds
+        values[str(level)] = seconds
     return WakeCosts(values["host"], values["disk"])
 
 
@@ -78,12 +104,12 @@ class TierPlan:
     def level_at(self, idle_s: float) -> Level:
         """The level the model is at ``idle_s`` after serving ended (where a request finds it)."""
         if idle_s <= self.host_at_s:
-            return "hot"
+            return Level.HOT
         if idle_s <= self.disk_at_s:
-            return "host"
+            return Level.HOST
         if idle_s <= self.zero_at_s:
-            return "disk"
-        return "zero"
+            return Level.DISK
+        return Level.ZERO
 
     def split(self, idle_s: float) -> dict[Level, float]:
         """How an idle gap of ``idle_s`` seconds divides between the levels."""
@@ -106,7 +132,7 @@ class Tiered:
     def decide(self, history: History) -> TierPlan:
         use_host = self.wake.host < self.wake.disk
         use_disk = self.wake.disk < self.wake.zero
-        first_sleep: Level = "host" if use_host else "disk" if use_disk else "zero"
+        first_sleep = Level.HOST if use_host else Level.DISK if use_disk else Level.ZERO
         breakeven = self.device_s_per_wake_s * self.wake.of(first_sleep)
         pattern = self.hybrid.head_tail(history)
         if pattern is None:

@@ -4,11 +4,11 @@ activator answer the repository index alike)."""
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
-from contracts.replica import SLEEP_LEVELS, SleepLevelName
+from contracts.replica import SleepLevel
 
 
 class RepositoryIndexRequest(BaseModel):
@@ -92,7 +92,7 @@ def _parameters(body: bytes, what: str, example: str) -> dict[Any, Any]:
     return parameters
 
 
-def unload_level(body: bytes) -> SleepLevelName | None:
+def unload_level(body: bytes) -> SleepLevel | None:
     """The sleep level a repository unload asks for (``{"parameters": {"level": "host"}}``, the
     repository extension's parameters with Ember's ``level``); None (no body, no level): a full
     unload. ValueError saying what is wrong otherwise."""
@@ -104,9 +104,11 @@ def unload_level(body: bytes) -> SleepLevelName | None:
             f"{', '.join(map(repr, _UNLOAD_PARAMETERS))}"
         )
     level = parameters.get("level")
-    if level is not None and level not in SLEEP_LEVELS:
+    if level is None:
+        return None
+    if not isinstance(level, str) or level not in tuple(SleepLevel):
         raise ValueError(
             f"unload request: unknown sleep level {level!r:.40}; choose "
-            f"{', '.join(map(repr, SLEEP_LEVELS))}, or give no level to unload the model"
+            f"{', '.join(repr(v.value) for v in SleepLevel)}, or give no level to unload the model"
         )
-    return cast(SleepLevelName | None, level)
+    return SleepLevel(level)

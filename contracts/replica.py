@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -53,20 +54,38 @@ class Listening:
     kind: Literal["listening"] = "listening"
 
 
-# SLEEPING: loaded but put away (weights on the host, or dropped to disk); it still serves, a
-# request wakes it. Not a failure: ``failure`` stays None and the reason names the level.
-ModelState = Literal["UNAVAILABLE", "LOADING", "READY", "UNLOADING", "SLEEPING"]
-MODEL_STATES: tuple[ModelState, ...] = (
-    "UNAVAILABLE",
-    "LOADING",
-    "READY",
-    "UNLOADING",
-    "SLEEPING",
-)
+class ModelState(enum.StrEnum):
+    """A model's state on a replica. SLEEPING: loaded but put away (weights on the host, or
+    dropped to disk); it still serves, a request wakes it. Not a failure: its status's
+    ``failure`` stays None and the reason names the level."""
+
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    SLEEPING = "SLEEPING"
+
+    @property
+    def serving(self) -> bool:
+        """It answers a request (a sleeping model wakes for it first)."""
+        return self is ModelState.READY or self is ModelState.SLEEPING
 
 
-SleepLevelName = Literal["host", "disk"]
-SLEEP_LEVELS: tuple[SleepLevelName, ...] = ("host", "disk")
+class SleepLevel(enum.StrEnum):
+    """How far a loaded model is put away, in depth order: ``host`` (weights in host memory),
+    then ``disk`` (weights dropped; the files stay). Deeper costs more to wake, frees more."""
+
+    HOST = "host"
+    DISK = "disk"
+
+    @property
+    def depth(self) -> int:
+        """1 for ``host``, 2 for ``disk`` (0 is awake)."""
+        return 1 if self is SleepLevel.HOST else 2
+
+
+MODEL_STATES: tuple[ModelState, ...] = tuple(ModelState)
+SLEEP_LEVELS: tuple[SleepLevel, ...] = tuple(SleepLevel)
 
 
 @dataclass(frozen=True)
@@ -76,8 +95,66 @@ class ModelStatus:
     reason: str = ""
     failure: FailureKind | None = None  # set only when a load failed
     phases: dict[str, float] = field(default_factory=dict)  # seconds, once READY
-    level: SleepLevelName | None = None  # the level it sleeps at, while SLEEPING
+    level: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
     kind: Literal["model"] = "model"
+
+    @property
+    def serving(self) -> bool:
+        """It answers a request (READY, or SLEEPING: a request wakes it)."""
+        return self.state.serving
+
+    @property
+    def failed(self) -> bool:
+        """Its load (or wake) failed, with a kind of failure: it will not serve by itself."""
+        return self.state is ModelState.UNAVAILABLE and self.failure is not None
+
+    @property
+    def settled(self) -> bool:
+        """A start has nothing more to wait for of it: it serves, or it failed."""
+        return self.serving or self.failed
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Every expected model serves or failed, and one serves: the replica is ready."""
+
+    serving: tuple[ModelStatus, ...]
+    failed: tuple[ModelStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Every expected model failed: the replica will never serve."""
+
+    failed: tuple[ModelStatus, ...]
+
+    def reasons(self) -> str:
+        """``model: reason; ...`` for each failed model."""
+        return "; ".join(f"{s.model}: {s.reason}" for s in self.failed)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Some expected model has neither served nor failed yet (None: not reported at all)."""
+
+    waiting: tuple[tuple[str, ModelStatus | None], ...]
+
+
+Readiness = Ready | Failed | Pending
+
+
+def readiness(statuses: Mapping[str, ModelStatus], expected: Sequence[str]) -> Readiness:
+    """Where a replica's start stands, from its models' latest statuses: the one rule the
+    runtime, the local scaler and the Knative scaler all apply. No model expected: ready."""
+    got = [(name, statuses.get(name)) for name in expected]
+    failed = tuple(s for _, s in got if s is not None and s.failed)
+    if got and len(failed) == len(got):
+        return Failed(failed)
+    waiting = tuple((name, s) for name, s in got if s is None or not s.settled)
+    if waiting:
+        return Pending(waiting)
+    serving = tuple(s for _, s in got if s is not None and s.serving)
+    return Ready(serving, failed) if serving or not got else Failed(failed)
 
 
 ReplicaEvent = Standby | Listening | ModelStatus
@@ -116,23 +193,19 @@ def decode(line: bytes | str) -> ReplicaEvent:
 
 def model_status(raw: dict[str, Any]) -> ModelStatus:
     """A :class:`ModelStatus` from its JSON form (a status line, or a repository index entry)."""
-    state = raw["state"]
-    if state not in MODEL_STATES:
-        raise ValueError(f"state {state!r}")
+    state = ModelState(raw["state"])
     failure = raw.get("failure")
     phases = raw.get("phases") or {}
     if not isinstance(phases, dict):
         raise TypeError("phases must be an object")
     level = raw.get("level")
-    if level is not None and level not in SLEEP_LEVELS:
-        raise ValueError(f"level {level!r}")
     return ModelStatus(
         model=_str(raw.get("model", raw.get("name"))),
         state=state,
         reason=_str(raw.get("reason") or ""),
         failure=None if failure is None else FailureKind(failure),
         phases={_str(k): _number(v) for k, v in phases.items()},
-        level=level,
+        level=None if level is None else SleepLevel(level),
     )
 
 

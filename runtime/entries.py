@@ -7,30 +7,20 @@ serves from; :func:`discard` releases what a failed load, a failed wake or an un
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from contracts.replica import FailureKind, SleepLevelName
+from contracts.replica import FailureKind, ModelState, ModelStatus, SleepLevel
 from contracts.stats import ModelStats
 from runtime.batching import Scheduler
 from runtime.config import ModelConfig
 from runtime.handlers.base import ModelHandler
-from runtime.sleep import SleepLevel
 
 log = logging.getLogger("ember.runtime")
 
 
-class ModelState(enum.StrEnum):
-    UNAVAILABLE = "UNAVAILABLE"
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    SLEEPING = "SLEEPING"
-
-
-SERVING = frozenset({ModelState.READY, ModelState.SLEEPING})
+SERVING = frozenset(s for s in ModelState if s.serving)
 NOT_LOADED_YET = f"level {SleepLevel.DISK} (not loaded yet)"
 
 
@@ -52,14 +42,26 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
-    def sleep_level(self) -> SleepLevelName | None:
+    def sleep_level(self) -> SleepLevel | None:
         """What the index and the status channel say of its level: only while SLEEPING (not
         loaded yet: ``disk``, what a load on demand costs)."""
         if self.state is not ModelState.SLEEPING:
             return None
         if self.deferred:
-            return SleepLevel.DISK.value
-        return None if self.asleep is None else self.asleep.value
+            return SleepLevel.DISK
+        return self.asleep
+
+    def status(self) -> ModelStatus:
+        """What the index and the status channel say of it (load phases once READY)."""
+        phases = self.load_phases if self.state is ModelState.READY else {}
+        return ModelStatus(
+            self.config.name,
+            self.state,
+            self.reason,
+            self.failure,
+            dict(phases),
+            level=self.sleep_level,
+        )
 
 
 async def discard(handler: ModelHandler | None, scheduler: Scheduler | None) -> None:

@@ -24,10 +24,11 @@ import sys
 from asyncio import TimerHandle
 from typing import Any, Literal
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from contracts.http11 import NO_WEBSOCKET, body_stalled, error_body, head_late, upgrade_with_body
 
 log = logging.getLogger("ember.runtime")
 
@@ -36,7 +37,7 @@ _Phase = Literal["idle", "head", "body"]
 
 def error_bytes(status: int, message: str, headers: list[tuple[bytes, bytes]]) -> bytes:
     """A whole ``{"error": message}`` response that closes the connection."""
-    body = orjson.dumps({"error": message})
+    body = error_body(message)
     parts = [STATUS_LINE[status]]
     for name, value in headers:
         parts += [name, b": ", value, b"\r\n"]
@@ -96,10 +97,7 @@ class OIPHttpProtocol(HttpToolsProtocol):
         the request asks for. The connection closes: what the client sends next is unknown.
         """
         upgrade = (self._get_upgrade() or b"").decode("latin-1")
-        if upgrade == "websocket":
-            message = "this server speaks no websocket; use the v2 REST routes over HTTP/1.1"
-        else:
-            message = f"Upgrade: {upgrade} is not supported on a request with a body"
+        message = NO_WEBSOCKET if upgrade == "websocket" else upgrade_with_body(upgrade)
         self._answer_and_close(400, message)
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -211,13 +209,11 @@ class OIPHttpProtocol(HttpToolsProtocol):
             if cycle is not None and not cycle.response_complete:
                 cycle.keep_alive = False  # a pipelined head: the answer in flight goes out first
             else:
-                message = f"request head not received within {self.header_timeout_s:g} s"
-                self._answer_and_close(408, message)
+                self._answer_and_close(408, head_late(self.header_timeout_s))
         elif self.cycle is not None and self.cycle.response_complete:
             self.transport.close()  # answered already (a body refused unread): no second answer
         else:
-            message = f"request body stalled for more than {self.body_timeout_s:g} s"
-            self._answer_and_close(408, message)
+            self._answer_and_close(408, body_stalled(self.body_timeout_s))
 
 
 def protocol_class(*, header_timeout_s: float, body_timeout_s: float) -> type[OIPHttpProtocol]:

@@ -28,12 +28,12 @@ from collections.abc import Callable
 from functools import partial
 
 from contracts.proc import process_age_s
-from contracts.replica import FailureKind, ModelStatus
+from contracts.replica import FailureKind, ModelState, ModelStatus, Ready, readiness
 from contracts.stats import ModelStats
 from runtime.batching import Paused, Scheduler
 from runtime.budget import DeviceBudget, estimate_footprint
 from runtime.config import ModelConfig
-from runtime.entries import NOT_LOADED_YET, SERVING, ModelEntry, ModelState, discard
+from runtime.entries import NOT_LOADED_YET, SERVING, ModelEntry, discard
 from runtime.errors import (
     ConfigError,
     ModelNotFound,
@@ -112,20 +112,10 @@ class ModelRepository(SleepingMixin):
         entry.state, entry.reason, entry.failure = state, reason, failure
         if not self.served:
             wanted = [e for e in self._entries.values() if e.wanted]
-            if all(map(_settled, wanted)) and any(e.state in SERVING for e in wanted):
-                self.served = True
+            statuses = {e.config.name: e.status() for e in wanted}
+            self.served = bool(wanted) and isinstance(readiness(statuses, list(statuses)), Ready)
         if self._on_status is not None:
-            phases = entry.load_phases if state is ModelState.READY else {}
-            self._on_status(
-                ModelStatus(
-                    entry.config.name,
-                    state.value,
-                    reason,
-                    failure,
-                    dict(phases),
-                    level=entry.sleep_level,
-                )
-            )
+            self._on_status(entry.status())
 
     async def awake_entry(self, name: str, version: str | None = None) -> ModelEntry:
         """The model, READY: woken first if it sleeps. No await lies between the last check and
@@ -368,10 +358,3 @@ class ModelRepository(SleepingMixin):
     async def close(self) -> None:
         for name in list(self._entries):
             await self.unload(name)
-
-
-def _settled(entry: ModelEntry) -> bool:
-    """It serves, or its load (or wake) failed: the start has nothing more to wait for."""
-    return entry.state in SERVING or (
-        entry.state is ModelState.UNAVAILABLE and entry.failure is not None
-    )

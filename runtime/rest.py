@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from contracts.http11 import error_body
 from contracts.oip import load_request, no_query, repository_index_request
 from runtime.dataplane import DataPlane, InferResult
 from runtime.errors import ClientGone, InvalidInput, PayloadTooLarge, RuntimeServerError
@@ -45,7 +46,7 @@ def json_response(
 def error_response(
     message: str, status_code: int, headers: dict[str, str] | None = None
 ) -> Response:
-    return json_response({"error": message}, status_code, headers)
+    return Response(error_body(message), status_code, headers, _JSON)
 
 
 class V2Endpoints:

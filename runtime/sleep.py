@@ -9,15 +9,11 @@ A sleeping model still answers: a request wakes it first, and the wake counts as
 
 from __future__ import annotations
 
-import enum
-
 from contracts import oip
+from contracts.replica import SleepLevel
 from runtime.errors import InvalidInput
 
-
-class SleepLevel(enum.StrEnum):
-    HOST = "host"
-    DISK = "disk"
+__all__ = ["SleepLevel", "unload_level"]
 
 
 def unload_level(body: bytes) -> SleepLevel | None:

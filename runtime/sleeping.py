@@ -22,9 +22,9 @@ import contextlib
 import logging
 import time
 
-from contracts.replica import FailureKind
+from contracts.replica import FailureKind, ModelState
 from runtime.budget import DeviceBudget
-from runtime.entries import ModelEntry, ModelState, discard
+from runtime.entries import ModelEntry, discard
 from runtime.errors import InvalidInput, ModelNotReady
 from runtime.handlers.base import HandlerLoadError, Sleeps
 from runtime.metrics import RuntimeMetrics

@@ -30,7 +30,7 @@ import aiohttp
 
 from activator.errors import ModelUnavailable, ReplicaStartFailed, StartFailure
 from activator.scalers.base import ReplicaHandle, probe_ready
-from contracts.replica import ModelStatus, model_status
+from contracts.replica import Failed, ModelStatus, Pending, Ready, model_status, readiness
 from contracts.stack import ModelSpec
 from knative.client import KnativeClient
 from knative.errors import KnativeApiError, ServiceNotFound
@@ -38,7 +38,6 @@ from knative.errors import KnativeApiError, ServiceNotFound
 log = logging.getLogger("ember.activator")
 
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
-READY_STATES = ("READY", "SLEEPING")
 INDEX_TIMEOUT_S = 2.0  # Knative may hold a request for a pod that is not ready: ask again later
 
 
@@ -175,34 +174,29 @@ class KnativeScaler:
 
 
 def _ready(index: dict[str, ModelStatus], models: tuple[str, ...], *, group: bool) -> bool:
-    """Whether the replica serves: every model of ``models`` can answer (READY, or SLEEPING: a
-    request wakes it) or has failed, and one of them answers. :class:`ReplicaStartFailed`
-    (``LOAD_FAILED``) at once when every one of them failed; a group's member that failed
+    """Whether the replica serves (:func:`contracts.replica.readiness`). :class:`ReplicaStartFailed`
+    (``LOAD_FAILED``) at once when every one of its models failed; a group's member that failed
     answers its own requests with why while the others serve."""
-    failed = [index[n] for n in models if n in index and index[n].failure is not None]
-    if failed and len(failed) == len(models):
-        first = failed[0]
-        which = f"model '{first.model}'" if group else "it"
-        reasons = "; ".join(f"{s.model}: {s.reason}" for s in failed) if group else first.reason
+    state = readiness(index, models)
+    if isinstance(state, Failed):
+        first = state.failed[0]
         raise ReplicaStartFailed(
-            f"its replica cannot load {which}: {reasons}"
-            if not group
-            else f"its replica cannot load any of its models: {reasons}",
+            f"its replica cannot load any of its models: {state.reasons()}"
+            if group
+            else f"its replica cannot load it: {first.reason}",
             StartFailure.LOAD_FAILED,
             first.failure,
         )
-    serving = [n for n in models if n in index and index[n].state in READY_STATES]
-    return bool(serving) and len(serving) + len(failed) == len(models)
+    return isinstance(state, Ready)
 
 
 def _pending(index: dict[str, ModelStatus], models: tuple[str, ...]) -> str:
     """The members a group's replica has not made ready, with their state."""
-    waiting = [
-        f"{name} ({index[name].state})" if name in index else f"{name} (not listed)"
-        for name in models
-        if name not in index or index[name].state not in READY_STATES
-    ]
-    return f" (waiting for {', '.join(waiting)})" if waiting else ""
+    state = readiness(index, models)
+    if not isinstance(state, Pending):
+        return ""
+    waiting = [f"{n} ({s.state})" if s else f"{n} (not listed)" for n, s in state.waiting]
+    return f" (waiting for {', '.join(waiting)})"
 
 
 def _url(ksvc: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from activator.errors import ReplicaStartFailed, StartFailure
 from activator.scalers.base import ReplicaHandle, probe_ready
 from activator.scalers.process import Process, exited, last_line, reap, spawn
 from contracts.proc import rss_bytes
-from contracts.replica import ContractViolation, Standby
+from contracts.replica import ContractViolation, Failed, Standby
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
@@ -295,13 +295,12 @@ class LocalScaler:
                 handle.timings["until_ready"] = time.perf_counter() - started
                 handle.timings.update(status.phases())  # the replica's account of its load
                 return
-            failed = [status.models.get(name) for name in status.expect]
-            if all(m is not None and m.state == "UNAVAILABLE" and m.failure for m in failed):
-                first = failed[0]
-                assert first is not None
-                reasons = "; ".join(f"{m.model}: {m.reason}" for m in failed if m is not None)
+            state_now = status.readiness()
+            if isinstance(state_now, Failed):
+                first = state_now.failed[0]
+                many = len(status.expect) > 1
                 raise ReplicaStartFailed(
-                    f"its replica cannot load it: {reasons if len(failed) > 1 else first.reason}",
+                    f"its replica cannot load it: {state_now.reasons() if many else first.reason}",
                     StartFailure.LOAD_FAILED,
                     first.failure,
                 )

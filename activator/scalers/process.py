@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from activator.errors import ReplicaStartFailed, StartFailure
 from contracts.logs import decode_record
 from contracts.proc import die_with_parent
-from contracts.replica import ContractViolation, Listening, ModelStatus, Standby, decode
+from contracts.replica import (
+    ContractViolation,
+    Listening,
+    ModelStatus,
+    Readiness,
+    Ready,
+    Standby,
+    decode,
+    readiness,
+)
 
 log = logging.getLogger("ember.activator")
 replica_log = logging.getLogger("ember.replica")  # what replicas logged, re-logged
@@ -94,13 +103,14 @@ class Status:
                 self.ready = event
         self.changed.set()
 
+    def readiness(self) -> Readiness:
+        """Where its start stands (:func:`contracts.replica.readiness` over what it said)."""
+        return readiness(self.models, self.expect)
+
     def settled(self) -> bool:
         """Every expected model has said it serves (READY, or SLEEPING: a request wakes it) or
         that it cannot load, and one of them serves: the replica is ready."""
-        states = [self.models.get(name) for name in self.expect]
-        if any(s is None or not _settled(s) for s in states):
-            return False
-        return any(s is not None and s.state in _SERVING for s in states)
+        return isinstance(self.readiness(), Ready)
 
     def phases(self) -> dict[str, float]:
         """The load phases of the models it serves, added up (one model: its own)."""
@@ -246,13 +256,6 @@ async def reap(state: Process) -> None:
     for task in state.readers:
         task.cancel()
     await asyncio.gather(*state.readers, return_exceptions=True)
-
-
-_SERVING = ("READY", "SLEEPING")
-
-
-def _settled(status: ModelStatus) -> bool:
-    return status.state in _SERVING or (status.state == "UNAVAILABLE" and bool(status.failure))
 
 
 async def _read_status(fd: int, status: Status) -> None:

@@ -177,7 +177,7 @@ async def test_a_head_that_stops_arriving_gets_408(tmp_path: Path) -> None:
         raw.writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\ncontent-le")
         answer = await raw.read_to_eof()
     status, error = status_and_error(answer)
-    assert status == 408 and "head did not arrive within 0.3s" in error
+    assert status == 408 and "head not received within 0.3 s" in error
 
 
 async def test_a_body_that_stops_arriving_gets_408(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ async def test_a_body_that_stops_arriving_gets_408(tmp_path: Path) -> None:
         answer = await raw.read_to_eof()
         assert h.door.buffered == 0
     status, error = status_and_error(answer)
-    assert status == 408 and "paused for over 0.3s" in error
+    assert status == 408 and "stalled for more than 0.3 s" in error
 
 
 async def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ async def test_an_upgrade_requests_body_is_held_as_it_arrives_and_timed(tmp_path
         answer = await raw.read_to_eof()  # and the rest never comes
         assert h.door.buffered == 0
     status, error = status_and_error(answer)
-    assert status == 408 and "paused for over 0.3s" in error
+    assert status == 408 and "stalled for more than 0.3 s" in error
 
 
 async def test_a_client_that_never_reads_is_cut_off_when_its_request_times_out(

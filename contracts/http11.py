@@ -1,0 +1,32 @@
+"""What both servers (the predictor and the activator's front door) say over HTTP/1.1 of their
+own accord: the ``{"error": ...}`` body every failure leaves as, and the words of the
+connection's hygiene (a late head, a stalled body, a websocket handshake). One place, so a
+client sees the same answer whichever of the two it reached.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def error_body(message: str) -> bytes:
+    """The body of every error answer: ``{"error": message}`` (the Open Inference Protocol's)."""
+    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+NO_WEBSOCKET = "this server speaks no websocket; use the v2 REST routes over HTTP/1.1"
+
+
+def head_late(timeout_s: float) -> str:
+    """Why a request whose head did not arrive in time is answered 408."""
+    return f"request head not received within {timeout_s:g} s"
+
+
+def body_stalled(timeout_s: float) -> str:
+    """Why a request whose body paused too long is answered 408."""
+    return f"request body stalled for more than {timeout_s:g} s"
+
+
+def upgrade_with_body(upgrade: str) -> str:
+    """Why an upgrade (other than a websocket) on a request with a body is refused."""
+    return f"Upgrade: {upgrade} is not supported on a request with a body"
