@@ -102,12 +102,14 @@ class Activator:
         self.stack = stack
         self.settings = s = stack.settings
         self.scaler = scaler
+        # the activator's one HTTP client of its replicas (the scaler's, closed with it here)
+        self.replica_client = scaler.replica_client
         self.metrics = ActivatorMetrics()
         self.events = EventLog(s.events, max_bytes=s.event_log_max_bytes, keep=s.event_log_keep)
         self.run_id = secrets.token_hex(8)  # this run's, in its activator_start/stop events
         self.tasks = TaskSet()
         self.datapath = DataPath(self.metrics, self.events, access_log=access_log)
-        self.metadata = MetadataBook(stack.models, self.tasks)
+        self.metadata = MetadataBook(stack.models, self.tasks, self.replica_client.metadata)
         # a model's pool, or its face over its group's pool (the group runs the replicas)
         self.pools: dict[str, AnyPool] = {}
         self.groups: dict[str, Group] = {}
@@ -125,6 +127,8 @@ class Activator:
                     # that loads them on demand, the question would load every one of them
                     self._pool,
                     self.events,
+                    client=self.replica_client,
+                    statuses=self.scaler.statuses,
                     tasks=self.tasks,
                     clock=SystemClock(),
                 )
@@ -216,7 +220,7 @@ class Activator:
             )
             await self.scaler.aclose()
             await self.tasks.aclose()
-            await self.metadata.aclose()
+            await self.replica_client.aclose()
             self.events.emit("activator_stop", "", run=self.run_id)
             self.events.close()
 

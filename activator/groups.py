@@ -8,8 +8,12 @@ the member's name and spec): its requests take slots on the group's replicas, pr
 where the member is awake.
 
 :class:`Group` keeps the books of which member sleeps at which level on which replica (``hot``,
-``host``, ``disk``), from what it commanded, what the requests found and the replicas' repository
-index (read every ``poll_s``: a replica's device memory budget puts models to sleep on its own).
+``host``, ``disk``), from what it commanded, what the requests found and what each replica says
+of its members through the scaler (:meth:`~activator.scalers.base.Scaler.statuses`: a local
+replica's status pipe as it speaks, a Knative service's index as it is read): a replica's device
+memory budget puts models to sleep on its own. A wake's seconds are the replica's own measure
+(the status that ends it), else a waking request's time less the median of the member's warm
+requests.
 With ``policy: tiered`` it puts idle members to sleep as :class:`~activator.tiered.Tiered` plans
 from each member's idle times and the wake times it has measured (a waking request's time less
 the median of the member's warm requests), and the group's replicas go when every member's plan
@@ -19,9 +23,8 @@ has reached zero. Events: ``sleep`` (``level``, ``replica``, ``group``, ``reason
 A member a replica reports ``UNAVAILABLE`` (its load or wake failed there, with the reason) is
 booked as failed on that replica until the replica reports it serving again: requests prefer
 the replicas where it serves, the policy leaves it be, and where it fails on every ready replica
-the activator's views say so (:meth:`Group.unavailable`). A request a replica refused has its
-index read again at once, and a repository load through the activator asks every replica to
-load it again (:meth:`Group.load_member`).
+the activator's views say so (:meth:`Group.unavailable`). A repository load through the
+activator asks every replica to load it again (:meth:`Group.load_member`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import statistics
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,15 +43,15 @@ from activator.events import EventLog
 from activator.policy import Decision, History, Policy
 from activator.pool import ModelPool, Replica, Ticket
 from activator.pool.clock import Clock
-from activator.replica_repository import Refusal, ReplicaRepository
+from activator.replica_client import Refusal, ReplicaClient
+from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
+from contracts.replica import ModelState, ModelStatus
 from contracts.stack import GroupSpec, ModelSpec
 
 log = logging.getLogger("ember.activator")
 
-POLL_S = 2.0  # how often each ready replica's repository index is read
-REREAD_S = 0.5  # the soonest a refused request reads its replica's index again
 SLEEP_TIMEOUT_S = 60.0  # an unload with a level waits for the model's batches first
 REFUSED_S, REFUSED_MAX_S = 60.0, 900.0  # the pause after a replica refused a sleep, doubling
 
@@ -75,33 +80,37 @@ class Group:
         pool_factory: Callable[[ModelSpec, Callable[[Replica], None], Policy], ModelPool],
         events: EventLog,
         *,
+        client: ReplicaClient,
+        statuses: Callable[[ReplicaHandle], AsyncIterator[StatusReport]],
         tasks: TaskSet,
         clock: Clock,
-        poll_s: float = POLL_S,
         tick_s: float = 0.5,
     ) -> None:
         self.spec, self.name = spec, spec.name
         self.events, self.tasks, self.clock = events, tasks, clock
-        self.poll_s, self.tick_s = poll_s, tick_s
+        self.tick_s = tick_s
         self._members = {name: _Member(members[name]) for name in spec.members}
         self._wake_defaults = WakeCosts(**{k: v for k, v in spec.wake.items()})
         self._tiered = spec.policy == "tiered"
-        # replica id -> member -> level; a replica not yet read counts its members hot
+        # replica id -> member -> level; a replica not yet heard from counts its members hot
         self.levels: dict[int, dict[str, Level]] = {}
         # replica id -> member -> why it is UNAVAILABLE there (its load or wake failed)
         self.failed: dict[int, dict[str, str]] = {}
         self._commanding: collections.Counter[tuple[int, str]] = collections.Counter()
-        self._commands: collections.Counter[tuple[int, str]] = collections.Counter()  # ever sent
         self._refused: dict[tuple[int, str], tuple[float, int]] = {}  # retry after, refusals
-        self._seen: set[int] = set()  # replicas whose index has been read once
+        self._seen: set[int] = set()  # replicas that have said where their members are
         self._sleeps: set[asyncio.Task[Refusal | None]] = set()
-        self._reads: set[asyncio.Task[None]] = set()
+        self._watches: dict[int, asyncio.Task[None]] = {}
         self._claims: collections.Counter[tuple[int, str]] = collections.Counter()  # in flight
         self._claim_counts: dict[tuple[int, str], int] = {}  # ever taken
-        # id(ticket) -> (member, when, its level then: None before the replica's index was read)
+        # when a command or a request last touched (replica, member): what a replica said
+        # before then is stale for it (time.monotonic(), as a StatusReport's ``at``)
+        self._commanded_at: dict[tuple[int, str], float] = {}
+        self._claimed_at: dict[tuple[int, str], float] = {}
+        self._woke: dict[tuple[int, str], tuple[Level, float]] = {}  # as the replica measured
+        # id(ticket) -> (member, when, its level then: None before the replica said)
         self._tickets: dict[int, tuple[str, float, Level | None]] = {}
-        self._polled: dict[int, float] = {}
-        self._replicas = ReplicaRepository()
+        self._client, self._statuses = client, statuses
         self._loop: asyncio.Task[None] | None = None
         self.pool: ModelPool = pool_factory(spec.pool, self.replica_ready, GroupPolicy(self))
 
@@ -111,25 +120,24 @@ class Group:
         self._loop = self.tasks.spawn(self._run(), name=f"group-{self.name}")
 
     async def aclose(self) -> None:
-        loops = [t for t in (self._loop, *self._sleeps, *self._reads) if t is not None]
+        loops = [t for t in (self._loop, *self._sleeps, *self._watches.values()) if t]
         for task in loops:
             task.cancel()
         if loops:
             await asyncio.wait(loops)
         await self.pool.aclose()
-        await self._replicas.aclose()
 
     def replica_ready(self, replica: Replica) -> None:
-        """A replica of the group is ready: read its index now, so that its members' levels
-        are known for the requests that follow the first ones."""
-        self._reread(replica)
+        """A replica of the group is ready: hear what it says of its members from now on."""
+        if replica.id not in self._watches:
+            task = self.tasks.spawn(self._watch(replica), name=f"group-{self.name}-watch")
+            self._watches[replica.id] = task
 
-    def _reread(self, replica: Replica) -> None:
-        """Read ``replica``'s index now, in the background."""
-        self._polled[replica.id] = self.clock.monotonic()  # one read at a time is enough
-        task = self.tasks.spawn(self._poll(replica), name=f"group-{self.name}-read")
-        self._reads.add(task)
-        task.add_done_callback(self._reads.discard)
+    async def _watch(self, replica: Replica) -> None:
+        if replica.handle is None:  # a ready replica has one
+            return
+        async for report in self._statuses(replica.handle):
+            self._heard(replica, report)
 
     async def _run(self) -> None:
         while True:
@@ -140,17 +148,14 @@ class Group:
                 log.exception("group %s: its sleep controller failed a tick", self.name)
 
     async def tick(self) -> None:
-        """Forget gone replicas, read the due indexes, and put idle members to sleep."""
-        ready = [r for r in self.pool.replicas if r.state == "ready"]
+        """Forget gone replicas, and put idle members to sleep."""
         alive = {r.id for r in self.pool.replicas}
-        for rid in {rid for rid in (*self.levels, *self._seen, *self.failed) if rid not in alive}:
+        gone = {*self.levels, *self._seen, *self.failed, *self._watches} - alive
+        for rid in gone:
             self._forget(rid)
-        now = self.clock.monotonic()
-        due = [r for r in ready if now - self._polled.get(r.id, -1e9) >= self.poll_s]
-        if due:
-            await asyncio.gather(*(self._poll(r) for r in due))
         if self._tiered:
-            for replica in ready:
+            now = self.clock.monotonic()
+            for replica in [r for r in self.pool.replicas if r.state == "ready"]:
                 for name in self._members:
                     self._maybe_sleep(replica, name, now)
 
@@ -158,9 +163,17 @@ class Group:
         """A replica gone: its books go with it (its requests and commands are over)."""
         self.levels.pop(rid, None)
         self.failed.pop(rid, None)
-        self._polled.pop(rid, None)
         self._seen.discard(rid)
-        for books in (self._refused, self._claim_counts, self._commands):
+        watch = self._watches.pop(rid, None)
+        if watch is not None:
+            watch.cancel()
+        for books in (
+            self._refused,
+            self._claim_counts,
+            self._commanded_at,
+            self._claimed_at,
+            self._woke,
+        ):
             for key in [k for k in books if k[0] == rid]:
                 del books[key]
         for key in [k for k, n in self._claims.items() if k[0] == rid and not n]:
@@ -209,45 +222,39 @@ class Group:
                 "model %s sleeps (level %s) on replica %d: %s", model, level, replica.id, reason
             )
 
-    async def _poll(self, replica: Replica) -> None:
-        """Read a replica's repository index: the levels it reports are the truth, but for a
-        member a request or a command touched while the index was on its way (a waking model
-        reads SLEEPING until it is awake). The first read of a replica sets its books without
+    def _heard(self, replica: Replica, report: StatusReport) -> None:
+        """What a replica said of its members: the truth of their levels, but for a member a
+        request or a command has touched since it was said (a waking model says SLEEPING until
+        it is awake), or touches now. The first report of a replica sets its books without
         events: what it holds at its start is no sleep of the group's."""
-        self._polled[replica.id] = self.clock.monotonic()
-        before = {
-            name: (
-                self._claim_counts.get((replica.id, name), 0),
-                self._commands[(replica.id, name)],
-            )
-            for name in self._members
-        }
-        statuses = await self._replicas.index(replica.url)
-        if statuses is None:
-            return
         first = replica.id not in self._seen
         self._seen.add(replica.id)
-        for status in statuses:
+        for status in report.statuses:
             name, key = status.model, (replica.id, status.model)
             if name not in self._members:
                 continue
-            if not self._commanding[key] and before[name][1] == self._commands[key]:
+            if status.woke_from is not None and status.wake_s is not None:
+                self._woke[key] = (Level(status.woke_from), status.wake_s)
+            commanded = self._commanded_at.get(key, -math.inf)
+            if not self._commanding[key] and report.at >= commanded:
                 # a request never mends a failed load (a load does), nor fails a serving one
-                # behind the index's back: only a command makes a read stale here
+                # behind the replica's back: only a command makes what it said stale here
                 self._book_failure(replica, name, status.state, status.reason)
-            if self._commanding[key] or self._claims[key]:
-                continue
-            if before[name] != self._touched(key):
-                continue  # touched meanwhile: the next read says where it ended
-            if status.state == "SLEEPING" and status.level is not None:
-                if first:
-                    self.levels.setdefault(replica.id, {})[name] = Level(status.level)
-                else:
-                    self._set(
-                        replica, name, Level(status.level), "the replica's device memory budget"
-                    )
-            elif status.state == "READY":
-                self.levels.setdefault(replica.id, {})[name] = Level.HOT
+            touched = max(commanded, self._claimed_at.get(key, -math.inf))
+            if self._commanding[key] or self._claims[key] or report.at < touched:
+                continue  # touched meanwhile: what it says next tells where it ended
+            self._book_level(replica, status, first=first or report.first)
+
+    def _book_level(self, replica: Replica, status: ModelStatus, *, first: bool) -> None:
+        name = status.model
+        if status.state is ModelState.SLEEPING and status.level is not None:
+            if first:
+                self.levels.setdefault(replica.id, {})[name] = Level(status.level)
+            else:
+                why = "the replica's device memory budget"
+                self._set(replica, name, Level(status.level), why)
+        elif status.state is ModelState.READY:
+            self.levels.setdefault(replica.id, {})[name] = Level.HOT
 
     def _book_failure(self, replica: Replica, name: str, state: str, reason: str) -> None:
         """What a replica's index says of ``name``: UNAVAILABLE (failed there, ``reason``), or
@@ -264,17 +271,14 @@ class Group:
     def _command(self, key: tuple[int, str]) -> None:
         """A sleep of ``key`` (replica, member) is decided: in flight until :meth:`_sleep` ends."""
         self._commanding[key] += 1
-        self._commands[key] += 1
+        self._commanded_at[key] = time.monotonic()
 
     def _commanded(self, key: tuple[int, str]) -> None:
         """The command :meth:`_command` counted has been answered (or failed)."""
         self._commanding[key] -= 1
+        self._commanded_at[key] = time.monotonic()
         if not self._commanding[key]:
             del self._commanding[key]
-
-    def _touched(self, key: tuple[int, str]) -> tuple[int, int]:
-        """How often a request and a command have touched ``key`` (replica, member), ever."""
-        return self._claim_counts.get(key, 0), self._commands[key]
 
     def _maybe_sleep(self, replica: Replica, name: str, now: float) -> None:
         member = self._members[name]
@@ -314,7 +318,7 @@ class Group:
         on_replica = level.on_replica
         assert on_replica is not None and level is not Level.ZERO
         try:
-            refusal = await self._replicas.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
+            refusal = await self._client.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
         finally:
             self._commanded(key)
         if refusal is not None:
@@ -332,7 +336,7 @@ class Group:
         self._refused.pop(key, None)
         if self._claim_counts.get(key, 0) == claims_before:
             self._set(replica, name, level, reason)
-        # else a request came meanwhile and woke it, or will: the next read of the index says
+        # else a request came meanwhile and woke it, or will: what the replica says next tells
         return None
 
     async def sleep_member(self, name: str, level: Level, reason: str) -> list[Refusal]:
@@ -359,7 +363,7 @@ class Group:
         key = (replica.id, name)
         self._command(key)
         try:
-            refusal = await self._replicas.load(replica.url, name, timeout_s)
+            refusal = await self._client.load(replica.url, name, timeout_s)
         finally:
             self._commanded(key)
         if refusal is not None:
@@ -367,7 +371,6 @@ class Group:
         else:
             self.failed.get(replica.id, {}).pop(name, None)
             self.levels.setdefault(replica.id, {})[name] = Level.HOT
-        self._reread(replica)  # the index says where it ended, with the reason
         return refusal
 
     # ------------------------------------------------------------------ requests
@@ -375,12 +378,14 @@ class Group:
         """A request for ``name`` holds a slot on ``ticket.replica``."""
         replica = ticket.replica
         key = (replica.id, name)
-        # before the replica's index was read, where the model is is unknown (None): its
-        # first request is neither a warm one nor a measured wake
+        # before the replica has said, where the model is is unknown (None): its first
+        # request is neither a warm one nor a measured wake
         level = self.levels.get(replica.id, {}).get(name) if replica.id in self._seen else None
         self.levels.setdefault(replica.id, {})[name] = Level.HOT  # the replica wakes it for this
         self._claims[key] += 1
         self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
+        self._claimed_at[key] = time.monotonic()
+        self._woke.pop(key, None)  # a wake the replica tells from now on is this request's
         self._members[name].in_flight += 1
         self._tickets[id(ticket)] = (name, self.clock.monotonic(), level)
 
@@ -394,21 +399,26 @@ class Group:
         now = self.clock.monotonic()
         member = self._members[name]
         member.in_flight -= 1
-        self._claims[(ticket.replica.id, name)] -= 1
+        key = (ticket.replica.id, name)
+        self._claims[key] -= 1
+        self._claimed_at[key] = time.monotonic()
+        woke = self._woke.pop(key, None)
         if not answered:
             if level is not None and level is not Level.HOT:  # not known to have woken it
                 self.levels.setdefault(ticket.replica.id, {})[name] = level
-            if now - self._polled.get(ticket.replica.id, -1e9) >= REREAD_S:
-                self._reread(ticket.replica)  # refused: perhaps the model failed there
             return
         member.last_end = now
         took = now - started
         if level is None:
             return
-        if level is Level.HOT:
+        if level is Level.HOT and woke is None:
             member.warm_s.append(took)
             return
-        wake_s = max(0.0, took - statistics.median(member.warm_s)) if member.warm_s else None
+        wake_s: float | None
+        if woke is not None:  # the replica's own measure of the wake, and from where
+            level, wake_s = woke
+        else:
+            wake_s = max(0.0, took - statistics.median(member.warm_s)) if member.warm_s else None
         if wake_s is not None:
             before = member.wakes.get(level)
             member.wakes[level] = wake_s if before is None else 0.7 * before + 0.3 * wake_s

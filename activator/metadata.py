@@ -25,29 +25,25 @@ from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
 
-FETCH_TIMEOUT_S = 10.0
-#: ``fetch(url)``: the JSON a GET of ``url`` answers with 200; raises on anything else
-Fetch = Callable[[str], Awaitable[Any]]
+#: ``fetch(url, model)``: the JSON ``GET {url}/v2/models/{model}`` answers with 200; raises on
+#: anything else (:meth:`~activator.replica_client.ReplicaClient.metadata`)
+Fetch = Callable[[str, str], Awaitable[Any]]
 
 
 class MetadataBook:
     """What the activator answers for each model's metadata while no replica does.
 
-    ``fetch`` reads a replica's answer (default: an aiohttp GET, its session closed by
-    :meth:`aclose`); tests give a fake.
+    ``fetch`` reads a replica's answer (the activator's replica client's); tests give a fake.
     """
 
-    def __init__(
-        self, specs: Mapping[str, ModelSpec], tasks: TaskSet, *, fetch: Fetch | None = None
-    ) -> None:
+    def __init__(self, specs: Mapping[str, ModelSpec], tasks: TaskSet, fetch: Fetch) -> None:
         self._known: dict[str, ModelMetadata] = {
             name: spec.metadata for name, spec in specs.items() if spec.metadata is not None
         }
         self.declared = frozenset(self._known)
         self._tasks = tasks
-        self._fetch = fetch or self._get
+        self._fetch = fetch
         self._learning: set[str] = set()
-        self._session: aiohttp.ClientSession | None = None
 
     def get(self, model: str) -> ModelMetadata | None:
         """The model's metadata, when the activator knows it."""
@@ -65,7 +61,7 @@ class MetadataBook:
 
     async def _learn(self, model: str, url: str) -> None:
         try:
-            metadata = parse_metadata(await self._fetch(f"{url}/v2/models/{model}"), model)
+            metadata = parse_metadata(await self._fetch(url, model), model)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # relayed until a later replica answers (a metadata call wakes it meanwhile)
             log.warning("model %s: could not learn its metadata from %s: %s", model, url, exc)
@@ -74,17 +70,3 @@ class MetadataBook:
             self._learning.discard(model)
         self._known[model] = metadata
         log.info("model %s: metadata learned; a metadata call no longer wakes it", model)
-
-    async def _get(self, url: str) -> Any:
-        if self._session is None:
-            timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
-            self._session = aiohttp.ClientSession(timeout=timeout)
-        async with self._session.get(url) as response:
-            if response.status != 200:
-                raise ValueError(f"GET {url} answered {response.status}")
-            return await response.json(content_type=None)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

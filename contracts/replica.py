@@ -6,7 +6,9 @@ the activator reads) and writes one JSON object per line to it, each a :class:`R
 - ``standby``: a warm-pool interpreter has done its imports (what they cost, what they left);
 - ``listening``: the server's address;
 - ``model``: a model's state changed (``LOADING``, ``READY``, ``SLEEPING``, ``UNAVAILABLE``), with
-  the reason, the kind of failure when its load failed, and the load's phases once it is ready.
+  the reason, the kind of failure when its load failed, the load's phases once it is ready, the
+  level it sleeps at, and (on the ``READY`` that ends a wake) the level it woke from and the
+  seconds the wake took, as the replica measured them.
 
 The same :class:`ModelStatus` (state, reason, failure kind) is what the runtime's repository index
 (``POST /v2/repository/index``) carries for each model, so a scaler that cannot read a pipe (a
@@ -96,6 +98,9 @@ class ModelStatus:
     failure: FailureKind | None = None  # set only when a load failed
     phases: dict[str, float] = field(default_factory=dict)  # seconds, once READY
     level: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
+    # on the READY that ends a wake: the level it woke from and the seconds the wake took
+    woke_from: SleepLevel | None = None
+    wake_s: float | None = None
     kind: Literal["model"] = "model"
 
     @property
@@ -199,6 +204,7 @@ def model_status(raw: dict[str, Any]) -> ModelStatus:
     if not isinstance(phases, dict):
         raise TypeError("phases must be an object")
     level = raw.get("level")
+    woke_from, wake_s = raw.get("woke_from"), raw.get("wake_s")
     return ModelStatus(
         model=_str(raw.get("model", raw.get("name"))),
         state=state,
@@ -206,6 +212,8 @@ def model_status(raw: dict[str, Any]) -> ModelStatus:
         failure=None if failure is None else FailureKind(failure),
         phases={_str(k): _number(v) for k, v in phases.items()},
         level=None if level is None else SleepLevel(level),
+        woke_from=None if woke_from is None else SleepLevel(woke_from),
+        wake_s=None if wake_s is None else _number(wake_s),
     )
 
 

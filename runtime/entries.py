@@ -39,6 +39,7 @@ class ModelEntry:
     wanted: bool = True  # whether the operator wants it loaded (repository load/unload)
     asleep: SleepLevel | None = None  # the level it sleeps at, while SLEEPING
     deferred: bool = False  # registered, not loaded yet (SLEEPING): the first request loads it
+    woke: tuple[SleepLevel, float] | None = None  # a wake just done (level, seconds): told once
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -53,14 +54,17 @@ class ModelEntry:
 
     def status(self) -> ModelStatus:
         """What the index and the status channel say of it (load phases once READY)."""
-        phases = self.load_phases if self.state is ModelState.READY else {}
+        ready = self.state is ModelState.READY
+        woke = self.woke if ready else None
         return ModelStatus(
             self.config.name,
             self.state,
             self.reason,
             self.failure,
-            dict(phases),
+            dict(self.load_phases) if ready and woke is None else {},
             level=self.sleep_level,
+            woke_from=None if woke is None else woke[0],
+            wake_s=None if woke is None else woke[1],
         )
 
 

@@ -116,6 +116,7 @@ class ModelRepository(SleepingMixin):
             self.served = bool(wanted) and isinstance(readiness(statuses, list(statuses)), Ready)
         if self._on_status is not None:
             self._on_status(entry.status())
+        entry.woke = None  # a wake is told once, by the READY that ends it
 
     async def awake_entry(self, name: str, version: str | None = None) -> ModelEntry:
         """The model, READY: woken first if it sleeps. No await lies between the last check and

@@ -208,6 +208,7 @@ class SleepingMixin:
         self.budget.mark(name, hot=True)
         entry.stats.record_wake(level.value, elapsed)
         self._metrics.wake_duration.labels(name, level.value).observe(elapsed / 1e9)
+        entry.woke = (level, elapsed / 1e9)
         self._set(entry, ModelState.READY, "")
         log.info("model %s awake (from %s) in %.3fs", name, level, elapsed / 1e9)
 

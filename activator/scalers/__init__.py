@@ -1,5 +1,5 @@
 """Scalers: how the activator gets replicas of a model (local processes, or Knative Services)."""
 
-from activator.scalers.base import ReplicaHandle, Scaler, probe_ready
+from activator.scalers.base import ReplicaHandle, Scaler, StatusReport
 
-__all__ = ["ReplicaHandle", "Scaler", "probe_ready"]
+__all__ = ["ReplicaHandle", "Scaler", "StatusReport"]

@@ -1,18 +1,23 @@
 """The ``Scaler`` seam: how the activator gets and gives back replicas of a model.
 
 A scaler starts a replica (returning as soon as it has an address), says when it is ready,
-stops it, and reports when it exits on its own. :class:`~activator.scalers.local.LocalScaler`
+stops it, reports when it exits on its own, and streams what the replica says of its models
+(:meth:`Scaler.statuses`: the local scaler passes on its status pipe's lines as they come, the
+Knative scaler reads the replica's repository index). Whatever it asks a replica over HTTP goes
+through the activator's one :class:`~activator.replica_client.ReplicaClient`
+(``replica_client``). :class:`~activator.scalers.local.LocalScaler`
 (the embedded default) runs ``ember serve`` processes on loopback ports;
 :class:`~activator.scalers.knative.KnativeScaler` drives a Knative Service's min-scale.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-
+from activator.replica_client import ReplicaClient
+from contracts.replica import ModelStatus
 from contracts.stack import ModelSpec
 
 
@@ -27,7 +32,20 @@ class ReplicaHandle:
     warm: bool = False  # started from the local scaler's warm pool
 
 
+@dataclass(frozen=True)
+class StatusReport:
+    """What a replica said of some of its models, and when (``time.monotonic()``: when it said
+    it, or for a read of its index, when it was asked)."""
+
+    statuses: tuple[ModelStatus, ...]
+    at: float
+    first: bool = False  # the replica's every model, as the watch began
+
+
 class Scaler(Protocol):
+    # the activator's (it closes it); a scaler on its own makes its own
+    replica_client: ReplicaClient
+
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         """Start a replica; return once it has an address (it may still be loading).
 
@@ -49,6 +67,11 @@ class Scaler(Protocol):
         """Return (with a reason) when the replica goes away without being asked to."""
         ...
 
+    def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:
+        """What the replica says of its models from now on: first all of them (``first``), then
+        each change as it is known, until the replica is gone (or the caller stops)."""
+        ...
+
     async def healthy(self, handle: ReplicaHandle) -> bool:
         """Whether the replica answers ``/v2/health/ready`` now."""
         ...
@@ -60,12 +83,3 @@ class Scaler(Protocol):
     async def aclose(self) -> None:
         """Stop everything this scaler started."""
         ...
-
-
-async def probe_ready(session: aiohttp.ClientSession, url: str) -> bool:
-    """Whether ``url`` answers ``/v2/health/ready`` with 200 now."""
-    try:
-        async with session.get(url + "/v2/health/ready") as r:
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False

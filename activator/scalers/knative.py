@@ -24,13 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from activator.errors import ModelUnavailable, ReplicaStartFailed, StartFailure
-from activator.scalers.base import ReplicaHandle, probe_ready
-from contracts.replica import Failed, ModelStatus, Pending, Ready, model_status, readiness
+from activator.replica_client import ReplicaClient
+from activator.scalers.base import ReplicaHandle, StatusReport
+from contracts.replica import Failed, ModelStatus, Pending, Ready, readiness
 from contracts.stack import ModelSpec
 from knative.client import KnativeClient
 from knative.errors import KnativeApiError, ServiceNotFound
@@ -39,16 +39,24 @@ log = logging.getLogger("ember.activator")
 
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
 INDEX_TIMEOUT_S = 2.0  # Knative may hold a request for a pod that is not ready: ask again later
+INDEX_POLL_S = 2.0  # how often a ready service's index is read for what its models do
 
 
 class KnativeScaler:
-    def __init__(self, client: KnativeClient, *, poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        client: KnativeClient,
+        *,
+        poll_s: float = 0.5,
+        index_poll_s: float = INDEX_POLL_S,
+        replica_client: ReplicaClient | None = None,
+    ) -> None:
         self.client = client
         self.namespace = client.namespace
-        self.poll_s = poll_s
+        self.poll_s, self.index_poll_s = poll_s, index_poll_s
+        self.replica_client = replica_client or ReplicaClient()
         self._raised: set[str] = set()
         self._serves: dict[str, tuple[str, ...]] = {}  # a service's name: the models it serves
-        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> KnativeScaler:
@@ -76,34 +84,10 @@ class KnativeScaler:
             message = f"Knative API: {exc}"
         return ReplicaStartFailed(message, StartFailure.PLATFORM)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        return self._session
-
     async def _index(self, handle: ReplicaHandle) -> dict[str, ModelStatus] | None:
         """The replica's repository index, by model; None if it cannot say yet."""
-        try:
-            async with self._http().post(
-                handle.url + "/v2/repository/index",
-                json={},
-                timeout=aiohttp.ClientTimeout(total=INDEX_TIMEOUT_S),
-            ) as r:
-                if r.status != 200:
-                    return None
-                index = await r.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
-        out: dict[str, ModelStatus] = {}
-        for entry in index if isinstance(index, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                try:
-                    out[entry["name"]] = model_status(entry)
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.warning(
-                        "model %s: a repository index entry %r: %s", handle.model, entry, exc
-                    )
-        return out
+        index = await self.replica_client.index(handle.url, INDEX_TIMEOUT_S)
+        return None if index is None else {status.model: status for status in index}
 
     # ------------------------------------------------------------------ the Scaler seam
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
@@ -141,7 +125,24 @@ class KnativeScaler:
             await asyncio.sleep(self.poll_s)
 
     async def healthy(self, handle: ReplicaHandle) -> bool:
-        return bool(handle.url) and await probe_ready(self._http(), handle.url)
+        return bool(handle.url) and await self.replica_client.ready(handle.url)
+
+    async def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:
+        """The service's repository index, read every ``index_poll_s``: all of it at first,
+        then the models whose status changed."""
+        last: dict[str, ModelStatus] | None = None
+        while True:
+            asked = time.monotonic()
+            index = await self._index(handle) if handle.url else None
+            if index is not None:
+                if last is None:
+                    yield StatusReport(tuple(index.values()), asked, first=True)
+                else:
+                    changed = tuple(s for name, s in index.items() if last.get(name) != s)
+                    if changed:
+                        yield StatusReport(changed, asked)
+                last = index
+            await asyncio.sleep(self.index_poll_s)
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:
         """Return when the service is gone or Knative reports it failed."""
@@ -168,9 +169,7 @@ class KnativeScaler:
             with contextlib.suppress(ModelUnavailable):
                 await self._set_min_scale(name, 0)
         self._raised.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.replica_client.aclose()
 
 
 def _ready(index: dict[str, ModelStatus], models: tuple[str, ...], *, group: bool) -> bool:

@@ -20,13 +20,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
-import aiohttp
-
 from activator.errors import ReplicaStartFailed, StartFailure
-from activator.scalers.base import ReplicaHandle, probe_ready
+from activator.replica_client import ReplicaClient
+from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.scalers.process import Process, exited, last_line, reap, spawn
 from contracts.proc import rss_bytes
 from contracts.replica import ContractViolation, Failed, Standby
@@ -62,6 +61,7 @@ class LocalScaler:
         withhold_env: Collection[str] = (),
         log_level: str = "info",
         forward_logs: bool = True,
+        replica_client: ReplicaClient | None = None,
     ) -> None:
         self.command = tuple(command)
         self.cache_dir = cache_dir
@@ -80,7 +80,7 @@ class LocalScaler:
         self._standby: collections.deque[Process] = collections.deque()
         self._filling: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._session: aiohttp.ClientSession | None = None
+        self.replica_client = replica_client or ReplicaClient()
 
     # ------------------------------------------------------------------ the warm pool
     def fill_pool(self) -> None:
@@ -169,11 +169,6 @@ class LocalScaler:
         """(standby processes ready now, their resident memory in bytes)."""
         ready = [s for s in self._standby if s.proc.returncode is None]
         return len(ready), sum(rss_bytes(s.proc.pid) for s in ready)
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-        return self._session
 
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         args = [arg for path in spec.config_paths for arg in ("--config", str(path))]
@@ -320,7 +315,21 @@ class LocalScaler:
         state = self._procs.get(handle.pid or 0)
         if state is None or state.proc.returncode is not None:
             return False
-        return await probe_ready(self._http(), handle.url)
+        return await self.replica_client.ready(handle.url)
+
+    async def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:
+        """What the replica's status pipe says of its models, as it says it."""
+        state = self._procs.get(handle.pid or 0)
+        if state is None:
+            return
+        queue = state.status.watch()
+        try:
+            now = time.monotonic()
+            yield StatusReport(tuple(state.status.models.values()), now, first=True)
+            while (said := await queue.get()) is not None:
+                yield StatusReport((said[0],), said[1])
+        finally:
+            state.status.unwatch(queue)
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:
         state = self._state(handle)
@@ -377,9 +386,7 @@ class LocalScaler:
         for state in self._procs.values():
             await asyncio.gather(*state.readers, return_exceptions=True)
         self._procs.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.replica_client.aclose()
 
 
 def _broke_contract(model: str, violation: ContractViolation) -> ReplicaStartFailed:

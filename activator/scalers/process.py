@@ -85,6 +85,8 @@ class Status:
         self.closed = False  # EOF: the process exited (or closed its end)
         self.ready: ModelStatus | None = None  # its model's READY: a bad line now is only logged
         self.changed = asyncio.Event()
+        # each watcher's queue of (status, when it came); None at EOF
+        self._watchers: list[asyncio.Queue[tuple[ModelStatus, float] | None]] = []
 
     def take(self, line: bytes) -> None:
         try:
@@ -101,6 +103,28 @@ class Status:
             self.models[event.model] = event
             if self.ready is None and self.settled():
                 self.ready = event
+            now = time.monotonic()
+            for queue in self._watchers:
+                queue.put_nowait((event, now))
+        self.changed.set()
+
+    def watch(self) -> asyncio.Queue[tuple[ModelStatus, float] | None]:
+        """A queue of each model status from now on (and None once the pipe closed); give it
+        back with :meth:`unwatch`."""
+        queue: asyncio.Queue[tuple[ModelStatus, float] | None] = asyncio.Queue()
+        if self.closed:
+            queue.put_nowait(None)
+        self._watchers.append(queue)
+        return queue
+
+    def unwatch(self, queue: asyncio.Queue[tuple[ModelStatus, float] | None]) -> None:
+        self._watchers.remove(queue)
+
+    def close(self) -> None:
+        """The pipe closed (the process exited, or closed its end)."""
+        self.closed = True
+        for queue in self._watchers:
+            queue.put_nowait(None)
         self.changed.set()
 
     def readiness(self) -> Readiness:
@@ -282,8 +306,7 @@ async def _read_status(fd: int, status: Status) -> None:
             status.take(line)
     finally:
         transport.close()
-        status.closed = True
-        status.changed.set()
+        status.close()
 
 
 async def _pump(

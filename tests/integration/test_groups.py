@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,13 @@ def read_replicas(server: ServerProcess) -> set[str]:
     return set(described["minilm"]["levels"])
 
 
+def level_of(server: ServerProcess, model: str) -> str:
+    """The level the activator's books have ``model`` at on the group's one replica."""
+    described = {m["name"]: m for m in httpx.get(server.url + "/admin/models").json()}
+    (level,) = described[model]["levels"].values()
+    return str(level)
+
+
 def of(tmp_path: Path, kind: str, **fields: Any) -> list[dict[str, Any]]:
     return [
         e
@@ -101,8 +109,21 @@ def test_two_models_take_turns_on_one_replica_whose_budget_fits_one(tmp_path: Pa
             assert described["mlp"]["group"] == described["minilm"]["group"] == "shared"
             return sorted(lv for m in ("mlp", "minilm") for lv in described[m]["levels"].values())
 
-        # a wake puts the other to sleep inside the replica: the next read of its index says so
+        # a wake puts the other to sleep inside the replica: what the replica says tells it
         wait_until(lambda: levels() == ["host", "hot"], what="one awake, one asleep at host")
+        # and the activator knows it as the replica says it (its status pipe), not at a poll:
+        # within 0.2 s of the answer to the request that woke the sleeper
+        for _ in range(2):
+            asleep_now = next(m for m in ("mlp", "minilm") if level_of(server, m) == "host")
+            awake_now = "minilm" if asleep_now == "mlp" else "mlp"
+            output(infer(server, asleep_now))
+            answered = time.monotonic()
+            wait_until(
+                lambda m=awake_now: level_of(server, m) == "host",
+                timeout_s=5,
+                what=f"{awake_now} asleep at host",
+            )
+            assert time.monotonic() - answered <= 0.2
         at = {
             (m, lv): metric(
                 server, f'ember_activator_model_replicas_at_level{{level="{lv}",model="{m}"}}'

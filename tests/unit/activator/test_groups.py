@@ -1,12 +1,15 @@
-"""A group's books: levels read from a replica's index, sleeps the tiered policy commands, wakes
-measured against warm requests, and the keep-alive that follows the members' plans. The replica
-is a small aiohttp server speaking the repository endpoints; time is a manual clock."""
+"""A group's books: levels from what a replica says of its members, sleeps the tiered policy
+commands, wakes measured by the replica or against warm requests, and the keep-alive that
+follows the members' plans. The replica is a small aiohttp server speaking the repository
+endpoints, what it says comes through a fake of the scaler's status stream; time is a manual
+clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,41 +24,63 @@ from activator.groups import Group, GroupPolicy
 from activator.members import MemberPool
 from activator.policy import History
 from activator.pool import ManualClock, Replica, Ticket
-from activator.scalers.base import ReplicaHandle
+from activator.replica_client import ReplicaClient
+from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.tasks import TaskSet
+from contracts.replica import model_status
 from contracts.stack import GroupSpec, load_stack
 
 
 class FakeReplica:
-    """The repository endpoints of a replica: an index it is told, and the unloads it got."""
+    """The repository commands of a replica (the unloads and loads it got), and what it says of
+    its members: through :meth:`statuses`, as a scaler's status stream brings it."""
 
     def __init__(self) -> None:
-        self.index: list[dict[str, Any]] = []
         self.unloads: list[tuple[str, Any]] = []
         self.refuse = False
         self.asked = 0  # unloads asked, refused ones too
-        self.reads = 0  # index reads
         self.loads: list[str] = []
         self.load_fails = False
+        self._said: asyncio.Queue[StatusReport] = asyncio.Queue()
+        self._sent = self._heard = 0
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v2/repository/index", self._index)
         app.router.add_post("/v2/repository/models/{model}/unload", self._unload)
         app.router.add_post("/v2/repository/models/{model}/load", self._load)
         return app
 
-    async def _index(self, request: web.Request) -> web.Response:
-        self.reads += 1
-        return web.json_response(self.index)
+    async def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:
+        first = True
+        while True:
+            report = await self._said.get()
+            yield StatusReport(report.statuses, report.at, first=first)
+            first = False
+            self._heard += 1  # the group took it in before asking for the next
+
+    async def say(self, entries: list[dict[str, Any]], *, at: float | None = None) -> None:
+        """The replica says ``entries`` (its index's shape; malformed ones left out, as the
+        client leaves them), said at ``at`` (default now); until the group has heard it."""
+        statuses = []
+        for raw in entries:
+            try:
+                statuses.append(model_status(raw))
+            except (KeyError, TypeError, ValueError):
+                continue
+        self._said.put_nowait(StatusReport(tuple(statuses), time.monotonic() if at is None else at))
+        self._sent += 1
+        for _ in range(500):
+            await asyncio.sleep(0)
+            if self._heard == self._sent or (self._heard == self._sent - 1 and self._said.empty()):
+                await asyncio.sleep(0)
+                return
+        raise AssertionError("the group never heard what the replica said")
 
     async def _load(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         self.loads.append(name)
         if self.load_fails:
             return web.json_response({"error": f"model '{name}' failed to load: gone"}, status=503)
-        self.index = [e for e in self.index if e["name"] != name]
-        self.index.append({"name": name, "state": "READY", "reason": ""})
         return web.json_response({"name": name, "loaded": True})
 
     async def _unload(self, request: web.Request) -> web.Response:
@@ -96,6 +121,7 @@ async def _closed() -> AsyncIterator[None]:
         group = MADE.pop()
         await group.aclose()
         await commands_done(group)
+        await group._client.aclose()
         group.events.close()
 
 
@@ -116,20 +142,25 @@ async def replica() -> AsyncIterator[tuple[FakeReplica, Replica]]:
         await runner.cleanup()
 
 
-async def make_group(tmp_path: Path, replica: Replica, **group: Any) -> tuple[Group, ManualClock]:
+async def make_group(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica], **group: Any
+) -> tuple[Group, ManualClock]:
+    fake, r = replica
     spec = group_spec(tmp_path, **group)
     models = load_stack(tmp_path / "ember.yaml").models
     clock = ManualClock()
     made = Group(
         spec,
         models,
-        lambda pool_spec, on_ready, policy: StubPool([replica]),  # type: ignore[arg-type,return-value]
+        lambda pool_spec, on_ready, policy: StubPool([r]),  # type: ignore[arg-type,return-value]
         EventLog(tmp_path / "events.jsonl"),
+        client=ReplicaClient(),
+        statuses=fake.statuses,
         tasks=TaskSet(),
         clock=clock,
-        poll_s=1.0,
     )
     MADE.append(made)
+    made.replica_ready(r)
     return made, clock
 
 
@@ -148,29 +179,30 @@ def logged(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
     return [e for e in map(json.loads, lines) if e["event"] == kind]
 
 
-async def test_the_replicas_index_is_the_truth_of_levels(
+async def test_what_the_replica_says_is_the_truth_of_levels(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, clock = await make_group(tmp_path, r)
-    fake.index = [
-        {"name": "a", "state": "READY", "reason": ""},
-        {"name": "b", "state": "SLEEPING", "reason": "level host", "level": "host"},
-        {"name": "stranger", "state": "SLEEPING", "level": "disk"},
-        {"name": "a", "state": "gibberish"},
-    ]
-    await group.tick()
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say(
+        [
+            {"name": "a", "state": "READY", "reason": ""},
+            {"name": "b", "state": "SLEEPING", "reason": "level host", "level": "host"},
+            {"name": "stranger", "state": "SLEEPING", "level": "disk"},
+            {"name": "a", "state": "gibberish"},
+        ]
+    )
     assert (group.level(r, "a"), group.level(r, "b")) == ("hot", "host")
     assert group.awake_on("a")(r) and not group.awake_on("b")(r)
     assert (group.asleep("a"), group.asleep("b")) == (None, "host")  # what the index says
     group.events.flush()
     assert logged(tmp_path, "sleep") == []  # what a replica holds at its start is no sleep
-    fake.index = [
-        {"name": "a", "state": "SLEEPING", "reason": "level disk", "level": "disk"},
-        {"name": "b", "state": "READY", "reason": ""},
-    ]
-    await clock.advance(1.0)
-    await group.tick()
+    await fake.say(
+        [
+            {"name": "a", "state": "SLEEPING", "reason": "level disk", "level": "disk"},
+            {"name": "b", "state": "READY", "reason": ""},
+        ]
+    )
     group.events.flush()
     assert (group.level(r, "a"), group.level(r, "b")) == ("disk", "hot")
     (sleep,) = logged(tmp_path, "sleep")
@@ -178,20 +210,17 @@ async def test_the_replicas_index_is_the_truth_of_levels(
     assert "budget" in sleep["reason"]
 
 
-async def test_a_waking_member_is_not_read_back_to_sleep_by_a_poll(
+async def test_a_waking_member_is_not_told_back_to_sleep_while_its_request_runs(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, clock = await make_group(tmp_path, r)
-    fake.index = [{"name": "a", "state": "SLEEPING", "reason": "level host", "level": "host"}]
-    await group.tick()
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say([{"name": "a", "state": "SLEEPING", "reason": "level host", "level": "host"}])
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)  # the replica wakes it: its index says SLEEPING meanwhile
-    fake.index = [
-        {"name": "a", "state": "SLEEPING", "reason": "waking: level host", "level": "host"}
-    ]
-    await clock.advance(1.0)
-    await group.tick()
+    await fake.say(
+        [{"name": "a", "state": "SLEEPING", "reason": "waking: level host", "level": "host"}]
+    )
     assert group.level(r, "a") == "hot"
     group.released(ticket)
     group.events.flush()
@@ -203,9 +232,10 @@ async def test_the_tiered_policy_puts_an_idle_model_to_sleep_host_then_disk(
 ) -> None:
     fake, r = replica
     group, clock = await make_group(
-        tmp_path, r, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=10
+        tmp_path, replica, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=10
     )
     r.ready_at = clock.monotonic() + 1000  # b, never asked, counts from the replica's start
+    await fake.say([])  # the replica says where its members are: awake
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)
     group.released(ticket)
@@ -232,8 +262,8 @@ async def test_a_refused_sleep_changes_no_books_and_is_asked_again_only_after_a_
 ) -> None:
     fake, r = replica
     fake.refuse = True
-    group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.001})
-    await group.tick()  # the replica's index read: its members awake
+    group, clock = await make_group(tmp_path, replica, policy="tiered", wake={"host": 0.001})
+    await fake.say([])  # the replica says where its members are: awake
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)
     group.released(ticket)
@@ -256,9 +286,9 @@ async def test_a_refused_sleep_changes_no_books_and_is_asked_again_only_after_a_
 async def test_a_wake_is_measured_against_warm_requests_and_replans(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
-    _, r = replica
-    group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.05})
-    await group.tick()  # the replica's index read
+    fake, r = replica
+    group, clock = await make_group(tmp_path, replica, policy="tiered", wake={"host": 0.05})
+    await fake.say([])  # the replica says where its members are: awake
     for _ in range(3):  # warm: 10 ms each
         ticket = Ticket(r, 0.0, False)
         group.took("a", ticket)
@@ -280,9 +310,8 @@ async def test_a_wake_is_measured_against_warm_requests_and_replans(
 async def test_the_group_keep_alive_follows_the_latest_plan_to_zero(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
-    _, r = replica
     group, clock = await make_group(
-        tmp_path, r, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=20
+        tmp_path, replica, policy="tiered", wake={"host": 0.001}, host_hold_s=10, disk_hold_s=20
     )
     group.arrived("a")
     await clock.advance(5)
@@ -291,7 +320,7 @@ async def test_the_group_keep_alive_follows_the_latest_plan_to_zero(
     assert keep == pytest.approx(1.2 + 10 + 20)  # b asked last: its plan decides
     decision = GroupPolicy(group).decide(History())
     assert decision.keep_alive_s == pytest.approx(keep) and decision.prewarm_s == 0
-    fixed, _ = await make_group(tmp_path, r, keep_alive_s=42)
+    fixed, _ = await make_group(tmp_path, replica, keep_alive_s=42)
     assert GroupPolicy(fixed).decide(History()).keep_alive_s == 42
 
 
@@ -332,7 +361,7 @@ async def test_an_unload_with_a_level_sleeps_the_member_on_every_replica_and_ans
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, _ = await make_group(tmp_path, r)
+    group, _ = await make_group(tmp_path, replica)
     assert await group.sleep_member("b", "host", "put to sleep by a test") == []
     assert fake.unloads == [("b", {"parameters": {"level": "host"}})]  # answered: done
     assert group.level(r, "b") == "host"
@@ -356,12 +385,11 @@ async def test_a_member_that_failed_on_every_replica_is_unavailable_with_the_rea
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, clock = await make_group(tmp_path, r, policy="tiered", wake={"host": 0.001})
+    group, clock = await make_group(tmp_path, replica, policy="tiered", wake={"host": 0.001})
     member = MemberPool(group, "a", group._members["a"].spec)
     r.ready_at = clock.monotonic()
     assert member.state == "ready" and group.unavailable("a") is None  # not read yet
-    fake.index = [FAILED, {"name": "b", "state": "READY", "reason": ""}]
-    await group.tick()
+    await fake.say([FAILED, {"name": "b", "state": "READY", "reason": ""}])
     assert group.unavailable("a") == FAILED["reason"] and group.unavailable("b") is None
     assert (member.state, member.reason, member.start_failed) == (
         "unavailable",
@@ -375,39 +403,65 @@ async def test_a_member_that_failed_on_every_replica_is_unavailable_with_the_rea
     await group.tick()
     await commands_done(group)
     assert [u[0] for u in fake.unloads] == ["b"]
-    fake.index = [{"name": "a", "state": "READY", "reason": ""}]  # loaded again by hand
-    await clock.advance(1.0)
-    await group.tick()
+    await fake.say([{"name": "a", "state": "READY", "reason": ""}])  # loaded again by hand
     assert group.unavailable("a") is None and member.state == "ready"
 
 
-async def test_a_refused_request_reads_its_replicas_index_again_at_once(
+async def test_a_failure_the_replica_tells_during_a_request_is_booked_at_once(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, clock = await make_group(tmp_path, r)
-    fake.index = [{"name": "a", "state": "READY", "reason": ""}]
-    await group.tick()
-    reads = fake.reads
-    fake.index = [FAILED]  # its wake failed on the replica: the request got 503
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say([{"name": "a", "state": "READY", "reason": ""}])
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)
-    await clock.advance(0.6)
+    await fake.say([FAILED])  # its wake failed on the replica: the request gets 503
+    assert group.unavailable("a") == FAILED["reason"]
     group.released(ticket, answered=False)
-    for _ in range(500):
-        if group.unavailable("a"):
-            break
-        await asyncio.sleep(0.01)
-    assert group.unavailable("a") == FAILED["reason"] and fake.reads == reads + 1
+    assert group.unavailable("a") == FAILED["reason"]
+
+
+async def test_what_a_replica_said_before_a_request_or_command_touched_a_member_is_stale(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say([{"name": "a", "state": "READY", "reason": ""}])
+    said = time.monotonic()  # an index read asked now, answered after the request below
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    group.released(ticket)
+    asleep = {"name": "a", "state": "SLEEPING", "reason": "level host", "level": "host"}
+    await fake.say([asleep], at=said)
+    assert group.level(r, "a") == "hot"  # the request woke it since
+    await fake.say([asleep])
+    assert group.level(r, "a") == "host"
+
+
+async def test_a_wake_is_the_replicas_own_measure_when_it_tells_one(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, clock = await make_group(tmp_path, replica, policy="tiered", wake={"host": 0.05})
+    await fake.say([{"name": "a", "state": "SLEEPING", "reason": "level host", "level": "host"}])
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    woke = {"name": "a", "state": "READY", "reason": "", "woke_from": "host", "wake_s": 0.021}
+    await fake.say([woke])
+    await clock.advance(0.5)  # the request's own time says nothing of the wake now
+    group.released(ticket)
+    group.events.flush()
+    (wake,) = logged(tmp_path, "wake")
+    assert wake["level"] == "host" and wake["wake_s"] == pytest.approx(0.021)
+    assert group.wake_costs("a").host == pytest.approx(0.021)
 
 
 async def test_a_load_through_the_group_retries_a_failed_member_on_every_replica(
     tmp_path: Path, replica: tuple[FakeReplica, Replica]
 ) -> None:
     fake, r = replica
-    group, _ = await make_group(tmp_path, r)
-    fake.index = [FAILED]
-    await group.tick()
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say([FAILED])
     fake.load_fails = True
     (refusal,) = await group.load_member("a", timeout_s=5)
     assert refusal.status == 503 and "failed to load: gone" in refusal.detail

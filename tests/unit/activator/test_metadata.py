@@ -24,8 +24,8 @@ class Fetch:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def __call__(self, url: str) -> Any:
-        self.urls.append(url)
+    async def __call__(self, url: str, model: str) -> Any:
+        self.urls.append(f"{url}/v2/models/{model}")
         await self.gate.wait()
         if isinstance(self.answer, Exception):
             raise self.answer

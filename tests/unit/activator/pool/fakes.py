@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from activator.errors import ReplicaStartFailed, StartFailure
 from activator.events import EventLog
 from activator.pool.clock import Clock, SystemClock
-from activator.scalers.base import ReplicaHandle
+from activator.replica_client import ReplicaClient
+from activator.scalers.base import ReplicaHandle, StatusReport
 from contracts.stack import ModelSpec
 from tests.fixtures.specs import model_spec
 
@@ -45,6 +46,10 @@ class FakeScaler:
         self.started = 0
         self.stopped = 0
         self.exits: dict[str, asyncio.Event] = {}
+        self.replica_client = ReplicaClient()  # never used: its replicas serve nothing
+
+    async def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:
+        yield StatusReport((), time.monotonic(), first=True)  # its replicas hold no model
 
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         self.started += 1

@@ -1,5 +1,9 @@
-"""The repository extension of a group's replicas, as the activator speaks it: read a replica's
-index, ask it to put a model to sleep at a level, or to load one.
+"""The activator's one HTTP client of its replicas: whether one is ready, its repository index,
+a model's metadata, and the repository commands (sleep at a level, load).
+
+One :class:`ReplicaClient` per activator, its session created on first use and closed with the
+activator (:meth:`ReplicaClient.aclose`); the scalers, the groups and the metadata book all
+speak through it, so no other module of the activator opens an HTTP session to a replica.
 
 A command answers None when the replica did it, else a :class:`Refusal`: the replica's status and
 the start of its error body, or (no status) the connection's failure; the index comes back as
@@ -9,12 +13,15 @@ typed :class:`~contracts.replica.ModelStatus` entries, the malformed ones left o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from contracts.replica import ContractViolation, ModelStatus, SleepLevel, model_status
 
-INDEX_TIMEOUT_S = 5.0
+INDEX_TIMEOUT_S = 5.0  # an index read, and the default for anything else
+READY_TIMEOUT_S = 2.0  # a readiness probe
+METADATA_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -28,23 +35,39 @@ class Refusal:
         return self.detail if self.status is None else f"{self.status}: {self.detail}"
 
 
-class ReplicaRepository:
-    """One HTTP session for every replica of a group; :meth:`aclose` it."""
+class ReplicaClient:
+    """One HTTP session for every replica the activator speaks to; :meth:`aclose` it."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def index(self, url: str) -> list[ModelStatus] | None:
+    async def ready(self, url: str) -> bool:
+        """Whether the replica at ``url`` answers ``/v2/health/ready`` with 200 now."""
+        timeout = aiohttp.ClientTimeout(total=READY_TIMEOUT_S)
+        try:
+            async with self._http().get(url + "/v2/health/ready", timeout=timeout) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def index(self, url: str, timeout_s: float = INDEX_TIMEOUT_S) -> list[ModelStatus] | None:
         """The models of the replica at ``url``; None if it did not answer with an index (its
         health check and crash watch deal with a replica that does not answer)."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with self._http().post(url + "/v2/repository/index", json={}) as r:
-                entries = await r.json() if r.status == 200 else []
+            async with self._http().post(
+                url + "/v2/repository/index", json={}, timeout=timeout
+            ) as r:
+                if r.status != 200:
+                    return None
+                entries = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
         statuses = []
@@ -55,11 +78,20 @@ class ReplicaRepository:
                 continue
         return statuses
 
+    async def metadata(self, url: str, model: str) -> Any:
+        """The JSON ``GET /v2/models/{model}`` answers with 200; ValueError on another status,
+        :class:`aiohttp.ClientError` or TimeoutError when the replica does not answer."""
+        timeout = aiohttp.ClientTimeout(total=METADATA_TIMEOUT_S)
+        async with self._http().get(f"{url}/v2/models/{model}", timeout=timeout) as response:
+            if response.status != 200:
+                raise ValueError(f"GET {url}/v2/models/{model} answered {response.status}")
+            return await response.json(content_type=None)
+
     async def sleep(
         self, url: str, model: str, level: SleepLevel, timeout_s: float
     ) -> Refusal | None:
         """Put ``model`` to sleep at ``level`` (an unload with the level): None once it has."""
-        body = {"parameters": {"level": level}}
+        body = {"parameters": {"level": str(level)}}
         return await self._command(f"{url}/v2/repository/models/{model}/unload", body, timeout_s)
 
     async def load(self, url: str, model: str, timeout_s: float) -> Refusal | None:
@@ -75,6 +107,8 @@ class ReplicaRepository:
             return Refusal(None, f"{type(exc).__name__}: {exc}")
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise aiohttp.ClientConnectionError("the activator's replica client is closed")
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=INDEX_TIMEOUT_S)
             self._session = aiohttp.ClientSession(timeout=timeout)
