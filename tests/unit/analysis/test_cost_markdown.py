@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from activator.cost import report
-from activator.cost_markdown import date_range, headline, to_markdown
-from tests.unit.activator.test_cost import LOG
+from analysis.cost import report
+from analysis.cost_markdown import date_range, headline, to_markdown
+from tests.unit.analysis.test_cost import LOG
 
 
 def test_markdown_carries_the_figures() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from activator.cost_sleep import LEVELS
+from analysis.cost_sleep import LEVELS
 from contracts.stack import StackConfig
 
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from activator.cost import report
-from activator.cost_groups import GroupConfig, from_stack, membership
-from activator.cost_markdown import headline, to_markdown
+from analysis.cost import report
+from analysis.cost_groups import GroupConfig, from_stack, membership
+from analysis.cost_markdown import headline, to_markdown
 from contracts.stack import load_stack
 from tests.servers import ROOT
-from tests.unit.activator.test_cost import ev
+from tests.unit.analysis.test_cost import ev
 
 
 def on(model: str, kind: str, ts: float, **fields: Any) -> dict[str, Any]:

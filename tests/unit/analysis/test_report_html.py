@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from activator.cost import report
-from activator.cost_markdown import usd
 from activator.errors import ConfigError
-from activator.report_html import MISSING, to_html
+from analysis.cost import report
+from analysis.cost_markdown import usd
+from analysis.report_html import MISSING, to_html
 from tests.servers import ROOT
 
 T0 = 1762160400.0  # 2025-11-03 09:00:00 UTC
@@ -117,11 +117,11 @@ def test_the_charts_are_static_svg_with_axes_and_clock_time_ticks(page: str) -> 
 
 
 def test_a_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import activator
+    import analysis
 
     # as on a machine without the extra: neither matplotlib nor the charts module imported yet
-    monkeypatch.delitem(sys.modules, "activator.report_charts", raising=False)
-    monkeypatch.delattr(activator, "report_charts", raising=False)
+    monkeypatch.delitem(sys.modules, "analysis.charts", raising=False)
+    monkeypatch.delattr(analysis, "charts", raising=False)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ConfigError, match=re.escape("pip install 'ember[report]'")) as err:
         to_html(report(LOG))
@@ -131,16 +131,17 @@ def test_a_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
 def test_only_the_report_imports_matplotlib() -> None:
     """matplotlib is the report extra: the activator's image and serving path never import it."""
     importers: dict[str, set[str]] = {}
-    for package in ("activator", "contracts", "ember", "knative", "runtime", "weight_cache"):
+    packages = ("activator", "analysis", "contracts", "ember", "knative", "runtime", "weight_cache")
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             for name in _imported(path):
                 importers.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
     mpl = set().union(
         *(files for name, files in importers.items() if name.startswith("matplotlib"))
     )
-    assert mpl == {"activator/report_charts.py"}
-    assert importers["activator.report_charts"] == {"activator/report_html.py"}
-    assert importers["activator.report_html"] == {"ember/cli.py"}
+    assert mpl == {"analysis/charts.py"}
+    assert importers["analysis.charts"] == {"analysis/report_html.py"}
+    assert importers["analysis.report_html"] == {"ember/cli.py"}
 
 
 def _imported(path: Path) -> set[str]:

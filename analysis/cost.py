@@ -16,13 +16,13 @@ config's ``price_per_hour`` (carried in its ``replica_starting`` events); for a 
 note). A model with none costs 0 and the report warns. Billing: each replica's time is rounded up
 to ``granularity_s`` with a ``minimum_s`` floor, as clouds bill instances.
 
-A group (models sharing replicas, :mod:`activator.cost_groups`) is billed once, in its own row:
+A group (models sharing replicas, :mod:`analysis.cost_groups`) is billed once, in its own row:
 its replicas' time at its price (found as a model's, the stack config's standing in for events
 that carry none, and failing all, its members' ``--price``, the highest), against one always-on
 replica for the group. Its members' rows follow it, with their requests and cold starts but no
 replica time or cost of their own, and they need no price. What members saved by sleeping on the
-group's replicas is :mod:`activator.cost_sleep`; the text is :mod:`activator.cost_markdown`, the
-HTML page :mod:`activator.report_html` (it needs the ``report`` extra).
+group's replicas is :mod:`analysis.cost_sleep`; the text is :mod:`analysis.cost_markdown`, the
+HTML page :mod:`analysis.report_html` (it needs the ``report`` extra).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from activator.cost_groups import GroupConfig, membership
-from activator.cost_sleep import Sleep, sleep_or_wake, sleep_row, sleep_total
 from activator.errors import ConfigError
 from activator.events import Skipped, iter_events, log_files
+from analysis.cost_groups import GroupConfig, membership
+from analysis.cost_sleep import Sleep, sleep_or_wake, sleep_row, sleep_total
 
 # On-demand USD per GPU-hour (typical public cloud list prices, late 2025); override with --price.
 PRICES = {"H100": 6.88, "A100-80GB": 3.43, "A100": 3.43, "L4": 0.71, "T4": 0.53}

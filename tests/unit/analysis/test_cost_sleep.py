@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from activator.cost import report
-from activator.cost_markdown import to_markdown
-from activator.cost_sleep import sleep_or_wake
-from tests.unit.activator.test_cost import LOG, ev
+from analysis.cost import report
+from analysis.cost_markdown import to_markdown
+from analysis.cost_sleep import sleep_or_wake
+from tests.unit.analysis.test_cost import LOG, ev
 
 
 def sleeping(kind: str, ts: float, model: str, **fields: Any) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from activator.cost import read_log, report
-from activator.cost_markdown import to_markdown
 from activator.errors import ConfigError
+from analysis.cost import read_log, report
+from analysis.cost_markdown import to_markdown
 from tests.servers import ROOT
 
 
