@@ -41,6 +41,7 @@ from activator.pool.clock import Clock
 from activator.replica_repository import Refusal, ReplicaRepository
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
+from contracts.events import Sleep, Wake
 from contracts.stack import GroupSpec, ModelSpec
 
 log = logging.getLogger("ember.activator")
@@ -204,7 +205,7 @@ class Group:
         self.levels.setdefault(replica.id, {})[model] = level
         if level != "hot" and _DEPTH[level] > _DEPTH[before]:
             self.events.emit(
-                "sleep", model, group=self.name, replica=replica.id, level=level, reason=reason
+                Sleep(model=model, group=self.name, replica=replica.id, level=level, reason=reason)
             )
             log.info(
                 "model %s sleeps (level %s) on replica %d: %s", model, level, replica.id, reason
@@ -411,12 +412,13 @@ class Group:
             member.wakes[level] = wake_s if before is None else 0.7 * before + 0.3 * wake_s
             member.planned_at = -1  # plan again with what was measured
         self.events.emit(
-            "wake",
-            name,
-            group=self.name,
-            replica=ticket.replica.id,
-            level=level,
-            wake_s=wake_s,
+            Wake(
+                model=name,
+                group=self.name,
+                replica=ticket.replica.id,
+                level=level,
+                wake_s=wake_s,
+            )
         )
 
     def in_flight(self, name: str) -> int:

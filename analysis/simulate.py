@@ -27,6 +27,7 @@ from activator.errors import ConfigError
 from activator.policy import History, Policy
 from activator.tiered import Tiered
 from analysis.simulate_tiered import simulate_tiered_one, tiered_totals
+from contracts.events import Request
 
 HEADER = ["HashFunction", "HashOwner", "HashApp"]
 
@@ -92,16 +93,17 @@ def _events(path: Path) -> list[Trace]:
     from analysis.cost import read_log
 
     events, _ = read_log(path)
-    requests = [e for e in events if e["event"] == "request"]
+    requests = [e for e in events if isinstance(e, Request)]
     if not requests:
         raise ConfigError(f"{path}: no request events to replay")
-    start = min(float(e.get("arrival") or e["ts"]) for e in requests)
-    end = max(float(e["ts"]) for e in events)
+    start = min(float(e.arrival or e.ts) for e in requests)
+    end = max(float(e.ts) for e in events)
     by_model: dict[str, list[tuple[float, float]]] = {}
     for e in requests:
-        t = float(e.get("arrival") or e["ts"]) - start
-        busy = float(e["end"]) - float(e["start"]) if e.get("start") is not None else 0.0
-        by_model.setdefault(e["model"], []).append((t, busy))
+        t = float(e.arrival or e.ts) - start
+        # a request handed to a replica has its end (the codec holds it to that)
+        busy = float(e.end or 0.0) - float(e.start) if e.start is not None else 0.0
+        by_model.setdefault(e.model, []).append((t, busy))
     return [
         Trace(
             name,

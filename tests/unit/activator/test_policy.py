@@ -42,6 +42,7 @@ async def test_the_activator_runs_a_learned_policy_and_logs_its_decisions(tmp_pa
     import time
 
     from activator.events import EventLog, read_events
+    from contracts.events import PolicyDecision
     from tests.unit.activator.test_pool import FakeScaler, pool_for
 
     events = EventLog(tmp_path / "events.jsonl")
@@ -61,9 +62,11 @@ async def test_the_activator_runs_a_learned_policy_and_logs_its_decisions(tmp_pa
     assert 1500 < wait < 1800
     await pool.aclose()
     events.close()
-    (decision,) = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "policy"]
-    assert decision["policy"] == "hybrid" and decision["prewarm_s"] > 0
-    assert "histogram" in decision["why"]
+    (decision,) = [
+        e for e in read_events(tmp_path / "events.jsonl") if isinstance(e, PolicyDecision)
+    ]
+    assert decision.policy == "hybrid" and (decision.prewarm_s or 0) > 0
+    assert "histogram" in (decision.why or "")
 
 
 def test_an_unknown_policy_in_ember_yaml_is_refused(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from analysis.cost import report
 from analysis.cost_markdown import usd
 from analysis.report_html import MISSING, to_html
 from tests.servers import ROOT
+from tests.unit.analysis.test_cost import typed
 
 T0 = 1762160400.0  # 2025-11-03 09:00:00 UTC
 
@@ -48,7 +49,7 @@ LOG = [
 
 @pytest.fixture(scope="module")
 def page() -> str:
-    return to_html(report(LOG))
+    return to_html(report(typed(LOG)))
 
 
 def test_the_headline_says_when_what_was_spent_and_saved(page: str) -> None:
@@ -88,7 +89,7 @@ def test_a_loss_is_called_a_loss_with_its_reason() -> None:
         ev("replica_stopped", 20, "m", replica=1),
         ev("state", 30, "m", **{"from": "zero", "to": "zero"}),
     ]
-    page = to_html(report(short))
+    page = to_html(report(typed(short)))
     assert "Lost by scaling to zero<b>$0.0300</b>" in page and "100% more than always-on" in page
     assert (
         "m: scale to zero cost $0.0300 more than always-on here, because of the 60 s billing "
@@ -124,7 +125,7 @@ def test_a_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delattr(analysis, "charts", raising=False)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ConfigError, match=re.escape("pip install 'ember[report]'")) as err:
-        to_html(report(LOG))
+        to_html(report(typed(LOG)))
     assert str(err.value) == MISSING
 
 
@@ -171,7 +172,7 @@ def test_sleeping_on_shared_replicas_has_a_card_a_table_a_definition_and_a_chart
         ev("replica_stopped", 1500, "shared", replica=1),  # bert still asleep: ends here
         ev("state", 3600, "shared", **{"from": "zero", "to": "zero"}),
     ]
-    page = to_html(report(log, prices={"minilm": 0.72, "bert": 0.72}))
+    page = to_html(report(typed(log), prices={"minilm": 0.72, "bert": 0.72}))
     # minilm: host 300 s, disk 600 s; bert: host 1,300 s; at 0.72 per hour 2,200 s are $0.44
     assert "Saved by sleeping<b>2,200 device-s</b><span class='small'>worth $0.4400</span>" in page
     section = re.search(r"<h2>Saved by sleeping</h2>(.*?)</table>", page, re.S)
@@ -207,7 +208,7 @@ def test_a_group_is_one_row_and_one_chart_its_members_rows_under_it() -> None:
         ev("replica_stopped", 600, "shared", replica=1),
         ev("state", 3600, "shared", **{"from": "zero", "to": "zero"}),
     ]
-    page = to_html(report(log))
+    page = to_html(report(typed(log)))
     # always-on: one L4 for the hour, once for the group
     assert "Always-on would have cost<b>$0.7100</b>" in page
     assert "one always-on replica per model or group" in page
