@@ -62,6 +62,7 @@ from activator.routes import Endpoint, Guard, Match, guard, model_route, resolve
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
 from activator.tiered import Level
+from contracts.events import ActivatorStart, ActivatorStop
 from contracts.oip import load_request, no_query, repository_index_request
 from contracts.replica import SleepLevel
 from contracts.stack import ModelSpec, StackConfig
@@ -183,7 +184,7 @@ class Activator:
         self._learn_from_log()
         # marks a run: a next run's start with no stop between says this one crashed (the
         # cost report closes what it left open at its last event)
-        self.events.emit("activator_start", "", run=self.run_id, pid=os.getpid())
+        self.events.emit(ActivatorStart(model="", run=self.run_id, pid=os.getpid()))
         for name, spec in self.stack.models.items():
             if not self.metadata.knows(name) and spec.group is not None:
                 log.info(
@@ -221,7 +222,7 @@ class Activator:
             await self.scaler.aclose()
             await self.tasks.aclose()
             await self.replica_client.aclose()
-            self.events.emit("activator_stop", "", run=self.run_id)
+            self.events.emit(ActivatorStop(model="", run=self.run_id))
             self.events.close()
 
     def _learn_from_log(self) -> None:

@@ -1,9 +1,11 @@
 """The event log: one JSON line per transition and per request, for the cost report and replays.
 
-Every event has ``event``, ``model``, ``ts`` (wall clock, Unix seconds) and ``mono`` (this
-process's monotonic clock, for durations that a wall-clock step cannot skew). Kinds:
+The events are typed, and written and read through one codec (:mod:`contracts.events`: its
+classes say each kind's fields). Every line has ``event`` (the kind), ``v`` (the schema
+version), ``model``, ``ts`` (wall clock, Unix seconds) and ``mono`` (this process's monotonic
+clock, for durations that a wall-clock step cannot skew). Kinds:
 
-* ``state``: a model's state changed (``from``, ``to``, ``reason``);
+* ``state``: a model's state changed (``from``, ``to``);
 * ``replica_starting`` / ``replica_ready`` (``replica``, ``cold_start_s`` and its ``phases``) /
   ``replica_failed`` (``reason``) / ``replica_stopped`` (``reason``, ``uptime_s``);
 * ``request``: a request that reached the model's data path (it was relayed, or waited for a
@@ -12,7 +14,8 @@ process's monotonic clock, for durations that a wall-clock step cannot skew). Ki
   a replica; null if it never was), ``end`` (wall clock), ``status``, ``cold`` (it waited for a
   replica to start), ``queue_s``, ``replica``. Requests refused before that (401, 400, 404, 413,
   a full queue) are counted in the metrics, not logged one by one;
-* ``prewarm``: a warm window began (``until``, ``source``), and ``sleep``;
+* ``prewarm``: a warm window began (``until``, ``source``), and ``warm_end``; ``policy``: a
+  learned policy's decision; ``sleep`` / ``wake``: a group's member slept or woke (``level``);
 * ``activator_start`` (``run``, ``pid``) / ``activator_stop`` (``run``): a run of the activator
   began / ended cleanly (its replicas stopped first). Their ``model`` is empty. A start with no
   stop before it says the run before ended without one (a crash, SIGKILL): what that run left
@@ -28,32 +31,35 @@ event is not.
 The log is bounded: past ``max_bytes`` the file is rotated (``events.jsonl`` becomes
 ``events.jsonl.1``, ``.1`` becomes ``.2``, ...; ``keep`` rotated files are kept, older ones
 removed). Readers (:func:`iter_events`) read the rotated files too, oldest first, one line at a
-time, and skip (and count) every line that is not a well-typed event.
+time, decode each to its typed event, and skip (and count) every line that is not a
+well-typed event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
-import json
 import logging
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from io import FileIO
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TypeVar
+
+from contracts.events import VERSION, Event, Request, decode, encode
 
 log = logging.getLogger("ember.activator")
 
 FLUSH_S = 0.05
 MAX_BYTES = 64 * 1024 * 1024  # the default bound of one file (ember.yaml: event_log_max_bytes)
 KEEP = 4  # rotated files kept by default (ember.yaml: event_log_keep)
+E = TypeVar("E", bound=Event)
 MAX_LINE_BYTES = 1 << 20  # a line longer than this is none of ours: skipped without holding it
 
 
@@ -100,12 +106,12 @@ class EventLog:
             view = view[self._file.write(view) :]
         self._size += len(data)
 
-    def emit(self, event: str, model: str, **fields: Any) -> dict[str, Any]:
-        record = {"event": event, "model": model, "ts": time.time(), "mono": time.monotonic()}
-        record.update(fields)
+    def emit(self, event: E) -> E:
+        """Write ``event``, stamped now (``ts``, ``mono``); the stamped event."""
+        stamped = dataclasses.replace(event, ts=time.time(), mono=time.monotonic())
         if self._writing:
-            self._append(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-        return record
+            self._append(encode(stamped))
+        return stamped
 
     def request(
         self,
@@ -121,11 +127,12 @@ class EventLog:
         queue_s: float,
         replica: int | None,
     ) -> None:
-        """A ``request`` event, formatted without building a dict (one per request)."""
+        """A ``request`` event, formatted without building one (one per request): the line
+        :func:`contracts.events.encode` writes for its :class:`~contracts.events.Request`."""
         if not self._writing:
             return
         self._append(
-            f'{{"event":"request","model":{encode_basestring(model)},"ts":{end!r},'
+            f'{{"event":"request","v":{VERSION},"model":{encode_basestring(model)},"ts":{end!r},'
             f'"mono":{time.monotonic()!r},"endpoint":{encode_basestring(endpoint)},'
             f'"version":{encode_basestring(version)},'
             f'"arrival":{arrival!r},"start":{"null" if start is None else repr(start)},'
@@ -236,7 +243,7 @@ class Skipped:
     unreadable: list[str] = field(default_factory=list)  # "FILE: why", each file not read whole
 
 
-def iter_events(path: Path, skipped: Skipped) -> Iterator[dict[str, Any]]:
+def iter_events(path: Path, skipped: Skipped) -> Iterator[Event]:
     """The events of the log at ``path`` (rotated files first, oldest first), one line in
     memory at a time; every line that is not a well-typed event is counted in ``skipped``."""
     for file in log_files(path):
@@ -251,7 +258,7 @@ def iter_events(path: Path, skipped: Skipped) -> Iterator[dict[str, Any]]:
         with f:
             try:
                 for line in _lines(f):
-                    event = parse_event(line) if line is not None else None
+                    event = decode(line) if line is not None else None
                     if event is not None:
                         yield event
                     elif line is None or line.strip():
@@ -261,18 +268,9 @@ def iter_events(path: Path, skipped: Skipped) -> Iterator[dict[str, Any]]:
                 skipped.unreadable.append(f"{file}: {exc.strerror or exc}")
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
+def read_events(path: Path) -> list[Event]:
     """The events in a log (its rotated files too), skipping what is not an event."""
     return list(iter_events(path, Skipped()))
-
-
-def parse_event(line: bytes | str) -> dict[str, Any] | None:
-    """The event on one line, or None: not JSON, or not an event with fields of their types."""
-    try:
-        event = json.loads(line)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
-    return event if _well_typed(event) else None
 
 
 def _lines(f: IO[bytes]) -> Iterator[bytes | None]:
@@ -286,70 +284,8 @@ def _lines(f: IO[bytes]) -> Iterator[bytes | None]:
         yield None
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _text(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _flag(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
-
-
-# the fields readers use, with their types: checked where present (those in _REQUIRED must be)
-_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "event": _text,
-    "model": _text,
-    "ts": _number,
-    "mono": _number,
-    "replica": _or_null(_integer),
-    "group": _or_null(_text),
-    "level": _or_null(_text),
-    "until": _or_null(_number),
-    "wake_s": _or_null(_number),
-    "gpu_type": _or_null(_text),
-    "device": _or_null(_text),
-    "price_per_hour": _or_null(_number),
-    "cpus": _or_null(_number),
-}
-_REQUEST_FIELDS: dict[str, Callable[[Any], bool]] = {
-    "endpoint": _text,
-    "version": _text,
-    "arrival": _or_null(_number),
-    "start": _or_null(_number),
-    "end": _number,
-    "status": _integer,
-    "cold": _flag,
-    "queue_s": _or_null(_number),
-}
-_REQUEST_ALL = {**_FIELDS, **_REQUEST_FIELDS}
-_REQUIRED: dict[str, tuple[str, ...]] = {"replica_starting": ("replica",)}
-
-
-def _well_typed(event: Any) -> bool:
-    if not isinstance(event, dict) or not all(k in event for k in ("event", "model", "ts")):
-        return False
-    kind = event["event"]
-    fields = _REQUEST_ALL if kind == "request" else _FIELDS
-    if not all(check(event[k]) for k, check in fields.items() if k in event):
-        return False
-    if kind == "request" and event.get("start") is not None and "end" not in event:
-        return False  # busy from start to end: the end must be known
-    return all(k in event for k in _REQUIRED.get(kind, ()))
-
-
 def arrivals(
-    events: Iterable[dict[str, Any]], models: Container[str], *, window: int = 4096
+    events: Iterable[Event], models: Container[str], *, window: int = 4096
 ) -> Iterator[tuple[str, list[float]]]:
     """Each model's ``request`` arrivals (wall clock), in ascending batches per model.
 
@@ -359,12 +295,11 @@ def arrivals(
     """
     held: dict[str, list[float]] = {}
     for e in events:
-        model = e["model"]
-        if e["event"] != "request" or model not in models:
+        model = e.model
+        if not isinstance(e, Request) or model not in models:
             continue
         heap = held.setdefault(model, [])
-        arrival = e.get("arrival")
-        heapq.heappush(heap, float(e["ts"] if arrival is None else arrival))
+        heapq.heappush(heap, float(e.ts if e.arrival is None else e.arrival))
         if len(heap) >= 2 * window:
             yield model, [heapq.heappop(heap) for _ in range(window)]
     for model, heap in held.items():

@@ -47,6 +47,7 @@ from activator.replica_client import Refusal, ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
+from contracts.events import Sleep, Wake
 from contracts.replica import ModelState, ModelStatus
 from contracts.stack import GroupSpec, ModelSpec
 
@@ -216,7 +217,7 @@ class Group:
         self.levels.setdefault(replica.id, {})[model] = level
         if level.depth > before.depth:
             self.events.emit(
-                "sleep", model, group=self.name, replica=replica.id, level=level, reason=reason
+                Sleep(model=model, group=self.name, replica=replica.id, level=level, reason=reason)
             )
             log.info(
                 "model %s sleeps (level %s) on replica %d: %s", model, level, replica.id, reason
@@ -424,12 +425,13 @@ class Group:
             member.wakes[level] = wake_s if before is None else 0.7 * before + 0.3 * wake_s
             member.planned_at = -1  # plan again with what was measured
         self.events.emit(
-            "wake",
-            name,
-            group=self.name,
-            replica=ticket.replica.id,
-            level=level,
-            wake_s=wake_s,
+            Wake(
+                model=name,
+                group=self.name,
+                replica=ticket.replica.id,
+                level=level,
+                wake_s=wake_s,
+            )
         )
 
     def in_flight(self, name: str) -> int:

@@ -86,12 +86,27 @@ def _prewarm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_analysis(command: str, exc: ModuleNotFoundError) -> int:
+    """The activator's image leaves the offline analysis out: say so, not a traceback."""
+    if (exc.name or "").partition(".")[0] != "analysis":
+        raise exc
+    print(
+        f"ember {command}: this installation has no offline analysis (the activator image "
+        "leaves it out): run it where ember is installed with pip",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _cost_report(args: argparse.Namespace) -> int:
     import json
 
-    from activator.cost import read_log, report
-    from activator.cost_groups import from_stack
-    from activator.cost_markdown import to_markdown
+    try:
+        from analysis.cost import read_log, report
+        from analysis.cost_groups import from_stack
+        from analysis.cost_markdown import to_markdown
+    except ModuleNotFoundError as exc:
+        return _without_analysis("cost-report", exc)
     from contracts.errors import ConfigError
     from contracts.stack import load_stack
 
@@ -121,7 +136,7 @@ def _cost_report(args: argparse.Namespace) -> int:
         if args.format == "json":
             text = json.dumps(result, indent=2) + "\n"
         elif args.format == "html":
-            from activator.report_html import to_html
+            from analysis.report_html import to_html
 
             text = to_html(result)
         else:
@@ -143,9 +158,13 @@ def _cost_report(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from activator.policy import Policy, parse_policy
-    from activator.simulate import load_trace, simulate, to_json, to_markdown
     from activator.tiered import Tiered, parse_wakes
     from contracts.errors import ConfigError
+
+    try:
+        from analysis.simulate import load_trace, simulate, to_json, to_markdown
+    except ModuleNotFoundError as exc:
+        return _without_analysis("simulate", exc)
 
     try:
         # a bad policy is told before the trace is read

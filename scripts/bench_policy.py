@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from activator.policy import parse_policy  # noqa: E402
-from activator.simulate import load_trace, simulate  # noqa: E402
 from activator.tiered import Tiered  # noqa: E402
+from analysis.simulate import load_trace, simulate  # noqa: E402
 
 POLICIES = [
     "fixed:1m",

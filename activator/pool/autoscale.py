@@ -20,6 +20,7 @@ from activator.pool.clock import Clock, Timer
 from activator.pool.prewarm import WarmWindows
 from activator.pool.queue import AdmissionQueue
 from activator.pool.replicas import Replica, ReplicaSet
+from contracts.events import PolicyDecision
 from contracts.stack import ModelSpec
 
 
@@ -146,11 +147,12 @@ class Autoscaler:
         if decision != self._last_decision:
             self._last_decision = decision
             self.events.emit(
-                "policy",
-                self.name,
-                policy=self.policy.name,
-                prewarm_s=decision.prewarm_s,
-                keep_alive_s=decision.keep_alive_s,
-                why=decision.why,
+                PolicyDecision(
+                    model=self.name,
+                    policy=self.policy.name,
+                    prewarm_s=decision.prewarm_s,
+                    keep_alive_s=decision.keep_alive_s,
+                    why=decision.why,
+                )
             )
         return self.keep_alive_s

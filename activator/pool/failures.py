@@ -16,6 +16,7 @@ from activator.errors import (
     ReplicaStartFailed,
     StartFailure,
 )
+from contracts.events import ReplicaFailed
 from contracts.replica import FailureKind
 
 
@@ -41,10 +42,12 @@ class FailedStart:
             return DeadlineExceeded(f"model '{model}': {self.reason}")
         return ModelUnavailable(f"model '{model}' could not start: {self.reason}")
 
-    def event(self) -> dict[str, str | None]:
-        """The ``replica_failed`` event's fields: the reason, the kind, the replica's failure."""
-        kind = None if self.kind is None else self.kind.value
-        fields: dict[str, str | None] = {"reason": self.reason, "kind": kind}
-        if self.failure is not None:
-            fields["failure"] = self.failure.value
-        return fields
+    def event(self, model: str, replica: int) -> ReplicaFailed:
+        """The ``replica_failed`` event: the reason, the kind, the replica's failure."""
+        return ReplicaFailed(
+            model=model,
+            replica=replica,
+            reason=self.reason,
+            failure_kind=None if self.kind is None else self.kind.value,
+            failure=None if self.failure is None else self.failure.value,
+        )

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from activator.events import EventLog
 from activator.pool.clock import Clock
+from contracts.events import Prewarm, WarmEnd
 from contracts.schedule import Window
 
 #: how the windows ask the pool to warm: ``warm(seconds, source, replicas)``
@@ -57,18 +58,19 @@ class WarmWindows:
         self.replicas = max(self.replicas, replicas)
         self.source = source
         self.events.emit(
-            "prewarm",
-            self.model,
-            until=self.clock.time() + seconds,
-            replicas=replicas,
-            source=source,
+            Prewarm(
+                model=self.model,
+                until=self.clock.time() + seconds,
+                replicas=replicas,
+                source=source,
+            )
         )
 
     def end(self) -> None:
         """Close any open window now (the admin API's ``sleep``; logged as ``warm_end``)."""
         self.until = 0.0
         self.replicas = 0
-        self.events.emit("warm_end", self.model)
+        self.events.emit(WarmEnd(model=self.model))
 
     def why(self) -> str:
         """Who holds the open window, in words (for the log)."""

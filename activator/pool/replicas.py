@@ -29,6 +29,7 @@ from activator.pool.clock import Clock
 from activator.pool.failures import FailedStart
 from activator.scalers.base import ReplicaHandle, Scaler
 from activator.tasks import TaskSet
+from contracts.events import ReplicaReady, ReplicaStarting, ReplicaStopped, State
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
@@ -127,13 +128,14 @@ class ReplicaSet:
             self.members.append(replica)
             self.metrics.cold_starts.labels(self.name).inc()
             self.events.emit(
-                "replica_starting",
-                self.name,
-                replica=replica.id,
-                gpu_type=self.spec.gpu_type,
-                price_per_hour=self.spec.price_per_hour,
-                cpus=self.spec.cpus,
-                why=why,
+                ReplicaStarting(
+                    model=self.name,
+                    replica=replica.id,
+                    gpu_type=self.spec.gpu_type,
+                    price_per_hour=self.spec.price_per_hour,
+                    cpus=self.spec.cpus,
+                    why=why,
+                )
             )
             log.info(
                 "model %s: %s (%s): replica %d starting",
@@ -171,13 +173,14 @@ class ReplicaSet:
         self.last_cold_start_s = cold_start_s
         self.metrics.cold_start_seconds.labels(self.name).observe(cold_start_s)
         self.events.emit(
-            "replica_ready",
-            self.name,
-            replica=replica.id,
-            url=replica.url,
-            cold_start_s=cold_start_s,
-            phases=dict(replica.handle.timings),
-            warm_pool=replica.handle.warm,
+            ReplicaReady(
+                model=self.name,
+                replica=replica.id,
+                url=replica.url,
+                cold_start_s=cold_start_s,
+                phases=dict(replica.handle.timings),
+                warm_pool=replica.handle.warm,
+            )
         )
         log.info(
             "model %s: replica %d ready in %.2fs%s",
@@ -204,7 +207,7 @@ class ReplicaSet:
 
     async def _failed(self, replica: Replica, failed: FailedStart) -> None:
         log.error("model %s: replica %d failed to start: %s", self.name, replica.id, failed.reason)
-        self.events.emit("replica_failed", self.name, replica=replica.id, **failed.event())
+        self.events.emit(failed.event(self.name, replica.id))
         if replica in self.members:
             self.members.remove(replica)
         self.reason = f"the last start failed: {failed.reason}"
@@ -295,7 +298,7 @@ class ReplicaSet:
             self._last_stop = replica.stop_reason or reason
             uptime = self.clock.monotonic() - replica.started
             self.events.emit(
-                "replica_stopped", self.name, replica=replica.id, reason=reason, uptime_s=uptime
+                ReplicaStopped(model=self.name, replica=replica.id, reason=reason, uptime_s=uptime)
             )
         self.update_state()
 
@@ -312,7 +315,7 @@ class ReplicaSet:
             new = "zero"
         if new != self.state:
             old, self.state = self.state, new
-            self.events.emit("state", self.name, **{"from": old, "to": new})
+            self.events.emit(State(model=self.name, from_=old, to=new))
             if new == "zero" and not self.start_failed:
                 self.reason = ZERO_REASON
                 log.info("model %s: scaled to zero: %s", self.name, self._last_stop or "stopped")

@@ -125,6 +125,24 @@ def test_the_small_things_a_first_hour_runs_into(tmp_path: Path, capsys: Any) ->
     assert "nowhere.yaml does not exist" in capsys.readouterr().err
 
 
+def test_without_the_analysis_package_the_reports_say_so(monkeypatch: Any, capsys: Any) -> None:
+    """As in the activator image, which leaves the offline analysis out."""
+    from ember.cli import main
+
+    for name in [m for m in sys.modules if m.partition(".")[0] == "analysis"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "analysis", None)  # import analysis -> ModuleNotFoundError
+    for argv in (
+        ["cost-report", "--events", "x"],
+        ["simulate", "--trace", "x", "--policy", "knative"],
+    ):
+        assert main(argv) == 1
+        said = capsys.readouterr()
+        assert said.out == "" and said.err.startswith(
+            f"ember {argv[0]}: this installation has no offline analysis"
+        ), said.err
+
+
 WARM = ("--model", "m", "--seconds", "1")
 
 

@@ -17,9 +17,9 @@ from activator.events import (
     arrivals,
     iter_events,
     log_files,
-    parse_event,
     read_events,
 )
+from contracts.events import Request, State, decode, encode, from_record
 from contracts.stack import ActivatorSettings
 from tests.fixtures.frontdoor import BODY, Replica, serving
 
@@ -45,15 +45,15 @@ def test_a_request_event_names_its_route_and_reads_back_typed(tmp_path: Path) ->
     request(log, 10.0, endpoint="ready", version="2", start=None, replica=None, status=504)
     log.close()
     (e,) = read_events(tmp_path / "events.jsonl")
-    assert e["event"] == "request" and e["model"] == "m"
-    assert (e["endpoint"], e["version"], e["status"], e["start"], e["replica"]) == (
+    assert isinstance(e, Request) and e.model == "m"
+    assert (e.endpoint, e.version, e.status, e.start, e.replica) == (
         "ready",
         "2",
         504,
         None,
         None,
     )
-    assert "path" not in e
+    assert not hasattr(e, "path")
 
 
 def test_the_log_rotates_past_its_bound_and_is_read_oldest_first(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_the_log_rotates_past_its_bound_and_is_read_oldest_first(tmp_path: Path)
     files = log_files(path)
     assert [f.name for f in files] == ["events.jsonl.2", "events.jsonl.1", "events.jsonl"]
     assert all(f.stat().st_size <= 2000 for f in files)
-    read = [e["arrival"] for e in read_events(path)]
+    read = [e.arrival for e in read_events(path) if isinstance(e, Request)]
     assert read == sorted(read) and read[-1] == 99.0  # the newest kept, oldest removed
     assert 0.0 not in read
     # a smaller keep later: the rotated files past it go at the next rotation
@@ -74,7 +74,7 @@ def test_the_log_rotates_past_its_bound_and_is_read_oldest_first(tmp_path: Path)
         request(log, float(i))
     log.close()
     assert [f.name for f in log_files(path)] == ["events.jsonl"]
-    assert [e["arrival"] for e in read_events(path)][-1] == 119.0
+    assert [e.arrival for e in read_events(path) if isinstance(e, Request)][-1] == 119.0
 
 
 def test_a_torn_last_line_gets_its_newline_before_the_next_event(tmp_path: Path) -> None:
@@ -82,11 +82,13 @@ def test_a_torn_last_line_gets_its_newline_before_the_next_event(tmp_path: Path)
     whole = json.dumps({"event": "state", "model": "m", "ts": 1.0})
     path.write_text(whole + "\n" + '{"event":"request","model":"m","ts":2.')  # a crash
     log = EventLog(path)
-    log.emit("state", "m", to="zero")
+    log.emit(State(model="m", to="zero"))
     log.close()
     skipped = Skipped()
     read = list(iter_events(path, skipped))
-    assert read[0]["ts"] == 1.0 and read[1]["to"] == "zero"  # not swallowed
+    assert read[0].ts == 1.0 and read[1] == State(
+        model="m", to="zero", ts=read[1].ts, mono=read[1].mono
+    )
     assert skipped.lines == 1
 
 
@@ -120,7 +122,7 @@ def test_ill_typed_or_unparsable_lines_are_skipped_and_counted(tmp_path: Path, l
     path.write_text(f"{good}\n{line}\n{good}\n")
     skipped = Skipped()
     assert len(list(iter_events(path, skipped))) == 2 and skipped.lines == 1
-    assert parse_event(line) is None
+    assert decode(line) is None
 
 
 def test_an_overlong_line_or_bytes_that_are_not_utf8_are_skipped_unheld(
@@ -144,7 +146,8 @@ def test_arrivals_come_sorted_in_bounded_batches_per_model() -> None:
     ]
     log.append({"event": "request", "model": "other", "ts": 1.0, "arrival": 1.0})
     log.append({"event": "state", "model": "a", "ts": 1.0})
-    batches = list(arrivals(log, {"a", "b"}, window=16))
+    typed = [e for r in log if (e := from_record(r)) is not None]
+    batches = list(arrivals(typed, {"a", "b"}, window=16))
     assert {m for m, _ in batches} == {"a", "b"}
     assert all(len(b) <= 32 for _, b in batches)
     for model in ("a", "b"):
@@ -159,7 +162,7 @@ def test_a_write_that_fails_loses_its_lines_says_so_once_and_never_crashes(
     log = EventLog(full)
     with caplog.at_level(logging.WARNING, "ember.activator"):
         for _ in range(3):
-            log.emit("state", "m")
+            log.emit(State(model="m"))
     log.close()
     assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1
 
@@ -169,7 +172,7 @@ def test_a_rotation_that_fails_half_way_is_tried_again_by_the_next_write(
 ) -> None:
     path = tmp_path / "events.jsonl"
     log = EventLog(path, max_bytes=200, keep=2)
-    log.emit("state", "m", reason="x" * 150)
+    log.emit(State(model="m", reason="x" * 150))
     real, calls = events_module.rotate, []
 
     def rotate(at: Path, keep: int) -> None:
@@ -180,10 +183,10 @@ def test_a_rotation_that_fails_half_way_is_tried_again_by_the_next_write(
 
     monkeypatch.setattr(events_module, "rotate", rotate)
     with caplog.at_level(logging.WARNING, "ember.activator"):
-        log.emit("state", "m", reason="lost")  # its rotation fails: this line is lost
-        log.emit("state", "m", reason="kept")  # the file is opened again, rotated, written
+        log.emit(State(model="m", reason="lost"))  # its rotation fails: this line is lost
+        log.emit(State(model="m", reason="kept"))  # the file is opened again, rotated, written
     log.close()
-    assert [e["reason"] for e in read_events(path)] == ["x" * 150, "kept"]
+    assert [e.reason for e in read_events(path) if isinstance(e, State)] == ["x" * 150, "kept"]
     assert len(calls) == 2 and (tmp_path / "events.jsonl.1").exists()
     assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1
 
@@ -193,12 +196,12 @@ def test_a_file_of_the_log_that_cannot_be_read_is_skipped_and_named(
 ) -> None:
     path = tmp_path / "events.jsonl"
     log = EventLog(path)
-    log.emit("state", "m", reason="now")
+    log.emit(State(model="m", reason="now"))
     log.close()
     (tmp_path / "events.jsonl.1").mkdir()  # not a file: opening it fails
     skipped = Skipped()
     with caplog.at_level(logging.WARNING, "ember.activator"):
-        assert [e["reason"] for e in iter_events(path, skipped)] == ["now"]
+        assert [e.reason for e in iter_events(path, skipped) if isinstance(e, State)] == ["now"]
     (unreadable,) = skipped.unreadable
     assert unreadable.startswith(f"{tmp_path / 'events.jsonl.1'}: Is a directory")
     assert any("cannot read it" in r.getMessage() for r in caplog.records)
@@ -234,3 +237,13 @@ async def test_the_activator_rotates_its_log_at_the_configured_bound(tmp_path: P
         assert all(f.stat().st_size <= 64 * 1024 for f in files)
         kept = h.events()
         assert 0 < len(kept) < 600 and all(e["status"] == 200 for e in kept)
+
+
+def test_the_request_fast_path_writes_the_codecs_line(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl")
+    request(log, 10.0)
+    log.close()
+    line = (tmp_path / "events.jsonl").read_text()
+    e = decode(line)
+    assert isinstance(e, Request) and e.mono is not None
+    assert json.loads(line) == json.loads(encode(e))  # the same keys and values

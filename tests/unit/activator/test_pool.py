@@ -33,6 +33,7 @@ from activator.pool import ManualClock, ModelPool, Ticket
 from activator.pool.clock import Clock
 from activator.scalers.base import ReplicaHandle
 from activator.tasks import TaskSet
+from contracts.events import Prewarm
 from contracts.replica import FailureKind
 from contracts.schedule import parse_window
 from tests.unit.activator.pool.fakes import Events, FakeScaler, outcome, spec, turns, until
@@ -349,7 +350,7 @@ async def test_keep_alive_on_the_real_clock(tmp_path: Path, events: EventLog) ->
     assert scaler.stopped == 1
     await pool.aclose()
     events.flush()
-    kinds = [e["event"] for e in read_events(tmp_path / "events.jsonl")]
+    kinds = [e.kind for e in read_events(tmp_path / "events.jsonl")]
     assert kinds.count("replica_ready") == 1 and "replica_stopped" in kinds
 
 
@@ -439,8 +440,8 @@ async def test_the_activator_warms_a_model_for_its_window(tmp_path: Path, events
     pool.apply_schedule(during + dt.timedelta(minutes=1))  # the same window: not again
     await pool.aclose()
     events.flush()
-    prewarms = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "prewarm"]
-    assert [p["source"] for p in prewarms] == ["schedule"]
+    prewarms = [e for e in read_events(tmp_path / "events.jsonl") if isinstance(e, Prewarm)]
+    assert [p.source for p in prewarms] == ["schedule"]
 
 
 async def test_a_started_pool_warms_when_its_window_opens(clock: ManualClock) -> None:

@@ -18,7 +18,16 @@ from tests.servers import ROOT
 
 DOCKERFILES = sorted((ROOT / "templates").glob("Dockerfile.*"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-PACKAGES = ["contracts", "ember", "runtime", "activator", "weight_cache", "knative", "templates"]
+PACKAGES = [
+    "contracts",
+    "ember",
+    "runtime",
+    "activator",
+    "analysis",
+    "weight_cache",
+    "knative",
+    "templates",
+]
 
 
 def final_stage(text: str) -> str:
@@ -96,6 +105,24 @@ def test_the_activator_image_installs_its_extra_and_no_torch() -> None:
     assert "torch" not in text.replace("No torch", "")
 
 
+def test_the_activator_image_leaves_the_offline_analysis_out() -> None:
+    """Cost reports, charts and the simulator are never in the serving path: the package is
+    removed from the copied context before the install, so no file of it is installed."""
+    text = (ROOT / "templates" / "Dockerfile.activator").read_text()
+    steps = [s.strip() for s in text.split("&&")]
+    removed = steps.index("rm -r analysis \\")
+    installed = next(i for i, s in enumerate(steps) if s.endswith("--no-deps . \\"))
+    assert removed < installed
+    # and what the image runs imports it only in the commands that use it (cost-report, simulate)
+    at_import = {
+        f"{module} imports {name}"
+        for module in _modules_of("contracts", "activator", "knative", "ember")
+        for name in _imports(FILES[module], anywhere=False)
+        if name.split(".")[0] == "analysis"
+    }
+    assert at_import == set()
+
+
 # ------------------------------------------------------------------------ what images import
 def _module_files() -> dict[str, Path]:
     files = {}
@@ -156,17 +183,15 @@ def distributions(imports: dict[str, str]) -> dict[str, str]:
     return {name: _dist(owners[name][0]) if name in owners else name for name in imports}
 
 
-def _modules_of(*packages: str, leaving: tuple[str, ...] = ()) -> set[str]:
-    return {m for m in FILES if m.split(".")[0] in packages and not m.startswith(leaving) and m}
+def _modules_of(*packages: str) -> set[str]:
+    return {m for m in FILES if m.split(".")[0] in packages and m}
 
 
 def test_the_activator_images_modules_import_only_its_extra() -> None:
     """What the activator image runs (`ember up`, `ember deploy`, `ember prewarm`, the Knative
-    scaler): every module of contracts, activator, knative and ember; but the HTML report's
-    charts (matplotlib, the `report` extra: the CLI says so when it is missing)."""
-    modules = _modules_of(
-        "contracts", "activator", "knative", "ember", leaving=("activator.report_charts",)
-    )
+    scaler): every module of contracts, activator, knative and ember (not analysis: the image
+    leaves it out, and the CLI imports it only in the commands that use it)."""
+    modules = _modules_of("contracts", "activator", "knative", "ember")
     imports = third_party(modules)
     declared = {_dist(r) for r in PYPROJECT["project"]["optional-dependencies"]["activator"]}
     missing = {

@@ -14,10 +14,12 @@ from activator.events import EventLog
 from activator.pool.clock import Clock, SystemClock
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
+from contracts.events import Event, to_record
 from contracts.stack import ModelSpec
 from tests.fixtures.specs import model_spec
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
 
 class FakeScaler:
@@ -112,10 +114,10 @@ class Events(EventLog):
         super().__init__(None)
         self.emitted: list[dict[str, Any]] = []
 
-    def emit(self, event: str, model: str, **fields: Any) -> dict[str, Any]:
-        record = super().emit(event, model, **fields)
-        self.emitted.append(record)
-        return record
+    def emit(self, event: E) -> E:
+        stamped = super().emit(event)
+        self.emitted.append(to_record(stamped))  # as its line reads
+        return stamped
 
     def kinds(self) -> list[str]:
         return [e["event"] for e in self.emitted]

@@ -11,6 +11,7 @@ from activator.errors import (
     StartFailure,
 )
 from activator.pool.failures import FailedStart
+from contracts.events import ReplicaFailed
 from contracts.replica import FailureKind
 
 
@@ -19,7 +20,9 @@ def test_a_start_that_timed_out_is_a_504_with_the_reason() -> None:
     error = failed.error("m")
     assert type(error) is DeadlineExceeded and error.status_code == 504
     assert str(error) == "model 'm': not ready within 3s"
-    assert failed.event() == {"reason": "not ready within 3s", "kind": "timed_out"}
+    assert failed.event("m", 1) == ReplicaFailed(
+        model="m", replica=1, reason="not ready within 3s", failure_kind="timed_out"
+    )
 
 
 @pytest.mark.parametrize("kind", [k for k in StartFailure if k is not StartFailure.TIMED_OUT])
@@ -28,16 +31,14 @@ def test_every_other_kind_is_a_503_with_the_reason(kind: StartFailure) -> None:
     error = failed.error("m")
     assert type(error) is ModelUnavailable and error.status_code == 503
     assert str(error) == "model 'm' could not start: it went wrong"
-    assert failed.event()["kind"] == kind.value
+    assert failed.event("m", 1).failure_kind == kind.value
 
 
 def test_the_replicas_own_failure_is_carried() -> None:
     exc = ReplicaStartFailed("bad", StartFailure.LOAD_FAILED, FailureKind.OUT_OF_MEMORY)
-    assert FailedStart.of(exc).event() == {
-        "reason": "bad",
-        "kind": "load_failed",
-        "failure": "out_of_memory",
-    }
+    assert FailedStart.of(exc).event("m", 1) == ReplicaFailed(
+        model="m", replica=1, reason="bad", failure_kind="load_failed", failure="out_of_memory"
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,4 +53,4 @@ def test_an_untyped_failure_is_a_503_whatever_it_says(exc: Exception, reason: st
     failed = FailedStart.of(exc)
     assert failed.kind is None and reason in failed.reason
     assert type(failed.error("m")) is ModelUnavailable
-    assert failed.event()["kind"] is None
+    assert failed.event("m", 1).failure_kind is None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from activator.cost import report
-from activator.cost_markdown import to_markdown
-from activator.cost_sleep import sleep_or_wake
-from tests.unit.activator.test_cost import LOG, ev
+from analysis.cost import report
+from analysis.cost_markdown import to_markdown
+from analysis.cost_sleep import sleep_or_wake
+from contracts.events import Sleep, Wake
+from tests.unit.analysis.test_cost import LOG, ev, typed
 
 
 def sleeping(kind: str, ts: float, model: str, **fields: Any) -> dict[str, Any]:
@@ -40,7 +41,7 @@ PRICES = {"minilm": 3.6, "shared": 0.72}
 
 
 def test_sleeping_on_a_shared_replica_is_counted_per_level_to_its_wake_or_the_stop() -> None:
-    r = report(GROUP, prices=PRICES)
+    r = report(typed(GROUP), prices=PRICES)
     rows = {m["model"]: m for m in r["models"]}
     assert rows["shared"]["sleep"] is None  # the group's replica is billed in its own row
     minilm, bert = rows["minilm"]["sleep"], rows["bert"]["sleep"]
@@ -65,7 +66,7 @@ def test_sleeping_on_a_shared_replica_is_counted_per_level_to_its_wake_or_the_st
 
 def test_without_any_price_sleeps_show_no_price() -> None:
     unpriced = [{**e, "gpu_type": None} for e in GROUP]  # a CPU group, no --price cpu=
-    r = report(unpriced)
+    r = report(typed(unpriced))
     assert [m["sleep"]["saved_usd"] for m in r["models"] if m["sleep"]] == [None, None]
     assert r["total"]["sleep"]["saved_usd"] is None
     assert r["total"]["sleep"]["unpriced"] == ["minilm", "bert"]
@@ -74,12 +75,12 @@ def test_without_any_price_sleeps_show_no_price() -> None:
 
 def test_a_sleep_still_open_ends_with_the_log() -> None:
     log = [*GROUP[:4], ev("state", 600, model="shared", **{"from": "ready", "to": "ready"})]
-    rows = {m["model"]: m for m in report(log)["models"]}
+    rows = {m["model"]: m for m in report(typed(log))["models"]}
     assert rows["minilm"]["sleep"]["seconds"] == {"host": 500, "disk": 0}
 
 
 def test_markdown_reports_sleeping_and_says_what_it_means() -> None:
-    md = to_markdown(report(GROUP, prices=PRICES))
+    md = to_markdown(report(typed(GROUP), prices=PRICES))
     assert "## Saved by sleeping" in md
     assert (
         "Sleeping saved 2,350 device-s (worth $1.47); scaling to zero saved 2,100 replica-s" in md
@@ -91,7 +92,7 @@ def test_markdown_reports_sleeping_and_says_what_it_means() -> None:
 
 
 def test_without_sleeps_nothing_is_added() -> None:
-    r = report(LOG)
+    r = report(typed(LOG))
     assert r["total"]["sleep"] is None and r["models"][0]["sleep"] is None
     assert "sleep" not in to_markdown(r).lower()
 
@@ -102,25 +103,30 @@ def test_sleeps_without_a_level_add_nothing() -> None:
         sleeping("sleep", 500, "m", level=None),
         sleeping("wake", 600, "m", level=None),
     ]
-    r = report([*log, LOG[-1]])
+    r = report(typed([*log, LOG[-1]]))
     assert r["total"]["sleep"] is None
     # nor do they make m a group's member: it is billed as before
     (m,) = r["models"]
     assert (m["kind"], m["sleep"], m["cost_usd"]) == (
         "model",
         None,
-        report(LOG)["total"]["cost_usd"],
+        report(typed(LOG))["total"]["cost_usd"],
     )
 
 
 def test_sleep_or_wake_on_its_own() -> None:
-    nap = sleeping("sleep", 10, "minilm", level="host")
-    s = sleep_or_wake(None, nap, stopped=None)
-    assert s is not None and s.asleep == {("shared", 3): ("host", 10)}
-    assert sleep_or_wake(s, {**nap, "ts": 20}, stopped=None) is s  # asleep at host already
-    assert s.asleep[("shared", 3)] == ("host", 10)
+    record = sleeping("sleep", 10, "minilm", level="host")
+    (nap, later, woken) = typed(
+        [record, {**record, "ts": 20}, {**record, "event": "wake", "ts": 40, "wake_s": 0.01}]
+    )
+    assert isinstance(nap, Sleep) and isinstance(later, Sleep) and isinstance(woken, Wake)
+    key = ("shared", 3)
+    s = sleep_or_wake(None, nap, key, stopped=None)
+    assert s is not None and s.asleep == {key: ("host", 10)}
+    assert sleep_or_wake(s, later, key, stopped=None) is s  # asleep at host already
+    assert s.asleep[key] == ("host", 10)
     # a sleep on a replica that had stopped counts nothing
-    assert sleep_or_wake(None, nap, stopped=5) is None
-    woke = sleep_or_wake(s, {**nap, "event": "wake", "ts": 40, "wake_s": 0.01}, stopped=None)
+    assert sleep_or_wake(None, nap, key, stopped=5) is None
+    woke = sleep_or_wake(s, woken, key, stopped=None)
     assert woke is s and s.seconds["host"] == 30 and s.wakes["host"] == [0.01]
     assert s.until(100) == {"host": 30, "disk": 0}

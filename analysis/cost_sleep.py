@@ -14,6 +14,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.events import Sleep as SleepEvent
+from contracts.events import Wake
+
 LEVELS = ("host", "disk")  # the levels a model sleeps at on a running replica
 SLEPT = (
     "Device-seconds saved by sleeping: the seconds a model slept (host: weights in host RAM, "
@@ -52,25 +55,26 @@ class Sleep:
         return seconds
 
 
-def sleep_or_wake(s: Sleep | None, e: dict[str, Any], *, stopped: float | None) -> Sleep | None:
+def sleep_or_wake(
+    s: Sleep | None, e: SleepEvent | Wake, key: tuple[str, Any], *, stopped: float | None
+) -> Sleep | None:
     """A model's sleeps after its ``sleep`` or ``wake`` event ``e`` on one of its group's
-    replicas; ``stopped``: when that replica stopped, if it did (None: it runs, or is unknown)."""
-    if stopped is not None and stopped <= e["ts"]:
+    replicas, ``key`` (the group, and the replica as the report knows it); ``stopped``: when that
+    replica stopped, if it did (None: it runs, or is unknown)."""
+    if stopped is not None and stopped <= e.ts:
         return s  # a replica that stopped holds no sleeping model
-    key = (str(e.get("group")), e.get("replica"))
     open_ = s.asleep.get(key) if s is not None else None
     # a wake's level is the one it woke from; without one, the open sleep's
-    level = e["level"] if e["level"] in LEVELS else (open_ or (None,))[0]
-    if level not in LEVELS or (e["event"] == "sleep" and open_ and open_[0] == level):
+    level = e.level if e.level in LEVELS else (open_ or (None,))[0]
+    if level not in LEVELS or (isinstance(e, SleepEvent) and open_ and open_[0] == level):
         return s  # no level to count, or asleep at that level already
     s = s or Sleep()
     s.groups.add(key[0])
-    s.end(key, e["ts"])  # a wake, or a deeper (or shallower) sleep: the last level ends here
-    if e["event"] == "wake":
-        wake_s = e.get("wake_s")
-        s.wakes[level].append(None if wake_s is None else float(wake_s))
+    s.end(key, e.ts)  # a wake, or a deeper (or shallower) sleep: the last level ends here
+    if isinstance(e, Wake):
+        s.wakes[level].append(None if e.wake_s is None else float(e.wake_s))
     else:
-        s.asleep[key] = (level, e["ts"])
+        s.asleep[key] = (level, e.ts)
     return s
 
 

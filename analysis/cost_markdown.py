@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from activator.cost_sleep import LEVELS, SLEPT
+from analysis.cost_sleep import LEVELS, SLEPT
 
 
 def usd(value: float) -> str:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from activator.cost import read_log, report
-from activator.cost_markdown import to_markdown
 from activator.errors import ConfigError
+from analysis.cost import read_log, report
+from analysis.cost_markdown import to_markdown
+from contracts.events import Event, from_record
 from tests.servers import ROOT
+
+
+def typed(records: Iterable[dict[str, Any]]) -> list[Event]:
+    """The events these records (each as its line holds it) decode to."""
+    events = [from_record(r) for r in records]
+    assert None not in events, events
+    return [e for e in events if e is not None]
 
 
 def ev(kind: str, ts: float, **fields: Any) -> dict[str, Any]:
@@ -35,7 +44,7 @@ LOG = [
 
 
 def test_figures_match_the_hand_computation() -> None:
-    r = report(LOG)
+    r = report(typed(LOG))
     (m,) = r["models"]
     g = m["replica_seconds"]
     # replica 1: loads 0-10, up 10-70, serves [10,11] and [20,22]: 3 s busy, 57 idle, billed 70 s
@@ -56,7 +65,7 @@ def test_figures_match_the_hand_computation() -> None:
 
 
 def test_billing_minimum_granularity_and_price_override() -> None:
-    r = report(LOG, prices={"L4": 1.0}, granularity_s=60, minimum_s=120)
+    r = report(typed(LOG), prices={"L4": 1.0}, granularity_s=60, minimum_s=120)
     # 70 s -> 120 s (the minimum); 300 s -> 300 s (already whole minutes)
     assert r["models"][0]["replica_seconds"]["billed"] == 420
     assert r["models"][0]["cost_usd"] == pytest.approx(420 / 3600, abs=1e-6)
@@ -64,7 +73,7 @@ def test_billing_minimum_granularity_and_price_override() -> None:
 
 def test_an_unpriced_model_is_costed_at_zero_and_said() -> None:
     log = [{**e, "gpu_type": None} if e["event"] == "replica_starting" else e for e in LOG]
-    r = report(log)
+    r = report(typed(log))
     assert r["models"][0]["cost_usd"] == 0 and r["models"][0]["price_per_hour"] is None
     assert (
         "no price for m" in r["warnings"][0] and "--price cpu=USD_PER_CORE_HOUR" in r["warnings"][0]
@@ -72,14 +81,14 @@ def test_an_unpriced_model_is_costed_at_zero_and_said() -> None:
     unknown_gpu = [
         {**e, "gpu_type": "B200"} if e["event"] == "replica_starting" else e for e in LOG
     ]
-    assert "--price B200=USD_PER_HOUR" in report(unknown_gpu)["warnings"][0]
+    assert "--price B200=USD_PER_HOUR" in report(typed(unknown_gpu))["warnings"][0]
 
 
 def test_bad_input() -> None:
     with pytest.raises(ConfigError, match="non-negative"):
-        report(LOG, prices={"L4": -1})
+        report(typed(LOG), prices={"L4": -1})
     with pytest.raises(ConfigError, match="granularity"):
-        report(LOG, granularity_s=0)
+        report(typed(LOG), granularity_s=0)
 
 
 def test_a_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
@@ -109,13 +118,13 @@ def test_a_rotated_log_is_read_oldest_first_and_ill_typed_lines_are_counted(
         + '{"event":"request","model":"m","ts":30,"status":"ok","start":1,"end":2}\n'
     )
     events, skipped = read_log(path)
-    assert events == LOG and skipped == 2
+    assert events == typed(LOG) and skipped == 2
     r = report(events, skipped=skipped)
-    assert r == {**report(LOG), "notes": r["notes"]}  # the same figures as the whole log
+    assert r == {**report(typed(LOG)), "notes": r["notes"]}  # the same figures as the whole log
     assert "2 unreadable line(s) skipped" in r["notes"][0]
     # the cost report reads a log whose newest file is gone (rotated, not yet reopened) too
     path.unlink()
-    assert read_log(path)[0] == LOG[:6]
+    assert read_log(path)[0] == typed(LOG[:6])
     (tmp_path / "events.jsonl.9").mkdir()  # a file it cannot read: no report leaves it out
     with pytest.raises(ConfigError, match=r"cannot read the event log: .*events\.jsonl\.9"):
         read_log(path)
@@ -130,7 +139,7 @@ def test_cpu_models_are_priced_per_core_hour_or_per_model() -> None:
     cpu = [
         {**e, "gpu_type": None, "cpus": 4} if e["event"] == "replica_starting" else e for e in LOG
     ]
-    r = report(cpu, prices={"cpu": 0.05})
+    r = report(typed(cpu), prices={"cpu": 0.05})
     (m,) = r["models"]
     assert (m["resource"], m["price_per_hour"], m["price_source"]) == ("CPU", 0.2, "cpu")
     assert m["cost_usd"] == pytest.approx(370 * 0.2 / 3600, abs=1e-6)
@@ -138,13 +147,13 @@ def test_cpu_models_are_priced_per_core_hour_or_per_model() -> None:
     assert "| m | CPU 4 cores |" in to_markdown(r) and "GPU" not in to_markdown(r)
     # without a core count in the events: one core, and the report says so
     one = [{**e, "cpus": None} for e in cpu]
-    r = report(one, prices={"cpu": 0.05})
+    r = report(typed(one), prices={"cpu": 0.05})
     assert r["models"][0]["price_per_hour"] == 0.05
     assert r["notes"] == ["m is priced as 1 core: its events carry no CPU count (cpus)"]
     # the config's price_per_hour beats the per-core price; --price MODEL= beats both
     configured = [{**e, "price_per_hour": 0.09} for e in cpu]
-    assert report(configured, prices={"cpu": 0.05})["models"][0]["price_per_hour"] == 0.09
-    per_model = report(configured, prices={"cpu": 0.05, "m": 1.5})["models"][0]
+    assert report(typed(configured), prices={"cpu": 0.05})["models"][0]["price_per_hour"] == 0.09
+    per_model = report(typed(configured), prices={"cpu": 0.05, "m": 1.5})["models"][0]
     assert (per_model["price_per_hour"], per_model["price_source"]) == (1.5, "--price")
 
 
@@ -157,7 +166,7 @@ def test_a_loss_is_labelled_with_its_reason() -> None:
         ev("replica_stopped", 20, replica=1),
         ev("state", 30, **{"from": "zero", "to": "zero"}),
     ]
-    r = report(log)
+    r = report(typed(log))
     (m,) = r["models"]
     assert (m["cost_usd"], m["always_on_cost_usd"], m["saving_usd"]) == (0.06, 0.03, -0.03)
     assert m["saving_pct"] == pytest.approx(-100)
@@ -171,7 +180,7 @@ def test_a_loss_is_labelled_with_its_reason() -> None:
     assert "-$0.0300 (loss)" in md
     # two replicas at once over the whole span cost more than one always on: another reason
     both = [*log[:-1], ev("replica_starting", 0, replica=2), ev("replica_stopped", 30, replica=2)]
-    r = report([*both, log[-1]], minimum_s=0)
+    r = report(typed([*both, log[-1]]), minimum_s=0)
     assert r["models"][0]["loss_reason"].startswith("it ran more than one replica at a time")
 
 
@@ -221,7 +230,7 @@ CRASHED = [
 
 
 def test_a_crashed_runs_replicas_are_billed_to_its_last_event_and_said() -> None:
-    r = report(CRASHED, minimum_s=0)
+    r = report(typed(CRASHED), minimum_s=0)
     (m,) = r["models"]
     assert m["replica_starts"] == 2 and m["requests"] == 2 and m["cold_starts"] == 2
     g = m["replica_seconds"]
@@ -240,7 +249,7 @@ def test_a_crashed_runs_replicas_are_billed_to_its_last_event_and_said() -> None
 
 def test_a_log_of_clean_runs_closes_nothing() -> None:
     clean = [e for e in CRASHED if e["ts"] >= 100]
-    r = report(clean, minimum_s=0)
+    r = report(typed(clean), minimum_s=0)
     assert r["runs"]["closed_at_last_event"] == 0 and r["notes"] == []
     assert r["models"][0]["replica_seconds"]["billed"] == 90
 
@@ -264,7 +273,7 @@ def test_a_crashed_runs_sleeps_end_at_its_last_event() -> None:
         on_group("replica_stopped", 1100, replica=1, reason="activator shutting down"),
         run("activator_stop", 1101, "b"),
     ]
-    r = report(log, minimum_s=0)
+    r = report(typed(log), minimum_s=0)
     rows = {row["model"]: row for row in r["models"]}
     # asleep 20-30 on run a's replica, never on run b's: 10 s, not 1,080
     assert rows["a"]["sleep"]["seconds"]["host"] == 10

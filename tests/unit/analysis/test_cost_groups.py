@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from activator.cost import report
-from activator.cost_groups import GroupConfig, from_stack, membership
-from activator.cost_markdown import headline, to_markdown
+from analysis.cost import report
+from analysis.cost_groups import GroupConfig, from_stack, membership
+from analysis.cost_markdown import headline, to_markdown
 from contracts.stack import load_stack
 from tests.servers import ROOT
-from tests.unit.activator.test_cost import ev
+from tests.unit.analysis.test_cost import ev, typed
 
 
 def on(model: str, kind: str, ts: float, **fields: Any) -> dict[str, Any]:
@@ -42,7 +42,7 @@ GROUP = [
 
 
 def test_a_group_is_billed_once_and_its_members_requests_are_counted_under_it() -> None:
-    r = report(GROUP, prices={"minilm": 3.6})
+    r = report(typed(GROUP), prices={"minilm": 3.6})
     shared, minilm, bert = r["models"]  # the group's row, then its members'
     assert (shared["model"], shared["kind"], shared["members"]) == (
         "shared", "group", ["minilm", "bert"],
@@ -78,7 +78,7 @@ def test_a_group_is_billed_once_and_its_members_requests_are_counted_under_it() 
 
 
 def test_the_markdown_shows_members_under_their_group() -> None:
-    r = report(GROUP)
+    r = report(typed(GROUP))
     md = to_markdown(r)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert rows[1].startswith("| shared (group) | GPU L4 | 2 | 1 (50.0%) | 10.00 / 10.00 s |")
@@ -96,23 +96,23 @@ def test_the_markdown_shows_members_under_their_group() -> None:
 
 def test_an_unpriced_group_warns_once_and_a_members_price_stands_in() -> None:
     cpu = [{**e, "gpu_type": None} for e in GROUP]
-    r = report(cpu)
+    r = report(typed(cpu))
     assert len(r["warnings"]) == 1 and r["warnings"][0].startswith("no price for shared:")
     assert "its members' model configs" in r["warnings"][0]
-    priced = report(cpu, prices={"bert": 1.8, "minilm": 0.9})["models"][0]
+    priced = report(typed(cpu), prices={"bert": 1.8, "minilm": 0.9})["models"][0]
     assert (priced["price_per_hour"], priced["price_source"]) == (1.8, "members")
     # the group's own --price comes first
-    own = report(cpu, prices={"bert": 1.8, "shared": 0.36})["models"][0]
+    own = report(typed(cpu), prices={"bert": 1.8, "shared": 0.36})["models"][0]
     assert (own["price_per_hour"], own["price_source"]) == (0.36, "--price")
 
 
 def test_without_sleeps_the_config_says_who_is_in_a_group() -> None:
     awake = [e for e in GROUP if e["event"] != "sleep"]
     # neither the events nor a config say: as before, each name is a row of its own
-    alone = report(awake)
+    alone = report(typed(awake))
     assert [m["kind"] for m in alone["models"]] == ["model", "model", "model"]
     config = {"shared": GroupConfig(members=("minilm", "bert"), price_per_hour=0.5, cpus=2)}
-    r = report([{**e, "gpu_type": None} for e in awake], groups=config)
+    r = report(typed([{**e, "gpu_type": None} for e in awake]), groups=config)
     shared, *members = r["models"]
     assert shared["kind"] == "group" and [m["group"] for m in members] == ["shared", "shared"]
     # the config's price and cores where the events carry none
@@ -122,8 +122,8 @@ def test_without_sleeps_the_config_says_who_is_in_a_group() -> None:
 
 def test_membership_events_win_over_the_config() -> None:
     config = {"old": GroupConfig(members=("minilm", "solo"))}
-    assert membership(GROUP, config) == {"minilm": "shared", "bert": "shared", "solo": "old"}
-    assert membership(GROUP, {}) == {"bert": "shared", "minilm": "shared"}
+    assert membership(typed(GROUP), config) == {"minilm": "shared", "bert": "shared", "solo": "old"}
+    assert membership(typed(GROUP), {}) == {"bert": "shared", "minilm": "shared"}
 
 
 def test_from_stack_reads_a_groups_members_and_price() -> None:

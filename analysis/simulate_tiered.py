@@ -2,7 +2,7 @@
 
 A request finds the model at the level the plan made after the previous one says for the time
 since serving ended; the wake from that level is added to the first request of its arrival (the
-others of the same minute arrive with it, as cold starts are counted in :mod:`activator.simulate`)
+others of the same minute arrive with it, as cold starts are counted in :mod:`analysis.simulate`)
 and held on the device as loading time. Device-seconds are the hot seconds (serving included)
 plus the wakes; the seconds at host and disk are device-seconds saved by sleeping, those at zero
 (after the first request) saved by scaling to zero; the seconds at host are also host-memory

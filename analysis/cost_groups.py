@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from activator.cost_sleep import LEVELS
+from analysis.cost_sleep import LEVELS
+from contracts.events import Event, Sleep, Wake
 from contracts.stack import StackConfig
 
 
@@ -45,19 +45,16 @@ def from_stack(stack: StackConfig) -> dict[str, GroupConfig]:
     }
 
 
-def membership(
-    events: Iterable[dict[str, Any]], config: Mapping[str, GroupConfig]
-) -> dict[str, str]:
+def membership(events: Iterable[Event], config: Mapping[str, GroupConfig]) -> dict[str, str]:
     """Each group member's group: the config's, overridden by the events' ``group`` fields."""
     member_of = {member: name for name, g in config.items() for member in g.members}
     for e in events:
-        group = e.get("group")
         if (
-            e["event"] in ("sleep", "wake")
-            and e.get("level") in LEVELS  # as the report counts them: a group's, not the admin's
-            and isinstance(group, str)
-            and group != e["model"]
+            isinstance(e, Sleep | Wake)
+            and e.level in LEVELS  # as the report counts them: a group's, not the admin's
+            and e.group is not None
+            and e.group != e.model
         ):
-            member_of[e["model"]] = group
+            member_of[e.model] = e.group
     # a group is not itself a member (a malformed log must not make a loop)
     return {m: g for m, g in member_of.items() if m not in member_of.values()}

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from activator.cost import report
-from activator.cost_markdown import usd
 from activator.errors import ConfigError
-from activator.report_html import MISSING, to_html
+from analysis.cost import report
+from analysis.cost_markdown import usd
+from analysis.report_html import MISSING, to_html
 from tests.servers import ROOT
+from tests.unit.analysis.test_cost import typed
 
 T0 = 1762160400.0  # 2025-11-03 09:00:00 UTC
 
@@ -48,7 +49,7 @@ LOG = [
 
 @pytest.fixture(scope="module")
 def page() -> str:
-    return to_html(report(LOG))
+    return to_html(report(typed(LOG)))
 
 
 def test_the_headline_says_when_what_was_spent_and_saved(page: str) -> None:
@@ -88,7 +89,7 @@ def test_a_loss_is_called_a_loss_with_its_reason() -> None:
         ev("replica_stopped", 20, "m", replica=1),
         ev("state", 30, "m", **{"from": "zero", "to": "zero"}),
     ]
-    page = to_html(report(short))
+    page = to_html(report(typed(short)))
     assert "Lost by scaling to zero<b>$0.0300</b>" in page and "100% more than always-on" in page
     assert (
         "m: scale to zero cost $0.0300 more than always-on here, because of the 60 s billing "
@@ -117,30 +118,31 @@ def test_the_charts_are_static_svg_with_axes_and_clock_time_ticks(page: str) -> 
 
 
 def test_a_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import activator
+    import analysis
 
     # as on a machine without the extra: neither matplotlib nor the charts module imported yet
-    monkeypatch.delitem(sys.modules, "activator.report_charts", raising=False)
-    monkeypatch.delattr(activator, "report_charts", raising=False)
+    monkeypatch.delitem(sys.modules, "analysis.charts", raising=False)
+    monkeypatch.delattr(analysis, "charts", raising=False)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(ConfigError, match=re.escape("pip install 'ember[report]'")) as err:
-        to_html(report(LOG))
+        to_html(report(typed(LOG)))
     assert str(err.value) == MISSING
 
 
 def test_only_the_report_imports_matplotlib() -> None:
     """matplotlib is the report extra: the activator's image and serving path never import it."""
     importers: dict[str, set[str]] = {}
-    for package in ("activator", "contracts", "ember", "knative", "runtime", "weight_cache"):
+    packages = ("activator", "analysis", "contracts", "ember", "knative", "runtime", "weight_cache")
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             for name in _imported(path):
                 importers.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
     mpl = set().union(
         *(files for name, files in importers.items() if name.startswith("matplotlib"))
     )
-    assert mpl == {"activator/report_charts.py"}
-    assert importers["activator.report_charts"] == {"activator/report_html.py"}
-    assert importers["activator.report_html"] == {"ember/cli.py"}
+    assert mpl == {"analysis/charts.py"}
+    assert importers["analysis.charts"] == {"analysis/report_html.py"}
+    assert importers["analysis.report_html"] == {"ember/cli.py"}
 
 
 def _imported(path: Path) -> set[str]:
@@ -170,7 +172,7 @@ def test_sleeping_on_shared_replicas_has_a_card_a_table_a_definition_and_a_chart
         ev("replica_stopped", 1500, "shared", replica=1),  # bert still asleep: ends here
         ev("state", 3600, "shared", **{"from": "zero", "to": "zero"}),
     ]
-    page = to_html(report(log, prices={"minilm": 0.72, "bert": 0.72}))
+    page = to_html(report(typed(log), prices={"minilm": 0.72, "bert": 0.72}))
     # minilm: host 300 s, disk 600 s; bert: host 1,300 s; at 0.72 per hour 2,200 s are $0.44
     assert "Saved by sleeping<b>2,200 device-s</b><span class='small'>worth $0.4400</span>" in page
     section = re.search(r"<h2>Saved by sleeping</h2>(.*?)</table>", page, re.S)
@@ -206,7 +208,7 @@ def test_a_group_is_one_row_and_one_chart_its_members_rows_under_it() -> None:
         ev("replica_stopped", 600, "shared", replica=1),
         ev("state", 3600, "shared", **{"from": "zero", "to": "zero"}),
     ]
-    page = to_html(report(log))
+    page = to_html(report(typed(log)))
     # always-on: one L4 for the hour, once for the group
     assert "Always-on would have cost<b>$0.7100</b>" in page
     assert "one always-on replica per model or group" in page

@@ -16,13 +16,13 @@ config's ``price_per_hour`` (carried in its ``replica_starting`` events); for a 
 note). A model with none costs 0 and the report warns. Billing: each replica's time is rounded up
 to ``granularity_s`` with a ``minimum_s`` floor, as clouds bill instances.
 
-A group (models sharing replicas, :mod:`activator.cost_groups`) is billed once, in its own row:
+A group (models sharing replicas, :mod:`analysis.cost_groups`) is billed once, in its own row:
 its replicas' time at its price (found as a model's, the stack config's standing in for events
 that carry none, and failing all, its members' ``--price``, the highest), against one always-on
 replica for the group. Its members' rows follow it, with their requests and cold starts but no
 replica time or cost of their own, and they need no price. What members saved by sleeping on the
-group's replicas is :mod:`activator.cost_sleep`; the text is :mod:`activator.cost_markdown`, the
-HTML page :mod:`activator.report_html` (it needs the ``report`` extra).
+group's replicas is :mod:`analysis.cost_sleep`; the text is :mod:`analysis.cost_markdown`, the
+HTML page :mod:`analysis.report_html` (it needs the ``report`` extra).
 """
 
 from __future__ import annotations
@@ -34,10 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from activator.cost_groups import GroupConfig, membership
-from activator.cost_sleep import Sleep, sleep_or_wake, sleep_row, sleep_total
 from activator.errors import ConfigError
 from activator.events import Skipped, iter_events, log_files
+from analysis.cost_groups import GroupConfig, membership
+from analysis.cost_sleep import Sleep, sleep_or_wake, sleep_row, sleep_total
+from contracts.events import (
+    ActivatorStart,
+    ActivatorStop,
+    Event,
+    Prewarm,
+    ReplicaEvent,
+    ReplicaFailed,
+    ReplicaReady,
+    ReplicaStarting,
+    ReplicaStopped,
+    Request,
+    Wake,
+)
+from contracts.events import Sleep as SleepEvent
 
 # On-demand USD per GPU-hour (typical public cloud list prices, late 2025); override with --price.
 PRICES = {"H100": 6.88, "A100-80GB": 3.43, "A100": 3.43, "L4": 0.71, "T4": 0.53}
@@ -88,7 +102,7 @@ class _Model:
         return "GPU" if gpu else "CPU"
 
 
-def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
+def read_log(path: Path) -> tuple[list[Event], int]:
     """The events of the log at ``path`` and of its rotated files (oldest first), and how many
     lines were skipped: not JSON (a torn last line after a crash) or not well-typed events."""
     if not log_files(path):
@@ -103,7 +117,7 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def report(
-    events: list[dict[str, Any]],
+    events: list[Event],
     *,
     prices: dict[str, float] | None = None,
     granularity_s: float = 1.0,
@@ -120,8 +134,8 @@ def report(
     if granularity_s <= 0 or minimum_s < 0:
         raise ConfigError("billing granularity must be > 0 and the minimum >= 0")
     config = dict(groups or {})
-    events = sorted(events, key=lambda e: e["ts"])
-    start, end = events[0]["ts"], events[-1]["ts"]
+    events = sorted(events, key=lambda e: e.ts)
+    start, end = events[0].ts, events[-1].ts
     models, runs = _replay(events, membership(events, config))
     _configured(models, config)
     billing = {"granularity_s": granularity_s, "minimum_s": minimum_s}
@@ -194,9 +208,7 @@ class _Runs:
     sleeps_closed: int = 0  # open sleeps of those runs, ended at their run's last event
 
 
-def _replay(
-    events: list[dict[str, Any]], member_of: dict[str, str]
-) -> tuple[dict[str, _Model], _Runs]:
+def _replay(events: list[Event], member_of: dict[str, str]) -> tuple[dict[str, _Model], _Runs]:
     """Each model's replicas, requests and sleeps, and the runs. A replica is known by its run
     and its number (each run numbers its replicas from 1)."""
     models: dict[str, _Model] = {}
@@ -213,60 +225,59 @@ def _replay(
         return models[name]
 
     for e in events:
-        kind = e["event"]
-        if kind in ("activator_start", "activator_stop"):
-            if run_open and last_ts is not None and kind == "activator_start":
+        if isinstance(e, ActivatorStart | ActivatorStop):
+            if run_open and last_ts is not None and isinstance(e, ActivatorStart):
                 runs.crashed += 1  # the run before ended without its stop
                 replicas, sleeps = _close_run(models, last_ts)
                 runs.replicas_closed += replicas
                 runs.sleeps_closed += sleeps
-            elif kind == "activator_stop":  # its replicas stopped first: nothing left open
-                _close_run(models, e["ts"])
-            runs.count += kind == "activator_start"
-            run_open = kind == "activator_start"
+            elif isinstance(e, ActivatorStop):  # its replicas stopped first: nothing left open
+                _close_run(models, e.ts)
+            runs.count += isinstance(e, ActivatorStart)
+            run_open = isinstance(e, ActivatorStart)
             last_ts = None
             continue
-        last_ts = e["ts"]
-        rid = (runs.count, e.get("replica"))
-        m = model(e["model"])
+        last_ts = e.ts
+        rid = (runs.count, e.replica if isinstance(e, ReplicaEvent) else None)
+        m = model(e.model)
         pool = models[m.group] if m.group is not None else m  # whose replicas serve m
-        if kind == "replica_starting":
-            m.gpu_type = e.get("gpu_type") or m.gpu_type
-            m.device = e.get("device") or m.device
-            if e.get("price_per_hour") is not None:
-                m.price = float(e["price_per_hour"])
-            if e.get("cpus") is not None:
-                m.cpus = float(e["cpus"])
-            m.replicas[rid] = _Replica(e["replica"], e["ts"], prewarmed=m.warm_until > e["ts"])
-        elif kind == "replica_ready" and rid in m.replicas:
-            m.replicas[rid].ready = e["ts"]
-        elif kind in ("replica_stopped", "replica_failed"):
+        if isinstance(e, ReplicaStarting):
+            m.gpu_type = e.gpu_type or m.gpu_type
+            m.device = e.device or m.device
+            if e.price_per_hour is not None:
+                m.price = float(e.price_per_hour)
+            if e.cpus is not None:
+                m.cpus = float(e.cpus)
+            m.replicas[rid] = _Replica(e.replica, e.ts, prewarmed=m.warm_until > e.ts)
+        elif isinstance(e, ReplicaReady) and rid in m.replicas:
+            m.replicas[rid].ready = e.ts
+        elif isinstance(e, ReplicaStopped | ReplicaFailed):
             if rid in m.replicas:
-                m.replicas[rid].stopped = e["ts"]
+                m.replicas[rid].stopped = e.ts
             # the members asleep on that replica (the group's pool is named after the group)
             for member in models.values():
                 if member.sleep is not None:
-                    member.sleep.end((e["model"], rid), e["ts"])
-        elif kind in ("sleep", "wake") and "level" in e:  # an older ``sleep`` has no level
-            group = models.get(str(e.get("group")), _Model(""))
+                    member.sleep.end((e.model, rid), e.ts)
+        elif isinstance(e, SleepEvent | Wake):
+            group = models.get(str(e.group), _Model(""))
             up = group.replicas.get(rid)
             m.sleep = sleep_or_wake(
-                m.sleep, {**e, "replica": rid}, stopped=None if up is None else up.stopped
+                m.sleep, e, (str(e.group), rid), stopped=None if up is None else up.stopped
             )
-        elif kind == "prewarm":  # a member's warm window warms its group's replicas
-            pool.warm_until = max(pool.warm_until, float(e.get("until") or e["ts"]))
-        elif kind == "request":
+        elif isinstance(e, Prewarm):  # a member's warm window warms its group's replicas
+            pool.warm_until = max(pool.warm_until, float(e.until or e.ts))
+        elif isinstance(e, Request):
             m.requests += 1
-            m.arrivals.append(float(e.get("arrival") or e["ts"]))
+            m.arrivals.append(float(e.arrival or e.ts))
             if pool is not m:
                 pool.arrivals.append(m.arrivals[-1])
-            if int(e.get("status", 0)) >= 500:
+            if e.status >= 500:
                 m.errors += 1
-            if e.get("cold"):
-                m.cold.append(float(e.get("queue_s") or 0.0))
+            if e.cold:
+                m.cold.append(float(e.queue_s or 0.0))
             replica = pool.replicas.get(rid)
-            if replica is not None and e.get("start") is not None:
-                replica.busy.append((float(e["start"]), float(e["end"])))
+            if replica is not None and e.start is not None and e.end is not None:
+                replica.busy.append((float(e.start), float(e.end)))
     return models, runs
 
 

@@ -11,7 +11,7 @@ loaded), loaded seconds (what a GPU is held for), of which busy (execution) and 
 (each costing ``cold_start_s`` of loading), the latency cold starts add, and the cost of loaded
 plus loading time at ``price_per_hour``. ``p75_app_cold_start_rate`` is the 75th percentile over
 models of each model's cold-start rate, the paper's headline figure. ``tiered`` sleeps at levels
-instead (:mod:`activator.tiered`) and is replayed by :mod:`activator.simulate_tiered`.
+instead (:mod:`activator.tiered`) and is replayed by :mod:`analysis.simulate_tiered`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any
 
 from activator.errors import ConfigError
 from activator.policy import History, Policy
-from activator.simulate_tiered import simulate_tiered_one, tiered_totals
 from activator.tiered import Tiered
+from analysis.simulate_tiered import simulate_tiered_one, tiered_totals
+from contracts.events import Request
 
 HEADER = ["HashFunction", "HashOwner", "HashApp"]
 
@@ -89,19 +90,20 @@ def _exec_times(path: Path) -> dict[str, float]:
 
 
 def _events(path: Path) -> list[Trace]:
-    from activator.cost import read_log
+    from analysis.cost import read_log
 
     events, _ = read_log(path)
-    requests = [e for e in events if e["event"] == "request"]
+    requests = [e for e in events if isinstance(e, Request)]
     if not requests:
         raise ConfigError(f"{path}: no request events to replay")
-    start = min(float(e.get("arrival") or e["ts"]) for e in requests)
-    end = max(float(e["ts"]) for e in events)
+    start = min(float(e.arrival or e.ts) for e in requests)
+    end = max(float(e.ts) for e in events)
     by_model: dict[str, list[tuple[float, float]]] = {}
     for e in requests:
-        t = float(e.get("arrival") or e["ts"]) - start
-        busy = float(e["end"]) - float(e["start"]) if e.get("start") is not None else 0.0
-        by_model.setdefault(e["model"], []).append((t, busy))
+        t = float(e.arrival or e.ts) - start
+        # a request handed to a replica has its end (the codec holds it to that)
+        busy = float(e.end or 0.0) - float(e.start) if e.start is not None else 0.0
+        by_model.setdefault(e.model, []).append((t, busy))
     return [
         Trace(
             name,

@@ -1,7 +1,7 @@
 """The cost report's charts, drawn with matplotlib as inline SVG (static: no scripts, no fonts or
 files to fetch, so the page opens offline and prints).
 
-Only :mod:`activator.report_html` imports this module, and nothing in the activator's serving
+Only :mod:`analysis.report_html` imports this module, and nothing in the activator's serving
 path imports that: matplotlib is the ``report`` extra, never in the activator's image. Text stays
 text (``svg.fonttype: none``), so tick labels are searchable, selectable and readable by a
 screen reader; ids are prefixed per chart, so several charts can share one page.

@@ -5,7 +5,7 @@ cost, what scale to zero saved or, labelled as such, lost and why), a visible wa
 model without a price, the per-model table with a totals row (a group's row, its replicas' time
 and cost, followed by its members' rows, their requests), where models slept on shared
 replicas what sleeping saved (with its definition), and charts drawn by
-:mod:`activator.report_charts` (matplotlib, the ``report`` extra: ``pip install 'ember[report]'``).
+:mod:`analysis.charts` (matplotlib, the ``report`` extra: ``pip install 'ember[report]'``).
 No scripts, no external files: the page opens offline and prints.
 """
 
@@ -15,7 +15,8 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from activator.cost_markdown import (
+from activator.errors import ConfigError
+from analysis.cost_markdown import (
     always_on,
     asleep,
     billed_as,
@@ -30,8 +31,7 @@ from activator.cost_markdown import (
     wake_medians,
     wakes,
 )
-from activator.cost_sleep import SLEPT
-from activator.errors import ConfigError
+from analysis.cost_sleep import SLEPT
 
 MISSING = (
     "the HTML report draws its charts with matplotlib, which is not installed: "
@@ -58,7 +58,7 @@ figure{margin:1.5em 0} figure svg{width:100%;height:auto}
 def to_html(r: dict[str, Any]) -> str:
     """The report as one HTML page (ConfigError naming the extra when matplotlib is missing)."""
     try:
-        from activator import report_charts as charts
+        from analysis import charts
     except ImportError as exc:
         if not (exc.name or "").startswith("matplotlib"):
             raise
