@@ -37,6 +37,7 @@ from pathlib import Path
 
 from weight_cache.errors import BadEntryKey, CorruptCheckpoint, DiskFull, WeightCacheError
 from weight_cache.manifest import COMPLETE_MARKER, MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
+from weight_cache.uri import parse_uri
 
 COMPLETE = COMPLETE_MARKER
 _KEY = re.compile(r"[0-9a-f]{32}")
@@ -233,8 +234,6 @@ class LocalTier:
         """Entry keys for ``names``: keys of complete entries as they are, and model URIs
         (``s3://...``, ``file://...``) as the keys of the entries fetched from them. Anything
         else raises :class:`BadEntryKey`, before anything is evicted."""
-        from weight_cache.stores import parse_uri
-
         entries = self.entries()
         keys: list[str] = []
         for name in names:
