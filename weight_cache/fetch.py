@@ -257,7 +257,7 @@ async def fetch_file(
         cancel.set()  # the threads stop after their current range; the partial file goes
         await asyncio.wait([work])
         if not work.cancelled():
-            work.exception()  # retrieved: its _Stopped is the cancellation's, not news
+            work.exception()  # retrieved: its Stopped is the cancellation's, not news
         raise
 
 
