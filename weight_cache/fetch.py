@@ -68,6 +68,8 @@ class FetchReport:
     committed: asyncio.Task[None] | None = None
     # With ``hold``: a shared lock that keeps the entry from eviction until ``release()``.
     hold: EntryLock | None = None
+    # The manifest the files were checked against.
+    manifest: Manifest | None = None
 
     def release(self) -> None:
         """Let go of the shared lock kept with ``hold`` (a no-op without one)."""
@@ -120,7 +122,7 @@ async def fetch_to_tier(
     else:
         manifest.check(where=store.uri)  # one made in code is held to what a read one is
     plan_s = time.perf_counter() - started
-    report = FetchReport(Path(), True, plan_s=plan_s)
+    report = FetchReport(Path(), True, plan_s=plan_s, manifest=manifest)
     async with tier.filling(
         manifest, source=store.uri, hold=hold, commit_in_background=commit_in_background
     ) as fill:
