@@ -108,6 +108,7 @@ class TensorSink:
 
     @property
     def staging(self) -> TensorSink | None:
+        """The sink itself when it stages (a device), else None."""
         return self if self.stage else None
 
     # ---------------------------------------------------------------------- Staging
@@ -126,6 +127,7 @@ class TensorSink:
                 self._free.put(len(self._ring) - 1)
 
     def take(self, length: int) -> tuple[int, memoryview]:
+        """A free slot and its buffer; blocks until the copy out of one completes."""
         slot = self._free.get()
         self._sync_slot(slot)  # the copy out of it has completed (a blocking wait, no spin)
         with self._lock:
@@ -133,6 +135,7 @@ class TensorSink:
             return slot, self._views[slot][:length]
 
     def give_back(self, slot: int) -> None:
+        """Return an unused slot."""
         self._lent.pop(slot, None)
         self._free.put(slot)
 
@@ -189,6 +192,7 @@ class TensorSink:
 
     # ---------------------------------------------------------------------- FetchSink
     def opened(self, entry: StreamedFile, partial: Path) -> None:
+        """Plan the tensors of a safetensors file about to arrive (others: nothing)."""
         if entry.safetensors is None:
             return
         with self._lock:  # files may be fetched side by side
@@ -230,6 +234,7 @@ class TensorSink:
             ) from None
 
     def arrived(self, entry: StreamedFile, upto: int) -> None:
+        """Make every tensor whose bytes lie in the prefix ``[0, upto)``."""
         state = self._files.get(entry.path)
         if state is None:
             return
@@ -241,6 +246,7 @@ class TensorSink:
         self.materialise_s += time.perf_counter() - started
 
     def finished(self, entry: StreamedFile, final: Path) -> None:
+        """The file is complete: its tensors join ``tensors``."""
         with self._lock:
             state = self._files.pop(entry.path, None)
         if state is None:

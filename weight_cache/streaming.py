@@ -41,13 +41,16 @@ class StreamedFile(Protocol):
     :class:`~weight_cache.manifest.FileEntry`, or a local file loaded onto a device."""
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        """The file's path within the model (the sink's key for it)."""
 
     @property
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """The file's size in bytes."""
 
     @property
-    def safetensors(self) -> SafetensorsEntry | None: ...
+    def safetensors(self) -> SafetensorsEntry | None:
+        """The file's tensor index, or None for a file that holds no tensors."""
 
 
 class Staging(Protocol):
@@ -60,13 +63,17 @@ class Staging(Protocol):
     unused one.
     """
 
-    def reserve(self, slots: int, length: int) -> None: ...
+    def reserve(self, slots: int, length: int) -> None:
+        """At least ``slots`` slots of at least ``length`` bytes, before the reads start."""
 
-    def take(self, length: int) -> tuple[int, memoryview]: ...
+    def take(self, length: int) -> tuple[int, memoryview]:
+        """A free slot and a view of ``length`` bytes of it; blocks until one is free."""
 
-    def landed(self, entry: StreamedFile, offset: int, slot: int, length: int) -> None: ...
+    def landed(self, entry: StreamedFile, offset: int, slot: int, length: int) -> None:
+        """A filled slot: copy its bytes out (from ``offset`` of the file) and free it."""
 
-    def give_back(self, slot: int) -> None: ...
+    def give_back(self, slot: int) -> None:
+        """Return a slot that was taken but not filled."""
 
 
 class FetchSink(Protocol):
@@ -79,13 +86,17 @@ class FetchSink(Protocol):
     """
 
     @property
-    def staging(self) -> Staging | None: ...
+    def staging(self) -> Staging | None:
+        """The ring ranges land in, or None to read the tier file itself."""
 
-    def opened(self, entry: StreamedFile, partial: Path) -> None: ...
+    def opened(self, entry: StreamedFile, partial: Path) -> None:
+        """A file is about to arrive (``partial``: where it is written)."""
 
-    def arrived(self, entry: StreamedFile, upto: int) -> None: ...
+    def arrived(self, entry: StreamedFile, upto: int) -> None:
+        """The verified prefix ``[0, upto)`` of the file has landed."""
 
-    def finished(self, entry: StreamedFile, final: Path) -> None: ...
+    def finished(self, entry: StreamedFile, final: Path) -> None:
+        """The file is complete, checked and renamed to ``final``."""
 
 
 def stream_ranges(
@@ -239,13 +250,16 @@ class WholeFileHash:
         self._thread.start()
 
     def feed(self, offset: int, length: int) -> None:
+        """Hash the next verified range (in file order)."""
         self._queue.put((offset, length))
 
     def finish(self) -> Future[str]:
+        """No more ranges: the digest, once the thread has read them all."""
         self._queue.put(None)
         return self._result
 
     def abort(self) -> None:
+        """Stop hashing (the fetch failed); the result is an exception."""
         self._cancel.set()
         self._queue.put(None)
 

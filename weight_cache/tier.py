@@ -44,6 +44,7 @@ _KEY = re.compile(r"[0-9a-f]{32}")
 
 
 def entry_key(manifest: Manifest) -> str:
+    """The tier's key for a model: 32 hex digits of the hash of its manifest's identity."""
     return hashlib.sha256(manifest.identity().encode()).hexdigest()[:32]
 
 
@@ -74,6 +75,7 @@ class EntryLock:
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
+        """Let go of the lock (and the hold lock, if shared)."""
         for fd in (self._fd, self._hold):
             if fd is not None:
                 os.close(fd)  # closing releases the lock
@@ -112,6 +114,8 @@ class TierFill:
 
 @dataclass(frozen=True)
 class TierEntry:
+    """A complete entry of the tier, as ``ember cache ls --local`` shows it."""
+
     key: str
     path: Path
     size: int
@@ -120,6 +124,8 @@ class TierEntry:
 
 
 class LocalTier:
+    """The node's tier of complete, verified models under ``root`` (see the module)."""
+
     def __init__(self, root: str | Path, *, budget_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.budget_bytes = budget_bytes
@@ -130,6 +136,7 @@ class LocalTier:
                 raise disk_error(exc, str(self.root / sub)) from exc
 
     def entry_path(self, key: str) -> Path:
+        """Where the entry ``key`` lives (whether or not it is there)."""
         return self.root / "entries" / key
 
     def lookup(self, key: str) -> Path | None:
@@ -166,6 +173,7 @@ class LocalTier:
 
     @contextlib.asynccontextmanager
     async def locked(self, key: str) -> AsyncIterator[None]:
+        """The entry's exclusive lock for the length of the block."""
         held = await self.lock(key)
         try:
             yield
@@ -334,6 +342,7 @@ class LocalTier:
         return path
 
     def discard(self, key: str) -> None:
+        """Remove the entry, complete or not (with its lock held). Blocking."""
         _remove(self.entry_path(_checked(key)))
 
     # ------------------------------------------------------------------------ listing, eviction
@@ -355,6 +364,7 @@ class LocalTier:
         return out
 
     def used_bytes(self) -> int:
+        """The bytes the complete entries take."""
         return sum(e.size for e in self.entries())
 
     def resolve(self, names: Iterable[str]) -> list[str]:
@@ -443,6 +453,7 @@ def space_needed(manifest: Manifest, block: int = 4096) -> int:
 
 
 def disk_error(exc: OSError, where: str) -> WeightCacheError:
+    """An OSError as this package's error: DiskFull for a full disk or quota."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"{where}: no space left on the device")
     return WeightCacheError(f"{where}: {exc.strerror or exc}")
