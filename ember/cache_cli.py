@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import sys
 import time
@@ -19,10 +18,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weight_cache.errors import WeightCacheError
+from weight_cache import WeightCacheError
 
 if TYPE_CHECKING:
-    from weight_cache.limits import StoreLimits
+    from weight_cache import StoreLimits
 
 DEFAULT_CACHE_DIR = "~/.cache/ember"
 
@@ -62,7 +61,7 @@ def cache_dir(args: argparse.Namespace) -> Path:
 
 def store_limits(args: argparse.Namespace) -> StoreLimits:
     """The ranged-read limits: the flags, else the environment, else the defaults."""
-    from weight_cache.limits import StoreLimits
+    from weight_cache import StoreLimits
 
     env = StoreLimits.from_env(os.environ)
     deadline, rate = args.range_deadline_s, args.min_rate_kib_s
@@ -73,8 +72,7 @@ def store_limits(args: argparse.Namespace) -> StoreLimits:
 
 
 async def _push(args: argparse.Namespace) -> int:
-    from weight_cache.push import push_source, total_bytes
-    from weight_cache.stores import open_store
+    from weight_cache import open_store, push_source, total_bytes
 
     source = args.source
     progress = None
@@ -104,25 +102,32 @@ async def _push(args: argparse.Namespace) -> int:
 
 
 async def _pull(args: argparse.Namespace) -> int:
-    from weight_cache.fetch import fetch_to_tier, read_manifest
-    from weight_cache.stores import open_store
-    from weight_cache.tier import LocalTier
+    from weight_cache import LocalTier, Manifest, parse_uri, pull
 
     limits = store_limits(args)
-    async with open_store(args.source, concurrency=args.concurrency, limits=limits) as store:
-        manifest = await read_manifest(store)
-        tier = LocalTier(cache_dir(args))
+    source = parse_uri(args.source)  # a store's model: hf:// is not one
+    progress: Progress | None = None
+
+    def planned(manifest: Manifest) -> None:  # the manifest is read: the total is known
+        nonlocal progress
         progress = Progress(f"pull {args.source}", manifest.total_bytes)
-        try:
-            report = await fetch_to_tier(
-                store,
-                tier,
-                manifest=manifest,
-                concurrency=args.concurrency,
-                chunk_bytes=args.chunk_mb * 1024 * 1024,
-                progress=progress,
-            )
-        finally:
+
+    def advance(n: int) -> None:
+        assert progress is not None  # planned comes first
+        progress(n)
+
+    try:
+        report = await pull(
+            source,
+            LocalTier(cache_dir(args)),
+            progress=advance,
+            planned=planned,
+            concurrency=args.concurrency,
+            chunk_bytes=args.chunk_mb * 1024 * 1024,
+            limits=limits,
+        )
+    finally:
+        if progress is not None:
             progress.close()
     # stdout is the path alone (MODEL_DIR=$(ember cache pull ...)); how it got there: stderr
     state = "already in the local tier" if report.hit else f"fetched in {report.fetch_s:.2f}s"
@@ -132,13 +137,9 @@ async def _pull(args: argparse.Namespace) -> int:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    from weight_cache.fetch import read_manifest
-    from weight_cache.manifest import MANIFEST_NAME
-    from weight_cache.stores import open_store
+    from weight_cache import MANIFEST_NAME, LocalTier, open_store, read_manifest
 
     if args.local:
-        from weight_cache.tier import LocalTier
-
         for e in LocalTier(cache_dir(args)).entries():
             used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
             print(f"{e.key}  {e.size:>14}  {used}  {e.source}")
@@ -158,31 +159,10 @@ async def _ls(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    from weight_cache.fetch import read_manifest
-    from weight_cache.manifest import chunk_digest
-    from weight_cache.stores import open_store
+    from weight_cache import open_store, verify_model
 
-    problems: list[str] = []
     async with open_store(args.uri, limits=store_limits(args)) as store:
-        manifest = await read_manifest(store)
-        for f in manifest.files:
-            info = await store.head(f.path)
-            if info.size != f.size or info.etag != f.etag:
-                problems.append(
-                    f"{f.path}: size/ETag {info.size}/{info.etag}, manifest {f.size}/{f.etag}"
-                )
-                continue
-            digest = hashlib.sha256()
-            step = f.chunks.size if f.chunks is not None else 8 * 1024 * 1024
-            for offset in range(0, f.size, step):
-                data = await store.read_range(
-                    f.path, start=offset, length=min(step, f.size - offset), etag=f.etag
-                )
-                digest.update(data)
-                if f.chunks is not None and chunk_digest(data) != f.chunks.digest(offset):
-                    problems.append(f"{f.path}: chunk {offset // step} differs from its digest")
-            if digest.hexdigest() != f.sha256:
-                problems.append(f"{f.path}: sha256 {digest.hexdigest()}, manifest {f.sha256}")
+        manifest, problems = await verify_model(store)
     if problems:
         raise WeightCacheError(f"{args.uri} fails verification: " + "; ".join(problems))
     files, size = len(manifest.files), manifest.total_bytes
@@ -191,7 +171,7 @@ async def _verify(args: argparse.Namespace) -> int:
 
 
 async def _evict(args: argparse.Namespace) -> int:
-    from weight_cache.tier import LocalTier
+    from weight_cache import LocalTier
 
     if args.all and args.keys:
         raise WeightCacheError("name entries to evict or pass --all, not both")

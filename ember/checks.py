@@ -24,7 +24,7 @@ from contracts.stack import StackConfig, load_stack
 from runtime.config import ModelConfig, load_model_configs
 from runtime.errors import ConfigError as ModelConfigError
 from runtime.handlers.options import KServeOptions, TorchModuleOptions
-from weight_cache.checkpoints import holds
+from weight_cache import holds
 
 # the files a handler reads from a local source, besides torch-module's options.weights
 _HF_ENCODER_FILES = ("config.json", "tokenizer.json", "model.safetensors")

@@ -51,7 +51,7 @@ from runtime.sleeping import SleepingMixin
 from runtime.sources import WeightSources
 from runtime.status import failure_kind
 from runtime.tensors import Tensor
-from weight_cache.errors import WeightCacheError
+from weight_cache import WeightCacheError
 
 __all__ = ["NOT_LOADED_YET", "SERVING", "ModelEntry", "ModelRepository", "ModelState"]
 

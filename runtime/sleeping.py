@@ -30,7 +30,7 @@ from runtime.handlers.base import HandlerLoadError, Sleeps
 from runtime.metrics import RuntimeMetrics
 from runtime.sleep import SleepLevel
 from runtime.status import failure_kind
-from weight_cache.errors import WeightCacheError
+from weight_cache import WeightCacheError
 
 log = logging.getLogger("ember.runtime")
 

@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 
 from runtime.config import ModelConfig
 from runtime.handlers.base import StreamedTensors
-from weight_cache import hub
+from weight_cache import is_remote, parse_source
 
 if TYPE_CHECKING:
-    from weight_cache.materialize import TensorSink
-    from weight_cache.tier import LocalTier
+    from weight_cache import LocalTier, Manifest, TensorSink
 
 log = logging.getLogger("ember.runtime")
 
@@ -80,55 +79,53 @@ class WeightSources:
 
     @staticmethod
     def is_remote(config: ModelConfig) -> bool:
-        return bool(config.source and config.source.startswith(("s3://", hub.SCHEME)))
+        """Whether the model's files are elsewhere (``s3://``, ``hf://``) and must be pulled."""
+        return bool(config.source and is_remote(config.source))
 
     async def localize(self, config: ModelConfig) -> Localized:
         """The config with a local ``source``, the seconds each phase took, and a release hook
         to call once the model no longer uses its files (until then the tier keeps them)."""
         if not self.is_remote(config):
             return Localized(config, {}, _nothing)
+        from weight_cache import LocalTier, pull
+
         assert config.source is not None
-        if config.source.startswith(hub.SCHEME):  # the Hugging Face cache is its tier
-            started = time.perf_counter()
+        source = parse_source(config.source)
+        if not source.needs_tier:  # the Hugging Face cache is its tier
             log.info(
                 "model %s: resolving %s through the Hugging Face cache", config.name, config.source
             )
-            path = await asyncio.to_thread(hub.resolve, config.source)
-            local = config.model_copy(update={"source": str(path)})
-            return Localized(local, {"fetch": time.perf_counter() - started}, _nothing)
-        from weight_cache.fetch import fetch_to_tier, read_manifest
-        from weight_cache.stores import open_store
-        from weight_cache.tier import LocalTier
-
-        assert config.source is not None
+            report = await pull(source, None)
+            local = config.model_copy(update={"source": str(report.path)})
+            return Localized(local, {"fetch": report.fetch_s}, _nothing)
         mark = time.perf_counter()
         sink = _tensor_sink(config)  # imports torch: its own phase, not the fetch's
         imports_s = time.perf_counter() - mark
         started = time.perf_counter()
         tier = LocalTier(self.cache_dir, budget_bytes=self.budget_bytes)
         progress = _Progress(config.name, config.source)
+        reporting: asyncio.Future[None] | None = None
+
+        def planned(manifest: Manifest) -> None:  # the progress's total, before any byte
+            nonlocal reporting
+            progress.total = manifest.total_bytes
+            reporting = asyncio.ensure_future(progress.report_every(PROGRESS_EVERY_S))
+
         try:
-            async with open_store(config.source, concurrency=self.concurrency) as store:
-                mark = time.perf_counter()
-                manifest = await read_manifest(store)  # read here: the progress's total
-                manifest_s = time.perf_counter() - mark
-                progress.total = manifest.total_bytes
-                reporting = asyncio.ensure_future(progress.report_every(PROGRESS_EVERY_S))
-                try:
-                    report = await fetch_to_tier(
-                        store,
-                        tier,
-                        manifest=manifest,
-                        concurrency=self.concurrency,
-                        chunk_bytes=self.chunk_bytes,
-                        progress=progress.add,
-                        commit_in_background=True,  # load from the page cache as the disk
-                        hold=True,  # no process evicts the files while this one serves them
-                        sink=sink,
-                    )
-                finally:
-                    reporting.cancel()
+            report = await pull(
+                source,
+                tier,
+                sink=sink,
+                progress=progress.add,
+                planned=planned,
+                concurrency=self.concurrency,
+                chunk_bytes=self.chunk_bytes,
+                commit_in_background=True,  # load from the page cache as the disk catches up
+                hold=True,  # no process evicts the files while this one serves them
+            )
         finally:
+            if reporting is not None:
+                reporting.cancel()
             if sink is not None:
                 await asyncio.to_thread(sink.close)  # the last device copies complete
         if report.committed is not None:
@@ -141,9 +138,8 @@ class WeightSources:
             sweep = asyncio.ensure_future(asyncio.to_thread(_sweep, tier))
             self._commits.add(sweep)
             sweep.add_done_callback(self._committed)
-        plan_s = manifest_s + report.plan_s
-        phases = {"imports": imports_s, "plan": plan_s, "fetch": report.fetch_s}
-        phases["tier"] = time.perf_counter() - started - plan_s - report.fetch_s
+        phases = {"imports": imports_s, "plan": report.plan_s, "fetch": report.fetch_s}
+        phases["tier"] = time.perf_counter() - started - report.plan_s - report.fetch_s
         tensors: StreamedTensors | None = None
         if sink is not None and sink.tensors:
             # both overlap the fetch: the time spent making tensors, and waiting for the device
@@ -192,7 +188,7 @@ def _tensor_sink(config: ModelConfig) -> TensorSink | None:
     if config.handler not in ("torch-module", "hf-encoder"):
         return None
     from runtime.handlers.base import pick_device
-    from weight_cache.materialize import TensorSink
+    from weight_cache import TensorSink
 
     return TensorSink(pick_device(config.device))
 

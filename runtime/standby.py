@@ -36,7 +36,7 @@ PRELOAD = (
     "runtime.handlers.hf_encoder",
     "runtime.handlers.bert",
     "runtime.sources",
-    "weight_cache.fetch",
+    "weight_cache.pulling",  # pull; it imports weight_cache.fetch
     "weight_cache.materialize",
     "weight_cache.stores",  # open_store; it imports weight_cache.s3 and weight_cache.local
 )
@@ -51,7 +51,7 @@ def preload() -> dict[str, Any]:
         except ImportError:
             continue
     imports_s = time.perf_counter() - started
-    from weight_cache.s3 import warm_session
+    from weight_cache import warm_session
 
     asyncio.run(warm_session())
     torch = sys.modules.get("torch")

@@ -14,10 +14,10 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import weight_cache as cache
 from contracts.replica import FailureKind, ReplicaEvent, encode
 from runtime.errors import ConfigError
 from runtime.handlers.base import HandlerLoadError
-from weight_cache import errors as cache
 
 log = logging.getLogger("ember.runtime")
 

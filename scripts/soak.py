@@ -245,7 +245,7 @@ class Chaos:
         )
         self.proxy.add(*fault, times=self.rng.randint(1, 3))
         httpx.post(f"{self.url}/admin/models/mlp-s3/sleep", timeout=10)
-        from weight_cache.tier import LocalTier
+        from weight_cache import LocalTier
 
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # its replica drains, then lets go of the entry
@@ -314,8 +314,7 @@ def refused_requests(url: str) -> int:
 
 
 def bad_cache_entries(tier_root: Path) -> list[str]:
-    from weight_cache.manifest import MANIFEST_NAME, Manifest
-    from weight_cache.tier import LocalTier
+    from weight_cache import MANIFEST_NAME, LocalTier, Manifest
 
     bad = []
     for entry in LocalTier(tier_root).entries():

@@ -15,6 +15,7 @@ PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def pickle_advice(pickles: list[str]) -> str:
+    """The advice for a folder holding pickle checkpoints (``pickles``: their names)."""
     return (
         f"it holds {', '.join(pickles[:6])}: a pickle checkpoint, which Ember does not load (it "
         "can run code); convert it to safetensors (safetensors.torch.save_file of its state "

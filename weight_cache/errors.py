@@ -28,10 +28,14 @@ class BadSetting(WeightCacheError):
 
 
 class ObjectMissing(WeightCacheError):
+    """The object, prefix, manifest or hub model is not there."""
+
     status_code = 404
 
 
 class AccessDenied(WeightCacheError):
+    """The store refused the credentials (or they are missing)."""
+
     status_code = 403
 
 
@@ -61,6 +65,8 @@ class StoreTooSlow(StoreUnavailable):
 
 
 class DiskFull(WeightCacheError):
+    """The local tier's disk (or its budget) has no room for the model."""
+
     status_code = 507
 
 

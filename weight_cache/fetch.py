@@ -33,7 +33,7 @@ from weight_cache.errors import CorruptCheckpoint, ObjectMissing
 from weight_cache.manifest import MANIFEST_NAME, FileEntry, Manifest
 from weight_cache.objects import ObjectStore, RangeReader, join_key
 from weight_cache.streaming import FetchSink, Staging, WholeFileHash, stream_ranges
-from weight_cache.tier import EntryLock, LocalTier, disk_error, entry_key
+from weight_cache.tier import EntryLock, LocalTier, disk_error
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -68,8 +68,11 @@ class FetchReport:
     committed: asyncio.Task[None] | None = None
     # With ``hold``: a shared lock that keeps the entry from eviction until ``release()``.
     hold: EntryLock | None = None
+    # The manifest the files were checked against.
+    manifest: Manifest | None = None
 
     def release(self) -> None:
+        """Let go of the shared lock kept with ``hold`` (a no-op without one)."""
         if self.hold is not None:
             self.hold.release()
             self.hold = None
@@ -118,119 +121,102 @@ async def fetch_to_tier(
         manifest = await read_manifest(store)
     else:
         manifest.check(where=store.uri)  # one made in code is held to what a read one is
-    key = entry_key(manifest)
     plan_s = time.perf_counter() - started
-    if tier.lookup(key) is not None:
-        held = await tier.lock(key, shared=True) if hold else None
-        hit = tier.lookup(key)  # still there once we hold it?
-        if hit is not None:
-            return FetchReport(hit, True, plan_s=plan_s, hold=held)
-        if held is not None:
-            held.release()
-    lock = await tier.lock(key)
-    try:
-        hit = tier.lookup(key)  # another process may have filled it while we waited
-        if hit is not None:
-            if hold:
-                lock.share()
-            else:
-                lock.release()
-            elapsed = time.perf_counter() - started
-            return FetchReport(hit, True, plan_s=elapsed, hold=lock if hold else None)
-        path = await asyncio.to_thread(tier.prepare, key, manifest)
-    except BaseException:
-        lock.release()
-        raise
-    fetch_started = time.perf_counter()
-    # whole-file sha256s computed beside the chunk-verified downloads: checked before the commit
-    digests: list[tuple[FileEntry, Future[str]]] = []
-    try:
-        # small files (configs, tokenizers) first, all at once: each is one ranged read, and
-        # their round trips overlap; then the big ones, each with every connection
-        small = [f for f in manifest.files if f.size <= chunk_bytes]
-        big = sorted((f for f in manifest.files if f.size > chunk_bytes), key=lambda f: f.size)
-        log.debug(
-            "fetching %s into %s: %d small file(s) at once, then %d big one(s) in %d-byte "
-            "ranges on %d connections",
-            store.uri,
-            path,
-            len(small),
-            len(big),
-            chunk_bytes,
-            concurrency,
-        )
-        permits = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(entry: FileEntry, threads: int) -> None:
-            digest = await fetch_file(
+    report = FetchReport(Path(), True, plan_s=plan_s, manifest=manifest)
+    async with tier.filling(
+        manifest, source=store.uri, hold=hold, commit_in_background=commit_in_background
+    ) as fill:
+        report.path, report.hit, report.hold = fill.path, fill.hit, fill.hold
+        if fill.hit:
+            report.plan_s = time.perf_counter() - started  # waiting for another's fill counts
+        else:
+            fetch_started = time.perf_counter()
+            digests = await _fetch_files(
                 store,
-                entry,
-                path / entry.path,
-                concurrency=threads,
+                manifest,
+                fill.path,
+                concurrency=concurrency,
                 chunk_bytes=chunk_bytes,
                 progress=progress,
                 sink=sink,
             )
-            if digest is not None:
-                digests.append((entry, digest))
+            report.fetch_s = time.perf_counter() - fetch_started
+            report.bytes_fetched = manifest.total_bytes
+            log.info(
+                "fetched %s (%d bytes) in %.2fs: %.2f GB/s",
+                store.uri,
+                manifest.total_bytes,
+                report.fetch_s,
+                manifest.total_bytes / max(report.fetch_s, 1e-9) / 1e9,
+            )
 
-        async def small_one(entry: FileEntry) -> None:
-            async with permits:
-                await one(entry, 1)
+            def check_digests() -> None:
+                for entry, digest in digests:
+                    check_digest(entry, digest, f"{store.uri}/{entry.path}")
 
-        smalls = [asyncio.ensure_future(small_one(entry)) for entry in small]
-        try:
-            await asyncio.gather(*smalls)
-        except BaseException:
-            for task in smalls:
-                task.cancel()
-            await asyncio.gather(*smalls, return_exceptions=True)
-            raise
-        for entry in big:
-            await one(entry, concurrency)
-    except BaseException:
-        await asyncio.to_thread(tier.discard, key)
-        lock.release()
-        raise
-    fetch_s = time.perf_counter() - fetch_started
-    log.info(
-        "fetched %s (%d bytes) in %.2fs: %.2f GB/s",
-        store.uri,
-        manifest.total_bytes,
-        fetch_s,
-        manifest.total_bytes / max(fetch_s, 1e-9) / 1e9,
-    )
-
-    def verify_and_commit() -> None:
-        for entry, digest in digests:
-            check_digest(entry, digest, f"{store.uri}/{entry.path}")
-        tier.commit(key, manifest, source=store.uri)
-
-    async def commit() -> None:
-        work = asyncio.ensure_future(asyncio.to_thread(verify_and_commit))
-        try:
-            # shielded: a cancelled caller must not race the thread that writes the marker
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait([work])  # the disk finishes; the entry ends complete or discarded
-            raise
-        finally:
-            if work.cancelled() or work.exception() is not None:
-                await asyncio.to_thread(tier.discard, key)
-                lock.release()
-            elif hold:
-                lock.share()  # filled; from now on only in use
-            else:
-                lock.release()
-
-    report = FetchReport(path, False, manifest.total_bytes, plan_s, fetch_s)
-    if hold:
-        report.hold = lock
-    if commit_in_background:
-        report.committed = asyncio.create_task(commit(), name=f"tier-commit-{key}")
-    else:
-        await commit()
+            fill.before_commit(check_digests)
+    report.hold = fill.hold
+    report.committed = fill.committed
     return report
+
+
+async def _fetch_files(
+    store: ObjectStore,
+    manifest: Manifest,
+    path: Path,
+    *,
+    concurrency: int,
+    chunk_bytes: int,
+    progress: Callable[[int], None] | None,
+    sink: FetchSink | None,
+) -> list[tuple[FileEntry, Future[str]]]:
+    """Every file of ``manifest`` into the directory ``path``; the whole-file sha256s computed
+    beside the chunk-verified downloads, for the caller to check before the commit."""
+    digests: list[tuple[FileEntry, Future[str]]] = []
+    # small files (configs, tokenizers) first, all at once: each is one ranged read, and
+    # their round trips overlap; then the big ones, each with every connection
+    small = [f for f in manifest.files if f.size <= chunk_bytes]
+    big = sorted((f for f in manifest.files if f.size > chunk_bytes), key=lambda f: f.size)
+    log.debug(
+        "fetching %s into %s: %d small file(s) at once, then %d big one(s) in %d-byte "
+        "ranges on %d connections",
+        store.uri,
+        path,
+        len(small),
+        len(big),
+        chunk_bytes,
+        concurrency,
+    )
+    permits = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(entry: FileEntry, threads: int) -> None:
+        digest = await fetch_file(
+            store,
+            entry,
+            path / entry.path,
+            concurrency=threads,
+            chunk_bytes=chunk_bytes,
+            progress=progress,
+            sink=sink,
+        )
+        if digest is not None:
+            digests.append((entry, digest))
+
+    async def small_one(entry: FileEntry) -> None:
+        async with permits:
+            await one(entry, 1)
+
+    smalls = [asyncio.ensure_future(small_one(entry)) for entry in small]
+    try:
+        await asyncio.gather(*smalls)
+    except BaseException:
+        for task in smalls:
+            task.cancel()
+        await asyncio.gather(*smalls, return_exceptions=True)
+        raise
+    for entry in big:
+        await one(entry, concurrency)
+    return digests
 
 
 async def fetch_file(
@@ -273,7 +259,7 @@ async def fetch_file(
         cancel.set()  # the threads stop after their current range; the partial file goes
         await asyncio.wait([work])
         if not work.cancelled():
-            work.exception()  # retrieved: its _Stopped is the cancellation's, not news
+            work.exception()  # retrieved: its Stopped is the cancellation's, not news
         raise
 
 

@@ -32,6 +32,8 @@ DEFAULT_MIN_RATE_KIB_S = 256.0
 
 @dataclass(frozen=True, slots=True)
 class StoreLimits:
+    """How long a ranged read may take, and how slow an attempt at one may be."""
+
     range_deadline_s: float = DEFAULT_RANGE_DEADLINE_S
     min_rate_bytes_s: float = DEFAULT_MIN_RATE_KIB_S * 1024
     grace_s: float = 5.0

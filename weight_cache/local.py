@@ -33,6 +33,7 @@ class LocalStore(ClosedOnExit):
 
     async def aclose(self) -> None:
         # whoever left them open is gone: no ETag check, just the descriptors
+        """Close the readers still open."""
         for reader in list(self._readers):
             reader.release()
         self._readers.clear()
@@ -50,12 +51,14 @@ class LocalStore(ClosedOnExit):
         return ObjectInfo(key, st.st_size, f'"{tag}"')
 
     async def head(self, key: str) -> ObjectInfo:
+        """See :meth:`ObjectStore.head`."""
         path = self._path(key)
         if not path.is_file():
             raise ObjectMissing(f"{self.uri}/{key} does not exist")
         return self._info(key, path)
 
     async def read_range(self, key: str, *, start: int, length: int, etag: str | None) -> bytes:
+        """See :meth:`ObjectStore.read_range`."""
         path = self._path(key)
 
         def read() -> bytes:
@@ -78,12 +81,15 @@ class LocalStore(ClosedOnExit):
         return await asyncio.to_thread(read)
 
     async def range_reader(self, key: str, *, etag: str | None) -> FileRangeReader:
+        """See :meth:`ObjectStore.range_reader`."""
         path = self._path(key)
         reader = await asyncio.to_thread(FileRangeReader, path, f"{self.uri}/{key}", etag)
         self._readers.add(reader)
         return reader
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """See :meth:`ObjectStore.list`."""
+
         def walk() -> list[ObjectInfo]:
             base = self._path(prefix) if prefix else self.root
             if not base.exists():
@@ -102,6 +108,7 @@ class LocalStore(ClosedOnExit):
     async def put_file(
         self, key: str, path: Path, *, progress: Progress | None = None
     ) -> ObjectInfo:
+        """See :meth:`ObjectStore.put_file`."""
         target = self._path(key)
 
         def copy() -> ObjectInfo:
@@ -117,6 +124,7 @@ class LocalStore(ClosedOnExit):
         return info
 
     async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """See :meth:`ObjectStore.put_bytes`."""
         target = self._path(key)
 
         def write() -> ObjectInfo:
@@ -129,6 +137,7 @@ class LocalStore(ClosedOnExit):
         return await asyncio.to_thread(write)
 
     async def delete(self, key: str) -> None:
+        """See :meth:`ObjectStore.delete`."""
         await asyncio.to_thread(self._path(key).unlink, True)
 
 
@@ -152,6 +161,7 @@ class FileRangeReader:
 
     @property
     def closed(self) -> bool:
+        """Whether the reader was closed."""
         return self._fd < 0
 
     def _check(self) -> None:
@@ -165,6 +175,7 @@ class FileRangeReader:
             raise ObjectChanged(f"{self.where} changed since the load was planned")
 
     def read_into(self, start: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the file's bytes from ``offset``."""
         done = 0
         while done < len(buffer):
             n = os.preadv(self._fd, [buffer[done:]], start + done)

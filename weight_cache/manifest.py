@@ -39,6 +39,8 @@ DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class TensorEntry(BaseModel):
+    """One tensor of a safetensors file: its dtype, shape and data offsets."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dtype: str
@@ -47,6 +49,8 @@ class TensorEntry(BaseModel):
 
 
 class SafetensorsEntry(BaseModel):
+    """A safetensors file's index as the manifest records it (header size, tensors)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     header_bytes: int
@@ -56,6 +60,7 @@ class SafetensorsEntry(BaseModel):
 
     @classmethod
     def from_index(cls, index: SafetensorsIndex) -> SafetensorsEntry:
+        """The entry for an index parsed from a file's header."""
         return cls.model_validate(index.as_dict())
 
     def check_header(self, index: SafetensorsIndex, *, where: str) -> None:
@@ -88,6 +93,7 @@ class SafetensorsEntry(BaseModel):
         raise CorruptCheckpoint(f"{where}: the header's metadata differs from the manifest's")
 
     def tensor_infos(self) -> list[TensorInfo]:
+        """The tensors, with their offsets from the start of the file."""
         return sorted(
             (
                 TensorInfo(name, t.dtype, tuple(t.shape), t.offsets[0], t.offsets[1])
@@ -107,13 +113,17 @@ class ChunkTable(BaseModel):
     digests: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 
     def tiles(self, file_size: int) -> bool:
+        """Whether the chunks cover a file of ``size`` bytes exactly."""
         return len(self.digests) == -(-file_size // self.size)
 
     def digest(self, offset: int) -> str:
+        """The digest of the chunk starting at ``offset``."""
         return self.digests[offset // self.size]
 
 
 class FileEntry(BaseModel):
+    """One file of a model: its path, size, ETag, sha256, chunk digests and tensor index."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str
@@ -125,6 +135,8 @@ class FileEntry(BaseModel):
 
 
 class Manifest(BaseModel):
+    """What ``ember cache push`` writes beside a model: every file, checked, indexed."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: int = FORMAT_VERSION
@@ -133,9 +145,11 @@ class Manifest(BaseModel):
 
     @property
     def total_bytes(self) -> int:
+        """The size of all the files together."""
         return sum(f.size for f in self.files)
 
     def file(self, path: str) -> FileEntry:
+        """The entry of the file at ``path`` (KeyError if none)."""
         for f in self.files:
             if f.path == path:
                 return f
@@ -148,6 +162,7 @@ class Manifest(BaseModel):
         )
 
     def dumps(self) -> bytes:
+        """The manifest as the JSON written to the store and the tier."""
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_INDENT_2)
 
     @classmethod

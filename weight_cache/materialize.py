@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from weight_cache.errors import CorruptCheckpoint, DeviceMemoryFull
-from weight_cache.manifest import FileEntry
 from weight_cache.safetensors_format import TensorInfo
+from weight_cache.streaming import StreamedFile
 
 log = logging.getLogger("ember.weight_cache")
 
@@ -62,7 +62,7 @@ DEFAULT_RING = 4
 
 @dataclass
 class _File:
-    entry: FileEntry
+    entry: StreamedFile
     pending: deque[TensorInfo]  # not yet made, in file order
     data_start: int
     mapping: mmap.mmap | None = None  # CPU: the partial file, privately mapped
@@ -108,6 +108,7 @@ class TensorSink:
 
     @property
     def staging(self) -> TensorSink | None:
+        """The sink itself when it stages (a device), else None."""
         return self if self.stage else None
 
     # ---------------------------------------------------------------------- Staging
@@ -126,6 +127,7 @@ class TensorSink:
                 self._free.put(len(self._ring) - 1)
 
     def take(self, length: int) -> tuple[int, memoryview]:
+        """A free slot and its buffer; blocks until the copy out of one completes."""
         slot = self._free.get()
         self._sync_slot(slot)  # the copy out of it has completed (a blocking wait, no spin)
         with self._lock:
@@ -133,10 +135,11 @@ class TensorSink:
             return slot, self._views[slot][:length]
 
     def give_back(self, slot: int) -> None:
+        """Return an unused slot."""
         self._lent.pop(slot, None)
         self._free.put(slot)
 
-    def landed(self, entry: FileEntry, offset: int, slot: int, length: int) -> None:
+    def landed(self, entry: StreamedFile, offset: int, slot: int, length: int) -> None:
         """Copy the data-section part of a filled slot to the file's device buffer."""
         lent = self._lent.pop(slot)
         state = self._files.get(entry.path)
@@ -188,13 +191,14 @@ class TensorSink:
             self.device_wait_s += time.perf_counter() - started
 
     # ---------------------------------------------------------------------- FetchSink
-    def opened(self, entry: FileEntry, partial: Path) -> None:
+    def opened(self, entry: StreamedFile, partial: Path) -> None:
+        """Plan the tensors of a safetensors file about to arrive (others: nothing)."""
         if entry.safetensors is None:
             return
         with self._lock:  # files may be fetched side by side
             self._opened(entry, partial)
 
-    def _opened(self, entry: FileEntry, partial: Path) -> None:
+    def _opened(self, entry: StreamedFile, partial: Path) -> None:
         assert entry.safetensors is not None
         infos = sorted(entry.safetensors.tensor_infos(), key=lambda t: t.start)
         for info in infos:
@@ -221,7 +225,7 @@ class TensorSink:
     def _allocate(self, nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
 
-    def _device_buffer(self, entry: FileEntry, nbytes: int) -> torch.Tensor:
+    def _device_buffer(self, entry: StreamedFile, nbytes: int) -> torch.Tensor:
         try:
             return self._allocate(nbytes)
         except torch.OutOfMemoryError as exc:
@@ -229,7 +233,8 @@ class TensorSink:
                 f"{self.device} has no room for {entry.path} ({nbytes} bytes of tensors): {exc}"
             ) from None
 
-    def arrived(self, entry: FileEntry, upto: int) -> None:
+    def arrived(self, entry: StreamedFile, upto: int) -> None:
+        """Make every tensor whose bytes lie in the prefix ``[0, upto)``."""
         state = self._files.get(entry.path)
         if state is None:
             return
@@ -240,7 +245,8 @@ class TensorSink:
                 state.tensors[info.name] = self._tensor(state, info)
         self.materialise_s += time.perf_counter() - started
 
-    def finished(self, entry: FileEntry, final: Path) -> None:
+    def finished(self, entry: StreamedFile, final: Path) -> None:
+        """The file is complete: its tensors join ``tensors``."""
         with self._lock:
             state = self._files.pop(entry.path, None)
         if state is None:

@@ -22,12 +22,15 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
+    """An object's size and ETag (and key, in a listing)."""
+
     key: str
     size: int
     etag: str
 
 
 def join_key(prefix: str, key: str) -> str:
+    """Store keys joined with one ``/`` between them, empty parts left out."""
     return f"{prefix}/{key}" if prefix else key
 
 
@@ -42,7 +45,8 @@ class RangeReader(Protocol):
         """Fill ``buffer`` with the object's bytes from ``start``; raise rather than fill less."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Let go of the reader's connections (a local file checks it was not replaced)."""
 
 
 class ClosedOnExit:
@@ -50,6 +54,7 @@ class ClosedOnExit:
     one way out."""
 
     async def aclose(self) -> None:
+        """Close what the store holds (its client, its open files)."""
         raise NotImplementedError
 
     async def __aexit__(
@@ -82,7 +87,8 @@ class ObjectStore(Protocol):
         """Release the client and the readers still open; calling it twice does nothing."""
         ...
 
-    async def head(self, key: str) -> ObjectInfo: ...
+    async def head(self, key: str) -> ObjectInfo:
+        """The size and ETag of ``key``; ObjectMissing if it is not there."""
 
     async def read_range(self, key: str, *, start: int, length: int, etag: str | None) -> bytes:
         """Exactly ``length`` bytes from ``start``; raises rather than return fewer."""
@@ -95,12 +101,16 @@ class ObjectStore(Protocol):
         """
         ...
 
-    async def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under the store's prefix (or under ``prefix`` within it)."""
 
     async def put_file(
         self, key: str, path: Path, *, progress: Progress | None = None
-    ) -> ObjectInfo: ...
+    ) -> ObjectInfo:
+        """Upload the file at ``path`` as ``key``; its ETag."""
 
-    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
+    async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Store ``data`` as ``key``; its ETag."""
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (nothing if it is not there)."""

@@ -40,6 +40,8 @@ _SKIP_DIRS = {".git", ".cache", "__pycache__"}
 
 @dataclass(frozen=True)
 class LocalFile:
+    """A file of a folder being pushed: its key, path and what it was hashed to."""
+
     path: Path
     rel: str
     size: int
@@ -151,6 +153,7 @@ async def push_directory(
 
 
 def total_bytes(directory: Path) -> int:
+    """The bytes a push of ``directory`` uploads (for its progress)."""
     return sum(path.stat().st_size for path, _ in _pushable(directory))
 
 

@@ -128,6 +128,7 @@ class S3Store(ClosedOnExit):
         return self
 
     async def aclose(self) -> None:
+        """Close the S3 client and the range readers' connections."""
         for reader in list(self._readers):
             reader.close()
         self._readers.clear()
@@ -148,6 +149,7 @@ class S3Store(ClosedOnExit):
         return join_key(self.prefix, key)
 
     async def head(self, key: str) -> ObjectInfo:
+        """See :meth:`ObjectStore.head`."""
         client = self._client
         where = f"{self.uri}/{key}"
         try:
@@ -171,6 +173,7 @@ class S3Store(ClosedOnExit):
             raise StoreTooSlow(f"{what} got no answer within {deadline_s:g} s") from None
 
     async def read_range(self, key: str, *, start: int, length: int, etag: str | None) -> bytes:
+        """See :meth:`ObjectStore.read_range`."""
         client = self._client
         if length == 0:
             return b""
@@ -227,6 +230,7 @@ class S3Store(ClosedOnExit):
         return data
 
     async def range_reader(self, key: str, *, etag: str | None) -> S3RangeReader:
+        """See :meth:`ObjectStore.range_reader`."""
         client = self._client
         try:
             url = await client.generate_presigned_url(
@@ -250,6 +254,7 @@ class S3Store(ClosedOnExit):
         return reader
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """See :meth:`ObjectStore.list`."""
         client = self._client
         base = self._key(prefix)
         if base and not base.endswith("/"):
@@ -269,6 +274,7 @@ class S3Store(ClosedOnExit):
         return out
 
     async def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """See :meth:`ObjectStore.put_bytes`."""
         client = self._client
         try:
             r = await client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
@@ -279,6 +285,7 @@ class S3Store(ClosedOnExit):
     async def put_file(
         self, key: str, path: Path, *, progress: Progress | None = None
     ) -> ObjectInfo:
+        """See :meth:`ObjectStore.put_file`."""
         size = (await asyncio.to_thread(path.stat)).st_size
         if size <= PART_BYTES:
             data = await asyncio.to_thread(path.read_bytes)
@@ -335,6 +342,7 @@ class S3Store(ClosedOnExit):
         return ObjectInfo(key, size, r["ETag"])
 
     async def delete(self, key: str) -> None:
+        """See :meth:`ObjectStore.delete`."""
         client = self._client
         try:
             await client.delete_object(Bucket=self.bucket, Key=self._key(key))

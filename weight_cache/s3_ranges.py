@@ -75,6 +75,7 @@ class Watchdog:
             return True
 
     def close(self) -> None:
+        """Stop watching."""
         with self._cond:
             self._closed = True
             thread, self._thread = self._thread, None
@@ -161,6 +162,7 @@ class S3RangeReader:
                 self._open.discard(conn)
 
     def read_into(self, start: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the object's bytes from ``offset`` (retried, bounded)."""
         want = len(buffer)
         done = 0
         failures = 0
@@ -284,6 +286,7 @@ class S3RangeReader:
         return StoreUnavailable(f"{self.where}: S3 error {code} ({status})")
 
     def close(self) -> None:
+        """Close the reader's connections."""
         with self._lock:
             conns, self._open = self._open, set()
         for conn in conns:
@@ -308,4 +311,5 @@ def _xml_code(body: bytes) -> str:
 
 
 def backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (exponential, jittered)."""
     return float(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))

@@ -38,6 +38,8 @@ DTYPE_SIZES = {
 
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
+    """A tensor of a safetensors file: dtype, shape and byte offsets in the file."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -46,11 +48,14 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """The tensor's size in bytes."""
         return self.end - self.start
 
 
 @dataclass(frozen=True, slots=True)
 class SafetensorsIndex:
+    """A safetensors file's parsed header: where the data starts and every tensor."""
+
     header_bytes: int  # 8 + N: where the data starts
     data_bytes: int
     tensors: tuple[TensorInfo, ...]  # in file order
@@ -58,9 +63,11 @@ class SafetensorsIndex:
 
     @property
     def file_size(self) -> int:
+        """The size the file must have."""
         return self.header_bytes + self.data_bytes
 
     def as_dict(self) -> dict[str, Any]:
+        """The index in the manifest's form (see SafetensorsEntry)."""
         return {
             "header_bytes": self.header_bytes,
             "data_bytes": self.data_bytes,

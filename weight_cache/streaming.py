@@ -21,19 +21,36 @@ import mmap
 import os
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
 from weight_cache.errors import CorruptCheckpoint
-from weight_cache.manifest import FileEntry, chunk_digest
+from weight_cache.manifest import FileEntry, SafetensorsEntry, chunk_digest
 from weight_cache.objects import RangeReader
+from weight_cache.ranges import Range, Stopped, plan_ranges, read_ranges
 from weight_cache.safetensors_format import parse_header
 from weight_cache.tier import disk_error
 
 log = logging.getLogger("ember.weight_cache")
+
+
+class StreamedFile(Protocol):
+    """What a sink needs to know of a file it is told about: a manifest's
+    :class:`~weight_cache.manifest.FileEntry`, or a local file loaded onto a device."""
+
+    @property
+    def path(self) -> str:
+        """The file's path within the model (the sink's key for it)."""
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+
+    @property
+    def safetensors(self) -> SafetensorsEntry | None:
+        """The file's tensor index, or None for a file that holds no tensors."""
 
 
 class Staging(Protocol):
@@ -46,13 +63,17 @@ class Staging(Protocol):
     unused one.
     """
 
-    def reserve(self, slots: int, length: int) -> None: ...
+    def reserve(self, slots: int, length: int) -> None:
+        """At least ``slots`` slots of at least ``length`` bytes, before the reads start."""
 
-    def take(self, length: int) -> tuple[int, memoryview]: ...
+    def take(self, length: int) -> tuple[int, memoryview]:
+        """A free slot and a view of ``length`` bytes of it; blocks until one is free."""
 
-    def landed(self, entry: FileEntry, offset: int, slot: int, length: int) -> None: ...
+    def landed(self, entry: StreamedFile, offset: int, slot: int, length: int) -> None:
+        """A filled slot: copy its bytes out (from ``offset`` of the file) and free it."""
 
-    def give_back(self, slot: int) -> None: ...
+    def give_back(self, slot: int) -> None:
+        """Return a slot that was taken but not filled."""
 
 
 class FetchSink(Protocol):
@@ -65,13 +86,17 @@ class FetchSink(Protocol):
     """
 
     @property
-    def staging(self) -> Staging | None: ...
+    def staging(self) -> Staging | None:
+        """The ring ranges land in, or None to read the tier file itself."""
 
-    def opened(self, entry: FileEntry, partial: Path) -> None: ...
+    def opened(self, entry: StreamedFile, partial: Path) -> None:
+        """A file is about to arrive (``partial``: where it is written)."""
 
-    def arrived(self, entry: FileEntry, upto: int) -> None: ...
+    def arrived(self, entry: StreamedFile, upto: int) -> None:
+        """The verified prefix ``[0, upto)`` of the file has landed."""
 
-    def finished(self, entry: FileEntry, final: Path) -> None: ...
+    def finished(self, entry: StreamedFile, final: Path) -> None:
+        """The file is complete, checked and renamed to ``final``."""
 
 
 def stream_ranges(
@@ -79,7 +104,7 @@ def stream_ranges(
     entry: FileEntry,
     where: str,
     *,
-    fd: int | None,
+    fd: int,
     mapped: bool = False,
     concurrency: int,
     range_bytes: int,
@@ -90,12 +115,13 @@ def stream_ranges(
 ) -> str | None:
     """Ranges read ``concurrency`` at a time, verified, landed, and announced in order.
 
-    Where a range lands: with the sink's staging ring, in a slot, written to the tier file
-    (``fd``; None writes nothing, for a load from a local file) and copied to the device from
-    there. Otherwise into the tier file: with its blocks reserved (``mapped``) straight through
-    a shared mapping, so a body goes from the socket into the page cache with one copy; without
-    (a filesystem that cannot reserve) a write could hit a full disk as SIGBUS there, so each
-    range goes through a per-thread buffer and ``pwrite``, which fails with ENOSPC instead.
+    The ranges are ``range_bytes`` apart (:func:`~weight_cache.ranges.plan_ranges`), read by
+    :func:`~weight_cache.ranges.read_ranges`. Where a range lands: with the sink's staging ring,
+    in a slot, written to the tier file (``fd``) and copied to the device from there. Otherwise
+    into the tier file: with its blocks reserved (``mapped``) straight through a shared mapping,
+    so a body goes from the socket into the page cache with one copy; without (a filesystem
+    that cannot reserve) a write could hit a full disk as SIGBUS there, so each range goes
+    through a per-thread buffer and ``pwrite``, which fails with ENOSPC instead.
 
     A range with a chunk digest is verified by the thread that read it (and read once more
     before it is refused); the whole-file sha256 is then ``whole``'s job, beside the download.
@@ -108,41 +134,36 @@ def stream_ranges(
     """
     size = entry.size
     staging = sink.staging if sink is not None else None
-    if fd is None and staging is None:
-        raise ValueError("streaming without a tier file needs a sink with a staging ring")
     if staging is not None:
         staging.reserve(concurrency + 2, min(range_bytes, max(size, 1)))
     # a fetch with nothing hashing beside it (no chunk table, or an empty file) hashes in order
-    # here; a local load (no tier file) hashes nothing
-    in_order = hashlib.sha256() if whole is None and fd is not None else None
+    in_order = hashlib.sha256() if whole is None else None
     if not size:
         return in_order.hexdigest() if in_order is not None else None
     mm = None
     view = None
     # the tier file's mapping: where ranges land without a staging ring, and what an in-order
     # hash reads; a staged, chunk-verified fetch needs neither
-    if fd is not None and (staging is None or in_order is not None):
+    if staging is None or in_order is not None:
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         view = memoryview(mm)
     buffers = threading.local()
     # where the header ends: the file's own index is checked once the prefix reaches it
-    header_end = entry.safetensors.header_bytes if entry.safetensors and fd is not None else None
+    header_end = entry.safetensors.header_bytes if entry.safetensors else None
 
-    def land(offset: int, length: int) -> None:
-        if cancel.is_set():
-            raise _Stopped
+    def land(item: Range) -> None:
+        offset, length = item.offset, item.length
         if staging is not None:
             slot, buf = staging.take(length)
             try:
                 _read_verified(reader, entry, offset, buf, where)
-                if fd is not None:
-                    _pwrite(fd, buf, offset, entry)
+                _pwrite(fd, buf, offset, entry)
                 staging.landed(entry, offset, slot, length)
             except BaseException:
                 staging.give_back(slot)
                 raise
             return
-        assert view is not None and fd is not None
+        assert view is not None
         if mapped:
             _read_verified(reader, entry, offset, view[offset : offset + length], where)
             return
@@ -153,42 +174,28 @@ def stream_ranges(
         _read_verified(reader, entry, offset, scratch, where)
         _pwrite(fd, scratch, offset, entry)
 
-    ranges = iter(range(0, size, range_bytes))
-    pending: deque[tuple[int, int, Future[None]]] = deque()
+    def arrived(item: Range) -> None:
+        nonlocal header_end
+        if in_order is not None and view is not None:
+            in_order.update(view[item.offset : item.end])
+        elif whole is not None:
+            whole.feed(item.offset, item.length)
+        if progress is not None:
+            progress(item.length)
+        if header_end is not None and item.end >= header_end:
+            check_header(fd, entry, where)
+            header_end = None
+        if sink is not None:
+            sink.arrived(entry, item.end)
+
     try:
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="ember-fetch") as pool:
-
-            def submit() -> None:
-                offset = next(ranges, None)
-                if offset is not None:
-                    length = min(range_bytes, size - offset)
-                    pending.append((offset, length, pool.submit(land, offset, length)))
-
-            for _ in range(2 * concurrency):  # a second round queued keeps every thread busy
-                submit()
-            try:
-                while pending:
-                    offset, length, future = pending[0]
-                    _wait(future, cancel)
-                    pending.popleft()
-                    if in_order is not None and view is not None:
-                        in_order.update(view[offset : offset + length])
-                    elif whole is not None:
-                        whole.feed(offset, length)
-                    if progress is not None:
-                        progress(length)
-                    if header_end is not None and offset + length >= header_end:
-                        assert fd is not None
-                        check_header(fd, entry, where)
-                        header_end = None
-                    if sink is not None:
-                        sink.arrived(entry, offset + length)
-                    submit()
-            except BaseException:
-                cancel.set()
-                for _, _, future in pending:
-                    future.cancel()
-                raise
+        read_ranges(
+            plan_ranges(size, range_bytes),
+            land,
+            concurrency=concurrency,
+            cancel=cancel,
+            arrived=arrived,
+        )
     finally:
         if view is not None and mm is not None:
             with contextlib.suppress(BufferError):  # a traceback may still hold a slice
@@ -243,13 +250,16 @@ class WholeFileHash:
         self._thread.start()
 
     def feed(self, offset: int, length: int) -> None:
+        """Hash the next verified range (in file order)."""
         self._queue.put((offset, length))
 
     def finish(self) -> Future[str]:
+        """No more ranges: the digest, once the thread has read them all."""
         self._queue.put(None)
         return self._result
 
     def abort(self) -> None:
+        """Stop hashing (the fetch failed); the result is an exception."""
         self._cancel.set()
         self._queue.put(None)
 
@@ -259,31 +269,17 @@ class WholeFileHash:
         try:
             while (item := self._queue.get()) is not None:
                 if self._cancel.is_set():
-                    raise _Stopped
+                    raise Stopped
                 offset, length = item
                 digest.update(view[offset : offset + length])
             if self._cancel.is_set():
-                raise _Stopped
+                raise Stopped
             self._result.set_result(digest.hexdigest())
         except BaseException as exc:
             self._result.set_exception(exc)
         finally:
             view.release()
             self._mm.close()
-
-
-def _wait(future: Future[None], cancel: threading.Event) -> None:
-    while True:
-        try:
-            future.result(timeout=0.25)
-            return
-        except TimeoutError:
-            if cancel.is_set():
-                raise _Stopped from None
-
-
-class _Stopped(Exception):
-    """The fetch was cancelled (or another range failed): stop before the next range."""
 
 
 def check_header(fd: int, entry: FileEntry, where: str) -> None:

@@ -31,18 +31,20 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from weight_cache.errors import BadEntryKey, CorruptCheckpoint, DiskFull, WeightCacheError
 from weight_cache.manifest import COMPLETE_MARKER, MANIFEST_NAME, PARTIAL_SUFFIX, Manifest
+from weight_cache.uri import parse_uri
 
 COMPLETE = COMPLETE_MARKER
 _KEY = re.compile(r"[0-9a-f]{32}")
 
 
 def entry_key(manifest: Manifest) -> str:
+    """The tier's key for a model: 32 hex digits of the hash of its manifest's identity."""
     return hashlib.sha256(manifest.identity().encode()).hexdigest()[:32]
 
 
@@ -73,14 +75,47 @@ class EntryLock:
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
+        """Let go of the lock (and the hold lock, if shared)."""
         for fd in (self._fd, self._hold):
             if fd is not None:
                 os.close(fd)  # closing releases the lock
         self._fd = self._hold = None
 
 
+@dataclass
+class TierFill:
+    """One process's turn at an entry, from :meth:`LocalTier.filling`.
+
+    ``hit``: the entry was complete (at once, or once another process's fill of it ended); its
+    files are at ``path`` and nothing is to be written. Otherwise this process fills ``path``
+    (an empty directory, room made for the manifest) and the entry is published when the block
+    ends. ``hold`` is the shared lock kept when one was asked for (release it with
+    :meth:`release` once the files are no longer used); ``committed`` is the background commit.
+    """
+
+    key: str
+    path: Path
+    hit: bool
+    hold: EntryLock | None = None
+    committed: asyncio.Task[None] | None = None
+    _checks: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def before_commit(self, check: Callable[[], None]) -> None:
+        """Run ``check`` (blocking, in a thread) before the entry is published; if it raises,
+        the fill is discarded and the error is the commit's."""
+        self._checks.append(check)
+
+    def release(self) -> None:
+        """Let go of the shared lock kept with ``hold`` (a no-op without one)."""
+        if self.hold is not None:
+            self.hold.release()
+            self.hold = None
+
+
 @dataclass(frozen=True)
 class TierEntry:
+    """A complete entry of the tier, as ``ember cache ls --local`` shows it."""
+
     key: str
     path: Path
     size: int
@@ -89,6 +124,8 @@ class TierEntry:
 
 
 class LocalTier:
+    """The node's tier of complete, verified models under ``root`` (see the module)."""
+
     def __init__(self, root: str | Path, *, budget_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.budget_bytes = budget_bytes
@@ -99,6 +136,7 @@ class LocalTier:
                 raise disk_error(exc, str(self.root / sub)) from exc
 
     def entry_path(self, key: str) -> Path:
+        """Where the entry ``key`` lives (whether or not it is there)."""
         return self.root / "entries" / key
 
     def lookup(self, key: str) -> Path | None:
@@ -135,11 +173,109 @@ class LocalTier:
 
     @contextlib.asynccontextmanager
     async def locked(self, key: str) -> AsyncIterator[None]:
+        """The entry's exclusive lock for the length of the block."""
         held = await self.lock(key)
         try:
             yield
         finally:
             held.release()
+
+    @contextlib.asynccontextmanager
+    async def filling(
+        self,
+        manifest: Manifest,
+        *,
+        source: str,
+        hold: bool = False,
+        commit_in_background: bool = False,
+    ) -> AsyncIterator[TierFill]:
+        """The hit / fill / share protocol of one entry, as ``async with tier.filling(m) as f:``.
+
+        A complete entry is a hit. Otherwise the entry's lock is taken (waiting, cancellably,
+        while another process fills it: then its fill is shared, a hit too) and the block fills
+        ``f.path``. When the block ends normally the files are made durable and the entry marked
+        complete (after the ``before_commit`` checks), recording ``source``; if it raises, or
+        the commit fails, the entry is discarded and nothing is published. With
+        ``commit_in_background`` the commit runs in ``f.committed`` (holding the lock, so other
+        processes wait for it rather than fill again). With ``hold`` the fill keeps a shared
+        lock on the entry (``f.hold``) so no process evicts it while it is in use.
+        """
+        key = entry_key(manifest)
+        hit = await self._hit(key, hold=hold)
+        if hit is None:
+            lock = await self.lock(key)
+            try:
+                found = self.lookup(key)  # another process may have filled it while we waited
+                if found is not None:
+                    if hold:
+                        lock.share()
+                    else:
+                        lock.release()
+                    hit = TierFill(key, found, True, hold=lock if hold else None)
+                else:
+                    path = await asyncio.to_thread(self.prepare, key, manifest)
+            except BaseException:
+                lock.release()
+                raise
+        if hit is not None:
+            try:
+                yield hit
+            except BaseException:
+                hit.release()
+                raise
+            return
+        fill = TierFill(key, path, False)
+        try:
+            yield fill
+        except BaseException:
+            await asyncio.to_thread(self.discard, key)
+            lock.release()
+            raise
+        publish = self._publish(fill, manifest, lock, source=source, hold=hold)
+        if hold:
+            fill.hold = lock
+        if commit_in_background:
+            fill.committed = asyncio.create_task(publish, name=f"tier-commit-{key}")
+        else:
+            await publish
+
+    async def _hit(self, key: str, *, hold: bool) -> TierFill | None:
+        """The entry as a hit if it is complete now (and still is once a ``hold`` is taken)."""
+        if self.lookup(key) is None:
+            return None
+        held = await self.lock(key, shared=True) if hold else None
+        found = self.lookup(key)  # still there once we hold it?
+        if found is not None:
+            return TierFill(key, found, True, hold=held)
+        if held is not None:
+            held.release()
+        return None
+
+    async def _publish(
+        self, fill: TierFill, manifest: Manifest, lock: EntryLock, *, source: str, hold: bool
+    ) -> None:
+        """Check and commit a filled entry, then share its lock (``hold``) or let it go."""
+
+        def check_and_commit() -> None:
+            for check in fill._checks:
+                check()
+            self.commit(fill.key, manifest, source=source)
+
+        work = asyncio.ensure_future(asyncio.to_thread(check_and_commit))
+        try:
+            # shielded: a cancelled caller must not race the thread that writes the marker
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait([work])  # the disk finishes; the entry ends complete or discarded
+            raise
+        finally:
+            if work.cancelled() or work.exception() is not None:
+                await asyncio.to_thread(self.discard, fill.key)
+                lock.release()
+            elif hold:
+                lock.share()  # filled; from now on only in use
+            else:
+                lock.release()
 
     @contextlib.contextmanager
     def _try_lock(self, key: str) -> Iterator[bool]:
@@ -206,6 +342,7 @@ class LocalTier:
         return path
 
     def discard(self, key: str) -> None:
+        """Remove the entry, complete or not (with its lock held). Blocking."""
         _remove(self.entry_path(_checked(key)))
 
     # ------------------------------------------------------------------------ listing, eviction
@@ -227,14 +364,13 @@ class LocalTier:
         return out
 
     def used_bytes(self) -> int:
+        """The bytes the complete entries take."""
         return sum(e.size for e in self.entries())
 
     def resolve(self, names: Iterable[str]) -> list[str]:
         """Entry keys for ``names``: keys of complete entries as they are, and model URIs
         (``s3://...``, ``file://...``) as the keys of the entries fetched from them. Anything
         else raises :class:`BadEntryKey`, before anything is evicted."""
-        from weight_cache.stores import parse_uri
-
         entries = self.entries()
         keys: list[str] = []
         for name in names:
@@ -317,6 +453,7 @@ def space_needed(manifest: Manifest, block: int = 4096) -> int:
 
 
 def disk_error(exc: OSError, where: str) -> WeightCacheError:
+    """An OSError as this package's error: DiskFull for a full disk or quota."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"{where}: no space left on the device")
     return WeightCacheError(f"{where}: {exc.strerror or exc}")

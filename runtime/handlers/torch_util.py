@@ -96,8 +96,7 @@ def load_safetensors(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from weight_cache.device_load import load_to_device
-    from weight_cache.errors import CorruptCheckpoint, WeightCacheError
+    from weight_cache import CorruptCheckpoint, WeightCacheError, load_to_device
 
     if streamed is not None:
         return {
