@@ -7,8 +7,9 @@ rest of the activator sees each member through a :class:`MemberPool` (the face o
 the member's name and spec): its requests take slots on the group's replicas, preferring one
 where the member is awake.
 
-:class:`Group` keeps the books of which member sleeps at which level on which replica (``hot``,
-``host``, ``disk``), from what it commanded, what the requests found and what each replica says
+:class:`Group` keeps the books (:class:`~activator.group_books.Books`) of which member sleeps at
+which level on which replica (``hot``, ``host``, ``disk``), from what it commanded, what the
+requests found and what each replica says
 of its members through the scaler (:meth:`~activator.scalers.base.Scaler.statuses`: a local
 replica's status pipe as it speaks, a Knative service's index as it is read): a replica's device
 memory budget puts models to sleep on its own. A wake's seconds are the replica's own measure
@@ -32,14 +33,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import statistics
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from activator.events import EventLog
+from activator.group_books import Books
 from activator.policy import Decision, History, Policy
 from activator.pool import ModelPool, Replica, Ticket
 from activator.pool.clock import Clock
@@ -48,7 +48,6 @@ from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
 from contracts.events import Sleep, Wake
-from contracts.replica import ModelState, ModelStatus
 from contracts.stack import GroupSpec, ModelSpec
 
 log = logging.getLogger("ember.activator")
@@ -93,22 +92,10 @@ class Group:
         self._members = {name: _Member(members[name]) for name in spec.members}
         self._wake_defaults = WakeCosts(**{k: v for k, v in spec.wake.items()})
         self._tiered = spec.policy == "tiered"
-        # replica id -> member -> level; a replica not yet heard from counts its members hot
-        self.levels: dict[int, dict[str, Level]] = {}
-        # replica id -> member -> why it is UNAVAILABLE there (its load or wake failed)
-        self.failed: dict[int, dict[str, str]] = {}
-        self._commanding: collections.Counter[tuple[int, str]] = collections.Counter()
+        self.books = Books(self._members, self._slept)
         self._refused: dict[tuple[int, str], tuple[float, int]] = {}  # retry after, refusals
-        self._seen: set[int] = set()  # replicas that have said where their members are
         self._sleeps: set[asyncio.Task[Refusal | None]] = set()
         self._watches: dict[int, asyncio.Task[None]] = {}
-        self._claims: collections.Counter[tuple[int, str]] = collections.Counter()  # in flight
-        self._claim_counts: dict[tuple[int, str], int] = {}  # ever taken
-        # when a command or a request last touched (replica, member): what a replica said
-        # before then is stale for it (time.monotonic(), as a StatusReport's ``at``)
-        self._commanded_at: dict[tuple[int, str], float] = {}
-        self._claimed_at: dict[tuple[int, str], float] = {}
-        self._woke: dict[tuple[int, str], tuple[Level, float]] = {}  # as the replica measured
         # id(ticket) -> (member, when, its level then: None before the replica said)
         self._tickets: dict[int, tuple[str, float, Level | None]] = {}
         self._client, self._statuses = client, statuses
@@ -138,7 +125,7 @@ class Group:
         if replica.handle is None:  # a ready replica has one
             return
         async for report in self._statuses(replica.handle):
-            self._heard(replica, report)
+            self.books.heard(replica.id, report)
 
     async def _run(self) -> None:
         while True:
@@ -151,142 +138,61 @@ class Group:
     async def tick(self) -> None:
         """Forget gone replicas, and put idle members to sleep."""
         alive = {r.id for r in self.pool.replicas}
-        gone = {*self.levels, *self._seen, *self.failed, *self._watches} - alive
-        for rid in gone:
-            self._forget(rid)
+        books = self.books
+        for rid in {*books.levels, *books.seen, *books.failed, *self._watches} - alive:
+            books.forget(rid)
+            for key in [k for k in self._refused if k[0] == rid]:
+                del self._refused[key]
+            watch = self._watches.pop(rid, None)
+            if watch is not None:
+                watch.cancel()
         if self._tiered:
             now = self.clock.monotonic()
             for replica in [r for r in self.pool.replicas if r.state == "ready"]:
                 for name in self._members:
                     self._maybe_sleep(replica, name, now)
 
-    def _forget(self, rid: int) -> None:
-        """A replica gone: its books go with it (its requests and commands are over)."""
-        self.levels.pop(rid, None)
-        self.failed.pop(rid, None)
-        self._seen.discard(rid)
-        watch = self._watches.pop(rid, None)
-        if watch is not None:
-            watch.cancel()
-        for books in (
-            self._refused,
-            self._claim_counts,
-            self._commanded_at,
-            self._claimed_at,
-            self._woke,
-        ):
-            for key in [k for k in books if k[0] == rid]:
-                del books[key]
-        for key in [k for k, n in self._claims.items() if k[0] == rid and not n]:
-            del self._claims[key]
-
     # ------------------------------------------------------------------ levels
     def level(self, replica: Replica, model: str) -> Level:
-        return self.levels.get(replica.id, {}).get(model, Level.HOT)
+        return self.books.level(replica.id, model)
 
     def awake_on(self, model: str) -> Callable[[Replica], bool]:
         """The ``prefer`` of a claim for ``model``: replicas where it is awake (and serves)."""
+        return lambda replica: self.books.awake(replica.id, model)
 
-        def awake(replica: Replica) -> bool:
-            failed = self.failed.get(replica.id)
-            return self.level(replica, model) is Level.HOT and not (failed and model in failed)
-
-        return awake
+    def _heard_from(self) -> list[Replica]:
+        """The group's ready replicas that have said where their members are."""
+        return [r for r in self.pool.replicas if r.state == "ready" and r.id in self.books.seen]
 
     def asleep(self, model: str) -> Level | None:
-        """The level ``model`` sleeps at on the group's ready replicas whose index has been
-        read, when it sleeps on every one of them (the shallowest, where they differ: a request
-        wakes it from there); None while it is awake on one, or none has been read."""
-        read = [r for r in self.pool.replicas if r.state == "ready" and r.id in self._seen]
-        levels = {self.level(r, model) for r in read}
+        """The level ``model`` sleeps at on the group's ready replicas heard from, when it
+        sleeps on every one of them (the shallowest, where they differ: a request wakes it from
+        there); None while it is awake on one, or none has been heard from."""
+        levels = {self.level(r, model) for r in self._heard_from()}
         if not levels or Level.HOT in levels:
             return None
         return min(levels, key=lambda level: level.depth)
 
     def unavailable(self, model: str) -> str | None:
-        """Why ``model`` cannot serve on any of the group's ready replicas whose index has been
-        read (the first one's reason), if it cannot on every one of them; else None."""
-        read = [r for r in self.pool.replicas if r.state == "ready" and r.id in self._seen]
-        reasons = [self.failed.get(r.id, {}).get(model) for r in read]
+        """Why ``model`` cannot serve on any of the group's ready replicas heard from (the
+        first one's reason), if it cannot on every one of them; else None."""
+        reasons = [self.books.failed.get(r.id, {}).get(model) for r in self._heard_from()]
         if not reasons or any(reason is None for reason in reasons):
             return None
         return reasons[0]
 
-    def _set(self, replica: Replica, model: str, level: Level, reason: str) -> None:
-        before = self.level(replica, model)
-        self.levels.setdefault(replica.id, {})[model] = level
-        if level.depth > before.depth:
-            self.events.emit(
-                Sleep(model=model, group=self.name, replica=replica.id, level=level, reason=reason)
-            )
-            log.info(
-                "model %s sleeps (level %s) on replica %d: %s", model, level, replica.id, reason
-            )
-
-    def _heard(self, replica: Replica, report: StatusReport) -> None:
-        """What a replica said of its members: the truth of their levels, but for a member a
-        request or a command has touched since it was said (a waking model says SLEEPING until
-        it is awake), or touches now. The first report of a replica sets its books without
-        events: what it holds at its start is no sleep of the group's."""
-        first = replica.id not in self._seen
-        self._seen.add(replica.id)
-        for status in report.statuses:
-            name, key = status.model, (replica.id, status.model)
-            if name not in self._members:
-                continue
-            if status.woke_from is not None and status.wake_s is not None:
-                self._woke[key] = (Level(status.woke_from), status.wake_s)
-            commanded = self._commanded_at.get(key, -math.inf)
-            if not self._commanding[key] and report.at >= commanded:
-                # a request never mends a failed load (a load does), nor fails a serving one
-                # behind the replica's back: only a command makes what it said stale here
-                self._book_failure(replica, name, status.state, status.reason)
-            touched = max(commanded, self._claimed_at.get(key, -math.inf))
-            if self._commanding[key] or self._claims[key] or report.at < touched:
-                continue  # touched meanwhile: what it says next tells where it ended
-            self._book_level(replica, status, first=first or report.first)
-
-    def _book_level(self, replica: Replica, status: ModelStatus, *, first: bool) -> None:
-        name = status.model
-        if status.state is ModelState.SLEEPING and status.level is not None:
-            if first:
-                self.levels.setdefault(replica.id, {})[name] = Level(status.level)
-            else:
-                why = "the replica's device memory budget"
-                self._set(replica, name, Level(status.level), why)
-        elif status.state is ModelState.READY:
-            self.levels.setdefault(replica.id, {})[name] = Level.HOT
-
-    def _book_failure(self, replica: Replica, name: str, state: str, reason: str) -> None:
-        """What a replica's index says of ``name``: UNAVAILABLE (failed there, ``reason``), or
-        serving or loading (not failed)."""
-        failed = self.failed.setdefault(replica.id, {})
-        if state != "UNAVAILABLE":
-            if failed.pop(name, None) is not None:
-                log.info("model %s serves again on replica %d", name, replica.id)
-            return
-        if failed.get(name) != reason:
-            log.warning("model %s is unavailable on replica %d: %s", name, replica.id, reason)
-        failed[name] = reason
-
-    def _command(self, key: tuple[int, str]) -> None:
-        """A sleep of ``key`` (replica, member) is decided: in flight until :meth:`_sleep` ends."""
-        self._commanding[key] += 1
-        self._commanded_at[key] = time.monotonic()
-
-    def _commanded(self, key: tuple[int, str]) -> None:
-        """The command :meth:`_command` counted has been answered (or failed)."""
-        self._commanding[key] -= 1
-        self._commanded_at[key] = time.monotonic()
-        if not self._commanding[key]:
-            del self._commanding[key]
+    def _slept(self, rid: int, model: str, level: Level, reason: str) -> None:
+        self.events.emit(
+            Sleep(model=model, group=self.name, replica=rid, level=level, reason=reason)
+        )
+        log.info("model %s sleeps (level %s) on replica %d: %s", model, level, rid, reason)
 
     def _maybe_sleep(self, replica: Replica, name: str, now: float) -> None:
         member = self._members[name]
         key = (replica.id, name)
-        if self._commanding[key] or self._claims[key] or replica.id not in self._seen:
+        if self.books.busy(key) or replica.id not in self.books.seen:
             return
-        if name in self.failed.get(replica.id, {}):
+        if name in self.books.failed.get(replica.id, {}):
             return  # nothing to put away: its load failed there
         refused = self._refused.get(key)
         if refused is not None and now < refused[0]:
@@ -301,7 +207,7 @@ class Group:
         if target.depth <= self.level(replica, name).depth:
             return
         reason = f"tiered policy: idle {now - since:.0f}s ({plan.why})"
-        self._command(key)
+        self.books.command(key)
         task = self.tasks.spawn(self._sleep(replica, name, target, reason), name=f"sleep-{name}")
         self._sleeps.add(task)
         task.add_done_callback(self._sleeps.discard)
@@ -314,14 +220,14 @@ class Group:
         A refusal (the handler cannot sleep, the model is busy, the replica does not answer)
         changes no books, and the policy asks that replica again only after a pause that
         doubles with each refusal (a minute, up to a quarter of an hour)."""
-        key = (replica.id, name)  # counted in _commanding by the caller, as it decided
-        claims_before = self._claim_counts.get(key, 0)
+        key = (replica.id, name)  # counted in books.commanding by the caller, as it decided
+        claims_before = self.books.claim_counts.get(key, 0)
         on_replica = level.on_replica
         assert on_replica is not None and level is not Level.ZERO
         try:
             refusal = await self._client.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
         finally:
-            self._commanded(key)
+            self.books.commanded(key)
         if refusal is not None:
             _, count = self._refused.get(key, (0.0, 0))
             pause = min(REFUSED_MAX_S, REFUSED_S * 2**count)
@@ -335,8 +241,8 @@ class Group:
             )
             return refusal
         self._refused.pop(key, None)
-        if self._claim_counts.get(key, 0) == claims_before:
-            self._set(replica, name, level, reason)
+        if self.books.claim_counts.get(key, 0) == claims_before:
+            self.books.set_level(replica.id, name, level, reason)
         # else a request came meanwhile and woke it, or will: what the replica says next tells
         return None
 
@@ -348,7 +254,7 @@ class Group:
         sleeps = []
         for replica in self.pool.replicas:
             if replica.state == "ready" and self.level(replica, name).depth < level.depth:
-                self._command((replica.id, name))
+                self.books.command((replica.id, name))
                 sleeps.append(self._sleep(replica, name, level, reason))
         refusals = await asyncio.gather(*sleeps)
         return [r for r in refusals if r is not None]
@@ -362,31 +268,23 @@ class Group:
 
     async def _load(self, replica: Replica, name: str, timeout_s: float) -> Refusal | None:
         key = (replica.id, name)
-        self._command(key)
+        self.books.command(key)
         try:
             refusal = await self._client.load(replica.url, name, timeout_s)
         finally:
-            self._commanded(key)
+            self.books.commanded(key)
         if refusal is not None:
             log.warning("model %s: replica %d did not load it (%s)", name, replica.id, refusal)
         else:
-            self.failed.get(replica.id, {}).pop(name, None)
-            self.levels.setdefault(replica.id, {})[name] = Level.HOT
+            self.books.loaded(replica.id, name)
         return refusal
 
     # ------------------------------------------------------------------ requests
     def took(self, name: str, ticket: Ticket) -> None:
         """A request for ``name`` holds a slot on ``ticket.replica``."""
-        replica = ticket.replica
-        key = (replica.id, name)
         # before the replica has said, where the model is is unknown (None): its first
         # request is neither a warm one nor a measured wake
-        level = self.levels.get(replica.id, {}).get(name) if replica.id in self._seen else None
-        self.levels.setdefault(replica.id, {})[name] = Level.HOT  # the replica wakes it for this
-        self._claims[key] += 1
-        self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
-        self._claimed_at[key] = time.monotonic()
-        self._woke.pop(key, None)  # a wake the replica tells from now on is this request's
+        level = self.books.claim((ticket.replica.id, name))
         self._members[name].in_flight += 1
         self._tickets[id(ticket)] = (name, self.clock.monotonic(), level)
 
@@ -400,13 +298,10 @@ class Group:
         now = self.clock.monotonic()
         member = self._members[name]
         member.in_flight -= 1
-        key = (ticket.replica.id, name)
-        self._claims[key] -= 1
-        self._claimed_at[key] = time.monotonic()
-        woke = self._woke.pop(key, None)
+        woke = self.books.unclaim((ticket.replica.id, name))
         if not answered:
             if level is not None and level is not Level.HOT:  # not known to have woken it
-                self.levels.setdefault(ticket.replica.id, {})[name] = level
+                self.books.levels.setdefault(ticket.replica.id, {})[name] = level
             return
         member.last_end = now
         took = now - started
@@ -476,14 +371,10 @@ class Group:
         return keep, f"every model's tiered plan at zero after {keep:.0f}s"
 
     def describe(self, name: str) -> dict[str, Any]:
-        # the ready replicas whose index has been read: where the model is on each
-        levels = {
-            str(r.id): self.level(r, name)
-            for r in self.pool.replicas
-            if r.state == "ready" and r.id in self._seen
-        }
+        # the ready replicas heard from: where the model is on each
+        levels = {str(r.id): self.level(r, name) for r in self._heard_from()}
         described: dict[str, Any] = {"group": self.name, "levels": levels}
-        failed = {str(rid): books[name] for rid, books in self.failed.items() if name in books}
+        failed = {str(rid): f[name] for rid, f in self.books.failed.items() if name in f}
         if failed:
             described["unavailable_on"] = failed  # replica -> why it cannot serve there
         if self._tiered:

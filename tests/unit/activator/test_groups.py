@@ -167,7 +167,7 @@ async def make_group(
 async def commands_done(group: Group) -> None:
     """Until the sleeps the group sent have been answered (by real time: a local server)."""
     for _ in range(500):
-        if not group._commanding:
+        if not group.books.commanding:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("a sleep command was never answered")
@@ -294,7 +294,7 @@ async def test_a_wake_is_measured_against_warm_requests_and_replans(
         group.took("a", ticket)
         await clock.advance(0.01)
         group.released(ticket)
-    group.levels[r.id] = {"a": "host"}
+    group.books.levels[r.id] = {"a": "host"}
     ticket = Ticket(r, 0.0, False)
     group.took("a", ticket)
     assert group.level(r, "a") == "hot"  # the replica wakes it for this request
