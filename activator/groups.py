@@ -45,6 +45,7 @@ from activator.pool import ModelPool, Replica, Ticket
 from activator.pool.clock import Clock
 from activator.replica_client import Refusal, ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
+from activator.states import ReplicaState
 from activator.tasks import TaskSet
 from activator.tiered import Level, Tiered, TierPlan, WakeCosts
 from contracts.events import Sleep, Wake
@@ -148,7 +149,7 @@ class Group:
                 watch.cancel()
         if self._tiered:
             now = self.clock.monotonic()
-            for replica in [r for r in self.pool.replicas if r.state == "ready"]:
+            for replica in [r for r in self.pool.replicas if r.state is ReplicaState.READY]:
                 for name in self._members:
                     self._maybe_sleep(replica, name, now)
 
@@ -162,7 +163,11 @@ class Group:
 
     def _heard_from(self) -> list[Replica]:
         """The group's ready replicas that have said where their members are."""
-        return [r for r in self.pool.replicas if r.state == "ready" and r.id in self.books.seen]
+        return [
+            r
+            for r in self.pool.replicas
+            if r.state is ReplicaState.READY and r.id in self.books.seen
+        ]
 
     def asleep(self, model: str) -> Level | None:
         """The level ``model`` sleeps at on the group's ready replicas heard from, when it
@@ -253,7 +258,10 @@ class Group:
         level = Level(level)
         sleeps = []
         for replica in self.pool.replicas:
-            if replica.state == "ready" and self.level(replica, name).depth < level.depth:
+            if (
+                replica.state is ReplicaState.READY
+                and self.level(replica, name).depth < level.depth
+            ):
                 self.books.command((replica.id, name))
                 sleeps.append(self._sleep(replica, name, level, reason))
         refusals = await asyncio.gather(*sleeps)
@@ -262,7 +270,7 @@ class Group:
     async def load_member(self, name: str, timeout_s: float) -> list[Refusal]:
         """Load ``name`` on every ready replica (a repository load: it wakes a sleeper and
         retries a failed load), once each has answered; why each replica that did not."""
-        ready = [r for r in self.pool.replicas if r.state == "ready"]
+        ready = [r for r in self.pool.replicas if r.state is ReplicaState.READY]
         loads = await asyncio.gather(*(self._load(r, name, timeout_s) for r in ready))
         return [r for r in loads if r is not None]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from activator.groups import Group
 from activator.pool import ModelPool, Replica, Ticket
+from activator.states import PoolState, ReplicaState
 from activator.tiered import Level
 from contracts.stack import ModelSpec
 
@@ -83,22 +84,22 @@ class MemberPool:
         return self._pool
 
     @property
-    def state(self) -> str:
+    def state(self) -> PoolState:
         """The group's pool's state, but ``unavailable`` while the group's replicas run and
         this model failed to load (or wake) on every one of them."""
-        if self._pool.state == "ready" and self.group.unavailable(self.name) is not None:
-            return "unavailable"
+        if self._pool.state is PoolState.READY and self.group.unavailable(self.name) is not None:
+            return PoolState.UNAVAILABLE
         return self._pool.state
 
     @property
     def reason(self) -> str:
-        failed = self.group.unavailable(self.name) if self._pool.state == "ready" else None
+        failed = self.group.unavailable(self.name) if self._pool.state is PoolState.READY else None
         return self._pool.reason if failed is None else failed
 
     @property
     def start_failed(self) -> bool:
         """The group's last start failed, or this model failed on every ready replica."""
-        return self._pool.start_failed or self.state == "unavailable"
+        return self._pool.start_failed or self.state is PoolState.UNAVAILABLE
 
     @property
     def replicas(self) -> list[Replica]:
@@ -116,7 +117,7 @@ class MemberPool:
         """How many of the group's ready replicas hold this model at each level."""
         counted: dict[str, int] = {}
         for replica in self._pool.replicas:
-            if replica.state == "ready":
+            if replica.state is ReplicaState.READY:
                 level = self.group.level(replica, self.name)
                 counted[level] = counted.get(level, 0) + 1
         return counted

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from activator import errors
+from activator.states import PoolState, ReplicaState
 
 # a refusal's reason, by the error's type (its closest class here): one bounded label vocabulary
 REASONS: dict[type[errors.ActivatorError], str] = {
@@ -46,8 +47,8 @@ def reason_of(error: errors.ActivatorError) -> str:
     return "error"
 
 
-REPLICA_STATES = ("starting", "ready", "checking", "draining")
-MODEL_STATES = ("zero", "starting", "ready", "draining", "unavailable")
+REPLICA_STATES = tuple(ReplicaState)
+MODEL_STATES = tuple(PoolState)
 
 
 class ActivatorMetrics:
@@ -157,8 +158,8 @@ class _PoolCollector(Collector):
                     levels.add_metric([name, level], counted.get(level, 0))
             queue.add_metric([name], pool.queued)
             flight.add_metric([name], pool.in_flight)
-            for s in REPLICA_STATES:
-                replicas.add_metric([name, s], sum(1 for r in pool.replicas if r.state == s))
-            for s in MODEL_STATES:
-                state.add_metric([name, s], 1 if pool.state == s else 0)
+            for rs in REPLICA_STATES:
+                replicas.add_metric([name, rs], sum(1 for r in pool.replicas if r.state == rs))
+            for ps in MODEL_STATES:
+                state.add_metric([name, ps], 1 if pool.state == ps else 0)
         yield from (queue, flight, replicas, state, levels)

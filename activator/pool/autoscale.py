@@ -20,6 +20,7 @@ from activator.pool.clock import Clock, Timer
 from activator.pool.prewarm import WarmWindows
 from activator.pool.queue import AdmissionQueue
 from activator.pool.replicas import Replica, ReplicaSet
+from activator.states import ReplicaState
 from contracts.events import PolicyDecision
 from contracts.stack import ModelSpec
 
@@ -109,8 +110,10 @@ class Autoscaler:
         self.scale()
         now = self.clock.monotonic()
         members = self.replicas.members
-        ready = [r for r in members if r.state == "ready"]
-        surplus = len(ready) + sum(r.state == "starting" for r in members) - self.desired()
+        ready = [r for r in members if r.state is ReplicaState.READY]
+        surplus = (
+            len(ready) + sum(r.state is ReplicaState.STARTING for r in members) - self.desired()
+        )
         if surplus <= 0 or self.queue:
             return
         # the longest idle replica goes first, once idle past keep-alive

@@ -34,6 +34,7 @@ from activator.pool.prewarm import WarmWindows
 from activator.pool.queue import AdmissionQueue
 from activator.pool.replicas import Replica, ReplicaSet
 from activator.scalers.base import Scaler
+from activator.states import PoolState, ReplicaState
 from activator.tasks import TaskSet
 from contracts.stack import ModelSpec
 
@@ -160,7 +161,7 @@ class ModelPool:
             return ticket
         timeout = self.spec.deadline_s if deadline_s is None else deadline_s
         waiter = self._queue.join(timeout, prefer)
-        cold = not any(r.state == "ready" for r in self._replicas.members)
+        cold = not any(r.state is ReplicaState.READY for r in self._replicas.members)
         self._autoscaler.scale()
         try:
             replica = await self._queue.wait(waiter, self.release_replica)
@@ -209,8 +210,12 @@ class ModelPool:
         """End any warm window and drain the idle replicas now (busy ones finish first);
         ``source``: who asked, for the log."""
         self._windows.end()
-        for replica in [r for r in self._replicas.members if r.state in ("ready", "starting")]:
-            if replica.state == "starting" or not self._waiters:
+        for replica in [
+            r
+            for r in self._replicas.members
+            if r.state in (ReplicaState.READY, ReplicaState.STARTING)
+        ]:
+            if replica.state is ReplicaState.STARTING or not self._waiters:
                 self._replicas.drain(replica, "put to sleep", source)
 
     def apply_schedule(self, now: dt.datetime) -> float:
@@ -223,7 +228,7 @@ class ModelPool:
 
     # ------------------------------------------------------------------ state
     @property
-    def state(self) -> str:
+    def state(self) -> PoolState:
         """``zero`` | ``starting`` | ``ready`` | ``draining``."""
         return self._replicas.state
 

@@ -28,6 +28,7 @@ from activator.metrics import ActivatorMetrics
 from activator.pool.clock import Clock
 from activator.pool.failures import FailedStart
 from activator.scalers.base import ReplicaHandle, Scaler
+from activator.states import PoolState, ReplicaState
 from activator.tasks import TaskSet
 from contracts.events import ReplicaReady, ReplicaStarting, ReplicaStopped, State
 from contracts.stack import ModelSpec
@@ -41,7 +42,7 @@ ZERO_REASON = "scaled to zero: a request wakes it"
 class Replica:
     id: int
     started: float  # the pool clock's monotonic time
-    state: str = "starting"  # starting | ready | checking | draining
+    state: ReplicaState = ReplicaState.STARTING
     handle: ReplicaHandle | None = None
     in_flight: int = 0
     ready_at: float | None = None
@@ -82,7 +83,7 @@ class ReplicaSet:
         self.on_free, self.on_lost, self.on_failed = on_free, on_lost, on_failed
         self.on_ready = on_ready
         self.members: list[Replica] = []
-        self.state = "zero"
+        self.state = PoolState.ZERO
         self.reason = ZERO_REASON
         self.start_failed = False  # the last start failed (reason says why); cleared when ready
         self.last_cold_start_s: float | None = None  # the last replica's, start to ready
@@ -97,12 +98,14 @@ class ReplicaSet:
         best: Replica | None = None
         limit = self._limit
         for r in self.members:
-            free = r.state == "ready" and r.in_flight < limit
+            free = r.state is ReplicaState.READY and r.in_flight < limit
             if free and (best is None or r.in_flight < best.in_flight):
                 best = r
         if prefer is not None and best is not None and not prefer(best):
             preferred = [
-                r for r in self.members if r.state == "ready" and r.in_flight < limit and prefer(r)
+                r
+                for r in self.members
+                if r.state is ReplicaState.READY and r.in_flight < limit and prefer(r)
             ]
             if preferred:
                 best = min(preferred, key=lambda r: r.in_flight)
@@ -115,7 +118,7 @@ class ReplicaSet:
 
     def active(self) -> int:
         """Replicas starting or ready (not checking, not draining)."""
-        return sum(r.state in ("starting", "ready") for r in self.members)
+        return sum(r.state in (ReplicaState.STARTING, ReplicaState.READY) for r in self.members)
 
     # ------------------------------------------------------------------ start
     def start(self, count: int, why: str = "") -> None:
@@ -167,7 +170,7 @@ class ReplicaSet:
             return
         if replica.stop_requested:  # drained while it started: the drain stops it
             return
-        replica.state = "ready"
+        replica.state = ReplicaState.READY
         replica.ready_at = replica.idle_since = self.clock.monotonic()
         cold_start_s = replica.ready_at - started
         self.last_cold_start_s = cold_start_s
@@ -223,9 +226,9 @@ class ReplicaSet:
     # ------------------------------------------------------------------ health
     def suspect(self, replica: Replica) -> None:
         """A request to ``replica`` broke off: route nothing to it until it passes a check."""
-        if replica.state != "ready" or replica.stop_requested:
+        if replica.state is not ReplicaState.READY or replica.stop_requested:
             return
-        replica.state = "checking"
+        replica.state = ReplicaState.CHECKING
         self.update_state()
         replica.check_task = self.tasks.spawn(
             self._check(replica), name=f"check-{self.name}-{replica.id}"
@@ -242,7 +245,7 @@ class ReplicaSet:
         if replica not in self.members or replica.stop_requested:
             return  # it exited meanwhile (and was replaced), or is being stopped
         if healthy:
-            replica.state = "ready"
+            replica.state = ReplicaState.READY
             self.update_state()
             self.on_free()
         else:
@@ -271,7 +274,7 @@ class ReplicaSet:
     def _mark_draining(self, replica: Replica) -> bool:
         if replica.stop_requested or replica not in self.members:
             return False
-        replica.state = "draining"
+        replica.state = ReplicaState.DRAINING
         replica.stop_requested = True
         self.update_state()
         return True
@@ -305,18 +308,18 @@ class ReplicaSet:
     # ------------------------------------------------------------------ model state
     def update_state(self) -> None:
         states = {r.state for r in self.members}
-        if "ready" in states:
-            new = "ready"
-        elif "starting" in states:
-            new = "starting"
-        elif "draining" in states:
-            new = "draining"
+        if ReplicaState.READY in states:
+            new = PoolState.READY
+        elif ReplicaState.STARTING in states:
+            new = PoolState.STARTING
+        elif ReplicaState.DRAINING in states:
+            new = PoolState.DRAINING
         else:
-            new = "zero"
+            new = PoolState.ZERO
         if new != self.state:
             old, self.state = self.state, new
             self.events.emit(State(model=self.name, from_=old, to=new))
-            if new == "zero" and not self.start_failed:
+            if new is PoolState.ZERO and not self.start_failed:
                 self.reason = ZERO_REASON
                 log.info("model %s: scaled to zero: %s", self.name, self._last_stop or "stopped")
 

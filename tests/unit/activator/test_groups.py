@@ -26,6 +26,7 @@ from activator.policy import History
 from activator.pool import ManualClock, Replica, Ticket
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
+from activator.states import PoolState, ReplicaState
 from activator.tasks import TaskSet
 from contracts.replica import model_status
 from contracts.stack import GroupSpec, load_stack
@@ -96,7 +97,7 @@ class StubPool:
 
     def __init__(self, replicas: list[Replica]) -> None:
         self.replicas = replicas
-        self.state, self.reason, self.start_failed = "ready", "", False
+        self.state, self.reason, self.start_failed = PoolState.READY, "", False
 
     async def aclose(self) -> None:
         pass
@@ -136,7 +137,12 @@ async def replica() -> AsyncIterator[tuple[FakeReplica, Replica]]:
     try:
         yield (
             fake,
-            Replica(1, 0.0, state="ready", handle=ReplicaHandle("g", f"http://127.0.0.1:{port}")),
+            Replica(
+                1,
+                0.0,
+                state=ReplicaState.READY,
+                handle=ReplicaHandle("g", f"http://127.0.0.1:{port}"),
+            ),
         )
     finally:
         await runner.cleanup()

@@ -15,6 +15,7 @@ from activator.pool.clock import ManualClock
 from activator.pool.prewarm import WarmWindows
 from activator.pool.queue import AdmissionQueue
 from activator.pool.replicas import Replica, ReplicaSet
+from activator.states import ReplicaState
 from activator.tasks import TaskSet
 from tests.unit.activator.pool.fakes import Events, FakeScaler, outcome, spec, turns
 
@@ -117,7 +118,9 @@ async def test_each_missing_replica_is_started_once(make: Make) -> None:
     assert len(h.replicas.members) == 3 and h.replicas.state == "starting"
     await turns(lambda: h.scaler.started == 3, "three starts")
     h.autoscaler.close()
-    h.replicas.members[0].state = "draining"  # one fewer active: a closed scaler starts none
+    h.replicas.members[
+        0
+    ].state = ReplicaState.DRAINING  # one fewer active: a closed scaler starts none
     h.autoscaler.scale()
     assert len(h.replicas.members) == 3
 

@@ -19,6 +19,7 @@ from activator.errors import (
 from activator.metrics import ActivatorMetrics
 from activator.pool.clock import ManualClock
 from activator.pool.replicas import Replica, ReplicaSet
+from activator.states import ReplicaState
 from activator.tasks import TaskSet
 from tests.unit.activator.pool.fakes import Events, FakeScaler, outcome, spec, turns
 
@@ -92,7 +93,7 @@ async def test_a_slot_is_claimed_on_the_least_busy_ready_replica(h: Harness) -> 
     assert h.replicas.claim() is a and h.replicas.claim() is b
     assert h.replicas.claim() is None  # two each: container_concurrency
     assert h.replicas.in_flight() == 4
-    b.state = "checking"
+    b.state = ReplicaState.CHECKING
     h.release(b)
     assert h.replicas.claim() is None  # b has room but is not ready
 
