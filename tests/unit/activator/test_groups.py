@@ -23,11 +23,12 @@ from activator.events import EventLog
 from activator.groups import Group, GroupPolicy
 from activator.members import MemberPool
 from activator.policy import History
-from activator.pool import ManualClock, Replica, Ticket
+from activator.pool import Replica, Ticket
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.states import PoolState, ReplicaState
 from activator.tasks import TaskSet
+from activator.testing import ManualClock
 from contracts.replica import model_status
 from contracts.stack import GroupSpec, load_stack
 

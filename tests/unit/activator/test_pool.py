@@ -29,10 +29,11 @@ from activator.errors import (
 )
 from activator.events import EventLog, read_events
 from activator.metrics import ActivatorMetrics
-from activator.pool import ManualClock, ModelPool, Ticket
+from activator.pool import ModelPool, Ticket
 from activator.pool.clock import Clock
 from activator.scalers.base import ReplicaHandle
 from activator.tasks import TaskSet
+from activator.testing import ManualClock
 from contracts.events import Prewarm
 from contracts.replica import FailureKind
 from contracts.schedule import parse_window

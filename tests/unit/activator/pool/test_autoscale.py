@@ -11,12 +11,12 @@ import pytest
 
 from activator.metrics import ActivatorMetrics
 from activator.pool.autoscale import Autoscaler
-from activator.pool.clock import ManualClock
 from activator.pool.prewarm import WarmWindows
 from activator.pool.queue import AdmissionQueue
 from activator.pool.replicas import Replica, ReplicaSet
 from activator.states import ReplicaState
 from activator.tasks import TaskSet
+from activator.testing import ManualClock
 from tests.unit.activator.pool.fakes import Events, FakeScaler, outcome, spec, turns
 
 

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from activator.pool.clock import ManualClock, SystemClock
+from activator.pool.clock import SystemClock
+from activator.testing import ManualClock
 from tests.unit.activator.pool.fakes import outcome, turns
 
 

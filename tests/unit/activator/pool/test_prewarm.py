@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from activator.pool.clock import ManualClock
 from activator.pool.prewarm import WarmWindows
+from activator.testing import ManualClock
 from contracts.schedule import Window, parse_window
 from tests.unit.activator.pool.fakes import Events
 

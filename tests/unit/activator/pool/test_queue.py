@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from activator.errors import ModelUnavailable, QueueFull
-from activator.pool.clock import ManualClock
 from activator.pool.queue import AdmissionQueue
+from activator.testing import ManualClock
 from tests.unit.activator.pool.fakes import outcome, turns
 
 

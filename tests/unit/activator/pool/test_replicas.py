@@ -17,10 +17,10 @@ from activator.errors import (
     StartFailure,
 )
 from activator.metrics import ActivatorMetrics
-from activator.pool.clock import ManualClock
 from activator.pool.replicas import Replica, ReplicaSet
 from activator.states import ReplicaState
 from activator.tasks import TaskSet
+from activator.testing import ManualClock
 from tests.unit.activator.pool.fakes import Events, FakeScaler, outcome, spec, turns
 
 GRACE_S = 30.0
