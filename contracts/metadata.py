@@ -32,14 +32,19 @@ FROM_CONFIG = frozenset({"torch-module", "kserve"})
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
-class TensorMetadata(BaseModel):
-    """One input or output: with batching on, ``shape`` has the batch dimension (-1) in front."""
+class Tensor(BaseModel):
+    """A named tensor's datatype and shape: what a model config's input or output and a model's
+    metadata both say (each says whether ``shape`` counts the batch dimension)."""
 
     model_config = _FROZEN
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+
+class TensorMetadata(Tensor):
+    """One input or output: with batching on, ``shape`` has the batch dimension (-1) in front."""
 
 
 class ModelMetadata(BaseModel):

@@ -19,6 +19,7 @@ from contracts.datatypes import DATATYPES
 from contracts.durations import Seconds
 from contracts.errors import ConfigError as FileError
 from contracts.logs import LogFormat, LogLevel
+from contracts.metadata import Tensor
 from contracts.names import HF_REPO, MODEL_NAME
 from runtime.errors import ConfigError
 from runtime.handlers.options import HANDLER_OPTIONS
@@ -28,14 +29,8 @@ DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
-class TensorSpec(BaseModel):
+class TensorSpec(Tensor):
     """A model input or output. With batching, ``shape`` excludes the batch dimension."""
-
-    model_config = _FROZEN
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
 
     @field_validator("datatype")
     @classmethod

@@ -26,7 +26,7 @@ from pathlib import Path
 from activator.errors import ReplicaStartFailed, StartFailure
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
-from activator.scalers.process import Process, exited, last_line, reap, spawn
+from activator.scalers.process import Process, last_line, reap, spawn, until
 from contracts.proc import rss_bytes
 from contracts.replica import ContractViolation, Failed, Standby
 from contracts.stack import ModelSpec
@@ -132,16 +132,17 @@ class LocalScaler:
         state.readers.append(asyncio.create_task(self._watch_standby(state)))
 
     async def _standby_report(self, state: Process) -> Standby:
-        status = state.status
-        deadline = time.monotonic() + self.listen_timeout_s
-        while status.standby is None:
-            if status.violation is not None:
-                raise status.violation
-            if status.closed:
-                raise RuntimeError(f"it {await exited(state)}{last_line(state.tail)}")
-            if not await status.wait(deadline):
-                raise RuntimeError(f"no standby report within {self.listen_timeout_s:g}s")
-        return status.standby
+        def broke(violation: ContractViolation) -> BaseException:
+            return violation
+
+        return await until(
+            state,
+            lambda: state.status.standby,
+            time.monotonic() + self.listen_timeout_s,
+            broke=broke,
+            gone=lambda how: RuntimeError(f"it {how}{last_line(state.tail)}"),
+            late=lambda: RuntimeError(f"no standby report within {self.listen_timeout_s:g}s"),
+        )
 
     async def _watch_standby(self, state: Process) -> None:
         """A standby that dies while waiting (killed, out of memory) is replaced."""
@@ -248,24 +249,20 @@ class LocalScaler:
         return ReplicaHandle(spec.name, url, timings, pid=pid, warm=warm)
 
     async def _listening(self, state: Process, model: str) -> str:
-        status = state.status
-        deadline = time.monotonic() + self.listen_timeout_s
-        while status.url is None:
-            if status.violation is not None:
-                raise _broke_contract(model, status.violation)
-            if status.closed:
-                how = await exited(state)
-                raise ReplicaStartFailed(
-                    f"its replica {how} before listening{last_line(state.tail)}",
-                    StartFailure.EXITED,
-                )
-            if not await status.wait(deadline):
-                raise ReplicaStartFailed(
-                    f"its replica did not listen within "
-                    f"{self.listen_timeout_s:g}s{last_line(state.tail)}",
-                    StartFailure.NOT_LISTENING,
-                )
-        return status.url
+        return await until(
+            state,
+            lambda: state.status.url,
+            time.monotonic() + self.listen_timeout_s,
+            broke=lambda violation: _broke_contract(model, violation),
+            gone=lambda how: ReplicaStartFailed(
+                f"its replica {how} before listening{last_line(state.tail)}", StartFailure.EXITED
+            ),
+            late=lambda: ReplicaStartFailed(
+                f"its replica did not listen within "
+                f"{self.listen_timeout_s:g}s{last_line(state.tail)}",
+                StartFailure.NOT_LISTENING,
+            ),
+        )
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         try:
@@ -280,36 +277,38 @@ class LocalScaler:
         state = self._state(handle)
         status = state.status
         started = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if status.violation is not None:  # a bad line before READY
-                raise _broke_contract(handle.model, status.violation)
+
+        def ready() -> bool | None:
             if status.ready is None and status.settled():  # told before ``expect`` was set
                 status.ready = status.models[status.expect[0]]
             if status.ready is not None:
-                handle.timings["until_ready"] = time.perf_counter() - started
-                handle.timings.update(status.phases())  # the replica's account of its load
-                return
-            state_now = status.readiness()
-            if isinstance(state_now, Failed):
-                first = state_now.failed[0]
+                return True
+            now = status.readiness()
+            if isinstance(now, Failed):
+                first = now.failed[0]
                 many = len(status.expect) > 1
                 raise ReplicaStartFailed(
-                    f"its replica cannot load it: {state_now.reasons() if many else first.reason}",
+                    f"its replica cannot load it: {now.reasons() if many else first.reason}",
                     StartFailure.LOAD_FAILED,
                     first.failure,
                 )
-            if status.closed:
-                how = await exited(state)
-                raise ReplicaStartFailed(
-                    f"its replica {how} while loading{last_line(state.tail)}",
-                    StartFailure.EXITED,
-                )
-            if not await status.wait(deadline):
-                raise ReplicaStartFailed(
-                    f"its replica was not ready within {timeout_s:g}s{last_line(state.tail)}",
-                    StartFailure.TIMED_OUT,
-                )
+            return None
+
+        await until(
+            state,
+            ready,
+            time.monotonic() + timeout_s,
+            broke=lambda violation: _broke_contract(handle.model, violation),
+            gone=lambda how: ReplicaStartFailed(
+                f"its replica {how} while loading{last_line(state.tail)}", StartFailure.EXITED
+            ),
+            late=lambda: ReplicaStartFailed(
+                f"its replica was not ready within {timeout_s:g}s{last_line(state.tail)}",
+                StartFailure.TIMED_OUT,
+            ),
+        )
+        handle.timings["until_ready"] = time.perf_counter() - started
+        handle.timings.update(status.phases())  # the replica's account of its load
 
     async def healthy(self, handle: ReplicaHandle) -> bool:
         state = self._procs.get(handle.pid or 0)

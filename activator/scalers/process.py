@@ -27,8 +27,9 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from activator.errors import ReplicaStartFailed, StartFailure
 from contracts.logs import decode_record
@@ -44,6 +45,7 @@ from contracts.replica import (
     readiness,
 )
 
+T = TypeVar("T")
 log = logging.getLogger("ember.activator")
 replica_log = logging.getLogger("ember.replica")  # what replicas logged, re-logged
 
@@ -342,6 +344,31 @@ async def _pump(
         replica_log.log(
             logging.DEBUG if level is None else level, "[%s pid %d] %s", status.model, pid, said
         )
+
+
+async def until(
+    state: Process,
+    said: Callable[[], T | None],
+    deadline: float,
+    *,
+    broke: Callable[[ContractViolation], BaseException],
+    gone: Callable[[str], BaseException],
+    late: Callable[[], BaseException],
+) -> T:
+    """What ``said()`` finds in what the process said, once it finds something, waiting on its
+    status pipe until ``deadline`` (monotonic). Raises ``broke(violation)`` at a bad line,
+    ``gone(how it ended)`` once it exited, ``late()`` at the deadline."""
+    status = state.status
+    while True:
+        if status.violation is not None:
+            raise broke(status.violation)
+        found = said()
+        if found is not None:
+            return found
+        if status.closed:
+            raise gone(await exited(state))
+        if not await status.wait(deadline):
+            raise late()
 
 
 async def exited(state: Process) -> str:
