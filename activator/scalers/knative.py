@@ -20,7 +20,6 @@ The Kubernetes API calls are :class:`knative.client.KnativeClient`'s; its errors
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -28,6 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from activator.errors import ModelUnavailable, ReplicaStartFailed, StartFailure
+from activator.pool.clock import Clock, SystemClock
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
 from contracts.replica import Failed, ModelStatus, Pending, Ready, readiness
@@ -50,8 +50,10 @@ class KnativeScaler:
         poll_s: float = 0.5,
         index_poll_s: float = INDEX_POLL_S,
         replica_client: ReplicaClient | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.client = client
+        self.clock: Clock = SystemClock() if clock is None else clock
         self.namespace = client.namespace
         self.poll_s, self.index_poll_s = poll_s, index_poll_s
         self.replica_client = replica_client or ReplicaClient()
@@ -100,7 +102,7 @@ class KnativeScaler:
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         started = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock.monotonic() + timeout_s
         models = self._serves.get(handle.model, (handle.model,))
         group = models != (handle.model,)
         index: dict[str, ModelStatus] | None = None
@@ -116,13 +118,13 @@ class KnativeScaler:
                 if _ready(answer, models, group=group):
                     handle.timings["until_ready"] = time.perf_counter() - started
                     return
-            if time.monotonic() > deadline:
+            if self.clock.monotonic() > deadline:
                 pending = _pending(index or {}, models) if group else ""
                 raise ReplicaStartFailed(
                     f"its Knative service was not ready within {timeout_s:g}s{pending}",
                     StartFailure.TIMED_OUT,
                 )
-            await asyncio.sleep(self.poll_s)
+            await self.clock.sleep(self.poll_s)
 
     async def healthy(self, handle: ReplicaHandle) -> bool:
         return bool(handle.url) and await self.replica_client.ready(handle.url)
@@ -142,12 +144,12 @@ class KnativeScaler:
                     if changed:
                         yield StatusReport(changed, asked)
                 last = index
-            await asyncio.sleep(self.index_poll_s)
+            await self.clock.sleep(self.index_poll_s)
 
     async def wait_exit(self, handle: ReplicaHandle) -> str:
         """Return when the service is gone or Knative reports it failed."""
         while True:
-            await asyncio.sleep(self.poll_s * 4)
+            await self.clock.sleep(self.poll_s * 4)
             try:
                 ksvc = await self.client.get_service(handle.model)
             except ServiceNotFound:
