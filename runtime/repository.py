@@ -42,7 +42,6 @@ from runtime.errors import (
 )
 from runtime.handlers.base import (
     HandlerLoadError,
-    Measures,
     ModelHandler,
     create_handler,
 )
@@ -251,7 +250,7 @@ class ModelRepository(SleepingMixin):
             # the handler becomes the only holder of the streamed tensors
             await asyncio.to_thread(partial(handler.load, tensors=local.take_tensors()))
             phases["load"] = time.perf_counter() - mark
-            footprint = handler.device_bytes() if isinstance(handler, Measures) else 0
+            footprint = handler.device_bytes() if handler.measures else 0
             self.budget.measured(name, footprint)
             scheduler = Scheduler(
                 config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics

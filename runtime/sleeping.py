@@ -26,7 +26,7 @@ from contracts.replica import FailureKind, ModelState
 from runtime.budget import DeviceBudget
 from runtime.entries import ModelEntry, discard
 from runtime.errors import InvalidInput, ModelNotReady
-from runtime.handlers.base import HandlerLoadError, Sleeps
+from runtime.handlers.base import HandlerLoadError
 from runtime.metrics import RuntimeMetrics
 from runtime.sleep import SleepLevel
 from runtime.status import failure_kind
@@ -75,7 +75,7 @@ class SleepingMixin:
         can_sleep = {
             e.config.name
             for e in self._entries.values()
-            if e is not entry and e.state is ModelState.READY and isinstance(e.handler, Sleeps)
+            if e is not entry and e.state is ModelState.READY and e.can_sleep
         }
         for victim in self.budget.victims(name, can_sleep=can_sleep):
             other = self._entries[victim]
@@ -105,7 +105,7 @@ class SleepingMixin:
         async with entry.lock:
             if entry.state is not ModelState.SLEEPING or entry.asleep is not SleepLevel.HOST:
                 return
-            assert isinstance(entry.handler, Sleeps)
+            assert entry.handler is not None and entry.handler.can_sleep
             log.info("model %s sleeps deeper (level disk): %s", name, why)
             started = time.perf_counter_ns()
             try:
@@ -156,7 +156,7 @@ class SleepingMixin:
                 f"model '{name}' cannot sleep: {entry.state.lower()} ({entry.reason})"
             )
         handler, scheduler = entry.handler, entry.scheduler
-        if not isinstance(handler, Sleeps):
+        if handler is None or not handler.can_sleep:
             raise InvalidInput(
                 f"model '{name}' ({entry.config.handler} handler) cannot sleep; unload it "
                 "without a level instead"
@@ -190,7 +190,7 @@ class SleepingMixin:
     async def _wake(self, entry: ModelEntry) -> None:
         """Wake a SLEEPING model (the caller holds its lock); UNAVAILABLE if it cannot."""
         name, level = entry.config.name, entry.asleep
-        assert isinstance(entry.handler, Sleeps) and level is not None
+        assert entry.handler is not None and entry.handler.can_sleep and level is not None
         started = time.perf_counter_ns()
         self._set(entry, ModelState.SLEEPING, f"waking: level {level}")
         try:

@@ -27,6 +27,7 @@ from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
 from runtime.handlers.base import (
     HandlerLoadError,
+    ModelHandler,
     StreamedTensors,
     WeightsCorrupt,
     WeightsMissing,
@@ -75,8 +76,9 @@ def _too_long(index: int, limit: int) -> InvalidInput:
     )
 
 
-class HFEncoderHandler:
+class HFEncoderHandler(ModelHandler):
     platform = "pytorch"
+    can_sleep = measures = takes_tensors = checks_inputs = True
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config

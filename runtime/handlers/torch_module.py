@@ -24,7 +24,13 @@ import torch
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
-from runtime.handlers.base import StreamedTensors, import_object, parse_options, pick_device
+from runtime.handlers.base import (
+    ModelHandler,
+    StreamedTensors,
+    import_object,
+    parse_options,
+    pick_device,
+)
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import TorchModuleOptions
 from runtime.handlers.torch_sleep import device_bytes, sleep_module, wake_module
@@ -33,8 +39,9 @@ from runtime.sleep import SleepLevel
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 
-class TorchModuleHandler:
+class TorchModuleHandler(ModelHandler):
     platform = "pytorch"
+    can_sleep = measures = takes_tensors = True
 
     def __init__(self, config: ModelConfig) -> None:
         if not config.inputs or not config.outputs:
