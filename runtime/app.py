@@ -15,6 +15,7 @@ from runtime.budget import DeviceBudget, detect_limit
 from runtime.config import ModelConfig, ServerSettings
 from runtime.dataplane import DataPlane
 from runtime.errors import ConfigError
+from runtime.facade import RuntimeFacade
 from runtime.handlers.base import handler_class
 from runtime.metrics import RuntimeMetrics
 from runtime.repository import ModelRepository
@@ -92,10 +93,10 @@ def create_app(
         openapi_url=None,
         redirect_slashes=False,  # `/infer/` is a 404 in the OIP shape, not a bodiless 307
     )
-    app.state.dataplane = dataplane
+    models = RuntimeFacade(dataplane, repository)
     register_error_handlers(app)
-    register_v2_endpoints(app, V2Endpoints(dataplane, max_request_bytes=settings.max_request_bytes))
-    register_metrics_endpoint(app, dataplane)
+    register_v2_endpoints(app, V2Endpoints(models, max_request_bytes=settings.max_request_bytes))
+    register_metrics_endpoint(app, models)
     return app
 
 
