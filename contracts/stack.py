@@ -316,7 +316,9 @@ class ModelSpec(BaseModel):
     group: str | None = None  # a member model: the group whose replicas serve it
     configs: tuple[Path, ...] = ()
     members: tuple[str, ...] = ()
-    serve_args: tuple[str, ...] = ()  # more ``ember serve`` arguments (the group's budgets)
+    # a group's replicas: the memory budgets (bytes) its members share
+    device_memory_budget: int | None = None
+    host_memory_budget: int | None = None
 
     @property
     def config_paths(self) -> tuple[Path, ...]:
@@ -445,17 +447,13 @@ def _group_spec(
     concurrency = group.container_concurrency or max(s.container_concurrency for s in specs)
     prices = [s.price_per_hour for s in specs if s.price_per_hour is not None]
     cpus = [s.cpus for s in specs if s.cpus is not None]
-    serve_args: list[str] = []
-    if group.device_memory_budget is not None:
-        serve_args += ["--device-memory-budget", str(group.device_memory_budget)]
-    if group.host_memory_budget is not None:
-        serve_args += ["--host-memory-budget", str(group.host_memory_budget)]
     pool = ModelSpec(
         name=group.name,
         config_path=first.config_path,
         configs=tuple(s.config_path for s in specs),
         members=tuple(s.name for s in specs),
-        serve_args=tuple(serve_args),
+        device_memory_budget=group.device_memory_budget,
+        host_memory_budget=group.host_memory_budget,
         min_replicas=group.min_replicas,
         max_replicas=group.max_replicas,
         container_concurrency=concurrency,

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ember {ember_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve_cli.add_parser(sub, build_parser=build_parser)
+    serve_cli.add_parser(sub)
 
     up = sub.add_parser(
         "up",

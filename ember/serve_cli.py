@@ -1,23 +1,22 @@
 """``ember serve``: its arguments, and the serving process they start (or the warm standby that
-waits for them). The runtime is imported only when the command runs."""
+waits for its order). Both go through one :class:`~contracts.serve_order.ServeOrder`: the
+arguments are read into one, a standby is sent one as JSON, and the server is built from it. The
+runtime is imported only when the command runs."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from contracts.serve_order import ServeOrder
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    *,
-    build_parser: Callable[[], argparse.ArgumentParser],
-) -> None:
-    """Add ``serve`` to ``sub``; ``build_parser`` builds the whole ``ember`` parser (see
-    :func:`run`)."""
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``serve`` to ``sub``."""
     from contracts.logs import LOG_FORMATS, LOG_LEVELS
 
     serve = sub.add_parser(
@@ -46,8 +45,8 @@ def add_parser(
         "--standby",
         action="store_true",
         help="(used by the activator's warm pool) do the imports, say 'standby' (on stdout, and "
-        "on --status-fd), then read one JSON list of these arguments from stdin and serve as "
-        "told, keeping the status fd",
+        "on --status-fd), then read one serve order (a JSON object: contracts.serve_order) "
+        "from stdin and serve as told, keeping the status fd",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
@@ -163,12 +162,11 @@ def add_parser(
         "terminationMessagePath (default /dev/termination-log); if it cannot be written the "
         "line is only logged",
     )
-    serve.set_defaults(func=partial(run, build_parser=build_parser))
+    serve.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.ArgumentParser]) -> int:
-    """``ember serve``; ``build_parser`` builds the whole ``ember`` parser, which a standby
-    reads the arguments it is given with, as ``ember serve ARGS`` would."""
+def run(args: argparse.Namespace) -> int:
+    """``ember serve``: its arguments as a serve order, or (``--standby``) the order it is sent."""
     # Idle intra-op threads sleep instead of spinning (OpenMP spins for a while after each
     # parallel region by default): a spinning replica burns the CPU its activator, its batcher
     # and the node's other replicas need, and a pod's CPU quota. Read when torch is imported,
@@ -177,63 +175,85 @@ def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.Argumen
     if not _status_fd_open(args.status_fd):
         return 2
     if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
+        from contracts.replica import ContractViolation
         from runtime.standby import wait_for_assignment
 
         try:
-            argv = wait_for_assignment(status_fd=args.status_fd)
-        except ValueError as exc:
+            order = wait_for_assignment(status_fd=args.status_fd)
+        except ContractViolation as exc:
             print(f"ember serve: {exc}", file=sys.stderr)
             return 2
-        if argv is None:
+        if order is None:
             return 0
         from contracts.proc import restart_the_clock
 
         restart_the_clock()  # its start-up, as its ready line says it, begins with its model
-        status_fd = args.status_fd
-        args = build_parser().parse_args(["serve", *argv])
-        if args.standby:
-            print(
-                "ember serve: a standby replica's arguments cannot ask for --standby",
-                file=sys.stderr,
-            )
-            return 2
-        if args.status_fd is None:  # the replica it becomes keeps its status channel
-            args.status_fd = status_fd
-        elif not _status_fd_open(args.status_fd):
-            return 2
+        return _serve(order, status_fd=args.status_fd)  # the replica keeps its status channel
     if args.config is None:
         print("ember serve: --config is required", file=sys.stderr)
         return 2
+    return _serve(
+        order_of(args),
+        status_fd=args.status_fd,
+        max_request_bytes=args.max_request_bytes,
+        grace_period_s=args.grace_period,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        access_log=args.access_log,
+        fetch_concurrency=args.fetch_concurrency,
+        termination_log=args.termination_log,
+    )
+
+
+def order_of(args: argparse.Namespace) -> ServeOrder:
+    """The serve order ``ember serve``'s arguments say (what a standby would be sent)."""
+    from contracts.serve_order import ServeOrder
+
+    return ServeOrder(
+        configs=tuple(Path(c) for c in args.config),
+        host=args.host,
+        port=args.port,
+        cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+        cache_budget_gb=args.cache_budget_gb,
+        device_memory_budget=args.device_memory_budget,
+        host_memory_budget=args.host_memory_budget,
+        load_on_demand=args.load_on_demand,
+        exit_on_load_failure=args.exit_on_load_failure,
+        stay_on_load_failure=args.stay_on_load_failure,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def _serve(order: ServeOrder, *, status_fd: int | None, **more: Any) -> int:
+    """Serve what ``order`` says; ``more`` are the server's settings an order does not carry
+    (a standby's keep their defaults, which are ``ember serve``'s)."""
     from pydantic import ValidationError
 
-    from ember.cache_cli import cache_dir
+    from ember.cache_cli import DEFAULT_CACHE_DIR
     from ember.checks import refuse
     from runtime.config import ServerSettings, load_model_config_files
     from runtime.errors import ConfigError
     from runtime.protocol import validation_message
 
+    cache_dir = order.cache_dir or os.environ.get("EMBER_CACHE_DIR") or DEFAULT_CACHE_DIR
+    budget_gb = order.cache_budget_gb
     try:
-        configs = load_model_config_files(args.config)
+        configs = load_model_config_files(list(order.configs))
         settings = ServerSettings(
-            host=args.host,
-            port=args.port,
-            max_request_bytes=args.max_request_bytes,
-            grace_period_s=args.grace_period,
-            header_timeout_s=args.header_timeout,
-            body_timeout_s=args.body_timeout,
-            log_level=args.log_level,
-            log_format=args.log_format,
-            access_log=args.access_log,
-            cache_dir=cache_dir(args),
-            cache_budget_bytes=int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None,
-            device_memory_budget_bytes=args.device_memory_budget,
-            host_memory_budget_bytes=args.host_memory_budget,
-            load_on_demand=args.load_on_demand,
-            fetch_concurrency=args.fetch_concurrency,
-            status_fd=args.status_fd,
-            exit_on_load_failure=args.exit_on_load_failure,
-            stay_on_load_failure=args.stay_on_load_failure,
-            termination_log=args.termination_log,
+            host=order.host,
+            port=order.port,
+            log_level=order.log_level,
+            log_format=order.log_format,
+            cache_dir=Path(cache_dir).expanduser(),
+            cache_budget_bytes=int(budget_gb * 1e9) if budget_gb else None,
+            device_memory_budget_bytes=order.device_memory_budget,
+            host_memory_budget_bytes=order.host_memory_budget,
+            load_on_demand=order.load_on_demand,
+            status_fd=status_fd,
+            exit_on_load_failure=order.exit_on_load_failure,
+            stay_on_load_failure=order.stay_on_load_failure,
+            **more,
         )
     except ConfigError as exc:  # every problem of the model config, one line each
         return refuse("serve", exc)
@@ -246,7 +266,7 @@ def run(args: argparse.Namespace, *, build_parser: Callable[[], argparse.Argumen
         return serve(settings, configs)
     except OSError as exc:
         print(
-            f"ember serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            f"ember serve: cannot listen on {order.host}:{order.port}: {exc.strerror}",
             file=sys.stderr,
         )
         return 1

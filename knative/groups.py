@@ -3,10 +3,11 @@
 A group's members get no Service of their own. The group's Service, named after the group, runs
 ``ember serve`` with one ``--config /etc/ember/MEMBER.yaml`` per member (the ConfigMap
 ``GROUP-models`` holds them, each shipped as a single model's is), ``--load-on-demand`` and the
-group's budgets (``serve_args``): a pod is ready before any member is loaded, and a request for a
-cold member costs its weight load, not a pod start. It is scaled by the group's pool spec
-(min/max replicas, target, keep-alive, containerConcurrency) and placed as its members are (they
-share one ``device`` and ``gpu_type``: :mod:`contracts.stack` checks it).
+group's budgets (a :class:`~contracts.serve_order.ServeOrder`, rendered): a pod is ready before
+any member is loaded, and a request for a cold member costs its weight load, not a pod start.
+It is scaled by the group's pool spec (min/max replicas, target, keep-alive,
+containerConcurrency) and placed as its members are (they share one ``device`` and
+``gpu_type``: :mod:`contracts.stack` checks it).
 
 Unlike a model's, a group's container does not run ``--exit-on-load-failure`` and runs
 ``--stay-on-load-failure``: a member that cannot load must not take down the replica serving the
@@ -21,7 +22,7 @@ from typing import Any
 
 from contracts.stack import GroupSpec, StackConfig
 from knative.errors import DeployError
-from knative.service import CONFIG_DIR, check_name, common_args, service_objects, ship
+from knative.service import CONFIG_DIR, check_name, pod_order, service_objects, ship
 
 
 def group_objects(
@@ -32,7 +33,7 @@ def group_objects(
     check_name(group.name, what)
     files: dict[str, str] = {}
     configs: dict[str, str] = {}
-    args: list[str] = []
+    configs_in_pod: list[str] = []
     gpu = False  # the members share device and gpu_type, so they all want one or none do
     for member in group.members:
         spec = stack.models[member]
@@ -44,7 +45,7 @@ def group_objects(
             raise DeployError(f"{what}: two members ship {', '.join(sorted(clash))}")
         files.update(shipped.files)
         configs[member] = shipped.files[key]
-        args += ["--config", f"{CONFIG_DIR}/{key}"]
+        configs_in_pod.append(f"{CONFIG_DIR}/{key}")
         gpu = gpu or shipped.wants_gpu
     objects = service_objects(
         stack,
@@ -52,13 +53,14 @@ def group_objects(
         what=what,
         config_map=f"{group.name}-models",
         files=files,
-        serve_args=[
-            *args,
-            *common_args(stack),
-            "--load-on-demand",
-            "--stay-on-load-failure",
-            *group.pool.serve_args,
-        ],
+        serve_args=pod_order(
+            stack,
+            configs_in_pod,
+            load_on_demand=True,
+            stay_on_load_failure=True,
+            device_memory_budget=group.device_memory_budget,
+            host_memory_budget=group.host_memory_budget,
+        ),
         gpu=gpu,
     )
     return objects, configs

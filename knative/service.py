@@ -5,7 +5,8 @@ weights' source rewritten to ``knative.models_uri`` when they are local, a ``tor
 Python file beside it) and a Knative Service mounting it at ``/etc/ember``. They differ in what
 the container is told: a model's runs ``ember serve --config /etc/ember/model.yaml
 --exit-on-load-failure``; a group's (:mod:`knative.groups`) one ``--config`` per member and
-``--load-on-demand``. Scaling, placement and the weight tier come from the :class:`ModelSpec`
+``--load-on-demand``; both as a :class:`~contracts.serve_order.ServeOrder` rendered by its one
+``serve_argv``. Scaling, placement and the weight tier come from the :class:`ModelSpec`
 (a group's pool spec) in the same way for both.
 """
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from contracts.configfile import class_file
+from contracts.serve_order import ServeOrder, serve_argv
 from contracts.stack import ModelSpec, StackConfig
 from knative.errors import DeployError
 from knative.pods import TIER_PATH, placement, tier_budget_gb, tier_volume
@@ -110,12 +113,7 @@ def model_objects(stack: StackConfig, spec: ModelSpec) -> list[dict[str, Any]]:
         what=f"model '{spec.name}'",
         config_map=f"{spec.name}-model",
         files=shipped.files,
-        serve_args=[
-            "--config",
-            f"{CONFIG_DIR}/model.yaml",
-            *common_args(stack),
-            "--exit-on-load-failure",
-        ],
+        serve_args=pod_order(stack, [f"{CONFIG_DIR}/model.yaml"], exit_on_load_failure=True),
         gpu=shipped.wants_gpu,
     )
 
@@ -193,18 +191,18 @@ def pod_env(stack: StackConfig) -> list[dict[str, Any]]:
     return env
 
 
-def common_args(stack: StackConfig) -> list[str]:
-    """``ember serve``'s address and weight tier, the same in every Service."""
-    return [
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(RUNTIME_PORT),
-        "--cache-dir",
-        TIER_PATH,
-        "--cache-budget-gb",
-        tier_budget_gb(stack.knative.cache_size_gi),
-    ]
+def pod_order(stack: StackConfig, configs: list[str], **flags: Any) -> list[str]:
+    """``ember serve``'s arguments for a pod serving ``configs``: its address and weight tier,
+    the same in every Service, and ``flags`` (:class:`~contracts.serve_order.ServeOrder`'s)."""
+    order = ServeOrder(
+        configs=tuple(Path(c) for c in configs),
+        host="0.0.0.0",
+        port=RUNTIME_PORT,
+        cache_dir=Path(TIER_PATH),
+        cache_budget_gb=float(tier_budget_gb(stack.knative.cache_size_gi)),
+        **flags,
+    )
+    return serve_argv(order)
 
 
 def number(value: float) -> str:

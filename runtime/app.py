@@ -14,6 +14,9 @@ from runtime import __version__
 from runtime.budget import DeviceBudget, detect_limit
 from runtime.config import ModelConfig, ServerSettings
 from runtime.dataplane import DataPlane
+from runtime.errors import ConfigError
+from runtime.facade import RuntimeFacade
+from runtime.handlers.base import handler_class
 from runtime.metrics import RuntimeMetrics
 from runtime.repository import ModelRepository
 from runtime.rest import (
@@ -25,8 +28,6 @@ from runtime.rest import (
 from runtime.sources import WeightSources
 
 log = logging.getLogger("ember.runtime")
-
-_TORCH_HANDLERS = frozenset({"torch-module", "hf-encoder"})  # whose footprints are measured
 
 
 def create_app(
@@ -55,8 +56,7 @@ def create_app(
 
     async def start() -> None:
         if settings.device_memory_budget_bytes is None:
-            devices = [c.device for c in configs if c.handler in _TORCH_HANDLERS]
-            budget.set_limit(await asyncio.to_thread(detect_limit, devices))
+            budget.set_limit(await asyncio.to_thread(_default_budget, configs))
         if settings.load_on_demand:  # once the budget is known: the first request loads each
             repository.defer_loading()
         else:
@@ -93,8 +93,22 @@ def create_app(
         openapi_url=None,
         redirect_slashes=False,  # `/infer/` is a 404 in the OIP shape, not a bodiless 307
     )
-    app.state.dataplane = dataplane
+    models = RuntimeFacade(dataplane, repository)
     register_error_handlers(app)
-    register_v2_endpoints(app, V2Endpoints(dataplane, max_request_bytes=settings.max_request_bytes))
-    register_metrics_endpoint(app, dataplane)
+    register_v2_endpoints(app, V2Endpoints(models, max_request_bytes=settings.max_request_bytes))
+    register_metrics_endpoint(app, models)
     return app
+
+
+def _default_budget(configs: list[ModelConfig]) -> int | None:
+    """The device memory budget when none is given: read from the devices of the models whose
+    handlers measure their footprints (blocking: it imports their handlers, and may torch)."""
+    devices = []
+    for config in configs:
+        try:
+            measures = handler_class(config.handler).measures
+        except ConfigError:
+            continue  # its load fails saying why
+        if measures:
+            devices.append(config.device)
+    return detect_limit(devices)

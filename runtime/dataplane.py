@@ -14,7 +14,6 @@ from contracts.inference import check_inputs
 from runtime import __version__
 from runtime.config import TensorSpec
 from runtime.errors import InvalidInput, RuntimeServerError, ShuttingDown
-from runtime.handlers.base import ChecksInputs
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import InferenceRequest, RequestInput, caller_mistakes
 from runtime.repository import SERVING, ModelEntry, ModelRepository
@@ -85,7 +84,7 @@ class DataPlane:
             "inputs": [_tensor_metadata(s, batching) for s in entry.handler.inputs],
             "outputs": [_tensor_metadata(s, batching) for s in entry.handler.outputs],
         }
-        if isinstance(entry.handler, ChecksInputs):  # the spec's string-valued "properties"
+        if entry.handler.checks_inputs:  # the spec's string-valued "properties"
             metadata["properties"] = dict(entry.handler.input_limits)
         return metadata
 
@@ -160,7 +159,7 @@ class DataPlane:
             )
         # the model's declared order, which positional handlers rely on
         ordered = {n: tensors[n] for n in specs} if specs else tensors
-        if isinstance(entry.handler, ChecksInputs):  # before queueing: no batch pays for it
+        if entry.handler is not None and entry.handler.checks_inputs:  # no batch pays for it
             entry.handler.check_inputs(ordered)
         return ordered
 

@@ -52,6 +52,11 @@ class ModelEntry:
             return SleepLevel.DISK
         return self.asleep
 
+    @property
+    def can_sleep(self) -> bool:
+        """Whether its handler, loaded, can be put to sleep (declared on the handler's class)."""
+        return self.handler is not None and self.handler.can_sleep
+
     def status(self) -> ModelStatus:
         """What the index and the status channel say of it (load phases once READY)."""
         ready = self.state is ModelState.READY

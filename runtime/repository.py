@@ -7,7 +7,7 @@ model's state is also told to ``on_status`` (a :class:`contracts.replica.ModelSt
 server writes it to its status channel, for the activator.
 
 A READY model can also be put to sleep, and under a device memory budget the repository keeps the
-awake models' footprints within it: that machinery is :mod:`runtime.sleeping`, mixed in here. A
+awake models' footprints within it: that machinery is its :class:`runtime.sleeping.Sleeper`. A
 SLEEPING model still counts as serving; :meth:`ModelRepository.awake_entry` (what a request goes
 through) and :meth:`ModelRepository.load` wake it, room made first. At start the models past the
 budget sleep right after their first load. Every load, wake and sleep, and every decision on
@@ -42,12 +42,12 @@ from runtime.errors import (
 )
 from runtime.handlers.base import (
     HandlerLoadError,
-    Measures,
     ModelHandler,
     create_handler,
 )
 from runtime.metrics import RuntimeMetrics
-from runtime.sleeping import SleepingMixin
+from runtime.sleep import SleepLevel
+from runtime.sleeping import Sleeper
 from runtime.sources import WeightSources
 from runtime.status import failure_kind
 from runtime.tensors import Tensor
@@ -58,7 +58,7 @@ __all__ = ["NOT_LOADED_YET", "SERVING", "ModelEntry", "ModelRepository", "ModelS
 log = logging.getLogger("ember.runtime")
 
 
-class ModelRepository(SleepingMixin):
+class ModelRepository:
     def __init__(
         self,
         configs: list[ModelConfig],
@@ -78,6 +78,9 @@ class ModelRepository(SleepingMixin):
         self._entries = {
             c.name: ModelEntry(config=c, stats=ModelStats(c.name, c.version)) for c in configs
         }
+        self.sleeper = Sleeper(
+            self._entries, budget=self.budget, metrics=metrics, set_status=self._set
+        )
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -167,8 +170,8 @@ class ModelRepository(SleepingMixin):
             if entry.state is ModelState.SLEEPING and entry.deferred:
                 await self._load(entry, make_room=True)
             elif entry.state is ModelState.SLEEPING:
-                await self._make_room(entry)
-                await self._wake(entry)
+                await self.sleeper.make_room(entry)
+                await self.sleeper.wake(entry)
             if entry.state not in SERVING:
                 name = entry.config.name
                 raise ModelNotReady(
@@ -212,8 +215,8 @@ class ModelRepository(SleepingMixin):
             if entry.state is ModelState.READY:
                 return entry
             if entry.state is ModelState.SLEEPING and not entry.deferred:
-                await self._make_room(entry)
-                await self._wake(entry)
+                await self.sleeper.make_room(entry)
+                await self.sleeper.wake(entry)
                 return entry
             await self._load(entry, make_room=make_room)
             return entry
@@ -229,7 +232,7 @@ class ModelRepository(SleepingMixin):
                 if estimate is not None:
                     self.budget.estimate(name, estimate)
             if self.budget.footprint(name) is not None:
-                await self._make_room(entry)
+                await self.sleeper.make_room(entry)
             entry.deferred = False
         self._set(entry, ModelState.LOADING, "loading")
         started = time.perf_counter()
@@ -241,7 +244,7 @@ class ModelRepository(SleepingMixin):
         release_source: Callable[[], None] | None = None
         try:
             if self.budget.footprint(name) is not None:  # known from an earlier load
-                await self._make_room(entry)
+                await self.sleeper.make_room(entry)
             local = await self._sources.localize(entry.config)
             release_source = local.release
             phases = dict(local.phases)
@@ -252,7 +255,7 @@ class ModelRepository(SleepingMixin):
             # the handler becomes the only holder of the streamed tensors
             await asyncio.to_thread(partial(handler.load, tensors=local.take_tensors()))
             phases["load"] = time.perf_counter() - mark
-            footprint = handler.device_bytes() if isinstance(handler, Measures) else 0
+            footprint = handler.device_bytes() if handler.measures else 0
             self.budget.measured(name, footprint)
             scheduler = Scheduler(
                 config=entry.config, handler=handler, stats=entry.stats, metrics=self._metrics
@@ -309,7 +312,12 @@ class ModelRepository(SleepingMixin):
         self._loaded_once = True
         self.budget.mark(name, hot=True)
         if not self.budget.fits(name):
-            await self._fit_loaded(entry, make_room=make_room)
+            await self.sleeper.fit_loaded(entry, make_room=make_room)
+
+    async def sleep(self, name: str, level: SleepLevel, *, drain_timeout_s: float = 30.0) -> None:
+        """Put a serving model to sleep at ``level`` once its batches are done (its
+        :class:`~runtime.sleeping.Sleeper` says how)."""
+        await self.sleeper.sleep(self.entry(name), level, drain_timeout_s=drain_timeout_s)
 
     async def unload(self, name: str) -> None:
         """Stop admitting requests, answer those not yet running with a retryable 503 at once,

@@ -1,4 +1,5 @@
-"""The v2 REST surface: one route table over the data plane, and the error handlers.
+"""The v2 REST surface: one route table over the models' facade (:mod:`runtime.facade`), and
+the error handlers.
 
 Request bodies are read as bytes and parsed with orjson whatever the Content-Type (tritonclient
 sends none), with the binary tensor data extension's ``Inference-Header-Content-Length`` honoured.
@@ -14,15 +15,15 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from contracts.http11 import error_body
 from contracts.oip import load_request, no_query, repository_index_request
-from runtime.dataplane import DataPlane, InferResult
 from runtime.errors import ClientGone, InvalidInput, PayloadTooLarge, RuntimeServerError
+from runtime.facade import InferResult, RuntimeFacade
 from runtime.protocol import (
     parse_inference_request,
     parse_json_object,
@@ -50,49 +51,39 @@ def error_response(
 
 
 class V2Endpoints:
-    """Handlers of the Open Inference Protocol routes, bound to one data plane."""
+    """Handlers of the Open Inference Protocol routes, bound to one server's models."""
 
-    def __init__(self, dataplane: DataPlane, *, max_request_bytes: int) -> None:
-        self.dataplane = dataplane
+    def __init__(self, models: RuntimeFacade, *, max_request_bytes: int) -> None:
+        self.models = models
         self.max_request_bytes = max_request_bytes
 
     # -------------------------------------------------------------------------- health, metadata
     async def server_metadata(self, request: Request) -> Response:
-        return json_response(self.dataplane.server_metadata())
+        return json_response(self.models.server_metadata())
 
     async def live(self, request: Request) -> Response:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        if self.dataplane.ready():
+        reason = self.models.not_ready()
+        if reason is None:
             return json_response({"ready": True})
-        reason = "draining" if self.dataplane.draining else "models are not ready"
         return error_response(f"server is not ready: {reason}", 503, {"Retry-After": "1"})
 
     async def model_ready(self, request: Request) -> Response:
         name, version = _model(request)
-        if self.dataplane.model_ready(name, version):
-            return json_response({"name": name, "ready": True})
-        entry = self.dataplane.repository.entry(name, version)
-        return error_response(
-            f"model '{name}' is not ready: {entry.state.lower()} ({entry.reason})",
-            503,
-            {"Retry-After": "1"},
-        )
+        self.models.model_ready(name, version)  # 404, or 503 saying its state and why
+        return json_response({"name": name, "ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
-        await self.dataplane.repository.loaded_entry(*_model(request))  # its handler says
-        return json_response(self.dataplane.model_metadata(*_model(request)))
+        return json_response(await self.models.model_metadata(*_model(request)))
 
     async def model_config(self, request: Request) -> Response:
-        await self.dataplane.repository.loaded_entry(*_model(request))
-        return json_response(self.dataplane.model_config(*_model(request)))
+        return json_response(await self.models.model_config(*_model(request)))
 
     async def statistics(self, request: Request) -> Response:
         name = request.path_params.get("model_name")
-        return json_response(
-            self.dataplane.statistics(name, request.path_params.get("model_version"))
-        )
+        return json_response(self.models.statistics(name, request.path_params.get("model_version")))
 
     # -------------------------------------------------------------------------- repository
     async def repository_index(self, request: Request) -> Response:
@@ -102,38 +93,37 @@ class V2Endpoints:
             ready = repository_index_request(body).ready
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        return json_response(self.dataplane.repository_index(ready))
+        return json_response(self.models.index(ready))
 
     async def repository_load(self, request: Request) -> Response:
         name = request.path_params["model_name"]
-        self.dataplane.repository.entry(name)  # 404 before reading the body
+        self.models.known(name)  # 404 before reading the body
         try:  # read as the activator reads it
             no_query(request.url.query, "load request")
             load_request(await self._body(request))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        await self.dataplane.repository.load(name)
+        await self.models.load(name)
         return json_response({"name": name, "loaded": True})
 
     async def repository_unload(self, request: Request) -> Response:
         """Unload, or with ``{"parameters": {"level": ...}}`` put to sleep (runtime.sleep)."""
         name = request.path_params["model_name"]
-        self.dataplane.repository.entry(name)  # 404 before reading the body
+        self.models.known(name)  # 404 before reading the body
         try:
             no_query(request.url.query, "unload request")
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         level = unload_level(await self._body(request))
+        await self.models.unload(name, level)
         if level is None:
-            await self.dataplane.repository.unload(name)
             return json_response({"name": name, "unloaded": True})
-        await self.dataplane.repository.sleep(name, level)
         return json_response({"name": name, "unloaded": True, "level": level.value})
 
     # -------------------------------------------------------------------------- inference
     async def infer(self, request: Request) -> Response:
         name, version = _model(request)
-        self.dataplane.repository.ready_entry(name, version)  # 404 / 503 before parsing anything
+        self.models.can_infer(name, version)  # 404 / 503 before parsing anything
         body = await self._body(request)
         header_length = request.headers.get(HEADER_LENGTH)
         binary: memoryview | None = None
@@ -142,8 +132,7 @@ class V2Endpoints:
         else:
             length = _header_length(header_length, len(body))
             if length == 0:  # the model's one input says the shape: load it first if need be
-                await self.dataplane.repository.loaded_entry(name, version)
-                infer_request = self.dataplane.raw_request(name, version, body)
+                infer_request = await self.models.raw_request(name, version, body)
                 binary = memoryview(body)
             else:
                 view = memoryview(body)
@@ -151,7 +140,7 @@ class V2Endpoints:
                     parse_json_object(view[:length], "inference header")
                 )
                 binary = view[length:]
-        result = await self.dataplane.infer(name, version, infer_request, binary)
+        result = await self.models.infer(name, version, infer_request, binary)
         return encode_result(result)
 
     async def _body(self, request: Request) -> bytes:
@@ -281,12 +270,9 @@ def register_v2_endpoints(app: FastAPI, endpoints: V2Endpoints) -> None:
         app.add_route(path, endpoint, methods=[method], include_in_schema=False)
 
 
-def register_metrics_endpoint(app: FastAPI, dataplane: DataPlane) -> None:
+def register_metrics_endpoint(app: FastAPI, models: RuntimeFacade) -> None:
     async def metrics(request: Request) -> Response:
-        for entry in dataplane.repository.entries():
-            depth = entry.scheduler.depth if entry.scheduler else 0
-            dataplane.metrics.queue_depth.labels(entry.config.name).set(depth)
-        return Response(generate_latest(dataplane.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(models.metrics(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 

@@ -1,5 +1,5 @@
-"""Sleep, wake and room: the part of :class:`runtime.repository.ModelRepository` that puts its
-models to sleep, wakes them, and keeps the awake ones within the memory budgets.
+"""Sleep, wake and room: the :class:`Sleeper` a :class:`runtime.repository.ModelRepository` owns,
+which puts its models to sleep, wakes them, and keeps the awake ones within the memory budgets.
 
 A READY model can be put to sleep at a level (:mod:`runtime.sleep`): SLEEPING, it keeps its
 handler and scheduler and still counts as serving, and a wake brings it back to READY. A failed
@@ -11,8 +11,9 @@ budget with no room to make sleeps right after its load. A model put to sleep fo
 ``host`` within the host memory budget, the least recently used host sleepers going down to
 ``disk`` past it (:meth:`DeviceBudget.host_victims`). The callers hold the budget's lock.
 
-:class:`SleepingMixin` is mixed into the repository, which supplies its entries, budget, metrics
-and status events.
+:class:`Sleeper` is an object the repository owns, given what it works with and nothing more:
+the entries (read, never added to), the budget, the metrics, and the repository's status setter
+(which changes a model's state and tells it).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
+from typing import Protocol
 
 from contracts.replica import FailureKind, ModelState
 from runtime.budget import DeviceBudget
 from runtime.entries import ModelEntry, discard
 from runtime.errors import InvalidInput, ModelNotReady
-from runtime.handlers.base import HandlerLoadError, Sleeps
+from runtime.handlers.base import HandlerLoadError
 from runtime.metrics import RuntimeMetrics
 from runtime.sleep import SleepLevel
 from runtime.status import failure_kind
@@ -35,32 +38,40 @@ from weight_cache import WeightCacheError
 log = logging.getLogger("ember.runtime")
 
 
-class SleepingMixin:
-    """Sleep, wake and make room for :class:`runtime.repository.ModelRepository`."""
+class SetStatus(Protocol):
+    """Change a model's state and tell it (the repository's ``_set``)."""
 
-    budget: DeviceBudget
-    _metrics: RuntimeMetrics
-    _entries: dict[str, ModelEntry]
-
-    def _set(
+    def __call__(
         self,
         entry: ModelEntry,
         state: ModelState,
         reason: str,
         failure: FailureKind | None = None,
+    ) -> None: ...
+
+
+class Sleeper:
+    """Sleep, wake and make room for the models of one :class:`runtime.repository.
+    ModelRepository`, which owns it."""
+
+    def __init__(
+        self,
+        entries: Mapping[str, ModelEntry],
+        *,
+        budget: DeviceBudget,
+        metrics: RuntimeMetrics,
+        set_status: SetStatus,
     ) -> None:
-        """Change a model's state and tell it (the repository's)."""
-        raise NotImplementedError
+        self._entries = entries
+        self.budget = budget
+        self._metrics = metrics
+        self._set = set_status
 
-    def entry(self, name: str, version: str | None = None) -> ModelEntry:
-        """The model by name (the repository's); ModelNotFound if there is none."""
-        raise NotImplementedError
-
-    async def _fit_loaded(self, entry: ModelEntry, *, make_room: bool) -> None:
+    async def fit_loaded(self, entry: ModelEntry, *, make_room: bool) -> None:
         """A model just loaded past the budget: make room for it, or put it to sleep."""
         if make_room:
             with contextlib.suppress(ModelNotReady):
-                await self._make_room(entry)
+                await self.make_room(entry)
                 return
         log.info("model %s sleeps: past the device memory budget", entry.config.name)
         try:
@@ -68,14 +79,14 @@ class SleepingMixin:
         except InvalidInput:  # a handler that cannot sleep stays awake, over the budget
             log.warning("model %s cannot sleep: over the device memory budget", entry.config.name)
 
-    async def _make_room(self, entry: ModelEntry) -> None:
+    async def make_room(self, entry: ModelEntry) -> None:
         """Put the least recently used awake models to sleep until ``entry`` fits (the caller
         holds the budget's lock); ModelNotReady when those that would have to cannot sleep."""
         name = entry.config.name
         can_sleep = {
             e.config.name
             for e in self._entries.values()
-            if e is not entry and e.state is ModelState.READY and isinstance(e.handler, Sleeps)
+            if e is not entry and e.state is ModelState.READY and e.can_sleep
         }
         for victim in self.budget.victims(name, can_sleep=can_sleep):
             other = self._entries[victim]
@@ -95,7 +106,7 @@ class SleepingMixin:
         keep = None if waking is None else waking.config.name
         for victim in self.budget.host_victims(name, waking=keep):
             await self._deepen(self._entries[victim])
-        await self._sleep(entry, self.budget.room_level(name))
+        await self._sleep_locked(entry, self.budget.room_level(name))
 
     async def _deepen(self, entry: ModelEntry, why: str = "past the host memory budget") -> None:
         """Send a model asleep at level host down to level disk, past the host memory budget
@@ -105,7 +116,7 @@ class SleepingMixin:
         async with entry.lock:
             if entry.state is not ModelState.SLEEPING or entry.asleep is not SleepLevel.HOST:
                 return
-            assert isinstance(entry.handler, Sleeps)
+            assert entry.handler is not None and entry.handler.can_sleep
             log.info("model %s sleeps deeper (level disk): %s", name, why)
             started = time.perf_counter_ns()
             try:
@@ -120,7 +131,9 @@ class SleepingMixin:
             self._metrics.sleep_duration.labels(name, SleepLevel.DISK.value).observe(elapsed / 1e9)
             self._set(entry, ModelState.SLEEPING, f"level {SleepLevel.DISK}")
 
-    async def sleep(self, name: str, level: SleepLevel, *, drain_timeout_s: float = 30.0) -> None:
+    async def sleep(
+        self, entry: ModelEntry, level: SleepLevel, *, drain_timeout_s: float = 30.0
+    ) -> None:
         """Put a serving model to sleep at ``level`` once its queued and running batches are done.
 
         Requests that come meanwhile wait for the sleep to end, then wake it.
@@ -129,7 +142,7 @@ class SleepingMixin:
         least recently used host sleepers go down to disk first, and a model larger than the
         whole host budget sleeps at disk.
         """
-        entry = self.entry(name)
+        name = entry.config.name
         async with self.budget.deciding():
             if entry.deferred:
                 return  # not loaded yet: it holds nothing to put away
@@ -142,12 +155,12 @@ class SleepingMixin:
                 for victim in self.budget.host_victims(name, level=level):
                     await self._deepen(self._entries[victim])
             async with entry.lock:
-                await self._sleep(entry, level, drain_timeout_s=drain_timeout_s)
+                await self._sleep_locked(entry, level, drain_timeout_s=drain_timeout_s)
 
-    async def _sleep(
+    async def _sleep_locked(
         self, entry: ModelEntry, level: SleepLevel, *, drain_timeout_s: float = 30.0
     ) -> None:
-        """:meth:`sleep`, the caller holding the model's lock."""
+        """:meth:`sleep`, the caller holding the model's lock (and the budget's)."""
         name = entry.config.name
         if entry.state is ModelState.SLEEPING:
             return
@@ -156,7 +169,7 @@ class SleepingMixin:
                 f"model '{name}' cannot sleep: {entry.state.lower()} ({entry.reason})"
             )
         handler, scheduler = entry.handler, entry.scheduler
-        if not isinstance(handler, Sleeps):
+        if handler is None or not handler.can_sleep:
             raise InvalidInput(
                 f"model '{name}' ({entry.config.handler} handler) cannot sleep; unload it "
                 "without a level instead"
@@ -187,10 +200,10 @@ class SleepingMixin:
         self._set(entry, ModelState.SLEEPING, f"level {level}")
         log.info("model %s asleep (level %s) in %.3fs", name, level, elapsed / 1e9)
 
-    async def _wake(self, entry: ModelEntry) -> None:
+    async def wake(self, entry: ModelEntry) -> None:
         """Wake a SLEEPING model (the caller holds its lock); UNAVAILABLE if it cannot."""
         name, level = entry.config.name, entry.asleep
-        assert isinstance(entry.handler, Sleeps) and level is not None
+        assert entry.handler is not None and entry.handler.can_sleep and level is not None
         started = time.perf_counter_ns()
         self._set(entry, ModelState.SLEEPING, f"waking: level {level}")
         try:

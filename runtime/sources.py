@@ -184,10 +184,11 @@ class _Progress:
 
 
 def _tensor_sink(config: ModelConfig) -> TensorSink | None:
-    """For the handlers that load safetensors with torch: tensors made during the download."""
-    if config.handler not in ("torch-module", "hf-encoder"):
+    """For the handlers that take them (``takes_tensors``): tensors made during the download."""
+    from runtime.handlers.base import handler_class, pick_device
+
+    if not handler_class(config.handler).takes_tensors:
         return None
-    from runtime.handlers.base import pick_device
     from weight_cache import TensorSink
 
     return TensorSink(pick_device(config.device))

@@ -4,9 +4,10 @@ The activator's local scaler keeps a few of these ready (``activator.warm_pool``
 before any model is asked of it, what every replica's start repeats: the imports (torch, the
 server, the handlers, the S3 client) and the S3 client's first construction. Then it says so (a
 :class:`contracts.replica.Standby` on its status channel, ``--status-fd``, and ``ember serve:
-standby ...`` on stdout for a human) and waits on stdin for one line, a JSON list of ``ember
-serve`` arguments; with it, it becomes that replica (what follows is exactly ``ember serve ARGS``,
-keeping the status channel). An empty stdin (the pool letting it go) ends it with status 0.
+standby ...`` on stdout for a human) and waits on stdin for one line, a
+:class:`contracts.serve_order.ServeOrder` as JSON; with it, it becomes that replica, its server
+built from the order directly (what ``ember serve`` would run given the order's arguments),
+keeping the status channel. An empty stdin (the pool letting it go) ends it with status 0.
 
 Safe by construction: it is its own ``exec``-ed process, never a ``fork`` of one that has threads
 or a CUDA context. It still checks, and says in its standby line, that the preloading left one
@@ -24,6 +25,7 @@ import time
 from typing import IO, Any
 
 from contracts.replica import Standby
+from contracts.serve_order import ServeOrder, decode_order
 
 # what a replica's start imports, heaviest first; a missing optional one is skipped
 PRELOAD = (
@@ -66,8 +68,9 @@ def preload() -> dict[str, Any]:
 
 def wait_for_assignment(
     stdin: IO[str] | None = None, *, status_fd: int | None = None
-) -> list[str] | None:
-    """Preload, say so, then read the replica's arguments (None: released before use)."""
+) -> ServeOrder | None:
+    """Preload, say so, then read the replica's order (None: released before use);
+    :class:`~contracts.replica.ContractViolation` when the line is not an order."""
     from runtime.status import StatusChannel
 
     report = preload()
@@ -76,10 +79,4 @@ def wait_for_assignment(
     line = (stdin or sys.stdin).readline()
     if not line.strip():
         return None
-    try:
-        argv = json.loads(line)
-    except ValueError:
-        argv = None
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        raise ValueError("a standby replica takes one JSON list of `ember serve` arguments")
-    return argv
+    return decode_order(line)

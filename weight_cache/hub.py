@@ -12,20 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.names import HF_REPO
 from weight_cache.errors import BadSource, ObjectMissing, StoreUnavailable
+from weight_cache.uri import HF_SCHEME as SCHEME
+from weight_cache.uri import PATTERNS
+from weight_cache.uri import parse_hf as parse
 
-SCHEME = "hf://"
-# what a model needs of a hub repository: weights, configs, tokenizers (not pickles, not ONNX)
-PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*"]
-
-
-def parse(source: str) -> tuple[str, str | None]:
-    """``(repo, revision)`` of ``hf://org/repo[@revision]``; BadSource otherwise."""
-    repo, at, revision = source.removeprefix(SCHEME).partition("@")
-    if not source.startswith(SCHEME) or not HF_REPO.match(repo) or (at and not revision):
-        raise BadSource(f"{source!r}: expected hf://org/repo[@revision]")
-    return repo, revision or None
+__all__ = ["PATTERNS", "SCHEME", "parse", "resolve"]
 
 
 def resolve(source: str) -> Path:

@@ -14,10 +14,32 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from weight_cache import hub
+from contracts.names import HF_REPO
 from weight_cache.errors import BadSource
 
-__all__ = ["Scheme", "SourceURI", "is_remote", "parse_source", "parse_uri"]
+HF_SCHEME = "hf://"
+# what a model needs of a hub repository: weights, configs, tokenizers (not pickles, not ONNX)
+PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*"]
+
+
+def parse_hf(source: str) -> tuple[str, str | None]:
+    """``(repo, revision)`` of ``hf://org/repo[@revision]``; BadSource otherwise."""
+    repo, at, revision = source.removeprefix(HF_SCHEME).partition("@")
+    if not source.startswith(HF_SCHEME) or not HF_REPO.match(repo) or (at and not revision):
+        raise BadSource(f"{source!r}: expected hf://org/repo[@revision]")
+    return repo, revision or None
+
+
+__all__ = [
+    "HF_SCHEME",
+    "PATTERNS",
+    "Scheme",
+    "SourceURI",
+    "is_remote",
+    "parse_hf",
+    "parse_source",
+    "parse_uri",
+]
 
 Scheme = Literal["s3", "file", "hf"]
 _REMOTE = ("s3", "hf")
@@ -36,7 +58,7 @@ class SourceURI:
         if self.scheme == "s3":
             return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         if self.scheme == "hf":
-            return f"{hub.SCHEME}{self.prefix}" + (f"@{self.revision}" if self.revision else "")
+            return f"{HF_SCHEME}{self.prefix}" + (f"@{self.revision}" if self.revision else "")
         return f"file://{self.prefix}"
 
     @property
@@ -72,7 +94,7 @@ def parse_source(source: str) -> SourceURI:
     ``hf://org/repo[@revision]``. Raises :class:`BadSource` with what was expected."""
     scheme = urlparse(source).scheme
     if scheme == "hf":
-        repo, revision = hub.parse(source)
+        repo, revision = parse_hf(source)
         return SourceURI("hf", "", repo, revision)
     if scheme and scheme not in ("s3", "file"):
         raise BadSource(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -27,8 +26,10 @@ from activator.errors import ReplicaStartFailed, StartFailure
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.scalers.process import Process, last_line, reap, spawn, until
+from contracts.logs import LogLevel
 from contracts.proc import rss_bytes
 from contracts.replica import ContractViolation, Failed, Standby
+from contracts.serve_order import ServeOrder, encode_order, serve_argv
 from contracts.stack import ModelSpec
 
 log = logging.getLogger("ember.activator")
@@ -45,8 +46,9 @@ class LocalScaler:
     replacement is started once that replica is ready (not while it loads: they would share the
     CPU). They cost memory only; :meth:`pool_status` says how much.
 
-    ``command`` is what starts a replica (``ember serve``, given its arguments after it); tests
-    give a fake that writes chosen status lines.
+    ``command`` is what starts a replica (``ember serve``, given its arguments after it: a
+    :class:`~contracts.serve_order.ServeOrder` rendered, which a standby is sent as JSON
+    instead); tests give a fake that writes chosen status lines.
     """
 
     def __init__(
@@ -54,18 +56,16 @@ class LocalScaler:
         *,
         command: Sequence[str] = (sys.executable, "-m", "ember", "serve"),
         cache_dir: Path | None = None,
-        extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         listen_timeout_s: float = 60.0,
         warm_pool: int = 0,
         withhold_env: Collection[str] = (),
-        log_level: str = "info",
+        log_level: LogLevel = "info",
         forward_logs: bool = True,
         replica_client: ReplicaClient | None = None,
     ) -> None:
         self.command = tuple(command)
         self.cache_dir = cache_dir
-        self.extra_args = extra_args
         self.env = env
         # variables a replica must not see (the activator's tokens): its environment is the
         # activator's (or ``env``) without them
@@ -74,7 +74,7 @@ class LocalScaler:
         self.warm_pool = warm_pool
         # replicas log JSON records at the activator's level, re-logged at their own levels
         # (at DEBUG, without forward_logs): activator.scalers.process
-        self.log_args = ("--log-format", "json", "--log-level", log_level)
+        self.log_level = log_level
         self.forward_logs = forward_logs
         self._procs: dict[int, Process] = {}
         self._standby: collections.deque[Process] = collections.deque()
@@ -171,22 +171,32 @@ class LocalScaler:
         ready = [s for s in self._standby if s.proc.returncode is None]
         return len(ready), sum(rss_bytes(s.proc.pid) for s in ready)
 
+    def order(self, spec: ModelSpec) -> ServeOrder:
+        """What a replica of ``spec`` is told to serve, whether it starts fresh or warm."""
+        return ServeOrder(
+            configs=spec.config_paths,
+            host="127.0.0.1",
+            port=0,
+            cache_dir=self.cache_dir,
+            device_memory_budget=spec.device_memory_budget,
+            host_memory_budget=spec.host_memory_budget,
+            # a replica whose models cannot load stays up: the activator reaps it and says why
+            stay_on_load_failure=True,
+            log_level=self.log_level,
+            log_format="json",
+        )
+
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
-        args = [arg for path in spec.config_paths for arg in ("--config", str(path))]
-        # a replica whose models cannot load stays up: the activator reaps it and says why
-        args += ["--host", "127.0.0.1", "--port", "0", "--stay-on-load-failure", *spec.serve_args]
-        if self.cache_dir is not None:
-            args += ["--cache-dir", str(self.cache_dir)]
-        args += [*self.log_args, *self.extra_args]
+        order = self.order(spec)
         started = time.perf_counter()
         state = self._take_standby()
         if state is not None:
-            handle = await self._start_warm(state, spec, args, started)
+            handle = await self._start_warm(state, spec, order, started)
             if handle is not None:
                 return handle
         state = await spawn(
             self.command,
-            args,
+            serve_argv(order),
             env=self._child_env(),
             standby=False,
             label=spec.name,
@@ -195,18 +205,18 @@ class LocalScaler:
         return await self._started(state, spec, started, warm=False)
 
     async def _start_warm(
-        self, state: Process, spec: ModelSpec, args: list[str], started: float
+        self, state: Process, spec: ModelSpec, order: ServeOrder, started: float
     ) -> ReplicaHandle | None:
-        """Hand the model to a standby (it keeps its status pipe: no --status-fd among the
-        arguments); None when the standby turns out to be dead, killed as it was taken (its pipe
-        refuses the arguments, or it dies before listening): the caller starts a fresh process.
+        """Hand the model's order to a standby (it keeps its status pipe); None when the
+        standby turns out to be dead, killed as it was taken (its pipe refuses the order, or it
+        dies before listening): the caller starts a fresh process.
         """
         assert state.proc.stdin is not None
         state.status.model = spec.name
         # its end of the pipe closed (the write failed: the transport is closing at once) means
         # it died, even before the event loop has reaped it
         try:
-            state.proc.stdin.write((json.dumps(args) + "\n").encode())
+            state.proc.stdin.write(encode_order(order))
             gone = state.proc.stdin.is_closing()
             await state.proc.stdin.drain()
         except ConnectionError:

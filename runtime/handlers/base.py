@@ -14,7 +14,7 @@ import inspect
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -70,8 +70,8 @@ class BadHandlerConfig(HandlerLoadError):
     failure = FailureKind.BAD_CONFIG
 
 
-class ModelHandler(Protocol):
-    """What the data plane needs from a model.
+class ModelHandler:
+    """What the data plane needs from a model: the base every handler subclasses.
 
     ``inputs``/``outputs`` describe one item: with batching on, the data plane adds the batch
     dimension in front. ``predict`` receives a whole batch and returns every output it has.
@@ -79,70 +79,90 @@ class ModelHandler(Protocol):
     ``load`` may be given the tensors the weight cache already made while it streamed the model's
     files (see :data:`StreamedTensors`); a handler uses them instead of reading those files, or
     ignores them. The caller keeps no reference once ``load`` returns.
+
+    What a handler can do beyond that is declared on its class, and read there (never guessed
+    from its kind's name or from which methods it has):
+
+    - ``can_sleep``: ``sleep``/``wake`` put its weights away without unloading (see
+      :mod:`runtime.sleep`). Both are blocking and called from worker threads, never while a
+      batch runs. ``wake`` puts the weights back where ``load`` put them and raises what ``load``
+      raises when it cannot (the files gone, the device out of memory). ``sleep(disk)`` is also
+      called on a model asleep at ``host``, past the host memory budget: it drops the host copy,
+      needing no device memory.
+    - ``measures``: its weights live on a torch device, and ``device_bytes`` says what they hold
+      there once loaded (parameters and buffers): what :mod:`runtime.budget` counts; a handler
+      that does not measure counts as 0, and its device does not set the default budget.
+    - ``checks_inputs``: limits on a request's inputs, enforced before it is queued.
+      ``check_inputs`` sees one request's decoded inputs and raises ``InvalidInput`` for what the
+      model would refuse or choke on (an overlong text, say), so a bad request never occupies a
+      batch. It runs on the event loop: its work must be small and bounded whatever the request.
+      ``input_limits`` are published as the model metadata's ``properties`` (strings, per the
+      spec).
+    - ``takes_tensors``: ``load`` adopts the torch tensors made while the files streamed in, so
+      the weight cache makes them (on the model's device) as the bytes arrive.
     """
 
-    platform: str
+    platform: ClassVar[str]
+    can_sleep: ClassVar[bool] = False
+    measures: ClassVar[bool] = False
+    checks_inputs: ClassVar[bool] = False
+    takes_tensors: ClassVar[bool] = False
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    def load(self, *, tensors: StreamedTensors | None = None) -> None: ...
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
 
-    def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]: ...
+    def load(self, *, tensors: StreamedTensors | None = None) -> None:
+        raise NotImplementedError
 
-    def warmup_inputs(self) -> dict[str, Tensor] | None: ...
+    def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
 
-    def unload(self) -> None: ...
+    def warmup_inputs(self) -> dict[str, Tensor] | None:
+        return None
 
+    def unload(self) -> None:
+        raise NotImplementedError
 
-@runtime_checkable
-class ChecksInputs(Protocol):
-    """Optional for a handler: limits on a request's inputs, enforced before it is queued.
+    def sleep(self, level: SleepLevel) -> None:
+        """Put the weights away at ``level`` (``can_sleep`` handlers only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sleep")
 
-    ``check_inputs`` sees one request's decoded inputs and raises ``InvalidInput`` for what the
-    model would refuse or choke on (an overlong text, say), so a bad request never occupies a
-    batch. It runs on the event loop: its work must be small and bounded whatever the request.
-    ``input_limits`` are published as the model metadata's ``properties`` (strings, per the spec).
-    """
+    def wake(self) -> None:
+        """Put the weights back where ``load`` put them (``can_sleep`` handlers only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sleep")
+
+    def device_bytes(self) -> int:
+        """Bytes its weights hold on its device (``measures`` handlers; else 0)."""
+        return 0
 
     @property
-    def input_limits(self) -> Mapping[str, str]: ...
+    def input_limits(self) -> Mapping[str, str]:
+        """The limits ``check_inputs`` enforces, as the metadata's properties."""
+        return {}
 
-    def check_inputs(self, inputs: dict[str, Tensor]) -> None: ...
-
-
-@runtime_checkable
-class Sleeps(Protocol):
-    """Optional for a handler: put its weights away without unloading (see :mod:`runtime.sleep`).
-
-    Both are blocking and called from worker threads, never while a batch runs. ``wake`` puts
-    the weights back where ``load`` put them and raises what ``load`` raises when it cannot
-    (the files gone, the device out of memory). ``sleep(disk)`` is also called on a model asleep
-    at ``host``, past the host memory budget: it drops the host copy, needing no device memory.
-    """
-
-    def sleep(self, level: SleepLevel) -> None: ...
-
-    def wake(self) -> None: ...
+    def check_inputs(self, inputs: dict[str, Tensor]) -> None:
+        """Refuse a request's inputs before it is queued (``checks_inputs`` handlers)."""
 
 
-@runtime_checkable
-class Measures(Protocol):
-    """Optional for a handler: the bytes its weights (parameters and buffers) hold on its device,
-    once loaded. What :mod:`runtime.budget` counts; a handler without it counts as 0."""
-
-    def device_bytes(self) -> int: ...
-
-
-def create_handler(config: ModelConfig) -> ModelHandler:
-    module_name, _, class_name = _REGISTRY[config.handler].partition(":")
+def handler_class(kind: str) -> type[ModelHandler]:
+    """The handler class of a model config's ``handler`` kind, imported now (blocking: it may
+    import torch); ConfigError when its module cannot be imported."""
+    module_name, _, class_name = _REGISTRY[kind].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = {"hf-encoder": "hf", "kserve": "kserve"}.get(config.handler, "")
+        extra = {"hf-encoder": "hf", "kserve": "kserve"}.get(kind, "")
         hint = f" (install ember[{extra}])" if extra else ""
-        raise ConfigError(f"handler '{config.handler}' is unavailable: {exc}{hint}") from None
-    handler: ModelHandler = getattr(module, class_name)(config)
-    return handler
+        raise ConfigError(f"handler '{kind}' is unavailable: {exc}{hint}") from None
+    cls: type[ModelHandler] = getattr(module, class_name)
+    return cls
+
+
+def create_handler(config: ModelConfig) -> ModelHandler:
+    return handler_class(config.handler)(config)
 
 
 def parse_options(model: type[_Options], config: ModelConfig) -> _Options:

@@ -27,6 +27,7 @@ from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InvalidInput
 from runtime.handlers.base import (
     HandlerLoadError,
+    ModelHandler,
     StreamedTensors,
     WeightsCorrupt,
     WeightsMissing,
@@ -36,7 +37,7 @@ from runtime.handlers.base import (
 from runtime.handlers.bert import BertConfig, BertEncoder, mean_pool
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import HFEncoderOptions
-from runtime.handlers.torch_sleep import device_bytes, sleep_module, wake_module
+from runtime.handlers.torch_sleep import TorchWeights
 from runtime.handlers.torch_util import load_safetensors, streamed_file
 from runtime.sleep import SleepLevel
 from runtime.tensors import Tensor
@@ -75,19 +76,17 @@ def _too_long(index: int, limit: int) -> InvalidInput:
     )
 
 
-class HFEncoderHandler:
+class HFEncoderHandler(ModelHandler):
     platform = "pytorch"
+    can_sleep = measures = takes_tensors = checks_inputs = True
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.options = parse_options(HFEncoderOptions, config)
-        self.device = "cpu"
-        self.model: BertEncoder | None = None
+        self.weights = TorchWeights(what="BertEncoder", reread=self._read_weights)
         self.tokenizer: Any = None
         self.normalize = True
         self.max_length = 0  # tokens; known once load() has read the model's settings
-        self.file_keys: frozenset[str] = frozenset()  # the tensors the weights file provided
-        self.asleep: SleepLevel | None = None
         # Default tensors; the embedding size is filled in from config.json by load().
         item_text: tuple[int, ...] = () if config.batching else (-1,)
         self.inputs: tuple[TensorSpec, ...] = config.inputs or (
@@ -97,11 +96,21 @@ class HFEncoderHandler:
             TensorSpec(name="embedding", datatype="FP32", shape=(*item_text, -1)),
         )
 
+    @property
+    def device(self) -> str:
+        return self.weights.device
+
+    @property
+    def model(self) -> BertEncoder | None:
+        model = self.weights.module
+        assert model is None or isinstance(model, BertEncoder)
+        return model
+
     def load(self, *, tensors: StreamedTensors | None = None) -> None:
         from tokenizers import Tokenizer
 
         root = self.config.local_source()
-        self.device = pick_device(self.config.device)
+        self.weights.device = pick_device(self.config.device)
         try:
             bert_config = BertConfig.from_dict(_read_json(root / "config.json"))
         except (TypeError, ValueError) as exc:
@@ -131,7 +140,6 @@ class HFEncoderHandler:
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.max_length = max_length
         state = self._read_weights(streamed_file(tensors, "model.safetensors"))
-        self.file_keys = frozenset(state)
         model = load_module(
             lambda: BertEncoder(bert_config),
             state,
@@ -141,7 +149,7 @@ class HFEncoderHandler:
             what="BertEncoder",
         )
         assert isinstance(model, BertEncoder)
-        self.model = model
+        self.weights.adopt(model, file_keys=state)
         self.tokenizer = tokenizer
         spec = self.outputs[0]
         if not self.config.outputs:
@@ -157,19 +165,13 @@ class HFEncoderHandler:
         return {k.removeprefix("bert."): v for k, v in state.items()}
 
     def sleep(self, level: SleepLevel) -> None:
-        assert self.model is not None, "sleep before load"
-        sleep_module(self.model, level, file_keys=self.file_keys)
-        self.asleep = level
-
-    def device_bytes(self) -> int:
-        assert self.model is not None, "measured before load"
-        return device_bytes(self.model, device=self.device)
+        self.weights.sleep(level)
 
     def wake(self) -> None:
-        assert self.model is not None, "wake before load"
-        state = self._read_weights() if self.asleep is SleepLevel.DISK else None
-        wake_module(self.model, device=self.device, state=state, what="BertEncoder")
-        self.asleep = None
+        self.weights.wake()
+
+    def device_bytes(self) -> int:
+        return self.weights.device_bytes()
 
     @property
     def input_limits(self) -> dict[str, str]:
@@ -245,7 +247,5 @@ class HFEncoderHandler:
         return {self.inputs[0].name: Tensor(self.inputs[0].name, "BYTES", text)}
 
     def unload(self) -> None:
-        self.model = None
+        self.weights.unload()
         self.tokenizer = None
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

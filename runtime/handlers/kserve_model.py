@@ -21,12 +21,18 @@ import numpy as np
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InferenceFailed
-from runtime.handlers.base import HandlerLoadError, StreamedTensors, import_object, parse_options
+from runtime.handlers.base import (
+    HandlerLoadError,
+    ModelHandler,
+    StreamedTensors,
+    import_object,
+    parse_options,
+)
 from runtime.handlers.options import KServeOptions
 from runtime.tensors import Tensor, datatype_of
 
 
-class KServeModelHandler:
+class KServeModelHandler(ModelHandler):
     platform = "kserve"
 
     def __init__(self, config: ModelConfig) -> None:

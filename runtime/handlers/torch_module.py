@@ -24,17 +24,24 @@ import torch
 
 from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import ConfigError
-from runtime.handlers.base import StreamedTensors, import_object, parse_options, pick_device
+from runtime.handlers.base import (
+    ModelHandler,
+    StreamedTensors,
+    import_object,
+    parse_options,
+    pick_device,
+)
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import TorchModuleOptions
-from runtime.handlers.torch_sleep import device_bytes, sleep_module, wake_module
+from runtime.handlers.torch_sleep import TorchWeights
 from runtime.handlers.torch_util import from_torch, load_safetensors, streamed_file, to_torch
 from runtime.sleep import SleepLevel
 from runtime.tensors import NUMPY_DTYPES, Tensor
 
 
-class TorchModuleHandler:
+class TorchModuleHandler(ModelHandler):
     platform = "pytorch"
+    can_sleep = measures = takes_tensors = True
 
     def __init__(self, config: ModelConfig) -> None:
         if not config.inputs or not config.outputs:
@@ -45,21 +52,25 @@ class TorchModuleHandler:
         self.options = parse_options(TorchModuleOptions, config)
         self.inputs: tuple[TensorSpec, ...] = config.inputs
         self.outputs: tuple[TensorSpec, ...] = config.outputs
-        self.device = "cpu"
-        self.module: torch.nn.Module | None = None
-        self.file_keys: frozenset[str] = frozenset()  # the tensors the weights file provided
-        self.asleep: SleepLevel | None = None
+        self.weights = TorchWeights(what=self.options.module, reread=self._reread)
+
+    @property
+    def device(self) -> str:
+        return self.weights.device
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        return self.weights.module
 
     def load(self, *, tensors: StreamedTensors | None = None) -> None:
-        self.device = pick_device(self.config.device)
+        self.weights.device = pick_device(self.config.device)
         cls = import_object(self.options.module, base_dir=self.config.base_dir)
         state = load_safetensors(
             self.config.local_source() / self.options.weights,
             self.device,
             streamed=streamed_file(tensors, self.options.weights),
         )
-        self.file_keys = frozenset(state)
-        self.module = load_module(
+        module = load_module(
             lambda: cls(**self.options.kwargs),
             state,
             device=self.device,
@@ -67,6 +78,10 @@ class TorchModuleHandler:
             init_missing=not self.options.strict,
             what=self.options.module,
         )
+        self.weights.adopt(module, file_keys=state)
+
+    def _reread(self) -> dict[str, torch.Tensor]:
+        return load_safetensors(self.config.local_source() / self.options.weights, self.device)
 
     def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         assert self.module is not None, "predict before load"
@@ -92,26 +107,16 @@ class TorchModuleHandler:
         return warm
 
     def sleep(self, level: SleepLevel) -> None:
-        assert self.module is not None, "sleep before load"
-        sleep_module(self.module, level, file_keys=self.file_keys)
-        self.asleep = level
-
-    def device_bytes(self) -> int:
-        assert self.module is not None, "measured before load"
-        return device_bytes(self.module, device=self.device)
+        self.weights.sleep(level)
 
     def wake(self) -> None:
-        assert self.module is not None, "wake before load"
-        state = None
-        if self.asleep is SleepLevel.DISK:
-            state = load_safetensors(self.config.local_source() / self.options.weights, self.device)
-        wake_module(self.module, device=self.device, state=state, what=self.options.module)
-        self.asleep = None
+        self.weights.wake()
+
+    def device_bytes(self) -> int:
+        return self.weights.device_bytes()
 
     def unload(self) -> None:
-        self.module = None
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        self.weights.unload()
 
 
 def _zeros(shape: tuple[int, ...], datatype: str) -> Any:

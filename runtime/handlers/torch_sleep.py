@@ -6,6 +6,9 @@ tensors the weights file provided become meta placeholders (no memory; views of 
 are unmapped, the page cache keeps the file) and the others go to the host as for ``host``; the
 wake re-reads the file into the kept module. Tied parameters stay tied both ways: placeholders
 are made once per tensor, and a tied module is woken through the copying path, as it was loaded.
+
+:class:`TorchWeights` is what both torch handlers hold: their module once loaded, its device,
+and its sleep, wake, measure and unload.
 """
 
 from __future__ import annotations
@@ -108,3 +111,49 @@ def wake_module(
             module, lambda _, t: t.to(target, non_blocking=True) if t.device != target else None
         )
         torch.cuda.synchronize()
+
+
+class TorchWeights:
+    """A torch handler's module and what sleep, wake and unload do to its weights.
+
+    The handler sets ``device`` before it loads, hands the loaded module over with :meth:`adopt`
+    (with the names of the tensors its weights file provided), and delegates ``sleep``, ``wake``,
+    ``device_bytes`` and ``unload`` here. ``reread`` reads the weights file again onto the
+    device, keyed as the module names them: what a wake from ``disk`` refills the module with.
+    ``what`` names the module in errors.
+    """
+
+    def __init__(self, *, what: str, reread: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        self.what = what
+        self._reread = reread
+        self.device = "cpu"
+        self.module: nn.Module | None = None
+        self.file_keys: frozenset[str] = frozenset()  # the tensors the weights file provided
+        self.asleep: SleepLevel | None = None
+
+    def adopt(self, module: nn.Module, *, file_keys: Collection[str]) -> None:
+        """Hold ``module``, just loaded on :attr:`device` from a file with ``file_keys``."""
+        self.module = module
+        self.file_keys = frozenset(file_keys)
+        self.asleep = None
+
+    def sleep(self, level: SleepLevel) -> None:
+        assert self.module is not None, "sleep before load"
+        sleep_module(self.module, level, file_keys=self.file_keys)
+        self.asleep = level
+
+    def wake(self) -> None:
+        assert self.module is not None, "wake before load"
+        state = self._reread() if self.asleep is SleepLevel.DISK else None
+        wake_module(self.module, device=self.device, state=state, what=self.what)
+        self.asleep = None
+
+    def device_bytes(self) -> int:
+        assert self.module is not None, "measured before load"
+        return device_bytes(self.module, device=self.device)
+
+    def unload(self) -> None:
+        self.module = None
+        self.asleep = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()

@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from contracts.serve_order import ServeOrder, encode_order
 from tests.conftest import MLP_CONFIG, slow_model
 from tests.servers import ROOT, ServerProcess, children_of
 
@@ -554,7 +555,8 @@ def test_a_standby_process_has_one_thread_and_no_cuda_context_then_serves(tmp_pa
         report = json.loads(line.split("standby ", 1)[1])
         assert report["threads"] == 1 and report["cuda_initialized"] is False
         assert "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()  # imports done
-        proc.stdin.write(json.dumps(["--config", str(MLP_CONFIG), "--port", "0"]) + "\n")
+        order = ServeOrder(configs=(MLP_CONFIG,), port=0)
+        proc.stdin.write(encode_order(order).decode())
         proc.stdin.close()
         url = proc.stdout.readline().split("listening on ")[1].strip()
         try:
@@ -577,8 +579,9 @@ def _ready(url: str) -> bool:
     ("stdin", "code", "message"),
     [
         ("", 0, ""),
-        ("not json\n", 2, "one JSON list"),
-        ('["--standby"]\n', 2, "cannot ask for --standby"),
+        ("not json\n", 2, "a serve order that is not JSON"),
+        ('["--config", "m.yaml"]\n', 2, "a serve order is a JSON object"),
+        ('{"configs": ["m.yaml"], "standby": true}\n', 2, "unknown keys ['standby']"),
     ],
 )
 def test_a_standby_released_or_given_bad_arguments(stdin: str, code: int, message: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from contracts.serve_order import ServeOrder, encode_order
 from tests.conftest import ROOT
 from tests.integration.test_mlp_server import infer_body, reference
 
@@ -51,8 +52,8 @@ def _config_file(directory: Path, models: list[dict[str, object]]) -> Path:
 
 
 @contextmanager
-def _standby_replica(argv: list[str]) -> Iterator[str]:
-    """A standby ``ember serve`` given ``argv`` on stdin; yields its URL once it is ready."""
+def _standby_replica(order: ServeOrder) -> Iterator[str]:
+    """A standby ``ember serve`` given ``order`` on stdin; yields its URL once it is ready."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ember", "serve", "--standby"],
         stdin=subprocess.PIPE,
@@ -80,7 +81,7 @@ def _standby_replica(argv: list[str]) -> Iterator[str]:
     reader.start()
     try:
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(argv) + "\n")
+        proc.stdin.write(encode_order(order).decode())
         proc.stdin.close()
         assert found.wait(120) and url, "".join(lines)
         deadline = time.monotonic() + 60
@@ -106,11 +107,16 @@ def test_a_group_replica_loads_each_model_on_demand_within_its_budgets(
 ) -> None:
     first = _config_file(tmp_path / "a", [_model("one"), _model("two")])
     second = _config_file(tmp_path / "b", [_model("three"), _model("broken", source="empty")])
-    argv = ["--config", str(first), "--config", str(second), "--port", "0", "--load-on-demand"]
-    argv += ["--device-memory-budget", "2MiB", "--host-memory-budget", "2MiB"]
+    order = ServeOrder(
+        configs=(first, second),
+        port=0,
+        load_on_demand=True,
+        device_memory_budget=2 * 2**20,
+        host_memory_budget=2 * 2**20,
+    )
     body = infer_body(rows=2)
     expected = reference(np.array(body["inputs"][0]["data"], dtype=np.float32))
-    with _standby_replica(argv) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with _standby_replica(order) as url, httpx.Client(base_url=url, timeout=30) as client:
 
         def reasons() -> dict[str, str]:
             index = client.post("/v2/repository/index").json()

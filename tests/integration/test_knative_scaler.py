@@ -335,7 +335,7 @@ def group_spec(tmp_path: Path) -> ModelSpec:
             "name": "shared",
             "members": ("a", "b"),
             "configs": (tmp_path / "a.yaml", tmp_path / "b.yaml"),
-            "serve_args": ("--device-memory-budget", "95000000"),
+            "device_memory_budget": 95_000_000,
         }
     )
 

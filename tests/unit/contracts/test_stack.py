@@ -293,12 +293,7 @@ def test_a_group_is_one_pool_spec_serving_its_members(tmp_path: Path) -> None:
     pool = group.pool
     assert pool.name == "shared" and pool.members == ("a", "b")
     assert pool.config_paths == (tmp_path / "a.yaml", tmp_path / "b.yaml")
-    assert pool.serve_args == (
-        "--device-memory-budget",
-        "95000000",
-        "--host-memory-budget",
-        str(2**30),
-    )
+    assert (pool.device_memory_budget, pool.host_memory_budget) == (95_000_000, 2**30)
     # one replica serves both: it costs the dearer one's price, and is kept as long as the
     # longest keep-alive among them
     assert pool.max_replicas == 2 and pool.price_per_hour == 2.5 and pool.keep_alive_s == 90

@@ -55,11 +55,11 @@ class Gated(TorchModuleHandler):
         gate = Gated.gates.get(name)
         if gate is not None:
             assert gate.wait(10)
-        assert self.asleep is None, f"{name} predicts while asleep"
+        assert self.weights.asleep is None, f"{name} predicts while asleep"
         return super().predict(inputs)
 
     def sleep(self, level: Any) -> None:
-        Gated.log.append(f"sleep {self.config.name}" + (f" {level}" if self.asleep else ""))
+        Gated.log.append(f"sleep {self.config.name}" + (f" {level}" if self.weights.asleep else ""))
         super().sleep(level)
 
     def wake(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from runtime import repository
 from runtime.config import ModelConfig, TensorSpec
-from runtime.handlers.base import StreamedTensors
+from runtime.handlers.base import ModelHandler, StreamedTensors
 from runtime.metrics import RuntimeMetrics
 from runtime.repository import ModelRepository, ModelState
 from runtime.sources import Localized
@@ -21,7 +21,7 @@ class _Streamed(dict[str, Any]):
     """A dict that can be watched with a weak reference."""
 
 
-class Recorder:
+class Recorder(ModelHandler):
     """A handler that records what its load was given (as a model would adopt the tensors)."""
 
     platform = "test"

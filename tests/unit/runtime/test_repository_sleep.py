@@ -16,7 +16,7 @@ from runtime import repository
 from runtime.config import ModelConfig, TensorSpec
 from runtime.dataplane import DataPlane
 from runtime.errors import InvalidInput, ModelNotReady
-from runtime.handlers.base import StreamedTensors, WeightsMissing
+from runtime.handlers.base import ModelHandler, StreamedTensors, WeightsMissing
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import parse_inference_request
 from runtime.repository import ModelRepository, ModelState
@@ -25,10 +25,11 @@ from runtime.sources import Localized
 from runtime.tensors import Tensor
 
 
-class Sleeper:
+class Sleeper(ModelHandler):
     """A handler whose weights are one number: ``predict`` adds it; sleeping can drop it."""
 
     platform = "test"
+    can_sleep = True
     inputs = (TensorSpec(name="x", datatype="FP32", shape=(2,)),)
     outputs = (TensorSpec(name="y", datatype="FP32", shape=(2,)),)
     made: dict[str, Sleeper] = {}
@@ -230,7 +231,7 @@ async def test_a_model_that_is_not_serving_cannot_sleep(plane: DataPlane) -> Non
         await plane.repository.sleep("m", SleepLevel.HOST)
 
 
-class Awake:
+class Awake(ModelHandler):
     """A handler with no ``sleep``: a model that can only be unloaded."""
 
     platform = "test"

@@ -17,7 +17,7 @@ from runtime.budget import DeviceBudget
 from runtime.config import ModelConfig, TensorSpec
 from runtime.dataplane import DataPlane
 from runtime.errors import ModelNotReady, RuntimeServerError
-from runtime.handlers.base import StreamedTensors
+from runtime.handlers.base import ModelHandler, StreamedTensors
 from runtime.metrics import RuntimeMetrics
 from runtime.protocol import parse_inference_request
 from runtime.repository import ModelRepository
@@ -29,10 +29,11 @@ MODELS = ("a", "b")
 FOOTPRINT = 100  # each; the device budget fits one, the host budget one
 
 
-class Weights:
+class Weights(ModelHandler):
     """A sleepable handler whose weight is one number; predict on weights put away raises."""
 
     platform = "test"
+    can_sleep = measures = True
     inputs = (TensorSpec(name="x", datatype="FP32", shape=(2,)),)
     outputs = (TensorSpec(name="y", datatype="FP32", shape=(2,)),)
 

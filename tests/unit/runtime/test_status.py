@@ -20,7 +20,7 @@ from runtime import repository
 from runtime.config import ModelConfig, load_model_configs
 from runtime.dataplane import DataPlane
 from runtime.errors import ConfigError, ModelNotReady
-from runtime.handlers.base import HandlerLoadError
+from runtime.handlers.base import HandlerLoadError, ModelHandler
 from runtime.metrics import RuntimeMetrics
 from runtime.repository import ModelRepository
 from runtime.sources import WeightSources
@@ -143,7 +143,7 @@ async def test_the_index_carries_the_failure_and_a_reload_clears_it(tmp_path: Pa
     await model.repo.close()
 
 
-class Raises:
+class Raises(ModelHandler):
     """A handler whose load raises what the test sets."""
 
     error: BaseException = RuntimeError()

@@ -1,0 +1,106 @@
+"""The one face the REST layer calls: the models of one server, in the protocol's words.
+
+:mod:`runtime.rest` reads requests and writes responses; everything it asks of the models goes
+through a :class:`RuntimeFacade`: health, metadata, statistics, the repository extension (index,
+load, unload or sleep at a level) and inference. Behind it are the data plane (tensors in and
+out, a request checked against the model) and the repository (each model's lifecycle); the REST
+layer sees neither, nor any model's entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import generate_latest
+
+from runtime.dataplane import DataPlane, InferResult
+from runtime.protocol import InferenceRequest
+from runtime.repository import ModelRepository
+from runtime.sleep import SleepLevel
+
+__all__ = ["InferResult", "RuntimeFacade"]
+
+
+class RuntimeFacade:
+    """The models of one server as the v2 routes see them (no HTTP in here)."""
+
+    def __init__(self, dataplane: DataPlane, repository: ModelRepository) -> None:
+        self._dataplane = dataplane
+        self._repository = repository
+
+    # ----------------------------------------------------------------------------- health
+    def live(self) -> bool:
+        return self._dataplane.live()
+
+    def not_ready(self) -> str | None:
+        """Why the server is not ready (None: it is)."""
+        if self._dataplane.ready():
+            return None
+        return "draining" if self._dataplane.draining else "models are not ready"
+
+    def model_ready(self, name: str, version: str | None) -> None:
+        """ModelNotFound (404) or ModelNotReady (503, saying its state and why) unless the
+        model can answer (READY, or SLEEPING: a request wakes it)."""
+        self._repository.ready_entry(name, version)
+
+    # ----------------------------------------------------------------------------- metadata
+    def server_metadata(self) -> dict[str, Any]:
+        return self._dataplane.server_metadata()
+
+    async def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        await self._repository.loaded_entry(name, version)  # its handler says
+        return self._dataplane.model_metadata(name, version)
+
+    async def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        await self._repository.loaded_entry(name, version)
+        return self._dataplane.model_config(name, version)
+
+    def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        return self._dataplane.statistics(name, version)
+
+    def metrics(self) -> bytes:
+        """The Prometheus exposition, queue depths read now."""
+        metrics = self._dataplane.metrics
+        for entry in self._repository.entries():
+            depth = entry.scheduler.depth if entry.scheduler else 0
+            metrics.queue_depth.labels(entry.config.name).set(depth)
+        return generate_latest(metrics.registry)
+
+    # ----------------------------------------------------------------------------- repository
+    def index(self, ready_only: bool) -> list[dict[str, Any]]:
+        return self._dataplane.repository_index(ready_only)
+
+    def known(self, name: str) -> None:
+        """ModelNotFound (404) unless the repository has the model: said before a body is read."""
+        self._repository.entry(name)
+
+    async def load(self, name: str) -> None:
+        """Load (or reload, or wake) a model."""
+        await self._repository.load(name)
+
+    async def unload(self, name: str, level: SleepLevel | None) -> None:
+        """Unload a model, or with a ``level`` put it to sleep there."""
+        if level is None:
+            await self._repository.unload(name)
+        else:
+            await self._repository.sleep(name, level)
+
+    # ----------------------------------------------------------------------------- inference
+    def can_infer(self, name: str, version: str | None) -> None:
+        """404 or 503 before anything of the request is parsed."""
+        self._repository.ready_entry(name, version)
+
+    async def raw_request(self, name: str, version: str | None, body: bytes) -> InferenceRequest:
+        """A binary request with no JSON header: the model's one input says the shape (the
+        model loaded first, if it is not yet)."""
+        await self._repository.loaded_entry(name, version)
+        return self._dataplane.raw_request(name, version, body)
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: InferenceRequest,
+        binary: memoryview | None = None,
+    ) -> InferResult:
+        return await self._dataplane.infer(name, version, request, binary)
