@@ -1,16 +1,17 @@
 """The activator: one pool per configured model, and the endpoints it answers itself.
 
 Model requests (``/v2/models/{m}/...``) are carried by the front door's byte relay through the
-data path (:mod:`activator.datapath`); this ASGI application answers everything else in the
+data path (:mod:`activator.datapath`); :meth:`Activator.answer` answers everything else in the
 route table (:mod:`activator.routes`): health, server metadata, the repository index and its
 load/unload, a model's ``ready`` and metadata while no replica of it is ready (the metadata when
-it is known: :mod:`activator.metadata`), ``/metrics`` and the admin API. Every error is rendered
-by :func:`activator.http.error_response`, in the OIP shape ``{"error": "..."}``.
+it is known: :mod:`activator.metadata`), ``/metrics`` and the admin API. It takes the request as
+the front door parsed it (:class:`~activator.http.Request`), routed and past its guard, and
+returns a :class:`~activator.http.Response`, which the front door writes. Every error is
+rendered by :func:`activator.http.error_response`, in the OIP shape ``{"error": "..."}``.
 
-:meth:`Activator.lifespan` is how the activator starts and stops, whoever serves it (the front
-door, or an ASGI server through the lifespan protocol): it starts the pools and the scaler's
-warm pool, and at the end stops every pool, the scaler, the background tasks (a
-:class:`~activator.tasks.TaskSet` it owns) and the event log.
+:meth:`Activator.lifespan` is how the activator starts and stops (the front door serves inside
+it): it starts the pools and the scaler's warm pool, and at the end stops every pool, the
+scaler, the background tasks (a :class:`~activator.tasks.TaskSet` it owns) and the event log.
 """
 
 from __future__ import annotations
@@ -43,22 +44,14 @@ from activator.errors import (
 )
 from activator.events import EventLog, Skipped, arrivals, iter_events
 from activator.groups import Group
-from activator.http import (
-    Receive,
-    Response,
-    Scope,
-    Send,
-    error_response,
-    json_response,
-    send_response,
-)
+from activator.http import Request, Response, error_response, json_response
 from activator.members import AnyPool, MemberPool
 from activator.metadata import MetadataBook
 from activator.metrics import ActivatorMetrics
 from activator.policy import Policy
 from activator.pool import ModelPool, SystemClock
 from activator.pool.replicas import Replica
-from activator.routes import Endpoint, Guard, Match, guard, model_route, resolve, split
+from activator.routes import Endpoint, Guard, Match, Target
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
 from activator.tiered import Level
@@ -255,61 +248,43 @@ class Activator:
         for pool in self.pools.values():
             pool.refuse_waiters()
 
-    # ------------------------------------------------------------------ ASGI
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan_protocol(receive, send)
-        elif scope["type"] == "http":
-            try:
-                response = await self.answer(scope, receive)
-            except ActivatorError as exc:
-                if exc.status_code < 500:  # refused here, before any replica: counted
-                    self.metrics.refuse(self._configured(scope["path"]), exc)
-                # else a command that failed (a load, a sleep a replica refused): answered, and
-                # no request a client could retry differently
-                response = error_response(exc)
-            except Exception as exc:  # a bug of ours: say so, in the protocol's shape
-                log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-                error = ActivatorError(f"activator error: {type(exc).__name__}: {exc}")
-                response = error_response(error)
-            with contextlib.suppress(Exception):  # the client may be gone: nothing more to say
-                await send_response(send, response)
-
-    async def _lifespan_protocol(self, receive: Receive, send: Send) -> None:
-        running = self.lifespan()
-        message = await receive()
-        if message["type"] != "lifespan.startup":
-            return
+    # ------------------------------------------------------------------ its own answers
+    async def answer(self, request: Request, target: Target) -> Response:
+        """The answer to a request for an endpoint of the activator's own, whose path means
+        ``target`` (:func:`activator.routes.target`): the front door has routed it and checked
+        its guard. Never raises: an error is answered in the OIP shape."""
         try:
-            await running.__aenter__()
-        except Exception as exc:
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        while (await receive())["type"] != "lifespan.shutdown":
-            pass
-        await running.__aexit__(None, None, None)
-        await send({"type": "lifespan.shutdown.complete"})
+            return await self._answer(request, target)
+        except ActivatorError as exc:
+            if exc.status_code < 500:  # refused here, before any replica: counted
+                self.metrics.refuse(self.label(target), exc)
+            # else a command that failed (a load, a sleep a replica refused): answered, and
+            # no request a client could retry differently
+            return error_response(exc)
+        except Exception as exc:  # a bug of ours: say so, in the protocol's shape
+            method = request.method.decode("latin-1")
+            log.exception("unexpected error on %s %s", method, target.path)
+            return error_response(ActivatorError(f"activator error: {type(exc).__name__}: {exc}"))
 
-    async def answer(self, scope: Scope, receive: Receive) -> Response:
-        """The answer to one request for an endpoint of the activator's own."""
-        parts = split(scope["path"])
-        self.check_guard(guard(parts), scope["headers"])
-        match = resolve(scope["method"], scope["path"], parts)
+    async def _answer(self, request: Request, target: Target) -> Response:
+        match = target.resolve(request.method.decode("latin-1"))
         if match.endpoint in _BODY_ONLY:  # read as the predictor reads them
             if match.model and self.group_named(match.model) is None:
                 self.pool(match.model)  # 404 first, as the predictor answers it
             try:
-                no_query(scope.get("query_string", b""), _BODY_ONLY[match.endpoint])
+                query = request.url.partition(b"?")[2].partition(b"#")[0]
+                no_query(query, _BODY_ONLY[match.endpoint])
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-        limit = ADMIN_BODY_BYTES if parts[0] == "admin" else self.settings.max_request_bytes
-        return await self._handlers[match.endpoint](match, await _body(receive, limit))
+        limit = ADMIN_BODY_BYTES if target.parts[0] == "admin" else self.settings.max_request_bytes
+        if len(request.body) > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        return await self._handlers[match.endpoint](match, request.body)
 
-    def _configured(self, path: str) -> str:
+    def label(self, target: Target) -> str:
         """The configured model a path names ("" for none: a metric's label stays bounded)."""
-        found = model_route(split(path))
-        return found[0] if found is not None and found[0] in self.pools else ""
+        model = target.model
+        return model.model if model is not None and model.model in self.pools else ""
 
     def check_guard(self, which: Guard, headers: list[tuple[bytes, bytes]]) -> None:
         if which is Guard.API and not self.authorized(headers):
@@ -500,22 +475,6 @@ class Activator:
         pool = self.pool(match.model)
         pool.sleep()
         return json_response(200, pool.describe())
-
-
-async def _body(receive: Receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("the client went away before sending its request")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 def _index_state(pool: AnyPool) -> str:

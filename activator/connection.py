@@ -4,8 +4,10 @@ A :class:`FrontConnection` parses requests once with httptools, within bounds (s
 :mod:`activator.frontdoor`: header and body limits, the read-ahead, the read timeouts, 100
 Continue, a declined upgrade), and answers them in request order: a model request through the
 data path (:mod:`activator.datapath`), taking a slot at once or waiting in the model's queue, then
-relayed by the connection's :class:`~activator.relay.Relay`; anything else by the activator's
-ASGI app through :mod:`activator.bridge`. A request refused before it could wait (no token, a bad
+relayed by the connection's :class:`~activator.relay.Relay`; anything else by the activator
+(:meth:`activator.app.Activator.answer`: the parsed request in, the answer out, written here).
+Each request is routed once (:meth:`~activator.frontdoor.FrontDoor.route`) and its guard checked
+once, whichever answers it. A request refused before it could wait (no token, a bad
 ``Ember-Deadline-Ms``, a full queue), like one that cannot be parsed, is counted in the metrics,
 not logged. An HTTP/1.0 client's connection is kept only when it asked, and then told so.
 """
@@ -19,8 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
-from activator import bridge
-from activator.datapath import CLIENT_GONE, Exchange, Route, deadline_of
+from activator.datapath import CLIENT_GONE, Destination, Exchange, Route, deadline_of
 from activator.errors import (
     ActivatorError,
     BadRequest,
@@ -30,10 +31,10 @@ from activator.errors import (
     QueueFull,
     RequestTimeout,
 )
-from activator.http import Headers, Request, error_response, head
+from activator.http import Headers, Request, Response, error_response, head
 from activator.precheck import check_request
 from activator.relay import Relay
-from activator.routes import Guard
+from activator.routes import Target
 from activator.upstream import UpstreamPool
 from contracts.http11 import NO_WEBSOCKET, body_stalled, head_late
 
@@ -52,7 +53,8 @@ class Door(Protocol):
     draining: bool
     upstreams: UpstreamPool
 
-    def relayed(self, raw_url: bytes) -> Route | None: ...
+    def route(self, raw_url: bytes) -> Destination: ...
+    def relayed(self, dest: Destination) -> Route | None: ...
 
 
 MAX_HEADERS = 256  # header fields per request; past it: 431
@@ -402,13 +404,20 @@ class FrontConnection(asyncio.Protocol):
         return self.requests == 0 and now < fresh_until  # accepted; its first request is on its way
 
     def _dispatch(self, request: Request) -> None:
-        route = self.door.relayed(request.url)
+        """Route once, guard once; then relay it, or have the activator answer it."""
+        dest = self.door.route(request.url)
+        try:
+            self.activator.check_guard(dest.target.guard, request.headers)
+        except ActivatorError as exc:  # refused: counted, not logged
+            self.activator.metrics.refuse(self.activator.label(dest.target), exc)
+            self._respond(request, error_response(exc))
+            return
+        route = self.door.relayed(dest)
         if route is None:
-            self.spawn(self._answer(request))
+            self.spawn(self._answer(request, dest.target))
             return
         x = self.activator.datapath.exchange(route, request.arrival)
         try:
-            self.activator.check_guard(Guard.API, request.headers)
             request.deadline_s = deadline_of(request.headers)
             if request.deadline_s is None and x.take_now():
                 self.relay.forward(x, request)
@@ -454,28 +463,21 @@ class FrontConnection(asyncio.Protocol):
             x.fail(error)
         else:
             x.refuse(error)
-        response = error_response(error)
-        self._respond(request, error.status_code, response.headers, response.body)
+        self._respond(request, error_response(error))
 
-    # ------------------------------------------------------------------ the activator's own
-    async def _answer(self, request: Request) -> None:
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        answer = await bridge.answer(
-            self.activator,
-            request.method,
-            request.url,
-            request.headers,
-            request.body,
-            peer,
-            self.gone,
-        )
-        self._respond(request, *answer)
+    async def _answer(self, request: Request, target: Target) -> None:
+        self._respond(request, await self.activator.answer(request, target))
 
     # ------------------------------------------------------------------ writing
-    def _respond(self, request: Request, status: int, headers: Headers, body: bytes) -> None:
+    def _respond(self, request: Request, response: Response) -> None:
         """The activator's own answer to ``request`` (no body to a HEAD), then the next one."""
         close = self._write(
-            status, headers, body, request.keep_alive, head_only=request.head, http10=request.http10
+            response.status,
+            response.headers,
+            response.body,
+            request.keep_alive,
+            head_only=request.head,
+            http10=request.http10,
         )
         if close:
             self.close()

@@ -12,11 +12,12 @@ wait (no token, a bad ``Ember-Deadline-Ms``, a full queue), like one that cannot
 counted in the metrics, not logged.
 
 Every other request (health, metadata, the repository index, statistics, metrics, the admin
-API, a model's ``ready`` and its metadata while no replica of it is ready) goes to
-:class:`activator.app.Activator` through a minimal ASGI bridge (:mod:`activator.bridge`).
+API, a model's ``ready`` and its metadata while no replica of it is ready) is answered by
+:meth:`activator.app.Activator.answer`, which takes the parsed request and returns the answer.
 Answers leave in request order on each connection. :class:`FrontDoor` (this module) accepts the
-connections, knows which paths are relayed (:meth:`FrontDoor.relayed`, by path: a query string
-is the replica's business), times requests out and drains on SIGTERM.
+connections, routes each path once (:meth:`FrontDoor.route`, by path: a query string is the
+replica's business) and knows which requests are relayed (:meth:`FrontDoor.relayed`), times
+requests out and drains on SIGTERM.
 
 Memory stays bounded: a body declared over ``max_request_bytes`` is refused (413) before it is
 read, and one that would take the bodies held over all connections past ``max_buffered_bytes``
@@ -35,15 +36,12 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
-import httptools
-
+from activator import routes
 from activator.app import Activator
 from activator.connection import FrontConnection
-from activator.datapath import ENDPOINTS, Route
-from activator.errors import ActivatorError
-from activator.routes import Endpoint, resolve
+from activator.datapath import ENDPOINTS, Destination, Route
+from activator.routes import Endpoint, Target
 from activator.upstream import UpstreamPool
 
 log = logging.getLogger("ember.activator")
@@ -69,20 +67,26 @@ class FrontDoor:
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
-        self._routes: dict[bytes, Route | None] = {}
+        self._routes: dict[bytes, Destination] = {}
 
-    def relayed(self, raw_url: bytes) -> Route | None:
-        """The route of a request for this URL, relayed to its model's replicas, or None (the
-        activator answers it)."""
-        path = raw_url.partition(b"?")[0]  # the query is the replica's business, never a key
-        if path in self._routes:
-            route = self._routes[path]
-        else:
-            route = self._route(raw_url)
+    def route(self, raw_url: bytes) -> Destination:
+        """Where a request for this URL goes, worked out once per path (the query is the
+        replica's business, never a key)."""
+        path = raw_url.partition(b"?")[0]
+        dest = self._routes.get(path)
+        if dest is None:
+            target = routes.target(path)
+            dest = Destination(target, self._model_route(target))
             if len(path) <= ROUTE_KEY_BYTES:  # the same few paths, over and over
                 if len(self._routes) >= 4096:
                     self._routes.clear()
-                self._routes[path] = route
+                self._routes[path] = dest
+        return dest
+
+    def relayed(self, dest: Destination) -> Route | None:
+        """The route of a request for ``dest``, relayed to its model's replicas now, or None
+        (the activator answers it)."""
+        route = dest.route
         if route is None:
             return None
         if route.endpoint == "infer" or route.pool.state == "ready":
@@ -94,18 +98,14 @@ class FrontDoor:
             return None
         return route
 
-    def _route(self, raw_url: bytes) -> Route | None:
+    def _model_route(self, target: Target) -> Route | None:
         """A configured model's route; None for any other path, and for a version the model
         does not have (the activator answers 404 for it: no replica is woken, nothing logged)."""
-        try:
-            path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
-            match = resolve("", path)
-        except (ActivatorError, httptools.HttpParserInvalidURLError):
+        match = target.model
+        if match is None or match.endpoint is not Endpoint.MODEL:
             return None
         pool = self.activator.pools.get(match.model)
-        if match.endpoint is not Endpoint.MODEL or pool is None:
-            return None
-        if match.version and match.version != pool.spec.version:
+        if pool is None or (match.version and match.version != pool.spec.version):
             return None
         return Route(pool, ENDPOINTS[match.action], match.version)
 
