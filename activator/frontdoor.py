@@ -1,31 +1,35 @@
-"""The activator's HTTP/1.1 server: parse requests, relay model requests, pass the rest on.
+"""The activator's HTTP/1.1 server: parse requests, relay model requests, answer the rest.
 
-A request is parsed once with httptools, on its connection (:mod:`activator.connection`). A
-model request (see :mod:`activator.routes`) goes through the data path
-(:mod:`activator.datapath`): it takes a replica slot, at once if one is free (the warm path: no
-task, no await) or after waiting in the model's queue, and the connection's
-:class:`~activator.relay.Relay` rewrites it onto a kept-alive connection to the replica
-(:mod:`activator.upstream`) and passes the replica's answer to the client byte for byte as it
+A request is parsed once with httptools, on its connection (:mod:`activator.connection`), and
+handed to :meth:`FrontDoor.dispatch`, which routes it once (:meth:`FrontDoor.route`, by path: a
+query string is the replica's business; kept per path) and checks its guard once
+(:mod:`activator.auth`), whichever answers it.
+
+A model request (see :mod:`activator.routes`) becomes a :class:`~activator.relay.Relay`, one
+object for its whole exchange: it goes through the data path (:mod:`activator.datapath`), taking
+a replica slot at once if one is free (the warm path: no task, no await) or after waiting in the
+model's queue, is rewritten onto a kept-alive connection to the replica
+(:mod:`activator.upstream`), and the replica's answer is passed to the client byte for byte as it
 arrives: no framework, no header objects, no re-encoding. That keeps the activator's cost small
-next to the replica's (see ``scripts/bench_activator.py``). A request refused before it could
-wait (no token, a bad ``Ember-Deadline-Ms``, a full queue), like one that cannot be parsed, is
-counted in the metrics, not logged.
+next to the replica's (see ``scripts/bench_activator.py``). It is timed out ``request_timeout_s``
+after it was sent (:mod:`activator.deadlines`: one loop timer for all). A request refused before
+it could wait (no token, a bad ``Ember-Deadline-Ms``, a full queue), like one that cannot be
+parsed, is counted in the metrics, not logged.
 
 Every other request (health, metadata, the repository index, statistics, metrics, the admin
 API, a model's ``ready`` and its metadata while no replica of it is ready) is answered by
-:meth:`activator.app.Activator.answer`, which takes the parsed request and returns the answer.
-Answers leave in request order on each connection. :class:`FrontDoor` (this module) accepts the
-connections, routes each path once (:meth:`FrontDoor.route`, by path: a query string is the
-replica's business) and knows which requests are relayed (:meth:`FrontDoor.relayed`), times
-requests out and drains on SIGTERM.
+:meth:`activator.app.Activator.answer`: the parsed request in, a response out, written by the
+connection. Answers leave in request order on each connection. :class:`FrontDoor` (this module)
+accepts the connections, dispatches their requests, looks for read timeouts and drains on
+SIGTERM.
 
 Memory stays bounded: a body declared over ``max_request_bytes`` is refused (413) before it is
 read, and one that would take the bodies held over all connections past ``max_buffered_bytes``
-is refused (503); a connection reads no further ahead than ``PIPELINE_DEPTH`` requests or
-``PIPELINE_BYTES``, and stops reading (and stops reading its replica's answer) while its client
-does not take what it is sent. Bodies are let go with their answers, or with their connection.
-Reads are timed (``header_timeout_s``, ``body_timeout_s``, ``idle_timeout_s``; 408 when part of
-a request came).
+is refused (503) (:mod:`activator.bounds`); a connection reads no further ahead than
+``PIPELINE_DEPTH`` requests or ``PIPELINE_BYTES``, and stops reading (and stops reading its
+replica's answer) while its client does not take what it is sent (:mod:`activator.flow`).
+Bodies are let go with their answers, or with their connection. Reads are timed
+(``header_timeout_s``, ``body_timeout_s``, ``idle_timeout_s``; 408 when part of a request came).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from activator import routes
 from activator.app import Activator
 from activator.connection import FrontConnection
 from activator.datapath import ENDPOINTS, Destination, Route
+from activator.deadlines import Deadlines
+from activator.errors import ActivatorError
+from activator.http import Request, error_response
+from activator.relay import Relay
 from activator.routes import Endpoint, Target
 from activator.upstream import UpstreamPool
 
@@ -51,7 +59,7 @@ log = logging.getLogger("ember.activator")
 ACCEPT_SETTLE_S = 0.05
 FIRST_REQUEST_S = 1.0
 ANSWER_AFTER_GRACE_S = 2.0  # for the answers to queued requests refused when the grace ends
-SWEEP_S = 1.0  # how often timeouts are looked for (at most; less with shorter timeouts)
+SWEEP_S = 1.0  # how often read timeouts are looked for (at most; less with shorter timeouts)
 ROUTE_KEY_BYTES = 1024  # longer paths are routed each time, never kept
 
 
@@ -62,12 +70,44 @@ class FrontDoor:
         self.activator = activator
         self.request_timeout_s = request_timeout_s or activator.settings.request_timeout_s
         self.upstreams = UpstreamPool()
+        self.deadlines = Deadlines(self.request_timeout_s)  # the relayed requests'
         self.buffered = 0  # request body bytes held by all connections (max_buffered_bytes)
         self.connections: set[FrontConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
         self._routes: dict[bytes, Destination] = {}
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` for a connection (an answer of the activator's own, a wait for a slot, a
+        connect): the drain ends what is left of them."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def dispatch(self, conn: FrontConnection, request: Request) -> None:
+        """Route ``request`` once and check its guard once; then relay it (``conn`` holds its
+        :class:`Relay` until it ends) or have the activator answer it."""
+        dest = self.route(request.url)
+        activator = self.activator
+        try:
+            activator.check_guard(dest.target.guard, request.headers)
+        except ActivatorError as exc:  # refused: counted, not logged
+            activator.metrics.refuse(activator.label(dest.target), exc)
+            conn.respond(request, error_response(exc))
+            return
+        route = self.relayed(dest)
+        if route is None:
+            self.spawn(self._answer(conn, request, dest.target))
+            return
+        # held before it starts: it may end (and the next request begin) before start returns
+        conn.exchange = relay = Relay(
+            conn, request, activator.datapath.exchange(route, request.arrival)
+        )
+        relay.start()
+
+    async def _answer(self, conn: FrontConnection, request: Request, target: Target) -> None:
+        conn.respond(request, await self.activator.answer(request, target))
 
     def route(self, raw_url: bytes) -> Destination:
         """Where a request for this URL goes, worked out once per path (the query is the
@@ -114,7 +154,7 @@ class FrontDoor:
         async with self.activator.lifespan():
             loop = asyncio.get_running_loop()
             self.server = await loop.create_server(lambda: FrontConnection(self), sock=sock)
-            self.activator.tasks.spawn(self._sweep(), name="request-timeouts")
+            self.activator.tasks.spawn(self._sweep(), name="read-timeouts")
             try:
                 await stop.wait()
             finally:
@@ -123,17 +163,14 @@ class FrontDoor:
             conn.close()
 
     async def _sweep(self) -> None:
-        """504 for requests a replica has held past ``request_timeout_s``; 408 (or a close)
-        for connections whose clients stopped sending."""
+        """408 (or a close) for connections whose clients stopped sending. (A request a replica
+        holds past ``request_timeout_s`` is its relay's to time out: :attr:`deadlines`.)"""
         settings = self.activator.settings
-        shortest = min(settings.header_timeout_s, settings.body_timeout_s, self.request_timeout_s)
-        period = min(SWEEP_S, shortest / 4)
+        period = min(SWEEP_S, settings.header_timeout_s / 4, settings.body_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn.relay.overdue(now, self.request_timeout_s):
-                    conn.relay.timed_out(self.request_timeout_s)
                 conn.check_reads(now)
 
     async def drain(self, grace_s: float) -> None:
@@ -165,6 +202,7 @@ class FrontDoor:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.deadlines.close()
         self.upstreams.close()
 
 
