@@ -51,11 +51,13 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where requests for one path go (the front door works it out once per path): what the
-    path means (its guard, the route table's answer) and, for a configured model's route, its
-    :class:`Route` (None: the activator answers it)."""
+    path means (its guard, the route table's answer), for a configured model's route its
+    :class:`Route` (None: the activator answers it), and the model a refusal is counted for
+    ("" unless a configured one: a metric's label stays bounded)."""
 
     target: Target
     route: Route | None
+    label: str
 
 
 class DataPath:

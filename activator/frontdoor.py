@@ -91,14 +91,14 @@ class FrontDoor:
         dest = self.route(request.url)
         activator = self.activator
         try:
-            activator.check_guard(dest.target.guard, request.headers)
+            activator.guards.check(dest.target.guard, request.headers)
         except ActivatorError as exc:  # refused: counted, not logged
-            activator.metrics.refuse(activator.label(dest.target), exc)
+            activator.metrics.refuse(dest.label, exc)
             conn.respond(request, error_response(exc))
             return
         route = self.relayed(dest)
         if route is None:
-            self.spawn(self._answer(conn, request, dest.target))
+            self.spawn(self._answer(conn, request, dest))
             return
         # held before it starts: it may end (and the next request begin) before start returns
         conn.exchange = relay = Relay(
@@ -106,8 +106,23 @@ class FrontDoor:
         )
         relay.start()
 
-    async def _answer(self, conn: FrontConnection, request: Request, target: Target) -> None:
-        conn.respond(request, await self.activator.answer(request, target))
+    async def _answer(self, conn: FrontConnection, request: Request, dest: Destination) -> None:
+        """The activator's own answer, or its error in the OIP shape."""
+        try:
+            response = await self.activator.answer(request, dest.target)
+        except ActivatorError as exc:
+            if exc.status_code < 500:  # refused here, before any replica: counted
+                self.activator.metrics.refuse(dest.label, exc)
+            # else a command that failed (a load, a sleep a replica refused): answered, and
+            # no request a client could retry differently
+            response = error_response(exc)
+        except Exception as exc:  # a bug of ours: say so, in the protocol's shape
+            method = request.method.decode("latin-1")
+            log.exception("unexpected error on %s %s", method, dest.target.path)
+            response = error_response(
+                ActivatorError(f"activator error: {type(exc).__name__}: {exc}")
+            )
+        conn.respond(request, response)
 
     def route(self, raw_url: bytes) -> Destination:
         """Where a request for this URL goes, worked out once per path (the query is the
@@ -116,7 +131,9 @@ class FrontDoor:
         dest = self._routes.get(path)
         if dest is None:
             target = routes.target(path)
-            dest = Destination(target, self._model_route(target))
+            model = target.model.model if target.model is not None else ""
+            label = model if model in self.activator.pools else ""
+            dest = Destination(target, self._model_route(target), label)
             if len(path) <= ROUTE_KEY_BYTES:  # the same few paths, over and over
                 if len(self._routes) >= 4096:
                     self._routes.clear()

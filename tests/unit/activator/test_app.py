@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from activator.app import Activator
-from activator.errors import ReplicaStartFailed, StartFailure
+from activator.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ReplicaStartFailed,
+    StartFailure,
+)
 from activator.http import Request, Response
 from activator.routes import target
 from activator.scalers.base import ReplicaHandle
@@ -322,16 +328,14 @@ async def test_the_activators_repository_answers_are_the_predictors(tmp_path: Pa
 
 
 async def test_the_activator_answers_a_parsed_request_directly(tmp_path: Path) -> None:
-    """No server, no ASGI: the request as the front door parses it in, the answer out."""
+    """No server, no ASGI: the request as the front door parses it in, the answer out (and its
+    errors raised, for the front door to render)."""
     settings = ActivatorSettings(events=None)
     stack = StackConfig(path=tmp_path / "ember.yaml", settings=settings, models={"m": spec_of()})
     activator = Activator(stack, Scaler([]))
 
-    def parsed(method: bytes, url: bytes, body: bytes = b"") -> Request:
-        return Request(method, url, [], body, True, False, time.time())
-
     async def answer(method: bytes, url: bytes, body: bytes = b"") -> Response:
-        request = parsed(method, url, body)
+        request = Request(method, url, [], body, True, False, time.time())
         return await activator.answer(request, target(request.url))
 
     live = await answer(b"GET", b"/v2/health/live")
@@ -339,11 +343,9 @@ async def test_the_activator_answers_a_parsed_request_directly(tmp_path: Path) -
     assert (b"content-type", b"application/json") in live.headers
     ready = await answer(b"GET", b"/v2/models/m/ready")  # at zero: the activator's to say
     assert json.loads(ready.body) == {"name": "m", "ready": True}
-    wrong = await answer(b"PUT", b"/v2/repository/index")
-    assert wrong.status == 405 and "use POST" in json.loads(wrong.body)["error"]
-    query = await answer(b"POST", b"/v2/repository/index?ready=true")
-    assert query.status == 400 and "'ready'" in json.loads(query.body)["error"]
-    big = await answer(b"POST", b"/admin/models/m/warm", b"x" * ((1 << 20) + 1))
-    assert big.status == 413
-    refused = activator.metrics.registry.get_sample_value
-    assert refused("ember_activator_refused_total", {"model": "", "reason": "bad_request"}) == 1
+    with pytest.raises(MethodNotAllowed, match="use POST"):
+        await answer(b"PUT", b"/v2/repository/index")
+    with pytest.raises(BadRequest, match="'ready'"):
+        await answer(b"POST", b"/v2/repository/index?ready=true")
+    with pytest.raises(PayloadTooLarge):
+        await answer(b"POST", b"/admin/models/m/warm", b"x" * ((1 << 20) + 1))
