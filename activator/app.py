@@ -1,16 +1,18 @@
 """The activator: one pool per configured model, and the endpoints it answers itself.
 
 Model requests (``/v2/models/{m}/...``) are carried by the front door's byte relay through the
-data path (:mod:`activator.datapath`); this ASGI application answers everything else in the
+data path (:mod:`activator.datapath`); :meth:`Activator.answer` answers everything else in the
 route table (:mod:`activator.routes`): health, server metadata, the repository index and its
 load/unload, a model's ``ready`` and metadata while no replica of it is ready (the metadata when
-it is known: :mod:`activator.metadata`), ``/metrics`` and the admin API. Every error is rendered
-by :func:`activator.http.error_response`, in the OIP shape ``{"error": "..."}``.
+it is known: :mod:`activator.metadata`), ``/metrics`` and the admin API. It takes the request as
+the front door parsed it (:class:`~activator.http.Request`), routed and past its guard, and
+returns a :class:`~activator.http.Response`, which the front door writes; what it raises, the
+front door renders. Every error is rendered by :func:`activator.http.error_response`, in the OIP
+shape ``{"error": "..."}``.
 
-:meth:`Activator.lifespan` is how the activator starts and stops, whoever serves it (the front
-door, or an ASGI server through the lifespan protocol): it starts the pools and the scaler's
-warm pool, and at the end stops every pool, the scaler, the background tasks (a
-:class:`~activator.tasks.TaskSet` it owns) and the event log.
+:meth:`Activator.lifespan` is how the activator starts and stops (the front door serves inside
+it): it starts the pools and the scaler's warm pool, and at the end stops every pool, the
+scaler, the background tasks (a :class:`~activator.tasks.TaskSet` it owns) and the event log.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import logging
 import os
 import secrets
@@ -29,36 +30,26 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from activator import __version__, admin
-from activator.auth import Tokens
+from activator.auth import Guards
 from activator.datapath import DataPath
 from activator.errors import (
     ActivatorError,
     BadRequest,
     DeadlineExceeded,
     ModelUnavailable,
-    NotFound,
     PayloadTooLarge,
-    Unauthorized,
     UnknownModel,
 )
 from activator.events import EventLog, Skipped, arrivals, iter_events
 from activator.groups import Group
-from activator.http import (
-    Receive,
-    Response,
-    Scope,
-    Send,
-    error_response,
-    json_response,
-    send_response,
-)
+from activator.http import Request, Response, json_response
 from activator.members import AnyPool, MemberPool
 from activator.metadata import MetadataBook
 from activator.metrics import ActivatorMetrics
 from activator.policy import Policy
 from activator.pool import ModelPool, SystemClock
 from activator.pool.replicas import Replica
-from activator.routes import Endpoint, Guard, Match, guard, model_route, resolve, split
+from activator.routes import Endpoint, Match, Target
 from activator.scalers.base import Scaler
 from activator.tasks import TaskSet
 from activator.tiered import Level
@@ -86,7 +77,7 @@ _REPLICA_STATE = {
     "unavailable": "UNAVAILABLE",  # a group's member that failed on every replica
 }
 ADMIN_BODY_BYTES = 1 << 20
-Handler = Callable[[Match, bytes], Awaitable[Response]]
+Handler = Callable[["Activator", Match, bytes], Awaitable[Response]]
 
 
 class Activator:
@@ -135,32 +126,8 @@ class Activator:
                 )
             self.pools[name] = MemberPool(group, name, spec)
         self.metrics.watch(lambda: self.pools)
-        self.admin_tokens = Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
-        self.api_tokens = Tokens.load(s.api_token_env, s.api_token_file, "API")
-        self.loopback = _is_loopback(host)
-        if self.api_tokens is None and not self.loopback:
-            log.warning(
-                "the data plane is open to anyone who reaches %s: set %s (or api_token_file) "
-                "to require a bearer token",
-                host,
-                s.api_token_env,
-            )
+        self.guards = Guards(s, host)  # who may call what: the front door checks each request
         self.closing = False
-        self._handlers: dict[Endpoint, Handler] = {
-            Endpoint.LIVE: self._health,
-            Endpoint.READY: self._health,
-            Endpoint.SERVER_METADATA: self._server_metadata,
-            Endpoint.REPOSITORY_INDEX: self._index,
-            Endpoint.REPOSITORY_LOAD: self._repository_load,
-            Endpoint.REPOSITORY_UNLOAD: self._repository_unload,
-            Endpoint.MODELS_STATS: self._models_stats,
-            Endpoint.MODEL_STATS: self._model_stats,
-            Endpoint.MODEL: self._model,
-            Endpoint.METRICS: self._metrics,
-            Endpoint.ADMIN_MODELS: self._admin_models,
-            Endpoint.ADMIN_WARM: self._admin_warm,
-            Endpoint.ADMIN_SLEEP: self._admin_sleep,
-        }
 
     def _pool(
         self, spec: ModelSpec, on_ready: Callable[[Replica], None], policy: Policy | None = None
@@ -260,79 +227,24 @@ class Activator:
         for pool in self.pools.values():
             pool.refuse_waiters()
 
-    # ------------------------------------------------------------------ ASGI
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan_protocol(receive, send)
-        elif scope["type"] == "http":
-            try:
-                response = await self.answer(scope, receive)
-            except ActivatorError as exc:
-                if exc.status_code < 500:  # refused here, before any replica: counted
-                    self.metrics.refuse(self._configured(scope["path"]), exc)
-                # else a command that failed (a load, a sleep a replica refused): answered, and
-                # no request a client could retry differently
-                response = error_response(exc)
-            except Exception as exc:  # a bug of ours: say so, in the protocol's shape
-                log.exception("unexpected error on %s %s", scope["method"], scope["path"])
-                error = ActivatorError(f"activator error: {type(exc).__name__}: {exc}")
-                response = error_response(error)
-            with contextlib.suppress(Exception):  # the client may be gone: nothing more to say
-                await send_response(send, response)
-
-    async def _lifespan_protocol(self, receive: Receive, send: Send) -> None:
-        running = self.lifespan()
-        message = await receive()
-        if message["type"] != "lifespan.startup":
-            return
-        try:
-            await running.__aenter__()
-        except Exception as exc:
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        while (await receive())["type"] != "lifespan.shutdown":
-            pass
-        await running.__aexit__(None, None, None)
-        await send({"type": "lifespan.shutdown.complete"})
-
-    async def answer(self, scope: Scope, receive: Receive) -> Response:
-        """The answer to one request for an endpoint of the activator's own."""
-        parts = split(scope["path"])
-        self.check_guard(guard(parts), scope["headers"])
-        match = resolve(scope["method"], scope["path"], parts)
+    # ------------------------------------------------------------------ its own answers
+    async def answer(self, request: Request, target: Target) -> Response:
+        """The answer to a request for an endpoint of the activator's own, whose path means
+        ``target`` (:func:`activator.routes.target`), past its guard (the front door checks it,
+        and renders what this raises: :meth:`activator.frontdoor.FrontDoor.dispatch`)."""
+        match = target.resolve(request.method.decode("latin-1"))
         if match.endpoint in _BODY_ONLY:  # read as the predictor reads them
             if match.model and self.group_named(match.model) is None:
                 self.pool(match.model)  # 404 first, as the predictor answers it
             try:
-                no_query(scope.get("query_string", b""), _BODY_ONLY[match.endpoint])
+                query = request.url.partition(b"?")[2].partition(b"#")[0]
+                no_query(query, _BODY_ONLY[match.endpoint])
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-        limit = ADMIN_BODY_BYTES if parts[0] == "admin" else self.settings.max_request_bytes
-        return await self._handlers[match.endpoint](match, await _body(receive, limit))
-
-    def _configured(self, path: str) -> str:
-        """The configured model a path names ("" for none: a metric's label stays bounded)."""
-        found = model_route(split(path))
-        return found[0] if found is not None and found[0] in self.pools else ""
-
-    def check_guard(self, which: Guard, headers: list[tuple[bytes, bytes]]) -> None:
-        if which is Guard.API and not self.authorized(headers):
-            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
-        if which is Guard.ADMIN:
-            if self.admin_tokens is None:
-                if self.loopback:
-                    return  # a one-machine stack bound to loopback: only local users reach it
-                raise NotFound(
-                    "the admin API is off: set a token in the environment variable "
-                    f"{self.settings.admin_token_env} (or admin_token_file) to turn it on"
-                )
-            if not self.admin_tokens.allows_headers(headers):
-                raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
-
-    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Whether a data-plane request may pass (always, when no API token is set)."""
-        return self.api_tokens is None or self.api_tokens.allows_headers(headers)
+        limit = ADMIN_BODY_BYTES if target.parts[0] == "admin" else self.settings.max_request_bytes
+        if len(request.body) > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        return await _HANDLERS[match.endpoint](self, match, request.body)
 
     def group_named(self, name: str) -> Group | None:
         """The group ``name`` names, where no model has that name."""
@@ -507,32 +419,25 @@ class Activator:
         return json_response(200, pool.describe())
 
 
-async def _body(receive: Receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("the client went away before sending its request")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+# what answers each endpoint of the activator's own (the route table's names them)
+_HANDLERS: dict[Endpoint, Handler] = {
+    Endpoint.LIVE: Activator._health,
+    Endpoint.READY: Activator._health,
+    Endpoint.SERVER_METADATA: Activator._server_metadata,
+    Endpoint.REPOSITORY_INDEX: Activator._index,
+    Endpoint.REPOSITORY_LOAD: Activator._repository_load,
+    Endpoint.REPOSITORY_UNLOAD: Activator._repository_unload,
+    Endpoint.MODELS_STATS: Activator._models_stats,
+    Endpoint.MODEL_STATS: Activator._model_stats,
+    Endpoint.MODEL: Activator._model,
+    Endpoint.METRICS: Activator._metrics,
+    Endpoint.ADMIN_MODELS: Activator._admin_models,
+    Endpoint.ADMIN_WARM: Activator._admin_warm,
+    Endpoint.ADMIN_SLEEP: Activator._admin_sleep,
+}
 
 
 def _index_state(pool: AnyPool) -> str:
     if pool.state == "zero" and pool.start_failed:
         return "UNAVAILABLE"
     return _REPLICA_STATE.get(pool.state, "UNLOADING")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -1,4 +1,4 @@
-"""Bearer tokens for the activator's routes: from an environment variable or a file.
+"""Who may call the activator's routes: bearer tokens from an environment variable or a file.
 
 Two sets: the **API** tokens guard the data plane (``/v2/...`` except the server's health routes,
 which Kubernetes probes call without credentials, and ``/metrics``); the **admin** tokens guard
@@ -6,17 +6,25 @@ which Kubernetes probes call without credentials, and ``/metrics``); the **admin
 token can be rotated by listing the old and the new one for a while. Every check compares the
 presented token with every configured one in constant time (``hmac.compare_digest`` over
 SHA-256 digests, so neither the length nor the position of a match shows in the timing).
+:class:`Guards` holds both sets and checks a request against its path's guard
+(:class:`~activator.routes.Guard`); the front door calls it once per request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from activator.errors import ConfigError
+from activator.errors import ConfigError, NotFound, Unauthorized
+from activator.routes import Guard
+from contracts.stack import ActivatorSettings
+
+log = logging.getLogger("ember.activator")
 
 MIN_TOKEN_CHARS = 16  # shorter ones are guessable; refuse them at start
 
@@ -74,4 +82,51 @@ class Tokens:
         for name, value in headers:
             if name == b"authorization":
                 return self.allows(value)
+        return False
+
+
+class Guards:
+    """The API tokens (the data plane; open when none is set) and the admin tokens (the admin
+    API; when none is set, open on loopback and off elsewhere)."""
+
+    def __init__(self, settings: ActivatorSettings, host: str) -> None:
+        s = settings
+        self.admin_token_env = s.admin_token_env
+        self.admin_tokens = Tokens.load(s.admin_token_env, s.admin_token_file, "admin")
+        self.api_tokens = Tokens.load(s.api_token_env, s.api_token_file, "API")
+        self.loopback = is_loopback(host)
+        if self.api_tokens is None and not self.loopback:
+            log.warning(
+                "the data plane is open to anyone who reaches %s: set %s (or api_token_file) "
+                "to require a bearer token",
+                host,
+                s.api_token_env,
+            )
+
+    def check(self, which: Guard, headers: list[tuple[bytes, bytes]]) -> None:
+        """Unauthorized (or NotFound: the admin API is off) unless ``headers`` may pass."""
+        if which is Guard.API and not self.authorized(headers):
+            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+        if which is Guard.ADMIN:
+            if self.admin_tokens is None:
+                if self.loopback:
+                    return  # a one-machine stack bound to loopback: only local users reach it
+                raise NotFound(
+                    "the admin API is off: set a token in the environment variable "
+                    f"{self.admin_token_env} (or admin_token_file) to turn it on"
+                )
+            if not self.admin_tokens.allows_headers(headers):
+                raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a data-plane request may pass (always, when no API token is set)."""
+        return self.api_tokens is None or self.api_tokens.allows_headers(headers)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
         return False

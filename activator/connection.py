@@ -1,13 +1,16 @@
-"""One client connection of the front door: its requests parsed, dispatched, answered in order.
+"""One client connection of the front door: its requests parsed and answered in order.
 
-A :class:`FrontConnection` parses requests once with httptools, within bounds (see
-:mod:`activator.frontdoor`: header and body limits, the read-ahead, the read timeouts, 100
-Continue, a declined upgrade), and answers them in request order: a model request through the
-data path (:mod:`activator.datapath`), taking a slot at once or waiting in the model's queue, then
-relayed by the connection's :class:`~activator.relay.Relay`; anything else by the activator's
-ASGI app through :mod:`activator.bridge`. A request refused before it could wait (no token, a bad
-``Ember-Deadline-Ms``, a full queue), like one that cannot be parsed, is counted in the metrics,
-not logged. An HTTP/1.0 client's connection is kept only when it asked, and then told so.
+A :class:`FrontConnection` parses requests once with httptools, within bounds (header limits
+here; body limits in :mod:`activator.bounds`; the read-ahead, the read timeouts, 100 Continue, a
+declined upgrade: :mod:`activator.upgrade`), and hands them to the front door one at a time, in
+request order (:meth:`~activator.frontdoor.FrontDoor.dispatch`): a model request becomes a
+:class:`~activator.relay.Relay`, which the connection holds until the relay ends and asks for the
+next request; anything else is answered by the activator and written here (:meth:`respond`). A
+request that cannot be parsed is answered (after the answers already due) and the connection
+closed; it is counted in the metrics, not logged. An HTTP/1.0 client's connection is kept only
+when it asked, and then told so. Its reading and writing are a
+:class:`~activator.flow.FlowControl`: reading pauses while it is too far ahead of its answers,
+and while its client takes nothing of them (the replica being relayed is paused with it).
 """
 
 from __future__ import annotations
@@ -15,27 +18,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
-from activator import bridge
-from activator.datapath import CLIENT_GONE, Exchange, Route, deadline_of
-from activator.errors import (
-    ActivatorError,
-    BadRequest,
-    HeadersTooLarge,
-    Overloaded,
-    PayloadTooLarge,
-    QueueFull,
-    RequestTimeout,
-)
-from activator.http import Headers, Request, error_response, head
-from activator.precheck import check_request
+from activator import upgrade
+from activator.bounds import Bounds
+from activator.deadlines import Deadlines
+from activator.errors import ActivatorError, BadRequest, HeadersTooLarge, RequestTimeout
+from activator.flow import FlowControl
+from activator.http import Headers, Request, Response, error_response, head
 from activator.relay import Relay
-from activator.routes import Guard
 from activator.upstream import UpstreamPool
-from contracts.http11 import NO_WEBSOCKET, body_stalled, head_late
+from contracts.http11 import body_stalled, head_late
 
 if TYPE_CHECKING:
     from activator.app import Activator
@@ -48,11 +44,12 @@ class Door(Protocol):
     activator: Activator
     buffered: int  # request body bytes held by all connections
     connections: set[FrontConnection]
-    tasks: set[asyncio.Task[Any]]
     draining: bool
     upstreams: UpstreamPool
+    deadlines: Deadlines
 
-    def relayed(self, raw_url: bytes) -> Route | None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    def dispatch(self, conn: FrontConnection, request: Request) -> None: ...
 
 
 MAX_HEADERS = 256  # header fields per request; past it: 431
@@ -69,6 +66,7 @@ class FrontConnection(asyncio.Protocol):
         self.activator = door.activator
         self.settings = door.activator.settings
         self.transport: asyncio.Transport | None = None
+        self.flow = FlowControl()  # reading (paused while too far ahead), the client taking
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Request] = deque()
         self.busy = False
@@ -82,17 +80,15 @@ class FrontConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._head_size = 0
-        self.relay = Relay(self)  # the request on a replica, its answer on its way back
+        self.exchange: Relay | None = None  # the model request being relayed (the door's doing)
         self._failed: ActivatorError | None = None  # a parse error, answered once its turn
         self._upgrading: Request | None = None  # a request that asked to switch protocols
         self._body_left = 0  # the bytes of its body still to come
         # memory: the body bytes this connection holds (counted in door.buffered too), the
-        # request being answered, the bodies of those read ahead; reading paused or not
-        self.holding = 0
+        # request being answered, the bodies of those read ahead
+        self.bounds = Bounds(door, self.settings)
         self._current: Request | None = None
         self._pending_bytes = 0
-        self._reading = True
-        self.write_paused = False  # the client is not taking what it is sent
         # read timeouts (monotonic): since when idle, the head's first byte, the last body bytes
         self._idle_since = time.monotonic()
         self._began = 0.0
@@ -103,6 +99,7 @@ class FrontConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ parsing
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.flow.transport = self.transport
         self.door.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -162,38 +159,18 @@ class FrontConnection(asyncio.Protocol):
         self._last_body = time.monotonic()
         for name, value in self._headers:
             if name == b"content-length":
-                self._room_for(int(value))  # the parser checked it is a number
+                self.bounds.room_for(self._size, int(value))  # the parser checked the number
         due = self.busy or self.pending
         if self._continue and not due and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _room_for(self, size: int) -> None:
-        limit = self.settings.max_request_bytes
-        if self._size + size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        budget = self.settings.max_buffered_bytes
-        if self.door.buffered + size > budget:
-            raise Overloaded(
-                f"the activator holds {self.door.buffered} bytes of request bodies and may hold "
-                f"{budget}: try again shortly"
-            )
-
     def on_body(self, body: bytes) -> None:
         size = len(body)
-        self._room_for(size)
+        self.bounds.room_for(self._size, size)
         self._last_body = time.monotonic()
         self._size += size
-        self._hold(size)
+        self.bounds.hold(size)
         self._body.append(body)
-
-    def _hold(self, size: int) -> None:
-        self.holding += size
-        self.door.buffered += size
-
-    def _let_go(self, size: int) -> None:
-        size = min(size, self.holding)
-        self.holding -= size
-        self.door.buffered -= size
 
     def on_message_complete(self) -> None:
         self.in_message = False
@@ -225,54 +202,28 @@ class FrontConnection(asyncio.Protocol):
         """Read on only while there is room: not too far ahead of the answers, the client
         taking what it is sent, no refusal waiting for its turn."""
         ahead = len(self.pending) >= PIPELINE_DEPTH or self._pending_bytes >= PIPELINE_BYTES
-        reading = not (ahead or self.write_paused or self._failed is not None)
-        if reading != self._reading and self.transport is not None and not self.closing:
-            self._reading = reading
-            if reading:
-                # the pause was ours, not the client's: its head and body timers start again
-                self._last_body = self._began = time.monotonic()
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
+        reading = not (ahead or self.flow.write_paused or self._failed is not None)
+        if not self.closing and self.flow.read(reading) and reading:
+            # the pause was ours, not the client's: its head and body timers start again
+            self._last_body = self._began = time.monotonic()
 
     def pause_writing(self) -> None:
-        """The client is not taking its answers: stop reading them from the replica, and stop
-        reading its further requests, until it does."""
-        self.write_paused = True
-        self.relay.pause()
+        """The client is not taking its answers: stop reading them from the replica (the
+        flow's follower), and stop reading its further requests, until it does."""
+        self.flow.pause_writing()
         self._update_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        self.relay.resume()
+        self.flow.resume_writing()
         self._update_reading()
 
     def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
-        """A request asking to switch protocols (h2c) is answered over HTTP/1.1, as a proxy that
-        speaks no other protocol does; a websocket handshake and a CONNECT are refused (400).
-
-        The parser stops at the end of such a request's head, taking what follows for the new
-        protocol: its body (``content-length`` bytes) is read here, then a fresh parser goes on.
-        """
+        """A request asking to switch protocols (:mod:`activator.upgrade`): refused, or its
+        body read here (past the parser), then a fresh parser goes on."""
         request, self._upgrading = self._upgrading, None
-        if request is None or request.method == b"CONNECT":
-            self._fail(BadRequest("CONNECT and protocol upgrades are not supported"))
-            return
-        if (b"upgrade", b"websocket") in [(k, v.lower()) for k, v in request.headers]:
-            # refused, as the predictor refuses it: a websocket client would take a plain answer
-            # for a broken handshake, where it should learn the server speaks none
-            message = NO_WEBSOCKET
-            self._fail(BadRequest(message))
-            return
-        length = 0
-        for name, value in request.headers:
-            if name == b"transfer-encoding":
-                self._fail(BadRequest("an upgrade request's body must have a length"))
-                return
-            if name == b"content-length":
-                length = int(value)  # the parser checked it is a number
         try:
-            self._room_for(length)
+            length = upgrade.body_length(request)
+            self.bounds.room_for(0, length)
         except ActivatorError as refused:
             self._fail(refused)
             return
@@ -280,8 +231,7 @@ class FrontConnection(asyncio.Protocol):
         self._upgrading, self._body_left = request, length
         self._body, self._size = [], 0  # held as it arrives, like any other body
         self._last_body = time.monotonic()
-        offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-        rest = self._take_body(data[offset:])
+        rest = self._take_body(data[upgrade.stopped_at(exc, data) :])
         if rest:
             self.data_received(rest)
 
@@ -291,13 +241,13 @@ class FrontConnection(asyncio.Protocol):
         assert request is not None
         taken = data[: self._body_left]
         try:
-            self._room_for(len(taken))
+            self.bounds.room_for(self._size, len(taken))
         except ActivatorError as refused:
             self._upgrading = None
             self._fail(refused)
             return b""
         self._size += len(taken)
-        self._hold(len(taken))
+        self.bounds.hold(len(taken))
         self._last_body = time.monotonic()
         self._body.append(taken)
         self._body_left -= len(taken)
@@ -314,10 +264,12 @@ class FrontConnection(asyncio.Protocol):
         self.door.connections.discard(self)
         if not self.gone.done():
             self.gone.set_result(None)
-        self.relay.client_gone()  # a request a replica has: nobody to answer
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:  # a request a replica has: nobody to answer
+            exchange.client_gone()
         # let go of every body now: the parser and this object refer to each other, so without
         # this they would stay until a full garbage collection
-        self._let_go(self.holding)
+        self.bounds.let_go(self.bounds.holding)
         self.pending.clear()
         self._body = []
         self._current = self._upgrading = None
@@ -326,7 +278,7 @@ class FrontConnection(asyncio.Protocol):
         """A request that cannot be parsed: answered (after the answers already due), then the
         connection closes; a refusal (counted, not logged). What arrived of its body is let go
         at once."""
-        self._let_go(self._size)
+        self.bounds.let_go(self._size)
         self._size = 0
         self._body = []
         self.in_message = False
@@ -335,23 +287,22 @@ class FrontConnection(asyncio.Protocol):
             self._update_reading()
             return
         self.activator.metrics.refuse("", error)
-        response = error_response(error)
-        self._write(error.status_code, response.headers, response.body, keep_alive=False)
+        self._write(error_response(error), keep_alive=False)
         self.close()
 
     # ------------------------------------------------------------------ dispatch
     def next_request(self) -> None:
         """The answer is out: take the next request (or wait for one)."""
         if self._current is not None:  # answered: its body goes
-            self._let_go(len(self._current.body))
-            self._current = self.relay.request = None
+            self.bounds.let_go(len(self._current.body))
+            self._current = self.exchange = None
         if self.pending and not self.closing:
             self.busy = True
             request = self._current = self.pending.popleft()
             self._pending_bytes -= len(request.body)
-            if not self._reading:
+            if not self.flow.reading:
                 self._update_reading()
-            self._dispatch(request)
+            self.door.dispatch(self, request)
             return
         self.busy = False
         self._idle_since = time.monotonic()
@@ -367,17 +318,14 @@ class FrontConnection(asyncio.Protocol):
         if self.closing or self._failed is not None:
             return
         settings = self.settings
-        if self.write_paused:
+        idle = not self.busy and not self.pending
+        if self.flow.write_paused:
             # it takes nothing of what it is sent: with nothing more in hand, it is let go (its
             # unsent answer with it) once idle for idle_timeout_s
-            if (
-                not self.busy
-                and not self.pending
-                and now - self._idle_since > settings.idle_timeout_s
-            ):
+            if idle and now - self._idle_since > settings.idle_timeout_s:
                 self.abort()
             return
-        if not self._reading:
+        if not self.flow.reading:
             return  # not reading is our doing: the client cannot be blamed
         if self.in_message or self._upgrading is not None:
             if not self._in_body and now - self._began > settings.header_timeout_s:
@@ -387,7 +335,7 @@ class FrontConnection(asyncio.Protocol):
             else:
                 return
             self._fail(RequestTimeout(late))
-        elif not self.busy and not self.pending:
+        elif idle:
             # a fresh connection owes its first request within header_timeout_s
             limit = settings.idle_timeout_s if self.requests else settings.header_timeout_s
             if now - self._idle_since > limit:
@@ -401,103 +349,31 @@ class FrontConnection(asyncio.Protocol):
             return True
         return self.requests == 0 and now < fresh_until  # accepted; its first request is on its way
 
-    def _dispatch(self, request: Request) -> None:
-        route = self.door.relayed(request.url)
-        if route is None:
-            self.spawn(self._answer(request))
-            return
-        x = self.activator.datapath.exchange(route, request.arrival)
-        try:
-            self.activator.check_guard(Guard.API, request.headers)
-            request.deadline_s = deadline_of(request.headers)
-            if request.deadline_s is None and x.take_now():
-                self.relay.forward(x, request)
-                return
-            if (
-                route.endpoint == "infer"
-                and request.method == b"POST"
-                and route.pool.state != "ready"
-            ):
-                # it would wait for a start: one its replica would refuse wakes nothing
-                check_request(route.pool.spec, request.headers, request.body)
-        except ActivatorError as exc:  # refused before it could wait: counted, not logged
-            self.refuse(x, exc, request, admitted=False)
-            return
-        self.spawn(self.wait_for_slot(x, request))
-
-    async def wait_for_slot(self, x: Exchange, request: Request) -> None:
-        """Wait in the model's queue for a slot (waking the model), then forward."""
-        try:
-            if not await x.wait(request.deadline_s, asyncio.shield(self.gone)):
-                x.finish(CLIENT_GONE)
-                self.close()
-                return
-        except QueueFull as exc:  # no room to wait: a refusal
-            self.refuse(x, exc, request, admitted=False)
-            return
-        except ActivatorError as exc:  # it waited (a deadline, a failed start): a request
-            self.refuse(x, exc, request)
-            return
-        self.relay.forward(x, request)
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.door.tasks.add(task)
-        task.add_done_callback(self.door.tasks.discard)
-
-    def refuse(
-        self, x: Exchange, error: ActivatorError, request: Request, *, admitted: bool = True
-    ) -> None:
-        """Answer ``request`` with ``error``; record it (``admitted``: it reached the queue or a
-        replica), or count it as a refusal."""
-        if admitted:
-            x.fail(error)
-        else:
-            x.refuse(error)
-        response = error_response(error)
-        self._respond(request, error.status_code, response.headers, response.body)
-
-    # ------------------------------------------------------------------ the activator's own
-    async def _answer(self, request: Request) -> None:
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        answer = await bridge.answer(
-            self.activator,
-            request.method,
-            request.url,
-            request.headers,
-            request.body,
-            peer,
-            self.gone,
-        )
-        self._respond(request, *answer)
-
     # ------------------------------------------------------------------ writing
-    def _respond(self, request: Request, status: int, headers: Headers, body: bytes) -> None:
-        """The activator's own answer to ``request`` (no body to a HEAD), then the next one."""
-        close = self._write(
-            status, headers, body, request.keep_alive, head_only=request.head, http10=request.http10
-        )
-        if close:
+    def respond(self, request: Request, response: Response) -> None:
+        """An answer of the activator's own to ``request`` (no body to a HEAD), then the next
+        request."""
+        if self._write(response, request.keep_alive, head_only=request.head, http10=request.http10):
             self.close()
             return
         self.next_request()
 
     def _write(
-        self,
-        status: int,
-        headers: Headers,
-        body: bytes,
-        keep_alive: bool,
-        *,
-        head_only: bool = False,
-        http10: bool = False,
+        self, response: Response, keep_alive: bool, *, head_only: bool = False, http10: bool = False
     ) -> bool:
         """Write an answer; whether it said ``connection: close`` (the caller then closes). An
         HTTP/1.0 client's connection kept open is told so (``connection: keep-alive``)."""
         close = not keep_alive or self.door.draining
         if self.transport is None or self.closing:
             return close
-        data = head(status, headers, len(body), close=close, keep_alive=http10 and not close)
+        body = response.body
+        data = head(
+            response.status,
+            response.headers,
+            len(body),
+            close=close,
+            keep_alive=http10 and not close,
+        )
         self.transport.write(data if head_only else data + body)
         return close
 

@@ -27,6 +27,7 @@ from activator.events import EventLog
 from activator.members import AnyPool
 from activator.metrics import ActivatorMetrics
 from activator.pool import Ticket
+from activator.routes import Target
 from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
@@ -45,6 +46,18 @@ class Route:
     pool: AnyPool
     endpoint: str
     version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where requests for one path go (the front door works it out once per path): what the
+    path means (its guard, the route table's answer), for a configured model's route its
+    :class:`Route` (None: the activator answers it), and the model a refusal is counted for
+    ("" unless a configured one: a metric's label stays bounded)."""
+
+    target: Target
+    route: Route | None
+    label: str
 
 
 class DataPath:

@@ -1,30 +1,35 @@
-"""The activator's HTTP/1.1 server: parse requests, relay model requests, pass the rest on.
+"""The activator's HTTP/1.1 server: parse requests, relay model requests, answer the rest.
 
-A request is parsed once with httptools, on its connection (:mod:`activator.connection`). A
-model request (see :mod:`activator.routes`) goes through the data path
-(:mod:`activator.datapath`): it takes a replica slot, at once if one is free (the warm path: no
-task, no await) or after waiting in the model's queue, and the connection's
-:class:`~activator.relay.Relay` rewrites it onto a kept-alive connection to the replica
-(:mod:`activator.upstream`) and passes the replica's answer to the client byte for byte as it
+A request is parsed once with httptools, on its connection (:mod:`activator.connection`), and
+handed to :meth:`FrontDoor.dispatch`, which routes it once (:meth:`FrontDoor.route`, by path: a
+query string is the replica's business; kept per path) and checks its guard once
+(:mod:`activator.auth`), whichever answers it.
+
+A model request (see :mod:`activator.routes`) becomes a :class:`~activator.relay.Relay`, one
+object for its whole exchange: it goes through the data path (:mod:`activator.datapath`), taking
+a replica slot at once if one is free (the warm path: no task, no await) or after waiting in the
+model's queue, is rewritten onto a kept-alive connection to the replica
+(:mod:`activator.upstream`), and the replica's answer is passed to the client byte for byte as it
 arrives: no framework, no header objects, no re-encoding. That keeps the activator's cost small
-next to the replica's (see ``scripts/bench_activator.py``). A request refused before it could
-wait (no token, a bad ``Ember-Deadline-Ms``, a full queue), like one that cannot be parsed, is
-counted in the metrics, not logged.
+next to the replica's (see ``scripts/bench_activator.py``). It is timed out ``request_timeout_s``
+after it was sent (:mod:`activator.deadlines`: one loop timer for all). A request refused before
+it could wait (no token, a bad ``Ember-Deadline-Ms``, a full queue), like one that cannot be
+parsed, is counted in the metrics, not logged.
 
 Every other request (health, metadata, the repository index, statistics, metrics, the admin
-API, a model's ``ready`` and its metadata while no replica of it is ready) goes to
-:class:`activator.app.Activator` through a minimal ASGI bridge (:mod:`activator.bridge`).
-Answers leave in request order on each connection. :class:`FrontDoor` (this module) accepts the
-connections, knows which paths are relayed (:meth:`FrontDoor.relayed`, by path: a query string
-is the replica's business), times requests out and drains on SIGTERM.
+API, a model's ``ready`` and its metadata while no replica of it is ready) is answered by
+:meth:`activator.app.Activator.answer`: the parsed request in, a response out, written by the
+connection. Answers leave in request order on each connection. :class:`FrontDoor` (this module)
+accepts the connections, dispatches their requests, looks for read timeouts and drains on
+SIGTERM.
 
 Memory stays bounded: a body declared over ``max_request_bytes`` is refused (413) before it is
 read, and one that would take the bodies held over all connections past ``max_buffered_bytes``
-is refused (503); a connection reads no further ahead than ``PIPELINE_DEPTH`` requests or
-``PIPELINE_BYTES``, and stops reading (and stops reading its replica's answer) while its client
-does not take what it is sent. Bodies are let go with their answers, or with their connection.
-Reads are timed (``header_timeout_s``, ``body_timeout_s``, ``idle_timeout_s``; 408 when part of
-a request came).
+is refused (503) (:mod:`activator.bounds`); a connection reads no further ahead than
+``PIPELINE_DEPTH`` requests or ``PIPELINE_BYTES``, and stops reading (and stops reading its
+replica's answer) while its client does not take what it is sent (:mod:`activator.flow`).
+Bodies are let go with their answers, or with their connection. Reads are timed
+(``header_timeout_s``, ``body_timeout_s``, ``idle_timeout_s``; 408 when part of a request came).
 """
 
 from __future__ import annotations
@@ -33,17 +38,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import unquote
 
-import httptools
-
+from activator import routes
 from activator.app import Activator
 from activator.connection import FrontConnection
-from activator.datapath import ENDPOINTS, Route
+from activator.datapath import ENDPOINTS, Destination, Route
+from activator.deadlines import Deadlines
 from activator.errors import ActivatorError
-from activator.routes import Endpoint, resolve
+from activator.http import Request, error_response
+from activator.relay import Relay
+from activator.routes import Endpoint, Target
 from activator.upstream import UpstreamPool
 
 log = logging.getLogger("ember.activator")
@@ -53,7 +59,7 @@ log = logging.getLogger("ember.activator")
 ACCEPT_SETTLE_S = 0.05
 FIRST_REQUEST_S = 1.0
 ANSWER_AFTER_GRACE_S = 2.0  # for the answers to queued requests refused when the grace ends
-SWEEP_S = 1.0  # how often timeouts are looked for (at most; less with shorter timeouts)
+SWEEP_S = 1.0  # how often read timeouts are looked for (at most; less with shorter timeouts)
 ROUTE_KEY_BYTES = 1024  # longer paths are routed each time, never kept
 
 
@@ -64,25 +70,80 @@ class FrontDoor:
         self.activator = activator
         self.request_timeout_s = request_timeout_s or activator.settings.request_timeout_s
         self.upstreams = UpstreamPool()
+        self.deadlines = Deadlines(self.request_timeout_s)  # the relayed requests'
         self.buffered = 0  # request body bytes held by all connections (max_buffered_bytes)
         self.connections: set[FrontConnection] = set()
         self.tasks: set[asyncio.Task[Any]] = set()  # the connections' own, ended by drain
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
-        self._routes: dict[bytes, Route | None] = {}
+        self._routes: dict[bytes, Destination] = {}
 
-    def relayed(self, raw_url: bytes) -> Route | None:
-        """The route of a request for this URL, relayed to its model's replicas, or None (the
-        activator answers it)."""
-        path = raw_url.partition(b"?")[0]  # the query is the replica's business, never a key
-        if path in self._routes:
-            route = self._routes[path]
-        else:
-            route = self._route(raw_url)
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` for a connection (an answer of the activator's own, a wait for a slot, a
+        connect): the drain ends what is left of them."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def dispatch(self, conn: FrontConnection, request: Request) -> None:
+        """Route ``request`` once and check its guard once; then relay it (``conn`` holds its
+        :class:`Relay` until it ends) or have the activator answer it."""
+        dest = self.route(request.url)
+        activator = self.activator
+        try:
+            activator.guards.check(dest.target.guard, request.headers)
+        except ActivatorError as exc:  # refused: counted, not logged
+            activator.metrics.refuse(dest.label, exc)
+            conn.respond(request, error_response(exc))
+            return
+        route = self.relayed(dest)
+        if route is None:
+            self.spawn(self._answer(conn, request, dest))
+            return
+        # held before it starts: it may end (and the next request begin) before start returns
+        conn.exchange = relay = Relay(
+            conn, request, activator.datapath.exchange(route, request.arrival)
+        )
+        relay.start()
+
+    async def _answer(self, conn: FrontConnection, request: Request, dest: Destination) -> None:
+        """The activator's own answer, or its error in the OIP shape."""
+        try:
+            response = await self.activator.answer(request, dest.target)
+        except ActivatorError as exc:
+            if exc.status_code < 500:  # refused here, before any replica: counted
+                self.activator.metrics.refuse(dest.label, exc)
+            # else a command that failed (a load, a sleep a replica refused): answered, and
+            # no request a client could retry differently
+            response = error_response(exc)
+        except Exception as exc:  # a bug of ours: say so, in the protocol's shape
+            method = request.method.decode("latin-1")
+            log.exception("unexpected error on %s %s", method, dest.target.path)
+            response = error_response(
+                ActivatorError(f"activator error: {type(exc).__name__}: {exc}")
+            )
+        conn.respond(request, response)
+
+    def route(self, raw_url: bytes) -> Destination:
+        """Where a request for this URL goes, worked out once per path (the query is the
+        replica's business, never a key)."""
+        path = raw_url.partition(b"?")[0]
+        dest = self._routes.get(path)
+        if dest is None:
+            target = routes.target(path)
+            model = target.model.model if target.model is not None else ""
+            label = model if model in self.activator.pools else ""
+            dest = Destination(target, self._model_route(target), label)
             if len(path) <= ROUTE_KEY_BYTES:  # the same few paths, over and over
                 if len(self._routes) >= 4096:
                     self._routes.clear()
-                self._routes[path] = route
+                self._routes[path] = dest
+        return dest
+
+    def relayed(self, dest: Destination) -> Route | None:
+        """The route of a request for ``dest``, relayed to its model's replicas now, or None
+        (the activator answers it)."""
+        route = dest.route
         if route is None:
             return None
         if route.endpoint == "infer" or route.pool.state == "ready":
@@ -94,18 +155,14 @@ class FrontDoor:
             return None
         return route
 
-    def _route(self, raw_url: bytes) -> Route | None:
+    def _model_route(self, target: Target) -> Route | None:
         """A configured model's route; None for any other path, and for a version the model
         does not have (the activator answers 404 for it: no replica is woken, nothing logged)."""
-        try:
-            path = unquote(httptools.parse_url(raw_url).path.decode("latin-1"))
-            match = resolve("", path)
-        except (ActivatorError, httptools.HttpParserInvalidURLError):
+        match = target.model
+        if match is None or match.endpoint is not Endpoint.MODEL:
             return None
         pool = self.activator.pools.get(match.model)
-        if match.endpoint is not Endpoint.MODEL or pool is None:
-            return None
-        if match.version and match.version != pool.spec.version:
+        if pool is None or (match.version and match.version != pool.spec.version):
             return None
         return Route(pool, ENDPOINTS[match.action], match.version)
 
@@ -114,7 +171,7 @@ class FrontDoor:
         async with self.activator.lifespan():
             loop = asyncio.get_running_loop()
             self.server = await loop.create_server(lambda: FrontConnection(self), sock=sock)
-            self.activator.tasks.spawn(self._sweep(), name="request-timeouts")
+            self.activator.tasks.spawn(self._sweep(), name="read-timeouts")
             try:
                 await stop.wait()
             finally:
@@ -123,17 +180,14 @@ class FrontDoor:
             conn.close()
 
     async def _sweep(self) -> None:
-        """504 for requests a replica has held past ``request_timeout_s``; 408 (or a close)
-        for connections whose clients stopped sending."""
+        """408 (or a close) for connections whose clients stopped sending. (A request a replica
+        holds past ``request_timeout_s`` is its relay's to time out: :attr:`deadlines`.)"""
         settings = self.activator.settings
-        shortest = min(settings.header_timeout_s, settings.body_timeout_s, self.request_timeout_s)
-        period = min(SWEEP_S, shortest / 4)
+        period = min(SWEEP_S, settings.header_timeout_s / 4, settings.body_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn.relay.overdue(now, self.request_timeout_s):
-                    conn.relay.timed_out(self.request_timeout_s)
                 conn.check_reads(now)
 
     async def drain(self, grace_s: float) -> None:
@@ -165,6 +219,7 @@ class FrontDoor:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.deadlines.close()
         self.upstreams.close()
 
 

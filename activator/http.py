@@ -1,24 +1,22 @@
-"""HTTP pieces every path of the activator shares: ASGI types, header rules, the error renderer.
+"""HTTP pieces every path of the activator shares: the parsed request, the answer, header rules,
+the error renderer.
 
-Every ``{"error": ...}`` body the activator sends (from the ASGI app or from the byte relay) is
-made by :func:`error_response`, from an :class:`~activator.errors.ActivatorError`: its status,
-its extra headers (``WWW-Authenticate``), ``Retry-After`` when it has one, and the OIP body.
+The front door parses a :class:`Request` once; the activator's own endpoints answer it with a
+:class:`Response`, which the front door writes (:func:`head`). Every ``{"error": ...}`` body the
+activator sends (its own answer or a relayed request's) is made by :func:`error_response`, from
+an :class:`~activator.errors.ActivatorError`: its status, its extra headers
+(``WWW-Authenticate``), ``Retry-After`` when it has one, and the OIP body.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from activator.errors import ActivatorError
 from contracts.http11 import error_body
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = (b"content-type", b"application/json")
@@ -67,7 +65,7 @@ REASONS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """A request the front door parsed off a client connection."""
 
@@ -85,8 +83,10 @@ class Request:
         return self.method == b"HEAD"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Response:
+    """An answer of the activator's own (the front door adds ``content-length``)."""
+
     status: int
     headers: Headers
     body: bytes
@@ -102,13 +102,6 @@ def error_response(exc: ActivatorError) -> Response:
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     return Response(exc.status_code, [JSON, *headers], error_body(str(exc)))
-
-
-async def send_response(send: Send, response: Response) -> None:
-    """``response`` as ASGI messages (with its content-length)."""
-    headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
 
 
 def head(

@@ -1,34 +1,65 @@
-"""A client connection's relay: its request onto a replica, the replica's answer back as bytes.
+"""A relayed exchange: one model request onto a replica, and the replica's answer back as bytes.
 
-A :class:`Relay` belongs to one :class:`~activator.frontdoor.FrontConnection` and carries its
-requests to replicas one at a time (the connection answers in order). It rewrites a request
-onto a kept-alive connection to the replica whose slot the request's
-:class:`~activator.datapath.Exchange` holds (:mod:`activator.upstream`) and passes the replica's
-answer to the client as it arrives: small answers in one write, big ones as they come, no
-re-encoding, with a ``connection`` header put into the head when the client must be told
-(``close`` when its connection ends after this answer, ``keep-alive`` for an HTTP/1.0 client
-whose connection stays open). Then it settles the exchange: answered; broken once part of the
-answer went out (the client's connection is cut); never reached (the request waits for a slot
-again, on another replica); or held past ``request_timeout_s`` (504, or a cut answer).
+A :class:`Relay` is made for each model request a client connection
+(:class:`~activator.connection.FrontConnection`) hands over, and lives until the request is
+answered, one way or another. It owns everything the request holds:
+
+- its claim on a replica slot (a :class:`~activator.datapath.Exchange`: taken at once on the warm
+  path, no task and no await; else waited for in the model's queue, waking the model);
+- the kept-alive replica connection it is sent on (:mod:`activator.upstream`), whose reading
+  follows the client's writing (:mod:`activator.flow`);
+- the answer on its way back: passed on byte for byte as it arrives, small answers in one write,
+  no re-encoding, with a ``connection`` header put into the head when the client must be told
+  (``close`` when its connection ends after this answer, ``keep-alive`` for an HTTP/1.0 client
+  whose connection stays open);
+- its deadline, ``request_timeout_s`` after it was sent (:mod:`activator.deadlines`).
+
+It has one way in (:meth:`Relay.start`) and one way out (:meth:`Relay._end`), whatever ends it:
+answered (the replica connection goes back to the pool), the replica failed (502: an error
+answer, or a cut connection once part of the answer went out), timed out (504, or a cut answer),
+refused before or while it waited (the error is the answer), or the client gone (499). That one
+place gives the upstream back or drops it, gives the slot back and records the request (once),
+and tells the connection what comes next. A request that never reached its replica is not
+ended: its slot goes back and it waits for another (:meth:`Exchange.unreachable`).
+
+Streamed answers ride on the same seam: the replica's bytes reach :meth:`Relay.received` as
+they come (its head, then its body, however it is framed); a streamed answer (server-sent
+events) is one whose pieces are written as they come rather than gathered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from activator.datapath import CLIENT_GONE, Exchange
-from activator.errors import ActivatorError, DeadlineExceeded
-from activator.http import CLOSE, HOP_HEADERS, KEEP_ALIVE, Request, says_close
+from activator.datapath import CLIENT_GONE, Exchange, deadline_of
+from activator.deadlines import Deadlines
+from activator.errors import ActivatorError, DeadlineExceeded, QueueFull
+from activator.flow import FlowControl
+from activator.http import (
+    CLOSE,
+    HOP_HEADERS,
+    KEEP_ALIVE,
+    Request,
+    Response,
+    error_response,
+    says_close,
+)
+from activator.precheck import check_request
 from activator.upstream import Upstream, UpstreamPool, host_header
+
+RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 
 
 class Door(Protocol):
-    """What a relay needs of the front door: the kept-alive replica connections."""
+    """What a relay needs of the front door."""
 
     upstreams: UpstreamPool
+    deadlines: Deadlines
     draining: bool
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
 
 class Client(Protocol):
@@ -39,192 +70,263 @@ class Client(Protocol):
     def door(self) -> Door: ...
 
     transport: asyncio.Transport | None
+    flow: FlowControl
     closing: bool
-    write_paused: bool
+    gone: asyncio.Future[None]
 
-    def spawn(self, coro: Any) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
     def next_request(self) -> None: ...
-    def refuse(
-        self, x: Exchange, error: ActivatorError, request: Request, *, admitted: bool = True
-    ) -> None: ...
-    async def wait_for_slot(self, x: Exchange, request: Request) -> None: ...
-
-
-RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
+    def respond(self, request: Request, response: Response) -> None: ...
 
 
 class Relay:
-    """The request a connection has on a replica, and the answer on its way back."""
+    """One model request relayed to a replica, and its answer on the way back."""
 
-    def __init__(self, conn: Client) -> None:
+    __slots__ = (
+        "_close_after",
+        "_done",
+        "_mark",
+        "_out",
+        "_relayed",
+        "conn",
+        "deadline",
+        "ended",
+        "request",
+        "upstream",
+        "waiting",
+        "x",
+    )
+
+    def __init__(self, conn: Client, request: Request, x: Exchange) -> None:
         self.conn = conn
-        self.x: Exchange | None = None  # the exchange being relayed (None: nothing in flight)
-        self.request: Request | None = None
+        self.request = request
+        self.x = x  # its claim on a slot, its tries, its record
         self.upstream: Upstream | None = None
-        self.sent_at = 0.0  # monotonic
+        self.deadline = 0.0  # monotonic, while a replica has it (set by Deadlines)
+        self.waiting = False  # in the model's queue: the wait ends it if the client leaves
+        self.ended = False
+        self._done = False  # the whole answer came: its replica connection may be kept
         self._relayed = False  # part of the answer went out: the client can be told no other
         self._close_after = False
-        # a "connection" header line still to be put into the answer's head, or None
-        self._mark: bytes | None = None
-        self._out: list[bytes] = []
-        self._out_size = 0
+        self._mark: bytes | None = None  # a "connection" header line still to put in the head
+        self._out = b""  # the answer's bytes not written yet
 
-    def forward(self, x: Exchange, request: Request) -> None:
-        """Send ``request`` to the replica whose slot ``x`` holds; its answer is relayed."""
-        conn = self.conn
-        if conn.closing:  # the client left while its request waited
-            x.finish(CLIENT_GONE)
+    # ------------------------------------------------------------------ to a slot
+    def start(self) -> None:
+        """Take a slot at once (the warm path) and send the request, or wait for one."""
+        x, request = self.x, self.request
+        try:
+            request.deadline_s = deadline_of(request.headers)
+            if request.deadline_s is None and x.take_now():
+                self._send()
+                return
+            if (
+                x.route.endpoint == "infer"
+                and request.method == b"POST"
+                and x.pool.state != "ready"
+            ):
+                # it would wait for a start: one its replica would refuse wakes nothing
+                check_request(x.pool.spec, request.headers, request.body)
+        except ActivatorError as exc:  # refused before it could wait: counted, not logged
+            self._end(exc.status_code, exc, admitted=False)
             return
-        key = x.url
-        self.x, self.request = x, request
-        self._relayed = False
-        self._close_after = not request.keep_alive or conn.door.draining
+        self._wait()
+
+    def _wait(self) -> None:
+        self.waiting = True
+        self.conn.door.spawn(self._wait_for_slot())
+
+    async def _wait_for_slot(self) -> None:
+        """Wait in the model's queue for a slot (waking the model), then send."""
+        try:
+            got = await self.x.wait(self.request.deadline_s, asyncio.shield(self.conn.gone))
+        except QueueFull as exc:  # no room to wait: a refusal
+            self.waiting = False
+            self._end(exc.status_code, exc, admitted=False)
+            return
+        except ActivatorError as exc:  # it waited (a deadline, a failed start): a request
+            self.waiting = False
+            self._end(exc.status_code, exc)
+            return
+        self.waiting = False
+        if not got:  # the client left first
+            self._end(CLIENT_GONE)
+            return
+        self._send()
+
+    # ------------------------------------------------------------------ to the replica
+    def _send(self) -> None:
+        """Rewrite the request onto a kept-alive connection to the replica whose slot it holds."""
+        conn, request = self.conn, self.request
+        if conn.closing:  # the client left while its request waited
+            self._end(CLIENT_GONE)
+            return
+        door = conn.door
+        key = self.x.url
+        self._close_after = not request.keep_alive or door.draining
         self._mark = CLOSE if self._close_after else KEEP_ALIVE if request.http10 else None
-        self.sent_at = time.monotonic()
+        door.deadlines.add(self)
         out = [request.method, b" ", request.url, b" HTTP/1.1\r\nhost: ", host_header(key), b"\r\n"]
         for name, value in request.headers:
             if name not in HOP_HEADERS:
                 out += [name, b": ", value, b"\r\n"]
         out += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
         data = b"".join(out) + request.body
-        upstream = conn.door.upstreams.take(key)
+        upstream = door.upstreams.take(key)
         if upstream is not None:
-            self._attach(upstream)
-            upstream.send(self, data, head=request.head)
+            self._attach(upstream, data)
         else:
-            conn.spawn(self._connect_and_send(x, key, data, request.head))
+            conn.door.spawn(self._connect_and_send(key, data))
 
-    async def _connect_and_send(self, x: Exchange, key: str, data: bytes, head: bool) -> None:
+    async def _connect_and_send(self, key: str, data: bytes) -> None:
         try:
             upstream = await self.conn.door.upstreams.connect(key)
         except OSError as exc:
-            if self.x is x:
+            if not self.ended:
                 self.upstream_failed(None, f"cannot connect: {exc}", sent=False)
             return
-        if self.x is not x or self.conn.closing:  # timed out, or the client left, meanwhile
+        if self.ended:  # timed out, or the client left, meanwhile
             upstream.close()
             return
-        self._attach(upstream)
-        upstream.send(self, data, head=head)
+        self._attach(upstream, data)
 
-    def _attach(self, upstream: Upstream) -> None:
+    def _attach(self, upstream: Upstream, data: bytes) -> None:
         self.upstream = upstream
-        if self.conn.write_paused:  # the client is not reading: neither do we, from the replica
-            upstream.pause()
+        self.conn.flow.follow(upstream.flow)  # read from it only while the client takes
+        upstream.send(self, data, head=self.request.head)
 
-    def overdue(self, now: float, timeout_s: float) -> bool:
-        """Whether a replica has held the request longer than ``timeout_s``."""
-        return self.x is not None and now - self.sent_at > timeout_s
-
-    def pause(self) -> None:
-        """The client is not taking the answer: stop reading it from the replica."""
-        if self.upstream is not None:
-            self.upstream.pause()
-
-    def resume(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume()
-
-    def client_gone(self) -> None:
-        """The client left: a request a replica has gets no answer (it is recorded as 499)."""
-        x, upstream = self.x, self.upstream
-        self.x = self.upstream = self.request = None
-        self._out.clear()
-        if x is not None:
-            if upstream is not None:
-                upstream.abandon()
-            x.finish(CLIENT_GONE)
+    def _detach(self) -> Upstream | None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            self.conn.flow.follow(None)
+        return upstream
 
     # ------------------------------------------------------------------ the replica's side
-    def relay(self, data: bytes) -> None:
-        """The replica's bytes, passed on; small answers in one write, big ones as they come."""
-        self._out.append(data)
-        self._out_size += len(data)
+    def received(self, data: bytes) -> None:
+        """The replica's bytes as they come: gathered, and written once the answer is whole
+        or past RELAY_FLUSH_BYTES (so a big answer goes on as it comes)."""
+        out = self._out + data if self._out else data  # the first piece: no copy
         if self._mark is not None:
-            self._insert_mark(self._mark)
-        if self._out_size >= RELAY_FLUSH_BYTES:
+            out = self._insert_mark(out)
+        if len(out) >= RELAY_FLUSH_BYTES:
+            self._out = out
             self._flush()
+        else:
+            self._out = out
 
-    def _insert_mark(self, mark: bytes) -> None:
-        """Put ``mark`` (a "connection" header line) into the answer's head, after its status
-        line, once the head is whole; keep-alive is left out of an answer that says close (the
+    def _insert_mark(self, data: bytes) -> bytes:
+        """Put the "connection" header line into the answer's head, after its status line,
+        once the head is whole; keep-alive is left out of an answer that says close (the
         connection ends after it all the same)."""
-        data = b"".join(self._out)
         end = data.find(b"\r\n\r\n")
         if end < 0:
-            return  # the head is not whole yet
-        self._mark = None
-        if mark is KEEP_ALIVE and says_close(data[:end]):
-            return
-        line = data.find(b"\r\n")
-        self._out[:] = [data[: line + 2], mark, data[line + 2 :]]
-        self._out_size = len(data) + len(mark)
+            return data  # the head is not whole yet
+        mark, self._mark = self._mark, None
+        if mark is None or (mark is KEEP_ALIVE and says_close(data[:end])):
+            return data
+        line = data.find(b"\r\n") + 2
+        return b"".join((data[:line], mark, data[line:]))
 
     def _flush(self) -> None:
+        out, self._out = self._out, b""
         transport = self.conn.transport
-        if self._out and transport is not None and not self.conn.closing:
-            transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+        if out and transport is not None and not self.conn.closing:
+            transport.write(out)
             self._relayed = True
-        self._out.clear()
-        self._out_size = 0
-
-    def _discard(self) -> None:
-        """Drop the part of a broken answer that has not gone out (the client gets an error)."""
-        self._out.clear()
-        self._out_size = 0
 
     def upstream_done(self, upstream: Upstream, status: int) -> None:
-        self._flush()
-        self.conn.door.upstreams.give(upstream)
-        x, self.x, self.upstream = self.x, None, None
-        if x is not None:
-            x.finish(status)
-        if upstream.said_close or self._close_after:  # the client saw the answer end it
-            self.conn.close()
-            return
-        self.conn.next_request()
+        """The whole answer came."""
+        self._done = True
+        self._end(status)
 
     def upstream_failed(self, upstream: Upstream | None, reason: str, *, sent: bool) -> None:
-        x, request = self.x, self.request
-        if x is None or request is None:
+        """The replica connection broke (``sent``: the request may have reached the replica)."""
+        if self.ended:
             return
-        self.x, self.upstream = None, None
-        if upstream is not None:
-            upstream.abandon()
+        x = self.x
         if self._relayed:  # part of the answer went out: all the client can be told is this
             x.broke(reason)
-            self._flush()
-            x.finish(502)
-            self.conn.close()
+            self._end(502)
             return
-        self._discard()  # what arrived of it (a head without its body) never reaches the client
-        if not sent:  # it never reached the replica: wait for a slot again
-            try:
-                x.unreachable(reason)
-            except ActivatorError as exc:
-                self.conn.refuse(x, exc, request)
-                return
-            self.conn.spawn(self.conn.wait_for_slot(x, request))
+        if sent:
+            error = x.broke(reason)
+            self._end(error.status_code, error)
             return
-        self.conn.refuse(x, x.broke(reason), request)
+        # it never reached the replica: its slot goes back, and it waits for another
+        dropped = self._detach()
+        if dropped is not None:
+            dropped.abandon()
+        self.conn.door.deadlines.discard(self)
+        self._out = b""  # what arrived of an answer (a head without its body) is dropped
+        try:
+            x.unreachable(reason)
+        except ActivatorError as exc:  # its tries are spent
+            self._end(exc.status_code, exc)
+            return
+        self._wait()
 
     def timed_out(self, timeout_s: float) -> None:
-        """The replica has held the request past ``timeout_s``: 504, or a cut answer."""
-        x, request, upstream = self.x, self.request, self.upstream
-        if x is None or request is None:
+        """A replica has held the request past ``timeout_s``: 504, or a cut answer (what the
+        client was not taking is dropped too)."""
+        if self.ended:
             return
-        self.x, self.upstream = None, None
-        if upstream is not None:
-            upstream.abandon()
-        if self._relayed:  # the answer is cut: what the client was not taking is dropped too
-            self._flush()
-            x.finish(504)
-            self.conn.abort()
+        if self._relayed:
+            self._end(504, abort=True)
             return
-        self._discard()
+        x = self.x
         error = DeadlineExceeded(
             f"model '{x.pool.name}': replica {x.replica_id} did not answer within {timeout_s:g}s"
         )
-        self.conn.refuse(x, error, request)
+        self._end(504, error)
+
+    def client_gone(self) -> None:
+        """The client left: nobody to answer (recorded as 499). While it waits in the queue,
+        the wait itself ends it (its place given up)."""
+        if not self.waiting:
+            self._end(CLIENT_GONE)
+
+    # ------------------------------------------------------------------ the one way out
+    def _end(
+        self,
+        status: int,
+        error: ActivatorError | None = None,
+        *,
+        admitted: bool = True,
+        abort: bool = False,
+    ) -> None:
+        """End the exchange, once: its deadline cleared; its replica connection kept (the whole
+        answer came) or dropped; its slot given back and the request recorded (``admitted``:
+        it reached the queue or a replica), or counted as a refusal; then the client told: the
+        answer written (``error``'s, when none of the replica's went out) and the next request
+        taken, or the connection closed (``abort``: without waiting for what it has not taken).
+        """
+        if self.ended:
+            return
+        self.ended = True
+        conn, x = self.conn, self.x
+        conn.door.deadlines.discard(self)
+        upstream = self._detach()
+        if upstream is not None:
+            if self._done:
+                conn.door.upstreams.give(upstream)
+            else:
+                upstream.abandon()
+        if admitted:
+            x.finish(status)
+        elif error is not None:
+            x.refuse(error)
+        if conn.closing:  # the client is gone: nobody to tell
+            self._out = b""
+            return
+        if error is not None and not self._relayed:  # the error is the answer
+            self._out = b""
+            conn.respond(self.request, error_response(error))
+            return
+        self._flush()
+        if self._done and not (self._close_after or (upstream is not None and upstream.said_close)):
+            conn.next_request()
+        elif abort:
+            conn.abort()
+        else:
+            conn.close()

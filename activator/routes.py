@@ -1,7 +1,10 @@
 """The activator's one route table: every path it answers, who may call it, and what answers it.
 
-Both the front door (which relays model requests byte for byte) and the ASGI app (which answers
-the rest) resolve a request here, so they can never disagree about what a path means.
+The front door works out what a request's path means once (:func:`target`, kept per path): its
+guard, and whether it is a model's route, relayed byte for byte to a replica; the activator's
+own answers (:meth:`activator.app.Activator.answer`) take that :class:`Target` and look the
+method up in the same table (:meth:`Target.resolve`), so the two can never disagree about what a
+path means.
 
 =============================================================  ======  =====  ===================
 path                                                           method  guard  answered by
@@ -28,6 +31,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from urllib.parse import unquote
+
+import httptools
 
 from activator.errors import MethodNotAllowed, NotFound
 
@@ -118,31 +124,66 @@ def model_route(parts: list[str]) -> tuple[str, str, str] | None:
     return parts[2], version, action
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Target:
+    """What a request's path means, whatever its method: its text (unquoted) and segments, who
+    may call it, and a model route's match (None for any other path)."""
+
+    path: str
+    parts: list[str]
+    guard: Guard
+    model: Match | None
+
+    def resolve(self, method: str) -> Match:
+        """What answers ``method`` on this path (see :func:`resolve`)."""
+        return _resolve(method, self.path, self.parts, self.model)
+
+
+def target(raw_path: bytes) -> Target:
+    """The :class:`Target` of a request's raw path (its query, if any, is not looked at)."""
+    try:
+        raw = httptools.parse_url(raw_path).path or b"/"  # an absolute URL may have none
+    except httptools.HttpParserInvalidURLError:
+        raw = raw_path  # no route has it: 404, in the OIP shape
+    path = unquote(raw.decode("latin-1"))
+    parts = split(path)
+    return Target(path, parts, guard(parts), _model_match(parts))
+
+
 def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
     """What answers ``method path``; NotFound or MethodNotAllowed (by the table) if nothing."""
     if parts is None:
         parts = split(path)
+    return _resolve(method, path, parts, _model_match(parts))
+
+
+def _model_match(parts: list[str]) -> Match | None:
     found = model_route(parts)
-    if found is not None:
-        model, version, action = found
-        if action != "stats":
-            return Match(Endpoint.MODEL, model, action, version)
-        if method != "GET":
+    if found is None:
+        return None
+    model, version, action = found
+    endpoint = Endpoint.MODEL_STATS if action == "stats" else Endpoint.MODEL
+    return Match(endpoint, model, action, version)
+
+
+def _resolve(method: str, path: str, parts: list[str], model: Match | None) -> Match:
+    if model is not None:
+        if model.endpoint is Endpoint.MODEL_STATS and method != "GET":
             raise MethodNotAllowed(f"method {method} not allowed here (use GET)")
-        return Match(Endpoint.MODEL_STATS, model, action, version)
+        return model
     allowed = []
     for route in ROUTES:
         if len(route.pattern) != len(parts):
             continue
-        model = ""
+        name = ""
         for want, got in zip(route.pattern, parts, strict=True):
             if want == "{model}":
-                model = got
+                name = got
             elif want != got:
                 break
         else:
             if route.method == method:
-                return Match(route.endpoint, model)
+                return Match(route.endpoint, name)
             allowed.append(route.method)
     if allowed:
         raise MethodNotAllowed(f"method {method} not allowed here (use {' or '.join(allowed)})")

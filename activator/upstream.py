@@ -1,8 +1,10 @@
 """Kept-alive connections to replicas, one request at a time each, their bytes handed on raw.
 
 An :class:`Upstream` feeds what the replica sends to the :class:`Downstream` that asked (the
-front door's client connection), parsing only enough (httptools) to know where the answer ends,
-its status, and whether the connection may carry another request.
+request's :class:`~activator.relay.Relay`) as it comes, parsing only enough (httptools) to know
+where the answer ends, its status, and whether the connection may carry another request. Its
+reading is paused and resumed through its :class:`~activator.flow.FlowControl` (by its client's,
+while that client takes nothing of the answer).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from activator.flow import FlowControl
 
 # A replica (uvicorn) closes a connection idle for 5 s; reusing one that old could race its close
 # and fail a request that never reached it, so older ones are dropped instead.
@@ -27,8 +31,8 @@ def host_header(key: str) -> bytes:
 
 
 class Downstream(Protocol):
-    def relay(self, data: bytes) -> None:
-        """Bytes of the replica's answer, as they arrive."""
+    def received(self, data: bytes) -> None:
+        """Bytes of the replica's answer (its head, then its body), as they arrive."""
 
     def upstream_done(self, conn: Upstream, status: int) -> None:
         """The answer is complete."""
@@ -51,11 +55,12 @@ class Upstream(asyncio.Protocol):
         self.reusable = True  # it may carry another request
         self.said_close = False  # the answer said "connection: close": the client's must end
         self.head = False  # the request in flight is a HEAD: its answer has no body
-        self.paused = False  # not reading: the client is not taking the answer
+        self.flow = FlowControl()  # not reading while the client is not taking the answer
         self.idle_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.flow.transport = self.transport
 
     def send(self, front: Downstream, data: bytes, *, head: bool = False) -> None:
         assert self.transport is not None
@@ -65,22 +70,12 @@ class Upstream(asyncio.Protocol):
         self.head = head
         self.transport.write(data)
 
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None and not self.closed:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.closed:
-            self.paused = False
-            self.transport.resume_reading()
-
     def data_received(self, data: bytes) -> None:
         front = self.front
         if front is None:  # bytes nobody asked for: this connection is out of step
             self.close()
             return
-        front.relay(data)
+        front.received(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -159,7 +154,7 @@ class UpstreamPool:
         if conn.closed or not conn.reusable:
             conn.close()
             return
-        conn.resume()  # its answer may have ended in the bytes read before a pause
+        conn.flow.read(True)  # its answer may have ended in the bytes read before a pause
         conn.idle_since = time.monotonic()
         self.idle.setdefault(conn.key, []).append(conn)
 

@@ -8,13 +8,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from activator.app import Activator
-from activator.errors import ReplicaStartFailed, StartFailure
+from activator.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ReplicaStartFailed,
+    StartFailure,
+)
+from activator.http import Request, Response
+from activator.routes import target
 from activator.scalers.base import ReplicaHandle
 from contracts.stack import ActivatorSettings, StackConfig
 from tests.fixtures.frontdoor import BODY, METADATA, Replica, Scaler, serving, spec_of, until
@@ -316,3 +325,27 @@ async def test_the_activators_repository_answers_are_the_predictors(tmp_path: Pa
         assert loaded.json() == {"name": "m", "loaded": True}
         unloaded = await h.client.post("/v2/repository/models/m/unload")
         assert unloaded.json() == {"name": "m", "unloaded": True}
+
+
+async def test_the_activator_answers_a_parsed_request_directly(tmp_path: Path) -> None:
+    """No server, no ASGI: the request as the front door parses it in, the answer out (and its
+    errors raised, for the front door to render)."""
+    settings = ActivatorSettings(events=None)
+    stack = StackConfig(path=tmp_path / "ember.yaml", settings=settings, models={"m": spec_of()})
+    activator = Activator(stack, Scaler([]))
+
+    async def answer(method: bytes, url: bytes, body: bytes = b"") -> Response:
+        request = Request(method, url, [], body, True, False, time.time())
+        return await activator.answer(request, target(request.url))
+
+    live = await answer(b"GET", b"/v2/health/live")
+    assert (live.status, json.loads(live.body)) == (200, {"live": True})
+    assert (b"content-type", b"application/json") in live.headers
+    ready = await answer(b"GET", b"/v2/models/m/ready")  # at zero: the activator's to say
+    assert json.loads(ready.body) == {"name": "m", "ready": True}
+    with pytest.raises(MethodNotAllowed, match="use POST"):
+        await answer(b"PUT", b"/v2/repository/index")
+    with pytest.raises(BadRequest, match="'ready'"):
+        await answer(b"POST", b"/v2/repository/index?ready=true")
+    with pytest.raises(PayloadTooLarge):
+        await answer(b"POST", b"/admin/models/m/warm", b"x" * ((1 << 20) + 1))

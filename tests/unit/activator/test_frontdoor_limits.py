@@ -94,7 +94,7 @@ async def test_bodies_are_let_go_with_their_connection(tmp_path: Path, no_gc: No
         await until(lambda: not h.door.connections, "the connection to be gone")
         assert h.door.buffered == 0
         assert not conn.pending and conn._body == [] and conn._current is None
-        assert conn.relay.request is None
+        assert conn.exchange is None
 
 
 async def test_past_the_buffered_bytes_budget_a_request_is_refused_with_503(
@@ -137,7 +137,7 @@ async def test_a_connection_reads_only_so_far_ahead_of_its_answers(
                 raw.writer.write(request("POST", "/v2/models/m/infer", body))
             await until(lambda: len(hanging.received) == 1, "the first request to be relayed")
             conn = the_connection(h)
-            await until(lambda: not conn._reading, "reading to pause")
+            await until(lambda: not conn.flow.reading, "reading to pause")
             # read ahead past 64 KiB, plus what the read that crossed it brought: the rest waits
             assert len(conn.pending) <= 3
             assert h.door.buffered < 600_000
@@ -154,9 +154,10 @@ async def test_a_client_that_does_not_take_its_answer_pauses_its_replica(
             raw.writer.write(request("GET", "/v2/models/m"))
             await raw.reader.readexactly(1)  # the answer started; now the client reads nothing
             conn = the_connection(h)
-            await until(lambda: conn.write_paused, "the client's side to fill up")
-            upstream = conn.relay.upstream
-            assert upstream is not None and upstream.paused
+            await until(lambda: conn.flow.write_paused, "the client's side to fill up")
+            assert conn.exchange is not None
+            upstream = conn.exchange.upstream
+            assert upstream is not None and not upstream.flow.reading
             assert conn.transport is not None
             buffered = conn.transport.get_write_buffer_size()
             assert buffered < BIG // 4  # the rest waits in the replica, not in the activator

@@ -1,11 +1,21 @@
-"""The route table: what each path means, for the front door and the ASGI app alike."""
+"""The route table: what each path means, for the relay and the activator's own answers alike."""
 
 from __future__ import annotations
 
 import pytest
 
 from activator.errors import MethodNotAllowed, NotFound
-from activator.routes import ROUTES, Endpoint, Guard, Match, guard, model_route, resolve, split
+from activator.routes import (
+    ROUTES,
+    Endpoint,
+    Guard,
+    Match,
+    guard,
+    model_route,
+    resolve,
+    split,
+    target,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +90,21 @@ def test_model_route_parses_versions_and_actions() -> None:
     assert model_route(["v2", "models", "m", "ready"]) == ("m", "", "ready")
     assert model_route(["v2", "models", "m", "versions"]) is None
     assert model_route(["v2", "models", ""]) is None
+
+
+def test_a_target_is_what_a_path_means_whatever_its_method() -> None:
+    infer = target(b"/v2/models/m/versions/2/infer")
+    assert infer.guard is Guard.API and infer.model == Match(Endpoint.MODEL, "m", "infer", "2")
+    assert infer.resolve("POST") == infer.resolve("GET") == infer.model
+    stats = target(b"/v2/models/m/stats")
+    assert stats.resolve("GET") == Match(Endpoint.MODEL_STATS, "m", "stats")
+    with pytest.raises(MethodNotAllowed, match="use GET"):
+        stats.resolve("POST")
+    warm = target(b"/admin/models/m/warm")
+    assert warm.guard is Guard.ADMIN and warm.model is None
+    assert warm.resolve("POST") == Match(Endpoint.ADMIN_WARM, "m")
+    assert target(b"/v2/health/%6Cive").resolve("GET") == Match(Endpoint.LIVE)  # unquoted
+    # an absolute URL's path; one with none is "/", no route
+    assert target(b"http://host/v2/health/live").guard is Guard.OPEN
+    with pytest.raises(NotFound, match=r"no route for GET /$"):
+        target(b"http://host").resolve("GET")
