@@ -12,7 +12,6 @@ process and reading its pipes: :mod:`activator.scalers.process`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -26,9 +25,9 @@ from activator.errors import ReplicaStartFailed, StartFailure
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.scalers.process import Process, last_line, reap, spawn, until
+from activator.scalers.warm_pool import WarmPool
 from contracts.logs import LogLevel
-from contracts.proc import rss_bytes
-from contracts.replica import ContractViolation, Failed, Standby
+from contracts.replica import ContractViolation, Failed
 from contracts.serve_order import ServeOrder, encode_order, serve_argv
 from contracts.stack import ModelSpec
 
@@ -71,105 +70,34 @@ class LocalScaler:
         # activator's (or ``env``) without them
         self.withhold_env = frozenset(withhold_env)
         self.listen_timeout_s = listen_timeout_s
-        self.warm_pool = warm_pool
         # replicas log JSON records at the activator's level, re-logged at their own levels
         # (at DEBUG, without forward_logs): activator.scalers.process
         self.log_level = log_level
         self.forward_logs = forward_logs
         self._procs: dict[int, Process] = {}
-        self._standby: collections.deque[Process] = collections.deque()
-        self._filling: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self.standby = WarmPool(
+            self.command,
+            warm_pool,
+            self._child_env,
+            listen_timeout_s=listen_timeout_s,
+            forward=forward_logs,
+        )
         self.replica_client = replica_client or ReplicaClient()
 
     # ------------------------------------------------------------------ the warm pool
     def fill_pool(self) -> None:
         """Start standby processes until the pool holds ``warm_pool`` (in the background)."""
-        if self._closed:
-            return
-        while len(self._standby) + len(self._filling) < self.warm_pool:
-            task = asyncio.create_task(self._spawn_standby())
-            self._filling.add(task)
-            task.add_done_callback(self._filling.discard)
+        self.standby.fill()
+
+    def pool_status(self) -> tuple[int, int]:
+        """(standby processes ready now, their resident memory in bytes)."""
+        return self.standby.status()
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
         for name in self.withhold_env:
             env.pop(name, None)
         return env
-
-    async def _spawn_standby(self) -> None:
-        try:
-            state = await spawn(
-                self.command,
-                ["--standby"],
-                env=self._child_env(),
-                standby=True,
-                label="standby",
-                forward=self.forward_logs,
-            )
-        except ReplicaStartFailed as exc:  # out of descriptors, say: refilled at the next start
-            log.warning("a warm-pool process could not be started: %s", exc)
-            return
-        try:
-            state.report = await self._standby_report(state)
-        except (Exception, asyncio.CancelledError) as exc:
-            await reap(state)
-            if not isinstance(exc, asyncio.CancelledError):
-                log.warning("a warm-pool process failed to start: %s", exc)
-                return
-            raise
-        if self._closed:
-            await reap(state)
-            return
-        log.info(
-            "warm pool: process %d ready (preload %.2fs, %.0f MB)",
-            state.proc.pid,
-            state.report.preload_s,
-            rss_bytes(state.proc.pid) / 1e6,
-        )
-        self._standby.append(state)
-        state.readers.append(asyncio.create_task(self._watch_standby(state)))
-
-    async def _standby_report(self, state: Process) -> Standby:
-        def broke(violation: ContractViolation) -> BaseException:
-            return violation
-
-        return await until(
-            state,
-            lambda: state.status.standby,
-            time.monotonic() + self.listen_timeout_s,
-            broke=broke,
-            gone=lambda how: RuntimeError(f"it {how}{last_line(state.tail)}"),
-            late=lambda: RuntimeError(f"no standby report within {self.listen_timeout_s:g}s"),
-        )
-
-    async def _watch_standby(self, state: Process) -> None:
-        """A standby that dies while waiting (killed, out of memory) is replaced."""
-        await state.proc.wait()
-        if state in self._standby:
-            self._standby.remove(state)
-            log.warning(
-                "warm pool: process %d exited with %s while waiting%s",
-                state.proc.pid,
-                state.proc.returncode,
-                last_line(state.tail),
-            )
-            self.fill_pool()
-
-    def _take_standby(self) -> Process | None:
-        while self._standby:
-            state = self._standby.popleft()
-            if state.proc.returncode is None:
-                return state
-            for task in state.readers:
-                task.cancel()
-        return None
-
-    def pool_status(self) -> tuple[int, int]:
-        """(standby processes ready now, their resident memory in bytes)."""
-        ready = [s for s in self._standby if s.proc.returncode is None]
-        return len(ready), sum(rss_bytes(s.proc.pid) for s in ready)
 
     def order(self, spec: ModelSpec) -> ServeOrder:
         """What a replica of ``spec`` is told to serve, whether it starts fresh or warm."""
@@ -189,7 +117,7 @@ class LocalScaler:
     async def start(self, spec: ModelSpec) -> ReplicaHandle:
         order = self.order(spec)
         started = time.perf_counter()
-        state = self._take_standby()
+        state = self.standby.take()
         if state is not None:
             handle = await self._start_warm(state, spec, order, started)
             if handle is not None:
@@ -376,12 +304,7 @@ class LocalScaler:
             await reap(state)
 
     async def aclose(self) -> None:
-        self._closed = True
-        for task in list(self._filling):
-            task.cancel()
-        await asyncio.gather(*self._filling, return_exceptions=True)
-        while self._standby:
-            await reap(self._standby.popleft())
+        await self.standby.aclose()
         for state in list(self._procs.values()):
             if state.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -296,7 +296,7 @@ async def test_a_standby_that_died_unreaped_is_passed_over_for_a_fresh_process(
 ) -> None:
     scaler = await with_a_standby()
     try:
-        (standby,) = scaler._standby
+        (standby,) = scaler.standby._ready
         os.kill(standby.proc.pid, signal.SIGKILL)
         wait_until_dead(standby.proc.pid)  # blocking: the event loop must not see the exit
         assert standby.proc.returncode is None
@@ -312,7 +312,7 @@ async def test_a_standby_killed_as_it_takes_its_model_is_replaced_by_a_fresh_pro
 ) -> None:
     scaler = await with_a_standby()
     try:
-        (standby,) = scaler._standby
+        (standby,) = scaler.standby._ready
         steps = [{"standby_dies": int(signal.SIGKILL)}, LISTENING, READY]
         handle = await scaler.start(spec(tmp_path, steps))  # the arguments reach it; it dies
         assert not handle.warm and handle.pid != standby.proc.pid
