@@ -130,3 +130,17 @@ def test_the_checker_sees_broken_links(tmp_path: Path) -> None:
         "there.md#nope",
         "#nope",
     ]
+
+
+PACKAGES = ("contracts", "weight_cache", "runtime", "activator", "analysis", "knative", "ember")
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.stem not in ("__init__", "__main__") and f"`{path.stem}" not in page
+    ]
+    assert not unnamed, f"docs/architecture.md does not name: {', '.join(unnamed)}"
