@@ -20,14 +20,15 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from activator.errors import ActivatorError, BadRequest, ReplicaFailed
 from activator.events import EventLog
-from activator.members import AnyPool
 from activator.metrics import ActivatorMetrics
-from activator.pool import Ticket
+from activator.pool import Replica, Ticket
 from activator.routes import Target
+from activator.states import PoolState
+from contracts.stack import ModelSpec
 from contracts.stats import ModelStats
 
 log = logging.getLogger("ember.activator")
@@ -38,12 +39,43 @@ CLIENT_GONE = 499
 ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "ready", "config": "config"}
 
 
+class Pool(Protocol):
+    """What the data path asks of a model's pool: a model's own
+    (:class:`~activator.pool.ModelPool`) or a group member's face of its group's
+    (:class:`~activator.members.MemberPool`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def state(self) -> PoolState: ...
+
+    def try_acquire(self) -> Ticket | None:
+        """A slot on a ready replica now, or None."""
+        ...
+
+    async def acquire(self, deadline_s: float | None = None) -> Ticket:
+        """A slot, waiting in the model's queue (its deadline) for one."""
+        ...
+
+    def release(self, ticket: Ticket, *, answered: bool = True) -> None:
+        """The slot back; ``answered``: the replica answered (2xx-3xx)."""
+        ...
+
+    def suspect(self, replica: Replica) -> None:
+        """``replica`` failed a request: check it (no new requests meanwhile)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """What a model request is for: its model's pool, the endpoint (a value of ENDPOINTS) and
     the version its path names ("" for none); all the event log records of its target."""
 
-    pool: AnyPool
+    pool: Pool
     endpoint: str
     version: str
 
