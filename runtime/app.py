@@ -81,7 +81,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
             await repository.drain(settings.grace_period_s)
-            await repository.close()
+            await repository.aclose()
             await sources.aclose()
 
     app = FastAPI(

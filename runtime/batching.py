@@ -368,7 +368,7 @@ class Scheduler:
         """Admit requests again (the model is awake)."""
         self._paused = False
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Answer every request not yet running (gathered or queued) with a retryable 503 at
         once, wait for the running batches, and stop."""
         if self._loop_task is not None:

@@ -76,7 +76,7 @@ class ModelEntry:
 async def discard(handler: ModelHandler | None, scheduler: Scheduler | None) -> None:
     """Close a model's scheduler, then unload its handler (a failure to unload is logged)."""
     if scheduler is not None:
-        await scheduler.close()
+        await scheduler.aclose()
     if handler is not None:
         try:
             await asyncio.to_thread(handler.unload)

@@ -364,6 +364,6 @@ class ModelRepository:
             *(e.scheduler.drain(timeout_s) for e in self._entries.values() if e.scheduler)
         )
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         for name in list(self._entries):
             await self.unload(name)

@@ -84,7 +84,7 @@ async def test_requests_arriving_together_share_a_batch_and_get_their_own_rows()
     for i, out in enumerate(results):
         assert out["y"].array.tolist() == [[2.0 * i] * 2] * 2
     assert handler.batches == [10]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_batches_never_exceed_max_batch_size() -> None:
@@ -92,7 +92,7 @@ async def test_batches_never_exceed_max_batch_size() -> None:
     scheduler = await started(config(max_batch_size=4, max_queue_delay_ms=20), handler)
     await asyncio.gather(*(scheduler.submit(request(1, items=3)) for _ in range(4)))
     assert max(handler.batches) <= 4 and sum(handler.batches) == 12
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_preferred_size_is_sent_without_waiting_out_the_delay() -> None:
@@ -104,7 +104,7 @@ async def test_preferred_size_is_sent_without_waiting_out_the_delay() -> None:
     await asyncio.gather(scheduler.submit(request(1)), scheduler.submit(request(2)))
     assert time.monotonic() - begin < 2.0
     assert handler.batches == [2]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
@@ -113,7 +113,7 @@ async def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
     begin = time.monotonic()
     await scheduler.submit(request(1))
     assert 0.025 <= time.monotonic() - begin < 2.0
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_full_queue_answers_overloaded_and_loses_nothing_else() -> None:
@@ -130,7 +130,7 @@ async def test_full_queue_answers_overloaded_and_loses_nothing_else() -> None:
     handler.gate.set()
     outs = await asyncio.gather(first, *queued)
     assert [o["y"].array[0, 0] for o in outs] == [2.0, 4.0, 6.0]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_one_bad_request_does_not_fail_its_batch_mates() -> None:
@@ -145,7 +145,7 @@ async def test_one_bad_request_does_not_fail_its_batch_mates() -> None:
     assert results[0]["y"].array[0, 0] == 2.0  # type: ignore[index]
     assert isinstance(results[1], InvalidInput)
     assert results[2]["y"].array[0, 0] == 6.0  # type: ignore[index]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_model_crash_is_a_500_for_that_batch_only() -> None:
@@ -154,7 +154,7 @@ async def test_model_crash_is_a_500_for_that_batch_only() -> None:
     with pytest.raises(InferenceFailed, match="model exploded"):
         await scheduler.submit(request(1e7))
     assert (await scheduler.submit(request(1)))["y"].array[0, 0] == 2.0
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_a_model_crash_is_logged_once_at_error_with_its_traceback_and_request_ids(
@@ -186,7 +186,7 @@ async def test_a_model_crash_is_logged_once_at_error_with_its_traceback_and_requ
     text = caplog.text
     assert "RuntimeError: model exploded" in text  # the model's own exception, chained
     assert "in predict" in text  # and where it was raised
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_a_callers_mistake_is_logged_at_debug_only(
@@ -198,7 +198,7 @@ async def test_a_callers_mistake_is_logged_at_debug_only(
         await scheduler.submit(request(-1), request_id="bad")
     levels = {r.levelname for r in caplog.records if "bad" in r.getMessage()}
     assert levels == {"DEBUG"}
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_a_crash_while_the_culprit_of_a_bad_batch_is_sought_fails_that_request_only() -> None:
@@ -215,7 +215,7 @@ async def test_a_crash_while_the_culprit_of_a_bad_batch_is_sought_fails_that_req
     assert isinstance(bad, InvalidInput)  # the batch's 400: each is run alone
     assert isinstance(crashed, InferenceFailed) and "model exploded" in crashed.message
     assert good["y"].array[0, 0] == 6.0  # type: ignore[index]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_shapes_that_differ_go_to_different_batches() -> None:
@@ -225,7 +225,7 @@ async def test_shapes_that_differ_go_to_different_batches() -> None:
     a, b = await asyncio.gather(scheduler.submit(request(1)), scheduler.submit(odd))
     assert a["y"].array.shape == (1, 2) and b["y"].array.shape == (1, 3)
     assert sorted(handler.batches) == [1, 1]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_drain_waits_for_running_work_and_close_fails_the_rest() -> None:
@@ -237,7 +237,7 @@ async def test_drain_waits_for_running_work_and_close_fails_the_rest() -> None:
     threading.Timer(0.1, handler.gate.set).start()  # the work ends while drain() waits for it
     await scheduler.drain(5)
     assert running.done() and (await running)["y"].array[0, 0] == 2.0
-    await scheduler.close()
+    await scheduler.aclose()
     with pytest.raises(Unloaded):
         await scheduler.submit(request(1))
 
@@ -260,14 +260,14 @@ async def test_a_request_waiting_out_its_delay_is_running_work_for_drain() -> No
     assert (await first)["y"].array[0, 0] == 2.0
     assert [(await r)["y"].array[0, 0] for r in rest] == [4.0, 6.0, 8.0]
     assert handler.batches == [4]
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_close_answers_a_request_waiting_out_its_delay_at_once() -> None:
     handler = Doubler()
     scheduler = await started(config(max_batch_size=4, max_queue_delay_ms=60_000), handler)
     waiting = await _gathering(scheduler)
-    await asyncio.wait_for(scheduler.close(), 5)  # does not wait out the 60 s
+    await asyncio.wait_for(scheduler.aclose(), 5)  # does not wait out the 60 s
     with pytest.raises(Unloaded, match="unloaded") as caught:
         await asyncio.wait_for(waiting, 1)
     assert caught.value.status_code == 503 and caught.value.headers["Retry-After"]
@@ -288,7 +288,7 @@ async def test_a_pause_runs_what_was_admitted_then_admits_nothing_until_resumed(
     assert handler.batches == [1] and scheduler.idle
     scheduler.resume()
     assert (await scheduler.submit(request(2)))["y"].array[0, 0] == 4.0
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_a_pause_that_times_out_leaves_the_scheduler_admitting() -> None:
@@ -301,7 +301,7 @@ async def test_a_pause_that_times_out_leaves_the_scheduler_admitting() -> None:
     handler.gate.set()
     assert (await running)["y"].array[0, 0] == 2.0
     assert (await scheduler.submit(request(3)))["y"].array[0, 0] == 6.0
-    await scheduler.close()
+    await scheduler.aclose()
 
 
 async def test_a_forward_pass_whose_caller_left_still_counts_as_running() -> None:
@@ -317,4 +317,4 @@ async def test_a_forward_pass_whose_caller_left_still_counts_as_running() -> Non
     assert not await scheduler.pause(0.05)  # a sleep now would take the weights from under it
     handler.gate.set()
     assert await scheduler.pause(5) and scheduler.idle
-    await scheduler.close()
+    await scheduler.aclose()

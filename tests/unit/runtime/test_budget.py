@@ -174,7 +174,7 @@ async def test_a_request_for_a_sleeper_sleeps_the_awake_one_after_its_batch(
     text = generate_latest(plane.metrics.registry).decode()
     assert f"ember_device_memory_hot_bytes {float(FOOTPRINT)}" in text
     assert f"ember_device_memory_budget_bytes {float(FOOTPRINT * 3 // 2)}" in text
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_concurrent_requests_for_two_models_that_cannot_both_fit_are_all_answered_right(
@@ -190,7 +190,7 @@ async def test_concurrent_requests_for_two_models_that_cannot_both_fit_are_all_a
         np.testing.assert_allclose(got, expected[name], rtol=1e-5)
     hot = [n for n, s in _states(plane).items() if s is ModelState.READY]
     assert len(hot) == 1
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_a_model_larger_than_the_budget_is_unavailable_and_the_other_serves(
@@ -209,7 +209,7 @@ async def test_a_model_larger_than_the_budget_is_unavailable_and_the_other_serve
     )
     assert entry.failure is not None and entry.failure.value == "out_of_memory"
     np.testing.assert_allclose(await _infer(plane, "a"), _expected(1), rtol=1e-5)
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_models_past_the_budget_at_start_sleep_in_config_order(tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ async def test_models_past_the_budget_at_start_sleep_in_config_order(tmp_path: P
         "c": ModelState.SLEEPING,
     }
     assert plane.ready()  # a sleeper still serves
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_the_least_recently_used_awake_model_is_the_one_put_to_sleep(
@@ -239,7 +239,7 @@ async def test_the_least_recently_used_awake_model_is_the_one_put_to_sleep(
     }
     await _infer(plane, "b")  # now a is
     assert _states(plane)["a"] is ModelState.SLEEPING
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 def test_sizes_parse_with_binary_and_decimal_units() -> None:
@@ -270,7 +270,7 @@ async def test_past_the_host_budget_the_least_recently_used_host_sleeper_goes_do
     for name, seed in (("c", 2), ("a", 0), ("b", 1)):
         np.testing.assert_allclose(await _infer(plane, name), _expected(seed), rtol=1e-5)
     assert _reasons(plane) == {"a": "level host", "b": "", "c": "level disk"}
-    await repo.close()
+    await repo.aclose()
     assert _gauge(plane, "ember_host_memory_sleeping_bytes") == 0
 
 
@@ -285,7 +285,7 @@ async def test_the_host_sleeper_being_woken_is_never_the_one_sent_down_for_room(
     np.testing.assert_allclose(got, _expected(1), rtol=1e-5)
     assert _reasons(plane) == {"a": "level host", "b": ""}
     assert not any(line.endswith(" disk") for line in Gated.log)
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_a_model_larger_than_the_whole_host_budget_sleeps_at_disk(tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ async def test_a_model_larger_than_the_whole_host_budget_sleeps_at_disk(tmp_path
     np.testing.assert_allclose(await _infer(plane, "b"), _expected(1), rtol=1e-5)
     assert _reasons(plane) == {"a": "level disk", "b": ""}
     assert _gauge(plane, "ember_host_memory_sleeping_bytes") == 0
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_without_a_host_budget_the_models_put_away_sleep_at_host(tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ async def test_without_a_host_budget_the_models_put_away_sleep_at_host(tmp_path:
     assert _reasons(plane) == {"a": "", "b": "level host", "c": "level host"}
     assert _gauge(plane, "ember_host_memory_sleeping_bytes") == 2 * FOOTPRINT
     assert _gauge(plane, "ember_host_memory_budget_bytes") == 0
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_a_load_on_demand_puts_the_least_recently_used_awake_model_to_sleep_first(
@@ -327,7 +327,7 @@ async def test_a_load_on_demand_puts_the_least_recently_used_awake_model_to_slee
         "c": ModelState.READY,
     }
     assert _gauge(plane, "ember_device_memory_hot_bytes") == 2 * FOOTPRINT
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_sleep_asked_at_host_keeps_the_host_budget_too(tmp_path: Path) -> None:
@@ -340,7 +340,7 @@ async def test_a_sleep_asked_at_host_keeps_the_host_budget_too(tmp_path: Path) -
     await repo.sleep("b", SleepLevel.HOST)
     assert _reasons(plane) == {"a": "level disk", "b": "level host"}  # a went down for b
     assert _gauge(plane, "ember_host_memory_sleeping_bytes") == FOOTPRINT
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_host_to_disk_goes_down_without_waking_and_a_lighter_level_is_no_change(
@@ -356,4 +356,4 @@ async def test_host_to_disk_goes_down_without_waking_and_a_lighter_level_is_no_c
     await repo.sleep("b", SleepLevel.HOST)  # asleep deeper already: it stays
     assert _reasons(plane) == {"a": "", "b": "level disk"} and Gated.log == ["sleep b disk"]
     np.testing.assert_allclose(await _infer(plane, "b"), _expected(1), rtol=1e-5)
-    await repo.close()
+    await repo.aclose()

@@ -50,7 +50,7 @@ async def dataplane(tmp_path: Path) -> AsyncIterator[DataPlane]:
     try:
         yield DataPlane(repo, metrics)
     finally:
-        await repo.close()
+        await repo.aclose()
 
 
 def body(**extra: Any) -> dict[str, Any]:

@@ -179,4 +179,4 @@ async def test_the_data_plane_refuses_before_queueing_and_publishes_the_limits(
         assert stats["inference_count"] == 0 and stats["execution_count"] == 0  # never queued
         assert dataplane.model_metadata("enc", None)["properties"]["max_text_chars"] == "10"
     finally:
-        await repo.close()
+        await repo.aclose()

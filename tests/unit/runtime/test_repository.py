@@ -83,7 +83,7 @@ async def test_the_handler_gets_the_streamed_tensors_and_only_it_holds_them(
     recorder.given.clear()  # what the handler held: the repository holds nothing of them
     gc.collect()
     assert watch() is None and entry.state is ModelState.READY
-    await repo.close()
+    await repo.aclose()
     assert sources.released == 1
 
 
@@ -92,7 +92,7 @@ async def test_a_model_without_a_stream_loads_with_none(recorder: type[Recorder]
     repo = ModelRepository([config], RuntimeMetrics(), Sources(None))  # type: ignore[arg-type]
     await repo.load("m")
     assert recorder.given == [None]
-    await repo.close()
+    await repo.aclose()
 
 
 def test_streamed_tensors_are_taken_once() -> None:

@@ -77,7 +77,7 @@ async def test_the_first_request_loads_the_model_and_the_load_is_queue_time(
     assert [(e.model, e.state) for e in events[2:]] == [("m", "LOADING"), ("m", "READY")]
     assert await _infer(plane) == [2.5, 3.5]  # loaded once
     assert Sleeper.made["m"].calls == ["predict", "predict"]
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_repository_load_loads_it(plane: DataPlane) -> None:
@@ -85,7 +85,7 @@ async def test_a_repository_load_loads_it(plane: DataPlane) -> None:
     await repo.load("other")
     assert repo.entry("other").state is ModelState.READY
     assert await _infer(plane, "other") == [2.5, 3.5]
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_sleep_before_the_first_load_keeps_it_registered(plane: DataPlane) -> None:
@@ -117,7 +117,7 @@ async def test_a_failed_load_on_demand_is_unavailable_with_the_reason_and_others
         await _infer(plane)
     # the server stays ready: its other model serves (a group's replica keeps serving the rest)
     assert plane.ready()
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_metadata_routes_load_it_first(plane: DataPlane) -> None:
@@ -125,4 +125,4 @@ async def test_metadata_routes_load_it_first(plane: DataPlane) -> None:
     entry = await plane.repository.loaded_entry("m")
     assert entry.state is ModelState.READY
     assert plane.model_metadata("m", None)["inputs"][0]["name"] == "x"
-    await plane.repository.close()
+    await plane.repository.aclose()

@@ -131,7 +131,7 @@ async def test_sleep_then_load_wakes_with_the_same_outputs(
     text = generate_latest(plane.metrics.registry).decode()
     assert f'ember_model_wake_seconds_count{{level="{level}",model="m"}} 1.0' in text
     assert f'ember_model_sleep_seconds_count{{level="{level}",model="m"}} 1.0' in text
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_request_to_a_sleeping_model_wakes_it_and_is_answered(plane: DataPlane) -> None:
@@ -144,7 +144,7 @@ async def test_a_request_to_a_sleeping_model_wakes_it_and_is_answered(plane: Dat
     assert entry.state is ModelState.READY
     wake_ns = entry.stats.wakes["disk"].ns
     assert entry.stats.queue.ns - queued_before >= wake_ns  # the wake counts as queue time
-    await repo.close()
+    await repo.aclose()
 
 
 async def _a_batch_running(
@@ -171,7 +171,7 @@ async def test_sleeping_waits_for_the_running_batch(plane: DataPlane) -> None:
     assert await request == [2.5, 3.5]
     await sleeping
     assert handler.calls == ["predict", "sleep host"]
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_sleep_whose_batches_do_not_finish_leaves_the_model_awake(
@@ -185,7 +185,7 @@ async def test_a_sleep_whose_batches_do_not_finish_leaves_the_model_awake(
     gate.set()
     assert await request == [2.5, 3.5]  # its weights were never taken from under it
     assert handler.calls == ["predict"]
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_request_never_reloads_a_model_the_operator_unloaded(plane: DataPlane) -> None:
@@ -204,7 +204,7 @@ async def test_a_request_never_reloads_a_model_the_operator_unloaded(plane: Data
         await request
     assert entry.state is ModelState.UNAVAILABLE and not entry.wanted
     assert Sleeper.made["m"].calls == ["sleep disk"]  # not woken, not loaded again
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_failed_wake_is_unavailable_with_the_reason_and_others_serve(
@@ -223,7 +223,7 @@ async def test_a_failed_wake_is_unavailable_with_the_reason_and_others_serve(
     assert await _infer(plane, "other") == [2.5, 3.5]
     with pytest.raises(ModelNotReady):
         await _infer(plane)
-    await repo.close()
+    await repo.aclose()
 
 
 async def test_a_model_that_is_not_serving_cannot_sleep(plane: DataPlane) -> None:
@@ -262,7 +262,7 @@ async def test_a_handler_without_sleep_is_a_400(
     with pytest.raises(InvalidInput, match="cannot sleep"):
         await plane.repository.sleep("m", SleepLevel.HOST)
     assert plane.repository.entry("m").state is ModelState.READY
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_a_full_unload_of_a_sleeping_model_releases_it(plane: DataPlane) -> None:
@@ -271,7 +271,7 @@ async def test_a_full_unload_of_a_sleeping_model_releases_it(plane: DataPlane) -
     await plane.repository.unload("m")
     entry = plane.repository.entry("m")
     assert entry.state is ModelState.UNAVAILABLE and entry.handler is None
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_a_model_that_fails_at_start_leaves_the_server_ready_for_the_others(
@@ -289,7 +289,7 @@ async def test_a_model_that_fails_at_start_leaves_the_server_ready_for_the_other
     assert repo.entry("m").state is ModelState.UNAVAILABLE and repo.entry("m").failure
     assert plane.ready()  # every model settled, one serves: a group's replica keeps serving
     assert await _infer(plane, "other") == [2.5, 3.5]
-    await repo.close()
+    await repo.aclose()
 
 
 def _waiting_plane(monkeypatch: pytest.MonkeyPatch) -> DataPlane:
@@ -322,7 +322,7 @@ async def test_a_sleep_during_a_request_waiting_for_its_batch_answers_it_first(
     assert request.done() and await request == [2.5, 3.5]  # never on weights put away
     assert Sleeper.made["m"].calls == ["predict", f"sleep {level}"]
     assert await _infer(plane) == [2.5, 3.5]  # and the next one wakes it
-    await plane.repository.close()
+    await plane.repository.aclose()
 
 
 async def test_a_full_unload_answers_a_request_waiting_for_its_batch_at_once(

@@ -148,7 +148,7 @@ async def _scenario(
         assert task.done(), "a command never ended"
         # a command may be refused (a model unloaded meanwhile), never fail otherwise
         assert exc is None or isinstance(exc, ModelNotReady), repr(exc)
-    await repo.close()
+    await repo.aclose()
 
 
 @settings(

@@ -67,7 +67,7 @@ async def test_a_load_says_loading_then_ready_with_its_phases(tmp_path: Path) ->
     assert {"imports", "load", "warmup"} <= set(ready.phases)
     assert ready.phases == model.repo.entry("slow").load_phases
     assert decode(encode(ready)) == ready  # what the server writes to its status channel
-    await model.repo.close()
+    await model.repo.aclose()
     assert [(s.state, s.reason) for s in model.said[2:]] == [
         ("UNLOADING", "unloading"),
         ("UNAVAILABLE", "unloaded"),
@@ -140,7 +140,7 @@ async def test_the_index_carries_the_failure_and_a_reload_clears_it(tmp_path: Pa
         "reason": "",
     }  # the failure gone with the failed load
     assert model.said[-1].state == "READY"
-    await model.repo.close()
+    await model.repo.aclose()
 
 
 class Raises(ModelHandler):

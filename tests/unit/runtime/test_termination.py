@@ -53,7 +53,7 @@ async def test_a_failed_load_is_written_once_naming_the_model_the_kind_and_the_f
     for _ in range(2):  # a second failure stops nothing more and rewrites nothing
         with pytest.raises(ModelNotReady):
             await repo.load("slow")
-    await repo.close()
+    await repo.aclose()
     expected = (
         f"model 'slow' could not load (weights_missing): weights file {weights} does not exist"
     )
@@ -68,7 +68,7 @@ async def test_a_load_that_succeeds_and_a_later_unload_are_not_failures(tmp_path
     repo = repository(tmp_path, watcher, stops)
     await repo.load("slow")
     await repo.unload("slow")
-    await repo.close()
+    await repo.aclose()
     assert stops == [] and not watcher.failed and not log_file.exists()
 
 
