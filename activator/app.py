@@ -49,8 +49,9 @@ from activator.metrics import ActivatorMetrics
 from activator.policy import Policy
 from activator.pool import ModelPool, SystemClock
 from activator.pool.replicas import Replica
-from activator.routes import Endpoint, Match, Target
+from activator.routes import Action, Endpoint, Match, Target
 from activator.scalers.base import Scaler
+from activator.states import PoolState
 from activator.tasks import TaskSet
 from activator.tiered import Level
 from contracts.events import ActivatorStart, ActivatorStop
@@ -280,16 +281,16 @@ class Activator:
         model ready."""
         index = []
         for name, pool in self.pools.items():
-            if ready and pool.start_failed and pool.state != "ready":
+            if ready and pool.start_failed and pool.state is not PoolState.READY:
                 continue
             entry = {
                 "name": name,
                 "state": _index_state(pool),
-                "reason": pool.reason if pool.state != "ready" else "",
+                "reason": pool.reason if pool.state is not PoolState.READY else "",
                 "activator_state": pool.state,
             }
             level = pool.group.asleep(name) if isinstance(pool, MemberPool) else None
-            if pool.state == "ready" and level is not None:
+            if pool.state is PoolState.READY and level is not None:
                 # asleep on its group's replicas, as they say it: SLEEPING, as the predictor's
                 # index says it (a request wakes it there)
                 entry.update(state="SLEEPING", reason=f"level {level}", level=level)
@@ -307,8 +308,10 @@ class Activator:
         pool.warm(pool.spec.keep_alive_s, source="repository-load")
         replicas = pool.group.pool if isinstance(pool, MemberPool) else pool
         deadline = time.monotonic() + pool.spec.startup_timeout_s
-        while replicas.state != "ready":
-            if time.monotonic() > deadline or (replicas.state == "zero" and replicas.start_failed):
+        while replicas.state is not PoolState.READY:
+            if time.monotonic() > deadline or (
+                replicas.state is PoolState.ZERO and replicas.start_failed
+            ):
                 raise DeadlineExceeded(f"model '{match.model}' did not load: {replicas.reason}")
             await asyncio.sleep(0.02)
         if isinstance(pool, MemberPool):
@@ -374,12 +377,14 @@ class Activator:
                 f"model '{match.model}' version '{match.version}' is not in the repository"
             )
         metadata = self.metadata.get(match.model)
-        if match.action not in ("ready", "") or (match.action == "" and metadata is None):
+        if match.action not in (Action.READY, Action.METADATA) or (
+            match.action is Action.METADATA and metadata is None
+        ):
             raise ActivatorError(f"model '{match.model}': requests are relayed by the front door")
         state = [(b"ember-model-state", pool.state.encode())]
-        if metadata is not None and match.action == "":
+        if metadata is not None and match.action is Action.METADATA:
             return json_response(200, metadata.as_json(), state)
-        failed = pool.start_failed and pool.state != "ready"
+        failed = pool.start_failed and pool.state is not PoolState.READY
         return json_response(
             503 if failed else 200, {"name": match.model, "ready": not failed}, state
         )
@@ -438,6 +443,6 @@ _HANDLERS: dict[Endpoint, Handler] = {
 
 
 def _index_state(pool: AnyPool) -> str:
-    if pool.state == "zero" and pool.start_failed:
+    if pool.state is PoolState.ZERO and pool.start_failed:
         return "UNAVAILABLE"
     return _REPLICA_STATE.get(pool.state, "UNLOADING")

@@ -26,7 +26,7 @@ from activator.errors import ActivatorError, BadRequest, ReplicaFailed
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.pool import Replica, Ticket
-from activator.routes import Target
+from activator.routes import Action, Target
 from activator.states import PoolState
 from contracts.stack import ModelSpec
 from contracts.stats import ModelStats
@@ -35,8 +35,6 @@ log = logging.getLogger("ember.activator")
 
 UNREACHABLE_RETRIES = 2  # a request that never reached a replica goes to another one
 CLIENT_GONE = 499
-# a model route's last segment (activator.routes.MODEL_ACTIONS) as the event log names it
-ENDPOINTS = {"": "metadata", "infer": "infer", "ready": "ready", "config": "config"}
 
 
 class Pool(Protocol):
@@ -72,11 +70,11 @@ class Pool(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """What a model request is for: its model's pool, the endpoint (a value of ENDPOINTS) and
+    """What a model request is for: its model's pool, the endpoint (its route's action) and
     the version its path names ("" for none); all the event log records of its target."""
 
     pool: Pool
-    endpoint: str
+    endpoint: Action
     version: str
 
 
@@ -118,7 +116,7 @@ class DataPath:
         """One request's metrics and event line."""
         name = x.pool.name
         if self.access_log:
-            log.info("%s %s %d (queued %.3fs)", name, x.route.endpoint, status, x.queued_s)
+            log.info("%s %s %d (queued %.3fs)", name, x.route.endpoint.label, status, x.queued_s)
         counter = self._counters.get((name, status))
         if counter is None:
             counter = self._counters[(name, status)] = self.metrics.requests.labels(
@@ -140,7 +138,7 @@ class DataPath:
             stats.compute_infer.add(int((now - x.started) * 1e9))
         self.events.request(
             name,
-            endpoint=x.route.endpoint,
+            endpoint=x.route.endpoint.label,
             version=x.route.version,
             arrival=x.arrival,
             start=x.started,

@@ -44,12 +44,13 @@ from typing import Any
 from activator import routes
 from activator.app import Activator
 from activator.connection import FrontConnection
-from activator.datapath import ENDPOINTS, Destination, Route
+from activator.datapath import Destination, Route
 from activator.deadlines import Deadlines
 from activator.errors import ActivatorError
 from activator.http import Request, error_response
 from activator.relay import Relay
-from activator.routes import Endpoint, Target
+from activator.routes import Action, Endpoint, Target
+from activator.states import PoolState
 from activator.upstream import UpstreamPool
 
 log = logging.getLogger("ember.activator")
@@ -146,12 +147,12 @@ class FrontDoor:
         route = dest.route
         if route is None:
             return None
-        if route.endpoint == "infer" or route.pool.state == "ready":
+        if route.endpoint is Action.INFER or route.pool.state is PoolState.READY:
             return route
         # no replica answers: a model's ready, and its metadata when known, are the activator's
         # to say, so that neither wakes it
-        known = route.endpoint == "metadata" and self.activator.metadata.knows(route.pool.name)
-        if route.endpoint == "ready" or known:
+        known = route.endpoint is Action.METADATA and self.activator.metadata.knows(route.pool.name)
+        if route.endpoint is Action.READY or known:
             return None
         return route
 
@@ -164,7 +165,7 @@ class FrontDoor:
         pool = self.activator.pools.get(match.model)
         if pool is None or (match.version and match.version != pool.spec.version):
             return None
-        return Route(pool, ENDPOINTS[match.action], match.version)
+        return Route(pool, match.action, match.version)
 
     async def serve(self, sock: Any, stop: asyncio.Event) -> None:
         """Run the activator and serve on ``sock`` until ``stop`` is set; then drain."""

@@ -47,6 +47,8 @@ from activator.http import (
     says_close,
 )
 from activator.precheck import check_request
+from activator.routes import Action
+from activator.states import PoolState
 from activator.upstream import Upstream, UpstreamPool, host_header
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
@@ -122,9 +124,9 @@ class Relay:
                 self._send()
                 return
             if (
-                x.route.endpoint == "infer"
+                x.route.endpoint is Action.INFER
                 and request.method == b"POST"
-                and x.pool.state != "ready"
+                and x.pool.state is not PoolState.READY
             ):
                 # it would wait for a start: one its replica would refuse wakes nothing
                 check_request(x.pool.spec, request.headers, request.body)

@@ -37,7 +37,23 @@ import httptools
 
 from activator.errors import MethodNotAllowed, NotFound
 
-MODEL_ACTIONS = frozenset({"", "infer", "ready", "config", "stats"})
+
+class Action(enum.StrEnum):
+    """A model route's last segment (none: its metadata), and what the event log and the
+    metrics call it (:attr:`label`)."""
+
+    METADATA = ""
+    INFER = "infer"
+    READY = "ready"
+    CONFIG = "config"
+    STATS = "stats"
+
+    @property
+    def label(self) -> str:
+        return self.value or "metadata"
+
+
+MODEL_ACTIONS = frozenset(Action)
 
 
 class Guard(enum.Enum):
@@ -88,7 +104,7 @@ ROUTES = (
 class Match:
     endpoint: Endpoint
     model: str = ""
-    action: str = ""  # a model route's last segment ("" for its metadata)
+    action: Action = Action.METADATA  # a model route's last segment
     version: str = ""  # a model route's ``/versions/{v}`` ("" when it names none)
 
 
@@ -108,7 +124,7 @@ def guard(parts: list[str]) -> Guard:
     return Guard.API
 
 
-def model_route(parts: list[str]) -> tuple[str, str, str] | None:
+def model_route(parts: list[str]) -> tuple[str, str, Action] | None:
     """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, V or "", ACTION), else
     None."""
     if len(parts) < 3 or parts[0] != "v2" or parts[1] != "models" or not parts[2]:
@@ -121,7 +137,7 @@ def model_route(parts: list[str]) -> tuple[str, str, str] | None:
     action = rest[0] if rest else ""
     if len(rest) > 1 or action not in MODEL_ACTIONS:
         return None
-    return parts[2], version, action
+    return parts[2], version, Action(action)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -162,7 +178,7 @@ def _model_match(parts: list[str]) -> Match | None:
     if found is None:
         return None
     model, version, action = found
-    endpoint = Endpoint.MODEL_STATS if action == "stats" else Endpoint.MODEL
+    endpoint = Endpoint.MODEL_STATS if action is Action.STATS else Endpoint.MODEL
     return Match(endpoint, model, action, version)
 
 
