@@ -125,8 +125,11 @@ class Group:
     async def _watch(self, replica: Replica) -> None:
         if replica.handle is None:  # a ready replica has one
             return
-        async for report in self._statuses(replica.handle):
-            self.books.heard(replica.id, report)
+        try:
+            async for report in self._statuses(replica.handle):
+                self.books.heard(replica.id, report)
+        except Exception:  # a bug of ours must not go unsaid: the books stop following it
+            log.exception("group %s: hearing replica %d failed", self.name, replica.id)
 
     async def _run(self) -> None:
         while True:

@@ -39,11 +39,11 @@ REFILL_DELAY_S = 2.0
 class LocalScaler:
     """Replicas as local ``ember serve`` processes on 127.0.0.1, port 0.
 
-    With ``warm_pool`` > 0 it keeps that many ``ember serve --standby`` processes ready: their
-    imports done, no model, no threads, no CUDA context (each is its own exec-ed process, never a
-    fork). A start hands one of them its arguments instead of starting Python from nothing, and a
-    replacement is started once that replica is ready (not while it loads: they would share the
-    CPU). They cost memory only; :meth:`pool_status` says how much.
+    With ``warm_pool`` > 0 it keeps that many ``ember serve --standby`` processes ready
+    (:class:`~activator.scalers.warm_pool.WarmPool`). A start hands one of them its order
+    instead of starting Python from nothing, and a replacement is started once that replica is
+    ready (not while it loads: they would share the CPU). They cost memory only;
+    :meth:`pool_status` says how much.
 
     ``command`` is what starts a replica (``ember serve``, given its arguments after it: a
     :class:`~contracts.serve_order.ServeOrder` rendered, which a standby is sent as JSON
