@@ -112,18 +112,22 @@ def test_two_models_take_turns_on_one_replica_whose_budget_fits_one(tmp_path: Pa
         # a wake puts the other to sleep inside the replica: what the replica says tells it
         wait_until(lambda: levels() == ["host", "hot"], what="one awake, one asleep at host")
         # and the activator knows it as the replica says it (its status pipe), not at a poll:
-        # within 0.2 s of the answer to the request that woke the sleeper
+        # its books have the other asleep within 0.2 s of the answer to the request that woke
+        # the sleeper (the replica puts it to sleep before it answers; both clocks are the
+        # machine's monotonic one)
         for _ in range(2):
             asleep_now = next(m for m in ("mlp", "minilm") if level_of(server, m) == "host")
             awake_now = "minilm" if asleep_now == "mlp" else "mlp"
+            before = len(of(tmp_path, "sleep", model=awake_now))
             output(infer(server, asleep_now))
             answered = time.monotonic()
             wait_until(
-                lambda m=awake_now: level_of(server, m) == "host",
-                timeout_s=5,
-                what=f"{awake_now} asleep at host",
+                lambda m=awake_now, n=before: len(of(tmp_path, "sleep", model=m)) > n,
+                what=f"{awake_now}'s sleep in the books",
             )
-            assert time.monotonic() - answered <= 0.2
+            booked = of(tmp_path, "sleep", model=awake_now)[before]
+            assert booked["level"] == "host" and "budget" in booked["reason"]
+            assert booked["mono"] - answered <= 0.2
         at = {
             (m, lv): metric(
                 server, f'ember_activator_model_replicas_at_level{{level="{lv}",model="{m}"}}'
