@@ -66,6 +66,11 @@ class RuntimeFacade:
         for entry in self._repository.entries():
             depth = entry.scheduler.depth if entry.scheduler else 0
             metrics.queue_depth.labels(entry.config.name).set(depth)
+            handler = entry.handler
+            if handler is not None and handler.generates:
+                engine = handler.generator()  # type: ignore[attr-defined]  # declared by generates
+                metrics.generation_running.labels(entry.config.name).set(engine.running)
+                metrics.generation_waiting.labels(entry.config.name).set(engine.waiting)
         return generate_latest(metrics.registry)
 
     # ----------------------------------------------------------------------------- repository
