@@ -23,6 +23,7 @@ PLATFORMS: Mapping[str, str] = {
     "torch-module": "pytorch",
     "hf-encoder": "pytorch",
     "kserve": "kserve",
+    "text-generation": "pytorch",
 }
 #: handlers whose metadata is the config's ``inputs``/``outputs`` and nothing else, once both are
 #: declared. hf-encoder's is not: its embedding size comes from the weights' config.json and

@@ -16,6 +16,7 @@ from runtime.config import ModelConfig, ServerSettings
 from runtime.dataplane import DataPlane
 from runtime.errors import ConfigError
 from runtime.facade import RuntimeFacade
+from runtime.generation.routes import GenerationEndpoints, register_generation_endpoints
 from runtime.handlers.base import handler_class
 from runtime.metrics import RuntimeMetrics
 from runtime.repository import ModelRepository
@@ -95,8 +96,10 @@ def create_app(
     )
     models = RuntimeFacade(dataplane, repository)
     register_error_handlers(app)
-    register_v2_endpoints(app, V2Endpoints(models, max_request_bytes=settings.max_request_bytes))
+    v2 = V2Endpoints(models, max_request_bytes=settings.max_request_bytes)
+    register_v2_endpoints(app, v2)
     register_metrics_endpoint(app, models)
+    register_generation_endpoints(app, GenerationEndpoints(models, v2.read_body))
     return app
 
 

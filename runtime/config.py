@@ -66,7 +66,7 @@ class ModelConfig(BaseModel):
     name: str
     version: str = "1"
     source: str | None = None
-    handler: Literal["torch-module", "hf-encoder", "kserve"]
+    handler: Literal["torch-module", "hf-encoder", "kserve", "text-generation"]
     device: str = "auto"
     options: dict[str, Any] = Field(default_factory=dict)
     inputs: tuple[TensorSpec, ...] = ()

@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from runtime.dataplane import DataPlane, InferResult
+from runtime.errors import InvalidInput
+from runtime.generation.streams import TextGenerator
 from runtime.protocol import InferenceRequest
 from runtime.repository import ModelRepository
 from runtime.sleep import SleepLevel
@@ -64,6 +66,11 @@ class RuntimeFacade:
         for entry in self._repository.entries():
             depth = entry.scheduler.depth if entry.scheduler else 0
             metrics.queue_depth.labels(entry.config.name).set(depth)
+            handler = entry.handler
+            if handler is not None and handler.generates:
+                engine = handler.generator()  # type: ignore[attr-defined]  # declared by generates
+                metrics.generation_running.labels(entry.config.name).set(engine.running)
+                metrics.generation_waiting.labels(entry.config.name).set(engine.waiting)
         return generate_latest(metrics.registry)
 
     # ----------------------------------------------------------------------------- repository
@@ -104,3 +111,24 @@ class RuntimeFacade:
         binary: memoryview | None = None,
     ) -> InferResult:
         return await self._dataplane.infer(name, version, request, binary)
+
+    # ----------------------------------------------------------------------------- generation
+    def generating_models(self) -> list[str]:
+        """The names of the models that generate text (whatever their state)."""
+        return [e.config.name for e in self._repository.entries() if _generates(e.config.handler)]
+
+    async def text_generator(self, name: str, version: str | None = None) -> TextGenerator:
+        """A text-generation model's handler, awake (woken or loaded first if need be); 404
+        for an unknown model, 400 for one that does not generate text."""
+        entry = self._repository.entry(name, version)
+        if not _generates(entry.config.handler):
+            raise InvalidInput(f"model '{name}' does not generate text ({entry.config.handler})")
+        entry = await self._repository.awake_entry(name, version)
+        handler = entry.handler
+        assert handler is not None and handler.generates
+        generator: TextGenerator = handler  # type: ignore[assignment]  # declared by generates
+        return generator
+
+
+def _generates(kind: str) -> bool:
+    return kind == "text-generation"

@@ -33,6 +33,19 @@ class RuntimeMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        # named as vLLM names them, so its dashboards read a generation model's
+        self.generation_running = Gauge(
+            "vllm:num_requests_running",
+            "Sequences a text-generation model is decoding",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.generation_waiting = Gauge(
+            "vllm:num_requests_waiting",
+            "Sequences waiting to join a text-generation model's running batch",
+            ["model_name"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "ember_queue_depth",
             "Requests waiting for a batch slot",

@@ -143,6 +143,10 @@ class V2Endpoints:
         result = await self.models.infer(name, version, infer_request, binary)
         return encode_result(result)
 
+    async def read_body(self, request: Request) -> bytes:
+        """The request's body, within the size limit, decompressed (what every route reads)."""
+        return await self._body(request)
+
     async def _body(self, request: Request) -> bytes:
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")

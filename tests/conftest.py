@@ -150,3 +150,11 @@ def slow_model(
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/tiny-llm's random-weight Llama, built into a session folder (nothing downloaded)."""
+    from tests.fixtures.tiny_llm import build_tiny_llm
+
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm") / "model")

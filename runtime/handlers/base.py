@@ -39,6 +39,7 @@ _REGISTRY = {
     "torch-module": "runtime.handlers.torch_module:TorchModuleHandler",
     "hf-encoder": "runtime.handlers.hf_encoder:HFEncoderHandler",
     "kserve": "runtime.handlers.kserve_model:KServeModelHandler",
+    "text-generation": "runtime.handlers.text_generation:TextGenerationHandler",
 }
 
 
@@ -100,6 +101,9 @@ class ModelHandler:
       spec).
     - ``takes_tensors``: ``load`` adopts the torch tensors made while the files streamed in, so
       the weight cache makes them (on the model's device) as the bytes arrive.
+    - ``generates``: a text-generation model; the generate and OpenAI routes reach its engine
+      (``generator``, ``encode_prompt``, ``chat_prompt``: see
+      :mod:`runtime.handlers.text_generation`).
     """
 
     platform: ClassVar[str]
@@ -107,6 +111,7 @@ class ModelHandler:
     measures: ClassVar[bool] = False
     checks_inputs: ClassVar[bool] = False
     takes_tensors: ClassVar[bool] = False
+    generates: ClassVar[bool] = False
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -154,7 +159,7 @@ def handler_class(kind: str) -> type[ModelHandler]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = {"hf-encoder": "hf", "kserve": "kserve"}.get(kind, "")
+        extra = {"hf-encoder": "hf", "kserve": "kserve", "text-generation": "llm"}.get(kind, "")
         hint = f" (install ember[{extra}])" if extra else ""
         raise ConfigError(f"handler '{kind}' is unavailable: {exc}{hint}") from None
     cls: type[ModelHandler] = getattr(module, class_name)

@@ -8,7 +8,7 @@ parse their ``options`` with the same models (``runtime.handlers.base.parse_opti
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,9 +52,22 @@ class KServeOptions(BaseModel):
     kwargs: dict[str, Any] = {}  # after the model's name
 
 
+class TextGenerationOptions(BaseModel):
+    """``text-generation``: the engine's bounds and the model's dtype."""
+
+    model_config = _STRICT
+
+    max_running: int = Field(default=8, ge=1)  # sequences decoded together
+    max_waiting: int = Field(default=64, ge=0)  # past this, a new request is refused (503)
+    max_model_len: int | None = Field(default=None, ge=2)  # prompt + completion tokens
+    max_tokens: int = Field(default=16, ge=1)  # a completion's default length
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None  # default: the config's
+
+
 HANDLER_OPTIONS: Mapping[str, type[BaseModel]] = {
     "torch-module": TorchModuleOptions,
     "hf-encoder": HFEncoderOptions,
     "kserve": KServeOptions,
+    "text-generation": TextGenerationOptions,
 }
 """Handler name (a model config's ``handler``) to the schema of its ``options``."""

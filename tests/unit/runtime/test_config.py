@@ -92,7 +92,8 @@ def test_the_problems_of_every_file_are_reported_together(tmp_path: Path) -> Non
         (MLP.replace("name: mlp", "name: ../etc"), "name: must be 1-63 letters"),
         (
             MLP.replace("handler: torch-module", "handler: onnx"),
-            "handler: 'onnx' is not one of 'torch-module', 'hf-encoder' or 'kserve'",
+            "handler: 'onnx' is not one of 'torch-module', 'hf-encoder', 'kserve' or "
+            "'text-generation'",
         ),
         (MLP.replace("[4, 8]", "[16]"), "preferred_batch_size 16 must be between"),
         (MLP + "device: tpu\n", "device: must be auto, cpu, cuda"),

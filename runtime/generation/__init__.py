@@ -1,0 +1,1 @@
+"""Text generation: sampling parameters, the step-loop engine, and the routes' payloads."""

@@ -1,0 +1,265 @@
+"""The text-generation routes, on the predictor's server beside v2: the Open Inference
+Protocol's generate extension (``/v2/models/{m}/generate``, ``/generate_stream``) and the
+OpenAI-compatible API (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, also
+under ``/openai/v1``, where KServe serves them).
+
+Everything they ask of the models goes through the facade (``text_generator``). Streams are
+server-sent events; a client that leaves mid-stream cancels the response, which aborts its
+sequence (:class:`~runtime.generation.streams.GenerationStream`). The OpenAI routes answer
+errors in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from runtime.errors import RuntimeServerError
+from runtime.facade import RuntimeFacade
+from runtime.generation.params import InvalidParameter, sampling_params
+from runtime.generation.streams import Delta, Finished, GenerationStream, TextGenerator
+from runtime.protocol import parse_json_object
+
+ReadBody = Callable[[Request], Awaitable[bytes]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+MAX_PROMPT_CHARS = 1_000_000  # refused before tokenizing: the tokenizer reads a text whole
+_JSON = "application/json"
+_SSE = "text/event-stream"
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type=_JSON)
+
+
+def _sse(chunk: Any) -> bytes:
+    return b"data: " + (chunk if isinstance(chunk, bytes) else orjson.dumps(chunk)) + b"\n\n"
+
+
+def _text(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidParameter(param, "must be a string")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidParameter(param, f"is longer than {MAX_PROMPT_CHARS} characters")
+    return value
+
+
+async def _start(model: TextGenerator, text: str, values: dict[str, Any]) -> GenerationStream:
+    params = sampling_params(values, max_tokens_limit=model.max_model_len)
+    prompt = await asyncio.to_thread(model.encode_prompt, text)
+    return GenerationStream(model.generator(), prompt, params)
+
+
+class GenerationEndpoints:
+    def __init__(self, models: RuntimeFacade, read_body: ReadBody) -> None:
+        self.models = models
+        self.read_body = read_body
+
+    async def _object(self, request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = parse_json_object(await self.read_body(request), "request body")
+        return body
+
+    # ----------------------------------------------------------------------------- OIP generate
+    async def _oip(self, request: Request) -> tuple[str, GenerationStream]:
+        name = request.path_params["model_name"]
+        model = await self.models.text_generator(name, request.path_params.get("model_version"))
+        body = await self._object(request)
+        parameters = body.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidParameter("parameters", "must be an object")
+        values = {k: body.get(k, parameters.get(k)) for k in _PARAMS}
+        stream = await _start(model, _text(body.get("text_input"), "text_input"), values)
+        return name, stream
+
+    async def generate(self, request: Request) -> Response:
+        name, stream = await self._oip(request)
+        text, end = await stream.collect()
+        _raise_failed(end)
+        return _json({"model_name": name, "text_output": text, "finish_reason": end.reason})
+
+    async def generate_stream(self, request: Request) -> Response:
+        name, stream = await self._oip(request)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for event in stream.events():
+                if isinstance(event, Delta):
+                    yield _sse({"model_name": name, "text_output": event.text})
+                elif event.reason == "error":
+                    yield _sse({"error": f"generation failed: {event.error}"})
+                else:
+                    yield _sse(
+                        {"model_name": name, "text_output": "", "finish_reason": event.reason}
+                    )
+
+        return StreamingResponse(chunks(), media_type=_SSE)
+
+    # ----------------------------------------------------------------------------- OpenAI
+    async def models_list(self, request: Request) -> Response:
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "ember"}
+            for name in self.models.generating_models()
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def completions(self, request: Request) -> Response:
+        return await self._openai(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._openai(request, chat=True)
+
+    async def _openai(self, request: Request, *, chat: bool) -> Response:
+        try:
+            return await self._openai_answer(request, chat=chat)
+        except RuntimeServerError as exc:
+            return openai_error(exc)
+
+    async def _openai_answer(self, request: Request, *, chat: bool) -> Response:
+        body = await self._object(request)
+        name = body.get("model")
+        if not isinstance(name, str):
+            raise InvalidParameter("model", "is required: a model's name (see /v1/models)")
+        n = body.get("n", 1)
+        if n not in (None, 1):
+            raise InvalidParameter("n", "only n=1 is supported: one choice per request")
+        model = await self.models.text_generator(name)
+        if chat:
+            text = await asyncio.to_thread(model.chat_prompt, _messages(body.get("messages")))
+        else:
+            text = _text(body.get("prompt"), "prompt")
+        values = {k: body.get(k) for k in _PARAMS}
+        if values["max_tokens"] is None:
+            values["max_tokens"] = body.get("max_completion_tokens")
+        stream = await _start(model, text, values)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        shape = _Shape(ident=ident, model=name, chat=chat)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            return StreamingResponse(shape.stream(stream, usage=usage), media_type=_SSE)
+        text, end = await stream.collect()
+        _raise_failed(end)
+        return _json(shape.whole(text, end))
+
+
+_PARAMS = ("max_tokens", "temperature", "top_p", "seed", "stop")
+
+
+def _raise_failed(end: Finished) -> None:
+    if end.reason == "error":
+        raise RuntimeServerError(f"generation failed: {end.error}")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise InvalidParameter("messages", "must be a non-empty list of messages")
+    out = []
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidParameter("messages", "each message needs a role and content")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.append({"role": m["role"], "content": _text(content or "", "messages")})
+    return out
+
+
+class _Shape:
+    """A completion's or chat completion's objects, whole or as chunks."""
+
+    def __init__(self, *, ident: str, model: str, chat: bool) -> None:
+        self.ident, self.model, self.chat = ident, model, chat
+        self.created = int(time.time())
+        self.kind = "chat.completion" if chat else "text_completion"
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": self.ident, "object": kind, "created": self.created, "model": self.model}
+
+    def _choice(self, text: str | None, reason: str | None, *, chunk: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+        if not self.chat:
+            choice.update(text=text or "", logprobs=None)
+        elif chunk:
+            choice["delta"] = {} if text is None else {"role": "assistant", "content": text}
+        else:
+            choice["message"] = {"role": "assistant", "content": text}
+        return choice
+
+    @staticmethod
+    def _usage(end: Finished) -> dict[str, int]:
+        return {
+            "prompt_tokens": end.prompt_tokens,
+            "completion_tokens": end.completion_tokens,
+            "total_tokens": end.prompt_tokens + end.completion_tokens,
+        }
+
+    def whole(self, text: str, end: Finished) -> dict[str, Any]:
+        return {
+            **self._base(self.kind),
+            "choices": [self._choice(text, _reason(end), chunk=False)],
+            "usage": self._usage(end),
+        }
+
+    async def stream(self, stream: GenerationStream, *, usage: bool) -> AsyncIterator[bytes]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        async for event in stream.events():
+            if isinstance(event, Delta):
+                chunk = {
+                    **self._base(kind),
+                    "choices": [self._choice(event.text, None, chunk=True)],
+                }
+            elif event.reason == "error":
+                err = {"message": f"generation failed: {event.error}", "type": "server_error"}
+                yield _sse({"error": {**err, "param": None, "code": None}})
+                return
+            else:
+                last = self._choice(None if self.chat else "", _reason(event), chunk=True)
+                chunk = {**self._base(kind), "choices": [last]}
+            if usage:
+                chunk["usage"] = None
+            yield _sse(chunk)
+            if isinstance(event, Finished) and usage:
+                yield _sse({**self._base(kind), "choices": [], "usage": self._usage(event)})
+        yield _sse(b"[DONE]")
+
+
+def _reason(end: Finished) -> str:
+    return "length" if end.reason == "length" else "stop"
+
+
+_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def openai_error(exc: RuntimeServerError) -> Response:
+    """An error in OpenAI's shape, with its status and headers (Retry-After)."""
+    error = {
+        "message": exc.message,
+        "type": _OPENAI_TYPES.get(exc.status_code, "server_error"),
+        "param": exc.param if isinstance(exc, InvalidParameter) else None,
+        "code": "model_not_found" if exc.status_code == 404 else None,
+    }
+    return Response(orjson.dumps({"error": error}), exc.status_code, exc.headers, _JSON)
+
+
+def register_generation_endpoints(app: FastAPI, endpoints: GenerationEndpoints) -> None:
+    """The generate extension under /v2/models, the OpenAI API under /v1 and /openai/v1."""
+    e = endpoints
+    routes: list[tuple[str, Endpoint, str]] = []
+    for model in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
+        routes += [(model + "/generate", e.generate, "POST")]
+        routes += [(model + "/generate_stream", e.generate_stream, "POST")]
+    for prefix in ("/v1", "/openai/v1"):
+        routes += [
+            (prefix + "/models", e.models_list, "GET"),
+            (prefix + "/completions", e.completions, "POST"),
+            (prefix + "/chat/completions", e.chat_completions, "POST"),
+        ]
+    for path, endpoint, method in routes:
+        app.add_route(path, endpoint, methods=[method], include_in_schema=False)

@@ -1,0 +1,198 @@
+"""``text-generation``: a causal LM in the Hugging Face layout, served by the step-loop engine.
+
+Reads ``config.json`` and the tokenizer files with transformers, builds the model on the meta
+device from its config (no weight initialisation) and fills it with the tensors Ember streamed
+(``model.safetensors``, or the shards ``model.safetensors.index.json`` names), on the model's
+device, in the dtype the config asks (``options.dtype`` overrides it). Generation runs in the
+:class:`~runtime.generation.engine.Engine` the handler starts once loaded; the routes reach it
+through :meth:`TextGenerationHandler.generator`. The v2 ``infer`` route works too: input
+``text_input`` (BYTES), output ``text_output`` (BYTES), greedy, ``options.max_tokens`` tokens.
+
+Options: ``max_running`` and ``max_waiting`` sequences, ``max_model_len`` (prompt and completion
+tokens; default the config's ``max_position_embeddings``), ``max_tokens`` (the default
+completion length), ``dtype``.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.config import ModelConfig, TensorSpec
+from runtime.errors import InferenceFailed, InvalidInput
+from runtime.generation.engine import Engine
+from runtime.generation.params import SamplingParams
+from runtime.generation.streams import Delta, Event, Finished
+from runtime.handlers.base import (
+    HandlerLoadError,
+    ModelHandler,
+    StreamedTensors,
+    WeightsCorrupt,
+    WeightsMissing,
+    parse_options,
+    pick_device,
+)
+from runtime.handlers.meta_build import load_module
+from runtime.handlers.options import TextGenerationOptions
+from runtime.handlers.torch_util import load_safetensors, streamed_file
+from runtime.tensors import Tensor
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _weight_files(root: Path) -> list[str]:
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise WeightsCorrupt(f"cannot read {index}: {exc}") from exc
+        return sorted(set(weight_map.values()))
+    if not (root / "model.safetensors").is_file():
+        raise WeightsMissing(f"{root} holds neither model.safetensors nor its index")
+    return ["model.safetensors"]
+
+
+class TextGenerationHandler(ModelHandler):
+    platform = "pytorch"
+    measures = takes_tensors = generates = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.options = parse_options(TextGenerationOptions, config)
+        self.engine: Engine | None = None
+        self.tokenizer: Any = None
+        self.module: torch.nn.Module | None = None
+        self.device = "cpu"
+        self.max_model_len = 0
+        self.inputs: tuple[TensorSpec, ...] = config.inputs or (
+            TensorSpec(name="text_input", datatype="BYTES", shape=(1,)),
+        )
+        self.outputs: tuple[TensorSpec, ...] = config.outputs or (
+            TensorSpec(name="text_output", datatype="BYTES", shape=(1,)),
+        )
+
+    def load(self, *, tensors: StreamedTensors | None = None) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        root = self.config.local_source()
+        if not (root / "config.json").is_file():
+            raise WeightsMissing(f"{root / 'config.json'} does not exist")
+        self.device = pick_device(self.config.device)
+        try:
+            hf_config = AutoConfig.from_pretrained(root, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise HandlerLoadError(f"cannot read the model's config or tokenizer: {exc}") from exc
+        dtype = _DTYPES[self.options.dtype] if self.options.dtype else None
+        if dtype is None:
+            dtype = getattr(hf_config, "dtype", None) or torch.float32
+            if isinstance(dtype, str):
+                dtype = _DTYPES.get(dtype, torch.float32)
+        state: dict[str, torch.Tensor] = {}
+        for name in _weight_files(root):
+            loaded = load_safetensors(
+                root / name, self.device, streamed=streamed_file(tensors, name)
+            )
+            state.update(
+                {k: v.to(dtype) if v.is_floating_point() else v for k, v in loaded.items()}
+            )
+        module = load_module(
+            lambda: AutoModelForCausalLM.from_config(hf_config, dtype=dtype),  # type: ignore[no-untyped-call]
+            state,
+            device=self.device,
+            strict=True,
+            init_missing=False,
+            what=type(hf_config).__name__.removesuffix("Config") + "ForCausalLM",
+        )
+        eos = getattr(hf_config, "eos_token_id", None)
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        positions = getattr(hf_config, "max_position_embeddings", None) or 2048
+        self.max_model_len = min(self.options.max_model_len or positions, positions)
+        self.module, self.tokenizer = module, tokenizer
+        self.engine = Engine(
+            module,
+            tokenizer,
+            device=self.device,
+            max_running=self.options.max_running,
+            max_waiting=self.options.max_waiting,
+            max_model_len=self.max_model_len,
+            eos_token_ids=frozenset(eos_ids),
+        )
+
+    def generator(self) -> Engine:
+        assert self.engine is not None, "generator before load"
+        return self.engine
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The prompt's token ids; 400 when it leaves no room for a token under max_model_len."""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InvalidInput("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise InvalidInput(
+                f"the prompt is {len(ids)} tokens long: this model takes at most "
+                f"{self.max_model_len - 1} (max_model_len {self.max_model_len})"
+            )
+        return ids
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The messages rendered by the tokenizer's chat template, ready for the answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidInput("this model's tokenizer has no chat template")
+        text: str = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return text
+
+    def device_bytes(self) -> int:
+        if self.module is None:
+            return 0
+        from runtime.handlers.torch_sleep import device_bytes
+
+        return device_bytes(self.module, device=self.device)
+
+    @property
+    def input_limits(self) -> Mapping[str, str]:
+        return {
+            "max_model_len": str(self.max_model_len),
+            "max_tokens": str(self.options.max_tokens),
+        }
+
+    def predict(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """v2 ``infer``: each text greedily continued (blocking, in a worker thread)."""
+        texts = inputs[self.inputs[0].name].array
+        outputs = []
+        for item in texts.reshape(-1):
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+            outputs.append(self._complete(text).encode())
+        name = self.outputs[0].name
+        array = np.array(outputs, dtype=object).reshape(texts.shape)
+        return {name: Tensor(name, "BYTES", array)}
+
+    def _complete(self, text: str) -> str:
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        params = SamplingParams(max_tokens=self.options.max_tokens, temperature=0.0)
+        self.generator().submit(self.encode_prompt(text), params, events.put)
+        parts = []
+        while True:
+            event = events.get()
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            elif isinstance(event, Finished):
+                if event.reason == "error":
+                    raise InferenceFailed(f"generation failed: {event.error}")
+                return "".join(parts)
+
+    def unload(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = self.module = self.tokenizer = None

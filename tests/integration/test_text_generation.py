@@ -1,0 +1,134 @@
+"""``ember serve --config examples/tiny-llm/model.yaml``, called by the openai client and over
+raw HTTP: completions and chat, streamed and not, the OIP generate extension, OpenAI-shaped
+errors, and a client that leaves mid-stream freeing its sequence."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.servers import ROOT, ServerProcess
+
+_RUNNING = re.compile(r'^vllm:num_requests_running\{model_name="tiny-llm"\} (\S+)$', re.M)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("tiny-llm-config")
+    shutil.copy(ROOT / "examples" / "tiny-llm" / "model.yaml", folder / "model.yaml")
+    shutil.copytree(tiny_llm_dir, folder / "model")
+    proc = ServerProcess(folder / "model.yaml", env={"OMP_NUM_THREADS": "1"})
+    try:
+        proc.wait_ready()
+        yield proc.url
+    finally:
+        proc.terminate()
+
+
+@pytest.fixture
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+
+
+def test_completions_streamed_equal_unstreamed(client: openai.OpenAI) -> None:
+    whole = client.completions.create(
+        model="tiny-llm", prompt="Hello, world", max_tokens=12, temperature=0
+    )
+    assert whole.choices[0].finish_reason in ("length", "stop")
+    assert whole.usage is not None and whole.usage.completion_tokens >= 1
+    chunks = client.completions.create(
+        model="tiny-llm",
+        prompt="Hello, world",
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, usage = [], None
+    for chunk in chunks:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        parts.extend(c.text for c in chunk.choices)
+    assert "".join(parts) == whole.choices[0].text
+    assert usage is not None and usage.total_tokens == whole.usage.total_tokens
+
+
+def test_chat_streamed_equal_unstreamed(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "hi, how are you?"}]
+    whole = client.chat.completions.create(
+        model="tiny-llm", messages=messages, max_tokens=10, temperature=0
+    )
+    text = whole.choices[0].message.content
+    assert whole.choices[0].message.role == "assistant" and text is not None
+    stream = client.chat.completions.create(
+        model="tiny-llm", messages=messages, max_tokens=10, temperature=0, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == text
+
+
+def test_openai_errors_and_models(server: str, client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["tiny-llm"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny-llm", prompt="x", n=2)
+    assert "n=1" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny-llm", prompt="x", temperature=7)
+    assert caught.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x")
+    kserve = openai.OpenAI(base_url=server + "/openai/v1", api_key="unused", max_retries=0)
+    assert kserve.completions.create(model="tiny-llm", prompt="hi", max_tokens=2).usage
+
+
+def test_oip_generate_and_stream(server: str) -> None:
+    body = {"text_input": "Hello", "parameters": {"max_tokens": 6, "temperature": 0}}
+    answer = httpx.post(f"{server}/v2/models/tiny-llm/generate", json=body, timeout=60)
+    assert answer.status_code == 200
+    whole = answer.json()
+    assert whole["model_name"] == "tiny-llm" and isinstance(whole["text_output"], str)
+    import json
+
+    streamed = []
+    with httpx.stream(
+        "POST", f"{server}/v2/models/tiny-llm/generate_stream", json=body, timeout=60
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                streamed.append(json.loads(line[6:]))
+    assert "".join(e["text_output"] for e in streamed) == whole["text_output"]
+    assert streamed[-1]["finish_reason"] == whole["finish_reason"]
+    bad = httpx.post(f"{server}/v2/models/tiny-llm/generate", json={"text_input": 3}, timeout=60)
+    assert bad.status_code == 400 and "text_input" in bad.json()["error"]
+
+
+def _running(server: str) -> float:
+    match = _RUNNING.search(httpx.get(f"{server}/metrics", timeout=10).text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_sequence(server: str) -> None:
+    body = {
+        "model": "tiny-llm",
+        "prompt": "Hello",
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        assert _running(server) == 1
+    # the connection is closed: the sequence is aborted at the engine's next step
+    deadline = time.monotonic() + 30
+    while _running(server) != 0:
+        assert time.monotonic() < deadline, "the sequence still runs after its client left"
+        time.sleep(0.05)
