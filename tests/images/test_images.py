@@ -314,11 +314,15 @@ def test_the_activator_image_runs_ember_up_and_deploy(activator: Container) -> N
 
 
 # ------------------------------------------------------------------------ both: packages, sizes
-def test_every_package_of_the_project_is_in_both_images(
+def test_every_package_of_the_project_is_in_its_images(
     runtime: Container, activator: Container
 ) -> None:
-    for box in (runtime, activator):
-        said = box.run("python", "-c", IMPORT_ALL, *PACKAGES)
+    """The runtime image has them all; the activator's all but the offline analysis."""
+    for box, packages in (
+        (runtime, PACKAGES),
+        (activator, [p for p in PACKAGES if p != "analysis"]),
+    ):
+        said = box.run("python", "-c", IMPORT_ALL, *packages)
         assert said.returncode == 0, said.stderr[-4000:]
 
 
