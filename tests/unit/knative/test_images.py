@@ -205,15 +205,14 @@ def test_the_activator_images_modules_import_only_its_extra() -> None:
 
 def test_the_runtime_images_modules_import_only_what_it_installs() -> None:
     """What the runtime image runs (`ember serve`, `ember cache`): every module of runtime,
-    weight_cache, contracts and ember, against the project's dependencies and the `hf` and `llm`
-    extras (what the image installs); the kserve handler imports kserve when it loads, the extra a user
+    weight_cache, contracts and ember, against the project's dependencies and the `hf` extra
+    (what the image installs); the kserve handler imports kserve when it loads, the extra a user
     adds to the image."""
     modules = _modules_of("runtime", "weight_cache", "contracts", "ember")
     imports = third_party(modules)
     assert imports.pop("kserve") == "runtime.handlers.kserve_model"
     project = PYPROJECT["project"]
-    extras = project["optional-dependencies"]
-    requirements = [*project["dependencies"], *extras["hf"], *extras["llm"]]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["hf"]]
     declared = {_dist(r) for r in requirements}
     missing = {
         name: f"{dist} (imported by {imports[name]})"
