@@ -206,11 +206,12 @@ def test_the_activator_images_modules_import_only_its_extra() -> None:
 def test_the_runtime_images_modules_import_only_what_it_installs() -> None:
     """What the runtime image runs (`ember serve`, `ember cache`): every module of runtime,
     weight_cache, contracts and ember, against the project's dependencies and the `hf` extra
-    (what the image installs); the kserve handler imports kserve when it loads, the extra a user
-    adds to the image."""
+    (what the image installs); the kserve handler imports kserve and the text-generation handler
+    transformers when they load, the extras (`kserve`, `llm`) a user adds to the image."""
     modules = _modules_of("runtime", "weight_cache", "contracts", "ember")
     imports = third_party(modules)
     assert imports.pop("kserve") == "runtime.handlers.kserve_model"
+    assert imports.pop("transformers") == "runtime.handlers.text_generation"
     project = PYPROJECT["project"]
     requirements = [*project["dependencies"], *project["optional-dependencies"]["hf"]]
     declared = {_dist(r) for r in requirements}
