@@ -10,7 +10,8 @@ through :meth:`TextGenerationHandler.generator`. The v2 ``infer`` route works to
 
 Options: ``max_running`` and ``max_waiting`` sequences, ``max_model_len`` (prompt and completion
 tokens; default the config's ``max_position_embeddings``), ``max_tokens`` (the default
-completion length), ``dtype``.
+completion length), ``prefill_chunk`` (prompt tokens per engine step), ``max_kv_tokens`` (the
+KV-cache bound, in tokens; default ``max_running`` x ``max_model_len``), ``dtype``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class TextGenerationHandler(ModelHandler):
             max_waiting=self.options.max_waiting,
             max_model_len=self.max_model_len,
             eos_token_ids=frozenset(eos_ids),
+            prefill_chunk=self.options.prefill_chunk,
+            max_kv_tokens=self.options.max_kv_tokens,
         )
 
     def generator(self) -> Engine:
