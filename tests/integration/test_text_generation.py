@@ -132,3 +132,24 @@ def test_a_client_that_leaves_mid_stream_frees_its_sequence(server: str) -> None
     while _running(server) != 0:
         assert time.monotonic() < deadline, "the sequence still runs after its client left"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("level", ["host", "disk"])
+def test_a_sleeping_model_wakes_for_a_completion(
+    server: str, client: openai.OpenAI, level: str
+) -> None:
+    def greedy() -> str | None:
+        answer = client.completions.create(
+            model="tiny-llm", prompt="Ember is", max_tokens=10, temperature=0
+        )
+        return answer.choices[0].text
+
+    before = greedy()
+    body = {"parameters": {"level": level}}
+    r = httpx.post(f"{server}/v2/repository/models/tiny-llm/unload", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["level"] == level
+    index = httpx.post(f"{server}/v2/repository/index", json={}, timeout=10).json()
+    assert [m["state"] for m in index if m["name"] == "tiny-llm"] == ["SLEEPING"]
+    assert greedy() == before  # woken by the request
+    index = httpx.post(f"{server}/v2/repository/index", json={}, timeout=10).json()
+    assert [m["state"] for m in index if m["name"] == "tiny-llm"] == ["READY"]
