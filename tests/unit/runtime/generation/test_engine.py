@@ -1,5 +1,7 @@
 """The step-loop engine on the tiny Llama: greedy equals transformers' generate, sequences join
-and leave mid-batch, aborts free their cache, the waiting queue is bounded."""
+and leave mid-batch, aborts free their cache, the waiting queue is bounded, several sequences
+decode in one forward, prefill is chunked, the KV cache is bounded, tokens and latencies are
+recorded."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from runtime.config import ModelConfig
 from runtime.errors import InvalidInput, ServerOverloaded
 from runtime.generation.engine import Engine
 from runtime.generation.params import SamplingParams
+from runtime.generation.stats import GenerationStats
 from runtime.generation.streams import Delta, Event, Finished
 from runtime.handlers.text_generation import TextGenerationHandler
 
@@ -279,3 +282,24 @@ def test_the_kv_cache_bound_queues_then_refuses(handler: TextGenerationHandler) 
         _eventually(lambda: engine.kv_used == 0)
     finally:
         engine.close()
+
+
+def test_the_engine_records_tokens_and_latencies(handler: TextGenerationHandler) -> None:
+    stats = GenerationStats()
+    engine = _engine(handler, handler.module, stats=stats)
+    try:
+        prompt = handler.encode_prompt(PROMPTS[2])
+        c = Collector()
+        seq = engine.submit(prompt, SamplingParams(6, 0.0), c)
+        _, end = c.result()
+    finally:
+        engine.close()
+    picked = len(seq.generated) + (end.reason == "stop")  # an end-of-sequence token counts
+    drained = stats.drain()
+    assert drained.prompt_tokens == stats.prompt_tokens == len(prompt)
+    assert drained.generation_tokens == stats.generation_tokens == picked
+    assert len(drained.ttft) == 1 and len(drained.itl) == picked - 1
+    assert all(s >= 0 for s in [*drained.ttft, *drained.itl])
+    again = stats.drain()  # drained: what the next scrape adds is new
+    assert (again.prompt_tokens, again.generation_tokens, again.ttft) == (0, 0, [])
+    assert stats.generation_tokens == picked  # the totals stay
