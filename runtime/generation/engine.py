@@ -19,9 +19,10 @@ are sized and written for CUDA). A replica on a CPU must serve too, so the loop 
    afterwards. The matrix multiplies are shared; the copy into the padded batch is the price of
    per-sequence caches (a paged cache with its own attention kernel is the next step).
 
-A sequence alone in its step runs on its own cache without padding, exactly as ``generate``
-does, so greedy decoding equals ``model.generate(do_sample=False)`` token for token; batched,
-the padding is masked out and the logits agree to float rounding.
+A model whose cache has other than full-attention layers (a sliding window) decodes each
+sequence alone, as before. A sequence alone in its step runs on its own cache without padding,
+exactly as ``generate`` does, so greedy decoding equals ``model.generate(do_sample=False)``
+token for token; batched, the padding is masked out and the logits agree to float rounding.
 
 The waiting queue is bounded: :meth:`Engine.submit` refuses past ``max_waiting`` (503 with
 Retry-After), and a sequence that could never fit the KV-cache bound is a 400 there.
@@ -100,6 +101,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.max_kv_tokens = max_kv_tokens or max_running * max_model_len
         self.stats = stats or GenerationStats()
+        self.batched = _full_attention(model.config)  # else each sequence decodes alone
         self.kv_reserved = 0  # tokens reserved by the running sequences
         self.kv_used = 0  # tokens in their caches, as of the last step
         self._waiting: deque[Sequence] = deque()
@@ -239,11 +241,11 @@ class Engine:
 
     def _decode(self, seqs: list[Sequence]) -> None:
         """One forward pass for the last token of every sequence in ``seqs``."""
-        if len(seqs) == 1:  # alone: its own cache, exactly as generate runs it
-            seq = seqs[0]
-            ids = torch.tensor([[seq.generated[-1]]], device=self.device)
-            out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
-            seq.next_logits = out.logits[0, -1]
+        if len(seqs) == 1 or not self.batched:  # alone on its cache, as generate runs it
+            for seq in seqs:
+                ids = torch.tensor([[seq.generated[-1]]], device=self.device)
+                out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
+                seq.next_logits = out.logits[0, -1]
             return
         batch, lengths = self._padded(seqs)
         longest = max(lengths)
@@ -346,6 +348,15 @@ class Engine:
         except Exception:  # a consumer's failure must not stop the others' sequences
             log.exception("delivering a generation event failed")
             seq.aborted = True
+
+
+def _full_attention(config: Any) -> bool:
+    """Whether every layer of the model's cache is a plain full-attention one, whose keys and
+    values the padded batch can be cut from (a sliding window's could not, as written)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

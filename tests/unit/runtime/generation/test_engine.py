@@ -303,3 +303,26 @@ def test_the_engine_records_tokens_and_latencies(handler: TextGenerationHandler)
     again = stats.drain()  # drained: what the next scrape adds is new
     assert (again.prompt_tokens, again.generation_tokens, again.ttft) == (0, 0, [])
     assert stats.generation_tokens == picked  # the totals stay
+
+
+def test_a_cache_the_batch_cannot_cut_decodes_each_sequence_alone(
+    handler: TextGenerationHandler, reference: Any
+) -> None:
+    assert handler.generator().batched  # the tiny Llama's layers are full attention
+    model = RecordingModel(handler.module)
+    engine = _engine(handler, model)
+    engine.batched = False  # as for a sliding-window model
+    try:
+        prompts = [handler.encode_prompt(t) for t in PROMPTS[:2]]
+        done = [Collector(), Collector()]
+        seqs = [
+            engine.submit(p, SamplingParams(8, 0.0), c) for p, c in zip(prompts, done, strict=True)
+        ]
+        model.go.set()
+        for c in done:
+            c.result()
+    finally:
+        engine.close()
+    assert all(batch == 1 for batch, _ in model.batches)
+    for prompt, seq in zip(prompts, seqs, strict=True):
+        assert seq.generated == _generate(reference, prompt, 8, engine.eos_token_ids)
