@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from runtime.dataplane import DataPlane, InferResult
 from runtime.errors import InvalidInput
 from runtime.generation.streams import TextGenerator
+from runtime.metrics import RuntimeMetrics
 from runtime.protocol import InferenceRequest
 from runtime.repository import ModelRepository
 from runtime.sleep import SleepLevel
@@ -58,7 +59,15 @@ class RuntimeFacade:
         return self._dataplane.model_config(name, version)
 
     def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
-        return self._dataplane.statistics(name, version)
+        """The models' statistics; a text-generation model's have its token totals too."""
+        statistics = self._dataplane.statistics(name, version)
+        for model in statistics["model_stats"]:
+            handler = self._repository.entry(model["name"], model.get("version")).handler
+            if handler is not None and handler.generates:
+                stats = handler.generator().stats  # type: ignore[attr-defined]  # generates
+                model["prompt_tokens"] = stats.prompt_tokens
+                model["generation_tokens"] = stats.generation_tokens
+        return statistics
 
     def metrics(self) -> bytes:
         """The Prometheus exposition, queue depths read now."""
@@ -69,8 +78,7 @@ class RuntimeFacade:
             handler = entry.handler
             if handler is not None and handler.generates:
                 engine = handler.generator()  # type: ignore[attr-defined]  # declared by generates
-                metrics.generation_running.labels(entry.config.name).set(engine.running)
-                metrics.generation_waiting.labels(entry.config.name).set(engine.waiting)
+                _generation_metrics(metrics, entry.config.name, engine)
         return generate_latest(metrics.registry)
 
     # ----------------------------------------------------------------------------- repository
@@ -128,6 +136,20 @@ class RuntimeFacade:
         assert handler is not None and handler.generates
         generator: TextGenerator = handler  # type: ignore[assignment]  # declared by generates
         return generator
+
+
+def _generation_metrics(metrics: RuntimeMetrics, name: str, engine: Any) -> None:
+    """A text-generation model's gauges read now; its latencies and tokens since the last scrape."""
+    metrics.generation_running.labels(name).set(engine.running)
+    metrics.generation_waiting.labels(name).set(engine.waiting)
+    metrics.kv_cache_usage.labels(name).set(engine.kv_usage)
+    drained = engine.stats.drain()
+    metrics.prompt_tokens.labels(name).inc(drained.prompt_tokens)
+    metrics.generation_tokens.labels(name).inc(drained.generation_tokens)
+    for seconds in drained.ttft:
+        metrics.time_to_first_token.labels(name).observe(seconds)
+    for seconds in drained.itl:
+        metrics.inter_token_latency.labels(name).observe(seconds)
 
 
 def _generates(kind: str) -> bool:

@@ -7,6 +7,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+_TOKEN_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
+    40.0, 80.0,
+)  # fmt: skip  # vLLM's time-to-first-token buckets, up to 80 s
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -43,6 +47,38 @@ class RuntimeMetrics:
         self.generation_waiting = Gauge(
             "vllm:num_requests_waiting",
             "Sequences waiting to join a text-generation model's running batch",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time from a sequence's submission to its first generated token",
+            ["model_name"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token_latency = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between a sequence's successive generated tokens",
+            ["model_name"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens",
+            "Prompt tokens prefilled",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens",
+            "Tokens generated (an end-of-sequence token included)",
+            ["model_name"],
+            registry=self.registry,
+        )
+        self.kv_cache_usage = Gauge(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of the KV-cache bound (max_kv_tokens) the running sequences hold, 0 to 1",
             ["model_name"],
             registry=self.registry,
         )

@@ -4,17 +4,28 @@ every step.
 Why our own scheduler and not transformers 5's ``ContinuousBatchingManager``
 (``generate_batch``): on this project's 2-core CPU it took 40 s to generate 2 x 10 tokens of a
 64-wide, 2-layer Llama that ``generate`` answers in milliseconds (its paged cache and attention
-are sized and written for CUDA). A replica on a CPU must serve too, so the loop is ours:
+are sized and written for CUDA). A replica on a CPU must serve too, so the loop is ours. A step:
 
-- every step first drops the sequences whose client left (``abort``) or that finished, freeing
-  their KV cache, then admits waiting sequences up to ``max_running`` (each prefilled with its
-  whole prompt into its own ``DynamicCache``), then decodes one token for every running one;
-- each sequence has its own KV cache, so its logits are exactly those ``generate`` computes
-  and greedy decoding equals ``model.generate(do_sample=False)`` token for token. The decode
-  step runs each sequence's forward in turn: sequences share the step, not one matmul (batching
-  them over a padded cache, and chunked prefill, are the next steps);
-- the waiting queue is bounded: :meth:`Engine.submit` refuses past ``max_waiting`` (503 with
-  Retry-After), never queueing without bound.
+1. drops the sequences whose client left (``abort``), freeing their KV cache;
+2. admits waiting sequences while fewer than ``max_running`` run and the KV-cache bound
+   (``max_kv_tokens``) holds what each may need: its prompt plus the tokens it may generate,
+   reserved at admission so a running sequence never runs out of cache;
+3. prefills: at most ``prefill_chunk`` prompt tokens go through the model per step, a long
+   prompt over several steps (chunked prefill), so it does not stall the running streams;
+4. decodes: every sequence whose prompt is in picks its next token, then ONE forward pass
+   computes all their next logits. Each sequence keeps its own ``DynamicCache``; for the step
+   they are left-padded into one batched cache, with an attention mask hiding the padding and
+   position ids saying each sequence's own position, and each sequence's part is cut back out
+   afterwards. The matrix multiplies are shared; the copy into the padded batch is the price of
+   per-sequence caches (a paged cache with its own attention kernel is the next step).
+
+A model whose cache has other than full-attention layers (a sliding window) decodes each
+sequence alone, as before. A sequence alone in its step runs on its own cache without padding,
+exactly as ``generate`` does, so greedy decoding equals ``model.generate(do_sample=False)``
+token for token; batched, the padding is masked out and the logits agree to float rounding.
+
+The waiting queue is bounded: :meth:`Engine.submit` refuses past ``max_waiting`` (503 with
+Retry-After), and a sequence that could never fit the KV-cache bound is a 400 there.
 
 Outputs reach the caller through the sequence's ``emit`` callback, called in the engine's
 thread: text deltas (held back while they could be the start of a stop string or end in an
@@ -25,14 +36,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from runtime.errors import ServerOverloaded, ShuttingDown
+from runtime.errors import InvalidInput, ServerOverloaded, ShuttingDown
 from runtime.generation.params import SamplingParams
+from runtime.generation.stats import GenerationStats
 from runtime.generation.streams import Delta, Emit, Event, Finished
 
 log = logging.getLogger("ember.runtime")
@@ -45,12 +58,16 @@ class Sequence:
     prompt: list[int]
     params: SamplingParams
     emit: Emit
+    reserved: int = 0  # KV-cache tokens it may need: prompt + completion
     generated: list[int] = field(default_factory=list)
     aborted: bool = False
     cache: Any = None
+    prefilled: int = 0  # prompt tokens in its cache
     next_logits: torch.Tensor | None = None
     sent_chars: int = 0
     generator: torch.Generator | None = None
+    submitted: float = field(default_factory=time.monotonic)
+    last_token_at: float | None = None
 
     def abort(self) -> None:
         """Stop it at the next step, its cache freed (any thread may call this)."""
@@ -70,6 +87,9 @@ class Engine:
         max_waiting: int,
         max_model_len: int,
         eos_token_ids: frozenset[int],
+        prefill_chunk: int = 512,
+        max_kv_tokens: int | None = None,
+        stats: GenerationStats | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -78,6 +98,12 @@ class Engine:
         self.max_waiting = max_waiting
         self.max_model_len = max_model_len
         self.eos_token_ids = eos_token_ids
+        self.prefill_chunk = prefill_chunk
+        self.max_kv_tokens = max_kv_tokens or max_running * max_model_len
+        self.stats = stats or GenerationStats()
+        self.batched = _full_attention(model.config)  # else each sequence decodes alone
+        self.kv_reserved = 0  # tokens reserved by the running sequences
+        self.kv_used = 0  # tokens in their caches, as of the last step
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._wake = threading.Condition()
@@ -94,9 +120,27 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def kv_usage(self) -> float:
+        """The fraction of the KV-cache bound the running sequences' caches hold (0 to 1)."""
+        return min(1.0, self.kv_used / self.max_kv_tokens)
+
     def submit(self, prompt: list[int], params: SamplingParams, emit: Emit) -> Sequence:
-        """Queue a sequence; ServerOverloaded when ``max_waiting`` are already waiting."""
-        seq = Sequence(prompt=list(prompt), params=params, emit=emit)
+        """Queue a sequence; ServerOverloaded when ``max_waiting`` are already waiting,
+        InvalidInput when it could never fit the KV-cache bound."""
+        room = max(self.max_model_len - len(prompt), 0)
+        seq = Sequence(
+            prompt=list(prompt),
+            params=params,
+            emit=emit,
+            reserved=len(prompt) + min(params.max_tokens, room),
+        )
+        if seq.reserved > self.max_kv_tokens:
+            raise InvalidInput(
+                f"this request may need {seq.reserved} tokens of KV cache (its prompt and "
+                f"max_tokens); the model holds at most {self.max_kv_tokens} (max_kv_tokens): "
+                "ask for fewer tokens"
+            )
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         with self._wake:
@@ -111,7 +155,7 @@ class Engine:
         return seq
 
     def close(self) -> None:
-        """Stop the loop; every sequence still there ends with ``abort``."""
+        """Stop the loop; every sequence still there ends with ``abort``, its cache freed."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -125,37 +169,48 @@ class Engine:
                     self._wake.wait()
                 if self._closed:
                     leftover = [*self._running, *self._waiting]
-                    self._running.clear()
+                    self._running = []
                     self._waiting.clear()
                     break
-                admitted: list[Sequence] = []
-                while self._waiting and len(self._running) + len(admitted) < self.max_running:
-                    admitted.append(self._waiting.popleft())
+                self._admit()
             try:
                 with torch.inference_mode():
-                    self._step(admitted)
+                    self._step()
             except Exception as exc:  # the model failed: every sequence it held fails
                 log.exception("a generation step failed")
-                for seq in [*self._running, *admitted]:
+                for seq in self._running:
                     self._finish(seq, "error", error=f"{type(exc).__name__}: {exc}")
                 self._running = []
+                self._account()
         for seq in leftover:
             self._finish(seq, "abort")
+        self._account()
 
-    def _step(self, admitted: list[Sequence]) -> None:
-        self._running = [s for s in self._running if not self._dropped(s)]
-        for seq in admitted:
-            if self._dropped(seq):
-                continue
-            self._prefill(seq)
+    def _admit(self) -> None:
+        """Waiting sequences join, first come first served, while the bounds hold (under the
+        lock)."""
+        while self._waiting and len(self._running) < self.max_running:
+            seq = self._waiting[0]
+            if not seq.aborted and self.kv_reserved + seq.reserved > self.max_kv_tokens:
+                return  # it waits until running sequences give their cache back
+            self._waiting.popleft()
             self._running.append(seq)
-        still = []
-        for seq in self._running:
-            if self._dropped(seq):
-                continue
-            if self._advance(seq):
-                still.append(seq)
-        self._running = still
+            self.kv_reserved += seq.reserved
+
+    def _step(self) -> None:
+        self._running = [s for s in self._running if not self._dropped(s)]
+        self._prefill()
+        decoding = [s for s in self._running if s.next_logits is not None]
+        going = [s for s in decoding if self._take(s)]
+        if going:
+            self._decode(going)
+        ended = {id(s) for s in decoding} - {id(s) for s in going}
+        self._running = [s for s in self._running if id(s) not in ended]
+        self._account()
+
+    def _account(self) -> None:
+        self.kv_reserved = sum(s.reserved for s in self._running)
+        self.kv_used = sum(s.prefilled + len(s.generated) for s in self._running)
 
     def _dropped(self, seq: Sequence) -> bool:
         if seq.aborted:
@@ -163,18 +218,82 @@ class Engine:
             return True
         return False
 
-    def _prefill(self, seq: Sequence) -> None:
+    def _prefill(self) -> None:
+        """Up to ``prefill_chunk`` prompt tokens through the model, oldest sequence first."""
         from transformers import DynamicCache
 
-        seq.cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([seq.prompt], device=self.device)
-        out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
-        seq.next_logits = out.logits[0, -1]
+        budget = self.prefill_chunk
+        for seq in self._running:
+            if budget <= 0:
+                return
+            if seq.prefilled >= len(seq.prompt):
+                continue
+            if seq.cache is None:
+                seq.cache = DynamicCache(config=self.model.config)
+            chunk = seq.prompt[seq.prefilled : seq.prefilled + budget]
+            ids = torch.tensor([chunk], device=self.device)
+            out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
+            seq.prefilled += len(chunk)
+            budget -= len(chunk)
+            if seq.prefilled == len(seq.prompt):
+                seq.next_logits = out.logits[0, -1]
+                self.stats.prompt(len(seq.prompt))
 
-    def _advance(self, seq: Sequence) -> bool:
+    def _decode(self, seqs: list[Sequence]) -> None:
+        """One forward pass for the last token of every sequence in ``seqs``."""
+        if len(seqs) == 1 or not self.batched:  # alone on its cache, as generate runs it
+            for seq in seqs:
+                ids = torch.tensor([[seq.generated[-1]]], device=self.device)
+                out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
+                seq.next_logits = out.logits[0, -1]
+            return
+        batch, lengths = self._padded(seqs)
+        longest = max(lengths)
+        ids = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
+        mask = torch.zeros((len(seqs), longest + 1), dtype=torch.long, device=self.device)
+        for i, n in enumerate(lengths):
+            mask[i, longest - n :] = 1
+        positions = torch.tensor([[n] for n in lengths], device=self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=batch,
+            use_cache=True,
+        )
+        for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+            seq.next_logits = out.logits[i, -1]
+            for mine, theirs in zip(seq.cache.layers, batch.layers, strict=True):
+                mine.keys = theirs.keys[i : i + 1, :, longest - n :].clone()
+                mine.values = theirs.values[i : i + 1, :, longest - n :].clone()
+
+    def _padded(self, seqs: list[Sequence]) -> tuple[Any, list[int]]:
+        """The sequences' caches left-padded into one batched ``DynamicCache``."""
+        from transformers import DynamicCache
+
+        batch = DynamicCache(config=self.model.config)
+        lengths = [s.cache.get_seq_length() for s in seqs]
+        longest = max(lengths)
+        for layer in range(len(seqs[0].cache.layers)):
+            keys, values = [], []
+            for seq, n in zip(seqs, lengths, strict=True):
+                k, v = seq.cache.layers[layer].keys, seq.cache.layers[layer].values
+                pad = (0, 0, longest - n, 0)  # left, along the sequence axis
+                keys.append(torch.nn.functional.pad(k, pad))
+                values.append(torch.nn.functional.pad(v, pad))
+            batch.update(torch.cat(keys), torch.cat(values), layer)
+        return batch, lengths
+
+    def _take(self, seq: Sequence) -> bool:
         """Pick its next token, send what text is safe to send; False once it is done."""
         assert seq.next_logits is not None
         token = self._pick(seq, seq.next_logits)
+        now = time.monotonic()
+        if seq.last_token_at is None:
+            self.stats.token(ttft=now - seq.submitted)
+        else:
+            self.stats.token(itl=now - seq.last_token_at)
+        seq.last_token_at = now
         if token in self.eos_token_ids:
             self._finish(seq, "stop", flush=True)
             return False
@@ -194,9 +313,6 @@ class Engine:
             self._finish(seq, "length")
             return False
         self._send(seq, text[: len(text) - _held_back(text, seq.params.stop)])
-        ids = torch.tensor([[token]], device=self.device)
-        out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
-        seq.next_logits = out.logits[0, -1]
         return True
 
     def _pick(self, seq: Sequence, logits: torch.Tensor) -> int:
@@ -232,6 +348,15 @@ class Engine:
         except Exception:  # a consumer's failure must not stop the others' sequences
             log.exception("delivering a generation event failed")
             seq.aborted = True
+
+
+def _full_attention(config: Any) -> bool:
+    """Whether every layer of the model's cache is a plain full-attention one, whose keys and
+    values the padded batch can be cut from (a sliding window's could not, as written)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

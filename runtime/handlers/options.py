@@ -61,6 +61,9 @@ class TextGenerationOptions(BaseModel):
     max_waiting: int = Field(default=64, ge=0)  # past this, a new request is refused (503)
     max_model_len: int | None = Field(default=None, ge=2)  # prompt + completion tokens
     max_tokens: int = Field(default=16, ge=1)  # a completion's default length
+    prefill_chunk: int = Field(default=512, ge=1)  # prompt tokens through the model per step
+    # KV-cache tokens the running sequences may hold together; default max_running x max_model_len
+    max_kv_tokens: int | None = Field(default=None, ge=2)
     dtype: Literal["float32", "float16", "bfloat16"] | None = None  # default: the config's
 
 

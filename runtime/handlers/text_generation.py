@@ -3,14 +3,18 @@
 Reads ``config.json`` and the tokenizer files with transformers, builds the model on the meta
 device from its config (no weight initialisation) and fills it with the tensors Ember streamed
 (``model.safetensors``, or the shards ``model.safetensors.index.json`` names), on the model's
-device, in the dtype the config asks (``options.dtype`` overrides it). Generation runs in the
-:class:`~runtime.generation.engine.Engine` the handler starts once loaded; the routes reach it
-through :meth:`TextGenerationHandler.generator`. The v2 ``infer`` route works too: input
-``text_input`` (BYTES), output ``text_output`` (BYTES), greedy, ``options.max_tokens`` tokens.
+device, in the dtype the config asks (``options.dtype`` overrides it). It sleeps at ``host`` and
+``disk`` through :class:`~runtime.handlers.torch_sleep.TorchWeights`, its engine stopped first
+(running sequences end with ``abort`` and give their KV caches back) and started anew on wake.
+Generation runs in the :class:`~runtime.generation.engine.Engine` the handler starts once
+loaded; the routes reach it through :meth:`TextGenerationHandler.generator`. The v2 ``infer``
+route works too: input ``text_input`` (BYTES), output ``text_output`` (BYTES), greedy,
+``options.max_tokens`` tokens.
 
 Options: ``max_running`` and ``max_waiting`` sequences, ``max_model_len`` (prompt and completion
 tokens; default the config's ``max_position_embeddings``), ``max_tokens`` (the default
-completion length), ``dtype``.
+completion length), ``prefill_chunk`` (prompt tokens per engine step), ``max_kv_tokens`` (the
+KV-cache bound, in tokens; default ``max_running`` x ``max_model_len``), ``dtype``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from runtime.config import ModelConfig, TensorSpec
 from runtime.errors import InferenceFailed, InvalidInput
 from runtime.generation.engine import Engine
 from runtime.generation.params import SamplingParams
+from runtime.generation.stats import GenerationStats
 from runtime.generation.streams import Delta, Event, Finished
 from runtime.handlers.base import (
     HandlerLoadError,
@@ -40,7 +45,9 @@ from runtime.handlers.base import (
 )
 from runtime.handlers.meta_build import load_module
 from runtime.handlers.options import TextGenerationOptions
+from runtime.handlers.torch_sleep import TorchWeights
 from runtime.handlers.torch_util import load_safetensors, streamed_file
+from runtime.sleep import SleepLevel
 from runtime.tensors import Tensor
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -61,15 +68,17 @@ def _weight_files(root: Path) -> list[str]:
 
 class TextGenerationHandler(ModelHandler):
     platform = "pytorch"
-    measures = takes_tensors = generates = True
+    can_sleep = measures = takes_tensors = generates = True
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.options = parse_options(TextGenerationOptions, config)
         self.engine: Engine | None = None
         self.tokenizer: Any = None
-        self.module: torch.nn.Module | None = None
-        self.device = "cpu"
+        self.weights = TorchWeights(what="CausalLM", reread=self._read_weights)
+        self.stats = GenerationStats()  # kept across the engines of sleeps and wakes
+        self.dtype = torch.float32
+        self.eos_token_ids: frozenset[int] = frozenset()
         self.max_model_len = 0
         self.inputs: tuple[TensorSpec, ...] = config.inputs or (
             TensorSpec(name="text_input", datatype="BYTES", shape=(1,)),
@@ -84,7 +93,7 @@ class TextGenerationHandler(ModelHandler):
         root = self.config.local_source()
         if not (root / "config.json").is_file():
             raise WeightsMissing(f"{root / 'config.json'} does not exist")
-        self.device = pick_device(self.config.device)
+        self.weights.device = pick_device(self.config.device)
         try:
             hf_config = AutoConfig.from_pretrained(root, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
@@ -95,14 +104,8 @@ class TextGenerationHandler(ModelHandler):
             dtype = getattr(hf_config, "dtype", None) or torch.float32
             if isinstance(dtype, str):
                 dtype = _DTYPES.get(dtype, torch.float32)
-        state: dict[str, torch.Tensor] = {}
-        for name in _weight_files(root):
-            loaded = load_safetensors(
-                root / name, self.device, streamed=streamed_file(tensors, name)
-            )
-            state.update(
-                {k: v.to(dtype) if v.is_floating_point() else v for k, v in loaded.items()}
-            )
+        self.dtype = dtype
+        state = self._read_weights(tensors)
         module = load_module(
             lambda: AutoModelForCausalLM.from_config(hf_config, dtype=dtype),  # type: ignore[no-untyped-call]
             state,
@@ -117,16 +120,57 @@ class TextGenerationHandler(ModelHandler):
             eos_ids.add(tokenizer.eos_token_id)
         positions = getattr(hf_config, "max_position_embeddings", None) or 2048
         self.max_model_len = min(self.options.max_model_len or positions, positions)
-        self.module, self.tokenizer = module, tokenizer
-        self.engine = Engine(
-            module,
-            tokenizer,
+        self.weights.adopt(module, file_keys=state)
+        self.tokenizer, self.eos_token_ids = tokenizer, frozenset(eos_ids)
+        self.engine = self._start_engine()
+
+    def _read_weights(self, tensors: StreamedTensors | None = None) -> dict[str, torch.Tensor]:
+        """The weights files' tensors on the device in the model's dtype (the streamed ones
+        when ``tensors`` has them; what a wake from ``disk`` reads again)."""
+        root = self.config.local_source()
+        state: dict[str, torch.Tensor] = {}
+        for name in _weight_files(root):
+            loaded = load_safetensors(
+                root / name, self.device, streamed=streamed_file(tensors, name)
+            )
+            state.update(
+                {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in loaded.items()}
+            )
+        return state
+
+    def _start_engine(self) -> Engine:
+        return Engine(
+            self.module,
+            self.tokenizer,
             device=self.device,
             max_running=self.options.max_running,
             max_waiting=self.options.max_waiting,
             max_model_len=self.max_model_len,
-            eos_token_ids=frozenset(eos_ids),
+            eos_token_ids=self.eos_token_ids,
+            prefill_chunk=self.options.prefill_chunk,
+            max_kv_tokens=self.options.max_kv_tokens,
+            stats=self.stats,
         )
+
+    def sleep(self, level: SleepLevel) -> None:
+        """Stop the engine (its sequences end with ``abort``, their KV caches freed), then put
+        the weights away at ``level``."""
+        if self.engine is not None:
+            self.engine.close()
+        self.weights.sleep(level)
+
+    def wake(self) -> None:
+        """The weights back on the device and a fresh engine (the same statistics)."""
+        self.weights.wake()
+        self.engine = self._start_engine()
+
+    @property
+    def device(self) -> str:
+        return self.weights.device
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        return self.weights.module
 
     def generator(self) -> Engine:
         assert self.engine is not None, "generator before load"
@@ -154,11 +198,7 @@ class TextGenerationHandler(ModelHandler):
         return text
 
     def device_bytes(self) -> int:
-        if self.module is None:
-            return 0
-        from runtime.handlers.torch_sleep import device_bytes
-
-        return device_bytes(self.module, device=self.device)
+        return self.weights.device_bytes() if self.module is not None else 0
 
     @property
     def input_limits(self) -> Mapping[str, str]:
@@ -195,4 +235,5 @@ class TextGenerationHandler(ModelHandler):
     def unload(self) -> None:
         if self.engine is not None:
             self.engine.close()
-        self.engine = self.module = self.tokenizer = None
+        self.engine = self.tokenizer = None
+        self.weights.unload()

@@ -33,8 +33,9 @@ def server(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture
-def client(server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+def client(server: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0) as client:
+        yield client  # closed after the test, its sockets with it
 
 
 def test_completions_streamed_equal_unstreamed(client: openai.OpenAI) -> None:
@@ -132,3 +133,56 @@ def test_a_client_that_leaves_mid_stream_frees_its_sequence(server: str) -> None
     while _running(server) != 0:
         assert time.monotonic() < deadline, "the sequence still runs after its client left"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("level", ["host", "disk"])
+def test_a_sleeping_model_wakes_for_a_completion(
+    server: str, client: openai.OpenAI, level: str
+) -> None:
+    def greedy() -> str | None:
+        answer = client.completions.create(
+            model="tiny-llm", prompt="Ember is", max_tokens=10, temperature=0
+        )
+        return answer.choices[0].text
+
+    before = greedy()
+    body = {"parameters": {"level": level}}
+    r = httpx.post(f"{server}/v2/repository/models/tiny-llm/unload", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["level"] == level
+    index = httpx.post(f"{server}/v2/repository/index", json={}, timeout=10).json()
+    assert [m["state"] for m in index if m["name"] == "tiny-llm"] == ["SLEEPING"]
+    assert greedy() == before  # woken by the request
+    index = httpx.post(f"{server}/v2/repository/index", json={}, timeout=10).json()
+    assert [m["state"] for m in index if m["name"] == "tiny-llm"] == ["READY"]
+
+
+def _sample(text: str, metric: str) -> float:
+    match = re.search(rf'^{re.escape(metric)}\{{model_name="tiny-llm"\}} (\S+)$', text, re.M)
+    assert match, metric
+    return float(match.group(1))
+
+
+def test_generation_metrics_and_statistics(server: str, client: openai.OpenAI) -> None:
+    before = httpx.get(f"{server}/metrics", timeout=10).text
+    answer = client.completions.create(
+        model="tiny-llm", prompt="Tokens stream", max_tokens=5, temperature=0
+    )
+    assert answer.usage is not None
+    after = httpx.get(f"{server}/metrics", timeout=10).text
+    prompt = _sample(after, "vllm:prompt_tokens_total") - _sample(
+        before, "vllm:prompt_tokens_total"
+    )
+    assert prompt == answer.usage.prompt_tokens
+    made = _sample(after, "vllm:generation_tokens_total")
+    assert made - _sample(before, "vllm:generation_tokens_total") >= answer.usage.completion_tokens
+    ttft = "vllm:time_to_first_token_seconds_count"
+    assert _sample(after, ttft) == _sample(before, ttft) + 1
+    itl = "vllm:inter_token_latency_seconds_count"
+    assert _sample(after, itl) - _sample(before, itl) >= answer.usage.completion_tokens - 1
+    deadline = time.monotonic() + 30  # the engine counts its cache after the answer's last event
+    while _sample(httpx.get(f"{server}/metrics", timeout=10).text, "vllm:kv_cache_usage_perc"):
+        assert time.monotonic() < deadline, "the KV cache stayed in use with nothing running"
+        time.sleep(0.01)
+    stats = httpx.get(f"{server}/v2/models/tiny-llm/stats", timeout=10).json()["model_stats"][0]
+    assert stats["prompt_tokens"] >= answer.usage.prompt_tokens
+    assert stats["generation_tokens"] >= made
