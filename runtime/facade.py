@@ -9,14 +9,16 @@ layer sees neither, nor any model's entry.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import numpy as np
 from prometheus_client import generate_latest
 
 from runtime.dataplane import DataPlane, InferResult
 from runtime.errors import InvalidInput
 from runtime.generation.streams import TextGenerator
-from runtime.protocol import InferenceRequest
+from runtime.protocol import InferenceRequest, parse_inference_request
 from runtime.repository import ModelRepository
 from runtime.sleep import SleepLevel
 
@@ -117,6 +119,36 @@ class RuntimeFacade:
         """The names of the models that generate text (whatever their state)."""
         return [e.config.name for e in self._repository.entries() if _generates(e.config.handler)]
 
+    def openai_models(self) -> list[str]:
+        """The names of the models the OpenAI routes serve: text generation and embeddings."""
+        kinds = ("text-generation", EMBEDDING_HANDLER)
+        return [e.config.name for e in self._repository.entries() if e.config.handler in kinds]
+
+    async def embed(self, name: str, texts: list[str]) -> tuple[np.ndarray, int]:
+        """An ``hf-encoder`` model's embeddings of ``texts`` (one row each) and how many tokens
+        they took, through the data plane like a v2 request (its limits, batching and
+        statistics); 404 for an unknown model, 400 for one that does not embed."""
+        entry = self._repository.entry(name)
+        if entry.config.handler != EMBEDDING_HANDLER:
+            raise InvalidInput(f"model '{name}' does not make embeddings ({entry.config.handler})")
+        entry = await self._repository.loaded_entry(name)
+        assert entry.handler is not None
+        text_input = entry.handler.inputs[0].name
+        request = parse_inference_request(
+            {
+                "inputs": [
+                    {"name": text_input, "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+                ]
+            }
+        )
+        result = await self._dataplane.infer(name, None, request)
+        array = np.asarray(result.outputs[0][0].array, dtype=np.float32).reshape(len(texts), -1)
+        handler = entry.handler
+        tokens = 0
+        if hasattr(handler, "count_tokens"):
+            tokens = await asyncio.to_thread(handler.count_tokens, texts)
+        return array, tokens
+
     async def text_generator(self, name: str, version: str | None = None) -> TextGenerator:
         """A text-generation model's handler, awake (woken or loaded first if need be); 404
         for an unknown model, 400 for one that does not generate text."""
@@ -128,6 +160,9 @@ class RuntimeFacade:
         assert handler is not None and handler.generates
         generator: TextGenerator = handler  # type: ignore[assignment]  # declared by generates
         return generator
+
+
+EMBEDDING_HANDLER = "hf-encoder"
 
 
 def _generates(kind: str) -> bool:

@@ -105,7 +105,7 @@ class GenerationEndpoints:
     async def models_list(self, request: Request) -> Response:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "ember"}
-            for name in self.models.generating_models()
+            for name in self.models.openai_models()
         ]
         return _json({"object": "list", "data": data})
 
