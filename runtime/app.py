@@ -16,6 +16,7 @@ from runtime.config import ModelConfig, ServerSettings
 from runtime.dataplane import DataPlane
 from runtime.errors import ConfigError
 from runtime.facade import RuntimeFacade
+from runtime.generation.embeddings import EmbeddingEndpoints, register_embedding_endpoints
 from runtime.generation.routes import GenerationEndpoints, register_generation_endpoints
 from runtime.handlers.base import handler_class
 from runtime.metrics import RuntimeMetrics
@@ -100,6 +101,7 @@ def create_app(
     register_v2_endpoints(app, v2)
     register_metrics_endpoint(app, models)
     register_generation_endpoints(app, GenerationEndpoints(models, v2.read_body))
+    register_embedding_endpoints(app, EmbeddingEndpoints(models, v2.read_body))
     return app
 
 

@@ -9,15 +9,19 @@ layer sees neither, nor any model's entry.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import numpy as np
 from prometheus_client import generate_latest
 
 from runtime.dataplane import DataPlane, InferResult
+from runtime.entries import ModelEntry
 from runtime.errors import InvalidInput
 from runtime.generation.streams import TextGenerator
+from runtime.handlers.base import ModelHandler, handler_class
 from runtime.metrics import RuntimeMetrics
-from runtime.protocol import InferenceRequest
+from runtime.protocol import InferenceRequest, parse_inference_request
 from runtime.repository import ModelRepository
 from runtime.sleep import SleepLevel
 
@@ -123,13 +127,44 @@ class RuntimeFacade:
     # ----------------------------------------------------------------------------- generation
     def generating_models(self) -> list[str]:
         """The names of the models that generate text (whatever their state)."""
-        return [e.config.name for e in self._repository.entries() if _generates(e.config.handler)]
+        return [e.config.name for e in self._repository.entries() if _kind(e).generates]
+
+    def openai_models(self) -> list[str]:
+        """The names of the models the OpenAI routes serve: text generation and embeddings."""
+        return [
+            e.config.name
+            for e in self._repository.entries()
+            if _kind(e).generates or _kind(e).embeds
+        ]
+
+    async def embed(self, name: str, texts: list[str]) -> tuple[np.ndarray, int]:
+        """An embedding model's (``embeds``: ``hf-encoder``) embeddings of ``texts`` (one row
+        each) and how many tokens they took, through the data plane like a v2 request (its
+        limits, batching and statistics); 404 for an unknown model, 400 for one that does not
+        embed."""
+        entry = self._repository.entry(name)
+        if not _kind(entry).embeds:
+            raise InvalidInput(f"model '{name}' does not make embeddings ({entry.config.handler})")
+        entry = await self._repository.loaded_entry(name)
+        assert entry.handler is not None
+        text_input = entry.handler.inputs[0].name
+        request = parse_inference_request(
+            {
+                "inputs": [
+                    {"name": text_input, "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+                ]
+            }
+        )
+        result = await self._dataplane.infer(name, None, request)
+        array = np.asarray(result.outputs[0][0].array, dtype=np.float32).reshape(len(texts), -1)
+        tokens = await asyncio.to_thread(entry.handler.count_tokens, texts)
+        return array, tokens
 
     async def text_generator(self, name: str, version: str | None = None) -> TextGenerator:
         """A text-generation model's handler, awake (woken or loaded first if need be); 404
         for an unknown model, 400 for one that does not generate text."""
         entry = self._repository.entry(name, version)
-        if not _generates(entry.config.handler):
+        if not _kind(entry).generates:
             raise InvalidInput(f"model '{name}' does not generate text ({entry.config.handler})")
         entry = await self._repository.awake_entry(name, version)
         handler = entry.handler
@@ -152,5 +187,6 @@ def _generation_metrics(metrics: RuntimeMetrics, name: str, engine: Any) -> None
         metrics.inter_token_latency.labels(name).observe(seconds)
 
 
-def _generates(kind: str) -> bool:
-    return kind == "text-generation"
+def _kind(entry: ModelEntry) -> type[ModelHandler]:
+    """What a model's handler can do, declared on its class."""
+    return handler_class(entry.config.handler)

@@ -57,6 +57,15 @@ def _integer(param: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def flag(param: str, value: Any, default: bool = False) -> bool:
+    """A boolean parameter (``stream``, ``include_usage``): absent or None is ``default``."""
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidParameter(param, f"must be true or false, not {value!r}")
+    return value
+
+
 def _stops(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -79,13 +88,17 @@ def sampling_params(
     """The parameters in ``values`` (names as the routes take them), each checked; absent or
     None ones take their defaults. ``max_tokens_limit`` bounds ``max_tokens``."""
     max_tokens = values.get("max_tokens")
+    # OpenAI's newer name for it: a bad value is named as it was sent
+    max_tokens_name = "max_tokens"
+    if max_tokens is None and values.get("max_completion_tokens") is not None:
+        max_tokens, max_tokens_name = values["max_completion_tokens"], "max_completion_tokens"
     temperature = values.get("temperature")
     top_p = values.get("top_p")
     seed = values.get("seed")
     return SamplingParams(
         max_tokens=default_max_tokens
         if max_tokens is None
-        else _integer("max_tokens", max_tokens, 1, max_tokens_limit),
+        else _integer(max_tokens_name, max_tokens, 1, max_tokens_limit),
         temperature=1.0 if temperature is None else _number("temperature", temperature, 0.0, 2.0),
         top_p=1.0 if top_p is None else _positive_top_p(top_p),
         seed=None if seed is None else _integer("seed", seed, -(2**63), 2**63 - 1),

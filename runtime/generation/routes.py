@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 
 from runtime.errors import RuntimeServerError
 from runtime.facade import RuntimeFacade
-from runtime.generation.params import InvalidParameter, sampling_params
+from runtime.generation.params import InvalidParameter, flag, sampling_params
 from runtime.generation.streams import Delta, Finished, GenerationStream, TextGenerator
 from runtime.protocol import parse_json_object
 
@@ -105,7 +105,7 @@ class GenerationEndpoints:
     async def models_list(self, request: Request) -> Response:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "ember"}
-            for name in self.models.generating_models()
+            for name in self.models.openai_models()
         ]
         return _json({"object": "list", "data": data})
 
@@ -126,23 +126,23 @@ class GenerationEndpoints:
         name = body.get("model")
         if not isinstance(name, str):
             raise InvalidParameter("model", "is required: a model's name (see /v1/models)")
-        n = body.get("n", 1)
-        if n not in (None, 1):
+        n = body.get("n")
+        if n is not None and (isinstance(n, bool) or n != 1):
             raise InvalidParameter("n", "only n=1 is supported: one choice per request")
+        streaming, usage = _stream_flags(body)
+        # every parameter is checked before the model is woken or the prompt tokenized
+        messages = _messages(body.get("messages")) if chat else []
+        text = "" if chat else _text(body.get("prompt"), "prompt")
+        values = {k: body.get(k) for k in _PARAMS}
+        values["max_completion_tokens"] = body.get("max_completion_tokens")
+        sampling_params(values, max_tokens_limit=2**31)
         model = await self.models.text_generator(name)
         if chat:
-            text = await asyncio.to_thread(model.chat_prompt, _messages(body.get("messages")))
-        else:
-            text = _text(body.get("prompt"), "prompt")
-        values = {k: body.get(k) for k in _PARAMS}
-        if values["max_tokens"] is None:
-            values["max_tokens"] = body.get("max_completion_tokens")
+            text = await asyncio.to_thread(model.chat_prompt, messages)
         stream = await _start(model, text, values)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         shape = _Shape(ident=ident, model=name, chat=chat)
-        if body.get("stream"):
-            options = body.get("stream_options") or {}
-            usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        if streaming:
             return StreamingResponse(shape.stream(stream, usage=usage), media_type=_SSE)
         text, end = await stream.collect()
         _raise_failed(end)
@@ -157,17 +157,33 @@ def _raise_failed(end: Finished) -> None:
         raise RuntimeServerError(f"generation failed: {end.error}")
 
 
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``stream`` and ``stream_options.include_usage``, each a boolean or absent."""
+    streaming = flag("stream", body.get("stream"))
+    options = body.get("stream_options")
+    if options is None:
+        return streaming, False
+    if not isinstance(options, dict):
+        raise InvalidParameter("stream_options", "must be an object")
+    usage = flag("stream_options", options.get("include_usage"))
+    return streaming, usage
+
+
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise InvalidParameter("messages", "must be a non-empty list of messages")
-    out = []
+    out, total = [], 0
     for m in value:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidParameter("messages", "each message needs a role and content")
         content = m.get("content")
         if isinstance(content, list):  # content parts: the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": m["role"], "content": _text(content or "", "messages")})
+        text = _text(content or "", "messages")
+        total += len(text) + len(m["role"])
+        if total > MAX_PROMPT_CHARS:  # the template renders them whole, then the tokenizer
+            raise InvalidParameter("messages", f"hold more than {MAX_PROMPT_CHARS} characters")
+        out.append({"role": m["role"], "content": text})
     return out
 
 

@@ -104,6 +104,8 @@ class ModelHandler:
     - ``generates``: a text-generation model; the generate and OpenAI routes reach its engine
       (``generator``, ``encode_prompt``, ``chat_prompt``: see
       :mod:`runtime.handlers.text_generation`).
+    - ``embeds``: its one text input's output is an embedding per text; OpenAI's
+      ``/v1/embeddings`` serves it, counting tokens with :meth:`count_tokens`.
     """
 
     platform: ClassVar[str]
@@ -112,9 +114,14 @@ class ModelHandler:
     checks_inputs: ClassVar[bool] = False
     takes_tensors: ClassVar[bool] = False
     generates: ClassVar[bool] = False
+    embeds: ClassVar[bool] = False
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """How many tokens ``texts`` take (an ``embeds`` handler's usage); 0 if it cannot say."""
+        return 0
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config

@@ -78,7 +78,7 @@ def _too_long(index: int, limit: int) -> InvalidInput:
 
 class HFEncoderHandler(ModelHandler):
     platform = "pytorch"
-    can_sleep = measures = takes_tensors = checks_inputs = True
+    can_sleep = measures = takes_tensors = checks_inputs = embeds = True
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -232,6 +232,13 @@ class HFEncoderHandler(ModelHandler):
         array = embedding.float().cpu().numpy().reshape(*lead_shape, -1)
         name = self.outputs[0].name
         return {name: Tensor(name, "FP32", array)}
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """How many tokens ``texts`` take as the model reads them (truncated, special tokens
+        counted, padding not): an OpenAI embeddings answer's ``usage``. Blocking."""
+        if not texts or self.tokenizer is None:
+            return 0
+        return sum(sum(e.attention_mask) for e in self.tokenizer.encode_batch(texts))
 
     def _check_token_counts(self, encoded: list[Any]) -> None:
         for index, e in enumerate(encoded):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runtime.generation.params import InvalidParameter, SamplingParams, sampling_params
+from runtime.generation.params import InvalidParameter, SamplingParams, flag, sampling_params
 
 
 def test_defaults_and_values() -> None:
@@ -43,3 +43,20 @@ def test_bad_values_name_their_parameter(values: dict[str, Any], param: str) -> 
     assert caught.value.param == param
     assert caught.value.status_code == 400
     assert caught.value.message.startswith(param)
+
+
+def test_max_completion_tokens_stands_in_for_max_tokens_and_is_named_when_bad() -> None:
+    assert sampling_params({"max_completion_tokens": 7}, max_tokens_limit=100).max_tokens == 7
+    both = {"max_tokens": 3, "max_completion_tokens": 7}
+    assert sampling_params(both, max_tokens_limit=100).max_tokens == 3
+    with pytest.raises(InvalidParameter) as caught:
+        sampling_params({"max_completion_tokens": "7"}, max_tokens_limit=100)
+    assert caught.value.param == "max_completion_tokens"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, [], {}])
+def test_a_flag_is_a_boolean(value: Any) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        flag("stream", value)
+    assert caught.value.param == "stream"
+    assert flag("stream", None) is False and flag("stream", True) is True
