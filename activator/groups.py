@@ -34,6 +34,7 @@ import asyncio
 import collections
 import logging
 import statistics
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,6 +237,8 @@ class Group:
             refusal = await self._client.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
         finally:
             self.books.commanded(key)
+        if replica not in self.pool.replicas:
+            return refusal  # gone meanwhile: its books went with it
         if refusal is not None:
             _, count = self._refused.get(key, (0.0, 0))
             pause = min(REFUSED_MAX_S, REFUSED_S * 2**count)
@@ -247,6 +250,7 @@ class Group:
                 refusal,
                 pause,
             )
+            await self._reread(replica)  # what it said while refusing was not heard
             return refusal
         self._refused.pop(key, None)
         if self.books.claim_counts.get(key, 0) == claims_before:
@@ -284,11 +288,22 @@ class Group:
             refusal = await self._client.load(replica.url, name, timeout_s)
         finally:
             self.books.commanded(key)
+        if replica not in self.pool.replicas:
+            return refusal  # gone meanwhile: its books went with it
         if refusal is not None:
             log.warning("model %s: replica %d did not load it (%s)", name, replica.id, refusal)
         else:
             self.books.loaded(replica.id, name)
+        await self._reread(replica)  # what it said while loading (a failure, a sleep) was not
         return refusal
+
+    async def _reread(self, replica: Replica) -> None:
+        """Read ``replica``'s index: what it said while a command of ours was in flight was
+        not heard (stale for that member), and a replica says a state once."""
+        asked = time.monotonic()
+        statuses = await self._client.index(replica.url)
+        if statuses is not None and replica in self.pool.replicas:
+            self.books.heard(replica.id, StatusReport(tuple(statuses), asked))
 
     # ------------------------------------------------------------------ requests
     def took(self, name: str, ticket: Ticket) -> None:
@@ -311,7 +326,7 @@ class Group:
         member.in_flight -= 1
         woke = self.books.unclaim((ticket.replica.id, name))
         if not answered:
-            if level is not None and level is not Level.HOT:  # not known to have woken it
+            if woke is None and level is not None and level is not Level.HOT:  # not woken
                 self.books.levels.setdefault(ticket.replica.id, {})[name] = level
             return
         member.last_end = now

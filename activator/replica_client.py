@@ -111,5 +111,7 @@ class ReplicaClient:
             raise aiohttp.ClientConnectionError("the activator's replica client is closed")
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=INDEX_TIMEOUT_S)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+            # no pool limit: a slow command must not make a readiness probe wait for a connection
+            connector = aiohttp.TCPConnector(limit=0)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session

@@ -68,7 +68,7 @@ class RuntimeFacade:
         for model in statistics["model_stats"]:
             handler = self._repository.entry(model["name"], model.get("version")).handler
             if handler is not None and handler.generates:
-                stats = handler.generator().stats  # type: ignore[attr-defined]  # generates
+                stats = handler.stats  # type: ignore[attr-defined]  # declared by generates
                 model["prompt_tokens"] = stats.prompt_tokens
                 model["generation_tokens"] = stats.generation_tokens
         return statistics
@@ -81,8 +81,7 @@ class RuntimeFacade:
             metrics.queue_depth.labels(entry.config.name).set(depth)
             handler = entry.handler
             if handler is not None and handler.generates:
-                engine = handler.generator()  # type: ignore[attr-defined]  # declared by generates
-                _generation_metrics(metrics, entry.config.name, engine)
+                _generation_metrics(metrics, entry.config.name, handler)
         return generate_latest(metrics.registry)
 
     # ----------------------------------------------------------------------------- repository
@@ -173,12 +172,14 @@ class RuntimeFacade:
         return generator
 
 
-def _generation_metrics(metrics: RuntimeMetrics, name: str, engine: Any) -> None:
-    """A text-generation model's gauges read now; its latencies and tokens since the last scrape."""
-    metrics.generation_running.labels(name).set(engine.running)
-    metrics.generation_waiting.labels(name).set(engine.waiting)
-    metrics.kv_cache_usage.labels(name).set(engine.kv_usage)
-    drained = engine.stats.drain()
+def _generation_metrics(metrics: RuntimeMetrics, name: str, handler: Any) -> None:
+    """A text-generation model's gauges read now (nothing running while it sleeps); its
+    latencies and tokens since the last scrape (its statistics outlive a sleep)."""
+    engine = handler.engine
+    metrics.generation_running.labels(name).set(0 if engine is None else engine.running)
+    metrics.generation_waiting.labels(name).set(0 if engine is None else engine.waiting)
+    metrics.kv_cache_usage.labels(name).set(0 if engine is None else engine.kv_usage)
+    drained = handler.stats.drain()
     metrics.prompt_tokens.labels(name).inc(drained.prompt_tokens)
     metrics.generation_tokens.labels(name).inc(drained.generation_tokens)
     for seconds in drained.ttft:

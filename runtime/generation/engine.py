@@ -146,9 +146,10 @@ class Engine:
         with self._wake:
             if self._closed:
                 raise ShuttingDown()
-            if len(self._waiting) >= self.max_waiting:
+            waiting = sum(not s.aborted for s in self._waiting)  # the clients still there
+            if waiting >= self.max_waiting:
                 raise ServerOverloaded(
-                    f"{len(self._waiting)} sequences are waiting already (max_waiting); retry later"
+                    f"{waiting} sequences are waiting already (max_waiting); retry later"
                 )
             self._waiting.append(seq)
             self._wake.notify()
@@ -188,7 +189,12 @@ class Engine:
 
     def _admit(self) -> None:
         """Waiting sequences join, first come first served, while the bounds hold (under the
-        lock)."""
+        lock). A waiting sequence whose client left goes first, so it holds no place in the
+        bounded queue."""
+        if any(s.aborted for s in self._waiting):
+            for seq in [s for s in self._waiting if s.aborted]:
+                self._finish(seq, "abort")
+            self._waiting = deque(s for s in self._waiting if not s.aborted)
         while self._waiting and len(self._running) < self.max_running:
             seq = self._waiting[0]
             if not seq.aborted and self.kv_reserved + seq.reserved > self.max_kv_tokens:

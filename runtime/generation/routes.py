@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from runtime.errors import RuntimeServerError
+from runtime.errors import ModelNotReady, RuntimeServerError
 from runtime.facade import RuntimeFacade
 from runtime.generation.params import InvalidParameter, flag, sampling_params
 from runtime.generation.streams import Delta, Finished, GenerationStream, TextGenerator
@@ -92,8 +92,8 @@ class GenerationEndpoints:
             async for event in stream.events():
                 if isinstance(event, Delta):
                     yield _sse({"model_name": name, "text_output": event.text})
-                elif event.reason == "error":
-                    yield _sse({"error": f"generation failed: {event.error}"})
+                elif event.reason in ("error", "abort"):
+                    yield _sse({"error": _failure(event)})
                 else:
                     yield _sse(
                         {"model_name": name, "text_output": "", "finish_reason": event.reason}
@@ -153,8 +153,15 @@ _PARAMS = ("max_tokens", "temperature", "top_p", "seed", "stop")
 
 
 def _raise_failed(end: Finished) -> None:
+    """A generation that failed is a 500; one cut short (its model put to sleep or unloaded
+    while it ran) a 503 to retry, never a success with truncated text."""
     if end.reason == "error":
         raise RuntimeServerError(f"generation failed: {end.error}")
+    if end.reason == "abort":
+        raise ModelNotReady(_CUT_SHORT)
+
+
+_CUT_SHORT = "generation cut short: the model was put to sleep or unloaded; retry"
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -178,7 +185,9 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise InvalidParameter("messages", "each message needs a role and content")
         content = m.get("content")
         if isinstance(content, list):  # content parts: the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(
+                _text(p.get("text", ""), "messages") for p in content if isinstance(p, dict)
+            )
         text = _text(content or "", "messages")
         total += len(text) + len(m["role"])
         if total > MAX_PROMPT_CHARS:  # the template renders them whole, then the tokenizer
@@ -231,8 +240,8 @@ class _Shape:
                     **self._base(kind),
                     "choices": [self._choice(event.text, None, chunk=True)],
                 }
-            elif event.reason == "error":
-                err = {"message": f"generation failed: {event.error}", "type": "server_error"}
+            elif event.reason in ("error", "abort"):
+                err = {"message": _failure(event), "type": "server_error"}
                 yield _sse({"error": {**err, "param": None, "code": None}})
                 return
             else:
@@ -244,6 +253,11 @@ class _Shape:
             if isinstance(event, Finished) and usage:
                 yield _sse({**self._base(kind), "choices": [], "usage": self._usage(event)})
         yield _sse(b"[DONE]")
+
+
+def _failure(end: Finished) -> str:
+    """What a stream says when its generation failed or was cut short."""
+    return _CUT_SHORT if end.reason == "abort" else f"generation failed: {end.error}"
 
 
 def _reason(end: Finished) -> str:

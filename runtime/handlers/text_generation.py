@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from runtime.config import ModelConfig, TensorSpec
-from runtime.errors import InferenceFailed, InvalidInput
+from runtime.errors import InferenceFailed, InvalidInput, ModelNotReady
 from runtime.generation.engine import Engine
 from runtime.generation.params import SamplingParams
 from runtime.generation.stats import GenerationStats
@@ -64,6 +64,9 @@ def _weight_files(root: Path) -> list[str]:
     if not (root / "model.safetensors").is_file():
         raise WeightsMissing(f"{root} holds neither model.safetensors nor its index")
     return ["model.safetensors"]
+
+
+_GONE = "the model was put to sleep or unloaded as the request began; retry"
 
 
 class TextGenerationHandler(ModelHandler):
@@ -157,6 +160,7 @@ class TextGenerationHandler(ModelHandler):
         the weights away at ``level``."""
         if self.engine is not None:
             self.engine.close()
+        self.engine = None  # a request that took the model awake before this is told to retry
         self.weights.sleep(level)
 
     def wake(self) -> None:
@@ -173,12 +177,20 @@ class TextGenerationHandler(ModelHandler):
         return self.weights.module
 
     def generator(self) -> Engine:
-        assert self.engine is not None, "generator before load"
+        """The running engine; 503 (retry) when the model went to sleep or was unloaded after
+        the request found it awake."""
+        if self.engine is None:
+            raise ModelNotReady(_GONE)
         return self.engine
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is None:  # unloaded after the request found it loaded
+            raise ModelNotReady(_GONE)
+        return self.tokenizer
 
     def encode_prompt(self, text: str) -> list[int]:
         """The prompt's token ids; 400 when it leaves no room for a token under max_model_len."""
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = self._tokenizer()(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise InvalidInput("the prompt is empty")
         if len(ids) >= self.max_model_len:
@@ -190,9 +202,10 @@ class TextGenerationHandler(ModelHandler):
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The messages rendered by the tokenizer's chat template, ready for the answer."""
-        if not getattr(self.tokenizer, "chat_template", None):
+        tokenizer = self._tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
             raise InvalidInput("this model's tokenizer has no chat template")
-        text: str = self.tokenizer.apply_chat_template(
+        text: str = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
         return text

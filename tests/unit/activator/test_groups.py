@@ -38,6 +38,7 @@ class FakeReplica:
     its members: through :meth:`statuses`, as a scaler's status stream brings it."""
 
     def __init__(self) -> None:
+        self.index: list[dict[str, Any]] = []  # what a read of its index answers
         self.unloads: list[tuple[str, Any]] = []
         self.refuse = False
         self.asked = 0  # unloads asked, refused ones too
@@ -48,6 +49,7 @@ class FakeReplica:
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.router.add_post("/v2/repository/index", self._index)
         app.router.add_post("/v2/repository/models/{model}/unload", self._unload)
         app.router.add_post("/v2/repository/models/{model}/load", self._load)
         return app
@@ -77,6 +79,9 @@ class FakeReplica:
                 await asyncio.sleep(0)
                 return
         raise AssertionError("the group never heard what the replica said")
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.json_response(self.index)
 
     async def _load(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
@@ -476,4 +481,30 @@ async def test_a_load_through_the_group_retries_a_failed_member_on_every_replica
     fake.load_fails = False
     assert await group.load_member("a", timeout_s=5) == []
     assert fake.loads == ["a", "a"] and group.unavailable("a") is None
+    assert group.level(r, "a") == "hot"
+
+
+async def test_a_load_the_replica_refused_reads_its_index_for_what_it_said_meanwhile(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, _ = replica
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say([{"name": "a", "state": "READY", "reason": ""}])
+    fake.load_fails = True
+    fake.index = [FAILED]  # said (and not heard) while the load command was in flight
+    (refusal,) = await group.load_member("a", timeout_s=5)
+    assert refusal.status == 503
+    assert group.unavailable("a") == FAILED["reason"]
+
+
+async def test_a_refused_request_the_replica_woke_for_leaves_the_member_awake(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    fake, r = replica
+    group, _ = await make_group(tmp_path, replica)
+    await fake.say([{"name": "a", "state": "SLEEPING", "reason": "level host", "level": "host"}])
+    ticket = Ticket(r, 0.0, False)
+    group.took("a", ticket)
+    await fake.say([{"name": "a", "state": "READY", "woke_from": "host", "wake_s": 0.01}])
+    group.released(ticket, answered=False)  # a 4xx: the model was woken all the same
     assert group.level(r, "a") == "hot"

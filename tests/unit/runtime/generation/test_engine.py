@@ -148,6 +148,10 @@ def test_waiting_queue_is_bounded(handler: TextGenerationHandler) -> None:
     waiting = [engine.submit(prompt, SamplingParams(4, 0.0), Collector()) for _ in range(2)]
     with pytest.raises(ServerOverloaded, match="max_waiting"):
         engine.submit(prompt, SamplingParams(4, 0.0), Collector())
+    # a waiting client that left holds no place: another is taken in its stead
+    gone = Collector()
+    waiting[0].abort()
+    waiting[0] = engine.submit(prompt, SamplingParams(4, 0.0), gone)
     for seq in [*seqs, *waiting]:
         seq.abort()
     for c in running:
