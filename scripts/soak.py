@@ -433,9 +433,12 @@ def warm_up(url: str, activator_pid: int) -> int:
     """Start the replicas that stay up (mlp, the group's, hostile's) before the load begins: on
     two cores, their imports side by side would otherwise take the run's first seconds. Returns
     the pid of hostile's replica (the first one started), which the chaos leaves alone: what the
-    hostile client checks is the protocol, and a crash is the other models' test."""
+    hostile client checks is the protocol, and a crash is the other models' test. mlp-s3 is
+    loaded once too, so its weights cross the fault proxy at least once whatever the chaos does
+    to its later starts (a short run whose every start of it is killed before its fetch would
+    say nothing of S3); its keep-alive is short, so the load still finds it at zero."""
     hostile = 0
-    for model in ("hostile", GROUP[0], "mlp"):
+    for model in ("hostile", GROUP[0], "mlp", "mlp-s3"):
         httpx.post(f"{url}/v2/repository/models/{model}/load", timeout=120).raise_for_status()
         if model == "hostile":
             (hostile,) = children(activator_pid)
