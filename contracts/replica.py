@@ -175,9 +175,9 @@ def decode(line: bytes | str) -> ReplicaEvent:
     try:
         raw = json.loads(line)
     except (ValueError, RecursionError):
-        raise ContractViolation(f"a status line that is not JSON: {_clip(line)}") from None
+        raise ContractViolation(f"a status line that is not JSON: {clip(line)}") from None
     if not isinstance(raw, dict):
-        raise ContractViolation(f"a status line that is not an object: {_clip(line)}")
+        raise ContractViolation(f"a status line that is not an object: {clip(line)}")
     kind = raw.get("kind")
     try:
         if kind == "standby":
@@ -192,8 +192,8 @@ def decode(line: bytes | str) -> ReplicaEvent:
         if kind == "model":
             return model_status(raw)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ContractViolation(f"a malformed {kind} line ({exc}): {_clip(line)}") from None
-    raise ContractViolation(f"an unknown kind of status line: {_clip(line)}")
+        raise ContractViolation(f"a malformed {kind} line ({exc}): {clip(line)}") from None
+    raise ContractViolation(f"an unknown kind of status line: {clip(line)}")
 
 
 def model_status(raw: dict[str, Any]) -> ModelStatus:
@@ -242,6 +242,7 @@ def _bool(value: object) -> bool:
     return value
 
 
-def _clip(line: bytes | str) -> str:
+def clip(line: bytes | str) -> str:
+    """The start of a line a contract refused, to quote in the error."""
     text = line.decode(errors="replace") if isinstance(line, bytes) else line
     return text.strip()[:200]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
-from contracts.replica import ContractViolation
+from contracts.replica import ContractViolation, clip
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,17 @@ def decode_order(line: bytes | str) -> ServeOrder:
     try:
         raw = json.loads(line)
     except (ValueError, RecursionError):
-        raise ContractViolation(f"a serve order that is not JSON: {_clip(line)}") from None
+        raise ContractViolation(f"a serve order that is not JSON: {clip(line)}") from None
     if not isinstance(raw, dict):
-        raise ContractViolation(f"a serve order is a JSON object, not {_clip(line)}")
+        raise ContractViolation(f"a serve order is a JSON object, not {clip(line)}")
     known = {f.name for f in fields(ServeOrder)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ContractViolation(f"a serve order with unknown keys {unknown}: {_clip(line)}")
+        raise ContractViolation(f"a serve order with unknown keys {unknown}: {clip(line)}")
     try:
         return ServeOrder(**{key: _CHECKS[key](value) for key, value in raw.items()})
     except TypeError as exc:  # a key missing, or a value of the wrong type
-        raise ContractViolation(f"a malformed serve order ({exc}): {_clip(line)}") from None
+        raise ContractViolation(f"a malformed serve order ({exc}): {clip(line)}") from None
 
 
 def _configs(value: object) -> tuple[Path, ...]:
@@ -154,8 +154,3 @@ _CHECKS: dict[str, Any] = {
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _clip(line: bytes | str) -> str:
-    text = line.decode(errors="replace") if isinstance(line, bytes) else line
-    return text.strip()[:200]
