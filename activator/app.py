@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from activator import __version__, admin
+from activator import __version__, admin, openai
 from activator.auth import Guards
 from activator.datapath import DataPath
 from activator.errors import (
@@ -401,6 +401,9 @@ class Activator:
         it started, so they survive the model's scaling to zero."""
         return self.datapath.stats.get(pool.name) or ModelStats(pool.name, pool.spec.version)
 
+    async def _openai_models(self, match: Match, body: bytes) -> Response:
+        return json_response(200, openai.models_list(p.spec for p in self.pools.values()))
+
     async def _metrics(self, match: Match, body: bytes) -> Response:
         text = generate_latest(self.metrics.registry)
         return Response(200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], text)
@@ -436,6 +439,7 @@ _HANDLERS: dict[Endpoint, Handler] = {
     Endpoint.MODEL_STATS: Activator._model_stats,
     Endpoint.MODEL: Activator._model,
     Endpoint.METRICS: Activator._metrics,
+    Endpoint.OPENAI_MODELS: Activator._openai_models,
     Endpoint.ADMIN_MODELS: Activator._admin_models,
     Endpoint.ADMIN_WARM: Activator._admin_warm,
     Endpoint.ADMIN_SLEEP: Activator._admin_sleep,

@@ -26,8 +26,9 @@ from activator.errors import ActivatorError, BadRequest, ReplicaFailed
 from activator.events import EventLog
 from activator.metrics import ActivatorMetrics
 from activator.pool import Replica, Ticket
-from activator.routes import Action, Target
+from activator.routes import Action, Endpoint, Target
 from activator.states import PoolState
+from activator.usage import Usage
 from contracts.stack import ModelSpec
 from contracts.stats import ModelStats
 
@@ -89,6 +90,11 @@ class Destination:
     route: Route | None
     label: str
 
+    @property
+    def by_body(self) -> bool:
+        """An OpenAI-compatible route: its model is named in the request's body."""
+        return self.target.model is not None and self.target.model.endpoint is Endpoint.OPENAI
+
 
 class DataPath:
     """The data path's shared state: where requests are recorded.
@@ -107,14 +113,27 @@ class DataPath:
         self.access_log = access_log
         self._counters: dict[tuple[str, int], Any] = {}  # the requests counter's children
         self._queue_hist: dict[str, Any] = {}
+        self._itl_hist: dict[str, Any] = {}
         self.stats: dict[str, ModelStats] = {}
 
     def exchange(self, route: Route, arrival: float) -> Exchange:
         return Exchange(self, route, arrival)
 
+    def inter_token(self, name: str, seconds: float) -> None:
+        """A gap between two events of a streamed answer of model ``name``."""
+        hist = self._itl_hist.get(name)
+        if hist is None:
+            hist = self._itl_hist[name] = self.metrics.inter_token.labels(name)
+        hist.observe(seconds)
+
     def record(self, x: Exchange, status: int) -> None:
         """One request's metrics and event line."""
         name = x.pool.name
+        if x.usage is not None:
+            self.metrics.prompt_tokens.labels(name).inc(x.usage.prompt_tokens)
+            self.metrics.generation_tokens.labels(name).inc(x.usage.completion_tokens)
+        if x.ttft_s is not None:
+            self.metrics.time_to_first_token.labels(name).observe(x.ttft_s)
         if self.access_log:
             log.info("%s %s %d (queued %.3fs)", name, x.route.endpoint.label, status, x.queued_s)
         counter = self._counters.get((name, status))
@@ -147,6 +166,8 @@ class DataPath:
             cold=x.cold,
             queue_s=x.queued_s,
             replica=x.replica_id,
+            tokens=x.usage,
+            ttft_s=x.ttft_s,
         )
 
 
@@ -165,6 +186,8 @@ class Exchange:
         "started",
         "ticket",
         "tries",
+        "ttft_s",
+        "usage",
     )
 
     def __init__(self, datapath: DataPath, route: Route, arrival: float) -> None:
@@ -179,6 +202,8 @@ class Exchange:
         self.started: float | None = None  # wall clock, when last handed to a replica
         self.replica_id: int | None = None
         self.finished = False
+        self.usage: Usage | None = None  # the tokens its answer said it used (the relay reads)
+        self.ttft_s: float | None = None  # a streamed answer's first event, after the hand-off
 
     @property
     def url(self) -> str:

@@ -28,6 +28,10 @@ class ConfigError(ActivatorError, contracts.ConfigError):
 class BadRequest(ActivatorError):
     status_code = 400
 
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param  # the body field at fault, where one is (OpenAI's errors name it)
+
 
 class UnknownModel(ActivatorError):
     status_code = 404

@@ -52,6 +52,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import IO, TypeVar
 
+from activator.usage import Usage
 from contracts.events import VERSION, Event, Request, decode, encode
 
 log = logging.getLogger("ember.activator")
@@ -126,6 +127,8 @@ class EventLog:
         cold: bool,
         queue_s: float,
         replica: int | None,
+        tokens: Usage | None = None,
+        ttft_s: float | None = None,
     ) -> None:
         """A ``request`` event, formatted without building one (one per request): the line
         :func:`contracts.events.encode` writes for its :class:`~contracts.events.Request`."""
@@ -137,7 +140,8 @@ class EventLog:
             f'"version":{encode_basestring(version)},'
             f'"arrival":{arrival!r},"start":{"null" if start is None else repr(start)},'
             f'"end":{end!r},"status":{status},"cold":{"true" if cold else "false"},'
-            f'"queue_s":{queue_s!r},"replica":{"null" if replica is None else replica}}}\n'
+            f'"queue_s":{queue_s!r},"replica":{"null" if replica is None else replica}'
+            + ("}\n" if tokens is None and ttft_s is None else _generation(tokens, ttft_s))
         )
 
     def _append(self, line: str) -> None:
@@ -305,3 +309,16 @@ def arrivals(
     for model, heap in held.items():
         if heap:
             yield model, sorted(heap)
+
+
+def _generation(tokens: Usage | None, ttft_s: float | None) -> str:
+    """The end of a ``request`` line that said its tokens (or its first event's time)."""
+    out = []
+    if tokens is not None:
+        out.append(
+            f',"prompt_tokens":{tokens.prompt_tokens},'
+            f'"completion_tokens":{tokens.completion_tokens}'
+        )
+    if ttft_s is not None:
+        out.append(f',"ttft_s":{ttft_s!r}')
+    return "".join(out) + "}\n"

@@ -46,8 +46,9 @@ from activator.app import Activator
 from activator.connection import FrontConnection
 from activator.datapath import Destination, Route
 from activator.deadlines import Deadlines
-from activator.errors import ActivatorError
+from activator.errors import ActivatorError, UnknownModel
 from activator.http import Request, error_response
+from activator.openai import body_model
 from activator.relay import Relay
 from activator.routes import Action, Endpoint, Target
 from activator.states import PoolState
@@ -93,11 +94,11 @@ class FrontDoor:
         activator = self.activator
         try:
             activator.guards.check(dest.target.guard, request.headers)
+            route = self.body_route(dest, request) if dest.by_body else self.relayed(dest)
         except ActivatorError as exc:  # refused: counted, not logged
             activator.metrics.refuse(dest.label, exc)
-            conn.respond(request, error_response(exc))
+            conn.respond(request, error_response(exc, openai=dest.target.openai))
             return
-        route = self.relayed(dest)
         if route is None:
             self.spawn(self._answer(conn, request, dest))
             return
@@ -116,7 +117,7 @@ class FrontDoor:
                 self.activator.metrics.refuse(dest.label, exc)
             # else a command that failed (a load, a sleep a replica refused): answered, and
             # no request a client could retry differently
-            response = error_response(exc)
+            response = error_response(exc, openai=dest.target.openai)
         except Exception as exc:  # a bug of ours: say so, in the protocol's shape
             method = request.method.decode("latin-1")
             log.exception("unexpected error on %s %s", method, dest.target.path)
@@ -141,13 +142,26 @@ class FrontDoor:
                 self._routes[path] = dest
         return dest
 
+    def body_route(self, dest: Destination, request: Request) -> Route:
+        """The route of an OpenAI-compatible request: to the model its body names (read once,
+        from the body held whole); BadRequest, or UnknownModel for a model not configured."""
+        match = dest.target.model
+        assert match is not None and dest.target.openai
+        if request.method != b"POST":  # the table's answer: 405
+            dest.target.resolve(request.method.decode("latin-1"))
+        name = body_model(request.body)
+        pool = self.activator.pools.get(name)
+        if pool is None:
+            raise UnknownModel(f"The model `{name}` does not exist.")
+        return Route(pool, match.action, "")
+
     def relayed(self, dest: Destination) -> Route | None:
         """The route of a request for ``dest``, relayed to its model's replicas now, or None
         (the activator answers it)."""
         route = dest.route
         if route is None:
             return None
-        if route.endpoint is Action.INFER or route.pool.state is PoolState.READY:
+        if route.endpoint.work or route.pool.state is PoolState.READY:
             return route
         # no replica answers: a model's ready, and its metadata when known, are the activator's
         # to say, so that neither wakes it

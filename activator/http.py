@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from activator.errors import ActivatorError
-from contracts.http11 import error_body
+from activator.errors import ActivatorError, BadRequest
+from contracts.http11 import error_body, openai_error_body
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -96,12 +96,18 @@ def json_response(status: int, payload: Any, headers: Headers | None = None) -> 
     return Response(status, [JSON, *(headers or [])], json.dumps(payload).encode())
 
 
-def error_response(exc: ActivatorError) -> Response:
-    """The one way an activator error becomes an answer: status, headers, ``{"error": ...}``."""
+def error_response(exc: ActivatorError, *, openai: bool = False) -> Response:
+    """The one way an activator error becomes an answer: status, headers, ``{"error": ...}``
+    (``openai``: on an OpenAI-compatible route, in OpenAI's shape of it)."""
     headers = list(exc.headers)
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-    return Response(exc.status_code, [JSON, *headers], error_body(str(exc)))
+    if openai:
+        param = exc.param if isinstance(exc, BadRequest) else None
+        body = openai_error_body(exc.status_code, str(exc), param)
+    else:
+        body = error_body(str(exc))
+    return Response(exc.status_code, [JSON, *headers], body)
 
 
 def head(

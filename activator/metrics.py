@@ -73,6 +73,34 @@ class ActivatorMetrics:
             ["model", "code"],
             registry=self.registry,
         )
+        # text generation, from the answers' own ``usage`` and the timing of their events
+        self.prompt_tokens = Counter(
+            "ember_activator_prompt_tokens",
+            "Prompt tokens of the answered requests that said their usage",
+            ["model"],
+            registry=self.registry,
+        )
+        self.generation_tokens = Counter(
+            "ember_activator_generation_tokens",
+            "Completion tokens of the answered requests that said their usage",
+            ["model"],
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "ember_activator_time_to_first_token_seconds",
+            "A streamed answer's first event, from its hand-off to a replica (the queue, a cold "
+            "start's included, is in ember_activator_queue_seconds)",
+            ["model"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "ember_activator_inter_token_latency_seconds",
+            "The gaps between a streamed answer's events, as they passed through the activator",
+            ["model"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
         self.queue_seconds = Histogram(
             "ember_activator_queue_seconds",
             "Time a request waited for a replica",

@@ -23,13 +23,19 @@ and tells the connection what comes next. A request that never reached its repli
 ended: its slot goes back and it waits for another (:meth:`Exchange.unreachable`).
 
 Streamed answers ride on the same seam: the replica's bytes reach :meth:`Relay.received` as
-they come (its head, then its body, however it is framed); a streamed answer (server-sent
-events) is one whose pieces are written as they come rather than gathered.
+they come (its head, then its body, however it is framed). On the routes that generate (the
+OpenAI-compatible ones and ``generate_stream``) an answer whose head says
+``text/event-stream`` is streamed: each piece is written as it comes rather than gathered, the
+gaps between pieces are timed (the inter-token latency), and its deadline is the silence
+between pieces (``request_timeout_s`` to the first, then to each next), not its whole length.
+On those routes the answer's ``usage`` (:mod:`activator.usage`) is read as it passes, into the
+request's record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -47,9 +53,10 @@ from activator.http import (
     says_close,
 )
 from activator.precheck import check_request
-from activator.routes import Action
+from activator.routes import GENERATING, Action
 from activator.states import PoolState
 from activator.upstream import Upstream, UpstreamPool, host_header
+from activator.usage import UsageScanner
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 
@@ -88,9 +95,14 @@ class Relay:
     __slots__ = (
         "_close_after",
         "_done",
+        "_head",
+        "_last",
         "_mark",
         "_out",
         "_relayed",
+        "_scan",
+        "_sent",
+        "_stream",
         "conn",
         "deadline",
         "ended",
@@ -113,6 +125,12 @@ class Relay:
         self._close_after = False
         self._mark: bytes | None = None  # a "connection" header line still to put in the head
         self._out = b""  # the answer's bytes not written yet
+        self._head = False  # the answer's head has come whole
+        # on a route that generates: its usage, read as it passes; a streamed answer
+        self._scan = UsageScanner() if x.route.endpoint in GENERATING else None
+        self._stream = False
+        self._sent = 0.0  # monotonic: when it was handed to the replica (a stream's first event)
+        self._last = 0.0  # monotonic: a stream's last piece
 
     # ------------------------------------------------------------------ to a slot
     def start(self) -> None:
@@ -175,6 +193,7 @@ class Relay:
                 out += [name, b": ", value, b"\r\n"]
         out += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
         data = b"".join(out) + request.body
+        self._sent = time.monotonic()
         upstream = door.upstreams.take(key)
         if upstream is not None:
             self._attach(upstream, data)
@@ -207,23 +226,48 @@ class Relay:
     # ------------------------------------------------------------------ the replica's side
     def received(self, data: bytes) -> None:
         """The replica's bytes as they come: gathered, and written once the answer is whole
-        or past RELAY_FLUSH_BYTES (so a big answer goes on as it comes)."""
+        or past RELAY_FLUSH_BYTES (so a big answer goes on as it comes); a stream's, at once."""
+        if self._scan is not None:
+            self._scan.feed(data)
         out = self._out + data if self._out else data  # the first piece: no copy
-        if self._mark is not None:
-            out = self._insert_mark(out)
-        if len(out) >= RELAY_FLUSH_BYTES:
+        if not self._head and (self._mark is not None or self._scan is not None):
+            end = out.find(b"\r\n\r\n")
+            if end < 0:
+                self._out = out  # the head is not whole yet
+                return
+            self._head = True
+            if self._scan is not None and b"text/event-stream" in out[:end].lower():
+                self._stream = True
+                if len(out) > end + 4:
+                    self._event()
+            if self._mark is not None:
+                out = self._insert_mark(out, end)
+        elif self._stream:
+            self._event()
+        if self._stream or len(out) >= RELAY_FLUSH_BYTES:
             self._out = out
             self._flush()
         else:
             self._out = out
 
-    def _insert_mark(self, data: bytes) -> bytes:
-        """Put the "connection" header line into the answer's head, after its status line,
-        once the head is whole; keep-alive is left out of an answer that says close (the
+    def _event(self) -> None:
+        """A streamed answer's piece came: its first event's time, or the gap since the last;
+        its deadline is now ``request_timeout_s`` of silence from here."""
+        now = time.monotonic()
+        x = self.x
+        if self._last:
+            x.datapath.inter_token(x.pool.name, now - self._last)
+        else:
+            x.ttft_s = now - self._sent
+        self._last = now
+        deadlines = self.conn.door.deadlines
+        deadlines.discard(self)
+        deadlines.add(self)
+
+    def _insert_mark(self, data: bytes, end: int) -> bytes:
+        """Put the "connection" header line into the answer's head (whole, ending at ``end``),
+        after its status line; keep-alive is left out of an answer that says close (the
         connection ends after it all the same)."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return data  # the head is not whole yet
         mark, self._mark = self._mark, None
         if mark is None or (mark is KEEP_ALIVE and says_close(data[:end])):
             return data
@@ -261,6 +305,10 @@ class Relay:
             dropped.abandon()
         self.conn.door.deadlines.discard(self)
         self._out = b""  # what arrived of an answer (a head without its body) is dropped
+        self._head = self._stream = False
+        self._last = 0.0
+        if self._scan is not None:
+            self._scan = UsageScanner()
         try:
             x.unreachable(reason)
         except ActivatorError as exc:  # its tries are spent
@@ -315,6 +363,8 @@ class Relay:
             else:
                 upstream.abandon()
         if admitted:
+            if self._scan is not None:
+                x.usage = self._scan.usage
             x.finish(status)
         elif error is not None:
             x.refuse(error)
@@ -323,7 +373,7 @@ class Relay:
             return
         if error is not None and not self._relayed:  # the error is the answer
             self._out = b""
-            conn.respond(self.request, error_response(error))
+            conn.respond(self.request, error_response(error, openai=x.route.endpoint.openai))
             return
         self._flush()
         if self._done and not (self._close_after or (upstream is not None and upstream.said_close)):

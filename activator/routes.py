@@ -16,6 +16,10 @@ path                                                           method  guard  an
 ``/v2/models/stats``                                           GET     API    the activator
 ``/v2/models/{m}[/versions/{v}]/stats``                        GET     API    the activator
 ``/v2/models/{m}[/versions/{v}][/infer|ready|config]``         any     API    a replica (relayed)
+``/v2/models/{m}[/versions/{v}]/generate[_stream]``            any     API    a replica (relayed)
+``[/openai]/v1/completions|chat/completions|embeddings``       POST    API    a replica of the
+                                                                              body's ``model``
+``[/openai]/v1/models``                                        GET     API    the activator
 ``/metrics``                                                   GET     API    the activator
 ``/admin/models``                                              GET     admin  the activator
 ``/admin/models/{m}/warm|sleep``                               POST    admin  the activator
@@ -24,7 +28,10 @@ path                                                           method  guard  an
 The guard goes by the path's first segments (:func:`guard`), the rest by the table. While no
 replica of a model is ready, its ``ready`` and its metadata (``/v2/models/{m}[/versions/{v}]``,
 once the activator knows it: :mod:`activator.metadata`) are answered by the activator, so
-neither wakes it (``FrontDoor.relayed``).
+neither wakes it (``FrontDoor.relayed``). The OpenAI-compatible routes name their model in
+the JSON body, not the path: the front door reads it there (:mod:`activator.openai`), and the
+activator answers their errors, and ``/v1/models``, in OpenAI's shape. ``/openai/v1`` is where
+KServe serves the same routes, so a KServe user's base URL works unchanged.
 """
 
 from __future__ import annotations
@@ -39,21 +46,52 @@ from activator.errors import MethodNotAllowed, NotFound
 
 
 class Action(enum.StrEnum):
-    """A model route's last segment (none: its metadata), and what the event log and the
-    metrics call it (:attr:`label`)."""
+    """A model route's last segment (none: its metadata), or an OpenAI route's path under
+    ``/v1``, and what the event log and the metrics call it (:attr:`label`)."""
 
     METADATA = ""
     INFER = "infer"
     READY = "ready"
     CONFIG = "config"
     STATS = "stats"
+    GENERATE = "generate"
+    GENERATE_STREAM = "generate_stream"
+    COMPLETIONS = "completions"
+    CHAT_COMPLETIONS = "chat/completions"
+    EMBEDDINGS = "embeddings"
 
     @property
     def label(self) -> str:
         return self.value or "metadata"
 
+    @property
+    def openai(self) -> bool:
+        """An OpenAI route: its model is in its body, its errors are in OpenAI's shape."""
+        return self in OPENAI_ACTIONS
 
-MODEL_ACTIONS = frozenset(Action)
+    @property
+    def work(self) -> bool:
+        """A request for the model's work (not its metadata or readiness): it wakes the model,
+        and is relayed whatever the model's state."""
+        return self in WORK_ACTIONS
+
+
+# the last segments of /v2/models/{m}[/versions/{v}]/...
+MODEL_ACTIONS = frozenset(
+    {
+        Action.METADATA,
+        Action.INFER,
+        Action.READY,
+        Action.CONFIG,
+        Action.STATS,
+        Action.GENERATE,
+        Action.GENERATE_STREAM,
+    }
+)
+OPENAI_ACTIONS = frozenset({Action.COMPLETIONS, Action.CHAT_COMPLETIONS, Action.EMBEDDINGS})
+WORK_ACTIONS = frozenset({Action.INFER, Action.GENERATE, Action.GENERATE_STREAM, *OPENAI_ACTIONS})
+# the routes whose answers may stream and say their tokens (the relay watches them)
+GENERATING = frozenset({Action.GENERATE, Action.GENERATE_STREAM, *OPENAI_ACTIONS})
 
 
 class Guard(enum.Enum):
@@ -72,6 +110,8 @@ class Endpoint(enum.Enum):
     MODELS_STATS = "models_stats"  # every model's statistics
     MODEL_STATS = "model_stats"  # one model's: the activator keeps them (a replica's would wake it)
     MODEL = "model"  # relayed to a replica (ready and metadata at zero: the activator's)
+    OPENAI = "openai"  # relayed to a replica of the model its body names
+    OPENAI_MODELS = "openai_models"  # every configured model, in OpenAI's list shape
     METRICS = "metrics"
     ADMIN_MODELS = "admin_models"
     ADMIN_WARM = "admin_warm"
@@ -94,6 +134,8 @@ ROUTES = (
     Route(("v2", "repository", "models", "{model}", "load"), "POST", Endpoint.REPOSITORY_LOAD),
     Route(("v2", "repository", "models", "{model}", "unload"), "POST", Endpoint.REPOSITORY_UNLOAD),
     Route(("metrics",), "GET", Endpoint.METRICS),
+    Route(("v1", "models"), "GET", Endpoint.OPENAI_MODELS),
+    Route(("openai", "v1", "models"), "GET", Endpoint.OPENAI_MODELS),
     Route(("admin", "models"), "GET", Endpoint.ADMIN_MODELS),
     Route(("admin", "models", "{model}", "warm"), "POST", Endpoint.ADMIN_WARM),
     Route(("admin", "models", "{model}", "sleep"), "POST", Endpoint.ADMIN_SLEEP),
@@ -124,6 +166,24 @@ def guard(parts: list[str]) -> Guard:
     return Guard.API
 
 
+def openai_route(parts: list[str]) -> Action | None:
+    """``[openai,] v1, completions | chat, completions | embeddings`` -> its action, else
+    None."""
+    rest = parts[2:] if parts[:2] == ["openai", "v1"] else parts[1:] if parts[0] == "v1" else None
+    if not rest:
+        return None
+    action = "/".join(rest)
+    return Action(action) if action in _OPENAI_PATHS else None
+
+
+_OPENAI_PATHS = frozenset(a.value for a in OPENAI_ACTIONS)
+
+
+def openai_path(parts: list[str]) -> bool:
+    """A path under ``/v1`` or ``/openai/v1``: its errors are answered in OpenAI's shape."""
+    return parts[0] == "v1" or parts[:2] == ["openai", "v1"]
+
+
 def model_route(parts: list[str]) -> tuple[str, str, Action] | None:
     """``["v2", "models", NAME, ("versions", V,) ACTION?]`` -> (NAME, V or "", ACTION), else
     None."""
@@ -149,6 +209,7 @@ class Target:
     parts: list[str]
     guard: Guard
     model: Match | None
+    openai: bool = False  # under /v1 or /openai/v1: errors in OpenAI's shape
 
     def resolve(self, method: str) -> Match:
         """What answers ``method`` on this path (see :func:`resolve`)."""
@@ -163,7 +224,7 @@ def target(raw_path: bytes) -> Target:
         raw = raw_path  # no route has it: 404, in the OIP shape
     path = unquote(raw.decode("latin-1"))
     parts = split(path)
-    return Target(path, parts, guard(parts), _model_match(parts))
+    return Target(path, parts, guard(parts), _model_match(parts), openai_path(parts))
 
 
 def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
@@ -174,6 +235,9 @@ def resolve(method: str, path: str, parts: list[str] | None = None) -> Match:
 
 
 def _model_match(parts: list[str]) -> Match | None:
+    action = openai_route(parts)
+    if action is not None:  # its model is in its body: the front door reads it there
+        return Match(Endpoint.OPENAI, "", action)
     found = model_route(parts)
     if found is None:
         return None
@@ -186,6 +250,8 @@ def _resolve(method: str, path: str, parts: list[str], model: Match | None) -> M
     if model is not None:
         if model.endpoint is Endpoint.MODEL_STATS and method != "GET":
             raise MethodNotAllowed(f"method {method} not allowed here (use GET)")
+        if model.endpoint is Endpoint.OPENAI and method != "POST":
+            raise MethodNotAllowed(f"method {method} not allowed here (use POST)")
         return model
     allowed = []
     for route in ROUTES:

@@ -1,5 +1,6 @@
 """What both servers (the predictor and the activator's front door) say over HTTP/1.1 of their
-own accord: the ``{"error": ...}`` body every failure leaves as, and the words of the
+own accord: the ``{"error": ...}`` body every failure leaves as (OpenAI's own shape of it on
+the OpenAI-compatible routes), and the words of the
 connection's hygiene (a late head, a stalled body, a websocket handshake). One place, so a
 client sees the same answer whichever of the two it reached.
 """
@@ -12,6 +13,26 @@ import json
 def error_body(message: str) -> bytes:
     """The body of every error answer: ``{"error": message}`` (the Open Inference Protocol's)."""
     return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_body(status: int, message: str, param: str | None = None) -> bytes:
+    """The body of an error on an OpenAI-compatible route: ``{"error": {"message", "type",
+    "param", "code"}}``, its type by status (as OpenAI's API names them)."""
+    error = {
+        "message": message,
+        "type": _OPENAI_TYPES.get(status, "server_error"),
+        "param": param,
+        "code": "model_not_found" if status == 404 else None,
+    }
+    return json.dumps({"error": error}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 NO_WEBSOCKET = "this server speaks no websocket; use the v2 REST routes over HTTP/1.1"

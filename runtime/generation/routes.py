@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from contracts.http11 import openai_error_body
 from runtime.errors import ModelNotReady, RuntimeServerError
 from runtime.facade import RuntimeFacade
 from runtime.generation.params import InvalidParameter, flag, sampling_params
@@ -264,18 +265,11 @@ def _reason(end: Finished) -> str:
     return "length" if end.reason == "length" else "stop"
 
 
-_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}
-
-
 def openai_error(exc: RuntimeServerError) -> Response:
     """An error in OpenAI's shape, with its status and headers (Retry-After)."""
-    error = {
-        "message": exc.message,
-        "type": _OPENAI_TYPES.get(exc.status_code, "server_error"),
-        "param": exc.param if isinstance(exc, InvalidParameter) else None,
-        "code": "model_not_found" if exc.status_code == 404 else None,
-    }
-    return Response(orjson.dumps({"error": error}), exc.status_code, exc.headers, _JSON)
+    param = exc.param if isinstance(exc, InvalidParameter) else None
+    body = openai_error_body(exc.status_code, exc.message, param)
+    return Response(body, exc.status_code, exc.headers, _JSON)
 
 
 def register_generation_endpoints(app: FastAPI, endpoints: GenerationEndpoints) -> None:

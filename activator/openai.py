@@ -1,0 +1,47 @@
+"""The OpenAI-compatible routes at the activator: the model a request's body names, and the
+models it lists.
+
+``/v1/completions``, ``/v1/chat/completions`` and ``/v1/embeddings`` (and the same under
+``/openai/v1``) name their model in the JSON body: :func:`body_model` reads it there, once, from
+the body the front door already holds whole (within ``max_request_bytes``). ``GET /v1/models``
+is the activator's own answer, from the configs: no model is woken to list it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from activator.errors import BadRequest
+from contracts.stack import ModelSpec
+
+# the handlers whose models the OpenAI routes serve (text generation, and embeddings): what a
+# replica's own /v1/models lists
+OPENAI_HANDLERS = frozenset({"text-generation", "hf-encoder"})
+
+
+def body_model(body: bytes) -> str:
+    """The ``model`` a request's JSON body names; BadRequest (naming ``model``) if the body is
+    not a JSON object or names none."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the request body must be a JSON object")
+    model = value.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("you must provide a model parameter", param="model")
+    return model
+
+
+def models_list(specs: Iterable[ModelSpec]) -> dict[str, Any]:
+    """``GET /v1/models``: every configured model the OpenAI routes serve, in OpenAI's shape."""
+    data = [
+        {"id": spec.name, "object": "model", "created": 0, "owned_by": "ember"}
+        for spec in specs
+        if spec.handler in OPENAI_HANDLERS
+    ]
+    return {"object": "list", "data": data}

@@ -1,0 +1,94 @@
+"""The tokens an answer says it used, read off its bytes however they are split."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from activator.usage import Usage, UsageScanner
+
+
+def _stream(texts: list[str], usage: dict[str, int] | None) -> bytes:
+    out = []
+    for text in texts:
+        chunk = {"id": "x", "choices": [{"index": 0, "text": text}], "usage": None}
+        out.append(f"data: {json.dumps(chunk)}\n\n")
+    if usage is not None:
+        out.append(f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out).encode()
+
+
+def _feed(data: bytes, cuts: list[int]) -> UsageScanner:
+    scanner = UsageScanner()
+    last = 0
+    for cut in sorted(set(cuts)):
+        scanner.feed(data[last:cut])
+        last = cut
+    scanner.feed(data[last:])
+    return scanner
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=12), max_size=6),
+    prompt=st.integers(0, 10**6),
+    completion=st.integers(0, 10**6),
+    cuts=st.lists(st.integers(0, 2000), max_size=12),
+)
+def test_a_streams_usage_however_it_is_split(
+    texts: list[str], prompt: int, completion: int, cuts: list[int]
+) -> None:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": 1}
+    data = _stream(texts, usage)
+    assert _feed(data, cuts).usage == Usage(prompt, completion)
+
+
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(st.text(max_size=12), max_size=6), cuts=st.lists(st.integers(0, 800)))
+def test_no_usage_is_none(texts: list[str], cuts: list[int]) -> None:
+    assert _feed(_stream(texts, None), cuts).usage is None
+
+
+def test_a_whole_answer_with_nested_details() -> None:
+    body = {
+        "choices": [{"text": 'say "usage": {"prompt_tokens": 9}', "index": 0}],
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 1},
+        },
+    }
+    scanner = UsageScanner()
+    scanner.feed(json.dumps(body).encode())
+    assert scanner.usage == Usage(3, 4)
+
+
+def test_embeddings_usage_has_no_completion() -> None:
+    scanner = UsageScanner()
+    scanner.feed(b'{"data":[],"usage":{"prompt_tokens":5,"total_tokens":5}}')
+    assert scanner.usage == Usage(5, 0)
+
+
+def test_bad_values_are_not_tokens() -> None:
+    for raw in (
+        b'{"usage":{"prompt_tokens":-1,"completion_tokens":2}}',
+        b'{"usage":{"prompt_tokens":"3","completion_tokens":2}}',
+        b'{"usage":{"prompt_tokens":true,"completion_tokens":2}}',
+        b'{"usage":{"prompt_tokens":1,',  # never ends
+        b'{"usage":[1,2]}',
+    ):
+        scanner = UsageScanner()
+        scanner.feed(raw)
+        assert scanner.usage is None, raw
+
+
+def test_an_endless_object_is_given_up() -> None:
+    scanner = UsageScanner()
+    scanner.feed(b'{"usage":{"prompt_tokens":1,"x":"' + b"a" * 10_000)
+    scanner.feed(b'"},"completion_tokens":2}')
+    assert scanner.usage is None
+    scanner.feed(b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n')
+    assert scanner.usage == Usage(1, 2)
