@@ -1,0 +1,61 @@
+"""A streamed answer through the relay: written as it comes, timed by its silences rather than
+its length, and its usage read into the request's record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.fixtures.frontdoor import Raw, Replica, request, serving, until
+
+BODY = json.dumps({"model": "m", "prompt": "hi", "stream": True}).encode()
+
+
+async def test_a_stream_longer_than_the_timeout_is_answered_whole(tmp_path: Path) -> None:
+    # six events 0.2 s apart: 1.2 s in all, each silence under the 0.5 s timeout
+    replica = Replica("stream", events=6, gap_s=0.2)
+    async with serving(tmp_path, [replica], min_replicas=1, request_timeout_s=0.5) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with h.client.stream("POST", "/v1/completions", content=BODY) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "text/event-stream"
+            lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        texts = [json.loads(x[6:])["choices"] for x in lines[:-1]]
+        assert [c[0]["text"] for c in texts if c] == [f"t{i}" for i in range(6)]
+        (event,) = h.events()
+        assert event["status"] == 200 and event["endpoint"] == "completions"
+        assert (event["prompt_tokens"], event["completion_tokens"]) == (3, 6)
+        assert 0 <= event["ttft_s"] < 0.5
+        metrics = (await h.client.get("/metrics")).text
+        assert 'ember_activator_inter_token_latency_seconds_count{model="m"}' in metrics
+
+
+async def test_each_event_reaches_the_client_before_the_stream_ends(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica("stall")], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v1/completions", BODY))
+            got = await raw.read_until(lambda b: b.count(b"data: ") == 2, "two events")
+        assert b'"text": "t1"' in got  # while the replica still holds its stream open
+
+
+async def test_a_stream_that_falls_silent_is_cut_at_the_timeout(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica("stall")], min_replicas=1, request_timeout_s=0.5) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v1/completions", BODY))
+            got = await raw.read_to_eof()  # the activator closes it: the answer cannot end
+        assert got.count(b"data: ") == 2 and b"[DONE]" not in got
+        await until(lambda: bool(h.events()), "the request's record")
+        (event,) = h.events()
+        assert event["status"] == 504 and "prompt_tokens" not in event
+
+
+async def test_an_infer_answer_is_not_watched_for_tokens(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica("answer")], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        r = await h.client.post("/v2/models/m/infer", content=b'{"usage": {"prompt_tokens": 1}}')
+        assert r.status_code == 200
+        (event,) = h.events()
+        assert "prompt_tokens" not in event and "ttft_s" not in event
