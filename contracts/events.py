@@ -103,7 +103,10 @@ class ReplicaStopped(ReplicaEvent):
 @dataclass(frozen=True, kw_only=True)
 class Request(ReplicaEvent):
     """A request that reached the model's data path: its route, its times (wall clock; ``start``
-    None: never handed to a replica), its status, whether it waited for a start."""
+    None: never handed to a replica), its status, whether it waited for a start; for a text
+    generation or embedding answer that said its ``usage``, its prompt and completion tokens,
+    and for a streamed one the seconds from its hand-off to the replica to its first event
+    (``ttft_s``). The token fields are left off the line when the answer said none."""
 
     kind: ClassVar[str] = "request"
     endpoint: str = ""
@@ -114,6 +117,9 @@ class Request(ReplicaEvent):
     status: int = 0
     cold: bool = False
     queue_s: float | None = None
+    prompt_tokens: int | None = field(default=None, metadata=_OPTIONAL)
+    completion_tokens: int | None = field(default=None, metadata=_OPTIONAL)
+    ttft_s: float | None = field(default=None, metadata=_OPTIONAL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -325,6 +331,9 @@ _REQUEST_FIELDS: dict[str, Callable[[Any], bool]] = {
     "status": _integer,
     "cold": _flag,
     "queue_s": _or_null(_number),
+    "prompt_tokens": _or_null(_integer),
+    "completion_tokens": _or_null(_integer),
+    "ttft_s": _or_null(_number),
 }
 _REQUEST_ALL = {**_FIELDS, **_REQUEST_FIELDS}
 _REQUIRED: dict[str, tuple[str, ...]] = {"replica_starting": ("replica",)}
