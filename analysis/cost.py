@@ -5,6 +5,10 @@ p50/p99), replica time split into busy (serving at least one request), warm-idle
 (start to ready) and pre-warmed-but-unused (replicas a warm window started that served
 nothing), the cost of that time, the cost per 1,000 requests, what one always-on replica would
 have cost over the same span, and the saving (a loss when scale to zero cost more, with why).
+For text generation and embedding models, whose ``request`` events carry the tokens their answers
+said they used: the prompt and completion tokens, the cost per million of them, and the time to
+a streamed answer's first event (``ttft_s``, p50/p99). A negative token count or time is not
+counted (the codec already skips a line whose token field is not an integer).
 The log is read with its rotated files (``events.jsonl.N``, oldest first); lines that are not
 well-typed events are skipped and the report says how many.
 
@@ -65,6 +69,7 @@ _GROUPS_OWN = (
     "always_on_cost_usd",
     "saving_usd",
     "saving_pct",
+    "cost_per_million_tokens",
 )
 
 
@@ -92,6 +97,10 @@ class _Model:
     requests: int = 0
     errors: int = 0
     cold: list[float] = field(default_factory=list)  # queue wait of each cold request
+    prompt_tokens: int = 0  # over the requests whose answers said their usage
+    completion_tokens: int = 0
+    with_usage: int = 0  # requests whose events carry their tokens
+    ttft: list[float] = field(default_factory=list)  # a streamed answer's first event, seconds
     warm_until: float = 0.0
     arrivals: list[float] = field(default_factory=list)  # a group's: its members' too
     sleep: Sleep | None = None  # None: it never slept nor woke
@@ -275,10 +284,26 @@ def _replay(events: list[Event], member_of: dict[str, str]) -> tuple[dict[str, _
                 m.errors += 1
             if e.cold:
                 m.cold.append(float(e.queue_s or 0.0))
+            tokens = _tokens(e)
+            if tokens is not None:
+                m.prompt_tokens += tokens[0]
+                m.completion_tokens += tokens[1]
+                m.with_usage += 1
+            if e.ttft_s is not None and e.ttft_s >= 0:
+                m.ttft.append(float(e.ttft_s))
             replica = pool.replicas.get(rid)
             if replica is not None and e.start is not None and e.end is not None:
                 replica.busy.append((float(e.start), float(e.end)))
     return models, runs
+
+
+def _tokens(e: Request) -> tuple[int, int] | None:
+    """A request's prompt and completion tokens (a field left off counts 0), or None: its event
+    carries neither, or one that is not a count (negative: a hand-edited or foreign line)."""
+    fields = (e.prompt_tokens, e.completion_tokens)
+    if fields == (None, None) or any(t is not None and t < 0 for t in fields):
+        return None
+    return e.prompt_tokens or 0, e.completion_tokens or 0
 
 
 def _close_run(models: dict[str, _Model], ts: float) -> tuple[int, int]:
@@ -352,20 +377,45 @@ def _union(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
     return total
 
 
+def _p50_p99(values: list[float]) -> tuple[float | None, float | None]:
+    """The median and the 99th percentile (nearest rank) of ``values``; None, None: none."""
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered), math.ceil(0.99 * len(ordered))) - 1]
+    return statistics.median(ordered), p99
+
+
 def _requests(ms: list[_Model]) -> dict[str, Any]:
-    """Requests, errors and cold starts of ``ms`` together (a group's: its members')."""
+    """Requests, errors and cold starts of ``ms`` together (a group's: its members'), and the
+    tokens and time to first token of those whose events carry them."""
     requests = sum(m.requests for m in ms)
-    cold = sorted(w for m in ms for w in m.cold)
+    cold = [w for m in ms for w in m.cold]
+    p50, p99 = _p50_p99(cold)
+    ttft_p50, ttft_p99 = _p50_p99([s for m in ms for s in m.ttft])
+    with_usage = sum(m.with_usage for m in ms)
+    tokens = {
+        "prompt": sum(m.prompt_tokens for m in ms),
+        "completion": sum(m.completion_tokens for m in ms),
+        "requests_with_usage": with_usage,
+    }
     return {
         "requests": requests,
         "errors": sum(m.errors for m in ms),
         "cold_starts": len(cold),
         "cold_start_rate": len(cold) / requests if requests else 0.0,
-        "cold_added_latency_p50_s": statistics.median(cold) if cold else None,
-        "cold_added_latency_p99_s": cold[min(len(cold) - 1, math.ceil(0.99 * len(cold)) - 1)]
-        if cold
-        else None,
+        "cold_added_latency_p50_s": p50,
+        "cold_added_latency_p99_s": p99,
+        "tokens": tokens if with_usage else None,
+        "ttft_p50_s": ttft_p50,
+        "ttft_p99_s": ttft_p99,
     }
+
+
+def _per_million(cost: float, tokens: dict[str, int] | None) -> float | None:
+    """USD per million tokens, prompt and completion together (None: no tokens)."""
+    count = 0 if tokens is None else tokens["prompt"] + tokens["completion"]
+    return round(cost / count * 1e6, 6) if count else None
 
 
 def _model_row(
@@ -418,6 +468,7 @@ def _model_row(
             "billed": billed,
         },
         **_money(billed * rate, (end - start) * rate, counts["requests"]),
+        "cost_per_million_tokens": _per_million(billed * rate, counts["tokens"]),
         "loss_reason": None,
         "sleep_price": price,
     }
@@ -473,6 +524,10 @@ def _total(rows: list[dict[str, Any]]) -> dict[str, Any]:
     requests = sum(r["requests"] for r in rows)
     cold = [r for r in rows if r["cold_starts"]]
     seconds = {k: sum(r["replica_seconds"][k] for r in rows) for k in (*PHASES, "billed")}
+    used = [r for r in rows if r["tokens"] is not None]
+    tokens = {k: sum(r["tokens"][k] for r in used) for k in ("prompt", "completion")}
+    tokens["requests_with_usage"] = sum(r["tokens"]["requests_with_usage"] for r in used)
+    streamed = [r for r in rows if r["ttft_p50_s"] is not None]
     return {
         "requests": requests,
         "errors": sum(r["errors"] for r in rows),
@@ -490,6 +545,12 @@ def _total(rows: list[dict[str, Any]]) -> dict[str, Any]:
         **_money(
             sum(r["cost_usd"] for r in rows), sum(r["always_on_cost_usd"] for r in rows), requests
         ),
+        "tokens": tokens if used else None,
+        # the cost of the models (and groups) that counted tokens, over all their tokens
+        "cost_per_million_tokens": _per_million(sum(r["cost_usd"] for r in used), tokens),
+        # the worst model's, as for cold starts
+        "ttft_p50_s": max((r["ttft_p50_s"] for r in streamed), default=None),
+        "ttft_p99_s": max((r["ttft_p99_s"] for r in streamed), default=None),
     }
 
 

@@ -78,7 +78,40 @@ def latency(row: dict[str, Any]) -> str:
     return f"{p50:.2f} / {p99:.2f} s" if p50 is not None and p99 is not None else "-"
 
 
+TOKENS = (
+    "Tokens: prompt / completion, as the answers that said their usage gave them; per 1M tokens: "
+    "the cost over prompt and completion tokens together (the total's: the cost of the models "
+    "with tokens); TTFT p50: the median time from a request's hand-off to a replica to its "
+    "streamed answer's first event (the total's: the worst model's)."
+)
+
+
+def generates(r: dict[str, Any]) -> bool:
+    """Whether a model's requests said their tokens or a time to first token: only then does
+    the table have the token columns."""
+    return any(m["tokens"] is not None or m["ttft_p50_s"] is not None for m in r["models"])
+
+
+def tokens(row: dict[str, Any]) -> str:
+    """``1,200 / 340``: prompt / completion tokens (``-``: none said)."""
+    t = row["tokens"]
+    return "-" if t is None else f"{t['prompt']:,} / {t['completion']:,}"
+
+
+def per_million(row: dict[str, Any]) -> str:
+    """USD per million tokens (``-``: no tokens, or no cost of its own: a group's member)."""
+    value = row["cost_per_million_tokens"]
+    return "-" if value is None else usd(value)
+
+
+def ttft(row: dict[str, Any]) -> str:
+    """``120.0 ms``: the median time to a streamed answer's first event (``-``: none)."""
+    p50 = row["ttft_p50_s"]
+    return "-" if p50 is None else f"{p50 * 1000:,.1f} ms"
+
+
 def to_markdown(r: dict[str, Any]) -> str:
+    generation = generates(r)
     lines = [
         f"# Ember cost report: {date_range(r['start_ts'], r['end_ts'])} ({duration(r['span_s'])})",
         "",
@@ -86,16 +119,19 @@ def to_markdown(r: dict[str, Any]) -> str:
         "",
         *[f"> **Warning:** {w}\n" for w in r["warnings"]],
         "| model | billed as | requests | cold starts | cold p50 / p99 added | busy / warm-idle / "
-        "loading / pre-warmed unused replica-s | cost | per 1k req | always-on | saving |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "loading / pre-warmed unused replica-s | cost | per 1k req | always-on | saving |"
+        + (" tokens prompt / completion | per 1M tokens | TTFT p50 |" if generation else ""),
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"
+        + ("---:|---:|---:|" if generation else ""),
     ]
     total = {**r["total"], "model": "**total**", "kind": "total", "resource": ""}
     for m in [*r["models"], total]:
         first = f"| {m['model'] if m['kind'] == 'total' else name(m)} | "
         first += f"{'' if m['kind'] == 'total' else billed_as(m)} | {m['requests']} | "
         first += f"{m['cold_starts']} ({m['cold_start_rate']:.1%}) | {latency(m)} | "
+        last = f" {tokens(m)} | {per_million(m)} | {ttft(m)} |" if generation else ""
         if m["kind"] == "member":  # its replica time and cost are its group's
-            lines.append(first + f"in the {m['group']} row | - | - | - | - |")
+            lines.append(first + f"in the {m['group']} row | - | - | - | - |" + last)
             continue
         g = m["replica_seconds"]
         unit = f" {m['resource']}-s" if m["resource"] else ""
@@ -105,12 +141,14 @@ def to_markdown(r: dict[str, Any]) -> str:
             first + f"{g['busy']:.0f} / {g['warm_idle']:.0f} / {g['loading']:.0f} / "
             f"{g['prewarmed_unused']:.0f}{unit} | {usd(m['cost_usd'])} | "
             f"{'-' if per_k is None else usd(per_k)} | {usd(m['always_on_cost_usd'])} | "
-            f"{saving} |"
+            f"{saving} |{last}"
         )
     lines += sleep_markdown(r)
     b = r["billing"]
     lines += ["", *[f"- {loss_sentence(m)}" for m in r["models"] if m["loss_reason"]]]
     lines += [f"- Billing: per {b['granularity_s']:g} s, at least {b['minimum_s']:g} s a replica."]
+    if generation:
+        lines += [f"- {TOKENS}"]
     if any(m["kind"] == "group" for m in r["models"]):
         lines += [
             "- A group's replicas serve all its members: they are billed once, in the group's "

@@ -3,7 +3,8 @@
 A headline (the date range, what was spent, what one always-on replica per model would have
 cost, what scale to zero saved or, labelled as such, lost and why), a visible warning for each
 model without a price, the per-model table with a totals row (a group's row, its replicas' time
-and cost, followed by its members' rows, their requests), where models slept on shared
+and cost, followed by its members' rows, their requests; where answers said their tokens, the
+tokens, the cost per million and the time to first token), where models slept on shared
 replicas what sleeping saved (with its definition), and charts drawn by
 :mod:`analysis.charts` (matplotlib, the ``report`` extra: ``pip install 'ember[report]'``).
 No scripts, no external files: the page opens offline and prints.
@@ -17,16 +18,21 @@ from typing import Any
 
 from activator.errors import ConfigError
 from analysis.cost_markdown import (
+    TOKENS,
     always_on,
     asleep,
     billed_as,
     date_range,
     duration,
+    generates,
     latency,
     loss_sentence,
     name,
+    per_million,
     sleep_headline,
     slept_usd,
+    tokens,
+    ttft,
     usd,
     wake_medians,
     wakes,
@@ -89,7 +95,7 @@ def to_html(r: dict[str, Any]) -> str:
             for m in models
             if m["loss_reason"]
         )
-        + f"<h2>Per model</h2>{_table(models, t)}"
+        + f"<h2>Per model</h2>{_table(models, t, generation=generates(r))}"
         + _sleeping(r, charts.sleeping)
         + "<h2>Cost: scale to zero against always-on</h2>"
         f"<figure>{charts.costs(billed)}</figure>"
@@ -146,10 +152,14 @@ _HEAD = (
     "always-on",
     "saved",
 )
+_TOKENS_HEAD = ("tokens prompt / completion", "per 1M tokens", "TTFT p50")
 
 
-def _cells(m: dict[str, Any], *, total: bool) -> list[tuple[str, str]]:
-    """(text, css class) per column."""
+def _cells(m: dict[str, Any], *, total: bool, generation: bool) -> list[tuple[str, str]]:
+    """(text, css class) per column; ``generation``: with the token columns."""
+    last = [(tokens(m), ""), (per_million(m), ""), (ttft(m), "")] if generation else []
+    if total and generation and m["ttft_p50_s"] is not None:
+        last[-1] = (ttft(m) + " (worst model)", "")
     first = [
         ("total" if total else name(m), ""),
         ("" if total else billed_as(m), ""),
@@ -160,7 +170,8 @@ def _cells(m: dict[str, Any], *, total: bool) -> list[tuple[str, str]]:
         (latency(m) + (" (worst model)" if total and m["cold_starts"] else ""), ""),
     ]
     if not total and m["kind"] == "member":  # its replica time and cost are its group's
-        return [*first, ("-", ""), *counts, (f"in the {m['group']} row", ""), *[("-", "")] * 4]
+        dashes = [("-", "")] * 4
+        return [*first, ("-", ""), *counts, (f"in the {m['group']} row", ""), *dashes, *last]
     g = m["replica_seconds"]
     unit = "replica-s" if total else f"{m['resource']}-s"
     if total:
@@ -184,6 +195,7 @@ def _cells(m: dict[str, Any], *, total: bool) -> list[tuple[str, str]]:
         ("-" if per_k is None else usd(per_k), ""),
         (usd(m["always_on_cost_usd"]), ""),
         (saved, "loss" if m["saving_usd"] < 0 else ""),
+        *last,
     ]
 
 
@@ -198,12 +210,14 @@ def _row(cells: list[tuple[str, str]]) -> str:
     )
 
 
-def _table(models: list[dict[str, Any]], total: dict[str, Any]) -> str:
-    head = "".join(f"<th scope='col'>{escape(h)}</th>" for h in _HEAD)
-    body = "".join(_row(_cells(m, total=False)) for m in models)
+def _table(models: list[dict[str, Any]], total: dict[str, Any], *, generation: bool) -> str:
+    """The per-model table; ``generation``: with the token columns (some answers said tokens)."""
+    columns = (*_HEAD, *_TOKENS_HEAD) if generation else _HEAD
+    head = "".join(f"<th scope='col'>{escape(h)}</th>" for h in columns)
+    body = "".join(_row(_cells(m, total=False, generation=generation)) for m in models)
+    foot = _row(_cells(total, total=True, generation=generation))
     return (
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-        f"<tfoot>{_row(_cells(total, total=True))}</tfoot></table>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>"
     )
 
 
@@ -272,6 +286,7 @@ def _footer(r: dict[str, Any]) -> str:
         "replica start. Always-on: one replica per model for the whole span (one per group for "
         "models sharing a group's replicas), at the same price.",
         "Cold-start latency: the time a request that found no ready replica waited for one.",
+        *([TOKENS] if generates(r) else []),
         *(_priced(m) for m in r["models"] if m["price_source"]),
         *r["notes"],
     ]
