@@ -69,7 +69,7 @@ _GROUPS_OWN = (
     "always_on_cost_usd",
     "saving_usd",
     "saving_pct",
-    "cost_per_million_tokens",
+    "cost_per_million_tokens_usd",
 )
 
 
@@ -468,7 +468,7 @@ def _model_row(
             "billed": billed,
         },
         **_money(billed * rate, (end - start) * rate, counts["requests"]),
-        "cost_per_million_tokens": _per_million(billed * rate, counts["tokens"]),
+        "cost_per_million_tokens_usd": _per_million(billed * rate, counts["tokens"]),
         "loss_reason": None,
         "sleep_price": price,
     }
@@ -547,7 +547,7 @@ def _total(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "tokens": tokens if used else None,
         # the cost of the models (and groups) that counted tokens, over all their tokens
-        "cost_per_million_tokens": _per_million(sum(r["cost_usd"] for r in used), tokens),
+        "cost_per_million_tokens_usd": _per_million(sum(r["cost_usd"] for r in used), tokens),
         # the worst model's, as for cold starts
         "ttft_p50_s": max((r["ttft_p50_s"] for r in streamed), default=None),
         "ttft_p99_s": max((r["ttft_p99_s"] for r in streamed), default=None),

@@ -100,7 +100,7 @@ def tokens(row: dict[str, Any]) -> str:
 
 def per_million(row: dict[str, Any]) -> str:
     """USD per million tokens (``-``: no tokens, or no cost of its own: a group's member)."""
-    value = row["cost_per_million_tokens"]
+    value = row["cost_per_million_tokens_usd"]
     return "-" if value is None else usd(value)
 
 

@@ -61,14 +61,14 @@ def test_tokens_are_summed_per_model_and_priced_per_million() -> None:
     assert llm["tokens"] == {"prompt": 1000, "completion": 200, "requests_with_usage": 3}
     assert llm["requests"] == 5  # every request still counts as one
     assert llm["cost_usd"] == 0.36  # 360 s at 3.6 USD/h
-    assert llm["cost_per_million_tokens"] == pytest.approx(0.36 / 1200 * 1e6)  # 300 USD
+    assert llm["cost_per_million_tokens_usd"] == pytest.approx(0.36 / 1200 * 1e6)  # 300 USD
     # a model whose answers said no tokens has none, and no price per token
-    assert (mlp["tokens"], mlp["cost_per_million_tokens"]) == (None, None)
+    assert (mlp["tokens"], mlp["cost_per_million_tokens_usd"]) == (None, None)
     assert (mlp["ttft_p50_s"], mlp["ttft_p99_s"]) == (None, None)
     # the total: the tokens summed, priced at the cost of the models that said them
     t = r["total"]
     assert t["tokens"] == llm["tokens"] and t["cost_usd"] == pytest.approx(0.36 + 0.01)
-    assert t["cost_per_million_tokens"] == llm["cost_per_million_tokens"]
+    assert t["cost_per_million_tokens_usd"] == llm["cost_per_million_tokens_usd"]
 
 
 def test_time_to_first_token_percentiles() -> None:
@@ -87,7 +87,7 @@ def test_time_to_first_token_percentiles() -> None:
     r = report(typed(log))
     (llm,) = r["models"]
     assert llm["ttft_p50_s"] == pytest.approx(0.505) and llm["ttft_p99_s"] == 0.99
-    assert llm["tokens"] is None and llm["cost_per_million_tokens"] is None
+    assert llm["tokens"] is None and llm["cost_per_million_tokens_usd"] is None
     assert "| TTFT p50 |" in to_markdown(r)  # the columns show a TTFT even without tokens
     assert "| - | - | 505.0 ms |" in to_markdown(r)
 
@@ -96,7 +96,7 @@ def test_a_log_without_token_fields_has_no_token_figures_nor_columns() -> None:
     r = report(typed(LOG))
     (m,) = r["models"]
     for row in (m, r["total"]):
-        assert row["tokens"] is None and row["cost_per_million_tokens"] is None
+        assert row["tokens"] is None and row["cost_per_million_tokens_usd"] is None
         assert row["ttft_p50_s"] is None and row["ttft_p99_s"] is None
     md = to_markdown(r)
     header = [line for line in md.splitlines() if line.startswith("| model |")]
@@ -176,10 +176,13 @@ def test_a_groups_members_have_their_tokens_and_the_group_their_sum() -> None:
     # the group's row holds its members' requests, so their tokens, and its cost per million
     assert shared["tokens"] == {"prompt": 42, "completion": 8, "requests_with_usage": 2}
     # 70 s of an L4 at 0.71 USD/h over 50 tokens
-    assert shared["cost_per_million_tokens"] == pytest.approx(70 * 0.71 / 3600 / 50 * 1e6)
+    assert shared["cost_per_million_tokens_usd"] == pytest.approx(70 * 0.71 / 3600 / 50 * 1e6)
     assert shared["ttft_p50_s"] == 0.05
     # a member has no cost of its own, so no price per token
-    assert minilm["cost_per_million_tokens"] is None and bert["cost_per_million_tokens"] is None
+    assert (
+        minilm["cost_per_million_tokens_usd"] is None
+        and bert["cost_per_million_tokens_usd"] is None
+    )
     assert r["total"]["tokens"] == shared["tokens"]  # counted once, in the group's row
     member = next(line for line in to_markdown(r).splitlines() if line.startswith("| bert "))
     assert member.endswith("| in the shared row | - | - | - | - | 30 / 8 | - | 50.0 ms |")
