@@ -3,23 +3,41 @@
 and the engine-only floor.
 
 The model is examples/tiny-llm's random-weight Llama, built into a temporary folder (nothing is
-downloaded). Every peer binds 127.0.0.1 only. For each engine and concurrency C, C clients each
-send streamed completions back to back for ``--seconds`` (closed loop); from the server-sent
-chunks the script takes the time to first token (TTFT) and the gaps between chunks (ITL), and
-counts generated tokens (``usage`` when the peer sends it, else one a chunk). Engines:
+downloaded), or with ``--model smollm2`` the SmolLM2-135M-Instruct that scripts/setup writes
+into examples/smollm2/model. Every peer binds 127.0.0.1 only. For each engine and concurrency
+C, C clients each send streamed completions back to back for ``--seconds`` (closed loop); from
+the server-sent chunks the script takes the time to first token (TTFT) and the gaps between
+chunks (ITL), and counts generated tokens (``usage`` when the peer sends it, else one a chunk).
+Engines:
 
-    ember               ``ember serve`` of the tiny model, ``POST /v1/completions``, stream
-    transformers-serve  transformers 5's OpenAI-compatible server on the same files; recorded as
-                        skipped, with the reason, when it cannot start (it needs ``accelerate``
-                        and FastAPI/uvicorn)
+    ember               ``ember serve`` of the model, ``POST /v1/completions``, stream; its
+                        config is the example's with ``max_running`` raised to the largest
+                        concurrency (transformers serve's batching has no sequence bound)
+    transformers-serve  transformers 5's OpenAI-compatible server on the same files, with its
+                        continuous batching (``--continuous-batching``); recorded as skipped,
+                        with the reason, when it cannot start (it needs ``accelerate``: the
+                        bench extra, ``scripts/setup --bench``)
     generate-batch      the floor: Ember's engine called in-process (no HTTP), the same
-                        prompts and parameters; transformers' ``generate_batch`` took 40 s for
-                        20 tokens on a 2-core CPU (docs/llm.md), so the floor is our engine
+                        prompts and parameters; transformers' ``generate_batch`` takes 25 to 35 s
+                        a call on a 2-core CPU whatever it generates (docs/llm.md), so the floor
+                        is our engine
 
-Writes ``{"rows": [{engine, concurrency, tokens_per_s, ttft_p50_ms, ttft_p99_ms, itl_p50_ms,
-itl_p99_ms, requests}], "skipped": [{engine, reason}], ...}``.
+    activator           ``ember up`` with the model at zero: ``ttft_from_zero_s`` (a streamed
+                        completion sent at zero to its first text) with one standby in the warm
+                        pool (``pool``) and with none (``fresh``, a new process); then, on the
+                        replica that request started, ``--activator-concurrency`` clients (8)
+                        through the activator and straight to the replica, in turn (rows
+                        ``ember-activator`` and ``ember-direct``; ``activator`` in the JSON: the
+                        tokens/s ratio and the inter-token latency the activator adds)
+
+Each repeat runs every engine once, in turn (so the machine's drift hits all of them); the rows
+are the medians over ``--repeats``, ``runs`` has every run, ``ratios`` compares at each
+concurrency. Writes ``{"rows": [{engine, concurrency, tokens_per_s, ttft_p50_ms, ttft_p99_ms,
+itl_p50_ms, itl_p99_ms, requests, errors}], "ratios": [...], "runs": [...],
+"skipped": [{engine, reason}], ...}``.
 
     scripts/bench_llm.py --out bench-results/llm.json [--seconds 10] [--concurrency 1,8,32]
+        [--repeats 3] [--model tiny-llm|smollm2]
 """
 
 from __future__ import annotations
@@ -44,14 +62,20 @@ from typing import Any
 
 import httpx
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ENGINES = ("ember", "transformers-serve", "generate-batch")
+ENGINES = ("ember", "transformers-serve", "generate-batch", "activator")
+# the rows the activator section writes (its engine name in --engines is "activator")
+ROW_ENGINES = ("ember", "transformers-serve", "generate-batch", "ember-activator", "ember-direct")
 MAX_SECONDS = 120.0
 MAX_CONCURRENCY = 64
 MAX_TOKENS_BOUND = 256
-PROMPT = "Hello, world! How are you today?"
+MAX_REPEATS = 9
+FIGURES = ("tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")
+# greedy, each model goes on from its prompt for --max-tokens (SmolLM2 ends a greeting at once)
+PROMPTS = {"tiny-llm": "Hello, world! How are you today?", "smollm2": "Once upon a time,"}
 READY_TIMEOUT_S = 180.0
 
 
@@ -83,17 +107,30 @@ class Samples:
 
 
 # ------------------------------------------------------------------------------ the model
-def build_model(folder: Path) -> Path:
-    """examples/tiny-llm's model and an Ember config serving it, in ``folder``."""
-    spec = importlib.util.spec_from_file_location(
-        "tiny_llm_make", ROOT / "examples/tiny-llm/make.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(folder / "model")
-    shutil.copy(ROOT / "examples/tiny-llm/model.yaml", folder / "model.yaml")
-    return folder / "model"
+MODELS = ("tiny-llm", "smollm2")
+
+
+def build_model(name: str, folder: Path, max_running: int) -> Path:
+    """An Ember config in ``folder`` serving model ``name`` with room for ``max_running``
+    sequences at once (each client's stream runs, none waits behind the example's bound):
+    tiny-llm is built into ``folder``; smollm2 is the one scripts/setup wrote into
+    examples/smollm2/model."""
+    example = ROOT / "examples" / name
+    if name == "smollm2":
+        model = example / "model"
+        if not (model / "config.json").is_file():
+            raise SystemExit("examples/smollm2/model is missing: run scripts/setup")
+    else:
+        spec = importlib.util.spec_from_file_location("tiny_llm_make", example / "make.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model = module.build(folder / "model")
+    config = yaml.safe_load((example / "model.yaml").read_text())
+    config["source"] = str(model)
+    config["options"]["max_running"] = max(max_running, config["options"]["max_running"])
+    (folder / "model.yaml").write_text(yaml.safe_dump(config))
+    return folder / "model.yaml"
 
 
 # ------------------------------------------------------------------------------ servers
@@ -134,15 +171,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def server_command(engine: str, folder: Path, port: int) -> tuple[list[str], str, str]:
+def server_command(engine: str, config: Path, name: str, port: int) -> tuple[list[str], str, str]:
     """The command, its readiness URL and the ``model`` name its requests carry."""
     if engine == "ember":
-        cmd = [PY, "-m", "ember", "serve", "--config", str(folder / "model.yaml")]
+        cmd = [PY, "-m", "ember", "serve", "--config", str(config)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        return cmd, f"http://127.0.0.1:{port}/v2/health/ready", "tiny-llm"
+        return cmd, f"http://127.0.0.1:{port}/v2/health/ready", name
     exe = shutil.which("transformers", path=str(Path(PY).parent)) or "transformers"
-    model = str(folder / "model")
+    model = str(yaml.safe_load(config.read_text())["source"])
     cmd = [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    cmd.append("--continuous-batching")  # its batching engine: the peer Ember's engine meets
     return cmd, f"http://127.0.0.1:{port}/health", model
 
 
@@ -176,11 +214,11 @@ async def one_stream(
 
 
 async def http_load(
-    base: str, model: str, concurrency: int, seconds: float, max_tokens: int
+    base: str, model: str, prompt: str, concurrency: int, seconds: float, max_tokens: int
 ) -> tuple[Samples, float]:
     body = {
         "model": model,
-        "prompt": PROMPT,
+        "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -206,7 +244,7 @@ async def http_load(
 
 # ------------------------------------------------------------------------------ the floor
 def engine_load(
-    folder: Path, concurrencies: list[int], seconds: float, max_tokens: int
+    config_path: Path, text: str, concurrencies: list[int], seconds: float, max_tokens: int
 ) -> list[dict[str, Any]]:
     """Ember's engine in this process: the same prompt and parameters, no HTTP."""
     import torch
@@ -217,12 +255,12 @@ def engine_load(
     from runtime.generation.streams import TextGenerator
     from runtime.handlers.base import handler_class
 
-    config = load_model_configs(folder / "model.yaml")[0]
+    config = load_model_configs(config_path)[0]
     handler = handler_class(config.handler)(config)
     handler.load()
     model: TextGenerator = handler  # type: ignore[assignment]  # a text-generation handler
     engine = model.generator()
-    prompt = model.encode_prompt(PROMPT)
+    prompt = model.encode_prompt(text)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     try:
         return [closed_loop(engine, prompt, params, c, seconds) for c in concurrencies]
@@ -278,14 +316,14 @@ def closed_loop(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Ember vs transformers serve vs the engine-only floor: streamed completions "
-        "of examples/tiny-llm at each concurrency, tokens/s and TTFT/ITL p50/p99, as JSON.",
+        "at each concurrency, tokens/s and TTFT/ITL p50/p99 (medians of --repeats runs), as JSON.",
     )
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
     parser.add_argument(
         "--seconds",
         type=float,
         default=10.0,
-        help=f"per engine and concurrency (<= {MAX_SECONDS:g})",
+        help=f"per engine, concurrency and repeat (<= {MAX_SECONDS:g})",
     )
     parser.add_argument(
         "--concurrency",
@@ -296,7 +334,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-tokens", type=int, default=32, help=f"per request (<= {MAX_TOKENS_BOUND})"
     )
     parser.add_argument(
+        "--repeats", type=int, default=3, help=f"runs of every engine (<= {MAX_REPEATS})"
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="tiny-llm",
+        help="tiny-llm (random weights, built here) or smollm2 (examples/smollm2, from setup)",
+    )
+    parser.add_argument(
         "--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}"
+    )
+    parser.add_argument(
+        "--activator-concurrency",
+        type=int,
+        default=8,
+        help="the activator section's clients (through it, and straight to its replica)",
     )
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]
@@ -307,56 +360,247 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--concurrency values must be in [1, {MAX_CONCURRENCY}]")
     if not 0 < args.max_tokens <= MAX_TOKENS_BOUND:
         parser.error(f"--max-tokens must be in [1, {MAX_TOKENS_BOUND}]")
+    if not 0 < args.repeats <= MAX_REPEATS:
+        parser.error(f"--repeats must be in [1, {MAX_REPEATS}]")
+    if not 0 < args.activator_concurrency <= MAX_CONCURRENCY:
+        parser.error(f"--activator-concurrency must be in [1, {MAX_CONCURRENCY}]")
     if unknown := set(args.engines) - set(ENGINES):
         parser.error(f"unknown engines {sorted(unknown)}; known: {', '.join(ENGINES)}")
     return args
 
 
+def run_server(
+    engine: str, config: Path, name: str, args: argparse.Namespace, logs: Path
+) -> list[dict[str, Any]]:
+    """One run of a server peer at every concurrency; raises when it cannot start."""
+    port = free_port()
+    cmd, ready_url, model = server_command(engine, config, name, port)
+    log = logs / f"{engine}.log"
+    proc = start(cmd, log)
+    rows = []
+    try:
+        wait_ready(proc, ready_url, log)
+        for c in args.concurrency:
+            base = f"http://127.0.0.1:{port}"
+            samples, wall = asyncio.run(
+                http_load(base, model, PROMPTS[args.model], c, args.seconds, args.max_tokens)
+            )
+            rows.append(samples.row(engine, c, wall))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    finally:
+        stop(proc)
+    return rows
+
+
+def activator_run(
+    config: Path, args: argparse.Namespace, logs: Path, *, warm_pool: int, load: bool
+) -> tuple[float, list[dict[str, Any]]]:
+    """``ember up`` with the model at zero (``warm_pool`` standbys): the seconds from a streamed
+    completion sent at zero to its first text (TTFT from zero); then, with ``load``, the same
+    closed loop at ``--activator-concurrency`` through the activator and straight to its replica,
+    in turn, ``--repeats`` times each (rows ember-activator and ember-direct)."""
+    name = yaml.safe_load(config.read_text())["name"]
+    stack = logs / f"ember-{warm_pool}.yaml"
+    events = logs / f"events-{warm_pool}.jsonl"
+    stack.write_text(
+        yaml.safe_dump(
+            {
+                "activator": {
+                    "events": str(events),
+                    "keep_alive_s": 600,
+                    "warm_pool": warm_pool,
+                    "grace_period_s": 5,
+                    "startup_timeout_s": int(READY_TIMEOUT_S),
+                },
+                "models": [{"config": str(config), "max_replicas": 1, "container_concurrency": 64}],
+            }
+        )
+    )
+    port = free_port()
+    cmd = [PY, "-m", "ember", "up", "--config", str(stack), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--quiet-replicas"]
+    log = logs / f"activator-{warm_pool}.log"
+    proc = start(cmd, log)
+    base = f"http://127.0.0.1:{port}"
+    rows: list[dict[str, Any]] = []
+    try:
+        wait_ready(proc, base + "/v2/health/ready", log)
+        if warm_pool:
+            wait_for_metric(proc, base, "ember_activator_warm_pool_ready", log)
+        prompt = PROMPTS[args.model]
+        cold = Samples()
+        asyncio.run(first_stream(base, name, prompt, args.max_tokens, cold))
+        if not cold.ttft:
+            raise RuntimeError(f"the request at zero failed: {log.read_text()[-1500:]}")
+        if load:
+            replica = replica_url(events)
+            c = args.activator_concurrency
+            for repeat in range(args.repeats):
+                for engine, url in (("ember-direct", replica), ("ember-activator", base)):
+                    samples, wall = asyncio.run(
+                        http_load(url, name, prompt, c, args.seconds, args.max_tokens)
+                    )
+                    rows.append({**samples.row(engine, c, wall), "repeat": repeat})
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+        return cold.ttft[0], rows
+    finally:
+        stop(proc)
+
+
+async def first_stream(base: str, model: str, prompt: str, max_tokens: int, out: Samples) -> None:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True}
+    body["temperature"] = 0
+    async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
+        await one_stream(client, base + "/v1/completions", body, out)
+
+
+def wait_for_metric(proc: subprocess.Popen[bytes], base: str, name: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}: {log.read_text()[-1500:]}")
+        for line in httpx.get(base + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(name + " ") and float(line.split()[1]) >= 1:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} never reached 1")
+
+
+def replica_url(events: Path) -> str:
+    """The ready replica's address, from the activator's event log (written every 50 ms)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if events.exists():
+            for line in events.read_text().splitlines():
+                event = json.loads(line)
+                if event.get("event") == "replica_ready" and event.get("url"):
+                    return str(event["url"])
+        time.sleep(0.05)
+    raise RuntimeError("no replica_ready event with the replica's address")
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (engine, concurrency): the median of each figure over its runs."""
+    out = []
+    keys = sorted(
+        {(r["engine"], r["concurrency"]) for r in runs},
+        key=lambda k: (ROW_ENGINES.index(k[0]), k[1]),
+    )
+    for engine, c in keys:
+        mine = [r for r in runs if r["engine"] == engine and r["concurrency"] == c]
+        row: dict[str, Any] = {"engine": engine, "concurrency": c}
+        for field_ in FIGURES:
+            values = [r[field_] for r in mine if r[field_] is not None]
+            row[field_] = round(float(np.median(values)), 3) if values else None
+        row["requests"] = sum(r["requests"] for r in mine)
+        row["errors"] = sum(r["errors"] for r in mine)
+        row["runs"] = len(mine)
+        out.append(row)
+    return out
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At each concurrency: Ember's tokens/s and TTFT p50 over transformers serve's, and the
+    share of the engine-only floor's tokens/s the HTTP path costs."""
+    by = {(r["engine"], r["concurrency"]): r for r in rows}
+    out = []
+    for c in sorted({r["concurrency"] for r in rows}):
+        ember, peer, floor = (by.get((e, c)) for e in ENGINES[:3])
+        if ember is None:
+            continue
+        entry: dict[str, Any] = {"concurrency": c}
+        if peer and peer["tokens_per_s"]:
+            entry["tokens_per_s_vs_transformers_serve"] = round(
+                ember["tokens_per_s"] / peer["tokens_per_s"], 3
+            )
+        if peer and peer["ttft_p50_ms"] and ember["ttft_p50_ms"] is not None:
+            entry["ttft_p50_vs_transformers_serve"] = round(
+                ember["ttft_p50_ms"] / peer["ttft_p50_ms"], 3
+            )
+        if floor and floor["tokens_per_s"]:
+            entry["http_cost_vs_floor"] = round(
+                1 - ember["tokens_per_s"] / floor["tokens_per_s"], 3
+            )
+        out.append(entry)
+    return out
+
+
+def activator_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Through the activator against straight to its replica: tokens/s over, ITL added."""
+    by = {r["engine"]: r for r in rows if r["engine"] in ("ember-activator", "ember-direct")}
+    via, direct = by.get("ember-activator"), by.get("ember-direct")
+    if via is None or direct is None or not direct["tokens_per_s"]:
+        return {}
+    out: dict[str, Any] = {
+        "concurrency": via["concurrency"],
+        "tokens_per_s_vs_direct": round(via["tokens_per_s"] / direct["tokens_per_s"], 3),
+    }
+    for q in ("p50", "p99"):
+        a, b = via[f"itl_{q}_ms"], direct[f"itl_{q}_ms"]
+        if a is not None and b is not None:
+            out[f"itl_{q}_added_ms"] = round(a - b, 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    runs: list[dict[str, Any]] = []
+    skipped: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
         folder = Path(tmp)
-        build_model(folder)
-        for engine in args.engines:
-            if engine == "generate-batch":
-                rows += engine_load(folder, args.concurrency, args.seconds, args.max_tokens)
-                continue
-            port = free_port()
-            cmd, ready_url, model = server_command(engine, folder, port)
-            log = folder / f"{engine}.log"
-            proc = start(cmd, log)
-            try:
-                wait_ready(proc, ready_url, log)
-                for c in args.concurrency:
-                    base = f"http://127.0.0.1:{port}"
-                    samples, wall = asyncio.run(
-                        http_load(base, model, c, args.seconds, args.max_tokens)
+        config = build_model(args.model, folder, max(args.concurrency))
+        name = args.model
+        from_zero: dict[str, float] = {}
+        if "activator" in args.engines:  # its own repeats, the replica kept between them
+            from_zero["pool"], got = activator_run(config, args, folder, warm_pool=1, load=True)
+            runs += got
+            from_zero["fresh"], _ = activator_run(config, args, folder, warm_pool=0, load=False)
+        for repeat in range(args.repeats):
+            for engine in args.engines:
+                if engine in skipped or engine == "activator":
+                    continue
+                if engine == "generate-batch":
+                    got = engine_load(
+                        config, PROMPTS[args.model], args.concurrency, args.seconds, args.max_tokens
                     )
-                    rows.append(samples.row(engine, c, wall))
-                    print(json.dumps(rows[-1]), file=sys.stderr)
-            except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
-                if engine == "ember":
-                    raise
-                lines = [line for line in str(exc).splitlines() if line.strip()]
-                reason = (lines[-1] if lines else repr(exc))[:500]
-                skipped.append({"engine": engine, "reason": reason, "log_tail": str(exc)[-1500:]})
-                print(f"{engine} skipped: {str(exc)[-300:]}", file=sys.stderr)
-            finally:
-                stop(proc)
+                else:
+                    try:
+                        got = run_server(engine, config, name, args, folder)
+                    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+                        if engine == "ember":
+                            raise
+                        lines = [line for line in str(exc).splitlines() if line.strip()]
+                        reason = (lines[-1] if lines else repr(exc))[:500]
+                        skipped[engine] = {
+                            "engine": engine,
+                            "reason": reason,
+                            "log_tail": str(exc)[-1500:],
+                        }
+                        print(f"{engine} skipped: {str(exc)[-300:]}", file=sys.stderr)
+                        continue
+                runs += [{**row, "repeat": repeat} for row in got]
+    rows = medians(runs)
     result = {
-        "model": "examples/tiny-llm (random weights)",
-        "prompt": PROMPT,
+        "model": {
+            "tiny-llm": "examples/tiny-llm (random weights)",
+            "smollm2": "examples/smollm2 (SmolLM2-135M-Instruct, float32)",
+        }[args.model],
+        "prompt": PROMPTS[args.model],
         "max_tokens": args.max_tokens,
         "seconds": args.seconds,
+        "repeats": args.repeats,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "rows": rows,
-        "skipped": skipped,
+        "ratios": ratios(rows),
+        "ttft_from_zero_s": {k: round(v, 3) for k, v in from_zero.items()},
+        "activator": activator_ratios(rows),
+        "runs": runs,
+        "skipped": list(skipped.values()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    shown = ("rows", "ratios", "ttft_from_zero_s", "activator", "skipped")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
     return 0
 
 
