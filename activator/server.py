@@ -16,6 +16,7 @@ from activator.frontdoor import run
 from activator.scalers.base import Scaler
 from activator.scalers.local import LocalScaler
 from contracts.logs import configure as configure_logging
+from contracts.preload import preload_modules
 from contracts.proc import give_big_blocks_back
 from contracts.sockets import bind
 from contracts.stack import StackConfig
@@ -59,6 +60,7 @@ def _serve(stack: StackConfig, sock: socket.socket, host: str, *, access_log: bo
             withhold_env=(settings.admin_token_env, settings.api_token_env),  # no token leaks
             log_level=settings.log_level,
             forward_logs=not settings.quiet_replicas,
+            preload=preload_modules(stack.models.values()) if settings.warm_pool else (),
         )
     activator = Activator(stack, scaler, host=host, access_log=access_log)
 

@@ -47,6 +47,8 @@ class Standby:
     imports_s: float
     threads: int
     cuda_initialized: bool
+    # the modules it was asked to import ahead (``--preload``) that it could not
+    missing: tuple[str, ...] = ()
     kind: Literal["standby"] = "standby"
 
 
@@ -186,6 +188,7 @@ def decode(line: bytes | str) -> ReplicaEvent:
                 _number(raw["imports_s"]),
                 _int(raw["threads"]),
                 _bool(raw["cuda_initialized"]),
+                tuple(_str(m) for m in raw.get("missing") or ()),
             )
         if kind == "listening":
             return Listening(_str(raw["url"]))

@@ -48,6 +48,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "on --status-fd), then read one serve order (a JSON object: contracts.serve_order) "
         "from stdin and serve as told, keeping the status fd",
     )
+    serve.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="(with --standby) a module to import ahead as well, for the models the activator "
+        "serves (a text-generation model's transformers family); repeatable, a missing one "
+        "skipped",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
         "--port", type=int, default=8080, help="port to bind; 0 picks a free one (default 8080)"
@@ -174,12 +183,15 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not _status_fd_open(args.status_fd):
         return 2
+    if args.preload and not args.standby:
+        print("ember serve: --preload is for a --standby process", file=sys.stderr)
+        return 2
     if args.standby:  # a warm interpreter of the activator's pool: become a replica when told
         from contracts.replica import ContractViolation
         from runtime.standby import wait_for_assignment
 
         try:
-            order = wait_for_assignment(status_fd=args.status_fd)
+            order = wait_for_assignment(status_fd=args.status_fd, extra=tuple(args.preload))
         except ContractViolation as exc:
             print(f"ember serve: {exc}", file=sys.stderr)
             return 2

@@ -44,14 +44,18 @@ PRELOAD = (
 )
 
 
-def preload() -> dict[str, Any]:
-    """Import what a start needs and build the S3 client once; report what it cost and left."""
+def preload(extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Import what a start needs (and the ``extra`` modules the activator named for its
+    stack's models: :mod:`contracts.preload`) and build the S3 client once; report what it cost
+    and left."""
     started = time.perf_counter()
-    for name in PRELOAD:
+    missing = []
+    for name in (*PRELOAD, *extra):
         try:
             importlib.import_module(name)
         except ImportError:
-            continue
+            if name in extra:
+                missing.append(name)
     imports_s = time.perf_counter() - started
     from weight_cache import warm_session
 
@@ -63,19 +67,20 @@ def preload() -> dict[str, Any]:
         "imports_s": round(imports_s, 3),
         "threads": threading.active_count(),
         "cuda_initialized": cuda,
+        "missing": missing,
     }
 
 
 def wait_for_assignment(
-    stdin: IO[str] | None = None, *, status_fd: int | None = None
+    stdin: IO[str] | None = None, *, status_fd: int | None = None, extra: tuple[str, ...] = ()
 ) -> ServeOrder | None:
-    """Preload, say so, then read the replica's order (None: released before use);
-    :class:`~contracts.replica.ContractViolation` when the line is not an order."""
+    """Preload (``extra`` too), say so, then read the replica's order (None: released before
+    use); :class:`~contracts.replica.ContractViolation` when the line is not an order."""
     from runtime.status import StatusChannel
 
-    report = preload()
+    report = preload(extra)
     print(f"ember serve: standby {json.dumps(report)}", flush=True)
-    StatusChannel(status_fd).send(Standby(**report))
+    StatusChannel(status_fd).send(Standby(**{**report, "missing": tuple(report["missing"])}))
     line = (stdin or sys.stdin).readline()
     if not line.strip():
         return None

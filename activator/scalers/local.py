@@ -62,6 +62,7 @@ class LocalScaler:
         log_level: LogLevel = "info",
         forward_logs: bool = True,
         replica_client: ReplicaClient | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
         self.command = tuple(command)
         self.cache_dir = cache_dir
@@ -81,6 +82,7 @@ class LocalScaler:
             self._child_env,
             listen_timeout_s=listen_timeout_s,
             forward=forward_logs,
+            preload=preload,
         )
         self.replica_client = replica_client or ReplicaClient()
 

@@ -35,8 +35,11 @@ class WarmPool:
         *,
         listen_timeout_s: float,
         forward: bool,
+        preload: Sequence[str] = (),
     ) -> None:
         self.command, self.size, self._env = tuple(command), size, env
+        # what each standby imports ahead for the stack's models (contracts.preload)
+        self.args = ["--standby", *(arg for m in preload for arg in ("--preload", m))]
         self.listen_timeout_s, self.forward = listen_timeout_s, forward
         self._ready: collections.deque[Process] = collections.deque()
         self._filling: set[asyncio.Task[None]] = set()
@@ -78,7 +81,7 @@ class WarmPool:
         try:
             state = await spawn(
                 self.command,
-                ["--standby"],
+                self.args,
                 env=self._env(),
                 standby=True,
                 label="standby",
@@ -104,6 +107,13 @@ class WarmPool:
             state.report.preload_s,
             rss_bytes(state.proc.pid) / 1e6,
         )
+        if state.report.missing:
+            log.warning(
+                "warm pool: process %d could not import %s (its replicas import them as they "
+                "load, or fail saying why)",
+                state.proc.pid,
+                ", ".join(state.report.missing),
+            )
         self._ready.append(state)
         state.readers.append(asyncio.create_task(self._watch(state)))
 

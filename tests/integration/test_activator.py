@@ -568,6 +568,50 @@ def test_a_standby_process_has_one_thread_and_no_cuda_context_then_serves(tmp_pa
             assert proc.wait(30) == 0
 
 
+def test_a_standby_imports_ahead_what_it_is_told_then_serves_an_llm(
+    tmp_path: Path, tiny_llm_dir: Path
+) -> None:
+    config = tmp_path / "model.yaml"
+    config.write_text(f"name: tiny-llm\nhandler: text-generation\nsource: {tiny_llm_dir}\n")
+    preload = ["transformers.models.llama.modeling_llama", "no.such.module"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "ember", "serve", "--standby"]
+        + [arg for module in preload for arg in ("--preload", module)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        report = json.loads(line.split("standby ", 1)[1])
+        assert report["missing"] == ["no.such.module"] and report["threads"] == 1
+        proc.stdin.write(encode_order(ServeOrder(configs=(config,), port=0)).decode())
+        proc.stdin.close()
+        url = proc.stdout.readline().split("listening on ")[1].strip()
+        try:
+            wait_until(lambda: _ready(url), 60, "the standby turned replica")
+            body = {"text_input": "Hello", "max_tokens": 3}
+            r = httpx.post(url + "/v2/models/tiny-llm/generate", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+
+
+def test_preload_without_standby_is_refused() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ember", "serve", "-c", "m.yaml", "--preload", "transformers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and "--preload is for a --standby process" in out.stderr
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(url + "/v2/health/ready").status_code == 200
