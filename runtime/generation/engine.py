@@ -11,7 +11,9 @@ are sized and written for CUDA). A replica on a CPU must serve too, so the loop 
    (``max_kv_tokens``) holds what each may need: its prompt plus the tokens it may generate,
    reserved at admission so a running sequence never runs out of cache;
 3. prefills: at most ``prefill_chunk`` prompt tokens go through the model per step, a long
-   prompt over several steps (chunked prefill), so it does not stall the running streams;
+   prompt over several steps (chunked prefill), so it does not stall the running streams; the
+   new sequences whose whole prompts fit go through in one forward, left-padded as a decode
+   step's batch is (eight requests arriving together wait for one prefill, not eight);
 4. decodes: every sequence whose prompt is in picks its next token, then ONE forward pass
    computes all their next logits. Each sequence keeps its own ``DynamicCache``; for the step
    they are left-padded into one batched cache, with an attention mask hiding the padding and
@@ -34,6 +36,7 @@ unfinished UTF-8 character), then one final event with the finish reason and tok
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -102,6 +105,8 @@ class Engine:
         self.max_kv_tokens = max_kv_tokens or max_running * max_model_len
         self.stats = stats or GenerationStats()
         self.batched = _full_attention(model.config)  # else each sequence decodes alone
+        # a prefill wants only its last position's logits (as generate asks for them)
+        self._last_logits = {"logits_to_keep": 1} if _keeps_logits(model) else {}
         self.kv_reserved = 0  # tokens reserved by the running sequences
         self.kv_used = 0  # tokens in their caches, as of the last step
         self._waiting: deque[Sequence] = deque()
@@ -225,25 +230,76 @@ class Engine:
         return False
 
     def _prefill(self) -> None:
-        """Up to ``prefill_chunk`` prompt tokens through the model, oldest sequence first."""
-        from transformers import DynamicCache
-
+        """Up to ``prefill_chunk`` prompt tokens through the model, oldest sequence first: the
+        new sequences whose whole prompts fit go through together, in one forward; a prompt
+        longer than what is left of the budget goes in alone, in chunks, over several steps."""
         budget = self.prefill_chunk
+        fresh: list[Sequence] = []
         for seq in self._running:
             if budget <= 0:
-                return
-            if seq.prefilled >= len(seq.prompt):
+                break
+            left = len(seq.prompt) - seq.prefilled
+            if left <= 0:
                 continue
-            if seq.cache is None:
-                seq.cache = DynamicCache(config=self.model.config)
+            if self.batched and seq.prefilled == 0 and left <= budget:
+                fresh.append(seq)
+                budget -= left
+                continue
             chunk = seq.prompt[seq.prefilled : seq.prefilled + budget]
-            ids = torch.tensor([chunk], device=self.device)
-            out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
-            seq.prefilled += len(chunk)
+            self._prefill_alone(seq, chunk)
             budget -= len(chunk)
-            if seq.prefilled == len(seq.prompt):
-                seq.next_logits = out.logits[0, -1]
-                self.stats.prompt(len(seq.prompt))
+        if len(fresh) == 1:
+            self._prefill_alone(fresh[0], fresh[0].prompt)
+        elif fresh:
+            self._prefill_together(fresh)
+
+    def _prefill_alone(self, seq: Sequence, chunk: list[int]) -> None:
+        from transformers import DynamicCache
+
+        if seq.cache is None:
+            seq.cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([chunk], device=self.device)
+        out = self.model(input_ids=ids, cache=seq.cache, use_cache=True, **self._last_logits)
+        seq.prefilled += len(chunk)
+        if seq.prefilled == len(seq.prompt):
+            seq.next_logits = out.logits[0, -1]
+            self.stats.prompt(len(seq.prompt))
+
+    def _prefill_together(self, seqs: list[Sequence]) -> None:
+        """Whole prompts of new sequences in one forward: left-padded, the padding masked out
+        and each prompt's positions its own; each sequence's part of the batch's cache is cut
+        out into its own (as after a batched decode step)."""
+        from transformers import DynamicCache
+
+        lengths = [len(s.prompt) for s in seqs]
+        longest = max(lengths)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor(
+            [[pad] * (longest - n) + s.prompt for s, n in zip(seqs, lengths, strict=True)],
+            device=self.device,
+        )
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long, device=self.device)
+        positions = torch.zeros((len(seqs), longest), dtype=torch.long, device=self.device)
+        for i, n in enumerate(lengths):
+            mask[i, longest - n :] = 1
+            positions[i, longest - n :] = torch.arange(n, device=self.device)
+        batch = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=batch,
+            use_cache=True,
+            **self._last_logits,
+        )
+        for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
+            seq.cache = DynamicCache(config=self.model.config)
+            for index, layer in enumerate(batch.layers):
+                keys = layer.keys[i : i + 1, :, longest - n :].clone()
+                seq.cache.update(keys, layer.values[i : i + 1, :, longest - n :].clone(), index)
+            seq.prefilled = n
+            seq.next_logits = out.logits[i, -1]
+            self.stats.prompt(n)
 
     def _decode(self, seqs: list[Sequence]) -> None:
         """One forward pass for the last token of every sequence in ``seqs``."""
@@ -354,6 +410,15 @@ class Engine:
         except Exception:  # a consumer's failure must not stop the others' sequences
             log.exception("delivering a generation event failed")
             seq.aborted = True
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    forward = getattr(model, "forward", None)
+    try:
+        return forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _full_attention(config: Any) -> bool:

@@ -184,6 +184,7 @@ class RecordingModel:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.config = model.config
+        self.forward = model.forward  # what the engine reads its signature off
         self.batches: list[tuple[int, int]] = []  # (batch, tokens) per forward
         self.go = threading.Event()
 
@@ -240,6 +241,10 @@ def test_sequences_of_different_lengths_decode_in_one_forward(
     finally:
         engine.close()
     assert (4, 1) in model.batches  # the four decoded in one forward pass
+    # the new prompts went in together: the first alone at most (if the engine took it before
+    # the others were queued), the rest in one forward
+    prefills = [batch for batch, tokens in model.batches if tokens > 1]
+    assert sum(prefills) == len(prompts) and len(prefills) <= 2
     eos = engine.eos_token_ids
     for prompt, seq in zip(prompts, seqs, strict=True):
         assert seq.generated == _generate(reference, prompt, 20, eos)
