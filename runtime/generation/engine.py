@@ -283,7 +283,7 @@ class Engine:
         for i, n in enumerate(lengths):
             mask[i, longest - n :] = 1
             positions[i, longest - n :] = torch.arange(n, device=self.device)
-        batch = DynamicCache(config=self.model.config)
+        batch: Any = DynamicCache(config=self.model.config)  # full-attention layers (batched)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
