@@ -15,8 +15,8 @@ Engines:
                         concurrency (transformers serve's batching has no sequence bound)
     transformers-serve  transformers 5's OpenAI-compatible server on the same files, with its
                         continuous batching (``--continuous-batching``); recorded as skipped,
-                        with the reason, when it cannot start (it needs ``accelerate``: the
-                        bench extra, ``scripts/setup --bench``)
+                        with the reason, when it cannot start (it needs ``accelerate``,
+                        which scripts/setup installs)
     generate-batch      the floor: Ember's engine called in-process (no HTTP), the same
                         prompts and parameters; transformers' ``generate_batch`` takes 25 to 35 s
                         a call on a 2-core CPU whatever it generates (docs/llm.md), so the floor
