@@ -48,7 +48,7 @@ from activator.datapath import Destination, Route
 from activator.deadlines import Deadlines
 from activator.errors import ActivatorError, UnknownModel
 from activator.http import Request, error_response
-from activator.openai import body_model
+from activator.openai import read_body
 from activator.relay import Relay
 from activator.routes import Action, Endpoint, Target
 from activator.states import PoolState
@@ -94,7 +94,12 @@ class FrontDoor:
         activator = self.activator
         try:
             activator.guards.check(dest.target.guard, request.headers)
-            route = self.body_route(dest, request) if dest.by_body else self.relayed(dest)
+            tell = False  # a stream without its usage: the replica is asked for its tokens
+            route: Route | None
+            if dest.by_body:
+                route, tell = self.body_route(dest, request)
+            else:
+                route = self.relayed(dest)
         except ActivatorError as exc:  # refused: counted, not logged
             activator.metrics.refuse(dest.label, exc)
             conn.respond(request, error_response(exc, openai=dest.target.openai))
@@ -104,7 +109,7 @@ class FrontDoor:
             return
         # held before it starts: it may end (and the next request begin) before start returns
         conn.exchange = relay = Relay(
-            conn, request, activator.datapath.exchange(route, request.arrival)
+            conn, request, activator.datapath.exchange(route, request.arrival), ask_usage=tell
         )
         relay.start()
 
@@ -142,18 +147,19 @@ class FrontDoor:
                 self._routes[path] = dest
         return dest
 
-    def body_route(self, dest: Destination, request: Request) -> Route:
+    def body_route(self, dest: Destination, request: Request) -> tuple[Route, bool]:
         """The route of an OpenAI-compatible request: to the model its body names (read once,
-        from the body held whole); BadRequest, or UnknownModel for a model not configured."""
+        from the body held whole), and whether to ask its replica for a stream's tokens;
+        BadRequest, or UnknownModel for a model not configured."""
         match = dest.target.model
         assert match is not None and dest.target.openai
         if request.method != b"POST":  # the table's answer: 405
             dest.target.resolve(request.method.decode("latin-1"))
-        name = body_model(request.body)
+        name, tell = read_body(request.body)
         pool = self.activator.pools.get(name)
         if pool is None:
             raise UnknownModel(f"The model `{name}` does not exist.")
-        return Route(pool, match.action, "")
+        return Route(pool, match.action, ""), tell
 
     def relayed(self, dest: Destination) -> Route | None:
         """The route of a request for ``dest``, relayed to its model's replicas now, or None

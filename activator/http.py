@@ -42,6 +42,7 @@ HOP_HEADERS = frozenset(
         b"proxy-connection",
         b"expect",
         b"ember-deadline-ms",
+        b"ember-usage",  # the activator's to send (contracts.replica.USAGE_HEADER), not a client's
     }
 )
 

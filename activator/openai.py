@@ -2,7 +2,7 @@
 models it lists.
 
 ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/embeddings`` (and the same under
-``/openai/v1``) name their model in the JSON body: :func:`body_model` reads it there, once, from
+``/openai/v1``) name their model in the JSON body: :func:`read_body` reads it there, once, from
 the body the front door already holds whole (within ``max_request_bytes``). ``GET /v1/models``
 is the activator's own answer, from the configs: no model is woken to list it.
 """
@@ -22,9 +22,10 @@ from contracts.stack import ModelSpec
 OPENAI_HANDLERS = frozenset({"text-generation", "hf-encoder"})
 
 
-def body_model(body: bytes) -> str:
-    """The ``model`` a request's JSON body names; BadRequest (naming ``model``) if the body is
-    not a JSON object or names none."""
+def read_body(body: bytes) -> tuple[str, bool]:
+    """The ``model`` a request's JSON body names, and whether it asks for a stream without its
+    usage (the activator asks the replica for the tokens then: :mod:`activator.usage`);
+    BadRequest (naming ``model``) if the body is not a JSON object or names no model."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -34,7 +35,9 @@ def body_model(body: bytes) -> str:
     model = value.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model")
-    return model
+    options = value.get("stream_options")
+    asked = isinstance(options, dict) and options.get("include_usage") is True
+    return model, value.get("stream") is True and not asked
 
 
 def models_list(specs: Iterable[ModelSpec]) -> dict[str, Any]:

@@ -56,7 +56,8 @@ from activator.precheck import check_request
 from activator.routes import GENERATING, Action
 from activator.states import PoolState
 from activator.upstream import Upstream, UpstreamPool, host_header
-from activator.usage import UsageScanner
+from activator.usage import CommentDropper, UsageScanner
+from contracts.replica import USAGE_HEADER
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
 
@@ -95,6 +96,7 @@ class Relay:
     __slots__ = (
         "_close_after",
         "_done",
+        "_drop",
         "_head",
         "_last",
         "_mark",
@@ -112,7 +114,9 @@ class Relay:
         "x",
     )
 
-    def __init__(self, conn: Client, request: Request, x: Exchange) -> None:
+    def __init__(
+        self, conn: Client, request: Request, x: Exchange, *, ask_usage: bool = False
+    ) -> None:
         self.conn = conn
         self.request = request
         self.x = x  # its claim on a slot, its tries, its record
@@ -129,6 +133,9 @@ class Relay:
         # on a route that generates: its usage, read as it passes; a streamed answer
         self._scan = UsageScanner() if x.route.endpoint in GENERATING else None
         self._stream = False
+        # a stream whose client did not ask for its usage: the replica is asked (a comment at
+        # its end), and the comment is taken out here
+        self._drop = CommentDropper() if ask_usage else None
         self._sent = 0.0  # monotonic: when it was handed to the replica (a stream's first event)
         self._last = 0.0  # monotonic: a stream's last piece
 
@@ -191,6 +198,8 @@ class Relay:
         for name, value in request.headers:
             if name not in HOP_HEADERS:
                 out += [name, b": ", value, b"\r\n"]
+        if self._drop is not None:
+            out += [USAGE_HEADER, b": comment\r\n"]
         out += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
         data = b"".join(out) + request.body
         self._sent = time.monotonic()
@@ -229,6 +238,8 @@ class Relay:
         or past RELAY_FLUSH_BYTES (so a big answer goes on as it comes); a stream's, at once."""
         if self._scan is not None:
             self._scan.feed(data)
+        if self._drop is not None and self._head:
+            data = self._drop.feed(data)
         out = self._out + data if self._out else data  # the first piece: no copy
         if not self._head and (self._mark is not None or self._scan is not None):
             end = out.find(b"\r\n\r\n")
@@ -236,10 +247,16 @@ class Relay:
                 self._out = out  # the head is not whole yet
                 return
             self._head = True
-            if self._scan is not None and b"text/event-stream" in out[:end].lower():
+            head = out[:end].lower()
+            if self._scan is not None and b"text/event-stream" in head:
                 self._stream = True
                 if len(out) > end + 4:
                     self._event()
+            if self._drop is not None:
+                if b"chunked" in head:
+                    out = out[: end + 4] + self._drop.feed(out[end + 4 :])
+                else:  # not chunks: nothing to take out (and nothing asked of it was framed)
+                    self._drop = None
             if self._mark is not None:
                 out = self._insert_mark(out, end)
         elif self._stream:
@@ -309,6 +326,8 @@ class Relay:
         self._last = 0.0
         if self._scan is not None:
             self._scan = UsageScanner()
+        if self._drop is not None:
+            self._drop = CommentDropper()
         try:
             x.unreachable(reason)
         except ActivatorError as exc:  # its tries are spent

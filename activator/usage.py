@@ -9,6 +9,10 @@ bytes in the pieces they arrive in and keeps the last ``usage`` object it could 
 key and the balanced object after it is enough, with no JSON parse of the rest. An object split
 across pieces is carried (at most ``CARRY_BYTES``) until the next piece completes it; one that
 HTTP chunk framing cuts in two is not read (servers write each event as one chunk).
+
+A stream whose client did not ask for its usage says none; the activator then asks an Ember
+replica for it (:data:`contracts.replica.USAGE_HEADER`), which ends the stream with a comment
+holding it, and :class:`CommentDropper` takes that comment out before the client sees it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
+
+from contracts.replica import USAGE_COMMENT
 
 KEY = b'"usage"'
 CARRY_BYTES = 4096  # a usage object is ~100 bytes; past this a split one is given up
@@ -118,3 +124,47 @@ def _string_end(data: bytes, i: int) -> int:
 
 def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class CommentDropper:
+    """Takes Ember's usage comment (:data:`contracts.replica.USAGE_COMMENT`, which the
+    activator asked its replica for) out of a chunked stream's body, fed piece by piece: each
+    whole chunk passes unchanged unless its text is that comment; a chunk not whole yet is held
+    until it is. Anything that is not chunk framing passes as it is, unfiltered, from there on.
+    """
+
+    __slots__ = ("_buf", "_done")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._done = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._done:
+            return data
+        buf = self._buf + data if self._buf else data
+        out = []
+        while True:
+            line = buf.find(b"\r\n")
+            if line < 0:
+                break
+            try:
+                size = int(buf[:line].split(b";", 1)[0], 16)
+            except ValueError:  # not chunk framing: pass it all, as it is
+                self._done = True
+                out.append(buf)
+                buf = b""
+                break
+            if size == 0:  # the last chunk and what follows it: passed whole
+                self._done = True
+                out.append(buf)
+                buf = b""
+                break
+            whole = line + 2 + size + 2
+            if len(buf) < whole:
+                break
+            if not buf.startswith(USAGE_COMMENT, line + 2):
+                out.append(buf[:whole])
+            buf = buf[whole:]
+        self._buf = buf
+        return b"".join(out) if len(out) != 1 else out[0]

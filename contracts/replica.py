@@ -249,3 +249,17 @@ def clip(line: bytes | str) -> str:
     """The start of a line a contract refused, to quote in the error."""
     text = line.decode(errors="replace") if isinstance(line, bytes) else line
     return text.strip()[:200]
+
+
+# A streamed completion's tokens, for the activator's books, when its client did not ask for
+# them: the activator sends USAGE_HEADER with the request; Ember's replica then ends the stream
+# with one SSE comment (a line SSE clients ignore), written as its own chunk, which the activator
+# reads and drops before the client sees it (activator.usage).
+USAGE_HEADER = b"ember-usage"
+USAGE_COMMENT = b": ember-usage "
+
+
+def usage_comment(prompt_tokens: int, completion_tokens: int) -> bytes:
+    """The SSE comment that tells a stream's tokens to the activator."""
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    return USAGE_COMMENT + json.dumps({"usage": usage}, separators=(",", ":")).encode() + b"\n\n"

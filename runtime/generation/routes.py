@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from contracts.http11 import openai_error_body
+from contracts.replica import USAGE_HEADER, usage_comment
 from runtime.errors import ModelNotReady, RuntimeServerError
 from runtime.facade import RuntimeFacade
 from runtime.generation.params import InvalidParameter, flag, sampling_params
@@ -144,7 +145,10 @@ class GenerationEndpoints:
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         shape = _Shape(ident=ident, model=name, chat=chat)
         if streaming:
-            return StreamingResponse(shape.stream(stream, usage=usage), media_type=_SSE)
+            # the activator asks for the tokens of a stream whose client did not (its books)
+            tell = not usage and USAGE_HEADER.decode() in request.headers
+            chunks = shape.stream(stream, usage=usage, tell=tell)
+            return StreamingResponse(chunks, media_type=_SSE)
         text, end = await stream.collect()
         _raise_failed(end)
         return _json(shape.whole(text, end))
@@ -233,7 +237,12 @@ class _Shape:
             "usage": self._usage(end),
         }
 
-    async def stream(self, stream: GenerationStream, *, usage: bool) -> AsyncIterator[bytes]:
+    async def stream(
+        self, stream: GenerationStream, *, usage: bool, tell: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The chunks of a streamed answer; ``usage``: its client asked for the tokens in a
+        last chunk; ``tell``: the activator did, in a comment it takes out
+        (:func:`contracts.replica.usage_comment`)."""
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         async for event in stream.events():
             if isinstance(event, Delta):
@@ -253,6 +262,8 @@ class _Shape:
             yield _sse(chunk)
             if isinstance(event, Finished) and usage:
                 yield _sse({**self._base(kind), "choices": [], "usage": self._usage(event)})
+            elif isinstance(event, Finished) and tell:
+                yield usage_comment(event.prompt_tokens, event.completion_tokens)
         yield _sse(b"[DONE]")
 
 

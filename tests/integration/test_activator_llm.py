@@ -124,6 +124,20 @@ def test_a_streamed_chat_from_zero_then_embeddings(stack: ServerProcess) -> None
     )
 
 
+def test_a_stream_whose_client_asked_no_usage_is_booked_with_its_tokens(
+    stack: ServerProcess,
+) -> None:
+    body = {"model": "tiny-llm", "prompt": "Hello", "max_tokens": 5, "stream": True}
+    body["temperature"] = 0
+    with httpx.stream("POST", stack.url + "/v1/completions", json=body, timeout=60) as r:
+        raw = b"".join(r.iter_bytes())
+    assert raw.endswith(b"data: [DONE]\n\n") and b"usage" not in raw  # as the client asked
+    event = wait_for_event(
+        stack, lambda e: e["event"] == "request" and e["endpoint"] == "completions"
+    )
+    assert event["completion_tokens"] >= 1 and event["prompt_tokens"] >= 1
+
+
 def test_openai_errors_from_the_activator(stack: ServerProcess) -> None:
     url = stack.url
     r = httpx.post(url + "/v1/completions", json={"prompt": "hi"})

@@ -4,6 +4,7 @@ errors, and a client that leaves mid-stream freeing its sequence."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -114,6 +115,22 @@ def test_oip_generate_and_stream(server: str) -> None:
 def _running(server: str) -> float:
     match = _RUNNING.search(httpx.get(f"{server}/metrics", timeout=10).text)
     return float(match.group(1)) if match else 0.0
+
+
+def test_a_stream_tells_its_tokens_in_a_comment_when_the_activator_asks(server: str) -> None:
+    body = {"model": "tiny-llm", "prompt": "Hello", "max_tokens": 4, "stream": True}
+    for headers, told in (({"ember-usage": "comment"}, True), ({}, False)):
+        r = httpx.post(f"{server}/v1/completions", json=body, headers=headers, timeout=60)
+        lines = [line for line in r.text.split("\n\n") if line]
+        assert lines[-1] == "data: [DONE]"
+        assert lines[-2].startswith(": ember-usage ") is told
+        if told:
+            usage = json.loads(lines[-2].removeprefix(": ember-usage "))["usage"]
+            assert usage["prompt_tokens"] >= 1 and 1 <= usage["completion_tokens"] <= 4
+    # a client that asked for the usage gets it its way, never the comment
+    asked = {**body, "stream_options": {"include_usage": True}}
+    r = httpx.post(f"{server}/v1/completions", json=asked, headers={"ember-usage": "comment"})
+    assert ": ember-usage" not in r.text and '"prompt_tokens"' in r.text
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_sequence(server: str) -> None:

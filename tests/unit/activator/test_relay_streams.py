@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.fixtures.frontdoor import Raw, Replica, request, serving, until
 
 BODY = json.dumps({"model": "m", "prompt": "hi", "stream": True}).encode()
+USAGE = {"stream_options": {"include_usage": True}}
 
 
 async def test_a_stream_longer_than_the_timeout_is_answered_whole(tmp_path: Path) -> None:
@@ -16,13 +17,16 @@ async def test_a_stream_longer_than_the_timeout_is_answered_whole(tmp_path: Path
     replica = Replica("stream", events=6, gap_s=0.2)
     async with serving(tmp_path, [replica], min_replicas=1, request_timeout_s=0.5) as h:
         await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
-        async with h.client.stream("POST", "/v1/completions", content=BODY) as r:
+        body = json.dumps({**json.loads(BODY), **USAGE})
+        async with h.client.stream("POST", "/v1/completions", content=body) as r:
             assert r.status_code == 200
             assert r.headers["content-type"] == "text/event-stream"
             lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]"
         texts = [json.loads(x[6:])["choices"] for x in lines[:-1]]
         assert [c[0]["text"] for c in texts if c] == [f"t{i}" for i in range(6)]
+        assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 6  # the client's own
+        assert not [r for r in replica.received if (b"ember-usage", b"comment") in r[2]]
         (event,) = h.events()
         assert event["status"] == 200 and event["endpoint"] == "completions"
         assert (event["prompt_tokens"], event["completion_tokens"]) == (3, 6)
@@ -59,3 +63,19 @@ async def test_an_infer_answer_is_not_watched_for_tokens(tmp_path: Path) -> None
         assert r.status_code == 200
         (event,) = h.events()
         assert "prompt_tokens" not in event and "ttft_s" not in event
+
+
+async def test_a_streams_tokens_are_asked_for_when_its_client_did_not(tmp_path: Path) -> None:
+    replica = Replica("stream", events=3)
+    async with serving(tmp_path, [replica], min_replicas=1) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:  # a client that sends the activator's header itself
+            raw.writer.write(request("POST", "/v1/completions", BODY, "ember-usage: nonsense"))
+            got = await raw.read_until(lambda b: b.endswith(b"0\r\n\r\n"), "the whole stream")
+        assert b"ember-usage" not in got and b"prompt_tokens" not in got  # the client sees neither
+        assert got.count(b"data: ") == 4  # three events and [DONE]
+        (sent,) = replica.received
+        assert [v for k, v in sent[2] if k == b"ember-usage"] == [b"comment"]  # ours only
+        await until(lambda: bool(h.events()), "the request's record")
+        (event,) = h.events()
+        assert (event["prompt_tokens"], event["completion_tokens"]) == (3, 3)

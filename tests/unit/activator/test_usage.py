@@ -7,7 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activator.usage import Usage, UsageScanner
+from activator.usage import CommentDropper, Usage, UsageScanner
+from contracts.replica import usage_comment
 
 
 def _stream(texts: list[str], usage: dict[str, int] | None) -> bytes:
@@ -92,3 +93,38 @@ def test_an_endless_object_is_given_up() -> None:
     assert scanner.usage is None
     scanner.feed(b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n')
     assert scanner.usage == Usage(1, 2)
+
+
+def _chunked(events: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=12), max_size=6),
+    cuts=st.lists(st.integers(0, 2000), max_size=12),
+    prompt=st.integers(0, 10**6),
+    completion=st.integers(0, 10**6),
+)
+def test_the_usage_comment_is_taken_out_however_the_stream_is_split(
+    texts: list[str], cuts: list[int], prompt: int, completion: int
+) -> None:
+    events = [f"data: {json.dumps({'choices': [{'text': t}]})}\n\n".encode() for t in texts]
+    client_sees = _chunked([*events, b"data: [DONE]\n\n"])
+    stream = _chunked([*events, usage_comment(prompt, completion), b"data: [DONE]\n\n"])
+    dropper, scanner, out = CommentDropper(), UsageScanner(), []
+    last = 0
+    for cut in [*sorted(set(cuts)), len(stream)]:
+        piece = stream[last:cut]
+        last = max(last, cut)
+        scanner.feed(piece)
+        out.append(dropper.feed(piece))
+    assert b"".join(out) == client_sees
+    assert scanner.usage == Usage(prompt, completion)
+
+
+def test_what_is_not_chunk_framing_passes_unfiltered() -> None:
+    dropper = CommentDropper()
+    assert dropper.feed(b"5\r\nhello\r\n") == b"5\r\nhello\r\n"
+    assert dropper.feed(b"zz\r\n: ember-usage {}\r\n") == b"zz\r\n: ember-usage {}\r\n"
+    assert dropper.feed(b"anything") == b"anything"
