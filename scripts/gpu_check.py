@@ -2,7 +2,7 @@
 """The prepared run for a lent GPU machine: GPU tests, cold start from zero, sleep and wake, load
 rows onto cuda.
 
-Four steps, in this order, each in its own bounded child process with its own time budget (a step
+Five steps, in this order, each in its own bounded child process with its own time budget (a step
 past its budget is stopped, SIGTERM then SIGKILL to its whole process group, and whatever it had
 measured is kept); a failed step is recorded in ``notes`` and the next one still runs:
 
@@ -25,6 +25,11 @@ measured is kept); a failed step is recorded in ``notes`` and the next one still
                that time minus the warm median, beside the runtime's own
                ``ember_model_wake_seconds``. The issue's targets: the 2 GiB fp16 module wakes from
                host in <= 0.1 s and from disk in <= 1.0 s (``met``: the client's median within)
+    llm        a ~1B-parameter random-weight Llama in fp16 (scripts/gpu_llm.py): the first token
+               of a one-token completion sent at zero through ``ember up``'s ``/v1/completions``
+               with the warm pool, the page cache warm (target <= 1.0 s) and dropped (target
+               <= 3 x the disk's read time, ``cat`` after a drop), and from a fresh process;
+               against transformers' ``from_pretrained`` + ``generate`` in a new process
     rows       ``scripts/bench_load.py``'s own workers and row functions (imported, not copied) on
                a ``--size-gb`` checkpoint, ``--repeats`` fresh processes per row: the warm tier
                onto cuda (ember, safetensors, fastsafetensors, runai ``@cuda``), the directory
@@ -37,19 +42,21 @@ measured is kept); a failed step is recorded in ``notes`` and the next one still
 Writes ``--out`` as ``{"results": [bench_load rows], "coldstart": {"pool_s", "fresh_s",
 "handwritten_s", "phases"}, "sleep": {"results": [{"model", "level", "device", "wake_s_median",
 "runtime_wake_s_median", "runs", ...}], "targets": {"host_s": 0.1, "disk_s": 1.0}, "met":
-{"host_s", "disk_s"}}, "tests": {"passed", "failed"}, "notes": [...]}`` and prints it.
+{"host_s", "disk_s"}}, "llm": {"pool_s", "fresh_s", "cold_pool_s", "disk_read_s",
+"handwritten_s", "bytes", "targets", "met"}, "tests": {"passed", "failed"}, "notes": [...]}``
+and prints it.
 Exit status: 0 when every step that ran succeeded, 1 when one failed (see ``notes``), 2 when
 there is no CUDA device (and no ``--device cpu``). A Python module a step needs and cannot
 import is named in a note and the step is skipped, not a traceback. Every process it starts
 is on 127.0.0.1 only and is stopped before it exits; the whole run stays within ``--budget-s``
-(420 s by default; the steps are capped at 90, 120, 60 and 150 s, and a step that runs short of
+(500 s by default; the steps are capped at 90, 100, 60, 120 and 120 s, and a step that runs short of
 time skips its remaining runs with a note rather than being cut off).
 
 On the lent GPU machine (the device tool runs this in the repository root, after the wrapper
 has installed the wheels of the modules that machine lacks; the timeout leaves a minute over the
 budget for the probe and the steps' grace):
 
-    python3 scripts/gpu_check.py --out "$OUT/gpu_check.json"          (timeout_s: 480)
+    python3 scripts/gpu_check.py --out "$OUT/gpu_check.json"          (timeout_s: 560)
 
 Without a GPU, the same plumbing with tiny sizes (a 0.05 GiB checkpoint, a 4 x 256 module on the
 CPU, no @cuda rows; ``--skip-STEP`` leaves a step out):
@@ -79,15 +86,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import gpu_sleep  # beside this file: on sys.path when this runs as a script
+import gpu_llm  # beside this file: on sys.path when this runs as a script
+import gpu_sleep
 from gpu_sleep import RunFailed, http_post, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
 # rows last: it is the step that makes do with what time is left (it skips runs, not rows)
-STEPS = ("tests", "coldstart", "sleep", "rows")
-STEP_BUDGET_S = {"tests": 90, "coldstart": 120, "sleep": 60, "rows": 150}
+STEPS = ("tests", "coldstart", "sleep", "llm", "rows")
+STEP_BUDGET_S = {"tests": 90, "coldstart": 100, "sleep": 60, "llm": 120, "rows": 120}
 GRACE_S = 10  # SIGTERM -> SIGKILL for a step's process group
 # what each step imports (directly or in its processes): checked up front, so a missing one is
 # named in a note instead of failing somewhere deep inside
@@ -99,6 +107,7 @@ NEEDS = {
     "rows": (*_CORE, *_STORE),
     "coldstart": (*_CORE, *_SERVE, "aiohttp"),
     "sleep": (*_CORE, *_SERVE, "aiohttp"),
+    "llm": (*_CORE, *_SERVE, "aiohttp", "transformers", "tokenizers"),
 }
 PEER_MODULES = {"fastsafetensors": "fastsafetensors", "runai": "runai_model_streamer"}
 MISSING = re.compile(r"No module named '([\w.]+)'")
@@ -271,6 +280,7 @@ class Partial:
             "results": [],
             "coldstart": {},
             "sleep": gpu_sleep.empty_report(),
+            "llm": gpu_llm.empty_report(),
             "notes": [],
             "ok": True,
         }
@@ -302,9 +312,9 @@ def child_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path[:0] = [str(ROOT), str(SCRIPTS)]
     try:
-        {"rows": step_rows, "coldstart": step_coldstart, "sleep": step_sleep}[args.step](
-            args, partial
-        )
+        steps = {"rows": step_rows, "coldstart": step_coldstart, "sleep": step_sleep}
+        steps["llm"] = step_llm
+        steps[args.step](args, partial)
     except ModuleNotFoundError as exc:
         partial.fail(f"missing Python module {exc.name!r}")
     except RunFailed as exc:
@@ -703,6 +713,25 @@ def step_sleep(args: argparse.Namespace, partial: Partial) -> None:
         partial.fail("no wake was measured")
 
 
+# ------------------------------------------------------------------------------ llm
+def step_llm(args: argparse.Namespace, partial: Partial) -> None:
+    """A ~1B Llama in fp16 from zero to its first token (scripts/gpu_llm.py measures)."""
+    import bench_load as bl
+
+    if args.device != "cuda":
+        partial.note("llm: the tiny model on the CPU: the targets are for the 1B one on cuda")
+    gpu_llm.run(
+        Path(args.work),
+        args.device,
+        args.deadline,
+        partial.data["llm"],
+        partial.save,
+        partial.fail,
+        run_bounded,
+        bl.drop_page_cache,
+    )
+
+
 def http_get(url: str, timeout_s: float = 5) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as r:
         text: str = r.read().decode()
@@ -756,7 +785,7 @@ def main() -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size-gb", type=float, help="the rows' checkpoint (1; cpu: 0.05)")
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per row")
-    parser.add_argument("--budget-s", type=float, default=420, help="for the whole run")
+    parser.add_argument("--budget-s", type=float, default=500, help="for the whole run")
     for step in STEPS:
         parser.add_argument(f"--skip-{step}", action="store_true")
     children = [s for s in STEPS if s != "tests"]  # tests runs in this process
@@ -791,6 +820,7 @@ def main() -> int:
         "results": [],
         "coldstart": {"pool_s": None, "fresh_s": None, "handwritten_s": None, "phases": {}},
         "sleep": gpu_sleep.empty_report(),
+        "llm": gpu_llm.empty_report(),
         "tests": {"passed": 0, "failed": 0},
         "notes": notes,
     }
@@ -827,6 +857,8 @@ def main() -> int:
                     report["coldstart"] = data["coldstart"]
                 if step == "sleep" and data.get("sleep"):
                     report["sleep"] = data["sleep"]
+                if step == "llm" and data.get("llm"):
+                    report["llm"] = data["llm"]
         finally:
             shutil.rmtree(work, ignore_errors=True)
         notes += [f"{step}: {n}" for n in step_notes]
@@ -882,6 +914,8 @@ def summarise(report: dict[str, Any]) -> None:
         f"hand-written {fmt['handwritten_s']}"
     )
     for line in gpu_sleep.summary(report["sleep"]):
+        print(line)
+    for line in gpu_llm.summary(report["llm"]):
         print(line)
     print(f"tests: {report['tests']['passed']} passed, {report['tests']['failed']} failed")
     for n in report["notes"]:
