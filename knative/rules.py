@@ -92,6 +92,10 @@ def ksvc_errors(ksvc: dict[str, Any], enabled: Collection[str] = ()) -> list[str
     timeout = spec.get("timeoutSeconds", 300)
     if not 0 <= timeout <= MAX_TIMEOUT_S:
         errors.append(f"timeoutSeconds {timeout} is outside 0..{MAX_TIMEOUT_S}")
+    for key in ("responseStartTimeoutSeconds", "idleTimeoutSeconds"):
+        value = spec.get(key)
+        if value is not None and not 0 <= value <= timeout:
+            errors.append(f"{key} {value} is outside 0..timeoutSeconds ({timeout})")
     annotations = template.get("metadata", {}).get("annotations", {})
     errors += annotation_errors(annotations, enabled)
     return errors

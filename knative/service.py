@@ -24,6 +24,7 @@ from contracts.serve_order import ServeOrder, serve_argv
 from contracts.stack import ModelSpec, StackConfig
 from knative.errors import DeployError
 from knative.pods import TIER_PATH, placement, tier_budget_gb, tier_volume
+from knative.rules import MAX_TIMEOUT_S
 from knative.templating import render_objects
 
 CONFIGMAP_LIMIT = 900 * 1024  # Kubernetes refuses ConfigMaps over 1 MiB; leave room
@@ -144,6 +145,9 @@ def service_objects(
         limits["nvidia.com/gpu"] = "1"
     labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "ember"}
     first = next(iter(files.values()))
+    streams = spec.handler == "text-generation" or any(
+        stack.models[m].handler == "text-generation" for m in spec.members
+    )
     objects = render_objects(
         "ksvc.yaml.j2",
         service=spec.name,
@@ -161,7 +165,9 @@ def service_objects(
         retention=f"{int(spec.keep_alive_s)}s",
         progress_deadline=f"{k.progress_deadline_s}s",
         container_concurrency=spec.container_concurrency,
-        timeout_s=k.timeout_s,
+        # a generation model's streams: as long as the revision allows, timed by their silences
+        timeout_s=MAX_TIMEOUT_S if streams else k.timeout_s,
+        stream_timeout_s=min(k.timeout_s, MAX_TIMEOUT_S) if streams else None,
         image=image,
         args=["serve", *serve_args],
         env=pod_env(stack),

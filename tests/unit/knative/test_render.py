@@ -197,6 +197,33 @@ def test_a_gpu_model_asks_for_a_gpu_and_the_cuda_image(tmp_path: Path) -> None:
     assert yaml.safe_load(cm["data"]["model.yaml"])["device"] == "cuda"
 
 
+def test_a_generation_models_streams_are_timed_by_their_silences(tmp_path: Path) -> None:
+    model = "name: llm\nhandler: text-generation\nsource: s3://models/llm\n"
+    stack = load_stack(write_stack(tmp_path, model, KNATIVE))
+    objects = render(stack)
+    validate_all(objects, stack)  # the fields are the vendored Revision schema's
+    spec = next(o for o in objects if o["kind"] == "Service")["spec"]["template"]["spec"]
+    # Knative cuts a request at timeoutSeconds: a stream gets the most it allows, and its
+    # first byte and each silence get the activator's request timeout
+    assert spec["timeoutSeconds"] == 600
+    assert spec["responseStartTimeoutSeconds"] == spec["idleTimeoutSeconds"] == 300
+    (tmp_path / "gpu").mkdir()
+    other = render(load_stack(write_stack(tmp_path / "gpu", GPU_MODEL, KNATIVE)))
+    plain = next(o for o in other if o["kind"] == "Service")["spec"]["template"]["spec"]
+    assert plain["timeoutSeconds"] == 300 and "idleTimeoutSeconds" not in plain
+
+
+def test_stream_timeouts_past_the_request_timeout_are_refused() -> None:
+    stack = load_stack(ROOT / "examples" / "ember.yaml")
+    (_, _, ksvc, *_) = render(stack)
+    enabled = enabled_keys(required_settings(stack))
+    bad = copy.deepcopy(ksvc)
+    bad["spec"]["template"]["spec"]["idleTimeoutSeconds"] = 301
+    assert ksvc_errors(bad, enabled) == [
+        "idleTimeoutSeconds 301 is outside 0..timeoutSeconds (300)"
+    ]
+
+
 def test_a_hub_model_is_served_as_written_through_the_cache_on_the_tier(tmp_path: Path) -> None:
     model = "name: minilm\nhandler: hf-encoder\nsource: hf://sentence-transformers/x@abc\n"
     knative = KNATIVE + "  hf_secret: hf-token\n"
