@@ -211,6 +211,14 @@ class Exchange:
         assert self.ticket is not None
         return self.ticket.replica.url
 
+    @property
+    def served_as(self) -> str | None:
+        """The name the replica's server answers to, when not the model's (a command
+        engine's): an OpenAI request's body is renamed to it."""
+        assert self.ticket is not None
+        handle = self.ticket.replica.handle
+        return None if handle is None else handle.served_as
+
     def take_now(self) -> bool:
         """A slot now, if a ready replica has one and nobody is queued before us (ShuttingDown
         once the pool takes no more requests)."""

@@ -40,11 +40,21 @@ def read_body(body: bytes) -> tuple[str, bool]:
     return model, value.get("stream") is True and not asked
 
 
+def renamed(body: bytes, model: str) -> bytes:
+    """``body`` (a JSON object, read whole once already) naming ``model`` instead: for a server
+    that answers to another name than the model's (a command engine's)."""
+    value = orjson.loads(body)
+    value["model"] = model
+    return orjson.dumps(value)
+
+
 def models_list(specs: Iterable[ModelSpec]) -> dict[str, Any]:
-    """``GET /v1/models``: every configured model the OpenAI routes serve, in OpenAI's shape."""
+    """``GET /v1/models``: every configured model the OpenAI routes serve (Ember's text
+    generation and embeddings, and every model another server serves: ``engine: command``), in
+    OpenAI's shape."""
     data = [
         {"id": spec.name, "object": "model", "created": 0, "owned_by": "ember"}
         for spec in specs
-        if spec.handler in OPENAI_HANDLERS
+        if spec.handler in OPENAI_HANDLERS or spec.engine == "command"
     ]
     return {"object": "list", "data": data}

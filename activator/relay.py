@@ -52,6 +52,7 @@ from activator.http import (
     error_response,
     says_close,
 )
+from activator.openai import renamed
 from activator.precheck import check_request
 from activator.routes import GENERATING, Action
 from activator.states import PoolState
@@ -200,8 +201,12 @@ class Relay:
                 out += [name, b": ", value, b"\r\n"]
         if self._drop is not None:
             out += [USAGE_HEADER, b": comment\r\n"]
-        out += [b"content-length: ", str(len(request.body)).encode(), b"\r\n\r\n"]
-        data = b"".join(out) + request.body
+        body = request.body
+        served_as = self.x.served_as
+        if served_as is not None and self.x.route.endpoint.openai:
+            body = renamed(body, served_as)
+        out += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n"]
+        data = b"".join(out) + body
         self._sent = time.monotonic()
         upstream = door.upstreams.take(key)
         if upstream is not None:

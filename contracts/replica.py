@@ -103,6 +103,9 @@ class ModelStatus:
     # on the READY that ends a wake: the level it woke from and the seconds the wake took
     woke_from: SleepLevel | None = None
     wake_s: float | None = None
+    # on the READY of a model another server serves (engine: command): the name that server
+    # answers to, when it is not the model's own (the activator renames requests to it)
+    served_as: str | None = None
     kind: Literal["model"] = "model"
 
     @property
@@ -217,6 +220,7 @@ def model_status(raw: dict[str, Any]) -> ModelStatus:
         level=None if level is None else SleepLevel(level),
         woke_from=None if woke_from is None else SleepLevel(woke_from),
         wake_s=None if wake_s is None else _number(wake_s),
+        served_as=None if raw.get("served_as") is None else _str(raw["served_as"]),
     )
 
 

@@ -305,6 +305,8 @@ class ModelSpec(BaseModel):
     source: str | None = None
     prewarm: tuple[Window, ...] = ()
     handler: str | None = None  # the model config's, for messages
+    # what serves it: "ember" (its handler), or "command" (another OpenAI-compatible server)
+    engine: str = "ember"
     # what GET /v2/models/{m} answers, when the model config says it all (contracts.metadata):
     # the activator answers it while no replica runs; None: it learns it from the first replica
     metadata: ModelMetadata | None = None
@@ -435,6 +437,12 @@ def _group_spec(
 ) -> GroupSpec:
     """A group resolved: one pool spec for its replicas, priced and placed as its members are."""
     where = f"{path}: groups[{index}] ({group.name})"
+    commands = [s.name for s in specs if s.engine == "command"]
+    if commands:
+        raise ConfigError(
+            f"{where}: {', '.join(commands)} is served by its own command, which runs alone: "
+            "it cannot share a group's replicas"
+        )
     for key in ("gpu_type", "device"):
         values = {getattr(s, key) for s in specs}
         if len(values) > 1:
@@ -533,6 +541,7 @@ def _model_spec(
         source=_optional(model, "source", str, config_path),
         prewarm=prewarm,
         handler=handler,
+        engine=_optional(model, "engine", str, config_path) or "ember",
         metadata=declared_metadata(model, str(config_path)),
         max_batch_size=_optional(model, "max_batch_size", int, config_path) or 0,
     )

@@ -272,6 +272,19 @@ def _serve(order: ServeOrder, *, status_fd: int | None, **more: Any) -> int:
     except ValidationError as exc:
         print(f"ember serve: {validation_message(exc)}", file=sys.stderr)
         return 2
+    commands = [c for c in configs if c.engine == "command"]
+    if commands:  # another server serves it: this process pulls its weights and watches it
+        if len(configs) > 1:
+            names = ", ".join(c.name for c in commands)
+            print(
+                f"ember serve: {names} is served by its own command: serve it alone "
+                "(one --config, one model)",
+                file=sys.stderr,
+            )
+            return 2
+        from runtime.command_engine import serve_command
+
+        return serve_command(settings, commands[0])
     from runtime.server import serve
 
     try:

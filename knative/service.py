@@ -132,6 +132,12 @@ def service_objects(
     """The ConfigMap (``files``) and the Knative Service running ``ember serve`` with
     ``serve_args``, scaled as ``spec`` says, at zero pods until its first request."""
     k = stack.knative
+    commands = [m for m in (spec.members or (spec.name,)) if stack.models[m].engine == "command"]
+    if commands:
+        raise DeployError(
+            f"{what}: served by its own command (engine: command), which runs on this machine's "
+            "ember up only: not on Knative yet"
+        )
     image = k.gpu_image if gpu else k.image
     if not image:
         which = "knative.gpu_image" if gpu else "knative.image"

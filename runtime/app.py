@@ -111,7 +111,7 @@ def _default_budget(configs: list[ModelConfig]) -> int | None:
     devices = []
     for config in configs:
         try:
-            measures = handler_class(config.handler).measures
+            measures = handler_class(config.handler_name).measures
         except ConfigError:
             continue  # its load fails saying why
         if measures:

@@ -58,6 +58,11 @@ class PrewarmWindow(BaseModel):
     replicas: int = Field(default=1, ge=1)
 
 
+# what a command engine's arguments may name (runtime.command_engine fills them in)
+COMMAND_FIELDS = ("weights", "port", "host", "model")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
 class ModelConfig(BaseModel):
     """One model: where its weights are, how it is run, batched, kept alive and priced."""
 
@@ -66,7 +71,12 @@ class ModelConfig(BaseModel):
     name: str
     version: str = "1"
     source: str | None = None
-    handler: Literal["torch-module", "hf-encoder", "kserve", "text-generation"]
+    handler: Literal["torch-module", "hf-encoder", "kserve", "text-generation"] | None = None
+    # what serves it: Ember's own server and a handler ("ember"), or another OpenAI-compatible
+    # server started from ``command`` (runtime.command_engine), its readiness ``health``'s 200
+    engine: Literal["ember", "command"] = "ember"
+    command: tuple[str, ...] = ()
+    health: str = "/health"
     device: str = "auto"
     options: dict[str, Any] = Field(default_factory=dict)
     inputs: tuple[TensorSpec, ...] = ()
@@ -124,6 +134,39 @@ class ModelConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("input names must be unique")
         return self
+
+    @model_validator(mode="after")
+    def _engine(self) -> ModelConfig:
+        if self.engine == "ember":
+            if self.handler is None:
+                raise ValueError(
+                    "'handler' is required: torch-module, hf-encoder, kserve or text-generation "
+                    "(or 'engine: command' with the 'command' that serves the model)"
+                )
+            if self.command:
+                raise ValueError("'command' is for 'engine: command'")
+            return self
+        if self.handler is not None:
+            raise ValueError("a model served by its 'command' has no 'handler'")
+        if not self.command:
+            raise ValueError("'engine: command' needs the 'command' that serves the model")
+        for arg in self.command:
+            for field in _PLACEHOLDER.findall(arg):
+                if field not in COMMAND_FIELDS:
+                    raise ValueError(
+                        f"command: unknown placeholder {{{field}}} in {arg!r}; known: "
+                        + ", ".join(f"{{{f}}}" for f in COMMAND_FIELDS)
+                    )
+        if not self.health.startswith("/"):
+            raise ValueError("health must be a path, starting with /")
+        return self
+
+    @property
+    def handler_name(self) -> str:
+        """The handler of a model Ember's own server serves (a command's model has none)."""
+        if self.handler is None:
+            raise ConfigError(f"model '{self.name}' is served by its command, not by a handler")
+        return self.handler
 
     @property
     def batching(self) -> bool:

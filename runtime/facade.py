@@ -190,4 +190,4 @@ def _generation_metrics(metrics: RuntimeMetrics, name: str, handler: Any) -> Non
 
 def _kind(entry: ModelEntry) -> type[ModelHandler]:
     """What a model's handler can do, declared on its class."""
-    return handler_class(entry.config.handler)
+    return handler_class(entry.config.handler_name)

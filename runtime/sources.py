@@ -187,7 +187,7 @@ def _tensor_sink(config: ModelConfig) -> TensorSink | None:
     """For the handlers that take them (``takes_tensors``): tensors made during the download."""
     from runtime.handlers.base import handler_class, pick_device
 
-    if not handler_class(config.handler).takes_tensors:
+    if config.engine == "command" or not handler_class(config.handler_name).takes_tensors:
         return None
     from weight_cache import TensorSink
 

@@ -30,6 +30,8 @@ class ReplicaHandle:
     timings: dict[str, float] = field(default_factory=dict)
     pid: int | None = None  # a local process's; None for replicas elsewhere
     warm: bool = False  # started from the local scaler's warm pool
+    # the name its server answers to, when not the model's (a command engine's, said on READY)
+    served_as: str | None = None
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,7 @@ class LocalScaler:
             if status.ready is None and status.settled():  # told before ``expect`` was set
                 status.ready = status.models[status.expect[0]]
             if status.ready is not None:
+                handle.served_as = status.ready.served_as
                 return True
             now = status.readiness()
             if isinstance(now, Failed):

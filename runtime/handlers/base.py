@@ -174,7 +174,7 @@ def handler_class(kind: str) -> type[ModelHandler]:
 
 
 def create_handler(config: ModelConfig) -> ModelHandler:
-    return handler_class(config.handler)(config)
+    return handler_class(config.handler_name)(config)
 
 
 def parse_options(model: type[_Options], config: ModelConfig) -> _Options:

@@ -363,6 +363,17 @@ def test_a_group_of_models_on_different_devices_is_refused(tmp_path: Path) -> No
         load_stack(path)
 
 
+def test_a_model_its_own_command_serves_cannot_share_a_group(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\nengine: command\ncommand: [serve, '{port}']\n")
+    (tmp_path / "b.yaml").write_text("name: b\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text("groups: [{name: g, models: [{config: a.yaml}, {config: b.yaml}]}]\n")
+    with pytest.raises(ConfigError, match="a is served by its own command"):
+        load_stack(path)
+    path.write_text("models: [{config: a.yaml}]\n")
+    assert load_stack(path).models["a"].engine == "command"
+
+
 def test_a_stack_with_nothing_to_serve_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ember.yaml"
     path.write_text("activator: {keep_alive_s: 5}\n")

@@ -171,7 +171,10 @@ def test_problems_of_a_list_name_the_entry(tmp_path: Path) -> None:
         load_model_configs(path)
     lines = str(caught.value).splitlines()
     assert f"{path}: models[1].hander: unknown key; did you mean 'handler'?" in lines
-    assert f"{path}: models[1].handler: missing (required)" in lines
+    # with the key spelled right and no handler named, that is the problem said
+    path = write(tmp_path, "models:\n  - {name: a, handler: hf-encoder}\n  - {name: b}\n")
+    with pytest.raises(ConfigError, match=r"models\[1\]: 'handler' is required"):
+        load_model_configs(path)
 
 
 def test_durations_take_units(tmp_path: Path) -> None:

@@ -1,0 +1,153 @@
+"""``engine: command``: another OpenAI-compatible server (``transformers serve``) as a model's
+replica behind ``ember up``: its weights pulled from S3 into the tier first, started at the
+first request, the requests renamed to what it answers to, their tokens booked, and back to
+zero after the keep-alive."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.test_activator import activator
+from tests.servers import ROOT
+
+TRANSFORMERS = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"
+SERVE = [TRANSFORMERS, "serve", "{weights}", "--host", "{host}", "--port", "{port}"]
+
+
+def write_stack(tmp_path: Path, model: dict[str, Any], **settings: Any) -> Path:
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    stack = {
+        "activator": {
+            "events": str(tmp_path / "events.jsonl"),
+            "cache_dir": str(tmp_path / "tier"),
+            "grace_period_s": 5,
+            **settings,
+        },
+        "models": [{"config": "model.yaml", "max_replicas": 1}],
+    }
+    (tmp_path / "ember.yaml").write_text(yaml.safe_dump(stack))
+    return tmp_path / "ember.yaml"
+
+
+def events(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_a_third_party_server_scales_from_zero_and_back(
+    tmp_path: Path, tiny_llm_dir: Path, bucket: str
+) -> None:
+    uri = f"s3://{bucket}/tiny-llm"
+    pushed = subprocess.run(
+        [sys.executable, "-m", "ember", "cache", "push", str(tiny_llm_dir), uri],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    model = {"name": "tiny", "engine": "command", "source": uri, "command": SERVE}
+    config = write_stack(tmp_path, model, keep_alive_s=2)
+    with activator(config, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}) as server:
+        assert [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]] == ["tiny"]
+        body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["usage"]["completion_tokens"] == 4
+        # the server answers to its weights' path (it is pinned to it): in the tier, not S3
+        assert answer["model"].startswith(str(tmp_path / "tier"))
+        assert list(Path(answer["model"]).glob("*.safetensors"))
+        with httpx.stream(
+            "POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60
+        ) as s:
+            chunks = [x for x in s.iter_lines() if x.startswith("data: ")]
+        texts = [c["text"] for x in chunks for c in json.loads(x[6:]).get("choices", [])]
+        assert "".join(texts) == answer["choices"][0]["text"]
+        booked = wait(
+            lambda: [e for e in events(tmp_path) if e["event"] == "request"][1:], "two requests"
+        )
+        assert booked[0]["completion_tokens"] == 4 and booked[0]["status"] == 200
+        # idle past its keep-alive: the replica (and the server it started) goes
+        stopped = wait(
+            lambda: [e for e in events(tmp_path) if e["event"] == "replica_stopped"], "zero"
+        )
+        assert stopped[0]["model"] == "tiny"
+    assert not subprocess.run(["pgrep", "-f", str(tmp_path / "tier")], capture_output=True).stdout
+
+
+def test_embers_own_server_given_as_a_command(tmp_path: Path, tiny_llm_dir: Path) -> None:
+    inner = tmp_path / "inner.yaml"
+    inner.write_text(f"name: inner-llm\nhandler: text-generation\nsource: {tiny_llm_dir}\n")
+    serve = [sys.executable, "-m", "ember", "serve", "--config", str(inner)]
+    model = {
+        "name": "outer",
+        "engine": "command",
+        "command": [*serve, "--host", "{host}", "--port", "{port}"],
+        "health": "/v2/health/ready",
+    }
+    with activator(write_stack(tmp_path, model), env={"OMP_NUM_THREADS": "1"}) as server:
+        body = {"model": "outer", "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "inner-llm"  # renamed to what the inner server serves
+
+
+def test_a_command_that_dies_before_it_is_healthy_answers_503_with_why(tmp_path: Path) -> None:
+    model = {
+        "name": "broken",
+        "engine": "command",
+        "command": [sys.executable, "-c", "import sys; sys.exit(7)", "{port}"],
+    }
+    with activator(write_stack(tmp_path, model)) as server:
+        body = {"model": "broken", "prompt": "Hello"}
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 503
+    assert "exited with status 7 before /health answered 200" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"name": "m", "engine": "command"}, "needs the 'command'"),
+        ({"name": "m", "engine": "command", "command": ["x", "{nope}"]}, "unknown placeholder"),
+        ({"name": "m", "engine": "command", "command": ["x"], "health": "up"}, "must be a path"),
+        (
+            {"name": "m", "engine": "command", "command": ["x"], "handler": "text-generation"},
+            "has no 'handler'",
+        ),
+        ({"name": "m"}, "'handler' is required"),
+    ],
+)
+def test_bad_command_configs_are_refused(
+    tmp_path: Path, model: dict[str, Any], message: str
+) -> None:
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    out = subprocess.run(
+        [sys.executable, "-m", "ember", "serve", "--config", str(tmp_path / "model.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and message in out.stderr, out.stderr
