@@ -48,11 +48,12 @@ class ReplicaClient:
             await self._session.close()
             self._session = None
 
-    async def ready(self, url: str) -> bool:
-        """Whether the replica at ``url`` answers ``/v2/health/ready`` with 200 now."""
+    async def ready(self, url: str, path: str = "/v2/health/ready") -> bool:
+        """Whether the replica at ``url`` answers ``path`` (its readiness: the predictor's
+        ``/v2/health/ready``, or a command engine's health path) with 200 now."""
         timeout = aiohttp.ClientTimeout(total=READY_TIMEOUT_S)
         try:
-            async with self._http().get(url + "/v2/health/ready", timeout=timeout) as r:
+            async with self._http().get(url + path, timeout=timeout) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False

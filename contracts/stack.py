@@ -305,8 +305,10 @@ class ModelSpec(BaseModel):
     source: str | None = None
     prewarm: tuple[Window, ...] = ()
     handler: str | None = None  # the model config's, for messages
-    # what serves it: "ember" (its handler), or "command" (another OpenAI-compatible server)
+    # what serves it: "ember" (its handler), or "command" (another OpenAI-compatible server,
+    # whose readiness is ``health``'s 200)
     engine: str = "ember"
+    health: str | None = None
     # what GET /v2/models/{m} answers, when the model config says it all (contracts.metadata):
     # the activator answers it while no replica runs; None: it learns it from the first replica
     metadata: ModelMetadata | None = None
@@ -542,6 +544,11 @@ def _model_spec(
         prewarm=prewarm,
         handler=handler,
         engine=_optional(model, "engine", str, config_path) or "ember",
+        health=(
+            _optional(model, "health", str, config_path) or "/health"
+            if model.get("engine") == "command"
+            else None
+        ),
         metadata=declared_metadata(model, str(config_path)),
         max_batch_size=_optional(model, "max_batch_size", int, config_path) or 0,
     )

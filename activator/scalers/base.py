@@ -32,6 +32,7 @@ class ReplicaHandle:
     warm: bool = False  # started from the local scaler's warm pool
     # the name its server answers to, when not the model's (a command engine's, said on READY)
     served_as: str | None = None
+    health: str | None = None  # a command engine's health path (else the predictor's)
 
 
 @dataclass(frozen=True)

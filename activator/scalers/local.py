@@ -186,7 +186,7 @@ class LocalScaler:
             await self._kill(pid)
             raise
         timings = {"process_start": time.perf_counter() - started}
-        return ReplicaHandle(spec.name, url, timings, pid=pid, warm=warm)
+        return ReplicaHandle(spec.name, url, timings, pid=pid, warm=warm, health=spec.health)
 
     async def _listening(self, state: Process, model: str) -> str:
         return await until(
@@ -255,6 +255,8 @@ class LocalScaler:
         state = self._procs.get(handle.pid or 0)
         if state is None or state.proc.returncode is not None:
             return False
+        if handle.health is not None:  # another server's (engine: command)
+            return await self.replica_client.ready(handle.url, handle.health)
         return await self.replica_client.ready(handle.url)
 
     async def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:

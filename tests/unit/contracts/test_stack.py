@@ -370,8 +370,14 @@ def test_a_model_its_own_command_serves_cannot_share_a_group(tmp_path: Path) -> 
     path.write_text("groups: [{name: g, models: [{config: a.yaml}, {config: b.yaml}]}]\n")
     with pytest.raises(ConfigError, match="a is served by its own command"):
         load_stack(path)
-    path.write_text("models: [{config: a.yaml}]\n")
-    assert load_stack(path).models["a"].engine == "command"
+    path.write_text("models: [{config: a.yaml}, {config: b.yaml}]\n")
+    models = load_stack(path).models
+    assert (models["a"].engine, models["a"].health) == ("command", "/health")  # its default
+    assert (models["b"].engine, models["b"].health) == ("ember", None)  # the predictor's
+    (tmp_path / "a.yaml").write_text(
+        "name: a\nengine: command\ncommand: [serve, '{port}']\nhealth: /v2/health/ready\n"
+    )
+    assert load_stack(path).models["a"].health == "/v2/health/ready"
 
 
 def test_a_stack_with_nothing_to_serve_is_refused(tmp_path: Path) -> None:
