@@ -48,7 +48,7 @@ from activator.datapath import Destination, Route
 from activator.deadlines import Deadlines
 from activator.errors import ActivatorError, UnknownModel
 from activator.http import Request, error_response
-from activator.openai import read_body
+from activator.openai import read_body, serves
 from activator.relay import Relay
 from activator.routes import Action, Endpoint, Target
 from activator.states import PoolState
@@ -127,7 +127,8 @@ class FrontDoor:
             method = request.method.decode("latin-1")
             log.exception("unexpected error on %s %s", method, dest.target.path)
             response = error_response(
-                ActivatorError(f"activator error: {type(exc).__name__}: {exc}")
+                ActivatorError(f"activator error: {type(exc).__name__}: {exc}"),
+                openai=dest.target.openai,
             )
         conn.respond(request, response)
 
@@ -159,7 +160,9 @@ class FrontDoor:
         pool = self.activator.pools.get(name)
         if pool is None:
             raise UnknownModel(f"The model `{name}` does not exist.")
-        return Route(pool, match.action, ""), tell
+        serves(pool.spec, match.action)  # BadRequest, before anything is woken
+        # only Ember's own server answers the activator's ask for a stream's tokens
+        return Route(pool, match.action, ""), tell and pool.spec.engine == "ember"
 
     def relayed(self, dest: Destination) -> Route | None:
         """The route of a request for ``dest``, relayed to its model's replicas now, or None

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from activator.errors import ActivatorError, BadRequest
-from contracts.http11 import error_body, openai_error_body
+from activator.errors import ActivatorError, BadRequest, UnknownModel
+from contracts.http11 import MODEL_NOT_FOUND, error_body, openai_error_body
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -105,7 +105,8 @@ def error_response(exc: ActivatorError, *, openai: bool = False) -> Response:
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
     if openai:
         param = exc.param if isinstance(exc, BadRequest) else None
-        body = openai_error_body(exc.status_code, str(exc), param)
+        code = MODEL_NOT_FOUND if isinstance(exc, UnknownModel) else None
+        body = openai_error_body(exc.status_code, str(exc), param, code)
     else:
         body = error_body(str(exc))
     return Response(exc.status_code, [JSON, *headers], body)

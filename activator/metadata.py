@@ -41,6 +41,8 @@ class MetadataBook:
             name: spec.metadata for name, spec in specs.items() if spec.metadata is not None
         }
         self.declared = frozenset(self._known)
+        # a model another server serves (engine: command) has no v2 metadata to learn
+        self._foreign = frozenset(n for n, spec in specs.items() if spec.engine == "command")
         self._tasks = tasks
         self._fetch = fetch
         self._learning: set[str] = set()
@@ -55,6 +57,8 @@ class MetadataBook:
     def replica_ready(self, model: str, url: str) -> None:
         """A replica of ``model`` answers at ``url``: learn its metadata, once, if not known."""
         if model in self._known or model in self._learning or self._tasks.closed:
+            return
+        if model in self._foreign:
             return
         self._learning.add(model)
         self._tasks.spawn(self._learn(model, url), name=f"metadata-{model}")

@@ -96,7 +96,9 @@ class ActivatorMetrics:
         )
         self.inter_token = Histogram(
             "ember_activator_inter_token_latency_seconds",
-            "The gaps between a streamed answer's events, as they passed through the activator",
+            "The gaps between the pieces of a streamed answer as they passed through the activator "
+            "(a replica writes an event a token: about the inter-token latency; pieces the network "
+            "joined or split make it approximate)",
             ["model"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from activator.errors import BadRequest
+from activator.routes import Action
 from contracts.stack import ModelSpec
 
 # the handlers whose models the OpenAI routes serve (text generation, and embeddings): what a
@@ -38,6 +39,27 @@ def read_body(body: bytes) -> tuple[str, bool]:
     options = value.get("stream_options")
     asked = isinstance(options, dict) and options.get("include_usage") is True
     return model, value.get("stream") is True and not asked
+
+
+# which handlers answer which route (a command engine's server answers them all)
+_ANSWERS = {
+    Action.COMPLETIONS: "text-generation",
+    Action.CHAT_COMPLETIONS: "text-generation",
+    Action.EMBEDDINGS: "hf-encoder",
+}
+
+
+def serves(spec: ModelSpec, action: Action) -> None:
+    """BadRequest (naming ``model``) when ``spec``'s model does not answer ``action``'s route:
+    refused here, before its replica is woken for an answer it cannot give."""
+    if spec.engine == "command" or spec.handler == _ANSWERS.get(action):
+        return
+    what = "embeddings" if action is Action.EMBEDDINGS else "text"
+    raise BadRequest(
+        f"model '{spec.name}' does not make {what} (it is a {spec.handler or 'v2'} model: "
+        "its requests go to /v2/models/" + spec.name + "/infer)",
+        param="model",
+    )
 
 
 def renamed(body: bytes, model: str) -> bytes:

@@ -202,12 +202,13 @@ class Relay:
         if self._drop is not None:
             out += [USAGE_HEADER, b": comment\r\n"]
         body = request.body
-        served_as = self.x.served_as
-        if served_as is not None and self.x.route.endpoint.openai:
-            body = renamed(body, served_as)
+        if self._scan is not None:  # a route that generates: timed, maybe renamed
+            self._sent = time.monotonic()
+            served_as = self.x.served_as if self.x.route.endpoint.openai else None
+            if served_as is not None:
+                body = renamed(body, served_as)
         out += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n"]
         data = b"".join(out) + body
-        self._sent = time.monotonic()
         upstream = door.upstreams.take(key)
         if upstream is not None:
             self._attach(upstream, data)
@@ -252,13 +253,13 @@ class Relay:
                 self._out = out  # the head is not whole yet
                 return
             self._head = True
-            head = out[:end].lower()
-            if self._scan is not None and b"text/event-stream" in head:
+            head = out[:end]
+            if self._scan is not None and _says(head, b"content-type", b"text/event-stream"):
                 self._stream = True
                 if len(out) > end + 4:
                     self._event()
             if self._drop is not None:
-                if b"chunked" in head:
+                if _says(head, b"transfer-encoding", b"chunked"):
                     out = out[: end + 4] + self._drop.feed(out[end + 4 :])
                 else:  # not chunks: nothing to take out (and nothing asked of it was framed)
                     self._drop = None
@@ -406,3 +407,15 @@ class Relay:
             conn.abort()
         else:
             conn.close()
+
+
+def _says(head: bytes, name: bytes, value: bytes) -> bool:
+    """Whether a response head has header ``name`` (lower case) with ``value`` among its
+    comma-separated values (before any ``;`` parameter), case aside."""
+    for line in head.split(b"\r\n")[1:]:
+        key, _, found = line.partition(b":")
+        if key.strip().lower() == name:
+            for part in found.split(b","):
+                if part.split(b";", 1)[0].strip().lower() == value:
+                    return True
+    return False

@@ -4,9 +4,10 @@ An OpenAI-compatible server says what a request used in a ``usage`` object: the 
 (``{"usage": {"prompt_tokens": P, "completion_tokens": C, ...}}``), or a stream's last event
 before ``data: [DONE]`` when the client asked for it (``stream_options.include_usage``; the
 events before it carry ``"usage": null`` or none). :class:`UsageScanner` is fed the answer's
-bytes in the pieces they arrive in and keeps the last ``usage`` object it could read whole: a
-``"usage"`` key cannot occur inside a JSON string (its quotes would be escaped), so finding the
-key and the balanced object after it is enough, with no JSON parse of the rest. An object split
+bytes in the pieces they arrive in and keeps the last ``usage`` object it could read whole: it
+looks for the bytes ``"usage"`` followed by ``:`` and ``{`` (inside a JSON string a quote is
+escaped, so a text that holds the word is never followed so), and reads the balanced object
+after them, with no JSON parse of the rest. An object split
 across pieces is carried (at most ``CARRY_BYTES``) until the next piece completes it; one that
 HTTP chunk framing cuts in two is not read (servers write each event as one chunk).
 
@@ -17,6 +18,7 @@ holding it, and :class:`CommentDropper` takes that comment out before the client
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -126,45 +128,74 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+COMMENT_BYTES = 4096  # a usage comment is ~80 bytes: a bigger chunk is passed, never held
+
+
 class CommentDropper:
     """Takes Ember's usage comment (:data:`contracts.replica.USAGE_COMMENT`, which the
-    activator asked its replica for) out of a chunked stream's body, fed piece by piece: each
-    whole chunk passes unchanged unless its text is that comment; a chunk not whole yet is held
-    until it is. Anything that is not chunk framing passes as it is, unfiltered, from there on.
+    activator asked its replica for) out of a chunked stream's body, fed piece by piece.
+
+    A chunk whose data begins with the comment's prefix, is at most ``COMMENT_BYTES`` and is
+    exactly one event is held until whole and dropped; any other chunk is passed on as its bytes
+    come (its size line, then its data), never held. Bytes that are not chunk framing (a size
+    that is not 1 to 8 hex digits) are passed as they are, unfiltered, from there on.
     """
 
-    __slots__ = ("_buf", "_done")
+    __slots__ = ("_buf", "_done", "_skip")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._buf = b""  # a size line, or a chunk that may be the comment, not whole yet
         self._done = False
+        self._skip = 0  # bytes of a chunk being passed (its data and CRLF) still to come
 
     def feed(self, data: bytes) -> bytes:
         if self._done:
             return data
-        buf = self._buf + data if self._buf else data
         out = []
-        while True:
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        while buf:
+            if self._skip:
+                take = buf[: self._skip]
+                self._skip -= len(take)
+                out.append(take)
+                buf = buf[len(take) :]
+                continue
             line = buf.find(b"\r\n")
             if line < 0:
+                if len(buf) > 64:  # no size line is this long: not chunk framing
+                    return self._give_up(out, buf)
+                self._buf = buf
                 break
-            try:
-                size = int(buf[:line].split(b";", 1)[0], 16)
-            except ValueError:  # not chunk framing: pass it all, as it is
-                self._done = True
-                out.append(buf)
-                buf = b""
-                break
+            field = buf[:line].split(b";", 1)[0].strip()
+            if not _SIZE.fullmatch(field):
+                return self._give_up(out, buf)
+            size = int(field, 16)
             if size == 0:  # the last chunk and what follows it: passed whole
-                self._done = True
-                out.append(buf)
-                buf = b""
+                return self._give_up(out, buf)
+            start = line + 2
+            head = buf[start : start + len(USAGE_COMMENT)]
+            maybe = size <= COMMENT_BYTES and USAGE_COMMENT.startswith(head[: len(USAGE_COMMENT)])
+            if maybe and len(head) < min(size, len(USAGE_COMMENT)):
+                self._buf = buf  # too little of its data to tell yet
                 break
-            whole = line + 2 + size + 2
-            if len(buf) < whole:
-                break
-            if not buf.startswith(USAGE_COMMENT, line + 2):
-                out.append(buf[:whole])
-            buf = buf[whole:]
-        self._buf = buf
-        return b"".join(out) if len(out) != 1 else out[0]
+            if maybe and head == USAGE_COMMENT[: len(head)] and len(head) == len(USAGE_COMMENT):
+                whole = start + size + 2
+                if len(buf) < whole:
+                    self._buf = buf  # the comment, not whole yet (at most COMMENT_BYTES)
+                    break
+                text = buf[start : start + size]
+                if not (text.endswith(b"\n\n") and text.count(b"\n\n") == 1):
+                    out.append(buf[:whole])  # not one comment event alone: the client's
+                buf = buf[whole:]
+                continue
+            out.append(buf[:start])  # any other chunk: passed as it comes
+            self._skip = size + 2
+            buf = buf[start:]
+        return b"".join(out)
+
+    def _give_up(self, out: list[bytes], rest: bytes) -> bytes:
+        self._done = True
+        out.append(rest)
+        return b"".join(out)

@@ -15,22 +15,30 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+# the error types OpenAI's API gives, by status (a missing model and a bad key are invalid
+# requests there too); anything else is a server error
 _OPENAI_TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
 }
+MODEL_NOT_FOUND = "model_not_found"
 
 
-def openai_error_body(status: int, message: str, param: str | None = None) -> bytes:
+def openai_error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> bytes:
     """The body of an error on an OpenAI-compatible route: ``{"error": {"message", "type",
-    "param", "code"}}``, its type by status (as OpenAI's API names them)."""
+    "param", "code"}}``, its type by status as OpenAI's API names them; ``code`` is
+    :data:`MODEL_NOT_FOUND` for a model that does not exist."""
     error = {
         "message": message,
         "type": _OPENAI_TYPES.get(status, "server_error"),
         "param": param,
-        "code": "model_not_found" if status == 404 else None,
+        "code": code,
     }
     return json.dumps({"error": error}, ensure_ascii=False, separators=(",", ":")).encode()
 

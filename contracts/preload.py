@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from contracts.stack import ModelSpec
 
@@ -46,11 +47,15 @@ def preload_modules(specs: Iterable[ModelSpec]) -> list[str]:
 
 
 def _model_type(spec: ModelSpec) -> str | None:
-    """A local source's ``config.json`` ``model_type``, when it can be read and is a plain
-    name; None otherwise (an ``s3://`` or ``hf://`` source is not read here)."""
-    if not spec.source or "://" in spec.source:
+    """A local source's (a path, or ``file://``) ``config.json`` ``model_type``, when it can
+    be read and is a plain name; None otherwise (an ``s3://`` or ``hf://`` source is not read
+    here)."""
+    source = spec.source or ""
+    if source.startswith("file://"):
+        source = unquote(urlparse(source).path)
+    if not source or "://" in source:
         return None
-    folder = Path(spec.source)
+    folder = Path(source)
     if not folder.is_absolute():
         folder = spec.config_path.parent / folder
     try:

@@ -191,7 +191,7 @@ def decode(line: bytes | str) -> ReplicaEvent:
                 _number(raw["imports_s"]),
                 _int(raw["threads"]),
                 _bool(raw["cuda_initialized"]),
-                tuple(_str(m) for m in raw.get("missing") or ()),
+                tuple(_str(m) for m in _list(raw.get("missing") or [])),
             )
         if kind == "listening":
             return Listening(_str(raw["url"]))
@@ -222,6 +222,12 @@ def model_status(raw: dict[str, Any]) -> ModelStatus:
         wake_s=None if wake_s is None else _number(wake_s),
         served_as=None if raw.get("served_as") is None else _str(raw["served_as"]),
     )
+
+
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("must be a list")
+    return value
 
 
 def _str(value: object) -> str:

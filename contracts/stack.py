@@ -543,7 +543,7 @@ def _model_spec(
         source=_optional(model, "source", str, config_path),
         prewarm=prewarm,
         handler=handler,
-        engine=_optional(model, "engine", str, config_path) or "ember",
+        engine=_engine(model, config_path),
         health=(
             _optional(model, "health", str, config_path) or "/health"
             if model.get("engine") == "command"
@@ -613,6 +613,13 @@ def _check_policy(text: str | None) -> None:
         parse_policy_spec(text)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _engine(model: dict[str, Any], where: Path) -> str:
+    engine = _optional(model, "engine", str, where) or "ember"
+    if engine not in ("ember", "command"):
+        raise ConfigError(f"{where}: engine must be ember or command, not {engine!r}")
+    return str(engine)
 
 
 def _optional(model: dict[str, Any], key: str, kind: type, where: Path) -> Any:

@@ -12,8 +12,9 @@ the server does not answer to the model's name, the name it answers to: ``served
 activator puts in the requests it relays). From
 then the activator relays the model's requests to that server directly: this process only
 watches it. It exits when the server does (with its status), and on SIGTERM it passes the
-signal on and waits ``--grace-period`` for the server to stop, then kills it. The server dies
-with this process too (``PR_SET_PDEATHSIG``).
+signal on to the server's process group (what it started too) and waits ``--grace-period`` for
+it to stop, then kills the group. The server dies with this process too
+(``PR_SET_PDEATHSIG``); told to stop while the weights are still coming, it starts nothing.
 
 A load that fails (the weights, the command not found, the server exiting before it is
 healthy) is said as UNAVAILABLE with its kind, as for any model, and the process exits 3.
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -88,28 +91,44 @@ async def _serve(settings: ServerSettings, config: ModelConfig) -> int:
         chunk_bytes=settings.fetch_chunk_bytes,
     )
     started = time.perf_counter()
+    pulling = asyncio.ensure_future(sources.localize(config))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((pulling, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not pulling.done():  # told to stop while its weights came: nothing started yet
+        pulling.cancel()
+        with contextlib.suppress(BaseException):
+            await pulling
+        await sources.aclose()
+        return 0
     try:
-        localized = await sources.localize(config)
+        localized = pulling.result()
         weights = localized.config.local_source() if config.source else Path(".")
     except Exception as exc:  # the weights: missing, corrupt, a store down, a full disk
+        await sources.aclose()
         return unavailable(f"cannot fetch its weights: {exc}", failure_kind(exc))
     phases = dict(localized.phases)
     argv = command_argv(config, weights=weights, host=settings.host, port=port)
     log.info("model %s: starting %s", config.name, " ".join(argv))
     launched = time.perf_counter()
+    proc: asyncio.subprocess.Process | None = None
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
-    except OSError as exc:
-        return unavailable(
-            f"cannot start {argv[0]!r}: {exc.strerror or exc}", FailureKind.BAD_CONFIG
-        )
-    try:
+        try:
+            # its own process group (what it starts is signalled with it), and killed with
+            # this process
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            why = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            return unavailable(why, FailureKind.BAD_CONFIG)
         healthy = await _until_healthy(url + config.health, proc, stop)
+        if stop.is_set():
+            return await _stop(proc, settings.grace_period_s)
         if not healthy:
-            if stop.is_set():
-                return 0
             return unavailable(
                 f"its command exited with status {proc.returncode} before {config.health} "
                 "answered 200",
@@ -117,6 +136,8 @@ async def _serve(settings: ServerSettings, config: ModelConfig) -> int:
             )
         phases["load"] = time.perf_counter() - launched
         served = await asyncio.to_thread(_models, url)
+        if stop.is_set():
+            return await _stop(proc, settings.grace_period_s)
         log.info(
             "model %s: ready in %.2fs, its server at %s serving %s",
             config.name,
@@ -130,14 +151,16 @@ async def _serve(settings: ServerSettings, config: ModelConfig) -> int:
         ready = ModelStatus(config.name, ModelState.READY, phases=phases, served_as=served_as)
         channel.send(ready)
         await _until_exit(proc, stop)
-        if stop.is_set() and proc.returncode is None:
+        if proc.returncode is None:
             return await _stop(proc, settings.grace_period_s)
-        return proc.returncode or 0
+        code = proc.returncode
+        log.warning("model %s: its server exited with status %s", config.name, code)
+        return 128 - code if code < 0 else code  # killed by a signal: as a shell says it
     finally:
         localized.release()
         await sources.aclose()
-        if proc.returncode is None:
-            proc.kill()
+        if proc is not None and proc.returncode is None:
+            _signal_group(proc, signal.SIGKILL)
             await proc.wait()
 
 
@@ -163,32 +186,41 @@ async def _until_exit(proc: asyncio.subprocess.Process, stop: asyncio.Event) -> 
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace_s: float) -> int:
-    """SIGTERM to the server, then SIGKILL past ``grace_s``; 0 (this process was told to
-    stop)."""
-    proc.terminate()
+    """SIGTERM to the server's process group, then SIGKILL past ``grace_s``; 0 (this process
+    was told to stop)."""
+    _signal_group(proc, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), grace_s)
     except TimeoutError:
         log.warning("its server did not stop within %gs: killed", grace_s)
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         await proc.wait()
     return 0
 
 
+def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+# loopback only: a proxy in the environment (HTTP_PROXY) is not asked
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _answers_200(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with _OPENER.open(url, timeout=2) as r:
             return int(r.status) == 200
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return False
 
 
 def _models(base: str) -> list[str]:
     """The model ids the server lists at ``/v1/models`` (none when it lists none)."""
     try:
-        with urllib.request.urlopen(base + "/v1/models", timeout=5) as r:
+        with _OPENER.open(base + "/v1/models", timeout=5) as r:
             data = json.loads(r.read()).get("data") or []
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, http.client.HTTPException):
         return []
     return [str(m.get("id")) for m in data if isinstance(m, dict)]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
@@ -60,7 +61,7 @@ class PrewarmWindow(BaseModel):
 
 # what a command engine's arguments may name (runtime.command_engine fills them in)
 COMMAND_FIELDS = ("weights", "port", "host", "model")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_FORMAT = string.Formatter()
 
 
 class ModelConfig(BaseModel):
@@ -150,12 +151,20 @@ class ModelConfig(BaseModel):
             raise ValueError("a model served by its 'command' has no 'handler'")
         if not self.command:
             raise ValueError("'engine: command' needs the 'command' that serves the model")
+        known = ", ".join(f"{{{f}}}" for f in COMMAND_FIELDS)
         for arg in self.command:
-            for field in _PLACEHOLDER.findall(arg):
-                if field not in COMMAND_FIELDS:
+            try:
+                fields = [
+                    (f, spec, conv) for _, f, spec, conv in _FORMAT.parse(arg) if f is not None
+                ]
+            except ValueError as exc:  # a lone { or }: {{ and }} are literal braces
+                raise ValueError(
+                    f"command: {arg!r}: {exc} (write {{{{ and }}}} for braces)"
+                ) from None
+            for field, spec, conv in fields:
+                if field not in COMMAND_FIELDS or spec or conv:
                     raise ValueError(
-                        f"command: unknown placeholder {{{field}}} in {arg!r}; known: "
-                        + ", ".join(f"{{{f}}}" for f in COMMAND_FIELDS)
+                        f"command: unknown placeholder {{{field}}} in {arg!r}; known: {known}"
                     )
         if not self.health.startswith("/"):
             raise ValueError("health must be a path, starting with /")

@@ -50,12 +50,16 @@ def preload(extra: tuple[str, ...] = ()) -> dict[str, Any]:
     and left."""
     started = time.perf_counter()
     missing = []
-    for name in (*PRELOAD, *extra):
+    for name in PRELOAD:
         try:
             importlib.import_module(name)
         except ImportError:
-            if name in extra:
-                missing.append(name)
+            continue
+    for name in extra:  # named by the activator: one that fails to import, however, is said
+        try:
+            importlib.import_module(name)
+        except Exception:
+            missing.append(name)
     imports_s = time.perf_counter() - started
     from weight_cache import warm_session
 

@@ -231,23 +231,31 @@ class Engine:
 
     def _prefill(self) -> None:
         """Up to ``prefill_chunk`` prompt tokens through the model, oldest sequence first: the
-        new sequences whose whole prompts fit go through together, in one forward; a prompt
-        longer than what is left of the budget goes in alone, in chunks, over several steps."""
-        budget = self.prefill_chunk
+        new sequences whose whole prompts fit go through together, in one forward (their padded
+        batch, sequences x the longest prompt, within the budget); a prompt longer than what is
+        left of the budget goes in alone, in chunks, over several steps."""
+        alone = 0  # prompt tokens prefilled one sequence at a time this step
+        together = 0  # the padded batch of new prompts: len(fresh) x the longest of them
         fresh: list[Sequence] = []
+        longest = 0
         for seq in self._running:
+            budget = self.prefill_chunk - alone - together
             if budget <= 0:
                 break
             left = len(seq.prompt) - seq.prefilled
             if left <= 0:
                 continue
-            if self.batched and seq.prefilled == 0 and left <= budget:
-                fresh.append(seq)
-                budget -= left
-                continue
+            if self.batched and seq.prefilled == 0:
+                padded = (len(fresh) + 1) * max(longest, left)
+                if alone + padded <= self.prefill_chunk:
+                    fresh.append(seq)
+                    longest, together = max(longest, left), padded
+                    continue
+                if fresh:  # it waits for the next step rather than pad this one past the budget
+                    continue
             chunk = seq.prompt[seq.prefilled : seq.prefilled + budget]
             self._prefill_alone(seq, chunk)
-            budget -= len(chunk)
+            alone += len(chunk)
         if len(fresh) == 1:
             self._prefill_alone(fresh[0], fresh[0].prompt)
         elif fresh:

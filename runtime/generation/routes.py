@@ -22,9 +22,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from contracts.http11 import openai_error_body
+from contracts.http11 import MODEL_NOT_FOUND, openai_error_body
 from contracts.replica import USAGE_HEADER, usage_comment
-from runtime.errors import ModelNotReady, RuntimeServerError
+from runtime.errors import ModelNotFound, ModelNotReady, RuntimeServerError
 from runtime.facade import RuntimeFacade
 from runtime.generation.params import InvalidParameter, flag, sampling_params
 from runtime.generation.streams import Delta, Finished, GenerationStream, TextGenerator
@@ -279,7 +279,8 @@ def _reason(end: Finished) -> str:
 def openai_error(exc: RuntimeServerError) -> Response:
     """An error in OpenAI's shape, with its status and headers (Retry-After)."""
     param = exc.param if isinstance(exc, InvalidParameter) else None
-    body = openai_error_body(exc.status_code, exc.message, param)
+    code = MODEL_NOT_FOUND if isinstance(exc, ModelNotFound) else None
+    body = openai_error_body(exc.status_code, exc.message, param, code)
     return Response(body, exc.status_code, exc.headers, _JSON)
 
 

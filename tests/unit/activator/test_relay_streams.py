@@ -10,12 +10,15 @@ from tests.fixtures.frontdoor import Raw, Replica, request, serving, until
 
 BODY = json.dumps({"model": "m", "prompt": "hi", "stream": True}).encode()
 USAGE = {"stream_options": {"include_usage": True}}
+LLM = "text-generation"  # the OpenAI routes take a model that generates
 
 
 async def test_a_stream_longer_than_the_timeout_is_answered_whole(tmp_path: Path) -> None:
     # six events 0.2 s apart: 1.2 s in all, each silence under the 0.5 s timeout
     replica = Replica("stream", events=6, gap_s=0.2)
-    async with serving(tmp_path, [replica], min_replicas=1, request_timeout_s=0.5) as h:
+    async with serving(
+        tmp_path, [replica], min_replicas=1, request_timeout_s=0.5, handler=LLM
+    ) as h:
         await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
         body = json.dumps({**json.loads(BODY), **USAGE})
         async with h.client.stream("POST", "/v1/completions", content=body) as r:
@@ -36,7 +39,7 @@ async def test_a_stream_longer_than_the_timeout_is_answered_whole(tmp_path: Path
 
 
 async def test_each_event_reaches_the_client_before_the_stream_ends(tmp_path: Path) -> None:
-    async with serving(tmp_path, [Replica("stall")], min_replicas=1) as h:
+    async with serving(tmp_path, [Replica("stall")], min_replicas=1, handler=LLM) as h:
         await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
         async with Raw.open(h) as raw:
             raw.writer.write(request("POST", "/v1/completions", BODY))
@@ -45,7 +48,9 @@ async def test_each_event_reaches_the_client_before_the_stream_ends(tmp_path: Pa
 
 
 async def test_a_stream_that_falls_silent_is_cut_at_the_timeout(tmp_path: Path) -> None:
-    async with serving(tmp_path, [Replica("stall")], min_replicas=1, request_timeout_s=0.5) as h:
+    async with serving(
+        tmp_path, [Replica("stall")], min_replicas=1, request_timeout_s=0.5, handler=LLM
+    ) as h:
         await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
         async with Raw.open(h) as raw:
             raw.writer.write(request("POST", "/v1/completions", BODY))
@@ -67,7 +72,7 @@ async def test_an_infer_answer_is_not_watched_for_tokens(tmp_path: Path) -> None
 
 async def test_a_streams_tokens_are_asked_for_when_its_client_did_not(tmp_path: Path) -> None:
     replica = Replica("stream", events=3)
-    async with serving(tmp_path, [replica], min_replicas=1) as h:
+    async with serving(tmp_path, [replica], min_replicas=1, handler=LLM) as h:
         await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
         async with Raw.open(h) as raw:  # a client that sends the activator's header itself
             raw.writer.write(request("POST", "/v1/completions", BODY, "ember-usage: nonsense"))
@@ -79,3 +84,18 @@ async def test_a_streams_tokens_are_asked_for_when_its_client_did_not(tmp_path: 
         await until(lambda: bool(h.events()), "the request's record")
         (event,) = h.events()
         assert (event["prompt_tokens"], event["completion_tokens"]) == (3, 3)
+
+
+async def test_an_openai_request_for_a_model_that_cannot_answer_it_wakes_nothing(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, [Replica()], handler="torch-module") as h:
+        r = await h.client.post("/v1/completions", content=BODY)
+        assert r.status_code == 400
+        error = r.json()["error"]
+        assert error["param"] == "model" and "does not make text" in error["message"]
+        r = await h.client.post("/v1/embeddings", content=b'{"model": "m", "input": "x"}')
+        assert r.status_code == 400 and "does not make embeddings" in r.json()["error"]["message"]
+        r = await h.client.post("/v1/nothing", content=BODY)
+        assert r.status_code == 404 and r.json()["error"]["code"] is None  # a path, not a model
+        assert h.activator.pools["m"].state == "zero" and not h.events("replica_starting")

@@ -128,3 +128,29 @@ def test_what_is_not_chunk_framing_passes_unfiltered() -> None:
     assert dropper.feed(b"5\r\nhello\r\n") == b"5\r\nhello\r\n"
     assert dropper.feed(b"zz\r\n: ember-usage {}\r\n") == b"zz\r\n: ember-usage {}\r\n"
     assert dropper.feed(b"anything") == b"anything"
+
+
+def test_sizes_that_are_not_chunk_framing_pass_unfiltered_and_end() -> None:
+    for bad in (b"-6", b"+a", b"0x1a", b"1_0", b"123456789", b""):
+        dropper = CommentDropper()
+        data = bad + b"\r\n" + usage_comment(1, 2) + b"\r\n"
+        assert dropper.feed(data) == data  # passed as it is (and the loop ends)
+        assert dropper.feed(b"more") == b"more"
+
+
+def test_a_big_chunk_passes_as_it_comes_never_held() -> None:
+    dropper = CommentDropper()
+    body = b"data: " + b"x" * 100_000 + b"\n\n"
+    framed = b"%x\r\n%s\r\n" % (len(body), body)
+    out = [dropper.feed(framed[i : i + 1000]) for i in range(0, len(framed), 1000)]
+    assert all(out)  # every piece went on at once
+    assert b"".join(out) == framed
+    # a comment-sized chunk that begins like the comment but is bigger than one is passed too
+    big = usage_comment(1, 2) + b"y" * 5000
+    assert CommentDropper().feed(b"%x\r\n%s\r\n" % (len(big), big)).endswith(b"y\r\n")
+
+
+def test_a_comment_sharing_its_chunk_with_an_event_is_passed() -> None:
+    shared = usage_comment(1, 2) + b"data: [DONE]\n\n"
+    framed = b"%x\r\n%s\r\n" % (len(shared), shared)
+    assert CommentDropper().feed(framed) == framed

@@ -250,6 +250,32 @@ def test_sequences_of_different_lengths_decode_in_one_forward(
         assert seq.generated == _generate(reference, prompt, 20, eos)
 
 
+def test_new_prompts_prefill_together_within_the_budget_padding_counted(
+    handler: TextGenerationHandler, reference: Any
+) -> None:
+    model = RecordingModel(handler.module)
+    engine = _engine(handler, model, prefill_chunk=16)
+    try:
+        long = handler.encode_prompt(" ".join(PROMPTS))[:12]
+        short = [handler.encode_prompt(t)[:2] for t in PROMPTS[:3]]
+        done = [Collector() for _ in range(4)]
+        seqs = [
+            engine.submit(p, SamplingParams(6, 0.0), c)
+            for p, c in zip([long, *short], done, strict=True)
+        ]
+        model.go.set()
+        for c in done:
+            c.result()
+    finally:
+        engine.close()
+    prefills = [(b, t) for b, t in model.batches if t > 1]
+    assert all(b * t <= 16 for b, t in prefills), prefills  # padding counts against the budget
+    assert (3, 2) in prefills  # the short ones went in together, not padded to the long one
+    eos = engine.eos_token_ids
+    for prompt, seq in zip([long, *short], seqs, strict=True):
+        assert seq.generated == _generate(reference, prompt, 6, eos)
+
+
 def test_a_long_prompt_is_prefilled_in_chunks(
     handler: TextGenerationHandler, reference: Any
 ) -> None:
