@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu_sleep import RunFailed, http_post, wait_for
+from gpu_sleep import RunFailed, http_get, http_post, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llm"
@@ -207,7 +207,7 @@ def up_first_token(work: Path, config: Path, pool: int, deadline: float) -> floa
 
             def pool_ready() -> bool:
                 listening()
-                text = urllib_get(url + "/metrics")
+                text = http_get(url + "/metrics")
                 found = re.search(r"^ember_activator_warm_pool_ready\s+(\S+)$", text, re.M)
                 return bool(found and float(found.group(1)) >= 1)
 
@@ -228,14 +228,6 @@ def up_first_token(work: Path, config: Path, pool: int, deadline: float) -> floa
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def urllib_get(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text: str = r.read().decode()
-        return text
 
 
 def summary(report: dict[str, Any]) -> list[str]:

@@ -142,7 +142,7 @@ def wakes(
                 on_note(f"{level} run {i}: skipped, out of this step's time")
                 break
             started = time.time()
-            before = _get(url + "/metrics")
+            before = http_get(url + "/metrics")
             status, text = http_post(
                 f"{url}/v2/repository/models/{model}/unload",
                 {"parameters": {"level": level}},
@@ -150,9 +150,9 @@ def wakes(
             )
             if status != 200:
                 raise RunFailed(f"unload at level {level} answered {status}: {text[:300]}")
-            slept = _get(url + "/metrics")
+            slept = http_get(url + "/metrics")
             runs.append(max(0.0, infer() - warm))
-            after = _get(url + "/metrics")
+            after = http_get(url + "/metrics")
             per_run.append(time.time() - started)
             for into, name, a, b in (
                 (runtime_sleeps, SLEEP, before, slept),
@@ -222,7 +222,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-def _get(url: str, timeout_s: float = 5) -> str:
+def http_get(url: str, timeout_s: float = 5) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             text: str = r.read().decode()

@@ -90,11 +90,17 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(config: Path, *args: str, ready: bool = True) -> Iterator[ServerProcess]:
-    server = ServerProcess(config, *args)
+def running_server(
+    config: Path,
+    *args: str,
+    ready: bool = True,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(config, *args, env=env)
     try:
         if ready:
-            server.wait_ready()
+            server.wait_ready(timeout_s)
         else:
             _ = server.url
         yield server

@@ -301,10 +301,7 @@ class Engine:
             **self._last_logits,
         )
         for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
-            seq.cache = DynamicCache(config=self.model.config)
-            for index, layer in enumerate(batch.layers):
-                keys = layer.keys[i : i + 1, :, longest - n :].clone()
-                seq.cache.update(keys, layer.values[i : i + 1, :, longest - n :].clone(), index)
+            seq.cache = self._cut_out(batch, i, longest - n)
             seq.prefilled = n
             seq.next_logits = out.logits[i, -1]
             self.stats.prompt(n)
@@ -333,9 +330,18 @@ class Engine:
         )
         for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
             seq.next_logits = out.logits[i, -1]
-            for mine, theirs in zip(seq.cache.layers, batch.layers, strict=True):
-                mine.keys = theirs.keys[i : i + 1, :, longest - n :].clone()
-                mine.values = theirs.values[i : i + 1, :, longest - n :].clone()
+            seq.cache = self._cut_out(batch, i, longest - n)
+
+    def _cut_out(self, batch: Any, row: int, pad: int) -> Any:
+        """Sequence ``row``'s own cache out of a left-padded batched one (its ``pad`` leading
+        positions dropped): after a batched prefill or decode step."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for index, layer in enumerate(batch.layers):
+            keys = layer.keys[row : row + 1, :, pad:].clone()
+            cache.update(keys, layer.values[row : row + 1, :, pad:].clone(), index)
+        return cache
 
     def _padded(self, seqs: list[Sequence]) -> tuple[Any, list[int]]:
         """The sequences' caches left-padded into one batched ``DynamicCache``."""

@@ -18,16 +18,21 @@ import openai
 import pytest
 import yaml
 
-from tests.integration.test_activator import activator
+from tests.integration.test_activator import activator, events, wait_until
 from tests.servers import ROOT, ServerProcess
 
 _RUNNING = re.compile(r'^vllm:num_requests_running\{model_name="tiny-llm"\} (\S+)$', re.M)
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stack's configs and its event log (events.jsonl)."""
+    return tmp_path_factory.mktemp("llm-stack")
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_llm_dir: Path, folder: Path) -> Iterator[ServerProcess]:
     """examples/llm.yaml with the tiny model built for this session and the event log here."""
-    folder = tmp_path_factory.mktemp("llm-stack")
     (folder / "tiny-llm").mkdir()
     shutil.copy(ROOT / "examples/tiny-llm/model.yaml", folder / "tiny-llm/model.yaml")
     shutil.copytree(tiny_llm_dir, folder / "tiny-llm/model")
@@ -43,33 +48,21 @@ def stack(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         )
     (folder / "ember.yaml").write_text(yaml.safe_dump(config))
     with activator(folder / "ember.yaml", env={"OMP_NUM_THREADS": "1"}) as server:
-        server.events = folder / "events.jsonl"  # type: ignore[attr-defined]
         yield server
 
 
-def events(server: ServerProcess) -> list[dict[str, Any]]:
-    path: Path = server.events  # type: ignore[attr-defined]
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def wait_for_event(folder: Path, check: Any, timeout_s: float = 10) -> dict[str, Any]:
+    """The last event of the stack's log that passes ``check``, once there is one."""
+    wait_until(lambda: any(check(e) for e in events(folder)), timeout_s, "such an event")
+    return [e for e in events(folder) if check(e)][-1]
 
 
-def wait_for_event(server: ServerProcess, check: Any, timeout_s: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = [e for e in events(server) if check(e)]
-        if found:
-            return found[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"no such event in {events(server)}")
-
-
-def test_models_listed_without_waking_any(stack: ServerProcess) -> None:
+def test_models_listed_without_waking_any(stack: ServerProcess, folder: Path) -> None:
     for prefix in ("/v1", "/openai/v1"):
         listed = httpx.get(stack.url + prefix + "/models").json()
         assert listed["object"] == "list"
         assert sorted(m["id"] for m in listed["data"]) == ["minilm", "tiny-llm"]
-    assert not [e for e in events(stack) if e["event"] == "replica_starting"]
+    assert not [e for e in events(folder) if e["event"] == "replica_starting"]
     index = httpx.post(stack.url + "/v2/repository/index").json()
     assert {m["name"]: m["activator_state"] for m in index} == {
         "tiny-llm": "zero",
@@ -77,7 +70,7 @@ def test_models_listed_without_waking_any(stack: ServerProcess) -> None:
     }
 
 
-def test_a_streamed_chat_from_zero_then_embeddings(stack: ServerProcess) -> None:
+def test_a_streamed_chat_from_zero_then_embeddings(stack: ServerProcess, folder: Path) -> None:
     messages = [{"role": "user", "content": "hi, how are you?"}]
     with openai.OpenAI(base_url=stack.url + "/v1", api_key="-", max_retries=0) as client:
         stream = client.chat.completions.create(
@@ -101,17 +94,17 @@ def test_a_streamed_chat_from_zero_then_embeddings(stack: ServerProcess) -> None
         assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
     # the event log: the cold stream with its tokens and first event, the warm answer's tokens
     cold = wait_for_event(
-        stack, lambda e: e["event"] == "request" and e.get("cold") and e["model"] == "tiny-llm"
+        folder, lambda e: e["event"] == "request" and e.get("cold") and e["model"] == "tiny-llm"
     )
     assert cold["model"] == "tiny-llm" and cold["endpoint"] == "chat/completions"
     assert cold["prompt_tokens"] == usage.prompt_tokens
     assert cold["completion_tokens"] == usage.completion_tokens
     assert 0 < cold["ttft_s"] < 30
     warm = wait_for_event(
-        stack, lambda e: e["event"] == "request" and not e.get("cold") and e["model"] == "tiny-llm"
+        folder, lambda e: e["event"] == "request" and not e.get("cold") and e["model"] == "tiny-llm"
     )
     assert warm["completion_tokens"] == whole.usage.completion_tokens
-    embedded = wait_for_event(stack, lambda e: e["event"] == "request" and e["model"] == "minilm")
+    embedded = wait_for_event(folder, lambda e: e["event"] == "request" and e["model"] == "minilm")
     assert embedded["endpoint"] == "embeddings" and embedded["prompt_tokens"] > 0
     metrics = httpx.get(stack.url + "/metrics").text
     assert re.search(
@@ -125,7 +118,7 @@ def test_a_streamed_chat_from_zero_then_embeddings(stack: ServerProcess) -> None
 
 
 def test_a_stream_whose_client_asked_no_usage_is_booked_with_its_tokens(
-    stack: ServerProcess,
+    stack: ServerProcess, folder: Path
 ) -> None:
     body = {"model": "tiny-llm", "prompt": "Hello", "max_tokens": 5, "stream": True}
     body["temperature"] = 0
@@ -133,7 +126,7 @@ def test_a_stream_whose_client_asked_no_usage_is_booked_with_its_tokens(
         raw = b"".join(r.iter_bytes())
     assert raw.endswith(b"data: [DONE]\n\n") and b"usage" not in raw  # as the client asked
     event = wait_for_event(
-        stack, lambda e: e["event"] == "request" and e["endpoint"] == "completions"
+        folder, lambda e: e["event"] == "request" and e["endpoint"] == "completions"
     )
     assert event["completion_tokens"] >= 1 and event["prompt_tokens"] >= 1
 
@@ -171,14 +164,16 @@ def test_the_generate_extension_routes_by_path(stack: ServerProcess) -> None:
     )
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_sequence(stack: ServerProcess) -> None:
+def test_a_client_that_leaves_mid_stream_frees_its_sequence(
+    stack: ServerProcess, folder: Path
+) -> None:
     body = {"model": "tiny-llm", "prompt": "Hello", "max_tokens": 4000, "stream": True}
     with httpx.stream("POST", stack.url + "/v1/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
         ready = wait_for_event(
-            stack, lambda e: e["event"] == "replica_ready" and e["model"] == "tiny-llm"
+            folder, lambda e: e["event"] == "replica_ready" and e["model"] == "tiny-llm"
         )
         assert _running(ready["url"]) == 1
         left = time.monotonic()
@@ -186,7 +181,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_sequence(stack: ServerProcess
     while _running(ready["url"]) != 0:
         assert time.monotonic() - left < 1.0, "the sequence still runs 1 s after its client left"
         time.sleep(0.02)
-    gone = wait_for_event(stack, lambda e: e["event"] == "request" and e["status"] == 499)
+    gone = wait_for_event(folder, lambda e: e["event"] == "request" and e["status"] == 499)
     assert gone["model"] == "tiny-llm" and gone["endpoint"] == "completions"
 
 

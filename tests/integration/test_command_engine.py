@@ -9,8 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.test_activator import activator
+from tests.integration.test_activator import activator, events, wait_until
 from tests.servers import ROOT
 
 TRANSFORMERS = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"
@@ -38,21 +36,6 @@ def write_stack(tmp_path: Path, model: dict[str, Any], **settings: Any) -> Path:
     }
     (tmp_path / "ember.yaml").write_text(yaml.safe_dump(stack))
     return tmp_path / "ember.yaml"
-
-
-def events(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def test_a_third_party_server_scales_from_zero_and_back(
@@ -84,15 +67,20 @@ def test_a_third_party_server_scales_from_zero_and_back(
             chunks = [x for x in s.iter_lines() if x.startswith("data: ")]
         texts = [c["text"] for x in chunks for c in json.loads(x[6:]).get("choices", [])]
         assert "".join(texts) == answer["choices"][0]["text"]
-        booked = wait(
-            lambda: [e for e in events(tmp_path) if e["event"] == "request"][1:], "two requests"
-        )
+
+        def requests() -> list[dict[str, Any]]:
+            return [e for e in events(tmp_path) if e["event"] == "request"]
+
+        wait_until(lambda: len(requests()) >= 2, 60, "two requests")
+        booked = requests()[1:]  # the stream's
         assert booked[0]["completion_tokens"] == 4 and booked[0]["status"] == 200
+
         # idle past its keep-alive: the replica (and the server it started) goes
-        stopped = wait(
-            lambda: [e for e in events(tmp_path) if e["event"] == "replica_stopped"], "zero"
-        )
-        assert stopped[0]["model"] == "tiny"
+        def stopped() -> list[dict[str, Any]]:
+            return [e for e in events(tmp_path) if e["event"] == "replica_stopped"]
+
+        wait_until(lambda: bool(stopped()), 60, "zero")
+        assert stopped()[0]["model"] == "tiny"
     assert not subprocess.run(["pgrep", "-f", str(tmp_path / "tier")], capture_output=True).stdout
 
 

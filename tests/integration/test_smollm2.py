@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.servers import ROOT, ServerProcess
+from tests.servers import ROOT, running_server
 
 EXAMPLE = ROOT / "examples" / "smollm2"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -21,12 +21,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def server() -> Iterator[str]:
     if not (EXAMPLE / "model" / "config.json").is_file():
         pytest.fail("examples/smollm2/model is missing: scripts/setup writes it")
-    proc = ServerProcess(EXAMPLE / "model.yaml", env={"OMP_NUM_THREADS": "1"})
-    try:
-        proc.wait_ready(timeout_s=180)
+    with running_server(
+        EXAMPLE / "model.yaml", env={"OMP_NUM_THREADS": "1"}, timeout_s=180
+    ) as proc:
         yield proc.url
-    finally:
-        proc.terminate()
 
 
 @pytest.fixture

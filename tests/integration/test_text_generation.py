@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import ROOT, ServerProcess
+from tests.servers import ROOT, running_server
 
 _RUNNING = re.compile(r'^vllm:num_requests_running\{model_name="tiny-llm"\} (\S+)$', re.M)
 
@@ -25,12 +25,8 @@ def server(tiny_llm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     folder = tmp_path_factory.mktemp("tiny-llm-config")
     shutil.copy(ROOT / "examples" / "tiny-llm" / "model.yaml", folder / "model.yaml")
     shutil.copytree(tiny_llm_dir, folder / "model")
-    proc = ServerProcess(folder / "model.yaml", env={"OMP_NUM_THREADS": "1"})
-    try:
-        proc.wait_ready()
+    with running_server(folder / "model.yaml", env={"OMP_NUM_THREADS": "1"}) as proc:
         yield proc.url
-    finally:
-        proc.terminate()
 
 
 @pytest.fixture

@@ -7,22 +7,12 @@ from pathlib import Path
 
 from contracts.preload import preload_modules
 from contracts.stack import ModelSpec
+from tests.fixtures.specs import model_spec
 
 
 def spec(tmp_path: Path, handler: str | None, source: str | None, name: str = "m") -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        config_path=tmp_path / "model.yaml",
-        min_replicas=0,
-        max_replicas=1,
-        container_concurrency=4,
-        target=4.0,
-        keep_alive_s=30,
-        queue_size=10,
-        deadline_s=30,
-        startup_timeout_s=60,
-        handler=handler,
-        source=source,
+    return model_spec(
+        name=name, config_path=tmp_path / "model.yaml", handler=handler, source=source
     )
 
 
