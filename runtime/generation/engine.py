@@ -41,6 +41,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,7 +302,9 @@ class Engine:
             **self._last_logits,
         )
         for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
-            seq.cache = self._cut_out(batch, i, longest - n)
+            seq.cache = DynamicCache(config=self.model.config)
+            for index, keys, values in _rows(batch, i, longest - n):
+                seq.cache.update(keys, values, index)
             seq.prefilled = n
             seq.next_logits = out.logits[i, -1]
             self.stats.prompt(n)
@@ -330,18 +333,9 @@ class Engine:
         )
         for i, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
             seq.next_logits = out.logits[i, -1]
-            seq.cache = self._cut_out(batch, i, longest - n)
-
-    def _cut_out(self, batch: Any, row: int, pad: int) -> Any:
-        """Sequence ``row``'s own cache out of a left-padded batched one (its ``pad`` leading
-        positions dropped): after a batched prefill or decode step."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for index, layer in enumerate(batch.layers):
-            keys = layer.keys[row : row + 1, :, pad:].clone()
-            cache.update(keys, layer.values[row : row + 1, :, pad:].clone(), index)
-        return cache
+            for index, keys, values in _rows(batch, i, longest - n):  # into its own, in place
+                layer = seq.cache.layers[index]
+                layer.keys, layer.values = keys, values
 
     def _padded(self, seqs: list[Sequence]) -> tuple[Any, list[int]]:
         """The sequences' caches left-padded into one batched ``DynamicCache``."""
@@ -424,6 +418,17 @@ class Engine:
         except Exception:  # a consumer's failure must not stop the others' sequences
             log.exception("delivering a generation event failed")
             seq.aborted = True
+
+
+def _rows(batch: Any, row: int, pad: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per layer, sequence ``row``'s keys and values out of a left-padded batched cache, its
+    ``pad`` leading positions dropped (after a batched prefill or decode step)."""
+    for index, layer in enumerate(batch.layers):
+        yield (
+            index,
+            layer.keys[row : row + 1, :, pad:].clone(),
+            layer.values[row : row + 1, :, pad:].clone(),
+        )
 
 
 def _keeps_logits(model: Any) -> bool:
