@@ -29,6 +29,11 @@ Engines:
                         through the activator and straight to the replica, in turn (rows
                         ``ember-activator`` and ``ember-direct``; ``activator`` in the JSON: the
                         tokens/s ratio and the inter-token latency the activator adds)
+    command-activator   the same through ``ember up`` for ``transformers serve`` as the model's
+                        command engine (``engine: command``): ``ttft_from_zero_s.command_fresh``
+                        (a new process; the weights a local folder, used in place), then rows
+                        ``command-activator`` and ``command-direct`` (``command_activator`` in
+                        the JSON); recorded as skipped, with the reason, when it cannot start
 
 Each repeat runs every engine once, in turn (so the machine's drift hits all of them); the rows
 are the medians over ``--repeats``, ``runs`` has every run, ``ratios`` compares at each
@@ -66,9 +71,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-ENGINES = ("ember", "transformers-serve", "generate-batch", "activator")
-# the rows the activator section writes (its engine name in --engines is "activator")
-ROW_ENGINES = ("ember", "transformers-serve", "generate-batch", "ember-activator", "ember-direct")
+ENGINES = ("ember", "transformers-serve", "generate-batch", "activator", "command-activator")
+# the rows the activator sections write (their names in --engines: activator, command-activator)
+ROW_ENGINES = (
+    "ember",
+    "transformers-serve",
+    "generate-batch",
+    "ember-activator",
+    "ember-direct",
+    "command-activator",
+    "command-direct",
+)
+SECTIONS = ("activator", "command-activator")  # engines that are sections, not server runs
 MAX_SECONDS = 120.0
 MAX_CONCURRENCY = 64
 MAX_TOKENS_BOUND = 256
@@ -177,11 +191,30 @@ def server_command(engine: str, config: Path, name: str, port: int) -> tuple[lis
         cmd = [PY, "-m", "ember", "serve", "--config", str(config)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         return cmd, f"http://127.0.0.1:{port}/v2/health/ready", name
-    exe = shutil.which("transformers", path=str(Path(PY).parent)) or "transformers"
     model = str(yaml.safe_load(config.read_text())["source"])
-    cmd = [exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    cmd.append("--continuous-batching")  # its batching engine: the peer Ember's engine meets
+    cmd = transformers_serve(model, "127.0.0.1", str(port))
     return cmd, f"http://127.0.0.1:{port}/health", model
+
+
+def transformers_serve(weights: str, host: str, port: str) -> list[str]:
+    exe = shutil.which("transformers", path=str(Path(PY).parent)) or "transformers"
+    cmd = [exe, "serve", weights, "--host", host, "--port", port, "--device", "cpu"]
+    cmd.append("--continuous-batching")  # its batching engine: the peer Ember's engine meets
+    return cmd
+
+
+def command_config(config: Path, folder: Path) -> Path:
+    """``config``'s model served by ``transformers serve`` as its command engine."""
+    ember = yaml.safe_load(config.read_text())
+    model = {
+        "name": ember["name"],
+        "engine": "command",
+        "source": ember["source"],
+        "command": transformers_serve("{weights}", "{host}", "{port}"),
+        "health": "/health",
+    }
+    (folder / "command.yaml").write_text(yaml.safe_dump(model))
+    return folder / "command.yaml"
 
 
 # ------------------------------------------------------------------------------ HTTP load
@@ -393,15 +426,21 @@ def run_server(
 
 
 def activator_run(
-    config: Path, args: argparse.Namespace, logs: Path, *, warm_pool: int, load: bool
+    config: Path,
+    args: argparse.Namespace,
+    logs: Path,
+    *,
+    warm_pool: int,
+    load: bool,
+    rows_as: str = "ember",
 ) -> tuple[float, list[dict[str, Any]]]:
     """``ember up`` with the model at zero (``warm_pool`` standbys): the seconds from a streamed
     completion sent at zero to its first text (TTFT from zero); then, with ``load``, the same
     closed loop at ``--activator-concurrency`` through the activator and straight to its replica,
-    in turn, ``--repeats`` times each (rows ember-activator and ember-direct)."""
+    in turn, ``--repeats`` times each (rows ``{rows_as}-activator`` and ``{rows_as}-direct``)."""
     name = yaml.safe_load(config.read_text())["name"]
-    stack = logs / f"ember-{warm_pool}.yaml"
-    events = logs / f"events-{warm_pool}.jsonl"
+    stack = logs / f"{rows_as}-{warm_pool}.yaml"
+    events = logs / f"{rows_as}-events-{warm_pool}.jsonl"
     stack.write_text(
         yaml.safe_dump(
             {
@@ -411,6 +450,7 @@ def activator_run(
                     "warm_pool": warm_pool,
                     "grace_period_s": 5,
                     "startup_timeout_s": int(READY_TIMEOUT_S),
+                    "cache_dir": str(logs / "tier"),
                 },
                 "models": [{"config": str(config), "max_replicas": 1, "container_concurrency": 64}],
             }
@@ -419,7 +459,7 @@ def activator_run(
     port = free_port()
     cmd = [PY, "-m", "ember", "up", "--config", str(stack), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--quiet-replicas"]
-    log = logs / f"activator-{warm_pool}.log"
+    log = logs / f"{rows_as}-activator-{warm_pool}.log"
     proc = start(cmd, log)
     base = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
@@ -434,11 +474,17 @@ def activator_run(
             raise RuntimeError(f"the request at zero failed: {log.read_text()[-1500:]}")
         if load:
             replica = replica_url(events)
+            # straight to the replica, the model is named as its server names it (transformers
+            # serve: its weights' path); through the activator, by its name in the config
+            direct = served_name(replica) or name
             c = args.activator_concurrency
             for repeat in range(args.repeats):
-                for engine, url in (("ember-direct", replica), ("ember-activator", base)):
+                for engine, url, model in (
+                    (f"{rows_as}-direct", replica, direct),
+                    (f"{rows_as}-activator", base, name),
+                ):
                     samples, wall = asyncio.run(
-                        http_load(url, name, prompt, c, args.seconds, args.max_tokens)
+                        http_load(url, model, prompt, c, args.seconds, args.max_tokens)
                     )
                     rows.append({**samples.row(engine, c, wall), "repeat": repeat})
                     print(json.dumps(rows[-1]), file=sys.stderr)
@@ -452,6 +498,12 @@ async def first_stream(base: str, model: str, prompt: str, max_tokens: int, out:
     body["temperature"] = 0
     async with httpx.AsyncClient(timeout=READY_TIMEOUT_S) as client:
         await one_stream(client, base + "/v1/completions", body, out)
+
+
+def served_name(base: str) -> str | None:
+    """The first model id the server at ``base`` lists at ``/v1/models``."""
+    data = httpx.get(base + "/v1/models", timeout=10).json().get("data") or []
+    return str(data[0]["id"]) if data else None
 
 
 def wait_for_metric(proc: subprocess.Popen[bytes], base: str, name: str, log: Path) -> None:
@@ -525,10 +577,10 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def activator_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def activator_ratios(rows: list[dict[str, Any]], engine: str = "ember") -> dict[str, Any]:
     """Through the activator against straight to its replica: tokens/s over, ITL added."""
-    by = {r["engine"]: r for r in rows if r["engine"] in ("ember-activator", "ember-direct")}
-    via, direct = by.get("ember-activator"), by.get("ember-direct")
+    by = {r["engine"]: r for r in rows}
+    via, direct = by.get(f"{engine}-activator"), by.get(f"{engine}-direct")
     if via is None or direct is None or not direct["tokens_per_s"]:
         return {}
     out: dict[str, Any] = {
@@ -540,6 +592,17 @@ def activator_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if a is not None and b is not None:
             out[f"itl_{q}_added_ms"] = round(a - b, 3)
     return out
+
+
+def skip_record(engine: str, exc: Exception) -> dict[str, str]:
+    """Why ``engine`` was left out: its last line, and the tail of what it said."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    print(f"{engine} skipped: {str(exc)[-300:]}", file=sys.stderr)
+    return {
+        "engine": engine,
+        "reason": (lines[-1] if lines else repr(exc))[:500],
+        "log_tail": str(exc)[-1500:],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,9 +618,18 @@ def main(argv: list[str] | None = None) -> int:
             from_zero["pool"], got = activator_run(config, args, folder, warm_pool=1, load=True)
             runs += got
             from_zero["fresh"], _ = activator_run(config, args, folder, warm_pool=0, load=False)
+        if "command-activator" in args.engines:  # fresh: a command engine has no standby
+            command = command_config(config, folder)
+            try:
+                from_zero["command_fresh"], got = activator_run(
+                    command, args, folder, warm_pool=0, load=True, rows_as="command"
+                )
+                runs += got
+            except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+                skipped["command-activator"] = skip_record("command-activator", exc)
         for repeat in range(args.repeats):
             for engine in args.engines:
-                if engine in skipped or engine == "activator":
+                if engine in skipped or engine in SECTIONS:
                     continue
                 if engine == "generate-batch":
                     got = engine_load(
@@ -569,14 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
                         if engine == "ember":
                             raise
-                        lines = [line for line in str(exc).splitlines() if line.strip()]
-                        reason = (lines[-1] if lines else repr(exc))[:500]
-                        skipped[engine] = {
-                            "engine": engine,
-                            "reason": reason,
-                            "log_tail": str(exc)[-1500:],
-                        }
-                        print(f"{engine} skipped: {str(exc)[-300:]}", file=sys.stderr)
+                        skipped[engine] = skip_record(engine, exc)
                         continue
                 runs += [{**row, "repeat": repeat} for row in got]
     rows = medians(runs)
@@ -594,12 +659,13 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios(rows),
         "ttft_from_zero_s": {k: round(v, 3) for k, v in from_zero.items()},
         "activator": activator_ratios(rows),
+        "command_activator": activator_ratios(rows, "command"),
         "runs": runs,
         "skipped": list(skipped.values()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    shown = ("rows", "ratios", "ttft_from_zero_s", "activator", "skipped")
+    shown = ("rows", "ratios", "ttft_from_zero_s", "activator", "command_activator", "skipped")
     print(json.dumps({k: result[k] for k in shown}, indent=2))
     return 0
 
