@@ -284,7 +284,7 @@ def _replay(events: list[Event], member_of: dict[str, str]) -> tuple[dict[str, _
                 m.errors += 1
             if e.cold:
                 m.cold.append(float(e.queue_s or 0.0))
-            tokens = _tokens(e)
+            tokens = request_tokens(e)
             if tokens is not None:
                 m.prompt_tokens += tokens[0]
                 m.completion_tokens += tokens[1]
@@ -297,7 +297,7 @@ def _replay(events: list[Event], member_of: dict[str, str]) -> tuple[dict[str, _
     return models, runs
 
 
-def _tokens(e: Request) -> tuple[int, int] | None:
+def request_tokens(e: Request) -> tuple[int, int] | None:
     """A request's prompt and completion tokens (a field left off counts 0), or None: its event
     carries neither, or one that is not a count (negative: a hand-edited or foreign line)."""
     fields = (e.prompt_tokens, e.completion_tokens)
@@ -412,7 +412,7 @@ def _requests(ms: list[_Model]) -> dict[str, Any]:
     }
 
 
-def _per_million(cost: float, tokens: dict[str, int] | None) -> float | None:
+def per_million(cost: float, tokens: dict[str, int] | None) -> float | None:
     """USD per million tokens, prompt and completion together (None: no tokens)."""
     count = 0 if tokens is None else tokens["prompt"] + tokens["completion"]
     return round(cost / count * 1e6, 6) if count else None
@@ -468,7 +468,7 @@ def _model_row(
             "billed": billed,
         },
         **_money(billed * rate, (end - start) * rate, counts["requests"]),
-        "cost_per_million_tokens_usd": _per_million(billed * rate, counts["tokens"]),
+        "cost_per_million_tokens_usd": per_million(billed * rate, counts["tokens"]),
         "loss_reason": None,
         "sleep_price": price,
     }
@@ -547,7 +547,7 @@ def _total(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "tokens": tokens if used else None,
         # the cost of the models (and groups) that counted tokens, over all their tokens
-        "cost_per_million_tokens_usd": _per_million(sum(r["cost_usd"] for r in used), tokens),
+        "cost_per_million_tokens_usd": per_million(sum(r["cost_usd"] for r in used), tokens),
         # the worst model's, as for cold starts
         "ttft_p50_s": max((r["ttft_p50_s"] for r in streamed), default=None),
         "ttft_p99_s": max((r["ttft_p99_s"] for r in streamed), default=None),

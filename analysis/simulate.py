@@ -1,118 +1,40 @@
 """``ember simulate``: replay a trace through a keep-alive/pre-warm policy, no models run.
 
-Traces: a directory of Azure Functions 2019 invocation files (``*_inv.csv``: one row per model,
-``HashFunction,HashOwner,HashApp,minute_1..minute_N`` counts; an optional ``*_run.csv`` gives each
-function's average execution time), or an Ember event log (its ``request`` events). A minute's
-invocations arrive at its start; the first finds the model loaded or not.
+The traces (an Azure Functions 2019 directory, or an Ember event log whose requests keep their
+own execution times and tokens) are :mod:`analysis.simulate_trace`'s. The first request of an
+arrival finds the model loaded or not.
 
-For each model, after every invocation the policy says when to load it again and for how long
-to keep it (:mod:`activator.policy`). Counted: cold starts (an invocation with the model not
-loaded), loaded seconds (what a GPU is held for), of which busy (execution) and warm-idle, loads
-(each costing ``cold_start_s`` of loading), the latency cold starts add, and the cost of loaded
-plus loading time at ``price_per_hour``. ``p75_app_cold_start_rate`` is the 75th percentile over
-models of each model's cold-start rate, the paper's headline figure. ``tiered`` sleeps at levels
+For each model, after every arrival the policy says when to load it again and for how long
+to keep it (:mod:`activator.policy`), counted from the end of the serving in flight (a request
+still being served keeps the model loaded, and the one arriving meanwhile warm). Counted: cold
+starts (an arrival with the model not loaded), loaded seconds (what a GPU is held for), of which
+busy (serving at least one request) and warm-idle, loads (each costing ``cold_start_s`` of
+loading), the latency cold starts add, and the cost of loaded plus loading time at
+``price_per_hour``. ``p75_app_cold_start_rate`` is the 75th percentile over models of each
+model's cold-start rate, the paper's headline figure. Where requests carry tokens, the same
+figures weighted by tokens and the cost per million tokens (:mod:`analysis.simulate_tokens`);
+``weight`` says which cold-start rate the Markdown's headline shows. ``tiered`` sleeps at levels
 instead (:mod:`activator.tiered`) and is replayed by :mod:`analysis.simulate_tiered`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
 from activator.errors import ConfigError
 from activator.policy import History, Policy
 from activator.tiered import Tiered
+from analysis.cost_markdown import per_million, tokens
 from analysis.simulate_tiered import simulate_tiered_one, tiered_totals
-from contracts.events import Request
+from analysis.simulate_tokens import p75, token_row, token_totals
+from analysis.simulate_trace import Arrival, Trace, busy_seconds, load_trace
 
-HEADER = ["HashFunction", "HashOwner", "HashApp"]
+__all__ = ["WEIGHTS", "Trace", "load_trace", "simulate", "simulate_one", "to_json", "to_markdown"]
 
-
-@dataclass
-class Trace:
-    name: str
-    arrivals: list[tuple[float, int]]  # (seconds, invocations), sorted
-    exec_s: float
-    horizon_s: float
-
-
-def load_trace(path: Path) -> list[Trace]:
-    if path.is_dir():
-        files = sorted(path.glob("*_inv.csv"))
-        if not files:
-            raise ConfigError(f"{path}: no *_inv.csv file (Azure Functions 2019 format)")
-        return [t for f in files for t in _azure(f)]
-    if path.is_file():
-        return _events(path)
-    raise ConfigError(f"{path}: no such trace (a directory of *_inv.csv, or an event log)")
-
-
-def _azure(path: Path) -> list[Trace]:
-    run = _exec_times(path.with_name(path.name.replace("_inv.csv", "_run.csv")))
-    out = []
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        minutes = header[3:]
-        if header[:3] != HEADER or not minutes or not all(c.startswith("minute_") for c in minutes):
-            raise ConfigError(
-                f"{path}: wrong columns; expected {','.join(HEADER)},minute_1..minute_N"
-            )
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise ConfigError(
-                    f"{path}:{line}: {len(row)} columns, the header has {len(header)}"
-                )
-            try:
-                counts = [int(float(c)) for c in row[3:]]
-            except ValueError:
-                raise ConfigError(f"{path}:{line}: counts must be numbers") from None
-            if any(c < 0 for c in counts):
-                raise ConfigError(f"{path}:{line}: negative invocation count")
-            arrivals = [(i * 60.0, c) for i, c in enumerate(counts) if c]
-            out.append(Trace(row[0], arrivals, run.get(row[0], 1.0), len(counts) * 60.0))
-    return out
-
-
-def _exec_times(path: Path) -> dict[str, float]:
-    if not path.exists():
-        return {}
-    with path.open(newline="") as f:
-        return {
-            r["HashFunction"]: max(0.0, float(r.get("Average") or 0)) / 1000
-            for r in csv.DictReader(f)
-            if r.get("HashFunction")
-        }
-
-
-def _events(path: Path) -> list[Trace]:
-    from analysis.cost import read_log
-
-    events, _ = read_log(path)
-    requests = [e for e in events if isinstance(e, Request)]
-    if not requests:
-        raise ConfigError(f"{path}: no request events to replay")
-    start = min(float(e.arrival or e.ts) for e in requests)
-    end = max(float(e.ts) for e in events)
-    by_model: dict[str, list[tuple[float, float]]] = {}
-    for e in requests:
-        t = float(e.arrival or e.ts) - start
-        # a request handed to a replica has its end (the codec holds it to that)
-        busy = float(e.end or 0.0) - float(e.start) if e.start is not None else 0.0
-        by_model.setdefault(e.model, []).append((t, busy))
-    return [
-        Trace(
-            name,
-            [(t, 1) for t, _ in sorted(reqs)],
-            sum(b for _, b in reqs) / len(reqs),
-            end - start,
-        )
-        for name, reqs in by_model.items()
-    ]
+# what the headline cold-start rate counts: each request, or each request's tokens
+WEIGHTS = ("requests", "tokens")
 
 
 def simulate_one(
@@ -121,31 +43,39 @@ def simulate_one(
     history = History()
     window: tuple[float, float] | None = None  # the loaded (or scheduled) interval
     prewarmed = False
-    loaded = busy = 0.0
+    counted = float("-inf")  # loaded seconds are counted up to here
+    done = float("-inf")  # when the requests being served end
+    loaded = 0.0
     loads = cold = requests = 0
-    for t, count in trace.arrivals:
-        requests += count
-        warm = window is not None and window[0] <= t <= window[1]
+    served: list[tuple[Arrival, bool]] = []  # each arrival, and whether it met a cold start
+    for a in trace.arrivals:
+        t = a.t
+        requests += a.count
+        warm = t <= done or (window is not None and window[0] <= t <= window[1])
         if window is not None and window[0] <= t:
-            loaded += min(window[1], t) - window[0]
+            loaded += max(0.0, min(window[1], t) - max(window[0], counted))
+            counted = max(counted, min(window[1], t))
             loads += prewarmed  # a pre-warm load that happened
         if not warm:
             cold += 1
             loads += 1
-        busy += count * trace.exec_s
+        served.append((a, not warm))
+        done = max(done, t + a.exec_s)
         history.observe(t)
         decision = policy.decide(history)
-        if decision.prewarm_s <= trace.exec_s:
-            window, prewarmed = (t, t + trace.exec_s + decision.keep_alive_s), False
+        if decision.prewarm_s <= done - t:
+            window, prewarmed = (t, done + decision.keep_alive_s), False
         else:
-            loaded += trace.exec_s  # serving, then unloaded until the pre-warm
+            loaded += done - max(t, counted)  # serving, then unloaded until the pre-warm
+            counted = done
             start = t + decision.prewarm_s
             window, prewarmed = (start, start + decision.keep_alive_s), True
     if window is not None and window[0] <= trace.horizon_s:
-        loaded += min(window[1], trace.horizon_s) - window[0]
+        loaded += max(0.0, min(window[1], trace.horizon_s) - max(window[0], counted))
         loads += prewarmed
     loading = loads * cold_start_s
     cost = (loaded + loading) * price_per_hour / 3600
+    busy = busy_seconds(trace.arrivals)
     return {
         "model": trace.name,
         "requests": requests,
@@ -158,6 +88,7 @@ def simulate_one(
         "loading_seconds": loading,
         "added_latency_s": cold * cold_start_s,
         "cost_usd": cost,
+        **token_row(served, cost_usd=cost, added_latency_s=cold * cold_start_s),
     }
 
 
@@ -167,13 +98,27 @@ def simulate(
     *,
     cold_start_s: float = 2.0,
     price_per_hour: float = 0.71,
+    weight: str = "requests",
 ) -> dict[str, Any]:
+    """The policy replayed over each trace: per model and in total; ``weight`` (one of
+    :data:`WEIGHTS`): the cold-start rate the Markdown's headline shows, ``tokens`` only for a
+    trace whose requests carry tokens."""
     if cold_start_s < 0 or price_per_hour < 0:
         raise ConfigError("--cold-start and --price must not be negative")
+    if weight not in WEIGHTS:
+        raise ConfigError(f"--weight {weight!r}: expected one of {', '.join(WEIGHTS)}")
+    if weight == "tokens" and not any(a.tokens is not None for t in traces for a in t.arrivals):
+        raise ConfigError(
+            "--weight tokens: no request of this trace carries tokens (an Azure trace, or a log "
+            "of models whose answers said no usage); use --weight requests"
+        )
     if isinstance(policy, Tiered):
-        return _simulate_tiered(traces, policy, cold_start_s, price_per_hour)
-    rows = [simulate_one(t, policy, cold_start_s, price_per_hour) for t in traces]
-    return _summary(policy.name, rows, cold_start_s, price_per_hour)
+        result = _simulate_tiered(traces, policy, cold_start_s, price_per_hour)
+    else:
+        rows = [simulate_one(t, policy, cold_start_s, price_per_hour) for t in traces]
+        result = _summary(policy.name, rows, cold_start_s, price_per_hour)
+    result["settings"]["weight"] = weight
+    return result
 
 
 def _simulate_tiered(
@@ -182,12 +127,7 @@ def _simulate_tiered(
     policy = replace(policy, wake=replace(policy.wake, zero=cold_start_s))
     rows = [
         simulate_tiered_one(
-            t.arrivals,
-            policy,
-            name=t.name,
-            exec_s=t.exec_s,
-            horizon_s=t.horizon_s,
-            price_per_hour=price_per_hour,
+            t.arrivals, policy, name=t.name, horizon_s=t.horizon_s, price_per_hour=price_per_hour
         )
         for t in traces
     ]
@@ -200,22 +140,21 @@ def _simulate_tiered(
 def _summary(
     name: str, rows: list[dict[str, Any]], cold_start_s: float, price_per_hour: float
 ) -> dict[str, Any]:
-    called = [r for r in rows if r["requests"]]
     requests = sum(r["requests"] for r in rows)
     cold = sum(r["cold_starts"] for r in rows)
-    rates = sorted(r["cold_start_rate"] for r in called)
-    p75 = rates[min(len(rates) - 1, math.ceil(0.75 * len(rates)) - 1)] if rates else 0.0
+    app_rate = p75(r["cold_start_rate"] for r in rows if r["requests"])
     return {
         "policy": name,
         "total": {
             "requests": requests,
             "cold_starts": cold,
             "cold_start_rate": cold / requests if requests else 0.0,
-            "p75_app_cold_start_rate": p75,
+            "p75_app_cold_start_rate": 0.0 if app_rate is None else app_rate,
             "warm_idle_gpu_seconds": sum(r["warm_idle_gpu_seconds"] for r in rows),
             "loading_seconds": sum(r["loading_seconds"] for r in rows),
             "added_latency_s": sum(r["added_latency_s"] for r in rows),
             "cost_usd": sum(r["cost_usd"] for r in rows),
+            **token_totals(rows),
         },
         "models": rows,
         "settings": {"cold_start_s": cold_start_s, "price_per_hour": price_per_hour},
@@ -224,13 +163,25 @@ def _summary(
 
 def to_markdown(result: dict[str, Any]) -> str:
     t = result["total"]
+    if result["settings"].get("weight") == "tokens":
+        head = "| policy | tokens | cold-start tokens | token rate | p75 app token rate "
+        counts = (
+            f"{_count(t['tokens'])} | {t['cold_start_tokens']:,} | "
+            f"{_pct(t['cold_start_token_rate'])} | {_pct(t['p75_app_cold_start_token_rate'])}"
+        )
+    else:
+        head = "| policy | requests | cold starts | rate | p75 app rate "
+        counts = (
+            f"{t['requests']} | {t['cold_starts']} | "
+            f"{t['cold_start_rate']:.2%} | {t['p75_app_cold_start_rate']:.2%}"
+        )
     table = (
-        f"| policy | requests | cold starts | rate | p75 app rate | warm-idle GPU-s | cost |\n"
-        f"|---|---:|---:|---:|---:|---:|---:|\n"
-        f"| {result['policy']} | {t['requests']} | {t['cold_starts']} | "
-        f"{t['cold_start_rate']:.2%} | {t['p75_app_cold_start_rate']:.2%} | "
-        f"{t['warm_idle_gpu_seconds']:.0f} | ${t['cost_usd']:.2f} |\n"
+        f"{head}| warm-idle GPU-s | cost |\n|---|---:|---:|---:|---:|---:|---:|\n"
+        f"| {result['policy']} | {counts} | {t['warm_idle_gpu_seconds']:.0f} | "
+        f"${t['cost_usd']:.2f} |\n"
     )
+    if t["tokens"] is not None:
+        table += _token_table(result)
     if "wakes" not in t:
         return table
     w = t["wakes"]
@@ -241,6 +192,33 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{t['wake_latency_p99_s']:g}s | {t['device_s_saved_by_sleep']:.0f} / "
         f"{t['device_s_saved_by_zero']:.0f} | {t['host_memory_seconds']:.0f} |\n"
     )
+
+
+def _token_table(result: dict[str, Any]) -> str:
+    """The models whose requests carry tokens, and their total: the figures per token."""
+    lines = [
+        "",
+        "| model | tokens prompt / completion | requests with usage | cold-start token rate "
+        "| added latency per 1k tokens | per 1M tokens |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    total = {**result["total"], "model": "**total**"}
+    for row in [*(m for m in result["models"] if m["tokens"] is not None), total]:
+        per_1k = row["added_latency_s_per_1k_tokens"]
+        lines.append(
+            f"| {row['model']} | {tokens(row)} | {row['tokens']['requests_with_usage']} | "
+            f"{_pct(row['cold_start_token_rate'])} | "
+            f"{'-' if per_1k is None else f'{per_1k:.3g} s'} | {per_million(row)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _count(said: dict[str, int]) -> str:
+    return f"{said['prompt'] + said['completion']:,}"
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"
 
 
 def to_json(result: dict[str, Any]) -> str:

@@ -1,12 +1,13 @@
 """``ember simulate --policy tiered``: replay a trace through :class:`activator.tiered.Tiered`.
 
-A request finds the model at the level the plan made after the previous one says for the time
-since serving ended; the wake from that level is added to the first request of its arrival (the
-others of the same minute arrive with it, as cold starts are counted in :mod:`analysis.simulate`)
-and held on the device as loading time. Device-seconds are the hot seconds (serving included)
-plus the wakes; the seconds at host and disk are device-seconds saved by sleeping, those at zero
-(after the first request) saved by scaling to zero; the seconds at host are also host-memory
-seconds (one copy of the weights held in host RAM).
+A request finds the model at the level the plan made after the previous arrival says for the
+time since serving ended (the end of the requests in flight: one arriving while another is
+served finds the model hot); the wake from that level is added to the first request of its
+arrival (the others of the same minute arrive with it, as cold starts are counted in
+:mod:`analysis.simulate`) and held on the device as loading time. Device-seconds are the hot
+seconds (serving included) plus the wakes; the seconds at host and disk are device-seconds saved
+by sleeping, those at zero (after the first request) saved by scaling to zero; the seconds at
+host are also host-memory seconds (one copy of the weights held in host RAM).
 """
 
 from __future__ import annotations
@@ -17,63 +18,65 @@ from typing import Any
 
 from activator.policy import History
 from activator.tiered import LEVELS, SLEEP_LEVELS, Level, Tiered, TierPlan, WakeCosts
+from analysis.simulate_tokens import token_row
+from analysis.simulate_trace import Arrival, busy_seconds
 
 
 @dataclass(frozen=True)
 class Step:
-    t: float
-    count: int
+    arrival: Arrival
     level: Level  # where the arrival found the model
     wake_s: float  # added to the arrival's first request
 
 
 def replay(
-    arrivals: list[tuple[float, int]], policy: Tiered, *, exec_s: float, horizon_s: float
+    arrivals: list[Arrival], policy: Tiered, *, horizon_s: float
 ) -> tuple[list[Step], dict[Level, float]]:
     """Each arrival's level and wake, and the seconds spent at each level up to the horizon."""
     history = History()
     seconds: dict[Level, float] = dict.fromkeys(LEVELS, 0.0)
     steps: list[Step] = []
     plan: TierPlan | None = None
-    last = 0.0
+    last = done = 0.0  # the last arrival; when the requests being served end
 
     def account(until: float) -> None:
         if plan is None or until <= last:
             return
-        seconds[Level.HOT] += min(until, last + exec_s) - last  # serving
-        for level, s in plan.split(max(0.0, until - last - exec_s)).items():
+        seconds[Level.HOT] += min(until, done) - last  # serving
+        for level, s in plan.split(max(0.0, until - done)).items():
             seconds[level] += s
 
-    for t, count in arrivals:
-        level = Level.ZERO if plan is None else plan.level_at(t - last - exec_s)
-        account(t)
-        steps.append(Step(t, count, level, policy.wake.of(level)))
-        history.observe(t)
-        plan, last = policy.decide(history), t
+    for a in arrivals:
+        level = Level.ZERO if plan is None else plan.level_at(a.t - done)
+        account(a.t)
+        steps.append(Step(a, level, policy.wake.of(level)))
+        history.observe(a.t)
+        plan, last, done = policy.decide(history), a.t, max(done, a.t + a.exec_s)
     account(horizon_s)
     return steps, seconds
 
 
 def simulate_tiered_one(
-    arrivals: list[tuple[float, int]],
+    arrivals: list[Arrival],
     policy: Tiered,
     *,
     name: str,
-    exec_s: float,
     horizon_s: float,
     price_per_hour: float,
 ) -> dict[str, Any]:
-    steps, seconds = replay(arrivals, policy, exec_s=exec_s, horizon_s=horizon_s)
-    requests = sum(s.count for s in steps)
+    steps, seconds = replay(arrivals, policy, horizon_s=horizon_s)
+    requests = sum(s.arrival.count for s in steps)
     woke = [s for s in steps if s.level is not Level.HOT]
     waited: dict[Level, int] = dict.fromkeys(LEVELS, 0)  # requests by the wake they waited for
     for s in steps:
         waited[s.level] += 1
-        waited[Level.HOT] += s.count - 1
+        waited[Level.HOT] += s.arrival.count - 1
     loaded = seconds[Level.HOT]
-    busy = requests * exec_s
+    busy = busy_seconds(arrivals)
     loading = sum(s.wake_s for s in woke)
     cold = waited[Level.ZERO]
+    cost = (loaded + loading) * price_per_hour / 3600
+    served = [(s.arrival, s.level is Level.ZERO) for s in steps]
     return {
         "model": name,
         "requests": requests,
@@ -85,7 +88,8 @@ def simulate_tiered_one(
         "warm_idle_gpu_seconds": max(0.0, loaded - busy),
         "loading_seconds": loading,
         "added_latency_s": loading,
-        "cost_usd": (loaded + loading) * price_per_hour / 3600,
+        "cost_usd": cost,
+        **token_row(served, cost_usd=cost, added_latency_s=loading),
         "wakes": {level: waited[level] for level in (*SLEEP_LEVELS, Level.ZERO)},
         "requests_by_wake": waited,
         "device_s_saved_by_sleep": seconds[Level.HOST] + seconds[Level.DISK],

@@ -180,6 +180,7 @@ def _simulate(args: argparse.Namespace) -> int:
             policy,
             cold_start_s=args.cold_start,
             price_per_hour=args.price,
+            weight=args.weight,
         )
     except ConfigError as exc:
         print(f"ember simulate: {exc}", file=sys.stderr)
@@ -314,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
             "with Ember's guards), hybrid-paper (the paper's rule alone), tiered (sleep hot -> "
             "host RAM -> disk -> zero at times chosen from the idle-time prediction and the "
             "wake costs; adds wakes per level, wake latency p50/p99, device-seconds saved by "
-            "sleeping vs by zero, host-memory-seconds)."
+            "sleeping vs by zero, host-memory-seconds). An event log's requests keep their own "
+            "execution time (start to end) and, for LLM answers that said their usage, their "
+            "prompt and completion tokens: then, per model and in total, the tokens, the share "
+            "of tokens that met a cold start (cold_start_token_rate, and its 75th-percentile "
+            "model), the added latency per 1k tokens and the cost per million tokens "
+            "(cost_per_million_tokens_usd, as in ember cost-report) under the policy; null "
+            "where the requests say no tokens (an Azure trace)."
         ),
     )
     sim.add_argument("--trace", required=True, help="a *_inv.csv directory or an events file")
@@ -336,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
         "for MiniLM on one machine: replace with your own measurements)",
     )
     sim.add_argument("--price", type=float, default=0.71, help="USD per GPU-hour (default L4)")
+    sim.add_argument(
+        "--weight",
+        choices=["requests", "tokens"],
+        default="requests",
+        help="what the headline cold-start rate counts: each request (default: every trace "
+        "has them, v2 models too) or each token (the requests that said tokens; the JSON "
+        "always has both)",
+    )
     sim.add_argument("--format", choices=["json", "md"], default="md")
     sim.set_defaults(func=_simulate)
 

@@ -49,6 +49,7 @@ EXAMPLES = {
         "ember simulate --trace tests/data/traces/azure2019_sample100 --policy fixed:10m",
         "ember simulate --trace tests/data/traces/azure2019_sample100 --policy tiered "
         "--wake host=0.05 --wake disk=0.15 --cold-start 2.0",
+        "ember simulate --trace .ember/events.jsonl --policy hybrid --weight tokens",
     ],
     "status": [
         "ember status --config examples/ember.yaml",

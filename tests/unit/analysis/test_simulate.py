@@ -20,7 +20,7 @@ DAY = 24 * 3600
 
 
 def periodic(period_s: float, name: str = "periodic") -> Trace:
-    return Trace(name, [(t * period_s, 1) for t in range(int(DAY // period_s))], 1.0, DAY)
+    return Trace.of_counts(name, [(t * period_s, 1) for t in range(int(DAY // period_s))], 1.0, DAY)
 
 
 def test_hybrid_prewarms_a_strictly_periodic_model_in_time() -> None:
@@ -32,24 +32,26 @@ def test_hybrid_prewarms_a_strictly_periodic_model_in_time() -> None:
     assert hybrid["cold_starts"] <= Hybrid().min_samples + 1
     assert hybrid["warm_idle_gpu_seconds"] < fixed["warm_idle_gpu_seconds"]
     history = History()
-    for t, _ in trace.arrivals:
-        history.observe(t)
+    for a in trace.arrivals:
+        history.observe(a.t)
     decision = Hybrid().decide(history)
     # loaded again before the next call (at 27 min) and kept past it (to 34 min)
     assert decision.prewarm_s < 1800 < decision.prewarm_s + decision.keep_alive_s
 
 
 def test_hybrid_does_not_keep_a_one_off_model_warm_for_hours() -> None:
-    trace = Trace("one-off", [(3600.0, 1)], 1.0, DAY)
+    trace = Trace.of_counts("one-off", [(3600.0, 1)], 1.0, DAY)
     result = simulate_one(trace, Hybrid(), 2.0, 0.71)
     assert result["warm_idle_gpu_seconds"] <= 600  # the fixed window at most, not hours
-    bursty = Trace("bursty", [(t, 1) for t in (0, 60, 120, 180, 240, 300, 9 * 3600)], 0.1, DAY)
+    bursty = Trace.of_counts(
+        "bursty", [(t, 1) for t in (0, 60, 120, 180, 240, 300, 9 * 3600)], 0.1, DAY
+    )
     result = simulate_one(bursty, Hybrid(), 2.0, 0.71)
     assert result["warm_idle_gpu_seconds"] < 2 * 3600
 
 
 def test_accounting_of_a_fixed_window_by_hand() -> None:
-    trace = Trace("m", [(0.0, 2), (300.0, 1), (2000.0, 1)], 10.0, 3000.0)
+    trace = Trace.of_counts("m", [(0.0, 2), (300.0, 1), (2000.0, 1)], 10.0, 3000.0)
     r = simulate_one(trace, Fixed(600), cold_start_s=2.0, price_per_hour=3.6)
     # loaded [0, 310] then [300, 910] (contiguous: 910 s), cold again at 2000, loaded to 2610
     assert r["cold_starts"] == 2 and r["requests"] == 4

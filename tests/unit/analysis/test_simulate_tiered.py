@@ -13,9 +13,14 @@ from activator.policy import History
 from activator.tiered import Tiered, WakeCosts
 from analysis.simulate import Trace, simulate, to_markdown
 from analysis.simulate_tiered import replay, simulate_tiered_one
+from analysis.simulate_trace import Arrival
 from tests.servers import ROOT
 
 DAY = 24 * 3600
+
+
+def arrive(counts: list[tuple[float, int]], exec_s: float) -> list[Arrival]:
+    return [Arrival(t, count, exec_s) for t, count in counts]
 
 
 def history_of(*times: float) -> History:
@@ -27,7 +32,7 @@ def history_of(*times: float) -> History:
 
 def test_a_request_every_30_s_stays_hot() -> None:
     arrivals = [(t * 30.0, 1) for t in range(DAY // 30)]
-    steps, seconds = replay(arrivals, Tiered(), exec_s=1.0, horizon_s=DAY)
+    steps, seconds = replay(arrive(arrivals, 1.0), Tiered(), horizon_s=DAY)
     assert steps[0].level == "zero" and steps[0].wake_s == 2.0  # the first request only
     assert {s.level for s in steps[1:]} == {"hot"} and all(s.wake_s == 0 for s in steps[1:])
     assert seconds == {"hot": DAY, "host": 0.0, "disk": 0.0, "zero": 0.0}
@@ -49,12 +54,12 @@ def test_a_burst_then_a_two_hour_gap_goes_host_disk_zero_at_the_chosen_times() -
         "disk",
         "zero",
     ]
-    steps, seconds = replay(arrivals, Tiered(), exec_s=0.0, horizon_s=7300.0)
+    steps, seconds = replay(arrive(arrivals, 0.0), Tiered(), horizon_s=7300.0)
     assert [s.level for s in steps] == ["zero", "hot", "hot", "zero"]
     # hot 20 + 20 + 60 after the burst + 60 after the last; zero from 40 + 4860 to 7240
     assert seconds == {"hot": 160.0, "host": 1200.0, "disk": 3600.0, "zero": 2340.0}
     row = simulate_tiered_one(
-        arrivals, Tiered(), name="m", exec_s=0.0, horizon_s=7300.0, price_per_hour=3.6
+        arrive(arrivals, 0.0), Tiered(), name="m", horizon_s=7300.0, price_per_hour=3.6
     )
     assert row["host_memory_seconds"] == 1200.0
     assert row["device_s_saved_by_sleep"] == 4800.0 and row["device_s_saved_by_zero"] == 2340.0
@@ -66,9 +71,9 @@ def test_wake_costs_are_charged_to_the_right_requests() -> None:
     wake = WakeCosts(host=0.1, disk=0.3, zero=99.0)  # zero is replaced by --cold-start
     # break-even 1200 * 0.1 = 120 s hot, host to 1320 s, disk to 4920 s
     arrivals = [(0.0, 1), (30.0, 1), (630.0, 1), (2630.0, 1), (8630.0, 3)]
-    trace = Trace("m", arrivals, 0.0, 9000.0)
+    trace = Trace.of_counts("m", arrivals, 0.0, 9000.0)
     result = simulate([trace], Tiered(wake=wake), cold_start_s=2.0)
-    steps, _ = replay(arrivals, Tiered(wake=WakeCosts(0.1, 0.3, 2.0)), exec_s=0, horizon_s=9000)
+    steps, _ = replay(arrive(arrivals, 0.0), Tiered(wake=WakeCosts(0.1, 0.3, 2.0)), horizon_s=9000)
     assert [(s.level, s.wake_s) for s in steps] == [
         ("zero", 2.0),
         ("hot", 0.0),
