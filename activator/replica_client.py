@@ -1,5 +1,6 @@
 """The activator's one HTTP client of its replicas: whether one is ready, its repository index,
-a model's metadata, and the repository commands (sleep at a level, load).
+a model's metadata, what a command engine's server answers to, and the repository commands (sleep
+at a level, load).
 
 One :class:`ReplicaClient` per activator, its session created on first use and closed with the
 activator (:meth:`ReplicaClient.aclose`); the scalers, the groups and the metadata book all
@@ -87,6 +88,19 @@ class ReplicaClient:
             if response.status != 200:
                 raise ValueError(f"GET {url}/v2/models/{model} answered {response.status}")
             return await response.json(content_type=None)
+
+    async def served_models(self, url: str) -> list[str]:
+        """The model ids a command engine's server at ``url`` lists at ``GET /v1/models``
+        (none when it lists none, or does not answer)."""
+        timeout = aiohttp.ClientTimeout(total=METADATA_TIMEOUT_S)
+        try:
+            async with self._http().get(url + "/v1/models", timeout=timeout) as r:
+                if r.status != 200:
+                    return []
+                data = (await r.json(content_type=None)).get("data") or []
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return []
+        return [str(m.get("id")) for m in data if isinstance(m, dict)]
 
     async def sleep(
         self, url: str, model: str, level: SleepLevel, timeout_s: float

@@ -19,3 +19,19 @@ def valid_model_name(name: object) -> bool:
 
 # a Hugging Face Hub repository id, org/name (``hf://`` + it names a model source)
 HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# a container image reference as Docker's reference grammar has it ([host[:port]/]path[:tag]
+# [@algorithm:hex]): a command engine's image on Knative
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REF = re.compile(
+    rf"^(?:{_HOST}(?::[0-9]+)?/)?{_PATH}(?:/{_PATH})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?$"
+)
+
+
+def valid_image(ref: object) -> bool:
+    """Whether ``ref`` is a container image reference (``vllm/vllm-openai:v0.9.1``,
+    ``registry.example.com:5000/team/engine@sha256:...``), at most 255 characters."""
+    return isinstance(ref, str) and len(ref) <= 255 and IMAGE_REF.fullmatch(ref) is not None

@@ -102,10 +102,10 @@ async def _push(args: argparse.Namespace) -> int:
 
 
 async def _pull(args: argparse.Namespace) -> int:
-    from weight_cache import LocalTier, Manifest, parse_uri, pull
+    from weight_cache import LocalTier, Manifest, parse_source, pull
 
     limits = store_limits(args)
-    source = parse_uri(args.source)  # a store's model: hf:// is not one
+    source = parse_source(args.source)  # a store's model, or hf:// through the hub's cache
     progress: Progress | None = None
 
     def planned(manifest: Manifest) -> None:  # the manifest is read: the total is known
@@ -116,10 +116,11 @@ async def _pull(args: argparse.Namespace) -> int:
         assert progress is not None  # planned comes first
         progress(n)
 
+    budget = int(args.cache_budget_gb * 1e9) if args.cache_budget_gb else None
     try:
         report = await pull(
             source,
-            LocalTier(cache_dir(args)),
+            LocalTier(cache_dir(args), budget_bytes=budget) if source.needs_tier else None,
             progress=advance,
             planned=planned,
             concurrency=args.concurrency,
@@ -129,11 +130,26 @@ async def _pull(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if args.link:
+        await asyncio.to_thread(_link, Path(args.link), report.path.absolute())
     # stdout is the path alone (MODEL_DIR=$(ember cache pull ...)); how it got there: stderr
     state = "already in the local tier" if report.hit else f"fetched in {report.fetch_s:.2f}s"
     print(report.path)
     print(f"{args.source}: {state}", file=sys.stderr)
     return 0
+
+
+def _link(link: Path, target: Path) -> None:
+    """``link`` made a symbolic link to ``target``, replacing any link there in one rename: a
+    program given ``link`` (a command engine's ``{weights}`` on Knative) sees a whole model."""
+    partial = link.with_name(f".{link.name}.partial")
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        partial.unlink(missing_ok=True)
+        partial.symlink_to(target, target_is_directory=True)
+        partial.replace(link)
+    except OSError as exc:
+        raise WeightCacheError(f"cannot link {link} to {target}: {exc.strerror or exc}") from None
 
 
 async def _ls(args: argparse.Namespace) -> int:
@@ -261,7 +277,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     push.set_defaults(cache_func=_push)
 
     pull = cmds.add_parser("pull", help="stream a pushed model into the local tier")
-    pull.add_argument("source", help="s3://bucket/prefix (or file:///dir) holding a manifest")
+    pull.add_argument(
+        "source",
+        help="s3://bucket/prefix (or file:///dir) holding a manifest, or hf://org/repo[@revision] "
+        "(resolved through the Hugging Face cache, $HF_HUB_CACHE)",
+    )
     pull.add_argument(
         "--concurrency", type=int, default=8, help="ranged reads in flight (default 8)"
     )
@@ -271,6 +291,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=8,
         help="bytes per ranged read, in MiB, for a manifest without chunk digests (a newer "
         "one is read a chunk at a time) (default 8)",
+    )
+    pull.add_argument(
+        "--cache-budget-gb",
+        type=float,
+        metavar="GB",
+        help="size budget of the local tier: least recently used models not in use are evicted "
+        "to make room (default: none)",
+    )
+    pull.add_argument(
+        "--link",
+        metavar="PATH",
+        help="also make PATH a symbolic link to the model's folder (replaced atomically): a fixed "
+        "path for a program that reads the model (a command engine's {weights} on Knative)",
     )
     limits(pull)
     local_dir(pull)

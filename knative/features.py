@@ -61,6 +61,10 @@ def required_settings(stack: StackConfig) -> list[ClusterSetting]:
     if k.tier.kind == "persistentVolumeClaim":
         out.append(ClusterSetting(FEATURES, PVC, "enabled", "knative.tier"))
         out.append(ClusterSetting(FEATURES, PVC_WRITE, "enabled", "knative.tier"))
+    engines = sorted(s.name for s in stack.models.values() if s.engine == "command")
+    if engines:  # Ember's image fills the tier before the engine's starts (knative.engine)
+        why = f"engine: command ({', '.join(engines)}): the init container filling its tier"
+        out.append(ClusterSetting(FEATURES, INIT_CONTAINERS, "enabled", why))
     return out
 
 

@@ -101,7 +101,10 @@ def settings_comment(settings: Sequence[ClusterSetting]) -> list[str]:
 
 def images_comment(objects: Sequence[dict[str, Any]]) -> list[str]:
     """Shell comments: the images the objects run (every container's), and how to make them."""
-    lines = ["# the images these objects run (scripts/build_images --push REGISTRY builds them):"]
+    lines = [
+        "# the images these objects run (scripts/build_images --push REGISTRY builds Ember's; "
+        "a command engine's image is its own):"
+    ]
     lines += [f"#   {image}" for image in images(objects)]
     return lines
 

@@ -4,7 +4,9 @@ Per model: a ConfigMap holding the model's config (and, for a ``torch-module`` m
 file its class comes from) and a Knative Service running ``ember serve`` on it with the slim
 runtime image (the CUDA one when the model wants a GPU), starting at zero pods
 (``initial-scale: "0"``), placed by its ``gpu_type`` and with its weight tier on the volume
-``knative.tier`` names (:mod:`knative.pods`; the Service itself: :mod:`knative.service`). Per
+``knative.tier`` names (:mod:`knative.pods`; the Service itself: :mod:`knative.service`); a
+model another server serves (``engine: command``) runs that server's image instead, after
+Ember's image has filled the tier (:mod:`knative.engine`). Per
 group: one such Service named after the group, serving every member (:mod:`knative.groups`); its
 members get none. For the cluster: the tier's PersistentVolumeClaim (when it has one), the
 activator's ConfigMap (its ember.yaml, with the Knative scaler, and its groups), ServiceAccount,
@@ -23,6 +25,7 @@ from typing import Any
 import yaml
 
 from contracts.stack import StackConfig
+from knative.engine import engine_objects
 from knative.errors import DeployError
 from knative.features import enabled_keys, required_settings
 from knative.groups import activator_entry, group_objects, services
@@ -43,7 +46,8 @@ def render(stack: StackConfig) -> list[dict[str, Any]]:
     model_files: dict[str, str] = {}
     for spec in stack.models.values():
         if spec.group is None:  # a group's members are served by the group's Service
-            rendered = model_objects(stack, spec)
+            command = spec.engine == "command"  # another server's image runs it
+            rendered = engine_objects(stack, spec) if command else model_objects(stack, spec)
             model_files[spec.name] = rendered[0]["data"]["model.yaml"]
             objects += rendered
     for group in stack.groups.values():

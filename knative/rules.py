@@ -4,11 +4,13 @@ The CRDs' OpenAPI schema is necessary but not sufficient: the webhook also rejec
 on in ``config-features``, ``nodeSelector``, ``tolerations``, ``affinity``, ``runtimeClassName``,
 ``initContainers`` and a pod ``securityContext``; volumes other than configMap, secret, projected
 and emptyDir (``persistentVolumeClaim`` needs its flag, and a writable mount of one a second flag;
-``hostPath`` its flag, and Knative mounts it read-only); container ports named anything but empty,
-``h2c`` or ``http1``; more than one port; container ``securityContext`` fields other than the ones
-it allows (no ``privileged``, no ``procMount``...) and added capabilities other than
-``NET_BIND_SERVICE``; ``initial-scale`` 0 unless ``config-autoscaler`` allows it; and autoscaling
-annotations out of range. Defaults are Knative's own (``config-defaults``:
+``hostPath`` its flag, and Knative mounts it read-only), a volume no container mounts and a mount
+of no volume; container ports named anything but empty, ``h2c`` or ``http1``; more than one port;
+container ``securityContext`` fields other than the ones it allows (no ``privileged``, no
+``procMount``...) and added capabilities other than ``NET_BIND_SERVICE``, in init containers too;
+probes or a ``lifecycle`` on an init container; two containers (init ones included) of one name;
+``initial-scale`` 0 unless ``config-autoscaler`` allows it; and autoscaling annotations out of
+range. Defaults are Knative's own (``config-defaults``:
 ``container-concurrency-max-limit`` 1000, ``max-revision-timeout-seconds`` 600;
 ``config-autoscaler``). ``enabled`` names the flags the stack declares it relies on
 (:mod:`knative.features`); anything gated beyond them is an error.
@@ -43,6 +45,8 @@ SECURITY_CONTEXT_FIELDS = {
     "runAsUser",
     "seccompProfile",
 }
+# an init container runs to its end before the pod serves: nothing probes or hooks it
+INIT_FORBIDDEN = ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle")
 MAX_CONTAINER_CONCURRENCY = 1000
 MAX_TIMEOUT_S = 600
 _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
@@ -69,6 +73,7 @@ def ksvc_errors(ksvc: dict[str, Any], enabled: Collection[str] = ()) -> list[str
             errors.append(f"spec.template.spec.{key} needs config-features {flag}")
     errors += volume_errors(spec, enabled)
     containers = spec.get("containers", [])
+    init = spec.get("initContainers", [])
     if len(containers) != 1:
         errors.append(f"one container expected, got {len(containers)}")
     for container in containers:
@@ -78,6 +83,14 @@ def ksvc_errors(ksvc: dict[str, Any], enabled: Collection[str] = ()) -> list[str
         for port in ports:
             if port.get("name", "") not in PORT_NAMES:
                 errors.append(f"port name {port.get('name')!r} is not one of '', h2c, http1")
+    for container in init:
+        for key in INIT_FORBIDDEN:
+            if key in container:
+                errors.append(f"init container '{container.get('name')}': {key} is not allowed")
+    names = [c.get("name") for c in [*init, *containers]]
+    for name in sorted({n for n in names if names.count(n) > 1}, key=str):
+        errors.append(f"duplicate container name {name!r}")
+    for container in [*init, *containers]:
         context = container.get("securityContext", {})
         for key in sorted(set(context) - SECURITY_CONTEXT_FIELDS):
             errors.append(f"securityContext.{key} is not allowed in a Knative container")
@@ -119,8 +132,14 @@ def volume_errors(spec: dict[str, Any], enabled: Collection[str] = ()) -> list[s
             )
         elif kind not in UNGATED_VOLUMES and kind not in GATED_VOLUMES:
             errors.append(f"volume '{volume.get('name')}': {kind} volumes are not supported")
-    for container in spec.get("containers", []):
+    declared = {volume.get("name", "") for volume in spec.get("volumes", [])}
+    mounted: set[str] = set()
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
         for mount in container.get("volumeMounts", []):
+            mounted.add(mount.get("name", ""))
+            if mount.get("name", "") not in declared:
+                errors.append(f"mount {mount.get('mountPath')}: no volume '{mount.get('name')}'")
+                continue
             kind, source = kinds.get(mount.get("name", ""), ("", {}))
             if mount.get("readOnly") or source.get("readOnly"):
                 continue
@@ -133,6 +152,8 @@ def volume_errors(spec: dict[str, Any], enabled: Collection[str] = ()) -> list[s
                     f"mount {mount.get('mountPath')} writes a persistentVolumeClaim: "
                     f"needs config-features {f.PVC_WRITE}"
                 )
+    for name in sorted(declared - mounted):
+        errors.append(f"volume '{name}' is not mounted by any container")
     return errors
 
 

@@ -7,7 +7,8 @@ the container is told: a model's runs ``ember serve --config /etc/ember/model.ya
 --exit-on-load-failure``; a group's (:mod:`knative.groups`) one ``--config`` per member and
 ``--load-on-demand``; both as a :class:`~contracts.serve_order.ServeOrder` rendered by its one
 ``serve_argv``. Scaling, placement and the weight tier come from the :class:`ModelSpec`
-(a group's pool spec) in the same way for both.
+(a group's pool spec) in the same way for both (:func:`service_values`), and for a model another
+server's image runs (``engine: command``, :mod:`knative.engine`) too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Shipped:
     config_key: str  # the key holding the model config
     files: dict[str, str]  # the config, and the module file of a torch-module model
     wants_gpu: bool
+
+    def config(self) -> dict[str, Any]:
+        """The model config as shipped (its source where the cluster reads it)."""
+        return dict(yaml.safe_load(self.files[self.config_key]))
 
 
 def check_name(name: str, what: str) -> None:
@@ -132,17 +137,35 @@ def service_objects(
     """The ConfigMap (``files``) and the Knative Service running ``ember serve`` with
     ``serve_args``, scaled as ``spec`` says, at zero pods until its first request."""
     k = stack.knative
-    commands = [m for m in (spec.members or (spec.name,)) if stack.models[m].engine == "command"]
-    if commands:
-        raise DeployError(
-            f"{what}: served by its own command (engine: command), which runs on this machine's "
-            "ember up only: not on Knative yet"
-        )
     image = k.gpu_image if gpu else k.image
     if not image:
         which = "knative.gpu_image" if gpu else "knative.image"
         why = " (it wants a GPU)" if gpu else ""
         raise DeployError(f"{what}{why}: set {which} in {stack.path.name}")
+    objects = render_objects(
+        "ksvc.yaml.j2",
+        **service_values(stack, spec, what=what, config_map=config_map, files=files, gpu=gpu),
+        image=image,
+        args=["serve", *serve_args],
+    )
+    objects[0]["data"] = dict(files)  # the template holds one file; the ConfigMap holds them all
+    return objects
+
+
+def service_values(
+    stack: StackConfig,
+    spec: ModelSpec,
+    *,
+    what: str,
+    config_map: str,
+    files: dict[str, str],
+    gpu: bool,
+) -> dict[str, Any]:
+    """What every model's Knative Service has, whatever its pod runs (``ksvc.yaml.j2``'s
+    values but the container's ``image`` and ``args``): the ConfigMap of ``files``, names and
+    labels, the scaling annotations, the revision's timeouts, placement, resources, the S3 and
+    Hugging Face credentials and the weight tier's volume."""
+    k = stack.knative
     if sum(len(v.encode()) for v in files.values()) > CONFIGMAP_LIMIT:
         raise DeployError(f"{what}: its configs and modules are over 900 KiB")
     pod = placement(stack, spec)  # DeployError for a gpu_type knative.gpu_nodes lacks
@@ -150,43 +173,40 @@ def service_objects(
     if gpu:
         limits["nvidia.com/gpu"] = "1"
     labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "ember"}
-    first = next(iter(files.values()))
-    streams = spec.handler == "text-generation" or any(
-        stack.models[m].handler == "text-generation" for m in spec.members
+    # token streams: a generation model's, and whatever another OpenAI server (a command) serves
+    streams = (
+        spec.handler == "text-generation"
+        or spec.engine == "command"
+        or any(stack.models[m].handler == "text-generation" for m in spec.members)
     )
-    objects = render_objects(
-        "ksvc.yaml.j2",
-        service=spec.name,
-        config_map=config_map,
-        namespace=k.namespace,
-        labels=labels,
+    return {
+        "service": spec.name,
+        "config_map": config_map,
+        "namespace": k.namespace,
+        "labels": labels,
         # reachable only inside the cluster: clients come in through the activator (its tokens)
-        service_labels={**labels, "networking.knative.dev/visibility": "cluster-local"},
-        model_yaml=first,
+        "service_labels": {**labels, "networking.knative.dev/visibility": "cluster-local"},
+        "model_yaml": next(iter(files.values())),
         # no pod at deploy time (nor a GPU held for one): the first request starts it
-        initial_scale=0,
-        min_scale=spec.min_replicas,
-        max_scale=spec.max_replicas,
-        target=number(spec.target),
-        retention=f"{int(spec.keep_alive_s)}s",
-        progress_deadline=f"{k.progress_deadline_s}s",
-        container_concurrency=spec.container_concurrency,
+        "initial_scale": 0,
+        "min_scale": spec.min_replicas,
+        "max_scale": spec.max_replicas,
+        "target": number(spec.target),
+        "retention": f"{int(spec.keep_alive_s)}s",
+        "progress_deadline": f"{k.progress_deadline_s}s",
+        "container_concurrency": spec.container_concurrency,
         # a generation model's streams: as long as the revision allows, timed by their silences
-        timeout_s=MAX_TIMEOUT_S if streams else k.timeout_s,
-        stream_timeout_s=min(k.timeout_s, MAX_TIMEOUT_S) if streams else None,
-        image=image,
-        args=["serve", *serve_args],
-        env=pod_env(stack),
-        env_from=[{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],
-        requests={"cpu": k.cpu, "memory": k.memory},
-        limits=limits,
-        node_selector=pod.get("nodeSelector", {}),
-        tolerations=pod.get("tolerations", []),
-        tier_path=TIER_PATH,
-        tier_volume=tier_volume(stack),
-    )
-    objects[0]["data"] = dict(files)  # the template holds one file; the ConfigMap holds them all
-    return objects
+        "timeout_s": MAX_TIMEOUT_S if streams else k.timeout_s,
+        "stream_timeout_s": min(k.timeout_s, MAX_TIMEOUT_S) if streams else None,
+        "env": pod_env(stack),
+        "env_from": [{"secretRef": {"name": k.s3_secret}}] if k.s3_secret else [],
+        "requests": {"cpu": k.cpu, "memory": k.memory},
+        "limits": limits,
+        "node_selector": pod.get("nodeSelector", {}),
+        "tolerations": pod.get("tolerations", []),
+        "tier_path": TIER_PATH,
+        "tier_volume": tier_volume(stack),
+    }
 
 
 def pod_env(stack: StackConfig) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from contracts import engine
 from contracts.logs import configure as configure_logging
 from contracts.proc import die_with_parent
 from contracts.replica import FailureKind, Listening, ModelState, ModelStatus
@@ -63,8 +64,9 @@ def free_port(host: str) -> int:
 
 def command_argv(config: ModelConfig, *, weights: Path, host: str, port: int) -> list[str]:
     """The command with its placeholders filled in (each argument as a whole: no shell)."""
-    fields = {"weights": str(weights), "port": str(port), "host": host, "model": config.name}
-    return [arg.format_map(fields) for arg in config.command]
+    return engine.command_argv(
+        config.command, weights=str(weights), port=port, host=host, model=config.name
+    )
 
 
 async def _serve(settings: ServerSettings, config: ModelConfig) -> int:
@@ -147,7 +149,7 @@ async def _serve(settings: ServerSettings, config: ModelConfig) -> int:
         )
         # a server pinned to another name (transformers serve answers to its weights' path):
         # the activator renames the model in the requests it relays
-        served_as = served[0] if served and config.name not in served else None
+        served_as = engine.served_as(config.name, served)
         ready = ModelStatus(config.name, ModelState.READY, phases=phases, served_as=served_as)
         channel.send(ready)
         await _until_exit(proc, stop)

@@ -21,7 +21,7 @@ from contracts.durations import Seconds
 from contracts.errors import ConfigError as FileError
 from contracts.logs import LogFormat, LogLevel
 from contracts.metadata import Tensor
-from contracts.names import HF_REPO, MODEL_NAME
+from contracts.names import HF_REPO, MODEL_NAME, valid_image
 from runtime.errors import ConfigError
 from runtime.handlers.options import HANDLER_OPTIONS
 
@@ -96,6 +96,9 @@ class ModelConfig(BaseModel):
     # CPU cores a replica is sized and billed for: the cost report prices a model without a
     # gpu_type at cpus x its --price cpu=USD_PER_CORE_HOUR (price_per_hour, when set, wins)
     cpus: float | None = Field(default=None, gt=0)
+    # engine: command on Knative: the container image that runs the command (``ember deploy``
+    # requires it; ``ember up`` runs the command on this machine and does not use it)
+    image: str | None = None
     # Directory of the config file, for relative sources; set by the loader, not by users.
     base_dir: Path | None = Field(default=None, exclude=True)
 
@@ -122,6 +125,24 @@ class ModelConfig(BaseModel):
         if not DEVICE.match(value):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not valid_image(value):
+            raise ValueError(
+                "must be a container image reference, e.g. vllm/vllm-openai:v0.9.1 or "
+                "registry.example.com/team/engine@sha256:..."
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _image_engine(self) -> ModelConfig:
+        if self.image is not None and self.engine != "command":
+            raise ValueError(
+                "'image' is for 'engine: command' (the image that runs its command on Knative)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batching(self) -> ModelConfig:

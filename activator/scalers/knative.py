@@ -14,6 +14,13 @@ expiry lowers min-scale back to 0 and Knative's own autoscaler takes the pods aw
 sees one "replica" per model (or group): Knative scales pods behind the URL (``max-scale``), so
 the pool gives it ``container_concurrency x max_replicas`` slots.
 
+A model another server serves (``engine: command``, rendered by :mod:`knative.engine`) speaks no
+v2: its handle carries the model's ``health`` path, whose 200 (with the ksvc not failed) ends the
+wait and is its health check; then, as ``ember serve`` does on one machine, the server's ``GET
+/v1/models`` says the name it answers to (``served_as``, which the relay puts in its requests).
+Its repository index is never read and it reports no statuses; its metadata is the activator's
+own (:mod:`activator.metadata` learns none from it).
+
 The Kubernetes API calls are :class:`knative.client.KnativeClient`'s; its errors become
 :class:`~activator.errors.ReplicaStartFailed` (``PLATFORM``) here.
 """
@@ -30,6 +37,7 @@ from activator.errors import ModelUnavailable, ReplicaStartFailed, StartFailure
 from activator.pool.clock import Clock, SystemClock
 from activator.replica_client import ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
+from contracts.engine import served_as
 from contracts.replica import Failed, ModelStatus, Pending, Ready, readiness
 from contracts.stack import ModelSpec
 from knative.client import KnativeClient
@@ -98,7 +106,9 @@ class KnativeScaler:
         self._raised.add(spec.name)
         self._serves[spec.name] = spec.members or (spec.name,)
         url = _url(await self._get(spec.name))
-        return ReplicaHandle(spec.name, url, {"wake_patch": time.perf_counter() - started})
+        timings = {"wake_patch": time.perf_counter() - started}
+        # a command engine's readiness is its server's health path (it has no v2 routes)
+        return ReplicaHandle(spec.name, url, timings, health=spec.health)
 
     async def wait_ready(self, handle: ReplicaHandle, timeout_s: float) -> None:
         started = time.perf_counter()
@@ -112,26 +122,47 @@ class KnativeScaler:
             if failed:
                 raise ReplicaStartFailed(f"Knative says {failed}", StartFailure.PLATFORM)
             handle.url = _url(ksvc) or handle.url
-            answer = await self._index(handle) if handle.url else None
-            if answer is not None:
-                index = answer  # the last answer, for a timeout's message
-                if _ready(answer, models, group=group):
-                    handle.timings["until_ready"] = time.perf_counter() - started
-                    return
+            if handle.health is not None:  # a command engine: its server's health path
+                ready = await self._engine_ready(handle)
+            else:
+                answer = await self._index(handle) if handle.url else None
+                if answer is not None:
+                    index = answer  # the last answer, for a timeout's message
+                ready = answer is not None and _ready(answer, models, group=group)
+            if ready:
+                handle.timings["until_ready"] = time.perf_counter() - started
+                return
             if self.clock.monotonic() > deadline:
                 pending = _pending(index or {}, models) if group else ""
+                if handle.health is not None:
+                    pending = f" (its engine's {handle.health} did not answer 200)"
                 raise ReplicaStartFailed(
                     f"its Knative service was not ready within {timeout_s:g}s{pending}",
                     StartFailure.TIMED_OUT,
                 )
             await self.clock.sleep(self.poll_s)
 
+    async def _engine_ready(self, handle: ReplicaHandle) -> bool:
+        """Whether a command engine's server answers its health path; once it does, the name it
+        answers to (:func:`contracts.engine.served_as`), as ``ember serve`` asks it locally."""
+        if not handle.url or not await self.replica_client.ready(handle.url, handle.health or ""):
+            return False
+        listed = await self.replica_client.served_models(handle.url)
+        handle.served_as = served_as(handle.model, listed)
+        return True
+
     async def healthy(self, handle: ReplicaHandle) -> bool:
-        return bool(handle.url) and await self.replica_client.ready(handle.url)
+        if not handle.url:
+            return False
+        if handle.health is not None:  # another server's (engine: command)
+            return await self.replica_client.ready(handle.url, handle.health)
+        return await self.replica_client.ready(handle.url)
 
     async def statuses(self, handle: ReplicaHandle) -> AsyncIterator[StatusReport]:
         """The service's repository index, read every ``index_poll_s``: all of it at first,
-        then the models whose status changed."""
+        then the models whose status changed. A command engine has no index: nothing."""
+        if handle.health is not None:
+            return
         last: dict[str, ModelStatus] | None = None
         while True:
             asked = time.monotonic()

@@ -131,3 +131,41 @@ def test_limits_out_of_range_are_one_line(
     done = ember("cache", "pull", "s3://b/m", *args, env=env)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr
+
+
+def test_pull_links_the_model_at_a_fixed_path(tmp_path: Path) -> None:
+    """What a command engine's init container runs on Knative: the model into the tier, and a
+    link its engine reads as {weights}; a later pull of another model re-points it whole."""
+    uris = []
+    for seed in (0, 1):
+        src = make_model_dir(tmp_path / f"src{seed}", mb=0.1, seed=seed)
+        uris.append(f"file://{tmp_path}/bucket{seed}")
+        assert ember("cache", "push", str(src), uris[-1]).returncode == 0
+    tier, link = tmp_path / "tier", tmp_path / "pod" / "weights"
+    pulls = [
+        ember("cache", "pull", uri, "--cache-dir", str(tier), "--link", str(link)) for uri in uris
+    ]
+    assert all(done.returncode == 0 for done in pulls), pulls[0].stderr
+    paths = [Path(done.stdout.strip()) for done in pulls]
+    assert link.is_symlink() and link.resolve() == paths[1].resolve()
+    assert (link / "config.json").read_text() == (tmp_path / "src1" / "config.json").read_text()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["weights"]  # no partial left
+    (tmp_path / "pod" / "dir").mkdir()
+    refused = ember("cache", "pull", uris[0], "--cache-dir", str(tier), "--link",
+                    str(tmp_path / "pod" / "dir"))  # fmt: skip
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert f"cannot link {tmp_path / 'pod' / 'dir'}" in refused.stderr
+
+
+def test_pull_resolves_a_hub_model_through_the_hugging_face_cache(tmp_path: Path) -> None:
+    from tests.fixtures.hf_cache import hf_cache
+
+    src = make_model_dir(tmp_path / "src", mb=0.1)
+    snapshot = hf_cache(tmp_path / "hub", "org/tiny", src)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    link = tmp_path / "pod" / "weights"
+    done = ember("cache", "pull", "hf://org/tiny", "--link", str(link), env=env)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == snapshot
+    assert link.resolve() == snapshot.resolve()
+    assert (link / "config.json").is_file()

@@ -213,12 +213,6 @@ def test_a_generation_models_streams_are_timed_by_their_silences(tmp_path: Path)
     assert plain["timeoutSeconds"] == 300 and "idleTimeoutSeconds" not in plain
 
 
-def test_a_model_its_own_command_serves_is_not_deployed_yet(tmp_path: Path) -> None:
-    model = "name: llm\nengine: command\ncommand: [vllm, serve, '{weights}']\nsource: s3://m/x\n"
-    with pytest.raises(DeployError, match="not on Knative yet"):
-        render(load_stack(write_stack(tmp_path, model, KNATIVE)))
-
-
 def test_stream_timeouts_past_the_request_timeout_are_refused() -> None:
     stack = load_stack(ROOT / "examples" / "ember.yaml")
     (_, _, ksvc, *_) = render(stack)
