@@ -146,9 +146,11 @@ def test_a_missing_ksvc_says_to_deploy(tmp_path: Path, fake: FakeKnative) -> Non
 def refused_in_seconds(server: ServerProcess) -> str:
     """A request through ``ember up`` answered 503 well before the startup timeout; its error."""
     sent = time.monotonic()
-    r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=60)
+    r = httpx.post(server.url + "/v2/models/slow/infer", content=BODY, timeout=200)
     assert r.status_code == 503, r.text
-    assert time.monotonic() - sent < 10, "it waited for the startup timeout"
+    # the startup timeout is 300 s; the failing pod's own start (an interpreter importing torch)
+    # takes seconds, more on a loaded machine
+    assert time.monotonic() - sent < 120, "it waited for the startup timeout"
     error: str = r.json()["error"]
     return error
 
