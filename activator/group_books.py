@@ -110,6 +110,14 @@ class Books:
             log.warning("model %s is unavailable on replica %d: %s", name, rid, reason)
         failed[name] = reason
 
+    def woke(self, key: Key, level: Level, wake_s: float) -> None:
+        """A wake the activator made and measured itself (a command engine's calls): awake
+        there, and the wake booked as a replica's own measure, which the request that holds
+        the member there takes (one that left before it ended has put the old level back)."""
+        rid, member = key
+        self.levels.setdefault(rid, {})[member] = Level.HOT
+        self._woke[key] = (level, wake_s)
+
     def loaded(self, rid: int, member: str) -> None:
         """A load command answered: it serves there, awake."""
         self.failed.get(rid, {}).pop(member, None)

@@ -26,6 +26,11 @@ booked as failed on that replica until the replica reports it serving again: req
 the replicas where it serves, the policy leaves it be, and where it fails on every ready replica
 the activator's views say so (:meth:`Group.unavailable`). A repository load through the
 activator asks every replica to load it again (:meth:`Group.load_member`).
+
+A command engine that names its sleep and wake calls may be a group's only member: it is put to
+sleep and woken through those calls (:class:`~activator.engine_sleep.EngineSleep`), its levels
+booked from their answers, and a request that finds it asleep is relayed once it is awake
+(:meth:`Group.serves_now`, :meth:`Group.wake_for`); a level it has no call for is skipped.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from activator.engine_sleep import EngineSleep
+from activator.errors import DeadlineExceeded, ModelUnavailable
 from activator.events import EventLog
 from activator.group_books import Books
 from activator.policy import Decision, History, Policy
@@ -48,7 +55,7 @@ from activator.replica_client import Refusal, ReplicaClient
 from activator.scalers.base import ReplicaHandle, StatusReport
 from activator.states import ReplicaState
 from activator.tasks import TaskSet
-from activator.tiered import Level, Tiered, TierPlan, WakeCosts
+from activator.tiered import SLEEP_LEVELS, Level, Tiered, TierPlan, WakeCosts
 from contracts.events import Sleep, Wake
 from contracts.stack import GroupSpec, ModelSpec
 
@@ -101,6 +108,13 @@ class Group:
         # id(ticket) -> (member, when, its level then: None before the replica said)
         self._tickets: dict[int, tuple[str, float, Level | None]] = {}
         self._client, self._statuses = client, statuses
+        engine_calls = {n: m.spec.engine_calls for n, m in self._members.items()}
+        self._engines = EngineSleep(
+            {n: calls for n, calls in engine_calls.items() if calls is not None},
+            client,
+            woke=self._engine_woke,
+            spawn=lambda coro, name: tasks.spawn(coro, name=name),
+        )
         self._loop: asyncio.Task[None] | None = None
         self.pool: ModelPool = pool_factory(spec.pool, self.replica_ready, GroupPolicy(self))
 
@@ -146,6 +160,7 @@ class Group:
         books = self.books
         for rid in {*books.levels, *books.seen, *books.failed, *self._watches} - alive:
             books.forget(rid)
+            self._engines.forget(rid)
             for key in [k for k in self._refused if k[0] == rid]:
                 del self._refused[key]
             watch = self._watches.pop(rid, None)
@@ -213,8 +228,11 @@ class Group:
         plan = self.plan(name)
         target = plan.level_at(now - since)
         target = Level.DISK if target is Level.ZERO else target  # zero is the replicas' to reach
-        if target.depth <= self.level(replica, name).depth:
+        # a level it cannot sleep at (a command engine's without a call): the one above
+        deepest = self._sleep_level(name, at_most=target)
+        if deepest is None or deepest.depth <= self.level(replica, name).depth:
             return
+        target = deepest
         reason = f"tiered policy: idle {now - since:.0f}s ({plan.why})"
         self.books.command(key)
         task = self.tasks.spawn(self._sleep(replica, name, target, reason), name=f"sleep-{name}")
@@ -233,8 +251,12 @@ class Group:
         claims_before = self.books.claim_counts.get(key, 0)
         on_replica = level.on_replica
         assert on_replica is not None and level is not Level.ZERO
+        engine = name in self._engines
         try:
-            refusal = await self._client.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
+            if engine:  # its server's own calls
+                refusal = await self._engines.sleep(replica.url, key, on_replica)
+            else:
+                refusal = await self._client.sleep(replica.url, name, on_replica, SLEEP_TIMEOUT_S)
         finally:
             self.books.commanded(key)
         if replica not in self.pool.replicas:
@@ -250,11 +272,14 @@ class Group:
                 refusal,
                 pause,
             )
-            await self._reread(replica)  # what it said while refusing was not heard
+            if not engine:
+                await self._reread(replica)  # what it said while refusing was not heard
             return refusal
         self._refused.pop(key, None)
         if self.books.claim_counts.get(key, 0) == claims_before:
             self.books.set_level(replica.id, name, level, reason)
+        elif engine:  # it slept: the request that came meanwhile wakes it before it is relayed
+            self._slept(replica.id, name, level, reason)
         # else a request came meanwhile and woke it, or will: what the replica says next tells
         return None
 
@@ -263,6 +288,12 @@ class Group:
         lighter (a repository unload with a level, the admin API's sleep), once each has
         answered; why each replica that did not refused."""
         level = Level(level)
+        if name in self._engines:  # the level its server sleeps at, from those it has calls for
+            deeper = [lv for lv in self._levels(name) if lv.depth >= level.depth]
+            if not deeper:
+                why = f"model '{name}': its server has no sleep call for level {level} or deeper"
+                return [Refusal(None, why)]
+            level = min(deeper, key=lambda lv: lv.depth)
         sleeps = []
         for replica in self.pool.replicas:
             if (
@@ -283,9 +314,13 @@ class Group:
 
     async def _load(self, replica: Replica, name: str, timeout_s: float) -> Refusal | None:
         key = (replica.id, name)
+        engine = name in self._engines
         self.books.command(key)
         try:
-            refusal = await self._client.load(replica.url, name, timeout_s)
+            if engine:  # loaded as long as its server runs: a load wakes it
+                refusal = await self._engines.wake(replica.url, key)
+            else:
+                refusal = await self._client.load(replica.url, name, timeout_s)
         finally:
             self.books.commanded(key)
         if replica not in self.pool.replicas:
@@ -294,7 +329,8 @@ class Group:
             log.warning("model %s: replica %d did not load it (%s)", name, replica.id, refusal)
         else:
             self.books.loaded(replica.id, name)
-        await self._reread(replica)  # what it said while loading (a failure, a sleep) was not
+        if not engine:
+            await self._reread(replica)  # what it said while loading (a failure, a sleep)
         return refusal
 
     async def _reread(self, replica: Replica) -> None:
@@ -305,7 +341,48 @@ class Group:
         if statuses is not None and replica in self.pool.replicas:
             self.books.heard(replica.id, StatusReport(tuple(statuses), asked))
 
+    def _levels(self, name: str) -> frozenset[Level]:
+        """The levels ``name`` can sleep at: a command engine's, those it has calls for."""
+        return self._engines.levels(name) if name in self._engines else frozenset(SLEEP_LEVELS)
+
+    def _sleep_level(self, name: str, *, at_most: Level) -> Level | None:
+        """The deepest level ``name`` can sleep at, no deeper than ``at_most`` (None: none)."""
+        fits = [level for level in self._levels(name) if level.depth <= at_most.depth]
+        return max(fits, key=lambda level: level.depth) if fits else None
+
+    def _engine_woke(self, key: tuple[int, str], level: Level, wake_s: float) -> None:
+        """A command engine woke (its calls answered): measured as a replica measures its own."""
+        if any(r.id == key[0] for r in self.pool.replicas):
+            self.books.woke(key, level, wake_s)
+
     # ------------------------------------------------------------------ requests
+    def serves_now(self, name: str, replica: Replica) -> bool:
+        """Whether a request for ``name`` may be relayed to ``replica`` at once: not when its
+        command engine sleeps there, or a call to it is under way (:meth:`wake_for` first)."""
+        return name not in self._engines or self._engines.awake((replica.id, name))
+
+    async def wake_for(self, name: str, ticket: Ticket, deadline_s: float) -> None:
+        """A request for ``name`` holds ``ticket``: its command engine awake there first, if
+        it sleeps (Ember's own replicas wake a model for a request themselves), within the
+        request's ``deadline_s`` (DeadlineExceeded, 504; the wake goes on). ModelUnavailable
+        (503) with the call's answer when its server did not wake."""
+        if name not in self._engines:
+            return
+        replica = ticket.replica
+        try:
+            async with asyncio.timeout(deadline_s):
+                refusal = await self._engines.wake(replica.url, (replica.id, name))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model '{name}': its server on replica {replica.id} was not awake within the "
+                f"request's {deadline_s:g}s deadline"
+            ) from None
+        if refusal is not None:
+            log.warning("model %s: replica %d did not wake (%s)", name, replica.id, refusal)
+            raise ModelUnavailable(
+                f"model '{name}': its server on replica {replica.id} did not wake ({refusal})"
+            )
+
     def took(self, name: str, ticket: Ticket) -> None:
         """A request for ``name`` holds a slot on ``ticket.replica``."""
         # before the replica has said, where the model is is unknown (None): its first
@@ -382,6 +459,7 @@ class Group:
                 wake=self.wake_costs(name),
                 host_hold_s=self.spec.host_hold_s,
                 disk_hold_s=self.spec.disk_hold_s,
+                levels=self._levels(name),
             )
             member.plan, member.planned_at = policy.decide(member.history), count
         return member.plan

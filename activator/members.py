@@ -4,7 +4,9 @@ The front door, the data path, the endpoints and the metrics deal with pools by 
 member of a group answers them as a model's own pool would, from its group's pool (the replicas,
 their state, the queue) and its own name, spec and requests. Taking a slot prefers a replica
 where the member is awake, and tells the group (:class:`~activator.groups.Group`), which keeps
-the levels and measures the wakes.
+the levels and measures the wakes. A command engine that sleeps through its server's calls is
+woken by the group before its request is relayed: a slot on a replica where it sleeps is taken
+on the waiting path (:meth:`MemberPool.acquire`), never the warm one.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class MemberPool:
     def try_acquire(self) -> Ticket | None:
         self.group.arrived(self.name)
         ticket = self._pool.try_acquire(self.group.awake_on(self.name))
+        if ticket is not None and not self.group.serves_now(self.name, ticket.replica):
+            self._pool.release(ticket)  # its engine must be woken first: :meth:`acquire`
+            return None
         if ticket is not None:
             self.group.took(self.name, ticket)
         return ticket
@@ -54,6 +59,11 @@ class MemberPool:
         timeout = self.spec.deadline_s if deadline_s is None else deadline_s
         ticket = await self._pool.acquire(timeout, self.group.awake_on(self.name))
         self.group.took(self.name, ticket)
+        try:
+            await self.group.wake_for(self.name, ticket, max(0.0, timeout - ticket.queued_s))
+        except BaseException:  # not woken, or the client left: the slot goes back
+            self.release(ticket, answered=False)
+            raise
         return ticket
 
     def release(self, ticket: Ticket, *, answered: bool = True) -> None:

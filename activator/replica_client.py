@@ -1,6 +1,6 @@
 """The activator's one HTTP client of its replicas: whether one is ready, its repository index,
-a model's metadata, what a command engine's server answers to, and the repository commands (sleep
-at a level, load).
+a model's metadata, what a command engine's server answers to, the repository commands (sleep
+at a level, load), and a command engine's own sleep and wake calls (:mod:`contracts.engine_calls`).
 
 One :class:`ReplicaClient` per activator, its session created on first use and closed with the
 activator (:meth:`ReplicaClient.aclose`); the scalers, the groups and the metadata book all
@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from contracts.engine_calls import EngineCall
 from contracts.replica import ContractViolation, ModelStatus, SleepLevel, model_status
 
 INDEX_TIMEOUT_S = 5.0  # an index read, and the default for anything else
@@ -113,11 +114,28 @@ class ReplicaClient:
         """Load ``model`` (or wake it, or retry its failed load): None once it serves."""
         return await self._command(f"{url}/v2/repository/models/{model}/load", None, timeout_s)
 
-    async def _command(self, url: str, body: object, timeout_s: float) -> Refusal | None:
+    async def call(self, url: str, call: EngineCall, timeout_s: float) -> Refusal | None:
+        """Make one of a command engine's sleep or wake calls on its server at ``url``: None
+        once it answered with a 2xx (a third-party server may answer 200 or 204, with or
+        without a body)."""
+        target = url + call.path
+        return await self._command(
+            target, call.body, timeout_s, method=call.method, ok=range(200, 300)
+        )
+
+    async def _command(
+        self,
+        url: str,
+        body: object,
+        timeout_s: float,
+        *,
+        method: str = "POST",
+        ok: range = range(200, 201),
+    ) -> Refusal | None:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with self._http().post(url, json=body, timeout=timeout) as r:
-                return None if r.status == 200 else Refusal(r.status, (await r.text())[:300])
+            async with self._http().request(method, url, json=body, timeout=timeout) as r:
+                return None if r.status in ok else Refusal(r.status, (await r.text())[:300])
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Refusal(None, f"{type(exc).__name__}: {exc}")
 

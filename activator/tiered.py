@@ -17,7 +17,8 @@ policy's idle-time prediction (:meth:`activator.policy.Hybrid.head_tail`):
 * **host** for ``host_hold_s`` (20 min: the host-memory budget), **disk** for ``disk_hold_s``
   (1 h), extended to the predicted 99th percentile when the histogram is representative, so a
   regular hourly model waits on disk instead of at zero. A level that wakes no faster than the
-  one below it is skipped.
+  one below it is skipped, and so is one the model cannot sleep at (``levels``: a command
+  engine without a sleep call for it).
 
 The default wake costs (host 0.05 s, disk 0.15 s) are what the runtime measured for MiniLM on one
 machine; replace them with measured values (``--wake host=S --wake disk=S``).
@@ -128,10 +129,14 @@ class Tiered:
     host_hold_s: float = 1200.0
     disk_hold_s: float = 3600.0
     hybrid: Hybrid = field(default_factory=Hybrid)
+    # the levels the model can sleep at (a command engine's: those it has sleep calls for);
+    # one it cannot is skipped, as one that wakes no faster than the next is
+    levels: frozenset[Level] = frozenset(SLEEP_LEVELS)
 
     def decide(self, history: History) -> TierPlan:
-        use_host = self.wake.host < self.wake.disk
-        use_disk = self.wake.disk < self.wake.zero
+        use_disk = Level.DISK in self.levels and self.wake.disk < self.wake.zero
+        deeper = self.wake.disk if Level.DISK in self.levels else self.wake.zero
+        use_host = Level.HOST in self.levels and self.wake.host < deeper
         first_sleep = Level.HOST if use_host else Level.DISK if use_disk else Level.ZERO
         breakeven = self.device_s_per_wake_s * self.wake.of(first_sleep)
         pattern = self.hybrid.head_tail(history)

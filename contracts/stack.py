@@ -53,9 +53,11 @@
 The activator reads only what it needs from each model config, with a YAML parser: its ``name``
 and ``version``, ``container_concurrency`` and ``keep_alive_s`` (a model entry here overrides
 them; they override the activator's), ``gpu_type``, ``price_per_hour``, ``cpus``, ``device``,
-``source``, ``prewarm`` windows, and ``handler``, ``inputs``, ``outputs`` and ``max_batch_size``
-for the model's metadata (:mod:`contracts.metadata`). The replicas it starts run
-``ember serve --config`` on the file itself. Unknown keys are errors, each told on its own line
+``source``, ``prewarm`` windows, a command engine's ``engine``, ``health``, ``sleep`` and ``wake``
+(:mod:`contracts.engine_calls`; with them it may be a group's only member), and ``handler``,
+``inputs``, ``outputs`` and ``max_batch_size`` for the model's metadata
+(:mod:`contracts.metadata`). The replicas it starts run ``ember serve --config`` on the file
+itself. Unknown keys are errors, each told on its own line
 with the closest valid key (:mod:`contracts.configfile`); every ``*_s`` duration is seconds or
 takes units: ``90s``, ``10m``, ``1h30m`` (:mod:`contracts.durations`).
 """
@@ -78,6 +80,7 @@ from pydantic import (
 
 from contracts.configfile import explain, looks_like_model_config, looks_like_stack, read_config
 from contracts.durations import MissingUnit, Seconds, WholeSeconds, parse_duration
+from contracts.engine_calls import EngineCalls, check_calls
 from contracts.errors import ConfigError
 from contracts.knative import EventsVolume, GpuNodes, WeightTier
 from contracts.logs import LogLevel
@@ -309,6 +312,9 @@ class ModelSpec(BaseModel):
     # whose readiness is ``health``'s 200)
     engine: str = "ember"
     health: str | None = None
+    # a command engine's sleep and wake calls (contracts.engine_calls): the activator puts it
+    # to sleep and wakes it through them when it is a group's only member
+    engine_calls: EngineCalls | None = None
     # what GET /v2/models/{m} answers, when the model config says it all (contracts.metadata):
     # the activator answers it while no replica runs; None: it learns it from the first replica
     metadata: ModelMetadata | None = None
@@ -439,12 +445,7 @@ def _group_spec(
 ) -> GroupSpec:
     """A group resolved: one pool spec for its replicas, priced and placed as its members are."""
     where = f"{path}: groups[{index}] ({group.name})"
-    commands = [s.name for s in specs if s.engine == "command"]
-    if commands:
-        raise ConfigError(
-            f"{where}: {', '.join(commands)} is served by its own command, which runs alone: "
-            "it cannot share a group's replicas"
-        )
+    _check_commands(where, group, specs)
     for key in ("gpu_type", "device"):
         values = {getattr(s, key) for s in specs}
         if len(values) > 1:
@@ -479,6 +480,9 @@ def _group_spec(
         source=None,
         # the members' pre-warm windows warm the replicas that serve them all
         prewarm=tuple(window for s in specs for window in s.prewarm),
+        # a command engine alone in its group: its replicas are its server, ready at its health
+        engine=first.engine,
+        health=first.health,
     )
     return GroupSpec(
         name=group.name,
@@ -491,6 +495,33 @@ def _group_spec(
         disk_hold_s=group.disk_hold_s,
         pool=pool,
     )
+
+
+def _check_commands(where: str, group: GroupEntry, specs: list[ModelSpec]) -> None:
+    """A model its own command serves runs alone: in a group only as its only member, and only
+    when its config names its server's sleep and wake calls (what the group puts it to sleep
+    and wakes it with); ConfigError saying which rule a group breaks."""
+    commands = [s for s in specs if s.engine == "command"]
+    if not commands:
+        return
+    names = ", ".join(s.name for s in commands)
+    if len(specs) > 1:
+        raise ConfigError(
+            f"{where}: {names} is served by its own command, which runs alone: it cannot share "
+            "a group's replicas (a group of that one model alone may, with its sleep calls)"
+        )
+    if commands[0].engine_calls is None:
+        raise ConfigError(
+            f"{where}: {names} is served by its own command, which runs alone: a group of it "
+            "alone needs its server's sleep and wake calls in its config (sleep: {host: 'POST "
+            "/sleep?level=1'}, wake: 'POST /wake_up'), which the group puts it to sleep with"
+        )
+    budgets = [k for k in ("device_memory_budget", "host_memory_budget") if getattr(group, k)]
+    if budgets:
+        raise ConfigError(
+            f"{where}: {' and '.join(budgets)} budget Ember's own server; {names}'s server "
+            "keeps its own memory (its sleep calls put it away)"
+        )
 
 
 def _model_spec(
@@ -523,6 +554,7 @@ def _model_spec(
     if policy != "fixed":
         parse_policy_spec(policy)  # raises ConfigError naming the choices
     handler = _optional(model, "handler", str, config_path)
+    engine = _engine(model, config_path)
     return ModelSpec(
         name=name,
         version=str(model.get("version") or "1"),
@@ -543,7 +575,8 @@ def _model_spec(
         source=_optional(model, "source", str, config_path),
         prewarm=prewarm,
         handler=handler,
-        engine=_engine(model, config_path),
+        engine=engine,
+        engine_calls=_engine_calls(model, config_path) if engine == "command" else None,
         health=(
             _optional(model, "health", str, config_path) or "/health"
             if model.get("engine") == "command"
@@ -620,6 +653,20 @@ def _engine(model: dict[str, Any], where: Path) -> str:
     if engine not in ("ember", "command"):
         raise ConfigError(f"{where}: engine must be ember or command, not {engine!r}")
     return str(engine)
+
+
+def _engine_calls(model: dict[str, Any], where: Path) -> EngineCalls | None:
+    """A command engine's ``sleep`` and ``wake`` calls, or None when it names neither."""
+    sleep, wake = model.get("sleep"), model.get("wake")
+    try:
+        if sleep is None or wake is None:
+            check_calls(sleep, wake)  # both or neither: says which is missing
+            return None
+        return EngineCalls.model_validate({"sleep": sleep, "wake": wake})
+    except ValidationError as exc:
+        raise ConfigError("\n".join(explain(exc, EngineCalls, file=where))) from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _optional(model: dict[str, Any], key: str, kind: type, where: Path) -> Any:

@@ -123,6 +123,8 @@ ember.yaml:
                              at host, then disk, then the replicas go (ember simulate --help)
       wake: {host: 0.05, disk: 0.15}   tiered: wake seconds to assume until measured
       host_hold_s: 20m / disk_hold_s: 1h   tiered: the longest a model sleeps at each level
+      (a model served by its command is a group's only model, with its server's sleep: and
+       wake: calls in its config: the group sleeps and wakes it through them)
   (pre-warm windows live in each model config: prewarm: [{cron, timezone, duration_s, replicas}])
 
 Before anything starts, ember.yaml and every model config it names are checked as `ember serve`

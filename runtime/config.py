@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from contracts import configfile
 from contracts.datatypes import DATATYPES
 from contracts.durations import Seconds
+from contracts.engine_calls import EngineCalls, SleepCalls, WakeCalls, check_calls
 from contracts.errors import ConfigError as FileError
 from contracts.logs import LogFormat, LogLevel
 from contracts.metadata import Tensor
@@ -78,6 +79,10 @@ class ModelConfig(BaseModel):
     engine: Literal["ember", "command"] = "ember"
     command: tuple[str, ...] = ()
     health: str = "/health"
+    # its server's sleep and wake calls (contracts.engine_calls): with them, a group's tiered
+    # policy puts it to sleep and wakes it
+    sleep: SleepCalls | None = None
+    wake: WakeCalls | None = None
     device: str = "auto"
     options: dict[str, Any] = Field(default_factory=dict)
     inputs: tuple[TensorSpec, ...] = ()
@@ -167,6 +172,11 @@ class ModelConfig(BaseModel):
                 )
             if self.command:
                 raise ValueError("'command' is for 'engine: command'")
+            if self.sleep is not None or self.wake is not None:
+                raise ValueError(
+                    "'sleep' and 'wake' name the calls of a command engine's server "
+                    "('engine: command'); Ember's own handlers sleep without them"
+                )
             return self
         if self.handler is not None:
             raise ValueError("a model served by its 'command' has no 'handler'")
@@ -189,7 +199,15 @@ class ModelConfig(BaseModel):
                     )
         if not self.health.startswith("/"):
             raise ValueError("health must be a path, starting with /")
+        check_calls(self.sleep, self.wake)
         return self
+
+    @property
+    def engine_calls(self) -> EngineCalls | None:
+        """A command engine's sleep and wake calls, when its config names them."""
+        if self.sleep is None or self.wake is None:
+            return None
+        return EngineCalls(sleep=self.sleep, wake=self.wake)
 
     @property
     def handler_name(self) -> str:

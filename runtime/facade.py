@@ -10,13 +10,15 @@ layer sees neither, nor any model's entry.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from prometheus_client import generate_latest
 
+from contracts.replica import ModelState
 from runtime.dataplane import DataPlane, InferResult
-from runtime.entries import ModelEntry
+from runtime.entries import SERVING, ModelEntry
 from runtime.errors import InvalidInput
 from runtime.generation.streams import TextGenerator
 from runtime.handlers.base import ModelHandler, handler_class
@@ -102,6 +104,33 @@ class RuntimeFacade:
             await self._repository.unload(name)
         else:
             await self._repository.sleep(name, level)
+
+    # ----------------------------------------------------------------------------- sleep mode
+    # vLLM's sleep and wake for ``name``, or every model (None): the repository's own sleep
+    async def sleep(self, name: str | None, level: SleepLevel) -> list[str]:
+        """Put ``name`` (404 if unknown) or every serving model to sleep at ``level``, one by
+        one, as an unload with the level does (after its batches); the names asked."""
+        entries = self._named(name, lambda e: e.state in SERVING)
+        for entry in entries:
+            await self._repository.sleep(entry.config.name, level)
+        return [e.config.name for e in entries]
+
+    async def wake(self, name: str | None) -> list[str]:
+        """Wake ``name`` or every sleeping model (one loading on demand loads); the names
+        asked. A model that cannot serve is a 503 saying why, as for a request."""
+        entries = self._named(name, lambda e: e.state is ModelState.SLEEPING)
+        for entry in entries:
+            await self._repository.awake_entry(entry.config.name)
+        return [e.config.name for e in entries]
+
+    def is_sleeping(self, name: str | None) -> bool:
+        """Whether ``name``, or any model (there is one to wake), sleeps."""
+        return any(e.state is ModelState.SLEEPING for e in self._named(name, lambda e: True))
+
+    def _named(self, name: str | None, wanted: Callable[[ModelEntry], bool]) -> list[ModelEntry]:
+        if name is not None:
+            return [self._repository.entry(name)]
+        return [e for e in self._repository.entries() if wanted(e)]
 
     # ----------------------------------------------------------------------------- inference
     def can_infer(self, name: str, version: str | None) -> None:

@@ -28,7 +28,7 @@ from runtime.protocol import (
     parse_inference_request,
     parse_json_object,
 )
-from runtime.sleep import unload_level
+from runtime.sleep import sleep_mode_call, unload_level
 from runtime.tensors import to_binary, to_json_data
 
 log = logging.getLogger("ember.runtime")
@@ -51,7 +51,8 @@ def error_response(
 
 
 class V2Endpoints:
-    """Handlers of the Open Inference Protocol routes, bound to one server's models."""
+    """Handlers of the Open Inference Protocol routes, bound to one server's models (and of
+    vLLM's sleep-mode routes, onto the repository's sleep)."""
 
     def __init__(self, models: RuntimeFacade, *, max_request_bytes: int) -> None:
         self.models = models
@@ -119,6 +120,21 @@ class V2Endpoints:
         if level is None:
             return json_response({"name": name, "unloaded": True})
         return json_response({"name": name, "unloaded": True, "level": level.value})
+
+    # -------------------------------------------------------------------------- vLLM's sleep mode
+    async def sleep(self, request: Request) -> Response:
+        """``POST /sleep?level=1|2[&model=M]``: level 1 is ``host``, 2 ``disk``."""
+        call = sleep_mode_call("/sleep", request.url.query)
+        names = await self.models.sleep(call.model, call.level)
+        return json_response({"level": call.level.value, "models": names})
+
+    async def wake_up(self, request: Request) -> Response:
+        call = sleep_mode_call("/wake_up", request.url.query)
+        return json_response({"models": await self.models.wake(call.model)})
+
+    async def is_sleeping(self, request: Request) -> Response:
+        call = sleep_mode_call("/is_sleeping", request.url.query)
+        return json_response({"is_sleeping": self.models.is_sleeping(call.model)})
 
     # -------------------------------------------------------------------------- inference
     async def infer(self, request: Request) -> Response:
@@ -262,6 +278,10 @@ def register_v2_endpoints(app: FastAPI, endpoints: V2Endpoints) -> None:
         ("/v2/repository/index", e.repository_index, "POST"),
         ("/v2/repository/models/{model_name}/load", e.repository_load, "POST"),
         ("/v2/repository/models/{model_name}/unload", e.repository_unload, "POST"),
+        # vLLM's sleep mode, so a group of Ember's server as a command engine sleeps through it
+        ("/sleep", e.sleep, "POST"),
+        ("/wake_up", e.wake_up, "POST"),
+        ("/is_sleeping", e.is_sleeping, "GET"),
     ]
     for prefix in (model, version):
         routes += [

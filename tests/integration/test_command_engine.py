@@ -139,3 +139,69 @@ def test_bad_command_configs_are_refused(
         cwd=ROOT,
     )
     assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_a_command_engine_alone_in_a_tiered_group_sleeps_and_wakes_through_its_calls(
+    tmp_path: Path, tiny_llm_dir: Path
+) -> None:
+    """Ember's own server as the command engine, answering vLLM's sleep-mode calls: the tiered
+    policy puts it to sleep at host, then disk, through them, and a stream wakes it first."""
+    inner = tmp_path / "inner.yaml"
+    inner.write_text(f"name: inner-llm\nhandler: text-generation\nsource: {tiny_llm_dir}\n")
+    serve = [sys.executable, "-m", "ember", "serve", "--config", str(inner)]
+    model = {
+        "name": "outer",
+        "engine": "command",
+        "command": [*serve, "--host", "{host}", "--port", "{port}"],
+        "health": "/v2/health/ready",
+        "sleep": {"host": "POST /sleep?level=1", "disk": "POST /sleep?level=2"},
+        "wake": "POST /wake_up",
+    }
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    group = {
+        "name": "solo",
+        "models": [{"config": "model.yaml"}],
+        "policy": "tiered",
+        # hot for 1.2 s (1,200 device-seconds per second of wake), at host for 1 s, then disk
+        "wake": {"host": 0.001, "disk": 0.002},
+        "host_hold_s": 1,
+        "disk_hold_s": 600,
+    }
+    settings = {"events": str(tmp_path / "events.jsonl"), "grace_period_s": 5}
+    stack = tmp_path / "ember.yaml"
+    stack.write_text(yaml.safe_dump({"activator": settings, "groups": [group]}))
+
+    def logged(kind: str) -> list[dict[str, Any]]:
+        return [e for e in events(tmp_path) if e["event"] == kind]
+
+    with activator(stack, env={"OMP_NUM_THREADS": "1"}) as server:
+        chat = {"model": "outer", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        r = httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=120)
+        assert r.status_code == 200, r.text
+        wait_until(lambda: len(logged("sleep")) >= 2, 60, "sleeps at host, then disk")
+        assert [(e["model"], e["level"]) for e in logged("sleep")] == [
+            ("outer", "host"),
+            ("outer", "disk"),
+        ]
+        assert all("tiered policy" in e["reason"] for e in logged("sleep"))
+        (ready,) = logged("replica_ready")
+        replica = str(ready["url"])  # the command's server: Ember's, on the tiny model
+        assert httpx.get(replica + "/is_sleeping").json() == {"is_sleeping": True}
+        assert logged("wake") == []
+
+        with httpx.stream(
+            "POST", server.url + "/v1/chat/completions", json={**chat, "stream": True}, timeout=120
+        ) as s:
+            assert s.status_code == 200
+            lines = [x for x in s.iter_lines() if x.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        deltas = [json.loads(x[6:])["choices"] for x in lines[:-1]]
+        assert any(c and c[0]["delta"].get("content") for c in deltas)
+        wait_until(lambda: bool(logged("wake")), 30, "the wake's event")
+        (wake,) = logged("wake")
+        assert wake["model"] == "outer" and wake["level"] == "disk"
+        assert wake["group"] == "solo" and wake["wake_s"] > 0
+        # measured by the activator around its wake call (the request came after it)
+        assert httpx.get(replica + "/is_sleeping").json() == {"is_sleeping": False}
+        described = {m["name"]: m for m in httpx.get(server.url + "/admin/models").json()}
+        assert set(described["outer"]["levels"].values()) == {"hot"}

@@ -380,6 +380,66 @@ def test_a_model_its_own_command_serves_cannot_share_a_group(tmp_path: Path) -> 
     assert load_stack(path).models["a"].health == "/v2/health/ready"
 
 
+ENGINE = "name: a\nengine: command\ncommand: [serve, '{port}']\nhealth: /up\n"
+CALLS = "sleep:\n  host: POST /sleep?level=1\n  disk: POST /sleep?level=2\nwake: POST /wake_up\n"
+
+
+def test_a_command_engine_with_sleep_calls_may_be_a_groups_only_member(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(ENGINE + CALLS)
+    path = tmp_path / "ember.yaml"
+    path.write_text("groups: [{name: g, models: [{config: a.yaml}], policy: tiered}]\n")
+    stack = load_stack(path)
+    member, group = stack.models["a"], stack.groups["g"]
+    assert member.engine_calls is not None and member.engine_calls.levels == {"host", "disk"}
+    assert (group.policy, group.members) == ("tiered", ("a",))
+    # its replicas are its server: started from its config, ready when its health path is
+    assert (group.pool.engine, group.pool.health) == ("command", "/up")
+    assert group.pool.config_paths == (member.config_path,)
+
+
+@pytest.mark.parametrize(
+    ("models", "group", "message"),
+    [
+        (
+            "[{config: a.yaml}, {config: b.yaml}]",
+            "",
+            "a is served by its own command, which runs alone: it cannot share a group's",
+        ),
+        ("[{config: a.yaml}]", "", None),  # a.yaml without calls, below
+        (
+            "[{config: a.yaml}]",
+            ", device_memory_budget: 1GiB",
+            "device_memory_budget budget Ember's own server; a's server keeps its own memory",
+        ),
+    ],
+)
+def test_other_groupings_of_a_command_engine_are_refused(
+    tmp_path: Path, models: str, group: str, message: str | None
+) -> None:
+    (tmp_path / "a.yaml").write_text(ENGINE + (CALLS if message else ""))
+    (tmp_path / "b.yaml").write_text("name: b\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text(f"groups: [{{name: g, models: {models}{group}}}]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_stack(path)
+    said = str(caught.value)
+    assert said.startswith(f"{path}: groups[0] (g): ")
+    assert (message or "a group of it alone needs its server's sleep and wake calls") in said
+
+
+def test_a_bad_sleep_call_names_the_model_file_and_the_key(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(ENGINE + "sleep: {hot: POST /s}\nwake: POST /w\n")
+    path = tmp_path / "ember.yaml"
+    path.write_text("groups: [{name: g, models: [{config: a.yaml}]}]\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: sleep: hot: unknown level 'hot'"):
+        load_stack(path)
+    (tmp_path / "a.yaml").write_text(ENGINE + "wake: POST /w\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: 'wake' needs the 'sleep' calls too"):
+        load_stack(path)
+    (tmp_path / "a.yaml").write_text("name: a\n" + CALLS)  # Ember's own: the runtime refuses
+    assert load_stack(path).models["a"].engine_calls is None
+
+
 def test_a_stack_with_nothing_to_serve_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ember.yaml"
     path.write_text("activator: {keep_alive_s: 5}\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from contracts.replica import SleepLevel
 from runtime.command_engine import command_argv
-from runtime.config import ModelConfig
+from runtime.config import ModelConfig, load_model_configs
+from runtime.errors import ConfigError
 from tests.servers import ROOT
 
 
@@ -48,6 +51,47 @@ def test_placeholders_are_filled_and_braces_kept() -> None:
 def test_bad_placeholders_are_refused(command: list[str], message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("}", r"\}")):
         config(command=command)
+
+
+def test_its_servers_sleep_and_wake_calls_are_read_from_its_config(tmp_path: Path) -> None:
+    c = config(
+        command=["vllm", "serve"],
+        sleep={"host": "POST /sleep?level=1", "disk": "POST /sleep?level=2"},
+        wake="POST /wake_up",
+    )
+    assert c.engine_calls is not None and c.engine_calls.levels == {"host", "disk"}
+    assert [str(x) for x in c.engine_calls.wake_calls(SleepLevel.DISK)] == ["POST /wake_up"]
+    assert config(command=["x"]).engine_calls is None  # none named: the group refuses it
+    (tmp_path / "m.yaml").write_text(
+        "name: m\nengine: command\ncommand: [x]\nsleep: {host: POST sleep}\nwake: POST /w\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_model_configs(tmp_path / "m.yaml")
+    assert str(caught.value) == (
+        f"{tmp_path / 'm.yaml'}: sleep: host: 'POST sleep' is not a call: write METHOD /PATH, "
+        "e.g. 'POST /sleep?level=1'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"sleep": {"host": "POST /sleep?level=1"}}, "'sleep' needs the 'wake' call(s) too"),
+        ({"wake": "POST /wake_up"}, "'wake' needs the 'sleep' calls too"),
+        ({"sleep": {"disk": "POST /s"}, "wake": {"host": "POST /w"}}, "no call for level disk"),
+        ({"sleep": {"level1": "POST /s"}, "wake": "POST /w"}, "unknown level 'level1'"),
+    ],
+)
+def test_bad_sleep_and_wake_calls_are_refused(keys: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        config(command=["x"], **keys)
+
+
+def test_sleep_calls_are_a_command_engines_only() -> None:
+    with pytest.raises(ValidationError, match="Ember's own handlers sleep without them"):
+        ModelConfig.model_validate(
+            {"name": "m", "handler": "kserve", "sleep": {"host": "POST /s"}, "wake": "POST /w"}
+        )
 
 
 def test_stopped_while_not_yet_healthy_its_whole_group_goes(tmp_path: Path) -> None:
