@@ -31,6 +31,13 @@ def group_objects(
     """The group's ConfigMap and Knative Service, and each member's shipped config (by name)."""
     what = f"group '{group.name}'"
     check_name(group.name, what)
+    commands = [m for m in group.members if stack.models[m].engine == "command"]
+    if commands:  # a group's Service runs Ember's server; a command engine runs its own image
+        raise DeployError(
+            f"{what}: {', '.join(commands)} is served by its command (engine: command), which "
+            "sleeps through its calls on one machine only: on Knative deploy it as a model of "
+            "its own (it scales to zero; its sleep calls are not used there)"
+        )
     files: dict[str, str] = {}
     configs: dict[str, str] = {}
     configs_in_pod: list[str] = []

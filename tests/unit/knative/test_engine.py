@@ -272,3 +272,15 @@ def test_the_image_belongs_to_a_command_engine_and_is_checked_where_configs_are(
     )
     with pytest.raises(ConfigError, match="'image' is for 'engine: command'"):
         load_model_configs(tmp_path / "ember.yaml")
+
+
+def test_a_command_engine_alone_in_a_group_is_refused_on_knative(tmp_path: Path) -> None:
+    sleeps = VLLM + "sleep: {host: 'POST /sleep?level=1'}\nwake: POST /wake_up\n"
+    (tmp_path / "m.yaml").write_text(sleeps)
+    path = tmp_path / "ember.yaml"
+    path.write_text(
+        f"knative:\n{KNATIVE}\ngroups:\n  - name: pool\n    policy: tiered\n"
+        "    models: [{config: m.yaml}]\n"
+    )
+    with pytest.raises(DeployError, match="group 'pool': llm is served by its command"):
+        render(load_stack(path))
