@@ -29,7 +29,8 @@ OpenAI-compatible ones and ``generate_stream``) an answer whose head says
 gaps between pieces are timed (the inter-token latency), and its deadline is the silence
 between pieces (``request_timeout_s`` to the first, then to each next), not its whole length.
 On those routes the answer's ``usage`` (:mod:`activator.usage`) is read as it passes, into the
-request's record.
+request's record. A stream whose replica dies after part of it went out is ended with an error
+event (:mod:`activator.streamend`) where the client's body allows one, and recorded as a 502.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from activator.openai import renamed
 from activator.precheck import check_request
 from activator.routes import GENERATING, Action
 from activator.states import PoolState
+from activator.streamend import StreamCursor, error_ending
 from activator.upstream import Upstream, UpstreamPool, host_header
 from activator.usage import CommentDropper, UsageScanner
 from contracts.replica import USAGE_HEADER
@@ -96,8 +98,10 @@ class Relay:
 
     __slots__ = (
         "_close_after",
+        "_cursor",
         "_done",
         "_drop",
+        "_ended_here",
         "_head",
         "_last",
         "_mark",
@@ -126,6 +130,7 @@ class Relay:
         self.waiting = False  # in the model's queue: the wait ends it if the client leaves
         self.ended = False
         self._done = False  # the whole answer came: its replica connection may be kept
+        self._ended_here = False  # a stream whose replica died, ended whole by the activator
         self._relayed = False  # part of the answer went out: the client can be told no other
         self._close_after = False
         self._mark: bytes | None = None  # a "connection" header line still to put in the head
@@ -134,6 +139,7 @@ class Relay:
         # on a route that generates: its usage, read as it passes; a streamed answer
         self._scan = UsageScanner() if x.route.endpoint in GENERATING else None
         self._stream = False
+        self._cursor: StreamCursor | None = None  # a chunked stream: where its client stands
         # a stream whose client did not ask for its usage: the replica is asked (a comment at
         # its end), and the comment is taken out here
         self._drop = CommentDropper() if ask_usage else None
@@ -256,6 +262,8 @@ class Relay:
             head = out[:end]
             if self._scan is not None and _says(head, b"content-type", b"text/event-stream"):
                 self._stream = True
+                if _says(head, b"transfer-encoding", b"chunked"):
+                    self._cursor = StreamCursor()
                 if len(out) > end + 4:
                     self._event()
             if self._drop is not None:
@@ -303,6 +311,8 @@ class Relay:
         if out and transport is not None and not self.conn.closing:
             transport.write(out)
             self._relayed = True
+            if self._cursor is not None:
+                self._cursor.feed(out)
 
     def upstream_done(self, upstream: Upstream, status: int) -> None:
         """The whole answer came."""
@@ -314,8 +324,18 @@ class Relay:
         if self.ended:
             return
         x = self.x
-        if self._relayed:  # part of the answer went out: all the client can be told is this
+        if self._relayed:  # part of the answer went out: its head can no longer say so
             x.broke(reason)
+            if self._cursor is not None and self._cursor.between_events and not self._out:
+                # a stream: its last event says so, and its body ends (else it is cut)
+                self._out = error_ending(
+                    502,
+                    f"model '{x.pool.name}': replica {x.replica_id} went away mid-stream "
+                    f"({reason}); the answer is cut short, not retried",
+                )
+                # its answer is whole: its connection is kept, as after any answer (closing
+                # it now would race the client's next request on it, unwarned by its head)
+                self._ended_here = True
             self._end(502)
             return
         if sent:
@@ -330,6 +350,7 @@ class Relay:
         self._out = b""  # what arrived of an answer (a head without its body) is dropped
         self._head = self._stream = False
         self._last = 0.0
+        self._cursor = None
         if self._scan is not None:
             self._scan = UsageScanner()
         if self._drop is not None:
@@ -401,7 +422,9 @@ class Relay:
             conn.respond(self.request, error_response(error, openai=x.route.endpoint.openai))
             return
         self._flush()
-        if self._done and not (self._close_after or (upstream is not None and upstream.said_close)):
+        # the answer is whole (the replica's, or a stream ended here): the connection goes on
+        said_close = self._done and upstream is not None and upstream.said_close
+        if (self._done or self._ended_here) and not (self._close_after or said_close):
             conn.next_request()
         elif abort:
             conn.abort()

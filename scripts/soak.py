@@ -6,17 +6,24 @@ Starts, all on loopback: an S3-compatible server (moto) behind a fault-injecting
 it goes to zero and back), ``slow`` (a tiny queue and one request per replica, so the load runs
 well past its bound), ``mlp`` (local weights), the group ``pair`` (``pair-a`` and ``pair-b``, the
 MLP twice, batching with a 5 ms delay, on one replica whose device memory budget fits one of
-them, so mixed traffic switches them) and ``hostile`` (the MLP again, for the hostile client
-alone). Then, for ``--minutes``:
+them, so mixed traffic switches them), ``hostile`` (the MLP again, for the hostile client
+alone) and ``tiny-llm`` (the tiny random-weight LLM of examples/tiny-llm, text generation, with
+a 2 s keep-alive). Then, for ``--minutes``:
 
 * ``--concurrency`` client threads send inference requests (each with a 10 s deadline, half of
   them in an ``Ember-Deadline-Ms`` header, which sends them through the queue) as fast as they
   are answered, spread over the five models; every 200's outputs are checked against the
   model's first answer (the MLPs share their weights);
-* a chaos thread, every 1-3 s: SIGKILLs a replica (not ``hostile``'s); or injects S3 faults
+* ``--llm-clients`` threads send OpenAI ``/v1/chat/completions`` and ``/v1/completions`` to
+  ``tiny-llm`` (tests/fixtures/llm_clients.py): streamed (SSE, half of them asking for usage)
+  and whole, a third of the streams left after 1-4 events; in waves of 8-15 s with 4 s gaps, so
+  the model goes to zero between them and each wave wakes it (a cold start);
+* a chaos thread, every 1-3 s: SIGKILLs a replica (not ``hostile``'s), or ``tiny-llm``'s
+  mid-stream; or injects S3 faults
   (503 SlowDown, 500, a body cut in half, a stalled connection), puts ``mlp-s3`` to sleep and
   evicts its tier entry, so its next request streams the weights from S3 through those faults;
-  or puts a model to sleep, or warms one (admin API);
+  or puts a model to sleep (``tiny-llm`` too, whose engine cuts its streams short), or warms
+  one (admin API);
 * a storm thread, every 0.3-0.7 s, sends the group's members a repository unload with a level
   (``host``, ``disk``), one without (a member sleeps at disk), an admin sleep or a repository
   load; each answer must be a 200 or a documented 503/504 (**storm_wrong**);
@@ -32,6 +39,14 @@ Then it stops the load, SIGTERMs the activator and checks:
 * every request got exactly one answer: a 200 with the right outputs, or a documented 502, 503
   or 504 with the OIP error body (anything else, or no answer at all, is **lost**); the event log
   holds one line per request;
+* every LLM request got exactly one outcome: a whole answer with choices and usage, a stream
+  whose events all parse and end with ``data: [DONE]`` (usage in its last event where asked),
+  a stream ended by an error event (the replica's, or the activator's when the replica died
+  mid-stream; docs/llm.md), a documented 502/503/504 with OpenAI's error body, or a stream its
+  client left; anything else is **lost**; the event log holds one line per LLM request (the
+  ones left included, as the activator recorded them) and its 200s carry their tokens
+  (**llm_event_log_matches**); once the load has stopped, one more stream is left after its
+  first event and the replica's running sequences must drop to 0 (**leaked_sequences**);
 * none waited past its deadline plus a margin (**hung**);
 * no replica outlived the activator (**leaked_processes**); no half-written file is left in the
   tier once its own start-up sweep has run (**leaked_files**); every entry the tier calls
@@ -70,6 +85,15 @@ sys.path.insert(0, str(ROOT))
 from contracts.proc import rss_bytes  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402  (the harness's loopback fault proxy)
 from tests.fixtures.hostile import HostileClient  # noqa: E402
+from tests.fixtures.llm_clients import (  # noqa: E402
+    CUT_BY_ACTIVATOR,
+    CUT_BY_REPLICA,
+    LEFT,
+    STREAMED,
+    WHOLE,
+    LlmClients,
+    running_sequences,
+)
 from tests.servers import children_of as children  # noqa: E402
 
 DOCUMENTED = {200, 502, 503, 504}
@@ -83,6 +107,11 @@ SLOW_BODY = json.dumps(
 ).encode()
 MODELS = {"slow": 0.4, "mlp": 0.2, "mlp-s3": 0.15, "pair-a": 0.125, "pair-b": 0.125}  # shares
 GROUP = ("pair-a", "pair-b")
+LLM = "tiny-llm"
+LLM_KEEP_ALIVE_S = 2.0  # so each gap between the LLM clients' waves sends it to zero
+LLM_DEADLINE_S = 60.0  # a fresh LLM replica imports transformers: 10-45 s on two busy cores
+LLM_FIRST_WAVE_S = 10  # held warm this long after the warm-up, for the first wave
+LLM_KILL_AFTER = 3  # answers of tiny-llm between two kills of its replica by the chaos
 HEADER_TIMEOUT_S = 2.0  # the activator's here, so a stalled head is answered soon
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -184,11 +213,23 @@ def alive(pid: int) -> bool:
 
 class Chaos:
     def __init__(
-        self, url: str, activator_pid: int, proxy: FaultProxy, tier: Path, seed: int, spare: int
+        self,
+        url: str,
+        activator_pid: int,
+        proxy: FaultProxy,
+        tier: Path,
+        seed: int,
+        *,
+        spare: int,
+        llm: LlmClients,
+        llm_config: Path,
     ):
         self.url = url
         self.pid = activator_pid
         self.spare = spare  # a replica never killed (hostile's)
+        self.llm = llm
+        self.llm_config = str(llm_config)  # on the command line of tiny-llm's replicas
+        self.llm_answered = 0  # what tiny-llm had answered when its replica was last killed
         self.proxy = proxy
         self.tier = tier
         self.rng = random.Random(seed)
@@ -202,6 +243,7 @@ class Chaos:
         actions = [
             self.kill_replica,
             self.kill_replica,
+            self.kill_llm,
             self.s3_cold_start,
             self.s3_cold_start,
             self.sleep_model,
@@ -232,6 +274,25 @@ class Chaos:
         os.kill(self.rng.choice(replicas), signal.SIGKILL)
         return True
 
+    def kill_llm(self) -> bool:
+        """SIGKILL tiny-llm's replica while a stream is mid-way, once it has answered a few
+        requests since the last such kill (its starts are slow: a short run still streams)."""
+        answered = self.llm.answered()
+        if answered < self.llm_answered + LLM_KILL_AFTER:
+            return False
+        deadline = time.monotonic() + 2.0
+        while not self.llm.streaming:  # a wave may be on: wait a little for a stream
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        self.llm_answered = answered
+        for pid in children(self.pid):
+            with contextlib.suppress(OSError):
+                if self.llm_config in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
+                    os.kill(pid, signal.SIGKILL)
+                    return True
+        return False
+
     def s3_cold_start(self) -> bool:
         """Faults on S3, then mlp-s3 to zero and its tier entry evicted: its next request
         streams the weights from S3 again, through the faults."""
@@ -256,11 +317,11 @@ class Chaos:
         return False
 
     def sleep_model(self) -> bool:
-        model = self.rng.choice(list(MODELS))
+        model = self.rng.choice([*MODELS, LLM])
         return httpx.post(f"{self.url}/admin/models/{model}/sleep", timeout=10).status_code == 200
 
     def warm_model(self) -> bool:
-        model = self.rng.choice(list(MODELS))
+        model = self.rng.choice([*MODELS, LLM])
         r = httpx.post(f"{self.url}/admin/models/{model}/warm", json={"seconds": 3}, timeout=10)
         return r.status_code == 200
 
@@ -301,14 +362,15 @@ class Storm:
 
 
 # ----------------------------------------------------------------------------------------- checks
-def refused_requests(url: str) -> int:
-    """The clients' requests the activator refused before any replica (its metrics)."""
+def refused_requests(url: str, models: set[str]) -> int:
+    """The clients' requests for ``models`` the activator refused before any replica (its
+    metrics)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     total = 0.0
     for line in text.splitlines():
         match = re.match(r"ember_activator_refused_total\{([^}]*)\} (\S+)$", line)
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) if match else {}
-        if match and labels.get("model") in MODELS:
+        if match and labels.get("model") in models:
             total += float(match.group(2))
     return int(total)
 
@@ -355,8 +417,75 @@ def leftover_files(tier_root: Path) -> tuple[int, list[str]]:
     return swept, left
 
 
+def llm_books(events: list[dict[str, Any]], llm: LlmClients, refused: int) -> dict[str, Any]:
+    """The event log's lines for tiny-llm against what its clients saw: one line per request
+    (those refused before a replica are counted in the metrics instead), each outcome logged
+    with the status the activator gives it (a stream left mid-way: 499, or whatever came
+    first), and every 200 with its tokens, but for the streams whose replica cut them short,
+    which say none."""
+    lines = [e for e in events if e.get("event") == "request" and e.get("model") == LLM]
+    logged = Counter(e["status"] for e in lines)
+    no_tokens = sum(
+        1
+        for e in lines
+        if e["status"] == 200
+        and not (
+            isinstance(e.get("prompt_tokens"), int) and isinstance(e.get("completion_tokens"), int)
+        )
+    )
+    seen = llm.outcomes
+    whole = seen[WHOLE] + seen[STREAMED] + seen[CUT_BY_REPLICA]  # logged 200 each
+    left_logged_200 = logged[200] - whole
+    matches = (
+        sum(logged.values()) + refused == llm.sent
+        and 0 <= left_logged_200 <= seen[LEFT]
+        and logged[499] <= seen[LEFT]
+        and logged[502] >= seen[CUT_BY_ACTIVATOR] + seen["502"]
+        and no_tokens <= seen[CUT_BY_REPLICA] + left_logged_200
+    )
+    return {
+        "llm_event_log": {str(k): v for k, v in sorted(logged.items())},
+        "llm_refused_before_a_replica": refused,
+        "llm_200s_without_tokens": no_tokens,
+        "llm_event_log_matches": matches,
+        "llm_completion_tokens_logged": sum(int(e.get("completion_tokens") or 0) for e in lines),
+        "llm_cold_requests": sum(1 for e in lines if e.get("cold")),
+        "llm_replica_starts": sum(
+            1 for e in events if e.get("event") == "replica_starting" and e.get("model") == LLM
+        ),
+    }
+
+
+def llm_replica(events_path: Path, timeout_s: float = 5.0) -> str | None:
+    """The URL of tiny-llm's newest ready replica, once its metrics answer."""
+    from activator.events import read_events
+    from contracts.events import to_record
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = [to_record(e) for e in read_events(events_path)]
+        ready = [r["url"] for r in records if r["event"] == "replica_ready" and r["model"] == LLM]
+        if ready and running_sequences(ready[-1], LLM) >= 0:
+            return str(ready[-1])
+        time.sleep(0.1)
+    return None
+
+
 # ----------------------------------------------------------------------------------------- the run
-def write_stack(tmp: Path) -> Path:
+def tiny_llm(tmp: Path, given: Path | None) -> Path:
+    """The tiny LLM's files: ``given``, else examples/tiny-llm/model (scripts/setup builds it),
+    else built into the run's folder (a few seconds)."""
+    if given is not None:
+        return given
+    built = ROOT / "examples" / "tiny-llm" / "model"
+    if (built / "config.json").is_file():
+        return built
+    from tests.fixtures.tiny_llm import build_tiny_llm
+
+    return build_tiny_llm(tmp / "tiny-llm")
+
+
+def write_stack(tmp: Path, llm_dir: Path) -> Path:
     from tests.conftest import slow_model
 
     mlp = ROOT / "examples" / "mlp"
@@ -374,6 +503,13 @@ def write_stack(tmp: Path) -> Path:
     for name in (*GROUP, "hostile"):
         (tmp / f"{name}.json").write_text(json.dumps({**local, "name": name}))
     slow = slow_model(tmp, load_delay_s=0.3, delay_s=0.02)
+    llm = {
+        "name": LLM,
+        "handler": "text-generation",
+        "source": str(llm_dir),
+        "options": {"max_running": 8, "max_waiting": 64},
+    }
+    (tmp / f"{LLM}.json").write_text(json.dumps(llm))
     stack = {
         "activator": {
             "events": str(tmp / "events.jsonl"),
@@ -391,6 +527,13 @@ def write_stack(tmp: Path) -> Path:
             {"config": str(mlp / "model.yaml"), "max_replicas": 2, "keep_alive_s": 30},
             # always up: what the hostile client checks is the protocol, not a cold start
             {"config": str(tmp / "hostile.json"), "min_replicas": 1, "max_replicas": 1},
+            {
+                "config": str(tmp / f"{LLM}.json"),
+                "max_replicas": 1,
+                "container_concurrency": 8,
+                "keep_alive_s": LLM_KEEP_ALIVE_S,
+                "deadline_s": LLM_DEADLINE_S,
+            },
         ],
         "groups": [
             {
@@ -436,13 +579,37 @@ def warm_up(url: str, activator_pid: int) -> int:
     hostile client checks is the protocol, and a crash is the other models' test. mlp-s3 is
     loaded once too, so its weights cross the fault proxy at least once whatever the chaos does
     to its later starts (a short run whose every start of it is killed before its fetch would
-    say nothing of S3); its keep-alive is short, so the load still finds it at zero."""
+    say nothing of S3); its keep-alive is short, so the load still finds it at zero. tiny-llm,
+    the slowest to start, is loaded beside them (after hostile's) and held warm until the LLM
+    clients' first wave is over (a fresh LLM replica's start can take past its deadline on two
+    busy cores, and a run whose every wave waited for one could stream nothing); the waves after
+    the first find it at zero."""
     hostile = 0
+    done = threading.Event()
+    failed: list[BaseException] = []
+    llm = threading.Thread(target=_hold_llm, args=(url, done, failed))
     for model in ("hostile", GROUP[0], "mlp", "mlp-s3"):
         httpx.post(f"{url}/v2/repository/models/{model}/load", timeout=120).raise_for_status()
         if model == "hostile":
             (hostile,) = children(activator_pid)
+            llm.start()
+    done.set()
+    llm.join()
+    if failed:
+        raise failed[0]
+    warm = {"seconds": LLM_FIRST_WAVE_S}
+    httpx.post(f"{url}/admin/models/{LLM}/warm", json=warm, timeout=10).raise_for_status()
     return hostile
+
+
+def _hold_llm(url: str, done: threading.Event, failed: list[BaseException]) -> None:
+    """Load tiny-llm, then keep it from its keep-alive until ``done`` (an error: in ``failed``)."""
+    try:
+        httpx.post(f"{url}/v2/repository/models/{LLM}/load", timeout=120).raise_for_status()
+        while not done.wait(1.0):
+            httpx.post(f"{url}/admin/models/{LLM}/warm", json={"seconds": 3}, timeout=10)
+    except (httpx.HTTPError, OSError) as exc:
+        failed.append(exc)
 
 
 def _drain(stream: Any) -> None:
@@ -485,11 +652,28 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             env={**base_env, "AWS_ENDPOINT_URL": f"http://{host}:{port}"},
             capture_output=True,
         )
-        config = write_stack(tmp)
+        config = write_stack(tmp, tiny_llm(tmp, args.tiny_llm))
         proc, url = start_activator(config, {**base_env, "AWS_ENDPOINT_URL": proxy.url})
         hostile_replica = warm_up(url, proc.pid)
         tally = Tally()
-        chaos = Chaos(url, proc.pid, proxy, tmp / "tier", args.seed, spare=hostile_replica)
+        llm = LlmClients(
+            url,
+            LLM,
+            seed=args.seed + 2000,
+            cap=args.max_requests,
+            timeout_s=LLM_DEADLINE_S + HUNG_MARGIN_S,
+            gap_s=LLM_KEEP_ALIVE_S + 2,
+        )
+        chaos = Chaos(
+            url,
+            proc.pid,
+            proxy,
+            tmp / "tier",
+            args.seed,
+            spare=hostile_replica,
+            llm=llm,
+            llm_config=tmp / f"{LLM}.json",
+        )
         stop = threading.Event()
         threads = [
             threading.Thread(
@@ -510,20 +694,25 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         )
         hostile_thread = threading.Thread(target=hostile.run, args=(stop,))
         started = time.monotonic()
-        others = [chaos_thread, storm_thread, hostile_thread]
+        others = [chaos_thread, storm_thread, hostile_thread, *llm.threads(args.llm_clients, stop)]
         for t in [*threads, *others]:
             t.start()
         try:
             stop.wait(args.minutes * 60)
         finally:
             stop.set()
+            # the leak check's stream should find tiny-llm up: woken now, while the clients end
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"{url}/admin/models/{LLM}/warm", json={"seconds": 60}, timeout=10)
             for t in [*threads, *others]:
                 t.join()
         load_s = time.monotonic() - started
+        leaks = llm.leave_and_count(lambda: llm_replica(tmp / "events.jsonl"))
         s3_requests = len(proxy.requests)
         proxy.clear()
         rss_end = rss_mb(proc.pid)
-        refused = refused_requests(url)
+        refused = refused_requests(url, set(MODELS))
+        llm_refused = refused_requests(url, {LLM})
         chaos.sample()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -546,16 +735,25 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         logged = Counter(
             e["status"]
             for e in events
-            if e.get("event") == "request" and e.get("model") != "hostile"
+            if e.get("event") == "request" and e.get("model") not in ("hostile", LLM)
         )
         answered = sum(tally.answered.values())
         half = len(chaos.rss_trace) // 2
         return {
             "sent": tally.sent,
             "answered": {str(k): v for k, v in sorted(tally.answered.items())},
-            "lost": tally.lost,
-            "hung": tally.hung,
+            "lost": tally.lost + llm.lost,
+            "hung": tally.hung + llm.hung,
             "wrong_outputs": tally.wrong,
+            "llm_sent": llm.sent,
+            "llm_outcomes": dict(sorted(llm.outcomes.items())),
+            "llm_lost": llm.lost,
+            "llm_hung": llm.hung,
+            "llm_completion_tokens_told": llm.completion_tokens,
+            **llm_books(events, llm, llm_refused),
+            "llm_waves": llm.waves,
+            "llm_clients": args.llm_clients,
+            **leaks,
             "hostile_wrong": len(hostile.wrong),
             "hostile_sent": dict(hostile.done),
             "storm_wrong": len(storm.wrong),
@@ -589,6 +787,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             },
             "latency_max_s": {str(k): round(max(v), 3) for k, v in sorted(tally.latency.items())},
             "samples": tally.samples
+            + llm.samples
             + hostile.wrong[:5]
             + storm.wrong[:5]
             + [f"leaked process {p}" for p in leaked]
@@ -620,6 +819,7 @@ def failed(result: dict[str, Any]) -> list[str]:
             "leaked_processes",
             "leaked_files",
             "bad_cache_entries",
+            "leaked_sequences",
         )
         if result[key]
     ]
@@ -627,6 +827,8 @@ def failed(result: dict[str, Any]) -> list[str]:
         reasons.append("max_rss_mb")
     if not result["event_log_matches_answers"]:
         reasons.append("event_log_matches_answers")
+    if not result["llm_event_log_matches"]:
+        reasons.append("llm_event_log_matches")
     if result["activator_exit_code"] != 0:
         reasons.append("activator_exit_code")
     return reasons
@@ -639,6 +841,23 @@ def table(result: dict[str, Any]) -> str:
         ("lost (no answer, or not a documented one)", result["lost"]),
         ("hung (past deadline + margin)", result["hung"]),
         ("wrong outputs", result["wrong_outputs"]),
+        ("LLM requests sent", result["llm_sent"]),
+        *[(f"LLM {k}", v) for k, v in result["llm_outcomes"].items()],
+        ("LLM lost / hung (in the counts above)", f"{result['llm_lost']} / {result['llm_hung']}"),
+        (
+            "LLM event log (+ refused) = requests, 200s with tokens",
+            f"{result['llm_event_log_matches']} "
+            f"({', '.join(f'{k} {v}' for k, v in result['llm_event_log'].items())}; "
+            f"{result['llm_200s_without_tokens']} 200s without tokens)",
+        ),
+        (
+            "leaked sequences (after the load; drop after a left stream, s)",
+            f"{result['leaked_sequences']} ({result['sequences_drop_s']})",
+        ),
+        (
+            "LLM replica starts, cold requests, waves",
+            f"{result['llm_replica_starts']}, {result['llm_cold_requests']}, {result['llm_waves']}",
+        ),
         ("hostile requests answered wrong", result["hostile_wrong"]),
         ("hostile requests", sum(result["hostile_sent"].values())),
         ("storm commands answered wrong", result["storm_wrong"]),
@@ -651,7 +870,10 @@ def table(result: dict[str, Any]) -> str:
         ("replicas started", result["replicas_started"]),
         ("chaos", ", ".join(f"{k} {v}" for k, v in sorted(result["chaos"].items()))),
         ("S3 requests (through the fault proxy)", result["s3_requests_through_proxy"]),
-        ("load duration (s), clients", f"{result['load_s']}, {result['concurrency']}"),
+        (
+            "load duration (s), clients (LLM)",
+            f"{result['load_s']}, {result['concurrency']} ({result['llm_clients']})",
+        ),
     ]
     width = max(len(str(k)) for k, _ in rows)
     lines = [f"| {'check':<{width}} | value |", f"|{'-' * (width + 2)}|---|"]
@@ -668,6 +890,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="how long the load runs")
     parser.add_argument("--out", type=Path, help="write the result here (JSON)")
     parser.add_argument("--concurrency", type=int, default=24, help="client threads (default 24)")
+    parser.add_argument(
+        "--llm-clients", type=int, default=4, help="OpenAI client threads for tiny-llm (default 4)"
+    )
+    parser.add_argument(
+        "--tiny-llm",
+        type=Path,
+        help="the tiny LLM's files (default: examples/tiny-llm/model, else built for the run)",
+    )
     parser.add_argument("--max-requests", type=int, default=1_000_000, help="stop after this many")
     parser.add_argument("--rss-limit-mb", type=float, default=512.0, help="the activator's bound")
     parser.add_argument("--seed", type=int, default=7)

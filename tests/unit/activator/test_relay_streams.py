@@ -1,10 +1,14 @@
 """A streamed answer through the relay: written as it comes, timed by its silences rather than
-its length, and its usage read into the request's record."""
+its length, its usage read into the request's record, and ended with an error event when its
+replica dies mid-stream."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import openai
+import pytest
 
 from tests.fixtures.frontdoor import Raw, Replica, request, serving, until
 
@@ -99,3 +103,60 @@ async def test_an_openai_request_for_a_model_that_cannot_answer_it_wakes_nothing
         r = await h.client.post("/v1/nothing", content=BODY)
         assert r.status_code == 404 and r.json()["error"]["code"] is None  # a path, not a model
         assert h.activator.pools["m"].state == "zero" and not h.events("replica_starting")
+
+
+async def test_a_stream_whose_replica_dies_ends_with_an_error_event(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica("die")], min_replicas=1, handler=LLM) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with h.client.stream("POST", "/v1/completions", content=BODY) as r:
+            assert r.status_code == 200
+            # the chunked body ends: httpx would raise on a cut one
+            lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        assert len(lines) == 3 and "data: [DONE]" not in lines  # not whole, and it says so
+        assert [json.loads(x[6:])["choices"][0]["text"] for x in lines[:2]] == ["t0", "t1"]
+        error = json.loads(lines[-1][6:])["error"]
+        assert error["type"] == "server_error" and "went away mid-stream" in error["message"]
+        assert set(error) == {"message", "type", "param", "code"}
+        await until(lambda: bool(h.events()), "the request's record")
+        (event,) = h.events()
+        assert event["status"] == 502 and event["endpoint"] == "completions"
+
+
+async def test_the_connection_of_a_stream_ended_so_goes_on(tmp_path: Path) -> None:
+    # its answer is whole: closing the connection now would race the client's next request
+    async with serving(tmp_path, [Replica("die")], min_replicas=1, handler=LLM) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v1/completions", BODY))
+            got = await raw.read_until(lambda b: b.endswith(b"0\r\n\r\n"), "the ended stream")
+            assert b"went away mid-stream" in got and b"connection: close" not in got
+            raw.writer.write(request("GET", "/v2/health/live"))
+            got = await raw.read_until(lambda b: b.count(b"HTTP/1.1 200") == 2, "the next answer")
+        assert got.count(b"HTTP/1.1 200") == 2  # answered on the same connection
+
+
+async def test_an_openai_client_is_told_why_its_stream_ended(tmp_path: Path) -> None:
+    async with serving(tmp_path, [Replica("die")], min_replicas=1, handler=LLM) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        client = openai.AsyncOpenAI(base_url=h.url + "/v1", api_key="-", max_retries=0)
+        texts = []
+        with pytest.raises(openai.APIError, match="went away mid-stream"):
+            async with client:
+                stream = await client.completions.create(model="m", prompt="hi", stream=True)
+                async for chunk in stream:
+                    texts.append(chunk.choices[0].text)
+        assert texts == ["t0", "t1"]
+
+
+async def test_a_stream_cut_inside_a_chunk_is_cut_for_its_client_too(tmp_path: Path) -> None:
+    # an event cannot follow half a chunk: the client's connection is cut, as the replica's was
+    async with serving(tmp_path, [Replica("tear")], min_replicas=1, handler=LLM) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v1/completions", BODY))
+            got = await raw.read_to_eof()
+        assert got.count(b"data: ") == 3 and b'"error"' not in got
+        assert not got.endswith(b"0\r\n\r\n")
+        await until(lambda: bool(h.events()), "the request's record")
+        (event,) = h.events()
+        assert event["status"] == 502
