@@ -7,6 +7,7 @@ while a load reads it fails the load instead of mixing two versions.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -141,14 +142,22 @@ class LocalStore(ClosedOnExit):
         await asyncio.to_thread(self._path(key).unlink, True)
 
 
+# copy_file_range's answers for "not between these two files": copy through a buffer instead
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+_SCRATCH_BYTES = 8 * 1024 * 1024
+
+
 class FileRangeReader:
-    """``preadv`` from one open descriptor; the ETag is checked when opened and when closed."""
+    """``preadv`` (or ``copy_file_range``) from one open descriptor; the ETag is checked when
+    opened and when closed."""
 
     def __init__(self, path: Path, where: str, etag: str | None) -> None:
         self.where = where
         self._path = path
         self._etag = etag
         self._lock = threading.Lock()  # the fetch's threads and the store may close it at once
+        self._kernel_copy = True  # until copy_file_range says it cannot
+        self._scratch = threading.local()  # each thread's buffer where it cannot
         try:
             self._fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -184,6 +193,38 @@ class FileRangeReader:
                     f"{self.where}: wanted {len(buffer)} bytes at {start}, the file has fewer"
                 )
             done += n
+
+    def copy_into(self, fd: int, start: int, length: int) -> None:
+        """Copy ``length`` bytes from ``start`` into ``fd`` at the same offset, in the kernel
+        (``copy_file_range``); through a buffer of this thread's where the kernel cannot."""
+        done = 0
+        while done < length and self._kernel_copy:
+            try:
+                n = os.copy_file_range(self._fd, fd, length - done, start + done, start + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                self._kernel_copy = False  # another filesystem, an old kernel: copy by hand
+                break
+            if n == 0:
+                raise ObjectChanged(
+                    f"{self.where}: wanted {length} bytes at {start}, the file has fewer"
+                )
+            done += n
+        if done < length:
+            self._copy_by_hand(fd, start + done, length - done)
+
+    def _copy_by_hand(self, fd: int, start: int, length: int) -> None:
+        buf: bytearray | None = getattr(self._scratch, "buf", None)
+        if buf is None or len(buf) < min(length, _SCRATCH_BYTES):
+            buf = self._scratch.buf = bytearray(min(length, _SCRATCH_BYTES))
+        view = memoryview(buf)
+        for at in range(start, start + length, len(buf)):
+            piece = view[: min(len(buf), start + length - at)]
+            self.read_into(at, piece)
+            written = 0
+            while written < len(piece):  # a regular file may take fewer bytes than offered
+                written += os.pwrite(fd, piece[written:], at + written)
 
     def close(self) -> None:
         """Release the descriptor; raises if the file was replaced while it was read."""

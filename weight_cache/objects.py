@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, runtime_checkable
 
 Progress = Callable[[int], None]
 
@@ -47,6 +47,20 @@ class RangeReader(Protocol):
 
     def close(self) -> None:
         """Let go of the reader's connections (a local file checks it was not replaced)."""
+
+
+@runtime_checkable
+class FileCopier(Protocol):
+    """A reader whose object is a local file: it copies ranges into another file in the kernel.
+
+    ``copy_file_range`` moves page-cache pages to page-cache pages with one copy and no user
+    buffer; landing through a mapping of the tier file instead faults every page in (the kernel
+    zero-fills each before the copy overwrites it), which costs more than the copy itself.
+    """
+
+    def copy_into(self, fd: int, start: int, length: int) -> None:
+        """Copy ``length`` bytes from ``start`` of the object to the same offset of ``fd``;
+        raise rather than copy less (an ``OSError`` of the target's is the caller's to name)."""
 
 
 class ClosedOnExit:

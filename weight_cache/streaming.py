@@ -28,7 +28,7 @@ from typing import Protocol
 
 from weight_cache.errors import CorruptCheckpoint
 from weight_cache.manifest import FileEntry, SafetensorsEntry, chunk_digest
-from weight_cache.objects import RangeReader
+from weight_cache.objects import FileCopier, RangeReader
 from weight_cache.ranges import Range, Stopped, plan_ranges, read_ranges
 from weight_cache.safetensors_format import parse_header
 from weight_cache.tier import disk_error
@@ -140,12 +140,19 @@ def stream_ranges(
     in_order = hashlib.sha256() if whole is None else None
     if not size:
         return in_order.hexdigest() if in_order is not None else None
+    # a local file is copied in the kernel, file to file, where no staging ring wants the bytes
+    copier = reader if staging is None and isinstance(reader, FileCopier) else None
     mm = None
     view = None
-    # the tier file's mapping: where ranges land without a staging ring, and what an in-order
+    # the tier file's mapping: where ranges land without a staging ring (read-only where the
+    # kernel copies: what the chunk digests and an in-order hash read), and what an in-order
     # hash reads; a staged, chunk-verified fetch needs neither
-    if staging is None or in_order is not None:
+    if copier is not None:
+        if entry.chunks is not None or in_order is not None:
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+    elif staging is None or in_order is not None:
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    if mm is not None:
         view = memoryview(mm)
     buffers = threading.local()
     # where the header ends: the file's own index is checked once the prefix reaches it
@@ -153,6 +160,12 @@ def stream_ranges(
 
     def land(item: Range) -> None:
         offset, length = item.offset, item.length
+        if copier is not None:
+            landed = view[offset : offset + length] if view is not None else None
+            _land_verified(
+                lambda: _copy(copier, fd, offset, length, entry), landed, entry, offset, where
+            )
+            return
         if staging is not None:
             slot, buf = staging.take(length)
             try:
@@ -208,20 +221,40 @@ def _read_verified(
     reader: RangeReader, entry: FileEntry, offset: int, buffer: memoryview, where: str
 ) -> None:
     """Read one range; with a chunk table, check it, and read it once more before refusing it."""
-    reader.read_into(offset, buffer)
+    _land_verified(lambda: reader.read_into(offset, buffer), buffer, entry, offset, where)
+
+
+def _land_verified(
+    fill: Callable[[], None],
+    landed: memoryview | None,
+    entry: FileEntry,
+    offset: int,
+    where: str,
+) -> None:
+    """Land one range with ``fill``; with a chunk table, check what ``landed`` holds against its
+    digest, and land it once more before refusing it."""
+    fill()
     if entry.chunks is None:
         return
+    assert landed is not None
     want = entry.chunks.digest(offset)
-    if chunk_digest(buffer) == want:
+    if chunk_digest(landed) == want:
         return
     index = offset // entry.chunks.size
     log.warning("%s: chunk %d failed its digest; reading it again", where, index)
-    reader.read_into(offset, buffer)
-    if chunk_digest(buffer) != want:
+    fill()
+    if chunk_digest(landed) != want:
         raise CorruptCheckpoint(
-            f"{where}: chunk {index} (bytes {offset}-{offset + len(buffer)}) does not match "
+            f"{where}: chunk {index} (bytes {offset}-{offset + len(landed)}) does not match "
             "its digest in the manifest, read twice"
         )
+
+
+def _copy(copier: FileCopier, fd: int, offset: int, length: int, entry: FileEntry) -> None:
+    try:
+        copier.copy_into(fd, offset, length)
+    except OSError as exc:
+        raise disk_error(exc, f"copying {entry.path}") from exc
 
 
 def _pwrite(fd: int, data: memoryview, offset: int, entry: FileEntry) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ async def pushed(tmp_path: Path) -> tuple[LocalStore, Manifest]:
 
 
 def corrupting(store: LocalStore, *, chunk: int, times: int) -> list[int]:
-    """Flip one byte of ``chunk`` of model.safetensors the first ``times`` reads of it."""
+    """Flip one byte of ``chunk`` of model.safetensors the first ``times`` reads of it, whether
+    it is read into memory or copied into the tier file in the kernel."""
     original = store.range_reader
     flipped: list[int] = []
 
@@ -46,7 +48,17 @@ def corrupting(store: LocalStore, *, chunk: int, times: int) -> list[int]:
                 buffer[100] ^= 0xFF
                 flipped.append(start)
 
+        copy_into = opened.copy_into
+
+        def copy(fd: int, start: int, length: int) -> None:
+            copy_into(fd, start, length)
+            if start == chunk * CHUNK and len(flipped) < times:
+                byte = os.pread(fd, 1, start + 100)[0]
+                os.pwrite(fd, bytes([byte ^ 0xFF]), start + 100)
+                flipped.append(start)
+
         opened.read_into = read  # type: ignore[method-assign]
+        opened.copy_into = copy  # type: ignore[method-assign]
         return opened
 
     store.range_reader = reader  # type: ignore[method-assign]

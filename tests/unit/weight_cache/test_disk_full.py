@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import make_model_dir
 from weight_cache.errors import DiskFull
 from weight_cache.fetch import fetch_to_tier
-from weight_cache.local import LocalStore
+from weight_cache.local import FileRangeReader, LocalStore
 from weight_cache.push import push_directory
 from weight_cache.tier import COMPLETE, LocalTier, entry_key, space_needed
 
@@ -26,10 +26,11 @@ _WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 
 class FillingDisk:
-    """Notes every write under ``root`` by kind (a create, write, pwrite, fsync, rename, new
-    directory, fallocate or truncate) and makes the ``nth`` of kind ``kind`` fail with ENOSPC,
-    as a disk filling at that moment would. By kind and count, not by position: the files of
-    a pull are fetched side by side, so the order of their writes varies from run to run."""
+    """Notes every write under ``root`` by kind (a create, write, pwrite, kernel copy, fsync,
+    rename, new directory, fallocate or truncate) and makes the ``nth`` of kind ``kind`` fail
+    with ENOSPC, as a disk filling at that moment would. By kind and count, not by position:
+    the files of a pull are fetched side by side, so the order of their writes varies from run
+    to run."""
 
     def __init__(
         self, root: Path, monkeypatch: pytest.MonkeyPatch, *, kind: str = "", nth: int = 0
@@ -57,6 +58,7 @@ class FillingDisk:
         real = {n: getattr(os, n) for n in ("open", "close", "write", "pwrite", "fsync")}
         real |= {n: getattr(os, n) for n in ("replace", "rename", "mkdir", "ftruncate")}
         real["posix_fallocate"] = os.posix_fallocate
+        real["copy_file_range"] = os.copy_file_range
 
         def open_(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
             if self._mine(path) and flags & _WRITES:
@@ -87,7 +89,13 @@ class FillingDisk:
 
             return call
 
+        def copy_file_range(src: int, dst: int, count: int, *args: Any) -> int:
+            if dst in self.fds:  # what it writes to is the second descriptor
+                self._write("copy_file_range", dst)
+            return int(real["copy_file_range"](src, dst, count, *args))
+
         mp.setattr(os, "open", open_)
+        mp.setattr(os, "copy_file_range", copy_file_range)
         mp.setattr(os, "close", close)
         for name in ("write", "pwrite", "fsync", "posix_fallocate", "ftruncate"):
             mp.setattr(os, name, on_fd(name))
@@ -112,18 +120,56 @@ def without_fallocate(fd: int, offset: int, length: int) -> None:
     raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
 
-@pytest.mark.parametrize("fallocate", [True, False], ids=["reserved", "pwrite"])
+def without_kernel_copy(src: int, dst: int, count: int, *args: Any) -> int:
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+def plain_reader(store: LocalStore) -> None:
+    """The store's readers without their kernel copy: the bytes come through memory, as a
+    remote store's do."""
+    original = store.range_reader
+
+    class Plain:
+        def __init__(self, reader: FileRangeReader) -> None:
+            self.read_into = reader.read_into
+            self.close = reader.close
+
+    async def reader(key: str, *, etag: str | None) -> Plain:
+        return Plain(await original(key, etag=etag))
+
+    store.range_reader = reader  # type: ignore[assignment]
+
+
+# where a range's bytes are written: copied in the kernel (into reserved blocks or not), by
+# hand where the kernel cannot copy between the two files, and, for a reader that hands out
+# bytes, through the mapping (reserved) or with pwrite (nothing reserved, so no SIGBUS)
+WAYS: dict[str, tuple[str | None, str | None]] = {
+    "copied": ("copy_file_range", "pwrite"),
+    "copied-unreserved": ("copy_file_range", "pwrite"),
+    "copied-by-hand": ("pwrite", None),  # each file's first copy_file_range is refused
+    "read-unreserved": ("pwrite", "copy_file_range"),
+    "read-mapped": (None, "pwrite"),
+}
+
+
+@pytest.mark.parametrize("way", list(WAYS))
 async def test_the_disk_filling_at_any_write_of_a_pull_is_disk_full(
-    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch, fallocate: bool
+    tmp_path: Path, store: LocalStore, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
-    if not fallocate:  # a filesystem that cannot reserve: each range is written with pwrite
+    if way.endswith("unreserved"):  # a filesystem that cannot reserve
         monkeypatch.setattr(os, "posix_fallocate", without_fallocate)
+    if way == "copied-by-hand":
+        monkeypatch.setattr(os, "copy_file_range", without_kernel_copy)
+    if way.startswith("read"):
+        plain_reader(store)
     with monkeypatch.context() as mp:  # a pull that fills nothing: every write it makes
         clean = FillingDisk(tmp_path / "clean", mp)
         await fetch_to_tier(store, LocalTier(tmp_path / "clean"), concurrency=2)
     # the commit's writes are among them: the manifest copy and the marker, fsynced, renamed
     assert {"mkdir", "open", "write", "fsync", "replace", "posix_fallocate"} <= set(clean.writes)
-    assert ("pwrite" in clean.writes) != fallocate
+    made, not_made = WAYS[way]
+    assert made is None or made in clean.writes
+    assert not_made is None or not_made not in clean.writes
     for kind, count in sorted(clean.writes.items()):
         for nth in range(1, count + 1):
             root = tmp_path / f"tier-{kind}-{nth}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from weight_cache import s3
-from weight_cache.errors import BadSource
+from weight_cache import local, s3
+from weight_cache.errors import BadSource, ObjectChanged
 from weight_cache.local import LocalStore
 from weight_cache.s3 import S3Store
 from weight_cache.stores import open_store
@@ -140,3 +141,36 @@ async def test_leaving_a_directory_store_releases_its_files(tmp_path: Path, how:
                 raise Boom
     assert fds_open_on(tmp_path / "b.bin") == 0
     await store.aclose()  # a second close does nothing
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["copy_file_range", "by-hand"])
+def test_a_directory_reader_copies_ranges_into_a_file_at_their_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: bool
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "w.bin").write_bytes(data)
+    calls: list[int] = []
+    real = os.copy_file_range
+
+    def copy_file_range(src: int, dst: int, count: int, *args: Any) -> int:
+        calls.append(count)
+        if not kernel:  # another filesystem, or a kernel without it: copied through a buffer
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return int(real(src, dst, count, *args))
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(local, "_SCRATCH_BYTES", 1024 * 1024)  # several pieces by hand
+    reader = local.FileRangeReader(tmp_path / "w.bin", "file:///w.bin", etag=None)
+    fd = os.open(tmp_path / "copy.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, len(data))
+        half = len(data) // 2
+        reader.copy_into(fd, half, len(data) - half)  # out of order, as the threads land them
+        reader.copy_into(fd, 0, half)
+        with pytest.raises(ObjectChanged, match="the file has fewer"):
+            reader.copy_into(fd, len(data) - 10, 20)
+    finally:
+        os.close(fd)
+        reader.close()
+    assert (tmp_path / "copy.bin").read_bytes() == data
+    assert calls and (kernel or len(calls) == 1)  # refused once, then never asked again

@@ -149,17 +149,25 @@ async def test_disk_full_mid_write_without_fallocate_is_clean(
     store, _, _ = await pushed(tmp_path, mb=3)
     tier = LocalTier(tmp_path / "tier")
     monkeypatch.setattr(os, "posix_fallocate", no_fallocate)
-    real_pwrite = os.pwrite
+    real_pwrite, real_copy = os.pwrite, os.copy_file_range
     written = 0
 
-    def filling(fd: int, data: memoryview, offset: int) -> int:
+    def fill(n: int) -> None:
         nonlocal written
         if written > 1_000_000:
             raise OSError(errno.ENOSPC, "No space left on device")
-        written += len(data)
+        written += n
+
+    def filling(fd: int, data: memoryview, offset: int) -> int:
+        fill(len(data))
         return real_pwrite(fd, data, offset)
 
+    def copying(src: int, dst: int, count: int, *offsets: int) -> int:  # a directory store's
+        fill(count)
+        return int(real_copy(src, dst, count, *offsets))
+
     monkeypatch.setattr(os, "pwrite", filling)
+    monkeypatch.setattr(os, "copy_file_range", copying)
     with pytest.raises(DiskFull, match="no space left"):
         await fetch_to_tier(store, tier, chunk_bytes=256 * 1024)
     assert tier.entries() == [] and no_partials(tier.root)
@@ -203,12 +211,20 @@ async def test_concurrent_fills_of_one_model_fetch_once(tmp_path: Path) -> None:
         reader = await original(key, etag=etag)
         read_into = reader.read_into
 
+        copy_into = reader.copy_into
+
         def count(start: int, buffer: memoryview) -> None:
             nonlocal reads
             reads += len(buffer)
             read_into(start, buffer)
 
+        def count_copy(fd: int, start: int, length: int) -> None:
+            nonlocal reads
+            reads += length
+            copy_into(fd, start, length)
+
         reader.read_into = count  # type: ignore[method-assign]
+        reader.copy_into = count_copy  # type: ignore[method-assign]
         return reader
 
     store.range_reader = counting  # type: ignore[method-assign]
@@ -330,16 +346,26 @@ async def test_a_cancelled_fetch_stops_its_threads_and_leaves_nothing(tmp_path: 
         reader = await original(key, etag=etag)
         read_into = reader.read_into
 
-        def crawl(start: int, buffer: memoryview) -> None:
+        copy_into = reader.copy_into
+
+        def crawl() -> None:
             nonlocal reads_after_cancel
             if cancelled:
                 reads_after_cancel += 1
             if next(reads) >= 4:
                 loop.call_soon_threadsafe(underway.set)
             time.sleep(0.05)  # a slow store: the fetch is still going when it is cancelled
+
+        def crawl_read(start: int, buffer: memoryview) -> None:
+            crawl()
             read_into(start, buffer)
 
-        reader.read_into = crawl  # type: ignore[method-assign]
+        def crawl_copy(fd: int, start: int, length: int) -> None:
+            crawl()
+            copy_into(fd, start, length)
+
+        reader.read_into = crawl_read  # type: ignore[method-assign]
+        reader.copy_into = crawl_copy  # type: ignore[method-assign]
         return reader
 
     store.range_reader = slow  # type: ignore[method-assign]
