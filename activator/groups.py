@@ -465,13 +465,17 @@ class Group:
         return member.plan
 
     def zero_after_s(self) -> tuple[float, str]:
-        """Seconds after the group's last request its replicas may go: when every member's plan
-        has reached zero (a member never asked counts from the group's last request)."""
-        last = max((m.history.last or 0.0) for m in self._members.values())
+        """Seconds after the group's last request ended that its replicas may go: when every
+        member's plan has reached zero, counted as its sleeps are, from the end of its own last
+        request (not its arrival: a request that waited for a cold start or streamed long ends
+        after others that came later). A member never asked, or with a request in flight,
+        counts from the group's last end."""
+        ends = [m.last_end for m in self._members.values() if m.last_end is not None]
+        last = max(ends, default=0.0)
         keep = 0.0
         for name, member in self._members.items():
-            since = (member.history.last or last) - last
-            keep = max(keep, since + self.plan(name).zero_at_s)
+            end = last if member.in_flight or member.last_end is None else member.last_end
+            keep = max(keep, end - last + self.plan(name).zero_at_s)
         return keep, f"every model's tiered plan at zero after {keep:.0f}s"
 
     def describe(self, name: str) -> dict[str, Any]:

@@ -26,16 +26,23 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from contracts.replica import FailureKind, ModelState
+from runtime.batching import Scheduler
 from runtime.budget import DeviceBudget
 from runtime.entries import ModelEntry, discard
 from runtime.errors import InvalidInput, ModelNotReady
-from runtime.handlers.base import HandlerLoadError
+from runtime.handlers.base import HandlerLoadError, ModelHandler
 from runtime.metrics import RuntimeMetrics
 from runtime.sleep import SleepLevel
 from runtime.status import failure_kind
 from weight_cache import WeightCacheError
 
 log = logging.getLogger("ember.runtime")
+
+
+class Drains(Protocol):
+    """A generation model's handler, as a sleep waits for its sequences."""
+
+    def drain(self, timeout_s: float) -> bool: ...
 
 
 class SetStatus(Protocol):
@@ -177,14 +184,13 @@ class Sleeper:
         started = time.perf_counter_ns()
         self._set(entry, ModelState.SLEEPING, f"going to sleep: level {level}")
         entry.asleep = level
-        # the scheduler admits nothing more from here and runs nothing until the wake resumes it
-        if scheduler is not None and not await scheduler.pause(drain_timeout_s):
-            # its batches are still running or queued: putting its weights away now would fail
-            # them, so it stays awake
+        busy = await self._drain(handler, scheduler, drain_timeout_s)
+        if busy is not None:
+            # putting its weights away now would fail what still runs, so it stays awake
             entry.asleep = None
             self._set(entry, ModelState.READY, "")
             raise ModelNotReady(
-                f"model '{name}' is busy: its batches did not finish within "
+                f"model '{name}' is busy: its {busy} did not finish within "
                 f"{drain_timeout_s:g}s, so it was not put to sleep"
             )
         try:
@@ -199,6 +205,27 @@ class Sleeper:
         self._metrics.sleep_duration.labels(name, level.value).observe(elapsed / 1e9)
         self._set(entry, ModelState.SLEEPING, f"level {level}")
         log.info("model %s asleep (level %s) in %.3fs", name, level, elapsed / 1e9)
+
+    @staticmethod
+    async def _drain(
+        handler: ModelHandler, scheduler: Scheduler | None, timeout_s: float
+    ) -> str | None:
+        """Wait for what a model going to sleep runs: its batches (the scheduler admits nothing
+        more from here and runs nothing until the wake resumes it), then a generation model's
+        sequences, whose streams its sleep would otherwise cut short (a request for it waits
+        for the sleep's end meanwhile: the model says SLEEPING). None once done; else what was
+        still running when ``timeout_s`` passed, nothing left paused."""
+        deadline = time.monotonic() + timeout_s
+        if scheduler is not None and not await scheduler.pause(timeout_s):
+            return "batches"
+        if handler.generates:
+            generator: Drains = handler  # type: ignore[assignment]  # declared by generates
+            left = max(0.0, deadline - time.monotonic())
+            if not await asyncio.to_thread(generator.drain, left):
+                if scheduler is not None:
+                    scheduler.resume()
+                return "streams"
+        return None
 
     async def wake(self, entry: ModelEntry) -> None:
         """Wake a SLEEPING model (the caller holds its lock); UNAVAILABLE if it cannot."""

@@ -112,7 +112,9 @@ class Engine:
         self.kv_used = 0  # tokens in their caches, as of the last step
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
-        self._wake = threading.Condition()
+        lock = threading.Lock()
+        self._wake = threading.Condition(lock)  # a sequence submitted, or the engine closed
+        self._idle = threading.Condition(lock)  # the loop found nothing to run
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="ember-generate", daemon=True)
         self._thread.start()
@@ -161,11 +163,22 @@ class Engine:
             self._wake.notify()
         return seq
 
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no sequence runs or waits (blocking): True once none does, False if
+        ``timeout_s`` passed first. What a sleep waits for before it closes the engine, so the
+        streams in flight end as they would have (a sequence submitted meanwhile is waited for
+        too)."""
+        with self._wake:
+            return self._idle.wait_for(
+                lambda: self._closed or not (self._waiting or self._running), timeout_s
+            )
+
     def close(self) -> None:
         """Stop the loop; every sequence still there ends with ``abort``, its cache freed."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+            self._idle.notify_all()
         self._thread.join()
 
     # ----------------------------------------------------------------------------- the loop
@@ -173,6 +186,7 @@ class Engine:
         while True:
             with self._wake:
                 while not self._closed and not self._waiting and not self._running:
+                    self._idle.notify_all()
                     self._wake.wait()
                 if self._closed:
                     leftover = [*self._running, *self._waiting]

@@ -15,12 +15,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Send
 
 from contracts.http11 import MODEL_NOT_FOUND, openai_error_body
 from contracts.replica import USAGE_HEADER, usage_comment
@@ -46,6 +48,29 @@ def _sse(chunk: Any) -> bytes:
     return b"data: " + (chunk if isinstance(chunk, bytes) else orjson.dumps(chunk)) + b"\n\n"
 
 
+class _Last(bytes):
+    """A stream's last event: :class:`_EventStream` sends it with the body's end."""
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events, each sent as it comes; the last (a :class:`_Last`) goes with the
+    end of the body, in one write. A client stops at the last event (an OpenAI client closes
+    the connection at ``data: [DONE]``): a proxy relaying the stream (the activator) then has
+    the end of the answer in the same read as that event, not after the client has left."""
+
+    media_type = _SSE
+
+    async def stream_response(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        ended = False
+        async for chunk in self.body_iterator:
+            ended = isinstance(chunk, _Last)
+            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _text(value: Any, param: str) -> str:
     if not isinstance(value, str):
         raise InvalidParameter(param, "must be a string")
@@ -54,9 +79,18 @@ def _text(value: Any, param: str) -> str:
     return value
 
 
-async def _start(model: TextGenerator, text: str, values: dict[str, Any]) -> GenerationStream:
+async def _start(
+    awake: Callable[[], Awaitable[TextGenerator]], text: str, values: dict[str, Any]
+) -> GenerationStream:
+    """The sequence of ``text``, submitted to the model ``awake`` returns (woken if need be).
+
+    The model is taken awake again after the prompt is tokenized and submitted to with no
+    await between: a sleep that began meanwhile (a switch under the device memory budget) has
+    put it away, and is woken from; one that begins after waits for the sequence."""
+    model = await awake()
     params = sampling_params(values, max_tokens_limit=model.max_model_len)
     prompt = await asyncio.to_thread(model.encode_prompt, text)
+    model = await awake()
     return GenerationStream(model.generator(), prompt, params)
 
 
@@ -72,13 +106,14 @@ class GenerationEndpoints:
     # ----------------------------------------------------------------------------- OIP generate
     async def _oip(self, request: Request) -> tuple[str, GenerationStream]:
         name = request.path_params["model_name"]
-        model = await self.models.text_generator(name, request.path_params.get("model_version"))
+        awake = partial(self.models.text_generator, name, request.path_params.get("model_version"))
+        await awake()  # an unknown model is a 404 before its body is read
         body = await self._object(request)
         parameters = body.get("parameters", {})
         if not isinstance(parameters, dict):
             raise InvalidParameter("parameters", "must be an object")
         values = {k: body.get(k, parameters.get(k)) for k in _PARAMS}
-        stream = await _start(model, _text(body.get("text_input"), "text_input"), values)
+        stream = await _start(awake, _text(body.get("text_input"), "text_input"), values)
         return name, stream
 
     async def generate(self, request: Request) -> Response:
@@ -95,13 +130,12 @@ class GenerationEndpoints:
                 if isinstance(event, Delta):
                     yield _sse({"model_name": name, "text_output": event.text})
                 elif event.reason in ("error", "abort"):
-                    yield _sse({"error": _failure(event)})
+                    yield _Last(_sse({"error": _failure(event)}))
                 else:
-                    yield _sse(
-                        {"model_name": name, "text_output": "", "finish_reason": event.reason}
-                    )
+                    end = {"model_name": name, "text_output": "", "finish_reason": event.reason}
+                    yield _Last(_sse(end))
 
-        return StreamingResponse(chunks(), media_type=_SSE)
+        return _EventStream(chunks())
 
     # ----------------------------------------------------------------------------- OpenAI
     async def models_list(self, request: Request) -> Response:
@@ -138,17 +172,17 @@ class GenerationEndpoints:
         values = {k: body.get(k) for k in _PARAMS}
         values["max_completion_tokens"] = body.get("max_completion_tokens")
         sampling_params(values, max_tokens_limit=2**31)
-        model = await self.models.text_generator(name)
+        awake = partial(self.models.text_generator, name)
         if chat:
-            text = await asyncio.to_thread(model.chat_prompt, messages)
-        stream = await _start(model, text, values)
+            text = await asyncio.to_thread((await awake()).chat_prompt, messages)
+        stream = await _start(awake, text, values)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         shape = _Shape(ident=ident, model=name, chat=chat)
         if streaming:
             # the activator asks for the tokens of a stream whose client did not (its books)
             tell = not usage and USAGE_HEADER.decode() in request.headers
             chunks = shape.stream(stream, usage=usage, tell=tell)
-            return StreamingResponse(chunks, media_type=_SSE)
+            return _EventStream(chunks)
         text, end = await stream.collect()
         _raise_failed(end)
         return _json(shape.whole(text, end))
@@ -252,7 +286,7 @@ class _Shape:
                 }
             elif event.reason in ("error", "abort"):
                 err = {"message": _failure(event), "type": "server_error"}
-                yield _sse({"error": {**err, "param": None, "code": None}})
+                yield _Last(_sse({"error": {**err, "param": None, "code": None}}))
                 return
             else:
                 last = self._choice(None if self.chat else "", _reason(event), chunk=True)
@@ -264,7 +298,7 @@ class _Shape:
                 yield _sse({**self._base(kind), "choices": [], "usage": self._usage(event)})
             elif isinstance(event, Finished) and tell:
                 yield usage_comment(event.prompt_tokens, event.completion_tokens)
-        yield _sse(b"[DONE]")
+        yield _Last(_sse(b"[DONE]"))
 
 
 def _failure(end: Finished) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ def _weight_files(root: Path) -> list[str]:
 
 _GONE = "the model was put to sleep or unloaded as the request began; retry"
 
+# transformers' package replaces itself in sys.modules (a lazy module) as its import ends: a
+# second thread whose ``from transformers import ...`` waited for that import is handed the
+# module it began with, which holds none of the names (ImportError: two models of one replica
+# loading at once). Its lazy submodules do the same, so what a load asks of transformers is done
+# by one thread at a time; the weights are read outside it.
+_TRANSFORMERS = threading.Lock()
+
 
 class TextGenerationHandler(ModelHandler):
     platform = "pytorch"
@@ -91,15 +99,16 @@ class TextGenerationHandler(ModelHandler):
         )
 
     def load(self, *, tensors: StreamedTensors | None = None) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
         root = self.config.local_source()
         if not (root / "config.json").is_file():
             raise WeightsMissing(f"{root / 'config.json'} does not exist")
         self.weights.device = pick_device(self.config.device)
         try:
-            hf_config = AutoConfig.from_pretrained(root, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+            with _TRANSFORMERS:
+                from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+                hf_config = AutoConfig.from_pretrained(root, local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
             raise HandlerLoadError(f"cannot read the model's config or tokenizer: {exc}") from exc
         dtype = _DTYPES[self.options.dtype] if self.options.dtype else None
@@ -109,8 +118,13 @@ class TextGenerationHandler(ModelHandler):
                 dtype = _DTYPES.get(dtype, torch.float32)
         self.dtype = dtype
         state = self._read_weights(tensors)
+
+        def build() -> torch.nn.Module:
+            with _TRANSFORMERS:
+                return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)  # type: ignore[no-untyped-call,no-any-return]
+
         module = load_module(
-            lambda: AutoModelForCausalLM.from_config(hf_config, dtype=dtype),  # type: ignore[no-untyped-call]
+            build,
             state,
             device=self.device,
             strict=True,
@@ -162,6 +176,12 @@ class TextGenerationHandler(ModelHandler):
             self.engine.close()
         self.engine = None  # a request that took the model awake before this is told to retry
         self.weights.sleep(level)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait (blocking) until the engine runs and holds no sequence, as a sleep waits
+        before it stops the engine; False if ``timeout_s`` passed first."""
+        engine = self.engine
+        return engine is None or engine.drain(timeout_s)
 
     def wake(self) -> None:
         """The weights back on the device and a fresh engine (the same statistics)."""

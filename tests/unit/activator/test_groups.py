@@ -336,6 +336,41 @@ async def test_the_group_keep_alive_follows_the_latest_plan_to_zero(
     assert GroupPolicy(fixed).decide(History()).keep_alive_s == 42
 
 
+async def test_the_keep_alive_counts_each_plan_from_its_members_last_end_not_arrival(
+    tmp_path: Path, replica: tuple[FakeReplica, Replica]
+) -> None:
+    """a's request arrives first and ends last (it waited 30 s for a cold start); b's, later and
+    short, measured a wake that shortens b's plan. The replica stays until a's plan, counted
+    from a's end, reaches zero (counted from a's arrival, it went while a slept at host)."""
+    fake, r = replica
+    group, clock = await make_group(
+        tmp_path,
+        replica,
+        policy="tiered",
+        wake={"host": 0.001, "disk": 0.002},
+        host_hold_s=10,
+        disk_hold_s=20,
+    )
+    await fake.say([{"name": "b", "state": "SLEEPING", "reason": "level host", "level": "host"}])
+    cold = Ticket(r, 0.0, True)
+    group.arrived("a")
+    group.took("a", cold)
+    await clock.advance(29)
+    group.arrived("b")
+    quick = Ticket(r, 0.0, False)
+    group.took("b", quick)
+    woke = {"name": "b", "state": "READY", "reason": "", "woke_from": "host", "wake_s": 0.01}
+    await fake.say([woke])
+    await clock.advance(0.5)
+    group.released(quick)
+    assert group.plan("b").zero_at_s == pytest.approx(2.4 + 20)  # host (0.01 s) is skipped
+    assert group.plan("a").zero_at_s == pytest.approx(1.2 + 10 + 20)
+    assert group.zero_after_s()[0] == pytest.approx(1.2 + 10 + 20)  # a's still runs
+    await clock.advance(0.5)
+    group.released(cold)
+    assert group.zero_after_s()[0] == pytest.approx(1.2 + 10 + 20)  # a ended last
+
+
 @pytest.mark.parametrize(
     ("body", "level"),
     [

@@ -136,6 +136,23 @@ def test_abort_frees_the_sequence(handler: TextGenerationHandler) -> None:
     assert engine.running == 0
 
 
+def test_drain_waits_for_the_sequences_to_end_as_they_would(
+    handler: TextGenerationHandler,
+) -> None:
+    engine = handler.generator()
+    assert engine.drain(0)  # nothing runs: at once
+    c = Collector()
+    prompt = handler.encode_prompt(PROMPTS[0])
+    seq = engine.submit(prompt, SamplingParams(200, 0.0), c)
+    assert c.first.wait(60)
+    assert not engine.drain(0.01)  # it still runs: the timeout passes, nothing is cut
+    assert engine.running == 1 and not seq.aborted
+    assert engine.drain(60)
+    assert engine.running == 0
+    _, end = c.result()
+    assert (end.reason, end.completion_tokens) == ("length", 200)
+
+
 def test_waiting_queue_is_bounded(handler: TextGenerationHandler) -> None:
     engine = handler.generator()
     prompt = handler.encode_prompt(PROMPTS[0])

@@ -1,20 +1,29 @@
 """A text-generation model sleeps at host and disk (its engine stopped, KV caches given back)
-and, woken, generates the same greedy text."""
+and, woken, generates the same greedy text; put to sleep through its repository (a switch under
+the device memory budget, the tiered policy, an unload with a level), it waits for the streams
+in flight first."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from runtime.config import ModelConfig
 from runtime.errors import ModelNotReady
 from runtime.generation.params import SamplingParams
-from runtime.generation.streams import Delta, Event, Finished
+from runtime.generation.streams import Delta, Event, Finished, GenerationStream
 from runtime.handlers.text_generation import TextGenerationHandler
+from runtime.metrics import RuntimeMetrics
+from runtime.repository import ModelRepository, ModelState
 from runtime.sleep import SleepLevel
+from runtime.tensors import Tensor
+from tests.unit.runtime.test_repository_sleep import Sources
 
 torch.set_num_threads(1)
 
@@ -61,3 +70,58 @@ def test_sleep_then_wake_generates_the_same_text(tiny_llm_dir: Path, level: Slee
         assert after == before and end.reason in ("length", "stop")
     finally:
         handler.unload()
+
+
+@pytest.fixture
+async def repo(tiny_llm_dir: Path) -> AsyncIterator[ModelRepository]:
+    """The tiny LLM loaded in a repository, whose sleeps drain what runs first."""
+    config = ModelConfig(
+        name="tiny-llm", handler="text-generation", source=str(tiny_llm_dir), device="cpu"
+    )
+    repository = ModelRepository([config], RuntimeMetrics(), Sources())  # type: ignore[arg-type]
+    await repository.load_all()
+    yield repository
+    await repository.aclose()
+
+
+async def _running(repo: ModelRepository, tokens: int) -> AsyncIterator[Event]:
+    """A sequence of ``tokens`` tokens submitted, as a route does; its events, the first read."""
+    handler = repo.entry("tiny-llm").handler
+    assert isinstance(handler, TextGenerationHandler)
+    prompt = handler.encode_prompt("Hello, world")
+    stream = GenerationStream(handler.generator(), prompt, SamplingParams(tokens, 0.0))
+    events = stream.events()
+    assert isinstance(await anext(events), Delta)  # it runs
+    return events
+
+
+async def test_a_sleep_waits_for_the_streams_in_flight_then_puts_the_model_away(
+    repo: ModelRepository,
+) -> None:
+    events = await _running(repo, 300)
+    sleep = asyncio.create_task(repo.sleep("tiny-llm", SleepLevel.HOST))
+    rest = [event async for event in events]
+    end = rest[-1]
+    assert isinstance(end, Finished)  # the stream ends as it would have, not cut short
+    assert (end.reason, end.completion_tokens) == ("length", 300)
+    await sleep
+    entry = repo.entry("tiny-llm")
+    assert entry.state is ModelState.SLEEPING and entry.asleep is SleepLevel.HOST
+
+
+async def test_streams_that_outlast_the_drain_timeout_keep_the_model_awake(
+    repo: ModelRepository,
+) -> None:
+    events = await _running(repo, 4000)
+    with pytest.raises(ModelNotReady, match=r"busy: its streams did not finish within 0\.05s"):
+        await repo.sleep("tiny-llm", SleepLevel.HOST, drain_timeout_s=0.05)
+    entry = repo.entry("tiny-llm")
+    assert entry.state is ModelState.READY and entry.asleep is None
+    assert isinstance(await anext(events), Delta)  # still running
+    # the scheduler the refused sleep paused runs again: a v2 infer is answered
+    text = Tensor("text_input", "BYTES", np.array([b"Hello"], dtype=object))
+    _, outputs = await asyncio.wait_for(repo.infer("tiny-llm", None, {"text_input": text}), 60)
+    assert outputs["text_output"].array.shape == (1,)
+    await events.aclose()  # its client leaves: the sequence is aborted
+    await repo.sleep("tiny-llm", SleepLevel.HOST)  # then nothing runs: it sleeps at once
+    assert entry.state is ModelState.SLEEPING
