@@ -60,6 +60,7 @@ from activator.states import PoolState
 from activator.streamend import StreamCursor, error_ending
 from activator.upstream import Upstream, UpstreamPool, host_header
 from activator.usage import CommentDropper, UsageScanner
+from contracts.http11 import SSE_DONE
 from contracts.replica import USAGE_HEADER
 
 RELAY_FLUSH_BYTES = 256 * 1024  # an answer up to this size leaves in one write
@@ -100,6 +101,7 @@ class Relay:
         "_close_after",
         "_cursor",
         "_done",
+        "_done_said",
         "_drop",
         "_ended_here",
         "_head",
@@ -109,7 +111,9 @@ class Relay:
         "_relayed",
         "_scan",
         "_sent",
+        "_status",
         "_stream",
+        "_tail",
         "conn",
         "deadline",
         "ended",
@@ -139,6 +143,9 @@ class Relay:
         # on a route that generates: its usage, read as it passes; a streamed answer
         self._scan = UsageScanner() if x.route.endpoint in GENERATING else None
         self._stream = False
+        self._status = 0  # the answer's status, once its head came (a stream's)
+        self._done_said = False  # a stream's ``data: [DONE]`` went out to its client
+        self._tail = b""  # the end of what went out, for a [DONE] written in two pieces
         self._cursor: StreamCursor | None = None  # a chunked stream: where its client stands
         # a stream whose client did not ask for its usage: the replica is asked (a comment at
         # its end), and the comment is taken out here
@@ -262,6 +269,7 @@ class Relay:
             head = out[:end]
             if self._scan is not None and _says(head, b"content-type", b"text/event-stream"):
                 self._stream = True
+                self._status = _status(head)
                 if _says(head, b"transfer-encoding", b"chunked"):
                     self._cursor = StreamCursor()
                 if len(out) > end + 4:
@@ -311,6 +319,10 @@ class Relay:
         if out and transport is not None and not self.conn.closing:
             transport.write(out)
             self._relayed = True
+            if self._stream and not self._done_said:
+                seen = self._tail + out
+                self._done_said = SSE_DONE in seen
+                self._tail = seen[-len(SSE_DONE) :]
             if self._cursor is not None:
                 self._cursor.feed(out)
 
@@ -378,9 +390,11 @@ class Relay:
 
     def client_gone(self) -> None:
         """The client left: nobody to answer (recorded as 499). While it waits in the queue,
-        the wait itself ends it (its place given up)."""
+        the wait itself ends it (its place given up). A client that leaves a stream once its
+        ``data: [DONE]`` has gone out had the whole answer (an OpenAI client closes on it, and
+        a server may write the body's end apart): recorded with the answer's status."""
         if not self.waiting:
-            self._end(CLIENT_GONE)
+            self._end(self._status if self._done_said and self._status else CLIENT_GONE)
 
     # ------------------------------------------------------------------ the one way out
     def _end(
@@ -430,6 +444,12 @@ class Relay:
             conn.abort()
         else:
             conn.close()
+
+
+def _status(head: bytes) -> int:
+    """The status code of an answer's head (``HTTP/1.1 200 OK``); 0 if it has none."""
+    code = head[9:12]
+    return int(code) if len(code) == 3 and code.isdigit() else 0
 
 
 def _says(head: bytes, name: bytes, value: bytes) -> bool:

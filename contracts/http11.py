@@ -26,6 +26,8 @@ _OPENAI_TYPES = {
     429: "rate_limit_error",
 }
 MODEL_NOT_FOUND = "model_not_found"
+# the event that ends an OpenAI stream whole (an error event ends one without it)
+SSE_DONE = b"data: [DONE]"
 
 
 def openai_error_body(

@@ -160,3 +160,24 @@ async def test_a_stream_cut_inside_a_chunk_is_cut_for_its_client_too(tmp_path: P
         await until(lambda: bool(h.events()), "the request's record")
         (event,) = h.events()
         assert event["status"] == 502
+
+
+@pytest.mark.parametrize(
+    ("mode", "leave_at", "status"),
+    [("linger", b"data: [DONE]", 200), ("stall", b'"t1"', 499)],
+)
+async def test_a_client_that_leaves_at_done_had_the_whole_answer(
+    tmp_path: Path, mode: str, leave_at: bytes, status: int
+) -> None:
+    # linger: the replica holds the body's end back after [DONE], and the client (as an OpenAI
+    # client does) closes on [DONE]; stall: the client leaves before [DONE] ever comes
+    async with serving(tmp_path, [Replica(mode, events=3)], min_replicas=1, handler=LLM) as h:
+        await until(lambda: h.activator.pools["m"].state == "ready", "the replica")
+        async with Raw.open(h) as raw:
+            raw.writer.write(request("POST", "/v1/completions", BODY))
+            await raw.read_until(lambda b: leave_at in b, "the stream so far")
+        await until(lambda: bool(h.events()), "the request's record")
+        (event,) = h.events()
+        assert event["status"] == status
+        if status == 200:  # its usage came before [DONE]: booked
+            assert (event["prompt_tokens"], event["completion_tokens"]) == (3, 3)
