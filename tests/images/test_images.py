@@ -6,9 +6,10 @@ host's loopback.
 * the runtime image serves the MLP example, from local weights and from S3 (its tier where the
   manifests mount one), as the non-root user, and answers a v2 infer as ``ember serve`` does
   outside it; it writes nothing outside its volumes and /tmp (the manifests make its root
-  read-only); SIGTERM stops it cleanly;
-* the activator image imports every module it runs, has neither torch nor pip, and runs ``ember
-  up --help`` and ``ember deploy --dry-run`` on the examples;
+  read-only); SIGTERM stops it cleanly; its start compiles none of the image's modules (their
+  bytecode was compiled when it was built);
+* the activator image imports every module it runs, each from its bytecode, has neither torch nor
+  pip, and runs ``ember up --help`` and ``ember deploy --dry-run`` on the examples;
 * every package the project declares is in both images; their sizes stay under the targets.
 
 The CUDA image is not built here (its torch brings ~3 GB of CUDA libraries): the unit tests
@@ -20,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -50,6 +53,7 @@ ROW = [((i % 17) - 8) / 8 for i in range(784)]
 # where a running image may write: its volumes and scratch (/tmp is an emptyDir in the manifests,
 # /var/cache/ember the weight tier), and what buildah itself makes (/run/.containerenv)
 WRITABLE = ("tmp", "run", "var/cache/ember", "models", "examples")
+VERBOSE = {"PYTHONVERBOSE": "1"}  # Python says, per module, whether it compiled its source
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +198,57 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout_s: float = 180) ->
 IMPORT_ALL = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
 
 
+class Served:
+    """``ember serve`` in an image: its address; once stopped, its exit status and output."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.returncode: int | None = None
+        self.log = ""
+
+
+@contextlib.contextmanager
+def serving(
+    box: Container, configs: list[str], *, volumes: dict[Path, str], env: dict[str, str]
+) -> Iterator[Served]:
+    """``ember serve --config ...`` in ``box`` on a loopback port, ready; then SIGTERM."""
+    port = free_port()
+    served = Served(f"http://127.0.0.1:{port}")
+    argv = ["env", *(f"{k}={v}" for k, v in sorted(env.items()))]
+    argv += ["ember", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv += [arg for config in configs for arg in ("--config", config)]
+    # its output to a file, not a pipe no one reads before it ends: a verbose start fills one
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            box.command(*argv, volumes=volumes), stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            wait_ready(served.url, proc)
+            yield served
+        finally:
+            # buildah run kills what it runs on SIGTERM: the signal goes to ember serve itself
+            with contextlib.suppress(AssertionError):
+                os.kill(inside(proc.pid, "ember", "serve"), signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            served.returncode = proc.returncode
+            log.seek(0)
+            served.log = log.read()
+
+
+def code_sources(log: str) -> tuple[list[str], list[str]]:
+    """From Python's verbose import messages: the sources whose code was read from their bytecode,
+    and those compiled because no valid bytecode was found for them."""
+    found = re.findall(r"^# code object from '?(\S+?)'?$", log, flags=re.M)
+    # DIR/__pycache__/NAME.cpython-311.pyc is the bytecode of DIR/NAME.py
+    pyc = re.compile(r"(.*)/__pycache__/([^/.]+)\.[^/]+\.pyc")
+    read = [pyc.sub(r"\1/\2.py", f) for f in found if f.endswith(".pyc")]
+    return read, [f for f in found if f.endswith(".py")]
+
+
 # ------------------------------------------------------------------------------- the runtime
 def test_the_runtime_image_runs_as_the_non_root_user(runtime: Container) -> None:
     said = runtime.run("id", "-u")
@@ -228,38 +283,40 @@ def test_the_runtime_image_serves_the_mlp_as_ember_serve_does_outside(
     }
     (model / "s3.json").write_text(json.dumps(from_s3))
     (model / "s3.json").chmod(0o644)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = [f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("AWS_")]
-    argv = ["env", *env, "ember", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--config", "/models/mlp/model.yaml", "--config", "/models/mlp/s3.json"]
-    proc = subprocess.Popen(
-        runtime.command(*argv, volumes={model: "/models/mlp"}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_ready(url, proc)
+    env = {k: os.environ[k] for k in os.environ if k.startswith("AWS_")}
+    configs = ["/models/mlp/model.yaml", "/models/mlp/s3.json"]
+    with serving(runtime, configs, volumes={model: "/models/mlp"}, env=env) as served:
         outside = infer(mlp_server.url, "mlp")
-        assert infer(url, "mlp") == pytest.approx(outside, rel=1e-5, abs=1e-6)
-        assert infer(url, "mlp-s3") == pytest.approx(outside, rel=1e-5, abs=1e-6)
+        assert infer(served.url, "mlp") == pytest.approx(outside, rel=1e-5, abs=1e-6)
+        assert infer(served.url, "mlp-s3") == pytest.approx(outside, rel=1e-5, abs=1e-6)
         platform = httpx.get(f"{mlp_server.url}/v2/models/mlp").json()["platform"]
-        assert httpx.get(f"{url}/v2/models/mlp").json()["platform"] == platform
-    finally:
-        # buildah run kills what it runs on SIGTERM: the signal goes to ember serve itself
-        with contextlib.suppress(AssertionError):
-            os.kill(inside(proc.pid, "ember", "serve"), signal.SIGTERM)
-        try:
-            log, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log, _ = proc.communicate()
-    assert proc.returncode == 0, log[-4000:]
+        assert httpx.get(f"{served.url}/v2/models/mlp").json()["platform"] == platform
+    assert served.returncode == 0, served.log[-4000:]
     root = runtime.root()
     assert list((root / "var/cache/ember").rglob("model.safetensors")), "mlp-s3 is not in the tier"
     written = written_since(root, runtime.created)
     assert written == [], "the image wrote outside its volumes and /tmp"
+
+
+def test_a_start_of_the_runtime_image_compiles_nothing(runtime: Container, tmp_path: Path) -> None:
+    """``ember serve`` of the MLP, to its first answer, with Python naming where each module's
+    code comes from (PYTHONVERBOSE): every module the image holds (its venv, the standard library)
+    is read from the bytecode compiled when it was built; none is compiled from source, which a
+    start would do on every scale from zero and could not keep (its root filesystem is read-only).
+    The model's own module, mounted beside its weights, is the only source compiled."""
+    model = readable_copy(ROOT / "examples" / "mlp", tmp_path / "mlp")
+    with serving(
+        runtime, ["/models/mlp/model.yaml"], volumes={model: "/models/mlp"}, env=VERBOSE
+    ) as served:
+        infer(served.url, "mlp")
+    assert served.returncode == 0, served.log[-4000:]
+    read, compiled = code_sources(served.log)
+    # the log is the start's: torch, Ember's runtime and the standard library were loaded
+    for module in ("/torch/__init__.py", "/runtime/server.py", "/asyncio/__init__.py"):
+        assert any(module in path for path in read + compiled), f"no {module} in the log"
+    of_the_image = [path for path in compiled if not path.startswith("/models/")]
+    assert of_the_image == [], f"{len(of_the_image)} compiled at start: {of_the_image[:5]}"
+    assert compiled == ["/models/mlp/mlp.py"]
 
 
 # ----------------------------------------------------------------------------- the activator
@@ -277,10 +334,15 @@ def _activator_modules() -> list[str]:
 
 
 def test_the_activator_image_imports_every_module_it_runs(activator: Container) -> None:
+    """... each from the bytecode compiled when the image was built, none from its source."""
     modules = _activator_modules()
     assert {"contracts", "activator.server", "knative.client"} <= set(modules)
-    said = activator.run("python", "-c", IMPORT_ALL, *modules)
+    said = activator.run("env", "PYTHONVERBOSE=1", "python", "-c", IMPORT_ALL, *modules)
     assert said.returncode == 0, said.stderr[-4000:]
+    read, compiled = code_sources(said.stderr)
+    loaded = read + compiled
+    assert any(path.endswith("/activator/server.py") for path in loaded), said.stderr[-4000:]
+    assert compiled == [], f"{len(compiled)} compiled: {compiled[:5]}"
     said = activator.run("python", "-c", "import contracts, activator.server, knative.client")
     assert said.returncode == 0, said.stderr
 
