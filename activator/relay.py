@@ -111,7 +111,6 @@ class Relay:
         "_relayed",
         "_scan",
         "_sent",
-        "_status",
         "_stream",
         "_tail",
         "conn",
@@ -143,7 +142,6 @@ class Relay:
         # on a route that generates: its usage, read as it passes; a streamed answer
         self._scan = UsageScanner() if x.route.endpoint in GENERATING else None
         self._stream = False
-        self._status = 0  # the answer's status, once its head came (a stream's)
         self._done_said = False  # a stream's ``data: [DONE]`` went out to its client
         self._tail = b""  # the end of what went out, for a [DONE] written in two pieces
         self._cursor: StreamCursor | None = None  # a chunked stream: where its client stands
@@ -269,7 +267,6 @@ class Relay:
             head = out[:end]
             if self._scan is not None and _says(head, b"content-type", b"text/event-stream"):
                 self._stream = True
-                self._status = _status(head)
                 if _says(head, b"transfer-encoding", b"chunked"):
                     self._cursor = StreamCursor()
                 if len(out) > end + 4:
@@ -393,8 +390,13 @@ class Relay:
         the wait itself ends it (its place given up). A client that leaves a stream once its
         ``data: [DONE]`` has gone out had the whole answer (an OpenAI client closes on it, and
         a server may write the body's end apart): recorded with the answer's status."""
-        if not self.waiting:
-            self._end(self._status if self._done_said and self._status else CLIENT_GONE)
+        if self.waiting:
+            return
+        upstream = self.upstream  # its connection parsed the answer's head, status and all
+        if self._done_said and upstream is not None and upstream.status:
+            self._end(upstream.status)
+        else:
+            self._end(CLIENT_GONE)
 
     # ------------------------------------------------------------------ the one way out
     def _end(
@@ -444,12 +446,6 @@ class Relay:
             conn.abort()
         else:
             conn.close()
-
-
-def _status(head: bytes) -> int:
-    """The status code of an answer's head (``HTTP/1.1 200 OK``); 0 if it has none."""
-    code = head[9:12]
-    return int(code) if len(code) == 3 and code.isdigit() else 0
 
 
 def _says(head: bytes, name: bytes, value: bytes) -> bool:

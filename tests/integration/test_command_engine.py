@@ -84,16 +84,22 @@ def test_a_third_party_server_scales_from_zero_and_back(
     assert not subprocess.run(["pgrep", "-f", str(tmp_path / "tier")], capture_output=True).stdout
 
 
-def test_embers_own_server_given_as_a_command(tmp_path: Path, tiny_llm_dir: Path) -> None:
+def embers_own_server(tmp_path: Path, tiny_llm_dir: Path, **keys: Any) -> dict[str, Any]:
+    """A model ``outer`` whose command is ``ember serve`` of the tiny LLM (``inner-llm``)."""
     inner = tmp_path / "inner.yaml"
     inner.write_text(f"name: inner-llm\nhandler: text-generation\nsource: {tiny_llm_dir}\n")
     serve = [sys.executable, "-m", "ember", "serve", "--config", str(inner)]
-    model = {
+    return {
         "name": "outer",
         "engine": "command",
         "command": [*serve, "--host", "{host}", "--port", "{port}"],
         "health": "/v2/health/ready",
+        **keys,
     }
+
+
+def test_embers_own_server_given_as_a_command(tmp_path: Path, tiny_llm_dir: Path) -> None:
+    model = embers_own_server(tmp_path, tiny_llm_dir)
     with activator(write_stack(tmp_path, model), env={"OMP_NUM_THREADS": "1"}) as server:
         body = {"model": "outer", "messages": [{"role": "user", "content": "hi"}]}
         r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
@@ -146,17 +152,12 @@ def test_a_command_engine_alone_in_a_tiered_group_sleeps_and_wakes_through_its_c
 ) -> None:
     """Ember's own server as the command engine, answering vLLM's sleep-mode calls: the tiered
     policy puts it to sleep at host, then disk, through them, and a stream wakes it first."""
-    inner = tmp_path / "inner.yaml"
-    inner.write_text(f"name: inner-llm\nhandler: text-generation\nsource: {tiny_llm_dir}\n")
-    serve = [sys.executable, "-m", "ember", "serve", "--config", str(inner)]
-    model = {
-        "name": "outer",
-        "engine": "command",
-        "command": [*serve, "--host", "{host}", "--port", "{port}"],
-        "health": "/v2/health/ready",
-        "sleep": {"host": "POST /sleep?level=1", "disk": "POST /sleep?level=2"},
-        "wake": "POST /wake_up",
-    }
+    model = embers_own_server(
+        tmp_path,
+        tiny_llm_dir,
+        sleep={"host": "POST /sleep?level=1", "disk": "POST /sleep?level=2"},
+        wake="POST /wake_up",
+    )
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
     group = {
         "name": "solo",
